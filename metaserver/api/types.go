@@ -1,0 +1,192 @@
+// Package api holds the JSON wire types of the metaserver's REST API under
+// /api/v1 and a client for it. It imports only the standard library so that
+// every daemon and the CLI can share it.
+package api
+
+import "time"
+
+// Error is the one error envelope of the API: every non-2xx response carries
+// it as its body. Code is stable and machine-readable; Message says what to do.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Status is the HTTP status the error arrived with (client side only).
+	Status int `json:"-"`
+}
+
+// Stable error codes.
+const (
+	CodeInvalidArgument = "invalid_argument" // 400
+	CodeNotFound        = "not_found"        // 404
+	CodeAlreadyExists   = "already_exists"   // 409
+	CodeUnsatisfiable   = "unsatisfiable"    // 409: the cluster cannot place the layout
+	CodeConflict        = "conflict"         // 409
+	CodeInternal        = "internal"         // 500
+	CodeUnavailable     = "unavailable"      // 503
+)
+
+// Server states, computed from heartbeats.
+const (
+	StateOnline  = "online"
+	StateOffline = "offline"
+)
+
+// Chunk states.
+const (
+	ChunkActive   = "active"   // the chunkserver must hold this chunk
+	ChunkDeleting = "deleting" // the chunkserver must delete it, then acknowledge
+)
+
+// Member states.
+const (
+	MemberInSync = "in_sync"
+)
+
+// DiskInfo is what a chunkserver reports about one of its disks.
+type DiskInfo struct {
+	Path          string `json:"path"`
+	CapacityBytes int64  `json:"capacity_bytes"`
+	FreeBytes     int64  `json:"free_bytes"`
+}
+
+// RegisterChunkserverRequest is POSTed to /api/v1/chunkservers. Registering
+// again under the same name updates the address and disks and keeps the ID.
+type RegisterChunkserverRequest struct {
+	Name        string     `json:"name"`
+	Addr        string     `json:"addr"`         // NBD host:port
+	FaultDomain string     `json:"fault_domain"` // empty: the name
+	Disks       []DiskInfo `json:"disks"`
+}
+
+// RegisterChunkserverResponse answers a registration.
+type RegisterChunkserverResponse struct {
+	ID        int64 `json:"id"`
+	ChunkSize int64 `json:"chunk_size"`
+}
+
+// ChunkserverHeartbeat is POSTed to /api/v1/chunkservers/{id}/heartbeat.
+type ChunkserverHeartbeat struct {
+	Disks []DiskInfo `json:"disks"`
+}
+
+// ChunkAssignment is one chunk a chunkserver must hold or delete.
+type ChunkAssignment struct {
+	ID        string `json:"id"`
+	SizeBytes int64  `json:"size_bytes"`
+	State     string `json:"state"` // ChunkActive or ChunkDeleting
+}
+
+// ChunkAssignments is the answer to GET /api/v1/chunkservers/{id}/chunks.
+// Generation changes whenever the assignments may have changed; pass it back
+// as ?after=G&wait=30s to long-poll for the next change.
+type ChunkAssignments struct {
+	Generation int64             `json:"generation"`
+	ChunkSize  int64             `json:"chunk_size"`
+	Chunks     []ChunkAssignment `json:"chunks"`
+}
+
+// Chunkserver is a registered chunkserver as listed by the API.
+type Chunkserver struct {
+	ID            int64     `json:"id"`
+	Name          string    `json:"name"`
+	Addr          string    `json:"addr"`
+	FaultDomain   string    `json:"fault_domain"`
+	State         string    `json:"state"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+	CapacityBytes int64     `json:"capacity_bytes"`
+	FreeBytes     int64     `json:"free_bytes"`
+	Chunks        int       `json:"chunks"`
+}
+
+// Disk is one disk of a chunkserver as listed by the API.
+type Disk struct {
+	ID            int64  `json:"id"`
+	Chunkserver   string `json:"chunkserver"`
+	Path          string `json:"path"`
+	CapacityBytes int64  `json:"capacity_bytes"`
+	FreeBytes     int64  `json:"free_bytes"`
+}
+
+// Chunk is one chunk as listed by the API.
+type Chunk struct {
+	ID          string `json:"id"`
+	Chunkserver string `json:"chunkserver"`
+	Volume      string `json:"volume,omitempty"`
+	SetIndex    int    `json:"set_index"`
+	MemberIndex int    `json:"member_index"`
+	SizeBytes   int64  `json:"size_bytes"`
+	State       string `json:"state"`
+}
+
+// RegisterHostRequest is POSTed to /api/v1/hosts. Registering again under the
+// same name updates the address and keeps the ID.
+type RegisterHostRequest struct {
+	Name      string `json:"name"`
+	ISCSIAddr string `json:"iscsi_addr"` // host:port the iSCSI target listens on
+}
+
+// RegisterHostResponse answers a host registration.
+type RegisterHostResponse struct {
+	ID int64 `json:"id"`
+}
+
+// Host is a registered hostd as listed by the API.
+type Host struct {
+	ID            int64     `json:"id"`
+	Name          string    `json:"name"`
+	ISCSIAddr     string    `json:"iscsi_addr"`
+	State         string    `json:"state"`
+	LastHeartbeat time.Time `json:"last_heartbeat"`
+}
+
+// Member is one chunk of a set, with what a host needs to reach it.
+type Member struct {
+	ChunkID     string `json:"chunk_id"`
+	Chunkserver string `json:"chunkserver"`
+	Addr        string `json:"addr"`   // chunkserver NBD host:port
+	Export      string `json:"export"` // NBD export name
+	State       string `json:"state"`
+}
+
+// Set is one RAID set of a volume; sets are concatenated in Index order.
+type Set struct {
+	Index     int      `json:"index"`
+	SizeBytes int64    `json:"size_bytes"`
+	Members   []Member `json:"members"`
+}
+
+// Volume is a volume with its layout, placement and attachment.
+type Volume struct {
+	Name      string    `json:"name"`
+	SizeBytes int64     `json:"size_bytes"`
+	Layout    string    `json:"layout"` // "mirror:2", "mirror:3"
+	Host      string    `json:"host,omitempty"`
+	Epoch     int64     `json:"epoch"`
+	IQN       string    `json:"iqn"`
+	CreatedAt time.Time `json:"created_at"`
+	Sets      []Set     `json:"sets"`
+}
+
+// CreateVolumeRequest is POSTed to /api/v1/volumes.
+type CreateVolumeRequest struct {
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"size_bytes"`
+	Layout    string `json:"layout"`
+	Host      string `json:"host,omitempty"` // attach at once to this host
+}
+
+// AttachVolumeRequest is POSTed to /api/v1/volumes/{name}/attach.
+type AttachVolumeRequest struct {
+	Host string `json:"host"`
+}
+
+// HostVolumes is the answer to GET /api/v1/hosts/{id}/volumes: the volumes
+// assigned to the host, complete with members. Generation works as in
+// ChunkAssignments.
+type HostVolumes struct {
+	Generation int64    `json:"generation"`
+	Volumes    []Volume `json:"volumes"`
+}
+
+// IQNPrefix is the prefix of every volume's iSCSI target name.
+const IQNPrefix = "iqn.2026-11.io.chunkraid:"
