@@ -1,0 +1,66 @@
+# chunkraid — build, demo and test.
+#
+#   make demo    bring up a local cluster with a 20 GiB mirrored volume (Ctrl-C stops it)
+#   make test    unit, PostgreSQL and end-to-end tests with real clients
+#   make fuzz    run every fuzz target for FUZZTIME each
+#   make bench   Go benchmarks of the hot paths
+
+GO       ?= go
+BIN      := bin/chunkraid
+FUZZTIME ?= 30s
+# Debian packages the demo and the tests need (real peers: PostgreSQL, the
+# libiscsi and QEMU iSCSI clients, NBD clients and reference servers, fio).
+PKGS     := postgresql libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin nbdkit tgt
+
+.PHONY: all build deps demo demo-clean test test-unit test-e2e vet fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cli/chunkraid
+
+# deps installs the Debian packages that are missing (as root, with apt-get).
+deps:
+	@missing=""; for p in $(PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing — install them as root (apt-get install$$missing)"; exit 1; fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: deps build
+	./$(BIN) demo --dir .demo
+
+demo-clean:
+	rm -rf .demo
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1)
+
+# test runs everything: unit tests (with the race detector), the metaserver
+# against a private PostgreSQL, and the end-to-end tests that start real
+# processes and drive them with real clients.
+test: deps build vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+test-unit: build
+	$(GO) test -race -count=1 -short ./...
+
+test-e2e: deps build
+	$(GO) test -count=1 -v -timeout 15m ./test/...
+
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin

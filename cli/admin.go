@@ -1,0 +1,251 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+func newVolumeCmd(o *rootOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show and delete volumes"}
+	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o))
+	return cmd
+}
+
+type volumeCreateOptions struct {
+	size   string
+	layout string
+	host   string
+}
+
+func newVolumeCreateCmd(o *rootOptions) *cobra.Command {
+	var vo volumeCreateOptions
+	cmd := &cobra.Command{
+		Use:   "create NAME --size SIZE [--layout mirror:2] [--host HOST]",
+		Short: "Create a volume (thin: no space is used until written)",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if vo.size == "" {
+				return errors.New("--size is required, e.g. --size 20GiB")
+			}
+			size, err := parseSize(vo.size)
+			if err != nil {
+				return err
+			}
+			v, err := o.client().CreateVolume(cmd.Context(), api.CreateVolumeRequest{
+				Name: args[0], SizeBytes: size, Layout: vo.layout, Host: vo.host,
+			})
+			if err != nil {
+				return err
+			}
+			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v) })
+		},
+	}
+	cmd.Flags().StringVar(&vo.size, "size", "", "size, a multiple of 4KiB, e.g. 20GiB (required)")
+	cmd.Flags().StringVar(&vo.layout, "layout", "mirror:2", "layout: mirror:2 or mirror:3")
+	cmd.Flags().StringVar(&vo.host, "host", "", "attach the volume to this host at once")
+	return cmd
+}
+
+func newVolumeListCmd(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List volumes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			vs, err := o.client().ListVolumes(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return o.print(vs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "NAME\tSIZE\tLAYOUT\tSETS\tHOST\tEPOCH\tIQN")
+				for _, v := range vs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", v.Name, formatSize(v.SizeBytes), v.Layout, len(v.Sets), orDash(v.Host), v.Epoch, v.IQN)
+				}
+			})
+		},
+	}
+}
+
+func newVolumeShowCmd(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a volume with its sets and members",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := o.client().GetVolume(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v) })
+		},
+	}
+}
+
+func printVolume(w *tabwriter.Writer, v *api.Volume) {
+	fmt.Fprintf(w, "Name:\t%s\n", v.Name)
+	fmt.Fprintf(w, "Size:\t%s (%d bytes)\n", formatSize(v.SizeBytes), v.SizeBytes)
+	fmt.Fprintf(w, "Layout:\t%s\n", v.Layout)
+	fmt.Fprintf(w, "Host:\t%s\n", orDash(v.Host))
+	fmt.Fprintf(w, "Epoch:\t%d\n", v.Epoch)
+	fmt.Fprintf(w, "IQN:\t%s\n", v.IQN)
+	fmt.Fprintf(w, "Created:\t%s\n", v.CreatedAt.Format(time.RFC3339))
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "SET\tMEMBER\tCHUNKSERVER\tCHUNK\tSTATE")
+	for _, s := range v.Sets {
+		for j, m := range s.Members {
+			fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\n", s.Index, j, m.Chunkserver, m.ChunkID, m.State)
+		}
+	}
+}
+
+func newVolumeDeleteCmd(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a volume and free its chunks",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.client().DeleteVolume(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "volume %s deleted\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newVolumeAttachCmd(o *rootOptions) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "attach NAME --host HOST",
+		Short: "Assign a volume to a host, which then serves it over iSCSI",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if host == "" {
+				return errors.New("--host is required")
+			}
+			v, err := o.client().AttachVolume(cmd.Context(), args[0], host)
+			if err != nil {
+				return err
+			}
+			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v) })
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "host name (see chunkraid host list)")
+	return cmd
+}
+
+func newServerCmd(o *rootOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "server", Short: "Chunkservers and their disks"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List chunkservers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ss, err := o.client().ListChunkservers(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return o.print(ss, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tNAME\tADDR\tFAULT DOMAIN\tSTATE\tCHUNKS\tFREE\tCAPACITY\tLAST HEARTBEAT")
+				for _, s := range ss {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Name, s.Addr, s.FaultDomain, s.State, s.Chunks,
+						formatSize(s.FreeBytes), formatSize(s.CapacityBytes), ago(s.LastHeartbeat))
+				}
+			})
+		},
+	}, &cobra.Command{
+		Use:   "disks",
+		Short: "List the chunkservers' disks",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ds, err := o.client().ListDisks(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return o.print(ds, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tCHUNKSERVER\tPATH\tFREE\tCAPACITY")
+				for _, d := range ds {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", d.ID, d.Chunkserver, d.Path, formatSize(d.FreeBytes), formatSize(d.CapacityBytes))
+				}
+			})
+		},
+	})
+	return cmd
+}
+
+func newHostCmd(o *rootOptions) *cobra.Command {
+	cmd := &cobra.Command{Use: "host", Short: "Hosts that serve volumes"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List hosts",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			hs, err := o.client().ListHosts(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return o.print(hs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "ID\tNAME\tISCSI\tSTATE\tLAST HEARTBEAT")
+				for _, h := range hs {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", h.ID, h.Name, h.ISCSIAddr, h.State, ago(h.LastHeartbeat))
+				}
+			})
+		},
+	})
+	return cmd
+}
+
+func newChunkCmd(o *rootOptions) *cobra.Command {
+	var volume string
+	list := &cobra.Command{
+		Use:   "list [--volume NAME]",
+		Short: "List chunks",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cs, err := o.client().ListChunks(cmd.Context(), volume)
+			if err != nil {
+				return err
+			}
+			return o.print(cs, func(w *tabwriter.Writer) {
+				fmt.Fprintln(w, "CHUNK\tCHUNKSERVER\tVOLUME\tSET\tMEMBER\tSIZE\tSTATE")
+				for _, c := range cs {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", c.ID, c.Chunkserver, orDash(c.Volume), c.SetIndex, c.MemberIndex, formatSize(c.SizeBytes), c.State)
+				}
+			})
+		},
+	}
+	list.Flags().StringVar(&volume, "volume", "", "only the chunks of this volume")
+	cmd := &cobra.Command{Use: "chunk", Short: "Chunks on chunkservers"}
+	cmd.AddCommand(list)
+	return cmd
+}
+
+func exactArgs(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return fmt.Errorf("%s takes %s (got %d arguments): see %s --help", cmd.CommandPath(), names, len(args), cmd.CommandPath())
+		}
+		return nil
+	}
+}
+
+func orDash(s string) string {
+	if strings.TrimSpace(s) == "" {
+		return "-"
+	}
+	return s
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}

@@ -1,0 +1,100 @@
+package cli
+
+import (
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/chunkraid/chunkraid/chunkserver"
+	"github.com/chunkraid/chunkraid/hostd"
+	"github.com/chunkraid/chunkraid/metaserver"
+)
+
+// EnvDatabaseURL names the environment variable with the metaserver's PostgreSQL URL.
+const EnvDatabaseURL = "CHUNKRAID_DATABASE_URL"
+
+func newMetaserverCmd(o *rootOptions) *cobra.Command {
+	var (
+		cfg       metaserver.Config
+		chunkSize string
+	)
+	cmd := &cobra.Command{
+		Use:   "metaserver",
+		Short: "Run the metaserver: REST API and cluster state in PostgreSQL",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if chunkSize != "" {
+				n, err := parseSize(chunkSize)
+				if err != nil {
+					return err
+				}
+				cfg.ChunkSize = n
+			}
+			cfg.Logger = o.logger()
+			s, err := metaserver.New(cfg)
+			if err != nil {
+				return err
+			}
+			return s.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DatabaseURL, "database-url", os.Getenv(EnvDatabaseURL), "PostgreSQL URL (env "+EnvDatabaseURL+")")
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "HTTP listen address")
+	f.StringVar(&chunkSize, "chunk-size", "", "chunk size, fixed when the cluster is first created (default 10GiB)")
+	f.DurationVar(&cfg.OfflineAfter, "offline-after", 10*time.Second, "a server without heartbeat for this long is offline")
+	return cmd
+}
+
+func newChunkserverCmd(o *rootOptions) *cobra.Command {
+	var cfg chunkserver.Config
+	cmd := &cobra.Command{
+		Use:   "chunkserver",
+		Short: "Run a chunkserver: export chunks of a local disk over NBD",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.Metaserver = o.metaserver
+			cfg.Logger = o.logger()
+			s, err := chunkserver.New(cfg)
+			if err != nil {
+				return err
+			}
+			return s.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", "", "unique, stable name of this chunkserver (default: host name)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory that holds the chunk files (required)")
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:10809", "NBD listen address")
+	f.StringVar(&cfg.Advertise, "advertise", "", "NBD address hosts dial (default: the listen address)")
+	f.StringVar(&cfg.FaultDomain, "fault-domain", "", "failure domain, e.g. a rack (default: the name)")
+	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
+	return cmd
+}
+
+func newHostdCmd(o *rootOptions) *cobra.Command {
+	var cfg hostd.Config
+	cmd := &cobra.Command{
+		Use:   "hostd",
+		Short: "Run the host daemon: assemble volumes from remote chunks and serve them over iSCSI",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.Metaserver = o.metaserver
+			cfg.Logger = o.logger()
+			s, err := hostd.New(cfg)
+			if err != nil {
+				return err
+			}
+			return s.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", "", "unique, stable name of this host (default: host name)")
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:3260", "iSCSI listen address")
+	f.StringVar(&cfg.Advertise, "advertise", "", "iSCSI portal address reported to the metaserver (default: the listen address)")
+	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
+	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: a member request not answered in this time fails the member")
+	f.IntVar(&cfg.BlockSize, "block-size", 512, "logical block size of the iSCSI LUNs (512 or 4096)")
+	return cmd
+}

@@ -1,0 +1,102 @@
+// Package cli is the composition root of the chunkraid binary: the cobra
+// command tree with the daemons (metaserver, chunkserver, hostd) as
+// subcommands beside the admin commands that talk to the REST API.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// EnvMetaserver names the environment variable that gives the metaserver URL.
+const EnvMetaserver = "CHUNKRAID_METASERVER"
+
+const defaultMetaserver = "http://127.0.0.1:8080"
+
+// rootOptions are the flags every command shares.
+type rootOptions struct {
+	metaserver string
+	output     string
+	logLevel   string
+	out        io.Writer
+}
+
+func (o *rootOptions) client() *api.Client { return api.NewClient(o.metaserver, nil) }
+
+func (o *rootOptions) logger() *slog.Logger {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		lvl = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}
+
+// print writes v as JSON with -o json, otherwise calls table.
+func (o *rootOptions) print(v any, table func(w *tabwriter.Writer)) error {
+	switch o.output {
+	case "json":
+		enc := json.NewEncoder(o.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "table", "":
+		w := tabwriter.NewWriter(o.out, 0, 4, 2, ' ', 0)
+		table(w)
+		return w.Flush()
+	}
+	return fmt.Errorf("unknown output format %q: use -o table or -o json", o.output)
+}
+
+// NewRoot returns the chunkraid command tree.
+func NewRoot() *cobra.Command {
+	o := &rootOptions{out: os.Stdout}
+	root := &cobra.Command{
+		Use:           "chunkraid",
+		Short:         "chunkraid: a distributed block store of mirrored remote chunks served over iSCSI",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if o.output != "table" && o.output != "json" {
+				return fmt.Errorf("unknown output format %q: use -o table or -o json", o.output)
+			}
+			if !strings.HasPrefix(o.metaserver, "http://") && !strings.HasPrefix(o.metaserver, "https://") {
+				return fmt.Errorf("metaserver address %q must be an http:// or https:// URL", o.metaserver)
+			}
+			return nil
+		},
+	}
+	ms := os.Getenv(EnvMetaserver)
+	if ms == "" {
+		ms = defaultMetaserver
+	}
+	root.PersistentFlags().StringVar(&o.metaserver, "metaserver", ms, "metaserver URL (env "+EnvMetaserver+")")
+	root.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
+	root.PersistentFlags().StringVar(&o.logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
+	root.AddCommand(
+		newMetaserverCmd(o), newChunkserverCmd(o), newHostdCmd(o),
+		newVolumeCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newDemoCmd(o),
+	)
+	return root
+}
+
+// Main runs the command line and returns the process exit code.
+func Main() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := NewRoot().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "chunkraid:", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,334 @@
+// Package localcluster runs a whole chunkraid cluster on one machine as real
+// processes: a private PostgreSQL, the metaserver, N chunkservers and one
+// hostd, each a child process of the chunkraid binary with its own log file.
+// `chunkraid demo` and the end-to-end tests use it.
+package localcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/pglocal"
+)
+
+// Options configures a local cluster. Zero values mean the defaults.
+type Options struct {
+	// Dir holds all state: postgres/, chunkservers' data, logs/. Required.
+	// Existing state is reused.
+	Dir string
+	// Binary is the chunkraid binary. Default: this executable.
+	Binary string
+	// Chunkservers is how many chunkservers to run. Default 3.
+	Chunkservers int
+	// ChunkSize is the cluster's chunk size on first creation. Default 10 GiB.
+	ChunkSize int64
+	// Ports: 0 picks free ports. NBDPort is the first chunkserver's; the
+	// others follow.
+	PGPort, MetaPort, ISCSIPort, NBDPort int
+	// ExtraHostdArgs and ExtraChunkserverArgs are appended to those daemons'
+	// command lines.
+	ExtraHostdArgs, ExtraChunkserverArgs []string
+	// Logger receives progress lines. nil discards.
+	Logger *slog.Logger
+}
+
+// Proc is one daemon process of the cluster.
+type Proc struct {
+	Name string
+	Bin  string
+	Args []string
+	Log  string // path of its log file
+
+	mu struct {
+		sync.Mutex
+		cmd  *exec.Cmd     // guarded by mu
+		done chan struct{} // closed when cmd has exited; guarded by mu
+	}
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	opt   Options
+	PG    *pglocal.Server
+	Meta  *Proc
+	CS    []*Proc
+	Hostd *Proc
+
+	MetaURL   string
+	ISCSIAddr string
+	NBDAddrs  []string
+	HostName  string
+}
+
+func (o *Options) defaults() error {
+	if o.Dir == "" {
+		return errors.New("localcluster: Dir is required")
+	}
+	abs, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return err
+	}
+	o.Dir = abs
+	if o.Binary == "" {
+		o.Binary, err = os.Executable()
+		if err != nil {
+			return err
+		}
+	}
+	if o.Chunkservers == 0 {
+		o.Chunkservers = 3
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func pick(p *int) error {
+	if *p != 0 {
+		return nil
+	}
+	var err error
+	*p, err = FreePort()
+	return err
+}
+
+// Start brings the cluster up and waits until every chunkserver and the
+// host are online. On error everything started so far is stopped.
+func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
+	if err := opt.defaults(); err != nil {
+		return nil, err
+	}
+	for _, p := range []*int{&opt.MetaPort, &opt.ISCSIPort} {
+		if err := pick(p); err != nil {
+			return nil, err
+		}
+	}
+	for _, d := range []string{"logs", "chunkservers"} {
+		if err := os.MkdirAll(filepath.Join(opt.Dir, d), 0o755); err != nil {
+			return nil, err
+		}
+	}
+	c = &Cluster{opt: opt, HostName: "host1"}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+
+	opt.Logger.Info("starting PostgreSQL", "dir", filepath.Join(opt.Dir, "postgres"))
+	c.PG, err = pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(opt.Dir, "postgres"), Port: opt.PGPort, Logger: opt.Logger})
+	if err != nil {
+		return c, err
+	}
+	if err := c.PG.CreateDatabase(ctx, "chunkraid"); err != nil {
+		return c, err
+	}
+
+	c.MetaURL = fmt.Sprintf("http://127.0.0.1:%d", opt.MetaPort)
+	metaArgs := []string{"metaserver", "--listen", fmt.Sprintf("127.0.0.1:%d", opt.MetaPort),
+		"--database-url", c.PG.URL("chunkraid")}
+	if opt.ChunkSize > 0 {
+		metaArgs = append(metaArgs, "--chunk-size", strconv.FormatInt(opt.ChunkSize, 10))
+	}
+	c.Meta = c.newProc("metaserver", metaArgs)
+	if err := c.Meta.Start(); err != nil {
+		return c, err
+	}
+	if err := c.waitHTTP(ctx); err != nil {
+		return c, err
+	}
+
+	for i := 0; i < opt.Chunkservers; i++ {
+		port := 0
+		if opt.NBDPort != 0 {
+			port = opt.NBDPort + i
+		} else if port, err = FreePort(); err != nil {
+			return c, err
+		}
+		name := fmt.Sprintf("cs%d", i+1)
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		args := append([]string{"chunkserver", "--name", name, "--listen", addr,
+			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaURL}, opt.ExtraChunkserverArgs...)
+		p := c.newProc(name, args)
+		if err := p.Start(); err != nil {
+			return c, err
+		}
+		c.CS = append(c.CS, p)
+		c.NBDAddrs = append(c.NBDAddrs, addr)
+	}
+	c.ISCSIAddr = fmt.Sprintf("127.0.0.1:%d", opt.ISCSIPort)
+	c.Hostd = c.newProc("hostd", append([]string{"hostd", "--name", c.HostName, "--listen", c.ISCSIAddr,
+		"--metaserver", c.MetaURL}, opt.ExtraHostdArgs...))
+	if err := c.Hostd.Start(); err != nil {
+		return c, err
+	}
+	if err := c.WaitOnline(ctx, 30*time.Second); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) newProc(name string, args []string) *Proc {
+	return &Proc{Name: name, Bin: c.opt.Binary, Args: append([]string{"--log-level", "debug"}, args...),
+		Log: filepath.Join(c.opt.Dir, "logs", name+".log")}
+}
+
+// Client returns an API client for the cluster's metaserver.
+func (c *Cluster) Client() *api.Client { return api.NewClient(c.MetaURL, nil) }
+
+// Binary is the chunkraid binary the cluster runs.
+func (c *Cluster) Binary() string { return c.opt.Binary }
+
+// Dir is the cluster's state directory.
+func (c *Cluster) Dir() string { return c.opt.Dir }
+
+func (c *Cluster) waitHTTP(ctx context.Context) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := c.Client().Cluster(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("metaserver did not answer within 30s: %w (log: %s)\n%s", err, c.Meta.Log, tail(c.Meta.Log, 20))
+		}
+		if c.Meta.Exited() {
+			return fmt.Errorf("metaserver exited (log: %s):\n%s", c.Meta.Log, tail(c.Meta.Log, 20))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// WaitOnline waits until every chunkserver and the host report online.
+func (c *Cluster) WaitOnline(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ss, err1 := c.Client().ListChunkservers(ctx)
+		hs, err2 := c.Client().ListHosts(ctx)
+		online := 0
+		for _, s := range ss {
+			if s.State == api.StateOnline {
+				online++
+			}
+		}
+		hostUp := false
+		for _, h := range hs {
+			hostUp = hostUp || (h.Name == c.HostName && h.State == api.StateOnline)
+		}
+		if err1 == nil && err2 == nil && online >= len(c.CS) && hostUp {
+			return nil
+		}
+		for _, p := range append([]*Proc{c.Meta, c.Hostd}, c.CS...) {
+			if p != nil && p.Exited() {
+				return fmt.Errorf("%s exited (log: %s):\n%s", p.Name, p.Log, tail(p.Log, 20))
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cluster not online after %v: %d of %d chunkservers online, host online: %v (%v %v)", timeout, online, len(c.CS), hostUp, err1, err2)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// IQN is the iSCSI target name of a volume.
+func IQN(volume string) string { return api.IQNPrefix + volume }
+
+// ISCSIURL is the libiscsi URL of a volume's LUN 0.
+func (c *Cluster) ISCSIURL(volume string) string {
+	return fmt.Sprintf("iscsi://%s/%s/0", c.ISCSIAddr, IQN(volume))
+}
+
+// WaitTarget waits until the host serves the volume's target, probing with
+// iscsi-ls (SendTargets discovery).
+func (c *Cluster) WaitTarget(ctx context.Context, volume string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last string
+	for {
+		out, err := exec.CommandContext(ctx, "iscsi-ls", "iscsi://"+c.ISCSIAddr).CombinedOutput()
+		last = string(out)
+		if err == nil && strings.Contains(last, IQN(volume)) {
+			return nil
+		}
+		if errors.Is(err, exec.ErrNotFound) {
+			return fmt.Errorf("iscsi-ls not found: run make deps")
+		}
+		if c.Hostd.Exited() {
+			return fmt.Errorf("hostd exited (log: %s):\n%s", c.Hostd.Log, tail(c.Hostd.Log, 20))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("target for volume %s not served after %v; iscsi-ls said: %s\nhostd log:\n%s", volume, timeout, last, tail(c.Hostd.Log, 20))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Stop stops the daemons in dependency order (host, chunkservers,
+// metaserver), each with SIGTERM and a grace period, then PostgreSQL.
+func (c *Cluster) Stop() error {
+	var errs []error
+	if c.Hostd != nil {
+		errs = append(errs, c.Hostd.Stop(15*time.Second))
+	}
+	var wg sync.WaitGroup
+	cerrs := make([]error, len(c.CS))
+	for i, p := range c.CS {
+		wg.Add(1)
+		go func() { defer wg.Done(); cerrs[i] = p.Stop(15 * time.Second) }()
+	}
+	wg.Wait()
+	errs = append(errs, cerrs...)
+	if c.Meta != nil {
+		errs = append(errs, c.Meta.Stop(15*time.Second))
+	}
+	if c.PG != nil {
+		errs = append(errs, c.PG.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+// tail returns the last n lines of a file.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
