@@ -94,6 +94,7 @@ type Server struct {
 // attachment is one volume served by this host.
 type attachment struct {
 	vol     api.Volume
+	volume  *linear.Volume
 	clients []*nbd.Client
 	sets    []*raid.Mirror
 }
@@ -305,6 +306,7 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 	if vol.Size() < v.SizeBytes {
 		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), v.SizeBytes)
 	}
+	a.volume = vol
 	lu := &lun{Volume: vol, size: v.SizeBytes}
 	serial := strings.ReplaceAll(v.Name, ".", "-")
 	if err := s.target.AddTarget(v.IQN, lu, serial); err != nil {
@@ -337,6 +339,13 @@ func (s *Server) detach(name string) {
 	if err := s.target.RemoveTarget(a.vol.IQN); err != nil {
 		s.log.Warn("removing target", "iqn", a.vol.IQN, "err", err)
 	}
+	// Every write the initiator saw acknowledged is on the members already;
+	// a final flush makes them durable before the connections close.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.IOTimeout)
+	if err := a.volume.Flush(ctx); err != nil {
+		s.log.Error("final flush of detached volume failed", "volume", name, "err", err)
+	}
+	cancel()
 	a.close()
 	s.log.Info("volume detached", "volume", name)
 }
