@@ -81,6 +81,9 @@ type Server struct {
 	meta  *api.Client
 	store *store.Store
 	id    int64
+	// strays are chunks on disk that the metaserver does not assign to this
+	// server, already logged once; only the reconcile loop uses it.
+	strays map[string]bool
 }
 
 // New validates cfg and returns a Server ready to Run.
@@ -269,8 +272,12 @@ func (s *Server) apply(ctx context.Context, as *api.ChunkAssignments) bool {
 			s.log.Info("chunk deleted", "chunk", a.ID)
 		}
 	}
+	if s.strays == nil {
+		s.strays = make(map[string]bool)
+	}
 	for _, id := range s.store.List() {
-		if !known[id] {
+		if !known[id] && !s.strays[id] {
+			s.strays[id] = true
 			s.log.Warn("chunk on disk is not assigned to this server; keeping it", "chunk", id)
 		}
 	}

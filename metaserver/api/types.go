@@ -149,6 +149,9 @@ type Member struct {
 }
 
 // Set is one RAID set of a volume; sets are concatenated in Index order.
+// SizeBytes is the part of the volume the set holds: the chunk size for every
+// set but the last, which holds the rest, so the sizes add up to the volume's
+// size. Every member chunk is a full chunk regardless.
 type Set struct {
 	Index     int      `json:"index"`
 	SizeBytes int64    `json:"size_bytes"`
@@ -190,3 +193,20 @@ type HostVolumes struct {
 
 // IQNPrefix is the prefix of every volume's iSCSI target name.
 const IQNPrefix = "iqn.2026-11.io.chunkraid:"
+
+// Cluster is the answer to GET /api/v1/cluster.
+type Cluster struct {
+	// ChunkSize is fixed when the cluster is created; a metaserver started
+	// later with another --chunk-size keeps this one and logs a warning.
+	ChunkSize int64 `json:"chunk_size"`
+	// Generation is the current value of the change counter of the long polls.
+	Generation    int64     `json:"generation"`
+	CreatedAt     time.Time `json:"created_at"`
+	SchemaVersion int       `json:"schema_version"`
+	// OfflineAfterSeconds is how long a server may miss heartbeats before it
+	// is listed offline.
+	OfflineAfterSeconds float64 `json:"offline_after_seconds"`
+}
+
+// MaxWait caps the wait of a long poll (?wait=); longer waits are shortened.
+const MaxWait = 60 * time.Second
