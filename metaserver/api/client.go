@@ -1,0 +1,286 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Client calls the metaserver's REST API. It is safe for concurrent use.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+const (
+	// RequestTimeout bounds every call but the long polls.
+	RequestTimeout = 30 * time.Second
+	// longPollGrace is added to a long poll's wait for its request timeout.
+	longPollGrace = 15 * time.Second
+	// maxResponse bounds the size of a response body the client reads.
+	maxResponse = 64 << 20
+)
+
+// NewClient returns a client of the metaserver at baseURL (e.g.
+// "http://127.0.0.1:8080"). With hc nil it uses a client whose connections
+// time out on dial but not on read, so that long polls can run; every call
+// carries its own deadline (RequestTimeout, or the wait plus a margin for
+// long polls) whichever hc is used.
+func NewClient(baseURL string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConns:          64,
+			MaxIdleConnsPerHost:   16,
+			IdleConnTimeout:       90 * time.Second,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ExpectContinueTimeout: time.Second,
+		}}
+	}
+	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc}
+}
+
+// Health returns nil when the metaserver answers /healthz.
+func (c *Client) Health(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil, RequestTimeout)
+}
+
+// Cluster returns the cluster settings.
+func (c *Client) Cluster(ctx context.Context) (*Cluster, error) {
+	return call[Cluster](ctx, c, http.MethodGet, "/api/v1/cluster", nil, nil, RequestTimeout)
+}
+
+// RegisterChunkserver registers a chunkserver, or updates it if its name is known.
+func (c *Client) RegisterChunkserver(ctx context.Context, req RegisterChunkserverRequest) (*RegisterChunkserverResponse, error) {
+	return call[RegisterChunkserverResponse](ctx, c, http.MethodPost, "/api/v1/chunkservers", nil, req, RequestTimeout)
+}
+
+// ListChunkservers lists the chunkservers.
+func (c *Client) ListChunkservers(ctx context.Context) ([]Chunkserver, error) {
+	return callList[Chunkserver](ctx, c, http.MethodGet, "/api/v1/chunkservers", nil, nil, RequestTimeout)
+}
+
+// ChunkserverHeartbeat reports that chunkserver id is alive, with its disks.
+func (c *Client) ChunkserverHeartbeat(ctx context.Context, id int64, hb ChunkserverHeartbeat) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/chunkservers/"+itoa(id)+"/heartbeat", nil, hb, nil, RequestTimeout)
+}
+
+// ChunkAssignments returns the chunks chunkserver id must hold or delete.
+// With wait > 0 it long-polls: the call returns when the generation differs
+// from after, or when wait (at most MaxWait) has passed, with the current
+// assignments either way.
+func (c *Client) ChunkAssignments(ctx context.Context, id int64, after int64, wait time.Duration) (*ChunkAssignments, error) {
+	q, timeout := longPoll(after, wait)
+	return call[ChunkAssignments](ctx, c, http.MethodGet, "/api/v1/chunkservers/"+itoa(id)+"/chunks", q, nil, timeout)
+}
+
+// AckChunkDeleted tells the metaserver that chunkserver id deleted chunk,
+// which must be in state deleting.
+func (c *Client) AckChunkDeleted(ctx context.Context, id int64, chunk string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/chunkservers/"+itoa(id)+"/chunks/"+url.PathEscape(chunk), nil, nil, nil, RequestTimeout)
+}
+
+// ListDisks lists the disks of every chunkserver.
+func (c *Client) ListDisks(ctx context.Context) ([]Disk, error) {
+	return callList[Disk](ctx, c, http.MethodGet, "/api/v1/disks", nil, nil, RequestTimeout)
+}
+
+// ListChunks lists every chunk, or with volume != "" the chunks of that volume.
+func (c *Client) ListChunks(ctx context.Context, volume string) ([]Chunk, error) {
+	var q url.Values
+	if volume != "" {
+		q = url.Values{"volume": {volume}}
+	}
+	return callList[Chunk](ctx, c, http.MethodGet, "/api/v1/chunks", q, nil, RequestTimeout)
+}
+
+// RegisterHost registers a host, or updates it if its name is known.
+func (c *Client) RegisterHost(ctx context.Context, req RegisterHostRequest) (*RegisterHostResponse, error) {
+	return call[RegisterHostResponse](ctx, c, http.MethodPost, "/api/v1/hosts", nil, req, RequestTimeout)
+}
+
+// ListHosts lists the hosts.
+func (c *Client) ListHosts(ctx context.Context) ([]Host, error) {
+	return callList[Host](ctx, c, http.MethodGet, "/api/v1/hosts", nil, nil, RequestTimeout)
+}
+
+// HostHeartbeat reports that host id is alive.
+func (c *Client) HostHeartbeat(ctx context.Context, id int64) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/hosts/"+itoa(id)+"/heartbeat", nil, nil, nil, RequestTimeout)
+}
+
+// HostVolumes returns the volumes assigned to host id; after and wait
+// long-poll as in ChunkAssignments.
+func (c *Client) HostVolumes(ctx context.Context, id int64, after int64, wait time.Duration) (*HostVolumes, error) {
+	q, timeout := longPoll(after, wait)
+	return call[HostVolumes](ctx, c, http.MethodGet, "/api/v1/hosts/"+itoa(id)+"/volumes", q, nil, timeout)
+}
+
+// CreateVolume creates a volume and places its chunks.
+func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes", nil, req, RequestTimeout)
+}
+
+// ListVolumes lists the volumes with their sets and members.
+func (c *Client) ListVolumes(ctx context.Context) ([]Volume, error) {
+	return callList[Volume](ctx, c, http.MethodGet, "/api/v1/volumes", nil, nil, RequestTimeout)
+}
+
+// GetVolume returns one volume.
+func (c *Client) GetVolume(ctx context.Context, name string) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodGet, "/api/v1/volumes/"+url.PathEscape(name), nil, nil, RequestTimeout)
+}
+
+// DeleteVolume deletes a volume; its chunks are deleted by their chunkservers.
+func (c *Client) DeleteVolume(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)
+}
+
+// AttachVolume assigns a volume to host and bumps its epoch.
+func (c *Client) AttachVolume(ctx context.Context, name, host string) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/attach", nil,
+		AttachVolumeRequest{Host: host}, RequestTimeout)
+}
+
+// call sends a request and decodes its answer into a new T.
+func call[T any](ctx context.Context, c *Client, method, path string, q url.Values, in any, timeout time.Duration) (*T, error) {
+	var out T
+	if err := c.do(ctx, method, path, q, in, &out, timeout); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// callList is call for list answers; it never returns a nil slice without an error.
+func callList[T any](ctx context.Context, c *Client, method, path string, q url.Values, in any, timeout time.Duration) ([]T, error) {
+	out := []T{}
+	if err := c.do(ctx, method, path, q, in, &out, timeout); err != nil {
+		return nil, err
+	}
+	if out == nil {
+		out = []T{}
+	}
+	return out, nil
+}
+
+func itoa(id int64) string { return strconv.FormatInt(id, 10) }
+
+// longPoll returns the query and the request timeout of a long poll.
+func longPoll(after int64, wait time.Duration) (url.Values, time.Duration) {
+	q := url.Values{"after": {itoa(after)}}
+	if wait <= 0 {
+		return q, RequestTimeout
+	}
+	wait = min(wait, MaxWait)
+	q.Set("wait", wait.String())
+	return q, wait + longPollGrace
+}
+
+// do sends one request with a JSON body (in != nil) and decodes a JSON answer
+// into out (out != nil). A non-2xx answer becomes an *Error.
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	target := c.base + path
+	if len(q) > 0 {
+		target += "?" + q.Encode()
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	if err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, path, err)
+	}
+	if len(data) > maxResponse {
+		return fmt.Errorf("%s %s: response larger than %d bytes", method, path, maxResponse)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return decodeError(method, path, resp.StatusCode, data)
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+	}
+	return nil
+}
+
+// decodeError turns a non-2xx answer into an *Error, or into a plain error
+// quoting the start of the body when it is not the API's error envelope
+// (e.g. from a proxy).
+func decodeError(method, path string, status int, data []byte) error {
+	var e Error
+	if err := json.Unmarshal(data, &e); err == nil && e.Code != "" {
+		e.Status = status
+		return &e
+	}
+	snippet := strings.TrimSpace(string(data))
+	if len(snippet) > 200 {
+		snippet = snippet[:200] + "..."
+	}
+	if snippet == "" {
+		snippet = "(empty body)"
+	}
+	return &StatusError{Method: method, Path: path, Status: status, Body: snippet}
+}
+
+// StatusError is a non-2xx answer whose body is not the API's error envelope.
+type StatusError struct {
+	Method, Path string
+	Status       int
+	Body         string // the start of the body
+}
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("%s %s: HTTP %d %s: %s", e.Method, e.Path, e.Status, http.StatusText(e.Status), e.Body)
+}
+
+// statusOf returns the HTTP status of an *Error or *StatusError in err's chain, or 0.
+func statusOf(err error) int {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	var se *StatusError
+	if errors.As(err, &se) {
+		return se.Status
+	}
+	return 0
+}
+
+// IsClientError reports whether the metaserver refused the request as
+// invalid (an HTTP 4xx answer): retrying the same request will not help.
+func IsClientError(err error) bool {
+	s := statusOf(err)
+	return s >= 400 && s < 500
+}

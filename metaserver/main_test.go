@@ -1,0 +1,233 @@
+package metaserver
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/pglocal"
+)
+
+// testDatabaseURL is the database every test makes its schema in.
+var testDatabaseURL string
+
+// TestMain starts one private PostgreSQL server for the package, or uses
+// $CHUNKRAID_TEST_DATABASE_URL.
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	if u := os.Getenv("CHUNKRAID_TEST_DATABASE_URL"); u != "" {
+		testDatabaseURL = u
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("/tmp", "chunkraid-test-pg-")
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "metaserver tests:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pg, err := pglocal.Start(ctx, pglocal.Options{Dir: dir})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "metaserver tests need PostgreSQL (run make deps):", err)
+		return 1
+	}
+	defer pg.Stop()
+	if err := pg.CreateDatabase(ctx, "chunkraid_test"); err != nil {
+		fmt.Fprintln(os.Stderr, "metaserver tests:", err)
+		return 1
+	}
+	testDatabaseURL = pg.URL("chunkraid_test")
+	return m.Run()
+}
+
+// newSchema creates a schema of its own for the test, dropped at cleanup,
+// and returns a database URL whose search_path selects it.
+func newSchema(t *testing.T) string {
+	t.Helper()
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "t_" + hex.EncodeToString(b[:])
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, testDatabaseURL)
+	if err != nil {
+		t.Fatalf("connect to the test database: %v", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(ctx, testDatabaseURL)
+		if err != nil {
+			t.Errorf("drop schema: %v", err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			t.Errorf("drop schema: %v", err)
+		}
+	})
+	u, err := url.Parse(testDatabaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// testServer is a metaserver running for one test.
+type testServer struct {
+	*Server
+	URL    string // base URL of the API
+	DBURL  string
+	Client *api.Client
+}
+
+// logger returns a logger that writes to the test log.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+// startServer runs a metaserver on a fresh schema (or cfg.DatabaseURL if
+// set) on a loopback port until the test ends; Run must then return nil.
+func startServer(t *testing.T, cfg Config) *testServer {
+	t.Helper()
+	if cfg.DatabaseURL == "" {
+		cfg.DatabaseURL = newSchema(t)
+	}
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = 64 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger(t)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listener = ln
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("Run did not return 20s after cancel")
+		}
+	})
+	select {
+	case <-s.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("metaserver not ready after 30s")
+	}
+	base := "http://" + s.Addr().String()
+	return &testServer{Server: s, URL: base, DBURL: cfg.DatabaseURL, Client: api.NewClient(base, nil)}
+}
+
+// exec runs SQL directly on the test server's schema.
+func (ts *testServer) exec(t *testing.T, sql string, args ...any) error {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, ts.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	_, err = conn.Exec(ctx, sql, args...)
+	return err
+}
+
+// queryInt runs a query returning one integer on the test server's schema.
+func (ts *testServer) queryInt(t *testing.T, sql string, args ...any) int64 {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, ts.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int64
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+// addChunkserver registers a chunkserver with one disk of capacity bytes
+// (all free) and returns its ID.
+func (ts *testServer) addChunkserver(t *testing.T, name, faultDomain string, capacity int64) int64 {
+	t.Helper()
+	resp, err := ts.Client.RegisterChunkserver(t.Context(), api.RegisterChunkserverRequest{
+		Name: name, Addr: "127.0.0.1:" + fmt.Sprint(10000+len(name)), FaultDomain: faultDomain,
+		Disks: []api.DiskInfo{{Path: "/srv/" + name, CapacityBytes: capacity, FreeBytes: capacity}},
+	})
+	if err != nil {
+		t.Fatalf("register %s: %v", name, err)
+	}
+	return resp.ID
+}
+
+// addHost registers a host and returns its ID.
+func (ts *testServer) addHost(t *testing.T, name string) int64 {
+	t.Helper()
+	resp, err := ts.Client.RegisterHost(t.Context(), api.RegisterHostRequest{Name: name, ISCSIAddr: "127.0.0.1:3260"})
+	if err != nil {
+		t.Fatalf("register host %s: %v", name, err)
+	}
+	return resp.ID
+}
+
+// wantCode fails the test unless err is an *api.Error with code and status.
+func wantCode(t *testing.T, err error, code string, status int) *api.Error {
+	t.Helper()
+	var ae *api.Error
+	if !errors.As(err, &ae) {
+		t.Fatalf("got %v, want an API error %s", err, code)
+	}
+	if ae.Code != code || ae.Status != status {
+		t.Fatalf("got %s (HTTP %d): %s; want %s (HTTP %d)", ae.Code, ae.Status, ae.Message, code, status)
+	}
+	return ae
+}
+
+const gib = int64(1) << 30

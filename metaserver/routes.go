@@ -1,0 +1,357 @@
+package metaserver
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// routes returns the API's router. Every route is listed here.
+func (s *Server) routes() http.Handler {
+	r := chi.NewRouter()
+	r.Use(s.logRequests)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, api.Errorf(api.CodeNotFound, "no route %s %s: see the metaserver package documentation for the API", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, invalid("method %s is not allowed on %s", r.Method, r.URL.Path))
+	})
+	r.Get("/healthz", s.healthz)
+	r.Route("/api/v1", func(r chi.Router) {
+		r.Use(s.requireReady)
+		r.Get("/cluster", s.getCluster)
+
+		r.Post("/chunkservers", s.registerChunkserver)
+		r.Get("/chunkservers", s.listChunkservers)
+		r.Post("/chunkservers/{id}/heartbeat", s.chunkserverHeartbeat)
+		r.Get("/chunkservers/{id}/chunks", s.chunkAssignments)
+		r.Delete("/chunkservers/{id}/chunks/{chunk}", s.ackChunkDeleted)
+
+		r.Get("/disks", s.listDisks)
+		r.Get("/chunks", s.listChunks)
+
+		r.Post("/hosts", s.registerHost)
+		r.Get("/hosts", s.listHosts)
+		r.Post("/hosts/{id}/heartbeat", s.hostHeartbeat)
+		r.Get("/hosts/{id}/volumes", s.hostVolumes)
+
+		r.Post("/volumes", s.createVolume)
+		r.Get("/volumes", s.listVolumes)
+		r.Get("/volumes/{name}", s.getVolume)
+		r.Delete("/volumes/{name}", s.deleteVolume)
+		r.Post("/volumes/{name}/attach", s.attachVolume)
+	})
+	return r
+}
+
+// healthz answers 200 when the server is ready and its database answers.
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	if !s.isReady() {
+		s.writeJSON(w, http.StatusServiceUnavailable, api.Errorf(api.CodeUnavailable, "the metaserver is starting"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	if err := s.st.db.Ping(ctx); err != nil {
+		s.log.Warn("health check: database unreachable", "err", err)
+		s.writeJSON(w, http.StatusServiceUnavailable, api.Errorf(api.CodeUnavailable, "the database does not answer"))
+		return
+	}
+	s.writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) getCluster(w http.ResponseWriter, r *http.Request) {
+	c, err := s.st.cluster(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, c)
+}
+
+func (s *Server) registerChunkserver(w http.ResponseWriter, r *http.Request) {
+	var req api.RegisterChunkserverRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := validateRegisterChunkserver(&req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	resp, err := s.st.registerChunkserver(r.Context(), req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("chunkserver registered", "name", req.Name, "id", resp.ID, "addr", req.Addr, "disks", len(req.Disks))
+	s.writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) listChunkservers(w http.ResponseWriter, r *http.Request) {
+	out, err := s.st.listChunkservers(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, orEmpty(out))
+}
+
+func (s *Server) chunkserverHeartbeat(w http.ResponseWriter, r *http.Request) {
+	id, err := parseID("chunkserver", chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var hb api.ChunkserverHeartbeat
+	if err := decode(w, r, &hb); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := validateDisks(hb.Disks, false); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.st.chunkserverHeartbeat(r.Context(), id, hb); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) chunkAssignments(w http.ResponseWriter, r *http.Request) {
+	id, err := parseID("chunkserver", chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	after, wait, err := parsePoll(r.URL.Query().Get("after"), r.URL.Query().Get("wait"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out, err := longPoll(r.Context(), s, after, wait, func(ctx context.Context) (*api.ChunkAssignments, int64, error) {
+		a, err := s.st.chunkAssignments(ctx, id)
+		if err != nil {
+			return nil, 0, err
+		}
+		return a, a.Generation, nil
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) ackChunkDeleted(w http.ResponseWriter, r *http.Request) {
+	id, err := parseID("chunkserver", chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	chunk := chi.URLParam(r, "chunk")
+	if err := validateChunkID(chunk); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.st.ackChunkDeleted(r.Context(), id, chunk); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) listDisks(w http.ResponseWriter, r *http.Request) {
+	out, err := s.st.listDisks(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, orEmpty(out))
+}
+
+func (s *Server) listChunks(w http.ResponseWriter, r *http.Request) {
+	out, err := s.st.listChunks(r.Context(), r.URL.Query().Get("volume"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, orEmpty(out))
+}
+
+func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
+	var req api.RegisterHostRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := validateRegisterHost(req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	resp, err := s.st.registerHost(r.Context(), req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("host registered", "name", req.Name, "id", resp.ID, "iscsi_addr", req.ISCSIAddr)
+	s.writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
+	out, err := s.st.listHosts(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, orEmpty(out))
+}
+
+func (s *Server) hostHeartbeat(w http.ResponseWriter, r *http.Request) {
+	id, err := parseID("host", chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.st.hostHeartbeat(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) hostVolumes(w http.ResponseWriter, r *http.Request) {
+	id, err := parseID("host", chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	after, wait, err := parsePoll(r.URL.Query().Get("after"), r.URL.Query().Get("wait"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	out, err := longPoll(r.Context(), s, after, wait, func(ctx context.Context) (*api.HostVolumes, int64, error) {
+		v, err := s.st.hostVolumes(ctx, id)
+		if err != nil {
+			return nil, 0, err
+		}
+		return v, v.Generation, nil
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateVolumeRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	l, err := validateCreateVolume(req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	v, err := s.st.createVolume(r.Context(), req, l)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("volume created", "name", v.Name, "size", v.SizeBytes, "layout", v.Layout, "sets", len(v.Sets), "host", v.Host)
+	s.writeJSON(w, http.StatusCreated, v)
+}
+
+func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request) {
+	out, err := s.st.listVolumes(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, orEmpty(out))
+}
+
+func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
+	v, err := s.st.getVolume(r.Context(), chi.URLParam(r, "name"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, v)
+}
+
+func (s *Server) deleteVolume(w http.ResponseWriter, r *http.Request) {
+	name := chi.URLParam(r, "name")
+	if err := s.st.deleteVolume(r.Context(), name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("volume deleted", "name", name)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
+	var req api.AttachVolumeRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Host == "" {
+		s.writeError(w, r, invalid("host is required: name a registered host (see GET /api/v1/hosts)"))
+		return
+	}
+	name := chi.URLParam(r, "name")
+	v, err := s.st.attachVolume(r.Context(), name, req.Host)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("volume attached", "name", name, "host", v.Host, "epoch", v.Epoch)
+	s.writeJSON(w, http.StatusOK, v)
+}
+
+// orEmpty makes a nil list encode as [] rather than null.
+func orEmpty[T any](list []T) []T {
+	if list == nil {
+		return []T{}
+	}
+	return list
+}
+
+// longPoll returns load's answer at once when its generation differs from
+// after or wait is 0; otherwise it waits until the generation changes, wait
+// passes, or the server shuts down, and returns the answer as it is then.
+// It ends early with the context's error when the client goes away.
+func longPoll[T any](ctx context.Context, s *Server, after int64, wait time.Duration, load func(context.Context) (T, int64, error)) (T, error) {
+	var timeout <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	for {
+		changed := s.gens.changed()
+		v, gen, err := load(ctx)
+		if err != nil || wait <= 0 || gen != after {
+			return v, err
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return v, nil
+		case <-s.stopping:
+			return v, nil
+		case <-ctx.Done():
+			var zero T
+			return zero, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,244 @@
+package metaserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/metaserver/internal/pgpool"
+	"github.com/chunkraid/chunkraid/migrations"
+)
+
+// Config configures a metaserver. Zero values mean the defaults.
+type Config struct {
+	// DatabaseURL is the PostgreSQL URL, e.g.
+	// postgres://postgres@127.0.0.1:5432/chunkraid?sslmode=disable. It may
+	// carry search_path to keep the cluster in its own schema, which must
+	// exist. Required.
+	DatabaseURL string
+	// Listen is the HTTP listen address; "" means 127.0.0.1:8080.
+	Listen string
+	// Listener, if set, is used instead of Listen; Run closes it.
+	Listener net.Listener
+	// ChunkSize is the chunk size in bytes, used only when the cluster is
+	// first created; 0 means 10 GiB. It must be a multiple of 1 MiB.
+	ChunkSize int64
+	// OfflineAfter is how long a server may go without a heartbeat before
+	// it is offline; 0 means 10 s.
+	OfflineAfter time.Duration
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+const (
+	defaultListen       = "127.0.0.1:8080"
+	defaultChunkSize    = 10 << 30
+	minChunkSize        = 1 << 20
+	defaultOfflineAfter = 10 * time.Second
+	// maxConns bounds the PostgreSQL connections of one metaserver (plus
+	// its LISTEN connection).
+	maxConns = 10
+	// shutdownTimeout bounds the graceful HTTP shutdown.
+	shutdownTimeout = 10 * time.Second
+)
+
+func (c *Config) validate() error {
+	if c.DatabaseURL == "" {
+		return errors.New("metaserver: DatabaseURL is required, e.g. postgres://postgres@127.0.0.1:5432/chunkraid?sslmode=disable")
+	}
+	if _, err := pgx.ParseConfig(c.DatabaseURL); err != nil {
+		return fmt.Errorf("metaserver: DatabaseURL: %w", err)
+	}
+	if c.ChunkSize < 0 || c.ChunkSize%minChunkSize != 0 {
+		return fmt.Errorf("metaserver: chunk size %d must be a positive multiple of 1 MiB (1048576), e.g. 67108864 for 64 MiB", c.ChunkSize)
+	}
+	if c.OfflineAfter < 0 {
+		return fmt.Errorf("metaserver: OfflineAfter %v must not be negative", c.OfflineAfter)
+	}
+	if c.Listen == "" {
+		c.Listen = defaultListen
+	}
+	if c.OfflineAfter == 0 {
+		c.OfflineAfter = defaultOfflineAfter
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Server is a metaserver: the REST API over the cluster state in PostgreSQL.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	handler http.Handler
+	gens    *generationHub
+	running atomic.Bool
+	// ready is closed once Run listens; st and addr are set before.
+	ready chan struct{}
+	st    *store
+	addr  net.Addr
+	// stopping is closed when Run's context ends; long polls return early.
+	stopping chan struct{}
+}
+
+// New validates cfg and returns a server; Run starts it.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		gens:     newGenerationHub(),
+		ready:    make(chan struct{}),
+		stopping: make(chan struct{}),
+	}
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler returns the HTTP handler of the API. It answers 503 until Run has
+// connected to the database.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Ready returns a channel closed once Run serves requests.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the address the server listens on, or nil before Ready.
+func (s *Server) Addr() net.Addr {
+	select {
+	case <-s.ready:
+		return s.addr
+	default:
+		return nil
+	}
+}
+
+// isReady reports whether Run has set up the store.
+func (s *Server) isReady() bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// Run connects to PostgreSQL, applies the migrations, creates the cluster row
+// on first start and serves HTTP until ctx ends; then it shuts down
+// gracefully. It returns nil after a shutdown caused by ctx.
+func (s *Server) Run(ctx context.Context) (err error) {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("metaserver: Run called twice")
+	}
+	ln := s.cfg.Listener
+	defer func() {
+		// On an error before serving, Run still owns the listener.
+		if err != nil && ln != nil && !s.isReady() {
+			_ = ln.Close()
+		}
+	}()
+	db, err := pgpool.New(pgpool.Config{ConnString: s.cfg.DatabaseURL, MaxConns: maxConns})
+	if err != nil {
+		return fmt.Errorf("metaserver: %w", err)
+	}
+	defer db.Close()
+	cc := db.ConnConfig()
+	where := fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
+	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = db.Ping(pctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("metaserver: connect to PostgreSQL at %s: %w", where, err)
+	}
+	version, err := migrate(ctx, db, migrations.FS, s.log)
+	if err != nil {
+		return fmt.Errorf("metaserver: migrate the schema at %s: %w", where, err)
+	}
+	chunkSize, err := s.initCluster(ctx, db)
+	if err != nil {
+		return fmt.Errorf("metaserver: %w", err)
+	}
+	if ln == nil {
+		ln, err = net.Listen("tcp", s.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("metaserver: %w", err)
+		}
+	}
+
+	s.st = &store{db: db, offlineAfter: s.cfg.OfflineAfter, log: s.log, committed: s.gens.observe}
+	s.addr = ln.Addr()
+	lctx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { s.gens.listen(lctx, db.ConnConfig(), s.log) })
+	defer func() {
+		stopListening()
+		wg.Wait()
+	}()
+
+	hs := &http.Server{
+		Handler:           s.handler,
+		// No ReadTimeout: its deadline outlives the request headers and
+		// would end long polls early. Bodies are small and bounded.
+		ReadHeaderTimeout: 10 * time.Second,
+		WriteTimeout:      api.MaxWait + 30*time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	close(s.ready)
+	go func() { serveErr <- hs.Serve(ln) }()
+	s.log.Info("metaserver listening", "addr", s.addr.String(), "database", where,
+		"schema_version", version, "chunk_size", chunkSize)
+
+	select {
+	case err := <-serveErr:
+		close(s.stopping)
+		return fmt.Errorf("metaserver: serve: %w", err)
+	case <-ctx.Done():
+	}
+	close(s.stopping)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		s.log.Warn("graceful shutdown incomplete", "err", err)
+		_ = hs.Close()
+	}
+	<-serveErr
+	s.log.Info("metaserver stopped")
+	return nil
+}
+
+// initCluster creates the cluster row on first start and returns the
+// cluster's chunk size, which never changes afterwards.
+func (s *Server) initCluster(ctx context.Context, db *pgpool.Pool) (int64, error) {
+	want := s.cfg.ChunkSize
+	if want == 0 {
+		want = defaultChunkSize
+	}
+	var chunkSize int64
+	err := db.WithConn(ctx, func(conn *pgx.Conn) error {
+		if _, err := conn.Exec(ctx, `INSERT INTO cluster (chunk_size) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, want); err != nil {
+			return err
+		}
+		return conn.QueryRow(ctx, `SELECT chunk_size FROM cluster`).Scan(&chunkSize)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("initialize the cluster row: %w", err)
+	}
+	if s.cfg.ChunkSize != 0 && s.cfg.ChunkSize != chunkSize {
+		s.log.Warn("the configured chunk size differs from the cluster's, which is fixed at creation; using the cluster's",
+			"configured", s.cfg.ChunkSize, "cluster", chunkSize)
+	}
+	return chunkSize, nil
+}

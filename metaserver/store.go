@@ -1,0 +1,434 @@
+package metaserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/metaserver/internal/pgpool"
+)
+
+// store runs the metaserver's SQL. Conditions a client must see come back as
+// *api.Error (or *PlacementError); anything else is an internal error.
+//
+// Every change of chunk or volume assignments runs through mutate, which
+// first bumps cluster.generation. That UPDATE locks the single cluster row,
+// so mutations are serialized cluster-wide (placement sees a stable view),
+// and the NOTIFY sent in the same transaction is delivered on commit.
+type store struct {
+	db           *pgpool.Pool
+	offlineAfter time.Duration
+	log          *slog.Logger
+	// committed is told the generation of every committed mutation.
+	committed func(gen int64)
+}
+
+// notifyChannel is the LISTEN/NOTIFY channel of generation changes. Its
+// payload is "<schema> <generation>": one database may hold several
+// clusters in different schemas (the tests do).
+const notifyChannel = "chunkraid_generation"
+
+// querier is what pgx.Tx and *pgx.Conn have in common for reads.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// mutate runs fn in a transaction after bumping the generation.
+func (st *store) mutate(ctx context.Context, fn func(tx pgx.Tx, chunkSize int64) error) error {
+	var gen int64
+	err := st.db.WithTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		var chunkSize int64
+		err := tx.QueryRow(ctx, `UPDATE cluster SET generation = generation + 1 RETURNING generation, chunk_size`).
+			Scan(&gen, &chunkSize)
+		if err != nil {
+			return fmt.Errorf("bump generation: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, current_schema() || ' ' || $2::bigint)`, notifyChannel, gen); err != nil {
+			return fmt.Errorf("notify: %w", err)
+		}
+		return fn(tx, chunkSize)
+	})
+	if err == nil && st.committed != nil {
+		st.committed(gen)
+	}
+	return err
+}
+
+// read runs fn in a read-only transaction that sees one snapshot.
+func (st *store) read(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	return st.db.WithTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
+}
+
+// offlineSecs is the heartbeat age, in seconds, after which a server is offline.
+func (st *store) offlineSecs() float64 { return st.offlineAfter.Seconds() }
+
+// cluster returns the cluster row and the schema version.
+func (st *store) cluster(ctx context.Context) (*api.Cluster, error) {
+	c := &api.Cluster{OfflineAfterSeconds: st.offlineSecs()}
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `
+			SELECT chunk_size, generation, created_at, (SELECT coalesce(max(version), 0) FROM schema_migrations)
+			FROM cluster`).Scan(&c.ChunkSize, &c.Generation, &c.CreatedAt, &c.SchemaVersion)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read cluster: %w", err)
+	}
+	return c, nil
+}
+
+// generation returns the current generation.
+func (st *store) generation(ctx context.Context, q querier) (gen, chunkSize int64, err error) {
+	err = q.QueryRow(ctx, `SELECT generation, chunk_size FROM cluster`).Scan(&gen, &chunkSize)
+	if err != nil {
+		return 0, 0, fmt.Errorf("read generation: %w", err)
+	}
+	return gen, chunkSize, nil
+}
+
+// registerChunkserver inserts or updates a chunkserver by name and replaces
+// its disk list. A disk left out of the list that still holds chunks cannot
+// go (the chunks reference it): it stays, with no capacity, so placement
+// avoids it.
+func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunkserverRequest) (*api.RegisterChunkserverResponse, error) {
+	resp := &api.RegisterChunkserverResponse{}
+	paths := make([]string, len(req.Disks))
+	caps := make([]int64, len(req.Disks))
+	frees := make([]int64, len(req.Disks))
+	for i, d := range req.Disks {
+		paths[i], caps[i], frees[i] = d.Path, d.CapacityBytes, d.FreeBytes
+	}
+	var kept []string
+	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
+		resp.ChunkSize = chunkSize
+		err := tx.QueryRow(ctx, `
+			INSERT INTO chunkservers (name, addr, fault_domain) VALUES ($1, $2, $3)
+			ON CONFLICT (name) DO UPDATE
+			SET addr = EXCLUDED.addr, fault_domain = EXCLUDED.fault_domain, last_heartbeat = now()
+			RETURNING id`, req.Name, req.Addr, req.FaultDomain).Scan(&resp.ID)
+		if err != nil {
+			return fmt.Errorf("upsert chunkserver: %w", err)
+		}
+		_, err = tx.Exec(ctx, `
+			INSERT INTO disks (chunkserver_id, path, capacity_bytes, free_bytes)
+			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[])
+			ON CONFLICT (chunkserver_id, path) DO UPDATE
+			SET capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes`,
+			resp.ID, paths, caps, frees)
+		if err != nil {
+			return fmt.Errorf("upsert disks: %w", err)
+		}
+		_, err = tx.Exec(ctx, `
+			DELETE FROM disks d
+			WHERE d.chunkserver_id = $1 AND NOT d.path = ANY($2::text[])
+			AND NOT EXISTS (SELECT 1 FROM chunks c WHERE c.disk_id = d.id)`, resp.ID, paths)
+		if err != nil {
+			return fmt.Errorf("delete disks: %w", err)
+		}
+		rows, err := tx.Query(ctx, `
+			UPDATE disks SET capacity_bytes = 0, free_bytes = 0
+			WHERE chunkserver_id = $1 AND NOT path = ANY($2::text[])
+			RETURNING path`, resp.ID, paths)
+		if err != nil {
+			return fmt.Errorf("retire disks: %w", err)
+		}
+		kept, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range kept {
+		st.log.Warn("chunkserver registered without a disk that still holds chunks; keeping the disk with no capacity",
+			"chunkserver", req.Name, "disk", p)
+	}
+	return resp, nil
+}
+
+// chunkserverHeartbeat records a heartbeat and the disks' capacity.
+func (st *store) chunkserverHeartbeat(ctx context.Context, id int64, hb api.ChunkserverHeartbeat) error {
+	paths := make([]string, len(hb.Disks))
+	caps := make([]int64, len(hb.Disks))
+	frees := make([]int64, len(hb.Disks))
+	for i, d := range hb.Disks {
+		paths[i], caps[i], frees[i] = d.Path, d.CapacityBytes, d.FreeBytes
+	}
+	return st.db.WithTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE chunkservers SET last_heartbeat = now() WHERE id = $1`, id)
+		if err != nil {
+			return fmt.Errorf("heartbeat: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return api.Errorf(api.CodeNotFound, "chunkserver %d is not registered: register again", id)
+		}
+		var unknown []string
+		rows, err := tx.Query(ctx, `
+			SELECT p FROM unnest($2::text[]) p
+			WHERE NOT EXISTS (SELECT 1 FROM disks WHERE chunkserver_id = $1 AND path = p)`, id, paths)
+		if err != nil {
+			return fmt.Errorf("heartbeat disks: %w", err)
+		}
+		if unknown, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return fmt.Errorf("heartbeat disks: %w", err)
+		}
+		if len(unknown) > 0 {
+			return api.Errorf(api.CodeConflict, "disk %q of chunkserver %d is not registered: register again to change the disk list", unknown[0], id)
+		}
+		_, err = tx.Exec(ctx, `
+			UPDATE disks d SET capacity_bytes = u.cap, free_bytes = u.free
+			FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS u(path, cap, free)
+			WHERE d.chunkserver_id = $1 AND d.path = u.path`, id, paths, caps, frees)
+		if err != nil {
+			return fmt.Errorf("heartbeat disks: %w", err)
+		}
+		return nil
+	})
+}
+
+// listChunkservers lists every chunkserver with its state and totals.
+func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error) {
+	out := []api.Chunkserver{}
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT cs.id, cs.name, cs.addr, cs.fault_domain, cs.last_heartbeat,
+			       cs.last_heartbeat > now() - make_interval(secs => $1),
+			       coalesce(d.cap, 0), coalesce(d.free, 0), coalesce(c.n, 0)
+			FROM chunkservers cs
+			LEFT JOIN (SELECT chunkserver_id, sum(capacity_bytes)::bigint AS cap, sum(free_bytes)::bigint AS free
+			           FROM disks GROUP BY chunkserver_id) d ON d.chunkserver_id = cs.id
+			LEFT JOIN (SELECT chunkserver_id, count(*) AS n FROM chunks GROUP BY chunkserver_id) c ON c.chunkserver_id = cs.id
+			ORDER BY cs.name`, st.offlineSecs())
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Chunkserver, error) {
+			var c api.Chunkserver
+			var online bool
+			err := row.Scan(&c.ID, &c.Name, &c.Addr, &c.FaultDomain, &c.LastHeartbeat, &online,
+				&c.CapacityBytes, &c.FreeBytes, &c.Chunks)
+			c.State = stateOf(online)
+			return c, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list chunkservers: %w", err)
+	}
+	return out, nil
+}
+
+func stateOf(online bool) string {
+	if online {
+		return api.StateOnline
+	}
+	return api.StateOffline
+}
+
+// chunkAssignments returns the chunks of chunkserver id and the generation
+// they belong to.
+func (st *store) chunkAssignments(ctx context.Context, id int64) (*api.ChunkAssignments, error) {
+	out := &api.ChunkAssignments{Chunks: []api.ChunkAssignment{}}
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		var err error
+		if out.Generation, out.ChunkSize, err = st.generation(ctx, tx); err != nil {
+			return err
+		}
+		if err := exists(ctx, tx, `SELECT EXISTS (SELECT 1 FROM chunkservers WHERE id = $1)`, id); err != nil {
+			return notFound(err, "chunkserver %d is not registered: register again", id)
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT id::text, size_bytes, state FROM chunks WHERE chunkserver_id = $1 ORDER BY id`, id)
+		if err != nil {
+			return fmt.Errorf("list chunks: %w", err)
+		}
+		out.Chunks, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.ChunkAssignment, error) {
+			var a api.ChunkAssignment
+			err := row.Scan(&a.ID, &a.SizeBytes, &a.State)
+			return a, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// errMissing is returned by exists when the row is not there.
+var errMissing = errors.New("missing")
+
+// exists runs a SELECT EXISTS query and returns errMissing if it is false.
+func exists(ctx context.Context, q querier, sql string, args ...any) error {
+	var ok bool
+	if err := q.QueryRow(ctx, sql, args...).Scan(&ok); err != nil {
+		return err
+	}
+	if !ok {
+		return errMissing
+	}
+	return nil
+}
+
+// notFound turns errMissing and pgx.ErrNoRows into a not_found *api.Error
+// and passes other errors on.
+func notFound(err error, format string, args ...any) error {
+	if errors.Is(err, errMissing) || errors.Is(err, pgx.ErrNoRows) {
+		return api.Errorf(api.CodeNotFound, format, args...)
+	}
+	return err
+}
+
+// ackChunkDeleted removes a deleting chunk of chunkserver id.
+func (st *store) ackChunkDeleted(ctx context.Context, id int64, chunk string) error {
+	return st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		var state string
+		err := tx.QueryRow(ctx, `SELECT state FROM chunks WHERE id = $1 AND chunkserver_id = $2 FOR UPDATE`, chunk, id).Scan(&state)
+		if err != nil {
+			return notFound(err, "chunk %s is not assigned to chunkserver %d", chunk, id)
+		}
+		if state != api.ChunkDeleting {
+			return api.Errorf(api.CodeConflict, "chunk %s is %s, not %s: only a chunk the metaserver asked to delete can be acknowledged", chunk, state, api.ChunkDeleting)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM chunks WHERE id = $1`, chunk); err != nil {
+			return fmt.Errorf("delete chunk: %w", err)
+		}
+		return nil
+	})
+}
+
+// listDisks lists every disk.
+func (st *store) listDisks(ctx context.Context) ([]api.Disk, error) {
+	var out []api.Disk
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT d.id, cs.name, d.path, d.capacity_bytes, d.free_bytes
+			FROM disks d JOIN chunkservers cs ON cs.id = d.chunkserver_id
+			ORDER BY cs.name, d.path`)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Disk, error) {
+			var d api.Disk
+			err := row.Scan(&d.ID, &d.Chunkserver, &d.Path, &d.CapacityBytes, &d.FreeBytes)
+			return d, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list disks: %w", err)
+	}
+	return out, nil
+}
+
+// listChunks lists every chunk, or those of one volume.
+func (st *store) listChunks(ctx context.Context, volume string) ([]api.Chunk, error) {
+	var out []api.Chunk
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		var volumeID *int64
+		if volume != "" {
+			var id int64
+			if err := tx.QueryRow(ctx, `SELECT id FROM volumes WHERE name = $1`, volume).Scan(&id); err != nil {
+				return notFound(err, "volume %q does not exist", volume)
+			}
+			volumeID = &id
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT c.id::text, cs.name, coalesce(v.name, ''), coalesce(c.set_idx, 0), coalesce(c.member_idx, 0),
+			       c.size_bytes, c.state
+			FROM chunks c
+			JOIN chunkservers cs ON cs.id = c.chunkserver_id
+			LEFT JOIN volumes v ON v.id = c.volume_id
+			WHERE $1::bigint IS NULL OR c.volume_id = $1
+			ORDER BY v.name NULLS LAST, c.set_idx, c.member_idx, c.id`, volumeID)
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Chunk, error) {
+			var c api.Chunk
+			err := row.Scan(&c.ID, &c.Chunkserver, &c.Volume, &c.SetIndex, &c.MemberIndex, &c.SizeBytes, &c.State)
+			return c, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// registerHost inserts or updates a host by name.
+func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest) (*api.RegisterHostResponse, error) {
+	resp := &api.RegisterHostResponse{}
+	err := st.db.WithConn(ctx, func(conn *pgx.Conn) error {
+		return conn.QueryRow(ctx, `
+			INSERT INTO hosts (name, iscsi_addr) VALUES ($1, $2)
+			ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now()
+			RETURNING id`, req.Name, req.ISCSIAddr).Scan(&resp.ID)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("register host: %w", err)
+	}
+	return resp, nil
+}
+
+// hostHeartbeat records a heartbeat of host id.
+func (st *store) hostHeartbeat(ctx context.Context, id int64) error {
+	tag, err := st.db.Exec(ctx, `UPDATE hosts SET last_heartbeat = now() WHERE id = $1`, id)
+	if err != nil {
+		return fmt.Errorf("host heartbeat: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return api.Errorf(api.CodeNotFound, "host %d is not registered: register again", id)
+	}
+	return nil
+}
+
+// listHosts lists every host with its state.
+func (st *store) listHosts(ctx context.Context) ([]api.Host, error) {
+	var out []api.Host
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT id, name, iscsi_addr, last_heartbeat, last_heartbeat > now() - make_interval(secs => $1)
+			FROM hosts ORDER BY name`, st.offlineSecs())
+		if err != nil {
+			return err
+		}
+		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Host, error) {
+			var h api.Host
+			var online bool
+			err := row.Scan(&h.ID, &h.Name, &h.ISCSIAddr, &h.LastHeartbeat, &online)
+			h.State = stateOf(online)
+			return h, err
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
+	}
+	return out, nil
+}
+
+// hostVolumes returns the volumes assigned to host id and their generation.
+func (st *store) hostVolumes(ctx context.Context, id int64) (*api.HostVolumes, error) {
+	out := &api.HostVolumes{}
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		var err error
+		if out.Generation, _, err = st.generation(ctx, tx); err != nil {
+			return err
+		}
+		if err := exists(ctx, tx, `SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)`, id); err != nil {
+			return notFound(err, "host %d is not registered: register again", id)
+		}
+		out.Volumes, err = loadVolumes(ctx, tx, volumeFilter{hostID: id})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}

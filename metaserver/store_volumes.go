@@ -1,0 +1,284 @@
+package metaserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// volumeFilter selects the volumes loadVolumes returns; the zero value
+// selects all of them.
+type volumeFilter struct {
+	id     int64
+	name   string
+	hostID int64
+}
+
+// loadVolumes returns the volumes that match f, ordered by name, complete
+// with sets and members.
+func loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]api.Volume, error) {
+	rows, err := q.Query(ctx, `
+		SELECT v.id, v.name, v.size_bytes, v.layout, coalesce(h.name, ''), v.epoch, v.created_at
+		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
+		WHERE ($1::bigint = 0 OR v.id = $1)
+		  AND ($2::text = '' OR v.name = $2)
+		  AND ($3::bigint = 0 OR v.host_id = $3)
+		ORDER BY v.name`, f.id, f.name, f.hostID)
+	if err != nil {
+		return nil, fmt.Errorf("load volumes: %w", err)
+	}
+	var ids []int64
+	vols, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Volume, error) {
+		var v api.Volume
+		var id int64
+		err := row.Scan(&id, &v.Name, &v.SizeBytes, &v.Layout, &v.Host, &v.Epoch, &v.CreatedAt)
+		v.IQN = api.IQNPrefix + v.Name
+		v.Sets = []api.Set{}
+		ids = append(ids, id)
+		return v, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load volumes: %w", err)
+	}
+	if len(vols) == 0 {
+		return []api.Volume{}, nil
+	}
+	byID := make(map[int64]*api.Volume, len(vols))
+	for i, id := range ids {
+		byID[id] = &vols[i]
+	}
+	rows, err = q.Query(ctx, `
+		SELECT s.volume_id, s.idx, s.size_bytes, c.id::text, cs.name, cs.addr, c.member_state
+		FROM sets s
+		LEFT JOIN chunks c ON c.volume_id = s.volume_id AND c.set_idx = s.idx
+		LEFT JOIN chunkservers cs ON cs.id = c.chunkserver_id
+		WHERE s.volume_id = ANY($1)
+		ORDER BY s.volume_id, s.idx, c.member_idx`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("load sets: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			volumeID                int64
+			idx                     int
+			size                    int64
+			chunk, server, addr, ms *string
+		)
+		if err := rows.Scan(&volumeID, &idx, &size, &chunk, &server, &addr, &ms); err != nil {
+			return nil, fmt.Errorf("load sets: %w", err)
+		}
+		v := byID[volumeID]
+		if n := len(v.Sets); n == 0 || v.Sets[n-1].Index != idx {
+			v.Sets = append(v.Sets, api.Set{Index: idx, SizeBytes: size, Members: []api.Member{}})
+		}
+		if chunk == nil {
+			continue
+		}
+		s := &v.Sets[len(v.Sets)-1]
+		s.Members = append(s.Members, api.Member{
+			ChunkID: *chunk, Chunkserver: *server, Addr: *addr, Export: *chunk, State: *ms,
+		})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load sets: %w", err)
+	}
+	return vols, nil
+}
+
+// listVolumes lists every volume.
+func (st *store) listVolumes(ctx context.Context) ([]api.Volume, error) {
+	var out []api.Volume
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		var err error
+		out, err = loadVolumes(ctx, tx, volumeFilter{})
+		return err
+	})
+	return out, err
+}
+
+// getVolume returns one volume by name.
+func (st *store) getVolume(ctx context.Context, name string) (*api.Volume, error) {
+	var out *api.Volume
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		var err error
+		out, err = loadVolume(ctx, tx, volumeFilter{name: name})
+		return err
+	})
+	return out, err
+}
+
+// loadVolume returns the one volume f selects, or not_found.
+func loadVolume(ctx context.Context, q querier, f volumeFilter) (*api.Volume, error) {
+	vols, err := loadVolumes(ctx, q, f)
+	if err != nil {
+		return nil, err
+	}
+	if len(vols) != 1 {
+		return nil, api.Errorf(api.CodeNotFound, "volume %q does not exist", f.name)
+	}
+	return &vols[0], nil
+}
+
+// hostID returns the ID of host name, or not_found.
+func hostID(ctx context.Context, q querier, name string) (int64, error) {
+	var id int64
+	if err := q.QueryRow(ctx, `SELECT id FROM hosts WHERE name = $1`, name).Scan(&id); err != nil {
+		return 0, notFound(err, "host %q is not registered: see GET /api/v1/hosts", name)
+	}
+	return id, nil
+}
+
+// createVolume creates a volume, places its chunks and, with req.Host set,
+// attaches it, all in one transaction.
+func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, l layout) (*api.Volume, error) {
+	var out *api.Volume
+	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
+		sets := setCount(req.SizeBytes, chunkSize)
+		if sets > maxSets {
+			return invalid("a volume of %s needs %d sets of %s: at most %d are allowed", describeSize(req.SizeBytes), sets, describeSize(chunkSize), maxSets)
+		}
+		var host *int64
+		if req.Host != "" {
+			id, err := hostID(ctx, tx, req.Host)
+			if err != nil {
+				return err
+			}
+			host = &id
+		}
+		var volumeID int64
+		err := tx.QueryRow(ctx, `
+			INSERT INTO volumes (name, size_bytes, layout, host_id) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.Name, host).Scan(&volumeID)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return api.Errorf(api.CodeAlreadyExists, "volume %q already exists: choose another name or delete it first", req.Name)
+		}
+		if err != nil {
+			return fmt.Errorf("insert volume: %w", err)
+		}
+		cands, err := st.candidates(ctx, tx)
+		if err != nil {
+			return err
+		}
+		plan, err := place(l, int(sets), chunkSize, cands)
+		if err != nil {
+			return err
+		}
+		setIdx := make([]int32, sets)
+		setSize := make([]int64, sets)
+		var servers, disks []int64
+		var chunkSet, chunkMember []int32
+		for i, members := range plan {
+			setIdx[i] = int32(i)
+			setSize[i] = min(chunkSize, req.SizeBytes-int64(i)*chunkSize)
+			for j, m := range members {
+				servers = append(servers, m.ChunkserverID)
+				disks = append(disks, m.DiskID)
+				chunkSet = append(chunkSet, int32(i))
+				chunkMember = append(chunkMember, int32(j))
+			}
+		}
+		_, err = tx.Exec(ctx, `
+			INSERT INTO sets (volume_id, idx, size_bytes)
+			SELECT $1, * FROM unnest($2::int[], $3::bigint[])`, volumeID, setIdx, setSize)
+		if err != nil {
+			return fmt.Errorf("insert sets: %w", err)
+		}
+		_, err = tx.Exec(ctx, `
+			INSERT INTO chunks (chunkserver_id, disk_id, volume_id, set_idx, member_idx, size_bytes)
+			SELECT u.server, u.disk, $1, u.set_idx, u.member_idx, $2
+			FROM unnest($3::bigint[], $4::bigint[], $5::int[], $6::int[]) AS u(server, disk, set_idx, member_idx)`,
+			volumeID, chunkSize, servers, disks, chunkSet, chunkMember)
+		if err != nil {
+			return fmt.Errorf("insert chunks: %w", err)
+		}
+		out, err = loadVolume(ctx, tx, volumeFilter{id: volumeID, name: req.Name})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// candidates loads the online chunkservers with their disks and the active
+// chunks on each disk.
+func (st *store) candidates(ctx context.Context, tx pgx.Tx) ([]candidate, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT cs.id, cs.name, cs.fault_domain, d.id, d.free_bytes,
+		       (SELECT count(*) FROM chunks c WHERE c.disk_id = d.id AND c.state = 'active')
+		FROM chunkservers cs JOIN disks d ON d.chunkserver_id = cs.id
+		WHERE cs.last_heartbeat > now() - make_interval(secs => $1) AND d.capacity_bytes > 0
+		ORDER BY cs.id, d.id`, st.offlineSecs())
+	if err != nil {
+		return nil, fmt.Errorf("load placement candidates: %w", err)
+	}
+	defer rows.Close()
+	var out []candidate
+	for rows.Next() {
+		var c candidate
+		var d candidateDisk
+		if err := rows.Scan(&c.ID, &c.Name, &c.FaultDomain, &d.ID, &d.FreeBytes, &d.ActiveChunks); err != nil {
+			return nil, fmt.Errorf("load placement candidates: %w", err)
+		}
+		if n := len(out); n > 0 && out[n-1].ID == c.ID {
+			out[n-1].Disks = append(out[n-1].Disks, d)
+			continue
+		}
+		c.Disks = []candidateDisk{d}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load placement candidates: %w", err)
+	}
+	return out, nil
+}
+
+// deleteVolume deletes a volume: its chunks leave their sets and become
+// deleting, for their chunkservers to delete and acknowledge.
+func (st *store) deleteVolume(ctx context.Context, name string) error {
+	return st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		var id int64
+		if err := tx.QueryRow(ctx, `SELECT id FROM volumes WHERE name = $1 FOR UPDATE`, name).Scan(&id); err != nil {
+			return notFound(err, "volume %q does not exist", name)
+		}
+		_, err := tx.Exec(ctx, `
+			UPDATE chunks SET state = 'deleting', volume_id = NULL, set_idx = NULL, member_idx = NULL
+			WHERE volume_id = $1`, id)
+		if err != nil {
+			return fmt.Errorf("release chunks: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM volumes WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("delete volume: %w", err)
+		}
+		return nil
+	})
+}
+
+// attachVolume assigns a volume to a host and bumps its epoch.
+func (st *store) attachVolume(ctx context.Context, name, host string) (*api.Volume, error) {
+	var out *api.Volume
+	err := st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		var id int64
+		if err := tx.QueryRow(ctx, `SELECT id FROM volumes WHERE name = $1 FOR UPDATE`, name).Scan(&id); err != nil {
+			return notFound(err, "volume %q does not exist", name)
+		}
+		h, err := hostID(ctx, tx, host)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE volumes SET host_id = $2, epoch = epoch + 1 WHERE id = $1`, id, h); err != nil {
+			return fmt.Errorf("attach volume: %w", err)
+		}
+		out, err = loadVolume(ctx, tx, volumeFilter{id: id, name: name})
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
