@@ -187,7 +187,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}()
 
 	hs := &http.Server{
-		Handler:           s.handler,
+		Handler: s.handler,
 		// No ReadTimeout: its deadline outlives the request headers and
 		// would end long polls early. Bodies are small and bounded.
 		ReadHeaderTimeout: 10 * time.Second,
