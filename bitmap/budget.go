@@ -1,0 +1,55 @@
+package bitmap
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ValidateBudget checks the part of the timeout budget (DESIGN §5) that the
+// REMB theorems rest on:
+//
+//   - tIO, the time after which hostd fails a member whose request has not
+//     completed, is positive and shorter than offlineAfter, the heartbeat
+//     loss after which a server is declared offline;
+//   - T, the LOG rotation period, is at least 3×tIO (DESIGN rule 1): a
+//     write arrives at a member within tIO of being sent, the host needs
+//     up to tIO more to notice that another member missed it, and up to
+//     tIO more to pin the survivors' LOG bitmaps; a bit lives at least T
+//     after it was set, so it is still there when the pin arrives;
+//   - T exceeds offlineAfter, as the hierarchy t_io < offline_after <
+//     SCSI timeout < T requires.
+//
+// It returns nil or every broken rule, each a *BudgetError (errors.Is
+// ErrBudget), joined.
+func ValidateBudget(tIO, offlineAfter, T time.Duration) error {
+	var errs []error
+	add := func(rule, format string, args ...any) {
+		errs = append(errs, &BudgetError{Rule: rule, Msg: fmt.Sprintf(format, args...)})
+	}
+	if tIO <= 0 {
+		add("t_io > 0", "member request timeout t_io=%v must be positive", tIO)
+	}
+	if offlineAfter <= 0 {
+		add("offline_after > 0", "offline_after=%v must be positive", offlineAfter)
+	}
+	if T <= 0 {
+		add("T > 0", "LOG rotation period T=%v must be positive", T)
+	}
+	if tIO > 0 && offlineAfter > 0 && tIO >= offlineAfter {
+		add("t_io < offline_after",
+			"member request timeout t_io=%v must be less than offline_after=%v (DESIGN §5: a slow member is failed by its host before its server is declared offline)",
+			tIO, offlineAfter)
+	}
+	if tIO > 0 && T > 0 && T/3 < tIO {
+		add("T >= 3*t_io",
+			"LOG rotation period T=%v must be at least 3×t_io=%v (DESIGN rule 1: bounded in-flight time)",
+			T, 3*tIO)
+	}
+	if offlineAfter > 0 && T > 0 && T <= offlineAfter {
+		add("T > offline_after",
+			"LOG rotation period T=%v must exceed offline_after=%v (DESIGN §5: t_io < offline_after < SCSI timeout < T)",
+			T, offlineAfter)
+	}
+	return errors.Join(errs...)
+}

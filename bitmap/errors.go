@@ -1,0 +1,74 @@
+package bitmap
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Callers branch on them with errors.Is; the typed errors
+// below wrap them and carry the details.
+var (
+	// ErrCorrupt reports bytes that are not a valid WIB file or LOG state:
+	// bad magic, bad checksum, wrong length, non-zero reserved fields or
+	// padding bits. The record is unusable: the caller falls back to a full
+	// resync.
+	ErrCorrupt = errors.New("bitmap: corrupt")
+	// ErrVersion reports a format version this package does not read.
+	ErrVersion = errors.New("bitmap: unsupported format version")
+	// ErrMismatch reports a valid record that belongs to another set, epoch
+	// or geometry than the caller asked for.
+	ErrMismatch = errors.New("bitmap: identity or geometry mismatch")
+	// ErrLocked reports a WIB file that another open WIB (in this or another
+	// process) holds.
+	ErrLocked = errors.New("bitmap: WIB file is in use")
+	// ErrConfig reports an invalid WIBConfig or LogConfig.
+	ErrConfig = errors.New("bitmap: invalid configuration")
+	// ErrLogFailed reports that persisting a LOG bitmap failed. The failure
+	// is permanent for that Log (a durability failure is fatal to the
+	// chunk): every later Sync returns it.
+	ErrLogFailed = errors.New("bitmap: persisting the LOG bitmap failed")
+	// ErrBudget reports a timeout configuration that breaks the rules the
+	// REMB theorems rely on.
+	ErrBudget = errors.New("bitmap: timeout budget violated")
+)
+
+// HeaderError describes why a WIB file or a LOG state was refused. It
+// unwraps to ErrCorrupt, ErrVersion or ErrMismatch.
+type HeaderError struct {
+	Path  string // the WIB file, "" for a LOG state or anonymous memory
+	Field string // what failed: "magic", "crc", "size", "volume", …
+	Want  string // expected value, when there is one
+	Got   string // value found
+	Err   error  // ErrCorrupt, ErrVersion or ErrMismatch
+}
+
+func (e *HeaderError) Error() string {
+	where := "bitmap"
+	if e.Path != "" {
+		where = "bitmap: " + e.Path
+	}
+	if e.Want != "" {
+		return fmt.Sprintf("%s: %v: %s is %s, want %s", where, e.Err, e.Field, e.Got, e.Want)
+	}
+	if e.Got != "" {
+		return fmt.Sprintf("%s: %v: %s: %s", where, e.Err, e.Field, e.Got)
+	}
+	return fmt.Sprintf("%s: %v: %s", where, e.Err, e.Field)
+}
+
+func (e *HeaderError) Unwrap() error { return e.Err }
+
+// BudgetError names the rule of the timeout budget that a configuration
+// breaks. It unwraps to ErrBudget.
+type BudgetError struct {
+	Rule string // short name of the rule, e.g. "T >= 3*t_io"
+	Msg  string // the whole sentence, with the values
+}
+
+func (e *BudgetError) Error() string { return e.Msg }
+
+func (e *BudgetError) Unwrap() error { return ErrBudget }
+
+func configErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...)
+}
