@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -102,6 +103,8 @@ type testServer struct {
 	URL    string // base URL of the API
 	DBURL  string
 	Client *api.Client
+	// Stop cancels Run and returns its result; later calls return the same.
+	Stop func() error
 }
 
 // logger returns a logger that writes to the test log.
@@ -142,26 +145,36 @@ func startServer(t *testing.T, cfg Config) *testServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var (
+		once    sync.Once
+		stopErr error
+	)
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(20 * time.Second):
+				stopErr = errors.New("Run did not return 20s after cancel")
 			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("Run did not return 20s after cancel")
+		})
+		return stopErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
 		}
 	})
 	select {
 	case <-s.Ready():
 	case err := <-done:
+		done <- err // for stop, called at cleanup
 		t.Fatalf("Run: %v", err)
 	case <-time.After(30 * time.Second):
 		t.Fatal("metaserver not ready after 30s")
 	}
 	base := "http://" + s.Addr().String()
-	return &testServer{Server: s, URL: base, DBURL: cfg.DatabaseURL, Client: api.NewClient(base, nil)}
+	return &testServer{Server: s, URL: base, DBURL: cfg.DatabaseURL, Client: api.NewClient(base, nil), Stop: stop}
 }
 
 // exec runs SQL directly on the test server's schema.
@@ -231,3 +244,9 @@ func wantCode(t *testing.T, err error, code string, status int) *api.Error {
 }
 
 const gib = int64(1) << 30
+
+// chunkserverReq is a valid registration with one 1 GiB disk.
+func chunkserverReq(name string) api.RegisterChunkserverRequest {
+	return api.RegisterChunkserverRequest{Name: name, Addr: "127.0.0.1:10809",
+		Disks: []api.DiskInfo{{Path: "/srv/" + name, CapacityBytes: gib, FreeBytes: gib}}}
+}

@@ -343,13 +343,18 @@ func longPoll[T any](ctx context.Context, s *Server, after int64, wait time.Dura
 		if err != nil || wait <= 0 || gen != after {
 			return v, err
 		}
+		s.waiting.Add(1)
 		select {
 		case <-changed:
+			s.waiting.Add(-1)
 		case <-timeout:
+			s.waiting.Add(-1)
 			return v, nil
 		case <-s.stopping:
+			s.waiting.Add(-1)
 			return v, nil
 		case <-ctx.Done():
+			s.waiting.Add(-1)
 			var zero T
 			return zero, ctx.Err()
 		}

@@ -89,6 +89,8 @@ type Server struct {
 	addr  net.Addr
 	// stopping is closed when Run's context ends; long polls return early.
 	stopping chan struct{}
+	// waiting counts the long polls waiting for a change.
+	waiting atomic.Int64
 }
 
 // New validates cfg and returns a server; Run starts it.

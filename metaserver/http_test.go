@@ -1,0 +1,87 @@
+package metaserver
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// rawCall sends a request without the client and decodes the error envelope.
+func rawCall(t *testing.T, method, url, body string) (int, api.Error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var e api.Error
+	if resp.StatusCode >= 300 {
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("%s %s: content type %q", method, url, ct)
+		}
+		if err := json.Unmarshal(data, &e); err != nil || e.Code == "" || e.Message == "" {
+			t.Errorf("%s %s: HTTP %d body %q is not an error envelope", method, url, resp.StatusCode, data)
+		}
+	}
+	return resp.StatusCode, e
+}
+
+func TestRequestBodies(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	volumes := ts.URL + "/api/v1/volumes"
+	tests := []struct {
+		name, method, url, body string
+		status                  int
+		code, contains          string
+	}{
+		{"unknown field", "POST", volumes, `{"name":"v","size_bytes":4096,"layout":"mirror:2","colour":"red"}`, 400, api.CodeInvalidArgument, "colour"},
+		{"not JSON", "POST", volumes, `name=v`, 400, api.CodeInvalidArgument, "invalid JSON"},
+		{"empty body", "POST", volumes, ``, 400, api.CodeInvalidArgument, "empty"},
+		{"two values", "POST", volumes, `{"name":"v"} {}`, 400, api.CodeInvalidArgument, "more than one"},
+		{"wrong type", "POST", volumes, `{"name":"v","size_bytes":"big"}`, 400, api.CodeInvalidArgument, "size_bytes"},
+		{"too large", "POST", volumes, `{"name":"` + strings.Repeat("x", 1<<20) + `"}`, 400, api.CodeInvalidArgument, "exceeds"},
+		{"unknown route", "GET", ts.URL + "/api/v1/nothing", ``, 404, api.CodeNotFound, "no route"},
+		{"wrong method", "PUT", volumes, `{}`, 400, api.CodeInvalidArgument, "not allowed"},
+		{"bad chunkserver id", "POST", ts.URL + "/api/v1/chunkservers/x/heartbeat", `{}`, 400, api.CodeInvalidArgument, "not a positive integer"},
+		{"zero host id", "POST", ts.URL + "/api/v1/hosts/0/heartbeat", ``, 400, api.CodeInvalidArgument, "not a positive integer"},
+		{"unknown volume", "GET", volumes + "/nope", ``, 404, api.CodeNotFound, `"nope"`},
+		{"heartbeat unknown field", "POST", ts.URL + "/api/v1/chunkservers/1/heartbeat", `{"disk":[]}`, 400, api.CodeInvalidArgument, "disk"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, e := rawCall(t, tt.method, tt.url, tt.body)
+			if status != tt.status || e.Code != tt.code || !strings.Contains(e.Message, tt.contains) {
+				t.Errorf("HTTP %d %s %q; want %d %s containing %q", status, e.Code, e.Message, tt.status, tt.code, tt.contains)
+			}
+		})
+	}
+	if err := ts.Client.Health(t.Context()); err != nil {
+		t.Errorf("healthz: %v", err)
+	}
+}
+
+func TestHandlerBeforeRun(t *testing.T) {
+	s, err := New(Config{DatabaseURL: "postgres://postgres@127.0.0.1:1/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	defer hs.Close()
+	for _, path := range []string{"/healthz", "/api/v1/volumes"} {
+		status, e := rawCall(t, "GET", hs.URL+path, "")
+		if status != http.StatusServiceUnavailable || e.Code != api.CodeUnavailable {
+			t.Errorf("%s before Run: HTTP %d %+v", path, status, e)
+		}
+	}
+}
