@@ -16,15 +16,21 @@ import (
 // of this process. It learns of changes from this process's own commits and,
 // through one LISTEN connection, from every metaserver sharing the database.
 type generationHub struct {
-	mu struct {
+	// interval bounds how long the listener goes without reading the
+	// generation itself, a safety net for a notification lost in a reconnect.
+	interval time.Duration
+	mu       struct {
 		sync.Mutex
 		gen     int64         // guarded by mu: the newest generation known
 		changed chan struct{} // guarded by mu: closed and replaced when gen grows
 	}
 }
 
-func newGenerationHub() *generationHub {
-	h := &generationHub{}
+// listenerAppName names the LISTEN connection in pg_stat_activity.
+const listenerAppName = "chunkraid-metaserver-listener"
+
+func newGenerationHub(interval time.Duration) *generationHub {
+	h := &generationHub{interval: interval}
 	h.mu.changed = make(chan struct{})
 	return h
 }
@@ -50,13 +56,13 @@ func (h *generationHub) observe(gen int64) {
 	h.mu.changed = make(chan struct{})
 }
 
-// listenInterval bounds how long the listener goes without reading the
-// generation itself, a safety net for a notification lost in a reconnect.
-const listenInterval = 5 * time.Second
-
 // listen keeps a LISTEN connection open until ctx ends and feeds the hub
 // with the generations notified for schema. It reconnects after errors.
 func (h *generationHub) listen(ctx context.Context, cfg *pgx.ConnConfig, log *slog.Logger) {
+	cfg = cfg.Copy()
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = listenerAppName
+	}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := h.listenOnce(ctx, cfg)
@@ -95,7 +101,7 @@ func (h *generationHub) listenOnce(ctx context.Context, cfg *pgx.ConnConfig) err
 		return err
 	}
 	for {
-		wctx, cancel := context.WithTimeout(ctx, listenInterval)
+		wctx, cancel := context.WithTimeout(ctx, h.interval)
 		n, err := conn.WaitForNotification(wctx)
 		cancel()
 		switch {

@@ -250,3 +250,19 @@ func chunkserverReq(name string) api.RegisterChunkserverRequest {
 	return api.RegisterChunkserverRequest{Name: name, Addr: "127.0.0.1:10809",
 		Disks: []api.DiskInfo{{Path: "/srv/" + name, CapacityBytes: gib, FreeBytes: gib}}}
 }
+
+// queryInts runs a query returning one integer array on the test server's schema.
+func (ts *testServer) queryInts(t *testing.T, sql string, args ...any) []int64 {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, ts.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var out []int64
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&out); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}

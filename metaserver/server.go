@@ -47,6 +47,9 @@ const (
 	// maxConns bounds the PostgreSQL connections of one metaserver (plus
 	// its LISTEN connection).
 	maxConns = 10
+	// listenInterval: the generation listener reads the generation itself
+	// after this long without a notification.
+	listenInterval = 5 * time.Second
 	// shutdownTimeout bounds the graceful HTTP shutdown.
 	shutdownTimeout = 10 * time.Second
 )
@@ -101,7 +104,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		gens:     newGenerationHub(),
+		gens:     newGenerationHub(listenInterval),
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
 	}
@@ -206,6 +209,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	select {
 	case err := <-serveErr:
 		close(s.stopping)
+		_ = hs.Close()
 		return fmt.Errorf("metaserver: serve: %w", err)
 	case <-ctx.Done():
 	}
