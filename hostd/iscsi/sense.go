@@ -1,0 +1,120 @@
+package iscsi
+
+import "fmt"
+
+// SCSI status codes (SAM-5).
+const (
+	statusGood           = 0x00
+	statusCheckCondition = 0x02
+	statusBusy           = 0x08
+	statusTaskSetFull    = 0x28
+	statusTaskAborted    = 0x40
+)
+
+// Sense keys (SPC-4 table 48).
+const (
+	senseNoSense        = 0x0
+	senseNotReady       = 0x2
+	senseMediumError    = 0x3
+	senseHardwareError  = 0x4
+	senseIllegalRequest = 0x5
+	senseUnitAttention  = 0x6
+	senseAbortedCommand = 0xb
+	senseMiscompare     = 0xe
+)
+
+// Additional sense codes, ASC in the high byte and ASCQ in the low byte.
+const (
+	ascNone                    = 0x0000
+	ascWriteError              = 0x0c00
+	ascInvalidFieldInIU        = 0x0e03
+	ascUnrecoveredReadError    = 0x1100
+	ascParamListLengthError    = 0x1a00
+	ascMiscompareDuringVerify  = 0x1d00
+	ascInvalidOpcode           = 0x2000
+	ascLBAOutOfRange           = 0x2100
+	ascInvalidFieldInCDB       = 0x2400
+	ascLUNotSupported          = 0x2500
+	ascInvalidFieldInParamList = 0x2600
+	ascSavingParamsUnsupported = 0x3900
+	ascInternalTargetFailure   = 0x4400
+)
+
+// sense is the sense data of a CHECK CONDITION, sent in fixed format
+// (response code 0x70, 18 bytes).
+type sense struct {
+	key  uint8
+	asc  uint16 // ASC<<8 | ASCQ
+	info uint64 // INFORMATION field, valid when hasInfo
+	// field pointer of INVALID FIELD IN CDB / PARAMETER LIST
+	hasField bool
+	cdb      bool // field is in the CDB (C/D bit) rather than the data
+	byteOff  uint16
+	bit      int8 // -1: whole byte
+	hasInfo  bool
+}
+
+func (s *sense) Error() string {
+	return fmt.Sprintf("sense key 0x%x asc/ascq 0x%04x", s.key, s.asc)
+}
+
+// senseLen is the length of fixed-format sense data with the additional
+// sense length byte set to 10.
+const senseLen = 18
+
+// marshal writes fixed-format sense data (SPC-4 4.5.3).
+//
+//	byte 0    VALID(7) | RESPONSE CODE 0x70
+//	byte 2    SENSE KEY (low nibble)
+//	bytes 3-6 INFORMATION
+//	byte 7    ADDITIONAL SENSE LENGTH (10)
+//	byte 12   ADDITIONAL SENSE CODE
+//	byte 13   ADDITIONAL SENSE CODE QUALIFIER
+//	bytes 15-17 SENSE KEY SPECIFIC: SKSV | C/D | BPV | bit pointer, field pointer
+func (s *sense) marshal() []byte {
+	b := make([]byte, senseLen)
+	b[0] = 0x70
+	if s.hasInfo && s.info <= 0xffffffff {
+		b[0] |= 0x80
+		put32(b[3:], uint32(s.info))
+	}
+	b[2] = s.key & 0x0f
+	b[7] = senseLen - 8
+	b[12] = byte(s.asc >> 8)
+	b[13] = byte(s.asc)
+	if s.hasField {
+		b[15] = 0x80
+		if s.cdb {
+			b[15] |= 0x40
+		}
+		if s.bit >= 0 {
+			b[15] |= 0x08 | byte(s.bit)&7
+		}
+		put16(b[16:], s.byteOff)
+	}
+	return b
+}
+
+func newSense(key uint8, asc uint16) *sense { return &sense{key: key, asc: asc, bit: -1} }
+
+// invalidField is ILLEGAL REQUEST, INVALID FIELD IN CDB pointing at the given
+// CDB byte (and bit, or -1 for the whole byte).
+func invalidField(byteOff int, bit int) *sense {
+	return &sense{key: senseIllegalRequest, asc: ascInvalidFieldInCDB, hasField: true, cdb: true, byteOff: uint16(byteOff), bit: int8(bit)}
+}
+
+// invalidParam is ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST.
+func invalidParam(byteOff int, bit int) *sense {
+	return &sense{key: senseIllegalRequest, asc: ascInvalidFieldInParamList, hasField: true, byteOff: uint16(byteOff), bit: int8(bit)}
+}
+
+var (
+	senseInvalidOpcode  = newSense(senseIllegalRequest, ascInvalidOpcode)
+	senseLBAOutOfRange  = newSense(senseIllegalRequest, ascLBAOutOfRange)
+	senseLUNotSupported = newSense(senseIllegalRequest, ascLUNotSupported)
+	senseReadError      = newSense(senseMediumError, ascUnrecoveredReadError)
+	senseWriteError     = newSense(senseMediumError, ascWriteError)
+	senseInvalidIU      = newSense(senseIllegalRequest, ascInvalidFieldInIU)
+	senseSavingParams   = newSense(senseIllegalRequest, ascSavingParamsUnsupported)
+	senseParamLength    = newSense(senseIllegalRequest, ascParamListLengthError)
+)
