@@ -163,7 +163,7 @@ type EC struct {
 
 	// failed has bit i set once member i failed; bits are never cleared.
 	failed atomic.Uint64
-	// pending is non-zero while mu.pending holds failures to report.
+	// pending is true while mu.pending may hold failures to report.
 	pending atomic.Bool
 
 	locks [ecLockSlots]sync.RWMutex // stripe s: locks[s % ecLockSlots]

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/chunkraid/chunkraid/raid"
 	"github.com/chunkraid/chunkraid/raid/internal/rs"
@@ -499,6 +500,29 @@ func (d *countingDev) Trim(ctx context.Context, off, length int64) error {
 	return d.MemDevice.Trim(ctx, off, length)
 }
 
+// jitterDev delays every read and write by a few random microseconds so
+// that concurrent stripe operations interleave between their read and write
+// phases, as they do over a network.
+type jitterDev struct{ *raidtest.MemDevice }
+
+func jitter() { time.Sleep(time.Duration(rand.IntN(40)) * time.Microsecond) }
+
+func (d jitterDev) ReadAt(ctx context.Context, p []byte, off int64) error {
+	jitter()
+	return d.MemDevice.ReadAt(ctx, p, off)
+}
+
+func (d jitterDev) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	jitter()
+	return d.MemDevice.WriteAt(ctx, p, off, fua)
+}
+
+func withJitter(c *raid.ECConfig) {
+	for i, m := range c.Members {
+		c.Members[i] = jitterDev{m.(*raidtest.MemDevice)}
+	}
+}
+
 func newCountingEC(t *testing.T, k, m int, unit, size int64) (*raid.EC, []*countingDev, geom) {
 	t.Helper()
 	devs := make([]*countingDev, k+m)
@@ -799,7 +823,7 @@ func TestECConcurrent(t *testing.T) {
 		ops     = 250
 		chunk   = 700 // owned ranges: chunk c belongs to writer c % writers
 	)
-	f := newEC(t, 4, 2, unit, 16*unit)
+	f := newEC(t, 4, 2, unit, 16*unit, withJitter)
 	e, ctx, g := f.ec, t.Context(), f.g
 	sd := int64(g.k) * unit
 	ownedEnd := 12 * sd // stripes 0..11 owned, 12..15 shared
@@ -873,7 +897,7 @@ func TestECConcurrent(t *testing.T) {
 // parity would be computed from data another writer is replacing.
 func TestECConcurrentSameStripe(t *testing.T) {
 	const unit = 4096
-	f := newEC(t, 4, 2, unit, 2*unit)
+	f := newEC(t, 4, 2, unit, 2*unit, withJitter)
 	e, ctx := f.ec, t.Context()
 	var wg sync.WaitGroup
 	for w := range 6 {
@@ -895,6 +919,47 @@ func TestECConcurrentSameStripe(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkStripes(t, f.g, f.devs, e.States(), got)
+}
+
+// TestECDegradedReadDuringWrite reads a lost unit, rebuilt from the others,
+// while another goroutine rewrites the rest of its stripe: the rebuild must
+// never mix old and new units of the stripe.
+func TestECDegradedReadDuringWrite(t *testing.T) {
+	const unit = 4096
+	f := newEC(t, 4, 2, unit, 4*unit, withJitter)
+	e, ctx := f.ec, t.Context()
+	rng := rand.New(rand.NewPCG(9, 9))
+	fixed := randBytes(rng, unit) // D0 of stripe 0, on member 0, never rewritten
+	if err := e.WriteAt(ctx, fixed, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	f.devs[0].SetFailed(true)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		wrng := rand.New(rand.NewPCG(1, 9))
+		for range 300 {
+			n := 1 + wrng.Int64N(3*unit)
+			off := unit + wrng.Int64N(3*unit-n+1)
+			if err := e.WriteAt(ctx, randBytes(wrng, n), off, false); err != nil {
+				t.Errorf("write: %v", err)
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		got := make([]byte, unit)
+		for i := range 300 {
+			if err := e.ReadAt(ctx, got, 0); err != nil {
+				t.Errorf("read: %v", err)
+				return
+			}
+			if !bytes.Equal(got, fixed) {
+				t.Errorf("degraded read %d returned bytes that were never written", i)
+				return
+			}
+		}
+	})
+	wg.Wait()
 }
 
 func BenchmarkECFullStripeWrite(b *testing.B) {
