@@ -55,6 +55,7 @@ type Server struct {
 	port   int
 	runAs  *user.User // nil: run the binaries as the current user
 	logger *slog.Logger
+	temp   bool // from StartTemp: Stop removes dir
 }
 
 // ErrNoPostgres means no PostgreSQL server binaries were found.
@@ -78,28 +79,13 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 	if opt.Port < 0 || opt.Port > 65535 {
 		return nil, fmt.Errorf("pglocal: port %d is out of range 0..65535", opt.Port)
 	}
-	dir, err := filepath.Abs(opt.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("pglocal: %w", err)
-	}
-	logger := opt.Logger
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
-	}
-	bin, err := findBinDir()
+	s, err := newServer(opt.Dir, opt.Logger)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{dir: dir, data: filepath.Join(dir, "data"), bin: bin, logger: logger}
+	logger, dir := s.logger, s.dir
 	if len(filepath.Join(dir, ".s.PGSQL.65535")) > maxSocketPath {
 		return nil, fmt.Errorf("pglocal: directory %s is too long for a Unix socket path (at most %d bytes with the socket name): use a shorter one", dir, maxSocketPath)
-	}
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			return nil, fmt.Errorf("pglocal: running as root needs the postgres user to run the server: %w (install postgresql)", err)
-		}
-		s.runAs = u
 	}
 	if err := s.prepareDir(); err != nil {
 		return nil, err
@@ -137,6 +123,30 @@ func Start(ctx context.Context, opt Options) (*Server, error) {
 		return nil, err
 	}
 	logger.Info("PostgreSQL started", "dir", dir, "port", s.port)
+	return s, nil
+}
+
+// newServer describes the server of dir without starting anything.
+func newServer(dir string, logger *slog.Logger) (*Server, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("pglocal: %w", err)
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	bin, err := findBinDir()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{dir: dir, data: filepath.Join(dir, "data"), bin: bin, logger: logger}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return nil, fmt.Errorf("pglocal: running as root needs the postgres user to run the server: %w (install postgresql)", err)
+		}
+		s.runAs = u
+	}
 	return s, nil
 }
 
@@ -188,7 +198,8 @@ func (s *Server) CreateDatabase(ctx context.Context, name string) error {
 	return nil
 }
 
-// Stop shuts the server down (pg_ctl stop -m fast) and waits until it is gone.
+// Stop shuts the server down (pg_ctl stop -m fast) and waits until it is
+// gone. A server from StartTemp also removes its directory.
 func (s *Server) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
@@ -196,6 +207,11 @@ func (s *Server) Stop() error {
 		return fmt.Errorf("pglocal: stop: %w", err)
 	}
 	s.logger.Info("PostgreSQL stopped", "dir", s.dir)
+	if s.temp {
+		if err := os.RemoveAll(s.dir); err != nil {
+			return fmt.Errorf("pglocal: remove %s: %w", s.dir, err)
+		}
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package pglocal
 import (
 	"bufio"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -214,5 +215,56 @@ func TestCheckTraversable(t *testing.T) {
 	err := checkTraversable(sub, 12345, 12345)
 	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "a")+" has mode 0700") {
 		t.Errorf("0700 parent: %v", err)
+	}
+}
+
+func TestStartTempReapsDeadOwners(t *testing.T) {
+	prefix := "pglocal-reap-test-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	s1, err := StartTemp(t.Context(), prefix, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s1.Stop() })
+	if !strings.HasPrefix(s1.Dir(), "/tmp/"+prefix+"-") {
+		t.Fatalf("dir %s", s1.Dir())
+	}
+	pid1 := postmasterPID(t, s1.Dir())
+
+	// Pretend its owner died: record the PID of a process that has exited.
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s1.Dir(), ownerFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := StartTemp(t.Context(), prefix, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !waitExit(pid1, 10*time.Second) {
+		t.Error("the server of a dead owner still runs")
+	}
+	if _, err := os.Stat(s1.Dir()); !os.IsNotExist(err) {
+		t.Errorf("the directory of a dead owner remains: %v", err)
+	}
+	// A live owner's server is left alone; Stop removes its directory.
+	s3, err := StartTemp(t.Context(), prefix, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := queryInt(t, s2.URL("postgres"), "SELECT 2"); got != 2 {
+		t.Fatalf("got %d", got)
+	}
+	for _, s := range []*Server{s2, s3} {
+		if err := s.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(s.Dir()); !os.IsNotExist(err) {
+			t.Errorf("Stop left %s: %v", s.Dir(), err)
+		}
+	}
+	if _, err := StartTemp(t.Context(), "a/b", nil); err == nil {
+		t.Error("a prefix with a slash was accepted")
 	}
 }

@@ -24,20 +24,12 @@ func run(m *testing.M) int {
 		testURL = u
 		return m.Run()
 	}
-	dir, err := os.MkdirTemp("/tmp", "chunkraid-test-pg-")
-	if err == nil {
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pg, err := pglocal.Start(ctx, pglocal.Options{Dir: dir})
+	// Under /tmp/chunkraid-test-pg-*; servers of killed earlier runs are reaped.
+	pg, err := pglocal.StartTemp(ctx, "chunkraid-test-pg", nil)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "pgpool tests need PostgreSQL (run make deps):", err)
+		fmt.Fprintln(os.Stderr, "tests need PostgreSQL (run make deps):", err)
 		return 1
 	}
 	defer pg.Stop()
