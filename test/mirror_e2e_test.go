@@ -29,7 +29,7 @@ type pattern struct {
 // with qemu-img and checks that both members of each set are identical and
 // hold the patterns.
 func TestMirrorVolumeEndToEnd(t *testing.T) {
-	needTools(t, "qemu-io", "qemu-img", "iscsi-ls", "iscsi-inq")
+	needTools(t, "qemu-io", "qemu-img", "iscsi-ls", "iscsi-inq", "iscsi-readcapacity16")
 	c := startCluster(t, testChunk)
 	const size = 3 * testChunk
 
@@ -78,6 +78,13 @@ func TestMirrorVolumeEndToEnd(t *testing.T) {
 	// Discovery and INQUIRY with libiscsi's tools.
 	if out := run(t, "iscsi-ls", "iscsi://"+c.ISCSIAddr); !strings.Contains(out, vol.IQN) {
 		t.Fatalf("iscsi-ls does not list %s:\n%s", vol.IQN, out)
+	}
+	// -s logs in to every target and lists its LUNs with REPORT LUNS.
+	if out := run(t, "iscsi-ls", "-s", "iscsi://"+c.ISCSIAddr); !strings.Contains(out, "Lun:0    Type:DIRECT_ACCESS") {
+		t.Fatalf("iscsi-ls -s does not show LUN 0 as a disk:\n%s", out)
+	}
+	if out := run(t, "iscsi-readcapacity16", url); !strings.Contains(out, fmt.Sprintf("Total size:%d", size)) {
+		t.Fatalf("iscsi-readcapacity16: want %d bytes:\n%s", size, out)
 	}
 	if out := run(t, "iscsi-inq", url); !strings.Contains(strings.ToLower(out), "chunkraid") {
 		t.Fatalf("iscsi-inq does not name the vendor/product:\n%s", out)
