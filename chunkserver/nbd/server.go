@@ -285,7 +285,20 @@ type conn struct {
 	exp        Export
 	size       uint64
 
-	wmu sync.Mutex // serializes replies: one reply is written whole
+	// sem bounds the requests between being read and their reply being
+	// written (MaxInFlight); the reply writer releases it.
+	sem chan struct{}
+
+	// out queues finished replies. Whichever worker finds no write in
+	// progress becomes the writer and drains the queue, many replies per
+	// writev; the others return at once. Each reply is written whole.
+	out struct {
+		sync.Mutex
+		queue   []*request // replies waiting, in completion order
+		spare   []*request // recycled backing array for queue
+		writing bool       // a worker is draining the queue
+	}
+	iov net.Buffers // scratch of the worker that holds out.writing
 }
 
 // ---- handshake ----
@@ -519,12 +532,11 @@ func (c *conn) optError(opt, typ uint32, msg string) error {
 
 // request is one request in flight. Requests are pooled per Server.
 type request struct {
-	req  Request
-	data *[]byte     // WRITE payload or READ result, from the pool
-	hdr  [32]byte    // reply header scratch
-	out  net.Buffers // header + data for one writev
-	vec  [2][]byte   // backing array of out
-	tmp  []byte      // error and block status payloads
+	req   Request
+	data  *[]byte   // WRITE payload or READ result, from the pool
+	hdr   [32]byte  // reply header scratch
+	reply [2][]byte // reply header and data, as queued for writing
+	tmp   []byte    // error and block status payloads
 }
 
 func (s *Server) getRequest() *request {
@@ -539,21 +551,27 @@ func (s *Server) putRequest(r *request) {
 		s.bufs.put(r.data)
 		r.data = nil
 	}
-	r.vec = [2][]byte{}
-	r.out = nil
+	r.reply = [2][]byte{}
 	if cap(r.tmp) > 64<<10 {
 		r.tmp = nil
 	}
 	s.reqs.Put(r)
 }
 
-// transmit reads requests and hands each to a worker goroutine, at most
-// MaxInFlight at once. It returns when the client disconnects or the
+// transmit reads requests and queues them for a pool of workers; at most
+// MaxInFlight requests are between being read and their reply being
+// written. Workers are started as concurrency demands and live as long as
+// the connection. transmit returns when the client disconnects or the
 // connection fails, after every worker has finished.
 func (c *conn) transmit() {
-	sem := make(chan struct{}, c.s.maxInFlight)
+	c.sem = make(chan struct{}, c.s.maxInFlight)
+	work := make(chan *request, c.s.maxInFlight) // never full: sem bounds it
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	workers := 0
+	defer func() {
+		close(work)
+		wg.Wait()
+	}()
 	var hb [RequestHeaderSize]byte
 	for {
 		if _, err := io.ReadFull(c.br, hb[:]); err != nil {
@@ -581,7 +599,7 @@ func (c *conn) transmit() {
 			c.nc.Close()
 			return
 		}
-		sem <- struct{}{}
+		c.sem <- struct{}{}
 		r := c.s.getRequest()
 		r.req = q
 		if q.Type == CmdWrite {
@@ -589,17 +607,19 @@ func (c *conn) transmit() {
 			if _, err := io.ReadFull(c.br, *r.data); err != nil {
 				c.log.Debug("nbd: read write payload", "err", err)
 				c.s.putRequest(r)
-				<-sem
+				<-c.sem
 				return
 			}
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.serve(r)
-			c.s.putRequest(r)
-			<-sem
-		}()
+		work <- r
+		if workers < len(c.sem) {
+			workers++
+			wg.Go(func() {
+				for r := range work {
+					c.serve(r)
+				}
+			})
+		}
 	}
 }
 
@@ -608,7 +628,8 @@ func reqError(errno uint32, format string, args ...any) error {
 	return &Error{Errno: errno, Message: fmt.Sprintf(format, args...)}
 }
 
-// serve executes one request and sends its reply.
+// serve executes one request and queues its reply; every path sends
+// exactly one reply, after which r belongs to the reply writer.
 func (c *conn) serve(r *request) {
 	q := &r.req
 	var err error
@@ -836,21 +857,47 @@ func (c *conn) replyError(r *request, errno uint32, msg string) {
 	c.send(r, b, nil)
 }
 
-// send writes one reply (header and optional data) under the write lock. A
-// failed write closes the connection, which stops the request reader.
+// send queues the reply of r (header and optional data) and, unless another
+// worker is writing, writes the queue until it is empty. r must not be used
+// by the caller afterwards: the writer recycles it once written. A failed
+// write closes the connection, which stops the request reader; replies
+// queued after that are dropped.
 func (c *conn) send(r *request, hdr, data []byte) {
-	c.wmu.Lock()
-	var err error
-	if len(data) == 0 {
-		_, err = c.nc.Write(hdr)
-	} else {
-		r.vec = [2][]byte{hdr, data}
-		r.out = r.vec[:]
-		_, err = r.out.WriteTo(c.nc)
+	r.reply = [2][]byte{hdr, data}
+	c.out.Lock()
+	c.out.queue = append(c.out.queue, r)
+	if c.out.writing {
+		c.out.Unlock()
+		return
 	}
-	c.wmu.Unlock()
-	if err != nil {
-		c.log.Debug("nbd: write reply", "err", err)
-		c.nc.Close()
+	c.out.writing = true
+	for len(c.out.queue) > 0 {
+		batch := c.out.queue
+		c.out.queue = c.out.spare[:0]
+		c.out.Unlock()
+
+		c.iov = c.iov[:0]
+		for _, r := range batch {
+			c.iov = append(c.iov, r.reply[0])
+			if len(r.reply[1]) > 0 {
+				c.iov = append(c.iov, r.reply[1])
+			}
+		}
+		w := c.iov // WriteTo consumes its receiver
+		if _, err := w.WriteTo(c.nc); err != nil {
+			c.log.Debug("nbd: write reply", "err", err)
+			c.nc.Close()
+		}
+		clear(c.iov)
+		for i, r := range batch {
+			c.s.putRequest(r)
+			batch[i] = nil
+			<-c.sem
+		}
+
+		c.out.Lock()
+		c.out.spare = batch[:0]
 	}
+	c.out.writing = false
+	c.out.Unlock()
 }
