@@ -136,3 +136,95 @@ func TestRealClientQemuImgConvert(t *testing.T) {
 		t.Fatalf("bytes read back through the LUN differ from those written (%d vs %d bytes)", len(got), len(data))
 	}
 }
+
+// cunitSummary is the "tests" row of a CUnit Run Summary.
+type cunitSummary struct {
+	total, ran, passed, failed, inactive int
+	failedTests                          []string
+}
+
+var (
+	cunitTestsRow  = regexp.MustCompile(`(?m)^\s*tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$`)
+	cunitFailedRow = regexp.MustCompile(`Suite (\S+), Test (\S+) had failures`)
+)
+
+// parseRunSummary reads the Run Summary that iscsi-test-cu prints.
+func parseRunSummary(out string) (cunitSummary, bool) {
+	m := cunitTestsRow.FindStringSubmatch(out)
+	if m == nil {
+		return cunitSummary{}, false
+	}
+	var s cunitSummary
+	for i, p := range []*int{&s.total, &s.ran, &s.passed, &s.failed, &s.inactive} {
+		*p, _ = strconv.Atoi(m[i+1])
+	}
+	for _, f := range cunitFailedRow.FindAllStringSubmatch(out, -1) {
+		s.failedTests = append(s.failedTests, f[1]+"."+f[2])
+	}
+	return s, true
+}
+
+func TestParseRunSummary(t *testing.T) {
+	out := "Suite Read10, Test Simple had failures:\n    1. test.c:10 - CU_ASSERT\n\n" +
+		"Run Summary:    Type  Total    Ran Passed Failed Inactive\n" +
+		"              suites      1      1    n/a      0        0\n" +
+		"               tests      6      6      5      1        0\n" +
+		"             asserts   5613   5613   5612      1      n/a\n"
+	s, ok := parseRunSummary(out)
+	if !ok || s.total != 6 || s.ran != 6 || s.passed != 5 || s.failed != 1 || len(s.failedTests) != 1 || s.failedTests[0] != "Read10.Simple" {
+		t.Fatalf("parseRunSummary = %+v, %v", s, ok)
+	}
+	if _, ok := parseRunSummary("no summary here"); ok {
+		t.Fatal("parseRunSummary accepted output without a summary")
+	}
+}
+
+// TestIscsiTestCU runs libiscsi's conformance suite, family by family, for
+// the commands this target implements. A test counted as passed because the
+// command "is not implemented" is a failure here.
+func TestIscsiTestCU(t *testing.T) {
+	needTool(t, "iscsi-test-cu")
+	_, _, addr := newTestServer(t, Config{}, 64<<20)
+	list, err := runTool(t, 30*time.Second, "iscsi-test-cu", "-l")
+	if err != nil {
+		t.Fatalf("iscsi-test-cu -l: %v\n%s", err, list)
+	}
+	families := []string{
+		"SCSI.Inquiry", "SCSI.ReadCapacity10", "SCSI.ReadCapacity16",
+		"SCSI.Read10", "SCSI.Read16", "SCSI.Write10", "SCSI.Write16",
+		"SCSI.TestUnitReady", "SCSI.ReportLUNs",
+		"iSCSI.iSCSIcmdsn", "iSCSI.iSCSIdatasn", "iSCSI.iSCSIResiduals", "iSCSI.iSCSITMF",
+	}
+	for _, fam := range families {
+		t.Run(fam, func(t *testing.T) {
+			if !strings.Contains(list, "\n"+fam+"\n") {
+				// libiscsi 1.19 has no REPORT LUNS suite; iscsi-ls -s
+				// lists LUNs with REPORT LUNS and reads each one's
+				// INQUIRY and capacity instead.
+				out, err := runTool(t, 30*time.Second, "iscsi-ls", "-s", "-i", initiatorIQN, "iscsi://"+addr)
+				if err != nil || !strings.Contains(out, "Lun:0") || !strings.Contains(out, "DIRECT_ACCESS") {
+					t.Fatalf("%s is not in this iscsi-test-cu; iscsi-ls -s: %v\n%s", fam, err, out)
+				}
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, needTool(t, "iscsi-test-cu"), "-d", "-n",
+				"-i", initiatorIQN, "-I", initiatorIQN+"-2", "-t", fam, lunURL(addr))
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			runErr := cmd.Run()
+			s, ok := parseRunSummary(stdout.String())
+			if !ok {
+				t.Fatalf("iscsi-test-cu %s printed no Run Summary (%v):\n%s\n%s", fam, runErr, stdout.String(), stderr.String())
+			}
+			if s.failed > 0 || s.ran != s.total || s.total == 0 {
+				t.Errorf("iscsi-test-cu %s: %d tests, %d ran, %d failed: %v\n%s", fam, s.total, s.ran, s.failed, s.failedTests, stderr.String())
+			}
+			if strings.Contains(stderr.String(), "is not implemented") {
+				t.Errorf("iscsi-test-cu %s skipped tests for unimplemented commands:\n%s", fam, stderr.String())
+			}
+			t.Logf("%s: %d/%d passed", fam, s.passed, s.total)
+		})
+	}
+}

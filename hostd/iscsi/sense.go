@@ -38,6 +38,10 @@ const (
 	ascInvalidFieldInParamList = 0x2600
 	ascSavingParamsUnsupported = 0x3900
 	ascInternalTargetFailure   = 0x4400
+	ascDataPhaseError          = 0x4b00
+	ascInvalidTTT              = 0x4b01
+	ascTooMuchWriteData        = 0x4b02
+	ascDataOffsetError         = 0x4b05
 )
 
 // sense is the sense data of a CHECK CONDITION, sent in fixed format

@@ -29,8 +29,9 @@ type task struct {
 
 	mu struct {
 		sync.Mutex
-		aborted  bool // no response will be sent
-		answered bool // the response is queued
+		aborted  bool   // no response will be sent
+		answered bool   // the response is queued
+		failed   *sense // the data phase broke the sequence rules
 		buf      []byte
 		early    []byte // unsolicited data received before buf was granted
 		ready    bool   // buf is allocated; R2Ts may go out
@@ -209,6 +210,9 @@ func (t *task) startData(cmd *scsiCommand, imm []byte) {
 }
 
 func (t *task) endUnsolicitedLocked() {
+	if t.mu.unsolDone {
+		return
+	}
 	t.mu.unsolDone = true
 	close(t.unsolDoneCh)
 	t.mu.nextR2T = min(t.mu.unsolNext, t.xfer)
@@ -256,10 +260,7 @@ func (s *session) handleDataOut(h *header, dlen int) error {
 	if t == nil || t.dataDone == nil {
 		return discardData(br, dlen)
 	}
-	dst, r, err := t.acceptData(&d, uint32(dlen))
-	if err != nil {
-		return err
-	}
+	dst, r := t.acceptData(&d, uint32(dlen))
 	if err := readDataInto(br, dst, dlen); err != nil {
 		return err
 	}
@@ -268,30 +269,38 @@ func (s *session) handleDataOut(h *header, dlen int) error {
 }
 
 // acceptData validates a Data-Out against the task's state and returns
-// where its bytes go (the part below xfer; the rest is discarded).
-func (t *task) acceptData(d *dataOut, n uint32) ([]byte, *r2tState, error) {
+// where its bytes go (the part below xfer; the rest is discarded). A
+// Data-Out that breaks the sequence rules (offset, DataSN, TTT, length)
+// fails the task: it ends with CHECK CONDITION, ABORTED COMMAND, and the
+// rest of its data is discarded. The connection stays up, as a digest
+// error would leave it at ErrorRecoveryLevel 0.
+func (t *task) acceptData(d *dataOut, n uint32) ([]byte, *r2tState) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.mu.failed != nil || t.mu.aborted {
+		return nil, nil
+	}
 	off := d.BufferOffset
 	if d.TTT == reservedTag {
 		switch {
 		case t.mu.unsolDone:
-			return nil, nil, fmt.Errorf("%w: unsolicited Data-Out after the unsolicited sequence ended (ITT 0x%x)", ErrProtocol, t.itt)
+			t.failLocked(ascTooMuchWriteData, "unsolicited Data-Out after the unsolicited sequence ended")
 		case off != t.mu.unsolNext:
-			return nil, nil, fmt.Errorf("%w: Data-Out offset %d, expected %d (ITT 0x%x)", ErrProtocol, off, t.mu.unsolNext, t.itt)
+			t.failLocked(ascDataOffsetError, fmt.Sprintf("Data-Out offset %d, expected %d", off, t.mu.unsolNext))
 		case d.DataSN != t.mu.unsolDataSN:
-			return nil, nil, fmt.Errorf("%w: Data-Out DataSN %d, expected %d (ITT 0x%x)", ErrProtocol, d.DataSN, t.mu.unsolDataSN, t.itt)
+			t.failLocked(ascDataPhaseError, fmt.Sprintf("Data-Out DataSN %d, expected %d", d.DataSN, t.mu.unsolDataSN))
 		case uint64(off)+uint64(n) > uint64(t.unsolLimit):
-			return nil, nil, fmt.Errorf("%w: unsolicited data beyond FirstBurstLength/EDTL (ITT 0x%x)", ErrProtocol, t.itt)
+			t.failLocked(ascTooMuchWriteData, "unsolicited data beyond FirstBurstLength or EDTL")
+		case off >= t.xfer:
+			return nil, nil
+		default:
+			keep := min(n, t.xfer-off)
+			if t.mu.ready {
+				return t.mu.buf[off : off+keep], nil
+			}
+			return t.mu.early[off : off+keep], nil
 		}
-		if off >= t.xfer {
-			return nil, nil, nil
-		}
-		keep := min(n, t.xfer-off)
-		if t.mu.ready {
-			return t.mu.buf[off : off+keep], nil, nil
-		}
-		return t.mu.early[off : off+keep], nil, nil
+		return nil, nil
 	}
 	var r *r2tState
 	for _, x := range t.mu.r2ts {
@@ -301,23 +310,43 @@ func (t *task) acceptData(d *dataOut, n uint32) ([]byte, *r2tState, error) {
 	}
 	switch {
 	case r == nil:
-		return nil, nil, fmt.Errorf("%w: Data-Out with unknown TTT 0x%x (ITT 0x%x)", ErrProtocol, d.TTT, t.itt)
+		t.failLocked(ascInvalidTTT, fmt.Sprintf("Data-Out with unknown TTT 0x%x", d.TTT))
 	case off != r.next:
-		return nil, nil, fmt.Errorf("%w: Data-Out offset %d, expected %d (ITT 0x%x)", ErrProtocol, off, r.next, t.itt)
+		t.failLocked(ascDataOffsetError, fmt.Sprintf("Data-Out offset %d, expected %d", off, r.next))
 	case d.DataSN != r.dataSN:
-		return nil, nil, fmt.Errorf("%w: Data-Out DataSN %d, expected %d (ITT 0x%x)", ErrProtocol, d.DataSN, r.dataSN, t.itt)
+		t.failLocked(ascDataPhaseError, fmt.Sprintf("Data-Out DataSN %d, expected %d", d.DataSN, r.dataSN))
 	case uint64(off)+uint64(n) > uint64(r.end):
-		return nil, nil, fmt.Errorf("%w: Data-Out beyond its R2T (ITT 0x%x)", ErrProtocol, t.itt)
+		t.failLocked(ascTooMuchWriteData, "Data-Out beyond its R2T")
 	case d.Final && off+n != r.end:
-		return nil, nil, fmt.Errorf("%w: Data-Out sequence ended early (ITT 0x%x)", ErrProtocol, t.itt)
+		t.failLocked(ascDataPhaseError, "Data-Out sequence ended before the R2T was satisfied")
+	default:
+		return t.mu.buf[off : off+n], r
 	}
-	return t.mu.buf[off : off+n], r, nil
+	return nil, nil
+}
+
+// failLocked ends the data phase of the task with an error; the goroutine
+// answers CHECK CONDITION with the given ABORTED COMMAND sense.
+func (t *task) failLocked(asc uint16, why string) {
+	t.s.log.Info("iscsi Data-Out sequence error; command terminated", "itt", t.itt, "err", why)
+	t.mu.failed = newSense(senseAbortedCommand, asc)
+	if !t.mu.unsolDone {
+		t.mu.unsolDone = true
+		close(t.unsolDoneCh)
+	}
+	if !t.mu.complete {
+		t.mu.complete = true
+		close(t.dataDone)
+	}
 }
 
 // dataArrived records a placed Data-Out and moves the transfer on.
 func (t *task) dataArrived(d *dataOut, n, kept uint32, r *r2tState) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.mu.failed != nil || t.mu.aborted {
+		return
+	}
 	if r == nil {
 		t.mu.unsolNext += n
 		t.mu.unsolDataSN++
@@ -384,6 +413,15 @@ func (t *task) run(ctx context.Context) {
 			return
 		}
 		defer s.budget.Release(int64(t.xfer))
+		t.mu.Lock()
+		failed := t.mu.failed
+		t.mu.Unlock()
+		if failed != nil {
+			// The buffer may still be written by stray Data-Out; it is not
+			// reused.
+			t.respond(check(failed), nil)
+			return
+		}
 	}
 	var in []byte
 	if c.inLen > 0 {
