@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -249,17 +250,14 @@ func TestClientSplitsLargeIO(t *testing.T) {
 func TestClientBlockStatus(t *testing.T) {
 	const size = 1 << 20
 	exp := newFileExport(t, size)
-	logCalls := 0
-	var mu sync.Mutex
+	var logCalls atomic.Int64
 	addr := serveExports(t, map[string]Export{"c": exp}, func(cfg *ServerConfig) {
 		cfg.MetaContexts = map[string]MetaContext{
 			"chunkraid:log": func(e Export, off, length int64) ([]Extent, error) {
 				if e != exp {
 					return nil, errors.New("wrong export")
 				}
-				mu.Lock()
-				logCalls++
-				mu.Unlock()
+				logCalls.Add(1)
 				// Two fixed regions: dirty below 256 KiB, clean above.
 				if off < 256<<10 {
 					return []Extent{{Length: 256<<10 - off, Flags: 1}, {Length: size - 256<<10}}, nil
@@ -301,7 +299,7 @@ func TestClientBlockStatus(t *testing.T) {
 	if want := []Extent{{256 << 10, 1}, {size - 256<<10, 0}}; !equalExtents(ext, want) {
 		t.Fatalf("chunkraid:log: %v, want %v", ext, want)
 	}
-	if logCalls == 0 {
+	if logCalls.Load() == 0 {
 		t.Fatal("named context function never called")
 	}
 	if _, err := c.BlockStatus(ctx, "x-other:ctx", 0, size); !errors.Is(err, ErrNotSupported) {
