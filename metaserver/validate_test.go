@@ -1,0 +1,100 @@
+package metaserver
+
+import (
+	"bytes"
+	"net"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// decodeBytes runs decode on body as a request body.
+func decodeBytes(body []byte, v any) error {
+	r := httptest.NewRequest("POST", "/", bytes.NewReader(body))
+	return decode(httptest.NewRecorder(), r, v)
+}
+
+// FuzzCreateVolumeRequest feeds arbitrary bodies through the decoder and
+// validation: nothing panics, every refusal is invalid_argument, and what
+// is accepted satisfies the schema's constraints.
+func FuzzCreateVolumeRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"v","size_bytes":4096,"layout":"mirror:2"}`,
+		`{"name":"v","size_bytes":4096,"layout":"mirror:3","host":"h1"}`,
+		`{"name":"V","size_bytes":4097,"layout":"ec:4+2"}`,
+		`{"name":"v","size_bytes":-9223372036854775808,"layout":"mirror:2"}`,
+		`{"name":"v"} {}`, `[]`, `null`, ``,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req api.CreateVolumeRequest
+		if err := decodeBytes(body, &req); err != nil {
+			if !api.IsInvalidArgument(err) {
+				t.Fatalf("decode error %v is not invalid_argument", err)
+			}
+			return
+		}
+		l, err := validateCreateVolume(req)
+		if err != nil {
+			if !api.IsInvalidArgument(err) {
+				t.Fatalf("validation error %v is not invalid_argument", err)
+			}
+			return
+		}
+		if !volumeNameRE.MatchString(req.Name) || req.SizeBytes <= 0 || req.SizeBytes%4096 != 0 ||
+			(l.Width != 2 && l.Width != 3) || l.Name != req.Layout {
+			t.Fatalf("accepted %+v as %+v", req, l)
+		}
+	})
+}
+
+// FuzzRegisterChunkserverRequest does the same for registrations.
+func FuzzRegisterChunkserverRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"name":"cs1","addr":"127.0.0.1:10809","disks":[{"path":"/d","capacity_bytes":10,"free_bytes":5}]}`,
+		`{"name":"cs1","addr":"[::1]:1","fault_domain":"dc1:r2","disks":[{"path":"/d","capacity_bytes":1,"free_bytes":1}]}`,
+		`{"name":"cs1","addr":"0.0.0.0:1","disks":[]}`,
+		`{"name":"cs1","addr":"h:99999","disks":[{"path":"/d","capacity_bytes":1,"free_bytes":2}]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var req api.RegisterChunkserverRequest
+		if err := decodeBytes(body, &req); err != nil {
+			return
+		}
+		if err := validateRegisterChunkserver(&req); err != nil {
+			if !api.IsInvalidArgument(err) {
+				t.Fatalf("validation error %v is not invalid_argument", err)
+			}
+			return
+		}
+		host, port, err := net.SplitHostPort(req.Addr)
+		p, perr := strconv.Atoi(port)
+		if err != nil || host == "" || perr != nil || p < 1 || p > 65535 ||
+			!serverNameRE.MatchString(req.Name) || !faultDomainRE.MatchString(req.FaultDomain) || len(req.Disks) == 0 {
+			t.Fatalf("accepted %+v", req)
+		}
+		seen := map[string]bool{}
+		for _, d := range req.Disks {
+			if d.Path == "" || seen[d.Path] || d.FreeBytes < 0 || d.FreeBytes > d.CapacityBytes || strings.ContainsRune(d.Path, 0) {
+				t.Fatalf("accepted disk %+v", d)
+			}
+			seen[d.Path] = true
+		}
+	})
+}
+
+func TestDescribeSize(t *testing.T) {
+	for n, want := range map[int64]string{
+		1: "1 bytes", 4096: "4 KiB", 64 << 20: "64 MiB", 10 << 30: "10 GiB", 3 << 40: "3 TiB", 1<<20 + 1: "1048577 bytes",
+	} {
+		if got := describeSize(n); got != want {
+			t.Errorf("describeSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
