@@ -50,8 +50,9 @@
 // The bits are the persistent part; beside them, in RAM only, each region
 // has a state word updated with atomic compare-and-swap (no mutex on any
 // path): the number of writes in flight, a sequence number bumped by every
-// Begin and Mark, a stale flag ("only a resync may clean this region") and
-// a lock bit held by Clear and ResyncDone for two atomic operations.
+// Begin and Mark, a resync flag (a copy of the region is running), a stale
+// flag ("only a resync may clean this region") and a lock bit held by
+// Clear and ResyncDone for two atomic operations.
 //
 //   - Write path: tok := w.Begin(off, n) before the write is sent (counts
 //     the write in flight, then sets the bits); w.End(tok, ok) when every
@@ -59,7 +60,8 @@
 //     End(tok, false) — a member failed or the set is degraded — marks the
 //     regions stale.
 //   - Lazy clean: w.Clear(region) clears the bit only if no write to the
-//     region is in flight and the region is not stale; it takes the lock
+//     region is in flight, no copy of it is running and the region is not
+//     stale; it takes the lock
 //     bit while it clears, and Begin waits for that lock before counting,
 //     so a write that begins during a Clear finds its bit set again before
 //     it is sent. A region is thus clean only when no write to it is in
@@ -69,11 +71,13 @@
 //     track (an absent member, a merged LOG bitmap): it sets the bits and
 //     the stale flag.
 //   - Resync: t := w.ResyncStart(r); copy region r from an in-sync member
-//     to the others; w.ResyncDone(t). ResyncDone clears the bit and the
+//     to the others; w.ResyncDone(t). Clear leaves the region alone during
+//     the copy. ResyncDone clears the bit and the
 //     stale flag only if no write was in flight at ResyncStart, none is in
 //     flight now, and no Begin or Mark touched the region in between (the
-//     sequence number did not move); otherwise the region stays dirty and
-//     is copied again.
+//     sequence number did not move); otherwise the copy may have
+//     overwritten a concurrent write on some member, so the region becomes
+//     stale (even if it was not before) and is copied again.
 //   - Reopen after a hostd restart: every region dirty in the file becomes
 //     stale, because nothing is known about the writes that were in flight.
 //

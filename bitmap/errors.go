@@ -43,17 +43,17 @@ type HeaderError struct {
 }
 
 func (e *HeaderError) Error() string {
-	where := "bitmap"
+	msg := e.Err.Error()
 	if e.Path != "" {
-		where = "bitmap: " + e.Path
+		msg += ": " + e.Path
 	}
-	if e.Want != "" {
-		return fmt.Sprintf("%s: %v: %s is %s, want %s", where, e.Err, e.Field, e.Got, e.Want)
+	switch {
+	case e.Want != "":
+		return fmt.Sprintf("%s: %s is %s, want %s", msg, e.Field, e.Got, e.Want)
+	case e.Got != "":
+		return fmt.Sprintf("%s: %s: %s", msg, e.Field, e.Got)
 	}
-	if e.Got != "" {
-		return fmt.Sprintf("%s: %v: %s: %s", where, e.Err, e.Field, e.Got)
-	}
-	return fmt.Sprintf("%s: %v: %s", where, e.Err, e.Field)
+	return msg + ": " + e.Field
 }
 
 func (e *HeaderError) Unwrap() error { return e.Err }

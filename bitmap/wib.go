@@ -65,14 +65,16 @@ type Token struct {
 // ResyncTicket is what ResyncStart returns and ResyncDone consumes.
 type ResyncTicket struct {
 	region int64
-	state  uint64
+	state  uint64 // the region's state word when the copy started
+	owner  bool   // false if another copy of the region was running
 }
 
 // Per-region state word, kept in RAM beside the bits (see the package doc).
 const (
 	stCount   = 1<<32 - 1         // writes in flight (Begin without End)
 	stSeqOne  = 1 << 32           // Begin and Mark add one to the sequence
-	stSeqMask = (1<<30 - 1) << 32 // 30-bit sequence, wraps
+	stSeqMask = (1<<29 - 1) << 32 // 29-bit sequence, wraps
+	stResync  = 1 << 61           // a resync copy is running
 	stStale   = 1 << 62           // only a resync may clean the region
 	stLock    = 1 << 63           // a Clear or ResyncDone is clearing the bit
 )
@@ -362,9 +364,10 @@ func (w *WIB) markRegion(r int64) {
 }
 
 // Clear cleans region (an index, not an offset) lazily: it clears the bit
-// if no write to the region is in flight and every write to it since the
-// last resync reached every member. It reports whether the region is clean
-// when it returns. An index outside the bitmap reports false.
+// if no write to the region is in flight, every write to it since the last
+// resync reached every member, and no resync copy of it is running. It
+// reports whether the region is clean when it returns. An index outside
+// the bitmap reports false.
 func (w *WIB) Clear(region int64) bool {
 	if region < 0 || region >= w.regions {
 		return false
@@ -372,7 +375,7 @@ func (w *WIB) Clear(region int64) bool {
 	st := &w.state[region]
 	for i := 0; ; i++ {
 		s := st.Load()
-		if s&(stCount|stStale) != 0 {
+		if s&(stCount|stStale|stResync) != 0 {
 			return false
 		}
 		if s&stLock != 0 {
@@ -405,11 +408,16 @@ func (w *WIB) ClearRange(off, length int64) bool {
 
 // ResyncStart is called before a resync copies region (an index) from an
 // in-sync member to the others; ResyncDone after the copy reached every
-// member. ResyncDone cleans the region only if, since ResyncStart, no
-// write to it began and no Mark touched it, and none was in flight when
-// ResyncStart ran: a write that overlapped the copy may have been
-// overwritten by it on some member. When ResyncDone reports false the
-// region stays dirty and the resync copies it again later.
+// member. In between, Clear leaves the region alone. ResyncDone cleans the
+// region only if no write to it was in flight when ResyncStart ran, none
+// is in flight now, no write began and no Mark touched it in between, and
+// no other copy of it was running. Otherwise it reports false and leaves
+// the region dirty and needing a resync — even a region that needed none
+// before, because the copy may have overwritten a concurrent write on some
+// member — and the resync copies it again later. DESIGN rule 4 (writes
+// wait for the one region under copy) keeps such refusals rare; this check
+// keeps the bitmap right even when they happen. Every ResyncStart must be
+// followed by one ResyncDone.
 func (w *WIB) ResyncStart(region int64) ResyncTicket {
 	if region < 0 || region >= w.regions {
 		return ResyncTicket{region: -1}
@@ -417,16 +425,26 @@ func (w *WIB) ResyncStart(region int64) ResyncTicket {
 	st := &w.state[region]
 	for i := 0; ; i++ {
 		s := st.Load()
-		if s&stLock == 0 {
+		if s&stLock != 0 {
+			spin(i)
+			continue
+		}
+		if s&stResync != 0 {
 			return ResyncTicket{region: region, state: s}
 		}
-		spin(i)
+		if st.CompareAndSwap(s, s|stResync) {
+			return ResyncTicket{region: region, state: s, owner: true}
+		}
 	}
 }
 
 // ResyncDone: see ResyncStart. It reports whether the region is clean.
 func (w *WIB) ResyncDone(t ResyncTicket) bool {
-	if t.region < 0 || t.region >= w.regions || t.state&stCount != 0 {
+	if t.region < 0 || t.region >= w.regions {
+		return false
+	}
+	if !t.owner {
+		w.markRegion(t.region)
 		return false
 	}
 	st := &w.state[t.region]
@@ -436,13 +454,19 @@ func (w *WIB) ResyncDone(t ResyncTicket) bool {
 			spin(i)
 			continue
 		}
-		if s&stCount != 0 || s&stSeqMask != t.state&stSeqMask {
-			return false
+		if t.state&stCount == 0 && s&stCount == 0 && s&stSeqMask == t.state&stSeqMask {
+			if st.CompareAndSwap(s, s|stLock) {
+				w.clearBit(t.region)
+				st.Store(s &^ (stStale | stResync))
+				return true
+			}
+			continue
 		}
-		if st.CompareAndSwap(s, s|stLock) {
-			w.clearBit(t.region)
-			st.Store(s &^ stStale)
-			return true
+		// Refused. The bit is set before the resync flag, which keeps Clear
+		// away, is dropped.
+		w.setBit(t.region)
+		if st.CompareAndSwap(s, bumpSeq(s)&^stResync|stStale) {
+			return false
 		}
 	}
 }
