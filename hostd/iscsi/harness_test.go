@@ -19,7 +19,7 @@ type memBackend struct {
 	readErr  atomic.Bool
 	writeErr atomic.Bool
 	flushErr atomic.Bool
-	delay    time.Duration // added to every ReadAt and WriteAt
+	delay    atomic.Int64 // nanoseconds added to every ReadAt and WriteAt
 	flushes  atomic.Int64
 	fuaCount atomic.Int64
 }
@@ -31,11 +31,12 @@ func newMemBackend(size int) *memBackend { return &memBackend{data: make([]byte,
 func (m *memBackend) Size() int64 { return int64(len(m.data)) }
 
 func (m *memBackend) wait(ctx context.Context) error {
-	if m.delay == 0 {
+	d := time.Duration(m.delay.Load())
+	if d == 0 {
 		return ctx.Err()
 	}
 	select {
-	case <-time.After(m.delay):
+	case <-time.After(d):
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
