@@ -1,0 +1,178 @@
+package api
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Member states beyond MemberInSync.
+const (
+	MemberDegraded  = "degraded"  // missed writes; not read; waits to come back
+	MemberResyncing = "resyncing" // back, dirty regions being copied to it
+)
+
+// Bitmap modes of a volume (DESIGN §2, for comparison runs).
+const (
+	BitmapRemb     = "remb"     // default: host WIB in RAM, chunk LOG bitmaps
+	BitmapInternal = "internal" // a synchronous bitmap write to every member before the data write
+	BitmapNone     = "none"     // no bitmap: a returning member gets a full resync
+)
+
+// ExportName is what a host sends as the NBD export name to open a chunk:
+// the chunk id, the host, the volume epoch and an access token, written as
+//
+//	<chunk>;host=<host>;epoch=<epoch>;token=<hex>
+//
+// The token is HMAC-SHA256 over "chunk\x00host\x00epoch" with the cluster
+// secret; the chunkserver recomputes it and refuses a wrong token or an
+// epoch below the chunk's fenced minimum.
+type ExportName struct {
+	Chunk string
+	Host  string
+	Epoch int64
+	Token string // hex
+}
+
+// ErrBadExportName is returned by ParseExportName.
+var ErrBadExportName = errors.New("bad export name")
+
+// String formats the export name.
+func (e ExportName) String() string {
+	return fmt.Sprintf("%s;host=%s;epoch=%d;token=%s", e.Chunk, e.Host, e.Epoch, e.Token)
+}
+
+// ParseExportName parses the String form. A bare chunk id (no fields) is
+// refused: every export needs an epoch and a token.
+func ParseExportName(s string) (ExportName, error) {
+	parts := strings.Split(s, ";")
+	if len(parts) != 4 || parts[0] == "" {
+		return ExportName{}, fmt.Errorf("%w %q: want <chunk>;host=H;epoch=N;token=T", ErrBadExportName, s)
+	}
+	e := ExportName{Chunk: parts[0]}
+	for _, p := range parts[1:] {
+		k, v, ok := strings.Cut(p, "=")
+		if !ok {
+			return ExportName{}, fmt.Errorf("%w %q: field %q has no '='", ErrBadExportName, s, p)
+		}
+		switch k {
+		case "host":
+			e.Host = v
+		case "epoch":
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1 {
+				return ExportName{}, fmt.Errorf("%w %q: epoch %q", ErrBadExportName, s, v)
+			}
+			e.Epoch = n
+		case "token":
+			e.Token = v
+		default:
+			return ExportName{}, fmt.Errorf("%w %q: unknown field %q", ErrBadExportName, s, k)
+		}
+	}
+	if e.Host == "" || e.Epoch == 0 || e.Token == "" {
+		return ExportName{}, fmt.Errorf("%w %q: host, epoch and token are required", ErrBadExportName, s)
+	}
+	return e, nil
+}
+
+// ExportToken computes the access token of (chunk, host, epoch) with the
+// cluster secret (hex-encoded, as returned at registration).
+func ExportToken(secretHex, chunk, host string, epoch int64) string {
+	key, err := hex.DecodeString(secretHex)
+	if err != nil {
+		key = []byte(secretHex)
+	}
+	m := hmac.New(sha256.New, key)
+	fmt.Fprintf(m, "%s\x00%s\x00%d", chunk, host, epoch)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// ValidToken reports whether e carries the right token for secretHex.
+func (e ExportName) ValidToken(secretHex string) bool {
+	want := ExportToken(secretHex, e.Chunk, e.Host, e.Epoch)
+	return hmac.Equal([]byte(want), []byte(e.Token))
+}
+
+// Chunkserver control API (HTTP, on the chunkserver's control address).
+// Every request carries the same credentials as an export: chunk (in the
+// path), host, epoch and token.
+//
+//	POST /v1/chunks/{chunk}/fence   ControlRequest → ControlResponse
+//	    raise the chunk's minimum epoch to Epoch (persisted), close every
+//	    NBD connection opened with an older epoch and wait until their
+//	    in-flight requests have finished.
+//	POST /v1/chunks/{chunk}/pin     ControlRequest → ControlResponse
+//	    the chunk's LOG bitmap stops forgetting until unpinned.
+//	POST /v1/chunks/{chunk}/unpin   ControlRequest → ControlResponse
+//	GET  /v1/chunks/{chunk}/log?host=H&epoch=N&token=T → LogBitmap
+type ControlRequest struct {
+	Host  string `json:"host"`
+	Epoch int64  `json:"epoch"`
+	Token string `json:"token"`
+}
+
+// ControlResponse answers a control call with the chunk's state after it.
+type ControlResponse struct {
+	MinEpoch int64 `json:"min_epoch"`
+	Pinned   bool  `json:"pinned"`
+}
+
+// LogBitmap is a chunk's LOG bitmap, current|history: bit i (LSB first in
+// byte i/8) covers bytes [i*RegionSize, (i+1)*RegionSize) of the chunk.
+type LogBitmap struct {
+	RegionSize int64  `json:"region_size"`
+	Size       int64  `json:"size"`
+	Bits       []byte `json:"bits"`
+	Pinned     bool   `json:"pinned"`
+}
+
+// HostReport is POSTed by a hostd to /api/v1/hosts/{id}/report whenever the
+// state of an attached volume changes and every few seconds while a resync
+// runs. The metaserver stores member states (with the time they changed)
+// and progress, and records an event for every state change.
+type HostReport struct {
+	Volumes []VolumeReport `json:"volumes"`
+}
+
+// VolumeReport is the state of one attached volume on its host.
+type VolumeReport struct {
+	Name  string      `json:"name"`
+	Epoch int64       `json:"epoch"`
+	Sets  []SetReport `json:"sets"`
+	// CleanDetach is set once, when the host detached the volume cleanly
+	// (every write flushed to every member, nothing dirty).
+	CleanDetach bool `json:"clean_detach,omitempty"`
+}
+
+// SetReport is the state of one set of an attached volume.
+type SetReport struct {
+	Index      int            `json:"index"`
+	DirtyBytes int64          `json:"dirty_bytes"` // bytes the WIB marks dirty
+	Members    []MemberReport `json:"members"`
+}
+
+// MemberReport is the state of one member as its host sees it.
+type MemberReport struct {
+	ChunkID string `json:"chunk_id"`
+	State   string `json:"state"` // MemberInSync, MemberDegraded, MemberResyncing
+	// Resync progress while State is MemberResyncing (and the totals of the
+	// last resync afterwards).
+	ResyncDoneBytes  int64  `json:"resync_done_bytes,omitempty"`
+	ResyncTotalBytes int64  `json:"resync_total_bytes,omitempty"`
+	Error            string `json:"error,omitempty"` // why it is degraded
+}
+
+// Event is one state change of the cluster.
+type Event struct {
+	ID      int64     `json:"id"`
+	Time    time.Time `json:"time"`
+	Kind    string    `json:"kind"`    // e.g. member_degraded, resync_started, resync_done, volume_attached, chunkserver_offline
+	Subject string    `json:"subject"` // e.g. volume/demo/set/0/member/1, chunkserver/cs1
+	Message string    `json:"message"`
+}
