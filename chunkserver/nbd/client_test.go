@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -616,4 +617,100 @@ func TestNewServerValidation(t *testing.T) {
 	if _, err := NewServer(ServerConfig{Lookup: lookup, MetaContexts: map[string]MetaContext{"chunkraid:log": ctxFn}}); err != nil {
 		t.Fatalf("valid config refused: %v", err)
 	}
+}
+
+// TestExportNameFallback talks to a fake old server that knows neither
+// structured replies nor GO: the client must fall back to EXPORT_NAME and
+// still read with simple replies.
+func TestExportNameFallback(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		hflags uint16
+	}{
+		{"no zeroes", FlagFixedNewstyle | FlagNoZeroes},
+		{"padded", FlagFixedNewstyle},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			srvErr := make(chan error, 1)
+			go func() { srvErr <- oldServer(ln, tc.hflags) }()
+			c := dial(t, ClientConfig{Addr: ln.Addr().String(), Export: "old"})
+			if c.Size() != 8192 || c.neg.structured {
+				t.Fatalf("size %d structured %v", c.Size(), c.neg.structured)
+			}
+			got := make([]byte, 8)
+			if err := c.ReadAt(t.Context(), got, 16); err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != "fallback" {
+				t.Fatalf("read %q", got)
+			}
+			if err := <-srvErr; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// oldServer answers one connection the way an old server would and serves
+// one READ.
+func oldServer(ln net.Listener, hflags uint16) error {
+	nc, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := nc.Write(AppendGreeting(nil, hflags)); err != nil {
+		return err
+	}
+	var b [OptionHeaderSize]byte
+	if _, err := io.ReadFull(nc, b[:ClientFlagsSize]); err != nil {
+		return err
+	}
+	cflags := be.Uint32(b[:])
+	if (cflags&FlagCNoZeroes != 0) != (hflags&FlagNoZeroes != 0) {
+		return fmt.Errorf("client flags %#x do not match handshake flags %#x", cflags, hflags)
+	}
+	for {
+		if _, err := io.ReadFull(nc, b[:]); err != nil {
+			return err
+		}
+		h, err := DecodeOptionHeader(b[:])
+		if err != nil {
+			return err
+		}
+		data := make([]byte, h.Length)
+		if _, err := io.ReadFull(nc, data); err != nil {
+			return err
+		}
+		if h.Option == OptExportName {
+			if string(data) != "old" {
+				return fmt.Errorf("export name %q", data)
+			}
+			_, err := nc.Write(AppendExportNameReply(nil, 8192, FlagHasFlags, hflags&FlagNoZeroes != 0))
+			if err != nil {
+				return err
+			}
+			break
+		}
+		reply := AppendOptionReplyHeader(nil, OptionReplyHeader{Option: h.Option, Type: RepErrUnsup})
+		if _, err := nc.Write(reply); err != nil {
+			return err
+		}
+	}
+	var rb [RequestHeaderSize]byte
+	if _, err := io.ReadFull(nc, rb[:]); err != nil {
+		return err
+	}
+	q, err := DecodeRequest(rb[:])
+	if err != nil || q.Type != CmdRead || q.Offset != 16 || q.Length != 8 {
+		return fmt.Errorf("request %+v err %v", q, err)
+	}
+	_, err = nc.Write(append(AppendSimpleReply(nil, SimpleReply{Cookie: q.Cookie}), "fallback"...))
+	return err
 }

@@ -18,7 +18,8 @@
 //	| NBDMAGIC | IHAVEOPT | hflags |
 //	+----------+----------+--------+
 //
-// hflags: bit 0 FIXED_NEWSTYLE, bit 1 NO_ZEROES. The client answers with 32
+// NBDMAGIC is 0x4e42444d41474943, IHAVEOPT 0x49484156454f5054; hflags: bit 0
+// FIXED_NEWSTYLE, bit 1 NO_ZEROES. The client answers with 32
 // bits of client flags (bit 0 C_FIXED_NEWSTYLE, bit 1 C_NO_ZEROES); any other
 // bit makes the server drop the connection.
 //
@@ -101,10 +102,23 @@
 // exports carry HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM,
 // SEND_WRITE_ZEROES, CAN_MULTI_CONN and (with structured replies) SEND_DF,
 // and it announces the block sizes 1 / 4096 / 32 MiB. Meta contexts are
-// base:allocation plus any named contexts given in ServerConfig. Requests are
-// read by one goroutine per connection and executed by up to MaxInFlight
-// workers; replies go out as each request completes, whole, under one write
-// lock. Data buffers come from size-classed pools.
+// base:allocation plus any named contexts given in ServerConfig.
+//
+// Per connection, one goroutine reads requests (and WRITE payloads) and
+// queues them for a pool of workers, started as concurrency demands; at most
+// MaxInFlight requests are between being read and their reply being written.
+// Replies go out as requests complete, in any order. Each reply is written
+// whole: finished replies are queued, and the worker that finds no write in
+// progress writes everything queued in one writev, so replies of different
+// requests never interleave and a busy connection needs fewer system calls
+// than replies. FLUSH is a Sync of the export: a write is acknowledged only
+// after WriteAt returned, so Sync covers every write acknowledged before the
+// FLUSH without ordering requests further. Data buffers come from
+// size-classed pools. A request for bytes past the end gets EINVAL (ENOSPC
+// for WRITE and WRITE_ZEROES), a READ or WRITE over 32 MiB EINVAL, except
+// that a WRITE whose payload exceeds 32 MiB closes the connection; TRIM,
+// WRITE_ZEROES and BLOCK_STATUS may cover any in-range length, as the
+// protocol allows for requests without payload.
 //
 // # Client behaviour
 //

@@ -517,3 +517,15 @@ func TestExportErrorsReachTheClient(t *testing.T) {
 		})
 	}
 }
+
+func TestHandshakeTimeout(t *testing.T) {
+	addr := serveExports(t, map[string]Export{"c": newMemExport(4096)}, func(cfg *ServerConfig) {
+		cfg.HandshakeTimeout = 100 * time.Millisecond
+	})
+	r := rawDial(t, addr, FlagCFixedNewstyle)
+	start := time.Now()
+	r.closed()
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("silent client kept for %v", d)
+	}
+}
