@@ -1,0 +1,119 @@
+// Package iscsi is hostd's iSCSI target (RFC 7143): it exports each volume
+// as a target with one logical unit, LUN 0, a SCSI block device (SBC-3)
+// whose storage is a Backend.
+//
+// A Server holds the targets (AddTarget, RemoveTarget) and serves TCP
+// connections (Serve). Each connection logs in (login.go: security and
+// operational negotiation, text keys in text.go), then runs the full
+// feature phase of its session (session.go): one reader goroutine receives
+// PDUs and orders commands by CmdSN, every SCSI command runs in its own
+// goroutine (task.go) against the logical unit (scsi.go), and a single
+// writer per connection (writer.go) stamps StatSN, ExpCmdSN and MaxCmdSN on
+// each response as it goes out, batching PDUs into one writev. The reader
+// never waits for the back end.
+//
+// # Limits
+//
+// Every length a peer sends is checked before anything is sized from it.
+// A data segment longer than the target's declared MaxRecvDataSegmentLength
+// closes the connection. At most QueueDepth commands are outstanding per
+// session (the CmdSN window); the data buffers they hold are bounded by
+// SessionBufferBytes, and a command that would exceed it waits in its own
+// goroutine, not in the reader. Immediate and unsolicited data are bounded
+// by FirstBurstLength per command. Data-In is cut to the initiator's
+// MaxRecvDataSegmentLength per PDU and MaxBurstLength per sequence;
+// solicited Data-Out is requested with R2Ts of at most MaxBurstLength, at
+// most MaxOutstandingR2T at a time.
+//
+// # Errors
+//
+// A back-end error is a CHECK CONDITION: MEDIUM ERROR with UNRECOVERED READ
+// ERROR (0x11/0x00) for reads, WRITE ERROR (0x0C/0x00) for writes and
+// SYNCHRONIZE CACHE; never GOOD with stale data. A Data-Out that breaks the
+// sequence rules ends its command with ABORTED COMMAND. A malformed PDU
+// closes only its connection. A panic in a connection or command goroutine
+// is logged and closes that connection.
+//
+// # Wire format
+//
+// All multi-byte fields are big-endian. Every PDU starts with a 48-byte
+// Basic Header Segment (BHS); bytes 0-7 are common to all opcodes:
+//
+//	byte   0: .|I| opcode (6 bits)     I = immediate delivery
+//	byte   1: F| opcode-specific flags F = final
+//	bytes 2-3: opcode-specific
+//	byte   4: TotalAHSLength, in 4-byte words
+//	bytes 5-7: DataSegmentLength, in bytes (24 bits)
+//	bytes 8-15: LUN, or opcode-specific (ISID+TSIH in login PDUs)
+//	bytes 16-19: Initiator Task Tag (ITT)
+//	bytes 20-47: opcode-specific
+//
+// The BHS is followed by the AHS (TotalAHSLength*4 bytes), then the data
+// segment, padded with zeros to a multiple of 4 bytes. Header and data
+// digests are negotiated to None: there are none on the wire.
+//
+// Target PDUs carry three sequence numbers at the same offsets:
+//
+//	bytes 24-27: StatSN     28-31: ExpCmdSN     32-35: MaxCmdSN
+//
+// SCSI Command (0x01), initiator to target:
+//
+//	 0      1            2-3      4       5-7     8-15  16-19  20-23  24-27  28-31      32-47
+//	|I|0x01|F|R|W|0|0|ATTR|  -  |AHSLen|DataLen| LUN | ITT  | EDTL | CmdSN|ExpStatSN| CDB (16) |
+//
+// A longer CDB continues in an Extended CDB AHS:
+//
+//	| AHSLength (2) = CDB length - 15 | AHSType 1 | reserved | CDB bytes 16.. | pad |
+//
+// SCSI Response (0x21):
+//
+//	 1: 1|0|0|o|u|O|U|0   (o/u bidirectional, O/U residual overflow/underflow)
+//	 2: Response (0 = completed at target)    3: SCSI status
+//	16-19 ITT   20-23 SNACK Tag   24-35 StatSN/ExpCmdSN/MaxCmdSN
+//	36-39 ExpDataSN   40-43 Bidirectional Read Residual   44-47 Residual Count
+//	data: SenseLength (2) | fixed-format sense data (18 bytes)
+//
+// Data-In (0x25) and Data-Out (0x05):
+//
+//	 1: F|A|0|0|0|O|U|S   (Data-In: A, O, U, S; Data-Out: F only)
+//	 3: status (Data-In with S)
+//	8-15 LUN   16-19 ITT   20-23 Target Transfer Tag
+//	24-27 StatSN (Data-In with S) / ExpStatSN (Data-Out)
+//	28-35 ExpCmdSN/MaxCmdSN (Data-In)
+//	36-39 DataSN   40-43 Buffer Offset   44-47 Residual Count (Data-In with S)
+//
+// R2T (0x31):
+//
+//	8-15 LUN   16-19 ITT   20-23 TTT   24-35 StatSN/ExpCmdSN/MaxCmdSN
+//	36-39 R2TSN   40-43 Buffer Offset   44-47 Desired Data Transfer Length
+//
+// Login Request (0x03, always immediate) and Login Response (0x23):
+//
+//	 1: T|C|0|0|CSG(2)|NSG(2)   stages: 0 security, 1 operational, 3 full feature
+//	 2: Version-max   3: Version-min (request) / Version-active (response)
+//	8-13 ISID   14-15 TSIH   16-19 ITT
+//	request:  20-21 CID   24-27 CmdSN   28-31 ExpStatSN
+//	response: 24-35 StatSN/ExpCmdSN/MaxCmdSN   36 Status-Class   37 Status-Detail
+//	data: key=value pairs, each terminated by a NUL byte
+//
+// Text Request (0x04) and Text Response (0x24):
+//
+//	 1: F|C|0...   8-15 LUN   16-19 ITT   20-23 TTT (0xffffffff: new exchange)
+//	request: 24-27 CmdSN 28-31 ExpStatSN; response: 24-35 StatSN/ExpCmdSN/MaxCmdSN
+//
+// NOP-Out (0x00) and NOP-In (0x20): 8-15 LUN, 16-19 ITT, 20-23 TTT; the
+// request has CmdSN and ExpStatSN at 24 and 28, the answer the three target
+// sequence numbers. A ping (ITT not 0xffffffff) is answered with its data.
+//
+// Task Management Request (0x02): byte 1 = 1|function(7); 8-15 LUN, 16-19
+// ITT, 20-23 Referenced Task Tag, 24-27 CmdSN, 28-31 ExpStatSN, 32-35
+// RefCmdSN, 36-39 ExpDataSN. Response (0x22): byte 2 = response, 16-19
+// ITT, 24-35 sequence numbers.
+//
+// Logout Request (0x06): byte 1 = 1|reason(7); 16-19 ITT, 20-21 CID, 24-27
+// CmdSN, 28-31 ExpStatSN. Response (0x26): byte 2 = response, 16-19 ITT,
+// 24-35 sequence numbers, 40-41 Time2Wait, 42-43 Time2Retain.
+//
+// Reject (0x3f): byte 2 = reason, 16-19 0xffffffff, 24-35 sequence
+// numbers, 36-39 DataSN/R2TSN; data: the header of the rejected PDU.
+package iscsi

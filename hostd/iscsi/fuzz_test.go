@@ -1,0 +1,140 @@
+package iscsi
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// pduBytes encodes a PDU with its data segment and padding.
+func pduBytes(m pduMessage, data []byte) []byte {
+	var h header
+	m.marshal(&h)
+	h.setDataLength(len(data))
+	b := append(h[:], data...)
+	return append(b, zeroPad[:padLen(len(data))]...)
+}
+
+func FuzzPDU(f *testing.F) {
+	f.Add(pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1}, encodeText(normalDecl)))
+	f.Add(pduBytes(&scsiCommand{Final: true, Write: true, EDTL: 512, CDB: [16]byte{0x2a, 0, 0, 0, 0, 1, 0, 0, 1}}, make([]byte, 512)))
+	f.Add(pduBytes(&dataOut{Final: true, ITT: 3, TTT: 4, BufferOffset: 512}, []byte("data")))
+	f.Add(pduBytes(&textRequest{Final: true, TTT: reservedTag}, encodeText([]textPair{{"SendTargets", "All"}})))
+	f.Add(pduBytes(&scsiResponse{Status: 2}, []byte{0, 18, 0x70, 0, 5}))
+	ext := pduBytes(&scsiCommand{Final: true, CDB: [16]byte{0x7f}}, nil)
+	ext[4] = 5 // 20 bytes of AHS follow
+	ext = append(ext[:bhsLen], append([]byte{0, 17, 1, 0}, make([]byte, 16)...)...)
+	f.Add(ext)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for len(b) > 0 {
+			d, rest, err := decodePDU(b, 8192)
+			if err != nil {
+				return
+			}
+			if len(rest) >= len(b) {
+				t.Fatalf("decodePDU consumed nothing")
+			}
+			b = rest
+			if m, ok := d.msg.(pduMessage); ok {
+				var h header
+				m.marshal(&h)
+				again := reflect.New(reflect.TypeOf(m).Elem()).Interface().(pduMessage)
+				again.unmarshal(&h)
+				if !reflect.DeepEqual(again, m) {
+					t.Fatalf("re-encoding changed the message:\n%+v\n%+v", m, again)
+				}
+			}
+			if d.op == opLoginReq || d.op == opTextReq {
+				_, _ = parseText(d.data)
+			}
+		}
+	})
+}
+
+// FuzzCDB runs arbitrary CDBs and Data-Out through the SCSI layer.
+func FuzzCDB(f *testing.F) {
+	for _, cdb := range [][]byte{
+		cdbRead10(0, 1), cdbWrite10(1, 1, true), {0x12, 1, 0x83, 0, 255, 0}, {0x1a, 0, 0x3f, 0, 255, 0},
+		{0x5a, 0x10, 0x3f, 0xff, 0, 0, 0, 1, 0, 0}, {0xa3, 0x0c, 0x82, 0x9e, 0, 0x10, 0, 0, 1, 0, 0, 0},
+		{0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, {0x2f, 0x06, 0, 0, 0, 1, 0, 0, 4, 0}, cdb16(0x88, 1, 1),
+		{0x03, 1, 0, 0, 252, 0}, {0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0},
+	} {
+		f.Add(cdb, []byte{1, 2, 3})
+	}
+	be := newMemBackend(64 << 10)
+	lu := newLogicalUnit(be, 512, 1<<20, 1<<20, "fuzz", testIQN)
+	f.Fuzz(func(t *testing.T, cdb, out []byte) {
+		for _, lunOK := range []bool{true, false} {
+			c, s := lu.decodeCDB(cdb, lunOK)
+			if s != nil {
+				_ = s.marshal()
+				continue
+			}
+			o := out
+			if uint32(len(o)) > c.outLen {
+				o = o[:c.outLen]
+			}
+			var in []byte
+			if c.inLen > 0 {
+				in = make([]byte, c.inLen)
+			}
+			r := lu.execute(context.Background(), c, o, in)
+			if r.status == statusGood && c.dir != dirIn && len(r.data) > 0 {
+				t.Fatalf("command without Data-In returned %d bytes", len(r.data))
+			}
+			if c.alloc > 0 && uint32(len(r.data)) > c.alloc {
+				t.Fatalf("%d bytes returned for allocation length %d", len(r.data), c.alloc)
+			}
+		}
+	})
+}
+
+// FuzzLogin feeds arbitrary bytes to a connection served over net.Pipe:
+// the connection must neither panic nor hang.
+func FuzzLogin(f *testing.F) {
+	login := pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1, CmdSN: 1}, encodeText(withText(normalDecl, textPair{"MaxRecvDataSegmentLength", "4096"})))
+	f.Add(login)
+	sec := pduBytes(&loginRequest{Transit: true, CSG: 0, NSG: 1, ITT: 1, CmdSN: 1}, encodeText(withText(normalDecl, textPair{"AuthMethod", "None"})))
+	f.Add(append(sec, pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1, CmdSN: 1}, nil)...))
+	session := bytes.Clone(login)
+	session = append(session, pduBytes(&scsiCommand{Final: true, Read: true, ITT: 2, EDTL: 512, CmdSN: 1, CDB: [16]byte{0x28, 0, 0, 0, 0, 0, 0, 0, 1}}, nil)...)
+	session = append(session, pduBytes(&scsiCommand{Write: true, ITT: 3, EDTL: 2048, CmdSN: 2, CDB: [16]byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 4}}, make([]byte, 512))...)
+	session = append(session, pduBytes(&dataOut{ITT: 3, TTT: reservedTag, BufferOffset: 512, DataSN: 0}, make([]byte, 512))...)
+	session = append(session, pduBytes(&nopOut{Immediate: true, ITT: 4, TTT: reservedTag, CmdSN: 3}, []byte("ping"))...)
+	session = append(session, pduBytes(&textRequest{Immediate: true, Final: true, ITT: 5, TTT: reservedTag, CmdSN: 3}, encodeText([]textPair{{"SendTargets", "All"}}))...)
+	session = append(session, pduBytes(&taskMgmtRequest{Immediate: true, Function: tmfAbortTask, ITT: 6, RefTaskTag: 3, CmdSN: 3}, nil)...)
+	session = append(session, pduBytes(&logoutRequest{Immediate: true, ITT: 7, CmdSN: 3}, nil)...)
+	f.Add(session)
+	disc := pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1}, encodeText([]textPair{{"InitiatorName", "iqn.2026-01.test:i"}, {"SessionType", "Discovery"}}))
+	f.Add(append(disc, pduBytes(&textRequest{Final: true, ITT: 2, TTT: reservedTag}, encodeText([]textPair{{"SendTargets", "All"}}))...))
+
+	srv, err := New(Config{LoginTimeout: 2 * time.Second, QueueDepth: 8, MaxTransferLength: 64 << 10, SessionBufferBytes: 256 << 10})
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := srv.AddTarget(testIQN, newMemBackend(256<<10), "fuzz"); err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		client, server := net.Pipe()
+		c := newConn(srv, server)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.serve(context.Background())
+		}()
+		go func() { _, _ = io.Copy(io.Discard, client) }()
+		_ = client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		_, _ = client.Write(b)
+		_ = client.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("connection did not end after its input was closed")
+		}
+	})
+}
