@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/chunkraid/chunkraid/bitmap"
 )
 
 // MemberState is the health of one member of a set as the set sees it.
@@ -15,9 +19,13 @@ type MemberState int
 const (
 	// InSync members hold every acknowledged write and serve reads.
 	InSync MemberState = iota
-	// Failed members returned an error; the set stops using them. Bringing a
-	// failed member back requires a resync, which is not done by Mirror itself.
+	// Failed members returned an error or timed out; the set is degraded and
+	// stops using them until they rejoin.
 	Failed
+	// Resyncing members have rejoined: they receive every new write, are
+	// never read, and become InSync when the resync has copied every region
+	// that may differ.
+	Resyncing
 )
 
 func (s MemberState) String() string {
@@ -25,18 +33,37 @@ func (s MemberState) String() string {
 	case InSync:
 		return "in_sync"
 	case Failed:
-		return "failed"
+		return "degraded"
+	case Resyncing:
+		return "resyncing"
 	}
 	return fmt.Sprintf("MemberState(%d)", int(s))
 }
 
+// ErrResyncAborted is returned by Resync when a member failed during the
+// copy or the set changed under it; the caller retries later.
+var ErrResyncAborted = errors.New("raid: resync aborted")
+
 // MirrorConfig configures a mirror set.
 type MirrorConfig struct {
-	// Members are the copies; all must have the same Size. 2 or 3.
+	// Members are the copies; all must have the same Size. 1 to 3.
 	Members []Device
 	// MinWriteMembers is how many members must acknowledge a write for it to
 	// succeed. 0 means 1, the RAID-1 minimum.
 	MinWriteMembers int
+	// WIB is the set's write-intent bitmap. nil means an in-memory bitmap
+	// with 1 MiB regions (the set then forgets on exit; fine for tests and
+	// for bitmap mode none).
+	WIB *bitmap.WIB
+	// Degraded lists members that start Failed (unreachable at attach).
+	Degraded []int
+	// BeforeDegradedWrite, if set, is called once after a member fails and
+	// before the first write that the set acknowledges without it; hostd
+	// pins the survivors' LOG bitmaps there (DESIGN §2 rule 3). An error is
+	// logged and the write proceeds: the WIB still records it.
+	BeforeDegradedWrite func(ctx context.Context) error
+	// ResyncRate limits resync copying in bytes per second; 0 = unlimited.
+	ResyncRate int64
 	// Logger receives member failures. nil discards.
 	Logger *slog.Logger
 	// OnStateChange, if set, is called (without locks held) after a member
@@ -44,22 +71,42 @@ type MirrorConfig struct {
 	OnStateChange func(member int, st MemberState, err error)
 }
 
-// Mirror is a RAID-1 set: every write goes to every in-sync member in
-// parallel; a read goes to one in-sync member, round-robin, and falls over to
-// another if it fails. A member that returns an error is marked Failed and is
-// neither read nor written again by this Mirror.
+// regionLocks is the number of striped locks that serialize a resync copy
+// of a region against user writes to it.
+const regionLocks = 1024
+
+// Mirror is a RAID-1 set with a write-intent bitmap.
+//
+// Writes go to every InSync and Resyncing member in parallel, inside
+// WIB.Begin/End, so the bitmap names every region where members may differ.
+// Reads go to one InSync member, round-robin; a region that needs resync is
+// read from one fixed source member so that a reader never sees two
+// versions. A member that returns an error is marked Failed; the set keeps
+// serving from the others and the regions it misses stay dirty. When the
+// member is back, Rejoin makes it Resyncing and Resync copies only the
+// dirty regions, each under a region lock that makes user writes to that
+// region (and only that region) wait.
 type Mirror struct {
-	members  []Device
 	minWrite int
 	size     int64
+	wib      *bitmap.WIB
+	ownWIB   bool
 	log      *slog.Logger
 	onChange func(int, MemberState, error)
+	beforeDW func(context.Context) error
+	rate     int64
 	next     atomic.Uint32 // round-robin read cursor
+
+	locks [regionLocks]sync.RWMutex
 
 	mu struct {
 		sync.Mutex
-		state []MemberState // guarded by mu
+		members []Device      // guarded by mu
+		state   []MemberState // guarded by mu
+		errs    []error       // last failure of each member; guarded by mu
+		pinned  chan struct{} // closed when BeforeDegradedWrite finished for the current degradation; guarded by mu
 	}
+	resyncMu sync.Mutex // one Resync at a time
 }
 
 // NewMirror builds a mirror set over cfg.Members.
@@ -84,43 +131,100 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	m := &Mirror{members: cfg.Members, minWrite: minWrite, size: size, log: log, onChange: cfg.OnStateChange}
+	m := &Mirror{minWrite: minWrite, size: size, wib: cfg.WIB, log: log, onChange: cfg.OnStateChange,
+		beforeDW: cfg.BeforeDegradedWrite, rate: cfg.ResyncRate}
+	if m.wib == nil {
+		w, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: size})
+		if err != nil {
+			return nil, err
+		}
+		m.wib, m.ownWIB = w, true
+	} else if m.wib.Size() != size {
+		return nil, fmt.Errorf("raid: WIB covers %d bytes, the set has %d", m.wib.Size(), size)
+	}
+	m.mu.members = slices.Clone(cfg.Members)
 	m.mu.state = make([]MemberState, len(cfg.Members))
+	m.mu.errs = make([]error, len(cfg.Members))
+	for _, i := range cfg.Degraded {
+		if i < 0 || i >= len(cfg.Members) {
+			return nil, fmt.Errorf("raid: degraded member %d out of range", i)
+		}
+		m.mu.state[i] = Failed
+		m.mu.errs[i] = errors.New("unreachable at attach")
+	}
+	if len(cfg.Degraded) > 0 {
+		// The absent members miss everything from now on; the caller pins
+		// the survivors before attaching degraded.
+		m.mu.pinned = make(chan struct{})
+		close(m.mu.pinned)
+	}
 	return m, nil
 }
 
 // Size is the capacity of the set, the size of one member.
 func (m *Mirror) Size() int64 { return m.size }
 
+// WIB is the set's write-intent bitmap.
+func (m *Mirror) WIB() *bitmap.WIB { return m.wib }
+
 // States returns a snapshot of the members' states.
 func (m *Mirror) States() []MemberState {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return append([]MemberState(nil), m.mu.state...)
+	return slices.Clone(m.mu.state)
 }
 
-func (m *Mirror) usable() []int {
+// MemberError returns the error that failed member i, if any.
+func (m *Mirror) MemberError(i int) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	idx := make([]int, 0, len(m.members))
-	for i, st := range m.mu.state {
-		if st == InSync {
-			idx = append(idx, i)
-		}
-	}
-	return idx
+	return m.mu.errs[i]
 }
 
-func (m *Mirror) fail(i int, err error) {
+// Close releases an in-memory WIB the set created itself.
+func (m *Mirror) Close() error {
+	if m.ownWIB {
+		return m.wib.Close()
+	}
+	return nil
+}
+
+// snapshot returns the members and states under the lock.
+func (m *Mirror) snapshot() ([]Device, []MemberState) {
 	m.mu.Lock()
-	changed := m.mu.state[i] != Failed
+	defer m.mu.Unlock()
+	return slices.Clone(m.mu.members), slices.Clone(m.mu.state)
+}
+
+func (m *Mirror) fail(i int, d Device, err error) {
+	m.mu.Lock()
+	if m.mu.members[i] != d || m.mu.state[i] == Failed {
+		// Already failed, or replaced by a rejoin since the I/O started.
+		m.mu.Unlock()
+		return
+	}
 	m.mu.state[i] = Failed
+	m.mu.errs[i] = err
+	if m.mu.pinned == nil {
+		m.mu.pinned = make(chan struct{})
+		go m.pin(m.mu.pinned)
+	}
 	m.mu.Unlock()
-	if changed {
-		m.log.Error("mirror member failed", "member", i, "err", err)
-		if m.onChange != nil {
-			m.onChange(i, Failed, err)
-		}
+	m.log.Error("mirror member failed; set degraded", "member", i, "err", err)
+	if m.onChange != nil {
+		m.onChange(i, Failed, err)
+	}
+}
+
+func (m *Mirror) pin(done chan struct{}) {
+	defer close(done)
+	if m.beforeDW == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.beforeDW(ctx); err != nil {
+		m.log.Error("pinning the survivors' LOG bitmaps failed; the host's WIB still records the missed writes", "err", err)
 	}
 }
 
@@ -137,6 +241,30 @@ func memberErr(ctx context.Context, err error) bool {
 	return err != nil && ctx.Err() == nil && !errors.Is(err, ErrOutOfRange)
 }
 
+// lockRange takes the region locks of [off, off+n) for a user write
+// (shared) in ascending order and returns the unlock function.
+func (m *Mirror) lockRange(off, n int64) func() {
+	rs := m.wib.RegionSize()
+	first, last := off/rs, (off+max(n, 1)-1)/rs
+	if last-first+1 >= regionLocks {
+		first, last = 0, regionLocks-1
+	}
+	idx := make([]int, 0, last-first+1)
+	for r := first; r <= last; r++ {
+		idx = append(idx, int(r%regionLocks))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		m.locks[i].RLock()
+	}
+	return func() {
+		for _, i := range idx {
+			m.locks[i].RUnlock()
+		}
+	}
+}
+
 // ReadAt reads from one in-sync member, trying the others if it fails.
 func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := m.check(off, int64(len(p))); err != nil {
@@ -144,7 +272,13 @@ func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	var lastErr error
 	for {
-		idx := m.usable()
+		members, state := m.snapshot()
+		var idx []int
+		for i, st := range state {
+			if st == InSync {
+				idx = append(idx, i)
+			}
+		}
 		if len(idx) == 0 {
 			if lastErr != nil {
 				return fmt.Errorf("%w: last error: %w", ErrNoMembers, lastErr)
@@ -152,7 +286,12 @@ func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 			return ErrNoMembers
 		}
 		i := idx[int(m.next.Add(1))%len(idx)]
-		err := m.members[i].ReadAt(ctx, p, off)
+		if m.needsResync(off, int64(len(p))) {
+			// Members may hold different versions here: always read the
+			// resync source so that every reader sees the same bytes.
+			i = idx[0]
+		}
+		err := members[i].ReadAt(ctx, p, off)
 		if err == nil {
 			return nil
 		}
@@ -160,72 +299,310 @@ func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 			return err
 		}
 		lastErr = err
-		m.fail(i, err)
+		m.fail(i, members[i], err)
 	}
 }
 
-// fanOut runs op on every in-sync member in parallel and succeeds when every
-// member that did not fail acknowledged and at least minWrite did.
-func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) error {
-	idx := m.usable()
-	if len(idx) < m.minWrite {
-		return fmt.Errorf("%w: %d in-sync members, %d required", ErrNoMembers, len(idx), m.minWrite)
+func (m *Mirror) needsResync(off, n int64) bool {
+	rs := m.wib.RegionSize()
+	for r := off / rs; r <= (off+max(n, 1)-1)/rs; r++ {
+		if m.wib.NeedsResync(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// fanOut runs op on every InSync and Resyncing member in parallel. It
+// succeeds when at least minWrite members acknowledged and every member
+// that did not acknowledge has been failed; allOK reports whether every
+// member of the set now holds the change.
+func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK bool, err error) {
+	members, state := m.snapshot()
+	var idx []int
+	inSync := 0
+	for i, st := range state {
+		if st != Failed {
+			idx = append(idx, i)
+		}
+		if st == InSync {
+			inSync++
+		}
+	}
+	if inSync == 0 || len(idx) < m.minWrite {
+		return false, fmt.Errorf("%w: %d in-sync members, %d members writable, %d required", ErrNoMembers, inSync, len(idx), m.minWrite)
 	}
 	errs := make([]error, len(idx))
 	if len(idx) == 1 {
-		errs[0] = op(m.members[idx[0]])
+		errs[0] = op(members[idx[0]])
 	} else {
 		var wg sync.WaitGroup
 		for j, i := range idx {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[j] = op(m.members[i])
+				errs[j] = op(members[i])
 			}()
 		}
 		wg.Wait()
 	}
-	ok := 0
+	ok, okInSync := 0, 0
 	var firstErr error
 	for j, err := range errs {
 		switch {
 		case err == nil:
 			ok++
+			if state[idx[j]] == InSync {
+				okInSync++
+			}
 		case memberErr(ctx, err):
-			m.fail(idx[j], err)
+			m.fail(idx[j], members[idx[j]], err)
 			if firstErr == nil {
 				firstErr = err
 			}
 		default:
 			// The caller's context ended or the request was invalid: the
 			// member is not at fault, and the operation failed.
-			return err
+			return false, err
 		}
 	}
-	if ok < m.minWrite {
-		return fmt.Errorf("%w: %d of %d members acknowledged, %d required: %w", ErrNoMembers, ok, len(idx), m.minWrite, firstErr)
+	if ok < m.minWrite || okInSync == 0 {
+		return false, fmt.Errorf("%w: %d of %d members acknowledged (%d in sync), %d required: %w", ErrNoMembers, ok, len(idx), okInSync, m.minWrite, firstErr)
+	}
+	return ok == len(state), nil
+}
+
+// waitPinned waits, once per degradation, for the survivors' LOG bitmaps
+// to be pinned before a degraded write is acknowledged.
+func (m *Mirror) waitPinned(ctx context.Context) {
+	m.mu.Lock()
+	ch := m.mu.pinned
+	m.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
+
+// write runs a modifying op on [off, off+n) inside the bitmap protocol.
+func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) error) error {
+	if err := m.check(off, n); err != nil {
+		return err
+	}
+	unlock := m.lockRange(off, n)
+	defer unlock()
+	tok := m.wib.Begin(off, n)
+	allOK, err := m.fanOut(ctx, op)
+	m.wib.End(tok, allOK && err == nil)
+	if err != nil {
+		return err
+	}
+	if !allOK {
+		m.waitPinned(ctx)
+		return nil
+	}
+	m.wib.ClearRange(off, n)
+	return nil
+}
+
+// WriteAt writes p to every usable member in parallel.
+func (m *Mirror) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return m.write(ctx, off, int64(len(p)), func(d Device) error { return d.WriteAt(ctx, p, off, fua) })
+}
+
+// Trim deallocates a range on every usable member.
+func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
+	return m.write(ctx, off, length, func(d Device) error { return d.Trim(ctx, off, length) })
+}
+
+// Flush flushes every usable member. A member whose flush fails is failed:
+// its durability is unknown, so it must not be trusted again without a
+// resync.
+func (m *Mirror) Flush(ctx context.Context) error {
+	_, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
+	return err
+}
+
+// Rejoin replaces failed member i by d (a new connection to the same chunk)
+// and makes it Resyncing: it gets every new write from now on, and Resync
+// copies it the regions it missed.
+func (m *Mirror) Rejoin(i int, d Device) error {
+	if d.Size() != m.size {
+		return fmt.Errorf("raid: rejoining member %d has size %d, the set has %d", i, d.Size(), m.size)
+	}
+	m.mu.Lock()
+	if i < 0 || i >= len(m.mu.members) || m.mu.state[i] != Failed {
+		m.mu.Unlock()
+		return fmt.Errorf("raid: member %d is not failed", i)
+	}
+	m.mu.members[i] = d
+	m.mu.state[i] = Resyncing
+	m.mu.errs[i] = nil
+	m.mu.Unlock()
+	m.log.Info("mirror member rejoined; resyncing", "member", i)
+	if m.onChange != nil {
+		m.onChange(i, Resyncing, nil)
 	}
 	return nil
 }
 
-// WriteAt writes p to every in-sync member in parallel.
-func (m *Mirror) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	if err := m.check(off, int64(len(p))); err != nil {
-		return err
-	}
-	return m.fanOut(ctx, func(d Device) error { return d.WriteAt(ctx, p, off, fua) })
+// MarkAll marks the whole set as needing resync: bitmap mode none, or a
+// lost record (DESIGN §2 rule 3: the only acceptable fallback).
+func (m *Mirror) MarkAll() { m.wib.Mark(0, m.size) }
+
+// ResyncProgress is reported while Resync runs.
+type ResyncProgress struct {
+	DoneBytes, TotalBytes int64
 }
 
-// Flush flushes every in-sync member. A member whose flush fails is failed:
-// its durability is unknown, so it must not be trusted again.
-func (m *Mirror) Flush(ctx context.Context) error {
-	return m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
+// Resync copies every region that needs resync from the first InSync member
+// to every other usable member, one region at a time under that region's
+// lock, then makes Resyncing members InSync. It returns the bytes copied.
+// A failure of a member aborts with ErrResyncAborted (the regions not yet
+// copied stay dirty); progress is called after every region.
+func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
+	m.resyncMu.Lock()
+	defer m.resyncMu.Unlock()
+	if _, st := m.snapshot(); slices.Contains(st, Failed) {
+		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, slices.Index(st, Failed))
+	}
+	rs := m.wib.RegionSize()
+	var copied int64
+	buf := make([]byte, rs)
+	start := time.Now()
+	for pass := 0; ; pass++ {
+		var todo []int64
+		for from := int64(0); ; {
+			r, ok := m.wib.NextDirty(from)
+			if !ok {
+				break
+			}
+			for off := r.Off; off < r.Off+r.Len; off += rs {
+				if m.wib.NeedsResync(off / rs) {
+					todo = append(todo, off/rs)
+				}
+			}
+			from = r.Off + r.Len
+		}
+		if len(todo) == 0 {
+			break
+		}
+		if pass > 100 {
+			return copied, fmt.Errorf("%w: regions keep getting dirty under the copy", ErrResyncAborted)
+		}
+		total := copied + int64(len(todo))*rs
+		for _, region := range todo {
+			if err := ctx.Err(); err != nil {
+				return copied, err
+			}
+			n, err := m.copyRegion(ctx, region, buf)
+			if err != nil {
+				return copied, err
+			}
+			copied += n
+			if progress != nil {
+				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total})
+			}
+			if m.rate > 0 {
+				// Throttle: stay at or below rate bytes per second overall.
+				want := time.Duration(float64(copied) / float64(m.rate) * float64(time.Second))
+				if d := want - time.Since(start); d > 0 {
+					select {
+					case <-ctx.Done():
+						return copied, ctx.Err()
+					case <-time.After(d):
+					}
+				}
+			}
+		}
+	}
+	// Every region is in sync: Resyncing members join the readers.
+	var joined []int
+	m.mu.Lock()
+	for i, st := range m.mu.state {
+		if st == Resyncing {
+			m.mu.state[i] = InSync
+			joined = append(joined, i)
+		}
+	}
+	allIn := !slices.Contains(m.mu.state, Failed)
+	if allIn {
+		m.mu.pinned = nil
+	}
+	m.mu.Unlock()
+	for _, i := range joined {
+		m.log.Info("mirror member in sync", "member", i, "copied", copied)
+		if m.onChange != nil {
+			m.onChange(i, InSync, nil)
+		}
+	}
+	return copied, nil
 }
 
-// Trim deallocates a range on every in-sync member.
-func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
-	if err := m.check(off, length); err != nil {
-		return err
+// Degraded reports whether any member is not InSync.
+func (m *Mirror) Degraded() bool {
+	_, st := m.snapshot()
+	for _, s := range st {
+		if s != InSync {
+			return true
+		}
 	}
-	return m.fanOut(ctx, func(d Device) error { return d.Trim(ctx, off, length) })
+	return false
+}
+
+// copyRegion copies one region from the source to every other usable
+// member. It returns the bytes copied.
+func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int64, error) {
+	rs := m.wib.RegionSize()
+	off := region * rs
+	n := min(rs, m.size-off)
+	lk := &m.locks[region%regionLocks]
+	lk.Lock()
+	defer lk.Unlock()
+	members, state := m.snapshot()
+	src := slices.Index(state, InSync)
+	if src < 0 {
+		return 0, fmt.Errorf("%w: no in-sync member to copy from", ErrNoMembers)
+	}
+	var dst []int
+	for i, st := range state {
+		if i != src {
+			if st == Failed {
+				return 0, fmt.Errorf("%w: member %d failed", ErrResyncAborted, i)
+			}
+			dst = append(dst, i)
+		}
+	}
+	ticket := m.wib.ResyncStart(region)
+	p := buf[:n]
+	if err := members[src].ReadAt(ctx, p, off); err != nil {
+		m.wib.ResyncDone(ticket)
+		if memberErr(ctx, err) {
+			m.fail(src, members[src], err)
+		}
+		return 0, fmt.Errorf("%w: reading region %d from member %d: %w", ErrResyncAborted, region, src, err)
+	}
+	ok := true
+	var firstErr error
+	for _, i := range dst {
+		if err := members[i].WriteAt(ctx, p, off, false); err != nil {
+			ok = false
+			if memberErr(ctx, err) {
+				m.fail(i, members[i], err)
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		}
+	}
+	// If a write raced the copy, the region stays dirty and the next pass
+	// copies it again.
+	m.wib.ResyncDone(ticket)
+	if !ok {
+		return n, fmt.Errorf("%w: writing region %d: %w", ErrResyncAborted, region, firstErr)
+	}
+	return n, nil
 }
