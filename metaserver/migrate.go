@@ -12,8 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/chunkraid/chunkraid/metaserver/internal/pgpool"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // migration is one SQL file of the migrations directory.
@@ -61,7 +60,7 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 // in its own transaction, while holding a session advisory lock so that
 // metaservers starting together apply each migration once. It returns the
 // schema version reached.
-func migrate(ctx context.Context, db *pgpool.Pool, fsys fs.FS, log *slog.Logger) (int, error) {
+func migrate(ctx context.Context, db *pgxpool.Pool, fsys fs.FS, log *slog.Logger) (int, error) {
 	ms, err := loadMigrations(fsys)
 	if err != nil {
 		return 0, err
@@ -90,7 +89,7 @@ func migrate(ctx context.Context, db *pgpool.Pool, fsys fs.FS, log *slog.Logger)
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if _, err := conn.Exec(uctx, `SELECT pg_advisory_unlock(`+lockKey+`)`); err != nil {
-			_ = conn.Close(uctx)
+			_ = conn.Conn().Close(uctx)
 		}
 	}()
 
@@ -119,7 +118,7 @@ func migrate(ctx context.Context, db *pgpool.Pool, fsys fs.FS, log *slog.Logger)
 		if slices.Contains(done, int32(m.Version)) {
 			continue
 		}
-		err := pgx.BeginFunc(ctx, conn.Conn, func(tx pgx.Tx) error {
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 			// The simple protocol runs a file of many statements.
 			if err := tx.Conn().PgConn().Exec(ctx, m.SQL).Close(); err != nil {
 				return err

@@ -10,15 +10,19 @@ import (
 	"testing/fstest"
 	"time"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/chunkraid/chunkraid/metaserver/internal/pgpool"
 	"github.com/chunkraid/chunkraid/migrations"
 )
 
-func newPool(t *testing.T, url string) *pgpool.Pool {
+func newPool(t *testing.T, url string) *pgxpool.Pool {
 	t.Helper()
-	db, err := pgpool.New(pgpool.Config{ConnString: url, MaxConns: 2})
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 2
+	db, err := pgxpool.NewWithConfig(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,9 +53,7 @@ func TestMigrationsAppliedTwiceAreANoOp(t *testing.T) {
 	var stamp1, stamp2 time.Time
 	read := func(dst *time.Time) int64 {
 		var n int64
-		err := db.WithConn(ctx, func(c *pgx.Conn) error {
-			return c.QueryRow(ctx, `SELECT count(*), max(applied_at) FROM schema_migrations`).Scan(&n, dst)
-		})
+		err := db.QueryRow(ctx, `SELECT count(*), max(applied_at) FROM schema_migrations`).Scan(&n, dst)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,9 +82,7 @@ func TestMigrationsAppliedTwiceAreANoOp(t *testing.T) {
 		}
 	}
 	var rows int
-	if err := db.WithConn(ctx, func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, `SELECT count(*) FROM extra`).Scan(&rows)
-	}); err != nil || rows != 1 {
+	if err := db.QueryRow(ctx, `SELECT count(*) FROM extra`).Scan(&rows); err != nil || rows != 1 {
 		t.Errorf("extra rows %d, %v", rows, err)
 	}
 
@@ -92,9 +92,7 @@ func TestMigrationsAppliedTwiceAreANoOp(t *testing.T) {
 		t.Fatalf("bad migration: %v", err)
 	}
 	var half bool
-	if err := db.WithConn(ctx, func(c *pgx.Conn) error {
-		return c.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'half' AND schemaname = current_schema())`).Scan(&half)
-	}); err != nil || half {
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'half' AND schemaname = current_schema())`).Scan(&half); err != nil || half {
 		t.Errorf("table of a failed migration exists: %v %v", half, err)
 	}
 }

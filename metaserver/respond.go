@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
-	"github.com/chunkraid/chunkraid/metaserver/internal/pgpool"
 )
 
 // maxBody bounds a request body.
@@ -69,7 +69,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// The client went away; nobody reads the answer.
 		s.log.Debug("request canceled", "method", r.Method, "path", r.URL.Path, "err", err)
 		ae = api.Errorf(api.CodeUnavailable, "request canceled")
-	case errors.As(err, &connErr), errors.Is(err, pgpool.ErrClosed), errors.Is(err, context.DeadlineExceeded):
+	case errors.As(err, &connErr), errors.Is(err, puddle.ErrClosedPool), errors.Is(err, context.DeadlineExceeded):
 		s.log.Warn("database unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 		ae = api.Errorf(api.CodeUnavailable, "the metaserver cannot reach its database: retry later")
 	default:

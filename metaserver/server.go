@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
-	"github.com/chunkraid/chunkraid/metaserver/internal/pgpool"
 	"github.com/chunkraid/chunkraid/migrations"
 )
 
@@ -58,7 +58,7 @@ func (c *Config) validate() error {
 	if c.DatabaseURL == "" {
 		return errors.New("metaserver: DatabaseURL is required, e.g. postgres://postgres@127.0.0.1:5432/chunkraid?sslmode=disable")
 	}
-	if _, err := pgx.ParseConfig(c.DatabaseURL); err != nil {
+	if _, err := pgxpool.ParseConfig(c.DatabaseURL); err != nil {
 		return fmt.Errorf("metaserver: DatabaseURL: %w", err)
 	}
 	if c.ChunkSize < 0 || c.ChunkSize%minChunkSize != 0 {
@@ -153,12 +153,17 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			_ = ln.Close()
 		}
 	}()
-	db, err := pgpool.New(pgpool.Config{ConnString: s.cfg.DatabaseURL, MaxConns: maxConns})
+	pcfg, err := pgxpool.ParseConfig(s.cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("metaserver: DatabaseURL: %w", err)
+	}
+	pcfg.MaxConns = maxConns
+	db, err := pgxpool.NewWithConfig(ctx, pcfg)
 	if err != nil {
 		return fmt.Errorf("metaserver: %w", err)
 	}
 	defer db.Close()
-	cc := db.ConnConfig()
+	cc := pcfg.ConnConfig
 	where := fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
 	pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err = db.Ping(pctx)
@@ -185,7 +190,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	s.addr = ln.Addr()
 	lctx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	wg.Go(func() { s.gens.listen(lctx, db.ConnConfig(), s.log) })
+	wg.Go(func() { s.gens.listen(lctx, db.Config().ConnConfig, s.log) })
 	defer func() {
 		stopListening()
 		wg.Wait()
@@ -227,17 +232,17 @@ func (s *Server) Run(ctx context.Context) (err error) {
 
 // initCluster creates the cluster row on first start and returns the
 // cluster's chunk size, which never changes afterwards.
-func (s *Server) initCluster(ctx context.Context, db *pgpool.Pool) (int64, error) {
+func (s *Server) initCluster(ctx context.Context, db *pgxpool.Pool) (int64, error) {
 	want := s.cfg.ChunkSize
 	if want == 0 {
 		want = defaultChunkSize
 	}
 	var chunkSize int64
-	err := db.WithConn(ctx, func(conn *pgx.Conn) error {
-		if _, err := conn.Exec(ctx, `INSERT INTO cluster (chunk_size) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, want); err != nil {
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO cluster (chunk_size) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, want); err != nil {
 			return err
 		}
-		return conn.QueryRow(ctx, `SELECT chunk_size FROM cluster`).Scan(&chunkSize)
+		return tx.QueryRow(ctx, `SELECT chunk_size FROM cluster`).Scan(&chunkSize)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("initialize the cluster row: %w", err)

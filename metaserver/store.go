@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
-	"github.com/chunkraid/chunkraid/metaserver/internal/pgpool"
 )
 
 // store runs the metaserver's SQL. Conditions a client must see come back as
@@ -21,7 +21,7 @@ import (
 // so mutations are serialized cluster-wide (placement sees a stable view),
 // and the NOTIFY sent in the same transaction is delivered on commit.
 type store struct {
-	db           *pgpool.Pool
+	db           *pgxpool.Pool
 	offlineAfter time.Duration
 	log          *slog.Logger
 	// committed is told the generation of every committed mutation.
@@ -42,7 +42,7 @@ type querier interface {
 // mutate runs fn in a transaction after bumping the generation.
 func (st *store) mutate(ctx context.Context, fn func(tx pgx.Tx, chunkSize int64) error) error {
 	var gen int64
-	err := st.db.WithTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+	err := pgx.BeginTxFunc(ctx, st.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		var chunkSize int64
 		err := tx.QueryRow(ctx, `UPDATE cluster SET generation = generation + 1 RETURNING generation, chunk_size`).
 			Scan(&gen, &chunkSize)
@@ -62,7 +62,7 @@ func (st *store) mutate(ctx context.Context, fn func(tx pgx.Tx, chunkSize int64)
 
 // read runs fn in a read-only transaction that sees one snapshot.
 func (st *store) read(ctx context.Context, fn func(tx pgx.Tx) error) error {
-	return st.db.WithTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
+	return pgx.BeginTxFunc(ctx, st.db, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, fn)
 }
 
 // offlineSecs is the heartbeat age, in seconds, after which a server is offline.
@@ -158,7 +158,7 @@ func (st *store) chunkserverHeartbeat(ctx context.Context, id int64, hb api.Chun
 	for i, d := range hb.Disks {
 		paths[i], caps[i], frees[i] = d.Path, d.CapacityBytes, d.FreeBytes
 	}
-	return st.db.WithTx(ctx, pgx.TxOptions{}, func(tx pgx.Tx) error {
+	return pgx.BeginTxFunc(ctx, st.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE chunkservers SET last_heartbeat = now() WHERE id = $1`, id)
 		if err != nil {
 			return fmt.Errorf("heartbeat: %w", err)
@@ -364,12 +364,10 @@ func (st *store) listChunks(ctx context.Context, volume string) ([]api.Chunk, er
 // registerHost inserts or updates a host by name.
 func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest) (*api.RegisterHostResponse, error) {
 	resp := &api.RegisterHostResponse{}
-	err := st.db.WithConn(ctx, func(conn *pgx.Conn) error {
-		return conn.QueryRow(ctx, `
-			INSERT INTO hosts (name, iscsi_addr) VALUES ($1, $2)
-			ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now()
-			RETURNING id`, req.Name, req.ISCSIAddr).Scan(&resp.ID)
-	})
+	err := st.db.QueryRow(ctx, `
+		INSERT INTO hosts (name, iscsi_addr) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now()
+		RETURNING id`, req.Name, req.ISCSIAddr).Scan(&resp.ID)
 	if err != nil {
 		return nil, fmt.Errorf("register host: %w", err)
 	}
