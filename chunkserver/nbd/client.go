@@ -537,6 +537,9 @@ func (c *Client) putCall(cl *call) {
 	cl.err, cl.chunkErr = nil, nil
 	cl.spans = cl.spans[:0]
 	cl.desc = cl.desc[:0]
+	if cap(cl.desc) > 4096 {
+		cl.desc = nil // do not keep a huge block status reply pooled
+	}
 	cl.gotDesc = false
 	cl.vec = [2][]byte{}
 	cl.out = nil
@@ -798,6 +801,9 @@ func (c *Client) readReplies() error {
 			var err error
 			if scratch, err = c.chunk(h, scratch); err != nil {
 				return err
+			}
+			if cap(scratch) > 1<<20 {
+				scratch = nil
 			}
 		default:
 			return fmt.Errorf("%w: reply starts with %#x", ErrBadMagic, be.Uint32(hb[:]))

@@ -57,8 +57,11 @@ type MetaContext func(exp Export, off, length int64) ([]Extent, error)
 
 // ServerConfig configures a Server. Zero values mean defaults.
 type ServerConfig struct {
-	// Lookup opens the export a client names. An error refuses the export;
-	// its text is sent to the client with NBD_REP_ERR_UNKNOWN. Required.
+	// Lookup opens the export a client names, for NBD_OPT_INFO as well as
+	// for the options that start transmission; the server never closes an
+	// export. An error refuses the export and its text is sent to the client
+	// with NBD_REP_ERR_UNKNOWN (NBD_OPT_EXPORT_NAME can only hang up).
+	// Required.
 	Lookup func(name string) (Export, error)
 	// List names the exports for NBD_OPT_LIST; nil refuses listing with
 	// NBD_REP_ERR_POLICY.
