@@ -145,11 +145,15 @@
 // Theorem 2 (the OR of the members' LOG bitmaps covers every region in
 // which they may differ) holds when: every write is marked at a member
 // before it is written there and completes or is failed by the host
-// within t_io (DESIGN rule 1); T ≥ 3·t_io, checked by ValidateBudget; the
-// host pins the survivors before it carries on degraded (rule 3); and the
-// LOG bitmaps are read, after fencing (rule 2), within T of the last write
-// the dead host sent. When a host may stay dead for longer than T before
-// its volume is attached elsewhere, the chunkserver must pin the LOG of a
-// chunk whose host went away without detaching, or the recovery must fall
-// back to a full resync.
+// within t_io (DESIGN rule 1); T ≥ 3·t_io, checked by ValidateBudget — a
+// copy arrives within t_io of being sent, the host fails a member that
+// missed it t_io after sending, and its pin reaches the survivors within
+// t_io more, while the bit lives at least T; the host pins the survivors
+// before it carries on degraded (rule 3); and after the host dies, the new
+// host fences (rule 2) and reads the LOG bitmaps within T − t_io of the
+// death: a write sent earlier either completed everywhere or was noticed
+// and pinned, and a later one is still in its first T at every member that
+// has it. If a volume may stay unattached longer than that, the chunkserver
+// must pin the LOG of a chunk whose host went away without detaching, or
+// the recovery must resync the set in full.
 package bitmap

@@ -223,7 +223,7 @@ func (w *WIB) openFile(want wibHeader, nwords int64) (err error) {
 // checkHeader reads and validates the header of an existing file against
 // the configuration.
 func (w *WIB) checkHeader(f *os.File, want wibHeader) error {
-	buf := make([]byte, wibHeaderLen)
+	buf := make([]byte, wibHeaderPage)
 	if _, err := f.ReadAt(buf, 0); err != nil {
 		if errors.Is(err, io.EOF) {
 			return &HeaderError{Path: w.path, Field: "length", Got: "shorter than the header", Err: ErrCorrupt}
@@ -237,6 +237,9 @@ func (w *WIB) checkHeader(f *os.File, want wibHeader) error {
 			he.Path = w.path
 		}
 		return err
+	}
+	if !allZero(buf[wibHeaderLen:]) {
+		return &HeaderError{Path: w.path, Field: "reserved bytes", Got: "not zero after the header", Err: ErrCorrupt}
 	}
 	mismatch := func(field, g, x string) error {
 		return &HeaderError{Path: w.path, Field: field, Got: g, Want: x, Err: ErrMismatch}
