@@ -52,14 +52,13 @@ type DiskInfo struct {
 // RegisterChunkserverRequest is POSTed to /api/v1/chunkservers. Registering
 // again under the same name updates the address and disks and keeps the ID.
 type RegisterChunkserverRequest struct {
-	Name        string     `json:"name"`
-	Addr        string     `json:"addr"` // NBD host:port
+	Name string `json:"name"`
+	Addr string `json:"addr"` // NBD host:port
 	// ControlAddr is the host:port of the chunkserver's control HTTP API
 	// (fence, pin, LOG bitmaps: see ControlRequest); empty if it has none.
 	ControlAddr string     `json:"control_addr,omitempty"`
 	FaultDomain string     `json:"fault_domain"` // empty: the name
 	Disks       []DiskInfo `json:"disks"`
-	ControlAddr string     `json:"control_addr"` // control API host:port (fence, pin, LOG)
 }
 
 // RegisterChunkserverResponse answers a registration.
@@ -67,6 +66,8 @@ type RegisterChunkserverResponse struct {
 	ID        int64 `json:"id"`
 	ChunkSize int64 `json:"chunk_size"`
 	// ClusterSecret (hex) verifies export and control tokens (ExportToken).
+	// The API is not authenticated yet, so the secret is only as safe as
+	// the network the API listens on (loopback by default).
 	ClusterSecret string `json:"cluster_secret"`
 	// IOTimeoutMS is t_io, the longest a member request may be in flight.
 	IOTimeoutMS int64 `json:"io_timeout_ms"`
