@@ -45,6 +45,12 @@
 // or region size is ErrMismatch. Either way the file is not used and the
 // set is resynced in full. The file is locked (flock) while open.
 //
+// The bits carry no checksum, unlike the header: they change with every
+// write, in RAM, and keeping a checksum current would put back on the write
+// path the cost the WIB exists to remove. The file lives in tmpfs, which
+// has no medium to decay; what it must survive is a killed process, and a
+// shared mapping gives that for free.
+//
 // # WIB protocol
 //
 // The bits are the persistent part; beside them, in RAM only, each region

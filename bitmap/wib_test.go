@@ -489,6 +489,7 @@ func TestWIBReopenRefused(t *testing.T) {
 		{"region count", nil, func(b []byte) { b[32]++; reseal(b) }, ErrCorrupt, "region count"},
 		{"zeroed header", nil, func(b []byte) { clear(b[:4096]) }, ErrCorrupt, "magic"},
 		{"padding bit", nil, func(b []byte) { b[4096+1] |= 1 << 3 }, ErrCorrupt, "padding bits"},
+		{"rest of the header page", nil, func(b []byte) { b[1000] = 7 }, ErrCorrupt, "reserved bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
