@@ -61,7 +61,8 @@ func (c *LogConfig) validate() error {
 // bit per region each. A write sets its regions' bits in current, durably,
 // before its data is written; every Period the owner rotates (history :=
 // current; current := 0), so current|history records every write of the
-// last Period (Theorem 1). Its methods are safe for concurrent use.
+// last Period (Theorem 1). Its methods are safe for concurrent use. Make
+// one with NewLog; the zero Log is only a target for UnmarshalBinary.
 type Log struct {
 	size       int64
 	regionSize int64
