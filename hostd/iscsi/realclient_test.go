@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -226,5 +228,41 @@ func TestIscsiTestCU(t *testing.T) {
 			}
 			t.Logf("%s: %d/%d passed", fam, s.passed, s.total)
 		})
+	}
+}
+
+// countingHandler counts log records by message.
+type countingHandler struct {
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.counts[r.Message]++
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+func (h *countingHandler) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.counts[msg]
+}
+
+// TestRealClientQemuIdleNOP keeps a QEMU session idle past its 5 s NOP-Out
+// interval: QEMU pings, and the next I/O must still complete.
+func TestRealClientQemuIdleNOP(t *testing.T) {
+	h := &countingHandler{counts: map[string]int{}}
+	_, _, addr := newTestServer(t, Config{Logger: slog.New(h)}, 1<<20)
+	out, err := runTool(t, 60*time.Second, "qemu-io", "-f", "raw",
+		"-c", "write -P 0x11 0 64k", "-c", "sleep 6000", "-c", "read -P 0x11 0 64k", lunURL(addr))
+	if err != nil || strings.Contains(out, "failed") || !strings.Contains(out, "read 65536/65536") {
+		t.Fatalf("qemu-io across an idle period: %v\n%s", err, out)
+	}
+	if h.count("iscsi NOP-Out ping") == 0 {
+		t.Errorf("QEMU sent no NOP-Out while idle; the test proves nothing")
 	}
 }

@@ -344,6 +344,7 @@ func (s *session) handleNOPOut(ctx context.Context, p *inPDU) error {
 		p.free()
 		return nil
 	}
+	s.log.Debug("iscsi NOP-Out ping", "itt", n.ITT, "immediate", n.Immediate, "cmdsn", n.CmdSN)
 	o := newOutPDU()
 	r := nopIn{LUN: n.LUN, ITT: n.ITT, TTT: reservedTag}
 	r.marshal(&o.hdr)
