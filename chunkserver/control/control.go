@@ -1,0 +1,218 @@
+// Package control is the client of a chunkserver's control API: the calls a
+// host makes to fence a chunk at a new volume epoch, to pin and unpin its
+// LOG bitmap, and to read that bitmap when it rebuilds its write-intent
+// bitmap (DESIGN §2, rules 2 and 3).
+//
+// The API is HTTP with JSON bodies; the types are those of metaserver/api
+// (ControlRequest, ControlResponse, LogBitmap):
+//
+//	POST /v1/chunks/{chunk}/fence   body ControlRequest → ControlResponse
+//	POST /v1/chunks/{chunk}/pin     body ControlRequest → ControlResponse
+//	POST /v1/chunks/{chunk}/unpin   body ControlRequest → ControlResponse
+//	GET  /v1/chunks/{chunk}/log?host=H&epoch=N&token=T  → LogBitmap
+//
+// Every call carries the credentials of an export: the host, the volume
+// epoch and the token api.ExportToken(secret, chunk, host, epoch). Errors are
+// the envelope api.Error {code, message} with these statuses:
+//
+//	400 invalid_argument  malformed body or query
+//	401 unauthenticated   token missing or wrong for (chunk, host, epoch)
+//	403 fenced            epoch below the chunk's minimum epoch
+//	404 not_found         the chunkserver holds no such chunk
+//	500 internal          the chunk failed (e.g. its sidecar could not be persisted)
+//	503 unavailable       the chunkserver is shutting down
+//
+// Fence may raise the minimum epoch (an epoch at or above it is accepted);
+// the other calls need epoch ≥ minimum epoch.
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// Error codes of the control API beyond those of metaserver/api.
+const (
+	// CodeUnauthenticated (401): the token does not match (chunk, host, epoch).
+	CodeUnauthenticated = "unauthenticated"
+	// CodeFenced (403): the epoch is below the chunk's minimum epoch.
+	CodeFenced = "fenced"
+)
+
+// HTTPStatus returns the HTTP status that carries a control API error code.
+func HTTPStatus(code string) int {
+	switch code {
+	case CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case CodeFenced:
+		return http.StatusForbidden
+	default:
+		return api.HTTPStatus(code)
+	}
+}
+
+// IsFenced reports whether err is a control API error with CodeFenced.
+func IsFenced(err error) bool { return api.ErrorCode(err) == CodeFenced }
+
+// IsUnauthenticated reports whether err is a control API error with CodeUnauthenticated.
+func IsUnauthenticated(err error) bool { return api.ErrorCode(err) == CodeUnauthenticated }
+
+// Route patterns of the control API (chi syntax), shared with the server.
+const (
+	RouteFence = "/v1/chunks/{chunk}/fence"
+	RoutePin   = "/v1/chunks/{chunk}/pin"
+	RouteUnpin = "/v1/chunks/{chunk}/unpin"
+	RouteLog   = "/v1/chunks/{chunk}/log"
+)
+
+// DefaultTimeout bounds a call whose context has no deadline.
+const DefaultTimeout = 30 * time.Second
+
+// maxResponse bounds the size of a response body the client reads (a LOG
+// bitmap of a 10 GiB chunk at 64 MiB regions is 20 bytes; JSON errors are small).
+const maxResponse = 16 << 20
+
+// Client calls one chunkserver's control API. It is safe for concurrent use.
+type Client struct {
+	base string
+	hc   *http.Client
+}
+
+// NewClient returns a client of the control API at addr, either "host:port"
+// (as advertised in api.RegisterChunkserverRequest.ControlAddr) or a URL
+// "http://host:port". With hc nil it uses a client with a 5 s dial timeout.
+func NewClient(addr string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = &http.Client{Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 4,
+			IdleConnTimeout:     90 * time.Second,
+		}}
+	}
+	base := strings.TrimRight(addr, "/")
+	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
+		base = "http://" + base
+	}
+	return &Client{base: base, hc: hc}
+}
+
+// Fence raises chunk's minimum epoch to req.Epoch, closes every NBD
+// connection of the chunk opened with an older epoch and returns once no
+// request of a closed connection is in flight any more. Fencing at the
+// current minimum epoch drains connections that already dropped.
+func (c *Client) Fence(ctx context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
+	var out api.ControlResponse
+	if err := c.do(ctx, http.MethodPost, chunkPath(chunk, "fence"), nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Pin stops chunk's LOG bitmap from forgetting until Unpin.
+func (c *Client) Pin(ctx context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
+	var out api.ControlResponse
+	if err := c.do(ctx, http.MethodPost, chunkPath(chunk, "pin"), nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Unpin lets chunk's LOG bitmap forget again at its next rotations.
+func (c *Client) Unpin(ctx context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
+	var out api.ControlResponse
+	if err := c.do(ctx, http.MethodPost, chunkPath(chunk, "unpin"), nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Log returns chunk's LOG bitmap (current|history).
+func (c *Client) Log(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error) {
+	q := url.Values{
+		"host":  {req.Host},
+		"epoch": {strconv.FormatInt(req.Epoch, 10)},
+		"token": {req.Token},
+	}
+	var out api.LogBitmap
+	if err := c.do(ctx, http.MethodGet, chunkPath(chunk, "log"), q, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func chunkPath(chunk, op string) string {
+	return "/v1/chunks/" + url.PathEscape(chunk) + "/" + op
+}
+
+// do sends one request with a JSON body (in != nil) and decodes the JSON
+// answer into out. A non-2xx answer becomes an *api.Error (with Status set),
+// or an *api.StatusError when the body is not the error envelope.
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
+		defer cancel()
+	}
+	target := c.base + path
+	if len(q) > 0 {
+		target += "?" + q.Encode()
+	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, target, body)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	if err != nil {
+		return fmt.Errorf("%s %s: read response: %w", method, path, err)
+	}
+	if len(data) > maxResponse {
+		return fmt.Errorf("%s %s: response larger than %d bytes", method, path, maxResponse)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		var e api.Error
+		if err := json.Unmarshal(data, &e); err == nil && e.Code != "" {
+			e.Status = resp.StatusCode
+			return &e
+		}
+		snippet := strings.TrimSpace(string(data))
+		if len(snippet) > 200 {
+			snippet = snippet[:200] + "..."
+		}
+		if snippet == "" {
+			snippet = "(empty body)"
+		}
+		return &api.StatusError{Method: method, Path: path, Status: resp.StatusCode, Body: snippet}
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+	}
+	return nil
+}
