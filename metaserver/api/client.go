@@ -126,6 +126,33 @@ func (c *Client) HostVolumes(ctx context.Context, id int64, after int64, wait ti
 	return call[HostVolumes](ctx, c, http.MethodGet, "/api/v1/hosts/"+itoa(id)+"/volumes", q, nil, timeout)
 }
 
+// HostReport reports the state of the volumes attached to host id: member
+// states, resync progress and dirty bytes. A volume the host no longer holds
+// (attached elsewhere, at a newer epoch, or deleted) makes the call fail with
+// CodeConflict (IsConflict), naming it; the other volumes of the report are
+// stored all the same.
+func (c *Client) HostReport(ctx context.Context, id int64, r HostReport) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/hosts/"+itoa(id)+"/report", nil, r, nil, RequestTimeout)
+}
+
+// ListEvents returns events, oldest first. With after > 0 it returns the
+// events after that ID (at most limit of them, the oldest first), otherwise
+// the newest limit events. volume != "" keeps the events of that volume.
+// limit <= 0 means the server's default (100); it is capped at MaxEvents.
+func (c *Client) ListEvents(ctx context.Context, volume string, after int64, limit int) ([]Event, error) {
+	q := url.Values{}
+	if volume != "" {
+		q.Set("volume", volume)
+	}
+	if after > 0 {
+		q.Set("after", itoa(after))
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	return callList[Event](ctx, c, http.MethodGet, "/api/v1/events", q, nil, RequestTimeout)
+}
+
 // CreateVolume creates a volume and places its chunks.
 func (c *Client) CreateVolume(ctx context.Context, req CreateVolumeRequest) (*Volume, error) {
 	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes", nil, req, RequestTimeout)
@@ -146,7 +173,8 @@ func (c *Client) DeleteVolume(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)
 }
 
-// AttachVolume assigns a volume to host and bumps its epoch.
+// AttachVolume assigns a volume to host and bumps its epoch; the answer
+// carries the new epoch and the export names made for it.
 func (c *Client) AttachVolume(ctx context.Context, name, host string) (*Volume, error) {
 	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/attach", nil,
 		AttachVolumeRequest{Host: host}, RequestTimeout)

@@ -101,6 +101,7 @@ type Chunkserver struct {
 	ID            int64     `json:"id"`
 	Name          string    `json:"name"`
 	Addr          string    `json:"addr"`
+	ControlAddr   string    `json:"control_addr,omitempty"`
 	FaultDomain   string    `json:"fault_domain"`
 	State         string    `json:"state"`
 	LastHeartbeat time.Time `json:"last_heartbeat"`
@@ -139,6 +140,11 @@ type RegisterHostRequest struct {
 // RegisterHostResponse answers a host registration.
 type RegisterHostResponse struct {
 	ID int64 `json:"id"`
+	// ClusterSecret, IOTimeoutMS and LogPeriodMS are as in
+	// RegisterChunkserverResponse.
+	ClusterSecret string `json:"cluster_secret"`
+	IOTimeoutMS   int64  `json:"io_timeout_ms"`
+	LogPeriodMS   int64  `json:"log_period_ms"`
 }
 
 // Host is a registered hostd as listed by the API.
@@ -150,13 +156,26 @@ type Host struct {
 	LastHeartbeat time.Time `json:"last_heartbeat"`
 }
 
-// Member is one chunk of a set, with what a host needs to reach it.
+// Member is one chunk of a set, with what a host needs to reach it and the
+// state its host last reported.
 type Member struct {
 	ChunkID     string `json:"chunk_id"`
 	Chunkserver string `json:"chunkserver"`
-	Addr        string `json:"addr"`   // chunkserver NBD host:port
-	Export      string `json:"export"` // NBD export name
-	State       string `json:"state"`
+	Addr        string `json:"addr"`                   // chunkserver NBD host:port
+	ControlAddr string `json:"control_addr,omitempty"` // chunkserver control API host:port
+	// Export is the NBD export name for the volume's host at the volume's
+	// epoch (the String form of an ExportName); empty while the volume is
+	// attached to no host.
+	Export string `json:"export"`
+	// State is MemberInSync (the default), MemberDegraded or
+	// MemberResyncing, since StateSince.
+	State      string    `json:"state"`
+	StateSince time.Time `json:"state_since"`
+	// ResyncDoneBytes of ResyncTotalBytes have been copied by the running
+	// (or the last) resync.
+	ResyncDoneBytes  int64  `json:"resync_done_bytes"`
+	ResyncTotalBytes int64  `json:"resync_total_bytes"`
+	Error            string `json:"error,omitempty"` // why it is degraded
 }
 
 // Set is one RAID set of a volume; sets are concatenated in Index order.
@@ -164,21 +183,28 @@ type Member struct {
 // set but the last, which holds the rest, so the sizes add up to the volume's
 // size. Every member chunk is a full chunk regardless.
 type Set struct {
-	Index     int      `json:"index"`
-	SizeBytes int64    `json:"size_bytes"`
-	Members   []Member `json:"members"`
+	Index     int   `json:"index"`
+	SizeBytes int64 `json:"size_bytes"`
+	// DirtyBytes is what the host's write-intent bitmap marks dirty, as
+	// last reported.
+	DirtyBytes int64    `json:"dirty_bytes"`
+	Members    []Member `json:"members"`
 }
 
 // Volume is a volume with its layout, placement and attachment.
 type Volume struct {
-	Name      string    `json:"name"`
-	SizeBytes int64     `json:"size_bytes"`
-	Layout    string    `json:"layout"` // "mirror:2", "mirror:3"
-	Host      string    `json:"host,omitempty"`
-	Epoch     int64     `json:"epoch"`
-	IQN       string    `json:"iqn"`
-	CreatedAt time.Time `json:"created_at"`
-	Sets      []Set     `json:"sets"`
+	Name      string `json:"name"`
+	SizeBytes int64  `json:"size_bytes"`
+	Layout    string `json:"layout"` // "mirror:2", "mirror:3"
+	Bitmap    string `json:"bitmap"` // BitmapRemb, BitmapInternal or BitmapNone
+	Host      string `json:"host,omitempty"`
+	Epoch     int64  `json:"epoch"`
+	// CleanDetach is true when Host reported a clean detach at Epoch (every
+	// write on every member, nothing dirty); an attach resets it.
+	CleanDetach bool      `json:"clean_detach"`
+	IQN         string    `json:"iqn"`
+	CreatedAt   time.Time `json:"created_at"`
+	Sets        []Set     `json:"sets"`
 }
 
 // CreateVolumeRequest is POSTed to /api/v1/volumes.
@@ -186,7 +212,9 @@ type CreateVolumeRequest struct {
 	Name      string `json:"name"`
 	SizeBytes int64  `json:"size_bytes"`
 	Layout    string `json:"layout"`
-	Host      string `json:"host,omitempty"` // attach at once to this host
+	// Bitmap is BitmapRemb (also when empty), BitmapInternal or BitmapNone.
+	Bitmap string `json:"bitmap,omitempty"`
+	Host   string `json:"host,omitempty"` // attach at once to this host
 }
 
 // AttachVolumeRequest is POSTed to /api/v1/volumes/{name}/attach.
@@ -217,7 +245,31 @@ type Cluster struct {
 	// OfflineAfterSeconds is how long a server may miss heartbeats before it
 	// is listed offline.
 	OfflineAfterSeconds float64 `json:"offline_after_seconds"`
+	// The timeout budget of DESIGN §5 in milliseconds: t_io (hostd fails a
+	// member request not answered within it), offline_after, and T (the
+	// chunk LOG bitmaps rotate every T). The metaserver refuses to start
+	// unless t_io < offline_after < T and T >= 3·t_io.
+	IOTimeoutMS    int64 `json:"io_timeout_ms"`
+	OfflineAfterMS int64 `json:"offline_after_ms"`
+	LogPeriodMS    int64 `json:"log_period_ms"`
 }
+
+// Event kinds recorded by the metaserver (see Event).
+const (
+	EventVolumeCreated      = "volume_created"
+	EventVolumeDeleted      = "volume_deleted"
+	EventVolumeAttached     = "volume_attached"
+	EventVolumeDetached     = "volume_detached" // a clean detach reported by the host
+	EventMemberDegraded     = "member_degraded"
+	EventResyncStarted      = "resync_started"
+	EventResyncDone         = "resync_done"
+	EventMemberInSync       = "member_in_sync" // back in sync without a resync
+	EventChunkserverOffline = "chunkserver_offline"
+	EventChunkserverOnline  = "chunkserver_online"
+)
+
+// MaxEvents caps the events one GET /api/v1/events returns (?limit=).
+const MaxEvents = 1000
 
 // MaxWait caps the wait of a long poll (?wait=); longer waits are shortened.
 const MaxWait = 60 * time.Second
