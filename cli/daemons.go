@@ -96,5 +96,8 @@ func newHostdCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: a member request not answered in this time fails the member")
 	f.IntVar(&cfg.BlockSize, "block-size", 512, "logical block size of the iSCSI LUNs (512 or 4096)")
+	f.StringVar(&cfg.WIBDir, "wib-dir", "", "directory of the write-intent bitmaps, on a RAM file system (default /dev/shm/chunkraid-NAME)")
+	f.Int64Var(&cfg.RegionSize, "wib-region", 1<<20, "write-intent bitmap region size in bytes")
+	f.Int64Var(&cfg.ResyncRate, "resync-rate", 256<<20, "resync copy limit per set in bytes per second (negative: unlimited)")
 	return cmd
 }

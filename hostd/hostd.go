@@ -11,17 +11,16 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strings"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/hostd/iscsi"
 	"github.com/chunkraid/chunkraid/linear"
 	"github.com/chunkraid/chunkraid/metaserver/api"
-	"github.com/chunkraid/chunkraid/raid"
 )
 
 // Config configures a hostd. Zero values mean the documented defaults.
@@ -44,6 +43,21 @@ type Config struct {
 	IOTimeout time.Duration
 	// BlockSize is the logical block size of the iSCSI LUNs. Default 512.
 	BlockSize int
+	// WIBDir holds the write-intent bitmaps, one file per set. It should be
+	// on a RAM file system that survives a hostd restart but not a reboot.
+	// Default: /dev/shm/chunkraid-<name>.
+	WIBDir string
+	// RegionSize is the WIB granularity. Default 1 MiB.
+	RegionSize int64
+	// ResyncRate limits resync copying per set, in bytes per second.
+	// Default 256 MiB/s; negative means unlimited.
+	ResyncRate int64
+	// ReconnectMin and ReconnectMax bound the backoff between attempts to
+	// reach a failed member. Defaults 200 ms and 5 s.
+	ReconnectMin, ReconnectMax time.Duration
+	// Control returns the control client of a chunkserver's control
+	// address. Default: chunkserver/control's HTTP client.
+	Control func(addr string) chunkControl
 	// Logger receives the daemon's log. nil discards.
 	Logger *slog.Logger
 }
@@ -71,6 +85,30 @@ func (c *Config) validate() error {
 	if c.HeartbeatInterval < 0 || c.IOTimeout < 0 {
 		return errors.New("hostd: intervals and timeouts must be positive")
 	}
+	if c.WIBDir == "" {
+		c.WIBDir = filepath.Join("/dev/shm", "chunkraid-"+c.Name)
+	}
+	if c.RegionSize == 0 {
+		c.RegionSize = 1 << 20
+	}
+	if c.RegionSize < 4096 || c.RegionSize&(c.RegionSize-1) != 0 {
+		return fmt.Errorf("hostd: WIB region size %d must be a power of two of at least 4096", c.RegionSize)
+	}
+	switch {
+	case c.ResyncRate == 0:
+		c.ResyncRate = 256 << 20
+	case c.ResyncRate < 0:
+		c.ResyncRate = 0
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = 200 * time.Millisecond
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = 5 * time.Second
+	}
+	if c.Control == nil {
+		c.Control = func(addr string) chunkControl { return control.NewClient(addr, nil) }
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -89,14 +127,6 @@ type Server struct {
 		sync.Mutex
 		attached map[string]*attachment // by volume name; guarded by mu
 	}
-}
-
-// attachment is one volume served by this host.
-type attachment struct {
-	vol     api.Volume
-	volume  *linear.Volume
-	clients []*nbd.Client
-	sets    []*raid.Mirror
 }
 
 // New validates cfg and returns a Server ready to Run.
@@ -231,7 +261,7 @@ func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
 	}
 	s.mu.Unlock()
 	for _, name := range stale {
-		s.detach(name)
+		s.detach(name, false)
 	}
 	ok := true
 	for _, v := range vols {
@@ -267,58 +297,6 @@ func samePlacement(a, b api.Volume) bool {
 	return true
 }
 
-// attach connects to every member, builds the sets and the volume and adds
-// the iSCSI target. Every member must be reachable: attaching a mirror with a
-// member missing would need a resync record to bring it back safely.
-func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
-	a := &attachment{vol: v}
-	defer func() {
-		if err != nil {
-			a.close()
-		}
-	}()
-	var sets []raid.Device
-	for _, set := range v.Sets {
-		var members []raid.Device
-		for _, m := range set.Members {
-			c, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: m.Addr, Export: m.Export, Timeout: s.cfg.IOTimeout})
-			if err != nil {
-				return fmt.Errorf("set %d member %s on %s (%s): %w", set.Index, m.ChunkID, m.Chunkserver, m.Addr, err)
-			}
-			a.clients = append(a.clients, c)
-			members = append(members, c)
-		}
-		setIdx := set.Index
-		mir, err := raid.NewMirror(raid.MirrorConfig{
-			Members: members,
-			Logger:  s.log.With("volume", v.Name, "set", setIdx),
-		})
-		if err != nil {
-			return fmt.Errorf("set %d: %w", set.Index, err)
-		}
-		a.sets = append(a.sets, mir)
-		sets = append(sets, mir)
-	}
-	vol, err := linear.New(sets)
-	if err != nil {
-		return err
-	}
-	if vol.Size() < v.SizeBytes {
-		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), v.SizeBytes)
-	}
-	a.volume = vol
-	lu := &lun{Volume: vol, size: v.SizeBytes}
-	serial := strings.ReplaceAll(v.Name, ".", "-")
-	if err := s.target.AddTarget(v.IQN, lu, serial); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.mu.attached[v.Name] = a
-	s.mu.Unlock()
-	s.log.Info("volume attached", "volume", v.Name, "iqn", v.IQN, "size", v.SizeBytes, "sets", len(v.Sets), "epoch", v.Epoch)
-	return nil
-}
-
 // lun exposes exactly the volume's size, which may be less than the sum of
 // its sets.
 type lun struct {
@@ -328,7 +306,9 @@ type lun struct {
 
 func (l *lun) Size() int64 { return l.size }
 
-func (s *Server) detach(name string) {
+// detach stops serving a volume. clean reports a clean detach to the
+// metaserver when every set is in sync and flushed.
+func (s *Server) detach(name string, clean bool) {
 	s.mu.Lock()
 	a, ok := s.mu.attached[name]
 	delete(s.mu.attached, name)
@@ -336,18 +316,8 @@ func (s *Server) detach(name string) {
 	if !ok {
 		return
 	}
-	if err := s.target.RemoveTarget(a.vol.IQN); err != nil {
-		s.log.Warn("removing target", "iqn", a.vol.IQN, "err", err)
-	}
-	// Every write the initiator saw acknowledged is on the members already;
-	// a final flush makes them durable before the connections close.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*s.cfg.IOTimeout)
-	if err := a.volume.Flush(ctx); err != nil {
-		s.log.Error("final flush of detached volume failed", "volume", name, "err", err)
-	}
-	cancel()
-	a.close()
-	s.log.Info("volume detached", "volume", name)
+	a.close(clean)
+	s.log.Info("volume detached", "volume", name, "clean", clean)
 }
 
 func (s *Server) detachAll() {
@@ -358,12 +328,6 @@ func (s *Server) detachAll() {
 	}
 	s.mu.Unlock()
 	for _, n := range names {
-		s.detach(n)
-	}
-}
-
-func (a *attachment) close() {
-	for _, c := range a.clients {
-		c.Close()
+		s.detach(n, true)
 	}
 }
