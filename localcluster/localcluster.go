@@ -65,10 +65,16 @@ type Cluster struct {
 	CS    []*Proc
 	Hostd *Proc
 
-	MetaURL   string
-	ISCSIAddr string
-	NBDAddrs  []string
-	HostName  string
+	MetaURL      string
+	ISCSIAddr    string
+	NBDAddrs     []string
+	ControlAddrs []string
+	HostName     string
+
+	// Hosts are every hostd started, by name; Hostd is Hosts[HostName].
+	Hosts     map[string]*Proc
+	HostISCSI map[string]string // iSCSI address of each host
+	wibRoot   string
 }
 
 func (o *Options) defaults() error {
@@ -130,7 +136,10 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 			return nil, err
 		}
 	}
-	c = &Cluster{opt: opt, HostName: "host1"}
+	c = &Cluster{opt: opt, HostName: "host1", Hosts: map[string]*Proc{}, HostISCSI: map[string]string{}}
+	// Write-intent bitmaps live in shared memory, in a directory named for
+	// this cluster so that two clusters on one machine never share one.
+	c.wibRoot = filepath.Join("/dev/shm", fmt.Sprintf("chunkraid-%x", fnv64(opt.Dir)))
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -169,7 +178,14 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		}
 		name := fmt.Sprintf("cs%d", i+1)
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		args := append([]string{"chunkserver", "--name", name, "--listen", addr,
+		cport := 0
+		if opt.NBDPort != 0 {
+			cport = opt.NBDPort + 100 + i
+		} else if cport, err = FreePort(); err != nil {
+			return c, err
+		}
+		caddr := fmt.Sprintf("127.0.0.1:%d", cport)
+		args := append([]string{"chunkserver", "--name", name, "--listen", addr, "--control-listen", caddr,
 			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaURL}, opt.ExtraChunkserverArgs...)
 		p := c.newProc(name, args)
 		if err := p.Start(); err != nil {
@@ -177,17 +193,83 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		}
 		c.CS = append(c.CS, p)
 		c.NBDAddrs = append(c.NBDAddrs, addr)
+		c.ControlAddrs = append(c.ControlAddrs, caddr)
 	}
 	c.ISCSIAddr = fmt.Sprintf("127.0.0.1:%d", opt.ISCSIPort)
-	c.Hostd = c.newProc("hostd", append([]string{"hostd", "--name", c.HostName, "--listen", c.ISCSIAddr,
-		"--metaserver", c.MetaURL}, opt.ExtraHostdArgs...))
-	if err := c.Hostd.Start(); err != nil {
+	if c.Hostd, err = c.startHostd(c.HostName, c.ISCSIAddr); err != nil {
 		return c, err
 	}
 	if err := c.WaitOnline(ctx, 30*time.Second); err != nil {
 		return c, err
 	}
 	return c, nil
+}
+
+// AddHostd starts another hostd named name on a free iSCSI port and waits
+// until it is online.
+func (c *Cluster) AddHostd(ctx context.Context, name string) (*Proc, error) {
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	p, err := c.startHostd(name, fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		hs, err := c.Client().ListHosts(ctx)
+		if err == nil {
+			for _, h := range hs {
+				if h.Name == name && h.State == api.StateOnline {
+					return p, nil
+				}
+			}
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			return nil, fmt.Errorf("hostd %s did not come online (log: %s):\n%s", name, p.Log, tail(p.Log, 20))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) startHostd(name, addr string) (*Proc, error) {
+	p := c.newProc("hostd-"+name, append([]string{"hostd", "--name", name, "--listen", addr,
+		"--wib-dir", filepath.Join(c.wibRoot, name), "--metaserver", c.MetaURL}, c.opt.ExtraHostdArgs...))
+	if name == c.HostName {
+		p.Log = filepath.Join(c.opt.Dir, "logs", "hostd.log")
+	}
+	if err := p.Start(); err != nil {
+		return nil, err
+	}
+	c.Hosts[name] = p
+	c.HostISCSI[name] = addr
+	return p, nil
+}
+
+// ISCSIURLOn is the libiscsi URL of a volume's LUN 0 on the named host.
+func (c *Cluster) ISCSIURLOn(host, volume string) string {
+	return fmt.Sprintf("iscsi://%s/%s/0", c.HostISCSI[host], IQN(volume))
+}
+
+// RemoveWIBs deletes the cluster's write-intent bitmaps from shared memory
+// (after Stop, when the state is not kept).
+func (c *Cluster) RemoveWIBs() error { return os.RemoveAll(c.wibRoot) }
+
+// WIBDir is where the named host keeps its write-intent bitmaps.
+func (c *Cluster) WIBDir(host string) string { return filepath.Join(c.wibRoot, host) }
+
+func fnv64(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
 }
 
 func (c *Cluster) newProc(name string, args []string) *Proc {
@@ -300,8 +382,8 @@ func (c *Cluster) WaitTarget(ctx context.Context, volume string, timeout time.Du
 // metaserver), each with SIGTERM and a grace period, then PostgreSQL.
 func (c *Cluster) Stop() error {
 	var errs []error
-	if c.Hostd != nil {
-		errs = append(errs, c.Hostd.Stop(15*time.Second))
+	for _, p := range c.Hosts {
+		errs = append(errs, p.Stop(15*time.Second))
 	}
 	var wg sync.WaitGroup
 	cerrs := make([]error, len(c.CS))

@@ -77,6 +77,7 @@ func startCluster(t *testing.T, chunkSize int64) *localcluster.Cluster {
 			return
 		}
 		os.RemoveAll(dir)
+		c.RemoveWIBs()
 	})
 	return c
 }
