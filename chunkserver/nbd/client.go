@@ -82,7 +82,9 @@ type Client struct {
 	readerDone chan struct{} // closed when the reader goroutine exits
 }
 
-// Dial connects to an NBD server and negotiates the export.
+// Dial connects to an NBD server and negotiates the export. ctx bounds the
+// connect and the handshake only. The Client owns a reader goroutine until
+// Close is called or the connection fails.
 func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -354,7 +356,9 @@ func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 // WriteAt writes p at off. With fua the data is durable when WriteAt
-// returns (through FUA, or a flush if the server lacks FUA).
+// returns (through FUA, or a flush if the server lacks FUA). The request,
+// p included, is on the wire before the call can return, so p is never
+// read afterwards, even when ctx ends first.
 func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := c.checkRange(off, int64(len(p))); err != nil {
 		return err

@@ -714,3 +714,15 @@ func oldServer(ln net.Listener, hflags uint16) error {
 	_, err = nc.Write(append(AppendSimpleReply(nil, SimpleReply{Cookie: q.Cookie}), "fallback"...))
 	return err
 }
+
+// device repeats the method set raid.Device consumes; this package may not
+// import raid, so the check is structural.
+type device interface {
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
+	Flush(ctx context.Context) error
+	Trim(ctx context.Context, off, length int64) error
+	Size() int64
+}
+
+var _ device = (*Client)(nil)

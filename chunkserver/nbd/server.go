@@ -671,13 +671,18 @@ func (c *conn) serve(r *request) {
 		c.replyOK(r)
 		return
 	}
+	msg := err.Error()
 	var re *Error
 	if errors.As(err, &re) {
+		// A refusal: the server's own or the export's choice of error.
 		c.log.Debug("nbd: request refused", "cmd", CmdName(q.Type), "offset", q.Offset, "length", q.Length, "err", err)
+		if e, ok := err.(*Error); ok && e.Message != "" {
+			msg = e.Message // unwrapped: the client adds its own prefix
+		}
 	} else {
 		c.log.Warn("nbd: request failed", "cmd", CmdName(q.Type), "offset", q.Offset, "length", q.Length, "err", err)
 	}
-	c.replyError(r, errnoFor(err), err.Error())
+	c.replyError(r, errnoFor(err), msg)
 }
 
 // check validates flags (FUA is accepted on every command) and the range.
