@@ -94,7 +94,7 @@ func newHostdCmd(o *rootOptions) *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:3260", "iSCSI listen address")
 	f.StringVar(&cfg.Advertise, "advertise", "", "iSCSI portal address reported to the metaserver (default: the listen address)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
-	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: a member request not answered in this time fails the member")
+	f.DurationVar(&cfg.IOTimeout, "io-timeout", 0, "t_io: a member request not answered in this time fails the member (default: the cluster's, 5s)")
 	f.IntVar(&cfg.BlockSize, "block-size", 512, "logical block size of the iSCSI LUNs (512 or 4096)")
 	f.StringVar(&cfg.WIBDir, "wib-dir", "", "directory of the write-intent bitmaps, on a RAM file system (default /dev/shm/chunkraid-NAME)")
 	f.Int64Var(&cfg.RegionSize, "wib-region", 1<<20, "write-intent bitmap region size in bytes")

@@ -39,7 +39,8 @@ type Config struct {
 	// HeartbeatInterval is how often the host reports that it is alive. Default 2 s.
 	HeartbeatInterval time.Duration
 	// IOTimeout (t_io) bounds every request to a member chunk; a member that
-	// does not answer in time fails. Default 5 s.
+	// does not answer in time fails. Default: the cluster's t_io (5 s unless
+	// the metaserver was configured otherwise).
 	IOTimeout time.Duration
 	// BlockSize is the logical block size of the iSCSI LUNs. Default 512.
 	BlockSize int
@@ -78,9 +79,6 @@ func (c *Config) validate() error {
 	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = 2 * time.Second
-	}
-	if c.IOTimeout == 0 {
-		c.IOTimeout = 5 * time.Second
 	}
 	if c.HeartbeatInterval < 0 || c.IOTimeout < 0 {
 		return errors.New("hostd: intervals and timeouts must be positive")
@@ -182,6 +180,12 @@ func (s *Server) register(ctx context.Context, adv string) error {
 		resp, err := s.meta.RegisterHost(ctx, api.RegisterHostRequest{Name: s.cfg.Name, ISCSIAddr: adv})
 		if err == nil {
 			s.id = resp.ID
+			if s.cfg.IOTimeout == 0 {
+				s.cfg.IOTimeout = time.Duration(resp.IOTimeoutMS) * time.Millisecond
+			}
+			if s.cfg.IOTimeout <= 0 {
+				s.cfg.IOTimeout = 5 * time.Second
+			}
 			return nil
 		}
 		var ae *api.Error

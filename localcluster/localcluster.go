@@ -38,7 +38,7 @@ type Options struct {
 	PGPort, MetaPort, ISCSIPort, NBDPort int
 	// ExtraHostdArgs and ExtraChunkserverArgs are appended to those daemons'
 	// command lines.
-	ExtraHostdArgs, ExtraChunkserverArgs []string
+	ExtraHostdArgs, ExtraChunkserverArgs, ExtraMetaArgs []string
 	// Logger receives progress lines. nil discards.
 	Logger *slog.Logger
 }
@@ -161,6 +161,7 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 	if opt.ChunkSize > 0 {
 		metaArgs = append(metaArgs, "--chunk-size", strconv.FormatInt(opt.ChunkSize, 10))
 	}
+	metaArgs = append(metaArgs, opt.ExtraMetaArgs...)
 	c.Meta = c.newProc("metaserver", metaArgs)
 	if err := c.Meta.Start(); err != nil {
 		return c, err
@@ -350,13 +351,22 @@ func (c *Cluster) ISCSIURL(volume string) string {
 	return fmt.Sprintf("iscsi://%s/%s/0", c.ISCSIAddr, IQN(volume))
 }
 
-// WaitTarget waits until the host serves the volume's target, probing with
-// iscsi-ls (SendTargets discovery).
+// WaitTarget waits until the first host serves the volume's target,
+// probing with iscsi-ls (SendTargets discovery).
 func (c *Cluster) WaitTarget(ctx context.Context, volume string, timeout time.Duration) error {
+	return c.WaitTargetOn(ctx, c.HostName, volume, timeout)
+}
+
+// WaitTargetOn waits until the named host serves the volume's target.
+func (c *Cluster) WaitTargetOn(ctx context.Context, host, volume string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last string
+	hp := c.Hosts[host]
+	if hp == nil {
+		return fmt.Errorf("no host %s in this cluster", host)
+	}
 	for {
-		out, err := exec.CommandContext(ctx, "iscsi-ls", "iscsi://"+c.ISCSIAddr).CombinedOutput()
+		out, err := exec.CommandContext(ctx, "iscsi-ls", "iscsi://"+c.HostISCSI[host]).CombinedOutput()
 		last = string(out)
 		if err == nil && strings.Contains(last, IQN(volume)) {
 			return nil
@@ -364,11 +374,11 @@ func (c *Cluster) WaitTarget(ctx context.Context, volume string, timeout time.Du
 		if errors.Is(err, exec.ErrNotFound) {
 			return fmt.Errorf("iscsi-ls not found: run make deps")
 		}
-		if c.Hostd.Exited() {
-			return fmt.Errorf("hostd exited (log: %s):\n%s", c.Hostd.Log, tail(c.Hostd.Log, 20))
+		if hp.Exited() {
+			return fmt.Errorf("hostd %s exited (log: %s):\n%s", host, hp.Log, tail(hp.Log, 20))
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("target for volume %s not served after %v; iscsi-ls said: %s\nhostd log:\n%s", volume, timeout, last, tail(c.Hostd.Log, 20))
+			return fmt.Errorf("target for volume %s not served by %s after %v; iscsi-ls said: %s\nhostd log:\n%s", volume, host, timeout, last, tail(hp.Log, 20))
 		}
 		select {
 		case <-ctx.Done():

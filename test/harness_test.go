@@ -50,6 +50,12 @@ func needTools(t *testing.T, tools ...string) {
 // postgres user can reach its data directory.
 func startCluster(t *testing.T, chunkSize int64) *localcluster.Cluster {
 	t.Helper()
+	return startClusterOpts(t, localcluster.Options{ChunkSize: chunkSize})
+}
+
+// startClusterOpts is startCluster with every option.
+func startClusterOpts(t *testing.T, opt localcluster.Options) *localcluster.Cluster {
+	t.Helper()
 	needTools(t, "iscsi-ls", "qemu-io")
 	dir, err := os.MkdirTemp("/tmp", "chunkraid-e2e-")
 	if err != nil {
@@ -60,7 +66,8 @@ func startCluster(t *testing.T, chunkSize int64) *localcluster.Cluster {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := localcluster.Start(ctx, localcluster.Options{Dir: dir, Binary: binary, ChunkSize: chunkSize})
+	opt.Dir, opt.Binary = dir, binary
+	c, err := localcluster.Start(ctx, opt)
 	if err != nil {
 		if c != nil {
 			dumpLogs(t, dir)

@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -96,12 +94,7 @@ func TestMirrorVolumeEndToEnd(t *testing.T) {
 	for _, s := range vol.Sets {
 		var sums [][32]byte
 		for j, m := range s.Members {
-			img := filepath.Join(dir, fmt.Sprintf("set%d-m%d.img", s.Index, j))
-			run(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", fmt.Sprintf("nbd://%s/%s", m.Addr, m.Export), img)
-			b, err := os.ReadFile(img)
-			if err != nil {
-				t.Fatal(err)
-			}
+			b := memberImage(t, dir, m)
 			if int64(len(b)) != testChunk {
 				t.Fatalf("set %d member %d: %d bytes over NBD, want %d", s.Index, j, len(b), testChunk)
 			}
