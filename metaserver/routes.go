@@ -38,12 +38,15 @@ func (s *Server) routes() http.Handler {
 		r.Get("/hosts", s.listHosts)
 		r.Post("/hosts/{id}/heartbeat", s.hostHeartbeat)
 		r.Get("/hosts/{id}/volumes", s.hostVolumes)
+		r.Post("/hosts/{id}/report", s.hostReport)
 
 		r.Post("/volumes", s.createVolume)
 		r.Get("/volumes", s.listVolumes)
 		r.Get("/volumes/{name}", s.getVolume)
 		r.Delete("/volumes/{name}", s.deleteVolume)
 		r.Post("/volumes/{name}/attach", s.attachVolume)
+
+		r.Get("/events", s.listEvents)
 	})
 	return r
 }
@@ -256,7 +259,7 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	l, err := validateCreateVolume(req)
+	l, err := validateCreateVolume(&req)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -266,7 +269,7 @@ func (s *Server) createVolume(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.log.Info("volume created", "name", v.Name, "size", v.SizeBytes, "layout", v.Layout, "sets", len(v.Sets), "host", v.Host)
+	s.log.Info("volume created", "name", v.Name, "size", v.SizeBytes, "layout", v.Layout, "bitmap", v.Bitmap, "sets", len(v.Sets), "host", v.Host)
 	s.writeJSON(w, http.StatusCreated, v)
 }
 

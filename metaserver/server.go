@@ -2,11 +2,14 @@ package metaserver
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/migrations"
 )
@@ -35,6 +39,15 @@ type Config struct {
 	// OfflineAfter is how long a server may go without a heartbeat before
 	// it is offline; 0 means 10 s.
 	OfflineAfter time.Duration
+	// IOTimeout is t_io, the time after which a host fails a member whose
+	// request has not completed; 0 means 5 s. Daemons read it from the
+	// cluster settings and their registration.
+	IOTimeout time.Duration
+	// LogPeriod is T, the rotation period of the chunks' LOG bitmaps; 0
+	// means 60 s. New rejects a budget that breaks t_io < offline_after < T
+	// or T >= 3·t_io (DESIGN §5). Run every metaserver of a cluster with
+	// the same three durations.
+	LogPeriod time.Duration
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -44,6 +57,8 @@ const (
 	defaultChunkSize    = 10 << 30
 	minChunkSize        = 1 << 20
 	defaultOfflineAfter = 10 * time.Second
+	defaultIOTimeout    = 5 * time.Second
+	defaultLogPeriod    = 60 * time.Second
 	// maxConns bounds the PostgreSQL connections of one metaserver (plus
 	// its LISTEN connection).
 	maxConns = 10
@@ -67,17 +82,63 @@ func (c *Config) validate() error {
 	if c.OfflineAfter < 0 {
 		return fmt.Errorf("metaserver: OfflineAfter %v must not be negative", c.OfflineAfter)
 	}
+	if c.IOTimeout < 0 {
+		return fmt.Errorf("metaserver: IOTimeout %v must not be negative", c.IOTimeout)
+	}
+	if c.LogPeriod < 0 {
+		return fmt.Errorf("metaserver: LogPeriod %v must not be negative", c.LogPeriod)
+	}
 	if c.Listen == "" {
 		c.Listen = defaultListen
 	}
 	if c.OfflineAfter == 0 {
 		c.OfflineAfter = defaultOfflineAfter
 	}
+	if c.IOTimeout == 0 {
+		c.IOTimeout = defaultIOTimeout
+	}
+	if c.LogPeriod == 0 {
+		c.LogPeriod = defaultLogPeriod
+	}
+	if err := bitmap.ValidateBudget(c.IOTimeout, c.OfflineAfter, c.LogPeriod); err != nil {
+		return budgetError(err)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
 }
+
+// budgetError turns the rules that bitmap.ValidateBudget says are broken into
+// one error that names each rule; it still matches bitmap.ErrBudget.
+func budgetError(err error) error {
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	var b strings.Builder
+	for _, e := range errs {
+		var be *bitmap.BudgetError
+		if errors.As(e, &be) {
+			fmt.Fprintf(&b, "; rule %s: %s", be.Rule, be.Msg)
+		} else {
+			fmt.Fprintf(&b, "; %v", e)
+		}
+	}
+	return &wrapped{
+		msg: "metaserver: the timeout budget (--io-timeout, --offline-after, --log-period) must satisfy t_io < offline_after < T and T >= 3*t_io" + b.String(),
+		err: err,
+	}
+}
+
+// wrapped is an error with its own message that unwraps to err.
+type wrapped struct {
+	msg string
+	err error
+}
+
+func (e *wrapped) Error() string { return e.msg }
+func (e *wrapped) Unwrap() error { return e.err }
 
 // Server is a metaserver: the REST API over the cluster state in PostgreSQL.
 type Server struct {
@@ -94,6 +155,9 @@ type Server struct {
 	stopping chan struct{}
 	// waiting counts the long polls waiting for a change.
 	waiting atomic.Int64
+	// leading is true while this instance holds the leader lock and runs
+	// the background loops.
+	leading atomic.Bool
 }
 
 // New validates cfg and returns a server; Run starts it.
@@ -175,7 +239,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("metaserver: migrate the schema at %s: %w", where, err)
 	}
-	chunkSize, err := s.initCluster(ctx, db)
+	chunkSize, secret, err := s.initCluster(ctx, db)
 	if err != nil {
 		return fmt.Errorf("metaserver: %w", err)
 	}
@@ -186,11 +250,13 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}
 
-	s.st = &store{db: db, offlineAfter: s.cfg.OfflineAfter, log: s.log, committed: s.gens.observe}
+	s.st = &store{db: db, secret: secret, offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
+		logPeriod: s.cfg.LogPeriod, log: s.log, committed: s.gens.observe}
 	s.addr = ln.Addr()
 	lctx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
 	wg.Go(func() { s.gens.listen(lctx, db.Config().ConnConfig, s.log) })
+	wg.Go(func() { s.lead(lctx, db.Config().ConnConfig) })
 	defer func() {
 		stopListening()
 		wg.Wait()
@@ -230,26 +296,31 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	return nil
 }
 
-// initCluster creates the cluster row on first start and returns the
-// cluster's chunk size, which never changes afterwards.
-func (s *Server) initCluster(ctx context.Context, db *pgxpool.Pool) (int64, error) {
+// initCluster creates the cluster row on first start, with a random secret,
+// and returns the cluster's chunk size and secret, which never change
+// afterwards.
+func (s *Server) initCluster(ctx context.Context, db *pgxpool.Pool) (chunkSize int64, secret string, err error) {
 	want := s.cfg.ChunkSize
 	if want == 0 {
 		want = defaultChunkSize
 	}
-	var chunkSize int64
-	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO cluster (chunk_size) VALUES ($1) ON CONFLICT (singleton) DO NOTHING`, want); err != nil {
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return 0, "", fmt.Errorf("make the cluster secret: %w", err)
+	}
+	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO cluster (chunk_size, secret) VALUES ($1, $2) ON CONFLICT (singleton) DO NOTHING`,
+			want, hex.EncodeToString(key[:])); err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `SELECT chunk_size FROM cluster`).Scan(&chunkSize)
+		return tx.QueryRow(ctx, `SELECT chunk_size, secret FROM cluster`).Scan(&chunkSize, &secret)
 	})
 	if err != nil {
-		return 0, fmt.Errorf("initialize the cluster row: %w", err)
+		return 0, "", fmt.Errorf("initialize the cluster row: %w", err)
 	}
 	if s.cfg.ChunkSize != 0 && s.cfg.ChunkSize != chunkSize {
 		s.log.Warn("the configured chunk size differs from the cluster's, which is fixed at creation; using the cluster's",
 			"configured", s.cfg.ChunkSize, "cluster", chunkSize)
 	}
-	return chunkSize, nil
+	return chunkSize, secret, nil
 }

@@ -118,7 +118,7 @@ func TestDiskWithChunksSurvivesReregistration(t *testing.T) {
 func TestHeartbeatsAndOffline(t *testing.T) {
 	t.Parallel()
 	const offline = 700 * time.Millisecond
-	ts := startServer(t, Config{OfflineAfter: offline})
+	ts := startServer(t, Config{OfflineAfter: offline, IOTimeout: 200 * time.Millisecond, LogPeriod: 2 * time.Second})
 	ctx := t.Context()
 	cs := ts.addChunkserver(t, "cs", "", 10*gib)
 	host := ts.addHost(t, "h1")

@@ -21,9 +21,13 @@ import (
 // so mutations are serialized cluster-wide (placement sees a stable view),
 // and the NOTIFY sent in the same transaction is delivered on commit.
 type store struct {
-	db           *pgxpool.Pool
-	offlineAfter time.Duration
-	log          *slog.Logger
+	db *pgxpool.Pool
+	// secret is the cluster secret (hex) that keys export tokens.
+	secret string
+	// The timeout budget: offlineAfter is used here, the others are handed
+	// to the daemons.
+	offlineAfter, ioTimeout, logPeriod time.Duration
+	log                                *slog.Logger
 	// committed is told the generation of every committed mutation.
 	committed func(gen int64)
 }
@@ -70,7 +74,12 @@ func (st *store) offlineSecs() float64 { return st.offlineAfter.Seconds() }
 
 // cluster returns the cluster row and the schema version.
 func (st *store) cluster(ctx context.Context) (*api.Cluster, error) {
-	c := &api.Cluster{OfflineAfterSeconds: st.offlineSecs()}
+	c := &api.Cluster{
+		OfflineAfterSeconds: st.offlineSecs(),
+		IOTimeoutMS:         st.ioTimeout.Milliseconds(),
+		OfflineAfterMS:      st.offlineAfter.Milliseconds(),
+		LogPeriodMS:         st.logPeriod.Milliseconds(),
+	}
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, `
 			SELECT chunk_size, generation, created_at, (SELECT coalesce(max(version), 0) FROM schema_migrations)
@@ -96,7 +105,11 @@ func (st *store) generation(ctx context.Context, q querier) (gen, chunkSize int6
 // go (the chunks reference it): it stays, with no capacity, so placement
 // avoids it.
 func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunkserverRequest) (*api.RegisterChunkserverResponse, error) {
-	resp := &api.RegisterChunkserverResponse{}
+	resp := &api.RegisterChunkserverResponse{
+		ClusterSecret: st.secret,
+		IOTimeoutMS:   st.ioTimeout.Milliseconds(),
+		LogPeriodMS:   st.logPeriod.Milliseconds(),
+	}
 	paths := make([]string, len(req.Disks))
 	caps := make([]int64, len(req.Disks))
 	frees := make([]int64, len(req.Disks))
@@ -107,10 +120,11 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
 		resp.ChunkSize = chunkSize
 		err := tx.QueryRow(ctx, `
-			INSERT INTO chunkservers (name, addr, fault_domain) VALUES ($1, $2, $3)
+			INSERT INTO chunkservers (name, addr, control_addr, fault_domain) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (name) DO UPDATE
-			SET addr = EXCLUDED.addr, fault_domain = EXCLUDED.fault_domain, last_heartbeat = now()
-			RETURNING id`, req.Name, req.Addr, req.FaultDomain).Scan(&resp.ID)
+			SET addr = EXCLUDED.addr, control_addr = EXCLUDED.control_addr,
+			    fault_domain = EXCLUDED.fault_domain, last_heartbeat = now()
+			RETURNING id`, req.Name, req.Addr, req.ControlAddr, req.FaultDomain).Scan(&resp.ID)
 		if err != nil {
 			return fmt.Errorf("upsert chunkserver: %w", err)
 		}
@@ -195,7 +209,7 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 	out := []api.Chunkserver{}
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
-			SELECT cs.id, cs.name, cs.addr, cs.fault_domain, cs.last_heartbeat,
+			SELECT cs.id, cs.name, cs.addr, cs.control_addr, cs.fault_domain, cs.last_heartbeat,
 			       cs.last_heartbeat > now() - make_interval(secs => $1),
 			       coalesce(d.cap, 0), coalesce(d.free, 0), coalesce(c.n, 0)
 			FROM chunkservers cs
@@ -209,7 +223,7 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Chunkserver, error) {
 			var c api.Chunkserver
 			var online bool
-			err := row.Scan(&c.ID, &c.Name, &c.Addr, &c.FaultDomain, &c.LastHeartbeat, &online,
+			err := row.Scan(&c.ID, &c.Name, &c.Addr, &c.ControlAddr, &c.FaultDomain, &c.LastHeartbeat, &online,
 				&c.CapacityBytes, &c.FreeBytes, &c.Chunks)
 			c.State = stateOf(online)
 			return c, err
@@ -363,7 +377,11 @@ func (st *store) listChunks(ctx context.Context, volume string) ([]api.Chunk, er
 
 // registerHost inserts or updates a host by name.
 func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest) (*api.RegisterHostResponse, error) {
-	resp := &api.RegisterHostResponse{}
+	resp := &api.RegisterHostResponse{
+		ClusterSecret: st.secret,
+		IOTimeoutMS:   st.ioTimeout.Milliseconds(),
+		LogPeriodMS:   st.logPeriod.Milliseconds(),
+	}
 	err := st.db.QueryRow(ctx, `
 		INSERT INTO hosts (name, iscsi_addr) VALUES ($1, $2)
 		ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now()
@@ -422,7 +440,7 @@ func (st *store) hostVolumes(ctx context.Context, id int64) (*api.HostVolumes, e
 		if err := exists(ctx, tx, `SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)`, id); err != nil {
 			return notFound(err, "host %d is not registered: register again", id)
 		}
-		out.Volumes, err = loadVolumes(ctx, tx, volumeFilter{hostID: id})
+		out.Volumes, err = st.loadVolumes(ctx, tx, volumeFilter{hostID: id})
 		return err
 	})
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -19,10 +20,11 @@ type volumeFilter struct {
 }
 
 // loadVolumes returns the volumes that match f, ordered by name, complete
-// with sets and members.
-func loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]api.Volume, error) {
+// with sets, members, member states and the export names of the volume's
+// host at its epoch.
+func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]api.Volume, error) {
 	rows, err := q.Query(ctx, `
-		SELECT v.id, v.name, v.size_bytes, v.layout, coalesce(h.name, ''), v.epoch, v.created_at
+		SELECT v.id, v.name, v.size_bytes, v.layout, v.bitmap, coalesce(h.name, ''), v.epoch, v.clean_detach, v.created_at
 		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
 		WHERE ($1::bigint = 0 OR v.id = $1)
 		  AND ($2::text = '' OR v.name = $2)
@@ -35,7 +37,7 @@ func loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]api.Volume, 
 	vols, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Volume, error) {
 		var v api.Volume
 		var id int64
-		err := row.Scan(&id, &v.Name, &v.SizeBytes, &v.Layout, &v.Host, &v.Epoch, &v.CreatedAt)
+		err := row.Scan(&id, &v.Name, &v.SizeBytes, &v.Layout, &v.Bitmap, &v.Host, &v.Epoch, &v.CleanDetach, &v.CreatedAt)
 		v.IQN = api.IQNPrefix + v.Name
 		v.Sets = []api.Set{}
 		ids = append(ids, id)
@@ -52,7 +54,9 @@ func loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]api.Volume, 
 		byID[id] = &vols[i]
 	}
 	rows, err = q.Query(ctx, `
-		SELECT s.volume_id, s.idx, s.size_bytes, c.id::text, cs.name, cs.addr, c.member_state
+		SELECT s.volume_id, s.idx, s.size_bytes, s.dirty_bytes,
+		       c.id::text, cs.name, cs.addr, cs.control_addr, c.member_state, c.member_state_since,
+		       c.resync_done_bytes, c.resync_total_bytes, c.member_error
 		FROM sets s
 		LEFT JOIN chunks c ON c.volume_id = s.volume_id AND c.set_idx = s.idx
 		LEFT JOIN chunkservers cs ON cs.id = c.chunkserver_id
@@ -64,25 +68,37 @@ func loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]api.Volume, 
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			volumeID                int64
-			idx                     int
-			size                    int64
-			chunk, server, addr, ms *string
+			volumeID    int64
+			idx         int
+			size, dirty int64
+			// The member columns are NULL for a set without members.
+			chunk, server, addr, control, state, errMsg *string
+			since                                       *time.Time
+			done, total                                 *int64
 		)
-		if err := rows.Scan(&volumeID, &idx, &size, &chunk, &server, &addr, &ms); err != nil {
+		if err := rows.Scan(&volumeID, &idx, &size, &dirty, &chunk, &server, &addr, &control, &state, &since,
+			&done, &total, &errMsg); err != nil {
 			return nil, fmt.Errorf("load sets: %w", err)
 		}
 		v := byID[volumeID]
 		if n := len(v.Sets); n == 0 || v.Sets[n-1].Index != idx {
-			v.Sets = append(v.Sets, api.Set{Index: idx, SizeBytes: size, Members: []api.Member{}})
+			v.Sets = append(v.Sets, api.Set{Index: idx, SizeBytes: size, DirtyBytes: dirty, Members: []api.Member{}})
 		}
 		if chunk == nil {
 			continue
 		}
+		m := api.Member{
+			ChunkID: *chunk, Chunkserver: *server, Addr: *addr, ControlAddr: *control,
+			State: *state, StateSince: *since, ResyncDoneBytes: *done, ResyncTotalBytes: *total, Error: *errMsg,
+		}
+		if v.Host != "" {
+			m.Export = api.ExportName{
+				Chunk: m.ChunkID, Host: v.Host, Epoch: v.Epoch,
+				Token: api.ExportToken(st.secret, m.ChunkID, v.Host, v.Epoch),
+			}.String()
+		}
 		s := &v.Sets[len(v.Sets)-1]
-		s.Members = append(s.Members, api.Member{
-			ChunkID: *chunk, Chunkserver: *server, Addr: *addr, Export: *chunk, State: *ms,
-		})
+		s.Members = append(s.Members, m)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("load sets: %w", err)
@@ -95,7 +111,7 @@ func (st *store) listVolumes(ctx context.Context) ([]api.Volume, error) {
 	var out []api.Volume
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		var err error
-		out, err = loadVolumes(ctx, tx, volumeFilter{})
+		out, err = st.loadVolumes(ctx, tx, volumeFilter{})
 		return err
 	})
 	return out, err
@@ -106,15 +122,15 @@ func (st *store) getVolume(ctx context.Context, name string) (*api.Volume, error
 	var out *api.Volume
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		var err error
-		out, err = loadVolume(ctx, tx, volumeFilter{name: name})
+		out, err = st.loadVolume(ctx, tx, volumeFilter{name: name})
 		return err
 	})
 	return out, err
 }
 
 // loadVolume returns the one volume f selects, or not_found.
-func loadVolume(ctx context.Context, q querier, f volumeFilter) (*api.Volume, error) {
-	vols, err := loadVolumes(ctx, q, f)
+func (st *store) loadVolume(ctx context.Context, q querier, f volumeFilter) (*api.Volume, error) {
+	vols, err := st.loadVolumes(ctx, q, f)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +150,7 @@ func hostID(ctx context.Context, q querier, name string) (int64, error) {
 }
 
 // createVolume creates a volume, places its chunks and, with req.Host set,
-// attaches it, all in one transaction.
+// attaches it, all in one transaction. req.Bitmap is already validated.
 func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, l layout) (*api.Volume, error) {
 	var out *api.Volume
 	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
@@ -152,8 +168,8 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		}
 		var volumeID int64
 		err := tx.QueryRow(ctx, `
-			INSERT INTO volumes (name, size_bytes, layout, host_id) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.Name, host).Scan(&volumeID)
+			INSERT INTO volumes (name, size_bytes, layout, bitmap, host_id) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.Name, req.Bitmap, host).Scan(&volumeID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return api.Errorf(api.CodeAlreadyExists, "volume %q already exists: choose another name or delete it first", req.Name)
 		}
@@ -196,8 +212,18 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		if err != nil {
 			return fmt.Errorf("insert chunks: %w", err)
 		}
-		out, err = loadVolume(ctx, tx, volumeFilter{id: volumeID, name: req.Name})
-		return err
+		out, err = st.loadVolume(ctx, tx, volumeFilter{id: volumeID, name: req.Name})
+		if err != nil {
+			return err
+		}
+		evs := []event{{
+			Kind: api.EventVolumeCreated, Subject: "volume/" + req.Name, Volume: req.Name,
+			Message: fmt.Sprintf("created: %s, %s, %d sets, bitmap %s", describeSize(req.SizeBytes), l.Name, sets, req.Bitmap),
+		}}
+		if req.Host != "" {
+			evs = append(evs, attachEvent(req.Name, req.Host, out.Epoch, "", false))
+		}
+		return addEvents(ctx, tx, evs...)
 	})
 	if err != nil {
 		return nil, err
@@ -255,30 +281,62 @@ func (st *store) deleteVolume(ctx context.Context, name string) error {
 		if _, err := tx.Exec(ctx, `DELETE FROM volumes WHERE id = $1`, id); err != nil {
 			return fmt.Errorf("delete volume: %w", err)
 		}
-		return nil
+		return addEvents(ctx, tx, event{Kind: api.EventVolumeDeleted, Subject: "volume/" + name, Volume: name,
+			Message: "deleted: its chunks are being deleted by their chunkservers"})
 	})
 }
 
-// attachVolume assigns a volume to a host and bumps its epoch.
+// attachVolume assigns a volume to a host, bumps its epoch (which changes
+// every export name: chunkservers fence the older epochs), resets its clean
+// detach and records the move.
 func (st *store) attachVolume(ctx context.Context, name, host string) (*api.Volume, error) {
 	var out *api.Volume
 	err := st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
-		var id int64
-		if err := tx.QueryRow(ctx, `SELECT id FROM volumes WHERE name = $1 FOR UPDATE`, name).Scan(&id); err != nil {
+		var (
+			id    int64
+			prev  string
+			clean bool
+		)
+		err := tx.QueryRow(ctx, `
+			SELECT v.id, coalesce(h.name, ''), v.clean_detach
+			FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
+			WHERE v.name = $1 FOR UPDATE OF v`, name).Scan(&id, &prev, &clean)
+		if err != nil {
 			return notFound(err, "volume %q does not exist", name)
 		}
 		h, err := hostID(ctx, tx, host)
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE volumes SET host_id = $2, epoch = epoch + 1 WHERE id = $1`, id, h); err != nil {
+		var epoch int64
+		err = tx.QueryRow(ctx, `
+			UPDATE volumes SET host_id = $2, epoch = epoch + 1, clean_detach = false
+			WHERE id = $1 RETURNING epoch`, id, h).Scan(&epoch)
+		if err != nil {
 			return fmt.Errorf("attach volume: %w", err)
 		}
-		out, err = loadVolume(ctx, tx, volumeFilter{id: id, name: name})
-		return err
+		if out, err = st.loadVolume(ctx, tx, volumeFilter{id: id, name: name}); err != nil {
+			return err
+		}
+		return addEvents(ctx, tx, attachEvent(name, host, epoch, prev, clean))
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// attachEvent describes the attachment of volume to host at epoch; prev is
+// the host it was attached to before ("" if none) and clean whether prev had
+// reported a clean detach.
+func attachEvent(volume, host string, epoch int64, prev string, clean bool) event {
+	msg := fmt.Sprintf("attached to host %s at epoch %d", host, epoch)
+	switch {
+	case prev == "" || prev == host:
+	case clean:
+		msg += fmt.Sprintf("; moved from host %s, which detached cleanly", prev)
+	default:
+		msg += fmt.Sprintf("; moved from host %s, which did not detach cleanly: the new host recovers from the LOG bitmaps", prev)
+	}
+	return event{Kind: api.EventVolumeAttached, Subject: "volume/" + volume, Volume: volume, Message: msg}
 }

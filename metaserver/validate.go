@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -35,6 +36,12 @@ const (
 	maxDisks = 256
 	// maxPathLen bounds a disk path.
 	maxPathLen = 4096
+	// maxReportVolumes bounds the volumes of one host report.
+	maxReportVolumes = 4096
+	// maxSetMembers bounds the members of one set in a report.
+	maxSetMembers = 16
+	// maxErrorLen bounds a member's stored error; longer ones are cut.
+	maxErrorLen = 1024
 )
 
 func invalid(format string, args ...any) *api.Error {
@@ -75,7 +82,20 @@ func validateVolumeSize(size int64) error {
 	return nil
 }
 
-func validateCreateVolume(req api.CreateVolumeRequest) (layout, error) {
+// parseBitmap accepts the bitmap modes of a volume; "" means remb.
+func parseBitmap(s string) (string, error) {
+	switch s {
+	case "":
+		return api.BitmapRemb, nil
+	case api.BitmapRemb, api.BitmapInternal, api.BitmapNone:
+		return s, nil
+	}
+	return "", invalid("unknown bitmap mode %q: use %s (the default: host bitmap in RAM, LOG bitmaps on the chunkservers), %s (a synchronous bitmap write before every data write) or %s (full resync)",
+		s, api.BitmapRemb, api.BitmapInternal, api.BitmapNone)
+}
+
+// validateCreateVolume checks req and fills in its default bitmap mode.
+func validateCreateVolume(req *api.CreateVolumeRequest) (layout, error) {
 	if err := validateVolumeName(req.Name); err != nil {
 		return layout{}, err
 	}
@@ -84,6 +104,9 @@ func validateCreateVolume(req api.CreateVolumeRequest) (layout, error) {
 	}
 	l, err := parseLayout(req.Layout)
 	if err != nil {
+		return layout{}, err
+	}
+	if req.Bitmap, err = parseBitmap(req.Bitmap); err != nil {
 		return layout{}, err
 	}
 	if req.Host != "" && !serverNameRE.MatchString(req.Host) {
@@ -147,6 +170,11 @@ func validateRegisterChunkserver(req *api.RegisterChunkserverRequest) error {
 	if err := validateDialAddr("addr", req.Addr); err != nil {
 		return err
 	}
+	if req.ControlAddr != "" {
+		if err := validateDialAddr("control_addr", req.ControlAddr); err != nil {
+			return err
+		}
+	}
 	if req.FaultDomain == "" {
 		req.FaultDomain = req.Name
 	}
@@ -161,6 +189,105 @@ func validateRegisterHost(req api.RegisterHostRequest) error {
 		return err
 	}
 	return validateDialAddr("iscsi_addr", req.ISCSIAddr)
+}
+
+// validateHostReport checks a host report and cuts over-long member errors
+// to maxErrorLen bytes.
+func validateHostReport(r *api.HostReport) error {
+	if len(r.Volumes) > maxReportVolumes {
+		return invalid("the report holds %d volumes: at most %d are allowed", len(r.Volumes), maxReportVolumes)
+	}
+	names := make(map[string]bool, len(r.Volumes))
+	for i := range r.Volumes {
+		v := &r.Volumes[i]
+		if err := validateVolumeName(v.Name); err != nil {
+			return err
+		}
+		if names[v.Name] {
+			return invalid("volume %q is reported twice", v.Name)
+		}
+		names[v.Name] = true
+		if v.Epoch < 1 {
+			return invalid("volume %q: epoch %d must be the (positive) epoch the volume was attached at", v.Name, v.Epoch)
+		}
+		if len(v.Sets) > maxSets {
+			return invalid("volume %q: %d sets reported, at most %d are allowed", v.Name, len(v.Sets), maxSets)
+		}
+		sets := make(map[int]bool, len(v.Sets))
+		chunks := map[string]bool{}
+		for j := range v.Sets {
+			s := &v.Sets[j]
+			if s.Index < 0 || s.Index >= maxSets || sets[s.Index] {
+				return invalid("volume %q: set index %d is out of range or reported twice", v.Name, s.Index)
+			}
+			sets[s.Index] = true
+			if s.DirtyBytes < 0 {
+				return invalid("volume %q set %d: dirty_bytes %d is negative", v.Name, s.Index, s.DirtyBytes)
+			}
+			if len(s.Members) > maxSetMembers {
+				return invalid("volume %q set %d: %d members reported, at most %d are allowed", v.Name, s.Index, len(s.Members), maxSetMembers)
+			}
+			for k := range s.Members {
+				m := &s.Members[k]
+				if !uuidRE.MatchString(m.ChunkID) {
+					return invalid("volume %q set %d: chunk id %q is not a UUID", v.Name, s.Index, m.ChunkID)
+				}
+				m.ChunkID = strings.ToLower(m.ChunkID)
+				if chunks[m.ChunkID] {
+					return invalid("volume %q: chunk %s is reported twice", v.Name, m.ChunkID)
+				}
+				chunks[m.ChunkID] = true
+				switch m.State {
+				case api.MemberInSync, api.MemberDegraded, api.MemberResyncing:
+				default:
+					return invalid("volume %q chunk %s: unknown state %q: use %s, %s or %s",
+						v.Name, m.ChunkID, m.State, api.MemberInSync, api.MemberDegraded, api.MemberResyncing)
+				}
+				if m.ResyncDoneBytes < 0 || m.ResyncTotalBytes < 0 || m.ResyncDoneBytes > m.ResyncTotalBytes {
+					return invalid("volume %q chunk %s: need 0 <= resync_done_bytes (%d) <= resync_total_bytes (%d)",
+						v.Name, m.ChunkID, m.ResyncDoneBytes, m.ResyncTotalBytes)
+				}
+				m.Error = truncateUTF8(m.Error, maxErrorLen)
+			}
+		}
+	}
+	return nil
+}
+
+// truncateUTF8 cuts s to at most n bytes without splitting a character.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// parseEventQuery parses ?limit=N&after=ID&volume=V of the events listing.
+func parseEventQuery(limit, after, volume string) (n int, afterID int64, err error) {
+	n = defaultEventLimit
+	if limit != "" {
+		n, err = strconv.Atoi(limit)
+		if err != nil || n < 1 {
+			return 0, 0, invalid("limit=%q must be a positive number of events (at most %d)", limit, api.MaxEvents)
+		}
+		n = min(n, api.MaxEvents)
+	}
+	if after != "" {
+		afterID, err = strconv.ParseInt(after, 10, 64)
+		if err != nil || afterID < 0 {
+			return 0, 0, invalid("after=%q must be an event ID (a non-negative integer) from an earlier answer", after)
+		}
+	}
+	if volume != "" {
+		if err := validateVolumeName(volume); err != nil {
+			return 0, 0, err
+		}
+	}
+	return n, afterID, nil
 }
 
 func validateChunkID(id string) error {

@@ -38,7 +38,7 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 			}
 			return
 		}
-		l, err := validateCreateVolume(req)
+		l, err := validateCreateVolume(&req)
 		if err != nil {
 			if !api.IsInvalidArgument(err) {
 				t.Fatalf("validation error %v is not invalid_argument", err)
@@ -46,7 +46,8 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 			return
 		}
 		if !volumeNameRE.MatchString(req.Name) || req.SizeBytes <= 0 || req.SizeBytes%4096 != 0 ||
-			(l.Width != 2 && l.Width != 3) || l.Name != req.Layout {
+			(l.Width != 2 && l.Width != 3) || l.Name != req.Layout ||
+			(req.Bitmap != api.BitmapRemb && req.Bitmap != api.BitmapInternal && req.Bitmap != api.BitmapNone) {
 			t.Fatalf("accepted %+v as %+v", req, l)
 		}
 	})

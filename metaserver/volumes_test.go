@@ -52,7 +52,7 @@ func TestVolumeCreateListShowDelete(t *testing.T) {
 			t.Errorf("set %d: both members on %s", i, s.Members[0].Chunkserver)
 		}
 		for _, m := range s.Members {
-			if m.Export != m.ChunkID || m.State != api.MemberInSync || m.Addr == "" || chunkIDs[m.ChunkID] {
+			if m.Export != "" || m.State != api.MemberInSync || m.StateSince.IsZero() || m.Addr == "" || chunkIDs[m.ChunkID] {
 				t.Errorf("set %d: bad member %+v", i, m)
 			}
 			chunkIDs[m.ChunkID] = true
