@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"hash/fnv"
+	"sync"
 )
 
 // Identity strings of the logical unit in standard INQUIRY data.
@@ -32,6 +33,11 @@ const physicalBlockSize = 4096
 // logicalUnit is LUN 0 of a target: the SCSI block device in front of a
 // Backend. It holds no mutable state; every field is set at AddTarget.
 type logicalUnit struct {
+	mu struct {
+		sync.Mutex
+		legacyHolder string // initiator port holding a RESERVE(6)/(10), "" if none
+		pr           prState
+	}
 	cmds           *commandTable
 	backend        Backend
 	blockSize      uint32
@@ -95,6 +101,7 @@ type scsiCmd struct {
 	outLen uint32 // Data-Out bytes the CDB asks for
 	inLen  uint32 // Data-In bytes of block reads; the transport provides the buffer
 	lunOK  bool   // the command addresses LUN 0
+	nexus  string // initiator port name of the I_T nexus, for reservations
 }
 
 // result is the outcome of a command.
@@ -116,9 +123,14 @@ type cmdSpec struct {
 	sa     uint8
 	hasSA  bool
 	anyLUN bool // valid on LUNs that do not exist (SPC-4 well-known commands)
-	usage  []byte
-	decode func(lu *logicalUnit, c *scsiCmd) *sense
-	exec   func(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, in []byte) result
+	// access says how persistent reservations restrict the command;
+	// legacyOK commands run even when another I_T nexus holds a
+	// RESERVE(6)/(10) reservation (SPC-2 5.5.1).
+	access   accessKind
+	legacyOK bool
+	usage    []byte
+	decode   func(lu *logicalUnit, c *scsiCmd) *sense
+	exec     func(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, in []byte) result
 }
 
 func (s *cmdSpec) cdbLen() int { return len(s.usage) }
@@ -142,52 +154,84 @@ func newCommandTable() *commandTable {
 // bits the device server evaluates; the last byte is CONTROL, where NACA
 // and LINK are rejected.
 func commandSpecs() []*cmdSpec {
-	return []*cmdSpec{
+	ff := byte(0xff)
+	lba10 := []byte{ff, ff, ff, ff, 0, ff, ff, 0}                         // bytes 2-9 of a 10-byte CDB
+	lba12 := []byte{ff, ff, ff, ff, ff, ff, ff, ff, 0, 0}                 // bytes 2-11 of a 12-byte CDB
+	lba16 := []byte{ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0} // bytes 2-15 of a 16-byte CDB
+	u := func(op, b1 byte, rest []byte) []byte { return append([]byte{op, b1}, rest...) }
+	specs := []*cmdSpec{
 		{name: "TEST UNIT READY", op: 0x00, usage: []byte{0x00, 0, 0, 0, 0, 0},
-			decode: decodeNoData, exec: execTestUnitReady},
-		{name: "REQUEST SENSE", op: 0x03, anyLUN: true, usage: []byte{0x03, 0x01, 0, 0, 0xff, 0},
+			decode: decodeNoData, exec: execNoop},
+		{name: "REQUEST SENSE", op: 0x03, anyLUN: true, legacyOK: true, usage: []byte{0x03, 0x01, 0, 0, 0xff, 0},
 			decode: decodeRequestSense, exec: execRequestSense},
-		{name: "READ(6)", op: 0x08, usage: []byte{0x08, 0x1f, 0xff, 0xff, 0xff, 0},
+		{name: "READ(6)", op: 0x08, access: accRead, usage: []byte{0x08, 0x1f, 0xff, 0xff, 0xff, 0},
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(6)", op: 0x0a, usage: []byte{0x0a, 0x1f, 0xff, 0xff, 0xff, 0},
+		{name: "WRITE(6)", op: 0x0a, access: accWrite, usage: []byte{0x0a, 0x1f, 0xff, 0xff, 0xff, 0},
 			decode: decodeRW, exec: execWrite},
-		{name: "INQUIRY", op: 0x12, anyLUN: true, usage: []byte{0x12, 0x01, 0xff, 0xff, 0xff, 0},
+		{name: "INQUIRY", op: 0x12, anyLUN: true, legacyOK: true, usage: []byte{0x12, 0x01, 0xff, 0xff, 0xff, 0},
 			decode: decodeInquiry, exec: execInquiry},
-		{name: "MODE SENSE(6)", op: 0x1a, usage: []byte{0x1a, 0x08, 0xff, 0xff, 0xff, 0},
+		{name: "RESERVE(6)", op: 0x16, access: accReserve, usage: []byte{0x16, 0, 0, 0, 0, 0},
+			decode: decodeNoData, exec: execReserve},
+		{name: "RELEASE(6)", op: 0x17, access: accReserve, legacyOK: true, usage: []byte{0x17, 0, 0, 0, 0, 0},
+			decode: decodeNoData, exec: execRelease},
+		{name: "MODE SENSE(6)", op: 0x1a, access: accRead, usage: []byte{0x1a, 0x08, 0xff, 0xff, 0xff, 0},
 			decode: decodeModeSense, exec: execModeSense},
+		{name: "START STOP UNIT", op: 0x1b, access: accWrite, usage: []byte{0x1b, 0x01, 0, 0x0f, 0xf7, 0},
+			decode: decodeStartStop, exec: execNoop},
+		{name: "PREVENT ALLOW MEDIUM REMOVAL", op: 0x1e, access: accRead, usage: []byte{0x1e, 0, 0, 0, 0x03, 0},
+			decode: decodeNoData, exec: execNoop},
 		{name: "READ CAPACITY(10)", op: 0x25, usage: []byte{0x25, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0x01, 0},
 			decode: decodeReadCapacity10, exec: execReadCapacity10},
-		{name: "READ(10)", op: 0x28, usage: []byte{0x28, 0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0},
+		{name: "READ(10)", op: 0x28, access: accRead, usage: u(0x28, 0x18, lba10),
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(10)", op: 0x2a, usage: []byte{0x2a, 0x18, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0},
+		{name: "WRITE(10)", op: 0x2a, access: accWrite, usage: u(0x2a, 0x18, lba10),
 			decode: decodeRW, exec: execWrite},
-		{name: "VERIFY(10)", op: 0x2f, usage: []byte{0x2f, 0x16, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0},
+		{name: "WRITE AND VERIFY(10)", op: 0x2e, access: accWrite, usage: u(0x2e, 0x12, lba10),
+			decode: decodeWriteVerify, exec: execWriteVerify},
+		{name: "VERIFY(10)", op: 0x2f, access: accRead, usage: u(0x2f, 0x16, lba10),
 			decode: decodeVerify, exec: execVerify},
-		{name: "SYNCHRONIZE CACHE(10)", op: 0x35, usage: []byte{0x35, 0x02, 0xff, 0xff, 0xff, 0xff, 0, 0xff, 0xff, 0},
+		{name: "PRE-FETCH(10)", op: 0x34, access: accRead, usage: u(0x34, 0x02, lba10),
+			decode: decodePrefetch, exec: execNoop},
+		{name: "SYNCHRONIZE CACHE(10)", op: 0x35, access: accWrite, usage: u(0x35, 0x02, lba10),
 			decode: decodeSyncCache, exec: execSyncCache},
-		{name: "MODE SENSE(10)", op: 0x5a, usage: []byte{0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0},
+		{name: "READ DEFECT DATA(10)", op: 0x37, access: accRead, usage: []byte{0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0},
+			decode: decodeReadDefect, exec: execReadDefect},
+		{name: "RESERVE(10)", op: 0x56, access: accReserve, usage: []byte{0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+			decode: decodeNoData, exec: execReserve},
+		{name: "RELEASE(10)", op: 0x57, access: accReserve, legacyOK: true, usage: []byte{0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+			decode: decodeNoData, exec: execRelease},
+		{name: "MODE SENSE(10)", op: 0x5a, access: accRead, usage: []byte{0x5a, 0x18, 0xff, 0xff, 0, 0, 0, 0xff, 0xff, 0},
 			decode: decodeModeSense, exec: execModeSense},
-		{name: "READ(16)", op: 0x88, usage: []byte{0x88, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "READ(16)", op: 0x88, access: accRead, usage: u(0x88, 0x18, lba16),
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(16)", op: 0x8a, usage: []byte{0x8a, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "WRITE(16)", op: 0x8a, access: accWrite, usage: u(0x8a, 0x18, lba16),
 			decode: decodeRW, exec: execWrite},
-		{name: "VERIFY(16)", op: 0x8f, usage: []byte{0x8f, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "WRITE AND VERIFY(16)", op: 0x8e, access: accWrite, usage: u(0x8e, 0x12, lba16),
+			decode: decodeWriteVerify, exec: execWriteVerify},
+		{name: "VERIFY(16)", op: 0x8f, access: accRead, usage: u(0x8f, 0x16, lba16),
 			decode: decodeVerify, exec: execVerify},
-		{name: "SYNCHRONIZE CACHE(16)", op: 0x91, usage: []byte{0x91, 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "PRE-FETCH(16)", op: 0x90, access: accRead, usage: u(0x90, 0x02, lba16),
+			decode: decodePrefetch, exec: execNoop},
+		{name: "SYNCHRONIZE CACHE(16)", op: 0x91, access: accWrite, usage: u(0x91, 0x02, lba16),
 			decode: decodeSyncCache, exec: execSyncCache},
-		{name: "READ CAPACITY(16)", op: 0x9e, sa: 0x10, hasSA: true, usage: []byte{0x9e, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "READ CAPACITY(16)", op: 0x9e, sa: 0x10, hasSA: true, usage: u(0x9e, 0x10, lba16),
 			decode: decodeReadCapacity16, exec: execReadCapacity16},
-		{name: "REPORT LUNS", op: 0xa0, anyLUN: true, usage: []byte{0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "REPORT LUNS", op: 0xa0, anyLUN: true, legacyOK: true, usage: []byte{0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0},
 			decode: decodeReportLUNs, exec: execReportLUNs},
-		{name: "REPORT SUPPORTED OPERATION CODES", op: 0xa3, sa: 0x0c, hasSA: true, usage: []byte{0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "REPORT SUPPORTED OPERATION CODES", op: 0xa3, sa: 0x0c, hasSA: true, legacyOK: true, usage: []byte{0xa3, 0x0c, 0x87, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
 			decode: decodeReportOpcodes, exec: execReportOpcodes},
-		{name: "READ(12)", op: 0xa8, usage: []byte{0xa8, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "READ(12)", op: 0xa8, access: accRead, usage: u(0xa8, 0x18, lba12),
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(12)", op: 0xaa, usage: []byte{0xaa, 0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "WRITE(12)", op: 0xaa, access: accWrite, usage: u(0xaa, 0x18, lba12),
 			decode: decodeRW, exec: execWrite},
-		{name: "VERIFY(12)", op: 0xaf, usage: []byte{0xaf, 0x16, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+		{name: "WRITE AND VERIFY(12)", op: 0xae, access: accWrite, usage: u(0xae, 0x12, lba12),
+			decode: decodeWriteVerify, exec: execWriteVerify},
+		{name: "VERIFY(12)", op: 0xaf, access: accRead, usage: u(0xaf, 0x16, lba12),
 			decode: decodeVerify, exec: execVerify},
+		{name: "READ DEFECT DATA(12)", op: 0xb7, access: accRead, usage: []byte{0xb7, 0x1f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0},
+			decode: decodeReadDefect, exec: execReadDefect},
 	}
+	return append(specs, persistentReserveSpecs()...)
 }
 
 // lookup finds the spec for an opcode and, for commands with service
@@ -248,12 +292,19 @@ func (lu *logicalUnit) decodeCDB(cdb []byte, lunOK bool) (*scsiCmd, *sense) {
 // (possibly fewer than c.outLen when the initiator's Expected Data Transfer
 // Length was short); in is a buffer of c.inLen bytes for block reads.
 func (lu *logicalUnit) execute(ctx context.Context, c *scsiCmd, out, in []byte) result {
+	if lu.reservationConflict(c) {
+		return result{status: statusReservationConflict}
+	}
 	return c.spec.exec(ctx, lu, c, out, in)
 }
 
 func decodeNoData(*logicalUnit, *scsiCmd) *sense { return nil }
 
-func execTestUnitReady(context.Context, *logicalUnit, *scsiCmd, []byte, []byte) result {
+// execNoop completes commands that have nothing to do once decoded: TEST
+// UNIT READY, PRE-FETCH (there is no cache to fill), START STOP UNIT and
+// PREVENT ALLOW MEDIUM REMOVAL (the medium is not removable and always
+// ready).
+func execNoop(context.Context, *logicalUnit, *scsiCmd, []byte, []byte) result {
 	return good(nil)
 }
 
@@ -862,4 +913,76 @@ func execReportOpcodes(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []by
 		b = append(b, timeoutsDescriptor...)
 	}
 	return good(truncate(b, c.alloc))
+}
+
+func decodeWriteVerify(lu *logicalUnit, c *scsiCmd) *sense {
+	if s := decodeRW(lu, c); s != nil {
+		return s
+	}
+	c.bytchk = c.cdb[1] >> 1 & 3
+	if c.bytchk > 1 {
+		return invalidField(1, 2)
+	}
+	c.fua = false // WRITE AND VERIFY has no FUA bit; bit 3 is reserved
+	return nil
+}
+
+// execWriteVerify writes the data, then reads it back from the medium and,
+// with BYTCHK, compares it with what was sent.
+func execWriteVerify(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) result {
+	if r := execWrite(ctx, lu, c, out, nil); r.status != statusGood || len(out) == 0 {
+		return r
+	}
+	back := make([]byte, len(out))
+	if err := lu.backend.ReadAt(ctx, back, int64(c.lba)*int64(lu.blockSize)); err != nil {
+		return check(senseReadError)
+	}
+	if c.bytchk == 1 {
+		if i := firstDiff(back, out); i >= 0 {
+			return check(miscompare(i))
+		}
+	}
+	return good(nil)
+}
+
+func decodePrefetch(lu *logicalUnit, c *scsiCmd) *sense {
+	lba, blocks, lenOff := rwFields(c.cdb)
+	if blocks > lu.maxXferBlocks {
+		return invalidField(lenOff, -1)
+	}
+	if s := lu.checkRange(lba, blocks); s != nil {
+		return s
+	}
+	c.lba, c.blocks = lba, blocks
+	return nil
+}
+
+func decodeStartStop(lu *logicalUnit, c *scsiCmd) *sense {
+	switch c.cdb[4] >> 4 { // POWER CONDITION
+	case 0x0, 0x1, 0x2, 0x3, 0x7, 0xa, 0xb:
+		return nil
+	}
+	return invalidField(4, 7)
+}
+
+func decodeReadDefect(lu *logicalUnit, c *scsiCmd) *sense {
+	c.dir = dirIn
+	if c.cdb[0] == 0x37 {
+		c.alloc = uint32(be16(c.cdb[7:]))
+	} else {
+		c.alloc = be32(c.cdb[6:])
+	}
+	return nil
+}
+
+// execReadDefect reports empty primary and grown defect lists: a volume
+// has no defective blocks of its own.
+func execReadDefect(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []byte) result {
+	var flags byte
+	if c.cdb[0] == 0x37 {
+		flags = c.cdb[2] & 0x1f
+		return good(truncate([]byte{0, flags, 0, 0}, c.alloc))
+	}
+	flags = c.cdb[1] & 0x1f
+	return good(truncate([]byte{0, flags, 0, 0, 0, 0, 0, 0}, c.alloc))
 }

@@ -4,11 +4,12 @@ import "fmt"
 
 // SCSI status codes (SAM-5).
 const (
-	statusGood           = 0x00
-	statusCheckCondition = 0x02
-	statusBusy           = 0x08
-	statusTaskSetFull    = 0x28
-	statusTaskAborted    = 0x40
+	statusGood                = 0x00
+	statusCheckCondition      = 0x02
+	statusBusy                = 0x08
+	statusReservationConflict = 0x18
+	statusTaskSetFull         = 0x28
+	statusTaskAborted         = 0x40
 )
 
 // Sense keys (SPC-4 table 48).
@@ -36,6 +37,7 @@ const (
 	ascInvalidFieldInCDB       = 0x2400
 	ascLUNotSupported          = 0x2500
 	ascInvalidFieldInParamList = 0x2600
+	ascInvalidReleaseOfPR      = 0x2604
 	ascSavingParamsUnsupported = 0x3900
 	ascInternalTargetFailure   = 0x4400
 	ascDataPhaseError          = 0x4b00

@@ -54,6 +54,7 @@ type session struct {
 	isid      [6]byte
 	cid       uint16
 	initiator string
+	nexus     string // initiator port name: the I_T nexus for reservations
 	target    *target // nil in a discovery session
 	lu        *logicalUnit
 	discovery bool
@@ -103,6 +104,7 @@ func newSession(c *conn, m *loginMachine) *session {
 		isid:      m.isid,
 		cid:       m.cid,
 		initiator: m.initiatorName,
+		nexus:     initiatorPort(m.initiatorName, m.isid),
 		target:    m.target,
 		discovery: m.discovery,
 		params:    m.neg.final(),
@@ -178,6 +180,9 @@ func (s *session) serve(ctx context.Context) {
 	cancel()
 	s.tasks.Wait()
 
+	if s.lu != nil {
+		s.lu.nexusLost(s.nexus)
+	}
 	if s.logout != nil {
 		s.sendLogoutResponse()
 	}
@@ -538,6 +543,9 @@ func (s *session) taskManagement(r *taskMgmtRequest) (uint8, func()) {
 		others := s.srv.targetSessions(s.target)
 		for _, o := range others {
 			o.abortAll()
+		}
+		if r.Function != tmfClearTaskSet {
+			s.lu.reset()
 		}
 		if r.Function == tmfTargetColdReset {
 			// A cold reset drops every connection of the target, this one

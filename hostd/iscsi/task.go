@@ -113,6 +113,7 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 		s.sendResult(&cmd, nil, 0, check(sn), nil)
 		return nil
 	}
+	c.nexus = s.nexus
 
 	t := &task{
 		s:         s,
