@@ -54,7 +54,7 @@ type session struct {
 	isid      [6]byte
 	cid       uint16
 	initiator string
-	nexus     string // initiator port name: the I_T nexus for reservations
+	nexus     string  // initiator port name: the I_T nexus for reservations
 	target    *target // nil in a discovery session
 	lu        *logicalUnit
 	discovery bool
