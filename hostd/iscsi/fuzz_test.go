@@ -69,7 +69,7 @@ func FuzzCDB(f *testing.F) {
 	lu := newLogicalUnit(be, 512, 1<<20, 1<<20, "fuzz", testIQN)
 	f.Fuzz(func(t *testing.T, cdb, out []byte) {
 		for _, lunOK := range []bool{true, false} {
-			c, s := lu.decodeCDB(cdb, lunOK)
+			c, s := lu.decodeCDB(cdb, lunOK, uint32(len(out)))
 			if s != nil {
 				_ = s.marshal()
 				continue

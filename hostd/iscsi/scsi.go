@@ -33,7 +33,8 @@ const physicalBlockSize = 4096
 // logicalUnit is LUN 0 of a target: the SCSI block device in front of a
 // Backend. It holds no mutable state; every field is set at AddTarget.
 type logicalUnit struct {
-	mu struct {
+	locks extentLocks
+	mu    struct {
 		sync.Mutex
 		legacyHolder string // initiator port holding a RESERVE(6)/(10), "" if none
 		pr           prState
@@ -102,6 +103,7 @@ type scsiCmd struct {
 	inLen  uint32 // Data-In bytes of block reads; the transport provides the buffer
 	lunOK  bool   // the command addresses LUN 0
 	nexus  string // initiator port name of the I_T nexus, for reservations
+	edtl   uint32 // the initiator's Expected Data Transfer Length
 }
 
 // result is the outcome of a command.
@@ -196,6 +198,8 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeSyncCache, exec: execSyncCache},
 		{name: "READ DEFECT DATA(10)", op: 0x37, access: accRead, usage: []byte{0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0},
 			decode: decodeReadDefect, exec: execReadDefect},
+		{name: "WRITE SAME(10)", op: 0x41, access: accWrite, usage: u(0x41, 0x08, lba10),
+			decode: decodeWriteSame, exec: execWriteSame},
 		{name: "RESERVE(10)", op: 0x56, access: accReserve, usage: []byte{0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0},
 			decode: decodeNoData, exec: execReserve},
 		{name: "RELEASE(10)", op: 0x57, access: accReserve, legacyOK: true, usage: []byte{0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0},
@@ -206,6 +210,10 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeRW, exec: execRead},
 		{name: "WRITE(16)", op: 0x8a, access: accWrite, usage: u(0x8a, 0x18, lba16),
 			decode: decodeRW, exec: execWrite},
+		{name: "COMPARE AND WRITE", op: 0x89, access: accWrite, usage: []byte{0x89, 0x18, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0, 0, ff, 0, 0},
+			decode: decodeCompareAndWrite, exec: execCompareAndWrite},
+		{name: "ORWRITE(16)", op: 0x8b, access: accWrite, usage: u(0x8b, 0x18, lba16),
+			decode: decodeRW, exec: execOrWrite},
 		{name: "WRITE AND VERIFY(16)", op: 0x8e, access: accWrite, usage: u(0x8e, 0x12, lba16),
 			decode: decodeWriteVerify, exec: execWriteVerify},
 		{name: "VERIFY(16)", op: 0x8f, access: accRead, usage: u(0x8f, 0x16, lba16),
@@ -214,6 +222,8 @@ func commandSpecs() []*cmdSpec {
 			decode: decodePrefetch, exec: execNoop},
 		{name: "SYNCHRONIZE CACHE(16)", op: 0x91, access: accWrite, usage: u(0x91, 0x02, lba16),
 			decode: decodeSyncCache, exec: execSyncCache},
+		{name: "WRITE SAME(16)", op: 0x93, access: accWrite, usage: u(0x93, 0x09, lba16),
+			decode: decodeWriteSame, exec: execWriteSame},
 		{name: "READ CAPACITY(16)", op: 0x9e, sa: 0x10, hasSA: true, usage: u(0x9e, 0x10, lba16),
 			decode: decodeReadCapacity16, exec: execReadCapacity16},
 		{name: "REPORT LUNS", op: 0xa0, anyLUN: true, legacyOK: true, usage: []byte{0xa0, 0, 0xff, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0},
@@ -251,7 +261,7 @@ func (t *commandTable) lookup(op, sa byte) (spec *cmdSpec, opKnown bool) {
 
 // decodeCDB validates a CDB and fills a scsiCmd. It does no I/O: the
 // transport calls it before it accepts any data for the command.
-func (lu *logicalUnit) decodeCDB(cdb []byte, lunOK bool) (*scsiCmd, *sense) {
+func (lu *logicalUnit) decodeCDB(cdb []byte, lunOK bool, edtl uint32) (*scsiCmd, *sense) {
 	if len(cdb) == 0 {
 		return nil, senseInvalidOpcode
 	}
@@ -269,7 +279,7 @@ func (lu *logicalUnit) decodeCDB(cdb []byte, lunOK bool) (*scsiCmd, *sense) {
 	if len(cdb) < spec.cdbLen() {
 		return nil, senseInvalidOpcode
 	}
-	c := &scsiCmd{spec: spec, cdb: cdb[:spec.cdbLen()], lunOK: lunOK}
+	c := &scsiCmd{spec: spec, cdb: cdb[:spec.cdbLen()], lunOK: lunOK, edtl: edtl}
 	if !lunOK && !spec.anyLUN {
 		return nil, senseLUNotSupported
 	}
@@ -385,7 +395,9 @@ func execWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) 
 	if len(out) == 0 {
 		return good(nil)
 	}
-	if err := lu.backend.WriteAt(ctx, out, int64(c.lba)*int64(lu.blockSize), c.fua); err != nil {
+	off := int64(c.lba) * int64(lu.blockSize)
+	defer lu.locks.shared(off, int64(len(out)))()
+	if err := lu.backend.WriteAt(ctx, out, off, c.fua); err != nil {
 		return check(senseWriteError)
 	}
 	return good(nil)
@@ -698,6 +710,8 @@ func (lu *logicalUnit) deviceIdentification() []byte {
 // blockLimits is the payload of VPD page 0xB0 (SBC-3 6.5.3), 0x3c bytes.
 func (lu *logicalUnit) blockLimits() []byte {
 	p := make([]byte, 0x3c)
+	p[0] = 0x01               // WSNZ: WRITE SAME needs a non-zero block count
+	p[1] = maxCompareAndWrite // MAXIMUM COMPARE AND WRITE LENGTH
 	gran := uint16(1)
 	if lu.blockSize < physicalBlockSize {
 		gran = uint16(physicalBlockSize / lu.blockSize)
@@ -706,9 +720,9 @@ func (lu *logicalUnit) blockLimits() []byte {
 	put32(p[4:], lu.maxXferBlocks)  // MAXIMUM TRANSFER LENGTH
 	put32(p[8:], lu.optXferBlocks)  // OPTIMAL TRANSFER LENGTH
 	put32(p[12:], lu.maxXferBlocks) // MAXIMUM PREFETCH LENGTH
-	// MAXIMUM UNMAP LBA COUNT, MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT and
-	// MAXIMUM WRITE SAME LENGTH stay zero: UNMAP and WRITE SAME are not
-	// offered.
+	// MAXIMUM UNMAP LBA COUNT and MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
+	// stay zero: the volume is fully provisioned and UNMAP is not offered.
+	put64(p[32:], uint64(lu.maxWriteSameBlocks())) // MAXIMUM WRITE SAME LENGTH
 	return p
 }
 
@@ -985,4 +999,144 @@ func execReadDefect(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []byte)
 	}
 	flags = c.cdb[1] & 0x1f
 	return good(truncate([]byte{0, flags, 0, 0, 0, 0, 0, 0}, c.alloc))
+}
+
+// maxCompareAndWrite is the largest COMPARE AND WRITE in blocks.
+const maxCompareAndWrite = 255
+
+// maxWriteSameBytes bounds one WRITE SAME: it is carried out as writes of
+// up to writeSameChunk bytes, so its duration grows with its length.
+const (
+	maxWriteSameBytes = 128 << 20
+	writeSameChunk    = 1 << 20
+)
+
+func (lu *logicalUnit) maxWriteSameBlocks() uint32 { return maxWriteSameBytes / lu.blockSize }
+
+func decodeWriteSame(lu *logicalUnit, c *scsiCmd) *sense {
+	cdb := c.cdb
+	lba, blocks, lenOff := rwFields(cdb)
+	switch {
+	case cdb[1]>>5 != 0: // WRPROTECT
+		return invalidField(1, 7)
+	case cdb[1]&0x10 != 0: // ANCHOR: not supported (ANC_SUP=0)
+		return invalidField(1, 4)
+	case cdb[1]&0x08 != 0: // UNMAP: the volume is fully provisioned (LBPWS=0)
+		return invalidField(1, 3)
+	case cdb[1]&0x06 != 0: // PBDATA, LBDATA: obsolete
+		return invalidField(1, 2)
+	case blocks == 0: // WSNZ=1
+		return invalidField(lenOff, -1)
+	case blocks > lu.maxWriteSameBlocks():
+		return invalidField(lenOff, -1)
+	}
+	if s := lu.checkRange(lba, blocks); s != nil {
+		return s
+	}
+	c.lba, c.blocks = lba, blocks
+	if cdb[0] == 0x93 && cdb[1]&0x01 != 0 { // NDOB: write zeros, no Data-Out
+		return nil
+	}
+	c.dir, c.outLen = dirOut, lu.blockSize
+	return nil
+}
+
+// execWriteSame writes one block (or zeros with NDOB) over the range.
+func execWriteSame(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) result {
+	bs := int(lu.blockSize)
+	if c.dir == dirOut && len(out) != bs {
+		return check(senseInvalidIU)
+	}
+	total := int64(c.blocks) * int64(bs)
+	chunk := make([]byte, min(int64(writeSameChunk/bs*bs), total))
+	if c.dir == dirOut {
+		for i := 0; i < len(chunk); i += bs {
+			copy(chunk[i:], out)
+		}
+	}
+	off := int64(c.lba) * int64(bs)
+	defer lu.locks.shared(off, total)()
+	for done := int64(0); done < total; {
+		n := min(int64(len(chunk)), total-done)
+		if err := lu.backend.WriteAt(ctx, chunk[:n], off+done, false); err != nil {
+			return check(senseWriteError)
+		}
+		done += n
+	}
+	return good(nil)
+}
+
+func decodeCompareAndWrite(lu *logicalUnit, c *scsiCmd) *sense {
+	cdb := c.cdb
+	lba := be64(cdb[2:])
+	blocks := uint32(cdb[13])
+	switch {
+	case cdb[1]>>5 != 0: // WRPROTECT
+		return invalidField(1, 7)
+	case blocks > maxCompareAndWrite:
+		return invalidField(13, -1)
+	case c.edtl != 2*blocks*lu.blockSize:
+		// The Data-Out buffer holds the verify and the write data; any
+		// other length cannot be split into the two.
+		return invalidField(13, -1)
+	}
+	if s := lu.checkRange(lba, blocks); s != nil {
+		return s
+	}
+	c.lba, c.blocks = lba, blocks
+	c.fua = cdb[1]&0x08 != 0
+	if blocks > 0 {
+		c.dir, c.outLen = dirOut, 2*blocks*lu.blockSize
+	}
+	return nil
+}
+
+// execCompareAndWrite compares the first half of the Data-Out buffer with
+// the medium and, if it matches, writes the second half, atomically with
+// respect to every other write.
+func execCompareAndWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) result {
+	if c.blocks == 0 {
+		return good(nil)
+	}
+	if uint32(len(out)) != c.outLen {
+		return check(senseInvalidIU)
+	}
+	n := len(out) / 2
+	off := int64(c.lba) * int64(lu.blockSize)
+	defer lu.locks.exclusive(off, int64(n))()
+	cur := make([]byte, n)
+	if err := lu.backend.ReadAt(ctx, cur, off); err != nil {
+		return check(senseReadError)
+	}
+	if i := firstDiff(cur, out[:n]); i >= 0 {
+		return check(miscompare(i))
+	}
+	if err := lu.backend.WriteAt(ctx, out[n:], off, c.fua); err != nil {
+		return check(senseWriteError)
+	}
+	return good(nil)
+}
+
+// execOrWrite ORs the Data-Out buffer into the medium, atomically with
+// respect to every other write.
+func execOrWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) result {
+	if len(out)%int(lu.blockSize) != 0 {
+		return check(senseInvalidIU)
+	}
+	if len(out) == 0 {
+		return good(nil)
+	}
+	off := int64(c.lba) * int64(lu.blockSize)
+	defer lu.locks.exclusive(off, int64(len(out)))()
+	cur := make([]byte, len(out))
+	if err := lu.backend.ReadAt(ctx, cur, off); err != nil {
+		return check(senseReadError)
+	}
+	for i := range cur {
+		cur[i] |= out[i]
+	}
+	if err := lu.backend.WriteAt(ctx, cur, off, c.fua); err != nil {
+		return check(senseWriteError)
+	}
+	return good(nil)
 }

@@ -37,59 +37,75 @@ func TestDecodeCDB(t *testing.T) {
 		cdb   []byte
 		lunOK bool
 		want  want
+		edtl  uint32
 	}{
-		{"test unit ready", []byte{0x00, 0, 0, 0, 0, 0}, true, want{}},
-		{"unknown opcode", []byte{0xff, 0, 0, 0, 0, 0}, true, want{sense: ascInvalidOpcode}},
-		{"empty CDB", []byte{}, true, want{sense: ascInvalidOpcode}},
-		{"NACA set", []byte{0x00, 0, 0, 0, 0, 0x04}, true, want{sense: ascInvalidFieldInCDB}},
-		{"LINK set", []byte{0x00, 0, 0, 0, 0, 0x01}, true, want{sense: ascInvalidFieldInCDB}},
-		{"read10", cdbRead10(0, 8), true, want{dir: dirIn, inLen: 4096, blocks: 8}},
-		{"read10 last block", cdbRead10(2047, 1), true, want{dir: dirIn, inLen: 512, blocks: 1}},
-		{"read10 past end", cdbRead10(2047, 2), true, want{sense: ascLBAOutOfRange}},
-		{"read10 zero blocks at capacity", cdbRead10(2048, 0), true, want{dir: dirIn}},
-		{"read10 zero blocks past capacity", cdbRead10(2049, 0), true, want{sense: ascLBAOutOfRange}},
-		{"read10 lba -1", cdbRead10(0xffffffff, 1), true, want{sense: ascLBAOutOfRange}},
-		{"read10 rdprotect", append([]byte{0x28, 0x20}, cdbRead10(0, 1)[2:]...), true, want{sense: ascInvalidFieldInCDB}},
-		{"read10 fua", cdbRead10WithFUA(0, 1), true, want{dir: dirIn, inLen: 512, blocks: 1, fua: true}},
-		{"read10 over max transfer", func() []byte { b := cdbRead10(0, 0); put16(b[7:], 0xffff); return b }(), true, want{sense: ascInvalidFieldInCDB}},
-		{"read6 zero means 256", []byte{0x08, 0, 0, 0, 0, 0}, true, want{dir: dirIn, inLen: 256 * 512, blocks: 256}},
-		{"read6 lba bits", []byte{0x08, 0x1f, 0xff, 0xff, 1, 0}, true, want{sense: ascLBAOutOfRange}},
-		{"read12", func() []byte { b := make([]byte, 12); b[0] = 0xa8; put32(b[6:], 4); return b }(), true, want{dir: dirIn, inLen: 2048, blocks: 4}},
-		{"read16", cdb16(0x88, 10, 2), true, want{dir: dirIn, inLen: 1024, blocks: 2}},
-		{"read16 lba wraps", cdb16(0x88, 0xffffffffffffffff, 2), true, want{sense: ascLBAOutOfRange}},
-		{"write10 fua", cdbWrite10(1, 2, true), true, want{dir: dirOut, outLen: 1024, blocks: 2, fua: true}},
-		{"write6", []byte{0x0a, 0, 0, 4, 1, 0}, true, want{dir: dirOut, outLen: 512, blocks: 1}},
-		{"write16 wrprotect", func() []byte { b := cdb16(0x8a, 0, 1); b[1] = 0xe0; return b }(), true, want{sense: ascInvalidFieldInCDB}},
-		{"write on missing LUN", cdbWrite10(0, 1, false), false, want{sense: ascLUNotSupported}},
-		{"inquiry on missing LUN", []byte{0x12, 0, 0, 0, 96, 0}, false, want{dir: dirIn}},
-		{"inquiry page without evpd", []byte{0x12, 0, 0x80, 0, 96, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"inquiry unknown page", []byte{0x12, 1, 0x99, 0, 96, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"inquiry cmddt", []byte{0x12, 2, 0, 0, 96, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"read capacity10 lba without pmi", []byte{0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"read capacity10", []byte{0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0}, true, want{dir: dirIn}},
-		{"read capacity16", []byte{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, true, want{dir: dirIn}},
-		{"service action in, unknown action", []byte{0x9e, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"mode sense all pages", []byte{0x1a, 0, 0x3f, 0, 255, 0}, true, want{dir: dirIn}},
-		{"mode sense caching", []byte{0x1a, 0, 0x08, 0, 255, 0}, true, want{dir: dirIn}},
-		{"mode sense unknown page", []byte{0x1a, 0, 0x01, 0, 255, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"mode sense saved values", []byte{0x1a, 0, 0xc8, 0, 255, 0}, true, want{sense: ascSavingParamsUnsupported}},
-		{"mode sense subpage", []byte{0x5a, 0, 0x0a, 1, 0, 0, 0, 0, 255, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"report luns", []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0}, false, want{dir: dirIn}},
-		{"report luns short allocation", []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 0, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"report luns bad select", []byte{0xa0, 0, 3, 0, 0, 0, 0, 0, 0, 16, 0, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"report opcodes bad option", []byte{0xa3, 0x0c, 4, 0, 0, 0, 0, 0, 1, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"report opcodes one command with service actions", []byte{0xa3, 0x0c, 1, 0x9e, 0, 0, 0, 0, 1, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"report opcodes service action of plain command", []byte{0xa3, 0x0c, 2, 0x28, 0, 0, 0, 0, 1, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"verify bytchk 2", []byte{0x2f, 0x04, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}},
-		{"verify bytchk 1", []byte{0x2f, 0x02, 0, 0, 0, 0, 0, 0, 4, 0}, true, want{dir: dirOut, outLen: 2048, blocks: 4}},
-		{"verify bytchk 3", []byte{0x2f, 0x06, 0, 0, 0, 0, 0, 0, 4, 0}, true, want{dir: dirOut, outLen: 512, blocks: 4}},
-		{"verify bytchk 0", []byte{0x2f, 0, 0, 0, 0, 0, 0, 0, 4, 0}, true, want{blocks: 4}},
-		{"sync cache past end", []byte{0x35, 0, 0, 0, 0x08, 0, 0, 0, 1, 0}, true, want{sense: ascLBAOutOfRange}},
-		{"sync cache16 whole", cdb16(0x91, 0, 0), true, want{}},
+		{"test unit ready", []byte{0x00, 0, 0, 0, 0, 0}, true, want{}, 0},
+		{"unknown opcode", []byte{0xff, 0, 0, 0, 0, 0}, true, want{sense: ascInvalidOpcode}, 0},
+		{"empty CDB", []byte{}, true, want{sense: ascInvalidOpcode}, 0},
+		{"NACA set", []byte{0x00, 0, 0, 0, 0, 0x04}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"LINK set", []byte{0x00, 0, 0, 0, 0, 0x01}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"read10", cdbRead10(0, 8), true, want{dir: dirIn, inLen: 4096, blocks: 8}, 0},
+		{"read10 last block", cdbRead10(2047, 1), true, want{dir: dirIn, inLen: 512, blocks: 1}, 0},
+		{"read10 past end", cdbRead10(2047, 2), true, want{sense: ascLBAOutOfRange}, 0},
+		{"read10 zero blocks at capacity", cdbRead10(2048, 0), true, want{dir: dirIn}, 0},
+		{"read10 zero blocks past capacity", cdbRead10(2049, 0), true, want{sense: ascLBAOutOfRange}, 0},
+		{"read10 lba -1", cdbRead10(0xffffffff, 1), true, want{sense: ascLBAOutOfRange}, 0},
+		{"read10 rdprotect", append([]byte{0x28, 0x20}, cdbRead10(0, 1)[2:]...), true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"read10 fua", cdbRead10WithFUA(0, 1), true, want{dir: dirIn, inLen: 512, blocks: 1, fua: true}, 0},
+		{"read10 over max transfer", func() []byte { b := cdbRead10(0, 0); put16(b[7:], 0xffff); return b }(), true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"read6 zero means 256", []byte{0x08, 0, 0, 0, 0, 0}, true, want{dir: dirIn, inLen: 256 * 512, blocks: 256}, 0},
+		{"read6 lba bits", []byte{0x08, 0x1f, 0xff, 0xff, 1, 0}, true, want{sense: ascLBAOutOfRange}, 0},
+		{"read12", func() []byte { b := make([]byte, 12); b[0] = 0xa8; put32(b[6:], 4); return b }(), true, want{dir: dirIn, inLen: 2048, blocks: 4}, 0},
+		{"read16", cdb16(0x88, 10, 2), true, want{dir: dirIn, inLen: 1024, blocks: 2}, 0},
+		{"read16 lba wraps", cdb16(0x88, 0xffffffffffffffff, 2), true, want{sense: ascLBAOutOfRange}, 0},
+		{"write10 fua", cdbWrite10(1, 2, true), true, want{dir: dirOut, outLen: 1024, blocks: 2, fua: true}, 0},
+		{"write6", []byte{0x0a, 0, 0, 4, 1, 0}, true, want{dir: dirOut, outLen: 512, blocks: 1}, 0},
+		{"write16 wrprotect", func() []byte { b := cdb16(0x8a, 0, 1); b[1] = 0xe0; return b }(), true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"write on missing LUN", cdbWrite10(0, 1, false), false, want{sense: ascLUNotSupported}, 0},
+		{"inquiry on missing LUN", []byte{0x12, 0, 0, 0, 96, 0}, false, want{dir: dirIn}, 0},
+		{"inquiry page without evpd", []byte{0x12, 0, 0x80, 0, 96, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"inquiry unknown page", []byte{0x12, 1, 0x99, 0, 96, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"inquiry cmddt", []byte{0x12, 2, 0, 0, 96, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"read capacity10 lba without pmi", []byte{0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"read capacity10", []byte{0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0}, true, want{dir: dirIn}, 0},
+		{"read capacity16", []byte{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, true, want{dir: dirIn}, 0},
+		{"service action in, unknown action", []byte{0x9e, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"mode sense all pages", []byte{0x1a, 0, 0x3f, 0, 255, 0}, true, want{dir: dirIn}, 0},
+		{"mode sense caching", []byte{0x1a, 0, 0x08, 0, 255, 0}, true, want{dir: dirIn}, 0},
+		{"mode sense unknown page", []byte{0x1a, 0, 0x01, 0, 255, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"mode sense saved values", []byte{0x1a, 0, 0xc8, 0, 255, 0}, true, want{sense: ascSavingParamsUnsupported}, 0},
+		{"mode sense subpage", []byte{0x5a, 0, 0x0a, 1, 0, 0, 0, 0, 255, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"report luns", []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0}, false, want{dir: dirIn}, 0},
+		{"report luns short allocation", []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"report luns bad select", []byte{0xa0, 0, 3, 0, 0, 0, 0, 0, 0, 16, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"report opcodes bad option", []byte{0xa3, 0x0c, 4, 0, 0, 0, 0, 0, 1, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"report opcodes one command with service actions", []byte{0xa3, 0x0c, 1, 0x9e, 0, 0, 0, 0, 1, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"report opcodes service action of plain command", []byte{0xa3, 0x0c, 2, 0x28, 0, 0, 0, 0, 1, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"verify bytchk 2", []byte{0x2f, 0x04, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"verify bytchk 1", []byte{0x2f, 0x02, 0, 0, 0, 0, 0, 0, 4, 0}, true, want{dir: dirOut, outLen: 2048, blocks: 4}, 0},
+		{"verify bytchk 3", []byte{0x2f, 0x06, 0, 0, 0, 0, 0, 0, 4, 0}, true, want{dir: dirOut, outLen: 512, blocks: 4}, 0},
+		{"verify bytchk 0", []byte{0x2f, 0, 0, 0, 0, 0, 0, 0, 4, 0}, true, want{blocks: 4}, 0},
+		{"sync cache past end", []byte{0x35, 0, 0, 0, 0x08, 0, 0, 0, 1, 0}, true, want{sense: ascLBAOutOfRange}, 0},
+		{"sync cache16 whole", cdb16(0x91, 0, 0), true, want{}, 0},
+		{"write same10", []byte{0x41, 0, 0, 0, 0, 0, 0, 0, 8, 0}, true, want{dir: dirOut, outLen: 512, blocks: 8}, 512},
+		{"write same10 zero blocks", []byte{0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
+		{"write same10 unmap", []byte{0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
+		{"write same10 anchor", []byte{0x41, 0x10, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
+		{"write same16 ndob", func() []byte { b := cdb16(0x93, 0, 4); b[1] = 1; return b }(), true, want{blocks: 4}, 0},
+		{"write same16 past end", cdb16(0x93, 2040, 9), true, want{sense: ascLBAOutOfRange}, 512},
+		{"compare and write", func() []byte { b := cdb16(0x89, 4, 0); b[13] = 2; return b }(), true, want{dir: dirOut, outLen: 2048, blocks: 2}, 2048},
+		{"compare and write length mismatch", func() []byte { b := cdb16(0x89, 4, 0); b[13] = 2; return b }(), true, want{sense: ascInvalidFieldInCDB}, 1024},
+		{"compare and write zero blocks with data", cdb16(0x89, 4, 0), true, want{sense: ascInvalidFieldInCDB}, 1024},
+		{"orwrite", cdb16(0x8b, 4, 2), true, want{dir: dirOut, outLen: 1024, blocks: 2}, 1024},
+		{"write and verify bytchk 2", []byte{0x2e, 0x04, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
+		{"persistent reserve in unknown action", []byte{0x5e, 0x04, 0, 0, 0, 0, 0, 0x10, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 0},
+		{"persistent reserve out bad length", []byte{0x5f, 0x00, 0, 0, 0, 0, 0, 0, 20, 0}, true, want{sense: ascParamListLengthError}, 20},
+		{"persistent reserve out bad type", []byte{0x5f, 0x01, 0x02, 0, 0, 0, 0, 0, 24, 0}, true, want{sense: ascInvalidFieldInCDB}, 24},
+		{"persistent reserve out scope", []byte{0x5f, 0x01, 0x11, 0, 0, 0, 0, 0, 24, 0}, true, want{sense: ascInvalidFieldInCDB}, 24},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, s := lu.decodeCDB(tc.cdb, tc.lunOK)
+			c, s := lu.decodeCDB(tc.cdb, tc.lunOK, tc.edtl)
 			if tc.want.sense != 0 {
 				if s == nil || s.asc != tc.want.sense {
 					t.Fatalf("sense %v, want asc 0x%04x", s, tc.want.sense)
@@ -109,7 +125,7 @@ func TestDecodeCDB(t *testing.T) {
 // run decodes and executes a data-in command.
 func runCDB(t *testing.T, lu *logicalUnit, cdb []byte, out []byte) result {
 	t.Helper()
-	c, s := lu.decodeCDB(cdb, true)
+	c, s := lu.decodeCDB(cdb, true, uint32(len(out)))
 	if s != nil {
 		t.Fatalf("decode %x: %v", cdb, s)
 	}
@@ -129,7 +145,7 @@ func TestInquiryData(t *testing.T) {
 	if string(std[8:16]) != inquiryVendor || string(std[16:32]) != inquiryProduct {
 		t.Errorf("identification %q %q", std[8:16], std[16:32])
 	}
-	c, _ := lu.decodeCDB([]byte{0x12, 0, 0, 0, 96, 0}, false)
+	c, _ := lu.decodeCDB([]byte{0x12, 0, 0, 0, 96, 0}, false, 96)
 	if got := lu.execute(context.Background(), c, nil, nil).data; got[0] != 0x7f {
 		t.Errorf("INQUIRY on a missing LUN: byte 0 = %#x, want 0x7f", got[0])
 	}

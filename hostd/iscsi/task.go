@@ -107,7 +107,7 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 	}
 
 	lun, ok := lunFromWire(cmd.LUN)
-	c, sn := s.lu.decodeCDB(cdb, ok && lun == 0)
+	c, sn := s.lu.decodeCDB(cdb, ok && lun == 0, cmd.EDTL)
 	if sn != nil {
 		s.finishCmd(cmd.Immediate)
 		s.sendResult(&cmd, nil, 0, check(sn), nil)
