@@ -96,7 +96,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run serves until ctx is done, then closes every connection and chunk.
 func (s *Server) Run(ctx context.Context) error {
-	st, err := store.Open(s.cfg.DataDir, s.log)
+	st, err := store.Open(store.Config{Dir: s.cfg.DataDir, Logger: s.log})
 	if err != nil {
 		return err
 	}

@@ -1,41 +1,147 @@
 package store
 
 import (
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"testing"
+
+	"github.com/chunkraid/chunkraid/bitmap"
 )
 
-func TestHeaderRoundTrip(t *testing.T) {
-	h := Header{ID: "0f8c2c52-8d0b-4a39-9a55-3f3c0a8a9d11", Size: 64 << 20, Epoch: 7, Created: 1234567890}
-	b, err := h.MarshalBinary()
+// testLogState returns the persisted form of a LOG bitmap of a chunk of
+// size bytes with the given regions marked.
+func testLogState(t testing.TB, size, region int64, pinned bool, marks ...int64) []byte {
+	t.Helper()
+	l, err := bitmap.NewLog(bitmap.LogConfig{Size: size, RegionSize: region})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got Header
-	if err := got.UnmarshalBinary(b); err != nil {
+	for _, r := range marks {
+		l.Mark(r*region, 1)
+	}
+	if pinned {
+		l.Pin()
+	}
+	b, err := l.MarshalBinary()
+	if err != nil {
 		t.Fatal(err)
 	}
-	if got != h {
-		t.Fatalf("round trip: got %+v, want %+v", got, h)
+	return b
+}
+
+// v1Sidecar encodes a version-1 sidecar as earlier chunkservers wrote it.
+func v1Sidecar(id string, size int64, epoch uint64, created int64) []byte {
+	b := make([]byte, headerLen)
+	copy(b[0:8], headerMagic)
+	binary.LittleEndian.PutUint16(b[8:], headerVersion1)
+	binary.LittleEndian.PutUint16(b[10:], headerLen)
+	binary.LittleEndian.PutUint16(b[12:], uint16(len(id)))
+	binary.LittleEndian.PutUint64(b[16:], uint64(size))
+	binary.LittleEndian.PutUint64(b[32:], epoch)
+	binary.LittleEndian.PutUint64(b[40:], uint64(created))
+	copy(b[48:112], id)
+	binary.LittleEndian.PutUint32(b[124:], crc32.Checksum(b[:124], castagnoli))
+	return b
+}
+
+func TestHeaderRoundTrip(t *testing.T) {
+	tests := []struct {
+		name string
+		h    Header
+	}{
+		{"with LOG", Header{ID: "0f8c2c52-8d0b-4a39-9a55-3f3c0a8a9d11", Size: 64 << 20, MinEpoch: 7, Created: 1234567890,
+			Log: testLogState(t, 64<<20, 1<<20, true, 0, 5, 63)}},
+		{"without LOG", Header{ID: "c1", Size: 4096, MinEpoch: 0, Created: 1}},
+		{"many regions", Header{ID: "c2", Size: 1 << 30, MinEpoch: 1 << 40, Created: -5,
+			Log: testLogState(t, 1<<30, 4096, false, 1, 2, 3, 262143)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := tt.h.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b) != headerLen+len(tt.h.Log) {
+				t.Fatalf("encoded %d bytes, want %d", len(b), headerLen+len(tt.h.Log))
+			}
+			var got Header
+			if err := got.UnmarshalBinary(b); err != nil {
+				t.Fatal(err)
+			}
+			if !got.Equal(tt.h) || got.Version != headerVersion {
+				t.Fatalf("round trip: got %+v, want %+v (version 2)", got, tt.h)
+			}
+		})
+	}
+}
+
+func TestHeaderReadsVersion1(t *testing.T) {
+	var h Header
+	if err := h.UnmarshalBinary(v1Sidecar("old", 8192, 3, 99)); err != nil {
+		t.Fatal(err)
+	}
+	want := Header{ID: "old", Size: 8192, MinEpoch: 3, Created: 99}
+	if !h.Equal(want) || h.Version != 1 || h.Log != nil {
+		t.Fatalf("got %+v, want %+v version 1 without LOG", h, want)
 	}
 }
 
 func TestHeaderRejects(t *testing.T) {
-	good, err := Header{ID: "c1", Size: 4096}.MarshalBinary()
+	log := testLogState(t, 1<<20, 4096, false, 3)
+	good, err := Header{ID: "c1", Size: 1 << 20, Log: log}.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
 	flip := func(i int) []byte { b := append([]byte(nil), good...); b[i] ^= 0xff; return b }
+	// resum fixes the header CRC after a change, so that only the field
+	// itself is wrong.
+	resum := func(b []byte) []byte {
+		binary.LittleEndian.PutUint32(b[124:], crc32.Checksum(b[:124], castagnoli))
+		return b
+	}
+	otherSize, err := Header{ID: "c1", Size: 2 << 20, Log: log}.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := v1Sidecar("c1", 4096, 0, 0)
 	tests := []struct {
 		name string
 		b    []byte
 	}{
+		{"empty", nil},
 		{"short", good[:100]},
+		{"truncated LOG", good[:len(good)-1]},
+		{"trailing byte", append(append([]byte(nil), good...), 0)},
 		{"magic", flip(0)},
 		{"version", flip(8)},
+		{"version 3", resum(func() []byte { b := append([]byte(nil), good...); b[8] = 3; return b }())},
+		{"flags", resum(flip(14))},
 		{"size bit", flip(20)},
+		{"loglen", flip(24)},
+		{"loglen huge", resum(func() []byte {
+			b := append([]byte(nil), good...)
+			binary.LittleEndian.PutUint32(b[24:], maxLogLen+1)
+			return b
+		}())},
+		{"reserved 28", resum(flip(28))},
+		{"negative epoch", resum(flip(39))},
 		{"id byte", flip(48)},
+		{"id length", resum(func() []byte { b := append([]byte(nil), good...); b[12] = 65; return b }())},
 		{"checksum", flip(125)},
+		{"LOG magic", flip(headerLen)},
+		{"LOG bits", flip(len(good) - 8)},
+		{"LOG crc", flip(len(good) - 1)},
+		{"LOG of another size", resum(func() []byte {
+			b := append([]byte(nil), good...)
+			copy(b[16:24], otherSize[16:24])
+			return b
+		}())},
+		{"version 1 with loglen", resum(func() []byte {
+			b := append([]byte(nil), v1...)
+			binary.LittleEndian.PutUint32(b[24:], 1)
+			return append(b, 0)
+		}())},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -45,18 +151,26 @@ func TestHeaderRejects(t *testing.T) {
 			}
 		})
 	}
-	if _, err := (Header{ID: "", Size: 1}).MarshalBinary(); err == nil {
-		t.Fatal("empty id accepted")
+	for _, h := range []Header{{ID: "", Size: 1}, {ID: "x", Size: 0}, {ID: "x", Size: 1, MinEpoch: -1}} {
+		if _, err := h.MarshalBinary(); err == nil {
+			t.Fatalf("%+v encoded", h)
+		}
 	}
 }
 
 func FuzzHeader(f *testing.F) {
-	good, _ := Header{ID: "seed", Size: 1 << 20, Epoch: 1}.MarshalBinary()
+	good, _ := Header{ID: "seed", Size: 1 << 20, MinEpoch: 1, Log: testLogState(f, 1<<20, 65536, true, 2)}.MarshalBinary()
 	f.Add(good)
+	noLog, _ := Header{ID: "seed", Size: 1 << 20}.MarshalBinary()
+	f.Add(noLog)
+	f.Add(v1Sidecar("seed", 1<<20, 1, 2))
 	f.Add(make([]byte, headerLen))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h Header
 		if err := h.UnmarshalBinary(b); err != nil {
+			if !errors.Is(err, ErrCorruptHeader) {
+				t.Fatalf("error %v does not wrap ErrCorruptHeader", err)
+			}
 			return
 		}
 		out, err := h.MarshalBinary()
@@ -64,7 +178,7 @@ func FuzzHeader(f *testing.F) {
 			t.Fatalf("decoded header does not encode: %v", err)
 		}
 		var h2 Header
-		if err := h2.UnmarshalBinary(out); err != nil || h2 != h {
+		if err := h2.UnmarshalBinary(out); err != nil || !h2.Equal(h) {
 			t.Fatalf("re-decode: %+v %v, want %+v", h2, err, h)
 		}
 	})

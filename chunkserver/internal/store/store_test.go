@@ -9,7 +9,7 @@ import (
 
 func TestCreateReadWriteReopen(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, nil)
+	s, err := Open(Config{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +34,7 @@ func TestCreateReadWriteReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err = Open(dir, nil)
+	s, err = Open(Config{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestCreateReadWriteReopen(t *testing.T) {
 }
 
 func TestTrimAndExtents(t *testing.T) {
-	s, err := Open(t.TempDir(), nil)
+	s, err := Open(Config{Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestTrimAndExtents(t *testing.T) {
 
 func TestDeleteAndDamagedSidecar(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, nil)
+	s, err := Open(Config{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestDeleteAndDamagedSidecar(t *testing.T) {
 	if err := os.WriteFile(s.metaPath("b"), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(dir, nil)
+	s, err = Open(Config{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
