@@ -129,7 +129,7 @@ func (s *Server) detectFailures(ctx context.Context, conn *pgx.Conn) error {
 			if offline {
 				e.Kind = api.EventChunkserverOffline
 				e.Message = fmt.Sprintf("chunkserver %s is offline: no heartbeat for %s (offline after %v); it holds %d set members",
-					name, time.Duration(silent*float64(time.Second)).Round(100*time.Millisecond), s.cfg.OfflineAfter, members)
+					name, time.Duration(silent*float64(time.Second)).Round(time.Second), s.cfg.OfflineAfter, members)
 			} else {
 				e.Kind = api.EventChunkserverOnline
 				e.Message = fmt.Sprintf("chunkserver %s is online again", name)

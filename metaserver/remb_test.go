@@ -1,0 +1,731 @@
+package metaserver
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// events lists every event of volume (or all with ""), oldest first.
+func (ts *testServer) events(t *testing.T, volume string) []api.Event {
+	t.Helper()
+	evs, err := ts.Client.ListEvents(t.Context(), volume, 0, api.MaxEvents)
+	if err != nil {
+		t.Fatalf("list events: %v", err)
+	}
+	return evs
+}
+
+// eventsOf returns the events of kind among evs.
+func eventsOf(evs []api.Event, kind string) []api.Event {
+	var out []api.Event
+	for _, e := range evs {
+		if e.Kind == kind {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// clusterSecret reads the secret straight from the cluster row.
+func (ts *testServer) clusterSecret(t *testing.T) string {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), ts.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var s string
+	if err := conn.QueryRow(t.Context(), `SELECT secret FROM cluster`).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestClusterSecretAndBudgetAtRegistration(t *testing.T) {
+	t.Parallel()
+	url := newSchema(t)
+	cfg := Config{DatabaseURL: url, IOTimeout: 2 * time.Second, OfflineAfter: 8 * time.Second, LogPeriod: 30 * time.Second}
+	first := startServer(t, cfg)
+	ctx := t.Context()
+	cs, err := first.Client.RegisterChunkserver(ctx, chunkserverReq("cs-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := hex.DecodeString(cs.ClusterSecret); err != nil || len(b) != 32 {
+		t.Fatalf("cluster secret %q is not 32 bytes of hex", cs.ClusterSecret)
+	}
+	if cs.ClusterSecret != first.clusterSecret(t) {
+		t.Errorf("registration secret %q differs from the cluster row's", cs.ClusterSecret)
+	}
+	if cs.IOTimeoutMS != 2000 || cs.LogPeriodMS != 30000 {
+		t.Errorf("chunkserver registration budget: %+v", cs)
+	}
+	h, err := first.Client.RegisterHost(ctx, api.RegisterHostRequest{Name: "h1", ISCSIAddr: "127.0.0.1:3260"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.ClusterSecret != cs.ClusterSecret || h.IOTimeoutMS != 2000 || h.LogPeriodMS != 30000 {
+		t.Errorf("host registration: %+v, want the secret %q and the budget", h, cs.ClusterSecret)
+	}
+	c, err := first.Client.Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IOTimeoutMS != 2000 || c.OfflineAfterMS != 8000 || c.LogPeriodMS != 30000 || c.OfflineAfterSeconds != 8 {
+		t.Errorf("cluster budget: %+v", c)
+	}
+	if err := first.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A restart keeps the secret; a new cluster gets another.
+	second := startServer(t, cfg)
+	again, err := second.Client.RegisterChunkserver(ctx, chunkserverReq("cs-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.ClusterSecret != cs.ClusterSecret || again.ID != cs.ID {
+		t.Errorf("after a restart: secret %q id %d, want %q id %d", again.ClusterSecret, again.ID, cs.ClusterSecret, cs.ID)
+	}
+	other := startServer(t, Config{})
+	o, err := other.Client.RegisterChunkserver(ctx, chunkserverReq("cs-a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.ClusterSecret == cs.ClusterSecret {
+		t.Error("two clusters share a secret")
+	}
+}
+
+func TestTimeoutBudgetRejected(t *testing.T) {
+	const db = "postgres://postgres@127.0.0.1:5432/x"
+	tests := []struct {
+		name  string
+		cfg   Config
+		rules []string
+	}{
+		{"t_io above offline_after", Config{IOTimeout: 30 * time.Second}, []string{"rule t_io < offline_after", "rule T >= 3*t_io"}},
+		{"T below 3 t_io", Config{LogPeriod: 12 * time.Second}, []string{"rule T >= 3*t_io"}},
+		{"T below offline_after", Config{IOTimeout: time.Second, OfflineAfter: 20 * time.Second, LogPeriod: 15 * time.Second}, []string{"rule T > offline_after"}},
+		{"T equal to offline_after", Config{IOTimeout: time.Second, OfflineAfter: 10 * time.Second, LogPeriod: 10 * time.Second}, []string{"rule T > offline_after"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.DatabaseURL = db
+			_, err := New(tt.cfg)
+			if !errors.Is(err, bitmap.ErrBudget) {
+				t.Fatalf("New = %v, want a budget error", err)
+			}
+			for _, r := range tt.rules {
+				if !strings.Contains(err.Error(), r) {
+					t.Errorf("error %q does not name %q", err, r)
+				}
+			}
+		})
+	}
+	for _, cfg := range []Config{{IOTimeout: -time.Second}, {LogPeriod: -time.Second}} {
+		cfg.DatabaseURL = db
+		if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "must not be negative") {
+			t.Errorf("New(%+v) = %v", cfg, err)
+		}
+	}
+	s, err := New(Config{DatabaseURL: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.cfg.IOTimeout != 5*time.Second || s.cfg.LogPeriod != 60*time.Second {
+		t.Errorf("defaults: t_io %v, T %v", s.cfg.IOTimeout, s.cfg.LogPeriod)
+	}
+	if _, err := New(Config{DatabaseURL: db, IOTimeout: 200 * time.Millisecond, OfflineAfter: 2 * time.Second, LogPeriod: 3 * time.Second}); err != nil {
+		t.Errorf("a fast test budget is refused: %v", err)
+	}
+}
+
+func TestBitmapModes(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	tests := []struct{ give, want string }{
+		{"", api.BitmapRemb},
+		{"remb", api.BitmapRemb},
+		{"internal", api.BitmapInternal},
+		{"none", api.BitmapNone},
+	}
+	for i, tt := range tests {
+		name := "v" + string(rune('0'+i))
+		v, err := ts.Client.CreateVolume(t.Context(), api.CreateVolumeRequest{Name: name, SizeBytes: 1 << 20, Layout: "mirror:2", Bitmap: tt.give})
+		if err != nil {
+			t.Fatalf("bitmap %q: %v", tt.give, err)
+		}
+		got, err := ts.Client.GetVolume(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Bitmap != tt.want || got.Bitmap != tt.want {
+			t.Errorf("bitmap %q: created %q, read back %q; want %q", tt.give, v.Bitmap, got.Bitmap, tt.want)
+		}
+	}
+	for _, bad := range []string{"raid5", "REMB", " remb"} {
+		_, err := ts.Client.CreateVolume(t.Context(), api.CreateVolumeRequest{Name: "bad", SizeBytes: 1 << 20, Layout: "mirror:2", Bitmap: bad})
+		ae := wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
+		for _, m := range []string{"remb", "internal", "none", bad} {
+			if !strings.Contains(ae.Message, m) {
+				t.Errorf("bitmap %q: message %q does not mention %q", bad, ae.Message, m)
+			}
+		}
+	}
+}
+
+func TestExportNamesAndAttach(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	ctx := t.Context()
+	for i, n := range []string{"cs-a", "cs-b"} {
+		req := chunkserverReq(n)
+		req.Addr = fmt.Sprintf("127.0.0.1:1080%d", i)
+		req.ControlAddr = fmt.Sprintf("127.0.0.1:1180%d", i)
+		if _, err := ts.Client.RegisterChunkserver(ctx, req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h1 := ts.addHost(t, "h1")
+	h2 := ts.addHost(t, "h2")
+	secret := ts.clusterSecret(t)
+
+	// checkExports checks every member's export name of v against the
+	// volume's host and epoch and returns them.
+	checkExports := func(v *api.Volume, host string, epoch int64) []string {
+		t.Helper()
+		var out []string
+		for _, s := range v.Sets {
+			for _, m := range s.Members {
+				if host == "" {
+					if m.Export != "" {
+						t.Errorf("unattached volume has export %q", m.Export)
+					}
+					continue
+				}
+				e, err := api.ParseExportName(m.Export)
+				if err != nil {
+					t.Fatalf("export %q: %v", m.Export, err)
+				}
+				if e.Chunk != m.ChunkID || e.Host != host || e.Epoch != epoch {
+					t.Errorf("export %q: want chunk %s host %s epoch %d", m.Export, m.ChunkID, host, epoch)
+				}
+				if !e.ValidToken(secret) {
+					t.Errorf("export %q: token does not validate with the cluster secret", m.Export)
+				}
+				if e.ValidToken(strings.Repeat("00", 32)) {
+					t.Errorf("export %q validates with another secret", m.Export)
+				}
+				if m.ControlAddr == "" || !strings.HasPrefix(m.ControlAddr, "127.0.0.1:1180") {
+					t.Errorf("member control addr %q", m.ControlAddr)
+				}
+				out = append(out, m.Export)
+			}
+		}
+		return out
+	}
+
+	free, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "free", SizeBytes: 1 << 20, Layout: "mirror:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkExports(free, "", 1)
+
+	v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "vol", SizeBytes: 100 << 20, Layout: "mirror:2", Host: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := checkExports(v, "h1", 1)
+	hv, err := ts.Client.HostVolumes(ctx, h1, 0, 0)
+	if err != nil || len(hv.Volumes) != 1 {
+		t.Fatalf("host volumes: %+v, %v", hv, err)
+	}
+	if got := checkExports(&hv.Volumes[0], "h1", 1); strings.Join(got, ",") != strings.Join(first, ",") {
+		t.Errorf("HostVolumes exports %v, want %v", got, first)
+	}
+
+	// Attach to h2: the epoch moves, every export name changes.
+	v, err = ts.Client.AttachVolume(ctx, "vol", "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Epoch != 2 || v.Host != "h2" || v.CleanDetach {
+		t.Fatalf("after attach: %+v", v)
+	}
+	second := checkExports(v, "h2", 2)
+	for i := range second {
+		if second[i] == first[i] {
+			t.Errorf("export %q did not change with the epoch", second[i])
+		}
+	}
+	if hv, err := ts.Client.HostVolumes(ctx, h1, 0, 0); err != nil || len(hv.Volumes) != 0 {
+		t.Errorf("h1 still holds %+v, %v", hv, err)
+	}
+
+	// h2 detaches cleanly; moving back to h1 says so and resets the flag.
+	report := api.HostReport{Volumes: []api.VolumeReport{{Name: "vol", Epoch: 2, CleanDetach: true}}}
+	if err := ts.Client.HostReport(ctx, h2, report); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := ts.Client.GetVolume(ctx, "vol"); !got.CleanDetach {
+		t.Errorf("clean detach not recorded: %+v", got)
+	}
+	v, err = ts.Client.AttachVolume(ctx, "vol", "h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Epoch != 3 || v.CleanDetach {
+		t.Errorf("after the third attach: epoch %d clean %v", v.Epoch, v.CleanDetach)
+	}
+	checkExports(v, "h1", 3)
+
+	var msgs []string
+	for _, e := range eventsOf(ts.events(t, "vol"), api.EventVolumeAttached) {
+		if e.Subject != "volume/vol" {
+			t.Errorf("attach event subject %q", e.Subject)
+		}
+		msgs = append(msgs, e.Message)
+	}
+	want := []string{
+		"attached to host h1 at epoch 1",
+		"attached to host h2 at epoch 2; moved from host h1, which did not detach cleanly: the new host recovers from the LOG bitmaps",
+		"attached to host h1 at epoch 3; moved from host h2, which detached cleanly",
+	}
+	if strings.Join(msgs, "\n") != strings.Join(want, "\n") {
+		t.Errorf("attach events:\n%s\nwant:\n%s", strings.Join(msgs, "\n"), strings.Join(want, "\n"))
+	}
+	if n := len(eventsOf(ts.events(t, "vol"), api.EventVolumeDetached)); n != 1 {
+		t.Errorf("%d volume_detached events, want 1", n)
+	}
+
+	list, err := ts.Client.ListChunkservers(ctx)
+	if err != nil || len(list) != 2 || list[0].ControlAddr != "127.0.0.1:11800" || list[1].ControlAddr != "127.0.0.1:11801" {
+		t.Errorf("chunkservers: %+v, %v", list, err)
+	}
+	bad := chunkserverReq("cs-c")
+	bad.ControlAddr = "0.0.0.0:9"
+	_, err = ts.Client.RegisterChunkserver(ctx, bad)
+	if ae := wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest); !strings.Contains(ae.Message, "control_addr") {
+		t.Errorf("message %q does not name control_addr", ae.Message)
+	}
+}
+
+// reportFixture is a volume of two mirror:2 sets attached to host h1.
+type reportFixture struct {
+	ts     *testServer
+	host   int64
+	vol    *api.Volume
+	member [2][2]string // chunk IDs by set and member
+}
+
+func newReportFixture(t *testing.T) *reportFixture {
+	t.Helper()
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	f := &reportFixture{ts: ts, host: ts.addHost(t, "h1")}
+	ts.addHost(t, "h2")
+	v, err := ts.Client.CreateVolume(t.Context(), api.CreateVolumeRequest{Name: "vol", SizeBytes: 100 << 20, Layout: "mirror:2", Host: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.vol = v
+	for i := range 2 {
+		for j := range 2 {
+			f.member[i][j] = v.Sets[i].Members[j].ChunkID
+		}
+	}
+	return f
+}
+
+// report builds a report of the fixture's volume at epoch with one set's
+// members.
+func (f *reportFixture) report(epoch int64, set int, dirty int64, members ...api.MemberReport) api.HostReport {
+	return api.HostReport{Volumes: []api.VolumeReport{{Name: "vol", Epoch: epoch,
+		Sets: []api.SetReport{{Index: set, DirtyBytes: dirty, Members: members}}}}}
+}
+
+func TestHostReportStatesProgressEvents(t *testing.T) {
+	t.Parallel()
+	f := newReportFixture(t)
+	ctx := t.Context()
+	a, b := f.member[0][0], f.member[0][1]
+	inSync := func(c string) api.MemberReport { return api.MemberReport{ChunkID: c, State: api.MemberInSync} }
+	steps := []struct {
+		name    string
+		report  api.HostReport
+		state   string // of member 1 of set 0 afterwards
+		done    int64
+		total   int64
+		errText string
+		dirty   int64
+		kinds   []string // new events
+		message string   // a fragment of the last new event
+	}{
+		{"degraded", f.report(1, 0, 3<<20, inSync(a), api.MemberReport{ChunkID: b, State: api.MemberDegraded, Error: "read tcp: i/o timeout"}),
+			api.MemberDegraded, 0, 0, "read tcp: i/o timeout", 3 << 20, []string{api.EventMemberDegraded},
+			"member 1 of set 0 (chunk " + b + " on chunkserver cs-"},
+		{"still degraded", f.report(1, 0, 5<<20, inSync(a), api.MemberReport{ChunkID: b, State: api.MemberDegraded, Error: "read tcp: i/o timeout"}),
+			api.MemberDegraded, 0, 0, "read tcp: i/o timeout", 5 << 20, nil, ""},
+		{"resync starts", f.report(1, 0, 5<<20, inSync(a), api.MemberReport{ChunkID: b, State: api.MemberResyncing, ResyncDoneBytes: 1 << 20, ResyncTotalBytes: 5 << 20}),
+			api.MemberResyncing, 1 << 20, 5 << 20, "", 5 << 20, []string{api.EventResyncStarted}, "is resyncing: 5.0 MiB (5242880 bytes) to copy"},
+		{"resync progresses", f.report(1, 0, 2<<20, inSync(a), api.MemberReport{ChunkID: b, State: api.MemberResyncing, ResyncDoneBytes: 3 << 20, ResyncTotalBytes: 5 << 20}),
+			api.MemberResyncing, 3 << 20, 5 << 20, "", 2 << 20, nil, ""},
+		{"resync done", f.report(1, 0, 0, inSync(a), api.MemberReport{ChunkID: b, State: api.MemberInSync, ResyncDoneBytes: 5 << 20, ResyncTotalBytes: 5 << 20}),
+			api.MemberInSync, 5 << 20, 5 << 20, "", 0, []string{api.EventResyncDone}, "in sync again: the resync copied 5.0 MiB (5242880 bytes)"},
+		{"degraded again", f.report(1, 0, 4096, inSync(a), api.MemberReport{ChunkID: b, State: api.MemberDegraded, Error: "connection refused"}),
+			api.MemberDegraded, 0, 0, "connection refused", 4096, []string{api.EventMemberDegraded}, ": connection refused"},
+		{"back without resync", f.report(1, 0, 0, inSync(a), inSync(b)),
+			api.MemberInSync, 0, 0, "", 0, []string{api.EventMemberInSync}, "in sync again without a resync"},
+	}
+	var seen int
+	var since time.Time
+	prevState := api.MemberInSync
+	for _, st := range steps {
+		before := time.Now()
+		if err := f.ts.Client.HostReport(ctx, f.host, st.report); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		v, err := f.ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, other := v.Sets[0].Members[1], v.Sets[0].Members[0]
+		if m.ChunkID != b || m.State != st.state || m.ResyncDoneBytes != st.done || m.ResyncTotalBytes != st.total || m.Error != st.errText {
+			t.Errorf("%s: member %+v, want state %s done %d total %d error %q", st.name, m, st.state, st.done, st.total, st.errText)
+		}
+		if v.Sets[0].DirtyBytes != st.dirty || v.Sets[1].DirtyBytes != 0 {
+			t.Errorf("%s: dirty bytes %d/%d, want %d/0", st.name, v.Sets[0].DirtyBytes, v.Sets[1].DirtyBytes, st.dirty)
+		}
+		if other.State != api.MemberInSync {
+			t.Errorf("%s: member 0 is %s", st.name, other.State)
+		}
+		// StateSince moves with the state and only then.
+		if st.state != prevState {
+			if m.StateSince.Before(before.Add(-time.Second)) {
+				t.Errorf("%s: state since %v, before the report at %v", st.name, m.StateSince, before)
+			}
+			since = m.StateSince
+		} else if !since.IsZero() && !m.StateSince.Equal(since) {
+			t.Errorf("%s: state since moved from %v to %v without a state change", st.name, since, m.StateSince)
+		}
+		prevState = st.state
+
+		var evs []api.Event
+		for _, e := range f.ts.events(t, "vol") {
+			if strings.HasPrefix(e.Subject, "volume/vol/set/") {
+				evs = append(evs, e)
+			}
+		}
+		fresh := evs[seen:]
+		seen = len(evs)
+		var kinds []string
+		for _, e := range fresh {
+			kinds = append(kinds, e.Kind)
+			if e.Subject != "volume/vol/set/0/member/1" {
+				t.Errorf("%s: event subject %q", st.name, e.Subject)
+			}
+		}
+		if strings.Join(kinds, ",") != strings.Join(st.kinds, ",") {
+			t.Errorf("%s: new events %v, want %v", st.name, kinds, st.kinds)
+		}
+		if st.message != "" && (len(fresh) == 0 || !strings.Contains(fresh[len(fresh)-1].Message, st.message)) {
+			t.Errorf("%s: events %+v, want a message containing %q", st.name, fresh, st.message)
+		}
+	}
+
+	// A long error is stored cut at a character boundary.
+	long := strings.Repeat("é", maxErrorLen)
+	if err := f.ts.Client.HostReport(ctx, f.host, f.report(1, 1, 0, api.MemberReport{ChunkID: f.member[1][0], State: api.MemberDegraded, Error: long})); err != nil {
+		t.Fatal(err)
+	}
+	v, _ := f.ts.Client.GetVolume(ctx, "vol")
+	if e := v.Sets[1].Members[0].Error; len(e) > maxErrorLen || len(e) < maxErrorLen-1 || !strings.HasPrefix(long, e) {
+		t.Errorf("long error stored as %d bytes", len(e))
+	}
+}
+
+func TestZombieAndInvalidReports(t *testing.T) {
+	t.Parallel()
+	f := newReportFixture(t)
+	ctx := t.Context()
+	ts := f.ts
+	h2 := ts.queryInt(t, `SELECT id FROM hosts WHERE name = 'h2'`)
+	degrade := api.MemberReport{ChunkID: f.member[0][1], State: api.MemberDegraded, Error: "gone"}
+	if _, err := ts.Client.AttachVolume(ctx, "vol", "h2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "other", SizeBytes: 1 << 20, Layout: "mirror:2", Host: "h2"}); err != nil {
+		t.Fatal(err)
+	}
+	other, _ := ts.Client.GetVolume(ctx, "other")
+
+	conflicts := []struct {
+		name     string
+		host     int64
+		report   api.HostReport
+		contains string
+	}{
+		{"old host", f.host, f.report(1, 0, 1, degrade), "attached to host h2 at epoch 2"},
+		{"old epoch", h2, f.report(1, 0, 1, degrade), "it is at epoch 2, the report is for epoch 1"},
+		{"future epoch", h2, f.report(3, 0, 1, degrade), "epoch 2, the report is for epoch 3"},
+		{"no such set", h2, f.report(2, 5, 1), "has no set 5"},
+		{"member of another set", h2, f.report(2, 1, 1, degrade), "set 1 of volume \"vol\" has no member chunk"},
+		{"member of another volume", h2, f.report(2, 0, 1, api.MemberReport{ChunkID: other.Sets[0].Members[0].ChunkID, State: api.MemberDegraded}), "has no member chunk"},
+		{"deleted volume", h2, api.HostReport{Volumes: []api.VolumeReport{{Name: "gone", Epoch: 1}}}, `volume "gone" does not exist any more`},
+	}
+	for _, c := range conflicts {
+		err := ts.Client.HostReport(ctx, c.host, c.report)
+		if ae := wantCode(t, err, api.CodeConflict, http.StatusConflict); !strings.Contains(ae.Message, c.contains) ||
+			!strings.Contains(ae.Message, "no longer holds") {
+			t.Errorf("%s: message %q, want %q", c.name, ae.Message, c.contains)
+		}
+	}
+	v, _ := ts.Client.GetVolume(ctx, "vol")
+	for _, s := range v.Sets {
+		for _, m := range s.Members {
+			if m.State != api.MemberInSync || s.DirtyBytes != 0 {
+				t.Fatalf("a refused report changed the volume: %+v", v)
+			}
+		}
+	}
+	if n := len(eventsOf(ts.events(t, "vol"), api.EventMemberDegraded)); n != 0 {
+		t.Errorf("a refused report recorded %d events", n)
+	}
+
+	// A report with a current and a stale volume stores the current one
+	// and still tells the host what it lost.
+	mixed := api.HostReport{Volumes: []api.VolumeReport{
+		{Name: "vol", Epoch: 1, Sets: []api.SetReport{{Index: 0, Members: []api.MemberReport{degrade}}}},
+		{Name: "other", Epoch: 1, Sets: []api.SetReport{{Index: 0, DirtyBytes: 8192,
+			Members: []api.MemberReport{{ChunkID: strings.ToUpper(other.Sets[0].Members[1].ChunkID), State: api.MemberDegraded, Error: "gone"}}}}},
+	}}
+	err := ts.Client.HostReport(ctx, h2, mixed)
+	if ae := wantCode(t, err, api.CodeConflict, http.StatusConflict); !strings.Contains(ae.Message, `volume "vol"`) ||
+		strings.Contains(ae.Message, `volume "other"`) || !strings.Contains(ae.Message, "rest of the report was stored") {
+		t.Errorf("mixed report: %q", ae.Message)
+	}
+	o, _ := ts.Client.GetVolume(ctx, "other")
+	if o.Sets[0].DirtyBytes != 8192 || o.Sets[0].Members[1].State != api.MemberDegraded {
+		t.Errorf("the current part of a mixed report was not stored: %+v", o.Sets[0])
+	}
+
+	err = ts.Client.HostReport(ctx, 999, api.HostReport{})
+	wantCode(t, err, api.CodeNotFound, http.StatusNotFound)
+
+	invalids := []struct {
+		name     string
+		report   api.HostReport
+		contains string
+	}{
+		{"unknown state", f.report(2, 0, 0, api.MemberReport{ChunkID: f.member[0][0], State: "sleeping"}), "unknown state"},
+		{"negative dirty", f.report(2, 0, -1), "negative"},
+		{"done above total", f.report(2, 0, 0, api.MemberReport{ChunkID: f.member[0][0], State: api.MemberResyncing, ResyncDoneBytes: 2, ResyncTotalBytes: 1}), "resync_done_bytes"},
+		{"bad chunk", f.report(2, 0, 0, api.MemberReport{ChunkID: "x", State: api.MemberInSync}), "not a UUID"},
+		{"chunk twice", f.report(2, 0, 0, api.MemberReport{ChunkID: f.member[0][0], State: api.MemberInSync}, api.MemberReport{ChunkID: f.member[0][0], State: api.MemberInSync}), "twice"},
+		{"epoch 0", f.report(0, 0, 0), "epoch"},
+		{"bad name", api.HostReport{Volumes: []api.VolumeReport{{Name: "Vol", Epoch: 1}}}, "invalid volume name"},
+		{"volume twice", api.HostReport{Volumes: []api.VolumeReport{{Name: "vol", Epoch: 2}, {Name: "vol", Epoch: 2}}}, "twice"},
+		{"negative set", f.report(2, -1, 0), "out of range"},
+	}
+	for _, c := range invalids {
+		err := ts.Client.HostReport(ctx, h2, c.report)
+		if ae := wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest); !strings.Contains(ae.Message, c.contains) {
+			t.Errorf("%s: message %q, want %q", c.name, ae.Message, c.contains)
+		}
+	}
+}
+
+func TestEventsListing(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	ctx := t.Context()
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	ts.addHost(t, "h1")
+	for _, name := range []string{"a", "b", "c"} {
+		if _, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: name, SizeBytes: 1 << 20, Layout: "mirror:2"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ts.Client.AttachVolume(ctx, "b", "h1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.Client.DeleteVolume(ctx, "c"); err != nil {
+		t.Fatal(err)
+	}
+	all := ts.events(t, "")
+	var kinds []string
+	for i, e := range all {
+		kinds = append(kinds, e.Kind+" "+e.Subject)
+		if i > 0 && e.ID <= all[i-1].ID {
+			t.Errorf("events out of order: %d after %d", e.ID, all[i-1].ID)
+		}
+		if e.Time.IsZero() || e.Message == "" {
+			t.Errorf("event %+v lacks time or message", e)
+		}
+	}
+	want := "volume_created volume/a,volume_created volume/b,volume_created volume/c,volume_attached volume/b,volume_deleted volume/c"
+	if strings.Join(kinds, ",") != want {
+		t.Fatalf("events %v, want %s", kinds, want)
+	}
+
+	tests := []struct {
+		name   string
+		volume string
+		after  int64
+		limit  int
+		want   []int64
+	}{
+		{"newest two", "", 0, 2, []int64{all[3].ID, all[4].ID}},
+		{"after the second", "", all[1].ID, 0, []int64{all[2].ID, all[3].ID, all[4].ID}},
+		{"after, limited", "", all[1].ID, 1, []int64{all[2].ID}},
+		{"after the last", "", all[4].ID, 10, nil},
+		{"one volume", "b", 0, 0, []int64{all[1].ID, all[3].ID}},
+		{"one volume after", "b", all[1].ID, 0, []int64{all[3].ID}},
+		{"deleted volume keeps its events", "c", 0, 0, []int64{all[2].ID, all[4].ID}},
+		{"unknown volume", "zzz", 0, 0, nil},
+		{"limit above the cap", "", 0, 5000, []int64{all[0].ID, all[1].ID, all[2].ID, all[3].ID, all[4].ID}},
+	}
+	for _, tt := range tests {
+		got, err := ts.Client.ListEvents(ctx, tt.volume, tt.after, tt.limit)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		var ids []int64
+		for _, e := range got {
+			ids = append(ids, e.ID)
+		}
+		if !slices.Equal(ids, tt.want) {
+			t.Errorf("%s: ids %v, want %v", tt.name, ids, tt.want)
+		}
+	}
+	for _, q := range []string{"limit=0", "limit=x", "after=-1", "after=y", "volume=Bad_Name"} {
+		status, e := rawCall(t, "GET", ts.URL+"/api/v1/events?"+q, "")
+		if status != http.StatusBadRequest || e.Code != api.CodeInvalidArgument {
+			t.Errorf("?%s: HTTP %d %+v", q, status, e)
+		}
+	}
+}
+
+func TestFailureDetectorRunsOnOneLeader(t *testing.T) {
+	t.Parallel()
+	url := newSchema(t)
+	servers := []*testServer{startServer(t, Config{DatabaseURL: url}), startServer(t, Config{DatabaseURL: url})}
+	leader := func() int {
+		n, who := 0, -1
+		for i, s := range servers {
+			if s.leading.Load() {
+				n, who = n+1, i
+			}
+		}
+		if n > 1 {
+			t.Fatalf("%d metaservers lead at once", n)
+		}
+		return who
+	}
+	waitFor(t, 5*time.Second, "a leader", func() bool { return leader() >= 0 })
+	first := leader()
+	ts := servers[first]
+	id := ts.addChunkserver(t, "cs-a", "", 10*gib)
+	count := func(kind string) int { return len(eventsOf(ts.events(t, ""), kind)) }
+	silence := func() {
+		if err := ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() - interval '1 hour' WHERE name = 'cs-a'`); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	silence()
+	waitFor(t, 5*time.Second, "chunkserver_offline", func() bool { return count(api.EventChunkserverOffline) == 1 })
+	e := eventsOf(ts.events(t, ""), api.EventChunkserverOffline)[0]
+	if e.Subject != "chunkserver/cs-a" || !strings.Contains(e.Message, "chunkserver cs-a is offline: no heartbeat for 1h0m") {
+		t.Errorf("offline event %+v", e)
+	}
+	if err := ts.Client.ChunkserverHeartbeat(t.Context(), id, api.ChunkserverHeartbeat{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "chunkserver_online", func() bool { return count(api.EventChunkserverOnline) == 1 })
+	// Several more ticks of both instances add nothing.
+	time.Sleep(2500 * time.Millisecond)
+	if off, on := count(api.EventChunkserverOffline), count(api.EventChunkserverOnline); off != 1 || on != 1 {
+		t.Errorf("%d offline and %d online events, want one each", off, on)
+	}
+	if leader() != first {
+		t.Errorf("leadership moved from %d to %d without a failure", first, leader())
+	}
+
+	// The leader goes away: the other takes over and detects failures.
+	if err := servers[first].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a new leader", func() bool { return leader() == 1-first })
+	ts = servers[1-first]
+	silence()
+	waitFor(t, 5*time.Second, "chunkserver_offline from the new leader", func() bool { return count(api.EventChunkserverOffline) == 2 })
+	if n := count(api.EventChunkserverOnline); n != 1 {
+		t.Errorf("%d online events, want 1", n)
+	}
+}
+
+// FuzzHostReport feeds arbitrary bodies through the decoder and validation:
+// nothing panics, refusals are invalid_argument, accepted reports are within
+// the limits the store relies on.
+func FuzzHostReport(f *testing.F) {
+	for _, s := range []string{
+		`{"volumes":[{"name":"v","epoch":1,"sets":[{"index":0,"dirty_bytes":4096,"members":[{"chunk_id":"0b9f6c52-1f0e-4c52-9d2e-5f3b8e7a6c10","state":"degraded","error":"x"}]}]}]}`,
+		`{"volumes":[{"name":"v","epoch":2,"clean_detach":true}]}`,
+		`{"volumes":[{"name":"v","epoch":1,"sets":[{"index":-1}]}]}`,
+		`{"volumes":[{"name":"v","epoch":1,"sets":[{"index":0,"members":[{"chunk_id":"0b9f6c52-1f0e-4c52-9d2e-5f3b8e7a6c10","state":"resyncing","resync_done_bytes":9,"resync_total_bytes":3}]}]}]}`,
+		`{"volumes":null}`, `{}`, `[]`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var r api.HostReport
+		if err := decodeBytes(body, &r); err != nil {
+			return
+		}
+		if err := validateHostReport(&r); err != nil {
+			if !api.IsInvalidArgument(err) {
+				t.Fatalf("validation error %v is not invalid_argument", err)
+			}
+			return
+		}
+		names := map[string]bool{}
+		for _, v := range r.Volumes {
+			if !volumeNameRE.MatchString(v.Name) || v.Epoch < 1 || names[v.Name] {
+				t.Fatalf("accepted volume %+v", v)
+			}
+			names[v.Name] = true
+			for _, s := range v.Sets {
+				if s.Index < 0 || s.DirtyBytes < 0 || len(s.Members) > maxSetMembers {
+					t.Fatalf("accepted set %+v", s)
+				}
+				for _, m := range s.Members {
+					if !uuidRE.MatchString(m.ChunkID) || m.ChunkID != strings.ToLower(m.ChunkID) || len(m.Error) > maxErrorLen ||
+						m.ResyncDoneBytes < 0 || m.ResyncDoneBytes > m.ResyncTotalBytes {
+						t.Fatalf("accepted member %+v", m)
+					}
+				}
+			}
+		}
+	})
+}
