@@ -43,6 +43,26 @@ type Extenter interface {
 	Extents(off, length int64) ([]Extent, error)
 }
 
+// ConnHooks is optionally implemented by an Export that Lookup returns, to
+// follow the connection that uses it (for example to fence it). For a
+// connection that enters transmission with the export, the server calls
+// Attached once before it reads the first request and Detached once when it
+// stops reading requests. Requests already read may still be executing when
+// Detached is called; an export that must know when they finish counts them
+// itself. Neither is called for an export opened only for NBD_OPT_INFO, or
+// when the handshake fails after Lookup.
+type ConnHooks interface {
+	// Attached receives a function that closes the connection. It may be
+	// called at any time, from any goroutine, more than once; the server
+	// then stops reading, finishes the requests it has read and calls
+	// Detached.
+	Attached(closeConn func())
+	// Detached reports how the connection ended: clean is true when the
+	// client sent NBD_CMD_DISC, false when the connection broke, the client
+	// broke the protocol, closeConn was called or the server shut down.
+	Detached(clean bool)
+}
+
 // Extent is one run of bytes with the same status. For base:allocation,
 // Flags is a combination of StateHole and StateZero.
 type Extent struct {
@@ -260,6 +280,10 @@ func (s *Server) ServeConn(ctx context.Context, nc net.Conn) {
 	if !enter {
 		return
 	}
+	if h, ok := c.exp.(ConnHooks); ok {
+		c.hooks = h
+		h.Attached(func() { nc.Close() })
+	}
 	c.transmit()
 	c.log.Debug("nbd: connection closed")
 }
@@ -287,6 +311,7 @@ type conn struct {
 	meta       []*metaContext // contexts it selected
 	exp        Export
 	size       uint64
+	hooks      ConnHooks // c.exp's hooks, if it has them
 
 	// sem bounds the requests between being read and their reply being
 	// written (MaxInFlight); the reply writer releases it.
@@ -565,13 +590,18 @@ func (s *Server) putRequest(r *request) {
 // MaxInFlight requests are between being read and their reply being
 // written. Workers are started as concurrency demands and live as long as
 // the connection. transmit returns when the client disconnects or the
-// connection fails, after every worker has finished.
+// connection fails, after every worker has finished. The export's
+// ConnHooks learn that reading stopped before the workers finish.
 func (c *conn) transmit() {
 	c.sem = make(chan struct{}, c.s.maxInFlight)
 	work := make(chan *request, c.s.maxInFlight) // never full: sem bounds it
 	var wg sync.WaitGroup
 	workers := 0
+	clean := false // the client sent NBD_CMD_DISC
 	defer func() {
+		if c.hooks != nil {
+			c.hooks.Detached(clean)
+		}
 		close(work)
 		wg.Wait()
 	}()
@@ -592,6 +622,7 @@ func (c *conn) transmit() {
 		if q.Type == CmdDisc {
 			// Finish what is in flight (wg.Wait), then close.
 			c.log.Debug("nbd: client disconnected")
+			clean = true
 			return
 		}
 		if q.Type == CmdWrite && q.Length > MaxPayload {
