@@ -111,7 +111,7 @@ func (f *Figure) Verdict() string {
 		return "not available yet"
 	case f.Err != nil:
 		return "error"
-	case !f.Measured():
+	case !f.Measured() || math.IsNaN(f.Ratio()):
 		return "not measured"
 	case f.Target == 0:
 		return "info"

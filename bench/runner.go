@@ -36,10 +36,9 @@ type Config struct {
 	// Repo is the module root, where `go build ./cli/chunkraid` works.
 	// Default: the current directory.
 	Repo string
-	// Rev, if set, is a git revision of Repo to build instead of the work
-	// tree (which other changes in progress may leave unbuildable): it is
-	// exported with `git archive` into the work directory and built there.
-	Rev string
+	// Source describes the source measured (a git revision, or the work
+	// tree with local changes); it is printed with the report.
+	Source string
 	// TempDir is where the work directory (cluster state, reference files,
 	// binaries) is made; it must be on the same disk for both sides and
 	// reachable by the postgres user. Default /tmp.
@@ -320,32 +319,18 @@ func (r *Runner) write() error {
 }
 
 // build compiles the chunkraid binary and memtarget into the work
-// directory, from the work tree or from Config.Rev.
+// directory.
 func (r *Runner) build(ctx context.Context) error {
 	r.bin = filepath.Join(r.work, "chunkraid")
 	r.memBin = filepath.Join(r.work, "memtarget")
-	src := r.cfg.Repo
-	if r.cfg.Rev != "" {
-		src = filepath.Join(r.work, "src")
-		if err := os.Mkdir(src, 0o755); err != nil {
-			return err
-		}
-		r.log.Info("exporting source", "rev", r.cfg.Rev)
-		cctx, cancel := context.WithTimeout(ctx, time.Minute)
-		cmd := exec.CommandContext(cctx, "sh", "-c", `git -C "$1" archive "$2" | tar -x -C "$3"`, "sh", r.cfg.Repo, r.cfg.Rev, src)
-		out, err := cmd.CombinedOutput()
-		cancel()
-		if err != nil {
-			return fmt.Errorf("git archive %s: %w\n%s", r.cfg.Rev, err, out)
-		}
-		desc, _ := runTool(ctx, 10*time.Second, "git", "-C", r.cfg.Repo, "log", "-1", "--format=%h %s", r.cfg.Rev)
-		r.report.Notes = append(r.report.Notes, "built from git revision "+strings.TrimSpace(desc))
+	if r.cfg.Source != "" {
+		r.report.Notes = append(r.report.Notes, "source: "+r.cfg.Source)
 	}
 	for _, b := range []struct{ out, pkg string }{{r.bin, "./cli/chunkraid"}, {r.memBin, "./bench/memtarget"}} {
 		r.log.Info("building", "package", b.pkg)
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 		cmd := exec.CommandContext(cctx, "go", "build", "-o", b.out, b.pkg)
-		cmd.Dir = src
+		cmd.Dir = r.cfg.Repo
 		out, err := cmd.CombinedOutput()
 		cancel()
 		if err != nil {
@@ -375,13 +360,11 @@ func (r *Runner) startCluster(ctx context.Context) error {
 	c, err := localcluster.Start(ctx, localcluster.Options{
 		Dir: filepath.Join(r.work, "cluster"), Binary: r.bin, ChunkSize: r.cfg.ChunkSize, Logger: r.log,
 	})
-	if c != nil {
-		// Start stops what it started when it fails; Stop is idempotent.
-		r.atExit(func() error { return errors.Join(c.Stop(), c.RemoveWIBs()) })
-	}
 	if err != nil {
+		// Start has stopped what it started.
 		return fmt.Errorf("starting the local cluster: %w", err)
 	}
+	r.atExit(func() error { return errors.Join(c.Stop(), c.RemoveWIBs()) })
 	r.cluster = c
 	return nil
 }

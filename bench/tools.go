@@ -55,6 +55,9 @@ func toolVersion(ctx context.Context, name string, args ...string) string {
 		return name + ": unknown version"
 	}
 	line, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	if !strings.Contains(strings.ToLower(line), name) {
+		line = name + " " + line
+	}
 	return line
 }
 
@@ -116,7 +119,7 @@ func startTgt(ctx context.Context, logDir string) (*tgt, error) {
 	// pick an N that no other tgtd uses.
 	ctl := 0
 	for n := 4000 + os.Getpid()%20000; n < 65000; n++ {
-		if _, err := os.Stat(fmt.Sprintf("/var/run/tgtd/socket.%d", n)); errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat((&tgt{ctlPort: n}).socket()); errors.Is(err, os.ErrNotExist) {
 			ctl = n
 			break
 		}
@@ -131,6 +134,9 @@ func startTgt(ctx context.Context, logDir string) (*tgt, error) {
 	}
 	return t, nil
 }
+
+// socket is the path of tgtd's management socket.
+func (t *tgt) socket() string { return fmt.Sprintf("/var/run/tgtd/socket.%d", t.ctlPort) }
 
 func (t *tgt) adm(ctx context.Context, args ...string) error {
 	_, err := runTool(ctx, 30*time.Second, "tgtadm", append([]string{"-C", strconv.Itoa(t.ctlPort), "--lld", "iscsi"}, args...)...)
@@ -164,9 +170,24 @@ func (t *tgt) close() error {
 			errs = append(errs, err)
 		}
 	}
-	if err := t.proc.Stop(10 * time.Second); err != nil && !strings.Contains(err.Error(), "after SIGTERM (log") {
-		// tgtd may exit non-zero on SIGTERM; only a hang is an error.
+	// tgtd shuts down on this management request (SIGTERM alone may leave
+	// it running); then Stop reaps it, killing it if it is still there.
+	if err := t.adm(ctx, "--op", "delete", "--mode", "system"); err != nil {
 		errs = append(errs, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !t.proc.Exited() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !t.proc.Exited() {
+		errs = append(errs, fmt.Errorf("tgtd did not exit within 10s of tgtadm --op delete --mode system"))
+	}
+	t.proc.Stop(5 * time.Second) // its exit status is of no interest
+	// tgtd leaves its management socket and lock file behind.
+	for _, suffix := range []string{"", ".lock"} {
+		if err := os.Remove(t.socket() + suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

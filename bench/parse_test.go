@@ -1,0 +1,191 @@
+package bench
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFio(t *testing.T) {
+	// Recorded from fio 3.33 against nbdkit, including the line the nbd
+	// engine prints before the JSON.
+	b, err := os.ReadFile("testdata/fio-nbd-randrw.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseFio(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int(got.ReadIOPS) != 25077 || int(got.WriteIOPS) != 25064 {
+		t.Errorf("IOPS read %v write %v, want 25077.9 and 25064.9", got.ReadIOPS, got.WriteIOPS)
+	}
+	if got.ReadIOs != 25103 || got.WriteIOs != 25090 {
+		t.Errorf("total ios read %d write %d, want 25103 and 25090", got.ReadIOs, got.WriteIOs)
+	}
+	if got.ReadLatency != 79270*time.Nanosecond {
+		t.Errorf("read latency %v, want 79.27µs", got.ReadLatency)
+	}
+}
+
+func TestParseFioErrors(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"no JSON", "fio: engine nbd not loadable\n", "no JSON object"},
+		{"broken JSON", `{"jobs": [`, "fio JSON"},
+		{"no jobs", `{"jobs": []}`, "no jobs"},
+		{"job error", `{"jobs": [{"jobname": "x", "error": 5, "write": {"iops": 1, "total_ios": 1}}]}`, "error 5"},
+		{"no I/O", `{"jobs": [{"jobname": "x", "read": {"iops": 0}, "write": {"iops": 0}}]}`, "no I/O"},
+		{"negative", `{"jobs": [{"jobname": "x", "write": {"iops": -3, "total_ios": 9}}]}`, "reported -3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseFio([]byte(tt.in))
+			if !errors.Is(err, ErrToolOutput) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ParseFio(%q) = %v, want ErrToolOutput mentioning %q", tt.in, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseQemuBench(t *testing.T) {
+	tests := []struct {
+		name     string
+		in       string
+		want     QemuBench
+		iops     float64
+		latency  time.Duration
+		wantFail bool
+	}{
+		{
+			name: "write QD32",
+			in: "Sending 20000 write requests, 4096 bytes each, 32 in parallel (starting at offset 0, step size 4096)\n" +
+				"Run completed in 1.457 seconds.\n",
+			want: QemuBench{Requests: 20000, Write: true, Size: 4096, Depth: 32, Elapsed: 1457 * time.Millisecond},
+			iops: 20000 / 1.457, latency: time.Duration(1.457 * 32 / 20000 * float64(time.Second)),
+		},
+		{
+			name: "read QD1",
+			in: "Sending 4000 read requests, 4096 bytes each, 1 in parallel (starting at offset 0, step size 4096)\n" +
+				"Run completed in 2.000 seconds.\n",
+			want: QemuBench{Requests: 4000, Size: 4096, Depth: 1, Elapsed: 2 * time.Second},
+			iops: 2000, latency: 500 * time.Microsecond,
+		},
+		{name: "no completion line", in: "Sending 1 write requests, 4096 bytes each, 1 in parallel\n", wantFail: true},
+		{name: "no sending line", in: "Run completed in 1.0 seconds.\n", wantFail: true},
+		{name: "zero time", in: "Sending 5 read requests, 512 bytes each, 1 in parallel\nRun completed in 0.000 seconds.", wantFail: true},
+		{name: "error text", in: "qemu-img: Could not open 'iscsi://x': Failed to connect\n", wantFail: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseQemuBench(tt.in)
+			if tt.wantFail {
+				if !errors.Is(err, ErrToolOutput) {
+					t.Fatalf("ParseQemuBench = %+v, %v; want ErrToolOutput", got, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+			if d := got.IOPS() - tt.iops; d > 0.01 || d < -0.01 {
+				t.Errorf("IOPS = %v, want %v", got.IOPS(), tt.iops)
+			}
+			if d := got.MeanLatency() - tt.latency; d > time.Microsecond || d < -time.Microsecond {
+				t.Errorf("MeanLatency = %v, want %v", got.MeanLatency(), tt.latency)
+			}
+		})
+	}
+}
+
+func TestParseProcStat(t *testing.T) {
+	tests := []struct {
+		name       string
+		in         string
+		user, sys  time.Duration
+		wantFailed bool
+	}{
+		{
+			name: "plain",
+			in:   "1234 (tgtd) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 37 0 0 20 0 17 0 100 0 0",
+			user: 2500 * time.Millisecond, sys: 370 * time.Millisecond,
+		},
+		{
+			name: "command with spaces and parentheses",
+			in:   "77 (a (b) c) R 1 77 77 0 -1 0 0 0 0 0 3 4 0 0 20 0 1 0 5 0 0",
+			user: 30 * time.Millisecond, sys: 40 * time.Millisecond,
+		},
+		{name: "truncated", in: "1 (x) S 1 2 3", wantFailed: true},
+		{name: "no name", in: "1 x S 1 2 3 4 5 6 7 8 9 10 11 12 13", wantFailed: true},
+		{name: "not a number", in: "1 (x) S 1 1 1 0 -1 0 0 0 0 0 a 4 0", wantFailed: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, s, err := parseProcStat(tt.in)
+			if tt.wantFailed {
+				if !errors.Is(err, ErrToolOutput) {
+					t.Fatalf("parseProcStat = %v, %v, %v; want ErrToolOutput", u, s, err)
+				}
+				return
+			}
+			if err != nil || u != tt.user || s != tt.sys {
+				t.Errorf("parseProcStat = %v, %v, %v; want %v, %v", u, s, err, tt.user, tt.sys)
+			}
+		})
+	}
+}
+
+func TestProcCPUSelf(t *testing.T) {
+	// Burn some CPU, then this process's own counters must show it.
+	x := 0
+	for i := range 50_000_000 {
+		x += i % 7
+	}
+	u, s, err := procCPU(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u+s <= 0 || x == 0 {
+		t.Errorf("own CPU time %v + %v after a busy loop", u, s)
+	}
+}
+
+func FuzzParseFio(f *testing.F) {
+	if b, err := os.ReadFile("testdata/fio-nbd-randrw.json"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte(`{"jobs":[{"jobname":"a","write":{"iops":1e308,"total_ios":1,"lat_ns":{"mean":1e300}}}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := ParseFio(b)
+		if err == nil && (r.ReadIOPS < 0 || r.WriteIOPS < 0 || (r.ReadIOs == 0 && r.WriteIOs == 0)) {
+			t.Fatalf("accepted %+v", r)
+		}
+	})
+}
+
+func FuzzParseQemuBench(f *testing.F) {
+	f.Add("Sending 20000 write requests, 4096 bytes each, 32 in parallel (starting at offset 0, step size 4096)\nRun completed in 1.457 seconds.\n")
+	f.Add("Sending 99999999999999999999 read requests, 1 bytes each, 1 in parallel\nRun completed in 1e9 seconds.")
+	f.Fuzz(func(t *testing.T, s string) {
+		q, err := ParseQemuBench(s)
+		if err == nil && (q.Requests <= 0 || q.Elapsed <= 0 || q.IOPS() <= 0) {
+			t.Fatalf("accepted %+v", q)
+		}
+	})
+}
+
+func FuzzParseProcStat(f *testing.F) {
+	f.Add("1234 (tgtd) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 37 0 0 20 0 17 0 100 0 0")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, st, err := parseProcStat(s)
+		if err == nil && (u < 0 || st < 0) {
+			t.Fatalf("accepted negative times %v %v", u, st)
+		}
+	})
+}
