@@ -59,8 +59,22 @@ fuzz:
 	  done; \
 	done
 
-bench:
+# bench measures chunkraid against nbdkit and tgtd on this machine in one
+# run and prints ratios (also in bench/results/latest.md); BENCH_FLAGS are
+# passed to the driver, e.g. BENCH_FLAGS=-rev=HEAD to measure the last
+# commit whatever the state of the work tree. bench-go runs the Go
+# benchmarks of the hot paths; bench-profile adds CPU profiles (perf) of our
+# daemons under load, in bench/results/profile-*.txt.
+BENCH_FLAGS ?=
+bench: deps
+	$(GO) run ./bench/run $(BENCH_FLAGS)
+
+.PHONY: bench-go bench-profile
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+bench-profile: deps
+	$(GO) run ./bench/run -profile $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin
