@@ -21,13 +21,14 @@ func newVolumeCmd(o *rootOptions) *cobra.Command {
 type volumeCreateOptions struct {
 	size   string
 	layout string
+	bitmap string
 	host   string
 }
 
 func newVolumeCreateCmd(o *rootOptions) *cobra.Command {
 	var vo volumeCreateOptions
 	cmd := &cobra.Command{
-		Use:   "create NAME --size SIZE [--layout mirror:2] [--host HOST]",
+		Use:   "create NAME --size SIZE [--layout mirror:2] [--bitmap remb|internal|none] [--host HOST]",
 		Short: "Create a volume (thin: no space is used until written)",
 		Args:  exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -39,7 +40,7 @@ func newVolumeCreateCmd(o *rootOptions) *cobra.Command {
 				return err
 			}
 			v, err := o.client().CreateVolume(cmd.Context(), api.CreateVolumeRequest{
-				Name: args[0], SizeBytes: size, Layout: vo.layout, Host: vo.host,
+				Name: args[0], SizeBytes: size, Layout: vo.layout, Bitmap: vo.bitmap, Host: vo.host,
 			})
 			if err != nil {
 				return err
@@ -49,6 +50,8 @@ func newVolumeCreateCmd(o *rootOptions) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&vo.size, "size", "", "size, a multiple of 4KiB, e.g. 20GiB (required)")
 	cmd.Flags().StringVar(&vo.layout, "layout", "mirror:2", "layout: mirror:2 or mirror:3")
+	cmd.Flags().StringVar(&vo.bitmap, "bitmap", api.BitmapRemb,
+		"resync bitmap: remb (host bitmap in RAM, LOG bitmaps on the chunkservers), internal (a synchronous bitmap write before each write) or none (full resync)")
 	cmd.Flags().StringVar(&vo.host, "host", "", "attach the volume to this host at once")
 	return cmd
 }
@@ -64,9 +67,10 @@ func newVolumeListCmd(o *rootOptions) *cobra.Command {
 				return err
 			}
 			return o.print(vs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "NAME\tSIZE\tLAYOUT\tSETS\tHOST\tEPOCH\tIQN")
+				fmt.Fprintln(w, "NAME\tSIZE\tLAYOUT\tBITMAP\tSETS\tHOST\tEPOCH\tHEALTH\tIQN")
 				for _, v := range vs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", v.Name, formatSize(v.SizeBytes), v.Layout, len(v.Sets), orDash(v.Host), v.Epoch, v.IQN)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\t%s\n", v.Name, formatSize(v.SizeBytes), v.Layout, v.Bitmap, len(v.Sets),
+						orDash(v.Host), v.Epoch, volumeHealth(&v), v.IQN)
 				}
 			})
 		},
@@ -88,19 +92,41 @@ func newVolumeShowCmd(o *rootOptions) *cobra.Command {
 	}
 }
 
+// printVolume prints a volume with one line per member: the set's dirty
+// bytes on its first member's line, each member's state, since when, and
+// resync progress or the error that degraded it.
 func printVolume(w *tabwriter.Writer, v *api.Volume) {
 	fmt.Fprintf(w, "Name:\t%s\n", v.Name)
 	fmt.Fprintf(w, "Size:\t%s (%d bytes)\n", formatSize(v.SizeBytes), v.SizeBytes)
 	fmt.Fprintf(w, "Layout:\t%s\n", v.Layout)
+	fmt.Fprintf(w, "Bitmap:\t%s\n", orDash(v.Bitmap))
 	fmt.Fprintf(w, "Host:\t%s\n", orDash(v.Host))
 	fmt.Fprintf(w, "Epoch:\t%d\n", v.Epoch)
+	if v.Host != "" {
+		detach := "no"
+		if v.CleanDetach {
+			detach = "yes: every write is on every member"
+		}
+		fmt.Fprintf(w, "Clean detach:\t%s\n", detach)
+	}
+	fmt.Fprintf(w, "Health:\t%s\n", volumeHealth(v))
 	fmt.Fprintf(w, "IQN:\t%s\n", v.IQN)
 	fmt.Fprintf(w, "Created:\t%s\n", v.CreatedAt.Format(time.RFC3339))
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "SET\tMEMBER\tCHUNKSERVER\tCHUNK\tSTATE")
+	fmt.Fprintln(w, "SET\tDIRTY\tMEMBER\tCHUNKSERVER\tCHUNK\tSINCE\tSTATE")
 	for _, s := range v.Sets {
+		dirty := formatSize(s.DirtyBytes)
+		if len(s.Members) == 0 {
+			fmt.Fprintf(w, "%d\t%s\t-\t-\t-\t-\tno members\n", s.Index, dirty)
+		}
 		for j, m := range s.Members {
-			fmt.Fprintf(w, "%d\t%d\t%s\t%s\t%s\n", s.Index, j, m.Chunkserver, m.ChunkID, m.State)
+			set := ""
+			if j == 0 {
+				set = fmt.Sprintf("%d\t%s", s.Index, dirty)
+			} else {
+				set = "\t"
+			}
+			fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\n", set, j, m.Chunkserver, m.ChunkID, ago(m.StateSince), memberState(m))
 		}
 	}
 }
@@ -134,7 +160,10 @@ func newVolumeAttachCmd(o *rootOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v) })
+			return o.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "volume %s attached to host %s at epoch %d\n\n", v.Name, v.Host, v.Epoch)
+				printVolume(w, v)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&host, "host", "", "host name (see chunkraid host list)")
@@ -153,9 +182,9 @@ func newServerCmd(o *rootOptions) *cobra.Command {
 				return err
 			}
 			return o.print(ss, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tNAME\tADDR\tFAULT DOMAIN\tSTATE\tCHUNKS\tFREE\tCAPACITY\tLAST HEARTBEAT")
+				fmt.Fprintln(w, "ID\tNAME\tADDR\tCONTROL\tFAULT DOMAIN\tSTATE\tCHUNKS\tFREE\tCAPACITY\tLAST HEARTBEAT")
 				for _, s := range ss {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Name, s.Addr, s.FaultDomain, s.State, s.Chunks,
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Name, s.Addr, orDash(s.ControlAddr), s.FaultDomain, s.State, s.Chunks,
 						formatSize(s.FreeBytes), formatSize(s.CapacityBytes), ago(s.LastHeartbeat))
 				}
 			})

@@ -44,6 +44,8 @@ func newMetaserverCmd(o *rootOptions) *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "HTTP listen address")
 	f.StringVar(&chunkSize, "chunk-size", "", "chunk size, fixed when the cluster is first created (default 10GiB)")
 	f.DurationVar(&cfg.OfflineAfter, "offline-after", 10*time.Second, "a server without heartbeat for this long is offline")
+	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: hosts fail a member request not answered in this time (must be < --offline-after)")
+	f.DurationVar(&cfg.LogPeriod, "log-period", 60*time.Second, "T: chunk LOG bitmaps rotate every T (must be > --offline-after and >= 3 x --io-timeout)")
 	return cmd
 }
 
