@@ -172,6 +172,8 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeRW, exec: execWrite},
 		{name: "INQUIRY", op: 0x12, anyLUN: true, legacyOK: true, usage: []byte{0x12, 0x01, 0xff, 0xff, 0xff, 0},
 			decode: decodeInquiry, exec: execInquiry},
+		{name: "MODE SELECT(6)", op: 0x15, access: accWrite, usage: []byte{0x15, 0x11, 0, 0, 0xff, 0},
+			decode: decodeModeSelect, exec: execModeSelect},
 		{name: "RESERVE(6)", op: 0x16, access: accReserve, usage: []byte{0x16, 0, 0, 0, 0, 0},
 			decode: decodeNoData, exec: execReserve},
 		{name: "RELEASE(6)", op: 0x17, access: accReserve, legacyOK: true, usage: []byte{0x17, 0, 0, 0, 0, 0},
@@ -200,6 +202,8 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeReadDefect, exec: execReadDefect},
 		{name: "WRITE SAME(10)", op: 0x41, access: accWrite, usage: u(0x41, 0x08, lba10),
 			decode: decodeWriteSame, exec: execWriteSame},
+		{name: "MODE SELECT(10)", op: 0x55, access: accWrite, usage: []byte{0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0},
+			decode: decodeModeSelect, exec: execModeSelect},
 		{name: "RESERVE(10)", op: 0x56, access: accReserve, usage: []byte{0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0},
 			decode: decodeNoData, exec: execReserve},
 		{name: "RELEASE(10)", op: 0x57, access: accReserve, legacyOK: true, usage: []byte{0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0},
@@ -1137,6 +1141,96 @@ func execOrWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte
 	}
 	if err := lu.backend.WriteAt(ctx, cur, off, c.fua); err != nil {
 		return check(senseWriteError)
+	}
+	return good(nil)
+}
+
+func decodeModeSelect(lu *logicalUnit, c *scsiCmd) *sense {
+	cdb := c.cdb
+	if cdb[1]&0x01 != 0 { // SP: pages cannot be saved
+		return invalidField(1, 0)
+	}
+	if cdb[1]&0x10 == 0 { // PF: only the standard page format
+		return invalidField(1, 4)
+	}
+	if cdb[0] == 0x15 {
+		c.outLen = uint32(cdb[4])
+	} else {
+		c.outLen = uint32(be16(cdb[7:]))
+	}
+	if c.outLen > 0 {
+		c.dir = dirOut
+	}
+	return nil
+}
+
+// execModeSelect accepts a parameter list that changes nothing: no mode
+// parameter of this logical unit is changeable, so any page that differs
+// from the current values, or a block descriptor with another block size,
+// is an invalid field in the parameter list.
+func execModeSelect(_ context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) result {
+	if uint32(len(out)) < c.outLen {
+		return check(senseParamLength)
+	}
+	if len(out) == 0 {
+		return good(nil)
+	}
+	six := c.cdb[0] == 0x15
+	hdr := 8
+	var descLen int
+	if six {
+		hdr = 4
+		if len(out) < hdr {
+			return check(senseParamLength)
+		}
+		descLen = int(out[3])
+	} else {
+		if len(out) < hdr {
+			return check(senseParamLength)
+		}
+		descLen = int(be16(out[6:]))
+	}
+	if out[1] != 0 { // MEDIUM TYPE
+		return check(invalidParam(1, -1))
+	}
+	if len(out) < hdr+descLen {
+		return check(senseParamLength)
+	}
+	switch descLen {
+	case 0:
+	case 8:
+		if be32(out[hdr+4:])&0xffffff != lu.blockSize {
+			return check(invalidParam(hdr+5, -1))
+		}
+	case 16:
+		if six || out[4]&1 == 0 {
+			return check(invalidParam(hdr-2, -1))
+		}
+		if be32(out[hdr+12:]) != lu.blockSize {
+			return check(invalidParam(hdr+12, -1))
+		}
+	default:
+		return check(invalidParam(hdr-1, -1))
+	}
+	for off := hdr + descLen; off < len(out); {
+		if off+2 > len(out) {
+			return check(senseParamLength)
+		}
+		code := out[off] & 0x3f
+		n := 2 + int(out[off+1])
+		if off+n > len(out) {
+			return check(senseParamLength)
+		}
+		cur := modePage(code, 0)
+		if cur == nil || len(cur) != n || out[off]&0x40 != 0 { // unknown page, wrong length, SPF
+			return check(invalidParam(off, -1))
+		}
+		for i := 2; i < n; i++ {
+			if out[off+i] != cur[i] {
+				return check(invalidParam(off+i, -1))
+			}
+		}
+		off += n
 	}
 	return good(nil)
 }

@@ -329,3 +329,36 @@ func TestSenseMarshal(t *testing.T) {
 		t.Errorf("miscompare sense %x", m)
 	}
 }
+
+func TestModeSelect(t *testing.T) {
+	lu, _ := testLU(t)
+	// Read the current caching and control pages and send them back: no
+	// change, accepted.
+	cur := runCDB(t, lu, []byte{0x1a, 0x08, 0x3f, 0, 255, 0}, nil).data
+	list := append([]byte{0, 0, 0, 0}, cur[4:]...)
+	sel := []byte{0x15, 0x10, 0, 0, byte(len(list)), 0}
+	if r := runCDB(t, lu, sel, list); r.status != statusGood {
+		t.Fatalf("MODE SELECT of the current values: %+v", r.sense)
+	}
+	// Clearing WCE is a change the logical unit does not allow.
+	changed := bytes.Clone(list)
+	changed[4+2] &^= 0x04
+	if r := runCDB(t, lu, sel, changed); r.status != statusCheckCondition || r.sense.asc != ascInvalidFieldInParamList {
+		t.Errorf("MODE SELECT clearing WCE: %+v", r)
+	}
+	// A block descriptor with another block size.
+	desc := []byte{0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x10, 0}
+	if r := runCDB(t, lu, []byte{0x15, 0x10, 0, 0, 12, 0}, desc); r.status != statusCheckCondition {
+		t.Errorf("MODE SELECT with block length 4096: %+v", r)
+	}
+	desc[10] = 0x02 // 512
+	if r := runCDB(t, lu, []byte{0x15, 0x10, 0, 0, 12, 0}, desc); r.status != statusGood {
+		t.Errorf("MODE SELECT with the current block length: %+v", r.sense)
+	}
+	if _, s := lu.decodeCDB([]byte{0x15, 0x11, 0, 0, 12, 0}, true, 12); s == nil {
+		t.Error("MODE SELECT with SP accepted")
+	}
+	if r := runCDB(t, lu, sel, list[:len(list)-3]); r.status != statusCheckCondition {
+		t.Errorf("truncated parameter list: %+v", r)
+	}
+}
