@@ -3,6 +3,56 @@
 // metaserver, heartbeats its capacity, and reconciles its chunk files
 // towards the assignments: it creates active chunks and deletes chunks the
 // metaserver marked for deletion. It never deletes a chunk on its own.
+//
+// # Exports and fencing
+//
+// A host opens a chunk with the export name
+// <chunk>;host=<host>;epoch=<epoch>;token=<token> (api.ExportName); the
+// token is an HMAC of (chunk, host, epoch) with the cluster secret that the
+// metaserver hands out at registration. The chunkserver refuses, at
+// handshake and with a message the client shows, a name that does not parse
+// (a bare chunk id included), a wrong token, an unknown or failed chunk, and
+// an epoch below the chunk's minimum epoch.
+//
+// Each connection is tracked with its epoch and the number of its requests
+// in flight. Fence(chunk, E) (DESIGN §2 rule 2) raises the chunk's minimum
+// epoch to E in the sidecar, closes every connection of the chunk opened
+// with an older epoch, and returns only when no request of a closed or
+// closing connection (older epoch, or one that dropped on its own) is still
+// running. A connection refuses every request from the moment it is fenced
+// or stops reading, so a late write of a zombie host can never land after
+// the fence returned. Fencing at the current epoch raises nothing and
+// drains connections that dropped: a host reconnecting after a timeout uses
+// it.
+//
+// # LOG bitmaps and pinning
+//
+// Every chunk has a LOG bitmap (bitmap.Log), persisted in its sidecar
+// before any write, trim or write-zeroes touches a region whose bit was not
+// yet durable; it rotates every T (from the metaserver, 60 s by default).
+// A pinned LOG forgets nothing. Besides the explicit pin and unpin control
+// calls (DESIGN §2 rule 3), the chunkserver pins on its own when it cannot
+// know that a host is still there to recover the set:
+//
+//   - after a restart, every loaded LOG starts pinned (a host may have died
+//     while the chunkserver was down);
+//   - when an NBD connection ends without NBD_CMD_DISC (the host died, the
+//     link was cut, the client timed out), the chunk's LOG is pinned. A
+//     clean disconnect (NBD_CMD_DISC after the client's last request) does
+//     not pin, nor does a connection that a fence closed: the fencing host
+//     has taken over the chunk and reads its LOG after the fence.
+//
+// A live host unpins a chunk once it has brought the chunk's set in sync.
+// The pin is in the persisted LOG state.
+//
+// # Control API and meta context
+//
+// The control API (fence, pin, unpin, read the LOG) is served over HTTP on
+// its own address, advertised at registration; package control documents
+// it and holds its client. Every NBD export also publishes its LOG bitmap
+// as the meta context "chunkraid:log": extents of region granularity with
+// flag 1 (LogDirty) where current|history is set, so that
+// nbdinfo --map=chunkraid:log nbd://HOST:PORT/<export name> shows it.
 package chunkserver
 
 import (
@@ -11,11 +61,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
@@ -43,7 +97,31 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// Logger receives the daemon's log. nil discards.
 	Logger *slog.Logger
+	// ControlListen is the control API listen address (fence, pin, LOG
+	// bitmaps). Default 127.0.0.1:10909.
+	ControlListen string
+	// ControlListener, if set, is used instead of ControlListen.
+	ControlListener net.Listener
+	// ControlAdvertise is the control address hosts dial. Default: the
+	// control listener's address.
+	ControlAdvertise string
+	// LogRegion is the LOG bitmap region size of new chunks: a power of
+	// two of at least 512. Default 64 MiB.
+	LogRegion int64
+	// LogPeriod overrides T, the LOG rotation period the metaserver
+	// announces at registration; meant for tests. Zero: the cluster's
+	// value, 60 s if it announces none.
+	LogPeriod time.Duration
+
+	// writeSidecar replaces the store's sidecar writer (tests).
+	writeSidecar func(path string, data []byte) error
 }
+
+// Defaults of the timeout budget when the metaserver announces none.
+const (
+	defaultIOTimeout = 5 * time.Second
+	defaultLogPeriod = 60 * time.Second
+)
 
 func (c *Config) validate() error {
 	if c.DataDir == "" {
@@ -62,11 +140,23 @@ func (c *Config) validate() error {
 	if c.Listen == "" {
 		c.Listen = "127.0.0.1:10809"
 	}
+	if c.ControlListen == "" {
+		c.ControlListen = "127.0.0.1:10909"
+	}
 	if c.HeartbeatInterval == 0 {
 		c.HeartbeatInterval = 2 * time.Second
 	}
 	if c.HeartbeatInterval < 0 {
 		return fmt.Errorf("chunkserver: heartbeat interval %v must be positive", c.HeartbeatInterval)
+	}
+	if c.LogRegion == 0 {
+		c.LogRegion = store.DefaultLogRegion
+	}
+	if c.LogRegion < 512 || c.LogRegion&(c.LogRegion-1) != 0 {
+		return fmt.Errorf("chunkserver: LOG region size %d must be a power of two of at least 512 (--log-region)", c.LogRegion)
+	}
+	if c.LogPeriod < 0 {
+		return fmt.Errorf("chunkserver: LOG period %v must be positive", c.LogPeriod)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -76,11 +166,27 @@ func (c *Config) validate() error {
 
 // Server is a running chunkserver.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	meta  *api.Client
-	store *store.Store
-	id    int64
+	cfg  Config
+	log  *slog.Logger
+	meta *api.Client
+
+	// Set by Run before any connection or control call is served.
+	store     *store.Store
+	id        int64
+	secret    string        // cluster secret (hex): verifies export and control tokens
+	logPeriod time.Duration // T
+	ioTimeout time.Duration // t_io
+
+	chunks struct {
+		sync.Mutex
+		m map[string]*chunkState // by chunk id
+	}
+	// ready is closed once the store is open and serving starts (tests).
+	ready chan struct{}
+	// beforeWrite, if set, runs inside every WRITE of a connection, after
+	// it counts as in flight (tests stall writes with it).
+	beforeWrite func(off int64)
+
 	// strays are chunks on disk that the metaserver does not assign to this
 	// server, already logged once; only the reconcile loop uses it.
 	strays map[string]bool
@@ -91,12 +197,53 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, meta: api.NewClient(cfg.Metaserver, nil)}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger, meta: api.NewClient(cfg.Metaserver, nil), ready: make(chan struct{})}
+	s.chunks.m = make(map[string]*chunkState)
+	return s, nil
 }
 
-// Run serves until ctx is done, then closes every connection and chunk.
+// Run registers with the metaserver, opens the chunk store and serves NBD
+// and the control API until ctx is done, then closes every connection and
+// chunk.
 func (s *Server) Run(ctx context.Context) error {
-	st, err := store.Open(store.Config{Dir: s.cfg.DataDir, Logger: s.log})
+	if err := os.MkdirAll(s.cfg.DataDir, 0o755); err != nil {
+		return fmt.Errorf("chunkserver: data directory: %w", err)
+	}
+	ln := s.cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", s.cfg.Listen); err != nil {
+			return fmt.Errorf("chunkserver: NBD listen: %w", err)
+		}
+	}
+	defer ln.Close()
+	cln := s.cfg.ControlListener
+	if cln == nil {
+		var err error
+		if cln, err = net.Listen("tcp", s.cfg.ControlListen); err != nil {
+			return fmt.Errorf("chunkserver: control API listen: %w", err)
+		}
+	}
+	defer cln.Close()
+	adv := s.cfg.Advertise
+	if adv == "" {
+		adv = ln.Addr().String()
+	}
+	cadv := s.cfg.ControlAdvertise
+	if cadv == "" {
+		cadv = cln.Addr().String()
+	}
+
+	if err := s.register(ctx, adv, cadv); err != nil {
+		return err
+	}
+	st, err := store.Open(store.Config{
+		Dir:          s.cfg.DataDir,
+		Logger:       s.log.With("component", "store"),
+		LogRegion:    s.cfg.LogRegion,
+		LogPeriod:    s.logPeriod,
+		WriteSidecar: s.cfg.writeSidecar,
+	})
 	if err != nil {
 		return err
 	}
@@ -107,37 +254,44 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 
-	ln := s.cfg.Listener
-	if ln == nil {
-		ln, err = net.Listen("tcp", s.cfg.Listen)
-		if err != nil {
-			return fmt.Errorf("chunkserver: NBD listen: %w", err)
-		}
-	}
-	defer ln.Close()
-	adv := s.cfg.Advertise
-	if adv == "" {
-		adv = ln.Addr().String()
-	}
-
 	srv, err := nbd.NewServer(nbd.ServerConfig{
-		Lookup: s.lookup,
-		List:   st.List,
-		Logger: s.log.With("component", "nbd"),
+		Lookup:       s.lookup,
+		List:         st.List,
+		Logger:       s.log.With("component", "nbd"),
+		MetaContexts: map[string]nbd.MetaContext{LogContext: logContext},
 	})
 	if err != nil {
 		return err
 	}
-
-	if err := s.register(ctx, adv); err != nil {
-		return err
+	hs := &http.Server{
+		Handler:           s.controlHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	s.log.Info("chunkserver started", "name", s.cfg.Name, "id", s.id, "nbd", adv, "data_dir", s.cfg.DataDir)
+	s.log.Info("chunkserver started", "name", s.cfg.Name, "id", s.id, "nbd", adv, "control", cadv,
+		"data_dir", s.cfg.DataDir, "log_period", s.logPeriod, "io_timeout", s.ioTimeout, "log_region", s.cfg.LogRegion)
 
 	g, gctx := errgroup.WithContext(ctx)
+	close(s.ready)
 	g.Go(func() error { return srv.Serve(gctx, ln) })
+	g.Go(func() error {
+		if err := hs.Serve(cln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("chunkserver: control API: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := hs.Shutdown(sctx); err != nil {
+			hs.Close()
+		}
+		return nil
+	})
 	g.Go(func() error { return s.heartbeatLoop(gctx) })
 	g.Go(func() error { return s.reconcileLoop(gctx) })
+	g.Go(func() error { return s.rotateLoop(gctx) })
 	err = g.Wait()
 	if ctx.Err() != nil {
 		s.log.Info("chunkserver stopped")
@@ -146,25 +300,42 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) lookup(name string) (nbd.Export, error) {
-	c, err := s.store.Get(name)
-	if err != nil {
-		return nil, fmt.Errorf("no chunk %q on chunkserver %s", name, s.cfg.Name)
+// LogContext is the NBD meta context that publishes each chunk's LOG
+// bitmap: block status extents of region granularity, flag LogDirty where
+// current|history has the region's bit.
+const LogContext = "chunkraid:log"
+
+// rotateLoop rotates the LOG bitmaps: every chunk's Log rotates once T has
+// passed since its last rotation. Ticking at T/10 makes a rotation at most
+// T/10 late, which only keeps bits longer.
+func (s *Server) rotateLoop(ctx context.Context) error {
+	tick := min(max(s.logPeriod/10, 10*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if err := s.store.RotateLogs(now); err != nil {
+				s.log.Error("rotating LOG bitmaps", "err", err)
+			}
+		}
 	}
-	return export{c}, nil
 }
 
 func (s *Server) disks() ([]api.DiskInfo, error) {
-	capacity, free, err := s.store.Usage()
+	capacity, free, err := store.Usage(s.cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}
-	return []api.DiskInfo{{Path: s.store.Dir(), CapacityBytes: capacity, FreeBytes: free}}, nil
+	return []api.DiskInfo{{Path: s.cfg.DataDir, CapacityBytes: capacity, FreeBytes: free}}, nil
 }
 
 // register registers with the metaserver, retrying with backoff until it
-// answers or ctx ends.
-func (s *Server) register(ctx context.Context, adv string) error {
+// answers or ctx ends, and takes the cluster secret and the timeout budget
+// from its answer.
+func (s *Server) register(ctx context.Context, adv, cadv string) error {
 	backoff := 200 * time.Millisecond
 	for {
 		disks, err := s.disks()
@@ -172,11 +343,11 @@ func (s *Server) register(ctx context.Context, adv string) error {
 			return err
 		}
 		resp, err := s.meta.RegisterChunkserver(ctx, api.RegisterChunkserverRequest{
-			Name: s.cfg.Name, Addr: adv, FaultDomain: s.cfg.FaultDomain, Disks: disks,
+			Name: s.cfg.Name, Addr: adv, ControlAddr: cadv, FaultDomain: s.cfg.FaultDomain, Disks: disks,
 		})
 		if err == nil {
 			s.id = resp.ID
-			return nil
+			return s.configure(ctx, resp)
 		}
 		var ae *api.Error
 		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 {
@@ -190,6 +361,65 @@ func (s *Server) register(ctx context.Context, adv string) error {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// configure takes the secret, t_io and T from a registration answer and
+// checks them against the timeout budget (bitmap.ValidateBudget).
+func (s *Server) configure(ctx context.Context, resp *api.RegisterChunkserverResponse) error {
+	s.secret = resp.ClusterSecret
+	if s.secret == "" {
+		s.log.Warn("the metaserver announced no cluster secret: export and control tokens are made with an empty key and can be forged")
+	}
+	s.ioTimeout = time.Duration(resp.IOTimeoutMS) * time.Millisecond
+	if s.ioTimeout <= 0 {
+		s.ioTimeout = defaultIOTimeout
+	}
+	s.logPeriod = time.Duration(resp.LogPeriodMS) * time.Millisecond
+	if s.logPeriod <= 0 {
+		s.logPeriod = defaultLogPeriod
+	}
+	if s.cfg.LogPeriod > 0 {
+		s.logPeriod = s.cfg.LogPeriod
+	}
+	var offlineAfter time.Duration
+	if cl, err := s.meta.Cluster(ctx); err == nil {
+		offlineAfter = time.Duration(cl.OfflineAfterSeconds * float64(time.Second))
+	} else {
+		s.log.Warn("reading the cluster settings; checking the timeout budget without offline_after", "err", err)
+	}
+	if err := checkBudget(s.ioTimeout, offlineAfter, s.logPeriod); err != nil {
+		return fmt.Errorf("chunkserver: %w", err)
+	}
+	return nil
+}
+
+// checkBudget validates t_io and T (and offline_after when known, > 0)
+// with bitmap.ValidateBudget.
+func checkBudget(ioTimeout, offlineAfter, logPeriod time.Duration) error {
+	if offlineAfter > 0 {
+		return bitmap.ValidateBudget(ioTimeout, offlineAfter, logPeriod)
+	}
+	// offline_after unknown: check only the rules that do not involve it.
+	var errs []error
+	for _, err := range unjoin(bitmap.ValidateBudget(ioTimeout, 0, logPeriod)) {
+		var be *bitmap.BudgetError
+		if errors.As(err, &be) && strings.Contains(be.Rule, "offline_after") {
+			continue
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// unjoin splits an errors.Join result.
+func unjoin(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func (s *Server) heartbeatLoop(ctx context.Context) error {
@@ -259,6 +489,10 @@ func (s *Server) apply(ctx context.Context, as *api.ChunkAssignments) bool {
 			}
 			s.log.Info("chunk created", "chunk", a.ID, "size", a.SizeBytes)
 		case api.ChunkDeleting:
+			if c, err := s.store.Get(a.ID); err == nil {
+				// Close its connections; nothing may write to it any more.
+				s.closeSessions(c)
+			}
 			if err := s.store.Delete(a.ID); err != nil {
 				s.log.Error("deleting chunk", "chunk", a.ID, "err", err)
 				ok = false
@@ -269,6 +503,7 @@ func (s *Server) apply(ctx context.Context, as *api.ChunkAssignments) bool {
 				ok = false
 				continue
 			}
+			s.forget(a.ID)
 			s.log.Info("chunk deleted", "chunk", a.ID)
 		}
 	}
@@ -282,31 +517,4 @@ func (s *Server) apply(ctx context.Context, as *api.ChunkAssignments) bool {
 		}
 	}
 	return ok
-}
-
-// export adapts a store chunk to nbd.Export.
-type export struct{ c *store.Chunk }
-
-func (e export) Size() int64                       { return e.c.Size() }
-func (e export) ReadAt(p []byte, off int64) error  { return e.c.ReadAt(p, off) }
-func (e export) WriteAt(p []byte, off int64) error { return e.c.WriteAt(p, off) }
-func (e export) Sync() error                       { return e.c.Sync() }
-func (e export) Trim(off, length int64) error      { return e.c.Trim(off, length) }
-func (e export) WriteZeroes(off, length int64, noHole bool) error {
-	return e.c.WriteZeroes(off, length, noHole)
-}
-
-func (e export) Extents(off, length int64) ([]nbd.Extent, error) {
-	ext, err := e.c.Extents(off, length)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]nbd.Extent, len(ext))
-	for i, x := range ext {
-		out[i].Length = x.Length
-		if x.Hole {
-			out[i].Flags = nbd.StateHole | nbd.StateZero
-		}
-	}
-	return out, nil
 }

@@ -18,7 +18,8 @@
 //	400 invalid_argument  malformed body or query
 //	401 unauthenticated   token missing or wrong for (chunk, host, epoch)
 //	403 fenced            epoch below the chunk's minimum epoch
-//	404 not_found         the chunkserver holds no such chunk
+//	404 not_found         the chunkserver holds no such chunk (or no such route)
+//	405 method_not_allowed  the route exists for another method
 //	500 internal          the chunk failed (e.g. its sidecar could not be persisted)
 //	503 unavailable       the chunkserver is shutting down
 //
@@ -48,6 +49,8 @@ const (
 	CodeUnauthenticated = "unauthenticated"
 	// CodeFenced (403): the epoch is below the chunk's minimum epoch.
 	CodeFenced = "fenced"
+	// CodeMethodNotAllowed (405): the route exists for another method.
+	CodeMethodNotAllowed = "method_not_allowed"
 )
 
 // HTTPStatus returns the HTTP status that carries a control API error code.
@@ -57,6 +60,8 @@ func HTTPStatus(code string) int {
 		return http.StatusUnauthorized
 	case CodeFenced:
 		return http.StatusForbidden
+	case CodeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
 	default:
 		return api.HTTPStatus(code)
 	}

@@ -1,0 +1,563 @@
+package chunkserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/chunkserver/control"
+	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+func TestRegistrationAdvertisesControlAddr(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	reg := meta.lastRegistration()
+	if reg.ControlAddr != cs.ctlAddr || reg.Addr != cs.nbdAddr {
+		t.Fatalf("registered addr %q control %q, want %q and %q", reg.Addr, reg.ControlAddr, cs.nbdAddr, cs.ctlAddr)
+	}
+	if cs.s.logPeriod != time.Minute || cs.s.ioTimeout != 5*time.Second || cs.s.secret != testSecret {
+		t.Fatalf("configured T=%v t_io=%v secret %q", cs.s.logPeriod, cs.s.ioTimeout, cs.s.secret)
+	}
+}
+
+// TestHandshakeRefusals: wrong token, old epoch, bare id and unknown chunk
+// are refused at handshake, with a message the client shows.
+func TestHandshakeRefusals(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	if _, err := cs.ctl.Fence(t.Context(), "c1", cred("c1", "h1", 5)); err != nil {
+		t.Fatal(err)
+	}
+	badToken := api.ExportName{Chunk: "c1", Host: "h1", Epoch: 5, Token: api.ExportToken("00", "c1", "h1", 5)}.String()
+	tests := []struct {
+		name, export, want string
+	}{
+		{"wrong token", badToken, "bad access token for chunk c1"},
+		{"token of another host", strings.Replace(exportName("c1", "h1", 5), "host=h1", "host=h2", 1), "bad access token for chunk c1"},
+		{"old epoch", exportName("c1", "h1", 4), "chunk c1 is fenced at epoch 5; this host presented epoch 4"},
+		{"bare chunk id", "c1", "<chunk>;host=<host>;epoch=<epoch>;token=<token>"},
+		{"unknown chunk", exportName("c9", "h1", 5), "no chunk c9 on chunkserver cs1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := nbd.Dial(t.Context(), nbd.ClientConfig{Addr: cs.nbdAddr, Export: tt.export, DialTimeout: 5 * time.Second})
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("nbd client: %v, want a refusal saying %q", err, tt.want)
+			}
+			// libnbd 1.14 prints the server's message in its debug
+			// log ("server error message: ..."), not in the error.
+			out, err := runToolEnv(t, []string{"LIBNBD_DEBUG=1"}, "nbdinfo", "nbd://"+cs.nbdAddr+"/"+tt.export)
+			if err == nil || !strings.Contains(out, "server error message: ") || !strings.Contains(out, tt.want) {
+				t.Fatalf("nbdinfo: %v\n%s\nwant a refusal saying %q", err, out, tt.want)
+			}
+		})
+	}
+	// The current epoch and a newer one are accepted.
+	for _, e := range []int64{5, 6} {
+		c := cs.dial(t, exportName("c1", "h1", e), nil)
+		if c.Size() != testChunkSize {
+			t.Fatalf("size %d", c.Size())
+		}
+	}
+	out, err := runTool(t, "nbdinfo", "nbd://"+cs.nbdAddr+"/"+exportName("c1", "h1", 5))
+	if err != nil || !strings.Contains(out, "export-size: 8388608") {
+		t.Fatalf("nbdinfo with a valid name: %v\n%s", err, out)
+	}
+}
+
+// stallWrites makes every WRITE whose offset is at stallOff wait for
+// release, once it counts as in flight; entered receives a value when one
+// is waiting.
+type stall struct {
+	off     int64
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newStall(off int64) *stall {
+	return &stall{off: off, entered: make(chan struct{}, 16), release: make(chan struct{})}
+}
+
+func (s *stall) hook(off int64) {
+	if off != s.off {
+		return
+	}
+	s.entered <- struct{}{}
+	<-s.release
+}
+
+// TestFenceWaitsForInFlightWrite: a connection at epoch 1 has a slow write
+// in flight; Fence(2) closes it and returns only after that write has
+// landed; an epoch-1 open is refused afterwards.
+func TestFenceWaitsForInFlightWrite(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	st := newStall(3 * testRegion)
+	cs.s.beforeWrite = st.hook
+	old := cs.dial(t, exportName("c1", "h1", 1), nil)
+	other := cs.dial(t, exportName("c1", "h1", 2), nil) // already at the new epoch: kept
+
+	payload := bytes.Repeat([]byte("late"), 1024)
+	writeErr := make(chan error, 1)
+	go func() { writeErr <- old.WriteAt(context.Background(), payload, 3*testRegion, false) }()
+	<-st.entered
+
+	fenced := make(chan error, 1)
+	go func() {
+		_, err := cs.ctl.Fence(context.Background(), "c1", cred("c1", "h2", 2))
+		fenced <- err
+	}()
+	// The old connection is closed at once: its client fails the write.
+	select {
+	case err := <-writeErr:
+		if !errors.Is(err, nbd.ErrClosed) {
+			t.Fatalf("write on the fenced connection: %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("fenced connection not closed")
+	}
+	select {
+	case err := <-fenced:
+		t.Fatalf("fence returned (%v) while a write of the old connection was in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	c, _ := cs.s.store.Get("c1")
+	if got := c.MinEpoch(); got != 2 {
+		t.Fatalf("min epoch %d during the fence, want 2", got)
+	}
+	// The write was admitted before the fence: it lands, and the fence
+	// returns only after it has.
+	close(st.release)
+	select {
+	case err := <-fenced:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("fence did not return after the write finished")
+	}
+	got := make([]byte, len(payload))
+	if err := c.ReadAt(got, 3*testRegion); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("when the fence returned the late write was not in the chunk (%v)", err)
+	}
+
+	if _, err := nbd.Dial(t.Context(), nbd.ClientConfig{Addr: cs.nbdAddr, Export: exportName("c1", "h1", 1)}); err == nil ||
+		!strings.Contains(err.Error(), "fenced at epoch 2; this host presented epoch 1") {
+		t.Fatalf("epoch-1 open after the fence: %v", err)
+	}
+	if err := other.WriteAt(t.Context(), []byte("new"), 0, true); err != nil {
+		t.Fatalf("connection at the new epoch: %v", err)
+	}
+	if n := cs.s.openSessions(c); n != 1 {
+		t.Fatalf("%d open connections after the fence, want 1", n)
+	}
+}
+
+// TestFenceAtCurrentEpochDrainsDroppedConnection: a host whose connection
+// timed out fences at its own epoch; the fence waits for the dropped
+// connection's write, and leaves the live connection alone.
+func TestFenceAtCurrentEpochDrainsDroppedConnection(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	st := newStall(testRegion)
+	cs.s.beforeWrite = st.hook
+	live := cs.dial(t, exportName("c1", "h1", 3), nil)
+	dead := cs.dial(t, exportName("c1", "h1", 3), func(c *nbd.ClientConfig) { c.Timeout = 100 * time.Millisecond })
+	if err := dead.WriteAt(t.Context(), []byte("x"), testRegion, false); !errors.Is(err, nbd.ErrTimeout) {
+		t.Fatalf("stalled write: %v, want ErrTimeout", err)
+	}
+	<-st.entered
+	c, _ := cs.s.store.Get("c1")
+	waitFor(t, "the server to see the dropped connection", func() bool { return cs.s.openSessions(c) == 1 })
+	fenced := make(chan error, 1)
+	go func() {
+		_, err := cs.ctl.Fence(context.Background(), "c1", cred("c1", "h1", 3))
+		fenced <- err
+	}()
+	select {
+	case err := <-fenced:
+		t.Fatalf("fence returned (%v) while the dropped connection's write was in flight", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(st.release)
+	select {
+	case err := <-fenced:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("fence did not return")
+	}
+	if err := live.WriteAt(t.Context(), []byte("still here"), 0, true); err != nil {
+		t.Fatalf("live connection at the same epoch after the fence: %v", err)
+	}
+}
+
+// TestDisconnectPinning: a clean disconnect leaves the LOG unpinned; a
+// client timeout and a cut link pin it; unpin through the control API
+// works; a restart loads every LOG pinned.
+func TestDisconnectPinning(t *testing.T) {
+	meta := newFakeMeta(t, "clean", "timeout", "cut")
+	dir := t.TempDir()
+	cs := startCS(t, meta, dir, nil)
+	pinned := func(chunk string) bool { return cs.logBits(t, chunk, 1).Pinned }
+
+	c := cs.dial(t, exportName("clean", "h1", 1), nil)
+	if err := c.WriteAt(t.Context(), []byte("a"), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clean, _ := cs.s.store.Get("clean")
+	waitFor(t, "the clean connection to end", func() bool { return cs.s.openSessions(clean) == 0 })
+	time.Sleep(50 * time.Millisecond)
+	if pinned("clean") {
+		t.Fatal("a clean disconnect pinned the LOG")
+	}
+
+	st := newStall(2 * testRegion)
+	cs.s.beforeWrite = st.hook
+	c = cs.dial(t, exportName("timeout", "h1", 1), func(c *nbd.ClientConfig) { c.Timeout = 100 * time.Millisecond })
+	if err := c.WriteAt(t.Context(), []byte("b"), 2*testRegion, false); !errors.Is(err, nbd.ErrTimeout) {
+		t.Fatalf("stalled write: %v, want ErrTimeout", err)
+	}
+	waitFor(t, "a timed-out connection to pin", func() bool { return pinned("timeout") })
+	close(st.release)
+
+	p := newProxy(t, cs.nbdAddr)
+	c, err := nbd.Dial(t.Context(), nbd.ClientConfig{Addr: p.addr(), Export: exportName("cut", "h1", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.WriteAt(t.Context(), []byte("c"), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if pinned("cut") {
+		t.Fatal("pinned while connected")
+	}
+	p.cut()
+	waitFor(t, "a cut connection to pin", func() bool { return pinned("cut") })
+
+	resp, err := cs.ctl.Unpin(t.Context(), "cut", cred("cut", "h1", 1))
+	if err != nil || resp.Pinned {
+		t.Fatalf("unpin: %+v %v", resp, err)
+	}
+	if pinned("cut") {
+		t.Fatal("still pinned after unpin")
+	}
+
+	cs.stop(t)
+	cs = startCS(t, meta, dir, nil)
+	for _, chunk := range []string{"clean", "timeout", "cut"} {
+		if lb := cs.logBits(t, chunk, 1); !lb.Pinned || len(dirty(lb.Bits)) != 1 {
+			t.Fatalf("%s after restart: pinned %v regions %v, want pinned with its one region", chunk, lb.Pinned, dirty(lb.Bits))
+		}
+	}
+}
+
+// TestRotationForgetsOnlyWhenUnpinned runs with T = 300 ms.
+func TestRotationForgetsOnlyWhenUnpinned(t *testing.T) {
+	meta := newFakeMeta(t, "a", "b")
+	meta.resp.IOTimeoutMS, meta.resp.LogPeriodMS, meta.offlineAfter = 50, 300, 0.1
+	cs := startCS(t, meta, t.TempDir(), nil)
+	if cs.s.logPeriod != 300*time.Millisecond {
+		t.Fatalf("T = %v, want the cluster's 300ms", cs.s.logPeriod)
+	}
+	if _, err := cs.ctl.Pin(t.Context(), "b", cred("b", "h1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, chunk := range []string{"a", "b"} {
+		c := cs.dial(t, exportName(chunk, "h1", 1), nil)
+		if err := c.WriteAt(t.Context(), []byte("w"), 5*testRegion, false); err != nil {
+			t.Fatal(err)
+		}
+		if got := dirty(cs.logBits(t, chunk, 1).Bits); !sameInts(got, []int{5}) {
+			t.Fatalf("%s after a write: %v, want [5]", chunk, got)
+		}
+	}
+	waitFor(t, "the unpinned LOG to forget", func() bool { return len(dirty(cs.logBits(t, "a", 1).Bits)) == 0 })
+	time.Sleep(700 * time.Millisecond) // more than two periods
+	if got := dirty(cs.logBits(t, "b", 1).Bits); !sameInts(got, []int{5}) {
+		t.Fatalf("pinned LOG after >2 periods: %v, want [5]", got)
+	}
+	if _, err := cs.ctl.Unpin(t.Context(), "b", cred("b", "h1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the unpinned LOG to forget", func() bool { return len(dirty(cs.logBits(t, "b", 1).Bits)) == 0 })
+}
+
+// TestLogMetaContext: chunkraid:log shows the dirty regions, through the
+// nbd client and through nbdinfo --map.
+func TestLogMetaContext(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	name := exportName("c1", "h1", 1)
+	c := cs.dial(t, name, func(c *nbd.ClientConfig) { c.MetaContexts = []string{LogContext} })
+	for _, off := range []int64{1*testRegion + 7, 3 * testRegion, 4*testRegion - 1} {
+		if err := c.WriteAt(t.Context(), []byte("xy"), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Regions 1, 3 (twice) and 4 (the write at the end of 3 spills over).
+	wantDirty := map[int64]bool{1: true, 3: true, 4: true}
+	ext, err := c.BlockStatus(t.Context(), LogContext, 0, testChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pos int64
+	for _, e := range ext {
+		for r := pos / testRegion; r < (pos+e.Length)/testRegion; r++ {
+			if got := e.Flags == LogDirty; got != wantDirty[r] {
+				t.Fatalf("client: region %d dirty=%v, want %v (%+v)", r, got, wantDirty[r], ext)
+			}
+		}
+		if pos%testRegion != 0 || e.Length%testRegion != 0 {
+			t.Fatalf("extent not region aligned: %+v", ext)
+		}
+		pos += e.Length
+	}
+	if pos != testChunkSize {
+		t.Fatalf("extents cover %d bytes, want %d", pos, testChunkSize)
+	}
+
+	out, err := runTool(t, "nbdinfo", "--map="+LogContext, "nbd://"+cs.nbdAddr+"/"+name)
+	if err != nil {
+		t.Fatalf("nbdinfo --map: %v\n%s", err, out)
+	}
+	var covered int64
+	for _, line := range mapLines(t, out) {
+		for r := line.off / testRegion; r < (line.off+line.length)/testRegion; r++ {
+			if got := line.flags&LogDirty != 0; got != wantDirty[r] {
+				t.Fatalf("nbdinfo: region %d dirty=%v, want %v\n%s", r, got, wantDirty[r], out)
+			}
+		}
+		covered += line.length
+	}
+	if covered != testChunkSize {
+		t.Fatalf("nbdinfo map covers %d bytes\n%s", covered, out)
+	}
+}
+
+// TestPersistFailureFailsChunk: when the sidecar cannot be written, the
+// write that needed it fails, every later request fails, new opens and
+// control calls are refused.
+func TestPersistFailureFailsChunk(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	var fail sync.Map
+	cs := startCS(t, meta, t.TempDir(), func(c *Config) {
+		c.writeSidecar = func(path string, data []byte) error {
+			if _, ok := fail.Load("on"); ok {
+				return errors.New("injected: disk gone")
+			}
+			return store.WriteFileAtomic(path, data)
+		}
+	})
+	c := cs.dial(t, exportName("c1", "h1", 1), nil)
+	if err := c.WriteAt(t.Context(), []byte("ok"), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	fail.Store("on", true)
+	if err := c.WriteAt(t.Context(), []byte("no"), 2*testRegion, false); err == nil {
+		t.Fatal("write needing a failed persist succeeded")
+	}
+	fail.Delete("on")
+	buf := make([]byte, 2)
+	if err := c.ReadAt(t.Context(), buf, 0); err == nil {
+		t.Fatal("read of a failed chunk succeeded")
+	}
+	if err := c.WriteAt(t.Context(), []byte("ok"), 0, false); err == nil {
+		t.Fatal("write to an already marked region of a failed chunk succeeded")
+	}
+	if err := c.Flush(t.Context()); err == nil {
+		t.Fatal("flush of a failed chunk succeeded")
+	}
+	if _, err := nbd.Dial(t.Context(), nbd.ClientConfig{Addr: cs.nbdAddr, Export: exportName("c1", "h1", 1)}); err == nil ||
+		!strings.Contains(err.Error(), "failed after a durability error") {
+		t.Fatalf("open of a failed chunk: %v", err)
+	}
+	_, err := cs.ctl.Pin(t.Context(), "c1", cred("c1", "h1", 1))
+	if e := apiError(t, err); e.Status != http.StatusInternalServerError || e.Code != api.CodeInternal {
+		t.Fatalf("pin of a failed chunk: %v (status %d)", err, e.Status)
+	}
+}
+
+// TestControlAPI: authentication, authorization and the happy paths.
+func TestControlAPI(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	if resp, err := cs.ctl.Fence(ctx, "c1", cred("c1", "h1", 3)); err != nil || resp.MinEpoch != 3 || resp.Pinned {
+		t.Fatalf("fence: %+v %v", resp, err)
+	}
+
+	type call func(req api.ControlRequest) error
+	calls := map[string]func(chunk string) call{
+		"fence": func(chunk string) call {
+			return func(r api.ControlRequest) error { _, err := cs.ctl.Fence(ctx, chunk, r); return err }
+		},
+		"pin": func(chunk string) call {
+			return func(r api.ControlRequest) error { _, err := cs.ctl.Pin(ctx, chunk, r); return err }
+		},
+		"unpin": func(chunk string) call {
+			return func(r api.ControlRequest) error { _, err := cs.ctl.Unpin(ctx, chunk, r); return err }
+		},
+		"log": func(chunk string) call {
+			return func(r api.ControlRequest) error { _, err := cs.ctl.Log(ctx, chunk, r); return err }
+		},
+	}
+	wrong := cred("c1", "h1", 3)
+	wrong.Token = api.ExportToken("abcd", "c1", "h1", 3)
+	tests := []struct {
+		name   string
+		chunk  string
+		req    api.ControlRequest
+		status int
+		code   string
+		only   string // the only call the case applies to
+	}{
+		{"wrong token", "c1", wrong, 401, control.CodeUnauthenticated, ""},
+		{"token of another chunk", "c1", cred("c2", "h1", 3), 401, control.CodeUnauthenticated, ""},
+		{"no token", "c1", api.ControlRequest{Host: "h1", Epoch: 3}, 401, control.CodeUnauthenticated, ""},
+		{"no host", "c1", api.ControlRequest{Epoch: 3, Token: "aa"}, 401, control.CodeUnauthenticated, ""},
+		{"old epoch", "c1", cred("c1", "h1", 2), 403, control.CodeFenced, ""},
+		{"unknown chunk", "c9", cred("c9", "h1", 3), 404, api.CodeNotFound, ""},
+	}
+	for _, tt := range tests {
+		for op, mk := range calls {
+			t.Run(tt.name+"/"+op, func(t *testing.T) {
+				err := mk(tt.chunk)(tt.req)
+				e := apiError(t, err)
+				if e.Status != tt.status || e.Code != tt.code || e.Message == "" {
+					t.Fatalf("%v: status %d code %q, want %d %q", err, e.Status, e.Code, tt.status, tt.code)
+				}
+			})
+		}
+	}
+
+	// Happy paths.
+	if resp, err := cs.ctl.Pin(ctx, "c1", cred("c1", "h1", 3)); err != nil || !resp.Pinned || resp.MinEpoch != 3 {
+		t.Fatalf("pin: %+v %v", resp, err)
+	}
+	c := cs.dial(t, exportName("c1", "h1", 3), nil)
+	if err := c.WriteAt(ctx, []byte("z"), 6*testRegion, false); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := cs.ctl.Log(ctx, "c1", cred("c1", "h1", 4)) // a newer epoch is fine
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lb.RegionSize != testRegion || lb.Size != testChunkSize || !lb.Pinned || !sameInts(dirty(lb.Bits), []int{6}) {
+		t.Fatalf("log: %+v (regions %v)", lb, dirty(lb.Bits))
+	}
+	if resp, err := cs.ctl.Unpin(ctx, "c1", cred("c1", "h1", 3)); err != nil || resp.Pinned {
+		t.Fatalf("unpin: %+v %v", resp, err)
+	}
+	if resp, err := cs.ctl.Fence(ctx, "c1", cred("c1", "h1", 3)); err != nil || resp.MinEpoch != 3 {
+		t.Fatalf("fence at the current epoch: %+v %v", resp, err)
+	}
+	if err := c.WriteAt(ctx, []byte("z"), 0, false); err != nil {
+		t.Fatalf("connection at the current epoch after a fence at it: %v", err)
+	}
+
+	// Malformed requests.
+	for _, tt := range []struct {
+		method, path, body string
+		status             int
+	}{
+		{"POST", "/v1/chunks/c1/pin", "{", 400},
+		{"POST", "/v1/chunks/c1/pin", `{"host":"h1","epoch":3,"token":"x","extra":1}`, 400},
+		{"GET", "/v1/chunks/c1/log?host=h1&epoch=x&token=y", "", 400},
+		{"GET", "/v1/chunks/c1/pin", "", 405},
+		{"GET", "/v1/nothing", "", 404},
+	} {
+		req, err := http.NewRequestWithContext(ctx, tt.method, "http://"+cs.ctlAddr+tt.path, strings.NewReader(tt.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.status {
+			t.Fatalf("%s %s %q: status %d, want %d", tt.method, tt.path, tt.body, resp.StatusCode, tt.status)
+		}
+	}
+}
+
+func TestCheckBudget(t *testing.T) {
+	tests := []struct {
+		name        string
+		tIO, off, T time.Duration
+		ok          bool
+		rule        string
+	}{
+		{"defaults", 5 * time.Second, 10 * time.Second, time.Minute, true, ""},
+		{"T too short", 5 * time.Second, 10 * time.Second, 12 * time.Second, false, "T >= 3*t_io"},
+		{"T not above offline_after", time.Second, 10 * time.Second, 10 * time.Second, false, "T > offline_after"},
+		{"offline_after unknown, fine", 50 * time.Millisecond, 0, 300 * time.Millisecond, true, ""},
+		{"offline_after unknown, T too short", 5 * time.Second, 0, 10 * time.Second, false, "T >= 3*t_io"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkBudget(tt.tIO, tt.off, tt.T)
+			if tt.ok != (err == nil) {
+				t.Fatalf("checkBudget: %v, want ok=%v", err, tt.ok)
+			}
+			var be *bitmap.BudgetError
+			if !tt.ok && (!errors.As(err, &be) || be.Rule != tt.rule) {
+				t.Fatalf("checkBudget: %v, want rule %q", err, tt.rule)
+			}
+		})
+	}
+}
+
+func TestBudgetViolationStopsStart(t *testing.T) {
+	meta := newFakeMeta(t)
+	meta.resp.IOTimeoutMS, meta.resp.LogPeriodMS = 5000, 10000
+	s, err := New(Config{Name: "cs1", DataDir: t.TempDir(), Listen: "127.0.0.1:0", ControlListen: "127.0.0.1:0", Metaserver: meta.srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Run(t.Context()); !errors.Is(err, bitmap.ErrBudget) {
+		t.Fatalf("Run with T < 3·t_io: %v, want ErrBudget", err)
+	}
+}
+
+func TestLogExtents(t *testing.T) {
+	bits := []byte{0b0001_0110} // regions 1, 2, 4 of 8
+	tests := []struct {
+		name        string
+		off, length int64
+		want        []nbd.Extent
+	}{
+		{"whole", 0, 800, []nbd.Extent{{Length: 100, Flags: 0}, {Length: 200, Flags: 1}, {Length: 100, Flags: 0}, {Length: 100, Flags: 1}, {Length: 300, Flags: 0}}},
+		{"inside one region", 110, 20, []nbd.Extent{{Length: 20, Flags: 1}}},
+		{"unaligned start", 50, 200, []nbd.Extent{{Length: 50, Flags: 0}, {Length: 150, Flags: 1}}},
+		{"past the end", 750, 100, []nbd.Extent{{Length: 50, Flags: 0}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := logExtents(bits, 100, 800, tt.off, tt.length)
+			if len(got) != len(tt.want) {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Fatalf("got %+v, want %+v", got, tt.want)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,169 @@
+package chunkserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/chunkraid/chunkraid/chunkserver/control"
+	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// controlAPI serves the control API (package control documents it).
+type controlAPI struct{ s *Server }
+
+// maxControlBody bounds the body of a control request.
+const maxControlBody = 64 << 10
+
+func (s *Server) controlHandler() http.Handler {
+	h := controlAPI{s}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+control.RouteFence, h.fence)
+	mux.HandleFunc("POST "+control.RoutePin, h.pin)
+	mux.HandleFunc("POST "+control.RouteUnpin, h.unpin)
+	mux.HandleFunc("GET "+control.RouteLog, h.log)
+	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog} {
+		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, api.Errorf(control.CodeMethodNotAllowed, "%s does not take %s", r.URL.Path, r.Method))
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, api.Errorf(api.CodeNotFound, "no control route %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, e *api.Error) {
+	writeJSON(w, control.HTTPStatus(e.Code), e)
+}
+
+// authorize checks the credentials of a control call on chunk: a valid
+// token (401 otherwise), a chunk this server holds (404), not failed (500)
+// and, unless raise is set, an epoch at or above the chunk's minimum (403).
+func (h controlAPI) authorize(chunk string, req api.ControlRequest, raise bool) (*store.Chunk, *api.Error) {
+	if req.Host == "" || req.Token == "" || req.Epoch < 1 {
+		return nil, api.Errorf(control.CodeUnauthenticated,
+			"chunk %s: host, epoch (≥ 1) and token are required", chunk)
+	}
+	en := api.ExportName{Chunk: chunk, Host: req.Host, Epoch: req.Epoch, Token: req.Token}
+	if !en.ValidToken(h.s.secret) {
+		return nil, api.Errorf(control.CodeUnauthenticated, "bad access token for chunk %s (host %s, epoch %d)",
+			chunk, req.Host, req.Epoch)
+	}
+	c, err := h.s.store.Get(chunk)
+	if err != nil {
+		return nil, api.Errorf(api.CodeNotFound, "no chunk %s on chunkserver %s", chunk, h.s.cfg.Name)
+	}
+	if c.Failed() {
+		return nil, api.Errorf(api.CodeInternal, "chunk %s failed after a durability error", chunk)
+	}
+	if m := c.MinEpoch(); !raise && req.Epoch < m {
+		return nil, api.Errorf(control.CodeFenced, "chunk %s is fenced at epoch %d; this host presented epoch %d",
+			chunk, m, req.Epoch)
+	} else if raise && req.Epoch < m {
+		return nil, api.Errorf(control.CodeFenced, "chunk %s is fenced at epoch %d; cannot fence at the older epoch %d",
+			chunk, m, req.Epoch)
+	}
+	return c, nil
+}
+
+// decode reads a ControlRequest body.
+func decode(r *http.Request) (api.ControlRequest, *api.Error) {
+	var req api.ControlRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxControlBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, api.Errorf(api.CodeInvalidArgument, "body must be a JSON ControlRequest {host, epoch, token}: %v", err)
+	}
+	return req, nil
+}
+
+// post runs a POST route: decode, authorize, act, answer with the chunk's state.
+func (h controlAPI) post(w http.ResponseWriter, r *http.Request, raise bool, act func(ctx context.Context, c *store.Chunk, req api.ControlRequest) error) {
+	chunk := r.PathValue("chunk")
+	req, aerr := decode(r)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	c, aerr := h.authorize(chunk, req, raise)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if err := act(r.Context(), c, req); err != nil {
+		code := api.CodeInternal
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			code = api.CodeUnavailable
+		}
+		writeError(w, api.Errorf(code, "%s", err.Error()))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ControlResponse{MinEpoch: c.MinEpoch(), Pinned: c.Log().Pinned()})
+}
+
+func (h controlAPI) fence(w http.ResponseWriter, r *http.Request) {
+	h.post(w, r, true, func(ctx context.Context, c *store.Chunk, req api.ControlRequest) error {
+		_, err := h.s.fence(ctx, c, req.Epoch)
+		if err == nil {
+			h.s.log.Info("fence", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch)
+		}
+		return err
+	})
+}
+
+func (h controlAPI) pin(w http.ResponseWriter, r *http.Request) {
+	h.post(w, r, false, func(ctx context.Context, c *store.Chunk, req api.ControlRequest) error {
+		if err := c.Pin(ctx); err != nil {
+			return fmt.Errorf("pinning chunk %s: %w", c.ID(), err)
+		}
+		h.s.log.Info("LOG bitmap pinned", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch)
+		return nil
+	})
+}
+
+func (h controlAPI) unpin(w http.ResponseWriter, r *http.Request) {
+	h.post(w, r, false, func(ctx context.Context, c *store.Chunk, req api.ControlRequest) error {
+		if err := c.Unpin(); err != nil {
+			return fmt.Errorf("unpinning chunk %s: %w", c.ID(), err)
+		}
+		h.s.log.Info("LOG bitmap unpinned", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch)
+		return nil
+	})
+}
+
+func (h controlAPI) log(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	req := api.ControlRequest{Host: q.Get("host"), Token: q.Get("token")}
+	if e := q.Get("epoch"); e != "" {
+		n, err := strconv.ParseInt(e, 10, 64)
+		if err != nil {
+			writeError(w, api.Errorf(api.CodeInvalidArgument, "epoch %q is not a number", e))
+			return
+		}
+		req.Epoch = n
+	}
+	c, aerr := h.authorize(r.PathValue("chunk"), req, false)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	l := c.Log()
+	writeJSON(w, http.StatusOK, api.LogBitmap{
+		RegionSize: l.RegionSize(),
+		Size:       c.Size(),
+		Bits:       l.Snapshot(),
+		Pinned:     l.Pinned(),
+	})
+}
