@@ -72,6 +72,9 @@ func newChunkserverCmd(o *rootOptions) *cobra.Command {
 	f.StringVar(&cfg.Advertise, "advertise", "", "NBD address hosts dial (default: the listen address)")
 	f.StringVar(&cfg.FaultDomain, "fault-domain", "", "failure domain, e.g. a rack (default: the name)")
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
+	f.StringVar(&cfg.ControlListen, "control-listen", "127.0.0.1:10909", "control API listen address (fence, pin, LOG bitmaps)")
+	f.StringVar(&cfg.ControlAdvertise, "control-advertise", "", "control API address reported to the metaserver (default: the control listen address)")
+	f.Int64Var(&cfg.LogRegion, "log-region", 64<<20, "LOG bitmap region size of new chunks in bytes (a power of two)")
 	return cmd
 }
 
