@@ -5,16 +5,19 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/migrations"
 )
 
 // events lists every event of volume (or all with ""), oldest first.
@@ -682,6 +685,58 @@ func TestFailureDetectorRunsOnOneLeader(t *testing.T) {
 	waitFor(t, 5*time.Second, "chunkserver_offline from the new leader", func() bool { return count(api.EventChunkserverOffline) == 2 })
 	if n := count(api.EventChunkserverOnline); n != 1 {
 		t.Errorf("%d online events, want 1", n)
+	}
+
+	// The leader's session dies under it: it stops leading, reconnects
+	// and takes the lock again (it is the only instance left).
+	n := ts.queryInt(t, `
+		SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l
+		WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+		  AND l.pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = $1)
+		  AND (l.classid::bigint << 32 | l.objid::bigint) = `+leaderLockKey, leaderAppName)
+	if n != 1 {
+		t.Fatalf("terminated %d leader sessions, want 1", n)
+	}
+	waitFor(t, 5*time.Second, "leadership lost", func() bool { return leader() < 0 })
+	waitFor(t, 5*time.Second, "leadership regained", func() bool { return leader() == 1-first })
+	if err := ts.Client.ChunkserverHeartbeat(t.Context(), id, api.ChunkserverHeartbeat{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "chunkserver_online after the reconnect", func() bool { return count(api.EventChunkserverOnline) == 2 })
+}
+
+func TestMigrationGivesAnOldClusterASecret(t *testing.T) {
+	t.Parallel()
+	url := newSchema(t)
+	db := newPool(t, url)
+	ctx := t.Context()
+	log := slog.New(slog.DiscardHandler)
+	all, err := loadMigrations(migrations.FS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := fstest.MapFS{all[0].Name: &fstest.MapFile{Data: []byte(all[0].SQL)}}
+	if _, err := migrate(ctx, db, v1, log); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(ctx, `INSERT INTO cluster (chunk_size) VALUES (67108864)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrate(ctx, db, migrations.FS, log); err != nil {
+		t.Fatal(err)
+	}
+	var secret string
+	if err := db.QueryRow(ctx, `SELECT secret FROM cluster`).Scan(&secret); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := hex.DecodeString(secret); err != nil || len(b) != 32 {
+		t.Fatalf("backfilled secret %q", secret)
+	}
+	// The server keeps that secret.
+	ts := startServer(t, Config{DatabaseURL: url})
+	resp, err := ts.Client.RegisterChunkserver(ctx, chunkserverReq("cs-a"))
+	if err != nil || resp.ClusterSecret != secret {
+		t.Errorf("registration: %+v, %v; want the secret %q", resp, err, secret)
 	}
 }
 
