@@ -59,8 +59,8 @@ const (
 	defaultOfflineAfter = 10 * time.Second
 	defaultIOTimeout    = 5 * time.Second
 	defaultLogPeriod    = 60 * time.Second
-	// maxConns bounds the PostgreSQL connections of one metaserver (plus
-	// its LISTEN connection).
+	// maxConns bounds the pooled PostgreSQL connections of one metaserver;
+	// it also keeps a LISTEN connection and a leader-election connection.
 	maxConns = 10
 	// listenInterval: the generation listener reads the generation itself
 	// after this long without a notification.
