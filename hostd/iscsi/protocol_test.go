@@ -689,3 +689,140 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionReinstatement logs in twice with the same initiator port: the
+// second login replaces the first session (RFC 7143 6.3.5).
+func TestSessionReinstatement(t *testing.T) {
+	srv, _, addr := newTestServer(t, Config{}, 1<<20)
+	first := dialInitiator(t, addr)
+	first.loginNormal()
+	second := dialInitiator(t, addr)
+	second.isid = first.isid
+	second.loginNormal()
+	if err := first.waitClosed(5 * time.Second); err != nil {
+		t.Errorf("old session: %v", err)
+	}
+	if r := second.command([]byte{0, 0, 0, 0, 0, 0}, 0, nil, 0); r.status != statusGood {
+		t.Fatal("new session does not work")
+	}
+	if n := srv.sessionCount(); n != 1 {
+		t.Errorf("%d sessions registered, want 1", n)
+	}
+}
+
+func TestLoginTimeout(t *testing.T) {
+	_, _, addr := newTestServer(t, Config{LoginTimeout: 200 * time.Millisecond}, 1<<20)
+	silent := dialInitiator(t, addr)
+	partial := dialInitiator(t, addr)
+	if _, err := partial.nc.Write(make([]byte, 20)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*testInitiator{silent, partial} {
+		if err := c.waitClosed(3 * time.Second); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestWriteBuffersBounded sends more large writes than the session's
+// buffer budget holds: data is solicited (R2T) only for the writes that fit,
+// the rest wait without buffers, and each completed write lets the next
+// one in.
+func TestWriteBuffersBounded(t *testing.T) {
+	_, _, addr := newTestServer(t, Config{MaxTransferLength: 1 << 20, SessionBufferBytes: 2 << 20}, 8<<20)
+	c := dialInitiator(t, addr)
+	c.recvDSL = 65536
+	c.loginNormal(textPair{"ImmediateData", "No"}, textPair{"InitialR2T", "Yes"})
+	data := make([]byte, 1<<20)
+	const n = 6
+	for i := range n {
+		c.sendCommand(uint32(100+i), cdbWrite10(uint32(i)*2048, 2048, false), 1<<20, data, 0, true)
+	}
+	solicited := map[uint32]bool{}
+	var first []*r2t
+	for {
+		d, err := c.tryRecv(300 * time.Millisecond)
+		if err != nil {
+			break
+		}
+		m, ok := d.msg.(*r2t)
+		if !ok {
+			t.Fatalf("got %s before any data was sent", d.op)
+		}
+		solicited[m.ITT] = true
+		first = append(first, m)
+	}
+	if len(solicited) != 2 {
+		t.Fatalf("R2Ts went out for %d writes of 1 MiB with a 2 MiB budget, want 2", len(solicited))
+	}
+	// Serve the solicited writes; the others follow as buffers free up.
+	pending := first
+	done := 0
+	for done < n {
+		for _, r := range pending {
+			c.answerR2T(r, data, int(r.BufferOffset), int(r.DesiredLength))
+		}
+		pending = nil
+		d := c.recv()
+		switch m := d.msg.(type) {
+		case *r2t:
+			pending = append(pending, m)
+		case *scsiResponse:
+			if m.Status != statusGood {
+				t.Fatalf("write %d: status %#x", m.ITT, m.Status)
+			}
+			done++
+		default:
+			t.Fatalf("got %s", d.op)
+		}
+	}
+}
+
+// TestWriteUnsolicitedDataWhileWaiting sends writes with immediate and
+// unsolicited data beyond the buffer budget: the target holds the
+// unsolicited part until the write gets its buffer, and every byte lands
+// where it belongs.
+func TestWriteUnsolicitedDataWhileWaiting(t *testing.T) {
+	_, be, addr := newTestServer(t, Config{MaxTransferLength: 1 << 20, SessionBufferBytes: 2 << 20}, 8<<20)
+	c := dialInitiator(t, addr)
+	c.recvDSL = 65536
+	keys := c.loginNormal(textPair{"FirstBurstLength", "262144"}, textPair{"MaxBurstLength", "262144"}, textPair{"InitialR2T", "No"})
+	if keys["InitialR2T"] != "No" {
+		t.Fatalf("InitialR2T=%s", keys["InitialR2T"])
+	}
+	const n = 4
+	const size = 1 << 20
+	const fbl = 262144
+	data := make([][]byte, n)
+	for i := range data {
+		data[i] = bytes.Repeat([]byte{byte(0x10 + i)}, size)
+		itt := uint32(200 + i)
+		c.sendCommand(itt, cdbWrite10(uint32(i)*2048, 2048, false), size, data[i], 65536, false)
+		// Unsolicited Data-Out up to FirstBurstLength, 64 KiB per PDU.
+		for off, sn := 65536, uint32(0); off < fbl; off, sn = off+65536, sn+1 {
+			d := dataOut{Final: off+65536 == fbl, ITT: itt, TTT: reservedTag, DataSN: sn, BufferOffset: uint32(off)}
+			var h header
+			d.marshal(&h)
+			c.send(&h, data[i][off:off+65536])
+		}
+	}
+	for done := 0; done < n; {
+		d := c.recv()
+		switch m := d.msg.(type) {
+		case *r2t:
+			c.answerR2T(m, data[m.ITT-200], int(m.BufferOffset), int(m.DesiredLength))
+		case *scsiResponse:
+			if m.Status != statusGood {
+				t.Fatalf("write %d: status %#x sense %x", m.ITT, m.Status, d.data)
+			}
+			done++
+		default:
+			t.Fatalf("got %s", d.op)
+		}
+	}
+	for i := range n {
+		if !bytes.Equal(be.snapshot(i*size, size), data[i]) {
+			t.Errorf("write %d: data in the back end differs", i)
+		}
+	}
+}
