@@ -72,6 +72,37 @@ func TestHandshakeRefusals(t *testing.T) {
 	if err != nil || !strings.Contains(out, "export-size: 8388608") {
 		t.Fatalf("nbdinfo with a valid name: %v\n%s", err, out)
 	}
+	// nbdinfo's NBD_OPT_INFO registers nothing, and it ends with
+	// NBD_CMD_DISC: the LOG stays unpinned.
+	c, _ := cs.s.store.Get("c1")
+	waitFor(t, "nbdinfo's connection to end", func() bool { return cs.s.openSessions(c) == 2 })
+	if c.Log().Pinned() {
+		t.Fatal("nbdinfo's clean disconnect pinned the LOG")
+	}
+}
+
+// TestDeleteClosesConnections: a chunk the metaserver deletes loses its
+// connections and is no longer served.
+func TestDeleteClosesConnections(t *testing.T) {
+	meta := newFakeMeta(t, "c1", "c2")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	c := cs.dial(t, exportName("c1", "h1", 1), nil)
+	keep := cs.dial(t, exportName("c2", "h1", 1), nil)
+	meta.setChunks([]api.ChunkAssignment{
+		{ID: "c1", SizeBytes: testChunkSize, State: api.ChunkDeleting},
+		{ID: "c2", SizeBytes: testChunkSize, State: api.ChunkActive},
+	})
+	waitFor(t, "c1 to be deleted", func() bool { _, err := cs.s.store.Get("c1"); return err != nil })
+	waitFor(t, "c1's connection to close", func() bool {
+		return errors.Is(c.ReadAt(t.Context(), make([]byte, 512), 0), nbd.ErrClosed)
+	})
+	if _, err := nbd.Dial(t.Context(), nbd.ClientConfig{Addr: cs.nbdAddr, Export: exportName("c1", "h1", 1)}); err == nil ||
+		!strings.Contains(err.Error(), "no chunk c1") {
+		t.Fatalf("open of a deleted chunk: %v", err)
+	}
+	if err := keep.WriteAt(t.Context(), []byte("k"), 0, true); err != nil {
+		t.Fatalf("other chunk: %v", err)
+	}
 }
 
 // stallWrites makes every WRITE whose offset is at stallOff wait for

@@ -218,10 +218,13 @@ func (ss *session) Detached(clean bool) {
 	default:
 		// The persist is bounded by the disk; nothing waits on this but
 		// the connection's own goroutine.
-		if err := ss.c.Pin(context.Background()); err != nil && !errors.Is(err, store.ErrClosed) {
-			log.Error("pinning the LOG bitmap after an unclean disconnect", "err", err)
-		} else {
+		switch err := ss.c.Pin(context.Background()); {
+		case err == nil:
 			log.Info("connection ended without NBD_CMD_DISC; LOG bitmap pinned until a host unpins it")
+		case errors.Is(err, store.ErrClosed):
+			log.Debug("connection of a closed chunk ended")
+		default:
+			log.Error("pinning the LOG bitmap after an unclean disconnect", "err", err)
 		}
 	}
 	ss.checkDrained()
