@@ -25,8 +25,11 @@ type attachment struct {
 	sets   []*setState
 	log    *slog.Logger
 
-	cancel context.CancelFunc // stops the sets' supervisors
+	cancel context.CancelFunc // stops the sets' supervisors and the reporter
 	wg     sync.WaitGroup
+	// reportC asks the reporter goroutine for a report; reports are sent one
+	// at a time, newest state each time, so they never arrive out of order.
+	reportC chan struct{}
 }
 
 // member is one chunk of a set as the host reaches it.
@@ -93,7 +96,7 @@ func (s *Server) wibPath(volume string, set int) string {
 // serve. Members that cannot be reached start degraded; the supervisor
 // brings them back.
 func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
-	a := &attachment{s: s, vol: v, log: s.log.With("volume", v.Name, "epoch", v.Epoch)}
+	a := &attachment{s: s, vol: v, log: s.log.With("volume", v.Name, "epoch", v.Epoch), reportC: make(chan struct{}, 1)}
 	defer func() {
 		if err != nil {
 			a.close(false)
@@ -122,6 +125,11 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.reporter(sctx)
+	}()
 	for _, st := range a.sets {
 		a.wg.Add(1)
 		go func() {
@@ -470,16 +478,33 @@ func (st *setState) resync(ctx context.Context) {
 	st.a.report()
 }
 
-// report sends the volume's state to the metaserver (best effort).
+// report asks the reporter to send the volume's state to the metaserver.
 func (a *attachment) report() {
-	r := a.snapshot(false)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
+	select {
+	case a.reportC <- struct{}{}:
+	default: // a report is already pending; it will carry the newest state
+	}
+}
+
+// reporter sends state reports one at a time (best effort), and again every
+// few seconds so a lost report is repaired.
+func (a *attachment) reporter(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.reportC:
+		case <-t.C:
+		}
+		r := a.snapshot(false)
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := a.s.meta.HostReport(rctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil && ctx.Err() == nil {
 			a.log.Debug("reporting volume state", "err", err)
 		}
-	}()
+		cancel()
+	}
 }
 
 func (a *attachment) snapshot(clean bool) api.VolumeReport {
