@@ -482,6 +482,22 @@ func TestMalformedPDUClosesOnlyItsConnection(t *testing.T) {
 	if r := good.command([]byte{0, 0, 0, 0, 0, 0}, 0, nil, 0); r.status != statusGood {
 		t.Fatal("other session broke")
 	}
+	// SNACK and an unassigned initiator opcode are rejected; the session
+	// goes on.
+	for _, op := range []opcode{opSNACK, 0x0c} {
+		var hh header
+		hh.setOpcode(op, false)
+		hh[1] = 0x80
+		put32(hh[16:], 77)
+		good.send(&hh, []byte("abc"))
+		d := good.recv()
+		if d.op != opReject || d.msg.(*rejectPDU).Reason != rejectCmdNotSupported || !bytes.Equal(d.data, hh[:]) {
+			t.Errorf("%s answered with %s %+v", op, d.op, d.msg)
+		}
+	}
+	if r := good.command([]byte{0, 0, 0, 0, 0, 0}, 0, nil, 0); r.status != statusGood {
+		t.Fatal("session broke after a rejected PDU")
+	}
 }
 
 // TestTSIHReleased logs in and out repeatedly and checks that sessions and
@@ -824,5 +840,56 @@ func TestWriteUnsolicitedDataWhileWaiting(t *testing.T) {
 		if !bytes.Equal(be.snapshot(i*size, size), data[i]) {
 			t.Errorf("write %d: data in the back end differs", i)
 		}
+	}
+}
+
+// textExchange sends one Text Request and returns the answered pairs.
+func (c *testInitiator) textExchange(pairs ...textPair) map[string][]string {
+	c.t.Helper()
+	req := textRequest{Final: true, ITT: c.nextITT(), TTT: reservedTag, CmdSN: c.cmdSN, ExpStatSN: c.expStatSN}
+	c.cmdSN++
+	var h header
+	req.marshal(&h)
+	c.send(&h, encodeText(pairs))
+	d := c.recv()
+	m, ok := d.msg.(*textResponse)
+	if !ok || !m.Final || m.ITT != req.ITT {
+		c.t.Fatalf("Text Response: %s %+v", d.op, d.msg)
+	}
+	kv, err := parseText(d.data)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, p := range kv {
+		out[p.key] = append(out[p.key], p.value)
+	}
+	return out
+}
+
+func TestTextInNormalSession(t *testing.T) {
+	srv, _, addr := newTestServer(t, Config{}, 1<<20)
+	if err := srv.AddTarget("iqn.2026-11.io.chunkraid:second", newMemBackend(1<<20), "second"); err != nil {
+		t.Fatal(err)
+	}
+	c := dialInitiator(t, addr)
+	c.loginNormal()
+	if got := c.textExchange(textPair{"SendTargets", ""}); len(got["TargetName"]) != 1 || got["TargetName"][0] != testIQN {
+		t.Errorf("SendTargets= in a normal session: %v", got)
+	}
+	if got := c.textExchange(textPair{"SendTargets", "All"}); len(got["TargetName"]) != 2 || len(got["TargetAddress"]) != 2 {
+		t.Errorf("SendTargets=All: %v", got)
+	}
+	if got := c.textExchange(textPair{"SendTargets", "iqn.2026-11.io.chunkraid:second"}); len(got["TargetName"]) != 1 {
+		t.Errorf("SendTargets=<iqn>: %v", got)
+	}
+	got := c.textExchange(textPair{"MaxBurstLength", "512"}, textPair{"X-vendor.Key", "1"}, textPair{"MaxRecvDataSegmentLength", "4096"})
+	if got["MaxBurstLength"][0] != "Reject" || got["X-vendor.Key"][0] != "NotUnderstood" || got["MaxRecvDataSegmentLength"] != nil {
+		t.Errorf("text negotiation in full feature phase: %v", got)
+	}
+	// The redeclared MaxRecvDataSegmentLength applies to Data-In.
+	r := c.command(cdbRead10(0, 32), 16384, nil, 0)
+	if r.status != statusGood || len(r.dataIns) != 4 {
+		t.Errorf("16 KiB read after MaxRecvDataSegmentLength=4096: status %#x, %d Data-In PDUs", r.status, len(r.dataIns))
 	}
 }

@@ -219,17 +219,21 @@ func (s *session) readLoop(ctx context.Context) error {
 			if err := s.sequence(ctx, p); err != nil {
 				return err
 			}
-		case opSNACK:
-			// SNACK needs ErrorRecoveryLevel 1 or more; at level 0 it is
-			// rejected as not supported.
+		case opLoginReq:
+			return fmt.Errorf("%w: %s in full feature phase", ErrProtocol, op)
+		default:
+			if op >= opNOPIn {
+				return fmt.Errorf("%w: target opcode %s from the initiator", ErrProtocol, op)
+			}
+			// SNACK (it needs ErrorRecoveryLevel 1 or more) and the
+			// initiator opcodes RFC 7143 leaves reserved or to vendors:
+			// rejected as not supported, the connection goes on.
 			if err := discardData(c.br, dlen); err != nil {
 				return err
 			}
 			if err := s.reject(ctx, &c.hdr, rejectCmdNotSupported); err != nil {
 				return err
 			}
-		default:
-			return fmt.Errorf("%w: unexpected %s in full feature phase", ErrProtocol, op)
 		}
 	}
 }
