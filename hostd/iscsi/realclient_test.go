@@ -277,3 +277,20 @@ func TestRealClientQemuIdleNOP(t *testing.T) {
 		t.Errorf("QEMU sent no NOP-Out while idle; the test proves nothing")
 	}
 }
+
+// TestRealClientSeesBackendErrors makes the back end fail: qemu-io must
+// report an I/O error, never return data or claim a successful flush.
+func TestRealClientSeesBackendErrors(t *testing.T) {
+	_, be, addr := newTestServer(t, Config{}, 1<<20)
+	be.readErr.Store(true)
+	out, _ := runTool(t, 60*time.Second, "qemu-io", "-f", "raw", "-c", "read 0 4k", lunURL(addr))
+	if !strings.Contains(out, "Input/output error") || strings.Contains(out, "read 4096/4096") {
+		t.Errorf("qemu-io read from a failing back end:\n%s", out)
+	}
+	be.readErr.Store(false)
+	be.flushErr.Store(true)
+	out, _ = runTool(t, 60*time.Second, "qemu-io", "-f", "raw", "-c", "write 0 4k", "-c", "flush", lunURL(addr))
+	if !strings.Contains(out, "SYNCHRONIZECACHE10 failed") || !strings.Contains(out, "0x0c00") {
+		t.Errorf("qemu-io flush on a failing back end:\n%s", out)
+	}
+}
