@@ -28,7 +28,18 @@ var errInjected = errors.New("injected back-end failure")
 
 func newMemBackend(size int) *memBackend { return &memBackend{data: make([]byte, size)} }
 
-func (m *memBackend) Size() int64 { return int64(len(m.data)) }
+func (m *memBackend) Size() int64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return int64(len(m.data))
+}
+
+// grow extends the device by n zero bytes, as a volume grows online.
+func (m *memBackend) grow(n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.data = append(m.data, make([]byte, n)...)
+}
 
 func (m *memBackend) wait(ctx context.Context) error {
 	d := time.Duration(m.delay.Load())

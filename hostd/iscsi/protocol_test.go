@@ -893,3 +893,40 @@ func TestTextInNormalSession(t *testing.T) {
 		t.Errorf("16 KiB read after MaxRecvDataSegmentLength=4096: status %#x, %d Data-In PDUs", r.status, len(r.dataIns))
 	}
 }
+
+// TestCapacityChangeUnitAttention grows the back end: each session's next
+// command reports CAPACITY DATA HAS CHANGED once, and READ CAPACITY then
+// shows the new size.
+func TestCapacityChangeUnitAttention(t *testing.T) {
+	_, be, addr := newTestServer(t, Config{}, 1<<20)
+	a := dialInitiator(t, addr)
+	a.loginNormal()
+	b := dialInitiator(t, addr)
+	b.loginNormal()
+	tur := []byte{0, 0, 0, 0, 0, 0}
+	be.grow(1 << 20)
+
+	if r := a.command([]byte{0x12, 0, 0, 0, 96, 0}, 96, nil, 0); r.status != statusGood {
+		t.Errorf("INQUIRY held by the unit attention")
+	}
+	r := a.command(tur, 0, nil, 0)
+	if key, asc := r.senseKey(); r.status != statusCheckCondition || key != senseUnitAttention || asc != ascCapacityChanged {
+		t.Fatalf("first command after growth: status %#x sense %x/%04x", r.status, key, asc)
+	}
+	if r := a.command(tur, 0, nil, 0); r.status != statusGood {
+		t.Errorf("unit attention reported twice")
+	}
+	rc := a.command([]byte{0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 8, nil, 0)
+	if rc.status != statusGood || be32(rc.data) != 4095 {
+		t.Errorf("READ CAPACITY after growth: %x", rc.data)
+	}
+	// REQUEST SENSE on the other session returns the unit attention and
+	// clears it.
+	rs := b.command([]byte{0x03, 0, 0, 0, 18, 0}, 18, nil, 0)
+	if rs.status != statusGood || len(rs.data) < 14 || rs.data[2] != senseUnitAttention || rs.data[12] != 0x2a || rs.data[13] != 0x09 {
+		t.Errorf("REQUEST SENSE: %x", rs.data)
+	}
+	if r := b.command(tur, 0, nil, 0); r.status != statusGood {
+		t.Errorf("unit attention still pending after REQUEST SENSE")
+	}
+}

@@ -38,6 +38,8 @@ type logicalUnit struct {
 		sync.Mutex
 		legacyHolder string // initiator port holding a RESERVE(6)/(10), "" if none
 		pr           prState
+		capacity     uint64 // capacity in blocks when last looked at
+		capEpoch     uint64
 	}
 	cmds           *commandTable
 	backend        Backend
@@ -62,6 +64,7 @@ func newLogicalUnit(be Backend, blockSize uint32, maxXfer, optXfer int, serial, 
 		optXferBlocks:  uint32(optXfer / int(blockSize)),
 		readChunkBytes: 1 << 20,
 	}
+	lu.mu.capacity = lu.blocks()
 	for bs := blockSize; bs < physicalBlockSize; bs <<= 1 {
 		lu.physExp++
 	}
@@ -77,6 +80,20 @@ func newLogicalUnit(be Backend, blockSize uint32, maxXfer, optXfer int, serial, 
 // read on every command.
 func (lu *logicalUnit) blocks() uint64 {
 	return uint64(lu.backend.Size()) / uint64(lu.blockSize)
+}
+
+// capacityEpoch returns a counter that moves each time the capacity is seen
+// to change. Sessions compare it with the epoch they last reported to
+// raise CAPACITY DATA HAS CHANGED once per I_T nexus (SBC-3 4.10).
+func (lu *logicalUnit) capacityEpoch() uint64 {
+	n := lu.blocks()
+	lu.mu.Lock()
+	defer lu.mu.Unlock()
+	if n != lu.mu.capacity {
+		lu.mu.capacity = n
+		lu.mu.capEpoch++
+	}
+	return lu.mu.capEpoch
 }
 
 // dataDir is the direction of a command's data transfer.
@@ -104,6 +121,8 @@ type scsiCmd struct {
 	lunOK  bool   // the command addresses LUN 0
 	nexus  string // initiator port name of the I_T nexus, for reservations
 	edtl   uint32 // the initiator's Expected Data Transfer Length
+	// pending is a unit attention REQUEST SENSE reports and clears.
+	pending *sense
 }
 
 // result is the outcome of a command.
@@ -124,7 +143,7 @@ type cmdSpec struct {
 	op     byte
 	sa     uint8
 	hasSA  bool
-	anyLUN bool // valid on LUNs that do not exist (SPC-4 well-known commands)
+	anyLUN bool // valid on LUNs that do not exist (SPC-4 well-known commands); not held by a unit attention
 	// access says how persistent reservations restrict the command;
 	// legacyOK commands run even when another I_T nexus holds a
 	// RESERVE(6)/(10) reservation (SPC-2 5.5.1).
@@ -561,13 +580,17 @@ func decodeRequestSense(lu *logicalUnit, c *scsiCmd) *sense {
 	return nil
 }
 
-// execRequestSense returns NO SENSE: sense data is always delivered with the
-// CHECK CONDITION itself (autosense), so none is ever pending. On a LUN that
-// does not exist it reports LOGICAL UNIT NOT SUPPORTED as parameter data.
+// execRequestSense returns NO SENSE, or the unit attention the transport
+// passed in c.pending: other sense data is always delivered with the CHECK
+// CONDITION itself (autosense), so none is ever pending. On a LUN that does
+// not exist it reports LOGICAL UNIT NOT SUPPORTED as parameter data.
 func execRequestSense(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []byte) result {
 	key, asc := uint8(senseNoSense), uint16(ascNone)
-	if !c.lunOK {
+	switch {
+	case !c.lunOK:
 		key, asc = senseIllegalRequest, ascLUNotSupported
+	case c.pending != nil:
+		key, asc = c.pending.key, c.pending.asc
 	}
 	var b []byte
 	if c.cdb[1]&1 != 0 { // DESC: descriptor format, no descriptors

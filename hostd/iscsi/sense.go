@@ -38,6 +38,7 @@ const (
 	ascLUNotSupported          = 0x2500
 	ascInvalidFieldInParamList = 0x2600
 	ascInvalidReleaseOfPR      = 0x2604
+	ascCapacityChanged         = 0x2a09
 	ascSavingParamsUnsupported = 0x3900
 	ascInternalTargetFailure   = 0x4400
 	ascDataPhaseError          = 0x4b00

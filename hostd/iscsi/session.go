@@ -72,8 +72,9 @@ type session struct {
 	nextTTT          atomic.Uint32
 
 	// Owned by the reader goroutine.
-	logout *logoutRequest
-	text   textState
+	logout   *logoutRequest
+	text     textState
+	capEpoch uint64 // capacity epoch of the logical unit last reported
 
 	mu struct {
 		sync.Mutex
@@ -115,6 +116,7 @@ func newSession(c *conn, m *loginMachine) *session {
 	}
 	if s.target != nil {
 		s.lu = s.target.lu
+		s.capEpoch = s.lu.capacityEpoch()
 	}
 	s.initiatorRecvDSL.Store(s.params.InitiatorRecvDSL)
 	s.mu.expCmdSN = m.expCmdSN

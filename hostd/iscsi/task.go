@@ -114,6 +114,22 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 		return nil
 	}
 	c.nexus = s.nexus
+	// A capacity change is reported once to every I_T nexus, on its next
+	// command that is not INQUIRY, REPORT LUNS or REQUEST SENSE; REQUEST
+	// SENSE returns it as its data (SPC-4 5.14).
+	if epoch := s.lu.capacityEpoch(); epoch != s.capEpoch && c.lunOK {
+		ua := newSense(senseUnitAttention, ascCapacityChanged)
+		switch {
+		case c.spec.op == 0x03:
+			c.pending = ua
+			s.capEpoch = epoch
+		case !c.spec.anyLUN:
+			s.capEpoch = epoch
+			s.finishCmd(cmd.Immediate)
+			s.sendResult(&cmd, nil, 0, check(ua), nil)
+			return nil
+		}
+	}
 
 	t := &task{
 		s:         s,
