@@ -12,6 +12,26 @@
 // each response as it goes out, batching PDUs into one writev. The reader
 // never waits for the back end.
 //
+// # Commands
+//
+// The logical unit implements TEST UNIT READY, REQUEST SENSE, INQUIRY (VPD
+// pages 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2), READ CAPACITY (10) and (16),
+// READ and WRITE (6/10/12/16) with FUA, WRITE AND VERIFY (10/12/16), VERIFY
+// (10/12/16) with BYTCHK, WRITE SAME (10/16) without UNMAP, COMPARE AND
+// WRITE and ORWRITE (atomic against other writes), SYNCHRONIZE CACHE
+// (10/16), PRE-FETCH (10/16), MODE SENSE and MODE SELECT (6/10, caching and
+// control pages, nothing changeable), REPORT LUNS, REPORT SUPPORTED
+// OPERATION CODES, READ DEFECT DATA (10/12), START STOP UNIT, PREVENT ALLOW
+// MEDIUM REMOVAL, RESERVE and RELEASE (6/10) and PERSISTENT RESERVE IN/OUT
+// (all six reservation types, kept in memory, no APTPL). Anything else is
+// INVALID COMMAND OPERATION CODE. The volume reports itself fully
+// provisioned, so UNMAP, GET LBA STATUS and WRITE SAME with UNMAP are not
+// offered; WRITE ATOMIC is not offered because a write is not atomic across
+// a crash of the RAID layer. Task attributes are not honoured beyond SIMPLE:
+// every command may run concurrently with every other. The only unit
+// attention raised is CAPACITY DATA HAS CHANGED, once per session after the
+// back end grows.
+//
 // # Limits
 //
 // Every length a peer sends is checked before anything is sized from it.

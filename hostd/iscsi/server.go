@@ -19,7 +19,9 @@ import (
 // only once all of p is accepted, and with fua only once it is durable;
 // Flush makes every write acknowledged before the call durable. All methods
 // are called concurrently and must honour ctx: a cancelled command (task
-// abort, connection loss, RemoveTarget) waits for them to return.
+// abort, connection loss, RemoveTarget) waits for them to return. Size must
+// not block: it is read for every command, and a change in it is reported
+// to initiators as a capacity change.
 type Backend interface {
 	Size() int64
 	ReadAt(ctx context.Context, p []byte, off int64) error
