@@ -189,3 +189,18 @@ func FuzzParseProcStat(f *testing.F) {
 		}
 	})
 }
+
+func TestPerfBody(t *testing.T) {
+	in := "# To display the perf.data header info, please use --header/--header-only options.\n#\n" +
+		"# Overhead  Shared Object      Symbol                          IPC   [IPC Coverage]\n" +
+		"# ........  .................  ..............................  ....................................\n" +
+		"#\n" +
+		"    28.86%  [kernel.kallsyms]  [k] finish_task_switch.isra.0     -      -            \n" +
+		"     2.02%  chunkraid          [.] runtime.pcvalue              -      -            \n\n"
+	want := "# Overhead  Shared Object      Symbol\n" +
+		"    28.86%  [kernel.kallsyms]  [k] finish_task_switch.isra.0\n" +
+		"     2.02%  chunkraid          [.] runtime.pcvalue"
+	if got := perfBody(in); got != want {
+		t.Errorf("perfBody =\n%q\nwant\n%q", got, want)
+	}
+}

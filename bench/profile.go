@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -211,18 +212,19 @@ func (r *Runner) profileLoad(ctx context.Context, group, what string, ours, ref 
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	rel, err := filepath.Rel(r.cfg.Repo, path)
-	if err != nil {
-		rel = path
-	}
-	r.report.Profiles = append(r.report.Profiles, fmt.Sprintf("%s: %s — server CPU per op: ours %.1f µs, reference %.1f µs (%.2f×)",
-		group, rel, us(oursCPU), us(refCPU), float64(oursCPU)/float64(max(refCPU, 1))))
+	r.report.Profiles = append(r.report.Profiles, fmt.Sprintf("%s: %s (beside this file) — server CPU per op: ours %.1f µs, reference %.1f µs (%.2f×)",
+		group, filepath.Base(path), us(oursCPU), us(refCPU), float64(oursCPU)/float64(max(refCPU, 1))))
 	return nil
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
-// perfBody drops perf report's comment lines, keeping the column header.
+// perfIPC matches the IPC columns perf report adds, empty ("-  -") where
+// the machine has no cycle counters.
+var perfIPC = regexp.MustCompile(`\s+(IPC\s+\[IPC Coverage\]|-\s+-)\s*$`)
+
+// perfBody drops perf report's comment lines, keeping the column header,
+// and the empty IPC columns.
 func perfBody(out string) string {
 	var keep []string
 	for _, l := range strings.Split(out, "\n") {
@@ -230,7 +232,7 @@ func perfBody(out string) string {
 		if t == "" || (strings.HasPrefix(t, "#") && !strings.Contains(t, "Overhead")) {
 			continue
 		}
-		keep = append(keep, l)
+		keep = append(keep, perfIPC.ReplaceAllString(l, ""))
 	}
 	return strings.Join(keep, "\n")
 }
