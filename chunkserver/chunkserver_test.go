@@ -135,7 +135,6 @@ func TestFenceWaitsForInFlightWrite(t *testing.T) {
 	st := newStall(3 * testRegion)
 	cs.s.beforeWrite = st.hook
 	old := cs.dial(t, exportName("c1", "h1", 1), nil)
-	other := cs.dial(t, exportName("c1", "h1", 2), nil) // already at the new epoch: kept
 
 	payload := bytes.Repeat([]byte("late"), 1024)
 	writeErr := make(chan error, 1)
@@ -185,6 +184,7 @@ func TestFenceWaitsForInFlightWrite(t *testing.T) {
 		!strings.Contains(err.Error(), "fenced at epoch 2; this host presented epoch 1") {
 		t.Fatalf("epoch-1 open after the fence: %v", err)
 	}
+	other := cs.dial(t, exportName("c1", "h1", 2), nil) // opened after the fence, at its epoch
 	if err := other.WriteAt(t.Context(), []byte("new"), 0, true); err != nil {
 		t.Fatalf("connection at the new epoch: %v", err)
 	}
@@ -195,7 +195,8 @@ func TestFenceWaitsForInFlightWrite(t *testing.T) {
 
 // TestFenceAtCurrentEpochDrainsDroppedConnection: a host whose connection
 // timed out fences at its own epoch; the fence waits for the dropped
-// connection's write, and leaves the live connection alone.
+// connection's write and closes every connection of that epoch, and a new
+// connection at the epoch works.
 func TestFenceAtCurrentEpochDrainsDroppedConnection(t *testing.T) {
 	meta := newFakeMeta(t, "c1")
 	cs := startCS(t, meta, t.TempDir(), nil)
@@ -228,8 +229,12 @@ func TestFenceAtCurrentEpochDrainsDroppedConnection(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("fence did not return")
 	}
-	if err := live.WriteAt(t.Context(), []byte("still here"), 0, true); err != nil {
-		t.Fatalf("live connection at the same epoch after the fence: %v", err)
+	if err := live.WriteAt(t.Context(), []byte("closed"), 0, true); err == nil {
+		t.Fatal("a connection of the fenced epoch still writes after the fence")
+	}
+	again := cs.dial(t, exportName("c1", "h1", 3), nil)
+	if err := again.WriteAt(t.Context(), []byte("new connection"), 0, true); err != nil {
+		t.Fatalf("new connection at the fenced epoch: %v", err)
 	}
 }
 
@@ -497,8 +502,12 @@ func TestControlAPI(t *testing.T) {
 	if resp, err := cs.ctl.Fence(ctx, "c1", cred("c1", "h1", 3)); err != nil || resp.MinEpoch != 3 {
 		t.Fatalf("fence at the current epoch: %+v %v", resp, err)
 	}
+	if err := c.WriteAt(ctx, []byte("z"), 0, false); err == nil {
+		t.Fatal("a connection of the fenced epoch still writes after a fence at it")
+	}
+	c = cs.dial(t, exportName("c1", "h1", 3), nil)
 	if err := c.WriteAt(ctx, []byte("z"), 0, false); err != nil {
-		t.Fatalf("connection at the current epoch after a fence at it: %v", err)
+		t.Fatalf("new connection at the current epoch after a fence at it: %v", err)
 	}
 
 	// Malformed requests.

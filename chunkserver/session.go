@@ -231,8 +231,11 @@ func (ss *session) Detached(clean bool) {
 }
 
 // fence raises c's minimum epoch to epoch (persisted), closes every
-// connection of c opened with an older epoch and waits until no request of
-// a closed or closing connection is in flight. It returns the minimum
+// connection of c opened with that epoch or an older one and waits until no
+// request of a closed or closing connection is in flight. Closing the
+// connections of the fencing epoch too means a host that fences before it
+// reconnects (after a timeout) never leaves behind a stuck connection the
+// server has not noticed yet: its late writes cannot land after the fence. It returns the minimum
 // epoch after the call; if ctx ends first, the epoch stays raised and the
 // error says how many connections were still draining.
 func (s *Server) fence(ctx context.Context, c *store.Chunk, epoch int64) (int64, error) {
@@ -249,7 +252,7 @@ func (s *Server) fence(ctx context.Context, c *store.Chunk, epoch int64) (int64,
 	var wait []*session
 	for ss := range cs.mu.sessions {
 		switch {
-		case ss.name.Epoch < minEpoch:
+		case ss.name.Epoch <= minEpoch:
 			ss.fenced.Store(true)
 			ss.closing.Store(true)
 			wait = append(wait, ss)
