@@ -55,16 +55,18 @@ func main() {
 	defer stop()
 
 	start := time.Now()
-	var err error
 	if rev != "" {
-		err = runRev(ctx, cfg, rev, groups)
-	} else {
-		if cfg.Source == "" {
-			cfg.Source = describeWorkTree(ctx, cfg.Repo)
+		if err := runRev(ctx, cfg, rev, groups); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
 		}
-		err = measure(ctx, cfg)
+		fmt.Fprintf(os.Stderr, "bench: %s exported, built and measured in %v\n", rev, time.Since(start).Round(time.Second))
+		return
 	}
-	if err != nil {
+	if cfg.Source == "" {
+		cfg.Source = describeWorkTree(ctx, cfg.Repo)
+	}
+	if err := measure(ctx, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
