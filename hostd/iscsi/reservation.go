@@ -103,6 +103,9 @@ func (p *prState) unregister(nexus string) {
 // reservationConflict applies RESERVE(6)/(10) and persistent reservations
 // to a command from c.nexus.
 func (lu *logicalUnit) reservationConflict(c *scsiCmd) bool {
+	if !lu.reserved.Load() {
+		return false
+	}
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	if h := lu.mu.legacyHolder; h != "" && h != c.nexus && !c.spec.legacyOK {
@@ -131,6 +134,12 @@ func (lu *logicalUnit) reservationConflict(c *scsiCmd) bool {
 	return c.spec.access == accWrite || exclusiveAccess(p.resType)
 }
 
+// syncReservedLocked publishes whether any reservation exists, so that
+// commands skip the lock in the common case.
+func (lu *logicalUnit) syncReservedLocked() {
+	lu.reserved.Store(lu.mu.legacyHolder != "" || lu.mu.pr.resType != 0)
+}
+
 // execReserve takes a RESERVE(6)/(10) reservation for the I_T nexus.
 func execReserve(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []byte) result {
 	if c.spec.op == 0x56 && c.cdb[1]&0x12 != 0 { // 3RDPTY, LONGID
@@ -142,6 +151,7 @@ func execReserve(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []byte) re
 		return result{status: statusReservationConflict}
 	}
 	lu.mu.legacyHolder = c.nexus
+	lu.syncReservedLocked()
 	return good(nil)
 }
 
@@ -156,6 +166,7 @@ func execRelease(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []byte) re
 	if lu.mu.legacyHolder == c.nexus {
 		lu.mu.legacyHolder = ""
 	}
+	lu.syncReservedLocked()
 	return good(nil)
 }
 
@@ -167,6 +178,7 @@ func (lu *logicalUnit) nexusLost(nexus string) {
 	if lu.mu.legacyHolder == nexus {
 		lu.mu.legacyHolder = ""
 	}
+	lu.syncReservedLocked()
 }
 
 // reset is a logical unit reset: RESERVE(6)/(10) reservations end,
@@ -175,6 +187,7 @@ func (lu *logicalUnit) reset() {
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
 	lu.mu.legacyHolder = ""
+	lu.syncReservedLocked()
 }
 
 // PERSISTENT RESERVE IN and OUT service actions.
@@ -334,6 +347,7 @@ func execPROut(_ context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) re
 
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
+	defer lu.syncReservedLocked()
 	if h := lu.mu.legacyHolder; h != "" && h != n {
 		return conflict
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"hash/fnv"
 	"sync"
+	"sync/atomic"
 )
 
 // Identity strings of the logical unit in standard INQUIRY data.
@@ -33,13 +34,14 @@ const physicalBlockSize = 4096
 // logicalUnit is LUN 0 of a target: the SCSI block device in front of a
 // Backend. It holds no mutable state; every field is set at AddTarget.
 type logicalUnit struct {
-	locks extentLocks
-	mu    struct {
+	locks    extentLocks
+	reserved atomic.Bool   // a RESERVE or persistent reservation exists
+	capacity atomic.Uint64 // capacity in blocks when last looked at
+	capEpoch atomic.Uint64
+	mu       struct {
 		sync.Mutex
 		legacyHolder string // initiator port holding a RESERVE(6)/(10), "" if none
 		pr           prState
-		capacity     uint64 // capacity in blocks when last looked at
-		capEpoch     uint64
 	}
 	cmds           *commandTable
 	backend        Backend
@@ -64,7 +66,7 @@ func newLogicalUnit(be Backend, blockSize uint32, maxXfer, optXfer int, serial, 
 		optXferBlocks:  uint32(optXfer / int(blockSize)),
 		readChunkBytes: 1 << 20,
 	}
-	lu.mu.capacity = lu.blocks()
+	lu.capacity.Store(lu.blocks())
 	for bs := blockSize; bs < physicalBlockSize; bs <<= 1 {
 		lu.physExp++
 	}
@@ -87,13 +89,16 @@ func (lu *logicalUnit) blocks() uint64 {
 // raise CAPACITY DATA HAS CHANGED once per I_T nexus (SBC-3 4.10).
 func (lu *logicalUnit) capacityEpoch() uint64 {
 	n := lu.blocks()
+	if n == lu.capacity.Load() {
+		return lu.capEpoch.Load()
+	}
 	lu.mu.Lock()
 	defer lu.mu.Unlock()
-	if n != lu.mu.capacity {
-		lu.mu.capacity = n
-		lu.mu.capEpoch++
+	if n != lu.capacity.Load() {
+		lu.capacity.Store(n)
+		lu.capEpoch.Add(1)
 	}
-	return lu.mu.capEpoch
+	return lu.capEpoch.Load()
 }
 
 // dataDir is the direction of a command's data transfer.
