@@ -271,6 +271,8 @@ func (r *Runner) Run(ctx context.Context) (rep *Report, err error) {
 		return nil, ctx.Err()
 	}
 	r.report.Elapsed = time.Since(r.report.Started)
+	r.report.Env = append(r.report.Env, "load average at the end (1, 5, 15 min): "+loadAvg()+
+		"; other work on the machine during the run shows here and widens the spread of the runs")
 	if err := r.write(); err != nil {
 		return r.report, err
 	}
@@ -362,7 +364,21 @@ func (r *Runner) environment(ctx context.Context) {
 		toolVersion(ctx, "nbdkit", "--version"),
 		toolVersion(ctx, "tgtd", "--version"),
 		toolVersion(ctx, "qemu-img", "--version"),
+		"load average at the start (1, 5, 15 min): " + loadAvg(),
 	}
+}
+
+// loadAvg returns the first three fields of /proc/loadavg.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], ", ")
 }
 
 func (r *Runner) startCluster(ctx context.Context) error {
