@@ -43,7 +43,11 @@
 // by FirstBurstLength per command. Data-In is cut to the initiator's
 // MaxRecvDataSegmentLength per PDU and MaxBurstLength per sequence;
 // solicited Data-Out is requested with R2Ts of at most MaxBurstLength, at
-// most MaxOutstandingR2T at a time.
+// most MaxOutstandingR2T at a time. In the worst case a session holds
+// SessionBufferBytes for commands in flight, plus QueueDepth times
+// FirstBurstLength of unsolicited data waiting for that budget, plus
+// QueueDepth times MaxRecvDataSegmentLength of commands received ahead of
+// their CmdSN.
 //
 // # Errors
 //
