@@ -27,7 +27,9 @@ func (s *Server) controlHandler() http.Handler {
 	mux.HandleFunc("POST "+control.RoutePin, h.pin)
 	mux.HandleFunc("POST "+control.RouteUnpin, h.unpin)
 	mux.HandleFunc("GET "+control.RouteLog, h.log)
-	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog} {
+	mux.HandleFunc("PUT "+control.RouteIntent, h.writeIntent)
+	mux.HandleFunc("GET "+control.RouteIntent, h.readIntent)
+	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent} {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, api.Errorf(control.CodeMethodNotAllowed, "%s does not take %s", r.URL.Path, r.Method))
 		})
@@ -143,20 +145,69 @@ func (h controlAPI) unpin(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (h controlAPI) log(w http.ResponseWriter, r *http.Request) {
+// queryAuth authorizes a GET route from its query string.
+func (h controlAPI) queryAuth(w http.ResponseWriter, r *http.Request) (*store.Chunk, bool) {
 	q := r.URL.Query()
 	req := api.ControlRequest{Host: q.Get("host"), Token: q.Get("token")}
 	if e := q.Get("epoch"); e != "" {
 		n, err := strconv.ParseInt(e, 10, 64)
 		if err != nil {
 			writeError(w, api.Errorf(api.CodeInvalidArgument, "epoch %q is not a number", e))
-			return
+			return nil, false
 		}
 		req.Epoch = n
 	}
 	c, aerr := h.authorize(r.PathValue("chunk"), req, false)
 	if aerr != nil {
 		writeError(w, aerr)
+		return nil, false
+	}
+	return c, true
+}
+
+// writeIntent stores a host's intent bitmap (bitmap mode internal).
+func (h controlAPI) writeIntent(w http.ResponseWriter, r *http.Request) {
+	var req api.IntentRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 2*store.MaxIntentBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, api.Errorf(api.CodeInvalidArgument, "body must be a JSON IntentRequest {host, epoch, token, region_size, bits}: %v", err))
+		return
+	}
+	c, aerr := h.authorize(r.PathValue("chunk"), req.ControlRequest, false)
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if req.RegionSize <= 0 || int64(len(req.Bits))*8*req.RegionSize < c.Size() || len(req.Bits) > store.MaxIntentBytes {
+		writeError(w, api.Errorf(api.CodeInvalidArgument, "intent bitmap of %d bytes with region %d does not cover chunk %s of %d bytes",
+			len(req.Bits), req.RegionSize, c.ID(), c.Size()))
+		return
+	}
+	if err := h.s.store.WriteIntent(c, req.RegionSize, req.Bits); err != nil {
+		writeError(w, api.Errorf(api.CodeInternal, "storing the intent bitmap of chunk %s: %v", c.ID(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ControlResponse{MinEpoch: c.MinEpoch(), Pinned: c.Log().Pinned()})
+}
+
+// readIntent returns the stored intent bitmap.
+func (h controlAPI) readIntent(w http.ResponseWriter, r *http.Request) {
+	c, ok := h.queryAuth(w, r)
+	if !ok {
+		return
+	}
+	region, bits, err := h.s.store.ReadIntent(c)
+	if err != nil {
+		writeError(w, api.Errorf(api.CodeInternal, "reading the intent bitmap of chunk %s: %v", c.ID(), err))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.LogBitmap{RegionSize: region, Size: c.Size(), Bits: bits})
+}
+
+func (h controlAPI) log(w http.ResponseWriter, r *http.Request) {
+	c, ok := h.queryAuth(w, r)
+	if !ok {
 		return
 	}
 	l := c.Log()

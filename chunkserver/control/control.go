@@ -75,10 +75,11 @@ func IsUnauthenticated(err error) bool { return api.ErrorCode(err) == CodeUnauth
 
 // Route patterns of the control API (chi syntax), shared with the server.
 const (
-	RouteFence = "/v1/chunks/{chunk}/fence"
-	RoutePin   = "/v1/chunks/{chunk}/pin"
-	RouteUnpin = "/v1/chunks/{chunk}/unpin"
-	RouteLog   = "/v1/chunks/{chunk}/log"
+	RouteFence  = "/v1/chunks/{chunk}/fence"
+	RoutePin    = "/v1/chunks/{chunk}/pin"
+	RouteUnpin  = "/v1/chunks/{chunk}/unpin"
+	RouteLog    = "/v1/chunks/{chunk}/log"
+	RouteIntent = "/v1/chunks/{chunk}/intent"
 )
 
 // DefaultTimeout bounds a call whose context has no deadline.
@@ -151,6 +152,30 @@ func (c *Client) Log(ctx context.Context, chunk string, req api.ControlRequest) 
 	}
 	var out api.LogBitmap
 	if err := c.do(ctx, http.MethodGet, chunkPath(chunk, "log"), q, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// WriteIntent stores the host's intent bitmap on the chunk durably (bitmap
+// mode internal).
+func (c *Client) WriteIntent(ctx context.Context, chunk string, req api.IntentRequest) (*api.ControlResponse, error) {
+	var out api.ControlResponse
+	if err := c.do(ctx, http.MethodPut, chunkPath(chunk, "intent"), nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ReadIntent returns the intent bitmap stored on the chunk.
+func (c *Client) ReadIntent(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error) {
+	q := url.Values{
+		"host":  {req.Host},
+		"epoch": {strconv.FormatInt(req.Epoch, 10)},
+		"token": {req.Token},
+	}
+	var out api.LogBitmap
+	if err := c.do(ctx, http.MethodGet, chunkPath(chunk, "intent"), q, nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

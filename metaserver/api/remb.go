@@ -111,10 +111,24 @@ func (e ExportName) ValidToken(secretHex string) bool {
 //	    the chunk's LOG bitmap stops forgetting until unpinned.
 //	POST /v1/chunks/{chunk}/unpin   ControlRequest → ControlResponse
 //	GET  /v1/chunks/{chunk}/log?host=H&epoch=N&token=T → LogBitmap
+//	PUT  /v1/chunks/{chunk}/intent  IntentRequest → ControlResponse
+//	    bitmap mode internal: store the host's whole write-intent bitmap
+//	    durably (one write and fdatasync) before answering.
+//	GET  /v1/chunks/{chunk}/intent?host=H&epoch=N&token=T → LogBitmap
+//	    the stored intent bitmap (no bits if none was stored).
 type ControlRequest struct {
 	Host  string `json:"host"`
 	Epoch int64  `json:"epoch"`
 	Token string `json:"token"`
+}
+
+// IntentRequest carries a host's write-intent bitmap (bitmap mode
+// internal): bit i covers bytes [i*RegionSize, (i+1)*RegionSize) of the
+// chunk, LSB first in byte i/8.
+type IntentRequest struct {
+	ControlRequest
+	RegionSize int64  `json:"region_size"`
+	Bits       []byte `json:"bits"`
 }
 
 // ControlResponse answers a control call with the chunk's state after it.

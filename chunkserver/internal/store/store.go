@@ -340,7 +340,7 @@ func (s *Store) Delete(id string) error {
 		defer c.sidecarMu.Unlock()
 	}
 	// Sidecar first: a chunk without a sidecar is never served again.
-	for _, p := range []string{s.metaPath(id), s.dataPath(id)} {
+	for _, p := range []string{s.metaPath(id), s.dataPath(id), s.intentPath(id)} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("store: delete %s: %w", id, err)
 		}
@@ -411,6 +411,9 @@ type Chunk struct {
 	// sidecarMu serializes sidecar writes, so the sidecar never holds an
 	// older minimum epoch than one already reported.
 	sidecarMu sync.Mutex
+
+	intentMu sync.Mutex // guards intent
+	intent   *os.File   // the intent bitmap file, opened on first use
 }
 
 // ID is the chunk's id.
@@ -435,6 +438,12 @@ func (c *Chunk) close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	c.intentMu.Lock()
+	if c.intent != nil {
+		c.intent.Close()
+		c.intent = nil
+	}
+	c.intentMu.Unlock()
 	return c.f.Close()
 }
 
