@@ -136,6 +136,13 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 			defer a.wg.Done()
 			st.supervise(sctx)
 		}()
+		if v.Bitmap == api.BitmapInternal {
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				st.clearDaemon(sctx)
+			}()
+		}
 	}
 	s.mu.Lock()
 	s.mu.attached[v.Name] = a
@@ -235,10 +242,16 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 		}
 	}
 
+	var intent func(context.Context) error
+	if a.vol.Bitmap == api.BitmapInternal {
+		intent = st.persistIntent
+	}
 	mir, err := raid.NewMirror(raid.MirrorConfig{
 		Members:             devs,
 		WIB:                 wib,
 		Degraded:            degraded,
+		IntentHook:          intent,
+		LazyClear:           intent != nil,
 		BeforeDegradedWrite: st.pinSurvivors,
 		ResyncRate:          s.cfg.ResyncRate,
 		Logger:              st.log,
@@ -267,7 +280,8 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 // replaced. It reports whether an existing bitmap was reused.
 func (a *attachment) openWIB(set int, size int64) (*bitmap.WIB, bool, error) {
 	s := a.s
-	if a.vol.Bitmap == api.BitmapNone {
+	if a.vol.Bitmap == api.BitmapNone || a.vol.Bitmap == api.BitmapInternal {
+		// none keeps no record; internal keeps its record on the members.
 		w, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: size, RegionSize: s.cfg.RegionSize})
 		return w, false, err
 	}
@@ -297,13 +311,21 @@ func (a *attachment) openWIB(set int, size int64) (*bitmap.WIB, bool, error) {
 	return w, reused, nil
 }
 
-// mergeLog ORs member m's LOG bitmap into the WIB.
+// mergeLog ORs member m's record of what may differ into the WIB: its
+// LOG bitmap (remb) or the intent bitmap the host stored on it (internal).
 func (st *setState) mergeLog(ctx context.Context, m *member) error {
 	lctx, cancel := context.WithTimeout(ctx, 2*st.a.s.cfg.IOTimeout)
 	defer cancel()
-	lb, err := m.ctl.Log(lctx, m.api.ChunkID, m.req())
+	read := m.ctl.Log
+	if st.a.vol.Bitmap == api.BitmapInternal {
+		read = m.ctl.ReadIntent
+	}
+	lb, err := read(lctx, m.api.ChunkID, m.req())
 	if err != nil {
 		return err
+	}
+	if lb.RegionSize == 0 {
+		return nil // no intent bitmap stored yet: nothing was written
 	}
 	before := st.wib.Count()
 	if err := st.wib.Merge(lb.Bits, lb.RegionSize); err != nil {
@@ -312,6 +334,70 @@ func (st *setState) mergeLog(ctx context.Context, m *member) error {
 	st.log.Info("merged a member's LOG bitmap", "chunk", m.api.ChunkID, "log_region", lb.RegionSize,
 		"dirty_regions_before", before, "dirty_regions_after", st.wib.Count())
 	return nil
+}
+
+// persistIntent writes the whole WIB to every member the set uses, in
+// parallel, and waits (bitmap mode internal, like MD's internal bitmap). It
+// fails only if no member stored it: a member that missed it is failed by
+// its next data write error, or reads an older record that the others
+// cover.
+func (st *setState) persistIntent(ctx context.Context) error {
+	bits := make([]byte, (st.wib.Regions()+7)/8)
+	rs := st.wib.RegionSize()
+	for _, r := range st.wib.Dirty() {
+		for off := r.Off; off < r.Off+r.Len; off += rs {
+			i := off / rs
+			bits[i/8] |= 1 << (i % 8)
+		}
+	}
+	states := st.mirror.States()
+	ctx, cancel := context.WithTimeout(ctx, st.a.s.cfg.IOTimeout)
+	defer cancel()
+	errs := make([]error, len(st.members))
+	var wg sync.WaitGroup
+	ok := 0
+	for i, m := range st.members {
+		if states[i] == raid.Failed {
+			errs[i] = errAbsent
+			continue
+		}
+		ok++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = m.ctl.WriteIntent(ctx, m.api.ChunkID, api.IntentRequest{ControlRequest: m.req(), RegionSize: rs, Bits: bits})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil && states[i] != raid.Failed {
+			st.log.Warn("storing the intent bitmap on a member failed", "member", i, "err", err)
+			ok--
+		}
+	}
+	if ok == 0 {
+		return fmt.Errorf("no member stored the intent bitmap: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// clearDaemon clears clean regions every few seconds and stores the
+// cleared bitmap (bitmap mode internal), as MD's bitmap daemon does.
+func (st *setState) clearDaemon(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if st.mirror.ClearClean() > 0 {
+			if err := st.persistIntent(ctx); err != nil && ctx.Err() == nil {
+				st.log.Warn("storing the cleared intent bitmap", "err", err)
+			}
+		}
+	}
 }
 
 // pinSurvivors pins the LOG bitmaps of every member the set still uses.

@@ -64,6 +64,14 @@ type MirrorConfig struct {
 	BeforeDegradedWrite func(ctx context.Context) error
 	// ResyncRate limits resync copying in bytes per second; 0 = unlimited.
 	ResyncRate int64
+	// IntentHook, if set, is called synchronously before the data of a
+	// write that dirties a region that was clean: bitmap mode internal
+	// persists the bitmap on every member there, as MD's internal bitmap
+	// does. An error fails the write.
+	IntentHook func(ctx context.Context) error
+	// LazyClear leaves regions dirty after a successful write; the owner
+	// clears them in batches (ClearClean), as MD's bitmap daemon does.
+	LazyClear bool
 	// Logger receives member failures. nil discards.
 	Logger *slog.Logger
 	// OnStateChange, if set, is called (without locks held) after a member
@@ -95,6 +103,8 @@ type Mirror struct {
 	onChange func(int, MemberState, error)
 	beforeDW func(context.Context) error
 	rate     int64
+	intent   func(context.Context) error
+	lazy     bool
 	next     atomic.Uint32 // round-robin read cursor
 
 	locks [regionLocks]sync.RWMutex
@@ -132,7 +142,7 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	m := &Mirror{minWrite: minWrite, size: size, wib: cfg.WIB, log: log, onChange: cfg.OnStateChange,
-		beforeDW: cfg.BeforeDegradedWrite, rate: cfg.ResyncRate}
+		beforeDW: cfg.BeforeDegradedWrite, rate: cfg.ResyncRate, intent: cfg.IntentHook, lazy: cfg.LazyClear}
 	if m.wib == nil {
 		w, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: size})
 		if err != nil {
@@ -394,7 +404,14 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) erro
 	}
 	unlock := m.lockRange(off, n)
 	defer unlock()
+	wasDirty := m.intent != nil && m.allDirty(off, n)
 	tok := m.wib.Begin(off, n)
+	if m.intent != nil && !wasDirty {
+		if err := m.intent(ctx); err != nil {
+			m.wib.End(tok, false)
+			return fmt.Errorf("raid: persisting the write-intent bitmap: %w", err)
+		}
+	}
 	allOK, err := m.fanOut(ctx, op)
 	m.wib.End(tok, allOK && err == nil)
 	if err != nil {
@@ -404,8 +421,32 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) erro
 		m.waitPinned(ctx)
 		return nil
 	}
-	m.wib.ClearRange(off, n)
+	if !m.lazy {
+		m.wib.ClearRange(off, n)
+	}
 	return nil
+}
+
+// allDirty reports whether every region [off, off+n) touches is dirty.
+func (m *Mirror) allDirty(off, n int64) bool {
+	rs := m.wib.RegionSize()
+	for r := off / rs; r <= (off+max(n, 1)-1)/rs; r++ {
+		if !m.wib.IsDirty(r*rs, 1) {
+			return false
+		}
+	}
+	return true
+}
+
+// ClearClean clears every region that has no write in flight and needs no
+// resync, and reports how many regions it cleared (LazyClear mode).
+func (m *Mirror) ClearClean() int64 {
+	before := m.wib.Count()
+	if before == 0 || m.Degraded() {
+		return 0
+	}
+	m.wib.ClearRange(0, m.size)
+	return before - m.wib.Count()
 }
 
 // WriteAt writes p to every usable member in parallel.

@@ -144,8 +144,22 @@ func TestChunkserverCrashIncrementalResync(t *testing.T) {
 // rebuilt from the chunks' LOG bitmaps and the replicas end identical after
 // copying far less than a chunk.
 func TestHostCrashRecoversFromLogBitmaps(t *testing.T) {
+	hostCrash(t, "remb")
+}
+
+// TestHostCrashBitmapModes repeats fault (b) with the comparison modes:
+// internal (the bitmap stored synchronously on every member) recovers
+// incrementally from the members' intent bitmaps; none has no record and
+// must copy everything.
+func TestHostCrashBitmapModes(t *testing.T) {
+	for _, mode := range []string{"internal", "none"} {
+		t.Run(mode, func(t *testing.T) { hostCrash(t, mode) })
+	}
+}
+
+func hostCrash(t *testing.T, mode string) {
 	c := faultCluster(t)
-	createVolume(t, c, "fb", "128MiB", c.HostName)
+	createVolume(t, c, "fb", "128MiB", c.HostName, "--bitmap", mode)
 	if err := c.WaitTarget(t.Context(), "fb", time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -172,13 +186,20 @@ func TestHostCrashRecoversFromLogBitmaps(t *testing.T) {
 	}
 	waitInSync(t, c, "fb", time.Minute)
 	copied, n := resyncedBytes(t, c.Hosts["host2"].Log)
-	t.Logf("fault (b): %d writes acknowledged (%d bytes) before the host died; new host resynced %d bytes in %d resyncs; chunk size %d",
-		len(acked), written, copied, n, testChunk)
-	if copied >= testChunk/2 {
-		t.Fatalf("recovery copied %d bytes, not far below the chunk size %d", copied, testChunk)
-	}
-	if n == 0 {
-		t.Fatal("the new host ran no resync: the LOG bitmaps were not used")
+	t.Logf("fault (b), bitmap %s: %d writes acknowledged (%d bytes) before the host died; new host resynced %d bytes in %d resyncs; chunk size %d",
+		mode, len(acked), written, copied, n, testChunk)
+	switch mode {
+	case "none":
+		if copied != 2*testChunk {
+			t.Fatalf("bitmap none: recovery copied %d bytes, want the whole volume %d", copied, 2*testChunk)
+		}
+	default:
+		if copied >= testChunk/2 {
+			t.Fatalf("recovery copied %d bytes, not far below the chunk size %d", copied, testChunk)
+		}
+		if n == 0 || copied == 0 {
+			t.Fatal("the new host ran no resync: the members' records were not used")
+		}
 	}
 	verifyAcked(t, url2, acked)
 	checkReplicas(t, c, "fb")
