@@ -180,6 +180,37 @@ func (c *Client) AttachVolume(ctx context.Context, name, host string) (*Volume, 
 		AttachVolumeRequest{Host: host}, RequestTimeout)
 }
 
+// SetVolumeCHAP sets the CHAP credentials of a volume; its host applies
+// them to new logins. The answer carries the CHAP user names, never the
+// secrets.
+func (c *Client) SetVolumeCHAP(ctx context.Context, name string, req SetCHAPRequest) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPut, "/api/v1/volumes/"+url.PathEscape(name)+"/chap", nil, req, RequestTimeout)
+}
+
+// ClearVolumeCHAP removes the CHAP credentials of a volume: its target asks
+// for no authentication any more.
+func (c *Client) ClearVolumeCHAP(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(name)+"/chap", nil, nil, nil, RequestTimeout)
+}
+
+// UpdateInitiators changes the initiator allowlist of a volume (see
+// InitiatorsRequest) and returns the volume.
+func (c *Client) UpdateInitiators(ctx context.Context, name string, req InitiatorsRequest) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/initiators", nil, req, RequestTimeout)
+}
+
+// AllowInitiators adds iSCSI initiator names to the allowlist of a volume.
+func (c *Client) AllowInitiators(ctx context.Context, name string, iqns ...string) (*Volume, error) {
+	return c.UpdateInitiators(ctx, name, InitiatorsRequest{Allow: iqns})
+}
+
+// DisallowInitiators removes iSCSI initiator names from the allowlist of a
+// volume; each must be in it, and the list may not become empty (use
+// UpdateInitiators with Clear for that).
+func (c *Client) DisallowInitiators(ctx context.Context, name string, iqns ...string) (*Volume, error) {
+	return c.UpdateInitiators(ctx, name, InitiatorsRequest{Disallow: iqns})
+}
+
 // call sends a request and decodes its answer into a new T.
 func call[T any](ctx context.Context, c *Client, method, path string, q url.Values, in any, timeout time.Duration) (*T, error) {
 	var out T

@@ -3,7 +3,12 @@
 // every daemon and the CLI can share it.
 package api
 
-import "time"
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"time"
+)
 
 // Error is the one error envelope of the API: every non-2xx response carries
 // it as its body. Code is stable and machine-readable; Message says what to do.
@@ -195,16 +200,25 @@ type Set struct {
 type Volume struct {
 	Name      string `json:"name"`
 	SizeBytes int64  `json:"size_bytes"`
-	Layout    string `json:"layout"` // "mirror:2", "mirror:3"
-	Bitmap    string `json:"bitmap"` // BitmapRemb, BitmapInternal or BitmapNone
-	Host      string `json:"host,omitempty"`
-	Epoch     int64  `json:"epoch"`
+	// RawBytes is what the volume's chunks take on the chunkservers when
+	// full: chunks × chunk size (chunks are thin, so less is in use until
+	// written). SizeBytes/RawBytes is the volume's storage efficiency.
+	RawBytes int64  `json:"raw_bytes"`
+	Layout   string `json:"layout"` // "mirror:2", "mirror:3" or "ec:K+M" (see ParseLayout)
+	// StripeUnit is the bytes of one EC stripe on one member; 0 for mirrors.
+	StripeUnit int64  `json:"stripe_unit"`
+	Bitmap     string `json:"bitmap"` // BitmapRemb, BitmapInternal or BitmapNone
+	Host       string `json:"host,omitempty"`
+	Epoch      int64  `json:"epoch"`
 	// CleanDetach is true when Host reported a clean detach at Epoch (every
 	// write on every member, nothing dirty); an attach resets it.
 	CleanDetach bool      `json:"clean_detach"`
 	IQN         string    `json:"iqn"`
 	CreatedAt   time.Time `json:"created_at"`
-	Sets        []Set     `json:"sets"`
+	// Auth is the volume's iSCSI access control. Its secrets are filled in
+	// only in HostVolumes, for the host the volume is attached to.
+	Auth VolumeAuth `json:"auth"`
+	Sets []Set      `json:"sets"`
 }
 
 // CreateVolumeRequest is POSTed to /api/v1/volumes.
@@ -212,6 +226,10 @@ type CreateVolumeRequest struct {
 	Name      string `json:"name"`
 	SizeBytes int64  `json:"size_bytes"`
 	Layout    string `json:"layout"`
+	// StripeUnit is the stripe unit of an ec:K+M layout: a power of two
+	// from MinStripeUnit to MaxStripeUnit that divides the chunk size; 0
+	// means DefaultStripeUnit. It is ignored for mirrors.
+	StripeUnit int64 `json:"stripe_unit,omitempty"`
 	// Bitmap is BitmapRemb (also when empty), BitmapInternal or BitmapNone.
 	Bitmap string `json:"bitmap,omitempty"`
 	Host   string `json:"host,omitempty"` // attach at once to this host
@@ -252,6 +270,14 @@ type Cluster struct {
 	IOTimeoutMS    int64 `json:"io_timeout_ms"`
 	OfflineAfterMS int64 `json:"offline_after_ms"`
 	LogPeriodMS    int64 `json:"log_period_ms"`
+	// RawCapacityBytes and RawFreeBytes add up the disks of the online
+	// chunkservers as they last reported them.
+	RawCapacityBytes int64 `json:"raw_capacity_bytes"`
+	RawFreeBytes     int64 `json:"raw_free_bytes"`
+	// AllocatedBytes is chunks × chunk size over every chunk the
+	// chunkservers hold, including those being deleted. Chunks are thin:
+	// this is what they may grow to, not what is written.
+	AllocatedBytes int64 `json:"allocated_bytes"`
 }
 
 // Event kinds recorded by the metaserver (see Event).
@@ -273,3 +299,155 @@ const MaxEvents = 1000
 
 // MaxWait caps the wait of a long poll (?wait=); longer waits are shortened.
 const MaxWait = 60 * time.Second
+
+// Layout kinds (Layout.Kind).
+const (
+	LayoutMirror = "mirror"
+	LayoutEC     = "ec"
+)
+
+// Limits of the layouts and EC stripe units the metaserver accepts.
+const (
+	MinECData         = 2        // ec:K+M needs K >= 2 (1+M is a mirror)
+	MinECParity       = 1        // and M >= 1
+	MaxECWidth        = 20       // and K+M <= 20
+	DefaultStripeUnit = 64 << 10 // the stripe unit of an EC volume created without one
+	MinStripeUnit     = 4 << 10
+	MaxStripeUnit     = 1 << 20
+)
+
+// Layout is a parsed volume layout: mirror:n (n copies of every byte) or
+// ec:K+M (Reed-Solomon, K data and M parity shards per stripe).
+//
+// A set of a layout has Width() members, one chunk each, in distinct fault
+// domains; member i of an EC set is shard i of the layout drawn on raid.EC.
+// A set holds DataChunks() × chunk size bytes of the volume.
+type Layout struct {
+	Kind   string // LayoutMirror or LayoutEC
+	Copies int    // mirror: the number of copies, 2 or 3
+	K, M   int    // ec: data and parity shards
+}
+
+var ecLayoutRE = regexp.MustCompile(`^ec:([1-9][0-9]?)\+([1-9][0-9]?)$`)
+
+// layoutForms names the layouts a client may ask for.
+const layoutForms = "use mirror:2, mirror:3 or ec:K+M such as ec:4+2 (K >= 2, M >= 1, K+M <= 20)"
+
+// ParseLayout parses "mirror:2", "mirror:3" or "ec:K+M" with K >= MinECData,
+// M >= MinECParity and K+M <= MaxECWidth. Anything else is an *Error with
+// CodeInvalidArgument that names the valid forms.
+func ParseLayout(s string) (Layout, error) {
+	switch s {
+	case "mirror:2":
+		return Layout{Kind: LayoutMirror, Copies: 2}, nil
+	case "mirror:3":
+		return Layout{Kind: LayoutMirror, Copies: 3}, nil
+	}
+	m := ecLayoutRE.FindStringSubmatch(s)
+	if m == nil {
+		return Layout{}, Errorf(CodeInvalidArgument, "unknown layout %q: %s", s, layoutForms)
+	}
+	k, _ := strconv.Atoi(m[1])
+	p, _ := strconv.Atoi(m[2])
+	switch {
+	case k < MinECData:
+		return Layout{}, Errorf(CodeInvalidArgument, "layout %q: K = %d data shards is too few, an ec set needs at least %d (for one data chunk, use a mirror): %s", s, k, MinECData, layoutForms)
+	case k+p > MaxECWidth:
+		return Layout{}, Errorf(CodeInvalidArgument, "layout %q has %d members per set, at most %d are supported: %s", s, k+p, MaxECWidth, layoutForms)
+	}
+	return Layout{Kind: LayoutEC, K: k, M: p}, nil
+}
+
+// String returns the layout as the API writes it: "mirror:2", "ec:4+2".
+func (l Layout) String() string {
+	if l.Kind == LayoutEC {
+		return fmt.Sprintf("ec:%d+%d", l.K, l.M)
+	}
+	return fmt.Sprintf("mirror:%d", l.Copies)
+}
+
+// Width returns the members (chunks) of one set.
+func (l Layout) Width() int {
+	if l.Kind == LayoutEC {
+		return l.K + l.M
+	}
+	return l.Copies
+}
+
+// DataChunks returns how many chunks' worth of volume data one set holds:
+// 1 for a mirror, K for ec:K+M.
+func (l Layout) DataChunks() int {
+	if l.Kind == LayoutEC {
+		return l.K
+	}
+	return 1
+}
+
+// Efficiency returns the share of raw space that holds volume data:
+// DataChunks/Width, e.g. 0.5 for mirror:2 and 0.667 for ec:4+2.
+func (l Layout) Efficiency() float64 {
+	if l.Width() == 0 {
+		return 0
+	}
+	return float64(l.DataChunks()) / float64(l.Width())
+}
+
+// VolumeAuth is the iSCSI access control of a volume: CHAP credentials and
+// the initiators allowed to log in.
+//
+// With CHAPUser empty the target asks for no authentication; otherwise an
+// initiator must answer CHAP as CHAPUser with CHAPSecret, and with
+// MutualUser set the initiator may also ask the target to answer as
+// MutualUser with MutualSecret (mutual CHAP). With AllowedInitiators empty
+// every initiator may log in; otherwise only those named. Names are held in
+// canonical form (iqn. names in lower case, the hex digits of eui. and naa.
+// names in upper case); iSCSI names are case-insensitive, so compare the
+// name an initiator sends with strings.EqualFold.
+//
+// The volume API never returns the secrets. CHAPSecret and MutualSecret are
+// host-only: they are filled in only in HostVolumes, for volumes attached to
+// the host that asks.
+type VolumeAuth struct {
+	CHAPUser          string   `json:"chap_user,omitempty"`
+	MutualUser        string   `json:"mutual_user,omitempty"`
+	AllowedInitiators []string `json:"allowed_initiators"`
+	// Host-only (HostVolumes): the secrets of CHAPUser and MutualUser.
+	CHAPSecret   string `json:"chap_secret,omitempty"`
+	MutualSecret string `json:"mutual_secret,omitempty"`
+}
+
+// Limits of CHAP credentials and allowlists. RFC 7143 (§12.1.3) asks for
+// CHAP secrets of at least 96 bits when the connection is not encrypted.
+const (
+	MinCHAPSecret        = 12  // bytes
+	MaxCHAPSecret        = 255 // bytes
+	MaxCHAPUser          = 255 // bytes
+	MaxISCSINameLen      = 223 // bytes, RFC 7143 §4.2.7.1
+	MaxAllowedInitiators = 256
+)
+
+// SetCHAPRequest is PUT to /api/v1/volumes/{name}/chap. User and Secret
+// are required (one-way CHAP: the target checks the initiator); MutualUser
+// and MutualSecret, both or neither, add mutual CHAP (the initiator checks
+// the target). The two secrets must differ (RFC 7143 §12.1.3).
+type SetCHAPRequest struct {
+	User         string `json:"user"`
+	Secret       string `json:"secret"`
+	MutualUser   string `json:"mutual_user,omitempty"`
+	MutualSecret string `json:"mutual_secret,omitempty"`
+}
+
+// InitiatorsRequest is POSTed to /api/v1/volumes/{name}/initiators to
+// change the volume's allowlist: Disallow is applied, then Allow. A name in
+// Disallow must be in the list. A change may not leave the list empty,
+// since an empty list admits every initiator; Clear empties it on purpose
+// (and then Allow and Disallow must be empty).
+type InitiatorsRequest struct {
+	Allow    []string `json:"allow,omitempty"`
+	Disallow []string `json:"disallow,omitempty"`
+	Clear    bool     `json:"clear,omitempty"`
+}
+
+// EventVolumeAuthChanged records a change of a volume's CHAP credentials or
+// initiator allowlist; it never carries a secret.
+const EventVolumeAuthChanged = "volume_auth_changed"
