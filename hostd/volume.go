@@ -608,6 +608,7 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 			switch ms {
 			case raid.InSync:
 				mr.State = api.MemberInSync
+				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total // the last resync's totals
 			case raid.Failed:
 				mr.State = api.MemberDegraded
 				if err := st.mirror.MemberError(i); err != nil {
