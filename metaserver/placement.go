@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
 // This file holds placement: which chunkservers and disks hold the members
@@ -51,8 +53,9 @@ func (e *PlacementError) Error() string {
 	return msg
 }
 
-// place chooses the members of sets sets of width members each, every
-// member of a set in a distinct fault domain.
+// place chooses the members of sets sets of l.Width() members each, every
+// member of a set in a distinct fault domain. Member j of a set is shard j
+// of an EC layout; placement treats data and parity shards alike.
 //
 // Servers are ranked by a score: their free bytes minus chunkSize for every
 // active chunk they already hold and every chunk placed by this call. Chunks
@@ -65,7 +68,7 @@ func (e *PlacementError) Error() string {
 // break by fault domain then server name, so the result is deterministic.
 // On each chosen server the member goes to the disk with the best score
 // computed the same way per disk.
-func place(l layout, sets int, chunkSize int64, cands []candidate) ([][]placed, error) {
+func place(l api.Layout, sets int, chunkSize int64, cands []candidate) ([][]placed, error) {
 	type server struct {
 		c      candidate
 		score  int64
@@ -89,8 +92,9 @@ func place(l layout, sets int, chunkSize int64, cands []candidate) ([][]placed, 
 		servers = append(servers, s)
 		domains[s.domain] = true
 	}
-	if len(domains) < l.Width {
-		return nil, &PlacementError{Layout: l.Name, Need: l.Width, Online: len(servers), Domains: len(domains)}
+	width := l.Width()
+	if len(domains) < width {
+		return nil, &PlacementError{Layout: l.String(), Need: width, Online: len(servers), Domains: len(domains)}
 	}
 	better := func(a, b *server) int {
 		if c := cmp.Compare(b.score, a.score); c != 0 {
@@ -118,8 +122,8 @@ func place(l layout, sets int, chunkSize int64, cands []candidate) ([][]placed, 
 			offers = append(offers, s)
 		}
 		slices.SortFunc(offers, better)
-		members := make([]placed, l.Width)
-		for j, s := range offers[:l.Width] {
+		members := make([]placed, width)
+		for j, s := range offers[:width] {
 			d := 0
 			for k := range s.disks {
 				if s.disks[k] > s.disks[d] {
@@ -135,10 +139,10 @@ func place(l layout, sets int, chunkSize int64, cands []candidate) ([][]placed, 
 	return out, nil
 }
 
-// setCount returns how many sets of chunkSize hold size bytes.
-func setCount(size, chunkSize int64) int64 {
-	n := size / chunkSize
-	if size%chunkSize != 0 {
+// setCount returns how many sets of setSize bytes hold size bytes.
+func setCount(size, setSize int64) int64 {
+	n := size / setSize
+	if size%setSize != 0 {
 		n++
 	}
 	return n

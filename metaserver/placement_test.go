@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
 const mib = int64(1) << 20
@@ -15,12 +17,12 @@ func server(id int64, name, domain string, free int64, active int) candidate {
 }
 
 func TestPlace(t *testing.T) {
-	mirror2 := layout{Name: "mirror:2", Width: 2}
-	mirror3 := layout{Name: "mirror:3", Width: 3}
+	mirror2 := api.Layout{Kind: api.LayoutMirror, Copies: 2}
+	mirror3 := api.Layout{Kind: api.LayoutMirror, Copies: 3}
 	three := []candidate{server(1, "a", "", 10*gib, 0), server(2, "b", "", 10*gib, 0), server(3, "c", "", 10*gib, 0)}
 	tests := []struct {
 		name   string
-		layout layout
+		layout api.Layout
 		sets   int
 		cands  []candidate
 		// want lists the chunkserver IDs of each set's members, best first.
@@ -117,31 +119,34 @@ func TestPlaceBalancesAndNeverDoublesUp(t *testing.T) {
 		server(1, "a", "", 10*gib, 0), server(2, "b", "", 10*gib, 0),
 		server(3, "c", "", 10*gib, 0), server(4, "d", "", 10*gib, 0),
 	}
-	for _, l := range []layout{{"mirror:2", 2}, {"mirror:3", 3}} {
-		const sets = 40
+	for _, l := range []api.Layout{
+		{Kind: api.LayoutMirror, Copies: 2}, {Kind: api.LayoutMirror, Copies: 3},
+		{Kind: api.LayoutEC, K: 2, M: 1}, {Kind: api.LayoutEC, K: 2, M: 2},
+	} {
+		const sets = 60
 		got, err := place(l, sets, 64*mib, cands)
 		if err != nil {
 			t.Fatal(err)
 		}
 		perServer := map[int64]int{}
 		for i, set := range got {
-			if len(set) != l.Width {
-				t.Fatalf("%s set %d has %d members", l.Name, i, len(set))
+			if len(set) != l.Width() {
+				t.Fatalf("%s set %d has %d members", l, i, len(set))
 			}
 			seen := map[int64]bool{}
 			for _, m := range set {
 				if seen[m.ChunkserverID] {
-					t.Fatalf("%s set %d: two members on chunkserver %d", l.Name, i, m.ChunkserverID)
+					t.Fatalf("%s set %d: two members on chunkserver %d", l, i, m.ChunkserverID)
 				}
 				seen[m.ChunkserverID] = true
 				perServer[m.ChunkserverID]++
 			}
 		}
 		// Equal servers end up with equal shares.
-		want := sets * l.Width / len(cands)
+		want := sets * l.Width() / len(cands)
 		for id, n := range perServer {
 			if n != want {
-				t.Errorf("%s: chunkserver %d got %d chunks, want %d (%v)", l.Name, id, n, want, perServer)
+				t.Errorf("%s: chunkserver %d got %d chunks, want %d (%v)", l, id, n, want, perServer)
 			}
 		}
 	}
@@ -154,7 +159,7 @@ func TestPlacePicksDisks(t *testing.T) {
 		{ID: 10, FreeBytes: 256 * mib}, {ID: 11, FreeBytes: 128 * mib},
 	}}
 	b := server(2, "b", "", 100*gib, 0)
-	got, err := place(layout{"mirror:2", 2}, 4, 64*mib, []candidate{a, b})
+	got, err := place(api.Layout{Kind: api.LayoutMirror, Copies: 2}, 4, 64*mib, []candidate{a, b})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,9 @@ func (s *Server) routes() http.Handler {
 		r.Get("/volumes/{name}", s.getVolume)
 		r.Delete("/volumes/{name}", s.deleteVolume)
 		r.Post("/volumes/{name}/attach", s.attachVolume)
+		r.Put("/volumes/{name}/chap", s.setVolumeCHAP)
+		r.Delete("/volumes/{name}/chap", s.clearVolumeCHAP)
+		r.Post("/volumes/{name}/initiators", s.updateInitiators)
 
 		r.Get("/events", s.listEvents)
 	})

@@ -250,7 +250,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		}
 	}
 
-	s.st = &store{db: db, secret: secret, offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
+	box, err := newSealer(secret)
+	if err != nil {
+		return fmt.Errorf("metaserver: %w", err)
+	}
+	s.st = &store{db: db, secret: secret, box: box, offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
 		logPeriod: s.cfg.LogPeriod, log: s.log, committed: s.gens.observe}
 	s.addr = ln.Addr()
 	lctx, stopListening := context.WithCancel(context.WithoutCancel(ctx))

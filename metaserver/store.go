@@ -24,6 +24,8 @@ type store struct {
 	db *pgxpool.Pool
 	// secret is the cluster secret (hex) that keys export tokens.
 	secret string
+	// box seals the volumes' CHAP secrets with a key derived from secret.
+	box *sealer
 	// The timeout budget: offlineAfter is used here, the others are handed
 	// to the daemons.
 	offlineAfter, ioTimeout, logPeriod time.Duration
@@ -82,8 +84,15 @@ func (st *store) cluster(ctx context.Context) (*api.Cluster, error) {
 	}
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		return tx.QueryRow(ctx, `
-			SELECT chunk_size, generation, created_at, (SELECT coalesce(max(version), 0) FROM schema_migrations)
-			FROM cluster`).Scan(&c.ChunkSize, &c.Generation, &c.CreatedAt, &c.SchemaVersion)
+			SELECT chunk_size, generation, created_at, (SELECT coalesce(max(version), 0) FROM schema_migrations),
+			       coalesce(d.cap, 0), coalesce(d.free, 0),
+			       (SELECT coalesce(sum(size_bytes), 0)::bigint FROM chunks)
+			FROM cluster, (
+				SELECT sum(d.capacity_bytes)::bigint AS cap, sum(d.free_bytes)::bigint AS free
+				FROM disks d JOIN chunkservers cs ON cs.id = d.chunkserver_id
+				WHERE cs.last_heartbeat > now() - make_interval(secs => $1)) d`, st.offlineSecs()).
+			Scan(&c.ChunkSize, &c.Generation, &c.CreatedAt, &c.SchemaVersion,
+				&c.RawCapacityBytes, &c.RawFreeBytes, &c.AllocatedBytes)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read cluster: %w", err)
@@ -440,7 +449,7 @@ func (st *store) hostVolumes(ctx context.Context, id int64) (*api.HostVolumes, e
 		if err := exists(ctx, tx, `SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)`, id); err != nil {
 			return notFound(err, "host %d is not registered: register again", id)
 		}
-		out.Volumes, err = st.loadVolumes(ctx, tx, volumeFilter{hostID: id})
+		out.Volumes, err = st.loadVolumes(ctx, tx, volumeFilter{hostID: id, secrets: true})
 		return err
 	})
 	if err != nil {

@@ -17,31 +17,55 @@ type volumeFilter struct {
 	id     int64
 	name   string
 	hostID int64
+	// secrets fills in the CHAP secrets. Only the answer to the host a
+	// volume is attached to (hostVolumes) may carry them.
+	secrets bool
 }
 
 // loadVolumes returns the volumes that match f, ordered by name, complete
-// with sets, members, member states and the export names of the volume's
-// host at its epoch.
+// with sets, members, member states, the export names of the volume's host
+// at its epoch and the access control (with secrets only if f.secrets).
 func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]api.Volume, error) {
 	rows, err := q.Query(ctx, `
-		SELECT v.id, v.name, v.size_bytes, v.layout, v.bitmap, coalesce(h.name, ''), v.epoch, v.clean_detach, v.created_at
+		SELECT v.id, v.name, v.size_bytes, v.layout, v.stripe_unit, v.bitmap, coalesce(h.name, ''), v.epoch,
+		       v.clean_detach, v.created_at, v.chap_user, v.mutual_user, v.allowed_initiators,
+		       CASE WHEN $4 THEN v.chap_secret END, CASE WHEN $4 THEN v.mutual_secret END
 		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
 		WHERE ($1::bigint = 0 OR v.id = $1)
 		  AND ($2::text = '' OR v.name = $2)
 		  AND ($3::bigint = 0 OR v.host_id = $3)
-		ORDER BY v.name`, f.id, f.name, f.hostID)
+		ORDER BY v.name`, f.id, f.name, f.hostID, f.secrets)
 	if err != nil {
 		return nil, fmt.Errorf("load volumes: %w", err)
 	}
 	var ids []int64
 	vols, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Volume, error) {
-		var v api.Volume
-		var id int64
-		err := row.Scan(&id, &v.Name, &v.SizeBytes, &v.Layout, &v.Bitmap, &v.Host, &v.Epoch, &v.CleanDetach, &v.CreatedAt)
+		var (
+			v                     api.Volume
+			id                    int64
+			chapSealed, mutSealed []byte
+		)
+		err := row.Scan(&id, &v.Name, &v.SizeBytes, &v.Layout, &v.StripeUnit, &v.Bitmap, &v.Host, &v.Epoch,
+			&v.CleanDetach, &v.CreatedAt, &v.Auth.CHAPUser, &v.Auth.MutualUser, &v.Auth.AllowedInitiators,
+			&chapSealed, &mutSealed)
+		if err != nil {
+			return v, err
+		}
 		v.IQN = api.IQNPrefix + v.Name
 		v.Sets = []api.Set{}
+		if v.Auth.AllowedInitiators == nil {
+			v.Auth.AllowedInitiators = []string{}
+		}
 		ids = append(ids, id)
-		return v, err
+		if f.secrets {
+			if v.Auth.CHAPSecret, err = st.openSecret(v.Name, colCHAPSecret, chapSealed); err != nil {
+				return v, err
+			}
+			if v.Auth.MutualSecret, err = st.openSecret(v.Name, colMutualSecret, mutSealed); err != nil {
+				return v, err
+			}
+		}
+		return v, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load volumes: %w", err)
@@ -56,7 +80,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 	rows, err = q.Query(ctx, `
 		SELECT s.volume_id, s.idx, s.size_bytes, s.dirty_bytes,
 		       c.id::text, cs.name, cs.addr, cs.control_addr, c.member_state, c.member_state_since,
-		       c.resync_done_bytes, c.resync_total_bytes, c.member_error
+		       c.resync_done_bytes, c.resync_total_bytes, c.member_error, c.size_bytes
 		FROM sets s
 		LEFT JOIN chunks c ON c.volume_id = s.volume_id AND c.set_idx = s.idx
 		LEFT JOIN chunkservers cs ON cs.id = c.chunkserver_id
@@ -74,10 +98,10 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 			// The member columns are NULL for a set without members.
 			chunk, server, addr, control, state, errMsg *string
 			since                                       *time.Time
-			done, total                                 *int64
+			done, total, chunkSize                      *int64
 		)
 		if err := rows.Scan(&volumeID, &idx, &size, &dirty, &chunk, &server, &addr, &control, &state, &since,
-			&done, &total, &errMsg); err != nil {
+			&done, &total, &errMsg, &chunkSize); err != nil {
 			return nil, fmt.Errorf("load sets: %w", err)
 		}
 		v := byID[volumeID]
@@ -87,6 +111,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		if chunk == nil {
 			continue
 		}
+		v.RawBytes += *chunkSize
 		m := api.Member{
 			ChunkID: *chunk, Chunkserver: *server, Addr: *addr, ControlAddr: *control,
 			State: *state, StateSince: *since, ResyncDoneBytes: *done, ResyncTotalBytes: *total, Error: *errMsg,
@@ -151,12 +176,19 @@ func hostID(ctx context.Context, q querier, name string) (int64, error) {
 
 // createVolume creates a volume, places its chunks and, with req.Host set,
 // attaches it, all in one transaction. req.Bitmap is already validated.
-func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, l layout) (*api.Volume, error) {
+//
+// A set of layout l holds l.DataChunks() × chunk size bytes, so the volume
+// gets ceil(size / that) sets of l.Width() chunks each.
+func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, l api.Layout) (*api.Volume, error) {
 	var out *api.Volume
 	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
-		sets := setCount(req.SizeBytes, chunkSize)
+		if req.StripeUnit != 0 && chunkSize%req.StripeUnit != 0 {
+			return invalid("stripe_unit %s does not divide the cluster's chunk size %s: choose a power of two that does", describeSize(req.StripeUnit), describeSize(chunkSize))
+		}
+		setSize := int64(l.DataChunks()) * chunkSize
+		sets := setCount(req.SizeBytes, setSize)
 		if sets > maxSets {
-			return invalid("a volume of %s needs %d sets of %s: at most %d are allowed", describeSize(req.SizeBytes), sets, describeSize(chunkSize), maxSets)
+			return invalid("a volume of %s needs %d sets of %s: at most %d are allowed", describeSize(req.SizeBytes), sets, describeSize(setSize), maxSets)
 		}
 		var host *int64
 		if req.Host != "" {
@@ -168,8 +200,8 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		}
 		var volumeID int64
 		err := tx.QueryRow(ctx, `
-			INSERT INTO volumes (name, size_bytes, layout, bitmap, host_id) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.Name, req.Bitmap, host).Scan(&volumeID)
+			INSERT INTO volumes (name, size_bytes, layout, stripe_unit, bitmap, host_id) VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.String(), req.StripeUnit, req.Bitmap, host).Scan(&volumeID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return api.Errorf(api.CodeAlreadyExists, "volume %q already exists: choose another name or delete it first", req.Name)
 		}
@@ -185,12 +217,12 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 			return err
 		}
 		setIdx := make([]int32, sets)
-		setSize := make([]int64, sets)
+		setSizes := make([]int64, sets)
 		var servers, disks []int64
 		var chunkSet, chunkMember []int32
 		for i, members := range plan {
 			setIdx[i] = int32(i)
-			setSize[i] = min(chunkSize, req.SizeBytes-int64(i)*chunkSize)
+			setSizes[i] = min(setSize, req.SizeBytes-int64(i)*setSize)
 			for j, m := range members {
 				servers = append(servers, m.ChunkserverID)
 				disks = append(disks, m.DiskID)
@@ -200,7 +232,7 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		}
 		_, err = tx.Exec(ctx, `
 			INSERT INTO sets (volume_id, idx, size_bytes)
-			SELECT $1, * FROM unnest($2::int[], $3::bigint[])`, volumeID, setIdx, setSize)
+			SELECT $1, * FROM unnest($2::int[], $3::bigint[])`, volumeID, setIdx, setSizes)
 		if err != nil {
 			return fmt.Errorf("insert sets: %w", err)
 		}
@@ -218,7 +250,7 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		}
 		evs := []event{{
 			Kind: api.EventVolumeCreated, Subject: "volume/" + req.Name, Volume: req.Name,
-			Message: fmt.Sprintf("created: %s, %s, %d sets, bitmap %s", describeSize(req.SizeBytes), l.Name, sets, req.Bitmap),
+			Message: createdMessage(req, l, sets, chunkSize),
 		}}
 		if req.Host != "" {
 			evs = append(evs, attachEvent(req.Name, req.Host, out.Epoch, "", false))
@@ -229,6 +261,18 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		return nil, err
 	}
 	return out, nil
+}
+
+// createdMessage describes a new volume for its volume_created event.
+func createdMessage(req api.CreateVolumeRequest, l api.Layout, sets, chunkSize int64) string {
+	lay := l.String()
+	if req.StripeUnit != 0 {
+		lay += fmt.Sprintf(" (stripe unit %s)", describeSize(req.StripeUnit))
+	}
+	chunks := sets * int64(l.Width())
+	return fmt.Sprintf("created: %s, %s, %d sets of %d chunks, %s raw (%.1f %%), bitmap %s",
+		describeSize(req.SizeBytes), lay, sets, l.Width(), describeSize(chunks*chunkSize),
+		100*float64(req.SizeBytes)/float64(chunks*chunkSize), req.Bitmap)
 }
 
 // candidates loads the online chunkservers with their disks and the active

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,8 +39,9 @@ const (
 	maxPathLen = 4096
 	// maxReportVolumes bounds the volumes of one host report.
 	maxReportVolumes = 4096
-	// maxSetMembers bounds the members of one set in a report.
-	maxSetMembers = 16
+	// maxSetMembers bounds the members of one set in a report: the widest
+	// layout.
+	maxSetMembers = api.MaxECWidth
 	// maxErrorLen bounds a member's stored error; longer ones are cut.
 	maxErrorLen = 1024
 )
@@ -48,21 +50,22 @@ func invalid(format string, args ...any) *api.Error {
 	return api.Errorf(api.CodeInvalidArgument, format, args...)
 }
 
-// layout is a parsed volume layout.
-type layout struct {
-	Name  string // as in the API: "mirror:2"
-	Width int    // members per set
+// parseLayout accepts the layouts this metaserver can place (api.ParseLayout).
+func parseLayout(s string) (api.Layout, error) {
+	return api.ParseLayout(s)
 }
 
-// parseLayout accepts the layouts this metaserver can place.
-func parseLayout(s string) (layout, error) {
-	switch s {
-	case "mirror:2":
-		return layout{Name: s, Width: 2}, nil
-	case "mirror:3":
-		return layout{Name: s, Width: 3}, nil
+// validateStripeUnit checks the stripe unit of an EC volume; 0 means the
+// default. The chunk size is checked when the volume is placed.
+func validateStripeUnit(unit int64) (int64, error) {
+	if unit == 0 {
+		return api.DefaultStripeUnit, nil
 	}
-	return layout{}, invalid("unknown layout %q: use mirror:2 or mirror:3", s)
+	if unit < api.MinStripeUnit || unit > api.MaxStripeUnit || unit&(unit-1) != 0 {
+		return 0, invalid("stripe_unit %d must be a power of two from %d (4 KiB) to %d (1 MiB), e.g. %d (64 KiB, the default)",
+			unit, api.MinStripeUnit, api.MaxStripeUnit, api.DefaultStripeUnit)
+	}
+	return unit, nil
 }
 
 func validateVolumeName(name string) error {
@@ -94,23 +97,33 @@ func parseBitmap(s string) (string, error) {
 		s, api.BitmapRemb, api.BitmapInternal, api.BitmapNone)
 }
 
-// validateCreateVolume checks req and fills in its default bitmap mode.
-func validateCreateVolume(req *api.CreateVolumeRequest) (layout, error) {
+// validateCreateVolume checks req and fills in its defaults: the bitmap
+// mode, the canonical layout name and the stripe unit (the default for EC,
+// 0 for mirrors, which ignore it).
+func validateCreateVolume(req *api.CreateVolumeRequest) (api.Layout, error) {
 	if err := validateVolumeName(req.Name); err != nil {
-		return layout{}, err
+		return api.Layout{}, err
 	}
 	if err := validateVolumeSize(req.SizeBytes); err != nil {
-		return layout{}, err
+		return api.Layout{}, err
 	}
 	l, err := parseLayout(req.Layout)
 	if err != nil {
-		return layout{}, err
+		return api.Layout{}, err
+	}
+	req.Layout = l.String()
+	if l.Kind == api.LayoutEC {
+		if req.StripeUnit, err = validateStripeUnit(req.StripeUnit); err != nil {
+			return api.Layout{}, err
+		}
+	} else {
+		req.StripeUnit = 0
 	}
 	if req.Bitmap, err = parseBitmap(req.Bitmap); err != nil {
-		return layout{}, err
+		return api.Layout{}, err
 	}
 	if req.Host != "" && !serverNameRE.MatchString(req.Host) {
-		return layout{}, invalid("invalid host name %q: see GET /api/v1/hosts for the registered hosts", req.Host)
+		return api.Layout{}, invalid("invalid host name %q: see GET /api/v1/hosts for the registered hosts", req.Host)
 	}
 	return l, nil
 }
@@ -358,4 +371,154 @@ func describeSize(n int64) string {
 		return fmt.Sprintf("%d KiB", n/kib)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+var (
+	// iqnRE is an iqn. name in lower case: iqn.YYYY-MM.reversed.domain,
+	// optionally followed by ':' and an identifier of visible characters.
+	iqnRE = regexp.MustCompile(`^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:[\x21-\x7e]+)?$`)
+	// euiRE and naaRE are eui. (EUI-64) and naa. (NAA 64 or 128 bit) names
+	// in upper case.
+	euiRE = regexp.MustCompile(`^eui\.[0-9A-F]{16}$`)
+	naaRE = regexp.MustCompile(`^naa\.([0-9A-F]{16}|[0-9A-F]{32})$`)
+)
+
+// canonicalISCSIName checks an iSCSI initiator name (RFC 7143 §4.2.7) and
+// returns it in canonical form: iqn. names in lower case, eui. and naa.
+// names with upper-case hex digits.
+func canonicalISCSIName(s string) (string, error) {
+	bad := func() error {
+		return invalid("initiator name %q is not an iSCSI name: use iqn.YYYY-MM.reversed.domain[:identifier] (e.g. iqn.1994-05.com.redhat:client1), eui. and 16 hex digits, or naa. and 16 or 32 hex digits", s)
+	}
+	if len(s) > api.MaxISCSINameLen {
+		return "", invalid("initiator name of %d bytes is too long: iSCSI names have at most %d", len(s), api.MaxISCSINameLen)
+	}
+	if len(s) < 4 {
+		return "", bad()
+	}
+	var c string
+	switch strings.ToLower(s[:4]) {
+	case "iqn.":
+		c = strings.ToLower(s)
+		if !iqnRE.MatchString(c) {
+			return "", bad()
+		}
+	case "eui.":
+		c = "eui." + strings.ToUpper(s[4:])
+		if !euiRE.MatchString(c) {
+			return "", bad()
+		}
+	case "naa.":
+		c = "naa." + strings.ToUpper(s[4:])
+		if !naaRE.MatchString(c) {
+			return "", bad()
+		}
+	default:
+		return "", bad()
+	}
+	return c, nil
+}
+
+// canonicalISCSINames applies canonicalISCSIName to each name of a request
+// field and drops repeats.
+func canonicalISCSINames(field string, names []string) ([]string, error) {
+	if len(names) > api.MaxAllowedInitiators {
+		return nil, invalid("%s names %d initiators: an allowlist holds at most %d", field, len(names), api.MaxAllowedInitiators)
+	}
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		c, err := canonicalISCSIName(n)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// validateInitiatorsRequest checks a change of an allowlist and returns its
+// names in canonical form.
+func validateInitiatorsRequest(req api.InitiatorsRequest) (allow, disallow []string, err error) {
+	if req.Clear {
+		if len(req.Allow) > 0 || len(req.Disallow) > 0 {
+			return nil, nil, invalid("clear empties the allowlist (every initiator may then log in): send it without allow and disallow")
+		}
+		return nil, nil, nil
+	}
+	if len(req.Allow) == 0 && len(req.Disallow) == 0 {
+		return nil, nil, invalid("name initiators to allow or disallow, e.g. {\"allow\": [\"iqn.1994-05.com.redhat:client1\"]}, or send {\"clear\": true} to admit every initiator")
+	}
+	if allow, err = canonicalISCSINames("allow", req.Allow); err != nil {
+		return nil, nil, err
+	}
+	if disallow, err = canonicalISCSINames("disallow", req.Disallow); err != nil {
+		return nil, nil, err
+	}
+	for _, n := range allow {
+		if slices.Contains(disallow, n) {
+			return nil, nil, invalid("initiator %s is both allowed and disallowed: name it once", n)
+		}
+	}
+	return allow, disallow, nil
+}
+
+// validateCHAPUser checks a CHAP name: 1 to 255 visible ASCII characters.
+func validateCHAPUser(field, user string) error {
+	if user == "" || len(user) > api.MaxCHAPUser {
+		return invalid("%s must be a CHAP name of 1 to %d characters", field, api.MaxCHAPUser)
+	}
+	for i := 0; i < len(user); i++ {
+		if c := user[i]; c < 0x21 || c > 0x7e {
+			return invalid("%s %q: use visible ASCII characters only (no spaces), e.g. the initiator's name", field, user)
+		}
+	}
+	return nil
+}
+
+// validateCHAPSecret checks a CHAP secret; its messages never quote it.
+func validateCHAPSecret(field, secret string) error {
+	if len(secret) < api.MinCHAPSecret || len(secret) > api.MaxCHAPSecret {
+		return invalid("%s is %d bytes: CHAP secrets must be %d to %d bytes (RFC 7143 asks for at least 96 bits), e.g. from openssl rand -base64 12",
+			field, len(secret), api.MinCHAPSecret, api.MaxCHAPSecret)
+	}
+	if !utf8.ValidString(secret) {
+		return invalid("%s is not valid UTF-8 text", field)
+	}
+	for i := 0; i < len(secret); i++ {
+		if c := secret[i]; c < 0x20 || c == 0x7f {
+			return invalid("%s holds a control character at byte %d: CHAP secrets are text an initiator's configuration can hold (no line breaks)", field, i)
+		}
+	}
+	return nil
+}
+
+// validateSetCHAP checks CHAP credentials: a user and secret, and for
+// mutual CHAP a second user and a different secret.
+func validateSetCHAP(req api.SetCHAPRequest) error {
+	if err := validateCHAPUser("user", req.User); err != nil {
+		return err
+	}
+	if err := validateCHAPSecret("secret", req.Secret); err != nil {
+		return err
+	}
+	switch {
+	case req.MutualUser == "" && req.MutualSecret == "":
+		return nil
+	case req.MutualUser == "":
+		return invalid("mutual_secret needs mutual_user, the name the target answers with: give both for mutual CHAP, or neither")
+	case req.MutualSecret == "":
+		return invalid("mutual_user needs mutual_secret: give both for mutual CHAP, or neither")
+	}
+	if err := validateCHAPUser("mutual_user", req.MutualUser); err != nil {
+		return err
+	}
+	if err := validateCHAPSecret("mutual_secret", req.MutualSecret); err != nil {
+		return err
+	}
+	if req.MutualSecret == req.Secret {
+		return invalid("mutual_secret equals secret: RFC 7143 forbids one CHAP secret in both directions; choose another")
+	}
+	return nil
 }

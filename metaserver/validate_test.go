@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"net/http/httptest"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -25,6 +26,10 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 		`{"name":"v","size_bytes":4096,"layout":"mirror:2"}`,
 		`{"name":"v","size_bytes":4096,"layout":"mirror:3","host":"h1"}`,
 		`{"name":"V","size_bytes":4097,"layout":"ec:4+2"}`,
+		`{"name":"v","size_bytes":4096,"layout":"ec:4+2","stripe_unit":65536}`,
+		`{"name":"v","size_bytes":4096,"layout":"ec:8+3","stripe_unit":3}`,
+		`{"name":"v","size_bytes":4096,"layout":"mirror:2","stripe_unit":4096}`,
+		`{"name":"v","size_bytes":4096,"layout":"ec:19+1","stripe_unit":2097152}`,
 		`{"name":"v","size_bytes":-9223372036854775808,"layout":"mirror:2"}`,
 		`{"name":"v"} {}`, `[]`, `null`, ``,
 	} {
@@ -45,13 +50,18 @@ func FuzzCreateVolumeRequest(f *testing.F) {
 			}
 			return
 		}
+		su := req.StripeUnit
 		if !volumeNameRE.MatchString(req.Name) || req.SizeBytes <= 0 || req.SizeBytes%4096 != 0 ||
-			(l.Width != 2 && l.Width != 3) || l.Name != req.Layout ||
+			l.Width() < 2 || l.Width() > api.MaxECWidth || l.String() != req.Layout || !layoutSQLRE.MatchString(req.Layout) ||
+			(l.Kind == api.LayoutEC) != (su != 0) || (su != 0 && (su < 4096 || su > 1<<20 || su&(su-1) != 0)) ||
 			(req.Bitmap != api.BitmapRemb && req.Bitmap != api.BitmapInternal && req.Bitmap != api.BitmapNone) {
 			t.Fatalf("accepted %+v as %+v", req, l)
 		}
 	})
 }
+
+// layoutSQLRE is the layout CHECK constraint of migration 0003.
+var layoutSQLRE = regexp.MustCompile(`^(mirror:2|mirror:3|ec:[1-9][0-9]?\+[1-9][0-9]?)$`)
 
 // FuzzRegisterChunkserverRequest does the same for registrations.
 func FuzzRegisterChunkserverRequest(f *testing.F) {
