@@ -33,8 +33,8 @@ deps:
 demo: deps build
 	./$(BIN) demo --dir .demo
 
-demo-clean:
-	rm -rf .demo
+demo-clean: build
+	./$(BIN) demo --dir .demo --clean
 
 vet:
 	$(GO) vet ./...

@@ -22,6 +22,7 @@ type demoOptions struct {
 	metaPort  int
 	iscsiPort int
 	nbdPort   int
+	clean     bool
 }
 
 func newDemoCmd(o *rootOptions) *cobra.Command {
@@ -33,7 +34,19 @@ func newDemoCmd(o *rootOptions) *cobra.Command {
 until Ctrl-C. State lives in --dir and is reused on the next run; delete
 the directory to start fresh.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error { return runDemo(cmd.Context(), o, do) },
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if do.clean {
+				if err := os.RemoveAll(do.dir); err != nil {
+					return err
+				}
+				if err := os.RemoveAll(localcluster.WIBRoot(do.dir)); err != nil {
+					return err
+				}
+				fmt.Fprintf(o.out, "removed %s and its write-intent bitmaps\n", do.dir)
+				return nil
+			}
+			return runDemo(cmd.Context(), o, do)
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&do.dir, "dir", ".demo", "state directory (reused across runs)")
@@ -41,7 +54,8 @@ the directory to start fresh.`,
 	f.StringVar(&do.volSize, "volume-size", "20GiB", "size of the demo volume")
 	f.IntVar(&do.metaPort, "meta-port", 8080, "metaserver HTTP port")
 	f.IntVar(&do.iscsiPort, "iscsi-port", 3260, "hostd iSCSI port")
-	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow")
+	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow (control ports: +100)")
+	f.BoolVar(&do.clean, "clean", false, "delete the demo's state (the directory and its write-intent bitmaps) and exit")
 	return cmd
 }
 

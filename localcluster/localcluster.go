@@ -139,7 +139,7 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 	c = &Cluster{opt: opt, HostName: "host1", Hosts: map[string]*Proc{}, HostISCSI: map[string]string{}}
 	// Write-intent bitmaps live in shared memory, in a directory named for
 	// this cluster so that two clusters on one machine never share one.
-	c.wibRoot = filepath.Join("/dev/shm", fmt.Sprintf("chunkraid-%x", fnv64(opt.Dir)))
+	c.wibRoot = WIBRoot(opt.Dir)
 	defer func() {
 		if err != nil {
 			c.Stop()
@@ -255,6 +255,16 @@ func (c *Cluster) startHostd(name, addr string) (*Proc, error) {
 // ISCSIURLOn is the libiscsi URL of a volume's LUN 0 on the named host.
 func (c *Cluster) ISCSIURLOn(host, volume string) string {
 	return fmt.Sprintf("iscsi://%s/%s/0", c.HostISCSI[host], IQN(volume))
+}
+
+// WIBRoot is the shared-memory directory of the write-intent bitmaps of a
+// cluster whose state lives in dir.
+func WIBRoot(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		abs = dir
+	}
+	return filepath.Join("/dev/shm", fmt.Sprintf("chunkraid-%x", fnv64(abs)))
 }
 
 // RemoveWIBs deletes the cluster's write-intent bitmaps from shared memory
