@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"os/exec"
@@ -596,22 +597,37 @@ const (
 	metricLatency
 )
 
-// qemuFigure measures one qemu-img bench figure on two iSCSI URLs.
+// qemuFigure measures one qemu-img bench figure on two iSCSI URLs. Both
+// sides run the same request count — the geometric mean of what each side
+// completes in RunTime — so that every run writes the same byte range on
+// both; one unrecorded run per side at that count first makes the measured
+// runs overwrite allocated blocks on both.
 func (r *Runner) qemuFigure(ctx context.Context, f *Figure, oursURL, refURL string, write bool, depth int, metric qemuMetric) error {
 	ours, ref := &qemuSide{url: oursURL}, &qemuSide{url: refURL}
+	fail := func(s *qemuSide, err error) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		r.report.Figures = append(r.report.Figures, f)
+		f.Err = fmt.Errorf("%s: %w", s.url, err)
+		return nil
+	}
 	for _, s := range []*qemuSide{ours, ref} {
 		if err := r.calibrate(ctx, s, write, depth); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			r.report.Figures = append(r.report.Figures, f)
-			f.Err = fmt.Errorf("%s: %w", s.url, err)
-			return nil
+			return fail(s, err)
+		}
+	}
+	count := int(math.Sqrt(float64(ours.count) * float64(ref.count)))
+	timeout := 6*r.cfg.RunTime + 30*time.Second
+	for _, s := range []*qemuSide{ours, ref} {
+		s.count = count
+		if _, err := qemuBench(ctx, s.url, write, depth, count, timeout); err != nil {
+			return fail(s, fmt.Errorf("warm-up: %w", err))
 		}
 	}
 	run := func(s *qemuSide) func(context.Context) (float64, error) {
 		return func(ctx context.Context) (float64, error) {
-			q, err := qemuBench(ctx, s.url, write, depth, s.count, 6*r.cfg.RunTime+30*time.Second)
+			q, err := qemuBench(ctx, s.url, write, depth, s.count, timeout)
 			if err != nil {
 				return 0, err
 			}
@@ -661,8 +677,8 @@ func (r *Runner) mirrorGroup(ctx context.Context) error {
 	r.mirror = &qemuLoad{ours: ours, ref: ref, oursProcs: append([]*localcluster.Proc{r.cluster.Hostd}, r.cluster.CS...),
 		refProcs: []*localcluster.Proc{r.tgt.proc}}
 	r.report.Notes = append(r.report.Notes, fmt.Sprintf(
-		"mirror: `qemu-img bench -f raw -w -s 4096 -d D -c N` (sequential 4K writes from offset 0; N fixed per side by a "+
-			"calibration run to last about %s) against a %d MiB mirror:2 volume of the local cluster (hostd iSCSI target → "+
+		"mirror: `qemu-img bench -f raw -w -s 4096 -d D -c N` (sequential 4K writes from offset 0; the same N on both sides, "+
+			"the geometric mean of what each completes in %s by a calibration run, and one unrecorded run at N first) against a %d MiB mirror:2 volume of the local cluster (hostd iSCSI target → "+
 			"2 sets → NBD → 3 chunkservers) and against tgtd with a file LUN of the same size in the same directory tree. "+
 			"QD1 latency is the run time divided by N.", r.cfg.RunTime, size>>20))
 	if err := r.qemuFigure(ctx, iopsFigure(GroupMirror, "4K write QD32", "mirror:2 volume", "tgtd file LUN", 0.5),
