@@ -191,12 +191,13 @@ func changeAllowlist(volume string, old, allow, disallow []string, clearAll bool
 		return nil, "", invalid("the allowlist of volume %q would hold %d initiators: at most %d are allowed", volume, len(list), api.MaxAllowedInitiators)
 	}
 	slices.Sort(list)
+	slices.Sort(added)
 	var parts []string
 	if len(added) > 0 {
 		parts = append(parts, "allowed "+strings.Join(added, ", "))
 	}
 	if len(disallow) > 0 {
-		parts = append(parts, "disallowed "+strings.Join(disallow, ", "))
+		parts = append(parts, "disallowed "+strings.Join(slices.Sorted(slices.Values(disallow)), ", "))
 	}
 	if len(parts) == 0 {
 		return list, "", nil
@@ -262,6 +263,7 @@ func (s *Server) updateInitiators(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.log.Info("volume initiator allowlist", "name", name, "allowed", v.Auth.AllowedInitiators)
+	s.log.Info("volume initiator allowlist changed", "name", name, "allow", len(allow), "disallow", len(disallow),
+		"clear", req.Clear, "allowed", len(v.Auth.AllowedInitiators))
 	s.writeJSON(w, http.StatusOK, v)
 }
