@@ -3,6 +3,8 @@ package test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -355,4 +357,43 @@ func TestZombieHostCannotWrite(t *testing.T) {
 	want[5] = newer[0]
 	verifyAcked(t, url2, want) // base[3] still holds its old pattern: the zombie's 0xee never landed
 	checkReplicas(t, c, "fe")
+}
+
+// TestHostRestartReusesWIB: a hostd killed mid-write and restarted on the
+// same host finds its write-intent bitmap in /dev/shm and resyncs from it
+// (and from the LOG bitmaps), without the volume moving.
+func TestHostRestartReusesWIB(t *testing.T) {
+	c := faultCluster(t)
+	createVolume(t, c, "fr", "64MiB", c.HostName)
+	if err := c.WaitTarget(t.Context(), "fr", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	load := startWriteLoad(ctx, c.ISCSIURL("fr"), slots(300, 16<<10, 8<<20, 0), 5)
+	waitFor(t, 30*time.Second, "the write load to get going", func() bool { return len(load.Acked()) >= 50 })
+	if err := c.Hostd.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	acked := load.Acked()
+	cancel()
+	<-load.done
+	if err := c.Hostd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitTarget(t.Context(), "fr", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitInSync(t, c, "fr", time.Minute)
+	b, err := os.ReadFile(c.Hostd.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "reusing the write-intent bitmap left by a previous hostd") {
+		t.Fatal("the restarted hostd did not reuse its WIB")
+	}
+	copied, n := resyncedBytes(t, c.Hostd.Log)
+	t.Logf("host restart: %d acknowledged writes; the restarted host reused its WIB and resynced %d bytes in %d resyncs", len(acked), copied, n)
+	verifyAcked(t, c.ISCSIURL("fr"), acked)
+	checkReplicas(t, c, "fr")
 }
