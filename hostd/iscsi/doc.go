@@ -2,9 +2,10 @@
 // as a target with one logical unit, LUN 0, a SCSI block device (SBC-3)
 // whose storage is a Backend.
 //
-// A Server holds the targets (AddTarget, RemoveTarget) and serves TCP
-// connections (Serve). Each connection logs in (login.go: security and
-// operational negotiation, text keys in text.go), then runs the full
+// A Server holds the targets (AddTarget, AddTargetWith, UpdateTarget,
+// RemoveTarget) and serves TCP connections (Serve). Each connection logs
+// in (login.go: security and operational negotiation, CHAP in chap.go,
+// text keys in text.go), then runs the full
 // feature phase of its session (session.go): one reader goroutine receives
 // PDUs and orders commands by CmdSN, every SCSI command runs in its own
 // goroutine (task.go) against the logical unit (scsi.go), and a single
@@ -31,6 +32,38 @@
 // every command may run concurrently with every other. The only unit
 // attention raised is CAPACITY DATA HAS CHANGED, once per session after the
 // back end grows.
+//
+// # Security
+//
+// A target may require CHAP (TargetConfig.CHAP, RFC 7143 12.1.3 and RFC
+// 1994): MD5 only (CHAP_A=5); a fresh identifier and 32-byte challenge
+// from crypto/rand for every login; the response compared in constant
+// time; binary values accepted in hex (0x) and base64 (0b), sent in hex.
+// Mutual CHAP is answered when the initiator sends CHAP_I and CHAP_C and
+// the target has a mutual secret; a challenge equal to the target's own is
+// refused as a reflection, and the two secrets must differ. Wrong or
+// missing credentials, or an initiator that skips the security stage, end
+// the login with status 0x0201 (authentication failure). An initiator name
+// not on TargetConfig.AllowedInitiators ends it with 0x0202 (authorization
+// failure) at the first request, before any CHAP exchange.
+//
+// Discovery sessions need no authentication: there is no discovery
+// secret, and SendTargets lists only the targets whose allowlist admits
+// the initiator name given at login. That name is the initiator's own
+// claim, so an allowlist keeps out initiators that are misconfigured, not
+// one that knows an allowed name; CHAP is what authenticates. UpdateTarget
+// applies to logins that start afterwards; sessions already logged in
+// stay.
+//
+// The CHAP exchange, in login requests (I) and responses (T) of the
+// security stage:
+//
+//	I: AuthMethod=CHAP,None       T: AuthMethod=CHAP (T bit clear)
+//	I: CHAP_A=5[,...]             T: CHAP_A=5 CHAP_I=id CHAP_C=0x<32 bytes>
+//	I: CHAP_N=user CHAP_R=0x<MD5(id, secret, challenge)>
+//	   [CHAP_I=id2 CHAP_C=challenge2]
+//	T: [CHAP_N=mutual user CHAP_R=0x<MD5(id2, mutual secret, challenge2)>],
+//	   T bit as the initiator asked
 //
 // # Limits
 //

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -98,6 +99,9 @@ func FuzzCDB(f *testing.F) {
 	})
 }
 
+// chapFuzzIQN is the target FuzzLogin serves with CHAP and an allowlist.
+const chapFuzzIQN = "iqn.2026-11.io.chunkraid:chap"
+
 // FuzzLogin feeds arbitrary bytes to a connection served over net.Pipe:
 // the connection must neither panic nor hang.
 func FuzzLogin(f *testing.F) {
@@ -117,11 +121,25 @@ func FuzzLogin(f *testing.F) {
 	disc := pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1}, encodeText([]textPair{{"InitiatorName", "iqn.2026-01.test:i"}, {"SessionType", "Discovery"}}))
 	f.Add(append(disc, pduBytes(&textRequest{Final: true, ITT: 2, TTT: reservedTag}, encodeText([]textPair{{"SendTargets", "All"}}))...))
 
+	// A CHAP exchange with the target that requires it: AuthMethod, CHAP_A,
+	// then a response (wrong, since the challenge is random).
+	chapDecl := []textPair{{"InitiatorName", initiatorIQN}, {"TargetName", chapFuzzIQN}, {"SessionType", "Normal"}}
+	chap := pduBytes(&loginRequest{Transit: true, CSG: 0, NSG: 1, ITT: 1}, encodeText(withText(chapDecl, textPair{"AuthMethod", "CHAP,None"})))
+	chap = append(chap, pduBytes(&loginRequest{CSG: 0, NSG: 1, ITT: 1}, encodeText([]textPair{{"CHAP_A", "5"}}))...)
+	chap = append(chap, pduBytes(&loginRequest{Transit: true, CSG: 0, NSG: 1, ITT: 1}, encodeText([]textPair{
+		{"CHAP_N", "alice"}, {"CHAP_R", "0x0123456789abcdef0123456789abcdef"}, {"CHAP_I", "7"}, {"CHAP_C", "0b" + strings.Repeat("QUJD", 8)}}))...)
+	f.Add(chap)
+	f.Add(pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1}, encodeText(withText(chapDecl, textPair{"InitiatorName", intruderIQN}))))
+
 	srv, err := New(Config{LoginTimeout: 2 * time.Second, QueueDepth: 8, MaxTransferLength: 64 << 10, SessionBufferBytes: 256 << 10})
 	if err != nil {
 		f.Fatal(err)
 	}
 	if err := srv.AddTarget(testIQN, newMemBackend(256<<10), "fuzz"); err != nil {
+		f.Fatal(err)
+	}
+	creds := testCHAP
+	if err := srv.AddTargetWith(chapFuzzIQN, newMemBackend(256<<10), TargetConfig{Serial: "fuzz-chap", CHAP: &creds, AllowedInitiators: []string{initiatorIQN}}); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -140,6 +158,79 @@ func FuzzLogin(f *testing.F) {
 		case <-done:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("connection did not end after its input was closed")
+		}
+	})
+}
+
+// loginScript encodes login requests for FuzzLoginMachine: per request a
+// flags byte (T, C, CSG, NSG as in the BHS byte 1), a 2-byte text length
+// and the text.
+func loginScript(reqs ...struct {
+	flags byte
+	text  []textPair
+}) []byte {
+	var b []byte
+	for _, r := range reqs {
+		t := encodeText(r.text)
+		b = append(b, r.flags, byte(len(t)>>8), byte(len(t)))
+		b = append(b, t...)
+	}
+	return b
+}
+
+// FuzzLoginMachine runs scripts of login requests through the login state
+// machine of a target that requires CHAP and has an allowlist. Whatever
+// the requests, it must not panic, and a login may only complete after
+// the initiator proved the CHAP secret from an allowed initiator name.
+func FuzzLoginMachine(f *testing.F) {
+	type req = struct {
+		flags byte
+		text  []textPair
+	}
+	const (
+		secToOpFlags = 0x80 | stageSecurity<<2 | stageOperational
+		secStayFlags = stageSecurity<<2 | stageOperational
+		opToFFPFlags = 0x80 | stageOperational<<2 | stageFullFeature
+	)
+	decl := withText(normalDecl, textPair{"InitiatorName", initiatorIQN})[1:]
+	f.Add(loginScript(
+		req{secToOpFlags, withText(decl, textPair{"AuthMethod", "CHAP,None"})},
+		req{secStayFlags, []textPair{{"CHAP_A", "5"}}},
+		req{secToOpFlags, []textPair{{"CHAP_N", "alice"}, {"CHAP_R", "0x00112233445566778899aabbccddeeff"}}},
+		req{opToFFPFlags, []textPair{{"MaxBurstLength", "65536"}}},
+	))
+	f.Add(loginScript(req{opToFFPFlags, decl}))
+	f.Add(loginScript(req{secToOpFlags, withText(decl, textPair{"AuthMethod", "None"})}))
+	f.Add(loginScript(
+		req{secToOpFlags, withText(decl, textPair{"AuthMethod", "CHAP"})},
+		req{secStayFlags, []textPair{{"CHAP_A", "5,7"}}},
+		req{secToOpFlags, []textPair{{"CHAP_N", "alice"}, {"CHAP_R", "0bABCD"}, {"CHAP_I", "1"}, {"CHAP_C", "0x0102"}}},
+	))
+	f.Fuzz(func(t *testing.T, script []byte) {
+		creds := testCHAP
+		cfg := TargetConfig{Serial: "s", CHAP: &creds, AllowedInitiators: []string{initiatorIQN}}
+		m := testLoginMachineWith(cfg, bytes.NewReader(bytes.Repeat([]byte{0x42}, 1<<12)))
+		for len(script) >= 3 {
+			flags := script[0]
+			n := int(script[1])<<8 | int(script[2])
+			script = script[3:]
+			n = min(n, len(script))
+			text := script[:n]
+			script = script[n:]
+			r := loginRequest{Transit: flags&0x80 != 0, Continue: flags&0x40 != 0, CSG: flags >> 2 & 3, NSG: flags & 3, ISID: [6]byte{0x80, 0, 0, 0, 0, 1}}
+			_, _, st, err := m.step(&r, text)
+			if st == loginFailed {
+				if err == nil {
+					t.Fatal("login failed without an error")
+				}
+				return
+			}
+			if st == loginDone {
+				if !m.discovery && (m.chap.state != chapVerified || !strings.EqualFold(m.initiatorName, initiatorIQN)) {
+					t.Fatalf("login completed without CHAP (state %d) or from %q", m.chap.state, m.initiatorName)
+				}
+				return
+			}
 		}
 	})
 }

@@ -1,8 +1,10 @@
 package iscsi
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 )
 
@@ -11,6 +13,7 @@ const (
 	loginSuccess            = 0x0000
 	loginInitiatorError     = 0x0200
 	loginAuthFailed         = 0x0201
+	loginAuthzFailed        = 0x0202
 	loginNotFound           = 0x0203
 	loginTargetRemoved      = 0x0204
 	loginUnsupportedVersion = 0x0205
@@ -18,6 +21,7 @@ const (
 	loginSessionNotExist    = 0x020a
 	loginMissingParam       = 0x0207
 	loginSessionType        = 0x0209
+	loginTargetError        = 0x0300
 	loginOutOfResources     = 0x0302
 )
 
@@ -48,6 +52,9 @@ const (
 type loginEnv struct {
 	lookupTarget  func(name string) (*target, bool)
 	sessionExists func(tsih uint16) bool
+	// rand supplies CHAP identifiers and challenges; nil means
+	// crypto/rand.
+	rand io.Reader
 }
 
 // loginMachine negotiates one login (RFC 7143 6.3 and 11.12): stage
@@ -71,6 +78,8 @@ type loginMachine struct {
 	pending    []byte // text of a request continued with the C bit
 	authMethod string // negotiated AuthMethod, "" until the initiator offers it
 	authDone   bool
+	creds      *CHAP // the target's CHAP credentials; nil: no authentication
+	chap       chapExchange
 	sentMRDSL  bool
 	sentTPGT   bool
 
@@ -82,6 +91,9 @@ type loginMachine struct {
 }
 
 func newLoginMachine(ours sessionParams, depth uint32, env loginEnv) *loginMachine {
+	if env.rand == nil {
+		env.rand = rand.Reader
+	}
 	return &loginMachine{env: env, neg: newNegotiator(ours), depth: depth}
 }
 
@@ -167,19 +179,13 @@ func (m *loginMachine) stepInner(req *loginRequest, data []byte, resp *loginResp
 	if err != nil {
 		return nil, 0, rejectLogin(loginInitiatorError, "%v", err)
 	}
-	first := m.initiatorName == ""
 	answers, err := m.answer(pairs, req.CSG)
 	if err != nil {
 		return nil, 0, err
 	}
-	if first {
-		if err := m.checkFirst(); err != nil {
-			return nil, 0, err
-		}
-		if !m.discovery && !m.sentTPGT {
-			answers = append(answers, textPair{"TargetPortalGroupTag", "1"})
-			m.sentTPGT = true
-		}
+	if !m.discovery && !m.sentTPGT {
+		answers = append(answers, textPair{"TargetPortalGroupTag", "1"})
+		m.sentTPGT = true
 	}
 	if req.CSG == stageOperational && !m.sentMRDSL {
 		answers = append(answers, textPair{"MaxRecvDataSegmentLength", fmt.Sprint(m.neg.ours.TargetRecvDSL)})
@@ -187,8 +193,13 @@ func (m *loginMachine) stepInner(req *loginRequest, data []byte, resp *loginResp
 	}
 	if req.CSG == stageSecurity && m.authMethod == "" {
 		// No AuthMethod offered: the default is None (RFC 7143 13.17),
-		// which this target accepts while no CHAP secret is configured.
-		m.authDone = true
+		// which this target accepts only when it has no CHAP secret.
+		switch {
+		case m.creds == nil:
+			m.authDone = true
+		case req.Transit:
+			return nil, 0, errCHAP("target %s requires CHAP; the initiator left the security stage without AuthMethod", m.target.iqn)
+		}
 	}
 
 	respData := encodeText(answers)
@@ -215,11 +226,14 @@ func (m *loginMachine) stepInner(req *loginRequest, data []byte, resp *loginResp
 	return respData, step, nil
 }
 
-// answer processes the keys of one complete request.
+// answer processes the keys of one complete request. Declarations come
+// first: the target they name decides how the initiator must
+// authenticate.
 func (m *loginMachine) answer(pairs []textPair, stage uint8) ([]textPair, error) {
-	// SessionType decides which keys are relevant, so read it first.
+	first := m.initiatorName == ""
 	for _, p := range pairs {
-		if p.key == "SessionType" {
+		switch p.key {
+		case "SessionType":
 			switch p.value {
 			case "Normal":
 				m.discovery = false
@@ -229,12 +243,6 @@ func (m *loginMachine) answer(pairs []textPair, stage uint8) ([]textPair, error)
 				return nil, rejectLogin(loginSessionType, "session type %q", p.value)
 			}
 			m.neg.discovery = m.discovery
-		}
-	}
-	var out []textPair
-	for _, p := range pairs {
-		switch p.key {
-		case "SessionType":
 		case "InitiatorName":
 			if m.initiatorName != "" && m.initiatorName != p.value {
 				return nil, rejectLogin(loginInitiatorError, "InitiatorName redeclared")
@@ -250,6 +258,18 @@ func (m *loginMachine) answer(pairs []textPair, stage uint8) ([]textPair, error)
 				return nil, rejectLogin(loginInitiatorError, "TargetName redeclared")
 			}
 			m.targetName = p.value
+		}
+	}
+	if first {
+		if err := m.checkFirst(); err != nil {
+			return nil, err
+		}
+	}
+	inCHAP := stage == stageSecurity && (m.chap.state == chapAlgorithm || m.chap.state == chapResponseW)
+	var out []textPair
+	for _, p := range pairs {
+		switch p.key {
+		case "SessionType", "InitiatorName", "InitiatorAlias", "TargetName":
 		case "AuthMethod":
 			if stage != stageSecurity {
 				return nil, rejectLogin(loginInitiatorError, "AuthMethod outside the security stage")
@@ -261,9 +281,15 @@ func (m *loginMachine) answer(pairs []textPair, stage uint8) ([]textPair, error)
 			out = append(out, textPair{p.key, a})
 		default:
 			if strings.HasPrefix(p.key, "CHAP_") {
-				// No CHAP exchange was selected, so these keys are out of
-				// place (RFC 7143 12.1.3).
-				return nil, rejectLogin(loginAuthFailed, "%s without CHAP", p.key)
+				if !inCHAP {
+					// No CHAP exchange is under way, so these keys are
+					// out of place (RFC 7143 12.1.3).
+					return nil, errCHAP("%s without a CHAP exchange", p.key)
+				}
+				if err := m.chap.key(p.key, p.value); err != nil {
+					return nil, err
+				}
+				continue
 			}
 			a, respond, err := m.neg.negotiate(p.key, p.value)
 			if err != nil {
@@ -274,23 +300,48 @@ func (m *loginMachine) answer(pairs []textPair, stage uint8) ([]textPair, error)
 			}
 		}
 	}
+	if inCHAP {
+		more, err := m.chap.finish()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, more...)
+		if m.chap.state == chapVerified {
+			m.authDone = true
+		}
+	}
 	return out, nil
 }
 
-// chooseAuth selects the authentication method from the initiator's list.
-// Without a configured secret only None is acceptable.
+// chooseAuth selects the authentication method from the initiator's list:
+// CHAP when the target has credentials, None otherwise. Starting the
+// exchange with AuthMethod=CHAP, the initiator's next request carries
+// CHAP_A.
 func (m *loginMachine) chooseAuth(list string) (string, error) {
 	if m.authMethod != "" {
 		return "", rejectLogin(loginInitiatorError, "AuthMethod renegotiated")
 	}
-	for _, v := range strings.Split(list, ",") {
-		if v == "None" {
-			m.authMethod = "None"
-			m.authDone = true
-			return "None", nil
-		}
+	want := "None"
+	if m.creds != nil {
+		want = "CHAP"
 	}
-	return "", rejectLogin(loginAuthFailed, "no acceptable AuthMethod in %q", truncString(list, 64))
+	for _, v := range strings.Split(list, ",") {
+		if v != want {
+			continue
+		}
+		m.authMethod = want
+		if want == "None" {
+			m.authDone = true
+		} else {
+			m.chap = chapExchange{creds: m.creds, rand: m.env.rand}
+			m.chap.start()
+		}
+		return want, nil
+	}
+	if m.creds != nil {
+		return "", errCHAP("target %s requires CHAP; the initiator offers AuthMethod=%s", m.target.iqn, truncString(list, 64))
+	}
+	return "", errCHAP("no acceptable AuthMethod in %q", truncString(list, 64))
 }
 
 // checkFirst validates the declarations the first request must carry.
@@ -308,7 +359,15 @@ func (m *loginMachine) checkFirst() error {
 	if !ok {
 		return rejectLogin(loginNotFound, "target %q not found", truncString(m.targetName, 64))
 	}
+	cfg := t.cfg.Load()
+	if !cfg.allows(m.initiatorName) {
+		return rejectLogin(loginAuthzFailed, "initiator %s is not allowed on target %s", m.initiatorName, t.iqn)
+	}
 	m.target = t
+	m.creds = cfg.CHAP
+	if m.creds != nil && m.stage != stageSecurity {
+		return errCHAP("target %s requires CHAP; the login skipped the security stage", t.iqn)
+	}
 	return nil
 }
 
@@ -318,7 +377,11 @@ func validISCSIName(s string) bool {
 	if len(s) < 5 || len(s) > 223 {
 		return false
 	}
-	if !strings.HasPrefix(s, "iqn.") && !strings.HasPrefix(s, "eui.") && !strings.HasPrefix(s, "naa.") {
+	// Names compare without regard to case (RFC 3722 maps them to lower
+	// case), so the type prefix may come in either.
+	switch strings.ToLower(s[:4]) {
+	case "iqn.", "eui.", "naa.":
+	default:
 		return false
 	}
 	for i := 0; i < len(s); i++ {

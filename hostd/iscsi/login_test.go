@@ -1,11 +1,19 @@
 package iscsi
 
 import (
+	"io"
 	"testing"
 )
 
 func testLoginMachine() *loginMachine {
+	return testLoginMachineWith(TargetConfig{Serial: "s"}, nil)
+}
+
+// testLoginMachineWith returns a login machine for a server with one
+// target, testIQN, configured with cfg; rnd supplies CHAP challenges.
+func testLoginMachineWith(cfg TargetConfig, rnd io.Reader) *loginMachine {
 	tgt := &target{iqn: testIQN}
+	tgt.cfg.Store(cfg.clone())
 	ours := defaultParams()
 	ours.TargetRecvDSL = 262144
 	ours.MaxBurstLength = 1 << 20
@@ -17,6 +25,7 @@ func testLoginMachine() *loginMachine {
 			return nil, false
 		},
 		sessionExists: func(tsih uint16) bool { return tsih == 7 },
+		rand:          rnd,
 	})
 }
 

@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -157,6 +159,8 @@ type Server struct {
 type target struct {
 	iqn string
 	lu  *logicalUnit
+	// cfg is read by each login as it starts; UpdateTarget swaps it.
+	cfg atomic.Pointer[TargetConfig]
 	// guarded by Server.mu
 	sessions map[*session]struct{}
 	removed  bool
@@ -188,10 +192,78 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// AddTarget exports lu as target iqn, LUN 0. serial is the unit serial
-// number (VPD page 0x80), unique per volume: printable ASCII, 1 to 200
-// bytes. The logical unit's NAA and T10 designators derive from it.
+// TargetConfig is the configuration of one target beyond its back end.
+type TargetConfig struct {
+	// Serial is the unit serial number (VPD page 0x80), unique per volume:
+	// printable ASCII, 1 to 200 bytes. The logical unit's NAA and T10
+	// designators derive from it.
+	Serial string
+	// CHAP, if set, makes initiators authenticate with CHAP; nil lets any
+	// initiator in with AuthMethod=None.
+	CHAP *CHAP
+	// AllowedInitiators, if not empty, lists the initiator names (IQN, EUI
+	// or NAA) that may log in; names compare without regard to ASCII case.
+	// Others get a login reject with status 0x0202 and do not see the
+	// target in discovery.
+	AllowedInitiators []string
+}
+
+// clone returns a deep copy, so that the caller's slices and CHAP value
+// cannot change a stored configuration.
+func (c TargetConfig) clone() *TargetConfig {
+	out := c
+	if c.CHAP != nil {
+		ch := *c.CHAP
+		out.CHAP = &ch
+	}
+	out.AllowedInitiators = slices.Clone(c.AllowedInitiators)
+	return &out
+}
+
+func (c *TargetConfig) validate() error {
+	if len(c.Serial) == 0 || len(c.Serial) > 200 {
+		return errors.New("serial must be 1 to 200 bytes")
+	}
+	for i := 0; i < len(c.Serial); i++ {
+		if c.Serial[i] < 0x20 || c.Serial[i] > 0x7e {
+			return fmt.Errorf("serial %q is not printable ASCII", c.Serial)
+		}
+	}
+	if c.CHAP != nil {
+		if err := c.CHAP.validate(); err != nil {
+			return err
+		}
+	}
+	for _, n := range c.AllowedInitiators {
+		if !validISCSIName(n) {
+			return fmt.Errorf("allowed initiator %q: want iqn., eui. or naa. followed by printable ASCII, at most 223 bytes", n)
+		}
+	}
+	return nil
+}
+
+// allows reports whether the initiator may log in.
+func (c *TargetConfig) allows(initiator string) bool {
+	if len(c.AllowedInitiators) == 0 {
+		return true
+	}
+	for _, n := range c.AllowedInitiators {
+		if strings.EqualFold(n, initiator) {
+			return true
+		}
+	}
+	return false
+}
+
+// AddTarget exports lu as target iqn, LUN 0, open to every initiator
+// without authentication. serial is as TargetConfig.Serial.
 func (s *Server) AddTarget(iqn string, lu Backend, serial string) error {
+	return s.AddTargetWith(iqn, lu, TargetConfig{Serial: serial})
+}
+
+// AddTargetWith exports lu as target iqn, LUN 0, with the given serial,
+// authentication and initiator allowlist.
+func (s *Server) AddTargetWith(iqn string, lu Backend, cfg TargetConfig) error {
 	if !validISCSIName(iqn) {
 		return fmt.Errorf("%w: name %q: want iqn., eui. or naa. followed by printable ASCII, at most 223 bytes", ErrInvalidTarget, iqn)
 	}
@@ -201,26 +273,47 @@ func (s *Server) AddTarget(iqn string, lu Backend, serial string) error {
 	if size := lu.Size(); size < int64(s.cfg.BlockSize) {
 		return fmt.Errorf("%w: %s: size %d is below one block of %d bytes", ErrInvalidTarget, iqn, size, s.cfg.BlockSize)
 	}
-	if len(serial) == 0 || len(serial) > 200 {
-		return fmt.Errorf("%w: %s: serial must be 1 to 200 bytes", ErrInvalidTarget, iqn)
-	}
-	for i := 0; i < len(serial); i++ {
-		if serial[i] < 0x20 || serial[i] > 0x7e {
-			return fmt.Errorf("%w: %s: serial %q is not printable ASCII", ErrInvalidTarget, iqn, serial)
-		}
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalidTarget, iqn, err)
 	}
 	t := &target{
 		iqn:      iqn,
-		lu:       newLogicalUnit(lu, uint32(s.cfg.BlockSize), s.cfg.MaxTransferLength, s.cfg.MaxBurstLength, serial, iqn),
+		lu:       newLogicalUnit(lu, uint32(s.cfg.BlockSize), s.cfg.MaxTransferLength, s.cfg.MaxBurstLength, cfg.Serial, iqn),
 		sessions: make(map[*session]struct{}),
 	}
+	t.cfg.Store(cfg.clone())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.mu.targets[iqn]; ok {
 		return fmt.Errorf("%w: %s", ErrTargetExists, iqn)
 	}
 	s.mu.targets[iqn] = t
-	s.log.Info("iscsi target added", "target", iqn, "serial", serial, "bytes", lu.Size())
+	s.log.Info("iscsi target added", "target", iqn, "serial", cfg.Serial, "bytes", lu.Size(),
+		"chap", cfg.CHAP != nil, "mutual chap", cfg.CHAP != nil && cfg.CHAP.MutualUser != "", "allowed initiators", len(cfg.AllowedInitiators))
+	return nil
+}
+
+// UpdateTarget replaces the authentication and allowlist of target iqn.
+// The change applies to logins that start afterwards; sessions already
+// logged in stay. The serial cannot change: cfg.Serial must be empty or
+// equal to the target's.
+func (s *Server) UpdateTarget(iqn string, cfg TargetConfig) error {
+	t, ok := s.lookupTarget(iqn)
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrTargetNotFound, iqn)
+	}
+	if cfg.Serial == "" {
+		cfg.Serial = t.lu.serial
+	}
+	if cfg.Serial != t.lu.serial {
+		return fmt.Errorf("%w: %s: the serial of an exported target cannot change", ErrInvalidTarget, iqn)
+	}
+	if err := cfg.validate(); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrInvalidTarget, iqn, err)
+	}
+	t.cfg.Store(cfg.clone())
+	s.log.Info("iscsi target updated", "target", iqn,
+		"chap", cfg.CHAP != nil, "mutual chap", cfg.CHAP != nil && cfg.CHAP.MutualUser != "", "allowed initiators", len(cfg.AllowedInitiators))
 	return nil
 }
 
@@ -345,18 +438,28 @@ func (s *Server) targetSessions(t *target) []*session {
 }
 
 // sendTargets returns the targets named by a SendTargets value: all of them
-// for "All", the session's own for an empty value, or the one named.
-func (s *Server) sendTargets(value string, own *target) []string {
+// for "All", the session's own for an empty value, or the one named. Only
+// targets whose allowlist admits the initiator are listed.
+func (s *Server) sendTargets(value string, own *target, initiator string) []string {
 	switch value {
 	case "All":
-		return s.Targets()
+		s.mu.Lock()
+		names := make([]string, 0, len(s.mu.targets))
+		for n, t := range s.mu.targets {
+			if t.cfg.Load().allows(initiator) {
+				names = append(names, n)
+			}
+		}
+		s.mu.Unlock()
+		slices.Sort(names)
+		return names
 	case "":
 		if own != nil {
 			return []string{own.iqn}
 		}
 		return nil
 	}
-	if _, ok := s.lookupTarget(value); ok {
+	if t, ok := s.lookupTarget(value); ok && t.cfg.Load().allows(initiator) {
 		return []string{value}
 	}
 	return nil

@@ -410,7 +410,7 @@ func (s *session) handleText(ctx context.Context, p *inPDU) error {
 		switch kv.key {
 		case "SendTargets":
 			addr := portalAddress(s.conn.nc.LocalAddr())
-			for _, name := range s.srv.sendTargets(kv.value, s.target) {
+			for _, name := range s.srv.sendTargets(kv.value, s.target, s.initiator) {
 				out = append(out, textPair{"TargetName", name}, textPair{"TargetAddress", addr})
 			}
 		case "MaxRecvDataSegmentLength":
