@@ -66,7 +66,10 @@ type setState struct {
 	idx     int
 	members []*member
 	wib     *bitmap.WIB
-	mirror  *raid.Mirror
+	mirror  redundantSet // a *raid.Mirror or a *raid.EC
+	// logUnit scales a member's LOG region to the set's bytes: 1 for a
+	// mirror, K for ec:K+M (a member region holds whole stripes).
+	logUnit int64
 	log     *slog.Logger
 	kick    chan struct{} // wakes the supervisor
 
@@ -218,7 +221,22 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 		}
 	}
 
-	wib, reused, err := a.openWIB(set.Index, size)
+	layout, err := api.ParseLayout(a.vol.Layout)
+	if err != nil {
+		return nil, err
+	}
+	if layout.Kind == api.LayoutEC && nReach < layout.K {
+		return nil, fmt.Errorf("only %d of %d members reachable, %s needs %d: %w", nReach, len(st.members), layout, layout.K, raid.ErrNoMembers)
+	}
+	setSize, stripe := size, a.vol.StripeUnit
+	if layout.Kind == api.LayoutEC {
+		if stripe == 0 {
+			stripe = raid.DefaultStripeUnit
+		}
+		setSize = int64(layout.K) * (size / stripe * stripe)
+		st.logUnit = int64(layout.K)
+	}
+	wib, reused, err := a.openWIB(set.Index, setSize)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +245,7 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 	case a.vol.Bitmap == api.BitmapNone:
 		if recover && a.vol.Epoch > 1 && !reused {
 			// No record of what may differ: everything may.
-			wib.Mark(0, size)
+			wib.Mark(0, setSize)
 		}
 	case recover:
 		for i, m := range st.members {
@@ -237,34 +255,55 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 			}
 			if err := st.mergeLog(ctx, m); err != nil {
 				st.log.Error("reading a member's LOG bitmap failed; resyncing the whole set", "member", i, "err", err)
-				wib.Mark(0, size)
+				wib.Mark(0, setSize)
 			}
 		}
 	}
 
-	var intent func(context.Context) error
-	if a.vol.Bitmap == api.BitmapInternal {
-		intent = st.persistIntent
+	onChange := func(i int, ms raid.MemberState, err error) {
+		a.report()
+		st.wake()
 	}
-	mir, err := raid.NewMirror(raid.MirrorConfig{
-		Members:             devs,
-		WIB:                 wib,
-		Degraded:            degraded,
-		IntentHook:          intent,
-		LazyClear:           intent != nil,
-		BeforeDegradedWrite: st.pinSurvivors,
-		ResyncRate:          s.cfg.ResyncRate,
-		Logger:              st.log,
-		OnStateChange: func(i int, ms raid.MemberState, err error) {
-			a.report()
-			st.wake()
-		},
-	})
+	var rs redundantSet
+	if layout.Kind == api.LayoutEC {
+		if a.vol.Bitmap == api.BitmapInternal {
+			wib.Close()
+			return nil, fmt.Errorf("bitmap mode internal is for mirrors; %s volumes use remb or none", layout)
+		}
+		rs, err = raid.NewEC(raid.ECConfig{
+			Members:             devs,
+			K:                   layout.K,
+			M:                   layout.M,
+			StripeUnit:          stripe,
+			WIB:                 wib,
+			Degraded:            degraded,
+			BeforeDegradedWrite: st.pinSurvivors,
+			ResyncRate:          s.cfg.ResyncRate,
+			Logger:              st.log,
+			OnStateChange:       onChange,
+		})
+	} else {
+		var intent func(context.Context) error
+		if a.vol.Bitmap == api.BitmapInternal {
+			intent = st.persistIntent
+		}
+		rs, err = raid.NewMirror(raid.MirrorConfig{
+			Members:             devs,
+			WIB:                 wib,
+			Degraded:            degraded,
+			IntentHook:          intent,
+			LazyClear:           intent != nil,
+			BeforeDegradedWrite: st.pinSurvivors,
+			ResyncRate:          s.cfg.ResyncRate,
+			Logger:              st.log,
+			OnStateChange:       onChange,
+		})
+	}
 	if err != nil {
 		wib.Close()
 		return nil, err
 	}
-	st.mirror = mir
+	st.mirror = rs
 	if len(degraded) > 0 {
 		// Attaching degraded: the survivors must not forget what the absent
 		// members miss from now on.
@@ -328,7 +367,7 @@ func (st *setState) mergeLog(ctx context.Context, m *member) error {
 		return nil // no intent bitmap stored yet: nothing was written
 	}
 	before := st.wib.Count()
-	if err := st.wib.Merge(lb.Bits, lb.RegionSize); err != nil {
+	if err := st.wib.Merge(lb.Bits, lb.RegionSize*max(st.logUnit, 1)); err != nil {
 		return err
 	}
 	st.log.Info("merged a member's LOG bitmap", "chunk", m.api.ChunkID, "log_region", lb.RegionSize,
@@ -392,7 +431,8 @@ func (st *setState) clearDaemon(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if st.mirror.ClearClean() > 0 {
+		m, ok := st.mirror.(*raid.Mirror)
+		if ok && m.ClearClean() > 0 {
 			if err := st.persistIntent(ctx); err != nil && ctx.Err() == nil {
 				st.log.Warn("storing the cleared intent bitmap", "err", err)
 			}
@@ -675,6 +715,19 @@ func (a *attachment) close(clean bool) {
 			a.log.Warn("reporting the clean detach", "err", err)
 		}
 	}
+}
+
+// redundantSet is what hostd drives: a mirror or an erasure-coded set.
+type redundantSet interface {
+	raid.Device
+	States() []raid.MemberState
+	MemberError(i int) error
+	Degraded() bool
+	Rejoin(i int, d raid.Device) error
+	Resync(ctx context.Context, progress func(raid.ResyncProgress)) (int64, error)
+	MarkAll()
+	WIB() *bitmap.WIB
+	Close() error
 }
 
 // absent stands in for a member that could not be reached at attach; the
