@@ -85,7 +85,7 @@ func NewRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&o.logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
 	root.AddCommand(
 		newMetaserverCmd(o), newChunkserverCmd(o), newHostdCmd(o),
-		newVolumeCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newEventsCmd(o), newDemoCmd(o),
+		newVolumeCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newEventsCmd(o), newClusterCmd(o), newDemoCmd(o),
 	)
 	return root
 }

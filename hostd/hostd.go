@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"time"
 
@@ -270,9 +271,20 @@ func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
 	ok := true
 	for _, v := range vols {
 		s.mu.Lock()
-		_, have := s.mu.attached[v.Name]
+		a, have := s.mu.attached[v.Name]
 		s.mu.Unlock()
 		if have {
+			if !reflect.DeepEqual(a.vol.Auth, v.Auth) {
+				// CHAP or the allowlist changed: new logins use it at once.
+				if err := s.target.UpdateTarget(v.IQN, targetConfig(v)); err != nil {
+					s.log.Error("updating the target's access control", "volume", v.Name, "err", err)
+					ok = false
+					continue
+				}
+				a.vol.Auth = v.Auth
+				s.log.Info("volume access control updated", "volume", v.Name,
+					"chap", v.Auth.CHAPUser != "", "mutual", v.Auth.MutualUser != "", "allowed_initiators", len(v.Auth.AllowedInitiators))
+			}
 			continue
 		}
 		if err := s.attach(ctx, v); err != nil {

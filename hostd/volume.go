@@ -12,6 +12,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/hostd/iscsi"
 	"github.com/chunkraid/chunkraid/linear"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
@@ -123,7 +124,7 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), v.SizeBytes)
 	}
 	a.volume = vol
-	if err := s.target.AddTarget(v.IQN, &lun{Volume: vol, size: v.SizeBytes}, v.Name); err != nil {
+	if err := s.target.AddTargetWith(v.IQN, &lun{Volume: vol, size: v.SizeBytes}, targetConfig(v)); err != nil {
 		return err
 	}
 	sctx, cancel := context.WithCancel(context.Background())
@@ -715,6 +716,17 @@ func (a *attachment) close(clean bool) {
 			a.log.Warn("reporting the clean detach", "err", err)
 		}
 	}
+}
+
+// targetConfig is the iSCSI configuration of a volume: its serial, CHAP
+// credentials and initiator allowlist.
+func targetConfig(v api.Volume) iscsi.TargetConfig {
+	cfg := iscsi.TargetConfig{Serial: v.Name, AllowedInitiators: v.Auth.AllowedInitiators}
+	if v.Auth.CHAPUser != "" {
+		cfg.CHAP = &iscsi.CHAP{User: v.Auth.CHAPUser, Secret: v.Auth.CHAPSecret,
+			MutualUser: v.Auth.MutualUser, MutualSecret: v.Auth.MutualSecret}
+	}
+	return cfg
 }
 
 // redundantSet is what hostd drives: a mirror or an erasure-coded set.
