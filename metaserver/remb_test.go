@@ -191,6 +191,10 @@ func TestBitmapModes(t *testing.T) {
 			}
 		}
 	}
+	_, err := ts.Client.CreateVolume(t.Context(), api.CreateVolumeRequest{Name: "ecint", SizeBytes: 1 << 20, Layout: "ec:2+1", Bitmap: "internal"})
+	if ae := wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest); !strings.Contains(ae.Message, "for mirror layouts") {
+		t.Errorf("ec with bitmap internal: %q", ae.Message)
+	}
 }
 
 func TestExportNamesAndAttach(t *testing.T) {

@@ -122,6 +122,10 @@ func validateCreateVolume(req *api.CreateVolumeRequest) (api.Layout, error) {
 	if req.Bitmap, err = parseBitmap(req.Bitmap); err != nil {
 		return api.Layout{}, err
 	}
+	if l.Kind == api.LayoutEC && req.Bitmap == api.BitmapInternal {
+		return api.Layout{}, invalid("bitmap mode %s is for mirror layouts; %s volumes use %s (the default) or %s",
+			api.BitmapInternal, l, api.BitmapRemb, api.BitmapNone)
+	}
 	if req.Host != "" && !serverNameRE.MatchString(req.Host) {
 		return api.Layout{}, invalid("invalid host name %q: see GET /api/v1/hosts for the registered hosts", req.Host)
 	}
