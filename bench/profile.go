@@ -51,50 +51,69 @@ func parseProcStat(s string) (user, sys time.Duration, err error) {
 	return time.Duration(u) * tick, time.Duration(st) * tick, nil
 }
 
-// cpuOf sums the CPU time of processes.
-func cpuOf(procs []*localcluster.Proc) (time.Duration, error) {
-	var total time.Duration
-	for _, p := range procs {
+// cpuOf returns the CPU time each process has used.
+func cpuOf(procs []*localcluster.Proc) ([]time.Duration, error) {
+	out := make([]time.Duration, len(procs))
+	for i, p := range procs {
 		u, s, err := procCPU(p.Pid())
 		if err != nil {
-			return 0, fmt.Errorf("%s: %w", p.Name, err)
+			return nil, fmt.Errorf("%s: %w", p.Name, err)
 		}
-		total += u + s
+		out[i] = u + s
 	}
-	return total, nil
+	return out, nil
 }
 
 // loadFunc drives one run of load and returns how many operations it
 // completed.
 type loadFunc func(ctx context.Context) (ops int64, err error)
 
+// cpuUse is the CPU time per operation of each serving process under a load.
+type cpuUse struct {
+	procs []*localcluster.Proc
+	perOp []time.Duration // by process
+	ops   int64
+}
+
+func (c cpuUse) total() time.Duration {
+	var t time.Duration
+	for _, d := range c.perOp {
+		t += d
+	}
+	return t
+}
+
+func (c cpuUse) String() string {
+	parts := make([]string, len(c.procs))
+	for i, p := range c.procs {
+		parts[i] = fmt.Sprintf("%s %.1f", p.Name, us(c.perOp[i]))
+	}
+	return fmt.Sprintf("%7.1f µs/op over %d ops (%s)", us(c.total()), c.ops, strings.Join(parts, ", "))
+}
+
 // cpuPerOp runs a load and returns the serving processes' CPU time per
 // operation.
-func cpuPerOp(ctx context.Context, procs []*localcluster.Proc, load loadFunc) (time.Duration, int64, error) {
+func cpuPerOp(ctx context.Context, procs []*localcluster.Proc, load loadFunc) (cpuUse, error) {
 	c0, err := cpuOf(procs)
 	if err != nil {
-		return 0, 0, err
+		return cpuUse{}, err
 	}
 	ops, err := load(ctx)
 	if err != nil {
-		return 0, 0, err
+		return cpuUse{}, err
 	}
 	c1, err := cpuOf(procs)
 	if err != nil {
-		return 0, 0, err
+		return cpuUse{}, err
 	}
 	if ops <= 0 {
-		return 0, 0, errors.New("load completed no operation")
+		return cpuUse{}, errors.New("load completed no operation")
 	}
-	return (c1 - c0) / time.Duration(ops), ops, nil
-}
-
-func pidNames(procs []*localcluster.Proc) string {
-	s := make([]string, len(procs))
-	for i, p := range procs {
-		s[i] = fmt.Sprintf("%s (pid %d)", p.Name, p.Pid())
+	u := cpuUse{procs: procs, perOp: make([]time.Duration, len(procs)), ops: ops}
+	for i := range procs {
+		u.perOp[i] = (c1[i] - c0[i]) / time.Duration(ops)
 	}
-	return strings.Join(s, ", ")
+	return u, nil
 }
 
 // profile takes, for each group that was measured, CPU time per operation
@@ -142,68 +161,35 @@ func (r *Runner) profile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// profileLoad measures CPU per operation of the reference and of ours, then
-// samples ours with perf during one more run of the same load.
+// profileLoad measures CPU per operation of the reference and of ours,
+// then samples each side with perf during one more run of the same load.
 func (r *Runner) profileLoad(ctx context.Context, group, what string, ours, ref []*localcluster.Proc, oursLoad, refLoad loadFunc) error {
-	if len(ours) == 0 {
+	if len(ours) == 0 || len(ref) == 0 {
 		return fmt.Errorf("%s: no process to profile", group)
 	}
 	r.log.Info("profiling", "group", group, "load", what)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s: CPU profile under %s\n\n", group, what)
-	refCPU, refOps, err := cpuPerOp(ctx, ref, refLoad)
+	refCPU, err := cpuPerOp(ctx, ref, refLoad)
 	if err != nil {
 		return fmt.Errorf("%s reference: %w", group, err)
 	}
-	oursCPU, oursOps, err := cpuPerOp(ctx, ours, oursLoad)
+	oursCPU, err := cpuPerOp(ctx, ours, oursLoad)
 	if err != nil {
 		return fmt.Errorf("%s ours: %w", group, err)
 	}
-	fmt.Fprintf(&b, "CPU time of the serving processes per operation (user+system, /proc/PID/stat):\n")
-	fmt.Fprintf(&b, "  ours       %7.1f µs/op over %d ops: %s\n", us(oursCPU), oursOps, pidNames(ours))
-	fmt.Fprintf(&b, "  reference  %7.1f µs/op over %d ops: %s\n\n", us(refCPU), refOps, pidNames(ref))
-
-	data := filepath.Join(r.work, "perf-"+group+".data")
-	pids := make([]string, len(ours))
-	for i, p := range ours {
-		pids[i] = strconv.Itoa(p.Pid())
-	}
-	pctx, cancel := context.WithTimeout(ctx, r.cfg.RunTime+time.Minute)
-	defer cancel()
-	perf := exec.CommandContext(pctx, "perf", "record", "-F", "999", "-g", "-p", strings.Join(pids, ","), "-o", data,
-		"--", "sleep", strconv.Itoa(int(r.cfg.RunTime.Seconds())))
-	perfLog, err := os.Create(filepath.Join(r.logs, "perf-"+group+".log"))
-	if err != nil {
-		return err
-	}
-	defer perfLog.Close()
-	perf.Stdout, perf.Stderr = perfLog, perfLog
-	if err := perf.Start(); err != nil {
-		return fmt.Errorf("perf record: %w", err)
-	}
-	_, loadErr := oursLoad(ctx)
-	if err := perf.Wait(); err != nil {
-		return fmt.Errorf("perf record: %w (log: %s)", err, tailFile(perfLog.Name(), 5))
-	}
-	if loadErr != nil {
-		return fmt.Errorf("%s load under perf: %w", group, loadErr)
-	}
-	for _, p := range ours {
-		pid := strconv.Itoa(p.Pid())
-		fmt.Fprintf(&b, "## %s (pid %s): self time by symbol (perf report --no-children)\n\n", p.Name, pid)
-		out, err := runTool(ctx, 2*time.Minute, "perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none",
-			"--percent-limit", "0.7", "--sort", "dso,symbol", "--pid", pid)
-		if err != nil {
-			return err
+	fmt.Fprintf(&b, "CPU time of the serving processes per operation (user+system, /proc/PID/stat), without perf:\n")
+	fmt.Fprintf(&b, "  ours       %s\n", oursCPU)
+	fmt.Fprintf(&b, "  reference  %s\n\n", refCPU)
+	fmt.Fprintf(&b, "perf record -F 999 -g for %s per side; percentages are of each process's own samples.\n\n", r.cfg.RunTime)
+	for _, side := range []struct {
+		name  string
+		procs []*localcluster.Proc
+		load  loadFunc
+	}{{"ours", ours, oursLoad}, {"reference", ref, refLoad}} {
+		if err := r.perfSide(ctx, &b, group+"-"+side.name, side.procs, side.load); err != nil {
+			return fmt.Errorf("%s %s: %w", group, side.name, err)
 		}
-		b.WriteString(perfBody(out) + "\n")
-		fmt.Fprintf(&b, "## %s (pid %s): time including callees (perf report --children)\n\n", p.Name, pid)
-		out, err = runTool(ctx, 2*time.Minute, "perf", "report", "-i", data, "--stdio", "--children", "-g", "none",
-			"--percent-limit", "4", "--sort", "symbol", "--pid", pid)
-		if err != nil {
-			return err
-		}
-		b.WriteString(perfBody(out) + "\n")
 	}
 	if err := os.MkdirAll(r.cfg.ResultsDir, 0o755); err != nil {
 		return err
@@ -213,10 +199,58 @@ func (r *Runner) profileLoad(ctx context.Context, group, what string, ours, ref 
 		return err
 	}
 	r.report.Profiles = append(r.report.Profiles, fmt.Sprintf("%s: %s (beside this file) — server CPU per op: ours %.1f µs, reference %.1f µs (%.2f×)",
-		group, filepath.Base(path), us(oursCPU), us(refCPU), float64(oursCPU)/float64(max(refCPU, 1))))
+		group, filepath.Base(path), us(oursCPU.total()), us(refCPU.total()), float64(oursCPU.total())/float64(max(refCPU.total(), 1))))
 	return nil
 }
 
+// perfSide records the processes with perf while load runs and appends,
+// per process, the symbols by self time and by time including callees.
+func (r *Runner) perfSide(ctx context.Context, b *strings.Builder, name string, procs []*localcluster.Proc, load loadFunc) error {
+	data := filepath.Join(r.work, "perf-"+name+".data")
+	pids := make([]string, len(procs))
+	for i, p := range procs {
+		pids[i] = strconv.Itoa(p.Pid())
+	}
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.RunTime+time.Minute)
+	defer cancel()
+	perf := exec.CommandContext(pctx, "perf", "record", "-F", "999", "-g", "-p", strings.Join(pids, ","), "-o", data,
+		"--", "sleep", strconv.Itoa(int(r.cfg.RunTime.Seconds())))
+	perfLog, err := os.Create(filepath.Join(r.logs, "perf-"+name+".log"))
+	if err != nil {
+		return err
+	}
+	defer perfLog.Close()
+	perf.Stdout, perf.Stderr = perfLog, perfLog
+	if err := perf.Start(); err != nil {
+		return fmt.Errorf("perf record: %w", err)
+	}
+	_, loadErr := load(ctx)
+	if err := perf.Wait(); err != nil {
+		return fmt.Errorf("perf record: %w (log: %s)", err, tailFile(perfLog.Name(), 5))
+	}
+	if loadErr != nil {
+		return fmt.Errorf("load under perf: %w", loadErr)
+	}
+	defer os.Remove(data)
+	for _, p := range procs {
+		pid := strconv.Itoa(p.Pid())
+		fmt.Fprintf(b, "## %s (pid %s): self time by symbol (perf report --no-children)\n\n", p.Name, pid)
+		out, err := runTool(ctx, 2*time.Minute, "perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none",
+			"--percentage", "relative", "--percent-limit", "1", "--sort", "dso,symbol", "--pid", pid)
+		if err != nil {
+			return err
+		}
+		b.WriteString(perfBody(out) + "\n\n")
+		fmt.Fprintf(b, "## %s (pid %s): time including callees (perf report --children)\n\n", p.Name, pid)
+		out, err = runTool(ctx, 2*time.Minute, "perf", "report", "-i", data, "--stdio", "--children", "-g", "none",
+			"--percentage", "relative", "--percent-limit", "5", "--sort", "symbol", "--pid", pid)
+		if err != nil {
+			return err
+		}
+		b.WriteString(perfBody(out) + "\n\n")
+	}
+	return nil
+}
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
 // perfIPC matches the IPC columns perf report adds, empty ("-  -") where
