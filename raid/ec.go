@@ -1097,23 +1097,33 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 		lo, hi := e.cover(i, c0, c1, a, end)
 		return dev.WriteAt(wctx, p[lo-a:hi-a], s*S+lo-int64(i)*S, op.fua)
 	})
-	if err := e.settleWrites(s, v, write, b.errs, op, suspect); err != nil {
+	failed, err := e.settleWrites(s, v, write, b.errs, op, suspect)
+	if err != nil {
 		return err
 	}
-	if suspect && heals {
+	switch {
+	case !suspect:
+	case heals:
 		e.clearSuspect(s)
+	case failed&touched != 0:
+		// The new bytes of that unit are now only in parity that cannot be
+		// trusted: the write is not readable back.
+		d := bits.TrailingZeros64(failed & touched)
+		return fmt.Errorf("%w: stripe %d unit D%d: member %d failed the write", ErrUnrecoverable, s, d, e.shardMember(s, d))
 	}
 	return nil
 }
 
 // settleWrites fails every member whose write (or trim) of stripe s, made
-// through v, failed, and reports whether the set still holds its data.
-func (e *EC) settleWrites(s int64, v *ecView, set uint64, errs []error, op *writeOp, suspect bool) error {
+// through v, failed, returns the shards whose write failed, and reports
+// whether the set still holds its data.
+func (e *EC) settleWrites(s int64, v *ecView, set uint64, errs []error, op *writeOp, suspect bool) (failed uint64, err error) {
 	var first error
 	for ; set != 0; set &= set - 1 {
 		i := bits.TrailingZeros64(set)
 		if err := errs[i]; err != nil {
 			errs[i] = nil
+			failed |= 1 << i
 			e.fail(e.shardMember(s, i), v, err)
 			if op != nil {
 				op.partial.Store(true)
@@ -1128,11 +1138,11 @@ func (e *EC) settleWrites(s int64, v *ecView, set uint64, errs []error, op *writ
 	}
 	if err := e.usable(e.view.Load()); err != nil {
 		if first != nil {
-			return fmt.Errorf("%w: %w", err, first)
+			return failed, fmt.Errorf("%w: %w", err, first)
 		}
-		return err
+		return failed, err
 	}
-	return nil
+	return failed, nil
 }
 
 // Flush flushes every member that is not Failed, in parallel. A member
@@ -1259,7 +1269,7 @@ func (e *EC) trimStripes(ctx context.Context, s0, s1 int64, op *writeOp) error {
 		return v.devs[i].Trim(wctx, s0*e.unit, count*e.unit)
 	})
 	// Member i is shard i of stripe 0: settle in that frame.
-	if err := e.settleWrites(0, v, set, b.errs, op, false); err != nil {
+	if _, err := e.settleWrites(0, v, set, b.errs, op, false); err != nil {
 		return err
 	}
 	if e.nSuspect.Load() != 0 {
@@ -1355,7 +1365,7 @@ func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, 
 	fanOut(write, b.errs, func(i int) error {
 		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, false)
 	})
-	if err := e.settleWrites(s, v, write, b.errs, nil, suspect); err != nil {
+	if _, err := e.settleWrites(s, v, write, b.errs, nil, suspect); err != nil {
 		return false, err
 	}
 	e.clearSuspect(s)
@@ -1395,7 +1405,8 @@ func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint
 	fanOut(targets, b.errs, func(i int) error {
 		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, false)
 	})
-	return false, e.settleWrites(s, v, targets, b.errs, nil, false)
+	_, err = e.settleWrites(s, v, targets, b.errs, nil, false)
+	return false, err
 }
 
 // Rejoin replaces Failed member i by d (a new connection to the same chunk)
