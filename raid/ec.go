@@ -241,9 +241,12 @@ func (c *ECConfig) validate() error {
 //     what was written, or a write that was never acknowledged;
 //   - a read of a unit that would need reconstructing fails with
 //     ErrUnrecoverable;
-//   - a write fails with ErrUnrecoverable if it would leave new bytes only
-//     in parity (a unit on a Failed member that it does not rewrite whole,
-//     with the whole stripe's parity derived from data read or written);
+//   - a write fails with ErrUnrecoverable if its new bytes for a unit would
+//     live only in that parity: the unit's member is Failed, or fails the
+//     write, and the write does not derive the whole stripe's parity (every
+//     column of it) from data it read from in-sync members or was given;
+//     a write that needs a lost unit only to compute parity goes through,
+//     and the stripe stays suspect;
 //   - Resync (which needs every member present) reads the k data units —
 //     from Resyncing members too, whose units are as the previous host left
 //     them unless they missed a write of that stripe since — re-encodes the

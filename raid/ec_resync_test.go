@@ -1020,3 +1020,151 @@ func TestECResyncRate(t *testing.T) {
 		t.Fatalf("resync of %d bytes at 1 MiB/s took %v", copied, time.Since(start))
 	}
 }
+
+// gateDev holds reads or writes, while their switch is on, until release
+// is closed; entered receives once per held call. With holdAt ≥ 0 only
+// calls at that member offset are held.
+type gateDev struct {
+	*raidtest.MemDevice
+	holdReads, holdWrites atomic.Bool
+	holdAt                atomic.Int64
+	entered               chan struct{}
+	release               chan struct{}
+}
+
+func (d *gateDev) hold(on *atomic.Bool, off int64) {
+	if at := d.holdAt.Load(); on.Load() && (at < 0 || at == off) {
+		d.entered <- struct{}{}
+		<-d.release
+	}
+}
+
+func (d *gateDev) ReadAt(ctx context.Context, p []byte, off int64) error {
+	d.hold(&d.holdReads, off)
+	return d.MemDevice.ReadAt(ctx, p, off)
+}
+
+func (d *gateDev) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.hold(&d.holdWrites, off)
+	return d.MemDevice.WriteAt(ctx, p, off, fua)
+}
+
+func newGatedEC(t *testing.T, k, m int, unit, stripes, region int64) (ecFixture, []*gateDev, *bitmap.WIB) {
+	t.Helper()
+	gates := make([]*gateDev, k+m)
+	f, w := newWIBEC(t, k, m, unit, stripes, region, func(c *raid.ECConfig) {
+		for i, d := range c.Members {
+			gates[i] = &gateDev{MemDevice: d.(*raidtest.MemDevice), entered: make(chan struct{}, 16), release: make(chan struct{})}
+			gates[i].holdAt.Store(-1)
+			c.Members[i] = gates[i]
+		}
+	})
+	return f, gates, w
+}
+
+// TestECRejoinWaitsForSkippingWrites: a write that skipped a failed member
+// is still in flight when the member rejoins; Rejoin returns only after
+// that write ended, so its region is marked for the resync by then.
+func TestECRejoinWaitsForSkippingWrites(t *testing.T) {
+	const unit = 4096
+	f, gates, w := newGatedEC(t, 2, 1, unit, 8, 8192)
+	e, ctx := f.ec, t.Context()
+	failDetected(t, f, 2)
+	gates[0].holdWrites.Store(true)
+	wrote := make(chan error, 1)
+	go func() { wrote <- e.WriteAt(ctx, make([]byte, 100), 10, false) }() // D0 of stripe 0, on member 0
+	<-gates[0].entered
+	f.devs[2].SetFailed(false)
+	joined := make(chan error, 1)
+	go func() { joined <- e.Rejoin(2, gates[2]) }()
+	select {
+	case err := <-joined:
+		t.Fatalf("Rejoin returned (%v) while a write that skipped the member was in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	gates[0].holdWrites.Store(false)
+	close(gates[0].release)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-joined; err != nil {
+		t.Fatal(err)
+	}
+	if !w.NeedsResync(0) {
+		t.Fatal("the region of the write that skipped the member does not need a resync")
+	}
+	if _, err := e.Resync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	model := make([]byte, e.Size())
+	checkStripes(t, f.g, f.devs, e.States(), model)
+}
+
+// TestECResyncBlocksOnlyItsRegion: while Resync repairs one region, writes
+// to other regions and reads go on; a write to another stripe of that
+// region waits for the region (DESIGN §2 rule 4), not only for its stripe.
+func TestECResyncBlocksOnlyItsRegion(t *testing.T) {
+	const unit = 4096
+	const sd = 2 * unit // 2+1: stripes 2 and 3 make region 1
+	f, gates, w := newGatedEC(t, 2, 1, unit, 16, 2*sd)
+	e, ctx := f.ec, t.Context()
+	rng := rand.New(rand.NewPCG(4, 2))
+	model := randBytes(rng, e.Size())
+	if err := e.WriteAt(ctx, model, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	failDetected(t, f, 2)
+	p := randBytes(rng, 100)
+	if err := e.WriteAt(ctx, p, 3*sd+50, false); err != nil {
+		t.Fatal(err)
+	}
+	copy(model[3*sd+50:], p)
+	if w.Count() != 1 || !w.NeedsResync(1) {
+		t.Fatalf("dirty regions %v, want region 1 only", w.Dirty())
+	}
+	f.devs[2].SetFailed(false)
+	if err := e.Rejoin(2, gates[2]); err != nil {
+		t.Fatal(err)
+	}
+	// The rebuild of member 2's unit of stripe 2 reads member 0's unit of
+	// it (P); hold that read, and nothing of stripe 3.
+	gates[0].holdAt.Store(2 * unit)
+	gates[0].holdReads.Store(true)
+	resynced := make(chan error, 1)
+	go func() {
+		_, err := e.Resync(ctx, nil)
+		resynced <- err
+	}()
+	<-gates[0].entered
+
+	other := randBytes(rng, sd)
+	if err := e.WriteAt(ctx, other, 5*sd, false); err != nil { // region 2, no reads
+		t.Fatal(err)
+	}
+	copy(model[5*sd:], other)
+	got := make([]byte, 100)
+	if err := e.ReadAt(ctx, got, 3*sd+unit); err != nil || !bytes.Equal(got, model[3*sd+unit:3*sd+unit+100]) {
+		t.Fatalf("read of the region under resync: %v", err)
+	}
+	same := randBytes(rng, sd)
+	wrote := make(chan error, 1)
+	go func() { wrote <- e.WriteAt(ctx, same, 3*sd, false) }() // stripe 3, region 1
+	select {
+	case err := <-wrote:
+		t.Fatalf("a write to the region under resync finished (%v) before the resync of it", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	gates[0].holdReads.Store(false)
+	close(gates[0].release)
+	if err := <-resynced; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	copy(model[3*sd:], same)
+	if e.Degraded() || w.Count() != 0 {
+		t.Fatalf("after resync: states %v, dirty %v", e.States(), w.Dirty())
+	}
+	checkStripes(t, f.g, f.devs, e.States(), model)
+}
