@@ -256,11 +256,11 @@ func (c *ECConfig) validate() error {
 //     Resync returns ErrUnrecoverable.
 //
 // A stripe stops being suspect once its parity was derived again from its
-// whole data: by Resync, Reencode, a write covering whole columns [0, S)
-// of every data unit it could not read, or a trim of the whole stripe. Until
-// then a degraded read there is a medium error, never reconstructed garbage.
-// A partial-parity log would close the hole instead; the set does not keep
-// one.
+// whole data: by Resync, Reencode, a write spanning whole units (columns
+// [0, S)) that covers every data unit it cannot read, or a trim of the
+// whole stripe. Until then a degraded read there is a medium error, never
+// reconstructed garbage. A partial-parity log would close the hole instead;
+// the set does not keep one.
 type EC struct {
 	k, m, n    int
 	unit       int64 // S
@@ -1465,9 +1465,9 @@ func (e *EC) Rejoin(i int, d Device) error {
 // could not be repaired, their regions stay dirty, the Resyncing members
 // stay Resyncing and the error wraps ErrUnrecoverable.
 func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
+	defer e.notify() // after the unlock: OnStateChange may call Resync
 	e.resyncMu.Lock()
 	defer e.resyncMu.Unlock()
-	defer e.notify()
 	start := e.view.Load()
 	if start.failed != 0 {
 		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, bits.TrailingZeros64(start.failed))
