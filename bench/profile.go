@@ -181,7 +181,8 @@ func (r *Runner) profileLoad(ctx context.Context, group, what string, ours, ref 
 	fmt.Fprintf(&b, "CPU time of the serving processes per operation (user+system, /proc/PID/stat), without perf:\n")
 	fmt.Fprintf(&b, "  ours       %s\n", oursCPU)
 	fmt.Fprintf(&b, "  reference  %s\n\n", refCPU)
-	fmt.Fprintf(&b, "perf record -F 999 -g for %s per side; percentages are of each process's own samples.\n\n", r.cfg.RunTime)
+	fmt.Fprintf(&b, "perf record -F 999 -g for %s per side; percentages are of each process's own samples "+
+		"(with callees, a function met twice in one stack counts twice, so totals can pass 100 %%).\n\n", r.cfg.RunTime)
 	for _, side := range []struct {
 		name  string
 		procs []*localcluster.Proc
@@ -231,7 +232,6 @@ func (r *Runner) perfSide(ctx context.Context, b *strings.Builder, name string, 
 	if loadErr != nil {
 		return fmt.Errorf("load under perf: %w", loadErr)
 	}
-	defer os.Remove(data)
 	for _, p := range procs {
 		pid := strconv.Itoa(p.Pid())
 		fmt.Fprintf(b, "## %s (pid %s): self time by symbol (perf report --no-children)\n\n", p.Name, pid)

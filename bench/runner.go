@@ -58,6 +58,9 @@ type Config struct {
 	// Profile adds CPU profiles (perf) of our daemons under load after the
 	// measurements.
 	Profile bool
+	// Keep leaves the work directory (logs, perf data, binaries) in place
+	// for inspection; every process is still stopped.
+	Keep bool
 	// ChunkSize is the cluster's chunk size, and so the size of the file
 	// behind each NBD export measured. Default 1 GiB.
 	ChunkSize int64
@@ -305,6 +308,10 @@ func (r *Runner) cleanup() error {
 		}
 	}
 	r.cleanups = nil
+	if r.cfg.Keep {
+		r.log.Info("work directory kept", "dir", r.work)
+		return errors.Join(errs...)
+	}
 	if r.work != "" {
 		if err := os.RemoveAll(r.work); err != nil {
 			errs = append(errs, err)

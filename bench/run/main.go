@@ -45,6 +45,7 @@ func main() {
 	flag.DurationVar(&cfg.Timeout, "timeout", 15*time.Minute, "bound on the whole invocation")
 	flag.StringVar(&groups, "groups", strings.Join(bench.AllGroups, ","), "comma-separated groups to measure")
 	flag.BoolVar(&cfg.Profile, "profile", false, "after measuring, profile our daemons under load (perf)")
+	flag.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (logs, perf data) after stopping every process")
 	flag.Parse()
 	cfg.Groups = strings.Split(groups, ",")
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -138,7 +139,7 @@ func runRev(ctx context.Context, cfg bench.Config, rev, groups string) error {
 	}
 	args := []string{"-repo", src, "-source", "git revision " + desc, "-tmp", cfg.TempDir, "-results", results,
 		"-runs", strconv.Itoa(cfg.Runs), "-runtime", cfg.RunTime.String(), "-timeout", cfg.Timeout.String(),
-		"-groups", groups, "-profile=" + strconv.FormatBool(cfg.Profile)}
+		"-groups", groups, "-profile=" + strconv.FormatBool(cfg.Profile), "-keep=" + strconv.FormatBool(cfg.Keep)}
 	cmd := exec.Command(driver, args...)
 	cmd.Dir = src
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
