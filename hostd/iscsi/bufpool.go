@@ -6,10 +6,11 @@ import (
 )
 
 // Data buffers come from power-of-two size classes between 512 bytes and
-// 16 MiB, so that steady I/O at a few sizes allocates nothing.
+// 32 MiB (the default MaxTransferLength), so that steady I/O at a few sizes
+// allocates nothing.
 const (
 	minPoolShift = 9
-	maxPoolShift = 24
+	maxPoolShift = 25
 )
 
 var bufPools [maxPoolShift + 1]sync.Pool

@@ -18,20 +18,30 @@
 // The logical unit implements TEST UNIT READY, REQUEST SENSE, INQUIRY (VPD
 // pages 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2), READ CAPACITY (10) and (16),
 // READ and WRITE (6/10/12/16) with FUA, WRITE AND VERIFY (10/12/16), VERIFY
-// (10/12/16) with BYTCHK, WRITE SAME (10/16) without UNMAP, COMPARE AND
-// WRITE and ORWRITE (atomic against other writes), SYNCHRONIZE CACHE
+// (10/12/16) with BYTCHK, WRITE SAME (10/16) with UNMAP and NDOB, COMPARE
+// AND WRITE and ORWRITE (atomic against other writes), SYNCHRONIZE CACHE
 // (10/16), PRE-FETCH (10/16), MODE SENSE and MODE SELECT (6/10, caching and
 // control pages, nothing changeable), REPORT LUNS, REPORT SUPPORTED
 // OPERATION CODES, READ DEFECT DATA (10/12), START STOP UNIT, PREVENT ALLOW
 // MEDIUM REMOVAL, RESERVE and RELEASE (6/10) and PERSISTENT RESERVE IN/OUT
 // (all six reservation types, kept in memory, no APTPL). Anything else is
-// INVALID COMMAND OPERATION CODE. The volume reports itself fully
-// provisioned, so UNMAP, GET LBA STATUS and WRITE SAME with UNMAP are not
-// offered; WRITE ATOMIC is not offered because a write is not atomic across
-// a crash of the RAID layer. Task attributes are not honoured beyond SIMPLE:
-// every command may run concurrently with every other. The only unit
-// attention raised is CAPACITY DATA HAS CHANGED, once per session after the
-// back end grows.
+// INVALID COMMAND OPERATION CODE. WRITE ATOMIC is not offered because a
+// write is not atomic across a crash of the RAID layer. Task attributes are
+// not honoured beyond SIMPLE: every command may run concurrently with every
+// other.
+//
+// A Backend that implements Trimmer makes the logical unit thin
+// provisioned: LBPME and LBPRZ in READ CAPACITY (16), LBPU, LBPWS, LBPWS10
+// and LBPRZ in VPD page 0xB2, unmap limits in 0xB0, and the commands UNMAP
+// (→ Trim) and GET LBA STATUS (from Mapper's Allocated, or "mapped" for
+// every block without it). WRITE SAME with the UNMAP bit trims the range;
+// a WRITE SAME of a zero block without it goes to Zeroer's WriteZeroes when
+// the back end has one, otherwise to ordinary writes. A WRITE SAME of zero
+// blocks runs to the end of the medium (WSNZ=0), up to the maximum length
+// in VPD page 0xB0. READ CAPACITY (16) reports one logical block per
+// physical block; the 4 KiB granularity below which the RAID layer
+// reads-modify-writes is the optimal transfer length and unmap granularity
+// of VPD page 0xB0.
 //
 // # Security
 //

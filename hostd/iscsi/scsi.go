@@ -26,13 +26,17 @@ var versionDescriptors = []uint16{
 // VPD pages this logical unit returns, in ascending order.
 var supportedVPDPages = []byte{0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2}
 
-// physicalBlockSize is the physical block size reported by READ CAPACITY
-// (16) and used as the optimal transfer length granularity: below it the
-// RAID layer has to read-modify-write.
+// physicalBlockSize is the optimal transfer length granularity and unmap
+// granularity reported in the Block Limits VPD page: below it the RAID
+// layer has to read-modify-write. READ CAPACITY (16) reports one logical
+// block per physical block all the same: the volume has no physical blocks
+// of its own, and initiators take their alignment from the Block Limits
+// page.
 const physicalBlockSize = 4096
 
 // logicalUnit is LUN 0 of a target: the SCSI block device in front of a
-// Backend. It holds no mutable state; every field is set at AddTarget.
+// Backend. Besides reservations and the capacity it last saw, every field
+// is set at AddTarget.
 type logicalUnit struct {
 	locks    extentLocks
 	reserved atomic.Bool   // a RESERVE or persistent reservation exists
@@ -45,19 +49,20 @@ type logicalUnit struct {
 	}
 	cmds           *commandTable
 	backend        Backend
+	trimmer        Trimmer // nil: fully provisioned
+	zeroer         Zeroer  // nil: WRITE SAME of zeros is written
+	mapper         Mapper  // nil: GET LBA STATUS reports everything mapped
 	blockSize      uint32
 	serial         string
 	iqn            string
 	naa            [8]byte // NAA locally assigned designator derived from serial
 	maxXferBlocks  uint32  // MAXIMUM TRANSFER LENGTH in blocks
 	optXferBlocks  uint32  // OPTIMAL TRANSFER LENGTH in blocks
-	physExp        uint8   // logical blocks per physical block exponent
 	readChunkBytes int     // VERIFY reads the medium in pieces of this size
 }
 
 func newLogicalUnit(be Backend, blockSize uint32, maxXfer, optXfer int, serial, iqn string) *logicalUnit {
 	lu := &logicalUnit{
-		cmds:           newCommandTable(),
 		backend:        be,
 		blockSize:      blockSize,
 		serial:         serial,
@@ -66,10 +71,11 @@ func newLogicalUnit(be Backend, blockSize uint32, maxXfer, optXfer int, serial, 
 		optXferBlocks:  uint32(optXfer / int(blockSize)),
 		readChunkBytes: 1 << 20,
 	}
+	lu.trimmer, _ = be.(Trimmer)
+	lu.zeroer, _ = be.(Zeroer)
+	lu.mapper, _ = be.(Mapper)
+	lu.cmds = newCommandTable(lu.trimmer != nil)
 	lu.capacity.Store(lu.blocks())
-	for bs := blockSize; bs < physicalBlockSize; bs <<= 1 {
-		lu.physExp++
-	}
 	h := fnv.New64a()
 	h.Write([]byte(serial))
 	v := h.Sum64()
@@ -119,6 +125,7 @@ type scsiCmd struct {
 	lba    uint64
 	blocks uint32
 	fua    bool
+	unmap  bool // WRITE SAME with the UNMAP bit
 	bytchk uint8
 	alloc  uint32 // allocation length of data-in commands
 	outLen uint32 // Data-Out bytes the CDB asks for
@@ -168,8 +175,13 @@ type commandTable struct {
 	byOp  [256][]*cmdSpec
 }
 
-func newCommandTable() *commandTable {
+// newCommandTable returns the commands of a logical unit; a thin
+// provisioned one adds UNMAP and GET LBA STATUS.
+func newCommandTable(thin bool) *commandTable {
 	t := &commandTable{specs: commandSpecs()}
+	if thin {
+		t.specs = append(t.specs, provisioningSpecs()...)
+	}
 	for _, s := range t.specs {
 		t.byOp[s.op] = append(t.byOp[s.op], s)
 	}
@@ -567,8 +579,10 @@ func execReadCapacity16(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []b
 	}
 	put64(b, last)
 	put32(b[8:], lu.blockSize)
-	b[13] = lu.physExp & 0x0f // P_I_EXPONENT 0, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT
-	// byte 14: LBPME=0 and LBPRZ=0 (fully provisioned), lowest aligned LBA 0.
+	// byte 13: P_I_EXPONENT 0, LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0.
+	if lu.trimmer != nil {
+		b[14] = 0x80 | 0x40 // LBPME: thin provisioned; LBPRZ: unmapped blocks read as zeros
+	}
 	return good(truncate(b, c.alloc))
 }
 
@@ -673,9 +687,7 @@ func (lu *logicalUnit) vpdPage(page byte) []byte {
 		put16(p, 1) // MEDIUM ROTATION RATE: non-rotating medium
 		return vpd(page, p)
 	case 0xb2:
-		// LBPU, LBPWS, LBPWS10, LBPRZ all zero; PROVISIONING TYPE 0: the
-		// volume is fully provisioned.
-		return vpd(page, make([]byte, 4))
+		return vpd(page, lu.logicalBlockProvisioning())
 	}
 	return nil
 }
@@ -742,7 +754,7 @@ func (lu *logicalUnit) deviceIdentification() []byte {
 // blockLimits is the payload of VPD page 0xB0 (SBC-3 6.5.3), 0x3c bytes.
 func (lu *logicalUnit) blockLimits() []byte {
 	p := make([]byte, 0x3c)
-	p[0] = 0x01               // WSNZ: WRITE SAME needs a non-zero block count
+	// WSNZ=0: a WRITE SAME of zero blocks runs to the end of the medium.
 	p[1] = maxCompareAndWrite // MAXIMUM COMPARE AND WRITE LENGTH
 	gran := uint16(1)
 	if lu.blockSize < physicalBlockSize {
@@ -752,8 +764,12 @@ func (lu *logicalUnit) blockLimits() []byte {
 	put32(p[4:], lu.maxXferBlocks)  // MAXIMUM TRANSFER LENGTH
 	put32(p[8:], lu.optXferBlocks)  // OPTIMAL TRANSFER LENGTH
 	put32(p[12:], lu.maxXferBlocks) // MAXIMUM PREFETCH LENGTH
-	// MAXIMUM UNMAP LBA COUNT and MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
-	// stay zero: the volume is fully provisioned and UNMAP is not offered.
+	if lu.trimmer != nil {
+		put32(p[16:], lu.maxUnmapBlocks()) // MAXIMUM UNMAP LBA COUNT
+		put32(p[20:], maxUnmapDescriptors) // MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT
+		put32(p[24:], uint32(gran))        // OPTIMAL UNMAP GRANULARITY
+		put32(p[28:], 0x80000000)          // UGAVALID, UNMAP GRANULARITY ALIGNMENT 0
+	}
 	put64(p[32:], uint64(lu.maxWriteSameBlocks())) // MAXIMUM WRITE SAME LENGTH
 	return p
 }
@@ -1048,45 +1064,75 @@ func (lu *logicalUnit) maxWriteSameBlocks() uint32 { return maxWriteSameBytes / 
 func decodeWriteSame(lu *logicalUnit, c *scsiCmd) *sense {
 	cdb := c.cdb
 	lba, blocks, lenOff := rwFields(cdb)
+	c.unmap = cdb[1]&0x08 != 0
 	switch {
 	case cdb[1]>>5 != 0: // WRPROTECT
 		return invalidField(1, 7)
 	case cdb[1]&0x10 != 0: // ANCHOR: not supported (ANC_SUP=0)
 		return invalidField(1, 4)
-	case cdb[1]&0x08 != 0: // UNMAP: the volume is fully provisioned (LBPWS=0)
+	case c.unmap && lu.trimmer == nil: // the volume is fully provisioned (LBPWS=0)
 		return invalidField(1, 3)
 	case cdb[1]&0x06 != 0: // PBDATA, LBDATA: obsolete
 		return invalidField(1, 2)
-	case blocks == 0: // WSNZ=1
-		return invalidField(lenOff, -1)
-	case blocks > lu.maxWriteSameBlocks():
+	}
+	n := lu.blocks()
+	if lba > n {
+		return senseLBAOutOfRange
+	}
+	if blocks == 0 {
+		// WSNZ=0: zero blocks means up to the end of the medium.
+		blocks = uint32(min(n-lba, uint64(lu.maxWriteSameBlocks())+1))
+	}
+	if blocks > lu.maxWriteSameBlocks() {
 		return invalidField(lenOff, -1)
 	}
 	if s := lu.checkRange(lba, blocks); s != nil {
 		return s
 	}
 	c.lba, c.blocks = lba, blocks
-	if cdb[0] == 0x93 && cdb[1]&0x01 != 0 { // NDOB: write zeros, no Data-Out
+	if cdb[0] == 0x93 && cdb[1]&0x01 != 0 { // NDOB: a block of zeros, no Data-Out
 		return nil
 	}
 	c.dir, c.outLen = dirOut, lu.blockSize
 	return nil
 }
 
-// execWriteSame writes one block (or zeros with NDOB) over the range.
+// execWriteSame writes one block (zeros with NDOB) over the range. With the
+// UNMAP bit the range is trimmed instead, whatever the block holds: the
+// initiator asks for deallocation, and a deallocated block reads as zeros
+// (LBPRZ), as LIO does and libiscsi's suite expects. A zero block without
+// UNMAP goes to the back end's WriteZeroes when it has one; anything else
+// is written in pieces of writeSameChunk bytes.
 func execWriteSame(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) result {
+	if c.blocks == 0 {
+		return good(nil)
+	}
 	bs := int(lu.blockSize)
 	if c.dir == dirOut && len(out) != bs {
 		return check(senseInvalidIU)
 	}
+	zero := c.dir != dirOut || allZero(out)
 	total := int64(c.blocks) * int64(bs)
+	off := int64(c.lba) * int64(bs)
+	switch {
+	case c.unmap:
+		if err := lu.trim(ctx, off, total); err != nil {
+			return check(senseWriteError)
+		}
+		return good(nil)
+	case zero && lu.zeroer != nil:
+		defer lu.locks.shared(off, total)()
+		if err := lu.zeroer.WriteZeroes(ctx, off, total); err != nil {
+			return check(senseWriteError)
+		}
+		return good(nil)
+	}
 	chunk := make([]byte, min(int64(writeSameChunk/bs*bs), total))
-	if c.dir == dirOut {
+	if !zero {
 		for i := 0; i < len(chunk); i += bs {
 			copy(chunk[i:], out)
 		}
 	}
-	off := int64(c.lba) * int64(bs)
 	defer lu.locks.shared(off, total)()
 	for done := int64(0); done < total; {
 		n := min(int64(len(chunk)), total-done)
@@ -1096,6 +1142,21 @@ func execWriteSame(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []by
 		done += n
 	}
 	return good(nil)
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if be64(b) != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func decodeCompareAndWrite(lu *logicalUnit, c *scsiCmd) *sense {

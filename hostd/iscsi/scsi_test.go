@@ -88,7 +88,8 @@ func TestDecodeCDB(t *testing.T) {
 		{"sync cache past end", []byte{0x35, 0, 0, 0, 0x08, 0, 0, 0, 1, 0}, true, want{sense: ascLBAOutOfRange}, 0},
 		{"sync cache16 whole", cdb16(0x91, 0, 0), true, want{}, 0},
 		{"write same10", []byte{0x41, 0, 0, 0, 0, 0, 0, 0, 8, 0}, true, want{dir: dirOut, outLen: 512, blocks: 8}, 512},
-		{"write same10 zero blocks", []byte{0x41, 0, 0, 0, 0, 0, 0, 0, 0, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
+		{"write same10 zero blocks runs to the end", []byte{0x41, 0, 0, 0, 0, 8, 0, 0, 0, 0}, true, want{dir: dirOut, outLen: 512, blocks: 2048 - 8}, 512},
+		{"write same10 zero blocks past the end", []byte{0x41, 0, 0, 0, 8, 1, 0, 0, 0, 0}, true, want{sense: ascLBAOutOfRange}, 512},
 		{"write same10 unmap", []byte{0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
 		{"write same10 anchor", []byte{0x41, 0x10, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
 		{"write same16 ndob", func() []byte { b := cdb16(0x93, 0, 4); b[1] = 1; return b }(), true, want{blocks: 4}, 0},
@@ -270,7 +271,7 @@ func TestReadCapacityAndReportLUNs(t *testing.T) {
 		t.Errorf("READ CAPACITY(10) %x", rc10)
 	}
 	rc16 := runCDB(t, lu, []byte{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0}, nil).data
-	if len(rc16) != 32 || be64(rc16) != 2047 || be32(rc16[8:]) != 512 || rc16[13] != 3 || rc16[14] != 0 {
+	if len(rc16) != 32 || be64(rc16) != 2047 || be32(rc16[8:]) != 512 || rc16[13] != 0 || rc16[14] != 0 {
 		t.Errorf("READ CAPACITY(16) %x", rc16)
 	}
 	if d := runCDB(t, lu, []byte{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0}, nil).data; len(d) != 4 {

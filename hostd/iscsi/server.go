@@ -62,7 +62,7 @@ type Config struct {
 	// outstanding at once. Default 128.
 	QueueDepth int
 	// MaxTransferLength is the largest data transfer of one command in
-	// bytes, reported in the Block Limits VPD page. Default 8 MiB.
+	// bytes, reported in the Block Limits VPD page. Default 32 MiB.
 	MaxTransferLength int
 	// SessionBufferBytes bounds the data buffers one session may hold for
 	// commands in flight; commands beyond it wait. Default 64 MiB, at least
@@ -85,7 +85,7 @@ func (c Config) withDefaults() Config {
 	def(&c.FirstBurstLength, 256<<10)
 	def(&c.MaxOutstandingR2T, 8)
 	def(&c.QueueDepth, 128)
-	def(&c.MaxTransferLength, 8<<20)
+	def(&c.MaxTransferLength, 32<<20)
 	def(&c.SessionBufferBytes, max(64<<20, c.MaxTransferLength))
 	if c.LoginTimeout == 0 {
 		c.LoginTimeout = 30 * time.Second
