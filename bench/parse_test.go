@@ -204,3 +204,22 @@ func TestPerfBody(t *testing.T) {
 		t.Errorf("perfBody =\n%q\nwant\n%q", got, want)
 	}
 }
+
+func TestParsePerfStat(t *testing.T) {
+	got, err := parsePerfStat("145,,raw_syscalls:sys_enter,1307874,100.00,,\n1,,context-switches,1307874,100.00,,\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["raw_syscalls:sys_enter"] != 145 || got["context-switches"] != 1 || len(got) != 2 {
+		t.Errorf("parsePerfStat = %v", got)
+	}
+	for _, bad := range []string{
+		"<not supported>,,raw_syscalls:sys_enter,0,100.00,,\n",
+		"Error: no such process\n",
+		"",
+	} {
+		if _, err := parsePerfStat(bad); !errors.Is(err, ErrToolOutput) {
+			t.Errorf("parsePerfStat(%q) = %v, want ErrToolOutput", bad, err)
+		}
+	}
+}

@@ -116,10 +116,10 @@ func cpuPerOp(ctx context.Context, procs []*localcluster.Proc, load loadFunc) (c
 	return u, nil
 }
 
-// profile takes, for each group that was measured, CPU time per operation
-// of both sides under the group's QD32 write load, and a perf profile of
-// our processes under the same load. The results go to
-// ResultsDir/profile-GROUP.txt.
+// profile takes, for each group that was measured, CPU time, system calls
+// and context switches per operation of both sides under the group's QD32
+// load (4K writes; for nbd also 4K reads), and perf profiles of both sides
+// under the same load. The results go to ResultsDir/profile-NAME.txt.
 func (r *Runner) profile(ctx context.Context) error {
 	var errs []error
 	if r.nbd != nil {
@@ -129,14 +129,16 @@ func (r *Runner) profile(ctx context.Context) error {
 				cs = append(cs, p)
 			}
 		}
-		fio := func(uri string) loadFunc {
-			return func(ctx context.Context) (int64, error) {
-				res, err := runFio(ctx, r.work, fioJob{URI: uri, RW: "randwrite", BS: "4k", Depth: 32, Size: r.nbd.size, Runtime: r.cfg.RunTime})
-				return res.WriteIOs, err
+		for _, rw := range []string{"randwrite", "randread"} {
+			fio := func(uri string) loadFunc {
+				return func(ctx context.Context) (int64, error) {
+					res, err := runFio(ctx, r.work, fioJob{URI: uri, RW: rw, BS: "4k", Depth: 32, Size: r.nbd.size, Runtime: r.cfg.RunTime})
+					return res.WriteIOs + res.ReadIOs, err
+				}
 			}
+			errs = append(errs, r.profileLoad(ctx, GroupNBD+"-"+rw, "fio nbd engine, 4K "+rw+" QD32",
+				cs, []*localcluster.Proc{r.nbd.refProc}, fio(r.nbd.ours), fio(r.nbd.ref)))
 		}
-		errs = append(errs, r.profileLoad(ctx, GroupNBD, "fio nbd engine, 4K randwrite QD32",
-			cs, []*localcluster.Proc{r.nbd.refProc}, fio(r.nbd.ours), fio(r.nbd.ref)))
 	}
 	for _, g := range []struct {
 		name string
@@ -161,6 +163,87 @@ func (r *Runner) profile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// perfStatEvents are counted per operation: every system call entry and
+// every context switch of the serving processes.
+var perfStatEvents = []string{"raw_syscalls:sys_enter", "context-switches"}
+
+// parsePerfStat decodes `perf stat -x,` output (on stderr): one line per
+// event, "count,unit,event,...". Events perf could not count are errors.
+func parsePerfStat(out string) (map[string]float64, error) {
+	counts := make(map[string]float64)
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Split(strings.TrimSpace(l), ",")
+		if len(f) < 3 || f[2] == "" {
+			continue
+		}
+		if strings.HasPrefix(f[0], "<") {
+			return nil, fmt.Errorf("%w: perf stat: %s %s", ErrToolOutput, f[2], f[0])
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil || v < 0 {
+			continue // a comment or warning line
+		}
+		counts[f[2]] += v
+	}
+	if len(counts) == 0 {
+		return nil, fmt.Errorf("%w: perf stat printed no counts: %q", ErrToolOutput, clip(out))
+	}
+	return counts, nil
+}
+
+// countPerOp counts perfStatEvents of each process with perf stat while load
+// runs, and renders them per operation.
+func countPerOp(ctx context.Context, procs []*localcluster.Proc, load loadFunc) (string, error) {
+	type stat struct {
+		cmd *exec.Cmd
+		out *strings.Builder
+	}
+	var stats []stat
+	stop := func() {
+		for _, st := range stats {
+			st.cmd.Process.Signal(os.Interrupt)
+		}
+		for _, st := range stats {
+			st.cmd.Wait()
+		}
+	}
+	for _, p := range procs {
+		out := &strings.Builder{}
+		cmd := exec.Command("perf", "stat", "-x,", "-e", strings.Join(perfStatEvents, ","), "-p", strconv.Itoa(p.Pid()))
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.WaitDelay = 10 * time.Second
+		if err := cmd.Start(); err != nil {
+			stop()
+			return "", err
+		}
+		stats = append(stats, stat{cmd, out})
+	}
+	time.Sleep(200 * time.Millisecond) // perf stat attaches
+	ops, err := load(ctx)
+	stop()
+	if err != nil {
+		return "", err
+	}
+	if ops <= 0 {
+		return "", errors.New("load completed no operation")
+	}
+	var parts []string
+	total := make(map[string]float64)
+	for i, st := range stats {
+		c, err := parsePerfStat(st.out.String())
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", procs[i].Name, err)
+		}
+		for k, v := range c {
+			total[k] += v
+		}
+		parts = append(parts, fmt.Sprintf("%s %.1f/%.1f", procs[i].Name,
+			c[perfStatEvents[0]]/float64(ops), c[perfStatEvents[1]]/float64(ops)))
+	}
+	return fmt.Sprintf("%5.1f syscalls, %5.1f context switches per op over %d ops (by process, syscalls/switches: %s)",
+		total[perfStatEvents[0]]/float64(ops), total[perfStatEvents[1]]/float64(ops), ops, strings.Join(parts, ", ")), nil
+}
+
 // profileLoad measures CPU per operation of the reference and of ours,
 // then samples each side with perf during one more run of the same load.
 func (r *Runner) profileLoad(ctx context.Context, group, what string, ours, ref []*localcluster.Proc, oursLoad, refLoad loadFunc) error {
@@ -181,6 +264,19 @@ func (r *Runner) profileLoad(ctx context.Context, group, what string, ours, ref 
 	fmt.Fprintf(&b, "CPU time of the serving processes per operation (user+system, /proc/PID/stat), without perf:\n")
 	fmt.Fprintf(&b, "  ours       %s\n", oursCPU)
 	fmt.Fprintf(&b, "  reference  %s\n\n", refCPU)
+	fmt.Fprintf(&b, "System calls and context switches per operation (perf stat, one more run per side):\n")
+	for _, side := range []struct {
+		name  string
+		procs []*localcluster.Proc
+		load  loadFunc
+	}{{"ours     ", ours, oursLoad}, {"reference", ref, refLoad}} {
+		line, err := countPerOp(ctx, side.procs, side.load)
+		if err != nil {
+			return fmt.Errorf("%s %s: counting system calls: %w", group, strings.TrimSpace(side.name), err)
+		}
+		fmt.Fprintf(&b, "  %s  %s\n", side.name, line)
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(&b, "perf record -F 999 -g for %s per side; percentages are of each process's own samples "+
 		"(with callees, a function met twice in one stack counts twice, so totals can pass 100 %%).\n\n", r.cfg.RunTime)
 	for _, side := range []struct {
