@@ -1321,7 +1321,7 @@ func (e *EC) reencodeStripe(ctx context.Context, s int64) error {
 		mem := e.shardMember(s, i)
 		return fmt.Errorf("%w: stripe %d unit D%d is on member %d, which is %v", ErrParityUnknown, s, i, mem, e.stateOf(v, mem))
 	}
-	retry, err := e.encodeParity(ctx, s, v)
+	retry, _, err := e.encodeParity(ctx, s, v)
 	if err != nil {
 		return err
 	}
@@ -1337,8 +1337,9 @@ func (e *EC) reencodeStripe(ctx context.Context, s int64) error {
 // encodeParity reads stripe s's k data units from the members v names
 // (none of them Failed), encodes the parity and writes it to every parity
 // member that is not Failed. The stripe's lock is held exclusively. retry
-// reports that a member failed a read; nothing was written then.
-func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, err error) {
+// reports that a member failed a read; nothing was written then. failed is
+// the set of parity shards whose write failed: the other members agree.
+func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, failed uint64, err error) {
 	S, data := e.unit, e.dataShards()
 	b := e.getBuf()
 	defer e.putBuf(b)
@@ -1346,16 +1347,16 @@ func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, 
 		return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, S), s*S)
 	})
 	if retry, err := e.settleReads(ctx, s, v, data, b.errs); err != nil || retry {
-		return retry, err
+		return retry, 0, err
 	}
 	for i := range b.shards {
 		b.shards[i] = b.col(i, S)
 	}
 	if err := e.code.Encode(b.shards); err != nil {
-		return false, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+		return false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return false, err
+		return false, 0, err
 	}
 	wctx := context.WithoutCancel(ctx)
 	suspect := e.isSuspect(s)
@@ -1368,17 +1369,19 @@ func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, 
 	fanOut(write, b.errs, func(i int) error {
 		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, false)
 	})
-	if _, err := e.settleWrites(s, v, write, b.errs, nil, suspect); err != nil {
-		return false, err
+	failed, err = e.settleWrites(s, v, write, b.errs, nil, suspect)
+	if err != nil {
+		return false, failed, err
 	}
 	e.clearSuspect(s)
-	return false, nil
+	return false, failed, nil
 }
 
 // rebuildShards reconstructs the shards in targets of stripe s from k
 // in-sync units and writes them whole to their members. The stripe's lock
-// is held exclusively. retry reports that a member failed a read.
-func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint64) (retry bool, err error) {
+// is held exclusively. retry reports that a member failed a read; failed
+// is the set of targets whose write failed.
+func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint64) (retry bool, failed uint64, err error) {
 	S := e.unit
 	b := e.getBuf()
 	defer e.putBuf(b)
@@ -1387,7 +1390,7 @@ func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint
 		return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, S), s*S)
 	})
 	if retry, err := e.settleReads(ctx, s, v, read, b.errs); err != nil || retry {
-		return retry, err
+		return retry, 0, err
 	}
 	for i := range b.shards {
 		b.shards[i], b.want[i] = nil, false
@@ -1399,17 +1402,17 @@ func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint
 		}
 	}
 	if err := e.code.Reconstruct(b.shards, b.want); err != nil {
-		return false, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+		return false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return false, err
+		return false, 0, err
 	}
 	wctx := context.WithoutCancel(ctx)
 	fanOut(targets, b.errs, func(i int) error {
 		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, false)
 	})
-	_, err = e.settleWrites(s, v, targets, b.errs, nil, false)
-	return false, err
+	failed, err = e.settleWrites(s, v, targets, b.errs, nil, false)
+	return false, failed, err
 }
 
 // Rejoin replaces Failed member i by d (a new connection to the same chunk)
@@ -1626,7 +1629,10 @@ func (e *EC) resyncStripe(ctx context.Context, s int64, start *ecView) (lost boo
 		return false, err
 	}
 	resyncing := e.shardsOf(s, v.resyncing)
-	var retry bool
+	var (
+		retry  bool
+		failed uint64
+	)
 	switch {
 	case e.isSuspect(s):
 		// Crash recovery: the data units are what the previous host left
@@ -1635,16 +1641,21 @@ func (e *EC) resyncStripe(ctx context.Context, s int64, start *ecView) (lost boo
 		if e.dataShards()&e.missedShards(s) != 0 {
 			return true, nil
 		}
-		retry, err = e.encodeParity(ctx, s, v)
+		retry, failed, err = e.encodeParity(ctx, s, v)
 	case resyncing == 0:
 		// Nothing to rebuild, but the region was marked: make sure parity
 		// agrees with data.
-		retry, err = e.encodeParity(ctx, s, v)
+		retry, failed, err = e.encodeParity(ctx, s, v)
 	default:
-		retry, err = e.rebuildShards(ctx, s, v, resyncing)
+		retry, failed, err = e.rebuildShards(ctx, s, v, resyncing)
 	}
-	if err == nil && retry {
+	switch {
+	case err != nil:
+	case retry:
 		err = errors.New("a member failed a read")
+	case failed != 0:
+		// The member missed the repair: the region must stay dirty.
+		err = fmt.Errorf("member %d failed a write", e.shardMember(s, bits.TrailingZeros64(failed)))
 	}
 	if err != nil {
 		return false, fmt.Errorf("%w: stripe %d: %w", ErrResyncAborted, s, err)

@@ -1168,3 +1168,44 @@ func TestECResyncBlocksOnlyItsRegion(t *testing.T) {
 	}
 	checkStripes(t, f.g, f.devs, e.States(), model)
 }
+
+// TestECResyncWriteFailureKeepsRegionsDirty: a returning member that fails
+// the resync's writes to it has missed the repair, so the regions must stay
+// dirty for the next resync — with at least k members still in sync, which
+// would let the set carry on without it.
+func TestECResyncWriteFailureKeepsRegionsDirty(t *testing.T) {
+	const unit = 4096
+	f, w := newWIBEC(t, 2, 1, unit, 16, 8192)
+	e, ctx := f.ec, t.Context()
+	model := randBytes(rand.New(rand.NewPCG(6, 1)), e.Size())
+	if err := e.WriteAt(ctx, model, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	failDetected(t, f, 1)
+	p := randBytes(rand.New(rand.NewPCG(6, 2)), 3000)
+	if err := e.WriteAt(ctx, p, 20000, false); err != nil {
+		t.Fatal(err)
+	}
+	copy(model[20000:], p)
+	dirty := w.Dirty()
+	f.devs[1].SetFailed(false)
+	flaky := &flakyDev{MemDevice: f.devs[1]}
+	flaky.failWrites.Store(true)
+	if err := e.Rejoin(1, flaky); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Resync(ctx, nil); !errors.Is(err, raid.ErrResyncAborted) {
+		t.Fatalf("resync whose writes to the returning member fail: %v, want ErrResyncAborted", err)
+	}
+	if got := w.Dirty(); fmt.Sprint(got) != fmt.Sprint(dirty) {
+		t.Fatalf("dirty regions %v after the failed resync, want %v", got, dirty)
+	}
+	flaky.failWrites.Store(false)
+	if err := e.Rejoin(1, flaky); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Resync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkStripes(t, f.g, f.devs, e.States(), model)
+}
