@@ -1321,7 +1321,13 @@ func (e *EC) reencodeStripe(ctx context.Context, s int64) error {
 		mem := e.shardMember(s, i)
 		return fmt.Errorf("%w: stripe %d unit D%d is on member %d, which is %v", ErrParityUnknown, s, i, mem, e.stateOf(v, mem))
 	}
-	retry, _, err := e.encodeParity(ctx, s, v)
+	retry, failed, err := e.encodeParity(ctx, s, v)
+	if failed != 0 {
+		// That member may hold half a parity unit now: rebuild it when it
+		// comes back.
+		sd := int64(e.k) * e.unit
+		e.wib.Mark(s*sd, sd)
+	}
 	if err != nil {
 		return err
 	}

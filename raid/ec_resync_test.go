@@ -1209,3 +1209,35 @@ func TestECResyncWriteFailureKeepsRegionsDirty(t *testing.T) {
 	}
 	checkStripes(t, f.g, f.devs, e.States(), model)
 }
+
+// TestECReencodeWriteFailureMarksStripe: a parity member that fails
+// Reencode's write may hold half a unit; the stripe's region is marked so
+// that its return rebuilds it.
+func TestECReencodeWriteFailureMarksStripe(t *testing.T) {
+	const unit = 4096
+	var flaky *flakyDev
+	f, w := newWIBEC(t, 2, 1, unit, 8, 8192, func(c *raid.ECConfig) {
+		flaky = &flakyDev{MemDevice: c.Members[2].(*raidtest.MemDevice)}
+		c.Members[2] = flaky // holds P of stripe 0
+	})
+	e, ctx := f.ec, t.Context()
+	model := randBytes(rand.New(rand.NewPCG(2, 2)), e.Size())
+	if err := e.WriteAt(ctx, model, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	flaky.failWrites.Store(true)
+	if err := e.Reencode(ctx, 0, 1); err != nil {
+		t.Fatalf("Reencode losing a parity member: %v", err)
+	}
+	if st := e.States(); st[2] != raid.Failed || !w.NeedsResync(0) {
+		t.Fatalf("states %v, region 0 needs resync %v: want member 2 failed and region 0 marked", st, w.NeedsResync(0))
+	}
+	flaky.failWrites.Store(false)
+	if err := e.Rejoin(2, flaky); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Resync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkStripes(t, f.g, f.devs, e.States(), model)
+}
