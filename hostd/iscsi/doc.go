@@ -43,6 +43,29 @@
 // reads-modify-writes is the optimal transfer length and unmap granularity
 // of VPD page 0xB0.
 //
+// # Task management and unit attentions
+//
+// ABORT TASK and ABORT TASK SET abort commands of the issuing session;
+// CLEAR TASK SET, LUN RESET and TARGET WARM RESET those of every session
+// of the target, and TARGET COLD RESET also closes their connections. An
+// aborted command gets no response (TAS=0). Unit attentions are kept per
+// session (one I_T nexus; a new login starts with none), reported once
+// each, oldest first, with CHECK CONDITION on the next command other than
+// INQUIRY, REPORT LUNS and REQUEST SENSE, or as REQUEST SENSE data:
+//
+//	29h/03h BUS DEVICE RESET FUNCTION OCCURRED  LUN RESET, every session
+//	29h/00h POWER ON, RESET, OR BUS DEVICE RESET OCCURRED  TARGET WARM RESET, every session
+//	2Fh/00h COMMANDS CLEARED BY ANOTHER INITIATOR  CLEAR TASK SET, other sessions that lost commands
+//	2Ah/09h CAPACITY DATA HAS CHANGED  the back end grew or shrank, every session
+//	2Ah/03h RESERVATIONS PREEMPTED  PERSISTENT RESERVE OUT CLEAR, other registrants
+//	2Ah/04h RESERVATIONS RELEASED  release of a registrants-only or all-registrants
+//	        reservation, other registrants; a PREEMPT that changes the type
+//	2Ah/05h REGISTRATIONS PREEMPTED  PREEMPT (AND ABORT), the preempted registrants
+//
+// Resets end RESERVE(6)/(10) reservations, as does the end of the session
+// that holds one; persistent reservations stay. PREEMPT AND ABORT also
+// aborts the commands of the preempted sessions before it completes.
+//
 // # Security
 //
 // A target may require CHAP (TargetConfig.CHAP, RFC 7143 12.1.3 and RFC

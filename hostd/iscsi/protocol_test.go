@@ -447,6 +447,10 @@ func TestTaskManagement(t *testing.T) {
 		t.Errorf("CLEAR ACA: response %d, want not supported", got)
 	}
 	be.delay.Store(0)
+	// The LUN reset left a unit attention, reported once.
+	if r := c.command([]byte{0, 0, 0, 0, 0, 0}, 0, nil, 0); r.status != statusCheckCondition {
+		t.Fatalf("TEST UNIT READY after LUN RESET: status %#x, want the unit attention", r.status)
+	}
 	if r := c.command([]byte{0, 0, 0, 0, 0, 0}, 0, nil, 0); r.status != statusGood {
 		t.Fatal("TEST UNIT READY after task management failed")
 	}

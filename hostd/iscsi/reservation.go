@@ -364,7 +364,16 @@ func execPROut(_ context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) re
 		}
 		switch {
 		case sark == 0 && reg:
+			typ, held := p.resType, p.isHolder(n) && !allRegistrants(p.resType)
 			p.unregister(n)
+			res := good(nil)
+			if held && registrantsAccess(typ) {
+				// The holder of a registrants-only reservation left it
+				// (SPC-4 5.12.11.2.3).
+				res.events = p.notifyOthers(n, ascReservationsReleased)
+			}
+			p.generation++
+			return res
 		case sark == 0:
 			return good(nil)
 		default:
@@ -395,37 +404,61 @@ func execPROut(_ context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) re
 		if p.resType != typ {
 			return check(newSense(senseIllegalRequest, ascInvalidReleaseOfPR))
 		}
+		res := good(nil)
+		if registrantsAccess(typ) {
+			// Other registrants had access through the reservation
+			// (SPC-4 5.12.11.2.2).
+			res.events = p.notifyOthers(n, ascReservationsReleased)
+		}
 		p.release()
-		return good(nil)
+		return res
 	case proutClear:
+		res := good(nil)
+		res.events = p.notifyOthers(n, ascReservationsPreempted)
 		clear(p.regs)
 		p.release()
 		p.generation++
-		return good(nil)
+		return res
 	case proutPreempt, proutPreemptAndAbort:
-		return p.preempt(n, sark, typ)
+		return p.preempt(n, sark, typ, sa == proutPreemptAndAbort)
 	}
 	return check(invalidField(1, 4))
 }
 
+// notifyOthers returns a unit attention for every registered I_T nexus
+// but n.
+func (p *prState) notifyOthers(n string, asc uint16) []nexusEvent {
+	var ev []nexusEvent
+	for _, other := range slices.Sorted(maps.Keys(p.regs)) {
+		if other != n {
+			ev = append(ev, nexusEvent{nexus: other, asc: asc})
+		}
+	}
+	return ev
+}
+
 // preempt removes the registrations with key sark and, when they held the
-// reservation, moves it to nexus n with type typ (SPC-4 5.12.11.4).
-func (p *prState) preempt(n string, sark uint64, typ byte) result {
-	removeKey := func(k uint64, keep string) bool {
-		found := false
-		for other, ok := range p.regs {
-			if ok == k && other != keep {
+// reservation, moves it to nexus n with type typ (SPC-4 5.12.11.4). The
+// nexuses that lost their registration get REGISTRATIONS PREEMPTED, and
+// with abort their commands are aborted; if the reservation changed type,
+// the remaining registrants get RESERVATIONS RELEASED.
+func (p *prState) preempt(n string, sark uint64, typ byte, abort bool) result {
+	var removed []string
+	removeKey := func(k uint64, keep string) {
+		for _, other := range slices.Sorted(maps.Keys(p.regs)) {
+			if p.regs[other] == k && other != keep {
 				delete(p.regs, other)
-				found = true
+				removed = append(removed, other)
 			}
 		}
-		return found
 	}
+	oldType := p.resType
 	switch {
 	case p.resType != 0 && allRegistrants(p.resType) && sark == 0:
-		for other := range p.regs {
+		for _, other := range slices.Sorted(maps.Keys(p.regs)) {
 			if other != n {
 				delete(p.regs, other)
+				removed = append(removed, other)
 			}
 		}
 		p.resType, p.holder = typ, n
@@ -435,7 +468,8 @@ func (p *prState) preempt(n string, sark uint64, typ byte) result {
 	case sark == 0:
 		return check(invalidParam(8, -1))
 	default:
-		if !removeKey(sark, "") {
+		removeKey(sark, "")
+		if len(removed) == 0 {
 			return conflict
 		}
 		if p.resType != 0 && allRegistrants(p.resType) && len(p.regs) == 0 {
@@ -443,7 +477,14 @@ func (p *prState) preempt(n string, sark uint64, typ byte) result {
 		}
 	}
 	p.generation++
-	return good(nil)
+	res := good(nil)
+	for _, r := range removed {
+		res.events = append(res.events, nexusEvent{nexus: r, asc: ascRegistrationsPreempted, abort: abort})
+	}
+	if oldType != 0 && p.resType != oldType {
+		res.events = append(res.events, p.notifyOthers(n, ascReservationsReleased)...)
+	}
+	return res
 }
 
 // initiatorPort is the SCSI initiator port name of an iSCSI session:

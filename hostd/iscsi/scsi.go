@@ -142,6 +142,9 @@ type result struct {
 	status uint8
 	sense  *sense
 	data   []byte // Data-In, already truncated to the allocation length
+	// events are unit attentions (and aborts) for other I_T nexuses that
+	// the transport delivers before it answers the command.
+	events []nexusEvent
 }
 
 func good(data []byte) result { return result{status: statusGood, data: data} }

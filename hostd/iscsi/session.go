@@ -70,6 +70,7 @@ type session struct {
 	// phase while commands read it.
 	initiatorRecvDSL atomic.Uint32
 	nextTTT          atomic.Uint32
+	ua               unitAttentions
 
 	// Owned by the reader goroutine.
 	logout   *logoutRequest
@@ -519,7 +520,16 @@ func (s *session) handleTaskMgmt(ctx context.Context, p *inPDU) error {
 }
 
 // taskManagement performs a task management function and returns the
-// response code and, for a cold reset, what to do once it is sent.
+// response code and, for a cold reset, what to do once it is sent. Unit
+// attentions are established before the response goes out, so the next
+// command of every affected I_T nexus sees them: COMMANDS CLEARED BY
+// ANOTHER INITIATOR after CLEAR TASK SET for the other nexuses that lost
+// commands, BUS DEVICE RESET FUNCTION OCCURRED after LUN RESET and POWER ON,
+// RESET, OR BUS DEVICE RESET OCCURRED after TARGET WARM RESET (a hard
+// reset, for which SAM-5 allows the generic code) for every nexus, the
+// issuer's included. Both resets end RESERVE(6)/(10) reservations;
+// persistent reservations stay. A cold reset closes every connection of
+// the target, so no nexus is left to notify.
 func (s *session) taskManagement(r *taskMgmtRequest) (uint8, func()) {
 	lun, ok := lunFromWire(r.LUN)
 	lunOK := ok && lun == 0 && !s.discovery
@@ -548,7 +558,15 @@ func (s *session) taskManagement(r *taskMgmtRequest) (uint8, func()) {
 		}
 		others := s.srv.targetSessions(s.target)
 		for _, o := range others {
-			o.abortAll()
+			n := o.abortAll()
+			switch {
+			case r.Function == tmfClearTaskSet && n > 0 && o != s:
+				o.ua.add(ascCommandsCleared)
+			case r.Function == tmfLUNReset:
+				o.ua.add(ascBusDeviceReset)
+			case r.Function == tmfTargetWarmReset:
+				o.ua.add(ascReset)
+			}
 		}
 		if r.Function != tmfClearTaskSet {
 			s.lu.reset()
@@ -570,17 +588,38 @@ func (s *session) taskManagement(r *taskMgmtRequest) (uint8, func()) {
 	return tmfRespNotSupported, nil
 }
 
-// abortAll aborts every command of the session and waits until they ended.
-func (s *session) abortAll() {
+// abortAll aborts every command of the session, waits until they ended
+// and returns how many it aborted.
+func (s *session) abortAll() int {
 	s.mu.Lock()
 	ts := make([]*task, 0, len(s.mu.tasks))
 	for _, t := range s.mu.tasks {
 		ts = append(ts, t)
 	}
 	s.mu.Unlock()
+	n := 0
 	for _, t := range ts {
 		if t.abort() {
 			<-t.done
+			n++
+		}
+	}
+	return n
+}
+
+// deliver applies the events of a command to the sessions of the target
+// whose I_T nexus they name: a unit attention, and for PREEMPT AND ABORT
+// the abort of their commands (the issuing session's own excepted).
+func (s *session) deliver(events []nexusEvent) {
+	for _, o := range s.srv.targetSessions(s.target) {
+		for _, e := range events {
+			if e.nexus != o.nexus {
+				continue
+			}
+			o.ua.add(e.asc)
+			if e.abort && o != s {
+				o.abortAll()
+			}
 		}
 	}
 }

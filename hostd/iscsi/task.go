@@ -114,20 +114,25 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 		return nil
 	}
 	c.nexus = s.nexus
-	// A capacity change is reported once to every I_T nexus, on its next
-	// command that is not INQUIRY, REPORT LUNS or REQUEST SENSE; REQUEST
-	// SENSE returns it as its data (SPC-4 5.14).
-	if epoch := s.lu.capacityEpoch(); epoch != s.capEpoch && c.lunOK {
-		ua := newSense(senseUnitAttention, ascCapacityChanged)
-		switch {
-		case c.spec.op == 0x03:
-			c.pending = ua
+	// Unit attentions: a capacity change becomes one for every I_T nexus.
+	// Each is reported once, on the next command that is not INQUIRY,
+	// REPORT LUNS or REQUEST SENSE; REQUEST SENSE returns it as its data
+	// (SPC-4 5.14).
+	if c.lunOK {
+		if epoch := s.lu.capacityEpoch(); epoch != s.capEpoch {
 			s.capEpoch = epoch
-		case !c.spec.anyLUN:
-			s.capEpoch = epoch
-			s.finishCmd(cmd.Immediate)
-			s.sendResult(&cmd, nil, 0, check(ua), nil)
-			return nil
+			s.ua.add(ascCapacityChanged)
+		}
+		if c.spec.op == 0x03 || !c.spec.anyLUN {
+			if asc, ok := s.ua.next(); ok {
+				ua := newSense(senseUnitAttention, asc)
+				if c.spec.op != 0x03 {
+					s.finishCmd(cmd.Immediate)
+					s.sendResult(&cmd, nil, 0, check(ua), nil)
+					return nil
+				}
+				c.pending = ua
+			}
 		}
 	}
 
@@ -448,6 +453,9 @@ func (t *task) run(ctx context.Context) {
 		in = getBuf(int(c.inLen))
 	}
 	res := s.lu.execute(ctx, c, out, in)
+	if len(res.events) > 0 {
+		s.deliver(res.events)
+	}
 	if out != nil {
 		putBuf(out)
 	}
