@@ -67,13 +67,22 @@ func FuzzCDB(f *testing.F) {
 		{0x5f, 0x01, 0x01, 0, 0, 0, 0, 0, 24, 0}, {0x5e, 0x03, 0, 0, 0, 0, 0, 0x10, 0, 0},
 		{0x15, 0x10, 0, 0, 24, 0}, {0x55, 0x10, 0, 0, 0, 0, 0, 0, 24, 0}, {0x16, 0, 0, 0, 0, 0},
 		{0x8b, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0}, {0x2e, 0x02, 0, 0, 0, 1, 0, 0, 1, 0},
+		// Thin provisioning: UNMAP, GET LBA STATUS, WRITE SAME with UNMAP,
+		// NDOB and zero blocks.
+		cdbUnmap(24), cdbGetLBAStatus(3, 64), {0x41, 0x08, 0, 0, 0, 0, 0, 0, 4, 0},
+		{0x93, 0x09, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 8, 0, 0}, {0x41, 0, 0, 0, 0, 0x40, 0, 0, 0, 0},
 	} {
 		f.Add(cdb, []byte{1, 2, 3})
 	}
-	be := newMemBackend(64 << 10)
-	lu := newLogicalUnit(be, 512, 1<<20, 1<<20, "fuzz", testIQN)
+	f.Add(cdbUnmap(40), unmapList(unmapRange{2, 3}, unmapRange{100, 1}))
+	thick := newLogicalUnit(newMemBackend(64<<10), 512, 1<<20, 1<<20, "fuzz", testIQN)
+	thin := newLogicalUnit(newThinBackend(64<<10), 512, 1<<20, 1<<20, "fuzz-thin", testIQN)
 	f.Fuzz(func(t *testing.T, cdb, out []byte) {
-		for _, lunOK := range []bool{true, false} {
+		for _, v := range []struct {
+			lu    *logicalUnit
+			lunOK bool
+		}{{thick, true}, {thick, false}, {thin, true}} {
+			lu, lunOK := v.lu, v.lunOK
 			c, s := lu.decodeCDB(cdb, lunOK, uint32(len(out)))
 			if s != nil {
 				_ = s.marshal()
