@@ -2,6 +2,8 @@ package test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -77,6 +79,7 @@ func TestECDegradedAndResync(t *testing.T) {
 	}
 	all := append(before, during...)
 	verifyAcked(t, url, all)
+	verifyVolume(t, c, "ec")
 
 	second := c.CS[csIndex(t, c, v.Sets[0].Members[1].Chunkserver)]
 	second.Kill()
@@ -107,6 +110,40 @@ func TestEC42SurvivesTwoFailures(t *testing.T) {
 	}
 	writeAll(t, url, more)
 	verifyAcked(t, url, append(ws, more...))
+	for _, m := range v.Sets[0].Members[:2] {
+		if err := c.CS[csIndex(t, c, m.Chunkserver)].Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitInSync(t, c, "ec42", time.Minute)
+	verifyVolume(t, c, "ec42")
+	verifyAcked(t, url, append(ws, more...))
+
+	// The checker is not a rubber stamp: flip bytes of one member's chunk
+	// file behind the cluster's back and it must report the stripe.
+	m := v.Sets[0].Members[3]
+	f, err := os.OpenFile(filepath.Join(c.Dir(), "chunkservers", m.Chunkserver, m.ChunkID+".chunk"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("bit rot"), 5*64<<10+100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if out := cliFail(t, c, "volume", "verify", "ec42"); !strings.Contains(out, "1 mismatches") || !strings.Contains(out, "disagree") {
+		t.Fatalf("volume verify after corrupting a unit on disk:\n%s", out)
+	}
+}
+
+// verifyVolume runs `chunkraid volume verify`: every stripe's parity (or
+// every mirror copy) is read over NBD and checked.
+func verifyVolume(t *testing.T, c *localcluster.Cluster, name string) {
+	t.Helper()
+	out := cli(t, c, "volume", "verify", name)
+	if !strings.Contains(out, "every member agrees") {
+		t.Fatalf("volume verify %s:\n%s", name, out)
+	}
+	t.Logf("volume verify %s: %s", name, strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
 }
 
 // TestECPlacementNeedsDomains: a layout wider than the online fault
@@ -144,6 +181,7 @@ func TestECHostCrash(t *testing.T) {
 	copied, n := resyncedBytes(t, c.Hosts["host2"].Log)
 	t.Logf("ec host crash: %d acknowledged writes; the new host re-encoded %d bytes in %d passes", len(acked), copied, n)
 	url2 := c.ISCSIURLOn("host2", "ech")
+	verifyVolume(t, c, "ech") // no stripe with mismatched parity remains
 	verifyAcked(t, url2, acked)
 	c.CS[csIndex(t, c, v.Sets[0].Members[2].Chunkserver)].Kill()
 	verifyAcked(t, url2, acked) // degraded: needs consistent parity
