@@ -22,4 +22,16 @@
 // Performance is measured, never asserted: a missed target is a row of the
 // report, not a failure. The report is a Markdown table written to the
 // configured writer and to Config.ResultsDir/latest.md.
+//
+// With Config.Profile (`make bench-profile`), each pair is then run once
+// more per side under its QD32 load to find where the time goes: CPU time
+// per operation of every serving process (/proc/PID/stat), system calls and
+// context switches per operation (perf stat), and perf profiles of both
+// sides, written to ResultsDir/profile-NAME.txt. The daemons expose no
+// pprof endpoint, so perf is the profiler; Go frame pointers give it call
+// stacks.
+//
+// Everything runs on loopback. Every process started (the cluster, nbdkit,
+// tgtd on its own portal and management port, memtarget) is stopped and
+// every file removed when Run returns, also on error or Ctrl-C.
 package bench
