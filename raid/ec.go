@@ -291,13 +291,13 @@ type EC struct {
 	regions  [regionLocks]sync.RWMutex // region r: regions[r % regionLocks]
 	locks    [ecLockSlots]sync.RWMutex // stripe s: locks[s % ecLockSlots]
 	resyncMu sync.Mutex                // one Resync at a time
+	gate     degradeGate               // BeforeDegradedWrite, once per degradation
 	bufs     sync.Pool                 // *stripeBuf
 
 	mu struct {
 		sync.Mutex
 		pending []memberChange   // guarded by mu: not yet passed to onChange
 		errs    []error          // last failure of each member; guarded by mu
-		pinned  chan struct{}    // closed when BeforeDegradedWrite finished for the current degradation; guarded by mu
 		missed  map[int64]uint64 // suspect stripe → members that missed a write of it; guarded by mu
 	}
 }
@@ -394,11 +394,11 @@ func NewEC(cfg ECConfig) (*EC, error) {
 		v.failed |= 1 << i
 		e.mu.errs[i] = errors.New("unreachable at attach")
 	}
+	e.gate.fn, e.gate.log = e.beforeDW, e.log
 	if len(cfg.Degraded) > 0 {
 		// The absent members miss everything from now on; the caller pins
 		// the survivors before attaching degraded.
-		e.mu.pinned = make(chan struct{})
-		close(e.mu.pinned)
+		e.gate.done()
 	}
 	e.view.Store(v)
 	e.mu.missed = make(map[int64]uint64)
@@ -596,43 +596,13 @@ func (e *EC) fail(i int, v *ecView, err error) {
 	nv.resyncing &^= bit
 	e.view.Store(nv)
 	e.mu.errs[i] = err
-	if e.mu.pinned == nil {
-		e.mu.pinned = make(chan struct{})
-		go e.pin(e.mu.pinned)
-	}
+	e.gate.arm()
 	if e.onChange != nil {
 		e.mu.pending = append(e.mu.pending, memberChange{member: i, err: err})
 		e.pending.Store(true)
 	}
 	e.mu.Unlock()
 	e.log.Error("ec member failed; set degraded", "member", i, "failed_members", bits.OnesCount64(nv.failed), "err", err)
-}
-
-func (e *EC) pin(done chan struct{}) {
-	defer close(done)
-	if e.beforeDW == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := e.beforeDW(ctx); err != nil {
-		e.log.Error("pinning the survivors' LOG bitmaps failed; the host's WIB still records the missed writes", "err", err)
-	}
-}
-
-// waitPinned waits, once per degradation, for the survivors' LOG bitmaps
-// to be pinned before a degraded write is acknowledged.
-func (e *EC) waitPinned(ctx context.Context) {
-	e.mu.Lock()
-	ch := e.mu.pinned
-	e.mu.Unlock()
-	if ch == nil {
-		return
-	}
-	select {
-	case <-ch:
-	case <-ctx.Done():
-	}
 }
 
 // notify passes queued failures to OnStateChange. Every exported method
@@ -905,7 +875,7 @@ func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *wri
 		return err
 	}
 	if !allOK {
-		e.waitPinned(ctx)
+		return e.gate.wait(ctx)
 	}
 	return nil
 }
@@ -1559,8 +1529,8 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 		nv.resyncing = 0
 		e.view.Store(nv)
 	}
-	e.mu.pinned = nil
 	e.mu.Unlock()
+	e.gate.reset()
 	for set := joined; set != 0; set &= set - 1 {
 		i := bits.TrailingZeros64(set)
 		e.log.Info("ec member in sync", "member", i, "resynced", copied)

@@ -750,10 +750,13 @@ func TestECBeforeDegradedWrite(t *testing.T) {
 	var done atomic.Bool
 	f, _ := newWIBEC(t, 2, 1, 4096, 16, 8192, func(c *raid.ECConfig) {
 		c.BeforeDegradedWrite = func(ctx context.Context) error {
-			calls.Add(1)
+			n := calls.Add(1)
 			time.Sleep(20 * time.Millisecond)
 			done.Store(true)
-			return errors.New("pin refused") // logged; writes go on
+			if n == 1 {
+				return errors.New("pin refused") // the degraded write fails; the next one tries again
+			}
+			return nil
 		}
 	})
 	e, ctx := f.ec, t.Context()
@@ -764,19 +767,19 @@ func TestECBeforeDegradedWrite(t *testing.T) {
 		t.Fatal("BeforeDegradedWrite called for a healthy write")
 	}
 	f.devs[2].SetFailed(true)
-	if err := e.WriteAt(ctx, make([]byte, 5000), 100, false); err != nil {
-		t.Fatal(err)
+	if err := e.WriteAt(ctx, make([]byte, 5000), 100, false); !errors.Is(err, raid.ErrNoMembers) {
+		t.Fatalf("degraded write whose degradation could not be recorded: %v, want ErrNoMembers", err)
 	}
 	if !done.Load() {
-		t.Fatal("the first degraded write was acknowledged before BeforeDegradedWrite returned")
+		t.Fatal("the first degraded write returned before BeforeDegradedWrite did")
 	}
 	for range 5 {
 		if err := e.WriteAt(ctx, make([]byte, 100), 9000, false); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if n := calls.Load(); n != 1 {
-		t.Fatalf("BeforeDegradedWrite called %d times for one degradation", n)
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("BeforeDegradedWrite called %d times for one degradation with one failed attempt, want 2", n)
 	}
 	rejoin(t, f, 2)
 	if _, err := e.Resync(ctx, nil); err != nil {
@@ -786,8 +789,8 @@ func TestECBeforeDegradedWrite(t *testing.T) {
 	if err := e.WriteAt(ctx, make([]byte, 100), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	if n := calls.Load(); n != 2 {
-		t.Fatalf("BeforeDegradedWrite called %d times for two degradations", n)
+	if n := calls.Load(); n != 3 {
+		t.Fatalf("BeforeDegradedWrite called %d times for two degradations (one retry), want 3", n)
 	}
 
 	// A set attached degraded was pinned by its caller: no call.

@@ -114,9 +114,13 @@ type Mirror struct {
 		members []Device      // guarded by mu
 		state   []MemberState // guarded by mu
 		errs    []error       // last failure of each member; guarded by mu
-		pinned  chan struct{} // closed when BeforeDegradedWrite finished for the current degradation; guarded by mu
 	}
 	resyncMu sync.Mutex // one Resync at a time
+	gate     degradeGate
+	// join is shared by every write and trim and taken exclusively by
+	// Rejoin, so a write that skipped a failed member has ended before the
+	// member rejoins: its region is then marked for the resync.
+	join sync.RWMutex
 }
 
 // NewMirror builds a mirror set over cfg.Members.
@@ -162,11 +166,11 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 		m.mu.state[i] = Failed
 		m.mu.errs[i] = errors.New("unreachable at attach")
 	}
+	m.gate.fn, m.gate.log = cfg.BeforeDegradedWrite, log
 	if len(cfg.Degraded) > 0 {
 		// The absent members miss everything from now on; the caller pins
 		// the survivors before attaching degraded.
-		m.mu.pinned = make(chan struct{})
-		close(m.mu.pinned)
+		m.gate.done()
 	}
 	return m, nil
 }
@@ -215,26 +219,11 @@ func (m *Mirror) fail(i int, d Device, err error) {
 	}
 	m.mu.state[i] = Failed
 	m.mu.errs[i] = err
-	if m.mu.pinned == nil {
-		m.mu.pinned = make(chan struct{})
-		go m.pin(m.mu.pinned)
-	}
 	m.mu.Unlock()
+	m.gate.arm()
 	m.log.Error("mirror member failed; set degraded", "member", i, "err", err)
 	if m.onChange != nil {
 		m.onChange(i, Failed, err)
-	}
-}
-
-func (m *Mirror) pin(done chan struct{}) {
-	defer close(done)
-	if m.beforeDW == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := m.beforeDW(ctx); err != nil {
-		m.log.Error("pinning the survivors' LOG bitmaps failed; the host's WIB still records the missed writes", "err", err)
 	}
 }
 
@@ -382,26 +371,13 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 	return ok == len(state), nil
 }
 
-// waitPinned waits, once per degradation, for the survivors' LOG bitmaps
-// to be pinned before a degraded write is acknowledged.
-func (m *Mirror) waitPinned(ctx context.Context) {
-	m.mu.Lock()
-	ch := m.mu.pinned
-	m.mu.Unlock()
-	if ch == nil {
-		return
-	}
-	select {
-	case <-ch:
-	case <-ctx.Done():
-	}
-}
-
 // write runs a modifying op on [off, off+n) inside the bitmap protocol.
 func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) error) error {
 	if err := m.check(off, n); err != nil {
 		return err
 	}
+	m.join.RLock()
+	defer m.join.RUnlock()
 	unlock := m.lockRange(off, n)
 	defer unlock()
 	wasDirty := m.intent != nil && m.allDirty(off, n)
@@ -418,8 +394,7 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) erro
 		return err
 	}
 	if !allOK {
-		m.waitPinned(ctx)
-		return nil
+		return m.gate.wait(ctx)
 	}
 	if !m.lazy {
 		m.wib.ClearRange(off, n)
@@ -474,6 +449,8 @@ func (m *Mirror) Rejoin(i int, d Device) error {
 	if d.Size() != m.size {
 		return fmt.Errorf("raid: rejoining member %d has size %d, the set has %d", i, d.Size(), m.size)
 	}
+	m.join.Lock()
+	defer m.join.Unlock()
 	m.mu.Lock()
 	if i < 0 || i >= len(m.mu.members) || m.mu.state[i] != Failed {
 		m.mu.Unlock()
@@ -570,10 +547,10 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 		}
 	}
 	allIn := !slices.Contains(m.mu.state, Failed)
-	if allIn {
-		m.mu.pinned = nil
-	}
 	m.mu.Unlock()
+	if allIn {
+		m.gate.reset()
+	}
 	for _, i := range joined {
 		m.log.Info("mirror member in sync", "member", i, "copied", copied)
 		if m.onChange != nil {
@@ -620,6 +597,7 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 	ticket := m.wib.ResyncStart(region)
 	p := buf[:n]
 	if err := members[src].ReadAt(ctx, p, off); err != nil {
+		m.wib.Mark(off, n) // the copy did not happen: the region stays dirty
 		m.wib.ResyncDone(ticket)
 		if memberErr(ctx, err) {
 			m.fail(src, members[src], err)
@@ -640,7 +618,10 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 		}
 	}
 	// If a write raced the copy, the region stays dirty and the next pass
-	// copies it again.
+	// copies it again; a failed copy keeps it dirty too.
+	if !ok {
+		m.wib.Mark(off, n)
+	}
 	m.wib.ResyncDone(ticket)
 	if !ok {
 		return n, fmt.Errorf("%w: writing region %d: %w", ErrResyncAborted, region, firstErr)

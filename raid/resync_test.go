@@ -2,6 +2,7 @@ package raid_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"sync"
@@ -189,5 +190,57 @@ func TestDirtyRegionsReadFromSource(t *testing.T) {
 	}
 	if !bytes.Equal(devs[0].Bytes(), devs[1].Bytes()) {
 		t.Fatal("members differ after resync")
+	}
+}
+
+// TestMirrorDegradeGate: a degraded write waits for BeforeDegradedWrite and
+// fails if it fails; the next degraded write tries again.
+func TestMirrorDegradeGate(t *testing.T) {
+	const size = 1 << 20
+	a, b := raidtest.NewMemDevice(size), raidtest.NewMemDevice(size)
+	calls := 0
+	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b},
+		BeforeDegradedWrite: func(context.Context) error {
+			calls++
+			if calls == 1 {
+				return errors.New("metaserver unreachable")
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.SetFailed(true)
+	if err := m.WriteAt(t.Context(), make([]byte, 4096), 0, false); !errors.Is(err, raid.ErrNoMembers) {
+		t.Fatalf("degraded write with an unrecorded degradation: %v", err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := m.WriteAt(t.Context(), make([]byte, 4096), 8192, false); err != nil {
+			t.Fatalf("degraded write after the retry: %v", err)
+		}
+	}
+	if calls != 2 {
+		t.Fatalf("BeforeDegradedWrite ran %d times, want 2", calls)
+	}
+}
+
+// TestResyncFailedCopyStaysDirty: a copy that fails to reach the returning
+// member leaves its region needing resync.
+func TestResyncFailedCopyStaysDirty(t *testing.T) {
+	const size, region = 1 << 20, 64 << 10
+	m, devs := newWIBMirror(t, 2, size, region)
+	ctx := t.Context()
+	devs[1].SetFailed(true)
+	if err := m.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Rejoin(1, devs[1]); err != nil { // still failing
+		t.Fatal(err)
+	}
+	if _, err := m.Resync(ctx, nil); !errors.Is(err, raid.ErrResyncAborted) {
+		t.Fatalf("resync onto a failing member: %v", err)
+	}
+	if !m.WIB().NeedsResync(0) {
+		t.Fatal("a failed copy cleaned its region")
 	}
 }
