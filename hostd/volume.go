@@ -116,6 +116,19 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 		a.sets = append(a.sets, st)
 		sets = append(sets, st.mirror)
 	}
+	for _, st := range a.sets {
+		if st.mirror.Degraded() {
+			// Record the degraded members before serving: a host taking
+			// over after our crash must not trust them.
+			rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.IOTimeout)
+			err := s.meta.HostReport(rctx, s.id, api.HostReport{Volumes: []api.VolumeReport{a.snapshot(false)}})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("recording degraded members with the metaserver: %w", err)
+			}
+			break
+		}
+	}
 	vol, err := linear.New(sets)
 	if err != nil {
 		return err
@@ -213,8 +226,22 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 			devs = append(devs, nil)
 		}
 	}
+	// A member the previous holder recorded as degraded or resyncing missed
+	// writes: it must not serve reads or be a resync source, even if it is
+	// reachable now. It starts degraded and rejoins through a resync.
+	var stale []int
+	for i, m := range st.members {
+		if reachable[i] && m.api.State != "" && m.api.State != api.MemberInSync {
+			stale = append(stale, i)
+			degraded = append(degraded, i)
+			nReach--
+		}
+	}
+	if len(stale) > 0 {
+		st.log.Info("members recorded as not in sync start degraded", "members", stale)
+	}
 	if nReach == 0 {
-		return nil, fmt.Errorf("no member reachable: %w", raid.ErrNoMembers)
+		return nil, fmt.Errorf("no in-sync member reachable: %w", raid.ErrNoMembers)
 	}
 	for i := range devs {
 		if devs[i] == nil {
@@ -278,7 +305,7 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 			StripeUnit:          stripe,
 			WIB:                 wib,
 			Degraded:            degraded,
-			BeforeDegradedWrite: st.pinSurvivors,
+			BeforeDegradedWrite: st.recordDegraded,
 			ResyncRate:          s.cfg.ResyncRate,
 			Logger:              st.log,
 			OnStateChange:       onChange,
@@ -294,7 +321,7 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 			Degraded:            degraded,
 			IntentHook:          intent,
 			LazyClear:           intent != nil,
-			BeforeDegradedWrite: st.pinSurvivors,
+			BeforeDegradedWrite: st.recordDegraded,
 			ResyncRate:          s.cfg.ResyncRate,
 			Logger:              st.log,
 			OnStateChange:       onChange,
@@ -439,6 +466,21 @@ func (st *setState) clearDaemon(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// recordDegraded runs before the set acknowledges its first write without
+// a member: it pins the survivors' LOG bitmaps and records the member's
+// state with the metaserver, so that a host taking the volume over after
+// a crash neither forgets what the member missed nor trusts it.
+func (st *setState) recordDegraded(ctx context.Context) error {
+	if err := st.pinSurvivors(ctx); err != nil {
+		return err
+	}
+	r := st.a.snapshot(false)
+	if err := st.a.s.meta.HostReport(ctx, st.a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
+		return fmt.Errorf("recording the degraded member with the metaserver: %w", err)
+	}
+	return nil
 }
 
 // pinSurvivors pins the LOG bitmaps of every member the set still uses.

@@ -277,7 +277,8 @@ func TestDegradedLongerThanT(t *testing.T) {
 	if _, err := c.AddHostd(t.Context(), "host2"); err != nil {
 		t.Fatal(err)
 	}
-	victim := c.CS[csIndex(t, c, v.Sets[0].Members[1].Chunkserver)]
+	// Member 0 is the one a careless recovery would pick as its source.
+	victim := c.CS[csIndex(t, c, v.Sets[0].Members[0].Chunkserver)]
 	victim.Kill()
 	ws := slots(60, 64<<10, 60<<20, 0)
 	load := startWriteLoad(t.Context(), c.ISCSIURL("fd"), ws, 100) // about 6 s: three periods
