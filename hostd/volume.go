@@ -199,7 +199,19 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 			defer wg.Done()
 			fctx, cancel := context.WithTimeout(ctx, 2*s.cfg.IOTimeout)
 			defer cancel()
-			if _, err := m.ctl.Fence(fctx, m.api.ChunkID, m.req()); err != nil {
+			// A new volume's chunks may not exist yet: their chunkservers
+			// create them on the same notification that brought us the
+			// volume. Give them a moment before calling the member absent.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				_, err := m.ctl.Fence(fctx, m.api.ChunkID, m.req())
+				if err == nil {
+					break
+				}
+				if api.IsNotFound(err) && time.Now().Before(deadline) {
+					sleep(fctx, 200*time.Millisecond)
+					continue
+				}
 				st.log.Warn("fencing member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
 				return
 			}
@@ -372,7 +384,7 @@ func (a *attachment) openWIB(set int, size int64) (*bitmap.WIB, bool, error) {
 		return nil, false, err
 	}
 	reused := statErr == nil
-	if reused && w.Count() > 0 {
+	if reused {
 		a.log.Info("reusing the write-intent bitmap left by a previous hostd", "set", set, "dirty_regions", w.Count())
 	}
 	return w, reused, nil
