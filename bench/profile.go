@@ -143,7 +143,7 @@ func (r *Runner) profile(ctx context.Context) error {
 	for _, g := range []struct {
 		name string
 		l    *qemuLoad
-	}{{GroupMirror, r.mirror}, {GroupTarget, r.target}} {
+	}{{GroupMirror, r.mirror}, {GroupTarget, r.target}, {GroupBitmap, r.bitmap}} {
 		if g.l == nil {
 			continue
 		}

@@ -145,6 +145,7 @@ type Runner struct {
 	nbd    *nbdLoad
 	mirror *qemuLoad
 	target *qemuLoad
+	bitmap *qemuLoad
 }
 
 // nbdLoad is the NBD pair of the nbd group.
@@ -759,6 +760,8 @@ func (r *Runner) bitmapGroup(ctx context.Context) error {
 		}
 		urls = append(urls, r.cluster.ISCSIURL(name))
 	}
+	procs := append([]*localcluster.Proc{r.cluster.Hostd}, r.cluster.CS...)
+	r.bitmap = &qemuLoad{ours: urls[0], ref: urls[1], oursProcs: procs, refProcs: procs}
 	r.report.Notes = append(r.report.Notes, fmt.Sprintf(
 		"bitmap: two %d MiB mirror:2 volumes of the same cluster, created with --bitmap remb and --bitmap none; "+
 			"same qemu-img bench method as mirror; target: remb within 5 %% of none.", size>>20))
