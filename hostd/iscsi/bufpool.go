@@ -13,7 +13,13 @@ const (
 	maxPoolShift = 25
 )
 
-var bufPools [maxPoolShift + 1]sync.Pool
+// bufPools hold *[]byte holders with a buffer of their class; holders
+// keeps empty holders, so that neither getting nor putting a buffer
+// allocates once the pools are warm.
+var (
+	bufPools [maxPoolShift + 1]sync.Pool
+	holders  = sync.Pool{New: func() any { return new([]byte) }}
+)
 
 func poolClass(n int) int {
 	if n <= 1<<minPoolShift {
@@ -28,8 +34,11 @@ func getBuf(n int) []byte {
 	if c > maxPoolShift {
 		return make([]byte, n)
 	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*p)[:n]
+	if h, ok := bufPools[c].Get().(*[]byte); ok {
+		b := *h
+		*h = nil
+		holders.Put(h)
+		return b[:n]
 	}
 	return make([]byte, n, 1<<c)
 }
@@ -41,6 +50,7 @@ func putBuf(b []byte) {
 	if c < 1<<minPoolShift || c > 1<<maxPoolShift || c&(c-1) != 0 {
 		return
 	}
-	b = b[:c]
-	bufPools[bits.Len(uint(c))-1].Put(&b)
+	h := holders.Get().(*[]byte)
+	*h = b[:c]
+	bufPools[bits.Len(uint(c))-1].Put(h)
 }

@@ -7,11 +7,17 @@
 // in (login.go: security and operational negotiation, CHAP in chap.go,
 // text keys in text.go), then runs the full
 // feature phase of its session (session.go): one reader goroutine receives
-// PDUs and orders commands by CmdSN, every SCSI command runs in its own
-// goroutine (task.go) against the logical unit (scsi.go), and a single
-// writer per connection (writer.go) stamps StatSN, ExpCmdSN and MaxCmdSN on
-// each response as it goes out, batching PDUs into one writev. The reader
-// never waits for the back end.
+// PDUs and orders commands by CmdSN, every SCSI command runs on a worker
+// goroutine of its own while it lasts (task.go) against the logical unit
+// (scsi.go), and a single writer per connection (writer.go) stamps StatSN,
+// ExpCmdSN and MaxCmdSN on each response as it goes out, batching PDUs
+// into one writev. The reader never waits for the back end.
+//
+// On the data path a command costs one heap allocation, its task record;
+// no PDU costs any. Data-Out is read from the socket straight into the
+// command's buffer at its offset, Data-In is sent from the buffer the back
+// end filled, cut to the initiator's MaxRecvDataSegmentLength, and buffers,
+// outgoing PDU records and idle workers are reused.
 //
 // # Commands
 //

@@ -1,6 +1,9 @@
 package iscsi
 
-import "sync"
+import (
+	"math/bits"
+	"sync"
+)
 
 // extentLocks serialise commands that must be atomic against concurrent
 // writes (COMPARE AND WRITE, ORWRITE) without serialising ordinary I/O.
@@ -13,60 +16,64 @@ type extentLocks struct {
 }
 
 const (
-	extentStripes     = 64
+	extentStripes     = 64 // one bit each in a stripeMask
 	extentRegionShift = 20
 )
 
-// stripeSet returns the stripes covering [off, off+n), ascending.
-func stripeSet(off, n int64) []int {
+// stripeMask is a set of stripes, bit i for stripe i.
+type stripeMask uint64
+
+// stripeSet returns the stripes covering [off, off+n).
+func stripeSet(off, n int64) stripeMask {
 	if n <= 0 {
 		n = 1
 	}
 	first := off >> extentRegionShift
 	last := (off + n - 1) >> extentRegionShift
 	if last-first+1 >= extentStripes {
-		all := make([]int, extentStripes)
-		for i := range all {
-			all[i] = i
-		}
-		return all
+		return ^stripeMask(0)
 	}
-	var set [extentStripes]bool
+	var m stripeMask
 	for r := first; r <= last; r++ {
-		set[r%extentStripes] = true
+		m |= 1 << (r % extentStripes)
 	}
-	out := make([]int, 0, last-first+1)
-	for i, on := range set {
-		if on {
-			out = append(out, i)
-		}
-	}
-	return out
+	return m
 }
 
-// shared locks the range for a write and returns the unlock function.
-func (l *extentLocks) shared(off, n int64) func() {
-	s := stripeSet(off, n)
-	for _, i := range s {
-		l.stripes[i].RLock()
-	}
-	return func() {
-		for _, i := range s {
-			l.stripes[i].RUnlock()
+// heldStripes is a set of stripes locked by one command; unlock releases
+// them.
+type heldStripes struct {
+	l         *extentLocks
+	m         stripeMask
+	exclusive bool
+}
+
+func (h heldStripes) unlock() {
+	for m := h.m; m != 0; m &= m - 1 {
+		i := bits.TrailingZeros64(uint64(m))
+		if h.exclusive {
+			h.l.stripes[i].Unlock()
+		} else {
+			h.l.stripes[i].RUnlock()
 		}
 	}
 }
 
-// exclusive locks the range against all writes and returns the unlock
-// function.
-func (l *extentLocks) exclusive(off, n int64) func() {
-	s := stripeSet(off, n)
-	for _, i := range s {
-		l.stripes[i].Lock()
+// shared locks the range for a write; the caller unlocks what it returns.
+func (l *extentLocks) shared(off, n int64) heldStripes {
+	m := stripeSet(off, n)
+	for x := m; x != 0; x &= x - 1 {
+		l.stripes[bits.TrailingZeros64(uint64(x))].RLock()
 	}
-	return func() {
-		for _, i := range s {
-			l.stripes[i].Unlock()
-		}
+	return heldStripes{l: l, m: m}
+}
+
+// exclusive locks the range against all writes; the caller unlocks what
+// it returns.
+func (l *extentLocks) exclusive(off, n int64) heldStripes {
+	m := stripeSet(off, n)
+	for x := m; x != 0; x &= x - 1 {
+		l.stripes[bits.TrailingZeros64(uint64(x))].Lock()
 	}
+	return heldStripes{l: l, m: m, exclusive: true}
 }

@@ -142,7 +142,7 @@ func execUnmap(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) 
 // trim deallocates a range under the extent locks, so that it is atomic
 // with respect to COMPARE AND WRITE and ORWRITE.
 func (lu *logicalUnit) trim(ctx context.Context, off, length int64) error {
-	defer lu.locks.shared(off, length)()
+	defer lu.locks.shared(off, length).unlock()
 	return lu.trimmer.Trim(ctx, off, length)
 }
 

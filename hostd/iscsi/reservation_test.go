@@ -233,25 +233,36 @@ func TestCompareAndWriteIsAtomic(t *testing.T) {
 func TestStripeSet(t *testing.T) {
 	tests := []struct {
 		off, n int64
-		want   []int
+		want   stripeMask
 	}{
-		{0, 512, []int{0}},
-		{1<<20 - 512, 1024, []int{0, 1}},
-		{63 << 20, 2 << 20, []int{0, 63}},
-		{5 << 20, 64 << 20, nil}, // all
+		{0, 512, 1 << 0},
+		{1<<20 - 512, 1024, 1<<0 | 1<<1},
+		{63 << 20, 2 << 20, 1<<0 | 1<<63},
+		{5 << 20, 64 << 20, ^stripeMask(0)},
+		{70 << 20, 0, 1 << 6},
 	}
 	for _, tc := range tests {
-		got := stripeSet(tc.off, tc.n)
-		if tc.want == nil {
-			if len(got) != extentStripes {
-				t.Errorf("stripeSet(%d, %d) = %d stripes, want all", tc.off, tc.n, len(got))
-			}
-			continue
-		}
-		if !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("stripeSet(%d, %d) = %v, want %v", tc.off, tc.n, got, tc.want)
+		if got := stripeSet(tc.off, tc.n); got != tc.want {
+			t.Errorf("stripeSet(%d, %d) = %#x, want %#x", tc.off, tc.n, got, tc.want)
 		}
 	}
+	// Exclusive holders exclude shared ones over overlapping stripes only.
+	var l extentLocks
+	h := l.exclusive(0, 2<<20)
+	other := l.shared(5<<20, 512) // stripe 5: free
+	other.unlock()
+	locked := make(chan struct{})
+	go func() {
+		l.shared(1<<20, 512).unlock()
+		close(locked)
+	}()
+	select {
+	case <-locked:
+		t.Fatal("a shared lock overlapping an exclusive one was granted")
+	case <-time.After(20 * time.Millisecond):
+	}
+	h.unlock()
+	<-locked
 }
 
 func TestWriteSameAndOrWrite(t *testing.T) {

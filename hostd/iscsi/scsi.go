@@ -120,7 +120,8 @@ const (
 // the execution step needs to do the work.
 type scsiCmd struct {
 	spec   *cmdSpec
-	cdb    []byte
+	cdb    []byte // the CDB, in cdbBuf unless it is longer than 16 bytes
+	cdbBuf [16]byte
 	dir    dataDir
 	lba    uint64
 	blocks uint32
@@ -302,11 +303,21 @@ func (t *commandTable) lookup(op, sa byte) (spec *cmdSpec, opKnown bool) {
 	return nil, true
 }
 
-// decodeCDB validates a CDB and fills a scsiCmd. It does no I/O: the
-// transport calls it before it accepts any data for the command.
+// decodeCDB validates a CDB and returns the decoded command.
 func (lu *logicalUnit) decodeCDB(cdb []byte, lunOK bool, edtl uint32) (*scsiCmd, *sense) {
+	c := new(scsiCmd)
+	if s := lu.decodeInto(c, cdb, lunOK, edtl); s != nil {
+		return nil, s
+	}
+	return c, nil
+}
+
+// decodeInto validates a CDB and fills c, which must be zero. It does no
+// I/O: the transport calls it before it accepts any data for the command.
+// The CDB is copied into c.
+func (lu *logicalUnit) decodeInto(c *scsiCmd, cdb []byte, lunOK bool, edtl uint32) *sense {
 	if len(cdb) == 0 {
-		return nil, senseInvalidOpcode
+		return senseInvalidOpcode
 	}
 	var sa byte
 	if len(cdb) > 1 {
@@ -315,30 +326,28 @@ func (lu *logicalUnit) decodeCDB(cdb []byte, lunOK bool, edtl uint32) (*scsiCmd,
 	spec, known := lu.cmds.lookup(cdb[0], sa)
 	if spec == nil {
 		if known {
-			return nil, invalidField(1, 4)
+			return invalidField(1, 4)
 		}
-		return nil, senseInvalidOpcode
+		return senseInvalidOpcode
 	}
 	if len(cdb) < spec.cdbLen() {
-		return nil, senseInvalidOpcode
+		return senseInvalidOpcode
 	}
-	c := &scsiCmd{spec: spec, cdb: cdb[:spec.cdbLen()], lunOK: lunOK, edtl: edtl}
+	c.spec, c.lunOK, c.edtl = spec, lunOK, edtl
+	c.cdb = append(c.cdbBuf[:0], cdb[:spec.cdbLen()]...)
 	if !lunOK && !spec.anyLUN {
-		return nil, senseLUNotSupported
+		return senseLUNotSupported
 	}
 	// CONTROL byte: NACA (bit 2) is not supported (NORMACA=0 in INQUIRY),
 	// LINK (bit 0) is obsolete.
 	ctl := len(c.cdb) - 1
 	if c.cdb[ctl]&0x04 != 0 {
-		return nil, invalidField(ctl, 2)
+		return invalidField(ctl, 2)
 	}
 	if c.cdb[ctl]&0x01 != 0 {
-		return nil, invalidField(ctl, 0)
+		return invalidField(ctl, 0)
 	}
-	if s := spec.decode(lu, c); s != nil {
-		return nil, s
-	}
-	return c, nil
+	return spec.decode(lu, c)
 }
 
 // execute runs a decoded command. out holds the Data-Out bytes received
@@ -439,7 +448,7 @@ func execWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) 
 		return good(nil)
 	}
 	off := int64(c.lba) * int64(lu.blockSize)
-	defer lu.locks.shared(off, int64(len(out)))()
+	defer lu.locks.shared(off, int64(len(out))).unlock()
 	if err := lu.backend.WriteAt(ctx, out, off, c.fua); err != nil {
 		return check(senseWriteError)
 	}
@@ -1124,7 +1133,7 @@ func execWriteSame(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []by
 		}
 		return good(nil)
 	case zero && lu.zeroer != nil:
-		defer lu.locks.shared(off, total)()
+		defer lu.locks.shared(off, total).unlock()
 		if err := lu.zeroer.WriteZeroes(ctx, off, total); err != nil {
 			return check(senseWriteError)
 		}
@@ -1136,7 +1145,7 @@ func execWriteSame(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []by
 			copy(chunk[i:], out)
 		}
 	}
-	defer lu.locks.shared(off, total)()
+	defer lu.locks.shared(off, total).unlock()
 	for done := int64(0); done < total; {
 		n := min(int64(len(chunk)), total-done)
 		if err := lu.backend.WriteAt(ctx, chunk[:n], off+done, false); err != nil {
@@ -1199,7 +1208,7 @@ func execCompareAndWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, 
 	}
 	n := len(out) / 2
 	off := int64(c.lba) * int64(lu.blockSize)
-	defer lu.locks.exclusive(off, int64(n))()
+	defer lu.locks.exclusive(off, int64(n)).unlock()
 	cur := make([]byte, n)
 	if err := lu.backend.ReadAt(ctx, cur, off); err != nil {
 		return check(senseReadError)
@@ -1223,7 +1232,7 @@ func execOrWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte
 		return good(nil)
 	}
 	off := int64(c.lba) * int64(lu.blockSize)
-	defer lu.locks.exclusive(off, int64(len(out)))()
+	defer lu.locks.exclusive(off, int64(len(out))).unlock()
 	cur := make([]byte, len(out))
 	if err := lu.backend.ReadAt(ctx, cur, off); err != nil {
 		return check(senseReadError)

@@ -1,6 +1,7 @@
 package iscsi
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -63,8 +64,15 @@ type session struct {
 	w         *writer
 	budget    *semaphore.Weighted // bytes of data buffers held by commands
 	ctrl      chan struct{}
-	tasks     sync.WaitGroup // command and task management goroutines
-	ended     chan struct{}  // closed when the session is gone
+	tasks     sync.WaitGroup // commands and task management functions in flight
+	// Commands run on worker goroutines that wait on work for the next
+	// one, so that a command costs no goroutine start; at most maxIdle
+	// wait at a time. quit ends them when the session ends.
+	work    chan *task
+	quit    chan struct{}
+	workers sync.WaitGroup
+	idle    atomic.Int32
+	ended   chan struct{} // closed when the session is gone
 
 	// initiatorRecvDSL may be redeclared by a Text Request in full feature
 	// phase while commands read it.
@@ -73,6 +81,7 @@ type session struct {
 	ua               unitAttentions
 
 	// Owned by the reader goroutine.
+	rd       inPDU // the PDU being dispatched; copied only to be held
 	logout   *logoutRequest
 	text     textState
 	capEpoch uint64 // capacity epoch of the logical unit last reported
@@ -114,6 +123,8 @@ func newSession(c *conn, m *loginMachine) *session {
 		budget:    semaphore.NewWeighted(int64(srv.cfg.SessionBufferBytes)),
 		ctrl:      make(chan struct{}, ctrlSlots),
 		ended:     make(chan struct{}),
+		work:      make(chan *task),
+		quit:      make(chan struct{}),
 	}
 	if s.target != nil {
 		s.lu = s.target.lu
@@ -182,6 +193,8 @@ func (s *session) serve(ctx context.Context) {
 	}
 	cancel()
 	s.tasks.Wait()
+	close(s.quit)
+	s.workers.Wait()
 
 	if s.lu != nil {
 		s.lu.nexusLost(s.nexus)
@@ -208,10 +221,10 @@ func (s *session) readLoop(ctx context.Context) error {
 				return err
 			}
 		case opSCSICommand, opNOPOut, opTextReq, opTaskMgmt, opLogoutReq:
-			p := &inPDU{hdr: c.hdr}
-			if len(ahs) > 0 {
-				p.ahs = append([]byte(nil), ahs...)
-			}
+			// The handlers do not keep p: it is reused for the next PDU,
+			// and sequence copies it when it must wait for its CmdSN.
+			p := &s.rd
+			*p = inPDU{hdr: c.hdr, ahs: ahs}
 			if dlen > 0 {
 				p.data = getBuf(dlen)
 				if err := readData(c.br, p.data); err != nil {
@@ -259,7 +272,9 @@ func (s *session) sequence(ctx context.Context, p *inPDU) error {
 			p.free()
 			return nil
 		}
-		s.mu.held[cmdSN] = p
+		q := &inPDU{hdr: p.hdr, ahs: bytes.Clone(p.ahs), data: p.data}
+		p.data = nil
+		s.mu.held[cmdSN] = q
 		s.mu.Unlock()
 		return nil
 	default:
@@ -364,7 +379,7 @@ func (s *session) handleNOPOut(ctx context.Context, p *inPDU) error {
 	if len(p.data) > 0 {
 		data := p.data
 		o.data = data[:min(len(data), int(s.initiatorRecvDSL.Load()))]
-		o.done = func() { putBuf(data) }
+		o.rel = dataRelease{buf: data}
 	}
 	return s.sendControl(ctx, o)
 }
@@ -541,7 +556,7 @@ func (s *session) taskManagement(r *taskMgmtRequest) (uint8, func()) {
 		if t == nil || !t.abort() {
 			return tmfRespNoTask, nil
 		}
-		<-t.done
+		t.wait()
 		return tmfRespComplete, nil
 	case tmfAbortTaskSet:
 		if !lunOK {
@@ -588,6 +603,41 @@ func (s *session) taskManagement(r *taskMgmtRequest) (uint8, func()) {
 	return tmfRespNotSupported, nil
 }
 
+// maxIdleWorkers bounds the worker goroutines of a session that wait for
+// a command; more run while more commands are in flight.
+const maxIdleWorkers = 32
+
+// start runs a command on an idle worker, or on a new one.
+func (s *session) start(t *task) {
+	s.tasks.Add(1)
+	select {
+	case s.work <- t:
+	default:
+		s.workers.Add(1)
+		go s.worker(t)
+	}
+}
+
+// worker runs commands until there are enough idle workers or the session
+// ends.
+func (s *session) worker(t *task) {
+	defer s.workers.Done()
+	for {
+		t.run()
+		if s.idle.Add(1) > maxIdleWorkers {
+			s.idle.Add(-1)
+			return
+		}
+		select {
+		case t = <-s.work:
+			s.idle.Add(-1)
+		case <-s.quit:
+			s.idle.Add(-1)
+			return
+		}
+	}
+}
+
 // abortAll aborts every command of the session, waits until they ended
 // and returns how many it aborted.
 func (s *session) abortAll() int {
@@ -600,7 +650,7 @@ func (s *session) abortAll() int {
 	n := 0
 	for _, t := range ts {
 		if t.abort() {
-			<-t.done
+			t.wait()
 			n++
 		}
 	}

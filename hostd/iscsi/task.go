@@ -5,48 +5,63 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // task is one SCSI command in flight. The reader goroutine creates it and
 // feeds it Data-Out; the task's goroutine waits for its data, executes it
 // against the logical unit and queues the response.
+//
+// A task is also the context of its command's back-end calls: it is done
+// when the command is aborted, which the session does to every command
+// when it ends. One allocation, the task itself, carries a command from
+// its SCSI Command PDU to its response; conditions are signalled through
+// cond, and channels are made only for callers that ask for them.
 type task struct {
 	s         *session
+	parent    context.Context // the session's: values only
 	itt       uint32
 	lun       uint64 // LUN field as received, echoed in Data-In and R2T
 	immediate bool
 	edtl      uint32
-	cmd       *scsiCmd
-	cancel    context.CancelFunc
-	done      chan struct{} // closed when the goroutine has exited
+	cmd       scsiCmd
 
-	// Write data. dataDone and unsolDoneCh are set before the goroutine
-	// starts and never change.
-	xfer        uint32        // Data-Out bytes kept: min(EDTL, CDB length)
-	unsolLimit  uint32        // end of the unsolicited data the initiator may send
-	dataDone    chan struct{} // closed when xfer bytes have arrived
-	unsolDoneCh chan struct{} // closed when unsolicited data has ended
+	// Write data; set before the goroutine starts, then fixed.
+	xfer       uint32 // Data-Out bytes kept: min(EDTL, CDB length)
+	unsolLimit uint32 // end of the unsolicited data the initiator may send
+	hasData    bool   // the command takes Data-Out (xfer > 0)
 
-	mu struct {
+	cond sync.Cond // on mu: data phase progress, abort
+	mu   struct {
 		sync.Mutex
 		aborted  bool   // no response will be sent
 		answered bool   // the response is queued
+		exited   bool   // the goroutine has ended
 		failed   *sense // the data phase broke the sequence rules
 		buf      []byte
 		early    []byte // unsolicited data received before buf was granted
 		ready    bool   // buf is allocated; R2Ts may go out
 		received uint32 // bytes of [0, xfer) received
-		complete bool
+		complete bool   // all data arrived, or the data phase failed
 		// unsolicited sequence
 		unsolNext   uint32
 		unsolDataSN uint32
 		unsolDone   bool
 		// solicited sequences
-		r2ts    []*r2tState
+		r2ts    []r2tState
 		nextR2T uint32
 		r2tSN   uint32
+		// context
+		doneCh     chan struct{} // Done(), made on first use
+		exitedCh   chan struct{} // closed when the goroutine ends, made by wait
+		afterFuncs map[*afterFunc]struct{}
 	}
 }
+
+// afterFunc is a function registered with task.AfterFunc.
+type afterFunc struct{ f func() }
 
 // r2tState tracks one outstanding R2T and its Data-Out sequence.
 type r2tState struct {
@@ -106,11 +121,20 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 		}
 	}
 
+	t := &task{
+		s:         s,
+		parent:    ctx,
+		itt:       cmd.ITT,
+		lun:       cmd.LUN,
+		immediate: cmd.Immediate,
+		edtl:      cmd.EDTL,
+	}
+	t.cond.L = &t.mu.Mutex
+	c := &t.cmd
 	lun, ok := lunFromWire(cmd.LUN)
-	c, sn := s.lu.decodeCDB(cdb, ok && lun == 0, cmd.EDTL)
-	if sn != nil {
+	if sn := s.lu.decodeInto(c, cdb, ok && lun == 0, cmd.EDTL); sn != nil {
 		s.finishCmd(cmd.Immediate)
-		s.sendResult(&cmd, nil, 0, check(sn), nil)
+		s.sendResult(&cmd, nil, 0, check(sn), dataRelease{})
 		return nil
 	}
 	c.nexus = s.nexus
@@ -128,7 +152,7 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 				ua := newSense(senseUnitAttention, asc)
 				if c.spec.op != 0x03 {
 					s.finishCmd(cmd.Immediate)
-					s.sendResult(&cmd, nil, 0, check(ua), nil)
+					s.sendResult(&cmd, nil, 0, check(ua), dataRelease{})
 					return nil
 				}
 				c.pending = ua
@@ -136,24 +160,12 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 		}
 	}
 
-	t := &task{
-		s:         s,
-		itt:       cmd.ITT,
-		lun:       cmd.LUN,
-		immediate: cmd.Immediate,
-		edtl:      cmd.EDTL,
-		cmd:       c,
-		done:      make(chan struct{}),
-	}
 	if c.dir == dirOut {
 		t.xfer = min(cmd.EDTL, c.outLen)
 	}
-	tctx, cancel := context.WithCancel(ctx)
-	t.cancel = cancel
 	s.mu.Lock()
 	if _, dup := s.mu.tasks[cmd.ITT]; dup || s.mu.closing {
 		s.mu.Unlock()
-		cancel()
 		s.finishCmd(cmd.Immediate)
 		return s.reject(ctx, &p.hdr, rejectTaskInProgress)
 	}
@@ -164,8 +176,7 @@ func (s *session) handleCommand(ctx context.Context, p *inPDU) error {
 		t.startData(&cmd, imm)
 		imm = nil // startData owns it
 	}
-	s.tasks.Add(1)
-	go t.run(tctx)
+	s.start(t)
 	return nil
 }
 
@@ -196,8 +207,7 @@ func (s *session) removeTask(t *task) {
 // and R2Ts can go out at once.
 func (t *task) startData(cmd *scsiCommand, imm []byte) {
 	s := t.s
-	t.dataDone = make(chan struct{})
-	t.unsolDoneCh = make(chan struct{})
+	t.hasData = true
 	n := uint32(len(imm))
 	if s.params.InitialR2T {
 		t.unsolLimit = n
@@ -236,7 +246,7 @@ func (t *task) endUnsolicitedLocked() {
 		return
 	}
 	t.mu.unsolDone = true
-	close(t.unsolDoneCh)
+	t.cond.Broadcast()
 	t.mu.nextR2T = min(t.mu.unsolNext, t.xfer)
 	t.issueR2TsLocked()
 }
@@ -244,7 +254,7 @@ func (t *task) endUnsolicitedLocked() {
 func (t *task) checkCompleteLocked() {
 	if !t.mu.complete && t.mu.received == t.xfer {
 		t.mu.complete = true
-		close(t.dataDone)
+		t.cond.Broadcast()
 	}
 }
 
@@ -257,7 +267,10 @@ func (t *task) issueR2TsLocked() {
 	s := t.s
 	for uint32(len(t.mu.r2ts)) < s.params.MaxOutstandingR2T && t.mu.nextR2T < t.xfer {
 		n := min(s.params.MaxBurstLength, t.xfer-t.mu.nextR2T)
-		r := &r2tState{ttt: s.newTTT(), next: t.mu.nextR2T, end: t.mu.nextR2T + n}
+		if t.mu.r2ts == nil {
+			t.mu.r2ts = make([]r2tState, 0, min(s.params.MaxOutstandingR2T, (t.xfer-t.mu.nextR2T+n-1)/n))
+		}
+		r := r2tState{ttt: s.newTTT(), next: t.mu.nextR2T, end: t.mu.nextR2T + n}
 		t.mu.r2ts = append(t.mu.r2ts, r)
 		o := newOutPDU()
 		p := r2t{LUN: t.lun, ITT: t.itt, TTT: r.ttt, R2TSN: t.mu.r2tSN, BufferOffset: r.next, DesiredLength: n}
@@ -279,14 +292,16 @@ func (s *session) handleDataOut(h *header, dlen int) error {
 	s.mu.Lock()
 	t := s.mu.tasks[d.ITT]
 	s.mu.Unlock()
-	if t == nil || t.dataDone == nil {
+	if t == nil || !t.hasData {
 		return discardData(br, dlen)
 	}
-	dst, r := t.acceptData(&d, uint32(dlen))
+	dst, ok := t.acceptData(&d, uint32(dlen))
 	if err := readDataInto(br, dst, dlen); err != nil {
 		return err
 	}
-	t.dataArrived(&d, uint32(dlen), uint32(len(dst)), r)
+	if ok {
+		t.dataArrived(&d, uint32(dlen), uint32(len(dst)))
+	}
 	return nil
 }
 
@@ -296,11 +311,11 @@ func (s *session) handleDataOut(h *header, dlen int) error {
 // fails the task: it ends with CHECK CONDITION, ABORTED COMMAND, and the
 // rest of its data is discarded. The connection stays up, as a digest
 // error would leave it at ErrorRecoveryLevel 0.
-func (t *task) acceptData(d *dataOut, n uint32) ([]byte, *r2tState) {
+func (t *task) acceptData(d *dataOut, n uint32) ([]byte, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.mu.failed != nil || t.mu.aborted {
-		return nil, nil
+		return nil, false
 	}
 	off := d.BufferOffset
 	if d.TTT == reservedTag {
@@ -314,21 +329,19 @@ func (t *task) acceptData(d *dataOut, n uint32) ([]byte, *r2tState) {
 		case uint64(off)+uint64(n) > uint64(t.unsolLimit):
 			t.failLocked(ascTooMuchWriteData, "unsolicited data beyond FirstBurstLength or EDTL")
 		case off >= t.xfer:
-			return nil, nil
+			return nil, true
 		default:
 			keep := min(n, t.xfer-off)
 			if t.mu.ready {
-				return t.mu.buf[off : off+keep], nil
+				return t.mu.buf[off : off+keep], true
 			}
-			return t.mu.early[off : off+keep], nil
+			return t.mu.early[off : off+keep], true
 		}
-		return nil, nil
+		return nil, false
 	}
 	var r *r2tState
-	for _, x := range t.mu.r2ts {
-		if x.ttt == d.TTT {
-			r = x
-		}
+	if i := t.r2tIndexLocked(d.TTT); i >= 0 {
+		r = &t.mu.r2ts[i]
 	}
 	switch {
 	case r == nil:
@@ -342,9 +355,20 @@ func (t *task) acceptData(d *dataOut, n uint32) ([]byte, *r2tState) {
 	case d.Final && off+n != r.end:
 		t.failLocked(ascDataPhaseError, "Data-Out sequence ended before the R2T was satisfied")
 	default:
-		return t.mu.buf[off : off+n], r
+		return t.mu.buf[off : off+n], true
 	}
-	return nil, nil
+	return nil, false
+}
+
+// r2tIndexLocked returns the index of the outstanding R2T with the given
+// tag, or -1.
+func (t *task) r2tIndexLocked(ttt uint32) int {
+	for i := range t.mu.r2ts {
+		if t.mu.r2ts[i].ttt == ttt {
+			return i
+		}
+	}
+	return -1
 }
 
 // failLocked ends the data phase of the task with an error; the goroutine
@@ -352,67 +376,157 @@ func (t *task) acceptData(d *dataOut, n uint32) ([]byte, *r2tState) {
 func (t *task) failLocked(asc uint16, why string) {
 	t.s.log.Info("iscsi Data-Out sequence error; command terminated", "itt", t.itt, "err", why)
 	t.mu.failed = newSense(senseAbortedCommand, asc)
-	if !t.mu.unsolDone {
-		t.mu.unsolDone = true
-		close(t.unsolDoneCh)
-	}
-	if !t.mu.complete {
-		t.mu.complete = true
-		close(t.dataDone)
-	}
+	t.mu.unsolDone = true
+	t.mu.complete = true
+	t.cond.Broadcast()
 }
 
 // dataArrived records a placed Data-Out and moves the transfer on.
-func (t *task) dataArrived(d *dataOut, n, kept uint32, r *r2tState) {
+func (t *task) dataArrived(d *dataOut, n, kept uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.mu.failed != nil || t.mu.aborted {
 		return
 	}
-	if r == nil {
+	if d.TTT == reservedTag {
 		t.mu.unsolNext += n
 		t.mu.unsolDataSN++
 		t.mu.received += kept
 		if d.Final || t.mu.unsolNext == t.unsolLimit {
 			t.endUnsolicitedLocked()
 		}
-	} else {
+	} else if i := t.r2tIndexLocked(d.TTT); i >= 0 {
+		r := &t.mu.r2ts[i]
 		r.next += n
 		r.dataSN++
 		t.mu.received += n
 		if r.next == r.end {
-			for i, x := range t.mu.r2ts {
-				if x == r {
-					t.mu.r2ts = append(t.mu.r2ts[:i], t.mu.r2ts[i+1:]...)
-					break
-				}
-			}
+			t.mu.r2ts = append(t.mu.r2ts[:i], t.mu.r2ts[i+1:]...)
 			t.issueR2TsLocked()
 		}
 	}
 	t.checkCompleteLocked()
 }
 
-// abort stops the task without a response. It returns false when the
-// response is already queued, so the task cannot be aborted any more.
+// abort stops the task without a response: its context is cancelled and
+// its waits end. It returns false when the response is already queued, so
+// the task cannot be aborted any more.
 func (t *task) abort() bool {
 	t.mu.Lock()
 	if t.mu.answered {
 		t.mu.Unlock()
 		return false
 	}
-	t.mu.aborted = true
+	t.cancelLocked()
 	t.mu.Unlock()
-	t.cancel()
 	return true
 }
 
-// run is the task's goroutine.
-func (t *task) run(ctx context.Context) {
+// cancelLocked marks the task aborted and cancels its context.
+func (t *task) cancelLocked() {
+	if t.mu.aborted {
+		return
+	}
+	t.mu.aborted = true
+	t.cond.Broadcast()
+	if t.mu.doneCh != nil {
+		close(t.mu.doneCh)
+	}
+	for a := range t.mu.afterFuncs {
+		go a.f()
+	}
+	t.mu.afterFuncs = nil
+}
+
+// wait returns once the task's goroutine has ended.
+func (t *task) wait() {
+	t.mu.Lock()
+	if t.mu.exited {
+		t.mu.Unlock()
+		return
+	}
+	if t.mu.exitedCh == nil {
+		t.mu.exitedCh = make(chan struct{})
+	}
+	ch := t.mu.exitedCh
+	t.mu.Unlock()
+	<-ch
+}
+
+// Deadline is part of context.Context: a command has none of its own.
+func (t *task) Deadline() (time.Time, bool) { return time.Time{}, false }
+
+// Done is part of context.Context: closed when the command is aborted.
+func (t *task) Done() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mu.doneCh == nil {
+		t.mu.doneCh = make(chan struct{})
+		if t.mu.aborted {
+			close(t.mu.doneCh)
+		}
+	}
+	return t.mu.doneCh
+}
+
+// Err is part of context.Context.
+func (t *task) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mu.aborted {
+		return context.Canceled
+	}
+	return nil
+}
+
+// Value is part of context.Context: the session's values.
+func (t *task) Value(key any) any { return t.parent.Value(key) }
+
+// AfterFunc arranges for f to run in its own goroutine when the command is
+// aborted. The context package uses it for contexts derived from a task,
+// which then need no goroutine of their own to follow it.
+func (t *task) AfterFunc(f func()) (stop func() bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mu.aborted {
+		go f()
+		return func() bool { return false }
+	}
+	a := &afterFunc{f: f}
+	if t.mu.afterFuncs == nil {
+		t.mu.afterFuncs = make(map[*afterFunc]struct{})
+	}
+	t.mu.afterFuncs[a] = struct{}{}
+	return func() bool {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		_, ok := t.mu.afterFuncs[a]
+		delete(t.mu.afterFuncs, a)
+		return ok
+	}
+}
+
+// acquire takes n bytes of the session's buffer budget, waiting if need be
+// until the command is aborted.
+func (t *task) acquire(n int64) bool {
+	if t.s.budget.TryAcquire(n) {
+		return true
+	}
+	return t.s.budget.Acquire(t, n) == nil
+}
+
+// run carries out the command on a worker goroutine.
+func (t *task) run() {
 	s := t.s
 	defer s.tasks.Done()
-	defer close(t.done)
-	defer t.cancel()
+	defer func() {
+		t.mu.Lock()
+		t.mu.exited = true
+		if t.mu.exitedCh != nil {
+			close(t.mu.exitedCh)
+		}
+		t.mu.Unlock()
+	}()
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("iscsi command panic", "panic", r, "stack", string(debug.Stack()))
@@ -420,18 +534,20 @@ func (t *task) run(ctx context.Context) {
 		}
 		t.mu.Lock()
 		gone := !t.mu.answered
-		t.mu.aborted = t.mu.aborted || gone
+		if gone {
+			t.cancelLocked()
+		}
 		t.mu.Unlock()
 		if gone {
 			s.removeTask(t)
 		}
 	}()
 
-	c := t.cmd
+	c := &t.cmd
 	var out []byte
 	if t.xfer > 0 {
 		var ok bool
-		if out, ok = t.waitData(ctx); !ok {
+		if out, ok = t.waitData(); !ok {
 			return
 		}
 		defer s.budget.Release(int64(t.xfer))
@@ -441,58 +557,57 @@ func (t *task) run(ctx context.Context) {
 		if failed != nil {
 			// The buffer may still be written by stray Data-Out; it is not
 			// reused.
-			t.respond(check(failed), nil)
+			t.respond(check(failed), dataRelease{})
 			return
 		}
 	}
 	var in []byte
 	if c.inLen > 0 {
-		if err := s.budget.Acquire(ctx, int64(c.inLen)); err != nil {
+		if !t.acquire(int64(c.inLen)) {
 			return
 		}
 		in = getBuf(int(c.inLen))
 	}
-	res := s.lu.execute(ctx, c, out, in)
+	res := s.lu.execute(t, c, out, in)
 	if len(res.events) > 0 {
 		s.deliver(res.events)
 	}
 	if out != nil {
 		putBuf(out)
 	}
-	var releaseIn func()
+	var rel dataRelease
 	if in != nil {
-		releaseIn = func() {
-			putBuf(in)
-			s.budget.Release(int64(c.inLen))
-		}
+		rel = dataRelease{buf: in, budget: s.budget, n: int64(c.inLen)}
 	}
-	if ctx.Err() != nil {
+	if t.Err() != nil {
 		// Aborted or the connection is closing: no response.
-		if releaseIn != nil {
-			releaseIn()
-		}
+		rel.run()
 		return
 	}
-	t.respond(res, releaseIn)
+	t.respond(res, rel)
 }
 
 // waitData obtains the data buffer (budget permitting) and waits until all
-// write data has arrived. On false the task was cancelled; any budget taken
+// write data has arrived. On false the task was aborted; any budget taken
 // is given back.
-func (t *task) waitData(ctx context.Context) ([]byte, bool) {
+func (t *task) waitData() ([]byte, bool) {
 	s := t.s
 	t.mu.Lock()
 	ready := t.mu.ready
 	t.mu.Unlock()
 	if !ready {
-		if err := s.budget.Acquire(ctx, int64(t.xfer)); err != nil {
+		if !t.acquire(int64(t.xfer)) {
 			return nil, false
 		}
 		// The early buffer is written by the reader until the unsolicited
 		// sequence ends; only then may it be copied.
-		select {
-		case <-t.unsolDoneCh:
-		case <-ctx.Done():
+		t.mu.Lock()
+		for !t.mu.unsolDone && !t.mu.aborted {
+			t.cond.Wait()
+		}
+		aborted := t.mu.aborted
+		t.mu.Unlock()
+		if aborted {
 			s.budget.Release(int64(t.xfer))
 			return nil, false
 		}
@@ -506,28 +621,26 @@ func (t *task) waitData(ctx context.Context) ([]byte, bool) {
 		t.mu.Unlock()
 		putBuf(early)
 	}
-	select {
-	case <-t.dataDone:
-		t.mu.Lock()
-		buf := t.mu.buf
-		t.mu.Unlock()
-		return buf[:t.xfer], true
-	case <-ctx.Done():
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for !t.mu.complete && !t.mu.aborted {
+		t.cond.Wait()
+	}
+	if t.mu.aborted {
 		// The reader may still be placing data in the buffer; it is left
 		// to the garbage collector rather than reused.
 		s.budget.Release(int64(t.xfer))
 		return nil, false
 	}
+	return t.mu.buf[:t.xfer], true
 }
 
 // respond queues the task's response unless it was aborted.
-func (t *task) respond(res result, release func()) {
+func (t *task) respond(res result, rel dataRelease) {
 	t.mu.Lock()
 	if t.mu.aborted {
 		t.mu.Unlock()
-		if release != nil {
-			release()
-		}
+		rel.run()
 		return
 	}
 	t.mu.answered = true
@@ -535,7 +648,24 @@ func (t *task) respond(res result, release func()) {
 	t.mu.Unlock()
 	t.s.removeTask(t)
 	cmd := scsiCommand{ITT: t.itt, LUN: t.lun, EDTL: t.edtl}
-	t.s.sendResult(&cmd, t.cmd, r2ts, res, release)
+	t.s.sendResult(&cmd, &t.cmd, r2ts, res, rel)
+}
+
+// dataRelease gives back a Data-In buffer and its share of the session's
+// budget once the PDUs that carry it are sent or dropped.
+type dataRelease struct {
+	buf    []byte
+	budget *semaphore.Weighted
+	n      int64
+}
+
+func (r dataRelease) run() {
+	if r.buf != nil {
+		putBuf(r.buf)
+	}
+	if r.budget != nil {
+		r.budget.Release(r.n)
+	}
 }
 
 // sendResult queues the Data-In PDUs and status of a command. Data is cut
@@ -543,7 +673,7 @@ func (t *task) respond(res result, release func()) {
 // sequence; GOOD status rides on the last Data-In (S bit), anything else
 // goes in a SCSI Response with the sense data. release runs once the PDUs
 // are sent or dropped.
-func (s *session) sendResult(cmd *scsiCommand, c *scsiCmd, r2ts uint32, res result, release func()) {
+func (s *session) sendResult(cmd *scsiCommand, c *scsiCmd, r2ts uint32, res result, rel dataRelease) {
 	var want uint32
 	if c != nil {
 		switch c.dir {
@@ -568,7 +698,8 @@ func (s *session) sendResult(cmd *scsiCommand, c *scsiCmd, r2ts uint32, res resu
 
 	seg := int(s.initiatorRecvDSL.Load())
 	burst := int(s.params.MaxBurstLength)
-	pdus := make([]*outPDU, 0, len(data)/seg+2)
+	var small [8]*outPDU
+	pdus := small[:0]
 	var dataSN uint32
 	for off := 0; off < len(data); {
 		end := min(off+burst, len(data))
@@ -605,6 +736,6 @@ func (s *session) sendResult(cmd *scsiCommand, c *scsiCmd, r2ts uint32, res resu
 		}
 		pdus = append(pdus, o)
 	}
-	pdus[len(pdus)-1].done = release
+	pdus[len(pdus)-1].rel = rel
 	s.w.enqueue(pdus...)
 }

@@ -27,7 +27,8 @@ type outPDU struct {
 	hdr  header
 	data []byte
 	sn   snMode
-	done func() // runs once the PDU was written or dropped; may be nil
+	rel  dataRelease // buffer and budget to give back once written or dropped
+	done func()      // runs once the PDU was written or dropped; may be nil
 }
 
 var outPDUPool = sync.Pool{New: func() any { return new(outPDU) }}
@@ -50,6 +51,10 @@ type writer struct {
 	wake   chan struct{}
 	exited chan struct{}
 	statSN uint32 // owned by the writer goroutine
+	// iov is the vector of the batch being written, owned by the writer
+	// goroutine; WriteTo consumes it, and as a field it needs no
+	// allocation per batch.
+	iov net.Buffers
 
 	mu struct {
 		sync.Mutex
@@ -101,9 +106,11 @@ func (w *writer) close() {
 }
 
 func release(p *outPDU) {
+	p.rel.run()
 	if p.done != nil {
 		p.done()
 	}
+	*p = outPDU{}
 	outPDUPool.Put(p)
 }
 
@@ -154,8 +161,9 @@ func (w *writer) run() {
 			}
 		}
 		_ = w.nc.SetWriteDeadline(time.Now().Add(writeTimeout))
-		v := bufs
-		_, err := v.WriteTo(w.nc)
+		w.iov = bufs
+		_, err := w.iov.WriteTo(w.nc)
+		w.iov = nil
 		for i, p := range batch {
 			release(p)
 			batch[i] = nil
