@@ -396,7 +396,11 @@ func (r *Runner) startCluster(ctx context.Context) error {
 		Dir: filepath.Join(r.work, "cluster"), Binary: r.bin, ChunkSize: r.cfg.ChunkSize, Logger: r.log,
 	})
 	if err != nil {
-		// Start has stopped what it started.
+		// Start has stopped what it started; its bitmaps in shared memory
+		// are left to the caller.
+		if c != nil {
+			c.RemoveWIBs()
+		}
 		return fmt.Errorf("starting the local cluster: %w", err)
 	}
 	r.atExit(func() error { return errors.Join(c.Stop(), c.RemoveWIBs()) })
