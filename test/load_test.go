@@ -58,7 +58,9 @@ func startWriteLoad(ctx context.Context, url string, ws []slotWrite, pauseMS int
 	for _, w := range ws {
 		byOff[w.off] = w
 	}
+	scanned := make(chan struct{})
 	go func() {
+		defer close(scanned)
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
 			line := sc.Text()
@@ -77,6 +79,7 @@ func startWriteLoad(ctx context.Context, url string, ws []slotWrite, pauseMS int
 		defer close(l.done)
 		l.err = cmd.Run()
 		pw.Close()
+		<-scanned // every line qemu-io printed is counted before done
 	}()
 	return l
 }
