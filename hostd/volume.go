@@ -137,7 +137,11 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), v.SizeBytes)
 	}
 	a.volume = vol
-	if err := s.target.AddTargetWith(v.IQN, &lun{Volume: vol, size: v.SizeBytes}, targetConfig(v)); err != nil {
+	var lu iscsi.Backend = &lun{Volume: vol, size: v.SizeBytes}
+	if a.mirrorsOnly() {
+		lu = &mappedLun{lun: lu.(*lun), a: a}
+	}
+	if err := s.target.AddTargetWith(v.IQN, lu, targetConfig(v)); err != nil {
 		return err
 	}
 	sctx, cancel := context.WithCancel(context.Background())
@@ -215,7 +219,7 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 				st.log.Warn("fencing member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
 				return
 			}
-			c, err := nbd.Dial(fctx, nbd.ClientConfig{Addr: m.api.Addr, Export: m.api.Export, Timeout: s.cfg.IOTimeout})
+			c, err := nbd.Dial(fctx, memberClientConfig(m, s.cfg.IOTimeout))
 			if err != nil {
 				st.log.Warn("connecting member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
 				return
@@ -605,7 +609,7 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 	if _, err := m.ctl.Fence(rctx, m.api.ChunkID, m.req()); err != nil {
 		return fmt.Errorf("fence: %w", err)
 	}
-	c, err := nbd.Dial(rctx, nbd.ClientConfig{Addr: m.api.Addr, Export: m.api.Export, Timeout: s.cfg.IOTimeout})
+	c, err := nbd.Dial(rctx, memberClientConfig(m, s.cfg.IOTimeout))
 	if err != nil {
 		return err
 	}
@@ -770,6 +774,67 @@ func (a *attachment) close(clean bool) {
 			a.log.Warn("reporting the clean detach", "err", err)
 		}
 	}
+}
+
+// memberClientConfig is how hostd dials a member: with t_io as the request
+// timeout and base:allocation for GET LBA STATUS.
+func memberClientConfig(m *member, tIO time.Duration) nbd.ClientConfig {
+	return nbd.ClientConfig{Addr: m.api.Addr, Export: m.api.Export, Timeout: tIO, MetaContexts: []string{nbdAllocation}}
+}
+
+const nbdAllocation = "base:allocation"
+
+func (a *attachment) mirrorsOnly() bool {
+	for _, st := range a.sets {
+		if _, ok := st.mirror.(*raid.Mirror); !ok {
+			return false
+		}
+	}
+	return len(a.sets) > 0
+}
+
+// mappedLun answers GET LBA STATUS for a volume of mirrors from the
+// chunks' allocation (NBD base:allocation of an in-sync member).
+type mappedLun struct {
+	*lun
+	a *attachment
+}
+
+// Allocated implements iscsi.Mapper: it describes [off, off+length) from
+// off as data and hole extents, at most to the end of one set.
+func (l *mappedLun) Allocated(ctx context.Context, off, length int64) ([]iscsi.Extent, error) {
+	setSize := l.a.sets[0].mirror.Size()
+	idx := off / setSize
+	if idx >= int64(len(l.a.sets)) {
+		return nil, fmt.Errorf("offset %d beyond the volume", off)
+	}
+	st := l.a.sets[idx]
+	setOff := off - idx*setSize
+	n := min(length, setSize-setOff, 1<<30)
+	for i, ms := range st.mirror.States() {
+		if ms != raid.InSync {
+			continue
+		}
+		st.members[i].mu.Lock()
+		c := st.members[i].mu.client
+		st.members[i].mu.Unlock()
+		if c == nil {
+			continue
+		}
+		ext, err := c.BlockStatus(ctx, nbdAllocation, setOff, n)
+		if err != nil {
+			continue
+		}
+		out := make([]iscsi.Extent, 0, len(ext))
+		for _, e := range ext {
+			out = append(out, iscsi.Extent{Length: e.Length, Hole: e.Flags&nbd.StateHole != 0})
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+	}
+	// No member could tell: every block counts as mapped, which SBC allows.
+	return []iscsi.Extent{{Length: n}}, nil
 }
 
 // targetConfig is the iSCSI configuration of a volume: its serial, CHAP
