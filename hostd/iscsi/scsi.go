@@ -1105,6 +1105,11 @@ func decodeWriteSame(lu *logicalUnit, c *scsiCmd) *sense {
 	if cdb[0] == 0x93 && cdb[1]&0x01 != 0 { // NDOB: a block of zeros, no Data-Out
 		return nil
 	}
+	if c.edtl != lu.blockSize {
+		// The Data-Out buffer is exactly one block; with any other
+		// length the initiator and the target disagree on the command.
+		return invalidField(lenOff, -1)
+	}
 	c.dir, c.outLen = dirOut, lu.blockSize
 	return nil
 }

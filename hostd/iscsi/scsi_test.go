@@ -93,6 +93,8 @@ func TestDecodeCDB(t *testing.T) {
 		{"write same10 unmap", []byte{0x41, 0x08, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
 		{"write same10 anchor", []byte{0x41, 0x10, 0, 0, 0, 0, 0, 0, 1, 0}, true, want{sense: ascInvalidFieldInCDB}, 512},
 		{"write same16 ndob", func() []byte { b := cdb16(0x93, 0, 4); b[1] = 1; return b }(), true, want{blocks: 4}, 0},
+		{"write same10 data-out of two blocks", []byte{0x41, 0, 0, 0, 0, 0, 0, 0, 8, 0}, true, want{sense: ascInvalidFieldInCDB}, 1024},
+		{"write same10 data-out of half a block", []byte{0x41, 0, 0, 0, 0, 0, 0, 0, 8, 0}, true, want{sense: ascInvalidFieldInCDB}, 256},
 		{"write same16 past end", cdb16(0x93, 2040, 9), true, want{sense: ascLBAOutOfRange}, 512},
 		{"compare and write", func() []byte { b := cdb16(0x89, 4, 0); b[13] = 2; return b }(), true, want{dir: dirOut, outLen: 2048, blocks: 2}, 2048},
 		{"compare and write length mismatch", func() []byte { b := cdb16(0x89, 4, 0); b[13] = 2; return b }(), true, want{sense: ascInvalidFieldInCDB}, 1024},
