@@ -145,3 +145,34 @@ func TestChurnUnderIO(t *testing.T) {
 		t.Errorf("targets after the churn: %v", got)
 	}
 }
+
+// TestSessionReleasedOnConnectionLoss drops connections without logging
+// out, some with a command stuck in the back end: every session and its
+// TSIH must be released, and the stuck commands cancelled.
+func TestSessionReleasedOnConnectionLoss(t *testing.T) {
+	srv, be, addr := newTestServer(t, Config{}, 1<<20)
+	be.delay.Store(int64(10 * time.Second))
+	for i := range 10 {
+		c := dialInitiator(t, addr)
+		c.loginNormal()
+		if i%2 == 0 {
+			c.sendCommand(c.nextITT(), cdbRead10(0, 1), 512, nil, 0, true)
+		}
+		c.nc.Close()
+	}
+	start := time.Now()
+	deadline := start.Add(5 * time.Second)
+	for srv.sessionCount() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := srv.sessionCount(); n != 0 {
+		t.Fatalf("%d sessions left %v after their connections closed", n, time.Since(start))
+	}
+	srv.mu.Lock()
+	tgt := srv.mu.targets[testIQN]
+	left := len(tgt.sessions)
+	srv.mu.Unlock()
+	if left != 0 {
+		t.Errorf("the target still lists %d sessions", left)
+	}
+}
