@@ -5,8 +5,8 @@
 // A Server holds the targets (AddTarget, AddTargetWith, UpdateTarget,
 // RemoveTarget) and serves TCP connections (Serve). Each connection logs
 // in (login.go: security and operational negotiation, CHAP in chap.go,
-// text keys in text.go), then runs the full
-// feature phase of its session (session.go): one reader goroutine receives
+// text keys in text.go), then runs the full feature phase of its session
+// (session.go): one reader goroutine receives
 // PDUs and orders commands by CmdSN, every SCSI command runs on a worker
 // goroutine of its own while it lasts (task.go) against the logical unit
 // (scsi.go), and a single writer per connection (writer.go) stamps StatSN,
@@ -80,15 +80,17 @@
 // time; binary values accepted in hex (0x) and base64 (0b), sent in hex.
 // Mutual CHAP is answered when the initiator sends CHAP_I and CHAP_C and
 // the target has a mutual secret; a challenge equal to the target's own is
-// refused as a reflection, and the two secrets must differ. Wrong or
+// refused as a reflection, and the two secrets must differ; secrets are 12
+// to 255 bytes (RFC 7143 9.2.1 asks for at least 96 bits). Wrong or
 // missing credentials, or an initiator that skips the security stage, end
 // the login with status 0x0201 (authentication failure). An initiator name
 // not on TargetConfig.AllowedInitiators ends it with 0x0202 (authorization
 // failure) at the first request, before any CHAP exchange.
 //
 // Discovery sessions need no authentication: there is no discovery
-// secret, and SendTargets lists only the targets whose allowlist admits
-// the initiator name given at login. That name is the initiator's own
+// secret, and SendTargets, in discovery and normal sessions alike, lists
+// only the targets whose allowlist admits the initiator name given at
+// login. That name is the initiator's own
 // claim, so an allowlist keeps out initiators that are misconfigured, not
 // one that knows an allowed name; CHAP is what authenticates. UpdateTarget
 // applies to logins that start afterwards; sessions already logged in
@@ -110,8 +112,8 @@
 // A data segment longer than the target's declared MaxRecvDataSegmentLength
 // closes the connection. At most QueueDepth commands are outstanding per
 // session (the CmdSN window); the data buffers they hold are bounded by
-// SessionBufferBytes, and a command that would exceed it waits in its own
-// goroutine, not in the reader. Immediate and unsolicited data are bounded
+// SessionBufferBytes, and a command that would exceed it waits on its own
+// worker, not in the reader. Immediate and unsolicited data are bounded
 // by FirstBurstLength per command. Data-In is cut to the initiator's
 // MaxRecvDataSegmentLength per PDU and MaxBurstLength per sequence;
 // solicited Data-Out is requested with R2Ts of at most MaxBurstLength, at
