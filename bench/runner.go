@@ -180,8 +180,10 @@ func (r *Runner) atExit(f func() error) { r.cleanups = append(r.cleanups, f) }
 // Run measures every selected group, writes the report to Config.Out and
 // ResultsDir/latest.md, and stops every process and removes every file it
 // made, also when ctx is cancelled (Ctrl-C) or a step fails. The report is
-// returned even when some figures could not be measured; an error means no
-// report could be made (a tool is missing, the cluster did not start).
+// returned even when some figures could not be measured (a group that
+// cannot set up, or a cluster that does not start, leaves error rows); an
+// error means no report could be made (a tool is missing, the build
+// failed, tgtd did not start, or the run was interrupted).
 func (r *Runner) Run(ctx context.Context) (rep *Report, err error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
