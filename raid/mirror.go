@@ -332,19 +332,19 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 		return false, fmt.Errorf("%w: %d in-sync members, %d members writable, %d required", ErrNoMembers, inSync, len(idx), m.minWrite)
 	}
 	errs := make([]error, len(idx))
-	if len(idx) == 1 {
-		errs[0] = op(members[idx[0]])
-	} else {
-		var wg sync.WaitGroup
-		for j, i := range idx {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[j] = op(members[i])
-			}()
-		}
-		wg.Wait()
+	// The caller's goroutine sends to the first member itself (its stack
+	// has already grown for the network path); the others get a goroutine
+	// each.
+	var wg sync.WaitGroup
+	for j, i := range idx[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[j+1] = op(members[i])
+		}()
 	}
+	errs[0] = op(members[idx[0]])
+	wg.Wait()
 	ok, okInSync := 0, 0
 	var firstErr error
 	for j, err := range errs {
