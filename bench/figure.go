@@ -27,9 +27,13 @@ type Figure struct {
 	Name string
 	// Ours and Reference name the two sides, e.g. "chunkserver", "nbdkit".
 	Ours, Reference string
-	// Metric is the measured quantity: "IOPS" or "mean latency".
+	// Single marks a one-sided figure: our value alone (a resync time),
+	// with no reference samples and no ratio.
+	Single bool
+	// Metric is the measured quantity: "IOPS", "MB/s", "mean latency",
+	// "p99 latency", "bytes copied", "time".
 	Metric string
-	// Unit formats the samples: "IOPS" or "µs".
+	// Unit formats the samples: "IOPS", "MB/s", "µs", "MiB" or "s".
 	Unit string
 	// Direction says whether a higher or a lower ratio is better.
 	Direction Direction
@@ -64,12 +68,15 @@ func Median(xs []float64) float64 {
 // Measured reports whether both sides have at least one sample and no error
 // or unavailability was recorded.
 func (f *Figure) Measured() bool {
-	return f.Unavailable == "" && f.Err == nil && len(f.OurSamples) > 0 && len(f.RefSamples) > 0
+	return f.Unavailable == "" && f.Err == nil && len(f.OurSamples) > 0 && (f.OneSided() || len(f.RefSamples) > 0)
 }
+
+// OneSided reports whether the figure has no reference side.
+func (f *Figure) OneSided() bool { return f.Single }
 
 // Ratio is median(ours) / median(reference), NaN if not measured.
 func (f *Figure) Ratio() float64 {
-	if !f.Measured() {
+	if !f.Measured() || f.OneSided() {
 		return math.NaN()
 	}
 	ref := Median(f.RefSamples)
@@ -111,10 +118,12 @@ func (f *Figure) Verdict() string {
 		return "not available yet"
 	case f.Err != nil:
 		return "error"
-	case !f.Measured() || math.IsNaN(f.Ratio()):
+	case !f.Measured():
 		return "not measured"
-	case f.Target == 0:
+	case f.OneSided() || f.Target == 0:
 		return "info"
+	case math.IsNaN(f.Ratio()):
+		return "not measured"
 	case f.Met():
 		return "met"
 	default:
@@ -135,6 +144,12 @@ func (f *Figure) FormatValue(v float64) string {
 		return fmt.Sprintf("%.0f", v)
 	case "µs":
 		return fmt.Sprintf("%.1f µs", v)
+	case "MB/s":
+		return fmt.Sprintf("%.0f MB/s", v)
+	case "MiB":
+		return fmt.Sprintf("%.1f MiB", v)
+	case "s":
+		return fmt.Sprintf("%.2f s", v)
 	default:
 		return fmt.Sprintf("%.3g %s", v, f.Unit)
 	}

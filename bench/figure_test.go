@@ -62,6 +62,10 @@ func TestFigureVerdict(t *testing.T) {
 			math.NaN(), "error", false, "≥ 1.00×"},
 		{"one side missing", Figure{Target: 1, OurSamples: []float64{5}},
 			math.NaN(), "not measured", false, "≥ 1.00×"},
+		{"one-sided figure is information without a ratio", Figure{Single: true, OurSamples: []float64{3}},
+			math.NaN(), "info", false, "—"},
+		{"one-sided figure without samples", Figure{Single: true},
+			math.NaN(), "not measured", false, "—"},
 		{"zero reference", Figure{Target: 1, OurSamples: []float64{5}, RefSamples: []float64{0}},
 			math.NaN(), "not measured", false, "≥ 1.00×"},
 	}
@@ -93,7 +97,10 @@ func TestFormatValue(t *testing.T) {
 		{"IOPS", 45231.7, "45.2k"},
 		{"IOPS", 4312.4, "4312"},
 		{"µs", 231.04, "231.0 µs"},
-		{"MB/s", 1234.5, "1.23e+03 MB/s"},
+		{"MB/s", 1234.4, "1234 MB/s"},
+		{"MiB", 64, "64.0 MiB"},
+		{"s", 1.234, "1.23 s"},
+		{"ops", 1234.5, "1.23e+03 ops"},
 		{"IOPS", math.NaN(), "—"},
 	}
 	for _, tt := range tests {

@@ -143,18 +143,18 @@ func (r *Runner) profile(ctx context.Context) error {
 	for _, g := range []struct {
 		name string
 		l    *qemuLoad
-	}{{GroupMirror, r.mirror}, {GroupTarget, r.target}, {GroupBitmap, r.bitmap}} {
+	}{{GroupVolume, r.mirror}, {GroupTarget, r.target}, {GroupBitmap, r.bitmap}} {
 		if g.l == nil {
 			continue
 		}
 		ours, ref := &qemuSide{url: g.l.ours}, &qemuSide{url: g.l.ref}
-		if err := errors.Join(r.calibrate(ctx, ours, true, 32), r.calibrate(ctx, ref, true, 32)); err != nil {
+		if err := errors.Join(r.calibrate(ctx, ours, true, 4096, 32), r.calibrate(ctx, ref, true, 4096, 32)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", g.name, err))
 			continue
 		}
 		qb := func(s *qemuSide) loadFunc {
 			return func(ctx context.Context) (int64, error) {
-				q, err := qemuBench(ctx, s.url, true, 32, s.count, 6*r.cfg.RunTime+30*time.Second)
+				q, err := qemuBench(ctx, s.url, true, 4096, 32, s.count, 6*r.cfg.RunTime+30*time.Second)
 				return int64(q.Requests), err
 			}
 		}

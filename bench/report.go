@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
@@ -39,7 +40,7 @@ func (r *Report) Markdown(w io.Writer) error {
 			ratio = fmt.Sprintf("%.2f×", x)
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n",
-			esc(fmt.Sprintf("%s: %s vs %s, %s", f.Group, f.Ours, f.Reference, f.Name)), esc(f.Metric),
+			esc(f.Title()), esc(f.Metric),
 			f.FormatValue(Median(f.OurSamples)), f.FormatValue(Median(f.RefSamples)),
 			ratio, f.TargetText(), esc(verdictText(f)))
 	}
@@ -82,6 +83,88 @@ func (r *Report) Markdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// Title names the figure in one line: "group: ours vs reference, name".
+func (f *Figure) Title() string {
+	if f.OneSided() {
+		return fmt.Sprintf("%s: %s, %s", f.Group, f.Ours, f.Name)
+	}
+	return fmt.Sprintf("%s: %s vs %s, %s", f.Group, f.Ours, f.Reference, f.Name)
+}
+
+// jsonFigure is one figure in the JSON report. Medians, ratio and target
+// are null when there is none.
+type jsonFigure struct {
+	Group         string    `json:"group"`
+	Name          string    `json:"name"`
+	Title         string    `json:"title"`
+	Metric        string    `json:"metric"`
+	Unit          string    `json:"unit"`
+	OursSide      string    `json:"ours_side"`
+	ReferenceSide string    `json:"reference_side,omitempty"`
+	Ours          *float64  `json:"ours"`
+	Reference     *float64  `json:"reference"`
+	Ratio         *float64  `json:"ratio"`
+	Target        *float64  `json:"target"`
+	Better        string    `json:"better"` // "higher" or "lower"
+	Verdict       string    `json:"verdict"`
+	OursRuns      []float64 `json:"ours_runs"`
+	ReferenceRuns []float64 `json:"reference_runs"`
+	Error         string    `json:"error,omitempty"`
+	Unavailable   string    `json:"unavailable,omitempty"`
+}
+
+type jsonReport struct {
+	Started        time.Time    `json:"started"`
+	ElapsedSeconds float64      `json:"elapsed_seconds"`
+	Runs           int          `json:"runs"`
+	RunSeconds     float64      `json:"run_seconds"`
+	Figures        []jsonFigure `json:"figures"`
+	Notes          []string     `json:"notes"`
+	Profiles       []string     `json:"profiles,omitempty"`
+	Machine        []string     `json:"machine"`
+}
+
+// num is nil for NaN (no value), else a pointer to x.
+func num(x float64) *float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return nil
+	}
+	return &x
+}
+
+// JSON writes every figure of the report, with its per-run values, as one
+// indented JSON object.
+func (r *Report) JSON(w io.Writer) error {
+	doc := jsonReport{Started: r.Started.UTC(), ElapsedSeconds: r.Elapsed.Seconds(), Runs: r.Runs,
+		RunSeconds: r.RunTime.Seconds(), Figures: []jsonFigure{}, Notes: r.Notes, Profiles: r.Profiles, Machine: r.Env}
+	for _, f := range r.Figures {
+		jf := jsonFigure{Group: f.Group, Name: f.Name, Title: f.Title(), Metric: f.Metric, Unit: f.Unit,
+			OursSide: f.Ours, ReferenceSide: f.Reference,
+			Ours: num(Median(f.OurSamples)), Reference: num(Median(f.RefSamples)), Ratio: num(f.Ratio()),
+			Better: "higher", Verdict: f.Verdict(), OursRuns: f.OurSamples, ReferenceRuns: f.RefSamples,
+			Unavailable: f.Unavailable}
+		if f.Direction == LowerIsBetter {
+			jf.Better = "lower"
+		}
+		if f.Target != 0 {
+			jf.Target = num(f.Target)
+		}
+		if jf.OursRuns == nil {
+			jf.OursRuns = []float64{}
+		}
+		if jf.ReferenceRuns == nil {
+			jf.ReferenceRuns = []float64{}
+		}
+		if f.Err != nil {
+			jf.Error = f.Err.Error()
+		}
+		doc.Figures = append(doc.Figures, jf)
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(doc)
 }
 
 func verdictText(f *Figure) string {

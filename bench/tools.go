@@ -212,7 +212,7 @@ func runFio(ctx context.Context, dir string, j fioJob) (FioResult, error) {
 	defer os.Remove(out.Name())
 	args := []string{"--name=bench", "--ioengine=nbd", "--uri=" + j.URI, "--rw=" + j.RW, "--bs=" + j.BS,
 		"--iodepth=" + strconv.Itoa(j.Depth), "--size=" + strconv.FormatInt(j.Size, 10),
-		"--randrepeat=1", "--output-format=json", "--output=" + out.Name()}
+		"--randrepeat=1", "--lat_percentiles=1", "--percentile_list=99", "--output-format=json", "--output=" + out.Name()}
 	timeout := 2 * time.Minute
 	if j.Runtime > 0 {
 		args = append(args, "--time_based", fmt.Sprintf("--runtime=%dms", j.Runtime.Milliseconds()))
@@ -228,9 +228,9 @@ func runFio(ctx context.Context, dir string, j fioJob) (FioResult, error) {
 	return ParseFio(b)
 }
 
-// qemuBench runs `qemu-img bench -f raw -s 4096 -d depth -c count [-w] url`.
-func qemuBench(ctx context.Context, url string, write bool, depth, count int, timeout time.Duration) (QemuBench, error) {
-	args := []string{"bench", "-f", "raw", "-s", "4096", "-d", strconv.Itoa(depth), "-c", strconv.Itoa(count)}
+// qemuBench runs `qemu-img bench -f raw -s size -d depth -c count [-w] url`.
+func qemuBench(ctx context.Context, url string, write bool, size, depth, count int, timeout time.Duration) (QemuBench, error) {
+	args := []string{"bench", "-f", "raw", "-s", strconv.Itoa(size), "-d", strconv.Itoa(depth), "-c", strconv.Itoa(count)}
 	if write {
 		args = append(args, "-w")
 	}
@@ -239,6 +239,37 @@ func qemuBench(ctx context.Context, url string, write bool, depth, count int, ti
 		return QemuBench{}, err
 	}
 	return ParseQemuBench(out)
+}
+
+// qemuIO sends one 4 KiB read or write command per offset to `qemu-io -f
+// raw url` on its standard input, one at a time (QD1), and returns the
+// latency of each.
+func qemuIO(ctx context.Context, url string, write bool, offsets []int64, timeout time.Duration) ([]time.Duration, error) {
+	var in strings.Builder
+	for _, off := range offsets {
+		if write {
+			fmt.Fprintf(&in, "write -P 0x5a %d 4096\n", off)
+		} else {
+			fmt.Fprintf(&in, "read %d 4096\n", off)
+		}
+	}
+	in.WriteString("quit\n")
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "qemu-io", "-f", "raw", url)
+	cmd.Stdin = strings.NewReader(in.String())
+	cmd.WaitDelay = 5 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("qemu-io %s: %w (after %v)", url, ctx.Err(), timeout)
+		}
+		return nil, fmt.Errorf("qemu-io %s: %w\n%s", url, err, clip(string(out)))
+	}
+	if strings.Contains(string(out), "failed:") {
+		return nil, fmt.Errorf("qemu-io %s: a command failed: %s", url, clip(string(out)))
+	}
+	return ParseQemuIOLatencies(string(out), len(offsets))
 }
 
 // tailFile returns the last n lines of a file.

@@ -104,7 +104,7 @@ func TestTgtQemuBench(t *testing.T) {
 	if err := tg.addTarget(ctx, 1, iqn, file); err != nil {
 		t.Fatal(err)
 	}
-	q, err := qemuBench(ctx, tg.url(iqn), true, 4, 500, time.Minute)
+	q, err := qemuBench(ctx, tg.url(iqn), true, 4096, 4, 500, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func TestMemBackendOverISCSI(t *testing.T) {
 			t.Fatalf("back end byte %d = %x, want a7", 64<<10+i, c)
 		}
 	}
-	q, err := qemuBench(ctx, url, false, 8, 2000, time.Minute)
+	q, err := qemuBench(ctx, url, false, 4096, 8, 2000, time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

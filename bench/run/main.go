@@ -3,7 +3,7 @@
 // Markdown table of ratios, also written to bench/results/latest.md. See
 // package bench for what is measured and how.
 //
-//	go run ./bench/run [-rev HEAD] [-runs 3] [-runtime 5s] [-groups nbd,mirror,target,bitmap] [-profile]
+//	go run ./bench/run [-rev HEAD] [-runs 3] [-runtime 3s] [-groups nbd,volume,target,bitmap,resync] [-profile]
 //
 // With -rev, the revision is exported (git archive) to a temporary
 // directory and this program, built from that revision, runs there, so that
@@ -41,7 +41,7 @@ func main() {
 	flag.StringVar(&cfg.TempDir, "tmp", "/tmp", "parent of the work directory (cluster, reference files)")
 	flag.StringVar(&cfg.ResultsDir, "results", "", "directory for latest.md and profiles (default REPO/bench/results)")
 	flag.IntVar(&cfg.Runs, "runs", 3, "runs per side and figure; the median is reported")
-	flag.DurationVar(&cfg.RunTime, "runtime", 5*time.Second, "length of one run")
+	flag.DurationVar(&cfg.RunTime, "runtime", 3*time.Second, "length of one run")
 	flag.DurationVar(&cfg.Timeout, "timeout", 15*time.Minute, "bound on the whole invocation")
 	flag.StringVar(&groups, "groups", strings.Join(bench.AllGroups, ","), "comma-separated groups to measure")
 	flag.BoolVar(&cfg.Profile, "profile", false, "after measuring, profile our daemons under load (perf)")
