@@ -3,7 +3,7 @@
 #   make demo    bring up a local cluster with a 20 GiB mirrored volume (Ctrl-C stops it)
 #   make test    unit, PostgreSQL and end-to-end tests with real clients
 #   make fuzz    run every fuzz target for FUZZTIME each
-#   make bench   Go benchmarks of the hot paths
+#   make bench   chunkraid against nbdkit and tgtd, every layout, bitmap modes, resync (bench/results/latest.{md,json}); make bench-go: Go benchmarks
 
 GO       ?= go
 BIN      := bin/chunkraid
@@ -12,7 +12,7 @@ FUZZTIME ?= 30s
 # libiscsi and QEMU iSCSI clients, NBD clients and reference servers, fio).
 PKGS     := postgresql libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin nbdkit tgt
 
-.PHONY: all build deps demo demo-clean test test-unit test-e2e vet fuzz bench clean
+.PHONY: all build deps demo demo-clean test test-unit test-e2e vet fuzz bench bench-iscsi clean
 
 all: build
 
@@ -44,7 +44,7 @@ vet:
 # against a private PostgreSQL, and the end-to-end tests that start real
 # processes and drive them with real clients.
 test: deps build vet
-	$(GO) test -race -count=1 -timeout 15m ./...
+	CHUNKRAID_ISCSI_FULL=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 test-unit: build
 	$(GO) test -race -count=1 -short ./...
@@ -60,9 +60,10 @@ fuzz:
 	done
 
 # bench measures chunkraid against nbdkit and tgtd on this machine in one
-# run and prints ratios (also in bench/results/latest.md); BENCH_FLAGS are
-# passed to the driver, e.g. BENCH_FLAGS=-rev=HEAD to measure the last
-# commit whatever the state of the work tree. bench-go runs the Go
+# run and prints ratios (also in bench/results/latest.md and latest.json);
+# BENCH_FLAGS are passed to the driver, e.g. BENCH_FLAGS=-rev=HEAD to
+# measure the last commit whatever the state of the work tree, or
+# BENCH_FLAGS=-groups=volume,bitmap to measure only those groups. bench-go runs the Go
 # benchmarks of the hot paths; bench-profile adds CPU profiles (perf) of our
 # daemons under load, in bench/results/profile-*.txt.
 BENCH_FLAGS ?=
@@ -75,6 +76,10 @@ bench-go:
 
 bench-profile: deps
 	$(GO) run ./bench/run -profile $(BENCH_FLAGS)
+
+# bench-iscsi: the iSCSI target alone over memory against tgtd (qemu-img bench).
+bench-iscsi: deps
+	CHUNKRAID_BENCH=1 $(GO) test -count=1 -run TestBenchVersusTgtd -v ./hostd/iscsi
 
 clean:
 	rm -rf bin
