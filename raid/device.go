@@ -1,6 +1,18 @@
-// Package raid assembles member devices into redundant sets: mirrors of
-// 2–3 copies today, Reed-Solomon k+m later. A Set is itself a Device, so
-// linear volumes and tests can treat a set and a single member alike.
+// Package raid assembles member devices into redundant sets: mirrors of 2–3
+// copies (Mirror) and Reed-Solomon k+m sets (EC). Both keep a write-intent
+// bitmap, keep serving with members failed, and copy only dirty regions to a
+// member that rejoins (Resync). A set is itself a Device, so linear volumes
+// and tests can treat a set and a single member alike.
+//
+// A partial-parity log would close the EC write hole completely: before a
+// partial-stripe write, log old-parity XOR the data delta of the touched
+// columns (stripe, column range, sequence number, CRC32C) FUA to a small
+// reserved area of that stripe's parity member; on recovery, rebuild the
+// parity of each logged stripe from the log and whichever data units are
+// present; drop a record once every member acknowledged its write. It costs
+// one small extra write per partial-stripe write on a member that is written
+// anyway. It is not built: EC refuses reconstruction in suspect stripes
+// instead (ErrUnrecoverable) until they are re-encoded.
 package raid
 
 import (
