@@ -47,7 +47,7 @@ func (r *Runner) resyncGroup(ctx context.Context) error {
 			"the hostd serving it, start another hostd (localcluster AddHostd) and `chunkraid volume attach` the volume there. "+
 			"Copied and took= are summed and the longest from hostd's \"resync done ... copied_bytes=N took=D\" lines for that "+
 			"volume; the time is from the restart or attach until the metaserver reports every member in sync with no dirty bytes. "+
-			"One outage per size: each is a real failure and recovery. Target for the chunkserver outage: at most 1.25× the bytes "+
+			"Sizes alternate within each of the runs; every host crash uses a fresh volume and a new host. Target for the chunkserver outage: at most 1.25× the bytes "+
 			"written (1 MiB write-intent regions); the host crash rebuilds from the chunks' LOG bitmaps (64 MiB regions) and is "+
 			"for information.", r.cfg.ChunkSize>>20))
 	var csFigs, hostFigs []resyncFigures
@@ -71,32 +71,47 @@ func (r *Runner) resyncGroup(ctx context.Context) error {
 			markErr(f.all(), err)
 		}
 	} else {
-		for i, w := range r.cfg.ResyncMiB {
-			if err := r.chunkserverOutage(ctx, csVol, w, csFigs[i]); err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
+	rounds:
+		for round := range r.cfg.Runs {
+			for i, w := range r.cfg.ResyncMiB {
+				if csFigs[i].copied.Err != nil {
+					continue
 				}
-				markErr(csFigs[i].all(), err)
-				r.log.Error("chunkserver outage", "MiB", w, "err", err)
-				break // the cluster may not be whole any more
+				if err := r.chunkserverOutage(ctx, csVol, w, csFigs[i]); err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					markErr(csFigs[i].all(), fmt.Errorf("run %d: %w", round+1, err))
+					r.log.Error("chunkserver outage", "MiB", w, "err", err)
+					break rounds // the cluster may not be whole any more
+				}
 			}
-			r.logFigures(csFigs[i].all()...)
+		}
+		for _, f := range csFigs {
+			r.logFigures(f.all()...)
 		}
 	}
 	// Host crashes: a fresh volume each, on the host about to die.
 	host := r.cluster.HostName
-	for i, w := range r.cfg.ResyncMiB {
-		next := fmt.Sprintf("bench-host%d", i+2)
-		if err := r.hostCrash(ctx, fmt.Sprintf("rs-h%d", i), host, next, w, hostFigs[i]); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+	n := 0
+hosts:
+	for round := range r.cfg.Runs {
+		for i, w := range r.cfg.ResyncMiB {
+			n++
+			next := fmt.Sprintf("bench-host%d", n+1)
+			if err := r.hostCrash(ctx, fmt.Sprintf("rs-h%d", n), host, next, w, hostFigs[i]); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				markErr(hostFigs[i].all(), fmt.Errorf("run %d: %w", round+1, err))
+				r.log.Error("host crash", "MiB", w, "err", err)
+				break hosts
 			}
-			markErr(hostFigs[i].all(), err)
-			r.log.Error("host crash", "MiB", w, "err", err)
-			break
+			host = next
 		}
-		r.logFigures(hostFigs[i].all()...)
-		host = next
+	}
+	for _, f := range hostFigs {
+		r.logFigures(f.all()...)
 	}
 	return nil
 }
