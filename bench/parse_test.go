@@ -223,3 +223,63 @@ func TestParsePerfStat(t *testing.T) {
 		}
 	}
 }
+
+func TestParseQemuIOLatencies(t *testing.T) {
+	out := "qemu-io> wrote 4096/4096 bytes at offset 0\n4 KiB, 1 ops; 00.00 sec (1.925 MiB/sec and 5000.0000 ops/sec)\n" +
+		"qemu-io> read 4096/4096 bytes at offset 8192\n4 KiB, 1 ops; 00.00 sec (99.461 MiB/sec and 2000.0000 ops/sec)\nqemu-io> "
+	lat, err := ParseQemuIOLatencies(out, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lat[0] != 200*time.Microsecond || lat[1] != 500*time.Microsecond {
+		t.Errorf("latencies %v, want [200µs 500µs]", lat)
+	}
+	if _, err := ParseQemuIOLatencies(out, 3); !errors.Is(err, ErrToolOutput) {
+		t.Errorf("3 commands, 2 reports: err %v, want ErrToolOutput", err)
+	}
+	if _, err := ParseQemuIOLatencies("4 KiB, 1 ops; 00.00 sec (1 MiB/sec and 0.0000 ops/sec)\n", 1); !errors.Is(err, ErrToolOutput) {
+		t.Errorf("zero rate: err %v, want ErrToolOutput", err)
+	}
+}
+
+func TestPercentileAndMean(t *testing.T) {
+	var ds []time.Duration
+	for i := 1; i <= 100; i++ {
+		ds = append(ds, time.Duration(101-i)*time.Microsecond)
+	}
+	for _, tt := range []struct {
+		p    float64
+		want time.Duration
+	}{{99, 99 * time.Microsecond}, {50, 50 * time.Microsecond}, {100, 100 * time.Microsecond}, {0.1, time.Microsecond}} {
+		if got := Percentile(ds, tt.p); got != tt.want {
+			t.Errorf("Percentile(%v) = %v, want %v", tt.p, got, tt.want)
+		}
+	}
+	if ds[0] != 100*time.Microsecond {
+		t.Error("Percentile sorted its input")
+	}
+	if got := MeanDuration(ds); got != 50500*time.Nanosecond {
+		t.Errorf("MeanDuration = %v, want 50.5µs", got)
+	}
+	if Percentile(nil, 99) != 0 || MeanDuration(nil) != 0 {
+		t.Error("empty input: want 0")
+	}
+}
+
+func TestParseResyncs(t *testing.T) {
+	log := `time=1 level=INFO msg="resync started" volume=rs-cs epoch=1 set=0 dirty_regions=4
+time=2 level=INFO msg="resync done" volume=rs-cs epoch=1 set=0 copied_bytes=4194304 took=251ms
+time=3 level=INFO msg="resync done" volume=rs-cs2 epoch=1 set=0 copied_bytes=999 took=9s
+time=4 level=INFO msg="resync done" volume=rs-cs epoch=2 set=1 copied_bytes=1048576 took=1.2s
+`
+	rs, err := ParseResyncs(log, "rs-cs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rs.Count != 2 || rs.Copied != 5<<20 || rs.Took != 1200*time.Millisecond {
+		t.Errorf("got %+v, want 2 resyncs, 5 MiB, 1.2s", rs)
+	}
+	if _, err := ParseResyncs(`msg="resync done" volume=v copied_bytes=1 took=soon`, "v"); !errors.Is(err, ErrToolOutput) {
+		t.Errorf("bad took: err %v, want ErrToolOutput", err)
+	}
+}

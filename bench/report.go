@@ -44,12 +44,12 @@ func (r *Report) Markdown(w io.Writer) error {
 			f.FormatValue(Median(f.OurSamples)), f.FormatValue(Median(f.RefSamples)),
 			ratio, f.TargetText(), esc(verdictText(f)))
 	}
-	b.WriteString("\n## Runs\n\n| measurement | ours, per run | reference, per run |\n|---|---|---|\n")
+	b.WriteString("\n## Runs\n\n| measurement | metric | ours, per run | reference, per run |\n|---|---|---|---|\n")
 	for _, f := range r.Figures {
 		if f.Unavailable != "" {
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s |\n", esc(f.Group+": "+f.Name), runs(f, f.OurSamples), runs(f, f.RefSamples))
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", esc(f.Title()), esc(f.Metric), runs(f, f.OurSamples), runs(f, f.RefSamples))
 	}
 	var problems []string
 	for _, f := range r.Figures {
