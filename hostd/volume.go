@@ -759,6 +759,10 @@ func (a *attachment) close(clean bool) {
 				c.Close()
 			}
 		}
+		if st.mirror != nil {
+			// Stops a degradation being recorded, which reads the WIB.
+			st.mirror.Close()
+		}
 		if st.wib != nil {
 			if clean {
 				st.wib.Remove()

@@ -526,8 +526,10 @@ func (e *EC) Degraded() bool { return e.view.Load().notInSync() != 0 }
 // not make parity suspect: that is decided when the set is built.
 func (e *EC) MarkAll() { e.wib.Mark(0, e.size) }
 
-// Close releases an in-memory WIB the set created itself.
+// Close stops a running BeforeDegradedWrite and waits for it, then releases
+// an in-memory WIB the set created itself. The set must not be used after.
 func (e *EC) Close() error {
+	e.gate.close()
 	if e.ownWIB {
 		return e.wib.Close()
 	}

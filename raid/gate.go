@@ -20,10 +20,12 @@ type degradeGate struct {
 
 	mu struct {
 		sync.Mutex
-		armed bool          // a member failed since the set was last whole
-		ok    bool          // fn succeeded for the current degradation
-		run   chan struct{} // closed when the running attempt ends; nil when none runs
-		err   error         // the last attempt's error
+		closed bool          // the set is closing: no new attempts
+		stop   func()        // cancels a running attempt
+		armed  bool          // a member failed since the set was last whole
+		ok     bool          // fn succeeded for the current degradation
+		run    chan struct{} // closed when the running attempt ends; nil when none runs
+		err    error         // the last attempt's error
 	}
 }
 
@@ -55,14 +57,18 @@ func (g *degradeGate) reset() {
 }
 
 func (g *degradeGate) startLocked() {
+	if g.mu.closed {
+		return
+	}
 	ch := make(chan struct{})
 	g.mu.run = ch
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	g.mu.stop = cancel
 	go func() {
+		defer cancel()
 		var err error
 		if g.fn != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			err = g.fn(ctx)
-			cancel()
 		}
 		if err != nil {
 			g.log.Error("recording the degradation (pinning the survivors' LOG bitmaps) failed; degraded writes fail until it succeeds", "err", err)
@@ -91,6 +97,9 @@ func (g *degradeGate) wait(ctx context.Context) error {
 	}
 	ch := g.mu.run
 	g.mu.Unlock()
+	if ch == nil {
+		return fmt.Errorf("%w: the set is closing", ErrNoMembers)
+	}
 	select {
 	case <-ch:
 	case <-ctx.Done():
@@ -102,4 +111,17 @@ func (g *degradeGate) wait(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("%w: the degradation could not be recorded: %w", ErrNoMembers, g.mu.err)
+}
+
+// close cancels a running attempt, waits for it and refuses new ones: the
+// set's owner may then release what fn uses.
+func (g *degradeGate) close() {
+	g.mu.Lock()
+	g.mu.closed = true
+	ch, stop := g.mu.run, g.mu.stop
+	g.mu.Unlock()
+	if ch != nil {
+		stop()
+		<-ch
+	}
 }

@@ -195,8 +195,10 @@ func (m *Mirror) MemberError(i int) error {
 	return m.mu.errs[i]
 }
 
-// Close releases an in-memory WIB the set created itself.
+// Close stops a running BeforeDegradedWrite and waits for it, then releases
+// an in-memory WIB the set created itself. The set must not be used after.
 func (m *Mirror) Close() error {
+	m.gate.close()
 	if m.ownWIB {
 		return m.wib.Close()
 	}
