@@ -46,7 +46,7 @@ func (r *Runner) resyncGroup(ctx context.Context) error {
 			"wait until the metaserver shows the member degraded, restart it. Host crash: write W MiB on a fresh volume, kill -9 "+
 			"the hostd serving it, start another hostd (localcluster AddHostd) and `chunkraid volume attach` the volume there. "+
 			"Copied and took= are summed and the longest from hostd's \"resync done ... copied_bytes=N took=D\" lines for that "+
-			"volume; the time is from the restart or attach until the metaserver reports every member in sync with no dirty bytes. "+
+			"volume; the time is from the restart or attach until that line is logged and the metaserver reports every member in sync with no dirty bytes. "+
 			"Sizes alternate within each of the runs; every host crash uses a fresh volume and a new host. Target for the chunkserver outage: at most 1.25× the bytes "+
 			"written (1 MiB write-intent regions); the host crash rebuilds from the chunks' LOG bitmaps (64 MiB regions) and is "+
 			"for information.", r.cfg.ChunkSize>>20))
@@ -166,14 +166,11 @@ func (r *Runner) chunkserverOutage(ctx context.Context, volume string, mib int, 
 	if err := victim.Start(); err != nil {
 		return fmt.Errorf("restarting %s: %w", victimName, err)
 	}
-	if err := r.waitVolume(ctx, volume, "every member in sync", 5*time.Minute, inSync); err != nil {
-		return err
-	}
-	wall := time.Since(start)
-	rs, err := r.resyncsSince(r.cluster.Hostd.Log, mark, volume)
+	rs, err := r.waitResync(ctx, r.cluster.Hostd.Log, mark, volume)
 	if err != nil {
 		return err
 	}
+	wall := time.Since(start)
 	f.record(mib, rs, wall)
 	return nil
 }
@@ -209,14 +206,11 @@ func (r *Runner) hostCrash(ctx context.Context, volume, host, next string, mib i
 	if err := r.cluster.WaitTargetOn(ctx, next, volume, time.Minute); err != nil {
 		return err
 	}
-	if err := r.waitVolume(ctx, volume, "every member in sync", 5*time.Minute, inSync); err != nil {
-		return err
-	}
-	wall := time.Since(start)
-	rs, err := r.resyncsSince(p.Log, 0, volume)
+	rs, err := r.waitResync(ctx, p.Log, 0, volume)
 	if err != nil {
 		return err
 	}
+	wall := time.Since(start)
 	f.record(mib, rs, wall)
 	return nil
 }
@@ -262,24 +256,38 @@ func logSize(path string) int64 {
 	return st.Size()
 }
 
-// resyncsSince parses the "resync done" lines of volume that a hostd log
-// gained after byte offset from. The line is logged before the state
-// reaches the metaserver, so it is there once the volume is in sync; a
-// missing line is an error.
-func (r *Runner) resyncsSince(path string, from int64, volume string) (Resync, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return Resync{}, err
+// waitResync waits until the hostd log at path has gained, after byte
+// offset from, a "resync done" line for volume, and then until the
+// metaserver reports every member of it in sync. The metaserver alone is
+// not enough: right after an attach it still shows the state the dead host
+// last reported, before the new host has read the members' bitmaps.
+func (r *Runner) waitResync(ctx context.Context, path string, from int64, volume string) (Resync, error) {
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return Resync{}, err
+		}
+		if from > int64(len(b)) {
+			from = 0
+		}
+		rs, err := ParseResyncs(string(b[from:]), volume)
+		if err != nil {
+			return Resync{}, err
+		}
+		if rs.Count > 0 {
+			if err := r.waitVolume(ctx, volume, "every member in sync", 5*time.Minute, inSync); err != nil {
+				return Resync{}, err
+			}
+			return rs, nil
+		}
+		if time.Now().After(deadline) {
+			return Resync{}, fmt.Errorf("%s logged no \"resync done\" for %s within 5m", path, volume)
+		}
+		select {
+		case <-ctx.Done():
+			return Resync{}, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	if from > int64(len(b)) {
-		from = 0
-	}
-	rs, err := ParseResyncs(string(b[from:]), volume)
-	if err != nil {
-		return Resync{}, err
-	}
-	if rs.Count == 0 {
-		return Resync{}, fmt.Errorf("%s logged no \"resync done\" for %s", path, volume)
-	}
-	return rs, nil
 }
