@@ -336,31 +336,25 @@ func (s *Server) disks() ([]api.DiskInfo, error) {
 // answers or ctx ends, and takes the cluster secret and the timeout budget
 // from its answer.
 func (s *Server) register(ctx context.Context, adv, cadv string) error {
-	backoff := 200 * time.Millisecond
-	for {
+	var resp *api.RegisterChunkserverResponse
+	err := api.Register(ctx, s.log, func(ctx context.Context) error {
 		disks, err := s.disks()
 		if err != nil {
 			return err
 		}
-		resp, err := s.meta.RegisterChunkserver(ctx, api.RegisterChunkserverRequest{
+		resp, err = s.meta.RegisterChunkserver(ctx, api.RegisterChunkserverRequest{
 			Name: s.cfg.Name, Addr: adv, ControlAddr: cadv, FaultDomain: s.cfg.FaultDomain, Disks: disks,
 		})
-		if err == nil {
-			s.id = resp.ID
-			return s.configure(ctx, resp)
-		}
-		var ae *api.Error
-		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 {
-			return fmt.Errorf("chunkserver: registration refused: %w", err)
-		}
-		s.log.Warn("metaserver not reachable, retrying", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		return fmt.Errorf("chunkserver: registration refused: %w", err)
 	}
+	s.id = resp.ID
+	return s.configure(ctx, resp)
 }
 
 // configure takes the secret, t_io and T from a registration answer and
@@ -423,51 +417,27 @@ func unjoin(err error) []error {
 }
 
 func (s *Server) heartbeatLoop(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	api.Heartbeat(ctx, s.log, s.cfg.HeartbeatInterval, func(ctx context.Context) error {
 		disks, err := s.disks()
 		if err != nil {
-			s.log.Error("reading capacity", "err", err)
-			continue
+			return err
 		}
-		if err := s.meta.ChunkserverHeartbeat(ctx, s.id, api.ChunkserverHeartbeat{Disks: disks}); err != nil && ctx.Err() == nil {
-			s.log.Warn("heartbeat failed", "err", err)
-		}
-	}
+		return s.meta.ChunkserverHeartbeat(ctx, s.id, api.ChunkserverHeartbeat{Disks: disks})
+	})
+	return nil
 }
 
 // reconcileLoop long-polls the assignments and applies them.
 func (s *Server) reconcileLoop(ctx context.Context) error {
-	var gen int64
-	for ctx.Err() == nil {
-		as, err := s.meta.ChunkAssignments(ctx, s.id, gen, 30*time.Second)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+	api.Follow(ctx, s.log, "chunk assignments",
+		func(ctx context.Context, after int64) (*api.ChunkAssignments, int64, error) {
+			as, err := s.meta.ChunkAssignments(ctx, s.id, after, 30*time.Second)
+			if err != nil {
+				return nil, 0, err
 			}
-			s.log.Warn("fetching chunk assignments", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		if s.apply(ctx, as) {
-			gen = as.Generation
-		} else {
-			// Something failed: retry the same generation after a pause.
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-		}
-	}
+			return as, as.Generation, nil
+		},
+		func(as *api.ChunkAssignments) bool { return s.apply(ctx, as) })
 	return nil
 }
 

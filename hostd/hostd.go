@@ -176,68 +176,47 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) register(ctx context.Context, adv string) error {
-	backoff := 200 * time.Millisecond
-	for {
-		resp, err := s.meta.RegisterHost(ctx, api.RegisterHostRequest{Name: s.cfg.Name, ISCSIAddr: adv})
-		if err == nil {
-			s.id = resp.ID
-			if s.cfg.IOTimeout == 0 {
-				s.cfg.IOTimeout = time.Duration(resp.IOTimeoutMS) * time.Millisecond
-			}
-			if s.cfg.IOTimeout <= 0 {
-				s.cfg.IOTimeout = 5 * time.Second
-			}
-			return nil
-		}
-		var ae *api.Error
-		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 {
-			return fmt.Errorf("hostd: registration refused: %w", err)
-		}
-		s.log.Warn("metaserver not reachable, retrying", "err", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+	var resp *api.RegisterHostResponse
+	err := api.Register(ctx, s.log, func(ctx context.Context) error {
+		var err error
+		resp, err = s.meta.RegisterHost(ctx, api.RegisterHostRequest{Name: s.cfg.Name, ISCSIAddr: adv})
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
 			return ctx.Err()
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		return fmt.Errorf("hostd: registration refused: %w", err)
 	}
+	s.id = resp.ID
+	if s.cfg.IOTimeout == 0 {
+		s.cfg.IOTimeout = time.Duration(resp.IOTimeoutMS) * time.Millisecond
+	}
+	if s.cfg.IOTimeout <= 0 {
+		s.cfg.IOTimeout = 5 * time.Second
+	}
+	return nil
 }
 
 func (s *Server) heartbeatLoop(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if err := s.meta.HostHeartbeat(ctx, s.id); err != nil && ctx.Err() == nil {
-			s.log.Warn("heartbeat failed", "err", err)
-		}
-	}
+	api.Heartbeat(ctx, s.log, s.cfg.HeartbeatInterval, func(ctx context.Context) error {
+		return s.meta.HostHeartbeat(ctx, s.id)
+	})
+	return nil
 }
 
 // reconcileLoop long-polls the volumes assigned to this host and attaches
 // or detaches until the served set matches.
 func (s *Server) reconcileLoop(ctx context.Context) error {
-	var gen int64
-	for ctx.Err() == nil {
-		hv, err := s.meta.HostVolumes(ctx, s.id, gen, 30*time.Second)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+	api.Follow(ctx, s.log, "assigned volumes",
+		func(ctx context.Context, after int64) ([]api.Volume, int64, error) {
+			hv, err := s.meta.HostVolumes(ctx, s.id, after, 30*time.Second)
+			if err != nil {
+				return nil, 0, err
 			}
-			s.log.Warn("fetching assigned volumes", "err", err)
-			sleep(ctx, time.Second)
-			continue
-		}
-		if s.apply(ctx, hv.Volumes) {
-			gen = hv.Generation
-		} else {
-			sleep(ctx, time.Second)
-		}
-	}
+			return hv.Volumes, hv.Generation, nil
+		},
+		func(vols []api.Volume) bool { return s.apply(ctx, vols) })
 	return nil
 }
 
