@@ -28,11 +28,7 @@
 package control
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -194,55 +190,5 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
 		defer cancel()
 	}
-	target := c.base + path
-	if len(q) > 0 {
-		target += "?" + q.Encode()
-	}
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, target, body)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
-	if err != nil {
-		return fmt.Errorf("%s %s: read response: %w", method, path, err)
-	}
-	if len(data) > maxResponse {
-		return fmt.Errorf("%s %s: response larger than %d bytes", method, path, maxResponse)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		var e api.Error
-		if err := json.Unmarshal(data, &e); err == nil && e.Code != "" {
-			e.Status = resp.StatusCode
-			return &e
-		}
-		snippet := strings.TrimSpace(string(data))
-		if len(snippet) > 200 {
-			snippet = snippet[:200] + "..."
-		}
-		if snippet == "" {
-			snippet = "(empty body)"
-		}
-		return &api.StatusError{Method: method, Path: path, Status: resp.StatusCode, Body: snippet}
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
-	}
-	return nil
+	return api.DoJSON(ctx, c.hc, c.base+path, method, q, in, out, maxResponse)
 }

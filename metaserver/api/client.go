@@ -250,7 +250,19 @@ func longPoll(after int64, wait time.Duration) (url.Values, time.Duration) {
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	target := c.base + path
+	return DoJSON(ctx, c.hc, c.base+path, method, q, in, out, maxResponse)
+}
+
+// DoJSON sends one HTTP request to target with in (if not nil) as its JSON
+// body and decodes a JSON answer of at most limit bytes into out (if not
+// nil). A non-2xx answer becomes an *Error when its body is the error
+// envelope, otherwise a *StatusError. Clients of the project's JSON APIs
+// (the metaserver's, a chunkserver's control API) share it.
+func DoJSON(ctx context.Context, hc *http.Client, target, method string, q url.Values, in, out any, limit int) error {
+	path := target
+	if u, err := url.Parse(target); err == nil {
+		path = u.Path
+	}
 	if len(q) > 0 {
 		target += "?" + q.Encode()
 	}
@@ -270,17 +282,17 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 		req.Header.Set("Content-Type", "application/json")
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := c.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil {
 		return fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}
-	if len(data) > maxResponse {
-		return fmt.Errorf("%s %s: response larger than %d bytes", method, path, maxResponse)
+	if len(data) > limit {
+		return fmt.Errorf("%s %s: response larger than %d bytes", method, path, limit)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return decodeError(method, path, resp.StatusCode, data)
