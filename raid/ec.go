@@ -288,7 +288,7 @@ type EC struct {
 	nSuspect atomic.Int64
 
 	join     sync.RWMutex              // shared by writes and trims, exclusive by Rejoin
-	regions  [regionLocks]sync.RWMutex // region r: regions[r % regionLocks]
+	regions  regionLockTable           // region r: regions.of(r)
 	locks    [ecLockSlots]sync.RWMutex // stripe s: locks[s % ecLockSlots]
 	resyncMu sync.Mutex                // one Resync at a time
 	gate     degradeGate               // BeforeDegradedWrite, once per degradation
@@ -885,25 +885,7 @@ func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *wri
 // lockRegions takes the shared region locks of [off, off+n) in ascending
 // slot order and returns the function that releases them.
 func (e *EC) lockRegions(off, n int64) func() {
-	rs := e.wib.RegionSize()
-	first, last := off/rs, (off+max(n, 1)-1)/rs
-	if last-first+1 >= regionLocks {
-		first, last = 0, regionLocks-1
-	}
-	idx := make([]int, 0, last-first+1)
-	for r := first; r <= last; r++ {
-		idx = append(idx, int(r%regionLocks))
-	}
-	slices.Sort(idx)
-	idx = slices.Compact(idx)
-	for _, i := range idx {
-		e.regions[i].RLock()
-	}
-	return func() {
-		for _, i := range idx {
-			e.regions[i].RUnlock()
-		}
-	}
+	return e.regions.rlockRange(e.wib.RegionSize(), off, n)
 }
 
 func (e *EC) writeRange(ctx context.Context, p []byte, off int64, op *writeOp) error {
@@ -1565,7 +1547,7 @@ func (e *EC) resyncRegion(ctx context.Context, region int64, start *ecView) (n i
 	rs, sd := e.wib.RegionSize(), int64(e.k)*e.unit
 	off := region * rs
 	n = min(rs, e.size-off)
-	lk := &e.regions[region%regionLocks]
+	lk := e.regions.of(region)
 	lk.Lock()
 	defer lk.Unlock()
 	ticket := e.wib.ResyncStart(region)

@@ -107,7 +107,7 @@ type Mirror struct {
 	lazy     bool
 	next     atomic.Uint32 // round-robin read cursor
 
-	locks [regionLocks]sync.RWMutex
+	locks regionLockTable
 
 	mu struct {
 		sync.Mutex
@@ -242,30 +242,6 @@ func memberErr(ctx context.Context, err error) bool {
 	return err != nil && ctx.Err() == nil && !errors.Is(err, ErrOutOfRange)
 }
 
-// lockRange takes the region locks of [off, off+n) for a user write
-// (shared) in ascending order and returns the unlock function.
-func (m *Mirror) lockRange(off, n int64) func() {
-	rs := m.wib.RegionSize()
-	first, last := off/rs, (off+max(n, 1)-1)/rs
-	if last-first+1 >= regionLocks {
-		first, last = 0, regionLocks-1
-	}
-	idx := make([]int, 0, last-first+1)
-	for r := first; r <= last; r++ {
-		idx = append(idx, int(r%regionLocks))
-	}
-	slices.Sort(idx)
-	idx = slices.Compact(idx)
-	for _, i := range idx {
-		m.locks[i].RLock()
-	}
-	return func() {
-		for _, i := range idx {
-			m.locks[i].RUnlock()
-		}
-	}
-}
-
 // ReadAt reads from one in-sync member, trying the others if it fails.
 func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := m.check(off, int64(len(p))); err != nil {
@@ -380,7 +356,7 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) erro
 	}
 	m.join.RLock()
 	defer m.join.RUnlock()
-	unlock := m.lockRange(off, n)
+	unlock := m.locks.rlockRange(m.wib.RegionSize(), off, n)
 	defer unlock()
 	wasDirty := m.intent != nil && m.allDirty(off, n)
 	tok := m.wib.Begin(off, n)
@@ -579,7 +555,7 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 	rs := m.wib.RegionSize()
 	off := region * rs
 	n := min(rs, m.size-off)
-	lk := &m.locks[region%regionLocks]
+	lk := m.locks.of(region)
 	lk.Lock()
 	defer lk.Unlock()
 	members, state := m.snapshot()
