@@ -18,6 +18,8 @@ package raid
 import (
 	"context"
 	"errors"
+
+	"github.com/chunkraid/chunkraid/bitmap"
 )
 
 // Device is what a set consumes from each member: a fixed-size byte-addressed
@@ -47,3 +49,31 @@ var ErrOutOfRange = errors.New("raid: I/O beyond end of device")
 
 // ErrNoMembers is returned when a set has no usable member left for an I/O.
 var ErrNoMembers = errors.New("raid: no usable member")
+
+// Set is a redundant set as its owner drives it: a Mirror or an EC. Both
+// share one member state machine (see health.go).
+type Set interface {
+	Device
+	// States is a snapshot of the members' states.
+	States() []MemberState
+	// MemberError is the error that failed member i, if any.
+	MemberError(i int) error
+	// Degraded reports whether any member is not InSync.
+	Degraded() bool
+	// Rejoin gives Failed member i a new connection; it becomes Resyncing.
+	Rejoin(i int, d Device) error
+	// Resync repairs every region that needs it, then makes Resyncing
+	// members InSync.
+	Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error)
+	// MarkAll marks the whole set as needing a resync.
+	MarkAll()
+	// WIB is the set's write-intent bitmap.
+	WIB() *bitmap.WIB
+	// Close stops the set's hooks and waits for them.
+	Close() error
+}
+
+var (
+	_ Set = (*Mirror)(nil)
+	_ Set = (*EC)(nil)
+)

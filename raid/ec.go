@@ -80,6 +80,10 @@ type ECConfig struct {
 	// pins the survivors' LOG bitmaps there (DESIGN §2 rule 3). An error is
 	// logged and the write proceeds: the WIB still records it.
 	BeforeDegradedWrite func(ctx context.Context) error
+	// AfterWhole, Pinned and HookTimeout are as in MirrorConfig.
+	AfterWhole  func(ctx context.Context) error
+	Pinned      bool
+	HookTimeout time.Duration
 	// ResyncRate limits Resync in logical bytes per second; 0 = unlimited.
 	ResyncRate int64
 	// Logger receives member failures. nil discards.

@@ -62,6 +62,20 @@ type MirrorConfig struct {
 	// pins the survivors' LOG bitmaps there (DESIGN §2 rule 3). An error is
 	// logged and the write proceeds: the WIB still records it.
 	BeforeDegradedWrite func(ctx context.Context) error
+	// AfterWhole, if set, is called once the set is whole again (every
+	// member in sync, nothing left to resync) after a degradation, or after
+	// a start with Pinned; hostd unpins every member's LOG bitmap there.
+	// Calls of BeforeDegradedWrite and AfterWhole never overlap and run in
+	// the order of the events that asked for them. An error is logged; the
+	// LOGs then stay pinned, which only over-reports.
+	AfterWhole func(ctx context.Context) error
+	// Pinned says the members' LOG bitmaps start pinned (after an unclean
+	// stop the chunkservers pin them; a degraded attach pins the
+	// survivors): AfterWhole runs once the set is whole.
+	Pinned bool
+	// HookTimeout bounds one call of BeforeDegradedWrite or AfterWhole; 0
+	// means 5 s. hostd passes t_io: a degraded write must not wait longer.
+	HookTimeout time.Duration
 	// ResyncRate limits resync copying in bytes per second; 0 = unlimited.
 	ResyncRate int64
 	// IntentHook, if set, is called synchronously before the data of a
