@@ -1,0 +1,421 @@
+package hostd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/hostd/iscsi"
+	"github.com/chunkraid/chunkraid/linear"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/raid"
+)
+
+// attach brings a volume up (DESIGN §2 rule 2): fence every member at the
+// volume's epoch, open or create the set's WIB, fold in the members' LOG
+// bitmaps when the previous holder did not detach cleanly, connect, and
+// serve. Members that cannot be reached start degraded; the supervisor
+// brings them back.
+func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
+	a := &attachment{s: s, vol: v, log: s.log.With("volume", v.Name, "epoch", v.Epoch), reportC: make(chan struct{}, 1)}
+	defer func() {
+		if err != nil {
+			a.close(false)
+		}
+	}()
+	recover := !v.CleanDetach
+	for _, set := range v.Sets {
+		st, err := a.attachSet(ctx, set, recover)
+		if err != nil {
+			return fmt.Errorf("set %d: %w", set.Index, err)
+		}
+		a.sets = append(a.sets, st)
+	}
+	if err := a.recordDegradedAtAttach(ctx); err != nil {
+		return err
+	}
+	if err := a.serve(); err != nil {
+		return err
+	}
+	a.start()
+	s.mu.Lock()
+	s.mu.attached[v.Name] = a
+	s.mu.Unlock()
+	var dirty int64
+	for _, st := range a.sets {
+		dirty += st.wib.Count() * st.wib.RegionSize()
+	}
+	a.log.Info("volume attached", "iqn", v.IQN, "size", v.SizeBytes, "sets", len(v.Sets),
+		"bitmap", v.Bitmap, "recovered", recover, "dirty_bytes", dirty)
+	a.report()
+	return nil
+}
+
+// recordDegradedAtAttach records the degraded members with the metaserver
+// before the volume is served: a host taking over after our crash must not
+// trust them.
+func (a *attachment) recordDegradedAtAttach(ctx context.Context) error {
+	for _, st := range a.sets {
+		if st.mirror.Degraded() {
+			rctx, cancel := context.WithTimeout(ctx, 2*a.s.cfg.IOTimeout)
+			err := a.s.meta.HostReport(rctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{a.snapshot(false)}})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("recording degraded members with the metaserver: %w", err)
+			}
+			return nil
+		}
+	}
+	return nil
+}
+
+// serve concatenates the sets and adds the volume's iSCSI target.
+func (a *attachment) serve() error {
+	var sets []raid.Device
+	for _, st := range a.sets {
+		sets = append(sets, st.mirror)
+	}
+	vol, err := linear.New(sets)
+	if err != nil {
+		return err
+	}
+	if vol.Size() < a.vol.SizeBytes {
+		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), a.vol.SizeBytes)
+	}
+	a.volume = vol
+	var lu iscsi.Backend = &lun{Volume: vol, size: a.vol.SizeBytes}
+	if a.mirrorsOnly() {
+		lu = &mappedLun{lun: lu.(*lun), a: a}
+	}
+	return a.s.target.AddTargetWith(a.vol.IQN, lu, targetConfig(a.vol))
+}
+
+// start runs the reporter and, per set, the supervisor (and the clear
+// daemon of bitmap mode internal) until close.
+func (a *attachment) start() {
+	sctx, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.reporter(sctx)
+	}()
+	for _, st := range a.sets {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			st.supervise(sctx)
+		}()
+		if a.vol.Bitmap == api.BitmapInternal {
+			a.wg.Add(1)
+			go func() {
+				defer a.wg.Done()
+				st.clearDaemon(sctx)
+			}()
+		}
+	}
+}
+
+// attachSet brings one set up: it fences and connects the members, plans
+// which of them serve, opens the WIB, folds in the LOG bitmaps and builds the
+// raid set.
+func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (*setState, error) {
+	st, err := a.newSetState(set, recover)
+	if err != nil {
+		return nil, err
+	}
+	layout, err := api.ParseLayout(a.vol.Layout)
+	if err != nil {
+		return nil, err
+	}
+	reachable := st.connect(ctx)
+	p, err := planSet(st.members, reachable, layout)
+	if err != nil {
+		return nil, err
+	}
+	if len(p.stale) > 0 {
+		st.log.Info("members recorded as not in sync start degraded", "members", p.stale)
+	}
+	setSize, stripe := p.size, a.vol.StripeUnit
+	if layout.Kind == api.LayoutEC {
+		if stripe == 0 {
+			stripe = raid.DefaultStripeUnit
+		}
+		setSize = int64(layout.K) * (p.size / stripe * stripe)
+		st.logUnit = int64(layout.K)
+	}
+	wib, reused, err := a.openWIB(set.Index, setSize)
+	if err != nil {
+		return nil, err
+	}
+	st.wib = wib
+	st.recoverWIB(ctx, reachable, recover, reused, setSize)
+	rs, err := st.buildSet(p, layout, stripe)
+	if err != nil {
+		wib.Close()
+		return nil, err
+	}
+	st.mirror = rs
+	if len(p.degraded) > 0 {
+		// Attaching degraded: the survivors must not forget what the absent
+		// members miss from now on.
+		if err := st.pinSurvivors(ctx); err != nil {
+			st.log.Error("pinning survivors at attach failed", "err", err)
+		}
+	}
+	return st, nil
+}
+
+// newSetState is set's state before any member is contacted.
+func (a *attachment) newSetState(set api.Set, recover bool) (*setState, error) {
+	st := &setState{a: a, idx: set.Index, kick: make(chan struct{}, 1), log: a.log.With("set", set.Index)}
+	// After an unclean stop the chunkservers pinned the members' LOGs when
+	// the old connections dropped; they are unpinned once the set is clean.
+	st.mu.pinned = recover
+	for _, am := range set.Members {
+		name, err := api.ParseExportName(am.Export)
+		if err != nil {
+			return nil, fmt.Errorf("member %s: %w", am.ChunkID, err)
+		}
+		st.members = append(st.members, &member{api: am, name: name, ctl: a.s.cfg.Control(am.ControlAddr)})
+	}
+	return st, nil
+}
+
+// connect fences every member at the volume's epoch and then dials it, all
+// members in parallel. It reports which members are connected; the others
+// start degraded.
+func (st *setState) connect(ctx context.Context) []bool {
+	s := st.a.s
+	// Fence first: from here on no connection of an older epoch can change
+	// a member (a zombie host), so the LOG bitmaps read next are complete.
+	reachable := make([]bool, len(st.members))
+	var wg sync.WaitGroup
+	for i, m := range st.members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fctx, cancel := context.WithTimeout(ctx, 2*s.cfg.IOTimeout)
+			defer cancel()
+			// A new volume's chunks may not exist yet: their chunkservers
+			// create them on the same notification that brought us the
+			// volume. Give them a moment before calling the member absent.
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				_, err := m.ctl.Fence(fctx, m.api.ChunkID, m.req())
+				if err == nil {
+					break
+				}
+				if api.IsNotFound(err) && time.Now().Before(deadline) {
+					sleep(fctx, 200*time.Millisecond)
+					continue
+				}
+				st.log.Warn("fencing member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
+				return
+			}
+			c, err := nbd.Dial(fctx, memberClientConfig(m, s.cfg.IOTimeout))
+			if err != nil {
+				st.log.Warn("connecting member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
+				return
+			}
+			m.setClient(c)
+			reachable[i] = true
+		}()
+	}
+	wg.Wait()
+	return reachable
+}
+
+// setPlan is which members of a set serve from the start.
+type setPlan struct {
+	// devs are the members' devices, absent for the unreachable ones.
+	devs []raid.Device
+	// degraded are the members that start Failed: the unreachable ones and
+	// the stale ones.
+	degraded []int
+	// stale are reachable members the previous holder recorded as degraded
+	// or resyncing.
+	stale []int
+	// usable counts the reachable in-sync members.
+	usable int
+	// size is the members' size.
+	size int64
+}
+
+// planSet decides which members of a set serve at attach. A member the
+// previous holder recorded as degraded or resyncing missed writes: it must
+// not serve reads or be a resync source, even if it is reachable now. It
+// starts degraded and rejoins through a resync. The plan fails with
+// raid.ErrNoMembers when too few in-sync members are reachable to serve.
+func planSet(members []*member, reachable []bool, layout api.Layout) (setPlan, error) {
+	p := setPlan{size: -1}
+	for i, m := range members {
+		if !reachable[i] {
+			p.degraded = append(p.degraded, i)
+			p.devs = append(p.devs, nil)
+			continue
+		}
+		c := m.conn()
+		p.size = c.Size()
+		p.devs = append(p.devs, c)
+		if m.api.State != "" && m.api.State != api.MemberInSync {
+			p.stale = append(p.stale, i)
+			p.degraded = append(p.degraded, i)
+			continue
+		}
+		p.usable++
+	}
+	slices.Sort(p.degraded)
+	if p.usable == 0 {
+		return p, fmt.Errorf("no in-sync member reachable: %w", raid.ErrNoMembers)
+	}
+	if layout.Kind == api.LayoutEC && p.usable < layout.K {
+		return p, fmt.Errorf("only %d of %d members reachable, %s needs %d: %w", p.usable, len(members), layout, layout.K, raid.ErrNoMembers)
+	}
+	for i := range p.devs {
+		if p.devs[i] == nil {
+			p.devs[i] = absent{size: p.size}
+		}
+	}
+	return p, nil
+}
+
+// recoverWIB folds into the fresh WIB what may differ between the members
+// after an unclean stop: their LOG bitmaps (remb, internal), or everything
+// (none, unless a restarted hostd reused its own WIB).
+func (st *setState) recoverWIB(ctx context.Context, reachable []bool, recover, reused bool, setSize int64) {
+	switch {
+	case st.a.vol.Bitmap == api.BitmapNone:
+		if recover && st.a.vol.Epoch > 1 && !reused {
+			// No record of what may differ: everything may.
+			st.wib.Mark(0, setSize)
+		}
+	case recover:
+		for i, m := range st.members {
+			if !reachable[i] {
+				m.needLog = true
+				continue
+			}
+			if err := st.mergeLog(ctx, m); err != nil {
+				st.log.Error("reading a member's LOG bitmap failed; resyncing the whole set", "member", i, "err", err)
+				st.wib.Mark(0, setSize)
+			}
+		}
+	}
+}
+
+// buildSet builds the mirror or EC set of plan p over the set's WIB.
+func (st *setState) buildSet(p setPlan, layout api.Layout, stripe int64) (raid.Set, error) {
+	a, s := st.a, st.a.s
+	onChange := func(i int, ms raid.MemberState, err error) {
+		a.report()
+		st.wake()
+	}
+	if layout.Kind == api.LayoutEC {
+		if a.vol.Bitmap == api.BitmapInternal {
+			return nil, fmt.Errorf("bitmap mode internal is for mirrors; %s volumes use remb or none", layout)
+		}
+		return raid.NewEC(raid.ECConfig{
+			Members:             p.devs,
+			K:                   layout.K,
+			M:                   layout.M,
+			StripeUnit:          stripe,
+			WIB:                 st.wib,
+			Degraded:            p.degraded,
+			BeforeDegradedWrite: st.recordDegraded,
+			ResyncRate:          s.cfg.ResyncRate,
+			Logger:              st.log,
+			OnStateChange:       onChange,
+		})
+	}
+	var intent func(context.Context) error
+	if a.vol.Bitmap == api.BitmapInternal {
+		intent = st.persistIntent
+	}
+	return raid.NewMirror(raid.MirrorConfig{
+		Members:             p.devs,
+		WIB:                 st.wib,
+		Degraded:            p.degraded,
+		IntentHook:          intent,
+		LazyClear:           intent != nil,
+		BeforeDegradedWrite: st.recordDegraded,
+		ResyncRate:          s.cfg.ResyncRate,
+		Logger:              st.log,
+		OnStateChange:       onChange,
+	})
+}
+
+// openWIB opens the set's WIB in shared memory: a restarted hostd finds the
+// one it left (same volume, set and epoch); any other file is stale and
+// replaced. It reports whether an existing bitmap was reused.
+func (a *attachment) openWIB(set int, size int64) (*bitmap.WIB, bool, error) {
+	s := a.s
+	if a.vol.Bitmap == api.BitmapNone || a.vol.Bitmap == api.BitmapInternal {
+		// none keeps no record; internal keeps its record on the members.
+		w, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: size, RegionSize: s.cfg.RegionSize})
+		return w, false, err
+	}
+	if err := os.MkdirAll(s.cfg.WIBDir, 0o700); err != nil {
+		return nil, false, err
+	}
+	cfg := bitmap.WIBConfig{Path: s.wibPath(a.vol.Name, set), Size: size, RegionSize: s.cfg.RegionSize,
+		Volume: a.vol.Name, Set: set, Epoch: uint64(a.vol.Epoch)}
+	_, statErr := os.Stat(cfg.Path)
+	w, err := bitmap.OpenWIB(cfg)
+	var he *bitmap.HeaderError
+	if errors.As(err, &he) {
+		a.log.Info("replacing a stale write-intent bitmap", "path", cfg.Path, "reason", err)
+		if rerr := os.Remove(cfg.Path); rerr != nil {
+			return nil, false, rerr
+		}
+		w, err = bitmap.OpenWIB(cfg)
+		statErr = os.ErrNotExist
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	reused := statErr == nil
+	if reused {
+		a.log.Info("reusing the write-intent bitmap left by a previous hostd", "set", set, "dirty_regions", w.Count())
+	}
+	return w, reused, nil
+}
+
+// mergeLog ORs member m's record of what may differ into the WIB: its
+// LOG bitmap (remb) or the intent bitmap the host stored on it (internal).
+func (st *setState) mergeLog(ctx context.Context, m *member) error {
+	lctx, cancel := context.WithTimeout(ctx, 2*st.a.s.cfg.IOTimeout)
+	defer cancel()
+	read := m.ctl.Log
+	if st.a.vol.Bitmap == api.BitmapInternal {
+		read = m.ctl.ReadIntent
+	}
+	lb, err := read(lctx, m.api.ChunkID, m.req())
+	if err != nil {
+		return err
+	}
+	if lb.RegionSize == 0 {
+		return nil // no intent bitmap stored yet: nothing was written
+	}
+	before := st.wib.Count()
+	if err := st.wib.Merge(lb.Bits, lb.RegionSize*max(st.logUnit, 1)); err != nil {
+		return err
+	}
+	st.log.Info("merged a member's LOG bitmap", "chunk", m.api.ChunkID, "log_region", lb.RegionSize,
+		"dirty_regions_before", before, "dirty_regions_after", st.wib.Count())
+	return nil
+}
+
+// memberClientConfig is how hostd dials a member: with t_io as the request
+// timeout and base:allocation for GET LBA STATUS.
+func memberClientConfig(m *member, tIO time.Duration) nbd.ClientConfig {
+	return nbd.ClientConfig{Addr: m.api.Addr, Export: m.api.Export, Timeout: tIO, MetaContexts: []string{nbdAllocation}}
+}
+
+const nbdAllocation = "base:allocation"

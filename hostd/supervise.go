@@ -1,0 +1,197 @@
+package hostd
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/raid"
+)
+
+// supervise reconnects failed members with backoff and resyncs until the
+// set is clean, then unpins the LOG bitmaps. It runs until ctx ends.
+func (st *setState) supervise(ctx context.Context) {
+	s := st.a.s
+	backoff := s.cfg.ReconnectMin
+	for {
+		failed := false
+		for i, ms := range st.mirror.States() {
+			if ms != raid.Failed {
+				continue
+			}
+			if err := st.rejoin(ctx, i); err != nil {
+				failed = true
+				st.log.Debug("member still unreachable", "member", i, "err", err)
+			}
+		}
+		if !failed && st.needsResync() {
+			st.resync(ctx)
+		}
+		if !failed && !st.mirror.Degraded() && st.wib.Count() == 0 {
+			st.unpinIfPinned(ctx)
+			backoff = s.cfg.ReconnectMin
+		}
+		wait := time.Duration(0)
+		if failed || st.needsResync() {
+			wait = backoff
+			backoff = min(backoff*2, s.cfg.ReconnectMax)
+		}
+		if wait == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-st.kick:
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-st.kick:
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (st *setState) needsResync() bool {
+	for _, ms := range st.mirror.States() {
+		if ms == raid.Resyncing {
+			return true
+		}
+	}
+	for r := int64(0); r < st.wib.Regions(); r++ {
+		if st.wib.NeedsResync(r) {
+			return true
+		}
+	}
+	return false
+}
+
+// rejoin reconnects failed member i: it fences at the current epoch, which
+// drains any request of the dead connection still running on the
+// chunkserver, reconnects, merges its LOG if it was absent at attach, and
+// hands the new connection to the mirror.
+func (st *setState) rejoin(ctx context.Context, i int) error {
+	s := st.a.s
+	m := st.members[i]
+	rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.IOTimeout)
+	defer cancel()
+	if _, err := m.ctl.Fence(rctx, m.api.ChunkID, m.req()); err != nil {
+		return fmt.Errorf("fence: %w", err)
+	}
+	c, err := nbd.Dial(rctx, memberClientConfig(m, s.cfg.IOTimeout))
+	if err != nil {
+		return err
+	}
+	if m.needLog {
+		if err := st.mergeLog(rctx, m); err != nil {
+			c.Close()
+			return fmt.Errorf("reading its LOG bitmap: %w", err)
+		}
+		m.needLog = false
+	}
+	if st.a.vol.Bitmap == api.BitmapNone {
+		st.mirror.MarkAll()
+	}
+	if err := st.mirror.Rejoin(i, c); err != nil {
+		c.Close()
+		return err
+	}
+	if old := m.setClient(c); old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// resync runs one resync of the set with progress reports.
+func (st *setState) resync(ctx context.Context) {
+	st.log.Info("resync started", "dirty_regions", st.wib.Count())
+	start := time.Now()
+	lastReport := time.Now()
+	copied, err := st.mirror.Resync(ctx, func(p raid.ResyncProgress) {
+		st.mu.Lock()
+		st.mu.resyncDone, st.mu.resyncTotal = p.DoneBytes, p.TotalBytes
+		st.mu.Unlock()
+		if time.Since(lastReport) > time.Second {
+			lastReport = time.Now()
+			st.a.report()
+		}
+	})
+	st.mu.Lock()
+	st.mu.resyncDone = copied
+	if err == nil {
+		st.mu.resyncTotal = copied
+	}
+	st.mu.Unlock()
+	if err != nil {
+		if ctx.Err() == nil {
+			st.log.Warn("resync interrupted", "copied", copied, "err", err)
+		}
+		return
+	}
+	st.log.Info("resync done", "copied_bytes", copied, "took", time.Since(start).Round(time.Millisecond))
+	st.a.report()
+}
+
+// report asks the reporter to send the volume's state to the metaserver.
+func (a *attachment) report() {
+	select {
+	case a.reportC <- struct{}{}:
+	default: // a report is already pending; it will carry the newest state
+	}
+}
+
+// reporter sends state reports one at a time (best effort), and again every
+// few seconds so a lost report is repaired.
+func (a *attachment) reporter(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.reportC:
+		case <-t.C:
+		}
+		r := a.snapshot(false)
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := a.s.meta.HostReport(rctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil && ctx.Err() == nil {
+			a.log.Debug("reporting volume state", "err", err)
+		}
+		cancel()
+	}
+}
+
+func (a *attachment) snapshot(clean bool) api.VolumeReport {
+	r := api.VolumeReport{Name: a.vol.Name, Epoch: a.vol.Epoch, CleanDetach: clean}
+	for _, st := range a.sets {
+		if st.mirror == nil {
+			continue
+		}
+		sr := api.SetReport{Index: st.idx, DirtyBytes: st.wib.Count() * st.wib.RegionSize()}
+		st.mu.Lock()
+		done, total := st.mu.resyncDone, st.mu.resyncTotal
+		st.mu.Unlock()
+		for i, ms := range st.mirror.States() {
+			mr := api.MemberReport{ChunkID: st.members[i].api.ChunkID}
+			switch ms {
+			case raid.InSync:
+				mr.State = api.MemberInSync
+				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total // the last resync's totals
+			case raid.Failed:
+				mr.State = api.MemberDegraded
+				if err := st.mirror.MemberError(i); err != nil {
+					mr.Error = err.Error()
+				}
+			case raid.Resyncing:
+				mr.State = api.MemberResyncing
+				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total
+			}
+			sr.Members = append(sr.Members, mr)
+		}
+		r.Sets = append(r.Sets, sr)
+	}
+	return r
+}
