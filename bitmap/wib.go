@@ -474,6 +474,58 @@ func (w *WIB) ResyncDone(t ResyncTicket) bool {
 	}
 }
 
+// FlushTicket is what FlushStart returns and FlushDone consumes: the
+// regions a flush of every member may clean.
+type FlushTicket struct {
+	regions []int64
+	states  []uint64
+}
+
+// FlushStart is called before a set flushes its members. A region stays
+// dirty after its writes reached every member until they are durable there
+// (DESIGN §2: a region is cleaned only after the members flushed it);
+// FlushStart notes every dirty region with no write in flight, no resync
+// copy running and no need for a resync, with its sequence. Every write to
+// such a region was acknowledged before the flush starts, so a flush that
+// succeeds on every member makes them durable; then FlushDone cleans them.
+func (w *WIB) FlushStart() FlushTicket {
+	var t FlushTicket
+	for r := w.nextBit(0, true); r < w.regions; r = w.nextBit(r+1, true) {
+		s := w.state[r].Load()
+		if s&(stCount|stStale|stResync|stLock) == 0 {
+			t.regions = append(t.regions, r)
+			t.states = append(t.states, s)
+		}
+	}
+	return t
+}
+
+// FlushDone cleans the regions of t that no write began on, no Mark touched
+// and no resync copied since FlushStart; call it only after every member of
+// the set flushed successfully. It returns the number of regions cleaned.
+func (w *WIB) FlushDone(t FlushTicket) int {
+	n := 0
+	for j, r := range t.regions {
+		st := &w.state[r]
+		want := t.states[j]
+		if st.CompareAndSwap(want, want|stLock) {
+			w.clearBit(r)
+			st.Store(want)
+			n++
+		}
+	}
+	return n
+}
+
+// MarkDirty makes every dirty region need a resync: a member just failed,
+// and the writes it acknowledged in those regions may not be durable on it
+// (a chunkserver that loses power loses what it had not synced).
+func (w *WIB) MarkDirty() {
+	for r := w.nextBit(0, true); r < w.regions; r = w.nextBit(r+1, true) {
+		w.markRegion(r)
+	}
+}
+
 // NeedsResync reports whether region (an index) may differ between members
 // and so can only be cleaned by a resync.
 func (w *WIB) NeedsResync(region int64) bool {

@@ -1,6 +1,7 @@
 package raid
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -295,13 +296,17 @@ type EC struct {
 	regions  regionLockTable           // region r: regions.of(r)
 	locks    [ecLockSlots]sync.RWMutex // stripe s: locks[s % ecLockSlots]
 	resyncMu sync.Mutex                // one Resync at a time
-	gate     degradeGate               // BeforeDegradedWrite, once per degradation
+	hooks    *setHooks                 // runs BeforeDegradedWrite and AfterWhole for the health machine
 	bufs     sync.Pool                 // *stripeBuf
+	// staleAtBuild is the set of members that started Failed: whatever
+	// they hold in a suspect stripe may predate writes they missed under
+	// the previous host, so it never stands in for data.
+	staleAtBuild uint64
 
 	mu struct {
 		sync.Mutex
+		h       *health          // member states and REMB duties; the view mirrors it; guarded by mu
 		pending []memberChange   // guarded by mu: not yet passed to onChange
-		errs    []error          // last failure of each member; guarded by mu
 		missed  map[int64]uint64 // suspect stripe → members that missed a write of it; guarded by mu
 	}
 }
@@ -393,17 +398,16 @@ func NewEC(cfg ECConfig) (*EC, error) {
 		return nil, fmt.Errorf("raid: WIB covers %d bytes, the ec set has %d", e.wib.Size(), e.size)
 	}
 	v := &ecView{devs: slices.Clone(cfg.Members), gen: make([]uint64, n)}
-	e.mu.errs = make([]error, n)
+	h, err := newHealth(n, cfg.Degraded, cfg.Pinned)
+	if err != nil {
+		return nil, err
+	}
 	for _, i := range cfg.Degraded {
 		v.failed |= 1 << i
-		e.mu.errs[i] = errors.New("unreachable at attach")
 	}
-	e.gate.fn, e.gate.log = e.beforeDW, e.log
-	if len(cfg.Degraded) > 0 {
-		// The absent members miss everything from now on; the caller pins
-		// the survivors before attaching degraded.
-		e.gate.done()
-	}
+	e.staleAtBuild = v.failed
+	e.mu.h = h
+	e.hooks = newSetHooks(&e.mu.Mutex, h, cfg.BeforeDegradedWrite, cfg.AfterWhole, cfg.HookTimeout, log)
 	e.view.Store(v)
 	e.mu.missed = make(map[int64]uint64)
 	e.loadSuspects()
@@ -487,7 +491,7 @@ func (e *EC) noteMissed(s int64, shards uint64) {
 func (e *EC) missedShards(s int64) uint64 {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.shardsOf(s, e.mu.missed[s])
+	return e.shardsOf(s, e.mu.missed[s]|e.staleAtBuild)
 }
 
 // Size is the capacity of the set: k × the member size rounded down to a
@@ -519,7 +523,7 @@ func (e *EC) MemberError(i int) error {
 	if i < 0 || i >= e.n {
 		return nil
 	}
-	return e.mu.errs[i]
+	return e.mu.h.errs[i]
 }
 
 // Degraded reports whether any member is not InSync.
@@ -533,7 +537,7 @@ func (e *EC) MarkAll() { e.wib.Mark(0, e.size) }
 // Close stops a running BeforeDegradedWrite and waits for it, then releases
 // an in-memory WIB the set created itself. The set must not be used after.
 func (e *EC) Close() error {
-	e.gate.close()
+	e.hooks.close()
 	if e.ownWIB {
 		return e.wib.Close()
 	}
@@ -592,7 +596,7 @@ func (e *EC) fail(i int, v *ecView, err error) {
 	bit := uint64(1) << i
 	e.mu.Lock()
 	cur := e.view.Load()
-	if cur.gen[i] != v.gen[i] || cur.failed&bit != 0 {
+	if cur.gen[i] != v.gen[i] || !e.mu.h.fail(i, v.gen[i], err) {
 		// Already failed, or replaced by a rejoin since the I/O started.
 		e.mu.Unlock()
 		return
@@ -601,8 +605,9 @@ func (e *EC) fail(i int, v *ecView, err error) {
 	nv.failed |= bit
 	nv.resyncing &^= bit
 	e.view.Store(nv)
-	e.mu.errs[i] = err
-	e.gate.arm()
+	// What the member acknowledged but did not flush may be gone with it.
+	e.wib.MarkDirty()
+	e.hooks.pumpLocked()
 	if e.onChange != nil {
 		e.mu.pending = append(e.mu.pending, memberChange{member: i, err: err})
 		e.pending.Store(true)
@@ -872,7 +877,9 @@ func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *wri
 	err := do(op)
 	allOK := err == nil && !op.partial.Load()
 	e.wib.End(tok, allOK)
-	if allOK {
+	if allOK && fua {
+		// Durable on every member that holds it: nothing to remember. Other
+		// writes' regions are cleaned by a Flush of every member.
 		e.wib.ClearRange(off, n)
 	}
 	unlock()
@@ -881,7 +888,7 @@ func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *wri
 		return err
 	}
 	if !allOK {
-		return e.gate.wait(ctx)
+		return e.hooks.awaitRecord(ctx)
 	}
 	return nil
 }
@@ -1116,8 +1123,18 @@ func (e *EC) Flush(ctx context.Context) error {
 	}
 	b := e.getBuf()
 	defer e.putBuf(b)
+	t := e.wib.FlushStart()
 	set := e.allShards() &^ v.failed
 	fanOut(set, b.errs, func(i int) error { return v.devs[i].Flush(ctx) })
+	allOK := v.failed == 0
+	for j := set; j != 0; j &= j - 1 {
+		if b.errs[bits.TrailingZeros64(j)] != nil {
+			allOK = false
+		}
+	}
+	if allOK {
+		e.wib.FlushDone(t)
+	}
 	var first error
 	for ; set != 0; set &= set - 1 {
 		i := bits.TrailingZeros64(set)
@@ -1331,7 +1348,7 @@ func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, 
 		e.noteMissed(s, skipped)
 	}
 	fanOut(write, b.errs, func(i int) error {
-		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, false)
+		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
 	})
 	failed, err = e.settleWrites(s, v, write, b.errs, nil, suspect)
 	if err != nil {
@@ -1373,10 +1390,74 @@ func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint
 	}
 	wctx := context.WithoutCancel(ctx)
 	fanOut(targets, b.errs, func(i int) error {
-		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, false)
+		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
 	})
 	failed, err = e.settleWrites(s, v, targets, b.errs, nil, false)
 	return false, failed, err
+}
+
+// rebuildVerified repairs suspect stripe s whose shards in missed (some
+// data among them) are on members that may have missed writes of it: their
+// units cannot stand in for data, and the stripe's parity may be torn. The
+// other shards are read; if there are more than k of them, the missed ones
+// are reconstructed from them, the parity encoded from the resulting data
+// is compared with every parity unit read, and only if all agree — the
+// units present lie on one codeword, so the parity is not torn — are the
+// missed shards written and the stripe cleared. Otherwise lost reports the
+// stripe as unrepairable: it stays suspect and its region dirty. The
+// stripe's lock is held exclusively.
+func (e *EC) rebuildVerified(ctx context.Context, s int64, v *ecView, missed uint64) (lost, retry bool, failed uint64, err error) {
+	S := e.unit
+	avail := e.allShards() &^ missed
+	if bits.OnesCount64(avail) <= e.k {
+		return true, false, 0, nil // nothing to check the parity against
+	}
+	b := e.getBuf()
+	defer e.putBuf(b)
+	fanOut(avail, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, S), s*S)
+	})
+	if retry, err := e.settleReads(ctx, s, v, avail, b.errs); err != nil || retry {
+		return false, retry, 0, err
+	}
+	for i := range b.shards {
+		b.shards[i], b.want[i] = b.col(i, S), false
+		if missed&(1<<i) != 0 {
+			b.shards[i], b.want[i] = b.col(i, S)[:0], true
+		}
+	}
+	if err := e.code.Reconstruct(b.shards, b.want); err != nil {
+		return false, false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	c := e.getBuf()
+	defer e.putBuf(c)
+	for i := range c.shards {
+		c.shards[i] = c.col(i, S)
+		if i < e.k {
+			c.shards[i] = b.shards[i]
+		}
+	}
+	if err := e.code.Encode(c.shards); err != nil {
+		return false, false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	for i := e.k; i < e.n; i++ {
+		if avail&(1<<i) != 0 && !bytes.Equal(c.shards[i], b.shards[i]) {
+			e.log.Error("ec stripe torn: its parity disagrees with its data and a data unit is stale", "stripe", s, "parity", i-e.k)
+			return true, false, 0, nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return false, false, 0, err
+	}
+	wctx := context.WithoutCancel(ctx)
+	fanOut(missed, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
+	})
+	failed, err = e.settleWrites(s, v, missed, b.errs, nil, false)
+	if err == nil && failed == 0 {
+		e.clearSuspect(s)
+	}
+	return false, false, failed, err
 }
 
 // Rejoin replaces Failed member i by d (a new connection to the same chunk)
@@ -1397,18 +1478,18 @@ func (e *EC) Rejoin(i int, d Device) error {
 	e.join.Lock()
 	e.mu.Lock()
 	cur := e.view.Load()
-	if cur.failed&(1<<i) == 0 {
+	conn, err := e.mu.h.rejoin(i)
+	if err != nil {
 		e.mu.Unlock()
 		e.join.Unlock()
 		return fmt.Errorf("raid: ec member %d is %v, not failed", i, e.stateOf(cur, i))
 	}
 	nv := cur.clone()
 	nv.devs[i] = d
-	nv.gen[i]++
+	nv.gen[i] = conn
 	nv.failed &^= 1 << i
 	nv.resyncing |= 1 << i
 	e.view.Store(nv)
-	e.mu.errs[i] = nil
 	e.mu.Unlock()
 	e.join.Unlock()
 	e.log.Info("ec member rejoined; resyncing", "member", i)
@@ -1511,14 +1592,17 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 		e.mu.Unlock()
 		return copied, err
 	}
-	joined := cur.resyncing
+	var joined uint64
+	for _, i := range e.mu.h.resynced(start.gen, !wibNeedsResync(e.wib)) {
+		joined |= 1 << i
+	}
 	if joined != 0 {
 		nv := cur.clone()
-		nv.resyncing = 0
+		nv.resyncing &^= joined
 		e.view.Store(nv)
 	}
+	e.hooks.pumpLocked()
 	e.mu.Unlock()
-	e.gate.reset()
 	for set := joined; set != 0; set &= set - 1 {
 		i := bits.TrailingZeros64(set)
 		e.log.Info("ec member in sync", "member", i, "resynced", copied)
@@ -1602,8 +1686,14 @@ func (e *EC) resyncStripe(ctx context.Context, s int64, start *ecView) (lost boo
 		// Crash recovery: the data units are what the previous host left
 		// (or acknowledged since), on in-sync and Resyncing members alike,
 		// unless their member missed a write of the stripe since.
-		if e.dataShards()&e.missedShards(s) != 0 {
-			return true, nil
+		if missed := e.missedShards(s); e.dataShards()&missed != 0 {
+			// A data unit may be stale: rebuild it from the others, but
+			// only if they agree with each other (see rebuildVerified).
+			lost, retry, failed, err = e.rebuildVerified(ctx, s, v, missed)
+			if lost {
+				return true, nil
+			}
+			break
 		}
 		retry, failed, err = e.encodeParity(ctx, s, v)
 	case resyncing == 0:

@@ -57,10 +57,11 @@ type MirrorConfig struct {
 	WIB *bitmap.WIB
 	// Degraded lists members that start Failed (unreachable at attach).
 	Degraded []int
-	// BeforeDegradedWrite, if set, is called once after a member fails and
-	// before the first write that the set acknowledges without it; hostd
-	// pins the survivors' LOG bitmaps there (DESIGN §2 rule 3). An error is
-	// logged and the write proceeds: the WIB still records it.
+	// BeforeDegradedWrite, if set, is called after a member fails and before
+	// the first write that the set acknowledges without it; hostd pins the
+	// survivors' LOG bitmaps and records the members' states there (DESIGN
+	// §2 rule 3). If it fails, the writes waiting for it fail and the next
+	// degraded write asks again.
 	BeforeDegradedWrite func(ctx context.Context) error
 	// AfterWhole, if set, is called once the set is whole again (every
 	// member in sync, nothing left to resync) after a degradation, or after
@@ -125,12 +126,11 @@ type Mirror struct {
 
 	mu struct {
 		sync.Mutex
-		members []Device      // guarded by mu
-		state   []MemberState // guarded by mu
-		errs    []error       // last failure of each member; guarded by mu
+		members []Device // guarded by mu
+		h       *health  // member states and REMB duties; guarded by mu
 	}
 	resyncMu sync.Mutex // one Resync at a time
-	gate     degradeGate
+	hooks    *setHooks
 	// join is shared by every write and trim and taken exclusively by
 	// Rejoin, so a write that skipped a failed member has ended before the
 	// member rejoins: its region is then marked for the resync.
@@ -171,21 +171,15 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 		return nil, fmt.Errorf("raid: WIB covers %d bytes, the set has %d", m.wib.Size(), size)
 	}
 	m.mu.members = slices.Clone(cfg.Members)
-	m.mu.state = make([]MemberState, len(cfg.Members))
-	m.mu.errs = make([]error, len(cfg.Members))
-	for _, i := range cfg.Degraded {
-		if i < 0 || i >= len(cfg.Members) {
-			return nil, fmt.Errorf("raid: degraded member %d out of range", i)
+	h, err := newHealth(len(cfg.Members), cfg.Degraded, cfg.Pinned)
+	if err != nil {
+		if m.ownWIB {
+			m.wib.Close()
 		}
-		m.mu.state[i] = Failed
-		m.mu.errs[i] = errors.New("unreachable at attach")
+		return nil, err
 	}
-	m.gate.fn, m.gate.log = cfg.BeforeDegradedWrite, log
-	if len(cfg.Degraded) > 0 {
-		// The absent members miss everything from now on; the caller pins
-		// the survivors before attaching degraded.
-		m.gate.done()
-	}
+	m.mu.h = h
+	m.hooks = newSetHooks(&m.mu.Mutex, h, cfg.BeforeDegradedWrite, cfg.AfterWhole, cfg.HookTimeout, log)
 	return m, nil
 }
 
@@ -199,20 +193,23 @@ func (m *Mirror) WIB() *bitmap.WIB { return m.wib }
 func (m *Mirror) States() []MemberState {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return slices.Clone(m.mu.state)
+	return slices.Clone(m.mu.h.state)
 }
 
 // MemberError returns the error that failed member i, if any.
 func (m *Mirror) MemberError(i int) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.mu.errs[i]
+	if i < 0 || i >= len(m.mu.h.errs) {
+		return nil
+	}
+	return m.mu.h.errs[i]
 }
 
 // Close stops a running BeforeDegradedWrite and waits for it, then releases
 // an in-memory WIB the set created itself. The set must not be used after.
 func (m *Mirror) Close() error {
-	m.gate.close()
+	m.hooks.close()
 	if m.ownWIB {
 		return m.wib.Close()
 	}
@@ -223,20 +220,20 @@ func (m *Mirror) Close() error {
 func (m *Mirror) snapshot() ([]Device, []MemberState) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return slices.Clone(m.mu.members), slices.Clone(m.mu.state)
+	return slices.Clone(m.mu.members), slices.Clone(m.mu.h.state)
 }
 
 func (m *Mirror) fail(i int, d Device, err error) {
 	m.mu.Lock()
-	if m.mu.members[i] != d || m.mu.state[i] == Failed {
+	if m.mu.members[i] != d || !m.mu.h.fail(i, m.mu.h.conn[i], err) {
 		// Already failed, or replaced by a rejoin since the I/O started.
 		m.mu.Unlock()
 		return
 	}
-	m.mu.state[i] = Failed
-	m.mu.errs[i] = err
+	// What the member acknowledged but did not flush may be gone with it.
+	m.wib.MarkDirty()
+	m.hooks.pumpLocked()
 	m.mu.Unlock()
-	m.gate.arm()
 	m.log.Error("mirror member failed; set degraded", "member", i, "err", err)
 	if m.onChange != nil {
 		m.onChange(i, Failed, err)
@@ -364,7 +361,14 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 }
 
 // write runs a modifying op on [off, off+n) inside the bitmap protocol.
-func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) error) error {
+//
+// Once sent, a write is finished on every member whatever the caller's
+// context does (members bound their own request time): a write abandoned
+// on the wire would leave members that differ without the set knowing. Its
+// regions stay dirty until a flush of every member (Flush) unless it is
+// durable already (FUA); a region that may differ is so always in the WIB
+// until every member holds it durably.
+func (m *Mirror) write(ctx context.Context, off, n int64, durable bool, op func(ctx context.Context, d Device) error) error {
 	if err := m.check(off, n); err != nil {
 		return err
 	}
@@ -380,15 +384,21 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(d Device) erro
 			return fmt.Errorf("raid: persisting the write-intent bitmap: %w", err)
 		}
 	}
-	allOK, err := m.fanOut(ctx, op)
+	if err := ctx.Err(); err != nil {
+		m.wib.End(tok, true)
+		return err // nothing sent
+	}
+	wctx := context.WithoutCancel(ctx)
+	allOK, err := m.fanOut(wctx, func(d Device) error { return op(wctx, d) })
 	m.wib.End(tok, allOK && err == nil)
 	if err != nil {
 		return err
 	}
 	if !allOK {
-		return m.gate.wait(ctx)
+		return m.hooks.awaitRecord(ctx)
 	}
-	if !m.lazy {
+	if durable && !m.lazy {
+		// Every member holds it durably: nothing left to remember.
 		m.wib.ClearRange(off, n)
 	}
 	return nil
@@ -408,29 +418,39 @@ func (m *Mirror) allDirty(off, n int64) bool {
 // ClearClean clears every region that has no write in flight and needs no
 // resync, and reports how many regions it cleared (LazyClear mode).
 func (m *Mirror) ClearClean() int64 {
-	before := m.wib.Count()
-	if before == 0 || m.Degraded() {
+	if m.wib.Count() == 0 || m.Degraded() {
 		return 0
 	}
-	m.wib.ClearRange(0, m.size)
-	return before - m.wib.Count()
+	// Clean only what every member holds durably.
+	t := m.wib.FlushStart()
+	allOK, err := m.fanOut(context.Background(), func(d Device) error { return d.Flush(context.Background()) })
+	if err != nil || !allOK {
+		return 0
+	}
+	return int64(m.wib.FlushDone(t))
 }
 
 // WriteAt writes p to every usable member in parallel.
 func (m *Mirror) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	return m.write(ctx, off, int64(len(p)), func(d Device) error { return d.WriteAt(ctx, p, off, fua) })
+	return m.write(ctx, off, int64(len(p)), fua, func(ctx context.Context, d Device) error { return d.WriteAt(ctx, p, off, fua) })
 }
 
 // Trim deallocates a range on every usable member.
 func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
-	return m.write(ctx, off, length, func(d Device) error { return d.Trim(ctx, off, length) })
+	return m.write(ctx, off, length, false, func(ctx context.Context, d Device) error { return d.Trim(ctx, off, length) })
 }
 
 // Flush flushes every usable member. A member whose flush fails is failed:
 // its durability is unknown, so it must not be trusted again without a
-// resync.
+// resync. When every member of the set flushed, the regions whose writes
+// all ended before the flush began are cleaned in the WIB (with LazyClear
+// that is left to ClearClean).
 func (m *Mirror) Flush(ctx context.Context) error {
-	_, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
+	t := m.wib.FlushStart()
+	allOK, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
+	if err == nil && allOK && !m.lazy {
+		m.wib.FlushDone(t)
+	}
 	return err
 }
 
@@ -444,13 +464,11 @@ func (m *Mirror) Rejoin(i int, d Device) error {
 	m.join.Lock()
 	defer m.join.Unlock()
 	m.mu.Lock()
-	if i < 0 || i >= len(m.mu.members) || m.mu.state[i] != Failed {
+	if _, err := m.mu.h.rejoin(i); err != nil {
 		m.mu.Unlock()
-		return fmt.Errorf("raid: member %d is not failed", i)
+		return err
 	}
 	m.mu.members[i] = d
-	m.mu.state[i] = Resyncing
-	m.mu.errs[i] = nil
 	m.mu.Unlock()
 	m.log.Info("mirror member rejoined; resyncing", "member", i)
 	if m.onChange != nil {
@@ -476,7 +494,10 @@ type ResyncProgress struct {
 func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
 	m.resyncMu.Lock()
 	defer m.resyncMu.Unlock()
-	if _, st := m.snapshot(); slices.Contains(st, Failed) {
+	m.mu.Lock()
+	st, conns := slices.Clone(m.mu.h.state), slices.Clone(m.mu.h.conn)
+	m.mu.Unlock()
+	if slices.Contains(st, Failed) {
 		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, slices.Index(st, Failed))
 	}
 	rs := m.wib.RegionSize()
@@ -530,19 +551,10 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 		}
 	}
 	// Every region is in sync: Resyncing members join the readers.
-	var joined []int
 	m.mu.Lock()
-	for i, st := range m.mu.state {
-		if st == Resyncing {
-			m.mu.state[i] = InSync
-			joined = append(joined, i)
-		}
-	}
-	allIn := !slices.Contains(m.mu.state, Failed)
+	joined := m.mu.h.resynced(conns, !m.anyNeedsResync())
+	m.hooks.pumpLocked()
 	m.mu.Unlock()
-	if allIn {
-		m.gate.reset()
-	}
 	for _, i := range joined {
 		m.log.Info("mirror member in sync", "member", i, "copied", copied)
 		if m.onChange != nil {
@@ -554,13 +566,29 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 
 // Degraded reports whether any member is not InSync.
 func (m *Mirror) Degraded() bool {
-	_, st := m.snapshot()
-	for _, s := range st {
-		if s != InSync {
-			return true
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mu.h.degraded()
+}
+
+// anyNeedsResync reports whether some region still needs a resync.
+func (m *Mirror) anyNeedsResync() bool { return wibNeedsResync(m.wib) }
+
+// wibNeedsResync reports whether some region of w needs a resync.
+func wibNeedsResync(w *bitmap.WIB) bool {
+	for from := int64(0); ; {
+		r, ok := w.NextDirty(from)
+		if !ok {
+			return false
 		}
+		rs := w.RegionSize()
+		for off := r.Off; off < r.Off+r.Len; off += rs {
+			if w.NeedsResync(off / rs) {
+				return true
+			}
+		}
+		from = r.Off + r.Len
 	}
-	return false
 }
 
 // copyRegion copies one region from the source to every other usable
@@ -599,7 +627,9 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 	ok := true
 	var firstErr error
 	for _, i := range dst {
-		if err := members[i].WriteAt(ctx, p, off, false); err != nil {
+		// FUA: the region is cleaned and the member promoted only once the
+		// copy is durable on it.
+		if err := members[i].WriteAt(ctx, p, off, true); err != nil {
 			ok = false
 			if memberErr(ctx, err) {
 				m.fail(i, members[i], err)

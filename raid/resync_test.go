@@ -47,8 +47,14 @@ func TestResyncCopiesOnlyDirtyRegions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	if m.WIB().Count() == 0 {
+		t.Fatal("healthy writes cleaned their regions before any flush")
+	}
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if got := m.WIB().Count(); got != 0 {
-		t.Fatalf("%d dirty regions after healthy writes, want 0", got)
+		t.Fatalf("%d dirty regions after healthy writes and a flush, want 0", got)
 	}
 	devs[1].SetFailed(true)
 	// The first write fails member 1 and is acknowledged degraded.

@@ -1,0 +1,359 @@
+package raid
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// health is the one state machine of a set's members and of the REMB
+// duties that follow from their states, shared by Mirror and EC. It does no
+// I/O, starts no goroutine and reads no clock: events go in as method
+// calls, and the hooks it wants run come out of next (see setHooks, the
+// driver). The set guards it with its own mutex.
+//
+// # Members
+//
+//	InSync ──fail──▶ Failed ──rejoin──▶ Resyncing ──resynced──▶ InSync
+//	                   ▲                    │
+//	                   └────────fail────────┘
+//
+// Every rejoin gives the member a new connection generation; a failure
+// reported through an older connection (an I/O that started before the
+// rejoin) is ignored. Resyncing members become InSync only through a resync
+// that ran entirely while no member was Failed and no member rejoined, and
+// that left nothing needing a resync.
+//
+// # REMB duties (DESIGN §2 rules 2 and 3)
+//
+// Every failure starts a new degradation generation and asks for a record:
+// the BeforeDegradedWrite hook (hostd pins the LOG bitmaps of the members
+// still in use and records the members' states with the metaserver). A
+// write that some member did not get is acknowledged only once a record of
+// a generation at least as new as the one it saw has succeeded: then the
+// survivors remember what the absent members miss (their LOGs do not
+// forget), and a host taking over after a crash does not trust the absent
+// members. A failed record fails the writes waiting for it; the next such
+// write asks again.
+//
+// When the set is whole again (every member InSync, nothing to resync) and
+// its LOGs may be pinned — by a record, or by the chunkservers after an
+// unclean stop or a fence (Pinned at start) — it asks for an unpin: the
+// AfterWhole hook. Hooks run one at a time in the order they were asked
+// for, so an unpin can never overtake the pin of a later degradation
+// (a member flapping while the set cleans up), and a pin that failed
+// leaves the set counting its LOGs as pinned (over-reporting is safe).
+//
+// The invariant the machine keeps, with the WIB (regions dirty until every
+// member flushed them, see bitmap.WIB.FlushStart) and the chunkservers'
+// LOGs (bits forgotten only after an fdatasync): a region that may differ
+// between members is in some durable record until every member holds it
+// durably. checkInvariants states the part that is the machine's.
+type health struct {
+	state []MemberState
+	conn  []uint64 // connection generation of each member
+	errs  []error  // what failed each member
+
+	degr     uint64 // generation of the newest degradation; bumped by every failure
+	recorded uint64 // newest generation whose record succeeded
+	failedAt uint64 // newest generation whose record failed
+	recErr   error  // the error of that record
+	armed    bool   // degraded since the set was last whole
+	pinned   bool   // the members' LOGs may be pinned
+	closed   bool
+
+	queue   []hookCall // hooks asked for and not started, in order
+	running *hookCall  // the hook that runs now
+}
+
+type hookKind uint8
+
+const (
+	hookRecord hookKind = iota + 1 // BeforeDegradedWrite
+	hookUnpin                      // AfterWhole
+)
+
+func (k hookKind) String() string {
+	switch k {
+	case hookRecord:
+		return "record"
+	case hookUnpin:
+		return "unpin"
+	}
+	return fmt.Sprintf("hookKind(%d)", uint8(k))
+}
+
+// hookCall is one run of a hook the machine asked for.
+type hookCall struct {
+	kind hookKind
+	gen  uint64 // the degradation generation it serves
+}
+
+func (c hookCall) String() string { return fmt.Sprintf("%v gen=%d", c.kind, c.gen) }
+
+// errAttachDegraded is the error of a member that starts Failed.
+var errAttachDegraded = errors.New("unreachable at attach")
+
+// newHealth starts a machine for n members. degraded start Failed: the
+// caller pinned the survivors and recorded them before building the set, so
+// their degradation counts as recorded. pinned says the members' LOGs start
+// pinned.
+func newHealth(n int, degraded []int, pinned bool) (*health, error) {
+	h := &health{state: make([]MemberState, n), conn: make([]uint64, n), errs: make([]error, n), pinned: pinned}
+	for _, i := range degraded {
+		if i < 0 || i >= n {
+			return nil, fmt.Errorf("raid: degraded member %d out of range [0, %d)", i, n)
+		}
+		h.state[i] = Failed
+		h.errs[i] = errAttachDegraded
+	}
+	if len(degraded) > 0 {
+		h.degr, h.recorded, h.armed, h.pinned = 1, 1, true, true
+	}
+	return h, nil
+}
+
+// fail records that member i failed with err through connection
+// generation conn. It reports whether the state changed.
+func (h *health) fail(i int, conn uint64, err error) bool {
+	if h.conn[i] != conn || h.state[i] == Failed {
+		return false // an I/O of an older connection, or already failed
+	}
+	h.state[i] = Failed
+	h.errs[i] = err
+	h.armed = true
+	h.degr++
+	h.ask(hookCall{kind: hookRecord, gen: h.degr})
+	return true
+}
+
+// rejoin makes Failed member i Resyncing with a new connection and returns
+// the connection's generation.
+func (h *health) rejoin(i int) (uint64, error) {
+	if i < 0 || i >= len(h.state) {
+		return 0, fmt.Errorf("raid: member %d out of range [0, %d)", i, len(h.state))
+	}
+	if h.state[i] != Failed {
+		return 0, fmt.Errorf("raid: member %d is %v, not failed", i, h.state[i])
+	}
+	h.conn[i]++
+	h.state[i] = Resyncing
+	h.errs[i] = nil
+	return h.conn[i], nil
+}
+
+// resynced reports a finished resync that started when the connection
+// generations were conns; clean says nothing needs a resync now. It
+// returns the members that became InSync.
+func (h *health) resynced(conns []uint64, clean bool) (joined []int) {
+	if !clean || h.anyFailed() {
+		return nil
+	}
+	for i := range h.conn {
+		if h.conn[i] != conns[i] {
+			return nil // a member rejoined under the resync: it has not been copied
+		}
+	}
+	for i, st := range h.state {
+		if st == Resyncing {
+			h.state[i] = InSync
+			joined = append(joined, i)
+		}
+	}
+	h.whole()
+	return joined
+}
+
+// whole notes that every member is InSync and nothing needs a resync.
+func (h *health) whole() {
+	h.armed = false
+	if !h.pinned && !h.asked(hookRecord) {
+		return
+	}
+	// An unpin that is queued already and not followed by a record will
+	// do; otherwise one more goes after whatever is queued.
+	if n := len(h.queue); n > 0 && h.queue[n-1].kind == hookUnpin {
+		return
+	}
+	if len(h.queue) == 0 && h.running != nil && h.running.kind == hookUnpin {
+		return
+	}
+	h.ask(hookCall{kind: hookUnpin, gen: h.degr})
+}
+
+func (h *health) anyFailed() bool {
+	for _, st := range h.state {
+		if st == Failed {
+			return true
+		}
+	}
+	return false
+}
+
+// degraded reports whether any member is not InSync.
+func (h *health) degraded() bool {
+	for _, st := range h.state {
+		if st != InSync {
+			return true
+		}
+	}
+	return false
+}
+
+// degradedWrite is asked by a write that some member did not get, before
+// it is acknowledged. It returns the generation whose record the write
+// needs; the write may be acknowledged once recordedFor(gen) is true. It
+// asks for a record if none of that generation is queued or running (a
+// retry after a failed record).
+func (h *health) degradedWrite() uint64 {
+	g := h.degr
+	if h.recorded < g && !h.asked(hookRecord) {
+		h.ask(hookCall{kind: hookRecord, gen: g})
+	}
+	return g
+}
+
+// recordedFor reports whether a write that needs the record of gen may be
+// acknowledged (done true, err nil), must fail (done true, err set: the
+// record failed, or the set is closing), or must wait.
+func (h *health) recordedFor(gen uint64) (done bool, err error) {
+	switch {
+	case h.recorded >= gen:
+		return true, nil
+	case h.closed:
+		return true, fmt.Errorf("%w: the set is closing", ErrNoMembers)
+	case h.failedAt >= gen && !h.asked(hookRecord):
+		return true, fmt.Errorf("%w: the degradation could not be recorded: %w", ErrNoMembers, h.recErr)
+	}
+	return false, nil
+}
+
+// ask queues a hook call; a record replaces a queued, not yet started
+// record (the newer generation covers the older).
+func (h *health) ask(c hookCall) {
+	if h.closed {
+		return
+	}
+	if c.kind == hookRecord {
+		for j := range h.queue {
+			if h.queue[j].kind == hookRecord {
+				h.queue[j].gen = max(h.queue[j].gen, c.gen)
+				return
+			}
+		}
+	}
+	h.queue = append(h.queue, c)
+}
+
+// asked reports whether a call of kind is queued or running.
+func (h *health) asked(kind hookKind) bool {
+	if h.running != nil && h.running.kind == kind {
+		return true
+	}
+	for _, c := range h.queue {
+		if c.kind == kind {
+			return true
+		}
+	}
+	return false
+}
+
+// next returns the hook call to start now, if no call runs and one is
+// queued. The driver must report its end with hookDone.
+func (h *health) next() (hookCall, bool) {
+	if h.running != nil || len(h.queue) == 0 || h.closed {
+		return hookCall{}, false
+	}
+	c := h.queue[0]
+	h.queue = h.queue[1:]
+	h.running = &c
+	return c, true
+}
+
+// hookDone reports the end of the running hook call.
+func (h *health) hookDone(c hookCall, err error) {
+	if h.running == nil || *h.running != c {
+		panic(fmt.Sprintf("raid: hookDone(%v) but %v is running", c, h.running))
+	}
+	h.running = nil
+	switch c.kind {
+	case hookRecord:
+		// Some LOGs may be pinned even if the call failed.
+		h.pinned = true
+		if err != nil {
+			h.failedAt, h.recErr = max(h.failedAt, c.gen), err
+			return
+		}
+		h.recorded = max(h.recorded, c.gen)
+	case hookUnpin:
+		if err == nil && !h.armed && !h.asked(hookRecord) {
+			h.pinned = false
+		}
+	}
+}
+
+// close stops the machine: no hook starts any more, and writes waiting for
+// a record fail.
+func (h *health) close() {
+	h.closed = true
+	h.queue = nil
+}
+
+// checkInvariants returns an error if the machine is in a state its rules
+// forbid. Tests call it after every step.
+func (h *health) checkInvariants() error {
+	var errs []error
+	if h.recorded > h.degr || h.failedAt > h.degr {
+		errs = append(errs, fmt.Errorf("record generation %d/%d beyond the degradation %d", h.recorded, h.failedAt, h.degr))
+	}
+	if h.degraded() && !h.armed && h.anyFailed() {
+		errs = append(errs, errors.New("a member is failed but the set is not armed"))
+	}
+	if h.armed && h.recorded < h.degr && !h.closed && !h.asked(hookRecord) && h.failedAt < h.degr {
+		errs = append(errs, fmt.Errorf("degradation %d is neither recorded nor being recorded", h.degr))
+	}
+	if h.armed && !h.pinned && h.recorded >= h.degr && h.degr > 0 {
+		errs = append(errs, errors.New("degradation recorded but the LOGs are not counted as pinned"))
+	}
+	for i, st := range h.state {
+		if st == Failed && h.errs[i] == nil {
+			errs = append(errs, fmt.Errorf("member %d failed without an error", i))
+		}
+	}
+	for j, c := range h.queue {
+		if c.kind == hookUnpin && j+1 < len(h.queue) && h.queue[j+1].kind == hookUnpin {
+			errs = append(errs, errors.New("two unpins queued back to back"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// String describes the machine for scenario tests and logs.
+func (h *health) String() string {
+	var b strings.Builder
+	b.WriteString("members:")
+	for i, st := range h.state {
+		fmt.Fprintf(&b, " %d=%v", i, st)
+		if h.conn[i] > 0 {
+			fmt.Fprintf(&b, "/c%d", h.conn[i])
+		}
+	}
+	fmt.Fprintf(&b, "\ndegradation=%d recorded=%d", h.degr, h.recorded)
+	if h.failedAt > 0 {
+		fmt.Fprintf(&b, " record-failed=%d", h.failedAt)
+	}
+	fmt.Fprintf(&b, " armed=%v pinned=%v", h.armed, h.pinned)
+	if h.closed {
+		b.WriteString(" closed")
+	}
+	if h.running != nil {
+		fmt.Fprintf(&b, "\nrunning: %v", *h.running)
+	}
+	if len(h.queue) > 0 {
+		b.WriteString("\nqueued:")
+		for _, c := range h.queue {
+			fmt.Fprintf(&b, " [%v]", c)
+		}
+	}
+	return b.String()
+}
