@@ -219,7 +219,7 @@ func (st *setState) connect(ctx context.Context) []bool {
 				st.log.Warn("fencing member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
 				return
 			}
-			c, err := nbd.Dial(fctx, memberClientConfig(m, s.cfg.IOTimeout))
+			c, err := s.cfg.Dial(fctx, memberClientConfig(m, s.cfg.IOTimeout))
 			if err != nil {
 				st.log.Warn("connecting member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
 				return

@@ -2,8 +2,11 @@ package hostd
 
 import (
 	"context"
+	"time"
 
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/raid"
 )
 
 // chunkControl is what hostd needs from a chunkserver's control API
@@ -16,4 +19,21 @@ type chunkControl interface {
 	Log(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error)
 	WriteIntent(ctx context.Context, chunk string, req api.IntentRequest) (*api.ControlResponse, error)
 	ReadIntent(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error)
+}
+
+// memberConn is a connection to a member chunk: the device the set uses,
+// the allocation status GET LBA STATUS asks for, and Close. *nbd.Client
+// satisfies it.
+type memberConn interface {
+	raid.Device
+	BlockStatus(ctx context.Context, metaContext string, off, length int64) ([]nbd.Extent, error)
+	Close() error
+}
+
+// metaClient is what hostd needs from the metaserver (api.Client).
+type metaClient interface {
+	RegisterHost(ctx context.Context, req api.RegisterHostRequest) (*api.RegisterHostResponse, error)
+	HostHeartbeat(ctx context.Context, id int64) error
+	HostVolumes(ctx context.Context, id int64, after int64, wait time.Duration) (*api.HostVolumes, error)
+	HostReport(ctx context.Context, id int64, r api.HostReport) error
 }

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/chunkraid/chunkraid/chunkserver/control"
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/hostd/iscsi"
 	"github.com/chunkraid/chunkraid/linear"
 	"github.com/chunkraid/chunkraid/metaserver/api"
@@ -60,12 +61,17 @@ type Config struct {
 	// Control returns the control client of a chunkserver's control
 	// address. Default: chunkserver/control's HTTP client.
 	Control func(addr string) chunkControl
+	// Dial connects a member chunk. Default: the NBD client (nbd.Dial).
+	Dial func(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error)
+	// Meta is the metaserver client. Default: metaserver/api's HTTP client
+	// of Metaserver.
+	Meta metaClient
 	// Logger receives the daemon's log. nil discards.
 	Logger *slog.Logger
 }
 
 func (c *Config) validate() error {
-	if c.Metaserver == "" {
+	if c.Metaserver == "" && c.Meta == nil {
 		return errors.New("hostd: the metaserver URL is required (--metaserver or CHUNKRAID_METASERVER)")
 	}
 	if c.Name == "" {
@@ -108,6 +114,12 @@ func (c *Config) validate() error {
 	if c.Control == nil {
 		c.Control = func(addr string) chunkControl { return control.NewClient(addr, nil) }
 	}
+	if c.Dial == nil {
+		c.Dial = func(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error) { return nbd.Dial(ctx, cfg) }
+	}
+	if c.Meta == nil {
+		c.Meta = api.NewClient(c.Metaserver, nil)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -118,7 +130,7 @@ func (c *Config) validate() error {
 type Server struct {
 	cfg    Config
 	log    *slog.Logger
-	meta   *api.Client
+	meta   metaClient
 	target *iscsi.Server
 	id     int64
 
@@ -137,7 +149,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, meta: api.NewClient(cfg.Metaserver, nil), target: t}
+	s := &Server{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, target: t}
 	s.mu.attached = make(map[string]*attachment)
 	return s, nil
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
 )
@@ -81,7 +80,7 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 	if _, err := m.ctl.Fence(rctx, m.api.ChunkID, m.req()); err != nil {
 		return fmt.Errorf("fence: %w", err)
 	}
-	c, err := nbd.Dial(rctx, memberClientConfig(m, s.cfg.IOTimeout))
+	c, err := s.cfg.Dial(rctx, memberClientConfig(m, s.cfg.IOTimeout))
 	if err != nil {
 		return err
 	}

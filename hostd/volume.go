@@ -40,7 +40,7 @@ type member struct {
 
 	mu struct {
 		sync.Mutex
-		client *nbd.Client // current connection; nil while unreachable
+		client memberConn // current connection; nil while unreachable
 	}
 	// needLog is set for a member that was unreachable when the volume was
 	// attached after an unclean stop: its LOG bitmap may name writes the
@@ -53,13 +53,13 @@ func (m *member) req() api.ControlRequest {
 }
 
 // conn is the member's current connection, nil while it is unreachable.
-func (m *member) conn() *nbd.Client {
+func (m *member) conn() memberConn {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.mu.client
 }
 
-func (m *member) setClient(c *nbd.Client) *nbd.Client {
+func (m *member) setClient(c memberConn) memberConn {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	old := m.mu.client

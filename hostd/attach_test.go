@@ -1,0 +1,159 @@
+package hostd
+
+import (
+	"bytes"
+	"os"
+	"slices"
+	"testing"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/raid"
+)
+
+func TestAttachAllMembers(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.setLog("c1", 2)
+	if err := s.attach(t.Context(), testVolume(2)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	if got := states(a); !slices.Equal(got, []raid.MemberState{raid.InSync, raid.InSync}) {
+		t.Fatalf("states %v, want both in sync", got)
+	}
+	if got := s.target.Targets(); len(got) != 1 {
+		t.Fatalf("targets %v, want the volume's", got)
+	}
+	if p := c.pinnedChunks(); len(p) != 0 {
+		t.Errorf("pinned %v after a whole attach", p)
+	}
+	// The unclean stop's LOG bits were merged and resynced.
+	waitFor(t, "the merged LOG region to be resynced", func() bool { return allInSync(a) })
+	ev := c.eventList()
+	for _, id := range []string{"c0", "c1"} {
+		fence, dial := slices.Index(ev, "fence "+id), slices.Index(ev, "dial "+id)
+		if fence < 0 || dial < fence {
+			t.Errorf("%s: fence at %d, dial at %d in %v: want fence before dial", id, fence, dial, ev)
+		}
+	}
+	data := fill(64<<10, 7)
+	if err := a.volume.WriteAt(t.Context(), data, 3<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"c0", "c1"} {
+		if !bytes.Equal(c.chunk(id).dev.Bytes()[3<<20:3<<20+len(data)], data) {
+			t.Errorf("%s does not hold the write", id)
+		}
+	}
+}
+
+func TestAttachMemberUnreachable(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.setDown("c1", true)
+	if err := s.attach(t.Context(), testVolume(2)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	if got := states(a); !slices.Equal(got, []raid.MemberState{raid.InSync, raid.Failed}) {
+		t.Fatalf("states %v, want c1 failed", got)
+	}
+	if p := c.pinnedChunks(); !slices.Equal(p, []string{"c0"}) {
+		t.Errorf("pinned %v, want the survivor c0", p)
+	}
+	reps := c.meta.reportList()
+	if len(reps) == 0 || reps[0].serving || reportText(reps[0].VolumeReport) != "c0=in_sync c1=degraded" {
+		t.Fatalf("first report %+v: want c1 recorded degraded before the target serves", reps)
+	}
+}
+
+func TestAttachRecordedDegraded(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	good, stale := fill(testRegion, 1), fill(testRegion, 99)
+	seed(t, c, "c0", testRegion, good)
+	seed(t, c, "c1", testRegion, stale)
+	// c0's pinned LOG names the region c1 missed while the previous holder
+	// ran degraded.
+	c.setLog("c0", 1)
+	v := testVolume(2)
+	v.Sets[0].Members[1].State = api.MemberDegraded
+	if err := s.attach(t.Context(), v); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	if st := states(a); st[1] == raid.InSync {
+		t.Fatalf("states %v: the recorded-degraded member started in sync", st)
+	}
+	got := make([]byte, testRegion)
+	for range 4 {
+		if err := a.volume.ReadAt(t.Context(), got, testRegion); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, good) {
+			t.Fatal("read returned the stale member's data")
+		}
+	}
+	waitFor(t, "c1 to be resynced", func() bool { return allInSync(a) })
+	if !bytes.Equal(c.chunk("c0").dev.Bytes()[testRegion:2*testRegion], good) {
+		t.Fatal("the resync copied from the stale member")
+	}
+	if !bytes.Equal(c.chunk("c1").dev.Bytes()[testRegion:2*testRegion], good) {
+		t.Fatal("the resync did not repair the stale member")
+	}
+}
+
+func TestRejoinAfterMemberReturns(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.setDown("c1", true)
+	if err := s.attach(t.Context(), testVolume(2)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	data := fill(128<<10, 3)
+	if err := a.volume.WriteAt(t.Context(), data, 5<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	c.setDown("c1", false)
+	a.sets[0].wake()
+	waitFor(t, "c1 to rejoin and resync", func() bool { return allInSync(a) })
+	if !bytes.Equal(c.chunk("c1").dev.Bytes()[5<<20:5<<20+len(data)], data) {
+		t.Fatal("c1 misses the write made while it was away")
+	}
+	waitFor(t, "the LOGs to be unpinned", func() bool { return len(c.pinnedChunks()) == 0 })
+	waitFor(t, "a report of both members in sync", func() bool {
+		r := c.meta.reportList()
+		return len(r) > 0 && reportText(r[len(r)-1].VolumeReport) == "c0=in_sync c1=in_sync"
+	})
+}
+
+func TestCleanDetach(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	if err := s.attach(t.Context(), testVolume(2)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	if err := a.volume.WriteAt(t.Context(), fill(4096, 1), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.volume.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the WIB to be clean", func() bool { return allInSync(a) })
+	s.detach("vol", true)
+	reps := c.meta.reportList()
+	if len(reps) == 0 || !reps[len(reps)-1].CleanDetach {
+		t.Fatalf("last report %+v: want a clean detach", reps)
+	}
+	if _, err := os.Stat(s.wibPath("vol", 0)); !os.IsNotExist(err) {
+		t.Errorf("WIB file after a clean detach: %v", err)
+	}
+	if n := c.openConns(); n != 0 {
+		t.Errorf("%d connections open after detach", n)
+	}
+	if got := s.target.Targets(); len(got) != 0 {
+		t.Errorf("targets %v after detach", got)
+	}
+}

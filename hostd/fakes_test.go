@@ -1,0 +1,439 @@
+package hostd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/raid"
+	"github.com/chunkraid/chunkraid/raid/raidtest"
+)
+
+// The fakes of hostd's unit tests: chunks held in memory behind a fake
+// control API and dialer, and a metaserver that records reports. Every
+// call that matters for ordering lands in one event list.
+
+const (
+	testChunkSize = 8 << 20
+	testRegion    = 1 << 20
+)
+
+var errDown = errors.New("connection refused (fake chunkserver down)")
+
+// fakeChunk is one member chunk on a fake chunkserver.
+type fakeChunk struct {
+	id  string
+	dev *raidtest.MemDevice
+	// guarded by fakeCluster.mu
+	down     bool
+	pinned   bool
+	minEpoch int64
+	log      api.LogBitmap
+	conns    []*fakeConn
+}
+
+// fakeCluster is the fake chunkservers of a test, reached by control and
+// NBD addresses "ctl-<chunk>" and "nbd-<chunk>".
+type fakeCluster struct {
+	t  *testing.T
+	mu sync.Mutex
+	// guarded by mu
+	chunks map[string]*fakeChunk
+	events []string
+	pinErr error
+	meta   *fakeMeta
+}
+
+func newFakeCluster(t *testing.T, n int) *fakeCluster {
+	c := &fakeCluster{t: t, chunks: map[string]*fakeChunk{}}
+	for i := range n {
+		id := fmt.Sprintf("c%d", i)
+		c.chunks[id] = &fakeChunk{id: id, dev: raidtest.NewMemDevice(testChunkSize)}
+	}
+	return c
+}
+
+func (c *fakeCluster) event(format string, args ...any) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.eventLocked(format, args...)
+}
+
+func (c *fakeCluster) eventLocked(format string, args ...any) {
+	c.events = append(c.events, fmt.Sprintf(format, args...))
+}
+
+func (c *fakeCluster) eventList() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.events...)
+}
+
+func (c *fakeCluster) chunk(id string) *fakeChunk {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.chunks[id]
+}
+
+// setDown takes chunk id's chunkserver away (every connection fails, no
+// dial or control call succeeds) or brings it back.
+func (c *fakeCluster) setDown(id string, down bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := c.chunks[id]
+	ch.down = down
+	if down {
+		for _, cn := range ch.conns {
+			cn.dead.Store(true)
+		}
+	}
+}
+
+func (c *fakeCluster) setLog(id string, regions ...int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := c.chunks[id]
+	bits := make([]byte, testChunkSize/testRegion/8)
+	for _, r := range regions {
+		bits[r/8] |= 1 << (r % 8)
+	}
+	ch.log = api.LogBitmap{RegionSize: testRegion, Size: testChunkSize, Bits: bits}
+}
+
+func (c *fakeCluster) pinnedChunks() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for i := range len(c.chunks) {
+		if ch := c.chunks[fmt.Sprintf("c%d", i)]; ch.pinned {
+			out = append(out, ch.id)
+		}
+	}
+	return out
+}
+
+// openConns counts the connections of the test not closed yet.
+func (c *fakeCluster) openConns() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, ch := range c.chunks {
+		for _, cn := range ch.conns {
+			if !cn.closed.Load() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (c *fakeCluster) control(string) chunkControl { return fakeControl{c} }
+
+func (c *fakeCluster) dial(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := c.chunks[strings.TrimPrefix(cfg.Addr, "nbd-")]
+	if ch == nil || ch.down {
+		return nil, errDown
+	}
+	cn := &fakeConn{dev: ch.dev, chunk: ch.id}
+	ch.conns = append(ch.conns, cn)
+	c.eventLocked("dial %s", ch.id)
+	return cn, nil
+}
+
+// fakeControl is the control API of the fake chunkservers.
+type fakeControl struct{ c *fakeCluster }
+
+func (f fakeControl) call(op, chunk string, do func(ch *fakeChunk) error) (*api.ControlResponse, error) {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	ch := f.c.chunks[chunk]
+	if ch == nil {
+		return nil, &api.Error{Status: 404, Code: api.CodeNotFound, Message: "no chunk " + chunk}
+	}
+	if ch.down {
+		return nil, errDown
+	}
+	if err := do(ch); err != nil {
+		return nil, err
+	}
+	f.c.eventLocked("%s %s", op, chunk)
+	return &api.ControlResponse{MinEpoch: ch.minEpoch, Pinned: ch.pinned}, nil
+}
+
+func (f fakeControl) Fence(_ context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
+	return f.call("fence", chunk, func(ch *fakeChunk) error {
+		ch.minEpoch = max(ch.minEpoch, req.Epoch)
+		return nil
+	})
+}
+
+func (f fakeControl) Pin(_ context.Context, chunk string, _ api.ControlRequest) (*api.ControlResponse, error) {
+	return f.call("pin", chunk, func(ch *fakeChunk) error {
+		if f.c.pinErr != nil {
+			return f.c.pinErr
+		}
+		ch.pinned = true
+		return nil
+	})
+}
+
+func (f fakeControl) Unpin(_ context.Context, chunk string, _ api.ControlRequest) (*api.ControlResponse, error) {
+	return f.call("unpin", chunk, func(ch *fakeChunk) error {
+		ch.pinned = false
+		return nil
+	})
+}
+
+func (f fakeControl) Log(_ context.Context, chunk string, _ api.ControlRequest) (*api.LogBitmap, error) {
+	var lb api.LogBitmap
+	_, err := f.call("log", chunk, func(ch *fakeChunk) error {
+		lb = ch.log
+		lb.Bits = bytes.Clone(lb.Bits)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &lb, nil
+}
+
+func (f fakeControl) WriteIntent(_ context.Context, chunk string, req api.IntentRequest) (*api.ControlResponse, error) {
+	return f.call("write-intent", chunk, func(*fakeChunk) error { return nil })
+}
+
+func (f fakeControl) ReadIntent(_ context.Context, chunk string, _ api.ControlRequest) (*api.LogBitmap, error) {
+	if _, err := f.call("read-intent", chunk, func(*fakeChunk) error { return nil }); err != nil {
+		return nil, err
+	}
+	return &api.LogBitmap{}, nil
+}
+
+// fakeConn is one NBD connection to a fake chunk.
+type fakeConn struct {
+	dev    *raidtest.MemDevice
+	chunk  string
+	dead   atomic.Bool // its chunkserver went away
+	closed atomic.Bool
+}
+
+func (c *fakeConn) check() error {
+	if c.dead.Load() || c.closed.Load() {
+		return errDown
+	}
+	return nil
+}
+
+func (c *fakeConn) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.dev.ReadAt(ctx, p, off)
+}
+
+func (c *fakeConn) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.dev.WriteAt(ctx, p, off, fua)
+}
+
+func (c *fakeConn) Flush(ctx context.Context) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.dev.Flush(ctx)
+}
+
+func (c *fakeConn) Trim(ctx context.Context, off, length int64) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	return c.dev.Trim(ctx, off, length)
+}
+
+func (c *fakeConn) Size() int64 { return c.dev.Size() }
+
+func (c *fakeConn) BlockStatus(context.Context, string, int64, int64) ([]nbd.Extent, error) {
+	return nil, errors.New("fake: no block status")
+}
+
+func (c *fakeConn) Close() error {
+	c.closed.Store(true)
+	return nil
+}
+
+// fakeMeta is a metaserver that records the reports it is sent.
+type fakeMeta struct {
+	c       *fakeCluster
+	cluster api.Cluster
+	// target, when set, tells whether the volume's iSCSI target exists; each
+	// report records it.
+	target func() bool
+
+	mu sync.Mutex
+	// guarded by mu
+	reports []metaReport
+	fail    func(api.VolumeReport) error
+}
+
+// metaReport is one volume report as the fake metaserver received it.
+type metaReport struct {
+	api.VolumeReport
+	serving bool // the volume's target existed when the report arrived
+}
+
+func (m *fakeMeta) RegisterHost(context.Context, api.RegisterHostRequest) (*api.RegisterHostResponse, error) {
+	return &api.RegisterHostResponse{ID: 1, IOTimeoutMS: m.cluster.IOTimeoutMS, LogPeriodMS: m.cluster.LogPeriodMS}, nil
+}
+
+func (m *fakeMeta) Cluster(context.Context) (*api.Cluster, error) {
+	cl := m.cluster
+	return &cl, nil
+}
+
+func (m *fakeMeta) HostHeartbeat(context.Context, int64) error { return nil }
+
+func (m *fakeMeta) HostVolumes(ctx context.Context, _ int64, _ int64, _ time.Duration) (*api.HostVolumes, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (m *fakeMeta) HostReport(_ context.Context, _ int64, r api.HostReport) error {
+	serving := m.target != nil && m.target()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, vr := range r.Volumes {
+		if m.fail != nil {
+			if err := m.fail(vr); err != nil {
+				return err
+			}
+		}
+	}
+	for _, vr := range r.Volumes {
+		m.reports = append(m.reports, metaReport{VolumeReport: vr, serving: serving})
+		m.c.event("report %s", reportText(vr))
+	}
+	return nil
+}
+
+func (m *fakeMeta) setFail(f func(api.VolumeReport) error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.fail = f
+}
+
+func (m *fakeMeta) reportList() []metaReport {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]metaReport(nil), m.reports...)
+}
+
+// reportText is a report in short: "clean" or the member states by chunk.
+func reportText(vr api.VolumeReport) string {
+	var b strings.Builder
+	if vr.CleanDetach {
+		b.WriteString("clean ")
+	}
+	for _, s := range vr.Sets {
+		for _, m := range s.Members {
+			fmt.Fprintf(&b, "%s=%s ", m.ChunkID, m.State)
+		}
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// testVolume is a one-set mirror:n volume of chunks c0..c(n-1), attached
+// to this host at epoch 2 after an unclean stop (CleanDetach false).
+func testVolume(n int) api.Volume {
+	v := api.Volume{Name: "vol", SizeBytes: testChunkSize, Layout: fmt.Sprintf("mirror:%d", n), Bitmap: api.BitmapRemb,
+		Host: "h1", Epoch: 2, IQN: "iqn.2025-01.test.chunkraid:vol"}
+	set := api.Set{Index: 0}
+	for i := range n {
+		id := fmt.Sprintf("c%d", i)
+		name := api.ExportName{Chunk: id, Host: "h1", Epoch: 2, Token: "t"}
+		set.Members = append(set.Members, api.Member{ChunkID: id, Chunkserver: "cs" + id, Addr: "nbd-" + id,
+			ControlAddr: "ctl-" + id, Export: name.String(), State: api.MemberInSync})
+	}
+	v.Sets = []api.Set{set}
+	return v
+}
+
+// newTestServer is a hostd over the fake cluster, registered as host 1
+// with t_io of 1 s, not yet serving iSCSI.
+func newTestServer(t *testing.T, c *fakeCluster) *Server {
+	t.Helper()
+	meta := &fakeMeta{c: c, cluster: api.Cluster{IOTimeoutMS: 1000, OfflineAfterMS: 10000, OfflineAfterSeconds: 10, LogPeriodMS: 60000}}
+	c.meta = meta
+	s, err := New(Config{
+		Name: "h1", Meta: meta, Control: c.control, Dial: c.dial,
+		IOTimeout: time.Second, WIBDir: t.TempDir(), ReconnectMin: 5 * time.Millisecond, ReconnectMax: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.id = 1
+	meta.target = func() bool { return len(s.target.Targets()) > 0 }
+	t.Cleanup(s.detachAll)
+	return s
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (s *Server) attached(name string) *attachment {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.attached[name]
+}
+
+// waitFor polls cond until it holds or 10 s passed.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func states(a *attachment) []raid.MemberState { return a.sets[0].mirror.States() }
+
+func allInSync(a *attachment) bool {
+	st := a.sets[0]
+	return !st.mirror.Degraded() && st.wib.Count() == 0
+}
+
+// fill is n bytes of a pattern of seed.
+func fill(n int, seed byte) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = seed + byte(i%251)
+	}
+	return p
+}
+
+// seed writes p at off of chunk id behind the host's back.
+func seed(t *testing.T, c *fakeCluster, id string, off int64, p []byte) {
+	t.Helper()
+	if err := c.chunk(id).dev.WriteAt(t.Context(), p, off, false); err != nil {
+		t.Fatal(err)
+	}
+}
