@@ -37,7 +37,7 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 		}
 		a.sets = append(a.sets, st)
 	}
-	if err := a.recordDegradedAtAttach(ctx); err != nil {
+	if err := a.recordAttached(ctx); err != nil {
 		return err
 	}
 	if err := a.serve(); err != nil {
@@ -57,20 +57,18 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 	return nil
 }
 
-// recordDegradedAtAttach records the degraded members with the metaserver
-// before the volume is served: a host taking over after our crash must not
-// trust them.
-func (a *attachment) recordDegradedAtAttach(ctx context.Context) error {
-	for _, st := range a.sets {
-		if st.mirror.Degraded() {
-			rctx, cancel := context.WithTimeout(ctx, 2*a.s.cfg.IOTimeout)
-			err := a.s.meta.HostReport(rctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{a.snapshot(false)}})
-			cancel()
-			if err != nil {
-				return fmt.Errorf("recording degraded members with the metaserver: %w", err)
-			}
-			return nil
-		}
+// recordAttached reports the volume attached and not clean, with its
+// members' states, and waits for the metaserver to store it; attach calls
+// it before the target serves. It clears a clean detach the metaserver
+// holds for this epoch (a restarted hostd attaches at the same epoch): a
+// reboot after the first write would otherwise skip the next recovery. And
+// it records the degraded members: a host taking over after our crash
+// must not trust them.
+func (a *attachment) recordAttached(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, 2*a.s.cfg.IOTimeout)
+	defer cancel()
+	if err := a.s.meta.HostReport(rctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{a.snapshot(false)}}); err != nil {
+		return fmt.Errorf("recording the attach with the metaserver: %w", err)
 	}
 	return nil
 }

@@ -1,0 +1,40 @@
+package hostd
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// A volume the previous holder detached cleanly is attached without
+// recovery; its clean_detach must be cleared with the metaserver before
+// the target serves a write, or a reboot before the next report would skip
+// the recovery of that write.
+func TestAttachClearsCleanDetachBeforeServing(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	v := testVolume(2)
+	v.CleanDetach = true
+	if err := s.attach(t.Context(), v); err != nil {
+		t.Fatal(err)
+	}
+	reps := c.meta.reportList()
+	if len(reps) == 0 || reps[0].serving || reps[0].CleanDetach {
+		t.Fatalf("reports %+v: want a report that clears clean_detach before the target serves", reps)
+	}
+}
+
+func TestAttachFailsWhenCleanDetachCannotBeCleared(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.meta.setFail(func(api.VolumeReport) error { return errors.New("metaserver unreachable") })
+	v := testVolume(2)
+	v.CleanDetach = true
+	if err := s.attach(t.Context(), v); err == nil {
+		t.Fatal("attach succeeded although the metaserver still says clean_detach")
+	}
+	if got := s.target.Targets(); len(got) != 0 {
+		t.Fatalf("targets %v after a failed attach", got)
+	}
+}
