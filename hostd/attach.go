@@ -31,11 +31,9 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 	}()
 	recover := !v.CleanDetach
 	for _, set := range v.Sets {
-		st, err := a.attachSet(ctx, set, recover)
-		if err != nil {
+		if err := a.attachSet(ctx, set, recover); err != nil {
 			return fmt.Errorf("set %d: %w", set.Index, err)
 		}
-		a.sets = append(a.sets, st)
 	}
 	if err := a.recordAttached(ctx); err != nil {
 		return err
@@ -120,22 +118,25 @@ func (a *attachment) start() {
 	}
 }
 
-// attachSet brings one set up: it fences and connects the members, plans
-// which of them serve, opens the WIB, folds in the LOG bitmaps and builds the
-// raid set.
-func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (*setState, error) {
+// attachSet brings one set up and adds it to a.sets: it fences and
+// connects the members, plans which of them serve, opens the WIB, folds in
+// the LOG bitmaps and builds the raid set. The set joins a.sets as soon as
+// it exists, so that close releases whatever it holds (connections, WIB,
+// set) when the attach fails half-way.
+func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) error {
 	st, err := a.newSetState(set, recover)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	a.sets = append(a.sets, st)
 	layout, err := api.ParseLayout(a.vol.Layout)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	reachable := st.connect(ctx)
 	p, err := planSet(st.members, reachable, layout)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(p.stale) > 0 {
 		st.log.Info("members recorded as not in sync start degraded", "members", p.stale)
@@ -150,14 +151,13 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 	}
 	wib, reused, err := a.openWIB(set.Index, setSize)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	st.wib = wib
 	st.recoverWIB(ctx, reachable, recover, reused, setSize)
 	rs, err := st.buildSet(p, layout, stripe)
 	if err != nil {
-		wib.Close()
-		return nil, err
+		return err
 	}
 	st.mirror = rs
 	if len(p.degraded) > 0 {
@@ -167,7 +167,7 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) (
 			st.log.Error("pinning survivors at attach failed", "err", err)
 		}
 	}
-	return st, nil
+	return nil
 }
 
 // newSetState is set's state before any member is contacted.

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/raid"
 )
 
 // A volume the previous holder detached cleanly is attached without
@@ -36,5 +37,20 @@ func TestAttachFailsWhenCleanDetachCannotBeCleared(t *testing.T) {
 	}
 	if got := s.target.Targets(); len(got) != 0 {
 		t.Fatalf("targets %v after a failed attach", got)
+	}
+}
+
+func TestAttachFailureClosesClients(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.setDown("c0", true)
+	v := testVolume(2)
+	v.Sets[0].Members[1].State = api.MemberDegraded // reachable, but not a source
+	err := s.attach(t.Context(), v)
+	if !errors.Is(err, raid.ErrNoMembers) {
+		t.Fatalf("attach: %v, want ErrNoMembers", err)
+	}
+	if n := c.openConns(); n != 0 {
+		t.Fatalf("%d connections open after a failed attach", n)
 	}
 }
