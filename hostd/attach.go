@@ -163,8 +163,9 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 	if len(p.degraded) > 0 {
 		// Attaching degraded: the survivors must not forget what the absent
 		// members miss from now on.
+		// Serving without the pin would let them forget it after T.
 		if err := st.pinSurvivors(ctx); err != nil {
-			st.log.Error("pinning survivors at attach failed", "err", err)
+			return fmt.Errorf("pinning the survivors' LOG bitmaps: %w", err)
 		}
 	}
 	return nil

@@ -40,6 +40,23 @@ func TestAttachFailsWhenCleanDetachCannotBeCleared(t *testing.T) {
 	}
 }
 
+func TestAttachFailsWhenSurvivorPinFails(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.setDown("c1", true)
+	c.pinErr = errors.New("pin: disk full")
+	err := s.attach(t.Context(), testVolume(2))
+	if err == nil {
+		t.Fatal("attach succeeded although the survivor's LOG could not be pinned")
+	}
+	if got := s.target.Targets(); len(got) != 0 {
+		t.Fatalf("targets %v after a failed attach", got)
+	}
+	if n := c.openConns(); n != 0 {
+		t.Errorf("%d connections open after a failed attach", n)
+	}
+}
+
 func TestAttachFailureClosesClients(t *testing.T) {
 	c := newFakeCluster(t, 2)
 	s := newTestServer(t, c)
