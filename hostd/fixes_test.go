@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 
@@ -69,5 +70,36 @@ func TestAttachFailureClosesClients(t *testing.T) {
 	}
 	if n := c.openConns(); n != 0 {
 		t.Fatalf("%d connections open after a failed attach", n)
+	}
+}
+
+// A chunkserver that restarted after a power loss may hold LOG bits for
+// writes it lost and the host's WIB already cleaned: its LOG is merged on
+// every rejoin.
+func TestRejoinMergesMemberLog(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	v := testVolume(2)
+	v.CleanDetach = true
+	data := fill(testRegion, 5)
+	seed(t, c, "c0", 3*testRegion, data)
+	seed(t, c, "c1", 3*testRegion, data)
+	if err := s.attach(t.Context(), v); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	c.setDown("c1", true)
+	if err := a.volume.WriteAt(t.Context(), fill(4096, 9), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "c1 to fail", func() bool { return states(a)[1] == raid.Failed })
+	// The power loss took c1's unsynced copy of region 3; its LOG names it.
+	seed(t, c, "c1", 3*testRegion, fill(testRegion, 77))
+	c.setLog("c1", 3)
+	c.setDown("c1", false)
+	a.sets[0].wake()
+	waitFor(t, "c1 to rejoin and resync", func() bool { return allInSync(a) })
+	if !bytes.Equal(c.chunk("c1").dev.Bytes()[3*testRegion:4*testRegion], data) {
+		t.Fatal("region 3, named by c1's LOG, was not resynced on rejoin")
 	}
 }
