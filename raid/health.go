@@ -207,7 +207,7 @@ func (h *health) degraded() bool {
 // retry after a failed record).
 func (h *health) degradedWrite() uint64 {
 	g := h.degr
-	if h.recorded < g && !h.asked(hookRecord) {
+	if h.recorded < g && !h.recording(g) {
 		h.ask(hookCall{kind: hookRecord, gen: g})
 	}
 	return g
@@ -222,27 +222,38 @@ func (h *health) recordedFor(gen uint64) (done bool, err error) {
 		return true, nil
 	case h.closed:
 		return true, fmt.Errorf("%w: the set is closing", ErrNoMembers)
-	case h.failedAt >= gen && !h.asked(hookRecord):
+	case h.failedAt >= gen && !h.recording(gen):
 		return true, fmt.Errorf("%w: the degradation could not be recorded: %w", ErrNoMembers, h.recErr)
 	}
 	return false, nil
 }
 
-// ask queues a hook call; a record replaces a queued, not yet started
-// record (the newer generation covers the older).
+// ask queues a hook call. A record merges into a record that is last in
+// the queue (the newer generation covers the older); never into one that an
+// unpin follows, which would move the pin before the unpin.
 func (h *health) ask(c hookCall) {
 	if h.closed {
 		return
 	}
-	if c.kind == hookRecord {
-		for j := range h.queue {
-			if h.queue[j].kind == hookRecord {
-				h.queue[j].gen = max(h.queue[j].gen, c.gen)
-				return
-			}
-		}
+	if n := len(h.queue); c.kind == hookRecord && n > 0 && h.queue[n-1].kind == hookRecord {
+		h.queue[n-1].gen = max(h.queue[n-1].gen, c.gen)
+		return
 	}
 	h.queue = append(h.queue, c)
+}
+
+// recording reports whether a record of generation gen or newer is queued
+// or running.
+func (h *health) recording(gen uint64) bool {
+	if h.running != nil && h.running.kind == hookRecord && h.running.gen >= gen {
+		return true
+	}
+	for _, c := range h.queue {
+		if c.kind == hookRecord && c.gen >= gen {
+			return true
+		}
+	}
+	return false
 }
 
 // asked reports whether a call of kind is queued or running.
@@ -309,7 +320,7 @@ func (h *health) checkInvariants() error {
 	if h.degraded() && !h.armed && h.anyFailed() {
 		errs = append(errs, errors.New("a member is failed but the set is not armed"))
 	}
-	if h.armed && h.recorded < h.degr && !h.closed && !h.asked(hookRecord) && h.failedAt < h.degr {
+	if h.armed && h.recorded < h.degr && !h.closed && !h.recording(h.degr) && h.failedAt < h.degr {
 		errs = append(errs, fmt.Errorf("degradation %d is neither recorded nor being recorded", h.degr))
 	}
 	if h.armed && !h.pinned && h.recorded >= h.degr && h.degr > 0 {
