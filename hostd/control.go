@@ -36,4 +36,5 @@ type metaClient interface {
 	HostHeartbeat(ctx context.Context, id int64) error
 	HostVolumes(ctx context.Context, id int64, after int64, wait time.Duration) (*api.HostVolumes, error)
 	HostReport(ctx context.Context, id int64, r api.HostReport) error
+	Cluster(ctx context.Context) (*api.Cluster, error)
 }

@@ -3,7 +3,9 @@ package hostd
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
@@ -101,5 +103,31 @@ func TestRejoinMergesMemberLog(t *testing.T) {
 	waitFor(t, "c1 to rejoin and resync", func() bool { return allInSync(a) })
 	if !bytes.Equal(c.chunk("c1").dev.Bytes()[3*testRegion:4*testRegion], data) {
 		t.Fatal("region 3, named by c1's LOG, was not resynced on rejoin")
+	}
+}
+
+func TestRegisterChecksBudget(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		tIO     time.Duration
+		wantErr string
+	}{
+		{"within", 2 * time.Second, ""},
+		{"t_io reaches offline_after", 12 * time.Second, "must be less than offline_after=10s"},
+		{"T below 3 t_io", 9 * time.Second, "must be at least 3×t_io"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newFakeCluster(t, 1)
+			s := newTestServer(t, c)
+			c.meta.cluster.LogPeriodMS = 25000
+			s.cfg.IOTimeout = tc.tIO
+			err := s.register(t.Context(), "127.0.0.1:3260")
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("register: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("register: %v, want an error with %q", err, tc.wantErr)
+			}
+		})
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/hostd/iscsi"
@@ -42,7 +43,9 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	// IOTimeout (t_io) bounds every request to a member chunk; a member that
 	// does not answer in time fails. Default: the cluster's t_io (5 s unless
-	// the metaserver was configured otherwise).
+	// the metaserver was configured otherwise). Run refuses to start when it
+	// breaks the cluster's timeout budget (DESIGN §5, bitmap.ValidateBudget
+	// with the metaserver's offline_after and T).
 	IOTimeout time.Duration
 	// BlockSize is the logical block size of the iSCSI LUNs. Default 512.
 	BlockSize int
@@ -206,6 +209,37 @@ func (s *Server) register(ctx context.Context, adv string) error {
 	}
 	if s.cfg.IOTimeout <= 0 {
 		s.cfg.IOTimeout = 5 * time.Second
+	}
+	var cl *api.Cluster
+	err = api.Register(ctx, s.log, func(ctx context.Context) error {
+		var err error
+		cl, err = s.meta.Cluster(ctx)
+		return err
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("hostd: reading the cluster's timeout budget: %w", err)
+	}
+	return checkBudget(s.cfg.IOTimeout, cl, resp.LogPeriodMS)
+}
+
+// checkBudget checks t_io against the cluster's offline_after and T with
+// the rules the metaserver applies to its own (bitmap.ValidateBudget): a
+// host whose members' requests may stay in flight longer than the LOG
+// bitmaps remember them must not serve.
+func checkBudget(tIO time.Duration, cl *api.Cluster, logPeriodMS int64) error {
+	offlineAfter := time.Duration(cl.OfflineAfterMS) * time.Millisecond
+	if offlineAfter == 0 {
+		offlineAfter = time.Duration(cl.OfflineAfterSeconds * float64(time.Second))
+	}
+	T := time.Duration(cl.LogPeriodMS) * time.Millisecond
+	if T == 0 {
+		T = time.Duration(logPeriodMS) * time.Millisecond
+	}
+	if err := bitmap.ValidateBudget(tIO, offlineAfter, T); err != nil {
+		return fmt.Errorf("hostd: t_io (--io-timeout) breaks the cluster's timeout budget: %w", err)
 	}
 	return nil
 }
