@@ -46,25 +46,52 @@ func (st *setState) pinSurvivors(ctx context.Context) error {
 	return nil
 }
 
-// unpinAll lets every member's LOG forget again once the set is in sync.
-func (st *setState) unpinAll(ctx context.Context) {
+// unpinAll lets every member's LOG forget again once the set is whole: the
+// set's AfterWhole hook, run by its health machine after any pin it asked
+// for, never concurrently with one. An error leaves the LOGs pinned (the
+// machine asks again the next time the set is found whole).
+func (st *setState) unpinAll(ctx context.Context) error {
+	var errs []error
 	for i, m := range st.members {
 		if _, err := m.ctl.Unpin(ctx, m.api.ChunkID, m.req()); err != nil {
-			st.log.Warn("unpinning a member's LOG bitmap failed", "member", i, "err", err)
+			errs = append(errs, fmt.Errorf("member %d: %w", i, err))
 		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	st.mu.Lock()
 	st.mu.pinned = false
 	st.mu.Unlock()
+	st.log.Info("unpinned the members' LOG bitmaps")
+	return nil
 }
 
-// unpinIfPinned unpins every member's LOG bitmap if the set pinned them;
-// supervise calls it once the set is clean.
-func (st *setState) unpinIfPinned(ctx context.Context) {
+// startPinned reports whether the members' LOGs start pinned: after an
+// unclean stop (the chunkservers pinned them), or when attaching degraded
+// (the survivors are pinned before serving).
+func (st *setState) startPinned(p setPlan) bool {
 	st.mu.Lock()
-	pinned := st.mu.pinned
-	st.mu.Unlock()
-	if pinned {
-		st.unpinAll(ctx)
+	defer st.mu.Unlock()
+	return st.mu.pinned || len(p.degraded) > 0
+}
+
+// unpinIfPinned settles a set that is in sync: it flushes every member, so
+// the WIB can clean what they all hold durably, and lets the set's health
+// machine see it whole (a resync with nothing to copy), which unpins the
+// LOGs through AfterWhole if they may be pinned. supervise calls it when no
+// member is failed and nothing needs a resync.
+func (st *setState) unpinIfPinned(ctx context.Context) {
+	if st.wib.Count() > 0 {
+		fctx, cancel := context.WithTimeout(ctx, 2*st.a.s.cfg.IOTimeout)
+		err := st.mirror.Flush(fctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			st.log.Warn("flushing the set to clean its write-intent bitmap", "err", err)
+			return
+		}
+	}
+	if _, err := st.mirror.Resync(ctx, nil); err != nil && ctx.Err() == nil {
+		st.log.Debug("settling the set", "err", err)
 	}
 }

@@ -28,7 +28,7 @@ func (st *setState) supervise(ctx context.Context) {
 		if !failed && st.needsResync() {
 			st.resync(ctx)
 		}
-		if !failed && !st.mirror.Degraded() && st.wib.Count() == 0 {
+		if !failed && !st.mirror.Degraded() && !st.needsResync() {
 			st.unpinIfPinned(ctx)
 			backoff = s.cfg.ReconnectMin
 		}
@@ -36,6 +36,10 @@ func (st *setState) supervise(ctx context.Context) {
 		if failed || st.needsResync() {
 			wait = backoff
 			backoff = min(backoff*2, s.cfg.ReconnectMax)
+		} else if st.wib.Count() > 0 {
+			// Written since the last flush: flush (and clean) again soon,
+			// so a member's failure resyncs little.
+			wait = cleanInterval
 		}
 		if wait == 0 {
 			select {
@@ -53,6 +57,11 @@ func (st *setState) supervise(ctx context.Context) {
 		}
 	}
 }
+
+// cleanInterval is how often a set whose WIB has regions written since the
+// last flush flushes its members to clean them: one fdatasync per member
+// per interval, however many writes.
+const cleanInterval = time.Second
 
 func (st *setState) needsResync() bool {
 	for _, ms := range st.mirror.States() {
