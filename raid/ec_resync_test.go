@@ -1490,3 +1490,90 @@ func runECCrashModel(t *testing.T, k, m int, seed uint64) {
 	}
 	check("degraded read after recovery", got, 0)
 }
+
+// TestECStaleMemberAtAttach (finding 1): the previous host wrote degraded
+// to a member's unit (the bytes live only in parity) and died; the new host
+// attaches with that member recorded as not in sync (it starts Degraded)
+// and the stripe suspect (named by the LOGs). When the member returns, the
+// resync must not re-encode parity from its stale unit, which would undo
+// the acknowledged degraded write. With two parities the units present are
+// checked against each other and the stale unit is rebuilt; with one there
+// is nothing to check against, and the stripe stays unrecoverable with its
+// parity untouched. On the old code the resync re-encoded parity from the
+// stale unit: "read of the unit the previous host wrote degraded: bytes
+// differ".
+func TestECStaleMemberAtAttach(t *testing.T) {
+	for _, l := range []struct{ k, m int }{{4, 2}, {3, 2}, {2, 1}} {
+		t.Run(fmt.Sprintf("%d+%d", l.k, l.m), func(t *testing.T) {
+			const unit, stripes, region = 4096, 24, 16 << 10
+			ctx := t.Context()
+			first := newEC(t, l.k, l.m, unit, stripes*unit)
+			g := first.g
+			sd := int64(g.k) * unit
+			size := sd * stripes
+			rng := rand.New(rand.NewPCG(uint64(l.k), uint64(l.m)))
+			model := randBytes(rng, size)
+			if err := first.ec.WriteAt(ctx, model, 0, false); err != nil {
+				t.Fatal(err)
+			}
+			if err := first.ec.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			const s = 5
+			x := g.member(s, 1) // holds D1 of stripe s
+			failDetected(t, first, x)
+			p := randBytes(rng, 700)
+			off := s*sd + unit + 300
+			if err := first.ec.WriteAt(ctx, p, off, false); err != nil {
+				t.Fatalf("degraded write: %v", err)
+			}
+			if err := first.ec.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			copy(model[off:], p)
+			parityBefore := bytes.Clone(g.shardBytes(images(first.devs), s, g.k))
+
+			// The new host: the stripe's region comes from the LOGs, member x
+			// is recorded as degraded and starts so.
+			w := newTestWIB(t, size, region)
+			w.Mark(s*sd, sd)
+			members := make([]raid.Device, g.n)
+			for i, d := range first.devs {
+				members[i] = d
+			}
+			first.devs[x].SetFailed(false)
+			e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: unit, WIB: w, Degraded: []int{x}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { e.Close() })
+			if err := e.Rejoin(x, first.devs[x]); err != nil {
+				t.Fatal(err)
+			}
+			_, err = e.Resync(ctx, nil)
+			got := make([]byte, unit)
+			if l.m == 1 {
+				if !errors.Is(err, raid.ErrUnrecoverable) {
+					t.Fatalf("Resync with one parity and a stale unit in a suspect stripe: %v, want ErrUnrecoverable", err)
+				}
+				if !bytes.Equal(g.shardBytes(images(first.devs), s, g.k), parityBefore) {
+					t.Fatal("the parity that holds the degraded write was rewritten")
+				}
+				if err := e.ReadAt(ctx, got, s*sd+unit); !errors.Is(err, raid.ErrUnrecoverable) {
+					t.Fatalf("read of the stale unit: %v, want ErrUnrecoverable", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Resync: %v", err)
+			}
+			if err := e.ReadAt(ctx, got, s*sd+unit); err != nil || !bytes.Equal(got, model[s*sd+unit:s*sd+2*unit]) {
+				t.Fatalf("read of the unit the previous host wrote degraded: err %v, bytes differ", err)
+			}
+			if err := e.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			checkStripes(t, g, first.devs, e.States(), model)
+		})
+	}
+}
