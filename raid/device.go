@@ -4,6 +4,19 @@
 // member that rejoins (Resync). A set is itself a Device, so linear volumes
 // and tests can treat a set and a single member alike.
 //
+// Both kinds of set drive one state machine (health.go) for their members'
+// lifecycle and the REMB duties that follow from it (DESIGN §2): a write
+// some member did not get is acknowledged only after the degradation was
+// recorded (survivors' LOGs pinned, members' states with the metaserver);
+// LOGs are unpinned only once the set is whole, never overtaking a later
+// pin. The invariant they keep with the write-intent bitmap: a region that
+// may differ between members is in some durable record (the WIB in
+// /dev/shm, a pinned LOG, the metaserver's member states) until every
+// member holds it durably — a write's regions stay dirty until a flush of
+// every member (or FUA), a member's failure makes every unflushed region
+// need a resync, and resync copies are durable (FUA) before a region is
+// cleaned or a member promoted.
+//
 // A partial-parity log would close the EC write hole completely: before a
 // partial-stripe write, log old-parity XOR the data delta of the touched
 // columns (stripe, column range, sequence number, CRC32C) FUA to a small
