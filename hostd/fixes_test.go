@@ -131,3 +131,31 @@ func TestRegisterChecksBudget(t *testing.T) {
 		})
 	}
 }
+
+func TestReportsNumbered(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.setDown("c1", true)
+	if err := s.attach(t.Context(), testVolume(2)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	c.setDown("c1", false)
+	a.sets[0].wake()
+	waitFor(t, "c1 to rejoin", func() bool { return allInSync(a) })
+	s.detach("vol", true)
+	reps := c.meta.reportList()
+	if len(reps) < 2 {
+		t.Fatalf("%d reports", len(reps))
+	}
+	for i, r := range reps {
+		if r.Seq == 0 || i > 0 && r.Seq <= reps[i-1].Seq {
+			t.Fatalf("report %d has seq %d after %d: want numbered, increasing", i, r.Seq, reps[max(i-1, 0)].Seq)
+		}
+	}
+	// A restarted hostd numbers after the one before.
+	s2 := newTestServer(t, newFakeCluster(t, 2))
+	if next := s2.reportSeq.Load(); next <= reps[len(reps)-1].Seq {
+		t.Fatalf("a new hostd starts at %d, not above the last report %d", next, reps[len(reps)-1].Seq)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -136,6 +137,10 @@ type Server struct {
 	meta   metaClient
 	target *iscsi.Server
 	id     int64
+	// reportSeq numbers the volume reports (api.VolumeReport.Seq); it
+	// starts at the Unix time in nanoseconds so that the reports of a
+	// restarted hostd order after those of the one before.
+	reportSeq atomic.Int64
 
 	mu struct {
 		sync.Mutex
@@ -154,6 +159,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, target: t}
 	s.mu.attached = make(map[string]*attachment)
+	s.reportSeq.Store(time.Now().UnixNano())
 	return s, nil
 }
 

@@ -79,6 +79,9 @@
 // the volume; the report's other volumes are stored. Reports lock their
 // volumes' rows, as attach does, so a report and an attach never interleave.
 // Reports are state, not assignments: they do not bump the generation.
+// A numbered report (api.VolumeReport.Seq) not above the last one applied
+// for the volume at its epoch is older than the stored state: it is
+// acknowledged and ignored.
 // Volume.CleanDetach is the CleanDetach of the latest report at the current
 // epoch; an attach resets it.
 //

@@ -788,3 +788,62 @@ func FuzzHostReport(f *testing.F) {
 		}
 	})
 }
+
+// Reports of one volume carry increasing sequence numbers; one that
+// arrives after a newer one was applied is ignored, so the synchronous
+// report of a degradation and a periodic report cannot commit out of order.
+func TestHostReportSequence(t *testing.T) {
+	t.Parallel()
+	f := newReportFixture(t)
+	ctx := t.Context()
+	a, b := f.member[0][0], f.member[0][1]
+	inSync := api.MemberReport{ChunkID: a, State: api.MemberInSync}
+	seq := func(seq int64, state string, dirty int64) api.HostReport {
+		r := f.report(1, 0, dirty, inSync, api.MemberReport{ChunkID: b, State: state})
+		r.Volumes[0].Seq = seq
+		return r
+	}
+	steps := []struct {
+		name   string
+		report api.HostReport
+		state  string // of member 1 of set 0 afterwards
+		dirty  int64
+	}{
+		{"degraded", seq(100, api.MemberDegraded, 4096), api.MemberDegraded, 4096},
+		{"older in sync arrives late", seq(99, api.MemberInSync, 0), api.MemberDegraded, 4096},
+		{"same number again", seq(100, api.MemberInSync, 0), api.MemberDegraded, 4096},
+		{"newer", seq(101, api.MemberResyncing, 2048), api.MemberResyncing, 2048},
+		{"unnumbered always applies", seq(0, api.MemberInSync, 0), api.MemberInSync, 0},
+		{"numbering goes on", seq(50, api.MemberDegraded, 1), api.MemberInSync, 0},
+		{"above the last", seq(102, api.MemberDegraded, 1), api.MemberDegraded, 1},
+	}
+	for _, st := range steps {
+		if err := f.ts.Client.HostReport(ctx, f.host, st.report); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		v, err := f.ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := v.Sets[0].Members[1]; m.State != st.state || v.Sets[0].DirtyBytes != st.dirty {
+			t.Errorf("%s: member %s dirty %d, want %s dirty %d", st.name, m.State, v.Sets[0].DirtyBytes, st.state, st.dirty)
+		}
+	}
+
+	// A new epoch starts the numbering again (another host's clock).
+	if _, err := f.ts.Client.AttachVolume(ctx, "vol", "h1"); err != nil {
+		t.Fatal(err)
+	}
+	r := seq(7, api.MemberInSync, 0)
+	r.Volumes[0].Epoch = 2
+	if err := f.ts.Client.HostReport(ctx, f.host, r); err != nil {
+		t.Fatal(err)
+	}
+	v, err := f.ts.Client.GetVolume(ctx, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := v.Sets[0].Members[1]; m.State != api.MemberInSync {
+		t.Errorf("first report at epoch 2: member %s, want in_sync", m.State)
+	}
+}

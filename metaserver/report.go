@@ -98,7 +98,9 @@ type reportedMember struct {
 // applyVolumeReport stores the report of one volume of host hostID (named
 // host). If the host does not hold the volume at the reported epoch, or the
 // report names members the volume does not have, it changes nothing and
-// returns why.
+// returns why. A report numbered no higher than the last one applied for
+// the volume at this epoch is older than the stored state: it changes
+// nothing and is not refused.
 func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string, vr api.VolumeReport) (string, []event, error) {
 	var (
 		volumeID int64
@@ -106,11 +108,13 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		holder   string
 		epoch    int64
 		clean    bool
+		repEpoch int64
+		repSeq   int64
 	)
 	err := tx.QueryRow(ctx, `
-		SELECT v.id, v.host_id, coalesce(h.name, ''), v.epoch, v.clean_detach
+		SELECT v.id, v.host_id, coalesce(h.name, ''), v.epoch, v.clean_detach, v.report_epoch, v.report_seq
 		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
-		WHERE v.name = $1 FOR UPDATE OF v`, vr.Name).Scan(&volumeID, &holderID, &holder, &epoch, &clean)
+		WHERE v.name = $1 FOR UPDATE OF v`, vr.Name).Scan(&volumeID, &holderID, &holder, &epoch, &clean, &repEpoch, &repSeq)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Sprintf("volume %q does not exist any more", vr.Name), nil, nil
 	}
@@ -124,6 +128,15 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		return fmt.Sprintf("volume %q is attached to host %s at epoch %d", vr.Name, holder, epoch), nil, nil
 	case epoch != vr.Epoch:
 		return fmt.Sprintf("volume %q was attached again: it is at epoch %d, the report is for epoch %d", vr.Name, epoch, vr.Epoch), nil, nil
+	case vr.Seq != 0 && repEpoch == epoch && vr.Seq <= repSeq:
+		// Older than the state stored (two reports of the host crossed):
+		// not applied, and not an error, the host holds the volume.
+		return "", nil, nil
+	}
+	if vr.Seq != 0 {
+		if _, err := tx.Exec(ctx, `UPDATE volumes SET report_epoch = $2, report_seq = $3 WHERE id = $1`, volumeID, epoch, vr.Seq); err != nil {
+			return "", nil, fmt.Errorf("store report sequence of %q: %w", vr.Name, err)
+		}
 	}
 
 	var sets int

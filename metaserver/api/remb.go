@@ -162,6 +162,13 @@ type VolumeReport struct {
 	// CleanDetach is set once, when the host detached the volume cleanly
 	// (every write flushed to every member, nothing dirty).
 	CleanDetach bool `json:"clean_detach,omitempty"`
+	// Seq orders the reports of one volume at one epoch: a host numbers
+	// the states it takes, increasing, also across a restart of the host
+	// (hostd starts from the Unix time in nanoseconds). The metaserver
+	// ignores a report whose Seq is not above the last one it applied for
+	// the volume at that epoch, so a late report never overwrites a newer
+	// state. 0 means unnumbered: always applied.
+	Seq int64 `json:"seq,omitempty"`
 }
 
 // SetReport is the state of one set of an attached volume.
