@@ -133,7 +133,7 @@ func execUnmap(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) 
 	for _, r := range ranges {
 		off, length := int64(r.lba)*bs, int64(r.blocks)*bs
 		if err := lu.trim(ctx, off, length); err != nil {
-			return check(senseWriteError)
+			return lu.ioError(err, r.lba, true)
 		}
 	}
 	return good(nil)
@@ -184,7 +184,7 @@ func execGetLBAStatus(ctx context.Context, lu *logicalUnit, c *scsiCmd, _, _ []b
 	} else {
 		exts, err := lu.mapper.Allocated(ctx, int64(c.lba)*bs, int64(span)*bs)
 		if err != nil {
-			return check(senseReadError)
+			return lu.ioError(err, c.lba, false)
 		}
 		runs = blockRuns(exts, bs, span)
 		if len(runs) == 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"hash/fnv"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 )
@@ -59,6 +60,8 @@ type logicalUnit struct {
 	maxXferBlocks  uint32  // MAXIMUM TRANSFER LENGTH in blocks
 	optXferBlocks  uint32  // OPTIMAL TRANSFER LENGTH in blocks
 	readChunkBytes int     // VERIFY reads the medium in pieces of this size
+	log            *slog.Logger
+	lastIOError    atomic.Pointer[ioErrorKey] // the back-end error logged last
 }
 
 func newLogicalUnit(be Backend, blockSize uint32, maxXfer, optXfer int, serial, iqn string) *logicalUnit {
@@ -432,7 +435,7 @@ func execRead(ctx context.Context, lu *logicalUnit, c *scsiCmd, _, in []byte) re
 		return good(nil)
 	}
 	if err := lu.backend.ReadAt(ctx, in, int64(c.lba)*int64(lu.blockSize)); err != nil {
-		return check(senseReadError)
+		return lu.ioError(err, c.lba, false)
 	}
 	return good(in)
 }
@@ -450,7 +453,7 @@ func execWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte) 
 	off := int64(c.lba) * int64(lu.blockSize)
 	defer lu.locks.shared(off, int64(len(out))).unlock()
 	if err := lu.backend.WriteAt(ctx, out, off, c.fua); err != nil {
-		return check(senseWriteError)
+		return lu.ioError(err, c.lba, true)
 	}
 	return good(nil)
 }
@@ -500,7 +503,7 @@ func execVerify(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte)
 		n := min(chunk, total-done)
 		p := buf[:n]
 		if err := lu.backend.ReadAt(ctx, p, int64(c.lba)*int64(bs)+int64(done)); err != nil {
-			return check(senseReadError)
+			return lu.ioError(err, c.lba, false)
 		}
 		switch c.bytchk {
 		case 1:
@@ -549,7 +552,7 @@ func decodeSyncCache(lu *logicalUnit, c *scsiCmd) *sense {
 // ignored: the command completes when the flush has.
 func execSyncCache(ctx context.Context, lu *logicalUnit, _ *scsiCmd, _, _ []byte) result {
 	if err := lu.backend.Flush(ctx); err != nil {
-		return check(senseWriteError)
+		return lu.ioError(err, 0, true)
 	}
 	return good(nil)
 }
@@ -1009,7 +1012,7 @@ func execWriteVerify(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []
 	}
 	back := make([]byte, len(out))
 	if err := lu.backend.ReadAt(ctx, back, int64(c.lba)*int64(lu.blockSize)); err != nil {
-		return check(senseReadError)
+		return lu.ioError(err, c.lba, false)
 	}
 	if c.bytchk == 1 {
 		if i := firstDiff(back, out); i >= 0 {
@@ -1134,13 +1137,13 @@ func execWriteSame(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []by
 	switch {
 	case c.unmap:
 		if err := lu.trim(ctx, off, total); err != nil {
-			return check(senseWriteError)
+			return lu.ioError(err, c.lba, true)
 		}
 		return good(nil)
 	case zero && lu.zeroer != nil:
 		defer lu.locks.shared(off, total).unlock()
 		if err := lu.zeroer.WriteZeroes(ctx, off, total); err != nil {
-			return check(senseWriteError)
+			return lu.ioError(err, c.lba, true)
 		}
 		return good(nil)
 	}
@@ -1154,7 +1157,7 @@ func execWriteSame(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []by
 	for done := int64(0); done < total; {
 		n := min(int64(len(chunk)), total-done)
 		if err := lu.backend.WriteAt(ctx, chunk[:n], off+done, false); err != nil {
-			return check(senseWriteError)
+			return lu.ioError(err, c.lba, true)
 		}
 		done += n
 	}
@@ -1216,13 +1219,13 @@ func execCompareAndWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, 
 	defer lu.locks.exclusive(off, int64(n)).unlock()
 	cur := make([]byte, n)
 	if err := lu.backend.ReadAt(ctx, cur, off); err != nil {
-		return check(senseReadError)
+		return lu.ioError(err, c.lba, false)
 	}
 	if i := firstDiff(cur, out[:n]); i >= 0 {
 		return check(miscompare(i))
 	}
 	if err := lu.backend.WriteAt(ctx, out[n:], off, c.fua); err != nil {
-		return check(senseWriteError)
+		return lu.ioError(err, c.lba, true)
 	}
 	return good(nil)
 }
@@ -1240,13 +1243,13 @@ func execOrWrite(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, _ []byte
 	defer lu.locks.exclusive(off, int64(len(out))).unlock()
 	cur := make([]byte, len(out))
 	if err := lu.backend.ReadAt(ctx, cur, off); err != nil {
-		return check(senseReadError)
+		return lu.ioError(err, c.lba, false)
 	}
 	for i := range cur {
 		cur[i] |= out[i]
 	}
 	if err := lu.backend.WriteAt(ctx, cur, off, c.fua); err != nil {
-		return check(senseWriteError)
+		return lu.ioError(err, c.lba, true)
 	}
 	return good(nil)
 }

@@ -1,6 +1,13 @@
 package iscsi
 
-import "fmt"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/chunkraid/chunkraid/raid"
+)
 
 // SCSI status codes (SAM-5).
 const (
@@ -27,6 +34,7 @@ const (
 // Additional sense codes, ASC in the high byte and ASCQ in the low byte.
 const (
 	ascNone                    = 0x0000
+	ascLUNotReadyManual        = 0x0403 // LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED
 	ascWriteError              = 0x0c00
 	ascInvalidFieldInIU        = 0x0e03
 	ascUnrecoveredReadError    = 0x1100
@@ -39,6 +47,7 @@ const (
 	ascInvalidFieldInParamList = 0x2600
 	ascInvalidReleaseOfPR      = 0x2604
 	ascCapacityChanged         = 0x2a09
+	ascCommandTimeout          = 0x2e02 // COMMAND TIMEOUT DURING PROCESSING (SPC-5)
 	ascSavingParamsUnsupported = 0x3900
 	ascInternalTargetFailure   = 0x4400
 	ascDataPhaseError          = 0x4b00
@@ -125,3 +134,60 @@ var (
 	senseSavingParams   = newSense(senseIllegalRequest, ascSavingParamsUnsupported)
 	senseParamLength    = newSense(senseIllegalRequest, ascParamListLengthError)
 )
+
+// backendSense is the one mapping from an error of the back end (a raid
+// set behind a linear volume) to the sense data the initiator gets:
+//   - raid.ErrNoMembers, the set lost its quorum: NOT READY, LOGICAL UNIT
+//     NOT READY, MANUAL INTERVENTION REQUIRED (04h/03h). No member can serve
+//     until one is brought back and resynced; an initiator should not retry
+//     the command as a medium error of one block;
+//   - raid.ErrOutOfRange: ILLEGAL REQUEST, LBA OUT OF RANGE (21h/00h);
+//   - the command's deadline: ABORTED COMMAND, COMMAND TIMEOUT DURING
+//     PROCESSING (2Eh/02h); its cancellation (task abort, logout): ABORTED
+//     COMMAND without additional sense. Both may be retried;
+//   - anything else, raid.ErrUnrecoverable included: MEDIUM ERROR,
+//     UNRECOVERED READ ERROR (11h/00h) for a read, WRITE ERROR (0Ch/00h)
+//     for a write.
+func backendSense(err error, write bool) *sense {
+	switch {
+	case errors.Is(err, raid.ErrNoMembers):
+		return newSense(senseNotReady, ascLUNotReadyManual)
+	case errors.Is(err, raid.ErrOutOfRange):
+		return senseLBAOutOfRange
+	case errors.Is(err, context.DeadlineExceeded):
+		return newSense(senseAbortedCommand, ascCommandTimeout)
+	case errors.Is(err, context.Canceled):
+		return newSense(senseAbortedCommand, ascNone)
+	case write:
+		return senseWriteError
+	default:
+		return senseReadError
+	}
+}
+
+// ioErrorKey is what makes two back-end errors the same for the log.
+type ioErrorKey struct {
+	lba   uint64
+	write bool
+	key   uint8
+	asc   uint16
+	cause string
+}
+
+// ioError answers a command whose back-end call failed with err, at lba
+// (0 when the command has none). The cause is logged with the target and
+// LBA once: a repeat of the same failure at the same LBA, as an initiator
+// retrying the command sends, is logged at debug level only.
+func (lu *logicalUnit) ioError(err error, lba uint64, write bool) result {
+	s := backendSense(err, write)
+	if lu.log != nil {
+		k := &ioErrorKey{lba: lba, write: write, key: s.key, asc: s.asc, cause: err.Error()}
+		level := slog.LevelWarn
+		if last := lu.lastIOError.Swap(k); last != nil && *last == *k {
+			level = slog.LevelDebug
+		}
+		lu.log.Log(context.Background(), level, "back-end I/O failed", "lba", lba, "write", write,
+			"sense_key", s.key, "asc", fmt.Sprintf("%04x", s.asc), "err", err)
+	}
+	return check(s)
+}

@@ -281,6 +281,7 @@ func (s *Server) AddTargetWith(iqn string, lu Backend, cfg TargetConfig) error {
 		lu:       newLogicalUnit(lu, uint32(s.cfg.BlockSize), s.cfg.MaxTransferLength, s.cfg.MaxBurstLength, cfg.Serial, iqn),
 		sessions: make(map[*session]struct{}),
 	}
+	t.lu.log = s.log.With("target", iqn, "serial", cfg.Serial)
 	t.cfg.Store(cfg.clone())
 	s.mu.Lock()
 	defer s.mu.Unlock()
