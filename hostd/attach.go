@@ -298,7 +298,8 @@ func (st *setState) recoverWIB(ctx context.Context, reachable []bool, recover, r
 	case recover:
 		for i, m := range st.members {
 			if !reachable[i] {
-				continue // merged when it rejoins
+				m.needLog = true
+				continue
 			}
 			if err := st.mergeLog(ctx, m); err != nil {
 				st.log.Error("reading a member's LOG bitmap failed; resyncing the whole set", "member", i, "err", err)

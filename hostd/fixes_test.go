@@ -75,34 +75,35 @@ func TestAttachFailureClosesClients(t *testing.T) {
 	}
 }
 
-// A chunkserver that restarted after a power loss may hold LOG bits for
-// writes it lost and the host's WIB already cleaned: its LOG is merged on
-// every rejoin.
-func TestRejoinMergesMemberLog(t *testing.T) {
+// A chunkserver that loses power loses the writes it had not synced. The
+// set keeps their regions dirty until every member flushed them, and the
+// member's failure makes them need a resync, so the member gets them back
+// when it rejoins — without any LOG of its own (finding 3).
+func TestRejoinAfterPowerLossResyncsUnflushedWrites(t *testing.T) {
 	c := newFakeCluster(t, 2)
 	s := newTestServer(t, c)
 	v := testVolume(2)
 	v.CleanDetach = true
-	data := fill(testRegion, 5)
-	seed(t, c, "c0", 3*testRegion, data)
-	seed(t, c, "c1", 3*testRegion, data)
 	if err := s.attach(t.Context(), v); err != nil {
 		t.Fatal(err)
 	}
 	a := s.attached("vol")
+	data := fill(testRegion, 5)
+	if err := a.volume.WriteAt(t.Context(), data, 3*testRegion, false); err != nil {
+		t.Fatal(err)
+	}
+	// c1 loses power before any flush: its copy of region 3 is gone.
 	c.setDown("c1", true)
+	seed(t, c, "c1", 3*testRegion, fill(testRegion, 0))
 	if err := a.volume.WriteAt(t.Context(), fill(4096, 9), 0, false); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "c1 to fail", func() bool { return states(a)[1] == raid.Failed })
-	// The power loss took c1's unsynced copy of region 3; its LOG names it.
-	seed(t, c, "c1", 3*testRegion, fill(testRegion, 77))
-	c.setLog("c1", 3)
 	c.setDown("c1", false)
 	a.sets[0].wake()
 	waitFor(t, "c1 to rejoin and resync", func() bool { return allInSync(a) })
 	if !bytes.Equal(c.chunk("c1").dev.Bytes()[3*testRegion:4*testRegion], data) {
-		t.Fatal("region 3, named by c1's LOG, was not resynced on rejoin")
+		t.Fatal("region 3, acknowledged by c1 but lost to its power loss, was not resynced on rejoin")
 	}
 }
 

@@ -79,8 +79,8 @@ func (st *setState) needsResync() bool {
 
 // rejoin reconnects failed member i: it fences at the current epoch, which
 // drains any request of the dead connection still running on the
-// chunkserver, reconnects, merges its LOG bitmap into the WIB, and hands
-// the new connection to the mirror.
+// chunkserver, reconnects, merges its LOG if it was absent at attach, and
+// hands the new connection to the set.
 func (st *setState) rejoin(ctx context.Context, i int) error {
 	s := st.a.s
 	m := st.members[i]
@@ -93,14 +93,21 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
+	if m.needLog {
+		// Unreachable when the volume was attached after an unclean stop:
+		// its LOG may name writes the others never saw. A member that
+		// failed while attached needs no merge: the WIB keeps every region
+		// that is not durable on every member dirty (flush before clean),
+		// and its failure made them all need a resync, so a chunkserver
+		// that lost unsynced writes to a power loss gets them back.
+		if err := st.mergeLog(rctx, m); err != nil {
+			c.Close()
+			return fmt.Errorf("reading its LOG bitmap: %w", err)
+		}
+		m.needLog = false
+	}
 	if st.a.vol.Bitmap == api.BitmapNone {
 		st.mirror.MarkAll()
-	} else if err := st.mergeLog(rctx, m); err != nil {
-		// Every rejoin, not only after an absence at attach: a
-		// chunkserver that restarted after a power loss may hold LOG bits
-		// for writes it lost and our WIB already cleaned.
-		c.Close()
-		return fmt.Errorf("reading its LOG bitmap: %w", err)
 	}
 	if err := st.mirror.Rejoin(i, c); err != nil {
 		c.Close()

@@ -42,6 +42,10 @@ type member struct {
 		sync.Mutex
 		client memberConn // current connection; nil while unreachable
 	}
+	// needLog is set for a member that was unreachable when the volume was
+	// attached after an unclean stop: its LOG bitmap may name writes the
+	// others never saw, so it is merged into the WIB when it comes back.
+	needLog bool
 }
 
 func (m *member) req() api.ControlRequest {
