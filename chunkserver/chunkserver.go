@@ -71,6 +71,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -82,6 +83,9 @@ type Config struct {
 	Name string
 	// DataDir holds the chunk files. Required.
 	DataDir string
+	// FS is the filesystem under DataDir; nil means the operating system's
+	// (vfs.OS). Tests run the server on a crashable in-memory filesystem.
+	FS vfs.FS
 	// Listen is the NBD listen address. Default 127.0.0.1:10809.
 	Listen string
 	// Listener, if set, is used instead of Listen.
@@ -161,6 +165,9 @@ func (c *Config) validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.FS == nil {
+		c.FS = vfs.OS{}
+	}
 	return nil
 }
 
@@ -206,7 +213,7 @@ func New(cfg Config) (*Server, error) {
 // and the control API until ctx is done, then closes every connection and
 // chunk.
 func (s *Server) Run(ctx context.Context) error {
-	if err := os.MkdirAll(s.cfg.DataDir, 0o755); err != nil {
+	if err := s.cfg.FS.MkdirAll(s.cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("chunkserver: data directory: %w", err)
 	}
 	ln := s.cfg.Listener
@@ -239,6 +246,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	st, err := store.Open(store.Config{
 		Dir:          s.cfg.DataDir,
+		FS:           s.cfg.FS,
 		Logger:       s.log.With("component", "store"),
 		LogRegion:    s.cfg.LogRegion,
 		LogPeriod:    s.logPeriod,
@@ -325,7 +333,7 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 }
 
 func (s *Server) disks() ([]api.DiskInfo, error) {
-	capacity, free, err := store.Usage(s.cfg.DataDir)
+	capacity, free, err := s.cfg.FS.Usage(s.cfg.DataDir)
 	if err != nil {
 		return nil, err
 	}

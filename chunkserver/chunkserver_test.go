@@ -13,6 +13,7 @@ import (
 	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -396,7 +397,7 @@ func TestPersistFailureFailsChunk(t *testing.T) {
 			if _, ok := fail.Load("on"); ok {
 				return errors.New("injected: disk gone")
 			}
-			return store.WriteFileAtomic(path, data)
+			return store.WriteFileAtomic(vfs.OS{}, path, data)
 		}
 	})
 	c := cs.dial(t, exportName("c1", "h1", 1), nil)

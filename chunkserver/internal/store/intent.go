@@ -7,7 +7,8 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"os"
-	"syscall"
+
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 )
 
 // The intent bitmap serves bitmap mode "internal" (DESIGN §2: the MD-style
@@ -91,11 +92,11 @@ func (s *Store) WriteIntent(c *Chunk, region int64, bits []byte) error {
 	c.intentMu.Lock()
 	defer c.intentMu.Unlock()
 	if c.intent == nil {
-		f, err := os.OpenFile(s.intentPath(c.id), os.O_RDWR|os.O_CREATE, 0o644)
+		f, err := s.fs.OpenFile(s.intentPath(c.id), os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			return err
 		}
-		if err := syncDir(s.dir); err != nil {
+		if err := s.fs.SyncDir(s.dir); err != nil {
 			f.Close()
 			return err
 		}
@@ -104,7 +105,7 @@ func (s *Store) WriteIntent(c *Chunk, region int64, bits []byte) error {
 	if _, err := c.intent.WriteAt(b, 0); err != nil {
 		return err
 	}
-	if err := syscall.Fdatasync(int(c.intent.Fd())); err != nil {
+	if err := c.intent.Sync(); err != nil {
 		c.failed.Store(true)
 		return fmt.Errorf("%w: intent bitmap fdatasync: %w", ErrChunkFailed, err)
 	}
@@ -116,7 +117,7 @@ func (s *Store) WriteIntent(c *Chunk, region int64, bits []byte) error {
 func (s *Store) ReadIntent(c *Chunk) (region int64, bits []byte, err error) {
 	c.intentMu.Lock()
 	defer c.intentMu.Unlock()
-	b, err := os.ReadFile(s.intentPath(c.id))
+	b, err := vfs.ReadFile(s.fs, s.intentPath(c.id))
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil, nil
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 )
 
 const (
@@ -38,7 +39,7 @@ func (s *sidecarSpy) write(path string, data []byte) error {
 		return errors.New("injected sidecar write failure")
 	}
 	s.writes.Add(1)
-	return WriteFileAtomic(path, data)
+	return WriteFileAtomic(vfs.OS{}, path, data)
 }
 
 func (s *sidecarSpy) setBefore(f func()) {

@@ -14,10 +14,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 )
 
 // Sentinel errors.
@@ -41,6 +41,9 @@ const (
 type Config struct {
 	// Dir holds the chunk files; it is created if missing. Required.
 	Dir string
+	// FS is the filesystem under Dir; nil means the operating system's
+	// (vfs.OS). Tests use vfs.MemFS (crashable) and vfs.ErrorFS.
+	FS vfs.FS
 	// Logger receives damaged-chunk and rotation reports; nil discards.
 	Logger *slog.Logger
 	// LogRegion is the region size of the LOG bitmap of a new chunk (and
@@ -53,13 +56,17 @@ type Config struct {
 	// Clock tells the time for the LOG bitmaps; nil means time.Now.
 	Clock func() time.Time
 	// WriteSidecar replaces a sidecar atomically and durably. Nil means
-	// WriteFileAtomic. Tests inject failures and observe ordering with it.
+	// WriteFileAtomic on FS. Tests inject failures and observe ordering
+	// with it.
 	WriteSidecar func(path string, data []byte) error
 }
 
 func (c *Config) validate() error {
 	if c.Dir == "" {
 		return errors.New("store: a directory is required")
+	}
+	if c.FS == nil {
+		c.FS = vfs.OS{}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -80,7 +87,8 @@ func (c *Config) validate() error {
 		c.Clock = time.Now
 	}
 	if c.WriteSidecar == nil {
-		c.WriteSidecar = WriteFileAtomic
+		fsys := c.FS
+		c.WriteSidecar = func(path string, data []byte) error { return WriteFileAtomic(fsys, path, data) }
 	}
 	return nil
 }
@@ -89,6 +97,7 @@ func (c *Config) validate() error {
 type Store struct {
 	cfg Config
 	dir string
+	fs  vfs.FS
 	log *slog.Logger
 
 	mu struct {
@@ -107,12 +116,12 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	dir := cfg.Dir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := cfg.FS.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	s := &Store{cfg: cfg, dir: dir, log: cfg.Logger}
+	s := &Store{cfg: cfg, dir: dir, fs: cfg.FS, log: cfg.Logger}
 	s.mu.chunks = make(map[string]*Chunk)
-	ents, err := os.ReadDir(dir)
+	ents, err := s.fs.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -120,7 +129,7 @@ func Open(cfg Config) (*Store, error) {
 		name := e.Name()
 		if strings.HasSuffix(name, ".meta.tmp") {
 			// An interrupted sidecar replacement: the old sidecar is intact.
-			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			if err := s.fs.Remove(filepath.Join(dir, name)); err != nil {
 				s.log.Warn("removing stale sidecar", "file", name, "err", err)
 			}
 			continue
@@ -148,7 +157,7 @@ func (s *Store) newLog(size, regionSize int64) (*bitmap.Log, error) {
 }
 
 func (s *Store) load(id string) (*Chunk, error) {
-	b, err := os.ReadFile(s.metaPath(id))
+	b, err := vfs.ReadFile(s.fs, s.metaPath(id))
 	if err != nil {
 		return nil, err
 	}
@@ -180,18 +189,18 @@ func (s *Store) load(id string) (*Chunk, error) {
 	// down: keep every bit until a live host unpins.
 	log.Pin()
 
-	f, err := os.OpenFile(s.dataPath(id), os.O_RDWR, 0)
+	f, err := s.fs.OpenFile(s.dataPath(id), os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
-	st, err := f.Stat()
+	size, err := f.Size()
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
-	if st.Size() != h.Size {
+	if size != h.Size {
 		f.Close()
-		return nil, fmt.Errorf("store: data file is %d bytes, header says %d", st.Size(), h.Size)
+		return nil, fmt.Errorf("store: data file is %d bytes, header says %d", size, h.Size)
 	}
 	c := s.newChunk(h, f, log)
 	if h.Log == nil {
@@ -204,7 +213,7 @@ func (s *Store) load(id string) (*Chunk, error) {
 	return c, nil
 }
 
-func (s *Store) newChunk(h Header, f *os.File, log *bitmap.Log) *Chunk {
+func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 	c := &Chunk{
 		id: h.ID, size: h.Size, created: h.Created, f: f, lg: log,
 		metaPath: s.metaPath(h.ID), writeSidecar: s.cfg.WriteSidecar,
@@ -238,13 +247,13 @@ func (s *Store) Create(id string, size int64) (*Chunk, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", id, err)
 	}
-	f, err := os.OpenFile(s.dataPath(id), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := s.fs.OpenFile(s.dataPath(id), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", id, err)
 	}
 	fail := func(err error) (*Chunk, error) {
 		f.Close()
-		os.Remove(s.dataPath(id))
+		s.fs.Remove(s.dataPath(id))
 		return nil, fmt.Errorf("store: create %s: %w", id, err)
 	}
 	if err := f.Truncate(size); err != nil {
@@ -261,16 +270,16 @@ func (s *Store) Create(id string, size int64) (*Chunk, error) {
 	return c, nil
 }
 
-// WriteFileAtomic replaces the file at path with data atomically and
-// durably: it writes path+".tmp", fsyncs it, renames it over path and
+// WriteFileAtomic replaces the file at path on fsys with data atomically
+// and durably: it writes path+".tmp", fsyncs it, renames it over path and
 // fsyncs the directory.
-func WriteFileAtomic(path string, data []byte) error {
+func WriteFileAtomic(fsys vfs.FS, path string, data []byte) error {
 	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(data); err != nil {
+	if _, err := f.WriteAt(data, 0); err != nil {
 		f.Close()
 		return err
 	}
@@ -281,22 +290,10 @@ func WriteFileAtomic(path string, data []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fsys.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	if err := d.Sync(); err != nil {
-		d.Close()
-		return err
-	}
-	return d.Close()
+	return fsys.SyncDir(filepath.Dir(path))
 }
 
 // Get returns a served chunk.
@@ -341,23 +338,20 @@ func (s *Store) Delete(id string) error {
 	}
 	// Sidecar first: a chunk without a sidecar is never served again.
 	for _, p := range []string{s.metaPath(id), s.dataPath(id), s.intentPath(id)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := s.fs.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("store: delete %s: %w", id, err)
 		}
 	}
-	return syncDir(s.dir)
+	return s.fs.SyncDir(s.dir)
 }
 
 // Usage reports the capacity and free bytes of the file system under the store.
-func (s *Store) Usage() (capacity, free int64, err error) { return Usage(s.dir) }
-
-// Usage reports the capacity and free bytes of the file system that holds dir.
-func Usage(dir string) (capacity, free int64, err error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, 0, fmt.Errorf("store: statfs %s: %w", dir, err)
+func (s *Store) Usage() (capacity, free int64, err error) {
+	capacity, free, err = s.fs.Usage(s.dir)
+	if err != nil {
+		return 0, 0, fmt.Errorf("store: %w", err)
 	}
-	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize, nil
+	return capacity, free, nil
 }
 
 // RotateLogs rotates the LOG bitmap of every chunk whose period has passed
@@ -399,12 +393,11 @@ type Chunk struct {
 	id       string
 	size     int64
 	created  int64
-	f        *os.File
+	f        vfs.File
 	lg       *bitmap.Log
 	minEpoch atomic.Int64 // written under sidecarMu, after the sidecar holds it
 	failed   atomic.Bool
 	closed   atomic.Bool
-	seekMu   sync.Mutex // SEEK_DATA/SEEK_HOLE move the shared file offset
 
 	metaPath     string
 	writeSidecar func(path string, data []byte) error
@@ -413,7 +406,7 @@ type Chunk struct {
 	sidecarMu sync.Mutex
 
 	intentMu sync.Mutex // guards intent
-	intent   *os.File   // the intent bitmap file, opened on first use
+	intent   vfs.File   // the intent bitmap file, opened on first use
 }
 
 // ID is the chunk's id.
@@ -623,18 +616,12 @@ func (c *Chunk) Sync() error {
 	if err := c.check(0, 0); err != nil {
 		return err
 	}
-	if err := syscall.Fdatasync(int(c.f.Fd())); err != nil {
+	if err := c.f.Sync(); err != nil {
 		c.failed.Store(true)
 		return fmt.Errorf("%w: fdatasync: %w", ErrChunkFailed, err)
 	}
 	return nil
 }
-
-const (
-	fallocKeepSize  = 0x01
-	fallocPunchHole = 0x02
-	fallocZeroRange = 0x10
-)
 
 // Trim deallocates [off, off+length); it reads back as zeroes. Like a
 // write, it is marked in the LOG bitmap first.
@@ -648,7 +635,7 @@ func (c *Chunk) Trim(off, length int64) error {
 	if err := c.mark(off, length); err != nil {
 		return err
 	}
-	return syscall.Fallocate(int(c.f.Fd()), fallocPunchHole|fallocKeepSize, off, length)
+	return c.f.PunchHole(off, length)
 }
 
 // WriteZeroes zeroes [off, off+length). With noHole the range stays
@@ -665,10 +652,10 @@ func (c *Chunk) WriteZeroes(off, length int64, noHole bool) error {
 		return err
 	}
 	if !noHole {
-		return syscall.Fallocate(int(c.f.Fd()), fallocPunchHole|fallocKeepSize, off, length)
+		return c.f.PunchHole(off, length)
 	}
-	err := syscall.Fallocate(int(c.f.Fd()), fallocZeroRange|fallocKeepSize, off, length)
-	if errors.Is(err, syscall.EOPNOTSUPP) {
+	err := c.f.ZeroRange(off, length)
+	if errors.Is(err, vfs.ErrUnsupported) {
 		// The file system cannot zero a range in place: write zeroes.
 		buf := make([]byte, min(length, 1<<20))
 		for done := int64(0); done < length; {
@@ -689,11 +676,6 @@ type Extent struct {
 	Hole   bool
 }
 
-const (
-	seekData = 3
-	seekHole = 4
-)
-
 // Extents describes [off, off+length) as data and hole runs, using
 // SEEK_DATA/SEEK_HOLE. File systems that do not report holes give one data
 // extent.
@@ -701,13 +683,11 @@ func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
 	if err := c.check(off, length); err != nil {
 		return nil, err
 	}
-	c.seekMu.Lock()
-	defer c.seekMu.Unlock()
 	end := off + length
 	var out []Extent
 	for pos := off; pos < end; {
-		data, err := c.f.Seek(pos, seekData)
-		if errors.Is(err, syscall.ENXIO) {
+		data, err := c.f.SeekData(pos)
+		if errors.Is(err, vfs.ErrNoData) {
 			data = end // no data after pos
 		} else if err != nil {
 			return nil, err
@@ -718,7 +698,7 @@ func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
 			pos = data
 			continue
 		}
-		hole, err := c.f.Seek(pos, seekHole)
+		hole, err := c.f.SeekHole(pos)
 		if err != nil {
 			return nil, err
 		}
