@@ -262,9 +262,23 @@ func (l *Log) rotateLocked(now time.Time) {
 	l.mu.lastRotation = now
 }
 
+// RestartPeriod starts the current period anew at the Clock's now,
+// without rotating. An owner calls it on a Log it has just restored with
+// UnmarshalBinary after a restart: the persisted rotation time is a
+// wall-clock reading with no monotonic one, so a period measured from it
+// could end early (the owner was down, or the wall clock was stepped) and
+// the Log would forget sooner than Period after the restart. Measuring
+// from the restart, on the monotonic clock, only keeps bits longer.
+func (l *Log) RestartPeriod() {
+	now := l.clock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.mu.lastRotation = now
+}
+
 // LastRotation returns the time of the last rotation (for a Log restored
 // by UnmarshalBinary, the persisted one, which carries no monotonic
-// reading).
+// reading, until RestartPeriod).
 func (l *Log) LastRotation() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 )
@@ -36,9 +37,7 @@ const (
 	MaxIntentBytes = 1 << 20
 )
 
-func (s *Store) intentPath(id string) string {
-	return s.metaPath(id)[:len(s.metaPath(id))-len(".meta")] + ".intent"
-}
+func (s *Store) intentPath(id string) string { return filepath.Join(s.dir, id+suffixIntent) }
 
 // EncodeIntent encodes an intent bitmap file.
 func EncodeIntent(region int64, bits []byte) ([]byte, error) {
@@ -82,6 +81,8 @@ func DecodeIntent(b []byte) (region int64, bits []byte, err error) {
 // WriteIntent stores the host's intent bitmap durably (pwrite + fdatasync).
 // A failed sync fails the chunk.
 func (s *Store) WriteIntent(c *Chunk, region int64, bits []byte) error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
 	if err := c.check(0, 0); err != nil {
 		return err
 	}
@@ -103,11 +104,10 @@ func (s *Store) WriteIntent(c *Chunk, region int64, bits []byte) error {
 		c.intent = f
 	}
 	if _, err := c.intent.WriteAt(b, 0); err != nil {
-		return err
+		return fmt.Errorf("store: writing the intent bitmap of chunk %s: %w", c.id, err)
 	}
 	if err := c.intent.Sync(); err != nil {
-		c.failed.Store(true)
-		return fmt.Errorf("%w: intent bitmap fdatasync: %w", ErrChunkFailed, err)
+		return c.fail(fmt.Errorf("intent bitmap fdatasync: %w", err), false)
 	}
 	return nil
 }

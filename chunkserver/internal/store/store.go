@@ -27,6 +27,11 @@ var (
 	ErrChunkFailed = errors.New("store: chunk failed after a durability error")
 	ErrOutOfRange  = errors.New("store: I/O beyond end of chunk")
 	ErrClosed      = errors.New("store: chunk closed")
+	// ErrQuarantined is returned (wrapped, with the chunk and the reason)
+	// for a chunk whose sidecar or data file is damaged, or that failed
+	// after a durability error before the last restart: its files are kept
+	// untouched, it is not served and Create does not re-create it.
+	ErrQuarantined = errors.New("store: chunk quarantined")
 )
 
 var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -102,14 +107,29 @@ type Store struct {
 
 	mu struct {
 		sync.Mutex
-		chunks map[string]*Chunk // guarded by mu
+		chunks map[string]*Chunk // served chunks
+		// quarantined are the chunks kept on disk but not served, with
+		// the reason.
+		quarantined map[string]error
 	}
 }
 
+// File name suffixes in the store directory (drawn in the package doc).
+const (
+	suffixData         = ".chunk"
+	suffixMeta         = ".meta"
+	suffixTmp          = ".meta.tmp"
+	suffixIntent       = ".intent"
+	suffixFailed       = ".failed"
+	suffixMetaSetAside = ".meta.failed"
+)
+
 // Open opens (creating if needed) the store in cfg.Dir and loads every chunk
-// whose sidecar validates. A chunk whose sidecar or data file is damaged is
-// logged and not served; it is never deleted automatically. Every loaded
-// chunk's LOG bitmap starts pinned: its host may have died with it.
+// whose sidecar and data file validate. A chunk whose sidecar or data file
+// is damaged, or that carries a failure marker, is quarantined: logged,
+// listed by Failed, kept on disk untouched and not served; it is never
+// deleted automatically. Every loaded chunk's LOG bitmap starts pinned (its
+// host may have died with it), and its first period runs from now.
 // Version-1 sidecars are rewritten as version 2.
 func Open(cfg Config) (*Store, error) {
 	if err := cfg.validate(); err != nil {
@@ -121,35 +141,103 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, dir: dir, fs: cfg.FS, log: cfg.Logger}
 	s.mu.chunks = make(map[string]*Chunk)
+	s.mu.quarantined = make(map[string]error)
 	ents, err := s.fs.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	files := make(map[string]bool, len(ents))
 	for _, e := range ents {
-		name := e.Name()
-		if strings.HasSuffix(name, ".meta.tmp") {
+		files[e.Name()] = true
+	}
+	ids := make(map[string]bool)
+	for name := range files {
+		if strings.HasSuffix(name, suffixTmp) {
 			// An interrupted sidecar replacement: the old sidecar is intact.
 			if err := s.fs.Remove(filepath.Join(dir, name)); err != nil {
 				s.log.Warn("removing stale sidecar", "file", name, "err", err)
 			}
 			continue
 		}
-		id, ok := strings.CutSuffix(name, ".meta")
-		if !ok {
-			continue
+		for _, suf := range []string{suffixMeta, suffixData, suffixFailed, suffixMetaSetAside} {
+			if id, ok := strings.CutSuffix(name, suf); ok && validID.MatchString(id) {
+				ids[id] = true
+			}
 		}
-		c, err := s.load(id)
+	}
+	for id := range ids {
+		var err error
+		switch {
+		case files[id+suffixFailed]:
+			b, rerr := vfs.ReadFile(s.fs, s.failedPath(id))
+			reason := strings.TrimSpace(string(b))
+			if rerr != nil || reason == "" {
+				reason = "reason unreadable"
+			}
+			err = fmt.Errorf("it failed after a durability error before the restart (%s)", reason)
+		case files[id+suffixMetaSetAside]:
+			err = fmt.Errorf("it failed after a durability error before the restart; its failure marker could not be written and the sidecar was set aside as %s", id+suffixMetaSetAside)
+		case !files[id+suffixMeta]:
+			err = s.orphanData(id)
+		default:
+			var c *Chunk
+			if c, err = s.load(id); err == nil {
+				s.mu.chunks[id] = c
+			}
+		}
 		if err != nil {
-			s.log.Error("chunk not served", "chunk", id, "err", err)
-			continue
+			s.quarantineLocked(id, err)
 		}
-		s.mu.chunks[id] = c
 	}
 	return s, nil
 }
 
-func (s *Store) metaPath(id string) string { return filepath.Join(s.dir, id+".meta") }
-func (s *Store) dataPath(id string) string { return filepath.Join(s.dir, id+".chunk") }
+// orphanData judges a data file without a sidecar. Create writes the data
+// file before the sidecar, so an interrupted Create leaves a data file that
+// holds no data: Create adopts it later. A data file with data but no
+// sidecar (a lost sidecar, or an interrupted Delete) is quarantined.
+func (s *Store) orphanData(id string) error {
+	empty, err := s.holdsNoData(id)
+	switch {
+	case err != nil:
+		return fmt.Errorf("sidecar %s is missing and the data file cannot be checked: %w", id+suffixMeta, err)
+	case !empty:
+		return fmt.Errorf("sidecar %s is missing but the data file holds data", id+suffixMeta)
+	}
+	s.log.Info("data file without sidecar holds no data (an interrupted create); it is re-created when assigned", "chunk", id)
+	return nil
+}
+
+// holdsNoData reports whether the data file of id has no allocated data
+// (SEEK_DATA finds none). A filesystem that does not report holes says it
+// has data.
+func (s *Store) holdsNoData(id string) (bool, error) {
+	f, err := s.fs.OpenFile(s.dataPath(id), os.O_RDONLY, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil || size == 0 {
+		return size == 0, err
+	}
+	_, err = f.SeekData(0)
+	if errors.Is(err, vfs.ErrNoData) {
+		return true, nil
+	}
+	return false, err
+}
+
+// quarantineLocked records id as quarantined; s.mu is held (or s is not
+// shared yet).
+func (s *Store) quarantineLocked(id string, reason error) {
+	s.mu.quarantined[id] = reason
+	s.log.Error("chunk quarantined: kept on disk, not served, not re-created", "chunk", id, "reason", reason)
+}
+
+func (s *Store) metaPath(id string) string   { return filepath.Join(s.dir, id+suffixMeta) }
+func (s *Store) dataPath(id string) string   { return filepath.Join(s.dir, id+suffixData) }
+func (s *Store) failedPath(id string) string { return filepath.Join(s.dir, id+suffixFailed) }
 
 // newLog makes the LOG bitmap of a chunk of size bytes.
 func (s *Store) newLog(size, regionSize int64) (*bitmap.Log, error) {
@@ -159,7 +247,7 @@ func (s *Store) newLog(size, regionSize int64) (*bitmap.Log, error) {
 func (s *Store) load(id string) (*Chunk, error) {
 	b, err := vfs.ReadFile(s.fs, s.metaPath(id))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the sidecar: %w", err)
 	}
 	var h Header
 	if err := h.UnmarshalBinary(b); err != nil {
@@ -185,28 +273,31 @@ func (s *Store) load(id string) (*Chunk, error) {
 			return nil, fmt.Errorf("%w: LOG state: %w", ErrCorruptHeader, err)
 		}
 	}
+	// The persisted rotation time has no monotonic reading: measure the
+	// first period from now (only keeps bits longer).
+	log.RestartPeriod()
 	// The host of this chunk may have died while the chunkserver was
 	// down: keep every bit until a live host unpins.
 	log.Pin()
 
 	f, err := s.fs.OpenFile(s.dataPath(id), os.O_RDWR, 0)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("opening the data file: %w", err)
 	}
 	size, err := f.Size()
 	if err != nil {
 		f.Close()
-		return nil, err
+		return nil, fmt.Errorf("data file: %w", err)
 	}
 	if size != h.Size {
 		f.Close()
-		return nil, fmt.Errorf("store: data file is %d bytes, header says %d", size, h.Size)
+		return nil, fmt.Errorf("data file is %d bytes, the sidecar says %d", size, h.Size)
 	}
 	c := s.newChunk(h, f, log)
 	if h.Log == nil {
 		if err := c.rewriteSidecar(); err != nil {
 			f.Close()
-			return nil, fmt.Errorf("store: upgrading the sidecar to version %d: %w", headerVersion, err)
+			return nil, fmt.Errorf("upgrading the sidecar to version %d: %w", headerVersion, err)
 		}
 		s.log.Info("chunk sidecar upgraded; its LOG bitmap starts empty and pinned", "chunk", id, "from_version", h.Version)
 	}
@@ -215,8 +306,8 @@ func (s *Store) load(id string) (*Chunk, error) {
 
 func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 	c := &Chunk{
-		id: h.ID, size: h.Size, created: h.Created, f: f, lg: log,
-		metaPath: s.metaPath(h.ID), writeSidecar: s.cfg.WriteSidecar,
+		id: h.ID, size: h.Size, created: h.Created, f: f, lg: log, fs: s.fs, log: s.log,
+		metaPath: s.metaPath(h.ID), failedPath: s.failedPath(h.ID), dir: s.dir, writeSidecar: s.cfg.WriteSidecar,
 	}
 	c.minEpoch.Store(h.MinEpoch)
 	return c
@@ -227,7 +318,11 @@ func (s *Store) Dir() string { return s.dir }
 
 // Create makes a new zero-filled sparse chunk with an empty, unpinned LOG
 // bitmap and minimum epoch 0. Creating a chunk that exists with the same
-// size is a no-op; with another size it is ErrExists.
+// size is a no-op; with another size it is ErrExists. A quarantined chunk
+// is not re-created (ErrQuarantined). Create never truncates a data file
+// that holds data: a data file left without a sidecar is adopted only if
+// it holds none (an interrupted Create), otherwise the chunk is
+// quarantined.
 func (s *Store) Create(id string, size int64) (*Chunk, error) {
 	if !validID.MatchString(id) {
 		return nil, fmt.Errorf("store: invalid chunk id %q", id)
@@ -243,17 +338,46 @@ func (s *Store) Create(id string, size int64) (*Chunk, error) {
 		}
 		return c, nil
 	}
+	if reason, ok := s.mu.quarantined[id]; ok {
+		return nil, fmt.Errorf("%w: %s: %w; not re-created", ErrQuarantined, id, reason)
+	}
+	// Files Open did not load (they appeared since, or Open quarantined
+	// nothing because the sidecar is there): never overwrite them.
+	for _, p := range []string{s.metaPath(id), s.failedPath(id), filepath.Join(s.dir, id+suffixMetaSetAside)} {
+		if _, err := s.fs.Stat(p); err == nil {
+			reason := fmt.Errorf("%s exists but the chunk was not loaded", filepath.Base(p))
+			s.quarantineLocked(id, reason)
+			return nil, fmt.Errorf("%w: %s: %w; not re-created", ErrQuarantined, id, reason)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("store: create %s: %w", id, err)
+		}
+	}
 	log, err := s.newLog(size, s.cfg.LogRegion)
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", id, err)
 	}
-	f, err := s.fs.OpenFile(s.dataPath(id), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := s.fs.OpenFile(s.dataPath(id), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, fs.ErrExist) {
+		empty, cerr := s.holdsNoData(id)
+		if cerr != nil {
+			return nil, fmt.Errorf("store: create %s: checking the existing data file: %w", id, cerr)
+		}
+		if !empty {
+			reason := errors.New("a data file with data exists without a sidecar")
+			s.quarantineLocked(id, reason)
+			return nil, fmt.Errorf("%w: %s: %w; not re-created", ErrQuarantined, id, reason)
+		}
+		f, err = s.fs.OpenFile(s.dataPath(id), os.O_RDWR, 0)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: create %s: %w", id, err)
 	}
 	fail := func(err error) (*Chunk, error) {
 		f.Close()
-		s.fs.Remove(s.dataPath(id))
+		// The data file holds no data yet: removing it loses nothing.
+		if rerr := s.fs.Remove(s.dataPath(id)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			s.log.Warn("removing the data file of a failed create", "chunk", id, "err", rerr)
+		}
 		return nil, fmt.Errorf("store: create %s: %w", id, err)
 	}
 	if err := f.Truncate(size); err != nil {
@@ -263,6 +387,8 @@ func (s *Store) Create(id string, size int64) (*Chunk, error) {
 		return fail(err)
 	}
 	c := s.newChunk(Header{ID: id, Size: size, Created: s.cfg.Clock().UnixNano()}, f, log)
+	// The sidecar write fsyncs the directory, which makes the data file's
+	// entry durable too.
 	if err := c.rewriteSidecar(); err != nil {
 		return fail(err)
 	}
@@ -296,18 +422,23 @@ func WriteFileAtomic(fsys vfs.FS, path string, data []byte) error {
 	return fsys.SyncDir(filepath.Dir(path))
 }
 
-// Get returns a served chunk.
+// Get returns a served chunk. A quarantined chunk gives an error wrapping
+// ErrQuarantined that names the reason; an unknown one ErrNotFound.
 func (s *Store) Get(id string) (*Chunk, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.mu.chunks[id]
 	if !ok {
+		if reason, q := s.mu.quarantined[id]; q {
+			return nil, fmt.Errorf("%w: %s: %w", ErrQuarantined, id, reason)
+		}
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	return c, nil
 }
 
-// List returns the ids of the served chunks, sorted.
+// List returns the ids of the served chunks, sorted (failed ones included:
+// they are still held, and refuse I/O).
 func (s *Store) List() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -319,8 +450,36 @@ func (s *Store) List() []string {
 	return ids
 }
 
-// Delete closes a chunk and removes its files. Deleting a chunk that does not
-// exist is not an error.
+// FailedChunk is a chunk the store holds but does not serve.
+type FailedChunk struct {
+	ID string
+	// Quarantined is set for a chunk Open (or Create) refused; unset for
+	// a served chunk that failed since.
+	Quarantined bool
+	Reason      error
+}
+
+// Failed lists the quarantined chunks and the chunks that failed after a
+// durability error, sorted by id.
+func (s *Store) Failed() []FailedChunk {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []FailedChunk
+	for id, reason := range s.mu.quarantined {
+		out = append(out, FailedChunk{ID: id, Quarantined: true, Reason: reason})
+	}
+	for id, c := range s.mu.chunks {
+		if c.Failed() {
+			out = append(out, FailedChunk{ID: id, Reason: c.FailReason()})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Delete closes a chunk (waiting for the I/O in progress) and removes its
+// files. It also removes a quarantined chunk: only the metaserver asks for
+// a deletion. Deleting a chunk that does not exist is not an error.
 func (s *Store) Delete(id string) error {
 	if !validID.MatchString(id) {
 		return fmt.Errorf("store: invalid chunk id %q", id)
@@ -328,21 +487,30 @@ func (s *Store) Delete(id string) error {
 	s.mu.Lock()
 	c, ok := s.mu.chunks[id]
 	delete(s.mu.chunks, id)
+	delete(s.mu.quarantined, id)
 	s.mu.Unlock()
 	if ok {
-		c.close()
+		if err := c.close(); err != nil {
+			s.log.Warn("closing a deleted chunk", "chunk", id, "err", err)
+		}
 		// Wait for a sidecar write in progress; later ones see the chunk
 		// closed and write nothing, so the sidecar cannot come back.
 		c.sidecarMu.Lock()
 		defer c.sidecarMu.Unlock()
 	}
-	// Sidecar first: a chunk without a sidecar is never served again.
-	for _, p := range []string{s.metaPath(id), s.dataPath(id), s.intentPath(id)} {
+	// Sidecar first: a chunk without a sidecar is never served again. The
+	// failure markers go last, so an interrupted Delete of a failed chunk
+	// leaves it quarantined.
+	for _, suf := range []string{suffixMeta, suffixData, suffixIntent, suffixMetaSetAside, suffixFailed} {
+		p := filepath.Join(s.dir, id+suf)
 		if err := s.fs.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("store: delete %s: %w", id, err)
 		}
 	}
-	return s.fs.SyncDir(s.dir)
+	if err := s.fs.SyncDir(s.dir); err != nil {
+		return fmt.Errorf("store: delete %s: %w", id, err)
+	}
+	return nil
 }
 
 // Usage reports the capacity and free bytes of the file system under the store.
@@ -355,9 +523,8 @@ func (s *Store) Usage() (capacity, free int64, err error) {
 }
 
 // RotateLogs rotates the LOG bitmap of every chunk whose period has passed
-// at now (bitmap.Log.MaybeRotate) and rewrites the sidecar of each chunk
-// whose rotation forgot bits. A failed rewrite fails that chunk; the errors
-// are returned joined.
+// at now (Chunk.RotateLog). A failure fails that chunk; the errors are
+// returned joined.
 func (s *Store) RotateLogs(now time.Time) error {
 	s.mu.Lock()
 	chunks := make([]*Chunk, 0, len(s.mu.chunks))
@@ -374,7 +541,9 @@ func (s *Store) RotateLogs(now time.Time) error {
 	return errors.Join(errs...)
 }
 
-// Close closes every chunk.
+// Close closes every chunk, waiting for the I/O in progress. It does not
+// sync: what a host has not flushed is as durable as a power loss leaves
+// it, and the LOG records it.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -386,23 +555,41 @@ func (s *Store) Close() error {
 }
 
 // Chunk is one open chunk. Its methods are safe for concurrent use. After a
-// durability failure (a failed fsync of the data or a failed sidecar write)
-// the chunk is failed: every later call returns ErrChunkFailed, because the
-// durability of earlier writes or of its LOG bitmap is unknown.
+// durability failure (a failed fsync of the data, of the intent bitmap or
+// of a sidecar write) the chunk is failed: every later call returns
+// ErrChunkFailed, because the durability of earlier writes or of its LOG
+// bitmap is unknown, and a failure marker keeps it failed across restarts
+// (package doc).
 type Chunk struct {
 	id       string
 	size     int64
 	created  int64
 	f        vfs.File
 	lg       *bitmap.Log
+	fs       vfs.FS
+	log      *slog.Logger
+	dir      string
 	minEpoch atomic.Int64 // written under sidecarMu, after the sidecar holds it
 	failed   atomic.Bool
-	closed   atomic.Bool
+	// failReason is the durability error that failed the chunk.
+	failReason atomic.Pointer[error]
+	// dirty is set after a data write, trim or write-zeroes reached the
+	// file, and cleared when a sync starts: a rotation syncs before it
+	// forgets only if it is set.
+	dirty atomic.Bool
 
-	metaPath     string
-	writeSidecar func(path string, data []byte) error
-	// sidecarMu serializes sidecar writes, so the sidecar never holds an
-	// older minimum epoch than one already reported.
+	// ioMu keeps the data file open while an operation uses it: every I/O
+	// path holds it for reading, close holds it for writing, so a Delete
+	// waits for the I/O in progress and later I/O sees ErrClosed, never a
+	// closed (or reused) file descriptor.
+	ioMu   sync.RWMutex
+	closed atomic.Bool // set under ioMu held for writing
+
+	metaPath, failedPath string
+	writeSidecar         func(path string, data []byte) error
+	// sidecarMu serializes sidecar writes (and the failure marker), so the
+	// sidecar never holds an older minimum epoch than one already
+	// reported.
 	sidecarMu sync.Mutex
 
 	intentMu sync.Mutex // guards intent
@@ -427,17 +614,103 @@ func (c *Chunk) Log() *bitmap.Log { return c.lg }
 // Failed reports whether the chunk failed after a durability error.
 func (c *Chunk) Failed() bool { return c.failed.Load() }
 
+// FailReason is the durability error that failed the chunk, nil if it has
+// not failed.
+func (c *Chunk) FailReason() error {
+	if p := c.failReason.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 func (c *Chunk) close() error {
+	c.ioMu.Lock()
+	defer c.ioMu.Unlock()
 	if c.closed.Swap(true) {
 		return nil
 	}
+	var errs []error
 	c.intentMu.Lock()
 	if c.intent != nil {
-		c.intent.Close()
+		errs = append(errs, c.intent.Close())
 		c.intent = nil
 	}
 	c.intentMu.Unlock()
-	return c.f.Close()
+	errs = append(errs, c.f.Close())
+	return errors.Join(errs...)
+}
+
+// fail fails the chunk for good after the durability error cause and
+// returns the error to give the caller (wrapping ErrChunkFailed and
+// cause). The first failure is made durable (persistFailureLocked);
+// sidecarHeld says whether the caller holds c.sidecarMu.
+func (c *Chunk) fail(cause error, sidecarHeld bool) error {
+	err := fmt.Errorf("%w: %w", ErrChunkFailed, cause)
+	if !c.failed.CompareAndSwap(false, true) {
+		return err
+	}
+	c.failReason.Store(&cause)
+	if !sidecarHeld {
+		c.sidecarMu.Lock()
+		defer c.sidecarMu.Unlock()
+	}
+	if c.closed.Load() {
+		return err // being deleted (or the store closed)
+	}
+	c.persistFailureLocked(cause)
+	return err
+}
+
+// persistFailureLocked makes the failure durable; c.sidecarMu is held.
+// First choice: the marker file <id>.failed (reason text, fsynced, the
+// directory fsynced). If that cannot be written, the sidecar is renamed to
+// <id>.meta.failed (a rename often succeeds where a write does not, e.g.
+// on a full disk) and the directory fsynced. Either makes the next Open
+// quarantine the chunk. If both fail, the failure is in memory only: the
+// chunk refuses I/O until the process ends, and an error is logged that
+// says so; after a restart the chunk would be served again, and only the
+// host's record of the member's degradation (it saw the failed request)
+// keeps it from being trusted.
+func (c *Chunk) persistFailureLocked(cause error) {
+	log := c.log.With("chunk", c.id, "cause", cause)
+	merr := c.writeFailureMarker(cause)
+	if merr == nil {
+		log.Error("chunk failed after a durability error; failure marker written", "marker", c.failedPath)
+		return
+	}
+	aside := c.metaPath[:len(c.metaPath)-len(suffixMeta)] + suffixMetaSetAside
+	rerr := c.fs.Rename(c.metaPath, aside)
+	if rerr == nil {
+		rerr = c.fs.SyncDir(c.dir)
+	}
+	if rerr == nil {
+		log.Error("chunk failed after a durability error; the failure marker could not be written, the sidecar was set aside instead",
+			"marker_err", merr, "sidecar", aside)
+		return
+	}
+	log.Error("chunk failed after a durability error, and the failure cannot be recorded on disk: "+
+		"it refuses I/O until the chunkserver stops, but would be served again after a restart",
+		"marker_err", merr, "set_aside_err", rerr)
+}
+
+func (c *Chunk) writeFailureMarker(cause error) error {
+	f, err := c.fs.OpenFile(c.failedPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	msg := fmt.Sprintf("%s %s\n", time.Now().UTC().Format(time.RFC3339), cause)
+	if _, err := f.WriteAt([]byte(msg), 0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return c.fs.SyncDir(c.dir)
 }
 
 // writeHeaderLocked writes the sidecar with the given LOG state and
@@ -450,12 +723,11 @@ func (c *Chunk) writeHeaderLocked(log []byte, minEpoch int64) error {
 		return ErrChunkFailed
 	}
 	b, err := Header{ID: c.id, Size: c.size, MinEpoch: minEpoch, Created: c.created, Log: log}.MarshalBinary()
-	if err == nil {
-		err = c.writeSidecar(c.metaPath, b)
-	}
 	if err != nil {
-		c.failed.Store(true)
-		return fmt.Errorf("%w: writing sidecar: %w", ErrChunkFailed, err)
+		return err
+	}
+	if err := c.writeSidecar(c.metaPath, b); err != nil {
+		return c.fail(fmt.Errorf("writing sidecar: %w", err), true)
 	}
 	return nil
 }
@@ -512,8 +784,7 @@ func (c *Chunk) syncLog(ctx context.Context, gen uint64) error {
 	}
 	if err := c.lg.Sync(ctx, gen, c.persistLog); err != nil {
 		if errors.Is(err, bitmap.ErrLogFailed) {
-			c.failed.Store(true)
-			return fmt.Errorf("%w: %w", ErrChunkFailed, err)
+			return c.fail(err, false)
 		}
 		return err
 	}
@@ -547,11 +818,30 @@ func (c *Chunk) Unpin() error {
 	return nil
 }
 
-// RotateLog rotates the LOG bitmap if its period has passed at now and, if
-// the rotation forgot bits, rewrites the sidecar.
+// RotateLog rotates the LOG bitmap if its period has passed at now. A
+// rotation may forget bits (history is replaced), and a LOG bit may be
+// forgotten only once its write is durable: so if the chunk was written
+// since its last sync, the data is fdatasynced first, and if that fails the
+// chunk fails and nothing rotates. A clean chunk costs no sync. If the
+// rotation forgot bits, the sidecar is rewritten (lazily: until then it
+// over-reports).
 func (c *Chunk) RotateLog(now time.Time) error {
 	if c.closed.Load() || c.failed.Load() {
 		return nil
+	}
+	if now.Sub(c.lg.LastRotation()) < c.lg.Period() {
+		return nil
+	}
+	// The bits this rotation may forget were set at least one period
+	// ago, by writes that have completed since (t_io ≪ T): the sync
+	// covers them.
+	if c.dirty.Load() {
+		if err := c.Sync(); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("syncing before a LOG rotation: %w", err)
+		}
 	}
 	pinned := c.lg.Pinned()
 	before := c.lg.Snapshot()
@@ -585,8 +875,17 @@ func (c *Chunk) check(off, n int64) error {
 	return nil
 }
 
+// setDirty records that data reached the file since the last sync.
+func (c *Chunk) setDirty() {
+	if !c.dirty.Load() {
+		c.dirty.Store(true)
+	}
+}
+
 // ReadAt reads len(p) bytes at off; holes read as zeroes.
 func (c *Chunk) ReadAt(p []byte, off int64) error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
 	if err := c.check(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -594,12 +893,19 @@ func (c *Chunk) ReadAt(p []byte, off int64) error {
 	if err == io.EOF && n == len(p) {
 		err = nil
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("store: read chunk %s: %w", c.id, err)
+	}
+	return nil
 }
 
 // WriteAt writes p at off (not durable until Sync), after its regions are
-// durably marked in the LOG bitmap.
+// durably marked in the LOG bitmap. A failed write (e.g. ENOSPC) returns
+// an error wrapping the cause and does not fail the chunk: the region is in
+// the LOG, so a host resyncs it.
 func (c *Chunk) WriteAt(p []byte, off int64) error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
 	if err := c.check(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -607,18 +913,30 @@ func (c *Chunk) WriteAt(p []byte, off int64) error {
 		return err
 	}
 	_, err := c.f.WriteAt(p, off)
-	return err
+	c.setDirty()
+	if err != nil {
+		return fmt.Errorf("store: write chunk %s: %w", c.id, err)
+	}
+	return nil
 }
 
-// Sync makes every completed write durable (fdatasync). A failure fails the
-// chunk for good.
+// Sync makes every completed write durable (fdatasync). It costs nothing
+// if nothing was written since the last sync. A failure fails the chunk
+// for good.
 func (c *Chunk) Sync() error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
 	if err := c.check(0, 0); err != nil {
 		return err
 	}
+	if !c.dirty.Load() {
+		return nil
+	}
+	// Cleared before the sync starts: a write that completes during it
+	// sets it again.
+	c.dirty.Store(false)
 	if err := c.f.Sync(); err != nil {
-		c.failed.Store(true)
-		return fmt.Errorf("%w: fdatasync: %w", ErrChunkFailed, err)
+		return c.fail(fmt.Errorf("fdatasync: %w", err), false)
 	}
 	return nil
 }
@@ -626,6 +944,8 @@ func (c *Chunk) Sync() error {
 // Trim deallocates [off, off+length); it reads back as zeroes. Like a
 // write, it is marked in the LOG bitmap first.
 func (c *Chunk) Trim(off, length int64) error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
 	if err := c.check(off, length); err != nil {
 		return err
 	}
@@ -635,13 +955,20 @@ func (c *Chunk) Trim(off, length int64) error {
 	if err := c.mark(off, length); err != nil {
 		return err
 	}
-	return c.f.PunchHole(off, length)
+	err := c.f.PunchHole(off, length)
+	c.setDirty()
+	if err != nil {
+		return fmt.Errorf("store: trim chunk %s: %w", c.id, err)
+	}
+	return nil
 }
 
 // WriteZeroes zeroes [off, off+length). With noHole the range stays
 // allocated; otherwise it is punched. Like a write, it is marked in the LOG
 // bitmap first.
 func (c *Chunk) WriteZeroes(off, length int64, noHole bool) error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
 	if err := c.check(off, length); err != nil {
 		return err
 	}
@@ -651,8 +978,12 @@ func (c *Chunk) WriteZeroes(off, length int64, noHole bool) error {
 	if err := c.mark(off, length); err != nil {
 		return err
 	}
+	defer c.setDirty()
 	if !noHole {
-		return c.f.PunchHole(off, length)
+		if err := c.f.PunchHole(off, length); err != nil {
+			return fmt.Errorf("store: write zeroes to chunk %s: %w", c.id, err)
+		}
+		return nil
 	}
 	err := c.f.ZeroRange(off, length)
 	if errors.Is(err, vfs.ErrUnsupported) {
@@ -661,13 +992,16 @@ func (c *Chunk) WriteZeroes(off, length int64, noHole bool) error {
 		for done := int64(0); done < length; {
 			n := min(int64(len(buf)), length-done)
 			if _, err := c.f.WriteAt(buf[:n], off+done); err != nil {
-				return err
+				return fmt.Errorf("store: write zeroes to chunk %s: %w", c.id, err)
 			}
 			done += n
 		}
 		return nil
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("store: write zeroes to chunk %s: %w", c.id, err)
+	}
+	return nil
 }
 
 // Extent is a run of the chunk that is either allocated data or a hole.
@@ -680,6 +1014,8 @@ type Extent struct {
 // SEEK_DATA/SEEK_HOLE. File systems that do not report holes give one data
 // extent.
 func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
 	if err := c.check(off, length); err != nil {
 		return nil, err
 	}
@@ -690,7 +1026,7 @@ func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
 		if errors.Is(err, vfs.ErrNoData) {
 			data = end // no data after pos
 		} else if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("store: extents of chunk %s: %w", c.id, err)
 		}
 		data = min(data, end)
 		if data > pos {
@@ -700,7 +1036,7 @@ func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
 		}
 		hole, err := c.f.SeekHole(pos)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("store: extents of chunk %s: %w", c.id, err)
 		}
 		hole = min(hole, end)
 		out = append(out, Extent{Length: hole - pos})

@@ -150,8 +150,8 @@ func TestDeleteAndDamagedSidecar(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if _, err := s.Get("b"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("chunk with damaged sidecar served: %v", err)
+	if _, err := s.Get("b"); !errors.Is(err, ErrQuarantined) {
+		t.Fatalf("chunk with damaged sidecar: %v, want ErrQuarantined", err)
 	}
 	if _, err := os.Stat(s.dataPath("b")); err != nil {
 		t.Fatalf("data of damaged chunk removed: %v", err)

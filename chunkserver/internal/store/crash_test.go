@@ -1,0 +1,485 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
+)
+
+const memDir = "/data"
+
+// clock is a settable test clock.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock(t time.Time) *clock { return &clock{now: t} }
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) set(t time.Time) {
+	c.mu.Lock()
+	c.now = t
+	c.mu.Unlock()
+}
+
+// openFS opens a store in memDir on fsys with the test geometry.
+func openFS(t *testing.T, fsys vfs.FS, clk func() time.Time) *Store {
+	t.Helper()
+	if clk == nil {
+		clk = func() time.Time { return testEpoch }
+	}
+	s, err := Open(Config{Dir: memDir, FS: fsys, LogRegion: testRegion, LogPeriod: time.Minute, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func readAll(t *testing.T, fsys vfs.FS, name string) []byte {
+	t.Helper()
+	b, err := vfs.ReadFile(fsys, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func regionSet(c *Chunk, off int64) bool {
+	snap := c.Log().Snapshot()
+	r := off / c.Log().RegionSize()
+	return snap[r/8]&(1<<(r%8)) != 0
+}
+
+// TestPowerLossUnderLoad: writers write distinct blocks of a chunk,
+// some followed by a flush, while the LOG rotates; then the power fails.
+// On the crashed filesystem every flushed write reads back, the region of
+// every acknowledged write that was not flushed is still in the LOG (so a
+// host resyncs it), and the chunk starts pinned.
+func TestPowerLossUnderLoad(t *testing.T) {
+	for seed := range uint64(4) {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			mem := vfs.NewMem()
+			clk := newClock(testEpoch)
+			s := openFS(t, mem, clk.Now)
+			c, err := s.Create("c1", testSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const block = 4096
+			type write struct {
+				off     int64
+				data    []byte
+				flushed bool
+			}
+			slots := rand.New(rand.NewPCG(seed, 1)).Perm(testSize / block)
+			var (
+				mu     sync.Mutex
+				writes []write
+				next   atomic.Int64
+				wg     sync.WaitGroup
+			)
+			for w := range 4 {
+				wg.Go(func() {
+					rng := rand.New(rand.NewPCG(seed, uint64(w)+2))
+					for range 40 {
+						i := next.Add(1) - 1
+						off := int64(slots[i]) * block
+						p := bytes.Repeat([]byte{byte(rng.Uint32())}, 100+rng.IntN(block-100))
+						if err := c.WriteAt(p, off); err != nil {
+							t.Error(err)
+							return
+						}
+						wr := write{off: off, data: p}
+						if rng.IntN(3) == 0 {
+							if err := c.Sync(); err != nil {
+								t.Error(err)
+								return
+							}
+							wr.flushed = true
+						}
+						mu.Lock()
+						writes = append(writes, wr)
+						mu.Unlock()
+					}
+				})
+			}
+			// Rotations run beside the writers: the LOG forgets what is two
+			// periods old, which must by then be durable.
+			wg.Go(func() {
+				for k := range 6 {
+					clk.set(testEpoch.Add(time.Duration(k+1) * time.Minute))
+					if err := s.RotateLogs(clk.Now()); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+			wg.Wait()
+			if t.Failed() {
+				return
+			}
+
+			crashed := mem.CrashClone()
+			s2 := openFS(t, crashed, clk.Now)
+			c2, err := s2.Get("c1")
+			if err != nil {
+				t.Fatalf("chunk not served after the power loss: %v (files %v)", err, crashed.Names())
+			}
+			if !c2.Log().Pinned() {
+				t.Fatal("chunk not pinned after the power loss")
+			}
+			for _, w := range writes {
+				got := make([]byte, len(w.data))
+				if err := c2.ReadAt(got, w.off); err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case w.flushed && !bytes.Equal(got, w.data):
+					t.Errorf("flushed write at %d lost by the power loss", w.off)
+				case !w.flushed && !bytes.Equal(got, w.data) && !regionSet(c2, w.off):
+					t.Errorf("acknowledged write at %d lost by the power loss and its region %d is not in the LOG",
+						w.off, w.off/testRegion)
+				}
+			}
+		})
+	}
+}
+
+// TestRotationAfterCrashKeepsUnsyncedWrite: a write that was never
+// flushed must not be forgotten by the LOG while its data is not durable.
+// Two rotations forget its bit; the power then fails. Either the data
+// survived or its region is still recorded.
+func TestRotationAfterCrashKeepsUnsyncedWrite(t *testing.T) {
+	mem := vfs.NewMem()
+	clk := newClock(testEpoch)
+	s := openFS(t, mem, clk.Now)
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := []byte("not flushed")
+	if err := c.WriteAt(p, 2*testRegion); err != nil {
+		t.Fatal(err)
+	}
+	for k := 1; k <= 2; k++ {
+		clk.set(testEpoch.Add(time.Duration(k) * time.Minute))
+		if err := s.RotateLogs(clk.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crashed := mem.CrashClone()
+	s2 := openFS(t, crashed, clk.Now)
+	c2, err := s2.Get("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(p))
+	if err := c2.ReadAt(got, 2*testRegion); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, p) && !regionSet(c2, 2*testRegion) {
+		t.Fatal("the rotation forgot region 2 while its write was not durable; the power loss then lost the write")
+	}
+}
+
+// TestRotationSyncOnlyWhenDirty: the fdatasync before a forgetting
+// rotation is skipped when nothing was written since the last sync, and a
+// failed one fails the chunk and keeps the bits.
+func TestRotationSyncOnlyWhenDirty(t *testing.T) {
+	var syncs atomic.Int64
+	var failSync atomic.Bool
+	efs := vfs.NewErrorFS(vfs.NewMem(), vfs.InjectorFunc(func(op vfs.Op, path string) error {
+		if op == vfs.OpSync && len(path) > 6 && path[len(path)-6:] == ".chunk" {
+			syncs.Add(1)
+			if failSync.Load() {
+				return &fs.PathError{Op: "sync", Path: path, Err: syscall.EIO}
+			}
+		}
+		return nil
+	}))
+	clk := newClock(testEpoch)
+	s := openFS(t, efs, clk.Now)
+	a, err := s.Create("a", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Create("b", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*Chunk{a, b} {
+		if err := c.WriteAt([]byte("x"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	rotate := func(k int) error {
+		clk.set(testEpoch.Add(time.Duration(k) * time.Minute))
+		return s.RotateLogs(clk.Now())
+	}
+	before := syncs.Load()
+	if err := rotate(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := syncs.Load() - before; got != 1 {
+		t.Fatalf("%d data syncs for the first rotation, want 1 (a is dirty, b was flushed)", got)
+	}
+	// a is written again (region 1) and its next sync fails.
+	if err := a.WriteAt([]byte("x"), testRegion); err != nil {
+		t.Fatal(err)
+	}
+	before = syncs.Load()
+	failSync.Store(true)
+	err = rotate(2)
+	if !errors.Is(err, ErrChunkFailed) {
+		t.Fatalf("rotation whose sync failed: %v, want ErrChunkFailed", err)
+	}
+	if got := syncs.Load() - before; got != 1 {
+		t.Fatalf("%d data syncs for the forgetting rotation, want 1 (only a, b is clean)", got)
+	}
+	if !a.Failed() || !regionSet(a, 0) {
+		t.Fatalf("a after a failed sync: failed %v, region 0 kept %v; want failed with the bit kept", a.Failed(), regionSet(a, 0))
+	}
+	if b.Failed() || regionSet(b, 0) {
+		t.Fatalf("b (clean): failed %v, region 0 kept %v; want healthy and forgotten", b.Failed(), regionSet(b, 0))
+	}
+	// Idle chunks cost nothing: more rotations, no more syncs.
+	failSync.Store(false)
+	before = syncs.Load()
+	for k := 3; k <= 5; k++ {
+		if err := rotate(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := syncs.Load() - before; got != 0 {
+		t.Fatalf("%d data syncs of idle chunks, want 0", got)
+	}
+}
+
+// TestRestoredLogMeasuresFromLoad: the first period after a restart is
+// measured on the monotonic clock from the time the chunk was loaded, not
+// from the persisted wall-clock time of the last rotation.
+func TestRestoredLogMeasuresFromLoad(t *testing.T) {
+	mem := vfs.NewMem()
+	T := time.Minute
+	// The rotation time persisted before the restart reads, on the wall
+	// clock, more than T before now (the server was down, or the clock
+	// was stepped forward).
+	s := openFS(t, mem, func() time.Time { return time.Now().Add(-3 * T) })
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt([]byte("x"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = openFS(t, mem, time.Now)
+	loaded := time.Now()
+	c, err = s.Get("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := c.Log().LastRotation()
+	if err := s.RotateLogs(loaded.Add(T / 2)); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Log().LastRotation(); !got.Equal(last) {
+		t.Fatalf("rotated %v after the restart (last rotation %v → %v); the first period must run T from load",
+			T/2, last, got)
+	}
+}
+
+// TestEIOOnSyncFailsChunkForGood: a failed fdatasync (of the data, the
+// sidecar or the intent bitmap) fails the chunk, and the chunk is still
+// failed after a restart and after a power loss.
+func TestEIOOnSyncFailsChunkForGood(t *testing.T) {
+	tests := []struct {
+		name string
+		inj  func() vfs.Injector
+		op   func(s *Store, c *Chunk) error
+	}{
+		{"data fdatasync", func() vfs.Injector { return vfs.OnNth(vfs.OpSync, ".chunk", 1, syscall.EIO) },
+			func(s *Store, c *Chunk) error { return c.Sync() }},
+		{"sidecar fsync", func() vfs.Injector { return vfs.OnNth(vfs.OpSync, ".meta.tmp", 1, syscall.EIO) },
+			func(s *Store, c *Chunk) error { return c.WriteAt([]byte("y"), 3*testRegion) }},
+		{"intent fdatasync", func() vfs.Injector { return vfs.OnNth(vfs.OpSync, ".intent", 1, syscall.EIO) },
+			func(s *Store, c *Chunk) error { return s.WriteIntent(c, 4096, make([]byte, 32)) }},
+	}
+	for _, tt := range tests {
+		for _, crash := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/powerloss=%v", tt.name, crash), func(t *testing.T) {
+				mem := vfs.NewMem()
+				efs := vfs.NewErrorFS(mem, nil)
+				s := openFS(t, efs, nil)
+				c, err := s.Create("c1", testSize)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := c.WriteAt([]byte("x"), 0); err != nil {
+					t.Fatal(err)
+				}
+				efs.SetInjector(tt.inj())
+				if err := tt.op(s, c); !errors.Is(err, ErrChunkFailed) {
+					t.Fatalf("operation with an EIO: %v, want ErrChunkFailed", err)
+				}
+				efs.SetInjector(nil)
+				if err := c.ReadAt(make([]byte, 1), 0); !errors.Is(err, ErrChunkFailed) {
+					t.Fatalf("read of a failed chunk: %v, want ErrChunkFailed", err)
+				}
+				if err := c.Sync(); !errors.Is(err, ErrChunkFailed) {
+					t.Fatalf("a second sync: %v; a failed sync must never be retried and trusted", err)
+				}
+				s.Close()
+				var next vfs.FS = mem
+				if crash {
+					next = mem.CrashClone()
+				}
+				s = openFS(t, next, nil)
+				if c, err := s.Get("c1"); err == nil {
+					err = c.ReadAt(make([]byte, 1), 0)
+					if err == nil {
+						t.Fatal("after a restart the failed chunk is served again and reads succeed")
+					}
+				}
+				checkFailedAfterRestart(t, s, "c1")
+			})
+		}
+	}
+}
+
+// TestENOSPCOnWrite: a write that finds the disk full fails with an error
+// wrapping ENOSPC (which the NBD server sends as NBD_ENOSPC); the chunk is
+// not failed and nothing else changes.
+func TestENOSPCOnWrite(t *testing.T) {
+	efs := vfs.NewErrorFS(vfs.NewMem(), nil)
+	s := openFS(t, efs, nil)
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := []byte("old data")
+	if err := c.WriteAt(old, 0); err != nil {
+		t.Fatal(err)
+	}
+	efs.SetInjector(vfs.OnOp(vfs.OpWrite, ".chunk", syscall.ENOSPC))
+	if err := c.WriteAt([]byte("new"), 5*testRegion); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write on a full disk: %v, want ENOSPC", err)
+	}
+	efs.SetInjector(nil)
+	if c.Failed() {
+		t.Fatal("ENOSPC failed the chunk")
+	}
+	got := make([]byte, len(old))
+	if err := c.ReadAt(got, 0); err != nil || !bytes.Equal(got, old) {
+		t.Fatalf("earlier data after ENOSPC: %q %v", got, err)
+	}
+	if !regionSet(c, 5*testRegion) {
+		t.Fatal("the failed write's region is not in the LOG")
+	}
+	if err := c.WriteAt([]byte("new"), 5*testRegion); err != nil {
+		t.Fatalf("write after space came back: %v", err)
+	}
+	if err := c.Sync(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRottedSidecarQuarantined: a sidecar with a rotted byte keeps its
+// chunk out of service; the data file is never changed and Create does
+// not re-create the chunk over it.
+func TestRottedSidecarQuarantined(t *testing.T) {
+	tests := []struct {
+		name string
+		rot  func(t *testing.T, fsys vfs.FS)
+	}{
+		{"header byte", func(t *testing.T, fsys vfs.FS) { flipByte(t, fsys, memDir+"/c1.meta", 50) }},
+		{"LOG state byte", func(t *testing.T, fsys vfs.FS) { flipByte(t, fsys, memDir+"/c1.meta", headerLen+40) }},
+		{"truncated sidecar", func(t *testing.T, fsys vfs.FS) { truncateFile(t, fsys, memDir+"/c1.meta", 100) }},
+		{"sidecar lost", func(t *testing.T, fsys vfs.FS) {
+			if err := fsys.Remove(memDir + "/c1.meta"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"data file short", func(t *testing.T, fsys vfs.FS) { truncateFile(t, fsys, memDir+"/c1.chunk", testSize/2) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mem := vfs.NewMem()
+			s := openFS(t, mem, nil)
+			c, err := s.Create("c1", testSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.WriteAt(bytes.Repeat([]byte("precious"), 512), testRegion); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			tt.rot(t, mem)
+			data := readAll(t, mem, memDir+"/c1.chunk")
+
+			s = openFS(t, mem, nil)
+			if _, err := s.Get("c1"); err == nil {
+				t.Fatal("chunk with a damaged sidecar or data file is served")
+			}
+			if _, err := s.Create("c1", testSize); err == nil {
+				t.Fatal("Create re-created a chunk whose sidecar or data file is damaged")
+			}
+			if got := readAll(t, mem, memDir+"/c1.chunk"); !bytes.Equal(got, data) {
+				t.Fatalf("data file changed: %d bytes, was %d", len(got), len(data))
+			}
+			checkQuarantined(t, s, "c1")
+		})
+	}
+}
+
+func flipByte(t *testing.T, fsys vfs.FS, name string, off int64) {
+	t.Helper()
+	f, err := fsys.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x10
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func truncateFile(t *testing.T, fsys vfs.FS, name string, size int64) {
+	t.Helper()
+	f, err := fsys.OpenFile(name, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+}
