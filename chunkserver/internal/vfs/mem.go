@@ -324,20 +324,27 @@ type memFile struct {
 	closed      bool
 }
 
-func (f *memFile) check(op string, write bool) error {
+// Access a check needs.
+const (
+	accNone = iota
+	accRead
+	accWrite
+)
+
+func (f *memFile) check(op string, acc int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.closed {
 		return pathErr(op, f.name, fs.ErrClosed)
 	}
-	if write && !f.write || !write && !f.read {
+	if acc == accWrite && !f.write || acc == accRead && !f.read {
 		return pathErr(op, f.name, syscall.EBADF)
 	}
 	return nil
 }
 
 func (f *memFile) ReadAt(p []byte, off int64) (int, error) {
-	if err := f.check("read", false); err != nil {
+	if err := f.check("read", accRead); err != nil {
 		return 0, err
 	}
 	if off < 0 {
@@ -368,7 +375,7 @@ func (f *memFile) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (f *memFile) WriteAt(p []byte, off int64) (int, error) {
-	if err := f.check("write", true); err != nil {
+	if err := f.check("write", accWrite); err != nil {
 		return 0, err
 	}
 	if off < 0 {
@@ -406,7 +413,7 @@ func (f *memFile) Close() error {
 
 // Sync makes the contents and size durable.
 func (f *memFile) Sync() error {
-	if err := f.check("sync", false); err != nil {
+	if err := f.check("sync", accNone); err != nil {
 		return err
 	}
 	n := f.n
@@ -426,7 +433,7 @@ func (f *memFile) Sync() error {
 }
 
 func (f *memFile) Truncate(size int64) error {
-	if err := f.check("truncate", true); err != nil {
+	if err := f.check("truncate", accWrite); err != nil {
 		return err
 	}
 	if size < 0 {
@@ -449,7 +456,7 @@ func (f *memFile) Truncate(size int64) error {
 }
 
 func (f *memFile) Size() (int64, error) {
-	if err := f.check("stat", false); err != nil {
+	if err := f.check("stat", accNone); err != nil {
 		return 0, err
 	}
 	f.n.mu.Lock()
@@ -486,7 +493,7 @@ func (f *memFile) PunchHole(off, length int64) error { return f.zero("punch", of
 func (f *memFile) ZeroRange(off, length int64) error { return f.zero("zero range", off, length, false) }
 
 func (f *memFile) zero(op string, off, length int64, punch bool) error {
-	if err := f.check(op, true); err != nil {
+	if err := f.check(op, accWrite); err != nil {
 		return err
 	}
 	if off < 0 || length <= 0 {
@@ -510,7 +517,7 @@ func (f *memFile) seek(off int64, data bool) (int64, error) {
 	if data {
 		op = "seek data"
 	}
-	if err := f.check(op, false); err != nil {
+	if err := f.check(op, accNone); err != nil {
 		return 0, err
 	}
 	n := f.n
