@@ -39,8 +39,11 @@
 //   - when an NBD connection ends without NBD_CMD_DISC (the host died, the
 //     link was cut, the client timed out), the chunk's LOG is pinned. A
 //     clean disconnect (NBD_CMD_DISC after the client's last request) does
-//     not pin, nor does a connection that a fence closed: the fencing host
-//     has taken over the chunk and reads its LOG after the fence.
+//     not pin;
+//   - a fence that closes a connection still in use pins the LOG before it
+//     closes it: the old host may have left the set torn and the fencing
+//     host may yet fail to attach, so the bits must outlive T until a host
+//     brings the set in sync and unpins it.
 //
 // A live host unpins a chunk once it has brought the chunk's set in sync.
 // The pin is in the persisted LOG state.

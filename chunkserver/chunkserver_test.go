@@ -602,3 +602,34 @@ func TestLogExtents(t *testing.T) {
 		})
 	}
 }
+
+// TestFencePinsTakenConnections: a fence that closes a connection still in
+// use pins the LOG before it returns, so a takeover that then fails to
+// attach cannot let a rotation forget the old host's writes (DESIGN §2
+// rule 3). A fence that closes nothing pins nothing.
+func TestFencePinsTakenConnections(t *testing.T) {
+	meta := newFakeMeta(t, "taken", "idle")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	pinned := func(chunk string) bool { return cs.logBits(t, chunk, 2).Pinned }
+
+	old := cs.dial(t, exportName("taken", "h1", 1), nil)
+	if err := old.WriteAt(t.Context(), []byte("torn"), 2*testRegion, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.ctl.Fence(t.Context(), "taken", cred("taken", "h2", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if !pinned("taken") {
+		t.Fatal("a fence closed the old host's connection without pinning the LOG")
+	}
+	if lb := cs.logBits(t, "taken", 2); len(dirty(lb.Bits)) != 1 {
+		t.Fatalf("LOG regions after the fence %v, want the old host's one region", dirty(lb.Bits))
+	}
+
+	if _, err := cs.ctl.Fence(t.Context(), "idle", cred("idle", "h2", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if pinned("idle") {
+		t.Fatal("a fence that closed no connection pinned the LOG")
+	}
+}

@@ -250,9 +250,13 @@ func (s *Server) fence(ctx context.Context, c *store.Chunk, epoch int64) (int64,
 		return minEpoch, err
 	}
 	var wait []*session
+	live := 0 // connections this fence takes from a host that was using them
 	for ss := range cs.mu.sessions {
 		switch {
 		case ss.name.Epoch <= minEpoch:
+			if !ss.closing.Load() {
+				live++
+			}
 			ss.fenced.Store(true)
 			ss.closing.Store(true)
 			wait = append(wait, ss)
@@ -261,6 +265,23 @@ func (s *Server) fence(ctx context.Context, c *store.Chunk, epoch int64) (int64,
 		}
 	}
 	cs.mu.Unlock()
+
+	// The host whose connections are closed here may have left the set
+	// torn, and the fencing host may still fail to attach (an EC set with
+	// fewer than K members reachable): the LOG must keep every bit until a
+	// host brings the set in sync and unpins it (DESIGN §2 rule 3). The pin
+	// is durable before the first connection closes.
+	if live > 0 {
+		if err := c.Pin(ctx); err != nil {
+			for _, ss := range wait {
+				if ss.fenced.Load() && ss.closeConn != nil {
+					ss.closeConn()
+				}
+				ss.checkDrained()
+			}
+			return minEpoch, fmt.Errorf("chunk %s fenced at epoch %d, but pinning its LOG bitmap failed: %w", c.ID(), minEpoch, err)
+		}
+	}
 
 	for _, ss := range wait {
 		if ss.fenced.Load() && ss.closeConn != nil {
