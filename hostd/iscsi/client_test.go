@@ -26,6 +26,7 @@ type testInitiator struct {
 	tsih      uint16
 	expCmdSN  uint32
 	maxCmdSN  uint32
+	dg        digests // in force after a login that negotiated them
 }
 
 func dialInitiator(t testing.TB, addr string) *testInitiator {
@@ -53,10 +54,7 @@ func (c *testInitiator) send(h *header, data []byte) {
 }
 
 func (c *testInitiator) trySend(h *header, data []byte) error {
-	h.setDataLength(len(data))
-	b := append(append([]byte(nil), h[:]...), data...)
-	b = append(b, zeroPad[:padLen(len(data))]...)
-	_, err := c.nc.Write(b)
+	_, err := c.nc.Write(c.dg.appendPDU(nil, h, nil, data))
 	return err
 }
 
@@ -74,12 +72,12 @@ func (c *testInitiator) tryRecv(timeout time.Duration) (decodedPDU, error) {
 	_ = c.nc.SetReadDeadline(time.Now().Add(timeout))
 	var h header
 	ahs := make([]byte, maxAHSLen)
-	ahsOut, n, err := readHeader(c.br, &h, ahs, 1<<24)
+	ahsOut, n, err := c.dg.readHeader(c.br, &h, ahs, 1<<24)
 	if err != nil {
 		return decodedPDU{}, err
 	}
 	data := make([]byte, n)
-	if err := readData(c.br, data); err != nil {
+	if err := c.dg.readData(c.br, data, n); err != nil {
 		return decodedPDU{}, err
 	}
 	raw := append(append(append([]byte(nil), h[:]...), ahsOut...), data...)
@@ -129,6 +127,11 @@ func (c *testInitiator) login(pairs ...textPair) (*loginResponse, map[string]str
 	if resp.StatusClass == 0 {
 		c.keys = keys
 		c.tsih = resp.TSIH
+		if resp.Transit && resp.NSG == stageFullFeature {
+			// Digests start with the first PDU after the final Login
+			// Response.
+			c.dg = digests{header: keys["HeaderDigest"] == "CRC32C", data: keys["DataDigest"] == "CRC32C"}
+		}
 	}
 	return resp, keys
 }

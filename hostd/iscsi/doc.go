@@ -125,6 +125,12 @@
 //
 // # Errors
 //
+// A header digest error closes the connection. A data digest error on a
+// Data-Out is answered with a Reject (reason 0x02) and the command ends,
+// after its last expected Data-Out, with CHECK CONDITION, ABORTED COMMAND,
+// PROTOCOL SERVICE CRC ERROR (47h/05h), never reaching the back end. Any
+// other PDU that fails its data digest is rejected and discarded; if it
+// held a CmdSN, the connection is closed after the Reject.
 // A back-end error is a CHECK CONDITION: MEDIUM ERROR with UNRECOVERED READ
 // ERROR (0x11/0x00) for reads, WRITE ERROR (0x0C/0x00) for writes and
 // SYNCHRONIZE CACHE; never GOOD with stale data. A Data-Out that breaks the
@@ -147,8 +153,13 @@
 //	bytes 20-47: opcode-specific
 //
 // The BHS is followed by the AHS (TotalAHSLength*4 bytes), then the data
-// segment, padded with zeros to a multiple of 4 bytes. Header and data
-// digests are negotiated to None: there are none on the wire.
+// segment, padded with zeros to a multiple of 4 bytes. With
+// HeaderDigest=CRC32C a 4-byte CRC32C of BHS and AHS follows the AHS; with
+// DataDigest=CRC32C one of the padded data segment follows it, when the
+// segment is not empty. Digests are the only little-endian fields (see
+// digest.go):
+//
+//	| BHS (48) | AHS | [header digest] | data | pad | [data digest] |
 //
 // Target PDUs carry three sequence numbers at the same offsets:
 //

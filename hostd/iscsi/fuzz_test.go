@@ -1,8 +1,10 @@
 package iscsi
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"reflect"
@@ -30,7 +32,22 @@ func FuzzPDU(f *testing.F) {
 	ext[4] = 5 // 20 bytes of AHS follow
 	ext = append(ext[:bhsLen], append([]byte{0, 17, 1, 0}, make([]byte, 16)...)...)
 	f.Add(ext)
+	// The first byte of the input chooses the digests in force (bit 0
+	// header, bit 1 data), so that the digest decoders are fuzzed too.
+	for _, seed := range [][]byte{
+		pduBytes(&scsiCommand{Final: true, Write: true, EDTL: 512, CDB: [16]byte{0x2a, 0, 0, 0, 0, 1, 0, 0, 1}}, make([]byte, 512)),
+		pduBytes(&dataOut{Final: true, ITT: 3, TTT: 4, BufferOffset: 512}, []byte("data")),
+		pduBytes(&nopOut{Immediate: true, ITT: 1, TTT: reservedTag}, nil),
+	} {
+		for dg := range byte(4) {
+			f.Add(append([]byte{0xd0 | dg}, pduDigestBytes(digestsOf(dg), seed)...))
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 0 && b[0]&0xf0 == 0xd0 {
+			fuzzDigestPDUs(t, digestsOf(b[0]), b[1:])
+			return
+		}
 		for len(b) > 0 {
 			d, rest, err := decodePDU(b, 8192)
 			if err != nil {
@@ -54,6 +71,64 @@ func FuzzPDU(f *testing.F) {
 			}
 		}
 	})
+}
+
+func digestsOf(b byte) digests { return digests{header: b&1 != 0, data: b&2 != 0} }
+
+// pduDigestBytes reframes the digest-less PDUs in b with the digests dg.
+func pduDigestBytes(dg digests, b []byte) []byte {
+	var out []byte
+	for len(b) > 0 {
+		var h header
+		copy(h[:], b)
+		ahs := b[bhsLen : bhsLen+h.ahsLength()]
+		n := h.dataLength()
+		data := b[bhsLen+len(ahs) : bhsLen+len(ahs)+n]
+		out = dg.appendPDU(out, &h, ahs, data)
+		b = b[bhsLen+len(ahs)+n+padLen(n):]
+	}
+	return out
+}
+
+// fuzzDigestPDUs decodes PDUs framed with digests, with the slice decoder
+// and the stream decoder, which must agree; a PDU that decodes must
+// encode to the same bytes.
+func fuzzDigestPDUs(t *testing.T, dg digests, b []byte) {
+	br := bufio.NewReader(bytes.NewReader(b))
+	ahsBuf := make([]byte, maxAHSLen)
+	for len(b) > 0 {
+		d, rest, err := dg.decodePDU(b, 8192)
+		var h header
+		ahs, n, serr := dg.readHeader(br, &h, ahsBuf, 8192)
+		if serr == nil {
+			data := make([]byte, n)
+			serr = dg.readData(br, data, n)
+			if serr == nil && err == nil && !bytes.Equal(data, d.data) {
+				t.Fatalf("stream decoder read %q, slice decoder %q", data, d.data)
+			}
+		}
+		if errors.Is(err, ErrDataDigest) != errors.Is(serr, ErrDataDigest) || errors.Is(err, ErrHeaderDigest) != errors.Is(serr, ErrHeaderDigest) {
+			t.Fatalf("decoders disagree: slice %v, stream %v", err, serr)
+		}
+		if err != nil && !errors.Is(err, ErrDataDigest) {
+			return
+		}
+		if len(rest) >= len(b) {
+			t.Fatalf("decodePDU consumed nothing")
+		}
+		if err == nil {
+			// Padding may hold anything on the wire; header, AHS and
+			// header digest must come out as they went in.
+			hlen := bhsLen + len(ahs)
+			if dg.header {
+				hlen += 4
+			}
+			if re := dg.appendPDU(nil, &h, ahs, d.data); !bytes.Equal(re[:hlen], b[:hlen]) {
+				t.Fatalf("re-encoding changed the header:\n%x\n%x", b[:hlen], re[:hlen])
+			}
+		}
+		b = rest
+	}
 }
 
 // FuzzCDB runs arbitrary CDBs and Data-Out through the SCSI layer.
@@ -127,6 +202,19 @@ func FuzzLogin(f *testing.F) {
 	session = append(session, pduBytes(&taskMgmtRequest{Immediate: true, Function: tmfAbortTask, ITT: 6, RefTaskTag: 3, CmdSN: 3}, nil)...)
 	session = append(session, pduBytes(&logoutRequest{Immediate: true, ITT: 7, CmdSN: 3}, nil)...)
 	f.Add(session)
+	// The same session with both digests negotiated: every PDU after the
+	// login carries them. Two copies break them: in one the ping's data
+	// fails its data digest, in the other the logout its header digest.
+	dgLogin := pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1, CmdSN: 1}, encodeText(withText(normalDecl,
+		textPair{"MaxRecvDataSegmentLength", "4096"}, textPair{"HeaderDigest", "CRC32C"}, textPair{"DataDigest", "CRC32C,None"})))
+	dgSession := append(bytes.Clone(dgLogin), pduDigestBytes(digests{header: true, data: true}, session[len(login):])...)
+	f.Add(dgSession)
+	badData := bytes.Clone(dgSession)
+	badData[bytes.Index(badData, []byte("ping"))] ^= 1
+	f.Add(badData)
+	badHeader := bytes.Clone(dgSession)
+	badHeader[len(badHeader)-1] ^= 1
+	f.Add(badHeader)
 	disc := pduBytes(&loginRequest{Transit: true, CSG: 1, NSG: 3, ITT: 1}, encodeText([]textPair{{"InitiatorName", "iqn.2026-01.test:i"}, {"SessionType", "Discovery"}}))
 	f.Add(append(disc, pduBytes(&textRequest{Final: true, ITT: 2, TTT: reservedTag}, encodeText([]textPair{{"SendTargets", "All"}}))...))
 

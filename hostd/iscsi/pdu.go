@@ -882,6 +882,7 @@ func (p *logoutResponse) unmarshal(h *header) {
 
 // Reject reasons.
 const (
+	rejectDataDigest      = 0x02
 	rejectCmdNotSupported = 0x05
 	rejectImmediateFull   = 0x06
 	rejectTaskInProgress  = 0x07

@@ -50,6 +50,7 @@ const (
 	ascCommandTimeout          = 0x2e02 // COMMAND TIMEOUT DURING PROCESSING (SPC-5)
 	ascSavingParamsUnsupported = 0x3900
 	ascInternalTargetFailure   = 0x4400
+	ascProtocolCRCError        = 0x4705 // PROTOCOL SERVICE CRC ERROR (RFC 7143 11.4.7.2)
 	ascDataPhaseError          = 0x4b00
 	ascInvalidTTT              = 0x4b01
 	ascTooMuchWriteData        = 0x4b02

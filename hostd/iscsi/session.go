@@ -60,6 +60,7 @@ type session struct {
 	lu        *logicalUnit
 	discovery bool
 	params    sessionParams
+	dg        digests // in force from the first PDU of full feature phase
 	depth     uint32
 	w         *writer
 	budget    *semaphore.Weighted // bytes of data buffers held by commands
@@ -135,7 +136,8 @@ func newSession(c *conn, m *loginMachine) *session {
 	s.mu.maxCmdSN = m.expCmdSN + s.depth - 1
 	s.mu.tasks = make(map[uint32]*task)
 	s.mu.held = make(map[uint32]*inPDU)
-	s.w = newWriter(c.nc, m.statSN, s.window)
+	s.dg = s.params.digests()
+	s.w = newWriter(c.nc, m.statSN, s.window, s.dg)
 	tgt := "discovery"
 	if s.target != nil {
 		tgt = s.target.iqn
@@ -211,13 +213,13 @@ func (s *session) serve(ctx context.Context) {
 func (s *session) readLoop(ctx context.Context) error {
 	c := s.conn
 	for {
-		ahs, dlen, err := readHeader(c.br, &c.hdr, c.ahs[:], int(s.params.TargetRecvDSL))
+		ahs, dlen, err := s.dg.readHeader(c.br, &c.hdr, c.ahs[:], int(s.params.TargetRecvDSL))
 		if err != nil {
 			return err
 		}
 		switch op := c.hdr.opcode(); op {
 		case opDataOut:
-			if err := s.handleDataOut(&c.hdr, dlen); err != nil {
+			if err := s.handleDataOut(ctx, &c.hdr, dlen); err != nil {
 				return err
 			}
 		case opSCSICommand, opNOPOut, opTextReq, opTaskMgmt, opLogoutReq:
@@ -227,9 +229,15 @@ func (s *session) readLoop(ctx context.Context) error {
 			*p = inPDU{hdr: c.hdr, ahs: ahs}
 			if dlen > 0 {
 				p.data = getBuf(dlen)
-				if err := readData(c.br, p.data); err != nil {
+				if err := s.dg.readData(c.br, p.data, dlen); err != nil {
 					p.free()
-					return err
+					if !errors.Is(err, ErrDataDigest) {
+						return err
+					}
+					if err := s.dataDigestError(ctx, &c.hdr, err); err != nil {
+						return err
+					}
+					continue
 				}
 			}
 			if err := s.sequence(ctx, p); err != nil {
@@ -244,14 +252,36 @@ func (s *session) readLoop(ctx context.Context) error {
 			// SNACK (it needs ErrorRecoveryLevel 1 or more) and the
 			// initiator opcodes RFC 7143 leaves reserved or to vendors:
 			// rejected as not supported, the connection goes on.
-			if err := discardData(c.br, dlen); err != nil {
+			reason := uint8(rejectCmdNotSupported)
+			if err := s.dg.readData(c.br, nil, dlen); errors.Is(err, ErrDataDigest) {
+				reason = rejectDataDigest
+			} else if err != nil {
 				return err
 			}
-			if err := s.reject(ctx, &c.hdr, rejectCmdNotSupported); err != nil {
+			if err := s.reject(ctx, &c.hdr, reason); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// dataDigestError answers a PDU other than Data-Out whose data segment
+// failed its digest: the PDU is discarded and rejected with reason 0x02
+// (RFC 7143 7.8). A discarded immediate PDU needs nothing more. A
+// discarded non-immediate one leaves a hole in the CmdSN sequence that
+// only the initiator can fill (RFC 7143 7.3), by sending the command again
+// or by aborting it; this target cannot fill a hole from an ABORT TASK, so
+// after the Reject it closes the connection, the session recovery of
+// ErrorRecoveryLevel 0, rather than hold every later command.
+func (s *session) dataDigestError(ctx context.Context, h *header, cause error) error {
+	if err := s.reject(ctx, h, rejectDataDigest); err != nil {
+		return err
+	}
+	if h.immediate() {
+		s.log.Warn("iscsi data digest error; PDU rejected", "op", h.opcode(), "itt", h.itt(), "err", cause)
+		return nil
+	}
+	return fmt.Errorf("%w: %s discarded, its CmdSN is lost", cause, h.opcode())
 }
 
 // sequence delivers non-immediate requests in CmdSN order (RFC 7143

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync"
@@ -40,11 +41,14 @@ type task struct {
 		answered bool   // the response is queued
 		exited   bool   // the goroutine has ended
 		failed   *sense // the data phase broke the sequence rules
-		buf      []byte
-		early    []byte // unsolicited data received before buf was granted
-		ready    bool   // buf is allocated; R2Ts may go out
-		received uint32 // bytes of [0, xfer) received
-		complete bool   // all data arrived, or the data phase failed
+		// digestErr: a Data-Out failed its data digest; the data phase
+		// runs to its end, then the command ends with CHECK CONDITION.
+		digestErr bool
+		buf       []byte
+		early     []byte // unsolicited data received before buf was granted
+		ready     bool   // buf is allocated; R2Ts may go out
+		received  uint32 // bytes of [0, xfer) received
+		complete  bool   // all data arrived, or the data phase failed
 		// unsolicited sequence
 		unsolNext   uint32
 		unsolDataSN uint32
@@ -285,7 +289,14 @@ func (t *task) issueR2TsLocked() {
 // handleDataOut places the data of one Data-Out PDU. Data for a task that
 // is gone (answered early or aborted) or that expects none is discarded;
 // data that breaks the sequence rules is a protocol error.
-func (s *session) handleDataOut(h *header, dlen int) error {
+//
+// A Data-Out whose data fails its digest is rejected with reason 0x02 and
+// its bytes are not used (RFC 7143 7.8): the Reject is queued before
+// anything else of the task, the sequence goes on as if the PDU had
+// arrived, and once the last expected Data-Out is in, the task ends with
+// CHECK CONDITION, ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR without
+// reaching the back end. ErrorRecoveryLevel 0 has no recovery R2T.
+func (s *session) handleDataOut(ctx context.Context, h *header, dlen int) error {
 	var d dataOut
 	d.unmarshal(h)
 	br := s.conn.br
@@ -293,14 +304,27 @@ func (s *session) handleDataOut(h *header, dlen int) error {
 	t := s.mu.tasks[d.ITT]
 	s.mu.Unlock()
 	if t == nil || !t.hasData {
-		return discardData(br, dlen)
-	}
-	dst, ok := t.acceptData(&d, uint32(dlen))
-	if err := readDataInto(br, dst, dlen); err != nil {
+		err := s.dg.readData(br, nil, dlen)
+		if errors.Is(err, ErrDataDigest) {
+			s.log.Warn("iscsi data digest error on Data-Out of no task; rejected", "itt", d.ITT, "err", err)
+			return s.reject(ctx, h, rejectDataDigest)
+		}
 		return err
 	}
+	dst, ok := t.acceptData(&d, uint32(dlen))
+	err := s.dg.readData(br, dst, dlen)
+	bad := errors.Is(err, ErrDataDigest)
+	if err != nil && !bad {
+		return err
+	}
+	if bad {
+		s.log.Warn("iscsi data digest error on Data-Out; rejected, the command will end with CHECK CONDITION", "itt", d.ITT, "offset", d.BufferOffset, "err", err)
+		if err := s.reject(ctx, h, rejectDataDigest); err != nil {
+			return err
+		}
+	}
 	if ok {
-		t.dataArrived(&d, uint32(dlen), uint32(len(dst)))
+		t.dataArrived(&d, uint32(dlen), uint32(len(dst)), bad)
 	}
 	return nil
 }
@@ -381,12 +405,17 @@ func (t *task) failLocked(asc uint16, why string) {
 	t.cond.Broadcast()
 }
 
-// dataArrived records a placed Data-Out and moves the transfer on.
-func (t *task) dataArrived(d *dataOut, n, kept uint32) {
+// dataArrived records a placed Data-Out and moves the transfer on. With
+// badDigest the bytes placed are not the initiator's: the task is marked
+// before its data can be complete, so it never executes.
+func (t *task) dataArrived(d *dataOut, n, kept uint32, badDigest bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.mu.failed != nil || t.mu.aborted {
 		return
+	}
+	if badDigest {
+		t.mu.digestErr = true
 	}
 	if d.TTT == reservedTag {
 		t.mu.unsolNext += n
@@ -553,6 +582,9 @@ func (t *task) run() {
 		defer s.budget.Release(int64(t.xfer))
 		t.mu.Lock()
 		failed := t.mu.failed
+		if failed == nil && t.mu.digestErr {
+			failed = newSense(senseAbortedCommand, ascProtocolCRCError)
+		}
 		t.mu.Unlock()
 		if failed != nil {
 			// The buffer may still be written by stray Data-Out; it is not

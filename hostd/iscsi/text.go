@@ -117,6 +117,9 @@ type sessionParams struct {
 	DefaultTime2Retain  uint32
 	ErrorRecoveryLevel  uint32
 	MaxConnections      uint32
+	// HeaderDigest and DataDigest are true for CRC32C, false for None.
+	HeaderDigest bool
+	DataDigest   bool
 }
 
 func defaultParams() sessionParams {
@@ -146,7 +149,7 @@ const (
 	kindNumMin                  // result is the smaller value
 	kindNumMax                  // result is the larger value
 	kindDeclared                // declarative: each side states its own value
-	kindDigest                  // list: first offered value the target supports
+	kindDigest                  // list: first offered value the target supports (None or CRC32C)
 	kindMarker                  // obsolete marker keys: answered No
 	kindReject                  // obsolete marker intervals: answered Reject
 )
@@ -166,8 +169,8 @@ type keyDef struct {
 const maxDSL = 1<<24 - 1
 
 var operationalKeys = map[string]keyDef{
-	"HeaderDigest":             {kind: kindDigest},
-	"DataDigest":               {kind: kindDigest},
+	"HeaderDigest":             {kind: kindDigest, flag: func(p *sessionParams) *bool { return &p.HeaderDigest }},
+	"DataDigest":               {kind: kindDigest, flag: func(p *sessionParams) *bool { return &p.DataDigest }},
 	"MaxConnections":           {kind: kindNumMin, lo: 1, hi: 65535, num: func(p *sessionParams) *uint32 { return &p.MaxConnections }},
 	"InitialR2T":               {kind: kindBoolOr, irrelevantInDiscovery: true, flag: func(p *sessionParams) *bool { return &p.InitialR2T }},
 	"ImmediateData":            {kind: kindBoolAnd, irrelevantInDiscovery: true, flag: func(p *sessionParams) *bool { return &p.ImmediateData }},
@@ -245,12 +248,16 @@ func (n *negotiator) negotiate(key, value string) (answer string, respond bool, 
 	}
 	switch def.kind {
 	case kindDigest:
+		// The initiator lists the values in its order of preference; the
+		// answer is the first one the target supports (RFC 7143 6.2). The
+		// target supports both, so that is the first known value.
 		for _, v := range strings.Split(value, ",") {
-			if v == "None" {
-				return "None", true, nil
+			switch v {
+			case "None", "CRC32C":
+				*def.flag(&n.params) = v == "CRC32C"
+				return v, true, nil
 			}
 		}
-		// CRC32C digests are not offered yet: no common value.
 		return valReject, true, nil
 	case kindMarker:
 		return "No", true, nil

@@ -25,6 +25,8 @@ const (
 // it alive until done runs.
 type outPDU struct {
 	hdr  header
+	hdig [4]byte // header digest, when header digests are on
+	ddig [4]byte // data digest, when data digests are on
 	data []byte
 	sn   snMode
 	rel  dataRelease // buffer and budget to give back once written or dropped
@@ -48,6 +50,7 @@ type windowFunc func() (expCmdSN, maxCmdSN uint32)
 type writer struct {
 	nc     net.Conn
 	window windowFunc
+	dg     digests
 	wake   chan struct{}
 	exited chan struct{}
 	statSN uint32 // owned by the writer goroutine
@@ -64,10 +67,11 @@ type writer struct {
 	}
 }
 
-func newWriter(nc net.Conn, statSN uint32, window windowFunc) *writer {
+func newWriter(nc net.Conn, statSN uint32, window windowFunc, dg digests) *writer {
 	return &writer{
 		nc:     nc,
 		window: window,
+		dg:     dg,
 		statSN: statSN,
 		wake:   make(chan struct{}, 1),
 		exited: make(chan struct{}),
@@ -120,7 +124,9 @@ const maxBatch = 64
 func (w *writer) run() {
 	defer close(w.exited)
 	var batch []*outPDU
-	bufs := make(net.Buffers, 0, 3*maxBatch)
+	// At most five pieces per PDU: header, header digest, data, padding,
+	// data digest.
+	bufs := make(net.Buffers, 0, 5*maxBatch)
 	for {
 		w.mu.Lock()
 		for len(w.mu.queue) == 0 && !w.mu.closing {
@@ -153,10 +159,20 @@ func (w *writer) run() {
 			}
 			p.hdr.setDataLength(len(p.data))
 			bufs = append(bufs, p.hdr[:])
+			// The digests are computed here, after the sequence numbers
+			// are stamped; target PDUs carry no AHS.
+			if w.dg.header {
+				putDigest(p.hdig[:], headerSum(&p.hdr, nil))
+				bufs = append(bufs, p.hdig[:])
+			}
 			if len(p.data) > 0 {
 				bufs = append(bufs, p.data)
 				if pad := padLen(len(p.data)); pad > 0 {
 					bufs = append(bufs, zeroPad[:pad])
+				}
+				if w.dg.data {
+					putDigest(p.ddig[:], dataSum(p.data))
+					bufs = append(bufs, p.ddig[:])
 				}
 			}
 		}
