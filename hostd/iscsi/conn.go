@@ -132,7 +132,7 @@ func (c *conn) login() (*session, error) {
 				close(sess.ended)
 				return nil, err
 			}
-			sess.log.Info("iscsi session started")
+			sess.log.Info("iscsi session started", "header_digest", digestName(sess.dg.header), "data_digest", digestName(sess.dg.data))
 			return sess, nil
 		}
 	}

@@ -225,3 +225,11 @@ func (d digests) decodePDU(b []byte, maxData int) (dec decodedPDU, rest []byte, 
 func (p *sessionParams) digests() digests {
 	return digests{header: p.HeaderDigest, data: p.DataDigest}
 }
+
+// digestName is the negotiated value of a digest key: CRC32C or None.
+func digestName(on bool) string {
+	if on {
+		return "CRC32C"
+	}
+	return "None"
+}

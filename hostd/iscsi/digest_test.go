@@ -421,3 +421,32 @@ func TestDataDigestErrorImmediateData(t *testing.T) {
 		t.Fatal("a command whose immediate data failed its digest reached the back end")
 	}
 }
+
+// TestDigestRequired: a target that requires both digests picks CRC32C
+// from None,CRC32C, refuses a login that offers only None or does not
+// offer the keys at all, and leaves discovery sessions alone.
+func TestDigestRequired(t *testing.T) {
+	_, _, addr := newTestServer(t, Config{RequireHeaderDigest: true, RequireDataDigest: true}, 1<<20)
+	c := dialInitiator(t, addr)
+	c.loginNormal(digestKeys("None,CRC32C", "None,CRC32C")...)
+	if c.dg != (digests{true, true}) {
+		t.Fatalf("digests %+v with None,CRC32C offered to a target that requires them", c.dg)
+	}
+	c.ping(t, []byte("digested"))
+	c.logout()
+
+	for _, offer := range [][]textPair{digestKeys("CRC32C", "None"), digestKeys("None", "CRC32C"), nil} {
+		c := dialInitiator(t, addr)
+		pairs := append([]textPair{{"InitiatorName", "iqn.2026-01.test:initiator"}, {"TargetName", testIQN}, {"SessionType", "Normal"}}, offer...)
+		resp, keys := c.login(pairs...)
+		if resp.StatusClass == 0 {
+			t.Errorf("offer %v: logged in (answers %v)", offer, keys)
+		}
+	}
+
+	d := dialInitiator(t, addr)
+	resp, keys := d.login(textPair{"InitiatorName", "iqn.2026-01.test:initiator"}, textPair{"SessionType", "Discovery"}, textPair{"HeaderDigest", "None"})
+	if resp.StatusClass != 0 || keys["HeaderDigest"] != "None" {
+		t.Errorf("discovery session: status 0x%02x, answers %v", resp.StatusClass, keys)
+	}
+}

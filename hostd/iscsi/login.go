@@ -219,6 +219,9 @@ func (m *loginMachine) stepInner(req *loginRequest, data []byte, resp *loginResp
 			resp.NSG = req.NSG
 			m.stage = req.NSG
 			if req.NSG == stageFullFeature {
+				if k := m.neg.missingDigest(); k != "" {
+					return nil, 0, rejectLogin(loginInitiatorError, "target requires %s=CRC32C", k)
+				}
 				step = loginDone
 			}
 		}

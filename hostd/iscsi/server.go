@@ -71,6 +71,13 @@ type Config struct {
 	// LoginTimeout bounds the whole login phase of a connection. Default
 	// 30 s.
 	LoginTimeout time.Duration
+	// RequireHeaderDigest and RequireDataDigest make CRC32C digests
+	// mandatory in normal sessions: None is then not a value the target
+	// may choose, so an initiator offering None,CRC32C gets CRC32C, and a
+	// login that would end without the digest fails. By default the
+	// target follows the initiator's order of preference.
+	RequireHeaderDigest bool
+	RequireDataDigest   bool
 }
 
 func (c Config) withDefaults() Config {
@@ -186,6 +193,8 @@ func New(cfg Config) (*Server, error) {
 		DefaultTime2Retain:  20,
 		ErrorRecoveryLevel:  0,
 		MaxConnections:      1,
+		HeaderDigest:        cfg.RequireHeaderDigest,
+		DataDigest:          cfg.RequireDataDigest,
 	}
 	s.mu.targets = make(map[string]*target)
 	s.mu.sessions = make(map[uint16]*session)

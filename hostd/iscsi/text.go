@@ -117,7 +117,8 @@ type sessionParams struct {
 	DefaultTime2Retain  uint32
 	ErrorRecoveryLevel  uint32
 	MaxConnections      uint32
-	// HeaderDigest and DataDigest are true for CRC32C, false for None.
+	// HeaderDigest and DataDigest are true for CRC32C, false for None. In
+	// the target's own values they mean that None is not allowed.
 	HeaderDigest bool
 	DataDigest   bool
 }
@@ -249,11 +250,13 @@ func (n *negotiator) negotiate(key, value string) (answer string, respond bool, 
 	switch def.kind {
 	case kindDigest:
 		// The initiator lists the values in its order of preference; the
-		// answer is the first one the target supports (RFC 7143 6.2). The
-		// target supports both, so that is the first known value.
+		// answer is the first one the target supports and may use (RFC
+		// 7143 6.2): None is not allowed in a normal session of a
+		// target that requires the digest.
+		required := *def.flag(&n.ours) && !n.discovery
 		for _, v := range strings.Split(value, ",") {
-			switch v {
-			case "None", "CRC32C":
+			switch {
+			case v == "CRC32C", v == "None" && !required:
 				*def.flag(&n.params) = v == "CRC32C"
 				return v, true, nil
 			}
@@ -305,6 +308,19 @@ func (n *negotiator) mark(key string) error {
 	}
 	n.seen[key] = true
 	return nil
+}
+
+// missingDigest names a digest the target requires that the login did
+// not put in force, or returns "".
+func (n *negotiator) missingDigest() string {
+	switch {
+	case n.discovery:
+	case n.ours.HeaderDigest && !n.params.HeaderDigest:
+		return "HeaderDigest"
+	case n.ours.DataDigest && !n.params.DataDigest:
+		return "DataDigest"
+	}
+	return ""
 }
 
 // final returns the parameters in force after the login, with the
