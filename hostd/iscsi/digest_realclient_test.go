@@ -3,6 +3,7 @@ package iscsi
 import (
 	"context"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -97,4 +98,35 @@ func TestRealClientHeaderDigest(t *testing.T) {
 	if got := log.take(); len(got) != 0 {
 		t.Errorf("sessions %v started without the required data digest", got)
 	}
+}
+
+// TestConformanceWholeSuiteHeaderDigest runs the whole of iscsi-test-cu
+// against a target that requires header digests, so that every PDU of
+// every test carries one. Like TestConformanceWholeSuite it takes minutes
+// and runs only with CHUNKRAID_ISCSI_FULL=1; the target must fail no test.
+func TestConformanceWholeSuiteHeaderDigest(t *testing.T) {
+	if os.Getenv("CHUNKRAID_ISCSI_FULL") == "" {
+		t.Skip("the whole conformance suite takes minutes: set CHUNKRAID_ISCSI_FULL=1 to run it")
+	}
+	log := &digestLog{}
+	srv, err := New(Config{Logger: slog.New(log), RequireHeaderDigest: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddTarget(testIQN, newThinBackend(256<<20), "conformance-digest"); err != nil {
+		t.Fatal(err)
+	}
+	sum, failed := summarize(runWholeSuite(t, lunURL(startServer(t, srv))))
+	t.Log("hostd/iscsi with HeaderDigest=CRC32C over a thin in-memory back end:\n" + sum)
+	if failed > 0 {
+		t.Errorf("%d tests failed", failed)
+	}
+	sessions := log.take()
+	for _, s := range sessions {
+		if s != "CRC32C/None" {
+			t.Errorf("a session ran with digests %s", s)
+			break
+		}
+	}
+	t.Logf("%d sessions, all with HeaderDigest=CRC32C", len(sessions))
 }
