@@ -1,0 +1,473 @@
+// This file holds the EC set's repair paths: Reencode, parity
+// re-derivation, rebuilding of units, rebuildVerified, Rejoin and Resync.
+
+package raid
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync"
+	"time"
+)
+
+// Reencode rewrites the parity of every stripe that overlaps
+// [off, off+length) from its data units, under each stripe's lock, on every
+// parity member that is not Failed; the stripes are no longer suspect. If a
+// data unit of such a stripe is on a member that is not in sync, its parity
+// cannot be re-derived and the error wraps ErrParityUnknown. Resync does
+// this for the regions that need it; Reencode is for a caller that knows
+// more (a scrub, a test).
+func (e *EC) Reencode(ctx context.Context, off, length int64) error {
+	if err := e.check(off, length); err != nil {
+		return err
+	}
+	defer e.notify()
+	if length == 0 {
+		return nil
+	}
+	sd := int64(e.k) * e.unit
+	first, last := off/sd, (off+length-1)/sd
+	for s := first; s <= last; s++ {
+		if err := e.reencodeStripe(ctx, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *EC) reencodeStripe(ctx context.Context, s int64) error {
+	l := &e.locks[s%ecLockSlots]
+	l.Lock()
+	defer l.Unlock()
+	v := e.view.Load()
+	if err := e.usable(v); err != nil {
+		return err
+	}
+	if lost := e.dataShards() & e.shardsOf(s, v.notInSync()); lost != 0 {
+		i := bits.TrailingZeros64(lost)
+		mem := e.shardMember(s, i)
+		return fmt.Errorf("%w: stripe %d unit D%d is on member %d, which is %v", ErrParityUnknown, s, i, mem, e.stateOf(v, mem))
+	}
+	retry, failed, err := e.encodeParity(ctx, s, v)
+	if failed != 0 {
+		// That member may hold half a parity unit now: rebuild it when it
+		// comes back.
+		sd := int64(e.k) * e.unit
+		e.wib.Mark(s*sd, sd)
+	}
+	if err != nil {
+		return err
+	}
+	if retry {
+		if err := e.usable(e.view.Load()); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: stripe %d: a data member failed while being read", ErrParityUnknown, s)
+	}
+	return nil
+}
+
+// encodeParity reads stripe s's k data units from the members v names
+// (none of them Failed), encodes the parity and writes it to every parity
+// member that is not Failed. The stripe's lock is held exclusively. retry
+// reports that a member failed a read; nothing was written then. failed is
+// the set of parity shards whose write failed: the other members agree.
+func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, failed uint64, err error) {
+	S, data := e.unit, e.dataShards()
+	b := e.getBuf()
+	defer e.putBuf(b)
+	fanOut(data, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, S), s*S)
+	})
+	if retry, err := e.settleReads(ctx, s, v, data, b.errs); err != nil || retry {
+		return retry, 0, err
+	}
+	for i := range b.shards {
+		b.shards[i] = b.col(i, S)
+	}
+	if err := e.code.Encode(b.shards); err != nil {
+		return false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return false, 0, err
+	}
+	wctx := context.WithoutCancel(ctx)
+	suspect := e.isSuspect(s)
+	parity := e.allShards() &^ data
+	skipped := parity & e.shardsOf(s, v.failed)
+	write := parity &^ skipped
+	if suspect {
+		e.noteMissed(s, skipped)
+	}
+	fanOut(write, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
+	})
+	failed, err = e.settleWrites(s, v, write, b.errs, nil, suspect)
+	if err != nil {
+		return false, failed, err
+	}
+	e.clearSuspect(s)
+	return false, failed, nil
+}
+
+// rebuildShards reconstructs the shards in targets of stripe s from k
+// in-sync units and writes them whole to their members. The stripe's lock
+// is held exclusively. retry reports that a member failed a read; failed
+// is the set of targets whose write failed.
+func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint64) (retry bool, failed uint64, err error) {
+	S := e.unit
+	b := e.getBuf()
+	defer e.putBuf(b)
+	read := e.pickInSync(0, e.shardsOf(s, v.notInSync()))
+	fanOut(read, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, S), s*S)
+	})
+	if retry, err := e.settleReads(ctx, s, v, read, b.errs); err != nil || retry {
+		return retry, 0, err
+	}
+	for i := range b.shards {
+		b.shards[i], b.want[i] = nil, false
+		switch {
+		case read&(1<<i) != 0:
+			b.shards[i] = b.col(i, S)
+		case targets&(1<<i) != 0:
+			b.shards[i], b.want[i] = b.col(i, S)[:0], true
+		}
+	}
+	if err := e.code.Reconstruct(b.shards, b.want); err != nil {
+		return false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return false, 0, err
+	}
+	wctx := context.WithoutCancel(ctx)
+	fanOut(targets, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
+	})
+	failed, err = e.settleWrites(s, v, targets, b.errs, nil, false)
+	return false, failed, err
+}
+
+// rebuildVerified repairs suspect stripe s whose shards in missed (some
+// data among them) are on members that may have missed writes of it: their
+// units cannot stand in for data, and the stripe's parity may be torn. The
+// other shards are read; if there are more than k of them, the missed ones
+// are reconstructed from them, the parity encoded from the resulting data
+// is compared with every parity unit read, and only if all agree — the
+// units present lie on one codeword, so the parity is not torn — are the
+// missed shards written and the stripe cleared. Otherwise lost reports the
+// stripe as unrepairable: it stays suspect and its region dirty. The
+// stripe's lock is held exclusively.
+func (e *EC) rebuildVerified(ctx context.Context, s int64, v *ecView, missed uint64) (lost, retry bool, failed uint64, err error) {
+	S := e.unit
+	avail := e.allShards() &^ missed
+	if bits.OnesCount64(avail) <= e.k {
+		return true, false, 0, nil // nothing to check the parity against
+	}
+	b := e.getBuf()
+	defer e.putBuf(b)
+	fanOut(avail, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, S), s*S)
+	})
+	if retry, err := e.settleReads(ctx, s, v, avail, b.errs); err != nil || retry {
+		return false, retry, 0, err
+	}
+	for i := range b.shards {
+		b.shards[i], b.want[i] = b.col(i, S), false
+		if missed&(1<<i) != 0 {
+			b.shards[i], b.want[i] = b.col(i, S)[:0], true
+		}
+	}
+	if err := e.code.Reconstruct(b.shards, b.want); err != nil {
+		return false, false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	c := e.getBuf()
+	defer e.putBuf(c)
+	for i := range c.shards {
+		c.shards[i] = c.col(i, S)
+		if i < e.k {
+			c.shards[i] = b.shards[i]
+		}
+	}
+	if err := e.code.Encode(c.shards); err != nil {
+		return false, false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	for i := e.k; i < e.n; i++ {
+		if avail&(1<<i) != 0 && !bytes.Equal(c.shards[i], b.shards[i]) {
+			e.log.Error("ec stripe torn: its parity disagrees with its data and a data unit is stale", "stripe", s, "parity", i-e.k)
+			return true, false, 0, nil
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return false, false, 0, err
+	}
+	wctx := context.WithoutCancel(ctx)
+	fanOut(missed, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
+	})
+	failed, err = e.settleWrites(s, v, missed, b.errs, nil, false)
+	if err == nil && failed == 0 {
+		e.clearSuspect(s)
+	}
+	return false, false, failed, err
+}
+
+// Rejoin replaces Failed member i by d (a new connection to the same chunk)
+// and makes it Resyncing: it gets every new write from now on, and Resync
+// repairs the units it missed. Rejoin first waits for the writes in flight,
+// which may have skipped the member, so that their regions are marked by
+// the time it returns.
+func (e *EC) Rejoin(i int, d Device) error {
+	if i < 0 || i >= e.n {
+		return fmt.Errorf("raid: ec member %d out of range [0, %d)", i, e.n)
+	}
+	if d == nil {
+		return fmt.Errorf("raid: ec rejoining member %d is nil", i)
+	}
+	if d.Size() != e.memberSize {
+		return fmt.Errorf("raid: rejoining ec member %d has size %d, the members have %d", i, d.Size(), e.memberSize)
+	}
+	e.join.Lock()
+	e.mu.Lock()
+	cur := e.view.Load()
+	conn, err := e.mu.h.rejoin(i)
+	if err != nil {
+		e.mu.Unlock()
+		e.join.Unlock()
+		return fmt.Errorf("raid: ec member %d is %v, not failed", i, e.stateOf(cur, i))
+	}
+	nv := cur.clone()
+	nv.devs[i] = d
+	nv.gen[i] = conn
+	nv.failed &^= 1 << i
+	nv.resyncing |= 1 << i
+	e.view.Store(nv)
+	e.mu.Unlock()
+	e.join.Unlock()
+	e.log.Info("ec member rejoined; resyncing", "member", i)
+	if e.onChange != nil {
+		e.onChange(i, Resyncing, nil)
+	}
+	return nil
+}
+
+// Resync repairs every region that needs a resync, one region at a time
+// under that region's exclusive lock and the stripes' locks: for each stripe
+// that overlaps the region it rebuilds the Resyncing members' units from k
+// in-sync units, or, if the stripe has no Resyncing member or is suspect,
+// derives its parity again from its data (see Crash recovery on EC). Then
+// it makes the Resyncing members InSync. It returns the logical bytes of
+// the regions it repaired; progress is called after every region.
+//
+// Resync needs every member: with one Failed it does nothing and returns
+// ErrResyncAborted, and a member that fails during the run aborts it the
+// same way (the regions not yet repaired stay dirty). If suspect stripes
+// could not be repaired, their regions stay dirty, the Resyncing members
+// stay Resyncing and the error wraps ErrUnrecoverable.
+func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
+	defer e.notify() // after the unlock: OnStateChange may call Resync
+	e.resyncMu.Lock()
+	defer e.resyncMu.Unlock()
+	start := e.view.Load()
+	if start.failed != 0 {
+		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, bits.TrailingZeros64(start.failed))
+	}
+	rs := e.wib.RegionSize()
+	var copied int64
+	lostRegions := map[int64]bool{}
+	lostStripes := map[int64]bool{}
+	began := time.Now()
+	for pass := 0; ; pass++ {
+		var todo []int64
+		var todoBytes int64
+		for from := int64(0); ; {
+			r, ok := e.wib.NextDirty(from)
+			if !ok {
+				break
+			}
+			for off := r.Off; off < r.Off+r.Len; off += rs {
+				if region := off / rs; e.wib.NeedsResync(region) && !lostRegions[region] {
+					todo = append(todo, region)
+					todoBytes += min(rs, e.size-off)
+				}
+			}
+			from = r.Off + r.Len
+		}
+		if len(todo) == 0 {
+			break
+		}
+		if pass > 100 {
+			return copied, fmt.Errorf("%w: regions keep getting dirty under the resync", ErrResyncAborted)
+		}
+		total := copied + todoBytes
+		for _, region := range todo {
+			if err := ctx.Err(); err != nil {
+				return copied, err
+			}
+			n, lost, err := e.resyncRegion(ctx, region, start)
+			if err != nil {
+				return copied, err
+			}
+			copied += n
+			if len(lost) > 0 {
+				lostRegions[region] = true
+				for _, s := range lost {
+					lostStripes[s] = true
+				}
+			}
+			if progress != nil {
+				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total})
+			}
+			if e.rate > 0 {
+				// Throttle: stay at or below rate bytes per second overall.
+				want := time.Duration(float64(copied) / float64(e.rate) * float64(time.Second))
+				if d := want - time.Since(began); d > 0 {
+					select {
+					case <-ctx.Done():
+						return copied, ctx.Err()
+					case <-time.After(d):
+					}
+				}
+			}
+		}
+	}
+	if len(lostStripes) > 0 {
+		e.log.Error("ec resync left stripes whose parity may be stale and whose data unit is on a member that missed writes",
+			"stripes", len(lostStripes), "regions", len(lostRegions))
+		return copied, fmt.Errorf("%w: %d stripes in %d regions keep a data unit on a member that missed writes since the set was built; it stays resyncing",
+			ErrUnrecoverable, len(lostStripes), len(lostRegions))
+	}
+	// Every region is repaired: Resyncing members join the readers.
+	e.mu.Lock()
+	cur := e.view.Load()
+	if err := e.sameMembers(start, cur); err != nil {
+		e.mu.Unlock()
+		return copied, err
+	}
+	var joined uint64
+	for _, i := range e.mu.h.resynced(start.gen, !wibNeedsResync(e.wib)) {
+		joined |= 1 << i
+	}
+	if joined != 0 {
+		nv := cur.clone()
+		nv.resyncing &^= joined
+		e.view.Store(nv)
+	}
+	e.hooks.pumpLocked()
+	e.mu.Unlock()
+	for set := joined; set != 0; set &= set - 1 {
+		i := bits.TrailingZeros64(set)
+		e.log.Info("ec member in sync", "member", i, "resynced", copied)
+		if e.onChange != nil {
+			e.onChange(i, InSync, nil)
+		}
+	}
+	return copied, nil
+}
+
+// sameMembers returns ErrResyncAborted if a member failed or rejoined since
+// the view start.
+func (e *EC) sameMembers(start, cur *ecView) error {
+	if cur.failed != 0 {
+		return fmt.Errorf("%w: member %d failed", ErrResyncAborted, bits.TrailingZeros64(cur.failed))
+	}
+	for i := range cur.gen {
+		if cur.gen[i] != start.gen[i] {
+			return fmt.Errorf("%w: member %d rejoined during the resync", ErrResyncAborted, i)
+		}
+	}
+	return nil
+}
+
+// resyncRegion repairs every stripe that overlaps region under the
+// region's exclusive lock. It returns the region's logical bytes and the
+// suspect stripes it could not repair; then, or on an error, the region
+// stays dirty.
+func (e *EC) resyncRegion(ctx context.Context, region int64, start *ecView) (n int64, lost []int64, err error) {
+	rs, sd := e.wib.RegionSize(), int64(e.k)*e.unit
+	off := region * rs
+	n = min(rs, e.size-off)
+	lk := e.regions.of(region)
+	lk.Lock()
+	defer lk.Unlock()
+	ticket := e.wib.ResyncStart(region)
+	s0, s1 := off/sd, (off+n-1)/sd
+	var lostMu sync.Mutex
+	err = each(s1-s0+1, ecParallelStripes, func(j int64) error {
+		s := s0 + j
+		unrepairable, err := e.resyncStripe(ctx, s, start)
+		if unrepairable {
+			lostMu.Lock()
+			lost = append(lost, s)
+			lostMu.Unlock()
+		}
+		return err
+	})
+	if err != nil || len(lost) > 0 {
+		// Not repaired: a Mark between ResyncStart and ResyncDone keeps the
+		// region dirty and needing a resync.
+		e.wib.Mark(off, n)
+	}
+	e.wib.ResyncDone(ticket)
+	if err != nil {
+		return 0, nil, err
+	}
+	return n, lost, nil
+}
+
+// resyncStripe repairs stripe s under its exclusive lock. lost reports a
+// suspect stripe with a data unit on a member that missed a write of it.
+func (e *EC) resyncStripe(ctx context.Context, s int64, start *ecView) (lost bool, err error) {
+	l := &e.locks[s%ecLockSlots]
+	l.Lock()
+	defer l.Unlock()
+	v := e.view.Load()
+	if err := e.sameMembers(start, v); err != nil {
+		return false, err
+	}
+	if err := e.usable(v); err != nil {
+		return false, err
+	}
+	resyncing := e.shardsOf(s, v.resyncing)
+	var (
+		retry  bool
+		failed uint64
+	)
+	switch {
+	case e.isSuspect(s):
+		// Crash recovery: the data units are what the previous host left
+		// (or acknowledged since), on in-sync and Resyncing members alike,
+		// unless their member missed a write of the stripe since.
+		if missed := e.missedShards(s); e.dataShards()&missed != 0 {
+			// A data unit may be stale: rebuild it from the others, but
+			// only if they agree with each other (see rebuildVerified).
+			lost, retry, failed, err = e.rebuildVerified(ctx, s, v, missed)
+			if lost {
+				return true, nil
+			}
+			break
+		}
+		retry, failed, err = e.encodeParity(ctx, s, v)
+	case resyncing == 0:
+		// Nothing to rebuild, but the region was marked: make sure parity
+		// agrees with data.
+		retry, failed, err = e.encodeParity(ctx, s, v)
+	default:
+		retry, failed, err = e.rebuildShards(ctx, s, v, resyncing)
+	}
+	switch {
+	case err != nil:
+	case retry:
+		err = errors.New("a member failed a read")
+	case failed != 0:
+		// The member missed the repair: the region must stay dirty.
+		err = fmt.Errorf("member %d failed a write", e.shardMember(s, bits.TrailingZeros64(failed)))
+	}
+	if err != nil {
+		return false, fmt.Errorf("%w: stripe %d: %w", ErrResyncAborted, s, err)
+	}
+	return false, nil
+}

@@ -1,0 +1,424 @@
+// This file holds the EC set's write path: WriteAt, the reconstruct-write
+// of stripe columns with parity encoding, Flush and Trim.
+
+package raid
+
+import (
+	"context"
+	"fmt"
+	"math/bits"
+)
+
+// WriteAt writes p at off, stripe by stripe, several stripes in parallel.
+// With fua every member write is FUA. The write succeeds while at least k
+// members are in sync; Failed members' units are skipped, Resyncing members
+// get theirs.
+func (e *EC) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := e.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	defer e.notify()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := e.usable(e.view.Load()); err != nil {
+		return err
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	return e.modify(ctx, off, int64(len(p)), fua, func(op *writeOp) error {
+		return e.writeRange(ctx, p, off, op)
+	})
+}
+
+// modify runs a write or trim of [off, off+n) under the join lock and the
+// regions' shared locks, inside WIB.Begin/End.
+func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *writeOp) error) error {
+	e.join.RLock()
+	unlock := e.lockRegions(off, n)
+	tok := e.wib.Begin(off, n)
+	op := &writeOp{fua: fua}
+	err := do(op)
+	allOK := err == nil && !op.partial.Load()
+	e.wib.End(tok, allOK)
+	if allOK && fua {
+		// Durable on every member that holds it: nothing to remember. Other
+		// writes' regions are cleaned by a Flush of every member.
+		e.wib.ClearRange(off, n)
+	}
+	unlock()
+	e.join.RUnlock()
+	if err != nil {
+		return err
+	}
+	if !allOK {
+		return e.hooks.awaitRecord(ctx)
+	}
+	return nil
+}
+
+// lockRegions takes the shared region locks of [off, off+n) in ascending
+// slot order and returns the function that releases them.
+func (e *EC) lockRegions(off, n int64) func() {
+	return e.regions.rlockRange(e.wib.RegionSize(), off, n)
+}
+
+func (e *EC) writeRange(ctx context.Context, p []byte, off int64, op *writeOp) error {
+	if len(p) == 0 {
+		return nil
+	}
+	sd := int64(e.k) * e.unit
+	end := off + int64(len(p))
+	first := off / sd
+	return each((end-1)/sd-first+1, ecParallelStripes, func(j int64) error {
+		s := first + j
+		lo, hi := max(off, s*sd), min(end, (s+1)*sd)
+		return e.writeStripe(ctx, s, p[lo-off:hi-off], lo-s*sd, op)
+	})
+}
+
+// writeStripe writes p at offset a of stripe s's data (0 ≤ a < k·S) under
+// the stripe's lock, as one or two column ranges.
+func (e *EC) writeStripe(ctx context.Context, s int64, p []byte, a int64, op *writeOp) error {
+	l := &e.locks[s%ecLockSlots]
+	l.Lock()
+	defer l.Unlock()
+	S, n := e.unit, int64(len(p))
+	switch {
+	case n >= S:
+		return e.writeColumns(ctx, s, p, a, 0, S, op)
+	case a/S == (a+n-1)/S:
+		return e.writeColumns(ctx, s, p, a, a%S, a%S+n, op)
+	default:
+		// Shorter than a unit but across a unit boundary: the end of one
+		// unit and the start of the next are disjoint column ranges.
+		if err := e.writeColumns(ctx, s, p, a, a%S, S, op); err != nil {
+			return err
+		}
+		return e.writeColumns(ctx, s, p, a, 0, (a+n)%S, op)
+	}
+}
+
+// cover is the part of data unit d's columns [c0, c1) that a write of
+// stripe bytes [a, end) covers, in stripe data offsets [lo, hi).
+func (e *EC) cover(d int, c0, c1, a, end int64) (lo, hi int64) {
+	base := int64(d) * e.unit
+	return max(base+c0, a), min(base+c1, end)
+}
+
+// writeColumns updates columns [c0, c1) of stripe s with the bytes of p (at
+// stripe data offset a) that fall in them. The stripe's lock is held.
+func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int64, op *writeOp) error {
+	b := e.getBuf()
+	defer e.putBuf(b)
+	S, w, end := e.unit, c1-c0, a+int64(len(p))
+
+	var touched, full uint64 // data shards the write reaches / covers in [c0, c1)
+	for d := range e.k {
+		lo, hi := e.cover(d, c0, c1, a, end)
+		if lo >= hi {
+			continue
+		}
+		touched |= 1 << d
+		if hi-lo == w {
+			full |= 1 << d
+		}
+	}
+	need := e.dataShards() &^ full // data shards whose current bytes are needed
+	suspect := e.isSuspect(s)
+
+	// Read what the write does not replace from in-sync members; on a member
+	// failure, start over with the new view.
+	var (
+		v     *ecView
+		heals bool // the write derives the whole stripe's parity from data
+	)
+	for {
+		v = e.view.Load()
+		if err := e.usable(v); err != nil {
+			return err
+		}
+		unread := e.shardsOf(s, v.notInSync())
+		missing := need & unread
+		heals = c0 == 0 && c1 == S && missing == 0
+		if lost := touched & e.shardsOf(s, v.failed); suspect && !heals && lost != 0 {
+			// The new bytes of the lost unit would live only in parity that
+			// cannot be trusted: they could never be read back.
+			d := bits.TrailingZeros64(lost)
+			return fmt.Errorf("%w: stripe %d unit D%d is on failed member %d", ErrUnrecoverable, s, d, e.shardMember(s, d))
+		}
+		read := need &^ unread
+		if missing != 0 {
+			// Some needed unit cannot be read: read k units in all so the
+			// missing ones can be rebuilt (their old bytes still count for
+			// parity). In a suspect stripe the rebuilt bytes may be wrong;
+			// they only feed parity, which stays suspect.
+			read = e.pickInSync(read, unread)
+		}
+		if read == 0 {
+			break
+		}
+		fanOut(read, b.errs, func(i int) error {
+			return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, w), s*S+c0)
+		})
+		retry, err := e.settleReads(ctx, s, v, read, b.errs)
+		if err != nil {
+			return err
+		}
+		if retry {
+			continue
+		}
+		if missing != 0 {
+			for i := range b.shards {
+				b.shards[i], b.want[i] = nil, false
+				switch {
+				case read&(1<<i) != 0:
+					b.shards[i] = b.col(i, w)
+				case missing&(1<<i) != 0:
+					b.shards[i], b.want[i] = b.col(i, w)[:0], true
+				}
+			}
+			if err := e.code.Reconstruct(b.shards, b.want); err != nil {
+				return fmt.Errorf("raid: ec stripe %d: %w", s, err)
+			}
+		}
+		break
+	}
+
+	// Merge: fully covered units come straight from p, partly covered ones
+	// get the new bytes over the old.
+	for d := range e.k {
+		lo, hi := e.cover(d, c0, c1, a, end)
+		switch {
+		case full&(1<<d) != 0:
+			b.shards[d] = p[lo-a : hi-a]
+		default:
+			b.shards[d] = b.col(d, w)
+			if touched&(1<<d) != 0 {
+				copy(b.shards[d][lo-int64(d)*S-c0:], p[lo-a:hi-a])
+			}
+		}
+	}
+	for i := e.k; i < e.n; i++ {
+		b.shards[i] = b.col(i, w)
+	}
+	if err := e.code.Encode(b.shards); err != nil {
+		return fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err // nothing written yet
+	}
+
+	// From here on the stripe is finished whatever the caller's context
+	// does: a half-written stripe would have parity that lies.
+	wctx := context.WithoutCancel(ctx)
+	targets := touched | e.allShards()&^e.dataShards()
+	skipped := targets & e.shardsOf(s, v.failed)
+	write := targets &^ skipped
+	if skipped != 0 {
+		op.partial.Store(true)
+		if suspect {
+			e.noteMissed(s, skipped)
+		}
+	}
+	fanOut(write, b.errs, func(i int) error {
+		dev := v.devs[e.shardMember(s, i)]
+		if i >= e.k {
+			return dev.WriteAt(wctx, b.shards[i], s*S+c0, op.fua)
+		}
+		lo, hi := e.cover(i, c0, c1, a, end)
+		return dev.WriteAt(wctx, p[lo-a:hi-a], s*S+lo-int64(i)*S, op.fua)
+	})
+	failed, err := e.settleWrites(s, v, write, b.errs, op, suspect)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !suspect:
+	case heals:
+		e.clearSuspect(s)
+	case failed&touched != 0:
+		// The new bytes of that unit are now only in parity that cannot be
+		// trusted: the write is not readable back.
+		d := bits.TrailingZeros64(failed & touched)
+		return fmt.Errorf("%w: stripe %d unit D%d: member %d failed the write", ErrUnrecoverable, s, d, e.shardMember(s, d))
+	}
+	return nil
+}
+
+// settleWrites fails every member whose write (or trim) of stripe s, made
+// through v, failed, returns the shards whose write failed, and reports
+// whether the set still holds its data.
+func (e *EC) settleWrites(s int64, v *ecView, set uint64, errs []error, op *writeOp, suspect bool) (failed uint64, err error) {
+	var first error
+	for ; set != 0; set &= set - 1 {
+		i := bits.TrailingZeros64(set)
+		if err := errs[i]; err != nil {
+			errs[i] = nil
+			failed |= 1 << i
+			e.fail(e.shardMember(s, i), v, err)
+			if op != nil {
+				op.partial.Store(true)
+			}
+			if suspect {
+				e.noteMissed(s, 1<<i)
+			}
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if err := e.usable(e.view.Load()); err != nil {
+		if first != nil {
+			return failed, fmt.Errorf("%w: %w", err, first)
+		}
+		return failed, err
+	}
+	return failed, nil
+}
+
+// Flush flushes every member that is not Failed, in parallel. A member
+// whose flush fails is failed: its durability is unknown.
+func (e *EC) Flush(ctx context.Context) error {
+	defer e.notify()
+	v := e.view.Load()
+	if err := e.usable(v); err != nil {
+		return err
+	}
+	b := e.getBuf()
+	defer e.putBuf(b)
+	t := e.wib.FlushStart()
+	set := e.allShards() &^ v.failed
+	fanOut(set, b.errs, func(i int) error { return v.devs[i].Flush(ctx) })
+	allOK := v.failed == 0
+	for j := set; j != 0; j &= j - 1 {
+		if b.errs[bits.TrailingZeros64(j)] != nil {
+			allOK = false
+		}
+	}
+	if allOK {
+		e.wib.FlushDone(t)
+	}
+	var first error
+	for ; set != 0; set &= set - 1 {
+		i := bits.TrailingZeros64(set)
+		err := b.errs[i]
+		switch {
+		case err == nil:
+		case memberErr(ctx, err):
+			e.fail(i, v, err)
+		case first == nil:
+			first = err
+		}
+	}
+	if first != nil {
+		return first
+	}
+	return e.usable(e.view.Load())
+}
+
+// Trim deallocates [off, off+length). Whole stripes are trimmed on every
+// member that is not Failed, parity included (the parity of zeroes is
+// zeroes); the partial stripes at either end are written with zeroes
+// through the normal write path, so parity stays consistent.
+func (e *EC) Trim(ctx context.Context, off, length int64) error {
+	if err := e.check(off, length); err != nil {
+		return err
+	}
+	defer e.notify()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := e.usable(e.view.Load()); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	return e.modify(ctx, off, length, false, func(op *writeOp) error {
+		sd := int64(e.k) * e.unit
+		end := off + length
+		s0, s1 := (off+sd-1)/sd, end/sd // whole stripes [s0, s1)
+		if s0 >= s1 {
+			return e.writeZeroes(ctx, off, end, op)
+		}
+		if err := e.writeZeroes(ctx, off, s0*sd, op); err != nil {
+			return err
+		}
+		for s := s0; s < s1; s += ecLockSlots {
+			if err := e.trimStripes(ctx, s, min(s1, s+ecLockSlots), op); err != nil {
+				return err
+			}
+		}
+		return e.writeZeroes(ctx, s1*sd, end, op)
+	})
+}
+
+// writeZeroes writes zeroes over [from, to) through the write path.
+func (e *EC) writeZeroes(ctx context.Context, from, to int64, op *writeOp) error {
+	if from >= to {
+		return nil
+	}
+	z := e.getBuf()
+	defer e.putBuf(z)
+	clear(z.mem)
+	for from < to {
+		n := min(to-from, int64(len(z.mem)))
+		if err := e.writeRange(ctx, z.mem[:n], from, op); err != nil {
+			return err
+		}
+		from += n
+	}
+	return nil
+}
+
+// trimStripes trims stripes [s0, s1), at most ecLockSlots of them, on every
+// member that is not Failed: they occupy member bytes [s0·S, s1·S) on each.
+// It holds the stripes' locks, taken in slot order. The stripes are then
+// zero on every member that holds them, so none is suspect any more.
+func (e *EC) trimStripes(ctx context.Context, s0, s1 int64, op *writeOp) error {
+	count := s1 - s0
+	first := s0 % ecLockSlots
+	inBatch := func(slot int64) bool { return (slot-first+ecLockSlots)%ecLockSlots < count }
+	for slot := int64(0); slot < ecLockSlots; slot++ {
+		if inBatch(slot) {
+			e.locks[slot].Lock()
+		}
+	}
+	defer func() {
+		for slot := int64(0); slot < ecLockSlots; slot++ {
+			if inBatch(slot) {
+				e.locks[slot].Unlock()
+			}
+		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	v := e.view.Load()
+	if err := e.usable(v); err != nil {
+		return err
+	}
+	if v.failed != 0 {
+		op.partial.Store(true)
+	}
+	b := e.getBuf()
+	defer e.putBuf(b)
+	// Like a stripe write, a trim once begun is finished on every member.
+	wctx := context.WithoutCancel(ctx)
+	set := e.allShards() &^ v.failed // member indices
+	fanOut(set, b.errs, func(i int) error {
+		return v.devs[i].Trim(wctx, s0*e.unit, count*e.unit)
+	})
+	// Member i is shard i of stripe 0: settle in that frame.
+	if _, err := e.settleWrites(0, v, set, b.errs, op, false); err != nil {
+		return err
+	}
+	if e.nSuspect.Load() != 0 {
+		for s := s0; s < s1; s++ {
+			e.clearSuspect(s)
+		}
+	}
+	return nil
+}
