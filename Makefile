@@ -12,7 +12,7 @@ FUZZTIME ?= 30s
 # libiscsi and QEMU iSCSI clients, NBD clients and reference servers, fio).
 PKGS     := postgresql libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin nbdkit tgt
 
-.PHONY: all build deps demo demo-clean test test-unit test-e2e vet fuzz bench bench-iscsi clean
+.PHONY: all build deps demo demo-clean test test-unit test-e2e vet fuzz soak bench bench-iscsi clean
 
 all: build
 
@@ -51,6 +51,12 @@ test-unit: build
 
 test-e2e: deps build
 	$(GO) test -count=1 -v -timeout 15m ./test/...
+
+# soak runs the randomized recovery models far longer than make test does
+# (no race detector): the set's data model and the health machine.
+SOAK_SEEDS ?= 1000
+soak:
+	$(GO) test -count=1 -timeout 60m -run 'TestSetDataModel|TestHealthModel' ./raid -args -datamodel.seeds=$(SOAK_SEEDS)
 
 fuzz:
 	@for pkg in $$($(GO) list ./...); do \

@@ -201,8 +201,9 @@ func TestWIBMirrorModel(t *testing.T) {
 			t.Fatalf("quiet resync of region %d refused", r)
 		}
 	}
+	w.FlushDone(w.FlushStart()) // every member flushed
 	if w.Count() != 0 {
-		t.Fatalf("%d regions dirty after resyncing all", w.Count())
+		t.Fatalf("%d regions dirty after resyncing and flushing all", w.Count())
 	}
 }
 

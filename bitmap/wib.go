@@ -411,8 +411,10 @@ func (w *WIB) ClearRange(off, length int64) bool {
 
 // ResyncStart is called before a resync copies region (an index) from an
 // in-sync member to the others; ResyncDone after the copy reached every
-// member. In between, Clear leaves the region alone. ResyncDone cleans the
-// region only if no write to it was in flight when ResyncStart ran, none
+// member. In between, Clear leaves the region alone. ResyncDone makes the
+// region no longer need a resync — it stays dirty until a flush of every
+// member (FlushStart/FlushDone), because the source's bytes may not be
+// durable yet — only if no write to it was in flight when ResyncStart ran, none
 // is in flight now, no write began and no Mark touched it in between, and
 // no other copy of it was running. Otherwise it reports false and leaves
 // the region dirty and needing a resync — even a region that needed none
@@ -441,7 +443,8 @@ func (w *WIB) ResyncStart(region int64) ResyncTicket {
 	}
 }
 
-// ResyncDone: see ResyncStart. It reports whether the region is clean.
+// ResyncDone: see ResyncStart. It reports whether the region no longer
+// needs a resync.
 func (w *WIB) ResyncDone(t ResyncTicket) bool {
 	if t.region < 0 || t.region >= w.regions {
 		return false
@@ -458,9 +461,10 @@ func (w *WIB) ResyncDone(t ResyncTicket) bool {
 			continue
 		}
 		if t.state&stCount == 0 && s&stCount == 0 && s&stSeqMask == t.state&stSeqMask {
-			if st.CompareAndSwap(s, s|stLock) {
-				w.clearBit(t.region)
-				st.Store(s &^ (stStale | stResync))
+			// The copy is durable on the members it went to (FUA), but
+			// the source's own bytes may not be: the region stays dirty,
+			// no longer needing a resync, until a flush of every member.
+			if st.CompareAndSwap(s, bumpSeq(s)&^(stStale|stResync)) {
 				return true
 			}
 			continue

@@ -235,8 +235,14 @@ func TestWIBBeginEndClear(t *testing.T) {
 		t.Fatal("ClearRange reported clean over a stale region")
 	}
 	tk := w.ResyncStart(1)
-	if !w.ResyncDone(tk) || w.IsDirty(mib, 1) || w.NeedsResync(1) {
-		t.Fatal("ResyncDone did not clean a resynced region")
+	if !w.ResyncDone(tk) || w.NeedsResync(1) {
+		t.Fatal("ResyncDone left a resynced region needing a resync")
+	}
+	if !w.IsDirty(mib, 1) {
+		t.Fatal("ResyncDone cleaned a region whose source may not be durable")
+	}
+	if w.FlushDone(w.FlushStart()); w.IsDirty(mib, 1) {
+		t.Fatal("a flush of every member did not clean a resynced region")
 	}
 
 	// Mark is sticky until a resync.
@@ -324,8 +330,11 @@ func TestWIBResync(t *testing.T) {
 				if got := w.ResyncDone(tk); got != tt.want {
 					t.Fatalf("ResyncDone = %v, want %v", got, tt.want)
 				}
-				if dirty := w.IsDirty(0, 1); dirty == tt.want {
-					t.Fatalf("region 0 dirty = %v after ResyncDone = %v", dirty, tt.want)
+				if needs := w.NeedsResync(0); needs == tt.want {
+					t.Fatalf("region 0 needs a resync = %v after ResyncDone = %v", needs, tt.want)
+				}
+				if !w.IsDirty(0, 1) {
+					t.Fatal("ResyncDone cleaned a region before a flush of every member")
 				}
 				if !tt.want && (!w.NeedsResync(0) || w.Clear(0)) {
 					t.Fatal("a refused resync left a region that a lazy Clear can clean")
@@ -352,9 +361,10 @@ func TestWIBResyncExcludesClear(t *testing.T) {
 	if !w.NeedsResync(0) || !w.IsDirty(0, 1) {
 		t.Fatal("overlapping copies left the region not needing a resync")
 	}
-	if !w.ResyncDone(w.ResyncStart(0)) || w.IsDirty(0, 1) {
-		t.Fatal("a lone copy after that did not clean the region")
+	if !w.ResyncDone(w.ResyncStart(0)) || w.NeedsResync(0) {
+		t.Fatal("a lone copy after that left the region needing a resync")
 	}
+	w.FlushDone(w.FlushStart())
 	// A copy of a region that was clean, raced by a write that a lazy Clear
 	// would otherwise have cleaned after End.
 	tk = w.ResyncStart(1)

@@ -190,18 +190,26 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 		st.mu.Lock()
 		done, total := st.mu.resyncDone, st.mu.resyncTotal
 		st.mu.Unlock()
+		untrusted := st.mirror.Untrusted()
 		for i, ms := range st.mirror.States() {
 			mr := api.MemberReport{ChunkID: st.members[i].api.ChunkID}
-			switch ms {
-			case raid.InSync:
+			switch {
+			case ms == raid.InSync:
 				mr.State = api.MemberInSync
 				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total // the last resync's totals
-			case raid.Failed:
+			case ms == raid.Failed && !untrusted[i]:
+				// Failed, but no write was acknowledged without it (the last
+				// copy): the next host must still trust it.
+				mr.State = api.MemberInSync
+				if err := st.mirror.MemberError(i); err != nil {
+					mr.Error = "unreachable, holds every acknowledged write: " + err.Error()
+				}
+			case ms == raid.Failed:
 				mr.State = api.MemberDegraded
 				if err := st.mirror.MemberError(i); err != nil {
 					mr.Error = err.Error()
 				}
-			case raid.Resyncing:
+			case ms == raid.Resyncing:
 				mr.State = api.MemberResyncing
 				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total
 			}

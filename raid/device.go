@@ -73,6 +73,12 @@ type Set interface {
 	MemberError(i int) error
 	// Degraded reports whether any member is not InSync.
 	Degraded() bool
+	// Untrusted reports, for each member, whether a host that attaches
+	// after this one died must not trust it as a copy: it missed an
+	// acknowledged write or flush, or it is Failed while the set can
+	// acknowledge writes without it. A Failed member that is the last copy
+	// is trusted. This is what the owner records with the metaserver.
+	Untrusted() []bool
 	// Rejoin gives Failed member i a new connection; it becomes Resyncing.
 	Rejoin(i int, d Device) error
 	// Resync repairs every region that needs it, then makes Resyncing

@@ -191,8 +191,8 @@ func (c *ECConfig) validate() error {
 //
 // The WIB covers the set's logical bytes. Every write and trim runs inside
 // WIB.Begin/End over its logical range; it ends with allMembersOK only if
-// every member that holds one of its units (parity included) got it, and
-// then cleans its regions (ClearRange). A write that skipped a Failed
+// every member that holds one of its units (parity included) got it; its
+// regions stay dirty until a flush of every member. A write that skipped a Failed
 // member, or whose member write failed, leaves its regions needing a resync.
 //
 // Locks, always taken in this order, never the other way round:
@@ -397,7 +397,7 @@ func NewEC(cfg ECConfig) (*EC, error) {
 		return nil, fmt.Errorf("raid: WIB covers %d bytes, the ec set has %d", e.wib.Size(), e.size)
 	}
 	v := &ecView{devs: slices.Clone(cfg.Members), gen: make([]uint64, n)}
-	h, err := newHealth(n, cfg.Degraded, cfg.Pinned)
+	h, err := newHealth(n, cfg.K, cfg.Degraded, cfg.Pinned)
 	if err != nil {
 		return nil, err
 	}
@@ -595,4 +595,11 @@ func (e *EC) stateOf(v *ecView, mem int) MemberState {
 		return Resyncing
 	}
 	return InSync
+}
+
+// Untrusted implements Set.
+func (e *EC) Untrusted() []bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.mu.h.untrustedAll()
 }

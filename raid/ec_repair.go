@@ -233,7 +233,7 @@ func (e *EC) Rejoin(i int, d Device) error {
 	e.join.Lock()
 	e.mu.Lock()
 	cur := e.view.Load()
-	conn, err := e.mu.h.rejoin(i)
+	conn, st, err := e.mu.h.rejoin(i)
 	if err != nil {
 		e.mu.Unlock()
 		e.join.Unlock()
@@ -243,13 +243,20 @@ func (e *EC) Rejoin(i int, d Device) error {
 	nv.devs[i] = d
 	nv.gen[i] = conn
 	nv.failed &^= 1 << i
-	nv.resyncing |= 1 << i
+	if st == Resyncing {
+		nv.resyncing |= 1 << i
+	}
 	e.view.Store(nv)
+	e.hooks.pumpLocked()
 	e.mu.Unlock()
 	e.join.Unlock()
-	e.log.Info("ec member rejoined; resyncing", "member", i)
+	if st == InSync {
+		e.log.Warn("ec member rejoined in sync: fewer than k members were in sync and it missed no acknowledged write", "member", i)
+	} else {
+		e.log.Info("ec member rejoined; resyncing", "member", i)
+	}
 	if e.onChange != nil {
-		e.onChange(i, Resyncing, nil)
+		e.onChange(i, st, nil)
 	}
 	return nil
 }
@@ -339,6 +346,13 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 			"stripes", len(lostStripes), "regions", len(lostRegions))
 		return copied, fmt.Errorf("%w: %d stripes in %d regions keep a data unit on a member that missed writes since the set was built; it stays resyncing",
 			ErrUnrecoverable, len(lostStripes), len(lostRegions))
+	}
+	// The copies are durable on their targets (FUA), the sources' bytes
+	// may not be: one flush of every member lets the WIB clean them.
+	if e.wib.Count() > 0 {
+		if err := e.Flush(ctx); err != nil {
+			return copied, fmt.Errorf("%w: flushing the members after the repair: %w", ErrResyncAborted, err)
+		}
 	}
 	// Every region is repaired: Resyncing members join the readers.
 	e.mu.Lock()

@@ -42,18 +42,16 @@ func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *wri
 	err := do(op)
 	allOK := err == nil && !op.partial.Load()
 	e.wib.End(tok, allOK)
-	if allOK && fua {
-		// Durable on every member that holds it: nothing to remember. Other
-		// writes' regions are cleaned by a Flush of every member.
-		e.wib.ClearRange(off, n)
-	}
+	// Even a FUA write leaves its regions dirty: an earlier write to the
+	// same region may still be volatile on some member. The next flush of
+	// every member cleans them.
 	unlock()
 	e.join.RUnlock()
 	if err != nil {
 		return err
 	}
 	if !allOK {
-		return e.hooks.awaitRecord(ctx)
+		return e.hooks.awaitRecord(ctx, e.notFailed)
 	}
 	return nil
 }
@@ -315,8 +313,20 @@ func (e *EC) Flush(ctx context.Context) error {
 	if first != nil {
 		return first
 	}
-	return e.usable(e.view.Load())
+	if err := e.usable(e.view.Load()); err != nil {
+		return err
+	}
+	if !allOK {
+		// A promise made without some member, as a degraded write is.
+		return e.hooks.awaitRecord(ctx, e.notFailed)
+	}
+	return nil
 }
+
+// notFailed says whether member i is not Failed now: at the
+// acknowledgement of a degraded write or flush, the members that count as
+// having got it (which units a member failed on is not tracked).
+func (e *EC) notFailed(i int) bool { return e.view.Load().failed&(1<<i) == 0 }
 
 // Trim deallocates [off, off+length). Whole stripes are trimmed on every
 // member that is not Failed, parity included (the parity of zeroes is

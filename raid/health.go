@@ -53,6 +53,13 @@ type health struct {
 	state []MemberState
 	conn  []uint64 // connection generation of each member
 	errs  []error  // what failed each member
+	// missed[i]: a write or flush was acknowledged without member i since
+	// it was last InSync, so it may lack acknowledged data. A member that
+	// fails while the set can no longer acknowledge anything without it
+	// (the last copy of a mirror, one of the last k of an EC set) has missed
+	// nothing, and the next host trusts it.
+	missed []bool
+	need   int // InSync members the set needs to acknowledge a write
 
 	degr     uint64 // generation of the newest degradation; bumped by every failure
 	recorded uint64 // newest generation whose record succeeded
@@ -94,18 +101,21 @@ func (c hookCall) String() string { return fmt.Sprintf("%v gen=%d", c.kind, c.ge
 // errAttachDegraded is the error of a member that starts Failed.
 var errAttachDegraded = errors.New("unreachable at attach")
 
-// newHealth starts a machine for n members. degraded start Failed: the
-// caller pinned the survivors and recorded them before building the set, so
-// their degradation counts as recorded. pinned says the members' LOGs start
-// pinned.
-func newHealth(n int, degraded []int, pinned bool) (*health, error) {
-	h := &health{state: make([]MemberState, n), conn: make([]uint64, n), errs: make([]error, n), pinned: pinned}
+// newHealth starts a machine for n members, of which need must be InSync
+// to acknowledge a write (1 for a mirror, k for EC). degraded start Failed
+// and count as having missed writes: the caller pinned the survivors and
+// recorded them before building the set, so their degradation counts as
+// recorded. pinned says the members' LOGs start pinned.
+func newHealth(n, need int, degraded []int, pinned bool) (*health, error) {
+	h := &health{state: make([]MemberState, n), conn: make([]uint64, n), errs: make([]error, n),
+		missed: make([]bool, n), need: max(need, 1), pinned: pinned}
 	for _, i := range degraded {
 		if i < 0 || i >= n {
 			return nil, fmt.Errorf("raid: degraded member %d out of range [0, %d)", i, n)
 		}
 		h.state[i] = Failed
 		h.errs[i] = errAttachDegraded
+		h.missed[i] = true
 	}
 	if len(degraded) > 0 {
 		h.degr, h.recorded, h.armed, h.pinned = 1, 1, true, true
@@ -128,18 +138,51 @@ func (h *health) fail(i int, conn uint64, err error) bool {
 }
 
 // rejoin makes Failed member i Resyncing with a new connection and returns
-// the connection's generation.
-func (h *health) rejoin(i int) (uint64, error) {
+// the connection's generation and its new state (Resyncing).
+//
+// A member that missed nothing (the last copy) could become InSync at once
+// when no member is InSync; that is not done yet: such a set waits for the
+// next attach, which trusts the member (see untrusted).
+func (h *health) rejoin(i int) (uint64, MemberState, error) {
 	if i < 0 || i >= len(h.state) {
-		return 0, fmt.Errorf("raid: member %d out of range [0, %d)", i, len(h.state))
+		return 0, 0, fmt.Errorf("raid: member %d out of range [0, %d)", i, len(h.state))
 	}
 	if h.state[i] != Failed {
-		return 0, fmt.Errorf("raid: member %d is %v, not failed", i, h.state[i])
+		return 0, 0, fmt.Errorf("raid: member %d is %v, not failed", i, h.state[i])
 	}
 	h.conn[i]++
-	h.state[i] = Resyncing
 	h.errs[i] = nil
-	return h.conn[i], nil
+	h.state[i] = Resyncing
+	return h.conn[i], Resyncing, nil
+}
+
+// inSync counts the InSync members.
+func (h *health) inSync() int {
+	n := 0
+	for _, st := range h.state {
+		if st == InSync {
+			n++
+		}
+	}
+	return n
+}
+
+// acked notes that a write or flush was acknowledged that member i got only
+// if got(i): the others have missed it.
+func (h *health) acked(got func(i int) bool) {
+	for i := range h.missed {
+		if !got(i) {
+			h.missed[i] = true
+		}
+	}
+}
+
+// untrusted reports whether a host that attaches after this one died must
+// not trust member i as a copy: it missed an acknowledged write, or it is
+// Failed while the set can acknowledge writes without it (the record of a
+// degradation is taken before the first such write).
+func (h *health) untrusted(i int) bool {
+	return h.missed[i] || h.state[i] == Failed && h.inSync() >= h.need
 }
 
 // resynced reports a finished resync that started when the connection
@@ -160,6 +203,7 @@ func (h *health) resynced(conns []uint64, clean bool) (joined []int) {
 			joined = append(joined, i)
 		}
 	}
+	clear(h.missed)
 	h.whole()
 	return joined
 }
@@ -367,4 +411,13 @@ func (h *health) String() string {
 		}
 	}
 	return b.String()
+}
+
+// untrustedAll is untrusted for every member.
+func (h *health) untrustedAll() []bool {
+	out := make([]bool, len(h.state))
+	for i := range out {
+		out[i] = h.untrusted(i)
+	}
+	return out
 }

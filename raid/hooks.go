@@ -72,15 +72,20 @@ func (s *setHooks) pumpLocked() {
 	}()
 }
 
-// awaitRecord blocks a write that some member did not get until the
-// degradation it saw is recorded; it fails if the record fails.
-func (s *setHooks) awaitRecord(ctx context.Context) error {
+// awaitRecord blocks a write or flush that some member did not get until
+// the degradation it saw is recorded; it fails if the record fails. When it
+// succeeds the caller acknowledges the operation, which the members for
+// which got is false have missed.
+func (s *setHooks) awaitRecord(ctx context.Context, got func(i int) bool) error {
 	s.mu.Lock()
 	gen := s.h.degradedWrite()
 	s.pumpLocked()
 	for {
 		done, err := s.h.recordedFor(gen)
 		if done {
+			if err == nil {
+				s.h.acked(got)
+			}
 			s.mu.Unlock()
 			return err
 		}

@@ -171,7 +171,7 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 		return nil, fmt.Errorf("raid: WIB covers %d bytes, the set has %d", m.wib.Size(), size)
 	}
 	m.mu.members = slices.Clone(cfg.Members)
-	h, err := newHealth(len(cfg.Members), cfg.Degraded, cfg.Pinned)
+	h, err := newHealth(len(cfg.Members), 1, cfg.Degraded, cfg.Pinned)
 	if err != nil {
 		if m.ownWIB {
 			m.wib.Close()
@@ -304,8 +304,9 @@ func (m *Mirror) needsResync(off, n int64) bool {
 // fanOut runs op on every InSync and Resyncing member in parallel. It
 // succeeds when at least minWrite members acknowledged and every member
 // that did not acknowledge has been failed; allOK reports whether every
-// member of the set now holds the change.
-func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK bool, err error) {
+// member of the set now holds the change, and got which members
+// acknowledged.
+func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK bool, got []bool, err error) {
 	members, state := m.snapshot()
 	var idx []int
 	inSync := 0
@@ -318,7 +319,7 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 		}
 	}
 	if inSync == 0 || len(idx) < m.minWrite {
-		return false, fmt.Errorf("%w: %d in-sync members, %d members writable, %d required", ErrNoMembers, inSync, len(idx), m.minWrite)
+		return false, nil, fmt.Errorf("%w: %d in-sync members, %d members writable, %d required", ErrNoMembers, inSync, len(idx), m.minWrite)
 	}
 	errs := make([]error, len(idx))
 	// The caller's goroutine sends to the first member itself (its stack
@@ -335,11 +336,13 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 	errs[0] = op(members[idx[0]])
 	wg.Wait()
 	ok, okInSync := 0, 0
+	got = make([]bool, len(state))
 	var firstErr error
 	for j, err := range errs {
 		switch {
 		case err == nil:
 			ok++
+			got[idx[j]] = true
 			if state[idx[j]] == InSync {
 				okInSync++
 			}
@@ -351,13 +354,13 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 		default:
 			// The caller's context ended or the request was invalid: the
 			// member is not at fault, and the operation failed.
-			return false, err
+			return false, nil, err
 		}
 	}
 	if ok < m.minWrite || okInSync == 0 {
-		return false, fmt.Errorf("%w: %d of %d members acknowledged (%d in sync), %d required: %w", ErrNoMembers, ok, len(idx), okInSync, m.minWrite, firstErr)
+		return false, nil, fmt.Errorf("%w: %d of %d members acknowledged (%d in sync), %d required: %w", ErrNoMembers, ok, len(idx), okInSync, m.minWrite, firstErr)
 	}
-	return ok == len(state), nil
+	return ok == len(state), got, nil
 }
 
 // write runs a modifying op on [off, off+n) inside the bitmap protocol.
@@ -365,9 +368,9 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 // Once sent, a write is finished on every member whatever the caller's
 // context does (members bound their own request time): a write abandoned
 // on the wire would leave members that differ without the set knowing. Its
-// regions stay dirty until a flush of every member (Flush) unless it is
-// durable already (FUA); a region that may differ is so always in the WIB
-// until every member holds it durably.
+// regions stay dirty until a flush of every member (Flush), FUA or not; a
+// region that may differ is so always in the WIB until every member holds
+// it durably.
 func (m *Mirror) write(ctx context.Context, off, n int64, durable bool, op func(ctx context.Context, d Device) error) error {
 	if err := m.check(off, n); err != nil {
 		return err
@@ -389,18 +392,17 @@ func (m *Mirror) write(ctx context.Context, off, n int64, durable bool, op func(
 		return err // nothing sent
 	}
 	wctx := context.WithoutCancel(ctx)
-	allOK, err := m.fanOut(wctx, func(d Device) error { return op(wctx, d) })
+	allOK, got, err := m.fanOut(wctx, func(d Device) error { return op(wctx, d) })
 	m.wib.End(tok, allOK && err == nil)
 	if err != nil {
 		return err
 	}
 	if !allOK {
-		return m.hooks.awaitRecord(ctx)
+		return m.hooks.awaitRecord(ctx, func(i int) bool { return got[i] })
 	}
-	if durable && !m.lazy {
-		// Every member holds it durably: nothing left to remember.
-		m.wib.ClearRange(off, n)
-	}
+	// A FUA write does not clean its regions either: an earlier write to
+	// the same region may still be volatile on some member. The next flush
+	// of every member cleans them.
 	return nil
 }
 
@@ -423,7 +425,7 @@ func (m *Mirror) ClearClean() int64 {
 	}
 	// Clean only what every member holds durably.
 	t := m.wib.FlushStart()
-	allOK, err := m.fanOut(context.Background(), func(d Device) error { return d.Flush(context.Background()) })
+	allOK, _, err := m.fanOut(context.Background(), func(d Device) error { return d.Flush(context.Background()) })
 	if err != nil || !allOK {
 		return 0
 	}
@@ -445,13 +447,23 @@ func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
 // resync. When every member of the set flushed, the regions whose writes
 // all ended before the flush began are cleaned in the WIB (with LazyClear
 // that is left to ClearClean).
+//
+// A flush that some member did not take part in is a promise made without
+// it, as a degraded write is: it is acknowledged only once the degradation
+// is recorded, and the member counts as having missed it.
 func (m *Mirror) Flush(ctx context.Context) error {
 	t := m.wib.FlushStart()
-	allOK, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
-	if err == nil && allOK && !m.lazy {
+	allOK, got, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
+	if err != nil {
+		return err
+	}
+	if !allOK {
+		return m.hooks.awaitRecord(ctx, func(i int) bool { return got[i] })
+	}
+	if !m.lazy {
 		m.wib.FlushDone(t)
 	}
-	return err
+	return nil
 }
 
 // Rejoin replaces failed member i by d (a new connection to the same chunk)
@@ -464,15 +476,21 @@ func (m *Mirror) Rejoin(i int, d Device) error {
 	m.join.Lock()
 	defer m.join.Unlock()
 	m.mu.Lock()
-	if _, err := m.mu.h.rejoin(i); err != nil {
+	_, st, err := m.mu.h.rejoin(i)
+	if err != nil {
 		m.mu.Unlock()
 		return err
 	}
 	m.mu.members[i] = d
+	m.hooks.pumpLocked()
 	m.mu.Unlock()
-	m.log.Info("mirror member rejoined; resyncing", "member", i)
+	if st == InSync {
+		m.log.Warn("mirror member rejoined in sync: no in-sync member was left and it missed no acknowledged write", "member", i)
+	} else {
+		m.log.Info("mirror member rejoined; resyncing", "member", i)
+	}
 	if m.onChange != nil {
-		m.onChange(i, Resyncing, nil)
+		m.onChange(i, st, nil)
 	}
 	return nil
 }
@@ -548,6 +566,13 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 					}
 				}
 			}
+		}
+	}
+	// The copies are durable on their targets (FUA), the source's bytes
+	// may not be: one flush of every member lets the WIB clean them.
+	if m.wib.Count() > 0 {
+		if err := m.Flush(ctx); err != nil {
+			return copied, fmt.Errorf("%w: flushing the members after the copy: %w", ErrResyncAborted, err)
 		}
 	}
 	// Every region is in sync: Resyncing members join the readers.
@@ -649,4 +674,11 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 		return n, fmt.Errorf("%w: writing region %d: %w", ErrResyncAborted, region, firstErr)
 	}
 	return n, nil
+}
+
+// Untrusted implements Set.
+func (m *Mirror) Untrusted() []bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mu.h.untrustedAll()
 }

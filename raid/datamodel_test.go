@@ -1,0 +1,718 @@
+package raid
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/bitmap"
+)
+
+// TestSetDataModel runs mirrors and EC sets over members that behave as the
+// chunkservers do (a LOG bitmap marked before every write, rotated every T
+// after an fdatasync if the chunk was written, pinned on an unclean
+// disconnect and after a restart, a power loss dropping every write not
+// flushed or FUA) and a host that behaves as hostd does (a WIB in RAM lost
+// when the host dies, the members' LOGs merged at an attach after an
+// unclean stop, members recorded as not in sync with the metaserver start
+// degraded, the survivors pinned before a degraded write, every LOG unpinned
+// once the set is whole). Random steps interleave writes, flushes, reads,
+// member power losses and link cuts, returns and rejoins, resyncs, LOG
+// rotations, failing pins and host crashes.
+//
+// After every step it checks, on a copy of the cluster, the worst that can
+// follow: every machine loses power at once and a new host attaches. Every
+// write the host acknowledged and then flushed (or wrote FUA) must read back,
+// and after the new host's resync the members must agree. Reads during the
+// run must return a value the model allows.
+//
+// Replay one run with -datamodel.seed=N -datamodel.config=mirror2 -v.
+func TestSetDataModel(t *testing.T) {
+	seeds, steps := *dmSeeds, *dmSteps
+	if seeds == 0 {
+		seeds = 40
+		if raceOn {
+			seeds = 3
+		}
+	}
+	for _, cfg := range dmConfigs {
+		if *dmOnly != "" && cfg.name != *dmOnly {
+			continue
+		}
+		t.Run(cfg.name, func(t *testing.T) {
+			for s := range seeds {
+				seed := uint64(s)
+				if *dmSeed >= 0 {
+					seed = uint64(*dmSeed)
+				}
+				w := newDMWorld(t, cfg, seed)
+				for step := range steps {
+					w.step(step)
+					if t.Failed() {
+						t.Fatalf("seed %d step %d; steps so far:\n%s", seed, step, strings.Join(w.trace, "\n"))
+					}
+				}
+				w.close()
+				if *dmSeed >= 0 {
+					break
+				}
+			}
+		})
+	}
+}
+
+var (
+	dmSeeds = flag.Int("datamodel.seeds", 0, "seeds per configuration of TestSetDataModel (0: 3 with the race detector, 40 without)")
+	dmSteps = flag.Int("datamodel.steps", 150, "steps per seed of TestSetDataModel")
+	dmSeed  = flag.Int("datamodel.seed", -1, "run only this seed of TestSetDataModel")
+	dmOnly  = flag.String("datamodel.config", "", "run only this configuration of TestSetDataModel")
+)
+
+type dmConfig struct {
+	name string
+	n    int // members
+	k, m int // EC; k == 0 for a mirror
+}
+
+var dmConfigs = []dmConfig{
+	{name: "mirror2", n: 2},
+	{name: "mirror3", n: 3},
+	{name: "ec2+1", n: 3, k: 2, m: 1},
+	{name: "ec2+2", n: 4, k: 2, m: 2},
+}
+
+const (
+	dmBlock  = 4096      // the unit of the model's writes
+	dmRegion = 16 << 10  // WIB and LOG region
+	dmSize   = 256 << 10 // member size
+	dmPeriod = time.Minute
+)
+
+var errDMDown = errors.New("member unreachable")
+
+// dmChunk is one member chunk on its chunkserver.
+type dmChunk struct {
+	mu                 sync.Mutex
+	mem, durable       []byte
+	powered, reachable bool
+	gen                int // bumped when connections die
+	dirty              bool
+	log                *bitmap.Log
+}
+
+func (c *dmChunk) up() bool { return c.powered && c.reachable }
+
+// conn is a new connection to the chunk; it dies with the chunk's gen.
+func (c *dmChunk) conn() *dmConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return &dmConn{c: c, gen: c.gen}
+}
+
+// tick rotates the LOG if T passed, as the chunk store does: a rotation
+// that may forget bits first fdatasyncs a chunk written since its last sync.
+func (c *dmChunk) tick(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.powered || now.Sub(c.log.LastRotation()) < c.log.Period() {
+		return
+	}
+	if c.dirty {
+		copy(c.durable, c.mem)
+		c.dirty = false
+	}
+	c.log.MaybeRotate(now)
+}
+
+// dmConn is a host's connection to a chunk: a raid Device.
+type dmConn struct {
+	c   *dmChunk
+	gen int
+}
+
+func (d *dmConn) liveLocked() error {
+	if !d.c.up() || d.gen != d.c.gen {
+		return errDMDown
+	}
+	return nil
+}
+
+func (d *dmConn) Size() int64 { return dmSize }
+
+func (d *dmConn) ReadAt(ctx context.Context, p []byte, off int64) error {
+	d.c.mu.Lock()
+	defer d.c.mu.Unlock()
+	if err := d.liveLocked(); err != nil {
+		return err
+	}
+	copy(p, d.c.mem[off:])
+	return nil
+}
+
+func (d *dmConn) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.c.mu.Lock()
+	defer d.c.mu.Unlock()
+	if err := d.liveLocked(); err != nil {
+		return err
+	}
+	d.c.log.Mark(off, int64(len(p))) // durable before the data, as the store does
+	copy(d.c.mem[off:], p)
+	if fua {
+		copy(d.c.durable[off:], p)
+	} else {
+		d.c.dirty = true
+	}
+	return nil
+}
+
+func (d *dmConn) Flush(ctx context.Context) error {
+	d.c.mu.Lock()
+	defer d.c.mu.Unlock()
+	if err := d.liveLocked(); err != nil {
+		return err
+	}
+	copy(d.c.durable, d.c.mem)
+	d.c.dirty = false
+	return nil
+}
+
+func (d *dmConn) Trim(ctx context.Context, off, n int64) error {
+	return d.WriteAt(ctx, make([]byte, n), off, false)
+}
+
+// dmHost is an attached host: its set and its WIB (RAM).
+type dmHost struct {
+	set     Set
+	needLog []bool
+}
+
+type dmWorld struct {
+	t      *testing.T
+	cfg    dmConfig
+	seed   uint64
+	rng    *rand.Rand
+	now    time.Time
+	chunks []*dmChunk
+	trace  []string
+
+	metaMu   sync.Mutex
+	recorded []bool // the metaserver's record: member i is not in sync
+	pinFails bool   // the record hook fails (a survivor unreachable for the pin)
+
+	host *dmHost
+
+	// The model of the data, per logical block: the values a read may
+	// return now, and the values that may survive the death of every
+	// machine (an acknowledged write stays in the second set until a flush
+	// or FUA makes it the only value).
+	next    uint32
+	allowed []map[uint32]bool
+	durable []map[uint32]bool
+}
+
+func newDMWorld(t *testing.T, cfg dmConfig, seed uint64) *dmWorld {
+	w := &dmWorld{t: t, cfg: cfg, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5e7da7a)),
+		now: time.Unix(1_000_000, 0), recorded: make([]bool, cfg.n)}
+	for range cfg.n {
+		c := &dmChunk{mem: make([]byte, dmSize), durable: make([]byte, dmSize), powered: true, reachable: true}
+		lg, err := bitmap.NewLog(bitmap.LogConfig{Size: dmSize, RegionSize: dmRegion, Period: dmPeriod, Clock: func() time.Time { return w.now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.log = lg
+		w.chunks = append(w.chunks, c)
+	}
+	blocks := w.setSize() / dmBlock
+	for range blocks {
+		w.allowed = append(w.allowed, map[uint32]bool{0: true})
+		w.durable = append(w.durable, map[uint32]bool{0: true})
+	}
+	// The first attach: a new volume, nothing to recover.
+	w.host = w.attach(w.chunks, w.recorded, false, &w.metaMu)
+	if w.host == nil {
+		t.Fatal("first attach failed")
+	}
+	return w
+}
+
+func (w *dmWorld) setSize() int64 {
+	if w.cfg.k > 0 {
+		return int64(w.cfg.k) * dmSize
+	}
+	return dmSize
+}
+
+func (w *dmWorld) logf(format string, args ...any) {
+	w.trace = append(w.trace, fmt.Sprintf(format, args...))
+}
+
+func (w *dmWorld) close() {
+	if w.host != nil {
+		w.host.set.Close()
+	}
+}
+
+// attach brings a set up over chunks as hostd does after reading the
+// metaserver's record: reachable members recorded as not in sync and
+// unreachable members start degraded; after an unclean stop the reachable
+// members' LOGs are merged into a fresh WIB (an unreachable member's when it
+// rejoins) and the set starts pinned. It returns nil if too few in-sync
+// members are reachable.
+func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaMu *sync.Mutex) *dmHost {
+	n := len(chunks)
+	h := &dmHost{needLog: make([]bool, n)}
+	var degraded []int
+	usable := 0
+	devs := make([]Device, n)
+	metaMu.Lock()
+	rec := slices.Clone(recorded)
+	metaMu.Unlock()
+	for i, c := range chunks {
+		devs[i] = c.conn()
+		c.mu.Lock()
+		up := c.up()
+		c.mu.Unlock()
+		switch {
+		case !up:
+			degraded = append(degraded, i)
+		case rec[i]:
+			degraded = append(degraded, i)
+		default:
+			usable++
+		}
+	}
+	need := 1
+	if w.cfg.k > 0 {
+		need = w.cfg.k
+	}
+	if usable < need {
+		return nil
+	}
+	wib, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: w.setSizeFor(), RegionSize: dmRegion})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	unit := int64(dmRegion)
+	if w.cfg.k > 0 {
+		unit *= int64(w.cfg.k)
+	}
+	mergeLog := func(c *dmChunk) {
+		if err := wib.Merge(c.log.Snapshot(), unit); err != nil {
+			w.t.Fatal(err)
+		}
+	}
+	if recover {
+		for i, c := range chunks {
+			c.mu.Lock()
+			up := c.up()
+			c.mu.Unlock()
+			if !up {
+				h.needLog[i] = true
+				continue
+			}
+			mergeLog(c)
+		}
+	}
+	pinUp := func() (all bool) {
+		all = true
+		for _, c := range chunks {
+			c.mu.Lock()
+			if c.up() {
+				c.log.Pin()
+			} else {
+				all = false
+			}
+			c.mu.Unlock()
+		}
+		return all
+	}
+	if len(degraded) > 0 {
+		pinUp() // pinSurvivors before serving
+	}
+	var set Set
+	record := func(ctx context.Context) error {
+		metaMu.Lock()
+		fail := metaMu == &w.metaMu && w.pinFails
+		metaMu.Unlock()
+		if fail {
+			return errors.New("pin refused")
+		}
+		// pinSurvivors: every member the set still uses.
+		states := set.States()
+		for i, c := range chunks {
+			c.mu.Lock()
+			if c.up() && states[i] != Failed {
+				c.log.Pin()
+			}
+			c.mu.Unlock()
+		}
+		untrusted := set.Untrusted()
+		metaMu.Lock()
+		copy(recorded, untrusted)
+		metaMu.Unlock()
+		return nil
+	}
+	unpin := func(ctx context.Context) error {
+		var errs []error
+		for i, c := range chunks {
+			c.mu.Lock()
+			if c.up() {
+				c.log.Unpin()
+			} else {
+				errs = append(errs, fmt.Errorf("member %d: %w", i, errDMDown))
+			}
+			c.mu.Unlock()
+		}
+		return errors.Join(errs...)
+	}
+	onChange := func(i int, ms MemberState, err error) {
+		if ms == InSync {
+			metaMu.Lock()
+			recorded[i] = false
+			metaMu.Unlock()
+		}
+	}
+	var serr error
+	if w.cfg.k > 0 {
+		set, serr = NewEC(ECConfig{Members: devs, K: w.cfg.k, M: w.cfg.m, StripeUnit: 4096, WIB: wib, Degraded: degraded,
+			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: recover || len(degraded) > 0, OnStateChange: onChange})
+	} else {
+		set, serr = NewMirror(MirrorConfig{Members: devs, WIB: wib, Degraded: degraded,
+			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: recover || len(degraded) > 0, OnStateChange: onChange})
+	}
+	if serr != nil {
+		w.t.Fatalf("building the set: %v", serr)
+	}
+	h.set = set
+	// recordAttached: the members' states are with the metaserver before
+	// the set serves.
+	untrusted := set.Untrusted()
+	metaMu.Lock()
+	copy(recorded, untrusted)
+	metaMu.Unlock()
+	return h
+}
+
+func (w *dmWorld) setSizeFor() int64 { return w.setSize() }
+
+// quiesce waits until the set's hooks have run.
+func quiesce(s Set) {
+	switch s := s.(type) {
+	case *Mirror:
+		s.hooks.wg.Wait()
+	case *EC:
+		s.hooks.wg.Wait()
+	}
+}
+
+func blockData(v uint32) []byte {
+	p := make([]byte, dmBlock)
+	if v == 0 {
+		return p
+	}
+	for i := 0; i < dmBlock; i += 4 {
+		binary.LittleEndian.PutUint32(p[i:], v)
+	}
+	return p
+}
+
+// valueOf decodes a block's value, or reports that it is torn.
+func valueOf(p []byte) (uint32, bool) {
+	v := binary.LittleEndian.Uint32(p)
+	return v, bytes.Equal(p, blockData(v))
+}
+
+func keys(m map[uint32]bool) []uint32 {
+	var out []uint32
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (w *dmWorld) step(step int) {
+	ctx := context.Background()
+	if w.host == nil {
+		w.host = w.attach(w.chunks, w.recorded, true, &w.metaMu)
+		w.logf("%d attach after host crash: ok=%v", step, w.host != nil)
+	}
+	r := w.rng.IntN(100)
+	switch {
+	case r < 30 && w.host != nil:
+		b := w.rng.IntN(len(w.allowed))
+		fua := w.rng.IntN(5) == 0
+		w.next++
+		v := w.next
+		err := w.host.set.WriteAt(ctx, blockData(v), int64(b)*dmBlock, fua)
+		w.logf("%d write block %d value %d fua %v: %v", step, b, v, fua, err)
+		switch {
+		case err == nil && fua:
+			w.allowed[b] = map[uint32]bool{v: true}
+			w.durable[b] = map[uint32]bool{v: true}
+		case err == nil:
+			w.allowed[b] = map[uint32]bool{v: true}
+			w.durable[b][v] = true
+		default:
+			w.allowed[b][v] = true
+			w.durable[b][v] = true
+		}
+	case r < 40 && w.host != nil:
+		err := w.host.set.Flush(ctx)
+		w.logf("%d flush: %v", step, err)
+		if err == nil {
+			for b := range w.allowed {
+				w.durable[b] = cloneSet(w.allowed[b])
+			}
+		}
+	case r < 50 && w.host != nil:
+		b := w.rng.IntN(len(w.allowed))
+		p := make([]byte, dmBlock)
+		err := w.host.set.ReadAt(ctx, p, int64(b)*dmBlock)
+		w.logf("%d read block %d: %v", step, b, err)
+		if err == nil {
+			w.checkBlock("read", b, p, w.allowed[b])
+		}
+	case r < 58:
+		i := w.rng.IntN(len(w.chunks))
+		c := w.chunks[i]
+		c.mu.Lock()
+		if c.powered {
+			copy(c.mem, c.durable)
+			c.dirty = false
+			c.powered = false
+			c.gen++
+		}
+		c.mu.Unlock()
+		w.logf("%d member %d loses power", step, i)
+	case r < 64:
+		i := w.rng.IntN(len(w.chunks))
+		c := w.chunks[i]
+		c.mu.Lock()
+		if c.reachable {
+			c.reachable = false
+			c.gen++
+			if c.powered {
+				c.log.Pin() // the connection ended without NBD_CMD_DISC
+			}
+		}
+		c.mu.Unlock()
+		w.logf("%d member %d cut off", step, i)
+	case r < 76:
+		i := w.rng.IntN(len(w.chunks))
+		c := w.chunks[i]
+		c.mu.Lock()
+		if !c.powered {
+			c.powered = true
+			c.log.Pin() // a restarted chunkserver loads every LOG pinned
+			c.log.RestartPeriod()
+		}
+		c.reachable = true
+		c.mu.Unlock()
+		w.logf("%d member %d back", step, i)
+		if w.host != nil && w.host.set.States()[i] == Failed {
+			if w.host.needLog[i] {
+				unit := int64(dmRegion)
+				if w.cfg.k > 0 {
+					unit *= int64(w.cfg.k)
+				}
+				if err := w.host.set.WIB().Merge(c.log.Snapshot(), unit); err != nil {
+					w.t.Fatal(err)
+				}
+				w.host.needLog[i] = false
+			}
+			err := w.host.set.Rejoin(i, c.conn())
+			w.logf("%d rejoin %d: %v, states %v", step, i, err, w.host.set.States())
+		}
+	case r < 86 && w.host != nil:
+		n, err := w.host.set.Resync(ctx, nil)
+		w.logf("%d resync: %d bytes, %v; states %v", step, n, err, w.host.set.States())
+	case r < 92:
+		w.now = w.now.Add(dmPeriod/2 + time.Duration(w.rng.IntN(int(dmPeriod/2))))
+		for _, c := range w.chunks {
+			c.tick(w.now)
+		}
+		w.logf("%d time passes", step)
+	case r < 95:
+		w.metaMu.Lock()
+		w.pinFails = !w.pinFails
+		f := w.pinFails
+		w.metaMu.Unlock()
+		w.logf("%d pins fail: %v", step, f)
+	case r < 100 && w.host != nil:
+		// The host dies: its WIB is gone, its connections end without
+		// NBD_CMD_DISC (the chunkservers pin), writes it acknowledged but
+		// never flushed may be lost.
+		w.host.set.Close()
+		w.host = nil
+		for _, c := range w.chunks {
+			c.mu.Lock()
+			c.gen++
+			if c.powered {
+				c.log.Pin()
+			}
+			c.mu.Unlock()
+		}
+		for b := range w.allowed {
+			w.allowed[b] = cloneSet(w.durable[b])
+		}
+		w.logf("%d host crash", step)
+	}
+	if w.host != nil {
+		quiesce(w.host.set)
+	}
+	w.checkAgree(step)
+	w.checkTotalCrash(step)
+}
+
+func cloneSet(m map[uint32]bool) map[uint32]bool {
+	out := make(map[uint32]bool, len(m))
+	for k := range m {
+		out[k] = true
+	}
+	return out
+}
+
+func (w *dmWorld) checkBlock(what string, b int, p []byte, allowed map[uint32]bool) {
+	v, ok := valueOf(p)
+	if !ok {
+		w.t.Errorf("%s: block %d is torn (starts with value %d); allowed %v", what, b, v, keys(allowed))
+		return
+	}
+	if !allowed[v] {
+		w.t.Errorf("%s: block %d reads value %d; allowed %v", what, b, v, keys(allowed))
+	}
+}
+
+// checkAgree: a whole set with a clean WIB has members that agree.
+func (w *dmWorld) checkAgree(step int) {
+	if w.host == nil || w.host.set.Degraded() || w.host.set.WIB().Count() != 0 {
+		return
+	}
+	devs := make([]Device, len(w.chunks))
+	for i, c := range w.chunks {
+		devs[i] = &dmConn{c: c, gen: c.gen}
+		c.mu.Lock()
+		up := c.up()
+		c.mu.Unlock()
+		if !up {
+			return
+		}
+	}
+	w.verify("the whole, clean set", devs)
+}
+
+func (w *dmWorld) verify(what string, devs []Device) {
+	ctx := context.Background()
+	var bad []int64
+	var err error
+	if w.cfg.k > 0 {
+		bad, err = VerifyEC(ctx, devs, w.cfg.k, w.cfg.m, 4096, nil)
+	} else {
+		bad, err = VerifyMirror(ctx, devs, dmRegion, nil)
+	}
+	if err != nil {
+		w.t.Errorf("%s: verify: %v", what, err)
+	} else if len(bad) > 0 {
+		w.t.Errorf("%s: members disagree at %v", what, bad)
+	}
+}
+
+// checkTotalCrash: on a copy of the cluster, every machine loses power, a
+// new host attaches after the unclean stop and resyncs; every block must
+// hold a value that may survive, and the members must agree.
+func (w *dmWorld) checkTotalCrash(step int) {
+	ctx := context.Background()
+	chunks := make([]*dmChunk, len(w.chunks))
+	for i, c := range w.chunks {
+		c.mu.Lock()
+		state, err := c.log.MarshalBinary()
+		nc := &dmChunk{mem: bytes.Clone(c.durable), durable: bytes.Clone(c.durable), powered: true, reachable: true}
+		c.mu.Unlock()
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		lg, err := bitmap.NewLog(bitmap.LogConfig{Size: dmSize, RegionSize: dmRegion, Period: dmPeriod, Clock: func() time.Time { return w.now }})
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		if err := lg.UnmarshalBinary(state); err != nil {
+			w.t.Fatal(err)
+		}
+		lg.Pin()
+		nc.log = lg
+		chunks[i] = nc
+	}
+	var mu sync.Mutex
+	w.metaMu.Lock()
+	recorded := slices.Clone(w.recorded)
+	w.metaMu.Unlock()
+	h := w.attach(chunks, recorded, true, &mu)
+	if h == nil {
+		w.t.Errorf("after every machine lost power no attach is possible: recorded %v", recorded)
+		return
+	}
+	defer h.set.Close()
+	for i, st := range h.set.States() {
+		if st == Failed { // recorded as not in sync: rejoins through the resync
+			if err := h.set.Rejoin(i, chunks[i].conn()); err != nil {
+				w.t.Errorf("after every machine lost power: rejoin %d: %v", i, err)
+				return
+			}
+		}
+	}
+	// The EC write hole: a stripe the dead host may have been writing
+	// (its region in some LOG) whose data unit is on a member that missed
+	// writes cannot be rebuilt, since its parity may be stale. EC refuses
+	// such units (ErrUnrecoverable) instead of reconstructing garbage; what
+	// it does return must still be right.
+	hole := false
+	if _, err := h.set.Resync(ctx, nil); err != nil {
+		if w.cfg.k == 0 || !errors.Is(err, ErrUnrecoverable) || !slices.Contains(recorded, true) {
+			w.t.Errorf("after every machine lost power: resync: %v", err)
+			return
+		}
+		hole = true
+	}
+	quiesce(h.set)
+	if hole {
+		p := make([]byte, dmBlock)
+		for b := range w.durable {
+			err := h.set.ReadAt(ctx, p, int64(b)*dmBlock)
+			switch {
+			case errors.Is(err, ErrUnrecoverable):
+			case err != nil:
+				w.t.Errorf("after every machine lost power (EC write hole): read block %d: %v", b, err)
+			default:
+				w.checkBlock("after every machine lost power (EC write hole)", b, p, w.durable[b])
+			}
+		}
+		return
+	}
+	if h.set.Degraded() {
+		w.t.Errorf("after every machine lost power: states %v after the resync", h.set.States())
+		return
+	}
+	p := make([]byte, dmBlock)
+	for b := range w.durable {
+		if err := h.set.ReadAt(ctx, p, int64(b)*dmBlock); err != nil {
+			w.t.Errorf("after every machine lost power: read block %d: %v", b, err)
+			continue
+		}
+		w.checkBlock("after every machine lost power", b, p, w.durable[b])
+	}
+	devs := make([]Device, len(chunks))
+	for i, c := range chunks {
+		devs[i] = c.conn()
+	}
+	w.verify("after every machine lost power and the resync", devs)
+}
