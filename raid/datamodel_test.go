@@ -251,6 +251,9 @@ func (w *dmWorld) setSize() int64 {
 	return dmSize
 }
 
+// logUnit is the set bytes one LOG bit stands for (k member regions for EC).
+func (w *dmWorld) logUnit() int64 { return dmRegion * int64(max(w.cfg.k, 1)) }
+
 func (w *dmWorld) logf(format string, args ...any) {
 	w.trace = append(w.trace, fmt.Sprintf(format, args...))
 }
@@ -297,16 +300,12 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 	if usable < need {
 		return nil
 	}
-	wib, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: w.setSizeFor(), RegionSize: dmRegion})
+	wib, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: w.setSize(), RegionSize: dmRegion})
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	unit := int64(dmRegion)
-	if w.cfg.k > 0 {
-		unit *= int64(w.cfg.k)
-	}
 	mergeLog := func(c *dmChunk) {
-		if err := wib.Merge(c.log.Snapshot(), unit); err != nil {
+		if err := wib.Merge(c.log.Snapshot(), w.logUnit()); err != nil {
 			w.t.Fatal(err)
 		}
 	}
@@ -401,8 +400,6 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 	metaMu.Unlock()
 	return h
 }
-
-func (w *dmWorld) setSizeFor() int64 { return w.setSize() }
 
 // quiesce waits until the set's hooks have run.
 func quiesce(s Set) {
@@ -521,11 +518,7 @@ func (w *dmWorld) step(step int) {
 		w.logf("%d member %d back", step, i)
 		if w.host != nil && w.host.set.States()[i] == Failed {
 			if w.host.needLog[i] {
-				unit := int64(dmRegion)
-				if w.cfg.k > 0 {
-					unit *= int64(w.cfg.k)
-				}
-				if err := w.host.set.WIB().Merge(c.log.Snapshot(), unit); err != nil {
+				if err := w.host.set.WIB().Merge(c.log.Snapshot(), w.logUnit()); err != nil {
 					w.t.Fatal(err)
 				}
 				w.host.needLog[i] = false

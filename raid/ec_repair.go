@@ -233,7 +233,7 @@ func (e *EC) Rejoin(i int, d Device) error {
 	e.join.Lock()
 	e.mu.Lock()
 	cur := e.view.Load()
-	conn, st, err := e.mu.h.rejoin(i)
+	conn, err := e.mu.h.rejoin(i)
 	if err != nil {
 		e.mu.Unlock()
 		e.join.Unlock()
@@ -243,20 +243,14 @@ func (e *EC) Rejoin(i int, d Device) error {
 	nv.devs[i] = d
 	nv.gen[i] = conn
 	nv.failed &^= 1 << i
-	if st == Resyncing {
-		nv.resyncing |= 1 << i
-	}
+	nv.resyncing |= 1 << i
 	e.view.Store(nv)
 	e.hooks.pumpLocked()
 	e.mu.Unlock()
 	e.join.Unlock()
-	if st == InSync {
-		e.log.Warn("ec member rejoined in sync: fewer than k members were in sync and it missed no acknowledged write", "member", i)
-	} else {
-		e.log.Info("ec member rejoined; resyncing", "member", i)
-	}
+	e.log.Info("ec member rejoined; resyncing", "member", i)
 	if e.onChange != nil {
-		e.onChange(i, st, nil)
+		e.onChange(i, Resyncing, nil)
 	}
 	return nil
 }

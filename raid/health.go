@@ -138,22 +138,22 @@ func (h *health) fail(i int, conn uint64, err error) bool {
 }
 
 // rejoin makes Failed member i Resyncing with a new connection and returns
-// the connection's generation and its new state (Resyncing).
+// the connection's generation.
 //
 // A member that missed nothing (the last copy) could become InSync at once
 // when no member is InSync; that is not done yet: such a set waits for the
 // next attach, which trusts the member (see untrusted).
-func (h *health) rejoin(i int) (uint64, MemberState, error) {
+func (h *health) rejoin(i int) (uint64, error) {
 	if i < 0 || i >= len(h.state) {
-		return 0, 0, fmt.Errorf("raid: member %d out of range [0, %d)", i, len(h.state))
+		return 0, fmt.Errorf("raid: member %d out of range [0, %d)", i, len(h.state))
 	}
 	if h.state[i] != Failed {
-		return 0, 0, fmt.Errorf("raid: member %d is %v, not failed", i, h.state[i])
+		return 0, fmt.Errorf("raid: member %d is %v, not failed", i, h.state[i])
 	}
 	h.conn[i]++
 	h.errs[i] = nil
 	h.state[i] = Resyncing
-	return h.conn[i], Resyncing, nil
+	return h.conn[i], nil
 }
 
 // inSync counts the InSync members.

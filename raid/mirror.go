@@ -371,7 +371,7 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 // regions stay dirty until a flush of every member (Flush), FUA or not; a
 // region that may differ is so always in the WIB until every member holds
 // it durably.
-func (m *Mirror) write(ctx context.Context, off, n int64, durable bool, op func(ctx context.Context, d Device) error) error {
+func (m *Mirror) write(ctx context.Context, off, n int64, op func(ctx context.Context, d Device) error) error {
 	if err := m.check(off, n); err != nil {
 		return err
 	}
@@ -434,12 +434,12 @@ func (m *Mirror) ClearClean() int64 {
 
 // WriteAt writes p to every usable member in parallel.
 func (m *Mirror) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	return m.write(ctx, off, int64(len(p)), fua, func(ctx context.Context, d Device) error { return d.WriteAt(ctx, p, off, fua) })
+	return m.write(ctx, off, int64(len(p)), func(ctx context.Context, d Device) error { return d.WriteAt(ctx, p, off, fua) })
 }
 
 // Trim deallocates a range on every usable member.
 func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
-	return m.write(ctx, off, length, false, func(ctx context.Context, d Device) error { return d.Trim(ctx, off, length) })
+	return m.write(ctx, off, length, func(ctx context.Context, d Device) error { return d.Trim(ctx, off, length) })
 }
 
 // Flush flushes every usable member. A member whose flush fails is failed:
@@ -476,21 +476,16 @@ func (m *Mirror) Rejoin(i int, d Device) error {
 	m.join.Lock()
 	defer m.join.Unlock()
 	m.mu.Lock()
-	_, st, err := m.mu.h.rejoin(i)
-	if err != nil {
+	if _, err := m.mu.h.rejoin(i); err != nil {
 		m.mu.Unlock()
 		return err
 	}
 	m.mu.members[i] = d
 	m.hooks.pumpLocked()
 	m.mu.Unlock()
-	if st == InSync {
-		m.log.Warn("mirror member rejoined in sync: no in-sync member was left and it missed no acknowledged write", "member", i)
-	} else {
-		m.log.Info("mirror member rejoined; resyncing", "member", i)
-	}
+	m.log.Info("mirror member rejoined; resyncing", "member", i)
 	if m.onChange != nil {
-		m.onChange(i, st, nil)
+		m.onChange(i, Resyncing, nil)
 	}
 	return nil
 }
