@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -481,5 +482,64 @@ func truncateFile(t *testing.T, fsys vfs.FS, name string, size int64) {
 	defer f.Close()
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSyncWaitsForSyncInProgress: a Sync must not return before the
+// writes its caller saw complete are durable, even when another Sync's
+// fdatasync is already running. Two writes complete; one caller's Sync
+// starts and its fdatasync is held before it reaches the file; the other
+// caller syncs meanwhile. When that second Sync returns, a power loss must
+// keep both writes.
+func TestSyncWaitsForSyncInProgress(t *testing.T) {
+	mem := vfs.NewMem()
+	hold, held := make(chan struct{}), make(chan struct{})
+	var armed atomic.Bool
+	efs := vfs.NewErrorFS(mem, nil)
+	s := openFS(t, efs, nil)
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := bytes.Repeat([]byte{0xa}, 4096), bytes.Repeat([]byte{0xb}, 4096)
+	if err := c.WriteAt(a, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt(b, 8192); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	efs.SetInjector(vfs.InjectorFunc(func(op vfs.Op, path string) error {
+		if op == vfs.OpSync && strings.HasSuffix(path, "c1"+suffixData) && armed.CompareAndSwap(true, false) {
+			close(held)
+			<-hold
+		}
+		return nil
+	}))
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- c.Sync() }()
+	<-held // the first fdatasync has started and not yet reached the file
+
+	second := make(chan *vfs.MemFS, 1)
+	go func() {
+		if err := c.Sync(); err != nil {
+			t.Error(err)
+		}
+		second <- mem.CrashClone() // the power fails the moment it returns
+	}()
+	var crashed *vfs.MemFS
+	select {
+	case crashed = <-second:
+		close(hold)
+	case <-time.After(200 * time.Millisecond): // it waits, as it should
+		close(hold)
+		crashed = <-second
+	}
+	if err := <-firstDone; err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, crashed, memDir+"/c1"+suffixData)
+	if !bytes.Equal(got[8192:8192+4096], b) {
+		t.Fatal("a Sync returned while another Sync's fdatasync was in progress, and its caller's write was lost by the power loss")
 	}
 }

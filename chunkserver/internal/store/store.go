@@ -309,6 +309,9 @@ func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 		id: h.ID, size: h.Size, created: h.Created, f: f, lg: log, fs: s.fs, log: s.log,
 		metaPath: s.metaPath(h.ID), failedPath: s.failedPath(h.ID), dir: s.dir, writeSidecar: s.cfg.WriteSidecar,
 	}
+	// The file may hold writes of an earlier process that never reached
+	// the disk (a kill keeps the page cache): the first Sync syncs.
+	c.written.Store(1)
 	c.minEpoch.Store(h.MinEpoch)
 	return c
 }
@@ -573,10 +576,16 @@ type Chunk struct {
 	failed   atomic.Bool
 	// failReason is the durability error that failed the chunk.
 	failReason atomic.Pointer[error]
-	// dirty is set after a data write, trim or write-zeroes reached the
-	// file, and cleared when a sync starts: a rotation syncs before it
-	// forgets only if it is set.
-	dirty atomic.Bool
+	// written counts the data writes, trims and write-zeroes that reached
+	// the file. A sync covers the count it read before its fdatasync
+	// started; a Sync whose caller's changes are not covered by a finished
+	// fdatasync runs one of its own (never returns early because another
+	// sync is in progress).
+	written atomic.Uint64
+	// syncMu serializes fdatasyncs of the data file; it guards synced, the
+	// value of written that the last successful fdatasync covers.
+	syncMu sync.Mutex
+	synced uint64
 
 	// ioMu keeps the data file open while an operation uses it: every I/O
 	// path holds it for reading, close holds it for writing, so a Delete
@@ -834,14 +843,12 @@ func (c *Chunk) RotateLog(now time.Time) error {
 	}
 	// The bits this rotation may forget were set at least one period
 	// ago, by writes that have completed since (t_io ≪ T): the sync
-	// covers them.
-	if c.dirty.Load() {
-		if err := c.Sync(); err != nil {
-			if errors.Is(err, ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("syncing before a LOG rotation: %w", err)
+	// covers them (and costs nothing when a finished one already did).
+	if err := c.Sync(); err != nil {
+		if errors.Is(err, ErrClosed) {
+			return nil
 		}
+		return fmt.Errorf("syncing before a LOG rotation: %w", err)
 	}
 	pinned := c.lg.Pinned()
 	before := c.lg.Snapshot()
@@ -875,12 +882,9 @@ func (c *Chunk) check(off, n int64) error {
 	return nil
 }
 
-// setDirty records that data reached the file since the last sync.
-func (c *Chunk) setDirty() {
-	if !c.dirty.Load() {
-		c.dirty.Store(true)
-	}
-}
+// setDirty records that a change reached the file: the next Sync must
+// cover it.
+func (c *Chunk) setDirty() { c.written.Add(1) }
 
 // ReadAt reads len(p) bytes at off; holes read as zeroes.
 func (c *Chunk) ReadAt(p []byte, off int64) error {
@@ -929,15 +933,24 @@ func (c *Chunk) Sync() error {
 	if err := c.check(0, 0); err != nil {
 		return err
 	}
-	if !c.dirty.Load() {
+	// Every change the caller saw complete is counted in want. An
+	// fdatasync that was already running when they completed may not
+	// cover them: wait for it, then run one that does unless a later one
+	// already has.
+	want := c.written.Load()
+	c.syncMu.Lock()
+	defer c.syncMu.Unlock()
+	if c.synced >= want {
 		return nil
 	}
-	// Cleared before the sync starts: a write that completes during it
-	// sets it again.
-	c.dirty.Store(false)
+	if c.failed.Load() {
+		return ErrChunkFailed
+	}
+	covers := c.written.Load()
 	if err := c.f.Sync(); err != nil {
 		return c.fail(fmt.Errorf("fdatasync: %w", err), false)
 	}
+	c.synced = covers
 	return nil
 }
 
