@@ -13,6 +13,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/localcluster"
 	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/pglocal"
 )
 
 type demoOptions struct {
@@ -36,14 +37,7 @@ the directory to start fresh.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if do.clean {
-				if err := os.RemoveAll(do.dir); err != nil {
-					return err
-				}
-				if err := os.RemoveAll(localcluster.WIBRoot(do.dir)); err != nil {
-					return err
-				}
-				fmt.Fprintf(o.out, "removed %s and its write-intent bitmaps\n", do.dir)
-				return nil
+				return cleanDemo(cmd.Context(), o, do.dir)
 			}
 			return runDemo(cmd.Context(), o, do)
 		},
@@ -52,10 +46,10 @@ the directory to start fresh.`,
 	f.StringVar(&do.dir, "dir", ".demo", "state directory (reused across runs)")
 	f.StringVar(&do.chunkSize, "chunk-size", "10GiB", "chunk size when the cluster is first created")
 	f.StringVar(&do.volSize, "volume-size", "20GiB", "size of the demo volume")
-	f.IntVar(&do.metaPort, "meta-port", 8080, "metaserver HTTP port")
-	f.IntVar(&do.iscsiPort, "iscsi-port", 3260, "hostd iSCSI port")
-	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow (control ports: +100)")
-	f.BoolVar(&do.clean, "clean", false, "delete the demo's state (the directory and its write-intent bitmaps) and exit")
+	f.IntVar(&do.metaPort, "meta-port", 8080, "metaserver HTTP port (0: a free one)")
+	f.IntVar(&do.iscsiPort, "iscsi-port", 3260, "hostd iSCSI port (0: a free one)")
+	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow (control ports: +100; 0: free ones)")
+	f.BoolVar(&do.clean, "clean", false, "delete the demo's state (the directory, its PostgreSQL directory and its write-intent bitmaps) and exit")
 	return cmd
 }
 
@@ -69,9 +63,13 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	fmt.Fprintf(o.out, "Starting a local chunkraid cluster in %s ...\n", do.dir)
+	pgDir, err := demoPGDir(do.dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(o.out, "Starting a local chunkraid cluster in %s (PostgreSQL in %s) ...\n", do.dir, pgDir)
 	c, err := localcluster.Start(ctx, localcluster.Options{
-		Dir: do.dir, ChunkSize: chunkSize,
+		Dir: do.dir, PGDir: pgDir, ChunkSize: chunkSize,
 		MetaPort: do.metaPort, ISCSIPort: do.iscsiPort, NBDPort: do.nbdPort,
 		Logger: log,
 	})
@@ -131,10 +129,62 @@ Try it:
   %s volume create db1 --size 1GiB --layout mirror:3 --host %s
 
 Logs: %s
+PostgreSQL: %s
 Press Ctrl-C to stop.
 `, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, url, url, EnvMetaserver, c.MetaURL,
-		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"))
+		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"), pgDir)
 
 	<-ctx.Done()
+	return nil
+}
+
+// demoPGDir returns where the demo in dir keeps PostgreSQL and, when that is
+// under localcluster.DemoPGRoot, makes the root reachable by the postgres
+// user and leaves a note there naming the demo it belongs to.
+func demoPGDir(dir string) (string, error) {
+	pgDir := localcluster.DemoPGDir(dir)
+	if filepath.Dir(pgDir) != localcluster.DemoPGRoot {
+		return pgDir, nil
+	}
+	if err := os.MkdirAll(pgDir, 0o755); err != nil {
+		return "", fmt.Errorf("demo: PostgreSQL directory: %w", err)
+	}
+	if err := os.Chmod(localcluster.DemoPGRoot, 0o755); err != nil {
+		return "", fmt.Errorf("demo: PostgreSQL directory: %w", err)
+	}
+	abs, _ := filepath.Abs(dir)
+	note := fmt.Sprintf("PostgreSQL of the chunkraid demo whose state is in %s.\n"+
+		"`chunkraid demo --dir %s --clean` (make demo-clean) removes it.\n", abs, abs)
+	if err := os.WriteFile(filepath.Join(pgDir, "DEMO"), []byte(note), 0o644); err != nil {
+		return "", fmt.Errorf("demo: PostgreSQL directory: %w", err)
+	}
+	return pgDir, nil
+}
+
+// cleanDemo stops a PostgreSQL server left running for the demo in dir and
+// removes the demo's state: dir, its PostgreSQL directory and its
+// write-intent bitmaps.
+func cleanDemo(ctx context.Context, o *rootOptions, dir string) error {
+	pgDir := localcluster.DemoPGDir(dir)
+	if err := pglocal.StopDir(ctx, pgDir, nil); err != nil && !errors.Is(err, pglocal.ErrNoPostgres) {
+		return fmt.Errorf("demo: stop the PostgreSQL server in %s: %w", pgDir, err)
+	}
+	removed := []string{}
+	for _, d := range []string{dir, localcluster.DemoPGDir(dir), localcluster.WIBRoot(dir)} {
+		if _, err := os.Stat(d); err != nil {
+			continue
+		}
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		removed = append(removed, d)
+	}
+	if len(removed) == 0 {
+		fmt.Fprintf(o.out, "nothing to remove: %s holds no demo\n", dir)
+		return nil
+	}
+	for _, d := range removed {
+		fmt.Fprintf(o.out, "removed %s\n", d)
+	}
 	return nil
 }

@@ -27,6 +27,10 @@ type Options struct {
 	// Dir holds all state: postgres/, chunkservers' data, logs/. Required.
 	// Existing state is reused.
 	Dir string
+	// PGDir is PostgreSQL's directory. Default: Dir/postgres. As root the
+	// server runs as the postgres user, which must be able to reach it
+	// (see DemoPGDir).
+	PGDir string
 	// Binary is the chunkraid binary. Default: this executable.
 	Binary string
 	// Chunkservers is how many chunkservers to run. Default 3.
@@ -92,6 +96,9 @@ func (o *Options) defaults() error {
 			return err
 		}
 	}
+	if o.PGDir == "" {
+		o.PGDir = filepath.Join(o.Dir, "postgres")
+	}
 	if o.Chunkservers == 0 {
 		o.Chunkservers = 3
 	}
@@ -146,8 +153,8 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		}
 	}()
 
-	opt.Logger.Info("starting PostgreSQL", "dir", filepath.Join(opt.Dir, "postgres"))
-	c.PG, err = pglocal.Start(ctx, pglocal.Options{Dir: filepath.Join(opt.Dir, "postgres"), Port: opt.PGPort, Logger: opt.Logger})
+	opt.Logger.Info("starting PostgreSQL", "dir", opt.PGDir)
+	c.PG, err = pglocal.Start(ctx, pglocal.Options{Dir: opt.PGDir, Port: opt.PGPort, Logger: opt.Logger})
 	if err != nil {
 		return c, err
 	}
@@ -265,6 +272,32 @@ func WIBRoot(dir string) string {
 		abs = dir
 	}
 	return filepath.Join("/dev/shm", fmt.Sprintf("chunkraid-%x", fnv64(abs)))
+}
+
+// DemoPGRoot holds, when the demo runs as root, one PostgreSQL directory per
+// demo state directory.
+const DemoPGRoot = "/var/lib/chunkraid-demo"
+
+// DemoPGDir is where the demo whose state lives in dir keeps PostgreSQL.
+// PostgreSQL refuses to run as root, so as root it runs as the postgres
+// user, who must be able to reach its directory; a checkout in /root (mode
+// 0700) or under a mktemp -d directory is out of its reach. So as root the
+// directory is DemoPGRoot/<hash of dir's absolute path> (two checkouts
+// never share one), unless dir/postgres already holds a cluster from an
+// earlier run; otherwise it is dir/postgres.
+func DemoPGDir(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		abs = dir
+	}
+	local := filepath.Join(abs, "postgres")
+	if os.Geteuid() != 0 {
+		return local
+	}
+	if _, err := os.Stat(filepath.Join(local, "data", "PG_VERSION")); err == nil {
+		return local
+	}
+	return filepath.Join(DemoPGRoot, fmt.Sprintf("%016x", fnv64(abs)))
 }
 
 // RemoveWIBs deletes the cluster's write-intent bitmaps from shared memory

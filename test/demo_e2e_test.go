@@ -1,0 +1,135 @@
+package test
+
+import (
+	"bufio"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/localcluster"
+)
+
+// TestDemoFromPrivateDirectory runs `chunkraid demo` as a new user would
+// from a checkout whose parent directory is mode 0700 (a clone in /root, or
+// under mktemp -d): it comes up and serves the demo volume, a second run
+// reuses its state, and --clean removes all of it, PostgreSQL's directory
+// included.
+func TestDemoFromPrivateDirectory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts real processes")
+	}
+	needTools(t, "qemu-io")
+	parent, err := os.MkdirTemp("", "chunkraid-demo-home-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	if err := os.Chmod(parent, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	checkout := filepath.Join(parent, "chunkraid")
+	if err := os.Mkdir(checkout, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(checkout, ".demo")
+	pgDir := localcluster.DemoPGDir(dir)
+	t.Cleanup(func() { exec.Command(binary, "demo", "--dir", dir, "--clean").Run() })
+	if os.Geteuid() == 0 && strings.HasPrefix(pgDir, parent) {
+		t.Fatalf("as root the demo's PostgreSQL directory %s is under the 0700 directory %s", pgDir, parent)
+	}
+
+	out := runDemo(t, checkout, func(printed string) {
+		if !strings.Contains(printed, "Created volume demo") || !strings.Contains(printed, "PostgreSQL: "+pgDir) {
+			t.Errorf("first run printed:\n%s", printed)
+		}
+		url := iscsiURLFrom(t, printed)
+		run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5c 0 1M", url)
+	})
+	t.Logf("first run:\n%s", out)
+	out = runDemo(t, checkout, func(printed string) {
+		if !strings.Contains(printed, "Reusing volume demo") {
+			t.Errorf("second run did not reuse the volume:\n%s", printed)
+		}
+		run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x5c 0 1M", iscsiURLFrom(t, printed))
+	})
+	if !strings.Contains(out, "Every process stopped cleanly") {
+		t.Errorf("second run did not stop cleanly:\n%s", out)
+	}
+
+	clean := run(t, binary, "demo", "--dir", dir, "--clean")
+	for _, d := range []string{dir, pgDir} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("after --clean %s is still there (%v); it printed:\n%s", d, err, clean)
+		}
+	}
+}
+
+// runDemo starts the demo in checkout on free ports, calls use once it
+// printed that it is running, then stops it with SIGINT and returns all it
+// printed.
+func runDemo(t *testing.T, checkout string, use func(printed string)) string {
+	t.Helper()
+	cmd := exec.Command(binary, "demo", "--dir", ".demo", "--meta-port", "0", "--iscsi-port", "0", "--nbd-port", "0",
+		"--chunk-size", "64MiB", "--volume-size", "128MiB")
+	cmd.Dir = checkout
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var printed strings.Builder
+	deadline := time.After(2 * time.Minute)
+	ready := false
+	for !ready {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				cmd.Wait()
+				t.Fatalf("the demo exited before it was running:\n%s", printed.String())
+			}
+			printed.WriteString(l + "\n")
+			ready = strings.HasPrefix(l, "Press Ctrl-C")
+		case <-deadline:
+			cmd.Process.Kill()
+			t.Fatalf("the demo was not running after 2 minutes:\n%s", printed.String())
+		}
+	}
+	use(printed.String())
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { err := cmd.Wait(); pw.Close(); done <- err }()
+	for l := range lines {
+		printed.WriteString(l + "\n")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the demo exited with %v:\n%s", err, printed.String())
+	}
+	return printed.String()
+}
+
+// iscsiURLFrom returns the demo volume's iSCSI URL from what the demo printed.
+func iscsiURLFrom(t *testing.T, printed string) string {
+	t.Helper()
+	for _, l := range strings.Split(printed, "\n") {
+		if f := strings.TrimSpace(l); strings.HasPrefix(f, "iscsi://") {
+			return f
+		}
+	}
+	t.Fatalf("no iSCSI URL in:\n%s", printed)
+	return ""
+}
