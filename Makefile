@@ -8,6 +8,8 @@
 GO       ?= go
 BIN      := bin/chunkraid
 FUZZTIME ?= 30s
+# staticcheck, pinned; run with go run so that nothing is installed by hand.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the demo and the tests need (real peers: PostgreSQL, the
 # libiscsi and QEMU iSCSI clients, NBD clients and reference servers, fio).
 PKGS     := postgresql libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin nbdkit tgt
@@ -36,9 +38,12 @@ demo: deps build
 demo-clean: build
 	./$(BIN) demo --dir .demo --clean
 
+# vet: go vet, gofmt, a tidy module and staticcheck (staticcheck.conf).
 vet:
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1)
+	@$(GO) mod tidy -diff >/dev/null || (echo "go.mod or go.sum is not tidy: run go mod tidy"; exit 1)
+	$(GO) run $(STATICCHECK) ./...
 
 # test runs everything: unit tests (with the race detector), the metaserver
 # against a private PostgreSQL, and the end-to-end tests that start real

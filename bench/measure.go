@@ -93,24 +93,6 @@ func (r *Runner) logFigures(fs ...*Figure) {
 	}
 }
 
-// measure runs ours and ref alternately, Runs times each, for a figure of
-// one metric.
-func (r *Runner) measure(ctx context.Context, f *Figure, ours, ref func(context.Context) (float64, error)) error {
-	r.add(f)
-	one := func(run func(context.Context) (float64, error)) func(context.Context) ([]float64, error) {
-		return func(ctx context.Context) ([]float64, error) {
-			v, err := run(ctx)
-			return []float64{v}, err
-		}
-	}
-	err := r.alternate(ctx, f.Title(), []*side{
-		{name: f.Ours, run: one(ours), dst: [][]*[]float64{{&f.OurSamples}}, figs: []*Figure{f}},
-		{name: f.Reference, run: one(ref), dst: [][]*[]float64{{&f.RefSamples}}, figs: []*Figure{f}},
-	})
-	r.logFigures(f)
-	return err
-}
-
 func iopsFigure(group, name, ours, ref string, target float64) *Figure {
 	return &Figure{Group: group, Name: name, Ours: ours, Reference: ref, Metric: "IOPS", Unit: "IOPS",
 		Direction: HigherIsBetter, Target: target}

@@ -443,7 +443,7 @@ func (w *WIB) ResyncStart(region int64) ResyncTicket {
 	}
 }
 
-// ResyncDone: see ResyncStart. It reports whether the region no longer
+// ResyncDone ends the copy that ResyncStart began (see there). It reports whether the region no longer
 // needs a resync.
 func (w *WIB) ResyncDone(t ResyncTicket) bool {
 	if t.region < 0 || t.region >= w.regions {

@@ -532,7 +532,7 @@ func TestWIBReopenRefused(t *testing.T) {
 				t.Fatalf("OpenWIB = %#v, want a *HeaderError for field %q and the file's path", err, tt.field)
 			}
 			// The refused file is left alone, and the lock was released.
-			w, err = OpenWIB(cfg)
+			_, err = OpenWIB(cfg)
 			if err == nil || errors.Is(err, ErrLocked) {
 				t.Fatalf("second OpenWIB = %v, want the same refusal", err)
 			}

@@ -207,16 +207,6 @@ func readDataInto(r io.Reader, p []byte, n int) error {
 	return err
 }
 
-// discardData skips a data segment of n bytes and its padding.
-func discardData(r io.Reader, n int) error {
-	total := int64(n + padLen(n))
-	m, err := io.CopyN(io.Discard, r, total)
-	if err == nil && m != total {
-		err = io.ErrUnexpectedEOF
-	}
-	return err
-}
-
 // cdbFromAHS returns the full CDB of a SCSI Command: the 16 bytes of the BHS
 // followed by an Extended CDB AHS when one is present.
 //

@@ -167,8 +167,12 @@ func TestLegacyReservation(t *testing.T) {
 	const a, b = "iqn.a,i,0x000000000001", "iqn.b,i,0x000000000002"
 	st := func(n string, cdb []byte) uint8 { return runAs(t, lu, n, cdb, nil).status }
 	tur := []byte{0, 0, 0, 0, 0, 0}
-	if st(a, []byte{0x16, 0, 0, 0, 0, 0}) != statusGood || st(a, []byte{0x16, 0, 0, 0, 0, 0}) != statusGood {
-		t.Fatal("RESERVE(6) and its repetition by the holder")
+	reserve6 := []byte{0x16, 0, 0, 0, 0, 0}
+	if st(a, reserve6) != statusGood {
+		t.Fatal("RESERVE(6)")
+	}
+	if st(a, reserve6) != statusGood {
+		t.Fatal("RESERVE(6) repeated by the holder")
 	}
 	if st(b, []byte{0x16, 0, 0, 0, 0, 0}) != statusReservationConflict || st(b, tur) != statusReservationConflict {
 		t.Error("another nexus is not blocked")

@@ -173,7 +173,7 @@ func (s *session) serve(ctx context.Context) {
 	switch {
 	case errors.Is(err, errLogout):
 		s.log.Info("iscsi logout", "tsih", s.tsih)
-	case err != nil && !isDisconnect(err):
+	case !isDisconnect(err): // readLoop returns only on an error
 		s.log.Warn("iscsi connection closed on error", "tsih", s.tsih, "err", err)
 	default:
 		s.log.Info("iscsi connection closed", "tsih", s.tsih)

@@ -99,8 +99,8 @@ func (e ExportName) ValidToken(secretHex string) bool {
 	return hmac.Equal([]byte(want), []byte(e.Token))
 }
 
-// Chunkserver control API (HTTP, on the chunkserver's control address).
-// Every request carries the same credentials as an export: chunk (in the
+// ControlRequest is the body of a call to the chunkserver control API
+// (HTTP, on the chunkserver's control address). Every request carries the same credentials as an export: chunk (in the
 // path), host, epoch and token.
 //
 //	POST /v1/chunks/{chunk}/fence   ControlRequest → ControlResponse
