@@ -5,6 +5,7 @@
 #   make fuzz    run every fuzz target for FUZZTIME each
 #   make bench   chunkraid against nbdkit and tgtd, every layout, bitmap modes, resync (bench/results/latest.{md,json}); make bench-go: Go benchmarks
 
+SHELL    := /bin/bash
 GO       ?= go
 BIN      := bin/chunkraid
 FUZZTIME ?= 30s
@@ -47,9 +48,10 @@ vet:
 
 # test runs everything: unit tests (with the race detector), the metaserver
 # against a private PostgreSQL, and the end-to-end tests that start real
-# processes and drive them with real clients.
+# processes and drive them with real clients. testreport prints what go test
+# would, then the ten slowest tests; pipefail keeps go test's exit status.
 test: deps build vet
-	CHUNKRAID_ISCSI_FULL=1 $(GO) test -race -count=1 -timeout 15m ./...
+	set -o pipefail; CHUNKRAID_ISCSI_FULL=1 $(GO) test -json -race -count=1 -timeout 15m ./... | $(GO) run ./internal/testreport
 
 test-unit: build
 	$(GO) test -race -count=1 -short ./...

@@ -21,6 +21,9 @@ import (
 
 func needToolsT(t *testing.T, names ...string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real process: not in -short (make test runs it)")
+	}
 	if err := needTools(names...); err != nil {
 		t.Fatal(err)
 	}

@@ -271,6 +271,9 @@ func sameInts(a, b []int) bool {
 // tool finds a client binary; a missing one fails the test.
 func tool(t *testing.T, name string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real process: not in -short (make test runs it)")
+	}
 	p, err := exec.LookPath(name)
 	if err != nil {
 		t.Fatalf("%s not found: run make deps", name)

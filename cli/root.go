@@ -6,9 +6,12 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -95,8 +98,36 @@ func Main() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := NewRoot().ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "chunkraid:", err)
+		fmt.Fprintln(os.Stderr, "chunkraid:", explain(err))
 		return 1
 	}
 	return 0
+}
+
+// explain turns a failure to reach a server into one line that names the
+// URL tried and how to point the CLI elsewhere; other errors pass as they
+// are.
+func explain(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	var oe *net.OpError
+	var dns *net.DNSError
+	var cause error
+	switch {
+	case errors.As(err, &dns):
+		cause = dns
+	case errors.As(err, &oe) && oe.Op == "dial":
+		cause = oe.Err
+	case ue.Timeout():
+		cause = errors.New("no answer in time")
+	default:
+		return err
+	}
+	base := ue.URL
+	if u, perr := url.Parse(ue.URL); perr == nil {
+		base = u.Scheme + "://" + u.Host
+	}
+	return fmt.Errorf("cannot reach the metaserver at %s (%v): is it running? Set its URL with --metaserver or %s", base, cause, EnvMetaserver)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -31,6 +32,10 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		return m.Run() // the tests that need PostgreSQL skip (newSchema)
+	}
 	if u := os.Getenv("CHUNKRAID_TEST_DATABASE_URL"); u != "" {
 		testDatabaseURL = u
 		return m.Run()
@@ -56,6 +61,9 @@ func runTests(m *testing.M) int {
 // and returns a database URL whose search_path selects it.
 func newSchema(t *testing.T) string {
 	t.Helper()
+	if testDatabaseURL == "" {
+		t.Skip("starts PostgreSQL: not in -short (make test runs it)")
+	}
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	schema := "t_" + hex.EncodeToString(b[:])

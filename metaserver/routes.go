@@ -311,7 +311,7 @@ func (s *Server) attachVolume(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.Host == "" {
-		s.writeError(w, r, invalid("host is required: name a registered host (see GET /api/v1/hosts)"))
+		s.writeError(w, r, invalid("host is required: name a registered host (chunkraid host list shows them)"))
 		return
 	}
 	name := chi.URLParam(r, "name")

@@ -169,7 +169,7 @@ func (st *store) loadVolume(ctx context.Context, q querier, f volumeFilter) (*ap
 func hostID(ctx context.Context, q querier, name string) (int64, error) {
 	var id int64
 	if err := q.QueryRow(ctx, `SELECT id FROM hosts WHERE name = $1`, name).Scan(&id); err != nil {
-		return 0, notFound(err, "host %q is not registered: see GET /api/v1/hosts", name)
+		return 0, notFound(err, "host %q is not registered (chunkraid host list shows the registered hosts)", name)
 	}
 	return id, nil
 }

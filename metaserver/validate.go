@@ -127,7 +127,7 @@ func validateCreateVolume(req *api.CreateVolumeRequest) (api.Layout, error) {
 			api.BitmapInternal, l, api.BitmapRemb, api.BitmapNone)
 	}
 	if req.Host != "" && !serverNameRE.MatchString(req.Host) {
-		return api.Layout{}, invalid("invalid host name %q: see GET /api/v1/hosts for the registered hosts", req.Host)
+		return api.Layout{}, invalid("invalid host name %q (chunkraid host list shows the registered hosts)", req.Host)
 	}
 	return l, nil
 }

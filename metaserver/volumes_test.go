@@ -169,7 +169,7 @@ func TestVolumeValidation(t *testing.T) {
 		{name: "duplicate name", req: api.CreateVolumeRequest{Name: "taken", SizeBytes: 4096, Layout: "mirror:3"}, code: api.CodeAlreadyExists, status: 409,
 			message: `volume "taken" already exists: choose another name or delete it first`},
 		{name: "unknown host", req: api.CreateVolumeRequest{Name: "v", SizeBytes: 4096, Layout: "mirror:2", Host: "nohost"}, code: api.CodeNotFound, status: 404,
-			message: `host "nohost" is not registered: see GET /api/v1/hosts`},
+			message: `host "nohost" is not registered (chunkraid host list shows the registered hosts)`},
 		{name: "invalid host", req: api.CreateVolumeRequest{Name: "v", SizeBytes: 4096, Layout: "mirror:2", Host: "no host"}, code: api.CodeInvalidArgument, status: 400},
 	}
 	for _, tt := range tests {

@@ -31,6 +31,9 @@ func testDir(t *testing.T) string {
 
 func start(t *testing.T, dir string) *Server {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts PostgreSQL: not in -short (make test runs it)")
+	}
 	s, err := Start(t.Context(), Options{Dir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -219,6 +222,9 @@ func TestCheckTraversable(t *testing.T) {
 }
 
 func TestStartTempReapsDeadOwners(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts PostgreSQL: not in -short (make test runs it)")
+	}
 	prefix := "pglocal-reap-test-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	s1, err := StartTemp(t.Context(), prefix, nil)
 	if err != nil {

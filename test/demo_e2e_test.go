@@ -20,9 +20,6 @@ import (
 // reuses its state, and --clean removes all of it, PostgreSQL's directory
 // included.
 func TestDemoFromPrivateDirectory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts real processes")
-	}
 	needTools(t, "qemu-io")
 	parent, err := os.MkdirTemp("", "chunkraid-demo-home-")
 	if err != nil {

@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,12 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// Every test here starts real processes, except a few that need
+		// no binary: they run, the others skip.
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "chunkraid-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -38,6 +45,9 @@ func TestMain(m *testing.M) {
 // needTools fails the test if a real client is missing.
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real process: not in -short (make test runs it)")
+	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not found: run make deps", tool)

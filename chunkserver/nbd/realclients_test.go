@@ -18,6 +18,9 @@ import (
 
 func tool(t *testing.T, name string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a real process: not in -short (make test runs it)")
+	}
 	p, err := exec.LookPath(name)
 	if err != nil {
 		t.Fatalf("%s not found: run make deps", name)
