@@ -90,6 +90,12 @@ bench-go:
 bench-profile: deps
 	$(GO) run ./bench/run -profile $(BENCH_FLAGS)
 
+# conformance: libiscsi's whole suite without digests against our target and
+# against tgtd in one run, side by side (make test runs it once, with digests).
+.PHONY: conformance
+conformance: deps
+	CHUNKRAID_ISCSI_REFERENCE=1 $(GO) test -count=1 -run '^TestConformanceWholeSuite$$' -v -timeout 30m ./hostd/iscsi
+
 # bench-iscsi: the iSCSI target alone over memory against tgtd (qemu-img bench).
 bench-iscsi: deps
 	CHUNKRAID_BENCH=1 $(GO) test -count=1 -run TestBenchVersusTgtd -v ./hostd/iscsi
