@@ -67,7 +67,7 @@ chunkserver of its own fault domain, so ec:4+2 needs 6 of them online.
 			if err != nil {
 				return err
 			}
-			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v) })
+			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v, false) })
 		},
 	}
 	cmd.Flags().StringVar(&vo.size, "size", "", "size, a multiple of 4KiB, e.g. 20GiB (required)")
@@ -102,24 +102,35 @@ func newVolumeListCmd(o *rootOptions) *cobra.Command {
 }
 
 func newVolumeShowCmd(o *rootOptions) *cobra.Command {
-	return &cobra.Command{
+	var allSets bool
+	cmd := &cobra.Command{
 		Use:   "show NAME",
 		Short: "Show a volume with its sets and members",
-		Args:  exactArgs(1, "NAME"),
+		Long: `Show a volume with its sets and members. A volume of more than a few
+sets is summarised: counts of sets by state, and only the sets that are not
+healthy; --sets lists every set.`,
+		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			v, err := o.client().GetVolume(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
-			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v) })
+			return o.print(v, func(w *tabwriter.Writer) { printVolume(w, v, allSets) })
 		},
 	}
+	cmd.Flags().BoolVar(&allSets, "sets", false, "list every set, not only the ones that are not healthy")
+	return cmd
 }
+
+// summarizeAbove is the number of sets above which volume show lists only
+// the sets that are not healthy (unless --sets).
+const summarizeAbove = 8
 
 // printVolume prints a volume with one line per member: the set's dirty
 // bytes on its first member's line, each member's state, since when, and
-// resync progress or the error that degraded it.
-func printVolume(w *tabwriter.Writer, v *api.Volume) {
+// resync progress or the error that degraded it. Unless allSets, a volume of
+// many sets shows counts by set state and only the sets not healthy.
+func printVolume(w *tabwriter.Writer, v *api.Volume, allSets bool) {
 	fmt.Fprintf(w, "Name:\t%s\n", v.Name)
 	fmt.Fprintf(w, "Size:\t%s (%d bytes)\n", formatSize(v.SizeBytes), v.SizeBytes)
 	fmt.Fprintf(w, "Layout:\t%s\n", describeLayout(v))
@@ -139,9 +150,25 @@ func printVolume(w *tabwriter.Writer, v *api.Volume) {
 	fmt.Fprintf(w, "IQN:\t%s\n", v.IQN)
 	printAuth(w, v.Auth)
 	fmt.Fprintf(w, "Created:\t%s\n", v.CreatedAt.Format(time.RFC3339))
-	fmt.Fprintln(w)
+	sets := v.Sets
+	if !allSets && len(sets) > summarizeAbove {
+		fmt.Fprintf(w, "Sets:\t%s\n", setSummary(v.Sets))
+		sets = nil
+		for _, s := range v.Sets {
+			if setState(s) != setHealthy {
+				sets = append(sets, s)
+			}
+		}
+		if len(sets) == 0 {
+			fmt.Fprintf(w, "\nEvery set is healthy (--sets lists all %d).\n", len(v.Sets))
+			return
+		}
+		fmt.Fprintf(w, "\nThe %d sets that are not healthy (--sets lists all %d):\n", len(sets), len(v.Sets))
+	} else {
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintln(w, "SET\tDIRTY\tMEMBER\tCHUNKSERVER\tCHUNK\tSINCE\tSTATE")
-	for _, s := range v.Sets {
+	for _, s := range sets {
 		dirty := formatSize(s.DirtyBytes)
 		if len(s.Members) == 0 {
 			fmt.Fprintf(w, "%d\t%s\t-\t-\t-\t-\tno members\n", s.Index, dirty)
@@ -189,7 +216,7 @@ func newVolumeAttachCmd(o *rootOptions) *cobra.Command {
 			}
 			return o.print(v, func(w *tabwriter.Writer) {
 				fmt.Fprintf(w, "volume %s attached to host %s at epoch %d\n\n", v.Name, v.Host, v.Epoch)
-				printVolume(w, v)
+				printVolume(w, v, false)
 			})
 		},
 	}

@@ -164,7 +164,7 @@ func TestPrintVolume(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	w := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	printVolume(w, v)
+	printVolume(w, v, true)
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,43 @@ func memberState(m api.Member) string {
 
 // volumeHealth sums up the member states of a volume: "healthy", or how
 // many members are degraded and resyncing.
+// Set states for volume show's summary, from the worst member state.
+const (
+	setHealthy   = "healthy"
+	setResyncing = "resyncing"
+	setDegraded  = "degraded"
+)
+
+// setState is a set's state: degraded if a member is, else resyncing if a
+// member is, else healthy.
+func setState(s api.Set) string {
+	st := setHealthy
+	for _, m := range s.Members {
+		switch m.State {
+		case api.MemberDegraded:
+			return setDegraded
+		case api.MemberResyncing:
+			st = setResyncing
+		}
+	}
+	return st
+}
+
+// setSummary counts sets by state: "320: 317 healthy, 2 degraded, 1 resyncing".
+func setSummary(sets []api.Set) string {
+	n := map[string]int{}
+	for _, s := range sets {
+		n[setState(s)]++
+	}
+	parts := []string{fmt.Sprintf("%d healthy", n[setHealthy])}
+	for _, st := range []string{setDegraded, setResyncing} {
+		if n[st] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n[st], st))
+		}
+	}
+	return fmt.Sprintf("%d: %s", len(sets), strings.Join(parts, ", "))
+}
+
 func volumeHealth(v *api.Volume) string {
 	var degraded, resyncing int
 	for _, s := range v.Sets {

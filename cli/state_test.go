@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"bytes"
+	"fmt"
 	"strings"
 	"testing"
+	"text/tabwriter"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -60,5 +63,53 @@ func TestMemberStateAndHealth(t *testing.T) {
 	}
 	if h := volumeHealth(&api.Volume{Sets: []api.Set{{Members: []api.Member{{State: api.MemberInSync}}}}}); h != "healthy" {
 		t.Errorf("health %q", h)
+	}
+}
+
+// TestVolumeShowSummarisesManySets: a volume of hundreds of sets shows
+// counts by state and only the sets that are not healthy; --sets (allSets)
+// shows every one.
+func TestVolumeShowSummarisesManySets(t *testing.T) {
+	v := &api.Volume{Name: "big", Layout: "mirror:2", IQN: api.IQNPrefix + "big"}
+	for i := range 320 {
+		s := api.Set{Index: i, Members: []api.Member{
+			{ChunkID: fmt.Sprintf("a%d", i), Chunkserver: "cs1", State: api.MemberInSync},
+			{ChunkID: fmt.Sprintf("b%d", i), Chunkserver: "cs2", State: api.MemberInSync},
+		}}
+		switch i {
+		case 17, 200:
+			s.Members[1].State = api.MemberDegraded
+		case 42:
+			s.Members[0].State, s.Members[0].ResyncTotalBytes = api.MemberResyncing, 1<<20
+		}
+		v.Sets = append(v.Sets, s)
+	}
+	show := func(all bool) string {
+		var buf bytes.Buffer
+		w := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
+		printVolume(w, v, all)
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.String()
+	}
+	out := show(false)
+	if !strings.Contains(out, "320: 317 healthy, 2 degraded, 1 resyncing") ||
+		!strings.Contains(out, "The 3 sets that are not healthy (--sets lists all 320)") {
+		t.Errorf("summary:\n%s", out)
+	}
+	if rows := strings.Count(out, "cs2"); rows != 3 {
+		t.Errorf("summary lists %d member rows of cs2, want the 3 sets that are not healthy:\n%s", rows, out)
+	}
+	if rows := strings.Count(show(true), "cs2"); rows != 320 {
+		t.Errorf("--sets lists %d member rows of cs2, want 320", rows)
+	}
+	for i := range v.Sets {
+		for j := range v.Sets[i].Members {
+			v.Sets[i].Members[j].State = api.MemberInSync
+		}
+	}
+	if out := show(false); !strings.Contains(out, "Every set is healthy (--sets lists all 320).") || strings.Contains(out, "cs2") {
+		t.Errorf("all healthy:\n%s", out)
 	}
 }

@@ -17,9 +17,11 @@ import (
 type setVerdict struct {
 	Set        int     `json:"set"`
 	Layout     string  `json:"layout"`
-	CheckedB   int64   `json:"checked_bytes"`
-	Mismatches []int64 `json:"mismatches"` // mirror: 1 MiB regions; ec: stripes
-	Unit       int64   `json:"unit_bytes"` // bytes of one mismatch index
+	SizeB      int64   `json:"member_bytes"`  // bytes of one member
+	CheckedB   int64   `json:"checked_bytes"` // bytes of one member read: what may hold data on some member
+	Mismatches []int64 `json:"mismatches"`    // mirror: 1 MiB regions; ec: stripes
+	Unit       int64   `json:"unit_bytes"`    // bytes of one mismatch index
+	Seconds    float64 `json:"seconds"`
 }
 
 func newVolumeVerifyCmd(o *rootOptions) *cobra.Command {
@@ -28,10 +30,13 @@ func newVolumeVerifyCmd(o *rootOptions) *cobra.Command {
 		Short: "Read every member of a volume over NBD and check that mirror copies agree and EC parity matches",
 		Long: `Read every member chunk of every set of a volume directly from the
 chunkservers over NBD and check that the copies of a mirror are identical and
-that every stripe of an EC set has parity matching its data. A range that
-disagrees is read a second time before it is reported, but writes running
-meanwhile can still show up: verify a quiet volume for an exact answer.
-Exits non-zero when anything disagrees.`,
+that every stripe of an EC set has parity matching its data. Only what may
+hold data is read (NBD base:allocation of every member): a range that is a
+hole on every member reads as zeroes on all of them and agrees by definition.
+A range that disagrees is read a second time before it is reported, but
+writes running meanwhile can still show up: verify a quiet volume for an
+exact answer. On a terminal a progress bar shows bytes and rate. Exits
+non-zero when anything disagrees.`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -45,15 +50,21 @@ Exits non-zero when anything disagrees.`,
 			}
 			var out []setVerdict
 			bad := 0
-			for _, s := range v.Sets {
-				vd, err := verifySet(ctx, v, s, layout)
+			for i, s := range v.Sets {
+				var p *progressLine
+				if o.output != "json" {
+					p = newProgressLine(o.out, fmt.Sprintf("set %d of %d (%s)", i+1, len(v.Sets), layout))
+				}
+				vd, err := verifySet(ctx, v, s, layout, p.update)
+				p.clear()
 				if err != nil {
 					return fmt.Errorf("set %d: %w", s.Index, err)
 				}
 				bad += len(vd.Mismatches)
 				out = append(out, vd)
 				if o.output != "json" {
-					fmt.Fprintf(o.out, "set %d (%s): %s checked, %d mismatches\n", s.Index, layout, formatSize(vd.CheckedB), len(vd.Mismatches))
+					fmt.Fprintf(o.out, "set %d (%s): %s of %s may hold data, checked in %.1fs, %d mismatches\n",
+						s.Index, layout, formatSize(vd.CheckedB), formatSize(vd.SizeB), vd.Seconds, len(vd.Mismatches))
 				}
 			}
 			if o.output == "json" {
@@ -72,21 +83,31 @@ Exits non-zero when anything disagrees.`,
 	}
 }
 
-func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout) (setVerdict, error) {
+func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout, progress raid.VerifyProgress) (setVerdict, error) {
 	vd := setVerdict{Set: s.Index, Layout: layout.String(), Mismatches: []int64{}}
+	start := time.Now()
+	defer func() { vd.Seconds = time.Since(start).Seconds() }()
 	var members []raid.Device
 	for _, m := range s.Members {
 		if m.Export == "" {
 			return vd, errors.New("the volume is not attached to a host, so its chunks have no export names yet")
 		}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		c, err := nbd.Dial(dctx, nbd.ClientConfig{Addr: m.Addr, Export: m.Export, Timeout: 30 * time.Second})
+		c, err := nbd.Dial(dctx, nbd.ClientConfig{Addr: m.Addr, Export: m.Export, Timeout: 30 * time.Second,
+			MetaContexts: []string{allocationContext}})
 		cancel()
 		if err != nil {
 			return vd, fmt.Errorf("member %s on %s: %w", m.ChunkID, m.Chunkserver, err)
 		}
 		defer c.Close()
-		members = append(members, c)
+		members = append(members, allocatedMember{c})
+		vd.SizeB = c.Size()
+	}
+	track := func(done, total int64) {
+		vd.CheckedB = total
+		if progress != nil {
+			progress(done, total)
+		}
 	}
 	var err error
 	if layout.Kind == api.LayoutEC {
@@ -94,13 +115,45 @@ func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout)
 		if vd.Unit == 0 {
 			vd.Unit = raid.DefaultStripeUnit
 		}
-		vd.Mismatches, err = raid.VerifyEC(ctx, members, layout.K, layout.M, vd.Unit, func(done, _ int64) { vd.CheckedB = done })
+		vd.Mismatches, err = raid.VerifyEC(ctx, members, layout.K, layout.M, vd.Unit, track)
 	} else {
 		vd.Unit = 1 << 20
-		vd.Mismatches, err = raid.VerifyMirror(ctx, members, vd.Unit, func(done, _ int64) { vd.CheckedB = done })
+		vd.Mismatches, err = raid.VerifyMirror(ctx, members, vd.Unit, track)
 	}
 	if vd.Mismatches == nil {
 		vd.Mismatches = []int64{}
 	}
 	return vd, err
+}
+
+// allocationContext is the NBD meta context of a chunk's allocation.
+const allocationContext = "base:allocation"
+
+// allocatedMember is a member read over NBD that tells verification which
+// of its ranges may hold data (raid.Allocator), from base:allocation.
+type allocatedMember struct{ *nbd.Client }
+
+// Allocated implements raid.Allocator.
+func (m allocatedMember) Allocated(ctx context.Context, off, length int64) ([]raid.Range, error) {
+	var out []raid.Range
+	for end := off + length; off < end; {
+		exts, err := m.BlockStatus(ctx, allocationContext, off, end-off)
+		if err != nil {
+			return nil, err
+		}
+		if len(exts) == 0 {
+			return nil, fmt.Errorf("base:allocation at %d: the server described nothing", off)
+		}
+		for _, e := range exts {
+			if e.Flags&nbd.StateHole == 0 {
+				if n := len(out); n > 0 && out[n-1].Off+out[n-1].Len == off {
+					out[n-1].Len += e.Length
+				} else {
+					out = append(out, raid.Range{Off: off, Len: e.Length})
+				}
+			}
+			off += e.Length
+		}
+	}
+	return out, nil
 }

@@ -330,7 +330,7 @@ func TestPrintVolumeCapacityAndAuth(t *testing.T) {
 	}
 	var buf bytes.Buffer
 	w := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	printVolume(w, v)
+	printVolume(w, v, true)
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}
@@ -352,7 +352,7 @@ func TestPrintVolumeCapacityAndAuth(t *testing.T) {
 	buf.Reset()
 	v.Auth = api.VolumeAuth{}
 	v.Layout, v.StripeUnit, v.SizeBytes, v.RawBytes = "mirror:3", 0, 64<<20, 3*64<<20
-	printVolume(w, v)
+	printVolume(w, v, true)
 	if err := w.Flush(); err != nil {
 		t.Fatal(err)
 	}

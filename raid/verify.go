@@ -19,10 +19,66 @@ import (
 // verifyBatch is how many bytes of each member one read covers.
 const verifyBatch = 1 << 20
 
+// An Allocator is a Device that knows which of its ranges may hold data (NBD
+// base:allocation). When every member of a set is one, verification reads
+// only the units that may hold data on some member: a unit that is a hole on
+// every member reads as zeroes on all of them, so the copies agree and the
+// parity (zero, as Reed-Solomon is linear) matches.
+type Allocator interface {
+	// Allocated returns the ranges within [off, off+length) that may hold
+	// data, in order. Reporting more than is allocated is allowed.
+	Allocated(ctx context.Context, off, length int64) ([]Range, error)
+}
+
+// Range is a byte range of a device.
+type Range struct{ Off, Len int64 }
+
+// VerifyProgress is called as verification goes, with the bytes of one
+// member checked so far and the bytes it will check in all (the allocated
+// units when the members are Allocators, else the whole member).
+type VerifyProgress func(done, total int64)
+
+// unitsToCheck returns, for units of unit bytes over size bytes, which may
+// hold data on some member, and how many do. Without allocation data every
+// unit is checked.
+func unitsToCheck(ctx context.Context, members []Device, size, unit int64) ([]bool, int64, error) {
+	n := (size + unit - 1) / unit
+	want := make([]bool, n)
+	for _, m := range members {
+		if _, ok := m.(Allocator); !ok {
+			for i := range want {
+				want[i] = true
+			}
+			return want, n, nil
+		}
+	}
+	for j, m := range members {
+		rs, err := m.(Allocator).Allocated(ctx, 0, size)
+		if err != nil {
+			return nil, 0, fmt.Errorf("raid: allocation of member %d: %w", j, err)
+		}
+		for _, r := range rs {
+			if r.Len <= 0 {
+				continue
+			}
+			for u := max(r.Off, 0) / unit; u < n && u*unit < r.Off+r.Len; u++ {
+				want[u] = true
+			}
+		}
+	}
+	count := int64(0)
+	for _, w := range want {
+		if w {
+			count++
+		}
+	}
+	return want, count, nil
+}
+
 // VerifyMirror compares the members of a mirror region by region (regions
 // of region bytes) and returns the indexes of the regions that differ.
-// progress, if set, is called with the bytes of one member checked.
-func VerifyMirror(ctx context.Context, members []Device, region int64, progress func(done, total int64)) ([]int64, error) {
+// Regions that are holes on every member are not read (see Allocator).
+func VerifyMirror(ctx context.Context, members []Device, region int64, progress VerifyProgress) ([]int64, error) {
 	if len(members) < 2 {
 		return nil, nil
 	}
@@ -35,6 +91,11 @@ func VerifyMirror(ctx context.Context, members []Device, region int64, progress 
 	if region <= 0 {
 		region = verifyBatch
 	}
+	want, count, err := unitsToCheck(ctx, members, size, region)
+	if err != nil {
+		return nil, err
+	}
+	total := min(count*region, size)
 	bufs := make([][]byte, len(members))
 	for i := range bufs {
 		bufs[i] = make([]byte, region)
@@ -53,7 +114,11 @@ func VerifyMirror(ctx context.Context, members []Device, region int64, progress 
 		return true, nil
 	}
 	var bad []int64
-	for off := int64(0); off < size; off += region {
+	done := int64(0)
+	for r, off := int64(0), int64(0); off < size; r, off = r+1, off+region {
+		if !want[r] {
+			continue
+		}
 		n := min(region, size-off)
 		same, err := read(off, n)
 		if err != nil {
@@ -65,10 +130,11 @@ func VerifyMirror(ctx context.Context, members []Device, region int64, progress 
 			}
 		}
 		if !same {
-			bad = append(bad, off/region)
+			bad = append(bad, r)
 		}
+		done += n
 		if progress != nil {
-			progress(off+n, size)
+			progress(done, total)
 		}
 	}
 	return bad, nil
@@ -77,7 +143,9 @@ func VerifyMirror(ctx context.Context, members []Device, region int64, progress 
 // VerifyEC reads every stripe of an ec:k+m set with stripe unit S from its
 // members and returns the stripes whose parity does not match their data.
 // The layout is EC's: member j holds shard (j+s) mod (k+m) of stripe s.
-func VerifyEC(ctx context.Context, members []Device, k, m int, stripeUnit int64, progress func(done, total int64)) ([]int64, error) {
+// Stripes whose units are holes on every member are not read (see
+// Allocator).
+func VerifyEC(ctx context.Context, members []Device, k, m int, stripeUnit int64, progress VerifyProgress) ([]int64, error) {
 	n := k + m
 	if len(members) != n {
 		return nil, fmt.Errorf("raid: ec:%d+%d has %d members, got %d", k, m, n, len(members))
@@ -96,6 +164,10 @@ func VerifyEC(ctx context.Context, members []Device, k, m int, stripeUnit int64,
 		}
 	}
 	stripes := size / stripeUnit
+	want, count, err := unitsToCheck(ctx, members, stripes*stripeUnit, stripeUnit)
+	if err != nil {
+		return nil, err
+	}
 	per := max(verifyBatch/stripeUnit, 1) // stripes per read
 	bufs := make([][]byte, n)
 	for i := range bufs {
@@ -118,8 +190,17 @@ func VerifyEC(ctx context.Context, members []Device, k, m int, stripeUnit int64,
 		return code.Verify(shards)
 	}
 	var bad []int64
-	for s0 := int64(0); s0 < stripes; s0 += per {
-		cnt := min(per, stripes-s0)
+	done := int64(0)
+	for s0 := int64(0); s0 < stripes; {
+		if !want[s0] {
+			s0++
+			continue
+		}
+		// A run of stripes to check, at most one batch long.
+		cnt := int64(1)
+		for cnt < per && s0+cnt < stripes && want[s0+cnt] {
+			cnt++
+		}
 		if err := readBatch(s0, cnt); err != nil {
 			return bad, err
 		}
@@ -148,9 +229,11 @@ func VerifyEC(ctx context.Context, members []Device, k, m int, stripeUnit int64,
 				}
 			}
 		}
+		done += cnt * stripeUnit
 		if progress != nil {
-			progress((s0+cnt)*stripeUnit, stripes*stripeUnit)
+			progress(done, count*stripeUnit)
 		}
+		s0 += cnt
 	}
 	return bad, nil
 }

@@ -42,10 +42,14 @@ type report struct {
 	failed  int
 	skipped int
 	pkgFail int
+	// failedIn counts failed tests by package, so that a package that
+	// failed without a failed test (a build error, a crash in TestMain)
+	// is counted as a failure too.
+	failedIn map[string]int
 }
 
 func main() {
-	r := &report{out: os.Stdout, pending: map[string][]string{}}
+	r := &report{out: os.Stdout, pending: map[string][]string{}, failedIn: map[string]int{}}
 	if err := r.read(os.Stdin); err != nil {
 		fmt.Fprintln(os.Stderr, "testreport:", err)
 		os.Exit(2)
@@ -86,6 +90,9 @@ func (r *report) event(e event) {
 			}
 		case "fail":
 			r.pkgFail++
+			if r.failedIn[e.Package] == 0 {
+				r.failed++ // the package failed without a failed test
+			}
 		}
 	case e.Action == "output":
 		if !strings.HasPrefix(e.Output, "=== ") {
@@ -104,6 +111,7 @@ func (r *report) event(e event) {
 			r.passed++
 		case "fail":
 			r.failed++
+			r.failedIn[e.Package]++
 		case "skip":
 			r.skipped++
 			return
