@@ -83,8 +83,8 @@ non-zero when anything disagrees.`,
 	}
 }
 
-func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout, progress raid.VerifyProgress) (setVerdict, error) {
-	vd := setVerdict{Set: s.Index, Layout: layout.String(), Mismatches: []int64{}}
+func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout, progress raid.VerifyProgress) (vd setVerdict, err error) {
+	vd = setVerdict{Set: s.Index, Layout: layout.String(), Mismatches: []int64{}}
 	start := time.Now()
 	defer func() { vd.Seconds = time.Since(start).Seconds() }()
 	var members []raid.Device
@@ -109,7 +109,6 @@ func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout,
 			progress(done, total)
 		}
 	}
-	var err error
 	if layout.Kind == api.LayoutEC {
 		vd.Unit = v.StripeUnit
 		if vd.Unit == 0 {
