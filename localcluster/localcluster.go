@@ -297,7 +297,7 @@ func DemoPGDir(dir string) string {
 	if _, err := os.Stat(filepath.Join(local, "data", "PG_VERSION")); err == nil {
 		return local
 	}
-	return filepath.Join(DemoPGRoot, fmt.Sprintf("%016x", fnv64(abs)))
+	return filepath.Join(DemoPGRoot, fmt.Sprintf("%x", fnv64(abs)))
 }
 
 // RemoveWIBs deletes the cluster's write-intent bitmaps from shared memory
