@@ -51,6 +51,8 @@ type fakeCluster struct {
 	events []string
 	pinErr error
 	meta   *fakeMeta
+	// registrations counts RegisterHost calls: the incarnation issued.
+	registrations int64
 }
 
 func newFakeCluster(t *testing.T, n int) *fakeCluster {
@@ -294,7 +296,11 @@ type metaReport struct {
 }
 
 func (m *fakeMeta) RegisterHost(context.Context, api.RegisterHostRequest) (*api.RegisterHostResponse, error) {
-	return &api.RegisterHostResponse{ID: 1, IOTimeoutMS: m.cluster.IOTimeoutMS, LogPeriodMS: m.cluster.LogPeriodMS}, nil
+	m.c.mu.Lock()
+	m.c.registrations++
+	inc := m.c.registrations
+	m.c.mu.Unlock()
+	return &api.RegisterHostResponse{ID: 1, Incarnation: inc, IOTimeoutMS: m.cluster.IOTimeoutMS, LogPeriodMS: m.cluster.LogPeriodMS}, nil
 }
 
 func (m *fakeMeta) Cluster(context.Context) (*api.Cluster, error) {
@@ -383,7 +389,9 @@ func newTestServer(t *testing.T, c *fakeCluster) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.id = 1
+	if err := s.register(t.Context(), "127.0.0.1:3260"); err != nil {
+		t.Fatal(err)
+	}
 	meta.target = func() bool { return len(s.target.Targets()) > 0 }
 	t.Cleanup(s.detachAll)
 	return s

@@ -150,13 +150,16 @@ func TestReportsNumbered(t *testing.T) {
 		t.Fatalf("%d reports", len(reps))
 	}
 	for i, r := range reps {
-		if r.Seq == 0 || i > 0 && r.Seq <= reps[i-1].Seq {
-			t.Fatalf("report %d has seq %d after %d: want numbered, increasing", i, r.Seq, reps[max(i-1, 0)].Seq)
+		if r.Seq != int64(i+1) || r.Incarnation != s.incarnation.Load() {
+			t.Fatalf("report %d: incarnation %d seq %d, want incarnation %d (the registration's) and seq %d",
+				i, r.Incarnation, r.Seq, s.incarnation.Load(), i+1)
 		}
 	}
-	// A restarted hostd numbers after the one before.
-	s2 := newTestServer(t, newFakeCluster(t, 2))
-	if next := s2.reportSeq.Load(); next <= reps[len(reps)-1].Seq {
-		t.Fatalf("a new hostd starts at %d, not above the last report %d", next, reps[len(reps)-1].Seq)
+	// A restarted hostd reports under the higher incarnation the metaserver
+	// issues at its registration, not a number of its own clock.
+	s2 := newTestServer(t, c)
+	if s2.incarnation.Load() <= s.incarnation.Load() || s2.reportSeq.Load() != 0 {
+		t.Fatalf("a restarted hostd has incarnation %d (the one before %d) and starts at seq %d, want a higher incarnation from seq 0",
+			s2.incarnation.Load(), s.incarnation.Load(), s2.reportSeq.Load())
 	}
 }

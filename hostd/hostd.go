@@ -137,10 +137,13 @@ type Server struct {
 	meta   metaClient
 	target *iscsi.Server
 	id     int64
-	// reportSeq numbers the volume reports (api.VolumeReport.Seq); it
-	// starts at the Unix time in nanoseconds so that the reports of a
-	// restarted hostd order after those of the one before.
-	reportSeq atomic.Int64
+	// incarnation is this start's registration, issued by the metaserver,
+	// and reportSeq numbers its volume reports from 1
+	// (api.VolumeReport.Incarnation and Seq): the reports of a restarted
+	// hostd order after those of the one before because the metaserver
+	// issues a higher incarnation, whatever the clock says.
+	incarnation atomic.Int64
+	reportSeq   atomic.Int64
 
 	mu struct {
 		sync.Mutex
@@ -159,7 +162,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, target: t}
 	s.mu.attached = make(map[string]*attachment)
-	s.reportSeq.Store(time.Now().UnixNano())
 	return s, nil
 }
 
@@ -210,6 +212,7 @@ func (s *Server) register(ctx context.Context, adv string) error {
 		return fmt.Errorf("hostd: registration refused: %w", err)
 	}
 	s.id = resp.ID
+	s.incarnation.Store(resp.Incarnation)
 	if s.cfg.IOTimeout == 0 {
 		s.cfg.IOTimeout = time.Duration(resp.IOTimeoutMS) * time.Millisecond
 	}

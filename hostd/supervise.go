@@ -181,7 +181,8 @@ func (a *attachment) reporter(ctx context.Context) {
 func (a *attachment) snapshot(clean bool) api.VolumeReport {
 	// Numbered when the state is read: the metaserver applies a later
 	// snapshot's report over an earlier one's whatever order they arrive in.
-	r := api.VolumeReport{Name: a.vol.Name, Epoch: a.vol.Epoch, CleanDetach: clean, Seq: a.s.reportSeq.Add(1)}
+	r := api.VolumeReport{Name: a.vol.Name, Epoch: a.vol.Epoch, CleanDetach: clean,
+		Incarnation: a.s.incarnation.Load(), Seq: a.s.reportSeq.Add(1)}
 	for _, st := range a.sets {
 		if st.mirror == nil {
 			continue

@@ -79,9 +79,11 @@
 // the volume; the report's other volumes are stored. Reports lock their
 // volumes' rows, as attach does, so a report and an attach never interleave.
 // Reports are state, not assignments: they do not bump the generation.
-// A numbered report (api.VolumeReport.Seq) not above the last one applied
-// for the volume at its epoch is older than the stored state: it is
-// acknowledged and ignored.
+// A numbered report (api.VolumeReport.Incarnation and Seq) not above the
+// last one applied for the volume at its epoch, or of an earlier
+// incarnation of the host than its current registration, is older than the
+// stored state: it is acknowledged and ignored. Each registration of a host
+// is a new incarnation, issued in the database (never from a clock).
 // Volume.CleanDetach is the CleanDetach of the latest report at the current
 // epoch; an attach resets it.
 //

@@ -803,6 +803,7 @@ func TestHostReportSequence(t *testing.T) {
 		r.Volumes[0].Seq = seq
 		return r
 	}
+	seq0 := func(s int64, state string) api.HostReport { return seq(s, state, 0) }
 	steps := []struct {
 		name   string
 		report api.HostReport
@@ -830,7 +831,48 @@ func TestHostReportSequence(t *testing.T) {
 		}
 	}
 
-	// A new epoch starts the numbering again (another host's clock).
+	// The host restarts: its registration is a new incarnation, issued
+	// here, and its reports, numbered from 1 again, order after every
+	// report of the one before (a clock that went back cannot drop them);
+	// a late report of the earlier incarnation is ignored, and a report of
+	// an incarnation never issued is refused.
+	reg, err := f.ts.Client.RegisterHost(ctx, api.RegisterHostRequest{Name: "h1", ISCSIAddr: "127.0.0.1:3260"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Incarnation != 2 {
+		t.Fatalf("second registration of h1: incarnation %d, want 2", reg.Incarnation)
+	}
+	numbered := func(inc, seq int64, state string) api.HostReport {
+		r := seq0(seq, state)
+		r.Volumes[0].Incarnation = inc
+		return r
+	}
+	for _, st := range []struct {
+		name   string
+		report api.HostReport
+		state  string
+	}{
+		{"first report of the new incarnation", numbered(2, 1, api.MemberInSync), api.MemberInSync},
+		{"late report of the earlier incarnation", numbered(1, 500, api.MemberDegraded), api.MemberInSync},
+		{"next report of the new incarnation", numbered(2, 2, api.MemberResyncing), api.MemberResyncing},
+	} {
+		if err := f.ts.Client.HostReport(ctx, f.host, st.report); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		v, err := f.ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := v.Sets[0].Members[1]; m.State != st.state {
+			t.Errorf("%s: member %s, want %s", st.name, m.State, st.state)
+		}
+	}
+	if err := f.ts.Client.HostReport(ctx, f.host, numbered(3, 1, api.MemberInSync)); err == nil || !strings.Contains(err.Error(), "incarnation 3") {
+		t.Errorf("a report of an incarnation never issued: %v, want a refusal naming it", err)
+	}
+
+	// A new epoch starts the numbering again.
 	if _, err := f.ts.Client.AttachVolume(ctx, "vol", "h1"); err != nil {
 		t.Fatal(err)
 	}

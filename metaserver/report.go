@@ -95,6 +95,15 @@ type reportedMember struct {
 	DoneBytes   int64
 }
 
+// reportAfter reports whether report (inc, seq) is newer than the stored
+// (lastInc, lastSeq).
+func reportAfter(inc, seq, lastInc, lastSeq int64) bool {
+	if inc != lastInc {
+		return inc > lastInc
+	}
+	return seq > lastSeq
+}
+
 // applyVolumeReport stores the report of one volume of host hostID (named
 // host). If the host does not hold the volume at the reported epoch, or the
 // report names members the volume does not have, it changes nothing and
@@ -109,12 +118,16 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		epoch    int64
 		clean    bool
 		repEpoch int64
+		repInc   int64
 		repSeq   int64
+		hostInc  int64
 	)
 	err := tx.QueryRow(ctx, `
-		SELECT v.id, v.host_id, coalesce(h.name, ''), v.epoch, v.clean_detach, v.report_epoch, v.report_seq
+		SELECT v.id, v.host_id, coalesce(h.name, ''), v.epoch, v.clean_detach, v.report_epoch,
+			v.report_incarnation, v.report_seq, coalesce(h.incarnation, 0)
 		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
-		WHERE v.name = $1 FOR UPDATE OF v`, vr.Name).Scan(&volumeID, &holderID, &holder, &epoch, &clean, &repEpoch, &repSeq)
+		WHERE v.name = $1 FOR UPDATE OF v`, vr.Name).Scan(&volumeID, &holderID, &holder, &epoch, &clean, &repEpoch,
+		&repInc, &repSeq, &hostInc)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Sprintf("volume %q does not exist any more", vr.Name), nil, nil
 	}
@@ -128,13 +141,21 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		return fmt.Sprintf("volume %q is attached to host %s at epoch %d", vr.Name, holder, epoch), nil, nil
 	case epoch != vr.Epoch:
 		return fmt.Sprintf("volume %q was attached again: it is at epoch %d, the report is for epoch %d", vr.Name, epoch, vr.Epoch), nil, nil
-	case vr.Seq != 0 && repEpoch == epoch && vr.Seq <= repSeq:
+	case vr.Incarnation > hostInc:
+		return fmt.Sprintf("volume %q: the report is of incarnation %d of host %s, which has only registered %d times",
+			vr.Name, vr.Incarnation, holder, hostInc), nil, nil
+	case vr.Seq != 0 && vr.Incarnation != 0 && vr.Incarnation < hostInc:
+		// A late report of an earlier start of the host: the current one
+		// reports its own state.
+		return "", nil, nil
+	case vr.Seq != 0 && repEpoch == epoch && !reportAfter(vr.Incarnation, vr.Seq, repInc, repSeq):
 		// Older than the state stored (two reports of the host crossed):
 		// not applied, and not an error, the host holds the volume.
 		return "", nil, nil
 	}
 	if vr.Seq != 0 {
-		if _, err := tx.Exec(ctx, `UPDATE volumes SET report_epoch = $2, report_seq = $3 WHERE id = $1`, volumeID, epoch, vr.Seq); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE volumes SET report_epoch = $2, report_incarnation = $3, report_seq = $4 WHERE id = $1`,
+			volumeID, epoch, vr.Incarnation, vr.Seq); err != nil {
 			return "", nil, fmt.Errorf("store report sequence of %q: %w", vr.Name, err)
 		}
 	}

@@ -392,9 +392,10 @@ func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest) 
 		LogPeriodMS:   st.logPeriod.Milliseconds(),
 	}
 	err := st.db.QueryRow(ctx, `
-		INSERT INTO hosts (name, iscsi_addr) VALUES ($1, $2)
-		ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now()
-		RETURNING id`, req.Name, req.ISCSIAddr).Scan(&resp.ID)
+		INSERT INTO hosts (name, iscsi_addr, incarnation) VALUES ($1, $2, 1)
+		ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now(),
+			incarnation = hosts.incarnation + 1
+		RETURNING id, incarnation`, req.Name, req.ISCSIAddr).Scan(&resp.ID, &resp.Incarnation)
 	if err != nil {
 		return nil, fmt.Errorf("register host: %w", err)
 	}

@@ -162,13 +162,18 @@ type VolumeReport struct {
 	// CleanDetach is set once, when the host detached the volume cleanly
 	// (every write flushed to every member, nothing dirty).
 	CleanDetach bool `json:"clean_detach,omitempty"`
-	// Seq orders the reports of one volume at one epoch: a host numbers
-	// the states it takes, increasing, also across a restart of the host
-	// (hostd starts from the Unix time in nanoseconds). The metaserver
-	// ignores a report whose Seq is not above the last one it applied for
-	// the volume at that epoch, so a late report never overwrites a newer
-	// state. 0 means unnumbered: always applied.
-	Seq int64 `json:"seq,omitempty"`
+	// Incarnation is the host's registration that sent the report
+	// (RegisterHostResponse.Incarnation), and Seq numbers the states that
+	// registration reports, increasing from 1. Reports of one volume at one
+	// epoch are ordered by (Incarnation, Seq): the metaserver ignores one
+	// not above the last it applied, so a late report never overwrites a
+	// newer state, and a restarted host's reports order after the earlier
+	// ones whatever its clock says. A report of an earlier incarnation than
+	// the host's current one is ignored; one of a later incarnation than
+	// the metaserver issued is refused. Seq 0 means unnumbered: always
+	// applied.
+	Incarnation int64 `json:"incarnation,omitempty"`
+	Seq         int64 `json:"seq,omitempty"`
 }
 
 // SetReport is the state of one set of an attached volume.

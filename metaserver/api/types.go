@@ -145,6 +145,10 @@ type RegisterHostRequest struct {
 // RegisterHostResponse answers a host registration.
 type RegisterHostResponse struct {
 	ID int64 `json:"id"`
+	// Incarnation numbers this registration of the host: each one is
+	// above every earlier one. The host puts it in its reports
+	// (VolumeReport.Incarnation).
+	Incarnation int64 `json:"incarnation"`
 	// ClusterSecret, IOTimeoutMS and LogPeriodMS are as in
 	// RegisterChunkserverResponse.
 	ClusterSecret string `json:"cluster_secret"`
