@@ -1577,3 +1577,32 @@ func TestECStaleMemberAtAttach(t *testing.T) {
 		})
 	}
 }
+
+// TestECRejoinDuringRecordCountsAsMissed: a member that fails a degraded
+// write and rejoins while the write waits for the record of the
+// degradation has still missed that write: once the write is
+// acknowledged, the set must not call the member trusted (a host that
+// attaches next would re-encode parity from its stale unit).
+func TestECRejoinDuringRecordCountsAsMissed(t *testing.T) {
+	release, entered := make(chan struct{}), make(chan struct{}, 1)
+	f, _ := newWIBEC(t, 2, 1, 4096, 16, 8192, func(c *raid.ECConfig) {
+		c.BeforeDegradedWrite = func(ctx context.Context) error {
+			entered <- struct{}{}
+			<-release
+			return nil
+		}
+	})
+	e, ctx := f.ec, t.Context()
+	f.devs[2].SetFailed(true)
+	done := make(chan error, 1)
+	go func() { done <- e.WriteAt(ctx, bytes.Repeat([]byte{7}, 3*4096), 0, false) }()
+	<-entered // the write failed member 2 and waits for the record
+	rejoin(t, f, 2)
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if u := e.Untrusted(); !u[2] {
+		t.Fatalf("member 2 failed an acknowledged write and rejoined while it was being recorded, yet Untrusted = %v", u)
+	}
+}

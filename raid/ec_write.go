@@ -45,15 +45,27 @@ func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *wri
 	// Even a FUA write leaves its regions dirty: an earlier write to the
 	// same region may still be volatile on some member. The next flush of
 	// every member cleans them.
+	//
+	// The members that got the write are the ones not Failed now, while
+	// the join lock keeps a member that failed it from rejoining: after the
+	// unlock, one may rejoin while the record runs, and must still count as
+	// having missed the write.
+	got := e.allShards() &^ e.view.Load().failed
 	unlock()
 	e.join.RUnlock()
 	if err != nil {
 		return err
 	}
 	if !allOK {
-		return e.hooks.awaitRecord(ctx, e.notFailed)
+		return e.hooks.awaitRecord(ctx, gotMask(got))
 	}
 	return nil
+}
+
+// gotMask says, for a bitmask of the members that got a write or flush,
+// whether member i did.
+func gotMask(got uint64) func(i int) bool {
+	return func(i int) bool { return got&(1<<i) != 0 }
 }
 
 // lockRegions takes the shared region locks of [off, off+n) in ascending
@@ -290,9 +302,11 @@ func (e *EC) Flush(ctx context.Context) error {
 	set := e.allShards() &^ v.failed
 	fanOut(set, b.errs, func(i int) error { return v.devs[i].Flush(ctx) })
 	allOK := v.failed == 0
+	got := set // the members whose flush succeeded
 	for j := set; j != 0; j &= j - 1 {
 		if b.errs[bits.TrailingZeros64(j)] != nil {
 			allOK = false
+			got &^= 1 << bits.TrailingZeros64(j)
 		}
 	}
 	if allOK {
@@ -317,16 +331,12 @@ func (e *EC) Flush(ctx context.Context) error {
 		return err
 	}
 	if !allOK {
-		// A promise made without some member, as a degraded write is.
-		return e.hooks.awaitRecord(ctx, e.notFailed)
+		// A promise made without some member, as a degraded write is:
+		// the members that flushed got it, whatever rejoins meanwhile.
+		return e.hooks.awaitRecord(ctx, gotMask(got))
 	}
 	return nil
 }
-
-// notFailed says whether member i is not Failed now: at the
-// acknowledgement of a degraded write or flush, the members that count as
-// having got it (which units a member failed on is not tracked).
-func (e *EC) notFailed(i int) bool { return e.view.Load().failed&(1<<i) == 0 }
 
 // Trim deallocates [off, off+length). Whole stripes are trimmed on every
 // member that is not Failed, parity included (the parity of zeroes is
