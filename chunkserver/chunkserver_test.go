@@ -633,3 +633,45 @@ func TestFencePinsTakenConnections(t *testing.T) {
 		t.Fatal("a fence that closed no connection pinned the LOG")
 	}
 }
+
+// TestStaleUnpinIgnored: a host's pins and unpins of a chunk carry its
+// order; an unpin that timed out on the host and lands after the host's
+// next pin must not unpin the LOG of a degraded set.
+func TestStaleUnpinIgnored(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	at := func(epoch int64, gen uint64) api.ControlRequest {
+		r := cred("c1", "h1", epoch)
+		r.PinGen = gen
+		return r
+	}
+	steps := []struct {
+		name   string
+		pin    bool
+		req    api.ControlRequest
+		pinned bool
+	}{
+		{"pin 2", true, at(1, 2), true},
+		{"late unpin 1", false, at(1, 1), true},
+		{"unpin 2 again", false, at(1, 2), true},
+		{"unpin 3", false, at(1, 3), false},
+		{"late pin 2", true, at(1, 2), false},
+		{"pin 1 of a higher epoch", true, at(2, 1), true},
+		{"unpin 9 of the lower epoch", false, at(1, 9), true},
+		{"unordered unpin", false, at(2, 0), false},
+	}
+	for _, st := range steps {
+		call := cs.ctl.Unpin
+		if st.pin {
+			call = cs.ctl.Pin
+		}
+		resp, err := call(ctx, "c1", st.req)
+		if err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if resp.Pinned != st.pinned {
+			t.Fatalf("%s: pinned %v, want %v", st.name, resp.Pinned, st.pinned)
+		}
+	}
+}

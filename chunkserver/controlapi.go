@@ -127,20 +127,32 @@ func (h controlAPI) fence(w http.ResponseWriter, r *http.Request) {
 
 func (h controlAPI) pin(w http.ResponseWriter, r *http.Request) {
 	h.post(w, r, false, func(ctx context.Context, c *store.Chunk, req api.ControlRequest) error {
-		if err := c.Pin(ctx); err != nil {
+		applied, err := c.PinOrdered(ctx, true, req.Epoch, req.PinGen)
+		if err != nil {
 			return fmt.Errorf("pinning chunk %s: %w", c.ID(), err)
 		}
-		h.s.log.Info("LOG bitmap pinned", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch)
+		if !applied {
+			h.s.log.Info("stale pin ignored: a later pin or unpin of the host was applied", "chunk", c.ID(),
+				"host", req.Host, "epoch", req.Epoch, "pin_gen", req.PinGen)
+			return nil
+		}
+		h.s.log.Info("LOG bitmap pinned", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch, "pin_gen", req.PinGen)
 		return nil
 	})
 }
 
 func (h controlAPI) unpin(w http.ResponseWriter, r *http.Request) {
 	h.post(w, r, false, func(ctx context.Context, c *store.Chunk, req api.ControlRequest) error {
-		if err := c.Unpin(); err != nil {
+		applied, err := c.PinOrdered(ctx, false, req.Epoch, req.PinGen)
+		if err != nil {
 			return fmt.Errorf("unpinning chunk %s: %w", c.ID(), err)
 		}
-		h.s.log.Info("LOG bitmap unpinned", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch)
+		if !applied {
+			h.s.log.Info("stale unpin ignored: a later pin or unpin of the host was applied", "chunk", c.ID(),
+				"host", req.Host, "epoch", req.Epoch, "pin_gen", req.PinGen)
+			return nil
+		}
+		h.s.log.Info("LOG bitmap unpinned", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch, "pin_gen", req.PinGen)
 		return nil
 	})
 }

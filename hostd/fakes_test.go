@@ -39,6 +39,8 @@ type fakeChunk struct {
 	minEpoch int64
 	log      api.LogBitmap
 	conns    []*fakeConn
+	// pinGens are the PinGen of every pin and unpin, in the order called.
+	pinGens []uint64
 }
 
 // fakeCluster is the fake chunkservers of a test, reached by control and
@@ -180,8 +182,9 @@ func (f fakeControl) Fence(_ context.Context, chunk string, req api.ControlReque
 	})
 }
 
-func (f fakeControl) Pin(_ context.Context, chunk string, _ api.ControlRequest) (*api.ControlResponse, error) {
+func (f fakeControl) Pin(_ context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
 	return f.call("pin", chunk, func(ch *fakeChunk) error {
+		ch.pinGens = append(ch.pinGens, req.PinGen)
 		if f.c.pinErr != nil {
 			return f.c.pinErr
 		}
@@ -190,8 +193,9 @@ func (f fakeControl) Pin(_ context.Context, chunk string, _ api.ControlRequest) 
 	})
 }
 
-func (f fakeControl) Unpin(_ context.Context, chunk string, _ api.ControlRequest) (*api.ControlResponse, error) {
+func (f fakeControl) Unpin(_ context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
 	return f.call("unpin", chunk, func(ch *fakeChunk) error {
+		ch.pinGens = append(ch.pinGens, req.PinGen)
 		ch.pinned = false
 		return nil
 	})

@@ -3,6 +3,7 @@ package hostd
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -153,6 +154,19 @@ func TestReportsNumbered(t *testing.T) {
 		if r.Seq != int64(i+1) || r.Incarnation != s.incarnation.Load() {
 			t.Fatalf("report %d: incarnation %d seq %d, want incarnation %d (the registration's) and seq %d",
 				i, r.Incarnation, r.Seq, s.incarnation.Load(), i+1)
+		}
+	}
+	// Its pins and unpins of a chunk are numbered in the order it made
+	// them, so that a chunkserver ignores one that arrives late.
+	c.mu.Lock()
+	gens := slices.Clone(c.chunks["c0"].pinGens)
+	c.mu.Unlock()
+	if len(gens) < 2 {
+		t.Fatalf("c0 saw %d pins and unpins, want a pin and an unpin", len(gens))
+	}
+	for i, g := range gens {
+		if g == 0 || i > 0 && g <= gens[i-1] || g>>32 != uint64(s.incarnation.Load()) {
+			t.Fatalf("pin generations of c0: %v, want increasing, under incarnation %d", gens, s.incarnation.Load())
 		}
 	}
 	// A restarted hostd reports under the higher incarnation the metaserver

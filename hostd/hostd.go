@@ -144,6 +144,8 @@ type Server struct {
 	// issues a higher incarnation, whatever the clock says.
 	incarnation atomic.Int64
 	reportSeq   atomic.Int64
+	// pinSeq numbers this start's pin and unpin calls (pinReq).
+	pinSeq atomic.Uint64
 
 	mu struct {
 		sync.Mutex

@@ -32,7 +32,7 @@ func (st *setState) pinSurvivors(ctx context.Context) error {
 		if states[i] == raid.Failed {
 			continue
 		}
-		if _, err := m.ctl.Pin(ctx, m.api.ChunkID, m.req()); err != nil {
+		if _, err := m.ctl.Pin(ctx, m.api.ChunkID, st.a.s.pinReq(m)); err != nil {
 			errs = append(errs, fmt.Errorf("member %d: %w", i, err))
 		}
 	}
@@ -46,6 +46,16 @@ func (st *setState) pinSurvivors(ctx context.Context) error {
 	return nil
 }
 
+// pinReq is the control request of a pin or unpin of member m, numbered in
+// this host's order: the incarnation the metaserver issued in the high 32
+// bits, so that the calls of a restarted hostd order after the ones before,
+// and a counter below (api.ControlRequest.PinGen).
+func (s *Server) pinReq(m *member) api.ControlRequest {
+	r := m.req()
+	r.PinGen = uint64(s.incarnation.Load())<<32 | s.pinSeq.Add(1)&(1<<32-1)
+	return r
+}
+
 // unpinAll lets every member's LOG forget again once the set is whole: the
 // set's AfterWhole hook, run by its health machine after any pin it asked
 // for, never concurrently with one. An error leaves the LOGs pinned (the
@@ -53,7 +63,7 @@ func (st *setState) pinSurvivors(ctx context.Context) error {
 func (st *setState) unpinAll(ctx context.Context) error {
 	var errs []error
 	for i, m := range st.members {
-		if _, err := m.ctl.Unpin(ctx, m.api.ChunkID, m.req()); err != nil {
+		if _, err := m.ctl.Unpin(ctx, m.api.ChunkID, st.a.s.pinReq(m)); err != nil {
 			errs = append(errs, fmt.Errorf("member %d: %w", i, err))
 		}
 	}

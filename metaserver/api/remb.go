@@ -120,6 +120,11 @@ type ControlRequest struct {
 	Host  string `json:"host"`
 	Epoch int64  `json:"epoch"`
 	Token string `json:"token"`
+	// PinGen orders a host's pin and unpin calls for a chunk: a call whose
+	// (Epoch, PinGen) is not above the last pin or unpin applied to the
+	// chunk is stale (an unpin that timed out on the host and lands after
+	// the next pin) and changes nothing. 0 is unordered: always applied.
+	PinGen uint64 `json:"pin_gen,omitempty"`
 }
 
 // IntentRequest carries a host's write-intent bitmap (bitmap mode

@@ -603,6 +603,14 @@ type Chunk struct {
 
 	intentMu sync.Mutex // guards intent
 	intent   vfs.File   // the intent bitmap file, opened on first use
+
+	// order is the (epoch, generation) of the last ordered pin or unpin
+	// applied (PinOrdered); its mutex also serializes those calls.
+	order struct {
+		sync.Mutex
+		epoch int64  // guarded by order
+		gen   uint64 // guarded by order
+	}
 }
 
 // ID is the chunk's id.
@@ -825,6 +833,34 @@ func (c *Chunk) Unpin() error {
 	}
 	c.lg.Unpin()
 	return nil
+}
+
+// PinOrdered pins (pin true) or unpins the LOG bitmap for a host, in the
+// host's order: a call whose (epoch, gen) is not above the last one
+// applied is stale (say an unpin that timed out on the host and arrives
+// after its next pin) and changes nothing; applied says which. gen 0 is
+// unordered: always applied. The chunkserver's own pins (a connection lost
+// without a disconnect) use Pin and are not ordered.
+func (c *Chunk) PinOrdered(ctx context.Context, pin bool, epoch int64, gen uint64) (applied bool, err error) {
+	c.order.Lock()
+	defer c.order.Unlock()
+	if gen != 0 {
+		if epoch < c.order.epoch || epoch == c.order.epoch && gen <= c.order.gen {
+			return false, nil
+		}
+	}
+	if pin {
+		err = c.Pin(ctx)
+	} else {
+		err = c.Unpin()
+	}
+	if err != nil {
+		return false, err
+	}
+	if gen != 0 {
+		c.order.epoch, c.order.gen = epoch, gen
+	}
+	return true, nil
 }
 
 // RotateLog rotates the LOG bitmap if its period has passed at now. A
