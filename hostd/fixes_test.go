@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,5 +176,39 @@ func TestReportsNumbered(t *testing.T) {
 	if s2.incarnation.Load() <= s.incarnation.Load() || s2.reportSeq.Load() != 0 {
 		t.Fatalf("a restarted hostd has incarnation %d (the one before %d) and starts at seq %d, want a higher incarnation from seq 0",
 			s2.incarnation.Load(), s.incarnation.Load(), s2.reportSeq.Load())
+	}
+}
+
+// TestDegradationRecordRetried: the metaserver fails the first records of
+// a degradation (a moment of overload); the degraded write waits while the
+// record is retried and is acknowledged once it succeeds, instead of
+// failing at the first error.
+func TestDegradationRecordRetried(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	if err := s.attach(t.Context(), testVolume(2)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	var failures atomic.Int32
+	c.meta.setFail(func(vr api.VolumeReport) error {
+		for _, sr := range vr.Sets {
+			for _, m := range sr.Members {
+				if m.State == api.MemberDegraded && failures.Add(1) <= 2 {
+					return errors.New("metaserver: too busy")
+				}
+			}
+		}
+		return nil
+	})
+	c.setDown("c1", true)
+	if err := a.volume.WriteAt(t.Context(), fill(4096, 3), 0, false); err != nil {
+		t.Fatalf("degraded write with a record that succeeds on its third attempt: %v", err)
+	}
+	if n := failures.Load(); n < 3 {
+		t.Fatalf("the record was tried %d times, want 3", n)
+	}
+	if st := states(a); st[1] != raid.Failed {
+		t.Fatalf("member states %v, want c1 failed", st)
 	}
 }

@@ -31,6 +31,7 @@ package raid
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/chunkraid/chunkraid/bitmap"
 )
@@ -62,6 +63,13 @@ var ErrOutOfRange = errors.New("raid: I/O beyond end of device")
 
 // ErrNoMembers is returned when a set has no usable member left for an I/O.
 var ErrNoMembers = errors.New("raid: no usable member")
+
+// ErrNotRecorded fails a write or flush that some member missed when the
+// degradation could not be recorded (BeforeDegradedWrite failed): the
+// operation is not acknowledged, but the set still has its members, and the
+// same operation may succeed once a record does. It matches ErrNoMembers
+// too: without the record no write may go on without the member.
+var ErrNotRecorded = fmt.Errorf("%w: the degradation could not be recorded", ErrNoMembers)
 
 // Set is a redundant set as its owner drives it: a Mirror or an EC. Both
 // share one member state machine (see health.go).

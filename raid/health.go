@@ -267,7 +267,7 @@ func (h *health) recordedFor(gen uint64) (done bool, err error) {
 	case h.closed:
 		return true, fmt.Errorf("%w: the set is closing", ErrNoMembers)
 	case h.failedAt >= gen && !h.recording(gen):
-		return true, fmt.Errorf("%w: the degradation could not be recorded: %w", ErrNoMembers, h.recErr)
+		return true, fmt.Errorf("%w: %w", ErrNotRecorded, h.recErr)
 	}
 	return false, nil
 }

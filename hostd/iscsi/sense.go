@@ -35,6 +35,7 @@ const (
 const (
 	ascNone                    = 0x0000
 	ascLUNotReadyManual        = 0x0403 // LOGICAL UNIT NOT READY, MANUAL INTERVENTION REQUIRED
+	ascLUBecomingReady         = 0x0401 // LOGICAL UNIT IS IN PROCESS OF BECOMING READY
 	ascWriteError              = 0x0c00
 	ascInvalidFieldInIU        = 0x0e03
 	ascUnrecoveredReadError    = 0x1100
@@ -138,6 +139,11 @@ var (
 
 // backendSense is the one mapping from an error of the back end (a raid
 // set behind a linear volume) to the sense data the initiator gets:
+//   - raid.ErrNotRecorded, a write or flush that a member missed could not
+//     have the degradation recorded (the metaserver or a chunkserver did
+//     not answer in time): NOT READY, LOGICAL UNIT IS IN PROCESS OF
+//     BECOMING READY (04h/01h), which initiators retry; the set still has
+//     its members and the retry succeeds once the record does;
 //   - raid.ErrNoMembers, the set lost its quorum: NOT READY, LOGICAL UNIT
 //     NOT READY, MANUAL INTERVENTION REQUIRED (04h/03h). No member can serve
 //     until one is brought back and resynced; an initiator should not retry
@@ -151,6 +157,8 @@ var (
 //     for a write.
 func backendSense(err error, write bool) *sense {
 	switch {
+	case errors.Is(err, raid.ErrNotRecorded):
+		return newSense(senseNotReady, ascLUBecomingReady)
 	case errors.Is(err, raid.ErrNoMembers):
 		return newSense(senseNotReady, ascLUNotReadyManual)
 	case errors.Is(err, raid.ErrOutOfRange):

@@ -20,6 +20,7 @@ func TestBackendSense(t *testing.T) {
 	}{
 		{"quorum lost, read", wrap(raid.ErrNoMembers), false, senseNotReady, 0x0403},
 		{"quorum lost, write", wrap(raid.ErrNoMembers), true, senseNotReady, 0x0403},
+		{"degradation not recorded, write", wrap(fmt.Errorf("%w: metaserver: timeout", raid.ErrNotRecorded)), true, senseNotReady, 0x0401},
 		{"unrecoverable read", wrap(raid.ErrUnrecoverable), false, senseMediumError, 0x1100},
 		{"unrecoverable write", wrap(raid.ErrUnrecoverable), true, senseMediumError, 0x0c00},
 		{"out of range", wrap(raid.ErrOutOfRange), false, senseIllegalRequest, 0x2100},
