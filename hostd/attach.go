@@ -241,6 +241,11 @@ type setPlan struct {
 	// stale are reachable members the previous holder recorded as degraded
 	// or resyncing.
 	stale []int
+	// missed are all members the previous holder recorded as degraded or
+	// resyncing, reachable or not: they missed acknowledged writes. The
+	// other members that start degraded were merely unreachable and hold
+	// every acknowledged write (raid.ECConfig.Stale).
+	missed []int
 	// usable counts the reachable in-sync members.
 	usable int
 	// size is the members' size.
@@ -255,6 +260,9 @@ type setPlan struct {
 func planSet(members []*member, reachable []bool, layout api.Layout) (setPlan, error) {
 	p := setPlan{size: -1}
 	for i, m := range members {
+		if m.api.State != "" && m.api.State != api.MemberInSync {
+			p.missed = append(p.missed, i)
+		}
 		if !reachable[i] {
 			p.degraded = append(p.degraded, i)
 			p.devs = append(p.devs, nil)
@@ -327,6 +335,7 @@ func (st *setState) buildSet(p setPlan, layout api.Layout, stripe int64) (raid.S
 			StripeUnit:          stripe,
 			WIB:                 st.wib,
 			Degraded:            p.degraded,
+			Stale:               p.missed,
 			BeforeDegradedWrite: st.recordDegraded,
 			AfterWhole:          st.unpinAll,
 			Pinned:              st.startPinned(p),

@@ -2,6 +2,7 @@ package hostd
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
+	"github.com/chunkraid/chunkraid/raid/raidtest"
 )
 
 func TestAttachAllMembers(t *testing.T) {
@@ -158,5 +160,30 @@ func TestCleanDetach(t *testing.T) {
 	}
 	if got := s.target.Targets(); len(got) != 0 {
 		t.Errorf("targets %v after detach", got)
+	}
+}
+
+// TestPlanSetStaleVersusUnreachable: a member the previous host recorded
+// degraded missed writes whether or not it is reachable now (raid's Stale);
+// a member recorded in sync that is merely unreachable starts degraded but
+// holds every acknowledged write.
+func TestPlanSetStaleVersusUnreachable(t *testing.T) {
+	states := []string{api.MemberInSync, api.MemberInSync, api.MemberDegraded, api.MemberDegraded, api.MemberInSync}
+	reachable := []bool{true, true, true, false, false}
+	var members []*member
+	for i, st := range states {
+		m := &member{api: api.Member{ChunkID: fmt.Sprintf("c%d", i), State: st}}
+		if reachable[i] {
+			m.setClient(&fakeConn{dev: raidtest.NewMemDevice(testChunkSize)})
+		}
+		members = append(members, m)
+	}
+	p, err := planSet(members, reachable, api.Layout{Kind: api.LayoutEC, K: 2, M: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.degraded, []int{2, 3, 4}) || !slices.Equal(p.stale, []int{2}) || !slices.Equal(p.missed, []int{2, 3}) || p.usable != 2 {
+		t.Fatalf("plan: degraded %v stale %v missed %v usable %d; want degraded [2 3 4], stale [2], missed [2 3], usable 2",
+			p.degraded, p.stale, p.missed, p.usable)
 	}
 }

@@ -273,7 +273,7 @@ func (w *dmWorld) close() {
 func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaMu *sync.Mutex) *dmHost {
 	n := len(chunks)
 	h := &dmHost{needLog: make([]bool, n)}
-	var degraded []int
+	var degraded, stale []int
 	usable := 0
 	devs := make([]Device, n)
 	metaMu.Lock()
@@ -284,6 +284,9 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 		c.mu.Lock()
 		up := c.up()
 		c.mu.Unlock()
+		if rec[i] {
+			stale = append(stale, i)
+		}
 		switch {
 		case !up:
 			degraded = append(degraded, i)
@@ -382,7 +385,7 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 	}
 	var serr error
 	if w.cfg.k > 0 {
-		set, serr = NewEC(ECConfig{Members: devs, K: w.cfg.k, M: w.cfg.m, StripeUnit: 4096, WIB: wib, Degraded: degraded,
+		set, serr = NewEC(ECConfig{Members: devs, K: w.cfg.k, M: w.cfg.m, StripeUnit: 4096, WIB: wib, Degraded: degraded, Stale: stale,
 			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: recover || len(degraded) > 0, OnStateChange: onChange})
 	} else {
 		set, serr = NewMirror(MirrorConfig{Members: devs, WIB: wib, Degraded: degraded,

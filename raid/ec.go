@@ -75,6 +75,13 @@ type ECConfig struct {
 	// Degraded lists members that start Failed (unreachable at attach). At
 	// most M: with fewer than K members the set cannot serve anything.
 	Degraded []int
+	// Stale lists the members of Degraded known to have missed writes (the
+	// previous host recorded them degraded): what they hold in a suspect
+	// stripe never stands in for data. A member in Degraded but not in
+	// Stale was merely unreachable while recorded in sync: it holds every
+	// acknowledged write, and only the stripes named by the LOGs need their
+	// parity derived again once it is back.
+	Stale []int
 	// BeforeDegradedWrite, if set, is called once after a member fails and
 	// before the first write that the set acknowledges without it; hostd
 	// pins the survivors' LOG bitmaps there (DESIGN §2 rule 3). An error is
@@ -131,6 +138,11 @@ func (c *ECConfig) validate() error {
 			return fmt.Errorf("raid: ec degraded member %d listed twice", i)
 		}
 		seen[i] = true
+	}
+	for _, i := range c.Stale {
+		if i < 0 || i >= len(c.Members) || !seen[i] {
+			return fmt.Errorf("raid: ec stale member %d is not one of the degraded members %v", i, c.Degraded)
+		}
 	}
 	if len(c.Degraded) > c.M {
 		return fmt.Errorf("%w: ec %d+%d with %d members degraded: at least %d must be reachable", ErrNoMembers, c.K, c.M, len(c.Degraded), c.K)
@@ -297,9 +309,10 @@ type EC struct {
 	resyncMu sync.Mutex                // one Resync at a time
 	hooks    *setHooks                 // runs BeforeDegradedWrite and AfterWhole for the health machine
 	bufs     sync.Pool                 // *stripeBuf
-	// staleAtBuild is the set of members that started Failed: whatever
-	// they hold in a suspect stripe may predate writes they missed under
-	// the previous host, so it never stands in for data.
+	// staleAtBuild is the set of members that started Failed having
+	// missed writes (ECConfig.Stale): whatever they hold in a suspect stripe
+	// may predate writes they missed under the previous host, so it never
+	// stands in for data.
 	staleAtBuild uint64
 
 	mu struct {
@@ -404,7 +417,9 @@ func NewEC(cfg ECConfig) (*EC, error) {
 	for _, i := range cfg.Degraded {
 		v.failed |= 1 << i
 	}
-	e.staleAtBuild = v.failed
+	for _, i := range cfg.Stale {
+		e.staleAtBuild |= 1 << i
+	}
 	e.mu.h = h
 	e.hooks = newSetHooks(&e.mu.Mutex, h, cfg.BeforeDegradedWrite, cfg.AfterWhole, cfg.HookTimeout, log)
 	e.view.Store(v)

@@ -1542,7 +1542,7 @@ func TestECStaleMemberAtAttach(t *testing.T) {
 				members[i] = d
 			}
 			first.devs[x].SetFailed(false)
-			e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: unit, WIB: w, Degraded: []int{x}})
+			e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: unit, WIB: w, Degraded: []int{x}, Stale: []int{x}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1604,5 +1604,65 @@ func TestECRejoinDuringRecordCountsAsMissed(t *testing.T) {
 	}
 	if u := e.Untrusted(); !u[2] {
 		t.Fatalf("member 2 failed an acknowledged write and rejoined while it was being recorded, yet Untrusted = %v", u)
+	}
+}
+
+// TestECUnreachableInSyncMemberAtAttach: the previous host died with every
+// write flushed, one member merely unreachable and recorded in sync; the
+// new host attaches without it (it starts Degraded, not Stale) with the
+// stripes the LOGs name suspect. When the member comes back, its units
+// stand in for data: the resync re-encodes the suspect stripes, the member
+// is in sync and every acknowledged byte reads back, on ec:2+1 too, where
+// no spare shard exists to check a unit against. (Before ECConfig.Stale
+// every member absent at attach counted as stale: on ec:2+1 it stayed
+// Resyncing for good and its units in the LOG regions were medium errors.)
+func TestECUnreachableInSyncMemberAtAttach(t *testing.T) {
+	for _, l := range []struct{ k, m int }{{2, 1}, {4, 2}} {
+		t.Run(fmt.Sprintf("%d+%d", l.k, l.m), func(t *testing.T) {
+			const unit, stripes, region = 4096, 24, 16 << 10
+			ctx := t.Context()
+			first := newEC(t, l.k, l.m, unit, stripes*unit)
+			g := first.g
+			sd := int64(g.k) * unit
+			size := sd * stripes
+			rng := rand.New(rand.NewPCG(uint64(l.k), 77))
+			model := randBytes(rng, size)
+			if err := first.ec.WriteAt(ctx, model, 0, false); err != nil {
+				t.Fatal(err)
+			}
+			if err := first.ec.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			const s = 5
+			x := g.member(s, 1) // holds D1 of stripe s
+
+			// The new host: the LOGs name stripe s's region; member x is
+			// unreachable, recorded in sync.
+			w := newTestWIB(t, size, region)
+			w.Mark(s*sd, sd)
+			members := make([]raid.Device, g.n)
+			for i, d := range first.devs {
+				members[i] = d
+			}
+			e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: unit, WIB: w, Degraded: []int{x}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { e.Close() })
+			if err := e.Rejoin(x, first.devs[x]); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.Resync(ctx, nil); err != nil {
+				t.Fatalf("Resync after the unreachable in-sync member came back: %v", err)
+			}
+			if st := e.States(); st[x] != raid.InSync {
+				t.Fatalf("member %d is %v after the resync, want in sync", x, st[x])
+			}
+			got := make([]byte, size)
+			if err := e.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, model) {
+				t.Fatalf("read back after the resync: err %v, bytes equal %v", err, err == nil && bytes.Equal(got, model))
+			}
+			checkStripes(t, g, first.devs, e.States(), model)
+		})
 	}
 }
