@@ -675,3 +675,32 @@ func TestStaleUnpinIgnored(t *testing.T) {
 		}
 	}
 }
+
+// TestPinMany: one call pins several chunks, each with its own
+// credentials; a bad credential fails the call with the chunk named, and an
+// empty request is refused.
+func TestPinMany(t *testing.T) {
+	meta := newFakeMeta(t, "a", "b", "c")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	pin := func(chunk string) api.ChunkPin {
+		return api.ChunkPin{Chunk: chunk, ControlRequest: cred(chunk, "h1", 1)}
+	}
+	resp, err := cs.ctl.PinMany(ctx, api.PinRequest{Pins: []api.ChunkPin{pin("a"), pin("b")}})
+	if err != nil || len(resp.Chunks) != 2 || !resp.Chunks[0].Pinned || !resp.Chunks[1].Pinned {
+		t.Fatalf("PinMany a, b: %+v %v", resp, err)
+	}
+	for _, chunk := range []string{"a", "b", "c"} {
+		if got, want := cs.logBits(t, chunk, 1).Pinned, chunk != "c"; got != want {
+			t.Errorf("chunk %s pinned %v, want %v", chunk, got, want)
+		}
+	}
+	bad := pin("c")
+	bad.Token = "forged"
+	if _, err := cs.ctl.PinMany(ctx, api.PinRequest{Pins: []api.ChunkPin{bad}}); !control.IsUnauthenticated(err) || !strings.Contains(err.Error(), "chunk c") {
+		t.Errorf("PinMany with a forged token: %v, want unauthenticated naming chunk c", err)
+	}
+	if _, err := cs.ctl.PinMany(ctx, api.PinRequest{}); api.ErrorCode(err) != api.CodeInvalidArgument {
+		t.Errorf("empty PinRequest: %v, want invalid_argument", err)
+	}
+}

@@ -26,10 +26,11 @@ func (s *Server) controlHandler() http.Handler {
 	mux.HandleFunc("POST "+control.RouteFence, h.fence)
 	mux.HandleFunc("POST "+control.RoutePin, h.pin)
 	mux.HandleFunc("POST "+control.RouteUnpin, h.unpin)
+	mux.HandleFunc("POST "+control.RoutePins, h.pinMany)
 	mux.HandleFunc("GET "+control.RouteLog, h.log)
 	mux.HandleFunc("PUT "+control.RouteIntent, h.writeIntent)
 	mux.HandleFunc("GET "+control.RouteIntent, h.readIntent)
-	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent} {
+	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent, control.RoutePins} {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, api.Errorf(control.CodeMethodNotAllowed, "%s does not take %s", r.URL.Path, r.Method))
 		})
@@ -155,6 +156,47 @@ func (h controlAPI) unpin(w http.ResponseWriter, r *http.Request) {
 		h.s.log.Info("LOG bitmap unpinned", "chunk", c.ID(), "host", req.Host, "epoch", req.Epoch, "pin_gen", req.PinGen)
 		return nil
 	})
+}
+
+// maxPinsBody bounds the body of a PinRequest (api.MaxPins pins).
+const maxPinsBody = 4 << 20
+
+// pinMany pins several chunks in one call, each with its own credentials
+// and order; the first pin that fails fails the call.
+func (h controlAPI) pinMany(w http.ResponseWriter, r *http.Request) {
+	var req api.PinRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxPinsBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, api.Errorf(api.CodeInvalidArgument, "body must be a JSON PinRequest {pins: [{chunk, host, epoch, token}]}: %v", err))
+		return
+	}
+	if len(req.Pins) == 0 || len(req.Pins) > api.MaxPins {
+		writeError(w, api.Errorf(api.CodeInvalidArgument, "a PinRequest carries 1 to %d pins, not %d", api.MaxPins, len(req.Pins)))
+		return
+	}
+	out := api.PinResponse{Chunks: make([]api.ControlResponse, 0, len(req.Pins))}
+	for _, p := range req.Pins {
+		c, aerr := h.authorize(p.Chunk, p.ControlRequest, false)
+		if aerr != nil {
+			writeError(w, aerr)
+			return
+		}
+		applied, err := c.PinOrdered(r.Context(), true, p.Epoch, p.PinGen)
+		if err != nil {
+			code := api.CodeInternal
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				code = api.CodeUnavailable
+			}
+			writeError(w, api.Errorf(code, "pinning chunk %s: %s", p.Chunk, err.Error()))
+			return
+		}
+		if applied {
+			h.s.log.Info("LOG bitmap pinned", "chunk", c.ID(), "host", p.Host, "epoch", p.Epoch, "pin_gen", p.PinGen)
+		}
+		out.Chunks = append(out.Chunks, api.ControlResponse{MinEpoch: c.MinEpoch(), Pinned: c.Log().Pinned()})
+	}
+	writeJSON(w, http.StatusOK, out)
 }
 
 // queryAuth authorizes a GET route from its query string.

@@ -24,6 +24,7 @@ import (
 // brings them back.
 func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 	a := &attachment{s: s, vol: v, log: s.log.With("volume", v.Name, "epoch", v.Epoch), reportC: make(chan struct{}, 1)}
+	a.rec.a = a
 	defer func() {
 		if err != nil {
 			a.close(false)

@@ -55,6 +55,8 @@ type fakeCluster struct {
 	meta   *fakeMeta
 	// registrations counts RegisterHost calls: the incarnation issued.
 	registrations int64
+	// pinManyCalls counts PinMany calls by control address.
+	pinManyCalls map[string]int
 }
 
 func newFakeCluster(t *testing.T, n int) *fakeCluster {
@@ -140,7 +142,7 @@ func (c *fakeCluster) openConns() int {
 	return n
 }
 
-func (c *fakeCluster) control(string) chunkControl { return fakeControl{c} }
+func (c *fakeCluster) control(addr string) chunkControl { return fakeControl{c: c, addr: addr} }
 
 func (c *fakeCluster) dial(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error) {
 	c.mu.Lock()
@@ -155,8 +157,12 @@ func (c *fakeCluster) dial(ctx context.Context, cfg nbd.ClientConfig) (memberCon
 	return cn, nil
 }
 
-// fakeControl is the control API of the fake chunkservers.
-type fakeControl struct{ c *fakeCluster }
+// fakeControl is the control API of the fake chunkservers; addr is the
+// control address it was made for.
+type fakeControl struct {
+	c    *fakeCluster
+	addr string
+}
 
 func (f fakeControl) call(op, chunk string, do func(ch *fakeChunk) error) (*api.ControlResponse, error) {
 	f.c.mu.Lock()
@@ -191,6 +197,25 @@ func (f fakeControl) Pin(_ context.Context, chunk string, req api.ControlRequest
 		ch.pinned = true
 		return nil
 	})
+}
+
+// PinMany pins each chunk as Pin does; the first failure fails the call.
+func (f fakeControl) PinMany(ctx context.Context, req api.PinRequest) (*api.PinResponse, error) {
+	f.c.mu.Lock()
+	if f.c.pinManyCalls == nil {
+		f.c.pinManyCalls = map[string]int{}
+	}
+	f.c.pinManyCalls[f.addr]++
+	f.c.mu.Unlock()
+	out := &api.PinResponse{}
+	for _, p := range req.Pins {
+		r, err := f.Pin(ctx, p.Chunk, p.ControlRequest)
+		if err != nil {
+			return nil, err
+		}
+		out.Chunks = append(out.Chunks, *r)
+	}
+	return out, nil
 }
 
 func (f fakeControl) Unpin(_ context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {

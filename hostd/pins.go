@@ -4,63 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
 )
 
-// recordBudget is how long the record of a degradation may take, retries
-// included, while the writes that need it wait: three times t_io. With the
-// t_io it took to fail the member, a degraded write waits at most 4·t_io
-// (20 s with the default 5 s) before it is acknowledged or fails with a
-// status the initiator retries, well inside the usual 30 s SCSI command
-// timeout (DESIGN §5).
-func recordBudget(tIO time.Duration) time.Duration { return 3 * tIO }
-
 // recordDegraded runs before the set acknowledges its first write without
-// a member: it pins the survivors' LOG bitmaps and records the member's
-// state with the metaserver, so that a host taking the volume over after
-// a crash neither forgets what the member missed nor trusts it. A failed
-// attempt (a metaserver or chunkserver slow for a moment) is retried, each
-// attempt bounded by t_io, until ctx (the record budget) ends; a refusal
-// (the volume is no longer this host's) is not retried.
+// a member: the volume's recorder pins the survivors' LOG bitmaps and
+// records the member's state with the metaserver, so that a host taking
+// the volume over after a crash neither forgets what the member missed nor
+// trusts it. Sets degraded together are recorded together.
 func (st *setState) recordDegraded(ctx context.Context) error {
-	backoff := 50 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, st.a.s.cfg.IOTimeout)
-		err := st.recordOnce(actx)
-		cancel()
-		if err == nil {
-			if attempt > 1 {
-				st.log.Info("degradation recorded after retries", "attempts", attempt)
-			}
-			return nil
-		}
-		var ae *api.Error
-		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 {
-			return err
-		}
-		st.log.Warn("recording the degradation failed; retrying", "attempt", attempt, "err", err)
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%d attempts: %w", attempt, err)
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, time.Second)
-	}
-}
-
-// recordOnce makes one attempt at recording a degradation.
-func (st *setState) recordOnce(ctx context.Context) error {
-	if err := st.pinSurvivors(ctx); err != nil {
-		return err
-	}
-	r := st.a.snapshot(false)
-	if err := st.a.s.meta.HostReport(ctx, st.a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
-		return fmt.Errorf("recording the degraded member with the metaserver: %w", err)
-	}
-	return nil
+	return st.a.rec.record(ctx, st)
 }
 
 // pinSurvivors pins the LOG bitmaps of every member the set still uses.

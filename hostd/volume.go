@@ -30,6 +30,8 @@ type attachment struct {
 	// reportC asks the reporter goroutine for a report; reports are sent one
 	// at a time, newest state each time, so they never arrive out of order.
 	reportC chan struct{}
+	// rec records the sets' degradations, several at once.
+	rec recorder
 }
 
 // member is one chunk of a set as the host reaches it.

@@ -9,6 +9,7 @@
 //	POST /v1/chunks/{chunk}/fence   body ControlRequest → ControlResponse
 //	POST /v1/chunks/{chunk}/pin     body ControlRequest → ControlResponse
 //	POST /v1/chunks/{chunk}/unpin   body ControlRequest → ControlResponse
+//	POST /v1/pins                   body PinRequest → PinResponse (many chunks, one call)
 //	GET  /v1/chunks/{chunk}/log?host=H&epoch=N&token=T  → LogBitmap
 //
 // Every call carries the credentials of an export: the host, the volume
@@ -76,6 +77,7 @@ const (
 	RouteUnpin  = "/v1/chunks/{chunk}/unpin"
 	RouteLog    = "/v1/chunks/{chunk}/log"
 	RouteIntent = "/v1/chunks/{chunk}/intent"
+	RoutePins   = "/v1/pins"
 )
 
 // DefaultTimeout bounds a call whose context has no deadline.
@@ -134,6 +136,16 @@ func (c *Client) Pin(ctx context.Context, chunk string, req api.ControlRequest) 
 func (c *Client) Unpin(ctx context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
 	var out api.ControlResponse
 	if err := c.do(ctx, http.MethodPost, chunkPath(chunk, "unpin"), nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// PinMany pins the LOG bitmaps of several chunks of this chunkserver in one
+// call; it fails if any pin fails.
+func (c *Client) PinMany(ctx context.Context, req api.PinRequest) (*api.PinResponse, error) {
+	var out api.PinResponse
+	if err := c.do(ctx, http.MethodPost, RoutePins, nil, req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

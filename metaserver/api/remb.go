@@ -127,6 +127,30 @@ type ControlRequest struct {
 	PinGen uint64 `json:"pin_gen,omitempty"`
 }
 
+// PinRequest pins the LOG bitmaps of several chunks of one chunkserver in
+// one control call (POST /v1/pins): a host records a failure that degraded
+// many sets at once with one call per survivor chunkserver. Each pin
+// carries the credentials (and order) of a single pin.
+type PinRequest struct {
+	Pins []ChunkPin `json:"pins"`
+}
+
+// ChunkPin is one chunk's pin in a PinRequest.
+type ChunkPin struct {
+	Chunk string `json:"chunk"`
+	ControlRequest
+}
+
+// MaxPins is the most pins one PinRequest may carry.
+const MaxPins = 10000
+
+// PinResponse answers a PinRequest with each chunk's state after it, in the
+// request's order. A call fails whole when any pin fails (some may be
+// pinned: a pin is safe to repeat).
+type PinResponse struct {
+	Chunks []ControlResponse `json:"chunks"`
+}
+
 // IntentRequest carries a host's write-intent bitmap (bitmap mode
 // internal): bit i covers bytes [i*RegionSize, (i+1)*RegionSize) of the
 // chunk, LSB first in byte i/8.
