@@ -433,7 +433,15 @@ func (s *Server) heartbeatLoop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		return s.meta.ChunkserverHeartbeat(ctx, s.id, api.ChunkserverHeartbeat{Disks: disks})
+		hb := api.ChunkserverHeartbeat{Disks: disks}
+		for _, f := range s.store.Failed() {
+			reason := "unknown"
+			if f.Reason != nil {
+				reason = f.Reason.Error()
+			}
+			hb.FailedChunks = append(hb.FailedChunks, api.FailedChunk{ID: f.ID, Quarantined: f.Quarantined, Reason: reason})
+		}
+		return s.meta.ChunkserverHeartbeat(ctx, s.id, hb)
 	})
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -703,4 +704,27 @@ func TestPinMany(t *testing.T) {
 	if _, err := cs.ctl.PinMany(ctx, api.PinRequest{}); api.ErrorCode(err) != api.CodeInvalidArgument {
 		t.Errorf("empty PinRequest: %v, want invalid_argument", err)
 	}
+}
+
+// TestFailedChunkInHeartbeat: a chunk whose fdatasync fails fails for good,
+// and the chunkserver's heartbeats name it with the reason, so the
+// metaserver can show it.
+func TestFailedChunkInHeartbeat(t *testing.T) {
+	meta := newFakeMeta(t, "a", "b")
+	efs := vfs.NewErrorFS(vfs.OS{}, nil)
+	cs := startCS(t, meta, t.TempDir(), func(c *Config) { c.FS = efs })
+	c := cs.dial(t, exportName("a", "h1", 1), nil)
+	if err := c.WriteAt(t.Context(), []byte("x"), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	efs.SetInjector(vfs.OnOp(vfs.OpSync, "a.chunk", syscall.EIO))
+	if err := c.Flush(t.Context()); err == nil {
+		t.Fatal("a flush whose fdatasync fails succeeded")
+	}
+	waitFor(t, "a heartbeat naming the failed chunk", func() bool {
+		meta.mu.Lock()
+		defer meta.mu.Unlock()
+		fc := meta.mu.heartbeat.FailedChunks
+		return len(fc) == 1 && fc[0].ID == "a" && !fc[0].Quarantined && strings.Contains(fc[0].Reason, "input/output error")
+	})
 }

@@ -44,6 +44,7 @@ type fakeMeta struct {
 		chunks     []api.ChunkAssignment
 		changed    chan struct{}
 		registered []api.RegisterChunkserverRequest
+		heartbeat  api.ChunkserverHeartbeat // the last one
 	}
 }
 
@@ -69,6 +70,13 @@ func newFakeMeta(t *testing.T, chunks ...string) *fakeMeta {
 		writeJSON(w, http.StatusOK, m.resp)
 	})
 	mux.HandleFunc("POST /api/v1/chunkservers/{id}/heartbeat", func(w http.ResponseWriter, r *http.Request) {
+		var hb api.ChunkserverHeartbeat
+		if err := json.NewDecoder(r.Body).Decode(&hb); err != nil {
+			t.Errorf("heartbeat body: %v", err)
+		}
+		m.mu.Lock()
+		m.mu.heartbeat = hb
+		m.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("GET /api/v1/cluster", func(w http.ResponseWriter, r *http.Request) {

@@ -253,9 +253,10 @@ func newServerCmd(o *rootOptions) *cobra.Command {
 				return err
 			}
 			return o.print(ds, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tCHUNKSERVER\tPATH\tFREE\tCAPACITY")
+				fmt.Fprintln(w, "ID\tCHUNKSERVER\tPATH\tFREE\tCAPACITY\tCHUNKS\tFAILED")
 				for _, d := range ds {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", d.ID, d.Chunkserver, d.Path, formatSize(d.FreeBytes), formatSize(d.CapacityBytes))
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%d\n", d.ID, d.Chunkserver, d.Path, formatSize(d.FreeBytes),
+						formatSize(d.CapacityBytes), d.Chunks, d.FailedChunks)
 				}
 			})
 		},
@@ -297,9 +298,10 @@ func newChunkCmd(o *rootOptions) *cobra.Command {
 				return err
 			}
 			return o.print(cs, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "CHUNK\tCHUNKSERVER\tVOLUME\tSET\tMEMBER\tSIZE\tSTATE")
+				fmt.Fprintln(w, "CHUNK\tCHUNKSERVER\tVOLUME\tSET\tMEMBER\tSIZE\tSTATE\tFAILED")
 				for _, c := range cs {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", c.ID, c.Chunkserver, orDash(c.Volume), c.SetIndex, c.MemberIndex, formatSize(c.SizeBytes), c.State)
+					fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", c.ID, c.Chunkserver, orDash(c.Volume), c.SetIndex, c.MemberIndex, formatSize(c.SizeBytes), c.State,
+						orDash(oneLine(c.Failed)))
 				}
 			})
 		},

@@ -42,6 +42,9 @@ func memberState(m api.Member) string {
 			s += ": " + oneLine(m.Error)
 		}
 	}
+	if m.ChunkFailed != "" {
+		s += " (chunk failed on its chunkserver: " + oneLine(m.ChunkFailed) + ")"
+	}
 	return s
 }
 

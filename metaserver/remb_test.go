@@ -889,3 +889,78 @@ func TestHostReportSequence(t *testing.T) {
 		t.Errorf("first report at epoch 2: member %s, want in_sync", m.State)
 	}
 }
+
+// TestFailedChunksReported: a chunkserver's heartbeat names a chunk that
+// failed after a durability error; the metaserver records an event once,
+// shows the failure on the chunk, the volume's member and the disk, and
+// forgets it when the chunkserver no longer reports it.
+func TestFailedChunksReported(t *testing.T) {
+	t.Parallel()
+	f := newReportFixture(t)
+	ctx := t.Context()
+	chunk := f.member[1][0]
+	var server string
+	var serverID int64
+	servers, err := f.ts.Client.ListChunkservers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range servers {
+		if s.Name == f.vol.Sets[1].Members[0].Chunkserver {
+			server, serverID = s.Name, s.ID
+		}
+	}
+	hb := api.ChunkserverHeartbeat{Disks: []api.DiskInfo{{Path: "/srv/" + server, CapacityBytes: 10 * gib, FreeBytes: 10 * gib}},
+		FailedChunks: []api.FailedChunk{{ID: chunk, Reason: "fdatasync: input/output error"}, {ID: "not-its-chunk", Reason: "x"}}}
+	for range 2 {
+		if err := f.ts.Client.ChunkserverHeartbeat(ctx, serverID, hb); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evs, err := f.ts.Client.ListEvents(ctx, "vol", 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failedEvents []string
+	for _, e := range evs {
+		if e.Kind == api.EventChunkFailed {
+			failedEvents = append(failedEvents, e.Message)
+		}
+	}
+	want := fmt.Sprintf("chunk %s (member 0 of set 1 of volume vol) on chunkserver %s failed: fdatasync: input/output error", chunk, server)
+	if len(failedEvents) != 1 || failedEvents[0] != want {
+		t.Fatalf("chunk_failed events %q, want one: %q", failedEvents, want)
+	}
+	v, err := f.ts.Client.GetVolume(ctx, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Sets[1].Members[0].ChunkFailed; got != "fdatasync: input/output error" {
+		t.Errorf("member's chunk_failed %q", got)
+	}
+	if got := v.Sets[0].Members[0].ChunkFailed; got != "" {
+		t.Errorf("a healthy member's chunk_failed %q", got)
+	}
+	disks, err := f.ts.Client.ListDisks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range disks {
+		if want := map[bool]int{true: 1, false: 0}[d.Chunkserver == server]; d.FailedChunks != want || d.Chunks == 0 {
+			t.Errorf("disk %s of %s: %d chunks, %d failed; want %d failed", d.Path, d.Chunkserver, d.Chunks, d.FailedChunks, want)
+		}
+	}
+	hb.FailedChunks = nil
+	if err := f.ts.Client.ChunkserverHeartbeat(ctx, serverID, hb); err != nil {
+		t.Fatal(err)
+	}
+	chunks, err := f.ts.Client.ListChunks(ctx, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chunks {
+		if c.Failed != "" {
+			t.Errorf("chunk %s still failed (%q) after its chunkserver stopped reporting it", c.ID, c.Failed)
+		}
+	}
+}

@@ -209,8 +209,64 @@ func (st *store) chunkserverHeartbeat(ctx context.Context, id int64, hb api.Chun
 		if err != nil {
 			return fmt.Errorf("heartbeat disks: %w", err)
 		}
-		return nil
+		return recordFailedChunks(ctx, tx, id, hb.FailedChunks)
 	})
+}
+
+// recordFailedChunks stores which chunks of chunkserver id it reports failed
+// or quarantined, with an event for each that was healthy until now; a
+// chunk it no longer reports (repaired, or deleted and created again) is
+// healthy again. Reported ids that are not its chunks are ignored.
+func recordFailedChunks(ctx context.Context, tx pgx.Tx, id int64, failed []api.FailedChunk) error {
+	ids := make([]string, len(failed))
+	reasons := make([]string, len(failed))
+	for i, f := range failed {
+		ids[i] = f.ID
+		reasons[i] = truncateUTF8(f.Reason, maxErrorLen)
+		if f.Quarantined {
+			reasons[i] = truncateUTF8("quarantined: "+f.Reason, maxErrorLen)
+		}
+	}
+	if _, err := tx.Exec(ctx, `
+		UPDATE chunks SET failed_reason = NULL, failed_at = NULL
+		WHERE chunkserver_id = $1 AND failed_reason IS NOT NULL AND NOT (id::text = ANY($2::text[]))`, id, ids); err != nil {
+		return fmt.Errorf("heartbeat failed chunks: %w", err)
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	rows, err := tx.Query(ctx, `
+		UPDATE chunks c SET failed_reason = r.reason, failed_at = now()
+		FROM unnest($2::text[], $3::text[]) AS r(id, reason)
+		WHERE c.chunkserver_id = $1 AND c.id::text = r.id AND c.failed_reason IS NULL
+		RETURNING c.id::text, r.reason, coalesce((SELECT name FROM volumes v WHERE v.id = c.volume_id), ''),
+		          coalesce(c.set_idx, 0), coalesce(c.member_idx, 0),
+		          (SELECT name FROM chunkservers cs WHERE cs.id = c.chunkserver_id)`, id, ids, reasons)
+	if err != nil {
+		return fmt.Errorf("heartbeat failed chunks: %w", err)
+	}
+	var evs []event
+	for rows.Next() {
+		var chunk, reason, volume, server string
+		var set, member int
+		if err := rows.Scan(&chunk, &reason, &volume, &set, &member, &server); err != nil {
+			rows.Close()
+			return fmt.Errorf("heartbeat failed chunks: %w", err)
+		}
+		e := event{Kind: api.EventChunkFailed, Subject: "chunk/" + chunk, Volume: volume,
+			Message: fmt.Sprintf("chunk %s on chunkserver %s failed: %s", chunk, server, reason)}
+		if volume != "" {
+			e.Subject = fmt.Sprintf("volume/%s/set/%d/member/%d", volume, set, member)
+			e.Message = fmt.Sprintf("chunk %s (member %d of set %d of volume %s) on chunkserver %s failed: %s",
+				chunk, member, set, volume, server, reason)
+		}
+		evs = append(evs, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("heartbeat failed chunks: %w", err)
+	}
+	return addEvents(ctx, tx, evs...)
 }
 
 // listChunkservers lists every chunkserver with its state and totals.
@@ -329,7 +385,9 @@ func (st *store) listDisks(ctx context.Context) ([]api.Disk, error) {
 	var out []api.Disk
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
-			SELECT d.id, cs.name, d.path, d.capacity_bytes, d.free_bytes
+			SELECT d.id, cs.name, d.path, d.capacity_bytes, d.free_bytes,
+			       (SELECT count(*) FROM chunks c WHERE c.disk_id = d.id),
+			       (SELECT count(*) FROM chunks c WHERE c.disk_id = d.id AND c.failed_reason IS NOT NULL)
 			FROM disks d JOIN chunkservers cs ON cs.id = d.chunkserver_id
 			ORDER BY cs.name, d.path`)
 		if err != nil {
@@ -337,7 +395,7 @@ func (st *store) listDisks(ctx context.Context) ([]api.Disk, error) {
 		}
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Disk, error) {
 			var d api.Disk
-			err := row.Scan(&d.ID, &d.Chunkserver, &d.Path, &d.CapacityBytes, &d.FreeBytes)
+			err := row.Scan(&d.ID, &d.Chunkserver, &d.Path, &d.CapacityBytes, &d.FreeBytes, &d.Chunks, &d.FailedChunks)
 			return d, err
 		})
 		return err
@@ -362,7 +420,7 @@ func (st *store) listChunks(ctx context.Context, volume string) ([]api.Chunk, er
 		}
 		rows, err := tx.Query(ctx, `
 			SELECT c.id::text, cs.name, coalesce(v.name, ''), coalesce(c.set_idx, 0), coalesce(c.member_idx, 0),
-			       c.size_bytes, c.state
+			       c.size_bytes, c.state, coalesce(c.failed_reason, '')
 			FROM chunks c
 			JOIN chunkservers cs ON cs.id = c.chunkserver_id
 			LEFT JOIN volumes v ON v.id = c.volume_id
@@ -373,7 +431,7 @@ func (st *store) listChunks(ctx context.Context, volume string) ([]api.Chunk, er
 		}
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Chunk, error) {
 			var c api.Chunk
-			err := row.Scan(&c.ID, &c.Chunkserver, &c.Volume, &c.SetIndex, &c.MemberIndex, &c.SizeBytes, &c.State)
+			err := row.Scan(&c.ID, &c.Chunkserver, &c.Volume, &c.SetIndex, &c.MemberIndex, &c.SizeBytes, &c.State, &c.Failed)
 			return c, err
 		})
 		return err

@@ -83,6 +83,17 @@ type RegisterChunkserverResponse struct {
 // ChunkserverHeartbeat is POSTed to /api/v1/chunkservers/{id}/heartbeat.
 type ChunkserverHeartbeat struct {
 	Disks []DiskInfo `json:"disks"`
+	// FailedChunks are the chunks the chunkserver no longer serves: failed
+	// after a durability error, or quarantined at start. The metaserver
+	// records them (an event when one fails) and shows them.
+	FailedChunks []FailedChunk `json:"failed_chunks,omitempty"`
+}
+
+// FailedChunk is a chunk a chunkserver reports failed or quarantined.
+type FailedChunk struct {
+	ID          string `json:"id"`
+	Quarantined bool   `json:"quarantined,omitempty"`
+	Reason      string `json:"reason"`
 }
 
 // ChunkAssignment is one chunk a chunkserver must hold or delete.
@@ -122,6 +133,8 @@ type Disk struct {
 	Path          string `json:"path"`
 	CapacityBytes int64  `json:"capacity_bytes"`
 	FreeBytes     int64  `json:"free_bytes"`
+	Chunks        int    `json:"chunks"`
+	FailedChunks  int    `json:"failed_chunks"`
 }
 
 // Chunk is one chunk as listed by the API.
@@ -133,6 +146,9 @@ type Chunk struct {
 	MemberIndex int    `json:"member_index"`
 	SizeBytes   int64  `json:"size_bytes"`
 	State       string `json:"state"`
+	// Failed is why its chunkserver no longer serves the chunk; "" while
+	// it is healthy.
+	Failed string `json:"failed,omitempty"`
 }
 
 // RegisterHostRequest is POSTed to /api/v1/hosts. Registering again under the
@@ -185,6 +201,9 @@ type Member struct {
 	ResyncDoneBytes  int64  `json:"resync_done_bytes"`
 	ResyncTotalBytes int64  `json:"resync_total_bytes"`
 	Error            string `json:"error,omitempty"` // why it is degraded
+	// ChunkFailed is why the member's chunkserver no longer serves its
+	// chunk (failed or quarantined); "" while the chunk is healthy.
+	ChunkFailed string `json:"chunk_failed,omitempty"`
 }
 
 // Set is one RAID set of a volume; sets are concatenated in Index order.
@@ -296,6 +315,7 @@ const (
 	EventMemberInSync       = "member_in_sync" // back in sync without a resync
 	EventChunkserverOffline = "chunkserver_offline"
 	EventChunkserverOnline  = "chunkserver_online"
+	EventChunkFailed        = "chunk_failed" // its chunkserver reported it failed or quarantined
 )
 
 // MaxEvents caps the events one GET /api/v1/events returns (?limit=).
