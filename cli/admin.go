@@ -170,6 +170,9 @@ func printVolume(w *tabwriter.Writer, v *api.Volume, allSets bool) {
 	fmt.Fprintln(w, "SET\tDIRTY\tMEMBER\tCHUNKSERVER\tCHUNK\tSINCE\tSTATE")
 	for _, s := range sets {
 		dirty := formatSize(s.DirtyBytes)
+		if s.Reconciling {
+			dirty += " resyncing " + progressBar(s.ReconcileDoneBytes, s.ReconcileTotalBytes)
+		}
 		if len(s.Members) == 0 {
 			fmt.Fprintf(w, "%d\t%s\t-\t-\t-\t-\tno members\n", s.Index, dirty)
 		}

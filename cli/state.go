@@ -58,9 +58,12 @@ const (
 )
 
 // setState is a set's state: degraded if a member is, else resyncing if a
-// member is, else healthy.
+// member is or the set reconciles its members, else healthy.
 func setState(s api.Set) string {
 	st := setHealthy
+	if s.Reconciling {
+		st = setResyncing
+	}
 	for _, m := range s.Members {
 		switch m.State {
 		case api.MemberDegraded:

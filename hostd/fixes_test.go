@@ -212,3 +212,69 @@ func TestDegradationRecordRetried(t *testing.T) {
 		t.Fatalf("member states %v, want c1 failed", st)
 	}
 }
+
+// TestDetachSaysWhetherItWasClean: a detach asked to be clean is clean only
+// when every set is in sync and flushed and the metaserver was told; the
+// log line and the report follow what happened, not what was asked.
+func TestDetachSaysWhetherItWasClean(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		degrade   bool
+		metaFails bool
+		want      bool
+	}{
+		{"healthy", false, false, true},
+		{"a member down", true, false, false},
+		{"metaserver unreachable", false, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newFakeCluster(t, 2)
+			s := newTestServer(t, c)
+			v := testVolume(2)
+			v.CleanDetach = true
+			if err := s.attach(t.Context(), v); err != nil {
+				t.Fatal(err)
+			}
+			a := s.attached("vol")
+			if tc.degrade {
+				c.setDown("c1", true)
+				if err := a.volume.WriteAt(t.Context(), fill(4096, 1), 0, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.metaFails {
+				c.meta.setFail(func(api.VolumeReport) error { return errors.New("metaserver unreachable") })
+			}
+			s.mu.Lock()
+			delete(s.mu.attached, "vol")
+			s.mu.Unlock()
+			if got := a.close(true); got != tc.want {
+				t.Fatalf("close(clean=true) reported clean=%v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestReconcileReported: after an unclean stop the LOG bitmaps name a
+// region that may differ between members, all of them in sync; the resync
+// that makes them equal is reported as the set's own, with its bytes, so
+// the metaserver can show it (issue: it used to be invisible).
+func TestReconcileReported(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	c.setLog("c1", 2)
+	if err := s.attach(t.Context(), testVolume(2)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	waitFor(t, "the reconcile to finish", func() bool { return a.sets[0].wib.Count() == 0 })
+	a.report()
+	waitFor(t, "a report of the finished reconcile", func() bool {
+		for _, r := range c.meta.reportList() {
+			if rc := r.Sets[0].Reconcile; rc != nil && !rc.Running && rc.Finished == 1 && rc.DoneBytes == testRegion {
+				return true
+			}
+		}
+		return false
+	})
+}

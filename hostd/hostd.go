@@ -368,8 +368,7 @@ func (s *Server) detach(name string, clean bool) {
 	if !ok {
 		return
 	}
-	a.close(clean)
-	s.log.Info("volume detached", "volume", name, "clean", clean)
+	s.log.Info("volume detached", "volume", name, "clean", a.close(clean))
 }
 
 func (s *Server) detachAll() {

@@ -119,9 +119,19 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 	return nil
 }
 
-// resync runs one resync of the set with progress reports.
+// resync runs one resync of the set with progress reports. One that starts
+// with every member in sync reconciles them (the regions an unclean stop
+// left dirty) and is reported as the set's own.
 func (st *setState) resync(ctx context.Context) {
-	st.log.Info("resync started", "dirty_regions", st.wib.Count())
+	reconcile := !st.mirror.Degraded()
+	st.log.Info("resync started", "dirty_regions", st.wib.Count(), "reconcile", reconcile)
+	if reconcile {
+		st.mu.Lock()
+		st.mu.reconciling = true
+		st.mu.resyncDone, st.mu.resyncTotal = 0, st.wib.Count()*st.wib.RegionSize()
+		st.mu.Unlock()
+		st.a.report()
+	}
 	start := time.Now()
 	lastReport := time.Now()
 	copied, err := st.mirror.Resync(ctx, func(p raid.ResyncProgress) {
@@ -137,6 +147,12 @@ func (st *setState) resync(ctx context.Context) {
 	st.mu.resyncDone = copied
 	if err == nil {
 		st.mu.resyncTotal = copied
+	}
+	if reconcile {
+		st.mu.reconciling = false
+		if err == nil {
+			st.mu.reconciles++
+		}
 	}
 	st.mu.Unlock()
 	if err != nil {
@@ -190,6 +206,9 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 		sr := api.SetReport{Index: st.idx, DirtyBytes: st.wib.Count() * st.wib.RegionSize()}
 		st.mu.Lock()
 		done, total := st.mu.resyncDone, st.mu.resyncTotal
+		if st.mu.reconciling || st.mu.reconciles > 0 {
+			sr.Reconcile = &api.SetReconcile{Running: st.mu.reconciling, DoneBytes: done, TotalBytes: total, Finished: st.mu.reconciles}
+		}
 		st.mu.Unlock()
 		untrusted := st.mirror.Untrusted()
 		for i, ms := range st.mirror.States() {

@@ -86,6 +86,11 @@ type setState struct {
 		sync.Mutex
 		resyncDone, resyncTotal int64 // progress of the current or last resync
 		pinned                  bool  // LOGs pinned (by this host, or by the chunkservers after an unclean stop)
+		// reconciling is set while a resync runs with every member in
+		// sync (after an unclean stop); reconciles counts the finished
+		// ones since the attach.
+		reconciling bool
+		reconciles  int64
 	}
 }
 
@@ -169,8 +174,10 @@ func (st *setState) clearDaemon(ctx context.Context) {
 
 // close stops the supervisors, removes the target, flushes and closes. With
 // clean, a volume whose sets are all in sync and flushed removes its WIB
-// files and reports a clean detach, so the next attach skips recovery.
-func (a *attachment) close(clean bool) {
+// files and reports a clean detach, so the next attach skips recovery. It
+// returns whether the detach was clean: asked for, every set in sync and
+// flushed, and the metaserver told so.
+func (a *attachment) close(clean bool) bool {
 	if a.cancel != nil {
 		a.cancel()
 		a.wg.Wait()
@@ -218,9 +225,11 @@ func (a *attachment) close(clean bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{report}}); err != nil {
-			a.log.Warn("reporting the clean detach", "err", err)
+			a.log.Warn("reporting the clean detach failed: the next attach recovers from the LOG bitmaps", "err", err)
+			return false
 		}
 	}
+	return clean
 }
 
 func (a *attachment) mirrorsOnly() bool {

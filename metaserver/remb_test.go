@@ -964,3 +964,70 @@ func TestFailedChunksReported(t *testing.T) {
 		}
 	}
 }
+
+// TestSetReconcileEvents: a resync of a set whose members are all in sync
+// (after a host crash) is reported like any other: resync_started while it
+// runs, resync_done with its bytes when it finished, the set shown
+// resyncing meanwhile; one that started and finished between two reports
+// still gets both events, and a repeated report adds none.
+func TestSetReconcileEvents(t *testing.T) {
+	t.Parallel()
+	f := newReportFixture(t)
+	ctx := t.Context()
+	a, b := f.member[0][0], f.member[0][1]
+	inSync := []api.MemberReport{{ChunkID: a, State: api.MemberInSync}, {ChunkID: b, State: api.MemberInSync}}
+	report := func(seq int64, set int, rc *api.SetReconcile) {
+		t.Helper()
+		members := inSync
+		if set == 1 {
+			members = []api.MemberReport{{ChunkID: f.member[1][0], State: api.MemberInSync}, {ChunkID: f.member[1][1], State: api.MemberInSync}}
+		}
+		r := f.report(1, set, 0, members...)
+		r.Volumes[0].Seq = seq
+		r.Volumes[0].Sets[0].Reconcile = rc
+		if err := f.ts.Client.HostReport(ctx, f.host, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	events := func() []string {
+		t.Helper()
+		evs, err := f.ts.Client.ListEvents(ctx, "vol", 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range evs {
+			if e.Kind == api.EventResyncStarted || e.Kind == api.EventResyncDone {
+				out = append(out, e.Kind+" "+e.Subject+": "+e.Message)
+			}
+		}
+		return out
+	}
+	report(1, 0, &api.SetReconcile{Running: true, DoneBytes: 1 << 20, TotalBytes: 4 << 20})
+	v, err := f.ts.Client.GetVolume(ctx, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := v.Sets[0]; !s.Reconciling || s.ReconcileDoneBytes != 1<<20 || s.ReconcileTotalBytes != 4<<20 {
+		t.Fatalf("set 0 while reconciling: %+v", s)
+	}
+	report(2, 0, &api.SetReconcile{DoneBytes: 4 << 20, TotalBytes: 4 << 20, Finished: 1})
+	report(3, 0, &api.SetReconcile{DoneBytes: 4 << 20, TotalBytes: 4 << 20, Finished: 1})
+	report(4, 1, &api.SetReconcile{DoneBytes: 2 << 20, TotalBytes: 2 << 20, Finished: 1})
+	want := []string{
+		"resync_started volume/vol/set/0: set 0, every member in sync, is resyncing the regions an unclean stop left dirty: 4.0 MiB (4194304 bytes) to copy",
+		"resync_done volume/vol/set/0: set 0, every member in sync, is consistent again: the resync copied 4.0 MiB (4194304 bytes)",
+		"resync_started volume/vol/set/1: set 1, every member in sync, is resyncing the regions an unclean stop left dirty: 2.0 MiB (2097152 bytes) to copy",
+		"resync_done volume/vol/set/1: set 1, every member in sync, is consistent again: the resync copied 2.0 MiB (2097152 bytes)",
+	}
+	if got := events(); !slices.Equal(got, want) {
+		t.Fatalf("events:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	v, err = f.ts.Client.GetVolume(ctx, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Sets[0].Reconciling || v.Sets[1].Reconciling {
+		t.Fatalf("sets still reconciling after they finished: %+v", v.Sets)
+	}
+}

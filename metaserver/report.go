@@ -182,12 +182,20 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		return "", nil, fmt.Errorf("load members of %q: %w", vr.Name, err)
 	}
 
+	recs, err := loadReconciles(ctx, tx, volumeID, epoch, vr.Incarnation)
+	if err != nil {
+		return "", nil, fmt.Errorf("load sets of %q: %w", vr.Name, err)
+	}
+
 	var (
 		setIdx            []int32
 		dirty             []int64
 		ids, states, errs []string
 		dones, totals     []int64
 		evs               []event
+		recRunning        []bool
+		recDone, recTotal []int64
+		recFinished       []int64
 	)
 	for _, sr := range vr.Sets {
 		if sr.Index >= sets {
@@ -195,6 +203,13 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		}
 		setIdx = append(setIdx, int32(sr.Index))
 		dirty = append(dirty, sr.DirtyBytes)
+		rc := api.SetReconcile{}
+		if sr.Reconcile != nil {
+			rc = *sr.Reconcile
+		}
+		recRunning, recDone, recTotal, recFinished = append(recRunning, rc.Running), append(recDone, rc.DoneBytes),
+			append(recTotal, rc.TotalBytes), append(recFinished, rc.Finished)
+		evs = append(evs, reconcileEvents(vr.Name, sr.Index, recs[sr.Index], rc)...)
 		for _, mr := range sr.Members {
 			old, ok := members[mr.ChunkID]
 			if !ok || old.Set != sr.Index {
@@ -223,9 +238,12 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 	}
 	if len(setIdx) > 0 {
 		_, err = tx.Exec(ctx, `
-			UPDATE sets s SET dirty_bytes = u.dirty
-			FROM unnest($2::int[], $3::bigint[]) AS u(idx, dirty)
-			WHERE s.volume_id = $1 AND s.idx = u.idx`, volumeID, setIdx, dirty)
+			UPDATE sets s SET dirty_bytes = u.dirty, reconciling = u.running, reconcile_done_bytes = u.done,
+				reconcile_total_bytes = u.total, reconciles = u.finished, reconcile_epoch = $8, reconcile_incarnation = $9
+			FROM unnest($2::int[], $3::bigint[], $4::bool[], $5::bigint[], $6::bigint[], $7::bigint[])
+				AS u(idx, dirty, running, done, total, finished)
+			WHERE s.volume_id = $1 AND s.idx = u.idx`, volumeID, setIdx, dirty, recRunning, recDone, recTotal, recFinished,
+			epoch, vr.Incarnation)
 		if err != nil {
 			return "", nil, fmt.Errorf("store dirty bytes of %q: %w", vr.Name, err)
 		}
@@ -240,6 +258,59 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		}
 	}
 	return "", evs, nil
+}
+
+// storedReconcile is what the metaserver last stored of a set's reconciles
+// by the host run (epoch and incarnation) that reports now: nothing if the
+// last report came from another.
+type storedReconcile struct {
+	running  bool
+	finished int64
+}
+
+// loadReconciles returns the stored reconcile state of each set of a volume
+// for the host run (epoch, incarnation).
+func loadReconciles(ctx context.Context, tx pgx.Tx, volumeID, epoch, incarnation int64) (map[int]storedReconcile, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT idx, reconciling, reconciles FROM sets
+		WHERE volume_id = $1 AND reconcile_epoch = $2 AND reconcile_incarnation = $3`, volumeID, epoch, incarnation)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]storedReconcile{}
+	var idx int
+	var r storedReconcile
+	_, err = pgx.ForEachRow(rows, []any{&idx, &r.running, &r.finished}, func() error {
+		out[idx] = r
+		return nil
+	})
+	return out, err
+}
+
+// reconcileEvents returns the events of a set's reconciles between what was
+// stored and what the host reports: resync_started when one starts, and
+// resync_done with its bytes when one finished (with a resync_started first
+// if none was seen running: it ran between two reports).
+func reconcileEvents(volume string, set int, old storedReconcile, rc api.SetReconcile) []event {
+	subject := fmt.Sprintf("volume/%s/set/%d", volume, set)
+	who := fmt.Sprintf("set %d, every member in sync,", set)
+	started := event{Kind: api.EventResyncStarted, Subject: subject, Volume: volume,
+		Message: fmt.Sprintf("%s is resyncing the regions an unclean stop left dirty: %s to copy", who, bytesText(rc.TotalBytes))}
+	var evs []event
+	switch {
+	case rc.Finished > old.finished:
+		if !old.running {
+			evs = append(evs, started)
+		}
+		evs = append(evs, event{Kind: api.EventResyncDone, Subject: subject, Volume: volume,
+			Message: fmt.Sprintf("%s is consistent again: the resync copied %s", who, bytesText(rc.DoneBytes))})
+		if rc.Running {
+			evs = append(evs, started)
+		}
+	case rc.Running && !old.running:
+		evs = append(evs, started)
+	}
+	return evs
 }
 
 // memberEvent returns the event of a member's state change from old to the

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -203,9 +205,41 @@ func hostCrash(t *testing.T, mode string) {
 			t.Fatal("the new host ran no resync: the members' records were not used")
 		}
 	}
+	// The recovery is visible: each set's resync is an event pair with its
+	// bytes, adding up to what the host copied.
+	var reported int64
+	waitFor(t, 20*time.Second, "the recovery resyncs to show as events", func() bool {
+		evs, err := c.Client().ListEvents(t.Context(), "fb", 0, 1000)
+		if err != nil {
+			return false
+		}
+		reported = 0
+		started := 0
+		for _, e := range evs {
+			if !setSubject.MatchString(e.Subject) {
+				continue
+			}
+			switch e.Kind {
+			case api.EventResyncStarted:
+				started++
+			case api.EventResyncDone:
+				if m := eventBytes.FindStringSubmatch(e.Message); m != nil {
+					n, _ := strconv.ParseInt(m[1]+m[2], 10, 64)
+					reported += n
+				}
+			}
+		}
+		return started > 0 && reported == copied
+	})
+	t.Logf("fault (b), bitmap %s: the events report %d bytes resynced", mode, reported)
 	verifyAcked(t, url2, acked)
 	checkReplicas(t, c, "fb")
 }
+
+var (
+	setSubject = regexp.MustCompile(`^volume/[^/]+/set/\d+$`)
+	eventBytes = regexp.MustCompile(`\((\d+) bytes\)|copied (\d+) bytes`)
+)
 
 // TestHostAndChunkserverCrash is fault test (c): the hostd and one
 // chunkserver die together. The new host attaches degraded, recovers from

@@ -210,6 +210,20 @@ type SetReport struct {
 	Index      int            `json:"index"`
 	DirtyBytes int64          `json:"dirty_bytes"` // bytes the WIB marks dirty
 	Members    []MemberReport `json:"members"`
+	// Reconcile is the set's resync while every member is in sync: the
+	// regions an unclean stop left dirty (a host crash) are made equal on
+	// every member. Absent when none ran since the attach.
+	Reconcile *SetReconcile `json:"reconcile,omitempty"`
+}
+
+// SetReconcile is the progress of a set's reconciling resyncs.
+type SetReconcile struct {
+	Running    bool  `json:"running"`
+	DoneBytes  int64 `json:"done_bytes"`  // of the running one, or the last one
+	TotalBytes int64 `json:"total_bytes"` // of the running one, or the last one
+	// Finished counts the ones finished since the host attached the
+	// volume; each finished one is an event.
+	Finished int64 `json:"finished"`
 }
 
 // MemberReport is the state of one member as its host sees it.

@@ -217,6 +217,12 @@ type Set struct {
 	// last reported.
 	DirtyBytes int64    `json:"dirty_bytes"`
 	Members    []Member `json:"members"`
+	// Reconciling is set while the set's members, all in sync, are made
+	// equal in the regions an unclean stop left dirty (a host crash), with
+	// the progress of that resync.
+	Reconciling         bool  `json:"reconciling,omitempty"`
+	ReconcileDoneBytes  int64 `json:"reconcile_done_bytes,omitempty"`
+	ReconcileTotalBytes int64 `json:"reconcile_total_bytes,omitempty"`
 }
 
 // Volume is a volume with its layout, placement and attachment.
