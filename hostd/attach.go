@@ -150,6 +150,10 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 		setSize = int64(layout.K) * (p.size / stripe * stripe)
 		st.logUnit = int64(layout.K)
 	}
+	st.need = 1
+	if layout.Kind == api.LayoutEC {
+		st.need = layout.K
+	}
 	wib, reused, err := a.openWIB(set.Index, setSize)
 	if err != nil {
 		return err

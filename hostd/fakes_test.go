@@ -316,6 +316,8 @@ type fakeMeta struct {
 	// guarded by mu
 	reports []metaReport
 	fail    func(api.VolumeReport) error
+	// volumes, when set, answers HostVolumes without waiting (after 0).
+	volumes func() []api.Volume
 }
 
 // metaReport is one volume report as the fake metaserver received it.
@@ -339,7 +341,13 @@ func (m *fakeMeta) Cluster(context.Context) (*api.Cluster, error) {
 
 func (m *fakeMeta) HostHeartbeat(context.Context, int64) error { return nil }
 
-func (m *fakeMeta) HostVolumes(ctx context.Context, _ int64, _ int64, _ time.Duration) (*api.HostVolumes, error) {
+func (m *fakeMeta) HostVolumes(ctx context.Context, _ int64, after int64, _ time.Duration) (*api.HostVolumes, error) {
+	m.mu.Lock()
+	vols := m.volumes
+	m.mu.Unlock()
+	if vols != nil && after == 0 {
+		return &api.HostVolumes{Volumes: vols()}, nil
+	}
 	<-ctx.Done()
 	return nil, ctx.Err()
 }

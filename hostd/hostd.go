@@ -146,6 +146,12 @@ type Server struct {
 	reportSeq   atomic.Int64
 	// pinSeq numbers this start's pin and unpin calls (pinReq).
 	pinSeq atomic.Uint64
+	// runCtx is Run's context, for work Run's goroutines start on their own
+	// (a re-attach); nil before Run.
+	runCtx atomic.Pointer[context.Context]
+	// applyMu serializes attaching and detaching by the assignments (apply)
+	// with a re-attach.
+	applyMu sync.Mutex
 
 	mu struct {
 		sync.Mutex
@@ -169,6 +175,7 @@ func New(cfg Config) (*Server, error) {
 
 // Run serves until ctx is done, then detaches every volume cleanly.
 func (s *Server) Run(ctx context.Context) error {
+	s.runCtx.Store(&ctx)
 	ln := s.cfg.Listener
 	if ln == nil {
 		var err error
@@ -288,6 +295,8 @@ func sleep(ctx context.Context, d time.Duration) {
 // changed, and detaches volumes no longer assigned. It reports whether the
 // served set now matches vols.
 func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
 	want := make(map[string]api.Volume, len(vols))
 	for _, v := range vols {
 		want[v.Name] = v

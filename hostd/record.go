@@ -28,12 +28,38 @@ func recordBudget(tIO time.Duration) time.Duration { return 3 * tIO }
 // sets, not one each.
 type recorder struct {
 	a  *attachment
+	wg sync.WaitGroup // the goroutine that runs batches
 	mu struct {
 		sync.Mutex
-		open    *recordBatch // the batch new requests join; guarded by mu
-		running bool         // a goroutine runs batches; guarded by mu
-		inBatch int          // sets in the batch being recorded; guarded by mu
+		open    *recordBatch       // the batch new requests join; guarded by mu
+		running bool               // a goroutine runs batches; guarded by mu
+		inBatch int                // sets in the batch being recorded; guarded by mu
+		closed  bool               // no batch starts any more; guarded by mu
+		cancel  context.CancelFunc // cancels the running batch; guarded by mu
 	}
+}
+
+// errRecorderClosed fails the records asked for after the volume began to
+// detach.
+var errRecorderClosed = errors.New("the volume is detaching")
+
+// close cancels the running batch, fails the waiting ones and waits for the
+// goroutine, so that the sets and their WIBs can be closed.
+func (r *recorder) close() {
+	r.mu.Lock()
+	r.mu.closed = true
+	if r.mu.cancel != nil {
+		r.mu.cancel()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+	r.mu.Lock()
+	if b := r.mu.open; b != nil {
+		r.mu.open = nil
+		b.err = errRecorderClosed
+		close(b.done)
+	}
+	r.mu.Unlock()
 }
 
 // recordBatch is one record of the degradations of several sets.
@@ -47,6 +73,10 @@ type recordBatch struct {
 // waits for it, or for ctx.
 func (r *recorder) record(ctx context.Context, st *setState) error {
 	r.mu.Lock()
+	if r.mu.closed {
+		r.mu.Unlock()
+		return errRecorderClosed
+	}
 	b := r.mu.open
 	if b == nil {
 		b = &recordBatch{done: make(chan struct{})}
@@ -55,6 +85,7 @@ func (r *recorder) record(ctx context.Context, st *setState) error {
 	b.sets = append(b.sets, st)
 	if !r.mu.running {
 		r.mu.running = true
+		r.wg.Add(1)
 		go r.run()
 	}
 	r.mu.Unlock()
@@ -79,20 +110,25 @@ func (r *recorder) pending() (recording, waiting int) {
 
 // run runs the batches one at a time until none is open.
 func (r *recorder) run() {
+	defer r.wg.Done()
 	for {
 		r.mu.Lock()
 		b := r.mu.open
-		r.mu.open = nil
-		if b == nil {
+		if b == nil || r.mu.closed {
 			r.mu.running, r.mu.inBatch = false, 0
 			r.mu.Unlock()
 			return
 		}
+		r.mu.open = nil
 		r.mu.inBatch = len(b.sets)
-		r.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), recordBudget(r.a.s.cfg.IOTimeout))
+		r.mu.cancel = cancel
+		r.mu.Unlock()
 		b.err = r.a.recordWithRetries(ctx, b.sets)
 		cancel()
+		r.mu.Lock()
+		r.mu.cancel = nil
+		r.mu.Unlock()
 		close(b.done)
 	}
 }

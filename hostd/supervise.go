@@ -25,7 +25,13 @@ func (st *setState) supervise(ctx context.Context) {
 				st.log.Debug("member still unreachable", "member", i, "err", err)
 			}
 		}
-		if !failed && st.needsResync() {
+		if !failed && !st.canServe() {
+			// Every member it could serve from failed and all are back:
+			// nothing to resync from. The volume is attached again from the
+			// metaserver's record, which trusts the members that missed no
+			// acknowledged write and reconciles their LOG regions.
+			st.a.reattach()
+		} else if !failed && st.needsResync() {
 			st.resync(ctx)
 		}
 		if !failed && !st.mirror.Degraded() && !st.needsResync() {
@@ -62,6 +68,18 @@ func (st *setState) supervise(ctx context.Context) {
 // last flush flushes its members to clean them: one fdatasync per member
 // per interval, however many writes.
 const cleanInterval = time.Second
+
+// canServe reports whether enough members are in sync to serve reads and
+// be resynced from.
+func (st *setState) canServe() bool {
+	n := 0
+	for _, ms := range st.mirror.States() {
+		if ms == raid.InSync {
+			n++
+		}
+	}
+	return n >= max(st.need, 1)
+}
 
 func (st *setState) needsResync() bool {
 	for _, ms := range st.mirror.States() {
@@ -229,6 +247,11 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 				if err := st.mirror.MemberError(i); err != nil {
 					mr.Error = err.Error()
 				}
+			case ms == raid.Resyncing && !untrusted[i] && !st.canServe():
+				// Back after every member failed, having missed no
+				// acknowledged write: a copy the next attach must trust.
+				mr.State = api.MemberInSync
+				mr.Error = "back after every member failed; holds every acknowledged write"
 			case ms == raid.Resyncing:
 				mr.State = api.MemberResyncing
 				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
@@ -32,6 +33,9 @@ type attachment struct {
 	reportC chan struct{}
 	// rec records the sets' degradations, several at once.
 	rec recorder
+	// reattaching is set once a set lost every member it could serve from
+	// and the volume is being attached again (Server.reattach).
+	reattaching atomic.Bool
 }
 
 // member is one chunk of a set as the host reaches it.
@@ -79,8 +83,11 @@ type setState struct {
 	// logUnit scales a member's LOG region to the set's bytes: 1 for a
 	// mirror, K for ec:K+M (a member region holds whole stripes).
 	logUnit int64
-	log     *slog.Logger
-	kick    chan struct{} // wakes the supervisor
+	// need is how many members in sync the set needs to serve: 1 for a
+	// mirror, K for ec:K+M.
+	need int
+	log  *slog.Logger
+	kick chan struct{} // wakes the supervisor
 
 	mu struct {
 		sync.Mutex
@@ -202,6 +209,8 @@ func (a *attachment) close(clean bool) bool {
 	if clean {
 		report = a.snapshot(true)
 	}
+	// No record may read the sets while they close.
+	a.rec.close()
 	for _, st := range a.sets {
 		for _, m := range st.members {
 			if c := m.setClient(nil); c != nil {
