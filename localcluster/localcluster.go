@@ -43,6 +43,10 @@ type Options struct {
 	// ExtraHostdArgs and ExtraChunkserverArgs are appended to those daemons'
 	// command lines.
 	ExtraHostdArgs, ExtraChunkserverArgs, ExtraMetaArgs []string
+	// ChunkserverArgs, if set, returns more arguments for chunkserver i
+	// (from 0), after ExtraChunkserverArgs: say an --advertise address of a
+	// proxy in front of it.
+	ChunkserverArgs func(i int) []string
 	// Logger receives progress lines. nil discards.
 	Logger *slog.Logger
 }
@@ -195,6 +199,9 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		caddr := fmt.Sprintf("127.0.0.1:%d", cport)
 		args := append([]string{"chunkserver", "--name", name, "--listen", addr, "--control-listen", caddr,
 			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaURL}, opt.ExtraChunkserverArgs...)
+		if opt.ChunkserverArgs != nil {
+			args = append(args, opt.ChunkserverArgs(i)...)
+		}
 		p := c.newProc(name, args)
 		if err := p.Start(); err != nil {
 			return c, err
