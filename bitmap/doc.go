@@ -1,7 +1,7 @@
 // Package bitmap holds the two bitmaps of REMB (Recoverable External Memory
 // Bitmap): the write-intent bitmap a host keeps for each RAID set (WIB) and
 // the LOG bitmap a chunkserver keeps for each chunk (Log), with their
-// persisted formats and the timeout budget they rely on (ValidateBudget).
+// persisted formats and the timeout budget they rely on (budget.Validate).
 //
 // The WIB tells a set which regions may differ between its members, so
 // that a resync copies only those. It lives in RAM (a file in /dev/shm,
@@ -151,7 +151,7 @@
 // Theorem 2 (the OR of the members' LOG bitmaps covers every region in
 // which they may differ) holds when: every write is marked at a member
 // before it is written there and completes or is failed by the host
-// within t_io (DESIGN rule 1); T ≥ 3·t_io, checked by ValidateBudget — a
+// within t_io (DESIGN rule 1); T ≥ 3·t_io, checked by budget.Validate — a
 // copy arrives within t_io of being sent, the host fails a member that
 // missed it t_io after sending, and its pin reaches the survivors within
 // t_io more, while the bit lives at least T; the host pins the survivors

@@ -27,9 +27,6 @@ var (
 	// is permanent for that Log (a durability failure is fatal to the
 	// chunk): every later Sync returns it.
 	ErrLogFailed = errors.New("bitmap: persisting the LOG bitmap failed")
-	// ErrBudget reports a timeout configuration that breaks the rules the
-	// REMB theorems rely on.
-	ErrBudget = errors.New("bitmap: timeout budget violated")
 )
 
 // HeaderError describes why a WIB file or a LOG state was refused. It
@@ -57,17 +54,6 @@ func (e *HeaderError) Error() string {
 }
 
 func (e *HeaderError) Unwrap() error { return e.Err }
-
-// BudgetError names the rule of the timeout budget that a configuration
-// breaks. It unwraps to ErrBudget.
-type BudgetError struct {
-	Rule string // short name of the rule, e.g. "T >= 3*t_io"
-	Msg  string // the whole sentence, with the values
-}
-
-func (e *BudgetError) Error() string { return e.Msg }
-
-func (e *BudgetError) Unwrap() error { return ErrBudget }
 
 func configErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrConfig}, args...)...)

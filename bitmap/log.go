@@ -29,7 +29,7 @@ type LogConfig struct {
 	// of at least 512. Zero means 64 MiB.
 	RegionSize int64
 	// Period is T, the rotation period. Zero means 60 s. It must respect
-	// the timeout budget (ValidateBudget); the Log cannot check that alone.
+	// the timeout budget (budget.Validate); the Log cannot check that alone.
 	Period time.Duration
 	// Clock tells the time for Rotate and for the rotation time of a new
 	// Log. Nil means time.Now.

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/chunkraid/chunkraid/budget"
 )
 
 // The REMB theorems as randomized property tests. Time is the fake clock
@@ -358,7 +360,7 @@ func arrivals(w *simWrite, start time.Time) string {
 // and with chunkservers restarting from their persisted LOG state.
 func TestTheorem2(t *testing.T) {
 	const tIO = 5 * time.Second
-	if err := ValidateBudget(tIO, 2*tIO, 3*tIO); err != nil {
+	if err := budget.Validate(tIO, 2*tIO, 3*tIO); err != nil {
 		t.Fatalf("the tested budget is not valid: %v", err)
 	}
 	variants := []struct {
@@ -446,7 +448,7 @@ func TestTheorem2DegradedPinned(t *testing.T) {
 // in which the members differ; with T = 1.2·t_io — longer than any write
 // is in flight, but shorter than the up to 2·t_io it takes the host to fail
 // a member and pin the survivors — a survivor can forget what the failed
-// member missed before the pin arrives. ValidateBudget refuses both.
+// member missed before the pin arrives. budget.Validate refuses both.
 func TestTheorem2Counterexamples(t *testing.T) {
 	const tIO = 5 * time.Second
 	tests := []struct {
@@ -459,8 +461,8 @@ func TestTheorem2Counterexamples(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := ValidateBudget(tIO, 2*tIO, tt.cfg.T); !errors.Is(err, ErrBudget) {
-				t.Fatalf("ValidateBudget accepted T=%v with t_io=%v", tt.cfg.T, tIO)
+			if err := budget.Validate(tIO, 2*tIO, tt.cfg.T); !errors.Is(err, budget.ErrBudget) {
+				t.Fatalf("budget.Validate accepted T=%v with t_io=%v", tt.cfg.T, tIO)
 			}
 			var total int
 			var example string

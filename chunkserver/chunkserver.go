@@ -72,7 +72,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/budget"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
@@ -369,7 +369,7 @@ func (s *Server) register(ctx context.Context, adv, cadv string) error {
 }
 
 // configure takes the secret, t_io and T from a registration answer and
-// checks them against the timeout budget (bitmap.ValidateBudget).
+// checks them against the timeout budget (budget.Validate).
 func (s *Server) configure(ctx context.Context, resp *api.RegisterChunkserverResponse) error {
 	s.secret = resp.ClusterSecret
 	if s.secret == "" {
@@ -399,15 +399,15 @@ func (s *Server) configure(ctx context.Context, resp *api.RegisterChunkserverRes
 }
 
 // checkBudget validates t_io and T (and offline_after when known, > 0)
-// with bitmap.ValidateBudget.
+// with budget.Validate.
 func checkBudget(ioTimeout, offlineAfter, logPeriod time.Duration) error {
 	if offlineAfter > 0 {
-		return bitmap.ValidateBudget(ioTimeout, offlineAfter, logPeriod)
+		return budget.Validate(ioTimeout, offlineAfter, logPeriod)
 	}
 	// offline_after unknown: check only the rules that do not involve it.
 	var errs []error
-	for _, err := range unjoin(bitmap.ValidateBudget(ioTimeout, 0, logPeriod)) {
-		var be *bitmap.BudgetError
+	for _, err := range unjoin(budget.Validate(ioTimeout, 0, logPeriod)) {
+		var be *budget.Error
 		if errors.As(err, &be) && strings.Contains(be.Rule, "offline_after") {
 			continue
 		}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/budget"
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
@@ -557,7 +557,7 @@ func TestCheckBudget(t *testing.T) {
 			if tt.ok != (err == nil) {
 				t.Fatalf("checkBudget: %v, want ok=%v", err, tt.ok)
 			}
-			var be *bitmap.BudgetError
+			var be *budget.Error
 			if !tt.ok && (!errors.As(err, &be) || be.Rule != tt.rule) {
 				t.Fatalf("checkBudget: %v, want rule %q", err, tt.rule)
 			}
@@ -572,7 +572,7 @@ func TestBudgetViolationStopsStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Run(t.Context()); !errors.Is(err, bitmap.ErrBudget) {
+	if err := s.Run(t.Context()); !errors.Is(err, budget.ErrBudget) {
 		t.Fatalf("Run with T < 3·t_io: %v, want ErrBudget", err)
 	}
 }

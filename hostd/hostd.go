@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/budget"
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/hostd/iscsi"
@@ -45,7 +45,7 @@ type Config struct {
 	// IOTimeout (t_io) bounds every request to a member chunk; a member that
 	// does not answer in time fails. Default: the cluster's t_io (5 s unless
 	// the metaserver was configured otherwise). Run refuses to start when it
-	// breaks the cluster's timeout budget (DESIGN §5, bitmap.ValidateBudget
+	// breaks the cluster's timeout budget (DESIGN §5, budget.Validate
 	// with the metaserver's offline_after and T).
 	IOTimeout time.Duration
 	// BlockSize is the logical block size of the iSCSI LUNs. Default 512.
@@ -244,7 +244,7 @@ func (s *Server) register(ctx context.Context, adv string) error {
 }
 
 // checkBudget checks t_io against the cluster's offline_after and T with
-// the rules the metaserver applies to its own (bitmap.ValidateBudget): a
+// the rules the metaserver applies to its own (budget.Validate): a
 // host whose members' requests may stay in flight longer than the LOG
 // bitmaps remember them must not serve.
 func checkBudget(tIO time.Duration, cl *api.Cluster, logPeriodMS int64) error {
@@ -256,7 +256,7 @@ func checkBudget(tIO time.Duration, cl *api.Cluster, logPeriodMS int64) error {
 	if T == 0 {
 		T = time.Duration(logPeriodMS) * time.Millisecond
 	}
-	if err := bitmap.ValidateBudget(tIO, offlineAfter, T); err != nil {
+	if err := budget.Validate(tIO, offlineAfter, T); err != nil {
 		return fmt.Errorf("hostd: t_io (--io-timeout) breaks the cluster's timeout budget: %w", err)
 	}
 	return nil

@@ -107,7 +107,7 @@
 // # Timeout budget
 //
 // IOTimeout (t_io, 5 s), OfflineAfter (10 s) and LogPeriod (T, 60 s) must
-// satisfy t_io < offline_after < T and T >= 3·t_io (bitmap.ValidateBudget);
+// satisfy t_io < offline_after < T and T >= 3·t_io (budget.Validate);
 // New refuses any other configuration. Daemons read the values from
 // GET /api/v1/cluster and from their registration.
 //

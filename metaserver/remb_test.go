@@ -15,7 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/budget"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/migrations"
 )
@@ -128,7 +128,7 @@ func TestTimeoutBudgetRejected(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg.DatabaseURL = db
 			_, err := New(tt.cfg)
-			if !errors.Is(err, bitmap.ErrBudget) {
+			if !errors.Is(err, budget.ErrBudget) {
 				t.Fatalf("New = %v, want a budget error", err)
 			}
 			for _, r := range tt.rules {

@@ -17,7 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/budget"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/migrations"
 )
@@ -100,7 +100,7 @@ func (c *Config) validate() error {
 	if c.LogPeriod == 0 {
 		c.LogPeriod = defaultLogPeriod
 	}
-	if err := bitmap.ValidateBudget(c.IOTimeout, c.OfflineAfter, c.LogPeriod); err != nil {
+	if err := budget.Validate(c.IOTimeout, c.OfflineAfter, c.LogPeriod); err != nil {
 		return budgetError(err)
 	}
 	if c.Logger == nil {
@@ -109,8 +109,8 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// budgetError turns the rules that bitmap.ValidateBudget says are broken into
-// one error that names each rule; it still matches bitmap.ErrBudget.
+// budgetError turns the rules that budget.Validate says are broken into
+// one error that names each rule; it still matches budget.ErrBudget.
 func budgetError(err error) error {
 	errs := []error{err}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -118,7 +118,7 @@ func budgetError(err error) error {
 	}
 	var b strings.Builder
 	for _, e := range errs {
-		var be *bitmap.BudgetError
+		var be *budget.Error
 		if errors.As(e, &be) {
 			fmt.Fprintf(&b, "; rule %s: %s", be.Rule, be.Msg)
 		} else {

@@ -11,9 +11,10 @@ import (
 const module = "github.com/chunkraid/chunkraid"
 
 // TestDependencyDirection fails on an import edge the layout forbids:
-// hostd → linear → raid → bitmap point one way, wire packages use only the
-// standard library, the daemons share only leaf packages, and nothing
-// imports cli or test.
+// hostd → linear → raid → bitmap point one way, wire packages and the
+// timeout budget use only the standard library, the daemons share only leaf
+// packages (the metaserver needs no bitmap), and nothing imports cli or
+// test.
 func TestDependencyDirection(t *testing.T) {
 	cmd := exec.Command("go", "list", "-json=ImportPath,Imports", "../...")
 	out, err := cmd.Output()
@@ -45,13 +46,13 @@ func TestDependencyDirection(t *testing.T) {
 		}
 		return strings.TrimPrefix(strings.TrimPrefix(imp, module), "/"), true
 	}
-	stdlibOnly := []string{"chunkserver/nbd", "metaserver/api", "bitmap"}
+	stdlibOnly := []string{"chunkserver/nbd", "metaserver/api", "bitmap", "budget"}
 	forbidden := map[string][]string{
 		"bitmap":      {"raid", "linear", "hostd", "chunkserver", "metaserver"},
 		"raid":        {"linear", "hostd", "chunkserver", "metaserver"},
 		"linear":      {"hostd", "chunkserver", "metaserver"},
 		"chunkserver": {"hostd", "metaserver/internal", "linear", "raid"},
-		"metaserver":  {"hostd", "chunkserver", "linear", "raid"},
+		"metaserver":  {"hostd", "chunkserver", "linear", "raid", "bitmap"},
 		"hostd":       {"metaserver/internal", "chunkserver/internal"},
 	}
 	for p, imps := range imports {

@@ -1,4 +1,9 @@
-package bitmap
+// Package budget checks the timeout budget of a cluster (DESIGN §5, rule 1
+// of §2): t_io < offline_after < SCSI command timeout < T, and T ≥ 3·t_io,
+// on which the REMB theorems rest. The metaserver checks its configuration
+// with it at start, and the daemons check the cluster's values they are
+// given. It depends only on the standard library.
+package budget
 
 import (
 	"errors"
@@ -6,7 +11,7 @@ import (
 	"time"
 )
 
-// ValidateBudget checks the part of the timeout budget (DESIGN §5) that the
+// Validate checks the part of the timeout budget (DESIGN §5) that the
 // REMB theorems rest on:
 //
 //   - tIO, the time after which hostd fails a member whose request has not
@@ -20,12 +25,12 @@ import (
 //   - T exceeds offlineAfter, as the hierarchy t_io < offline_after <
 //     SCSI timeout < T requires.
 //
-// It returns nil or every broken rule, each a *BudgetError (errors.Is
-// ErrBudget), joined.
-func ValidateBudget(tIO, offlineAfter, T time.Duration) error {
+// It returns nil or every broken rule, each a *Error (errors.Is ErrBudget),
+// joined.
+func Validate(tIO, offlineAfter, T time.Duration) error {
 	var errs []error
 	add := func(rule, format string, args ...any) {
-		errs = append(errs, &BudgetError{Rule: rule, Msg: fmt.Sprintf(format, args...)})
+		errs = append(errs, &Error{Rule: rule, Msg: fmt.Sprintf(format, args...)})
 	}
 	if tIO <= 0 {
 		add("t_io > 0", "member request timeout t_io=%v must be positive", tIO)
@@ -53,3 +58,18 @@ func ValidateBudget(tIO, offlineAfter, T time.Duration) error {
 	}
 	return errors.Join(errs...)
 }
+
+// ErrBudget reports a timeout configuration that breaks the rules the
+// theorems need.
+var ErrBudget = errors.New("timeout budget violated")
+
+// Error names the rule of the timeout budget that a configuration breaks.
+// It unwraps to ErrBudget.
+type Error struct {
+	Rule string // short name of the rule, e.g. "T >= 3*t_io"
+	Msg  string // the whole sentence, with the values
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func (e *Error) Unwrap() error { return ErrBudget }

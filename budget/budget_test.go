@@ -1,4 +1,4 @@
-package bitmap
+package budget
 
 import (
 	"errors"
@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-func TestValidateBudget(t *testing.T) {
+func TestValidate(t *testing.T) {
 	s := time.Second
 	tests := []struct {
 		name             string
@@ -32,21 +32,21 @@ func TestValidateBudget(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := ValidateBudget(tt.tIO, tt.offline, tt.T)
+			err := Validate(tt.tIO, tt.offline, tt.T)
 			if len(tt.rules) == 0 {
 				if err != nil {
-					t.Fatalf("ValidateBudget(%v, %v, %v) = %v", tt.tIO, tt.offline, tt.T, err)
+					t.Fatalf("Validate(%v, %v, %v) = %v", tt.tIO, tt.offline, tt.T, err)
 				}
 				return
 			}
 			if !errors.Is(err, ErrBudget) {
-				t.Fatalf("ValidateBudget(%v, %v, %v) = %v, want ErrBudget", tt.tIO, tt.offline, tt.T, err)
+				t.Fatalf("Validate(%v, %v, %v) = %v, want ErrBudget", tt.tIO, tt.offline, tt.T, err)
 			}
 			var got []string
 			for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
-				var be *BudgetError
+				var be *Error
 				if !errors.As(e, &be) {
-					t.Fatalf("%v is not a *BudgetError", e)
+					t.Fatalf("%v is not a *Error", e)
 				}
 				got = append(got, be.Rule)
 			}
@@ -59,16 +59,5 @@ func TestValidateBudget(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestHeaderErrorMessage(t *testing.T) {
-	e := &HeaderError{Path: "/dev/shm/x.wib", Field: "epoch", Got: "3", Want: "4", Err: ErrMismatch}
-	if got, want := e.Error(), "bitmap: identity or geometry mismatch: /dev/shm/x.wib: epoch is 3, want 4"; got != want {
-		t.Fatalf("Error() = %q, want %q", got, want)
-	}
-	e = &HeaderError{Field: "crc", Got: "computed 1, stored 2", Err: ErrCorrupt}
-	if got, want := e.Error(), "bitmap: corrupt: crc: computed 1, stored 2"; got != want {
-		t.Fatalf("Error() = %q, want %q", got, want)
 	}
 }
