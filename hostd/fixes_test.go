@@ -3,12 +3,14 @@ package hostd
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chunkraid/chunkraid/hostd/iscsi"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
 )
@@ -277,4 +279,29 @@ func TestReconcileReported(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestSCSIClass: RAID errors reach the iSCSI target in its own classes.
+func TestSCSIClass(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want error
+	}{
+		{fmt.Errorf("set 1: %w", raid.ErrNoMembers), iscsi.ErrNotReady},
+		{fmt.Errorf("set 1: %w: metaserver: timeout", raid.ErrNotRecorded), iscsi.ErrBecomingReady},
+		{raid.ErrOutOfRange, iscsi.ErrLBAOutOfRange},
+	} {
+		got := scsiClass(tc.err)
+		if !errors.Is(got, tc.want) || !errors.Is(got, tc.err) {
+			t.Errorf("scsiClass(%v) = %v, want it wrapped in %v", tc.err, got, tc.want)
+		}
+	}
+	if got := scsiClass(raid.ErrNotRecorded); errors.Is(got, iscsi.ErrNotReady) {
+		t.Errorf("a degradation not recorded is %v: it must be retried, not need an operator", got)
+	}
+	for _, err := range []error{nil, raid.ErrUnrecoverable, errors.New("EIO")} {
+		if got := scsiClass(err); got != err {
+			t.Errorf("scsiClass(%v) = %v, want it unchanged (a medium error)", err, got)
+		}
+	}
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/chunkraid/chunkraid/hostd/iscsi"
 	"github.com/chunkraid/chunkraid/linear"
 	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/raid"
 )
 
 // Config configures a hostd. Zero values mean the documented defaults.
@@ -358,14 +359,48 @@ func samePlacement(a, b api.Volume) bool {
 	return true
 }
 
-// lun exposes exactly the volume's size, which may be less than the sum of
-// its sets.
+// lun is a volume as the iSCSI target serves it: exactly the volume's size,
+// which may be less than the sum of its sets, and errors in the target's
+// classes (scsiClass).
 type lun struct {
 	*linear.Volume
 	size int64
 }
 
 func (l *lun) Size() int64 { return l.size }
+
+func (l *lun) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return scsiClass(l.Volume.ReadAt(ctx, p, off))
+}
+
+func (l *lun) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return scsiClass(l.Volume.WriteAt(ctx, p, off, fua))
+}
+
+func (l *lun) Flush(ctx context.Context) error { return scsiClass(l.Volume.Flush(ctx)) }
+
+func (l *lun) Trim(ctx context.Context, off, length int64) error {
+	return scsiClass(l.Volume.Trim(ctx, off, length))
+}
+
+// scsiClass says which of the iSCSI target's classes a RAID error is (the
+// target imports no back end): a write or flush that a member missed and
+// whose degradation could not be recorded may be retried (becoming ready);
+// a set without the members it needs cannot serve (not ready); an offset
+// beyond the end is out of range. Anything else is a medium error.
+func scsiClass(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, raid.ErrNotRecorded):
+		return fmt.Errorf("%w: %w", iscsi.ErrBecomingReady, err)
+	case errors.Is(err, raid.ErrNoMembers):
+		return fmt.Errorf("%w: %w", iscsi.ErrNotReady, err)
+	case errors.Is(err, raid.ErrOutOfRange):
+		return fmt.Errorf("%w: %w", iscsi.ErrLBAOutOfRange, err)
+	}
+	return err
+}
 
 // detach stops serving a volume. clean reports a clean detach to the
 // metaserver when every set is in sync and flushed.

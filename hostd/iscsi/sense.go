@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-
-	"github.com/chunkraid/chunkraid/raid"
 )
 
 // SCSI status codes (SAM-5).
@@ -137,31 +135,41 @@ var (
 	senseParamLength    = newSense(senseIllegalRequest, ascParamListLengthError)
 )
 
-// backendSense is the one mapping from an error of the back end (a raid
-// set behind a linear volume) to the sense data the initiator gets:
-//   - raid.ErrNotRecorded, a write or flush that a member missed could not
-//     have the degradation recorded (the metaserver or a chunkserver did
-//     not answer in time): NOT READY, LOGICAL UNIT IS IN PROCESS OF
-//     BECOMING READY (04h/01h), which initiators retry; the set still has
-//     its members and the retry succeeds once the record does;
-//   - raid.ErrNoMembers, the set lost its quorum: NOT READY, LOGICAL UNIT
-//     NOT READY, MANUAL INTERVENTION REQUIRED (04h/03h). No member can serve
-//     until one is brought back and resynced; an initiator should not retry
-//     the command as a medium error of one block;
-//   - raid.ErrOutOfRange: ILLEGAL REQUEST, LBA OUT OF RANGE (21h/00h);
+// The classes of back-end errors the target tells apart. A Backend's error
+// says which class it is by wrapping one of these (errors.Is); any other
+// error is a medium error. The back end's own errors stay behind them: the
+// target imports no back end.
+var (
+	// ErrNotReady: the logical unit cannot serve until something is
+	// repaired (a RAID set lost its quorum). An initiator should not retry
+	// the command as a medium error of one block.
+	ErrNotReady = errors.New("iscsi: logical unit not ready")
+	// ErrBecomingReady: the command did not complete but the same command
+	// may succeed soon (a degradation could not be recorded in time).
+	ErrBecomingReady = errors.New("iscsi: logical unit becoming ready")
+	// ErrLBAOutOfRange: the command reached beyond the end of the back end.
+	ErrLBAOutOfRange = errors.New("iscsi: LBA out of range")
+)
+
+// backendSense is the one mapping from an error of the back end to the
+// sense data the initiator gets:
+//   - ErrBecomingReady: NOT READY, LOGICAL UNIT IS IN PROCESS OF BECOMING
+//     READY (04h/01h), which initiators retry;
+//   - ErrNotReady: NOT READY, LOGICAL UNIT NOT READY, MANUAL INTERVENTION
+//     REQUIRED (04h/03h);
+//   - ErrLBAOutOfRange: ILLEGAL REQUEST, LBA OUT OF RANGE (21h/00h);
 //   - the command's deadline: ABORTED COMMAND, COMMAND TIMEOUT DURING
 //     PROCESSING (2Eh/02h); its cancellation (task abort, logout): ABORTED
 //     COMMAND without additional sense. Both may be retried;
-//   - anything else, raid.ErrUnrecoverable included: MEDIUM ERROR,
-//     UNRECOVERED READ ERROR (11h/00h) for a read, WRITE ERROR (0Ch/00h)
-//     for a write.
+//   - anything else: MEDIUM ERROR, UNRECOVERED READ ERROR (11h/00h) for a
+//     read, WRITE ERROR (0Ch/00h) for a write.
 func backendSense(err error, write bool) *sense {
 	switch {
-	case errors.Is(err, raid.ErrNotRecorded):
+	case errors.Is(err, ErrBecomingReady):
 		return newSense(senseNotReady, ascLUBecomingReady)
-	case errors.Is(err, raid.ErrNoMembers):
+	case errors.Is(err, ErrNotReady):
 		return newSense(senseNotReady, ascLUNotReadyManual)
-	case errors.Is(err, raid.ErrOutOfRange):
+	case errors.Is(err, ErrLBAOutOfRange):
 		return senseLBAOutOfRange
 	case errors.Is(err, context.DeadlineExceeded):
 		return newSense(senseAbortedCommand, ascCommandTimeout)

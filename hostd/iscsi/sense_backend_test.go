@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-
-	"github.com/chunkraid/chunkraid/raid"
 )
 
 func TestBackendSense(t *testing.T) {
@@ -18,12 +16,10 @@ func TestBackendSense(t *testing.T) {
 		key   uint8
 		asc   uint16
 	}{
-		{"quorum lost, read", wrap(raid.ErrNoMembers), false, senseNotReady, 0x0403},
-		{"quorum lost, write", wrap(raid.ErrNoMembers), true, senseNotReady, 0x0403},
-		{"degradation not recorded, write", wrap(fmt.Errorf("%w: metaserver: timeout", raid.ErrNotRecorded)), true, senseNotReady, 0x0401},
-		{"unrecoverable read", wrap(raid.ErrUnrecoverable), false, senseMediumError, 0x1100},
-		{"unrecoverable write", wrap(raid.ErrUnrecoverable), true, senseMediumError, 0x0c00},
-		{"out of range", wrap(raid.ErrOutOfRange), false, senseIllegalRequest, 0x2100},
+		{"not ready, read", wrap(ErrNotReady), false, senseNotReady, 0x0403},
+		{"not ready, write", wrap(ErrNotReady), true, senseNotReady, 0x0403},
+		{"becoming ready, write", wrap(fmt.Errorf("%w: metaserver: timeout", ErrBecomingReady)), true, senseNotReady, 0x0401},
+		{"out of range", wrap(ErrLBAOutOfRange), false, senseIllegalRequest, 0x2100},
 		{"deadline", wrap(context.DeadlineExceeded), true, senseAbortedCommand, 0x2e02},
 		{"cancelled", wrap(context.Canceled), false, senseAbortedCommand, 0x0000},
 		{"other read", errors.New("EIO"), false, senseMediumError, 0x1100},
@@ -47,7 +43,7 @@ func (b failingBackend) WriteAt(context.Context, []byte, int64, bool) error { re
 func (b failingBackend) Flush(context.Context) error                        { return b.err }
 
 func TestBackendStatusOfRead(t *testing.T) {
-	lu := newLogicalUnit(failingBackend{fmt.Errorf("set 0: %w", raid.ErrNoMembers)}, 512, 1<<20, 1<<20, "vol", "iqn.test")
+	lu := newLogicalUnit(failingBackend{fmt.Errorf("set 0: %w", ErrNotReady)}, 512, 1<<20, 1<<20, "vol", "iqn.test")
 	r := execRead(t.Context(), lu, &scsiCmd{lba: 8, blocks: 1}, nil, make([]byte, 512))
 	if r.status != statusCheckCondition || r.sense.key != senseNotReady || r.sense.asc != 0x0403 {
 		t.Fatalf("status %#x sense %v, want CHECK CONDITION, NOT READY 04h/03h", r.status, r.sense)
