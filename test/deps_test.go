@@ -46,7 +46,7 @@ func TestDependencyDirection(t *testing.T) {
 		}
 		return strings.TrimPrefix(strings.TrimPrefix(imp, module), "/"), true
 	}
-	stdlibOnly := []string{"chunkserver/nbd", "metaserver/api", "bitmap", "budget"}
+	stdlibOnly := []string{"chunkserver/nbd", "metaserver/api", "bitmap", "budget", "remb"}
 	forbidden := map[string][]string{
 		"bitmap":      {"raid", "linear", "hostd", "chunkserver", "metaserver"},
 		"raid":        {"linear", "hostd", "chunkserver", "metaserver"},
