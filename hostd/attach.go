@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	"github.com/chunkraid/chunkraid/linear"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
+	"github.com/chunkraid/chunkraid/remb"
 )
 
 // attach brings a volume up (DESIGN §2 rule 2): fence every member at the
@@ -135,12 +135,16 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 		return err
 	}
 	reachable := st.connect(ctx)
-	p, err := planSet(st.members, reachable, layout)
+	st.need = 1
+	if layout.Kind == api.LayoutEC {
+		st.need = layout.K
+	}
+	p, err := planSet(st.members, reachable, st.need, a.vol, recover)
 	if err != nil {
 		return err
 	}
-	if len(p.stale) > 0 {
-		st.log.Info("members recorded as not in sync start degraded", "members", p.stale)
+	if len(p.Stale) > 0 {
+		st.log.Info("members recorded as not in sync start degraded", "members", p.Stale)
 	}
 	setSize, stripe := p.size, a.vol.StripeUnit
 	if layout.Kind == api.LayoutEC {
@@ -150,22 +154,25 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 		setSize = int64(layout.K) * (p.size / stripe * stripe)
 		st.logUnit = int64(layout.K)
 	}
-	st.need = 1
-	if layout.Kind == api.LayoutEC {
-		st.need = layout.K
-	}
 	wib, reused, err := a.openWIB(set.Index, setSize)
 	if err != nil {
 		return err
 	}
 	st.wib = wib
-	st.recoverWIB(ctx, reachable, recover, reused, setSize)
+	if reused {
+		// The plan was made before the WIB was found: a reused one is
+		// itself a record of what may differ.
+		if p, err = planSet(st.members, reachable, st.need, a.vol, recover, withReusedWIB); err != nil {
+			return err
+		}
+	}
+	st.recoverWIB(ctx, p.AttachPlan, setSize)
 	rs, err := st.buildSet(p, layout, stripe)
 	if err != nil {
 		return err
 	}
 	st.mirror = rs
-	if len(p.degraded) > 0 {
+	if p.PinSurvivors {
 		// Attaching degraded: the survivors must not forget what the absent
 		// members miss from now on.
 		// Serving without the pin would let them forget it after T.
@@ -236,59 +243,42 @@ func (st *setState) connect(ctx context.Context) []bool {
 	return reachable
 }
 
-// setPlan is which members of a set serve from the start.
+// setPlan is the attach plan of a set (remb.PlanAttach) with the members'
+// devices: the connections of the reachable ones, absent for the others.
 type setPlan struct {
-	// devs are the members' devices, absent for the unreachable ones.
+	remb.AttachPlan
 	devs []raid.Device
-	// degraded are the members that start Failed: the unreachable ones and
-	// the stale ones.
-	degraded []int
-	// stale are reachable members the previous holder recorded as degraded
-	// or resyncing.
-	stale []int
-	// missed are all members the previous holder recorded as degraded or
-	// resyncing, reachable or not: they missed acknowledged writes. The
-	// other members that start degraded were merely unreachable and hold
-	// every acknowledged write (raid.ECConfig.Stale).
-	missed []int
-	// usable counts the reachable in-sync members.
-	usable int
-	// size is the members' size.
-	size int64
+	size int64 // the members' size
 }
 
-// planSet decides which members of a set serve at attach. A member the
-// previous holder recorded as degraded or resyncing missed writes: it must
-// not serve reads or be a resync source, even if it is reachable now. It
-// starts degraded and rejoins through a resync. The plan fails with
-// raid.ErrNoMembers when too few in-sync members are reachable to serve.
-func planSet(members []*member, reachable []bool, layout api.Layout) (setPlan, error) {
+// withReusedWIB makes planSet plan with the WIB a previous hostd left.
+func withReusedWIB(in *remb.AttachInput) { in.WIBReused = true }
+
+// planSet asks remb.PlanAttach which members of a set serve at attach and
+// what the attach must do: a member the previous holder recorded as
+// degraded or resyncing missed writes (remb.Member.Missed). It fails with
+// raid.ErrNoMembers when too few members that missed nothing are reachable.
+func planSet(members []*member, reachable []bool, need int, v api.Volume, recover bool, opts ...func(*remb.AttachInput)) (setPlan, error) {
+	in := remb.AttachInput{Need: need, Mode: remb.Mode(v.Bitmap), Clean: !recover, Epoch: v.Epoch}
 	p := setPlan{size: -1}
 	for i, m := range members {
-		if m.api.State != "" && m.api.State != api.MemberInSync {
-			p.missed = append(p.missed, i)
-		}
-		if !reachable[i] {
-			p.degraded = append(p.degraded, i)
+		in.Members = append(in.Members, remb.Member{Reachable: reachable[i],
+			Missed: m.api.State != "" && m.api.State != api.MemberInSync})
+		if reachable[i] {
+			c := m.conn()
+			p.size = c.Size()
+			p.devs = append(p.devs, c)
+		} else {
 			p.devs = append(p.devs, nil)
-			continue
 		}
-		c := m.conn()
-		p.size = c.Size()
-		p.devs = append(p.devs, c)
-		if m.api.State != "" && m.api.State != api.MemberInSync {
-			p.stale = append(p.stale, i)
-			p.degraded = append(p.degraded, i)
-			continue
-		}
-		p.usable++
 	}
-	slices.Sort(p.degraded)
-	if p.usable == 0 {
-		return p, fmt.Errorf("no in-sync member reachable: %w", raid.ErrNoMembers)
+	for _, o := range opts {
+		o(&in)
 	}
-	if layout.Kind == api.LayoutEC && p.usable < layout.K {
-		return p, fmt.Errorf("only %d of %d members reachable, %s needs %d: %w", p.usable, len(members), layout, layout.K, raid.ErrNoMembers)
+	ap, err := remb.PlanAttach(in)
+	p.AttachPlan = ap
+	if err != nil {
+		return p, fmt.Errorf("%w: %w", raid.ErrNoMembers, err)
 	}
 	for i := range p.devs {
 		if p.devs[i] == nil {
@@ -298,26 +288,19 @@ func planSet(members []*member, reachable []bool, layout api.Layout) (setPlan, e
 	return p, nil
 }
 
-// recoverWIB folds into the fresh WIB what may differ between the members
-// after an unclean stop: their LOG bitmaps (remb, internal), or everything
-// (none, unless a restarted hostd reused its own WIB).
-func (st *setState) recoverWIB(ctx context.Context, reachable []bool, recover, reused bool, setSize int64) {
-	switch {
-	case st.a.vol.Bitmap == api.BitmapNone:
-		if recover && st.a.vol.Epoch > 1 && !reused {
-			// No record of what may differ: everything may.
+// recoverWIB carries out the plan's record of what may differ between the
+// members: the bitmaps to merge now and on return, or everything.
+func (st *setState) recoverWIB(ctx context.Context, p remb.AttachPlan, setSize int64) {
+	if p.MarkAll {
+		st.wib.Mark(0, setSize)
+	}
+	for _, i := range p.MergeOnReturn {
+		st.members[i].needLog = true
+	}
+	for _, i := range p.MergeNow {
+		if err := st.mergeLog(ctx, st.members[i]); err != nil {
+			st.log.Error("reading a member's LOG bitmap failed; resyncing the whole set", "member", i, "err", err)
 			st.wib.Mark(0, setSize)
-		}
-	case recover:
-		for i, m := range st.members {
-			if !reachable[i] {
-				m.needLog = true
-				continue
-			}
-			if err := st.mergeLog(ctx, m); err != nil {
-				st.log.Error("reading a member's LOG bitmap failed; resyncing the whole set", "member", i, "err", err)
-				st.wib.Mark(0, setSize)
-			}
 		}
 	}
 }
@@ -339,8 +322,8 @@ func (st *setState) buildSet(p setPlan, layout api.Layout, stripe int64) (raid.S
 			M:                   layout.M,
 			StripeUnit:          stripe,
 			WIB:                 st.wib,
-			Degraded:            p.degraded,
-			Stale:               p.missed,
+			Degraded:            p.Degraded,
+			Stale:               p.Missed,
 			BeforeDegradedWrite: st.recordDegraded,
 			AfterWhole:          st.unpinAll,
 			Pinned:              st.startPinned(p),
@@ -357,7 +340,7 @@ func (st *setState) buildSet(p setPlan, layout api.Layout, stripe int64) (raid.S
 	return raid.NewMirror(raid.MirrorConfig{
 		Members:             p.devs,
 		WIB:                 st.wib,
-		Degraded:            p.degraded,
+		Degraded:            p.Degraded,
 		IntentHook:          intent,
 		LazyClear:           intent != nil,
 		BeforeDegradedWrite: st.recordDegraded,

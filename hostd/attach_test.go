@@ -178,12 +178,15 @@ func TestPlanSetStaleVersusUnreachable(t *testing.T) {
 		}
 		members = append(members, m)
 	}
-	p, err := planSet(members, reachable, api.Layout{Kind: api.LayoutEC, K: 2, M: 3})
+	p, err := planSet(members, reachable, 2, api.Volume{Bitmap: api.BitmapRemb, Epoch: 2}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(p.degraded, []int{2, 3, 4}) || !slices.Equal(p.stale, []int{2}) || !slices.Equal(p.missed, []int{2, 3}) || p.usable != 2 {
+	if !slices.Equal(p.Degraded, []int{2, 3, 4}) || !slices.Equal(p.Stale, []int{2}) || !slices.Equal(p.Missed, []int{2, 3}) || p.Usable != 2 {
 		t.Fatalf("plan: degraded %v stale %v missed %v usable %d; want degraded [2 3 4], stale [2], missed [2 3], usable 2",
-			p.degraded, p.stale, p.missed, p.usable)
+			p.Degraded, p.Stale, p.Missed, p.Usable)
+	}
+	if !slices.Equal(p.MergeNow, []int{0, 1, 2}) || !slices.Equal(p.MergeOnReturn, []int{3, 4}) || len(p.devs) != 5 {
+		t.Fatalf("plan: merge now %v, on return %v, %d devices", p.MergeNow, p.MergeOnReturn, len(p.devs))
 	}
 }

@@ -71,13 +71,13 @@ func (st *setState) unpinAll(ctx context.Context) error {
 	return nil
 }
 
-// startPinned reports whether the members' LOGs start pinned: after an
-// unclean stop (the chunkservers pinned them), or when attaching degraded
-// (the survivors are pinned before serving).
+// startPinned reports whether the members' LOGs start pinned: as the plan
+// says (after an unclean stop the chunkservers pinned them; attaching
+// degraded, the survivors are pinned before serving), or pinned since.
 func (st *setState) startPinned(p setPlan) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	return st.mu.pinned || len(p.degraded) > 0
+	return st.mu.pinned || p.StartPinned
 }
 
 // unpinIfPinned settles a set that is in sync: it flushes every member, so

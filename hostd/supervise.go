@@ -7,6 +7,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
+	"github.com/chunkraid/chunkraid/remb"
 )
 
 // supervise reconnects failed members with backoff and resyncs until the
@@ -95,36 +96,34 @@ func (st *setState) needsResync() bool {
 	return false
 }
 
-// rejoin reconnects failed member i: it fences at the current epoch, which
-// drains any request of the dead connection still running on the
-// chunkserver, reconnects, merges its LOG if it was absent at attach, and
-// hands the new connection to the set.
+// rejoin reconnects failed member i as remb.PlanRejoin says: it fences at
+// the current epoch, which drains any request of the dead connection still
+// running on the chunkserver, reconnects, merges its LOG if it was absent at
+// an attach after an unclean stop (or marks everything in bitmap mode none),
+// and hands the new connection to the set.
 func (st *setState) rejoin(ctx context.Context, i int) error {
 	s := st.a.s
 	m := st.members[i]
+	plan := remb.PlanRejoin(remb.RejoinInput{Mode: remb.Mode(st.a.vol.Bitmap), MergeOnReturn: m.needLog})
 	rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.IOTimeout)
 	defer cancel()
-	if _, err := m.ctl.Fence(rctx, m.api.ChunkID, m.req()); err != nil {
-		return fmt.Errorf("fence: %w", err)
+	if plan.Fence {
+		if _, err := m.ctl.Fence(rctx, m.api.ChunkID, m.req()); err != nil {
+			return fmt.Errorf("fence: %w", err)
+		}
 	}
 	c, err := s.cfg.Dial(rctx, memberClientConfig(m, s.cfg.IOTimeout))
 	if err != nil {
 		return err
 	}
-	if m.needLog {
-		// Unreachable when the volume was attached after an unclean stop:
-		// its LOG may name writes the others never saw. A member that
-		// failed while attached needs no merge: the WIB keeps every region
-		// that is not durable on every member dirty (flush before clean),
-		// and its failure made them all need a resync, so a chunkserver
-		// that lost unsynced writes to a power loss gets them back.
+	if plan.MergeLog {
 		if err := st.mergeLog(rctx, m); err != nil {
 			c.Close()
 			return fmt.Errorf("reading its LOG bitmap: %w", err)
 		}
 		m.needLog = false
 	}
-	if st.a.vol.Bitmap == api.BitmapNone {
+	if plan.MarkAll {
 		st.mirror.MarkAll()
 	}
 	if err := st.mirror.Rejoin(i, c); err != nil {
