@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/remb"
 )
 
 // TestSetDataModel runs mirrors and EC sets over members that behave as the
@@ -265,63 +266,50 @@ func (w *dmWorld) close() {
 }
 
 // attach brings a set up over chunks as hostd does after reading the
-// metaserver's record: reachable members recorded as not in sync and
-// unreachable members start degraded; after an unclean stop the reachable
-// members' LOGs are merged into a fresh WIB (an unreachable member's when it
-// rejoins) and the set starts pinned. It returns nil if too few in-sync
-// members are reachable.
+// metaserver's record: it asks hostd's planner (remb.PlanAttach) and
+// carries the plan out: the members it degrades start Failed, the LOGs it
+// names are merged into a fresh WIB now or when their member rejoins, the
+// survivors are pinned before serving. It returns nil if the plan says too
+// few in-sync members are reachable.
 func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaMu *sync.Mutex) *dmHost {
 	n := len(chunks)
 	h := &dmHost{needLog: make([]bool, n)}
-	var degraded, stale []int
-	usable := 0
 	devs := make([]Device, n)
 	metaMu.Lock()
 	rec := slices.Clone(recorded)
 	metaMu.Unlock()
+	need := 1
+	if w.cfg.k > 0 {
+		need = w.cfg.k
+	}
+	in := remb.AttachInput{Need: need, Mode: remb.ModeRemb, Clean: !recover, Epoch: 2}
 	for i, c := range chunks {
 		devs[i] = c.conn()
 		c.mu.Lock()
 		up := c.up()
 		c.mu.Unlock()
-		if rec[i] {
-			stale = append(stale, i)
-		}
-		switch {
-		case !up:
-			degraded = append(degraded, i)
-		case rec[i]:
-			degraded = append(degraded, i)
-		default:
-			usable++
-		}
+		in.Members = append(in.Members, remb.Member{Reachable: up, Missed: rec[i]})
 	}
-	need := 1
-	if w.cfg.k > 0 {
-		need = w.cfg.k
-	}
-	if usable < need {
+	plan, err := remb.PlanAttach(in)
+	if errors.Is(err, remb.ErrTooFew) {
 		return nil
+	} else if err != nil {
+		w.t.Fatal(err)
 	}
+	degraded, stale := plan.Degraded, plan.Missed
 	wib, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: w.setSize(), RegionSize: dmRegion})
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	mergeLog := func(c *dmChunk) {
-		if err := wib.Merge(c.log.Snapshot(), w.logUnit()); err != nil {
-			w.t.Fatal(err)
-		}
+	if plan.MarkAll {
+		wib.Mark(0, w.setSize())
 	}
-	if recover {
-		for i, c := range chunks {
-			c.mu.Lock()
-			up := c.up()
-			c.mu.Unlock()
-			if !up {
-				h.needLog[i] = true
-				continue
-			}
-			mergeLog(c)
+	for _, i := range plan.MergeOnReturn {
+		h.needLog[i] = true
+	}
+	for _, i := range plan.MergeNow {
+		if err := wib.Merge(chunks[i].log.Snapshot(), w.logUnit()); err != nil {
+			w.t.Fatal(err)
 		}
 	}
 	pinUp := func() (all bool) {
@@ -337,7 +325,7 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 		}
 		return all
 	}
-	if len(degraded) > 0 {
+	if plan.PinSurvivors {
 		pinUp() // pinSurvivors before serving
 	}
 	var set Set
@@ -386,10 +374,10 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 	var serr error
 	if w.cfg.k > 0 {
 		set, serr = NewEC(ECConfig{Members: devs, K: w.cfg.k, M: w.cfg.m, StripeUnit: 4096, WIB: wib, Degraded: degraded, Stale: stale,
-			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: recover || len(degraded) > 0, OnStateChange: onChange})
+			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: plan.StartPinned, OnStateChange: onChange})
 	} else {
 		set, serr = NewMirror(MirrorConfig{Members: devs, WIB: wib, Degraded: degraded,
-			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: recover || len(degraded) > 0, OnStateChange: onChange})
+			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: plan.StartPinned, OnStateChange: onChange})
 	}
 	if serr != nil {
 		w.t.Fatalf("building the set: %v", serr)
@@ -520,11 +508,15 @@ func (w *dmWorld) step(step int) {
 		c.mu.Unlock()
 		w.logf("%d member %d back", step, i)
 		if w.host != nil && w.host.set.States()[i] == Failed {
-			if w.host.needLog[i] {
+			plan := remb.PlanRejoin(remb.RejoinInput{Mode: remb.ModeRemb, MergeOnReturn: w.host.needLog[i]})
+			if plan.MergeLog {
 				if err := w.host.set.WIB().Merge(c.log.Snapshot(), w.logUnit()); err != nil {
 					w.t.Fatal(err)
 				}
 				w.host.needLog[i] = false
+			}
+			if plan.MarkAll {
+				w.host.set.MarkAll()
 			}
 			err := w.host.set.Rejoin(i, c.conn())
 			w.logf("%d rejoin %d: %v, states %v", step, i, err, w.host.set.States())
