@@ -246,9 +246,10 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 				if err := st.mirror.MemberError(i); err != nil {
 					mr.Error = err.Error()
 				}
-			case ms == raid.Resyncing && !untrusted[i] && !st.canServe():
-				// Back after every member failed, having missed no
-				// acknowledged write: a copy the next attach must trust.
+			case ms == raid.Resyncing && !untrusted[i]:
+				// Back after every member failed (the set cannot serve),
+				// having missed no acknowledged write: a copy the next
+				// attach must trust (raid's untrusted).
 				mr.State = api.MemberInSync
 				mr.Error = "back after every member failed; holds every acknowledged write"
 			case ms == raid.Resyncing:

@@ -302,7 +302,9 @@ func (e *EC) Flush(ctx context.Context) error {
 	set := e.allShards() &^ v.failed
 	fanOut(set, b.errs, func(i int) error { return v.devs[i].Flush(ctx) })
 	allOK := v.failed == 0
-	got := set // the members whose flush succeeded
+	// The members whose flush succeeded and that hold every acknowledged
+	// write: a resyncing member may lack some (see Mirror.Flush).
+	got := set &^ v.resyncing
 	for j := set; j != 0; j &= j - 1 {
 		if b.errs[bits.TrailingZeros64(j)] != nil {
 			allOK = false

@@ -179,10 +179,13 @@ func (h *health) acked(got func(i int) bool) {
 
 // untrusted reports whether a host that attaches after this one died must
 // not trust member i as a copy: it missed an acknowledged write, or it is
-// Failed while the set can acknowledge writes without it (the record of a
-// degradation is taken before the first such write).
+// not in sync (Failed, or Resyncing and so perhaps without writes it lost or
+// missed) while the set can acknowledge writes without it: the record of a
+// degradation is taken before the writes it covers are acknowledged, so it
+// must already count such a member out. When too few members are in sync
+// to acknowledge anything, a member that missed nothing is a copy to trust.
 func (h *health) untrusted(i int) bool {
-	return h.missed[i] || h.state[i] == Failed && h.inSync() >= h.need
+	return h.missed[i] || h.state[i] != InSync && h.inSync() >= h.need
 }
 
 // resynced reports a finished resync that started when the connection

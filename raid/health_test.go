@@ -84,6 +84,7 @@ func TestHealthScenarios(t *testing.T) {
 //	start                             the driver starts the next hook, if any
 //	done [err]                        the running hook ends
 //	close                             the set closes
+//	untrusted                         which members a host taking over must not trust
 //
 // It returns the outcome and the machine's state.
 func runHealthCmd(hp **health, waiting *[]uint64, line string) (string, error) {
@@ -184,6 +185,8 @@ func runHealthCmd(hp **health, waiting *[]uint64, line string) (string, error) {
 		h.hookDone(*h.running, err)
 	case "close":
 		h.close()
+	case "untrusted":
+		note = fmt.Sprintf("untrusted %v", h.untrustedAll())
 	default:
 		return "", fmt.Errorf("unknown command %q", f[0])
 	}

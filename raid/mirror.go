@@ -453,12 +453,18 @@ func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
 // is recorded, and the member counts as having missed it.
 func (m *Mirror) Flush(ctx context.Context) error {
 	t := m.wib.FlushStart()
+	// A flush makes durable what a member holds; only a member in sync
+	// holds every acknowledged write. A resyncing one (say back from a
+	// power loss that took writes it had acknowledged) does not: if the
+	// flush is acknowledged without a member, it counts as missed for the
+	// resyncing ones too, so a host that takes over never trusts them.
+	inSync := m.States()
 	allOK, got, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
 	if err != nil {
 		return err
 	}
 	if !allOK {
-		return m.hooks.awaitRecord(ctx, func(i int) bool { return got[i] })
+		return m.hooks.awaitRecord(ctx, func(i int) bool { return got[i] && inSync[i] == InSync })
 	}
 	if !m.lazy {
 		m.wib.FlushDone(t)
