@@ -221,6 +221,7 @@ func runHealthCmd(hp **health, waiting *[]uint64, line string) (string, error) {
 // failures (through current and stale connections), rejoins, resyncs that
 // end clean, dirty or raced by a rejoin, degraded writes, hook runs that
 // succeed or fail (a record that pins only some members) and host closes,
+// for mirrors (need 1) and EC sets (need 2 to n-1),
 // against a model of what the chunkservers and the metaserver hold. After
 // every step it checks:
 //
@@ -235,7 +236,9 @@ func TestHealthModel(t *testing.T) {
 	for seed := range uint64(seeds) {
 		rng := rand.New(rand.NewPCG(seed, 0x4ea1))
 		n := 2 + rng.IntN(4)
-		h, err := newHealth(n, 1, nil, rng.IntN(2) == 0)
+		// need 1 is a mirror; more is an ec:need+(n-need) set.
+		need := 1 + rng.IntN(n-1)
+		h, err := newHealth(n, need, nil, rng.IntN(2) == 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -303,8 +306,8 @@ func TestHealthModel(t *testing.T) {
 						epochs = append(epochs, promoted[j])
 					}
 				}
-				if len(skipped) == 0 || !slices.Contains(h.state, InSync) {
-					continue // a write needs an in-sync member
+				if len(skipped) == 0 || h.inSync() < need {
+					continue // a write needs need in-sync members
 				}
 				trace = append(trace, fmt.Sprintf("write skipping %v", skipped))
 				waits = append(waits, wait{gen: h.degradedWrite(), skipped: skipped, epochs: epochs})
@@ -387,5 +390,5 @@ func TestHealthModel(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d seeds × %d steps", seeds, steps)
+	t.Logf("%d seeds × %d steps, 2 to 5 members, need 1 (mirror) to n-1 (EC)", seeds, steps)
 }
