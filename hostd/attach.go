@@ -139,7 +139,8 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 	if layout.Kind == api.LayoutEC {
 		st.need = layout.K
 	}
-	p, err := planSet(st.members, reachable, st.need, a.vol, recover)
+	fullResync := func(in *remb.AttachInput) { in.FullResync = set.FullResync }
+	p, err := planSet(st.members, reachable, st.need, a.vol, recover, fullResync)
 	if err != nil {
 		return err
 	}
@@ -162,7 +163,7 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 	if reused {
 		// The plan was made before the WIB was found: a reused one is
 		// itself a record of what may differ.
-		if p, err = planSet(st.members, reachable, st.need, a.vol, recover, withReusedWIB); err != nil {
+		if p, err = planSet(st.members, reachable, st.need, a.vol, recover, fullResync, withReusedWIB); err != nil {
 			return err
 		}
 	}
@@ -189,6 +190,9 @@ func (a *attachment) newSetState(set api.Set, recover bool) (*setState, error) {
 	// After an unclean stop the chunkservers pinned the members' LOGs when
 	// the old connections dropped; they are unpinned once the set is clean.
 	st.mu.pinned = recover
+	// A record the previous holder could not complete stays until the set
+	// is whole again.
+	st.mu.logIncomplete = set.FullResync
 	for _, am := range set.Members {
 		name, err := api.ParseExportName(am.Export)
 		if err != nil {

@@ -305,3 +305,38 @@ func TestSCSIClass(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedPinAsksForFullResync: when the pins of a degradation record
+// fail, the survivors' LOGs may forget where the members differ; the host
+// still tells the metaserver so (the set's full_resync), and clears it once
+// the set is whole again.
+func TestFailedPinAsksForFullResync(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	v := testVolume(2)
+	v.CleanDetach = true
+	if err := s.attach(t.Context(), v); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	c.mu.Lock()
+	c.pinErr = errors.New("pin: refused")
+	c.mu.Unlock()
+	c.setDown("c1", true)
+	if err := a.volume.WriteAt(t.Context(), fill(4096, 1), 0, false); err == nil {
+		t.Fatal("a degraded write was acknowledged although its record could not pin")
+	}
+	lastFull := func() bool {
+		reps := c.meta.reportList()
+		return len(reps) > 0 && reps[len(reps)-1].Sets[0].FullResync
+	}
+	waitFor(t, "a report asking for a full resync", lastFull)
+	c.mu.Lock()
+	c.pinErr = nil
+	c.mu.Unlock()
+	c.setDown("c1", false)
+	a.sets[0].wake()
+	waitFor(t, "the set whole again", func() bool { return allInSync(a) && a.sets[0].wib.Count() == 0 })
+	a.report()
+	waitFor(t, "a report without the full resync", func() bool { return !lastFull() })
+}

@@ -66,6 +66,7 @@ func (st *setState) unpinAll(ctx context.Context) error {
 	}
 	st.mu.Lock()
 	st.mu.pinned = false
+	st.mu.logIncomplete = false // whole: nothing differs between the members
 	st.mu.Unlock()
 	st.log.Info("unpinned the members' LOG bitmaps")
 	return nil

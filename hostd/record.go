@@ -204,13 +204,24 @@ func (a *attachment) recordOnce(ctx context.Context, sets []*setState) error {
 		})
 	}
 	wg.Wait()
+	pinErr := errors.Join(errs...)
 	for _, st := range sets {
 		st.mu.Lock()
 		st.mu.pinned = true // some LOGs may be pinned even if a call failed
+		if pinErr != nil {
+			// The regions the failed member missed may be forgotten by
+			// the survivors' LOGs: a host that takes over must resync the
+			// whole set (DESIGN §2 rule 3).
+			st.mu.logIncomplete = true
+		}
 		st.mu.Unlock()
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
+	if pinErr != nil {
+		r := a.snapshot(false)
+		if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
+			a.log.Warn("recording that the sets need a full resync after a failed pin", "err", err)
+		}
+		return pinErr
 	}
 	r := a.snapshot(false)
 	if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {

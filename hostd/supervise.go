@@ -226,6 +226,7 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 		if st.mu.reconciling || st.mu.reconciles > 0 {
 			sr.Reconcile = &api.SetReconcile{Running: st.mu.reconciling, DoneBytes: done, TotalBytes: total, Finished: st.mu.reconciles}
 		}
+		sr.FullResync = st.mu.logIncomplete
 		st.mu.Unlock()
 		untrusted := st.mirror.Untrusted()
 		for i, ms := range st.mirror.States() {

@@ -98,6 +98,10 @@ type setState struct {
 		// ones since the attach.
 		reconciling bool
 		reconciles  int64
+		// logIncomplete: a region may differ between the members that no
+		// pinned LOG records (a record's pins failed); reported as
+		// api.SetReport.FullResync until the set is whole again.
+		logIncomplete bool
 	}
 }
 

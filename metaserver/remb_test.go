@@ -1031,3 +1031,26 @@ func TestSetReconcileEvents(t *testing.T) {
 		t.Fatalf("sets still reconciling after they finished: %+v", v.Sets)
 	}
 }
+
+// TestSetFullResyncStored: a host's report that a set's LOG record is not
+// complete is stored and handed to the next attach; a later report clears it.
+func TestSetFullResyncStored(t *testing.T) {
+	t.Parallel()
+	f := newReportFixture(t)
+	ctx := t.Context()
+	members := []api.MemberReport{{ChunkID: f.member[0][0], State: api.MemberInSync}, {ChunkID: f.member[0][1], State: api.MemberDegraded}}
+	for _, full := range []bool{true, false} {
+		r := f.report(1, 0, 0, members...)
+		r.Volumes[0].Sets[0].FullResync = full
+		if err := f.ts.Client.HostReport(ctx, f.host, r); err != nil {
+			t.Fatal(err)
+		}
+		v, err := f.ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Sets[0].FullResync != full || v.Sets[1].FullResync {
+			t.Fatalf("after a report with full_resync=%v: sets %v, %v", full, v.Sets[0].FullResync, v.Sets[1].FullResync)
+		}
+	}
+}

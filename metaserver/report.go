@@ -196,6 +196,7 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		recRunning        []bool
 		recDone, recTotal []int64
 		recFinished       []int64
+		fullResync        []bool
 	)
 	for _, sr := range vr.Sets {
 		if sr.Index >= sets {
@@ -203,6 +204,7 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		}
 		setIdx = append(setIdx, int32(sr.Index))
 		dirty = append(dirty, sr.DirtyBytes)
+		fullResync = append(fullResync, sr.FullResync)
 		rc := api.SetReconcile{}
 		if sr.Reconcile != nil {
 			rc = *sr.Reconcile
@@ -239,11 +241,12 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 	if len(setIdx) > 0 {
 		_, err = tx.Exec(ctx, `
 			UPDATE sets s SET dirty_bytes = u.dirty, reconciling = u.running, reconcile_done_bytes = u.done,
-				reconcile_total_bytes = u.total, reconciles = u.finished, reconcile_epoch = $8, reconcile_incarnation = $9
-			FROM unnest($2::int[], $3::bigint[], $4::bool[], $5::bigint[], $6::bigint[], $7::bigint[])
-				AS u(idx, dirty, running, done, total, finished)
+				reconcile_total_bytes = u.total, reconciles = u.finished, reconcile_epoch = $8, reconcile_incarnation = $9,
+				full_resync = u.fr
+			FROM unnest($2::int[], $3::bigint[], $4::bool[], $5::bigint[], $6::bigint[], $7::bigint[], $10::bool[])
+				AS u(idx, dirty, running, done, total, finished, fr)
 			WHERE s.volume_id = $1 AND s.idx = u.idx`, volumeID, setIdx, dirty, recRunning, recDone, recTotal, recFinished,
-			epoch, vr.Incarnation)
+			epoch, vr.Incarnation, fullResync)
 		if err != nil {
 			return "", nil, fmt.Errorf("store dirty bytes of %q: %w", vr.Name, err)
 		}

@@ -78,7 +78,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		byID[id] = &vols[i]
 	}
 	rows, err = q.Query(ctx, `
-		SELECT s.volume_id, s.idx, s.size_bytes, s.dirty_bytes, s.reconciling, s.reconcile_done_bytes, s.reconcile_total_bytes,
+		SELECT s.volume_id, s.idx, s.size_bytes, s.dirty_bytes, s.reconciling, s.reconcile_done_bytes, s.reconcile_total_bytes, s.full_resync,
 		       c.id::text, cs.name, cs.addr, cs.control_addr, c.member_state, c.member_state_since,
 		       c.resync_done_bytes, c.resync_total_bytes, c.member_error, c.size_bytes, c.failed_reason
 		FROM sets s
@@ -96,6 +96,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 			idx         int
 			size, dirty int64
 			reconciling bool
+			fullResync  bool
 			recDone     int64
 			recTotal    int64
 			// The member columns are NULL for a set without members.
@@ -103,13 +104,13 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 			since                                               *time.Time
 			done, total, chunkSize                              *int64
 		)
-		if err := rows.Scan(&volumeID, &idx, &size, &dirty, &reconciling, &recDone, &recTotal, &chunk, &server, &addr, &control, &state, &since,
+		if err := rows.Scan(&volumeID, &idx, &size, &dirty, &reconciling, &recDone, &recTotal, &fullResync, &chunk, &server, &addr, &control, &state, &since,
 			&done, &total, &errMsg, &chunkSize, &failed); err != nil {
 			return nil, fmt.Errorf("load sets: %w", err)
 		}
 		v := byID[volumeID]
 		if n := len(v.Sets); n == 0 || v.Sets[n-1].Index != idx {
-			s := api.Set{Index: idx, SizeBytes: size, DirtyBytes: dirty, Members: []api.Member{}}
+			s := api.Set{Index: idx, SizeBytes: size, DirtyBytes: dirty, Members: []api.Member{}, FullResync: fullResync}
 			if reconciling {
 				s.Reconciling, s.ReconcileDoneBytes, s.ReconcileTotalBytes = true, recDone, recTotal
 			}

@@ -207,7 +207,10 @@ type dmWorld struct {
 
 	metaMu   sync.Mutex
 	recorded []bool // the metaserver's record: member i is not in sync
-	pinFails bool   // the record hook fails (a survivor unreachable for the pin)
+	// fullResync: the metaserver's record that the set's LOG record is not
+	// complete (a record's pins failed): the next attach resyncs it whole.
+	fullResync bool
+	pinFails   bool // the record hook fails (a survivor unreachable for the pin)
 
 	host *dmHost
 
@@ -238,7 +241,7 @@ func newDMWorld(t *testing.T, cfg dmConfig, seed uint64) *dmWorld {
 		w.durable = append(w.durable, map[uint32]bool{0: true})
 	}
 	// The first attach: a new volume, nothing to recover.
-	w.host = w.attach(w.chunks, w.recorded, false, &w.metaMu)
+	w.host = w.attach(w.chunks, w.recorded, &w.fullResync, false, &w.metaMu)
 	if w.host == nil {
 		t.Fatal("first attach failed")
 	}
@@ -271,18 +274,19 @@ func (w *dmWorld) close() {
 // names are merged into a fresh WIB now or when their member rejoins, the
 // survivors are pinned before serving. It returns nil if the plan says too
 // few in-sync members are reachable.
-func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaMu *sync.Mutex) *dmHost {
+func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, fullResync *bool, recover bool, metaMu *sync.Mutex) *dmHost {
 	n := len(chunks)
 	h := &dmHost{needLog: make([]bool, n)}
 	devs := make([]Device, n)
 	metaMu.Lock()
 	rec := slices.Clone(recorded)
+	full := *fullResync
 	metaMu.Unlock()
 	need := 1
 	if w.cfg.k > 0 {
 		need = w.cfg.k
 	}
-	in := remb.AttachInput{Need: need, Mode: remb.ModeRemb, Clean: !recover, Epoch: 2}
+	in := remb.AttachInput{Need: need, Mode: remb.ModeRemb, Clean: !recover, Epoch: 2, FullResync: full}
 	for i, c := range chunks {
 		devs[i] = c.conn()
 		c.mu.Lock()
@@ -334,6 +338,11 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 		fail := metaMu == &w.metaMu && w.pinFails
 		metaMu.Unlock()
 		if fail {
+			// hostd still tells the metaserver that the LOGs may not hold
+			// what the members differ in (DESIGN §2 rule 3's fallback).
+			metaMu.Lock()
+			*fullResync = true
+			metaMu.Unlock()
 			return errors.New("pin refused")
 		}
 		// pinSurvivors: every member the set still uses.
@@ -362,7 +371,13 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, recover bool, metaM
 			}
 			c.mu.Unlock()
 		}
-		return errors.Join(errs...)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		metaMu.Lock()
+		*fullResync = false // the set is whole: nothing differs
+		metaMu.Unlock()
+		return nil
 	}
 	onChange := func(i int, ms MemberState, err error) {
 		if ms == InSync {
@@ -431,7 +446,7 @@ func keys(m map[uint32]bool) []uint32 {
 func (w *dmWorld) step(step int) {
 	ctx := context.Background()
 	if w.host == nil {
-		w.host = w.attach(w.chunks, w.recorded, true, &w.metaMu)
+		w.host = w.attach(w.chunks, w.recorded, &w.fullResync, true, &w.metaMu)
 		w.logf("%d attach after host crash: ok=%v", step, w.host != nil)
 	}
 	r := w.rng.IntN(100)
@@ -643,8 +658,9 @@ func (w *dmWorld) checkTotalCrash(step int) {
 	var mu sync.Mutex
 	w.metaMu.Lock()
 	recorded := slices.Clone(w.recorded)
+	full := w.fullResync
 	w.metaMu.Unlock()
-	h := w.attach(chunks, recorded, true, &mu)
+	h := w.attach(chunks, recorded, &full, true, &mu)
 	if h == nil {
 		w.t.Errorf("after every machine lost power no attach is possible: recorded %v", recorded)
 		return

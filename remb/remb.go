@@ -51,6 +51,9 @@ type AttachInput struct {
 	// WIBReused: the set's write-intent bitmap left by a previous hostd of
 	// this host at this epoch was found and is used.
 	WIBReused bool
+	// FullResync: the previous holder recorded that a region may differ
+	// between the members that no pinned LOG records (its pins failed).
+	FullResync bool
 }
 
 // AttachPlan is how a host attaches a set.
@@ -76,8 +79,9 @@ type AttachPlan struct {
 	MergeOnReturn []int
 	// MarkAll: there is no record of what may differ, so everything may
 	// (bitmap mode none after an unclean stop, without the WIB of a
-	// previous hostd). A bitmap that cannot be read at MergeNow means the
-	// same.
+	// previous hostd; or the previous holder said its LOG record is not
+	// complete: FullResync). A bitmap that cannot be read at MergeNow means
+	// the same.
 	MarkAll bool
 	// StartPinned: the members' LOGs may be pinned when the set starts (by
 	// the chunkservers after an unclean stop, or by PinSurvivors).
@@ -130,7 +134,7 @@ func PlanAttach(in AttachInput) (AttachPlan, error) {
 		}
 		return p, fmt.Errorf("%w: %d of %d members, the set needs %d", ErrTooFew, p.Usable, len(in.Members), need)
 	}
-	p.MarkAll = in.Mode == ModeNone && recover && in.Epoch > 1 && !in.WIBReused
+	p.MarkAll = recover && (in.FullResync || in.Mode == ModeNone && in.Epoch > 1 && !in.WIBReused)
 	p.PinSurvivors = len(p.Degraded) > 0
 	p.StartPinned = recover || p.PinSurvivors
 	return p, nil

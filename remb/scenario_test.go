@@ -24,6 +24,7 @@ var update = flag.Bool("update", false, "rewrite the expected plans of testdata/
 //	clean: yes | no                    the previous holder detached cleanly
 //	epoch: 2
 //	wib: new | reused
+//	full-resync: yes | no              the previous holder's LOG record is not complete
 func TestScenarios(t *testing.T) {
 	files, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(files) == 0 {
@@ -104,6 +105,8 @@ func parseScene(text string) (AttachInput, error) {
 			in.Epoch = n
 		case "wib":
 			in.WIBReused = val == "reused"
+		case "full-resync":
+			in.FullResync = val == "yes"
 		default:
 			return in, fmt.Errorf("unknown key %q", key)
 		}

@@ -214,6 +214,11 @@ type SetReport struct {
 	// regions an unclean stop left dirty (a host crash) are made equal on
 	// every member. Absent when none ran since the attach.
 	Reconcile *SetReconcile `json:"reconcile,omitempty"`
+	// FullResync: a region may differ between the members that no pinned
+	// LOG bitmap records (the pins of a degradation record failed): a host
+	// that attaches after an unclean stop must resync the whole set. The
+	// host clears it once the set is whole again.
+	FullResync bool `json:"full_resync,omitempty"`
 }
 
 // SetReconcile is the progress of a set's reconciling resyncs.

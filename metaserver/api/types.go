@@ -223,6 +223,9 @@ type Set struct {
 	Reconciling         bool  `json:"reconciling,omitempty"`
 	ReconcileDoneBytes  int64 `json:"reconcile_done_bytes,omitempty"`
 	ReconcileTotalBytes int64 `json:"reconcile_total_bytes,omitempty"`
+	// FullResync: the next attach after an unclean stop resyncs the whole
+	// set (api.SetReport.FullResync).
+	FullResync bool `json:"full_resync,omitempty"`
 }
 
 // Volume is a volume with its layout, placement and attachment.
