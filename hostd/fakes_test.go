@@ -412,6 +412,18 @@ func testVolume(n int) api.Volume {
 	return v
 }
 
+// attachClean attaches testVolume(2), detached cleanly by its previous
+// holder (nothing to recover), and returns its attachment.
+func attachClean(t *testing.T, s *Server) *attachment {
+	t.Helper()
+	v := testVolume(2)
+	v.CleanDetach = true
+	if err := s.attach(t.Context(), v); err != nil {
+		t.Fatal(err)
+	}
+	return s.attached("vol")
+}
+
 // newTestServer is a hostd over the fake cluster, registered as host 1
 // with t_io of 1 s, not yet serving iSCSI.
 func newTestServer(t *testing.T, c *fakeCluster) *Server {

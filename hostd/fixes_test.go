@@ -86,12 +86,7 @@ func TestAttachFailureClosesClients(t *testing.T) {
 func TestRejoinAfterPowerLossResyncsUnflushedWrites(t *testing.T) {
 	c := newFakeCluster(t, 2)
 	s := newTestServer(t, c)
-	v := testVolume(2)
-	v.CleanDetach = true
-	if err := s.attach(t.Context(), v); err != nil {
-		t.Fatal(err)
-	}
-	a := s.attached("vol")
+	a := attachClean(t, s)
 	data := fill(testRegion, 5)
 	if err := a.volume.WriteAt(t.Context(), data, 3*testRegion, false); err != nil {
 		t.Fatal(err)
@@ -232,12 +227,7 @@ func TestDetachSaysWhetherItWasClean(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newFakeCluster(t, 2)
 			s := newTestServer(t, c)
-			v := testVolume(2)
-			v.CleanDetach = true
-			if err := s.attach(t.Context(), v); err != nil {
-				t.Fatal(err)
-			}
-			a := s.attached("vol")
+			a := attachClean(t, s)
 			if tc.degrade {
 				c.setDown("c1", true)
 				if err := a.volume.WriteAt(t.Context(), fill(4096, 1), 0, false); err != nil {
@@ -313,12 +303,7 @@ func TestSCSIClass(t *testing.T) {
 func TestFailedPinAsksForFullResync(t *testing.T) {
 	c := newFakeCluster(t, 2)
 	s := newTestServer(t, c)
-	v := testVolume(2)
-	v.CleanDetach = true
-	if err := s.attach(t.Context(), v); err != nil {
-		t.Fatal(err)
-	}
-	a := s.attached("vol")
+	a := attachClean(t, s)
 	c.mu.Lock()
 	c.pinErr = errors.New("pin: refused")
 	c.mu.Unlock()
