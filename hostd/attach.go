@@ -177,9 +177,10 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 		// Attaching degraded: the survivors must not forget what the absent
 		// members miss from now on.
 		// Serving without the pin would let them forget it after T.
-		if err := st.pinSurvivors(ctx); err != nil {
+		if err := a.pinSurvivors(ctx, []*setState{st}); err != nil {
 			return fmt.Errorf("pinning the survivors' LOG bitmaps: %w", err)
 		}
+		st.log.Info("pinned the survivors' LOG bitmaps")
 	}
 	return nil
 }

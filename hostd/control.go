@@ -14,7 +14,6 @@ import (
 // bitmap of bitmap mode internal.
 type chunkControl interface {
 	Fence(ctx context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error)
-	Pin(ctx context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error)
 	Unpin(ctx context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error)
 	PinMany(ctx context.Context, req api.PinRequest) (*api.PinResponse, error)
 	Log(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error)

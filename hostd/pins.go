@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
-	"github.com/chunkraid/chunkraid/raid"
 )
 
 // recordDegraded runs before the set acknowledges its first write without
@@ -16,28 +15,6 @@ import (
 // trusts it. Sets degraded together are recorded together.
 func (st *setState) recordDegraded(ctx context.Context) error {
 	return st.a.rec.record(ctx, st)
-}
-
-// pinSurvivors pins the LOG bitmaps of every member the set still uses.
-func (st *setState) pinSurvivors(ctx context.Context) error {
-	states := st.mirror.States()
-	var errs []error
-	for i, m := range st.members {
-		if states[i] == raid.Failed {
-			continue
-		}
-		if _, err := m.ctl.Pin(ctx, m.api.ChunkID, st.a.s.pinReq(m)); err != nil {
-			errs = append(errs, fmt.Errorf("member %d: %w", i, err))
-		}
-	}
-	st.mu.Lock()
-	st.mu.pinned = true
-	st.mu.Unlock()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	st.log.Info("pinned the survivors' LOG bitmaps")
-	return nil
 }
 
 // pinReq is the control request of a pin or unpin of member m, numbered in

@@ -167,6 +167,34 @@ func (a *attachment) recordWithRetries(ctx context.Context, sets []*setState) er
 // call per chunkserver, then stores the volume's state (whose degraded
 // members the next host must not trust) with one report.
 func (a *attachment) recordOnce(ctx context.Context, sets []*setState) error {
+	pinErr := a.pinSurvivors(ctx, sets)
+	if pinErr != nil {
+		for _, st := range sets {
+			// The regions the failed member missed may be forgotten by
+			// the survivors' LOGs: a host that takes over must resync the
+			// whole set (DESIGN §2 rule 3).
+			st.mu.Lock()
+			st.mu.logIncomplete = true
+			st.mu.Unlock()
+		}
+		r := a.snapshot(false)
+		if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
+			a.log.Warn("recording that the sets need a full resync after a failed pin", "err", err)
+		}
+		return pinErr
+	}
+	r := a.snapshot(false)
+	if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
+		return fmt.Errorf("recording the degraded members with the metaserver: %w", err)
+	}
+	a.log.Info("degradation recorded: the survivors' LOG bitmaps are pinned", "sets", len(sets))
+	return nil
+}
+
+// pinSurvivors pins the LOG bitmaps of every member the sets still use,
+// with one call per chunkserver (in parallel), and counts the sets' LOGs as
+// pinned: some may be even if a call failed.
+func (a *attachment) pinSurvivors(ctx context.Context, sets []*setState) error {
 	type server struct {
 		ctl  chunkControl
 		pins []api.ChunkPin
@@ -204,29 +232,10 @@ func (a *attachment) recordOnce(ctx context.Context, sets []*setState) error {
 		})
 	}
 	wg.Wait()
-	pinErr := errors.Join(errs...)
 	for _, st := range sets {
 		st.mu.Lock()
-		st.mu.pinned = true // some LOGs may be pinned even if a call failed
-		if pinErr != nil {
-			// The regions the failed member missed may be forgotten by
-			// the survivors' LOGs: a host that takes over must resync the
-			// whole set (DESIGN §2 rule 3).
-			st.mu.logIncomplete = true
-		}
+		st.mu.pinned = true
 		st.mu.Unlock()
 	}
-	if pinErr != nil {
-		r := a.snapshot(false)
-		if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
-			a.log.Warn("recording that the sets need a full resync after a failed pin", "err", err)
-		}
-		return pinErr
-	}
-	r := a.snapshot(false)
-	if err := a.s.meta.HostReport(ctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
-		return fmt.Errorf("recording the degraded members with the metaserver: %w", err)
-	}
-	a.log.Info("degradation recorded: the survivors' LOG bitmaps are pinned", "sets", len(sets), "chunkservers", len(order))
-	return nil
+	return errors.Join(errs...)
 }

@@ -1537,20 +1537,9 @@ func TestECStaleMemberAtAttach(t *testing.T) {
 			// is recorded as degraded and starts so.
 			w := newTestWIB(t, size, region)
 			w.Mark(s*sd, sd)
-			members := make([]raid.Device, g.n)
-			for i, d := range first.devs {
-				members[i] = d
-			}
 			first.devs[x].SetFailed(false)
-			e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: unit, WIB: w, Degraded: []int{x}, Stale: []int{x}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { e.Close() })
-			if err := e.Rejoin(x, first.devs[x]); err != nil {
-				t.Fatal(err)
-			}
-			_, err = e.Resync(ctx, nil)
+			e := attachWithout(t, first, w, x, true)
+			_, err := e.Resync(ctx, nil)
 			got := make([]byte, unit)
 			if l.m == 1 {
 				if !errors.Is(err, raid.ErrUnrecoverable) {
@@ -1640,18 +1629,7 @@ func TestECUnreachableInSyncMemberAtAttach(t *testing.T) {
 			// unreachable, recorded in sync.
 			w := newTestWIB(t, size, region)
 			w.Mark(s*sd, sd)
-			members := make([]raid.Device, g.n)
-			for i, d := range first.devs {
-				members[i] = d
-			}
-			e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: unit, WIB: w, Degraded: []int{x}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { e.Close() })
-			if err := e.Rejoin(x, first.devs[x]); err != nil {
-				t.Fatal(err)
-			}
+			e := attachWithout(t, first, w, x, false)
 			if _, err := e.Resync(ctx, nil); err != nil {
 				t.Fatalf("Resync after the unreachable in-sync member came back: %v", err)
 			}
@@ -1665,4 +1643,29 @@ func TestECUnreachableInSyncMemberAtAttach(t *testing.T) {
 			checkStripes(t, g, first.devs, e.States(), model)
 		})
 	}
+}
+
+// attachWithout builds the EC set a new host attaches over first's devices
+// and WIB w, member x absent at the attach (Stale when stale: the previous
+// host recorded it degraded), then hands x back as it returns.
+func attachWithout(t *testing.T, first ecFixture, w *bitmap.WIB, x int, stale bool) *raid.EC {
+	t.Helper()
+	g := first.g
+	members := make([]raid.Device, g.n)
+	for i, d := range first.devs {
+		members[i] = d
+	}
+	cfg := raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: g.unit, WIB: w, Degraded: []int{x}}
+	if stale {
+		cfg.Stale = []int{x}
+	}
+	e, err := raid.NewEC(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	if err := e.Rejoin(x, first.devs[x]); err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
