@@ -261,8 +261,11 @@ func (c *ECConfig) validate() error {
 //     live only in that parity: the unit's member is Failed, or fails the
 //     write, and the write does not derive the whole stripe's parity (every
 //     column of it) from data it read from in-sync members or was given;
-//     a write that needs a lost unit only to compute parity goes through,
-//     and the stripe stays suspect;
+//     a write that needs a lost unit only to compute parity rebuilds it
+//     from every unit that can vouch for it and goes through if they agree
+//     (the stripe stays suspect), but fails with ErrUnrecoverable if the
+//     parities disagree: parity encoded from a rebuild of torn parity would
+//     make every unit present agree on bytes the lost unit never held;
 //   - Resync (which needs every member present) reads the k data units —
 //     from Resyncing members too, whose units are as the previous host left
 //     them unless they missed a write of that stripe since — re-encodes the

@@ -1650,22 +1650,94 @@ func TestECUnreachableInSyncMemberAtAttach(t *testing.T) {
 // host recorded it degraded), then hands x back as it returns.
 func attachWithout(t *testing.T, first ecFixture, w *bitmap.WIB, x int, stale bool) *raid.EC {
 	t.Helper()
+	var staleMembers []int
+	if stale {
+		staleMembers = []int{x}
+	}
+	e := newECOver(t, first, w, []int{x}, staleMembers)
+	if err := e.Rejoin(x, first.devs[x]); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// TestECTornParityWriteKeepsEvidence: after a host crash a suspect
+// stripe's two parities disagree (one was torn), and the member holding D1
+// is lost. A write to D0 needs D1 only for parity, and D1 can only be
+// rebuilt from the torn parity. Encoding the write's parity from that
+// rebuild would make D0, P and Q agree on bytes D1 never held, and a later
+// resync that must rebuild D1 (its member missed writes) would take them for
+// data. The write is refused instead, leaving the disagreement in place,
+// and that resync refuses the stripe: D1 reads as a medium error, never as
+// invented bytes. (Found by TestSetDataModel, ec2+2 seed 146.)
+func TestECTornParityWriteKeepsEvidence(t *testing.T) {
+	const k, m, unit, stripes, region = 2, 2, 4096, 24, 16 << 10
+	ctx := t.Context()
+	first := newEC(t, k, m, unit, stripes*unit)
+	g := first.g
+	sd := int64(k) * unit
+	size := sd * stripes
+	model := randBytes(rand.New(rand.NewPCG(11, 12)), size)
+	if err := first.ec.WriteAt(ctx, model, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.ec.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const s = 5
+	// Tear parity P of stripe s as a dying host leaves it.
+	if err := first.devs[g.member(s, k)].WriteAt(ctx, bytes.Repeat([]byte{0xa5}, 512), s*unit+1024, false); err != nil {
+		t.Fatal(err)
+	}
+	x := g.member(s, 1) // holds D1
+
+	// The new host: stripe s's region comes from the LOGs; member x is lost.
+	w := newTestWIB(t, size, region)
+	w.Mark(s*sd, sd)
+	e := newECOver(t, first, w, []int{x}, nil)
+	parity := func() [][]byte {
+		imgs := images(first.devs)
+		return [][]byte{bytes.Clone(g.shardBytes(imgs, s, k)), bytes.Clone(g.shardBytes(imgs, s, k+1))}
+	}
+	before := parity()
+	err := e.WriteAt(ctx, bytes.Repeat([]byte{7}, 2048), s*sd+512, false)
+	if !errors.Is(err, raid.ErrUnrecoverable) {
+		t.Fatalf("write to D0 of a torn suspect stripe whose D1 is lost: %v, want ErrUnrecoverable", err)
+	}
+	if after := parity(); !bytes.Equal(after[0], before[0]) || !bytes.Equal(after[1], before[1]) {
+		t.Fatal("the refused write rewrote the torn stripe's parity")
+	}
+	e.Close()
+
+	// Another host attaches, member x recorded as having missed writes.
+	w2 := newTestWIB(t, size, region)
+	w2.Mark(s*sd, sd)
+	e2 := attachWithout(t, first, w2, x, true)
+	if _, err := e2.Resync(ctx, nil); !errors.Is(err, raid.ErrUnrecoverable) {
+		t.Fatalf("Resync of the torn stripe with D1 stale: %v, want ErrUnrecoverable", err)
+	}
+	got := make([]byte, unit)
+	if err := e2.ReadAt(ctx, got, s*sd+unit); !errors.Is(err, raid.ErrUnrecoverable) {
+		t.Fatalf("read of D1: %v (bytes equal to what was written: %v), want ErrUnrecoverable", err, bytes.Equal(got, model[s*sd+unit:s*sd+2*unit]))
+	}
+	if err := e2.ReadAt(ctx, got, s*sd); err != nil || !bytes.Equal(got, model[s*sd:s*sd+unit]) {
+		t.Fatalf("read of D0, on an in-sync member: %v", err)
+	}
+}
+
+// newECOver builds an EC set over first's devices with WIB w, degraded and
+// stale members as given.
+func newECOver(t *testing.T, first ecFixture, w *bitmap.WIB, degraded, stale []int) *raid.EC {
+	t.Helper()
 	g := first.g
 	members := make([]raid.Device, g.n)
 	for i, d := range first.devs {
 		members[i] = d
 	}
-	cfg := raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: g.unit, WIB: w, Degraded: []int{x}}
-	if stale {
-		cfg.Stale = []int{x}
-	}
-	e, err := raid.NewEC(cfg)
+	e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: g.unit, WIB: w, Degraded: degraded, Stale: stale})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.Close() })
-	if err := e.Rejoin(x, first.devs[x]); err != nil {
-		t.Fatal(err)
-	}
 	return e
 }

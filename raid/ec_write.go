@@ -4,6 +4,7 @@
 package raid
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/bits"
@@ -159,11 +160,19 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 			return fmt.Errorf("%w: stripe %d unit D%d is on failed member %d", ErrUnrecoverable, s, d, e.shardMember(s, d))
 		}
 		read := need &^ unread
-		if missing != 0 {
+		verify := suspect && missing != 0
+		switch {
+		case verify:
+			// The parity may be torn, and the missing units are rebuilt from
+			// it: read every unit that can vouch for them (see
+			// checkCodeword), so that parity encoded from a rebuild of torn
+			// parity never overwrites the evidence that it was torn.
+			read = e.allShards() &^ e.shardsOf(s, v.failed) &^ e.missedShards(s)
+			missing = e.dataShards() &^ read
+		case missing != 0:
 			// Some needed unit cannot be read: read k units in all so the
 			// missing ones can be rebuilt (their old bytes still count for
-			// parity). In a suspect stripe the rebuilt bytes may be wrong;
-			// they only feed parity, which stays suspect.
+			// parity).
 			read = e.pickInSync(read, unread)
 		}
 		if read == 0 {
@@ -191,6 +200,11 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 			}
 			if err := e.code.Reconstruct(b.shards, b.want); err != nil {
 				return fmt.Errorf("raid: ec stripe %d: %w", s, err)
+			}
+		}
+		if verify && missing != 0 {
+			if err := e.checkCodeword(s, b, read, w); err != nil {
+				return err
 			}
 		}
 		break
@@ -253,6 +267,40 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 		// trusted: the write is not readable back.
 		d := bits.TrailingZeros64(failed & touched)
 		return fmt.Errorf("%w: stripe %d unit D%d: member %d failed the write", ErrUnrecoverable, s, d, e.shardMember(s, d))
+	}
+	return nil
+}
+
+// checkCodeword is the write path's guard against laundering a torn
+// suspect stripe. b holds columns of width w of stripe s: the shards in
+// read as read, the other data shards rebuilt from some k of them. If more
+// than k shards were read, every parity shard read must equal the parity
+// encoded from the data; otherwise the stripe's parity is torn and the
+// rebuilt units are not what any member holds. Encoding the write's parity
+// from them would make every unit present agree on those wrong bytes, and a
+// later resync would take them for data (ErrUnrecoverable is the honest
+// answer instead). With k shards read there is nothing to check, and
+// nothing to overwrite: no unit present disagrees with the rebuild.
+func (e *EC) checkCodeword(s int64, b *stripeBuf, read uint64, w int64) error {
+	if bits.OnesCount64(read) <= e.k {
+		return nil
+	}
+	c := e.getBuf()
+	defer e.putBuf(c)
+	for i := range c.shards {
+		c.shards[i] = c.col(i, w)
+		if i < e.k {
+			c.shards[i] = b.shards[i]
+		}
+	}
+	if err := e.code.Encode(c.shards); err != nil {
+		return fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	for i := e.k; i < e.n; i++ {
+		if read&(1<<i) != 0 && !bytes.Equal(c.shards[i], b.shards[i]) {
+			d := bits.TrailingZeros64(e.dataShards() &^ read)
+			return fmt.Errorf("%w: stripe %d's parity disagrees with its data and unit D%d is missing", ErrUnrecoverable, s, d)
+		}
 	}
 	return nil
 }
