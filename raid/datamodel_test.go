@@ -26,9 +26,10 @@ import (
 // when the host dies, the members' LOGs merged at an attach after an
 // unclean stop, members recorded as not in sync with the metaserver start
 // degraded, the survivors pinned before a degraded write, every LOG unpinned
-// once the set is whole). Random steps interleave writes, flushes, reads,
-// member power losses and link cuts, returns and rejoins, resyncs, LOG
-// rotations, failing pins and host crashes.
+// once the set is whole). Random steps interleave writes, flushes (some
+// overtaken: the members' flushes take what they sync, a write lands, then
+// the flush is answered), reads, member power losses and link cuts, returns
+// and rejoins, resyncs, LOG rotations, failing pins and host crashes.
 //
 // After every step it checks, on a copy of the cluster, the worst that can
 // follow: every machine loses power at once and a new host attaches. Every
@@ -108,6 +109,16 @@ type dmChunk struct {
 	gen                int // bumped when connections die
 	dirty              bool
 	log                *bitmap.Log
+	// flush, while not nil, holds every Flush of the chunk after it took
+	// the bytes it will make durable (see dmWorld.overtakenFlush).
+	flush *dmFlushGate
+}
+
+// dmFlushGate holds member flushes between the moment they take what they
+// will sync and the moment it is durable.
+type dmFlushGate struct {
+	entered chan struct{} // one send per flush held
+	open    chan struct{} // closed to let them finish
 }
 
 func (c *dmChunk) up() bool { return c.powered && c.reachable }
@@ -175,14 +186,39 @@ func (d *dmConn) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	return nil
 }
 
+// Flush makes durable what the chunk held when the flush began. A flush
+// held by a gate takes those bytes, waits, and then writes them out: a
+// write that lands meanwhile is not part of it (unless FUA, it stays as
+// volatile as it was), as with an fdatasync that a write overtakes.
 func (d *dmConn) Flush(ctx context.Context) error {
+	d.c.mu.Lock()
+	if err := d.liveLocked(); err != nil {
+		d.c.mu.Unlock()
+		return err
+	}
+	g := d.c.flush
+	if g == nil {
+		copy(d.c.durable, d.c.mem)
+		d.c.dirty = false
+		d.c.mu.Unlock()
+		return nil
+	}
+	snap, durable := bytes.Clone(d.c.mem), bytes.Clone(d.c.durable)
+	d.c.mu.Unlock()
+	g.entered <- struct{}{}
+	<-g.open
 	d.c.mu.Lock()
 	defer d.c.mu.Unlock()
 	if err := d.liveLocked(); err != nil {
-		return err
+		return err // the power failed or the link was cut meanwhile
 	}
-	copy(d.c.durable, d.c.mem)
-	d.c.dirty = false
+	for i := range snap {
+		// Bytes a FUA write changed meanwhile are durable already.
+		if d.c.durable[i] == durable[i] {
+			d.c.durable[i] = snap[i]
+		}
+	}
+	d.c.dirty = !bytes.Equal(d.c.mem, d.c.durable)
 	return nil
 }
 
@@ -452,24 +488,8 @@ func (w *dmWorld) step(step int) {
 	r := w.rng.IntN(100)
 	switch {
 	case r < 30 && w.host != nil:
-		b := w.rng.IntN(len(w.allowed))
-		fua := w.rng.IntN(5) == 0
-		w.next++
-		v := w.next
-		err := w.host.set.WriteAt(ctx, blockData(v), int64(b)*dmBlock, fua)
-		w.logf("%d write block %d value %d fua %v: %v", step, b, v, fua, err)
-		switch {
-		case err == nil && fua:
-			w.allowed[b] = map[uint32]bool{v: true}
-			w.durable[b] = map[uint32]bool{v: true}
-		case err == nil:
-			w.allowed[b] = map[uint32]bool{v: true}
-			w.durable[b][v] = true
-		default:
-			w.allowed[b][v] = true
-			w.durable[b][v] = true
-		}
-	case r < 40 && w.host != nil:
+		w.write(ctx, step)
+	case r < 37 && w.host != nil:
 		err := w.host.set.Flush(ctx)
 		w.logf("%d flush: %v", step, err)
 		if err == nil {
@@ -477,6 +497,8 @@ func (w *dmWorld) step(step int) {
 				w.durable[b] = cloneSet(w.allowed[b])
 			}
 		}
+	case r < 40 && w.host != nil:
+		w.overtakenFlush(ctx, step)
 	case r < 50 && w.host != nil:
 		b := w.rng.IntN(len(w.allowed))
 		p := make([]byte, dmBlock)
@@ -575,6 +597,85 @@ func (w *dmWorld) step(step int) {
 	}
 	w.checkAgree(step)
 	w.checkTotalCrash(step)
+}
+
+// write writes a new value to a random block and records what may be read
+// and what may survive now. It returns the block.
+func (w *dmWorld) write(ctx context.Context, step int) (b int, v uint32, acked, fua bool) {
+	b = w.rng.IntN(len(w.allowed))
+	fua = w.rng.IntN(5) == 0
+	w.next++
+	v = w.next
+	err := w.host.set.WriteAt(ctx, blockData(v), int64(b)*dmBlock, fua)
+	w.logf("%d write block %d value %d fua %v: %v", step, b, v, fua, err)
+	switch {
+	case err == nil && fua:
+		w.allowed[b] = map[uint32]bool{v: true}
+		w.durable[b] = map[uint32]bool{v: true}
+	case err == nil:
+		w.allowed[b] = map[uint32]bool{v: true}
+		w.durable[b][v] = true
+	default:
+		w.allowed[b][v] = true
+		w.durable[b][v] = true
+	}
+	return b, v, err == nil, fua
+}
+
+// overtakenFlush runs a set flush whose member flushes are held after they
+// took what they sync, and a write meanwhile: the flush, answered after
+// the write, makes durable only what was acknowledged when it began. The
+// write's region must stay in some record until the write is durable on
+// every member.
+func (w *dmWorld) overtakenFlush(ctx context.Context, step int) {
+	g := &dmFlushGate{entered: make(chan struct{}, len(w.chunks)), open: make(chan struct{})}
+	for _, c := range w.chunks {
+		c.mu.Lock()
+		c.flush = g
+		c.mu.Unlock()
+	}
+	before := make([]map[uint32]bool, len(w.allowed))
+	for b := range w.allowed {
+		before[b] = cloneSet(w.allowed[b])
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.host.set.Flush(ctx) }()
+	var err error
+	held := false
+	select {
+	case <-g.entered:
+		held = true
+	case err = <-done: // no member took the flush
+	}
+	var b int
+	var v uint32
+	var acked, fua bool
+	if held {
+		b, v, acked, fua = w.write(ctx, step)
+	}
+	for _, c := range w.chunks {
+		c.mu.Lock()
+		c.flush = nil
+		c.mu.Unlock()
+	}
+	close(g.open)
+	if held {
+		err = <-done
+	}
+	w.logf("%d flush overtaken by that write: %v", step, err)
+	if err != nil {
+		return
+	}
+	for blk := range w.durable {
+		if held && blk == b {
+			if !acked || !fua {
+				w.durable[b] = cloneSet(before[b])
+				w.durable[b][v] = true
+			}
+			continue
+		}
+		w.durable[blk] = cloneSet(before[blk])
+	}
 }
 
 func cloneSet(m map[uint32]bool) map[uint32]bool {
