@@ -380,9 +380,10 @@ func (e *EC) Flush(ctx context.Context) error {
 	if err := e.usable(e.view.Load()); err != nil {
 		return err
 	}
-	if !allOK {
+	if !allOK || v.resyncing != 0 {
 		// A promise made without some member, as a degraded write is:
-		// the members that flushed got it, whatever rejoins meanwhile.
+		// the members that flushed got it, whatever rejoins meanwhile. A
+		// resyncing member that flushed still lacks what it missed.
 		return e.hooks.awaitRecord(ctx, gotMask(got))
 	}
 	return nil

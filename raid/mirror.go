@@ -456,18 +456,24 @@ func (m *Mirror) Flush(ctx context.Context) error {
 	// A flush makes durable what a member holds; only a member in sync
 	// holds every acknowledged write. A resyncing one (say back from a
 	// power loss that took writes it had acknowledged) does not: if the
-	// flush is acknowledged without a member, it counts as missed for the
-	// resyncing ones too, so a host that takes over never trusts them.
+	// flush is acknowledged without a member, or with a resyncing one, it
+	// counts as missed for the resyncing ones too: the flush waits until
+	// that is recorded (it may not be yet: a record that failed), so that a
+	// host that takes over never trusts them.
 	inSync := m.States()
 	allOK, got, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
 	if err != nil {
 		return err
 	}
+	holds := func(i int) bool { return got[i] && inSync[i] == InSync }
 	if !allOK {
-		return m.hooks.awaitRecord(ctx, func(i int) bool { return got[i] && inSync[i] == InSync })
+		return m.hooks.awaitRecord(ctx, holds)
 	}
 	if !m.lazy {
 		m.wib.FlushDone(t)
+	}
+	if slices.ContainsFunc(inSync, func(st MemberState) bool { return st != InSync }) {
+		return m.hooks.awaitRecord(ctx, holds)
 	}
 	return nil
 }
