@@ -506,6 +506,8 @@ func (w *dmWorld) step(step int) {
 		w.logf("%d read block %d: %v", step, b, err)
 		if err == nil {
 			w.checkBlock("read", b, p, w.allowed[b])
+		} else if !w.readMayFail(b, err) {
+			w.t.Errorf("read block %d: %v; states %v", b, err, w.host.set.States())
 		}
 	case r < 58:
 		i := w.rng.IntN(len(w.chunks))
@@ -678,6 +680,29 @@ func (w *dmWorld) overtakenFlush(ctx context.Context, step int) {
 	}
 }
 
+// readMayFail says whether a read of block b may fail with err: too few
+// members are in sync to serve it, or (EC) its unit is on a member not in
+// sync and its stripe may be torn, so that no k units can be trusted to
+// rebuild it.
+func (w *dmWorld) readMayFail(b int, err error) bool {
+	states := w.host.set.States()
+	inSync := 0
+	for _, st := range states {
+		if st == InSync {
+			inSync++
+		}
+	}
+	switch {
+	case errors.Is(err, ErrNoMembers):
+		return inSync < max(w.cfg.k, 1)
+	case errors.Is(err, ErrUnrecoverable) && w.cfg.k > 0:
+		e := w.host.set.(*EC)
+		s := int64(b) / int64(w.cfg.k)
+		return e.isSuspect(s) && states[e.shardMember(s, b%w.cfg.k)] != InSync
+	}
+	return false
+}
+
 func cloneSet(m map[uint32]bool) map[uint32]bool {
 	out := make(map[uint32]bool, len(m))
 	for k := range m {
@@ -778,8 +803,10 @@ func (w *dmWorld) checkTotalCrash(step int) {
 	// The EC write hole: a stripe the dead host may have been writing
 	// (its region in some LOG) whose data unit is on a member that missed
 	// writes cannot be rebuilt, since its parity may be stale. EC refuses
-	// such units (ErrUnrecoverable) instead of reconstructing garbage; what
-	// it does return must still be right.
+	// such units (ErrUnrecoverable) instead of reconstructing garbage, and
+	// only those: the unit's member is recorded as having missed writes and
+	// its region is still dirty after the resync. What it does return must
+	// be right.
 	hole := false
 	if _, err := h.set.Resync(ctx, nil); err != nil {
 		if w.cfg.k == 0 || !errors.Is(err, ErrUnrecoverable) || !slices.Contains(recorded, true) {
@@ -795,6 +822,11 @@ func (w *dmWorld) checkTotalCrash(step int) {
 			err := h.set.ReadAt(ctx, p, int64(b)*dmBlock)
 			switch {
 			case errors.Is(err, ErrUnrecoverable):
+				n, k, st := int64(w.cfg.n), int64(w.cfg.k), int64(b)/int64(w.cfg.k)
+				mem := (int64(b)%k - st%n + n) % n
+				if dirty := h.set.WIB().IsDirty(int64(b)*dmBlock, dmBlock); !recorded[mem] || !dirty {
+					w.t.Errorf("after every machine lost power (EC write hole): block %d unreadable, but its member %d recorded as missing writes %v, its region dirty %v", b, mem, recorded[mem], dirty)
+				}
 			case err != nil:
 				w.t.Errorf("after every machine lost power (EC write hole): read block %d: %v", b, err)
 			default:
