@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/raid/chunktest"
 	"github.com/chunkraid/chunkraid/remb"
 )
 
@@ -99,133 +100,6 @@ const (
 	dmPeriod = time.Minute
 )
 
-var errDMDown = errors.New("member unreachable")
-
-// dmChunk is one member chunk on its chunkserver.
-type dmChunk struct {
-	mu                 sync.Mutex
-	mem, durable       []byte
-	powered, reachable bool
-	gen                int // bumped when connections die
-	dirty              bool
-	log                *bitmap.Log
-	// flush, while not nil, holds every Flush of the chunk after it took
-	// the bytes it will make durable (see dmWorld.overtakenFlush).
-	flush *dmFlushGate
-}
-
-// dmFlushGate holds member flushes between the moment they take what they
-// will sync and the moment it is durable.
-type dmFlushGate struct {
-	entered chan struct{} // one send per flush held
-	open    chan struct{} // closed to let them finish
-}
-
-func (c *dmChunk) up() bool { return c.powered && c.reachable }
-
-// conn is a new connection to the chunk; it dies with the chunk's gen.
-func (c *dmChunk) conn() *dmConn {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return &dmConn{c: c, gen: c.gen}
-}
-
-// tick rotates the LOG if T passed, as the chunk store does: a rotation
-// that may forget bits first fdatasyncs a chunk written since its last sync.
-func (c *dmChunk) tick(now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.powered || now.Sub(c.log.LastRotation()) < c.log.Period() {
-		return
-	}
-	if c.dirty {
-		copy(c.durable, c.mem)
-		c.dirty = false
-	}
-	c.log.MaybeRotate(now)
-}
-
-// dmConn is a host's connection to a chunk: a raid Device.
-type dmConn struct {
-	c   *dmChunk
-	gen int
-}
-
-func (d *dmConn) liveLocked() error {
-	if !d.c.up() || d.gen != d.c.gen {
-		return errDMDown
-	}
-	return nil
-}
-
-func (d *dmConn) Size() int64 { return dmSize }
-
-func (d *dmConn) ReadAt(ctx context.Context, p []byte, off int64) error {
-	d.c.mu.Lock()
-	defer d.c.mu.Unlock()
-	if err := d.liveLocked(); err != nil {
-		return err
-	}
-	copy(p, d.c.mem[off:])
-	return nil
-}
-
-func (d *dmConn) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	d.c.mu.Lock()
-	defer d.c.mu.Unlock()
-	if err := d.liveLocked(); err != nil {
-		return err
-	}
-	d.c.log.Mark(off, int64(len(p))) // durable before the data, as the store does
-	copy(d.c.mem[off:], p)
-	if fua {
-		copy(d.c.durable[off:], p)
-	} else {
-		d.c.dirty = true
-	}
-	return nil
-}
-
-// Flush makes durable what the chunk held when the flush began. A flush
-// held by a gate takes those bytes, waits, and then writes them out: a
-// write that lands meanwhile is not part of it (unless FUA, it stays as
-// volatile as it was), as with an fdatasync that a write overtakes.
-func (d *dmConn) Flush(ctx context.Context) error {
-	d.c.mu.Lock()
-	if err := d.liveLocked(); err != nil {
-		d.c.mu.Unlock()
-		return err
-	}
-	g := d.c.flush
-	if g == nil {
-		copy(d.c.durable, d.c.mem)
-		d.c.dirty = false
-		d.c.mu.Unlock()
-		return nil
-	}
-	snap, durable := bytes.Clone(d.c.mem), bytes.Clone(d.c.durable)
-	d.c.mu.Unlock()
-	g.entered <- struct{}{}
-	<-g.open
-	d.c.mu.Lock()
-	defer d.c.mu.Unlock()
-	if err := d.liveLocked(); err != nil {
-		return err // the power failed or the link was cut meanwhile
-	}
-	for i := range snap {
-		// Bytes a FUA write changed meanwhile are durable already.
-		if d.c.durable[i] == durable[i] {
-			d.c.durable[i] = snap[i]
-		}
-	}
-	d.c.dirty = !bytes.Equal(d.c.mem, d.c.durable)
-	return nil
-}
-
-func (d *dmConn) Trim(ctx context.Context, off, n int64) error {
-	return d.WriteAt(ctx, make([]byte, n), off, false)
-}
-
 // dmHost is an attached host: its set and its WIB (RAM).
 type dmHost struct {
 	set     Set
@@ -238,7 +112,7 @@ type dmWorld struct {
 	seed   uint64
 	rng    *rand.Rand
 	now    time.Time
-	chunks []*dmChunk
+	chunks []*chunktest.Chunk
 	trace  []string
 
 	metaMu   sync.Mutex
@@ -263,12 +137,10 @@ func newDMWorld(t *testing.T, cfg dmConfig, seed uint64) *dmWorld {
 	w := &dmWorld{t: t, cfg: cfg, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5e7da7a)),
 		now: time.Unix(1_000_000, 0), recorded: make([]bool, cfg.n)}
 	for range cfg.n {
-		c := &dmChunk{mem: make([]byte, dmSize), durable: make([]byte, dmSize), powered: true, reachable: true}
-		lg, err := bitmap.NewLog(bitmap.LogConfig{Size: dmSize, RegionSize: dmRegion, Period: dmPeriod, Clock: func() time.Time { return w.now }})
+		c, err := chunktest.New(chunktest.Config{Size: dmSize, LogRegion: dmRegion, Period: dmPeriod, Clock: func() time.Time { return w.now }})
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.log = lg
 		w.chunks = append(w.chunks, c)
 	}
 	blocks := w.setSize() / dmBlock
@@ -310,7 +182,7 @@ func (w *dmWorld) close() {
 // names are merged into a fresh WIB now or when their member rejoins, the
 // survivors are pinned before serving. It returns nil if the plan says too
 // few in-sync members are reachable.
-func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, fullResync *bool, recover bool, metaMu *sync.Mutex) *dmHost {
+func (w *dmWorld) attach(chunks []*chunktest.Chunk, recorded []bool, fullResync *bool, recover bool, metaMu *sync.Mutex) *dmHost {
 	n := len(chunks)
 	h := &dmHost{needLog: make([]bool, n)}
 	devs := make([]Device, n)
@@ -324,11 +196,8 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, fullResync *bool, r
 	}
 	in := remb.AttachInput{Need: need, Mode: remb.ModeRemb, Clean: !recover, Epoch: 2, FullResync: full}
 	for i, c := range chunks {
-		devs[i] = c.conn()
-		c.mu.Lock()
-		up := c.up()
-		c.mu.Unlock()
-		in.Members = append(in.Members, remb.Member{Reachable: up, Missed: rec[i]})
+		devs[i] = c.Conn()
+		in.Members = append(in.Members, remb.Member{Reachable: c.Up(), Missed: rec[i]})
 	}
 	plan, err := remb.PlanAttach(in)
 	if errors.Is(err, remb.ErrTooFew) {
@@ -348,20 +217,16 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, fullResync *bool, r
 		h.needLog[i] = true
 	}
 	for _, i := range plan.MergeNow {
-		if err := wib.Merge(chunks[i].log.Snapshot(), w.logUnit()); err != nil {
+		if err := mergeLog(wib, chunks[i], w.logUnit()); err != nil {
 			w.t.Fatal(err)
 		}
 	}
 	pinUp := func() (all bool) {
 		all = true
 		for _, c := range chunks {
-			c.mu.Lock()
-			if c.up() {
-				c.log.Pin()
-			} else {
+			if c.Control(pin) != nil {
 				all = false
 			}
-			c.mu.Unlock()
 		}
 		return all
 	}
@@ -384,11 +249,9 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, fullResync *bool, r
 		// pinSurvivors: every member the set still uses.
 		states := set.States()
 		for i, c := range chunks {
-			c.mu.Lock()
-			if c.up() && states[i] != Failed {
-				c.log.Pin()
+			if states[i] != Failed {
+				_ = c.Control(pin) // a member that is not up fails the set's next I/O
 			}
-			c.mu.Unlock()
 		}
 		untrusted := set.Untrusted()
 		metaMu.Lock()
@@ -399,13 +262,9 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, fullResync *bool, r
 	unpin := func(ctx context.Context) error {
 		var errs []error
 		for i, c := range chunks {
-			c.mu.Lock()
-			if c.up() {
-				c.log.Unpin()
-			} else {
-				errs = append(errs, fmt.Errorf("member %d: %w", i, errDMDown))
+			if err := c.Control(unpin); err != nil {
+				errs = append(errs, fmt.Errorf("member %d: %w", i, err))
 			}
-			c.mu.Unlock()
 		}
 		if err := errors.Join(errs...); err != nil {
 			return err
@@ -441,6 +300,14 @@ func (w *dmWorld) attach(chunks []*dmChunk, recorded []bool, fullResync *bool, r
 	copy(recorded, untrusted)
 	metaMu.Unlock()
 	return h
+}
+
+func pin(l *bitmap.Log) error   { l.Pin(); return nil }
+func unpin(l *bitmap.Log) error { l.Unpin(); return nil }
+
+// mergeLog merges c's LOG into w, each bit standing for unit set bytes.
+func mergeLog(w *bitmap.WIB, c *chunktest.Chunk, unit int64) error {
+	return c.Control(func(l *bitmap.Log) error { return w.Merge(l.Snapshot(), unit) })
 }
 
 // quiesce waits until the set's hooks have run.
@@ -512,44 +379,25 @@ func (w *dmWorld) step(step int) {
 	case r < 58:
 		i := w.rng.IntN(len(w.chunks))
 		c := w.chunks[i]
-		c.mu.Lock()
-		if c.powered {
-			copy(c.mem, c.durable)
-			c.dirty = false
-			c.powered = false
-			c.gen++
-		}
-		c.mu.Unlock()
+		c.PowerLoss()
 		w.logf("%d member %d loses power", step, i)
 	case r < 64:
 		i := w.rng.IntN(len(w.chunks))
 		c := w.chunks[i]
-		c.mu.Lock()
-		if c.reachable {
-			c.reachable = false
-			c.gen++
-			if c.powered {
-				c.log.Pin() // the connection ended without NBD_CMD_DISC
-			}
+		if c.SetReachable(false) {
+			_ = c.Local(pin) // the connection ended without NBD_CMD_DISC (no-op if off)
 		}
-		c.mu.Unlock()
 		w.logf("%d member %d cut off", step, i)
 	case r < 76:
 		i := w.rng.IntN(len(w.chunks))
 		c := w.chunks[i]
-		c.mu.Lock()
-		if !c.powered {
-			c.powered = true
-			c.log.Pin() // a restarted chunkserver loads every LOG pinned
-			c.log.RestartPeriod()
-		}
-		c.reachable = true
-		c.mu.Unlock()
+		c.PowerOn() // a restarted chunkserver loads every LOG pinned
+		c.SetReachable(true)
 		w.logf("%d member %d back", step, i)
 		if w.host != nil && w.host.set.States()[i] == Failed {
 			plan := remb.PlanRejoin(remb.RejoinInput{Mode: remb.ModeRemb, MergeOnReturn: w.host.needLog[i]})
 			if plan.MergeLog {
-				if err := w.host.set.WIB().Merge(c.log.Snapshot(), w.logUnit()); err != nil {
+				if err := mergeLog(w.host.set.WIB(), c, w.logUnit()); err != nil {
 					w.t.Fatal(err)
 				}
 				w.host.needLog[i] = false
@@ -557,7 +405,7 @@ func (w *dmWorld) step(step int) {
 			if plan.MarkAll {
 				w.host.set.MarkAll()
 			}
-			err := w.host.set.Rejoin(i, c.conn())
+			err := w.host.set.Rejoin(i, c.Conn())
 			w.logf("%d rejoin %d: %v, states %v", step, i, err, w.host.set.States())
 		}
 	case r < 86 && w.host != nil:
@@ -566,7 +414,7 @@ func (w *dmWorld) step(step int) {
 	case r < 92:
 		w.now = w.now.Add(dmPeriod/2 + time.Duration(w.rng.IntN(int(dmPeriod/2))))
 		for _, c := range w.chunks {
-			c.tick(w.now)
+			c.Tick(w.now)
 		}
 		w.logf("%d time passes", step)
 	case r < 95:
@@ -582,12 +430,8 @@ func (w *dmWorld) step(step int) {
 		w.host.set.Close()
 		w.host = nil
 		for _, c := range w.chunks {
-			c.mu.Lock()
-			c.gen++
-			if c.powered {
-				c.log.Pin()
-			}
-			c.mu.Unlock()
+			c.DropConns()
+			_ = c.Local(pin) // no-op if off
 		}
 		for b := range w.allowed {
 			w.allowed[b] = cloneSet(w.durable[b])
@@ -630,11 +474,9 @@ func (w *dmWorld) write(ctx context.Context, step int) (b int, v uint32, acked, 
 // write's region must stay in some record until the write is durable on
 // every member.
 func (w *dmWorld) overtakenFlush(ctx context.Context, step int) {
-	g := &dmFlushGate{entered: make(chan struct{}, len(w.chunks)), open: make(chan struct{})}
+	g := &chunktest.FlushGate{Entered: make(chan struct{}, len(w.chunks)), Open: make(chan struct{})}
 	for _, c := range w.chunks {
-		c.mu.Lock()
-		c.flush = g
-		c.mu.Unlock()
+		c.HoldFlushes(g)
 	}
 	before := make([]map[uint32]bool, len(w.allowed))
 	for b := range w.allowed {
@@ -645,7 +487,7 @@ func (w *dmWorld) overtakenFlush(ctx context.Context, step int) {
 	var err error
 	held := false
 	select {
-	case <-g.entered:
+	case <-g.Entered:
 		held = true
 	case err = <-done: // no member took the flush
 	}
@@ -656,11 +498,9 @@ func (w *dmWorld) overtakenFlush(ctx context.Context, step int) {
 		b, v, acked, fua = w.write(ctx, step)
 	}
 	for _, c := range w.chunks {
-		c.mu.Lock()
-		c.flush = nil
-		c.mu.Unlock()
+		c.HoldFlushes(nil)
 	}
-	close(g.open)
+	close(g.Open)
 	if held {
 		err = <-done
 	}
@@ -729,11 +569,8 @@ func (w *dmWorld) checkAgree(step int) {
 	}
 	devs := make([]Device, len(w.chunks))
 	for i, c := range w.chunks {
-		devs[i] = &dmConn{c: c, gen: c.gen}
-		c.mu.Lock()
-		up := c.up()
-		c.mu.Unlock()
-		if !up {
+		devs[i] = c.Conn()
+		if !c.Up() {
 			return
 		}
 	}
@@ -761,24 +598,12 @@ func (w *dmWorld) verify(what string, devs []Device) {
 // hold a value that may survive, and the members must agree.
 func (w *dmWorld) checkTotalCrash(step int) {
 	ctx := context.Background()
-	chunks := make([]*dmChunk, len(w.chunks))
+	chunks := make([]*chunktest.Chunk, len(w.chunks))
 	for i, c := range w.chunks {
-		c.mu.Lock()
-		state, err := c.log.MarshalBinary()
-		nc := &dmChunk{mem: bytes.Clone(c.durable), durable: bytes.Clone(c.durable), powered: true, reachable: true}
-		c.mu.Unlock()
+		nc, err := c.AfterPowerLoss()
 		if err != nil {
 			w.t.Fatal(err)
 		}
-		lg, err := bitmap.NewLog(bitmap.LogConfig{Size: dmSize, RegionSize: dmRegion, Period: dmPeriod, Clock: func() time.Time { return w.now }})
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		if err := lg.UnmarshalBinary(state); err != nil {
-			w.t.Fatal(err)
-		}
-		lg.Pin()
-		nc.log = lg
 		chunks[i] = nc
 	}
 	var mu sync.Mutex
@@ -794,7 +619,7 @@ func (w *dmWorld) checkTotalCrash(step int) {
 	defer h.set.Close()
 	for i, st := range h.set.States() {
 		if st == Failed { // recorded as not in sync: rejoins through the resync
-			if err := h.set.Rejoin(i, chunks[i].conn()); err != nil {
+			if err := h.set.Rejoin(i, chunks[i].Conn()); err != nil {
 				w.t.Errorf("after every machine lost power: rejoin %d: %v", i, err)
 				return
 			}
@@ -849,7 +674,7 @@ func (w *dmWorld) checkTotalCrash(step int) {
 	}
 	devs := make([]Device, len(chunks))
 	for i, c := range chunks {
-		devs[i] = c.conn()
+		devs[i] = c.Conn()
 	}
 	w.verify("after every machine lost power and the resync", devs)
 }
