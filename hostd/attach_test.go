@@ -10,7 +10,6 @@ import (
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
-	"github.com/chunkraid/chunkraid/raid/raidtest"
 )
 
 func TestAttachAllMembers(t *testing.T) {
@@ -44,7 +43,7 @@ func TestAttachAllMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"c0", "c1"} {
-		if !bytes.Equal(c.chunk(id).dev.Bytes()[3<<20:3<<20+len(data)], data) {
+		if !bytes.Equal(c.chunk(id).data.Bytes()[3<<20:3<<20+len(data)], data) {
 			t.Errorf("%s does not hold the write", id)
 		}
 	}
@@ -100,10 +99,10 @@ func TestAttachRecordedDegraded(t *testing.T) {
 		}
 	}
 	waitFor(t, "c1 to be resynced", func() bool { return allInSync(a) })
-	if !bytes.Equal(c.chunk("c0").dev.Bytes()[testRegion:2*testRegion], good) {
+	if !bytes.Equal(c.chunk("c0").data.Bytes()[testRegion:2*testRegion], good) {
 		t.Fatal("the resync copied from the stale member")
 	}
-	if !bytes.Equal(c.chunk("c1").dev.Bytes()[testRegion:2*testRegion], good) {
+	if !bytes.Equal(c.chunk("c1").data.Bytes()[testRegion:2*testRegion], good) {
 		t.Fatal("the resync did not repair the stale member")
 	}
 }
@@ -123,7 +122,7 @@ func TestRejoinAfterMemberReturns(t *testing.T) {
 	c.setDown("c1", false)
 	a.sets[0].wake()
 	waitFor(t, "c1 to rejoin and resync", func() bool { return allInSync(a) })
-	if !bytes.Equal(c.chunk("c1").dev.Bytes()[5<<20:5<<20+len(data)], data) {
+	if !bytes.Equal(c.chunk("c1").data.Bytes()[5<<20:5<<20+len(data)], data) {
 		t.Fatal("c1 misses the write made while it was away")
 	}
 	waitFor(t, "the LOGs to be unpinned", func() bool { return len(c.pinnedChunks()) == 0 })
@@ -170,11 +169,12 @@ func TestCleanDetach(t *testing.T) {
 func TestPlanSetStaleVersusUnreachable(t *testing.T) {
 	states := []string{api.MemberInSync, api.MemberInSync, api.MemberDegraded, api.MemberDegraded, api.MemberInSync}
 	reachable := []bool{true, true, true, false, false}
+	c := newFakeCluster(t, len(states))
 	var members []*member
 	for i, st := range states {
 		m := &member{api: api.Member{ChunkID: fmt.Sprintf("c%d", i), State: st}}
 		if reachable[i] {
-			m.setClient(&fakeConn{dev: raidtest.NewMemDevice(testChunkSize)})
+			m.setClient(&fakeConn{Conn: c.chunk(m.api.ChunkID).data.Conn()})
 		}
 		members = append(members, m)
 	}

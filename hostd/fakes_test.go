@@ -1,7 +1,6 @@
 package hostd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,10 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
-	"github.com/chunkraid/chunkraid/raid/raidtest"
+	"github.com/chunkraid/chunkraid/raid/chunktest"
 )
 
 // The fakes of hostd's unit tests: chunks held in memory behind a fake
@@ -27,17 +27,15 @@ const (
 	testRegion    = 1 << 20
 )
 
-var errDown = errors.New("connection refused (fake chunkserver down)")
+var errDown = chunktest.ErrDown
 
-// fakeChunk is one member chunk on a fake chunkserver.
+// fakeChunk is one member chunk on a fake chunkserver: its bytes and LOG
+// (pinned by Pin, unpinned by Unpin) are a chunktest.Chunk.
 type fakeChunk struct {
-	id  string
-	dev *raidtest.MemDevice
+	id   string
+	data *chunktest.Chunk
 	// guarded by fakeCluster.mu
-	down     bool
-	pinned   bool
 	minEpoch int64
-	log      api.LogBitmap
 	conns    []*fakeConn
 	// pinGens are the PinGen of every pin and unpin, in the order called.
 	pinGens []uint64
@@ -63,9 +61,20 @@ func newFakeCluster(t *testing.T, n int) *fakeCluster {
 	c := &fakeCluster{t: t, chunks: map[string]*fakeChunk{}}
 	for i := range n {
 		id := fmt.Sprintf("c%d", i)
-		c.chunks[id] = &fakeChunk{id: id, dev: raidtest.NewMemDevice(testChunkSize)}
+		c.addChunk(id, testChunkSize)
 	}
 	return c
+}
+
+// addChunk adds a chunk of size bytes, zero, on a chunkserver of its own.
+func (c *fakeCluster) addChunk(id string, size int64) {
+	data, err := chunktest.New(chunktest.Config{Size: size, LogRegion: testRegion, Period: time.Hour})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.chunks[id] = &fakeChunk{id: id, data: data}
 }
 
 func (c *fakeCluster) event(format string, args ...any) {
@@ -95,36 +104,51 @@ func (c *fakeCluster) chunk(id string) *fakeChunk {
 func (c *fakeCluster) setDown(id string, down bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ch := c.chunks[id]
-	ch.down = down
-	if down {
-		for _, cn := range ch.conns {
-			cn.dead.Store(true)
-		}
+	c.chunks[id].data.SetReachable(!down)
+	if !down {
+		c.chunks[id].data.PowerOn()
 	}
 }
 
-func (c *fakeCluster) setLog(id string, regions ...int) {
+// powerLoss cuts chunk id's chunkserver's power: the writes it had not
+// synced are gone; setDown(id, false) restarts it.
+func (c *fakeCluster) powerLoss(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ch := c.chunks[id]
-	bits := make([]byte, testChunkSize/testRegion/8)
-	for _, r := range regions {
-		bits[r/8] |= 1 << (r % 8)
-	}
-	ch.log = api.LogBitmap{RegionSize: testRegion, Size: testChunkSize, Bits: bits}
+	c.chunks[id].data.PowerLoss()
 }
 
+// setLog marks regions in chunk id's LOG, as writes the test did not make
+// would have.
+func (c *fakeCluster) setLog(id string, regions ...int) {
+	c.chunk(id).data.Local(func(l *bitmap.Log) error {
+		for _, r := range regions {
+			l.Mark(int64(r)*testRegion, testRegion)
+		}
+		return nil
+	})
+}
+
+// pinnedChunks are the chunks whose LOG is pinned.
 func (c *fakeCluster) pinnedChunks() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []string
 	for i := range len(c.chunks) {
-		if ch := c.chunks[fmt.Sprintf("c%d", i)]; ch.pinned {
+		ch := c.chunks[fmt.Sprintf("c%d", i)]
+		if ch.pinned() {
 			out = append(out, ch.id)
 		}
 	}
 	return out
+}
+
+func (ch *fakeChunk) pinned() (p bool) {
+	ch.data.Local(func(l *bitmap.Log) error {
+		p = l.Pinned()
+		return nil
+	})
+	return p
 }
 
 // openConns counts the connections of the test not closed yet.
@@ -148,10 +172,10 @@ func (c *fakeCluster) dial(ctx context.Context, cfg nbd.ClientConfig) (memberCon
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ch := c.chunks[strings.TrimPrefix(cfg.Addr, "nbd-")]
-	if ch == nil || ch.down {
+	if ch == nil || !ch.data.Up() {
 		return nil, errDown
 	}
-	cn := &fakeConn{dev: ch.dev, chunk: ch.id}
+	cn := &fakeConn{Conn: ch.data.Conn(), chunk: ch.id}
 	ch.conns = append(ch.conns, cn)
 	c.eventLocked("dial %s", ch.id)
 	return cn, nil
@@ -171,14 +195,14 @@ func (f fakeControl) call(op, chunk string, do func(ch *fakeChunk) error) (*api.
 	if ch == nil {
 		return nil, &api.Error{Status: 404, Code: api.CodeNotFound, Message: "no chunk " + chunk}
 	}
-	if ch.down {
+	if !ch.data.Up() {
 		return nil, errDown
 	}
 	if err := do(ch); err != nil {
 		return nil, err
 	}
 	f.c.eventLocked("%s %s", op, chunk)
-	return &api.ControlResponse{MinEpoch: ch.minEpoch, Pinned: ch.pinned}, nil
+	return &api.ControlResponse{MinEpoch: ch.minEpoch, Pinned: ch.pinned()}, nil
 }
 
 func (f fakeControl) Fence(_ context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
@@ -194,8 +218,7 @@ func (f fakeControl) Pin(_ context.Context, chunk string, req api.ControlRequest
 		if f.c.pinErr != nil {
 			return f.c.pinErr
 		}
-		ch.pinned = true
-		return nil
+		return ch.data.Control(func(l *bitmap.Log) error { l.Pin(); return nil })
 	})
 }
 
@@ -221,17 +244,17 @@ func (f fakeControl) PinMany(ctx context.Context, req api.PinRequest) (*api.PinR
 func (f fakeControl) Unpin(_ context.Context, chunk string, req api.ControlRequest) (*api.ControlResponse, error) {
 	return f.call("unpin", chunk, func(ch *fakeChunk) error {
 		ch.pinGens = append(ch.pinGens, req.PinGen)
-		ch.pinned = false
-		return nil
+		return ch.data.Control(func(l *bitmap.Log) error { l.Unpin(); return nil })
 	})
 }
 
 func (f fakeControl) Log(_ context.Context, chunk string, _ api.ControlRequest) (*api.LogBitmap, error) {
 	var lb api.LogBitmap
 	_, err := f.call("log", chunk, func(ch *fakeChunk) error {
-		lb = ch.log
-		lb.Bits = bytes.Clone(lb.Bits)
-		return nil
+		return ch.data.Control(func(l *bitmap.Log) error {
+			lb = api.LogBitmap{RegionSize: l.RegionSize(), Size: l.Size(), Bits: l.Snapshot()}
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -252,15 +275,14 @@ func (f fakeControl) ReadIntent(_ context.Context, chunk string, _ api.ControlRe
 
 // fakeConn is one NBD connection to a fake chunk.
 type fakeConn struct {
-	dev    *raidtest.MemDevice
+	*chunktest.Conn
 	chunk  string
-	dead   atomic.Bool // its chunkserver went away
 	closed atomic.Bool
 }
 
 func (c *fakeConn) check() error {
-	if c.dead.Load() || c.closed.Load() {
-		return errDown
+	if c.closed.Load() {
+		return errors.New("fake: use of a closed connection")
 	}
 	return nil
 }
@@ -269,31 +291,29 @@ func (c *fakeConn) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	return c.dev.ReadAt(ctx, p, off)
+	return c.Conn.ReadAt(ctx, p, off)
 }
 
 func (c *fakeConn) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	return c.dev.WriteAt(ctx, p, off, fua)
+	return c.Conn.WriteAt(ctx, p, off, fua)
 }
 
 func (c *fakeConn) Flush(ctx context.Context) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	return c.dev.Flush(ctx)
+	return c.Conn.Flush(ctx)
 }
 
 func (c *fakeConn) Trim(ctx context.Context, off, length int64) error {
 	if err := c.check(); err != nil {
 		return err
 	}
-	return c.dev.Trim(ctx, off, length)
+	return c.Conn.Trim(ctx, off, length)
 }
-
-func (c *fakeConn) Size() int64 { return c.dev.Size() }
 
 func (c *fakeConn) BlockStatus(context.Context, string, int64, int64) ([]nbd.Extent, error) {
 	return nil, errors.New("fake: no block status")
@@ -490,7 +510,7 @@ func fill(n int, seed byte) []byte {
 // seed writes p at off of chunk id behind the host's back.
 func seed(t *testing.T, c *fakeCluster, id string, off int64, p []byte) {
 	t.Helper()
-	if err := c.chunk(id).dev.WriteAt(t.Context(), p, off, false); err != nil {
+	if err := c.chunk(id).data.Conn().WriteAt(t.Context(), p, off, false); err != nil {
 		t.Fatal(err)
 	}
 }

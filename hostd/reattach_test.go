@@ -73,7 +73,7 @@ func TestEveryMemberFailsAndReturns(t *testing.T) {
 	if err := b.volume.Flush(t.Context()); err != nil {
 		t.Fatalf("flush after the recovery: %v", err)
 	}
-	if !bytes.Equal(c.chunk("c0").dev.Bytes(), c.chunk("c1").dev.Bytes()) {
+	if !bytes.Equal(c.chunk("c0").data.Bytes(), c.chunk("c1").data.Bytes()) {
 		t.Fatal("the members differ after the recovery")
 	}
 }

@@ -7,7 +7,6 @@ import (
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
-	"github.com/chunkraid/chunkraid/raid/raidtest"
 )
 
 // TestOneFailureOneRecord: one chunkserver fails under a volume of 300
@@ -29,7 +28,7 @@ func TestOneFailureOneRecord(t *testing.T) {
 		set := api.Set{Index: i}
 		for _, cs := range []string{"A", "B"} {
 			id := fmt.Sprintf("%s%d", cs, i)
-			c.chunks[id] = &fakeChunk{id: id, dev: raidtest.NewMemDevice(chunk)}
+			c.addChunk(id, chunk)
 			name := api.ExportName{Chunk: id, Host: "h1", Epoch: 2, Token: "t"}
 			set.Members = append(set.Members, api.Member{ChunkID: id, Chunkserver: "cs" + cs, Addr: "nbd-" + id,
 				ControlAddr: "ctl-" + cs, Export: name.String(), State: api.MemberInSync})
