@@ -30,7 +30,8 @@ import (
 // once the set is whole). Random steps interleave writes, flushes (some
 // overtaken: the members' flushes take what they sync, a write lands, then
 // the flush is answered), reads, member power losses and link cuts, returns
-// and rejoins, resyncs, LOG rotations, failing pins and host crashes.
+// and rejoins (on EC, some while a write waits for the record of a
+// degradation), resyncs, LOG rotations, failing pins and host crashes.
 //
 // After every step it checks, on a copy of the cluster, the worst that can
 // follow: every machine loses power at once and a new host attaches. Every
@@ -121,6 +122,9 @@ type dmWorld struct {
 	// complete (a record's pins failed): the next attach resyncs it whole.
 	fullResync bool
 	pinFails   bool // the record hook fails (a survivor unreachable for the pin)
+	// rejoinInRecord is a member to rejoin inside the next record hook of
+	// the host, or -1.
+	rejoinInRecord int
 
 	host *dmHost
 
@@ -135,7 +139,7 @@ type dmWorld struct {
 
 func newDMWorld(t *testing.T, cfg dmConfig, seed uint64) *dmWorld {
 	w := &dmWorld{t: t, cfg: cfg, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x5e7da7a)),
-		now: time.Unix(1_000_000, 0), recorded: make([]bool, cfg.n)}
+		now: time.Unix(1_000_000, 0), recorded: make([]bool, cfg.n), rejoinInRecord: -1}
 	for range cfg.n {
 		c, err := chunktest.New(chunktest.Config{Size: dmSize, LogRegion: dmRegion, Period: dmPeriod, Clock: func() time.Time { return w.now }})
 		if err != nil {
@@ -236,8 +240,15 @@ func (w *dmWorld) attach(chunks []*chunktest.Chunk, recorded []bool, fullResync 
 	var set Set
 	record := func(ctx context.Context) error {
 		metaMu.Lock()
-		fail := metaMu == &w.metaMu && w.pinFails
+		main := metaMu == &w.metaMu
+		fail := main && w.pinFails
 		metaMu.Unlock()
+		if i := w.rejoinInRecord; main && i >= 0 {
+			w.rejoinInRecord = -1
+			if set.States()[i] == Failed {
+				w.rejoin(h, i, "  (during the record)")
+			}
+		}
 		if fail {
 			// hostd still tells the metaserver that the LOGs may not hold
 			// what the members differ in (DESIGN §2 rule 3's fallback).
@@ -308,6 +319,29 @@ func unpin(l *bitmap.Log) error { l.Unpin(); return nil }
 // mergeLog merges c's LOG into w, each bit standing for unit set bytes.
 func mergeLog(w *bitmap.WIB, c *chunktest.Chunk, unit int64) error {
 	return c.Control(func(l *bitmap.Log) error { return w.Merge(l.Snapshot(), unit) })
+}
+
+// rejoin rejoins Failed member i of h's set as hostd's supervisor does:
+// it asks hostd's planner (remb.PlanRejoin) and carries the plan out.
+func (w *dmWorld) rejoin(h *dmHost, i int, when string) {
+	c := w.chunks[i]
+	if !c.Up() {
+		w.logf("%s rejoin %d: gone again", when, i)
+		return
+	}
+	plan := remb.PlanRejoin(remb.RejoinInput{Mode: remb.ModeRemb, MergeOnReturn: h.needLog[i]})
+	if plan.MergeLog {
+		if err := mergeLog(h.set.WIB(), c, w.logUnit()); err != nil {
+			w.t.Error(err) // from the hook's goroutine: no Fatal
+			return
+		}
+		h.needLog[i] = false
+	}
+	if plan.MarkAll {
+		h.set.MarkAll()
+	}
+	err := h.set.Rejoin(i, c.Conn())
+	w.logf("%s rejoin %d: %v, states %v", when, i, err, h.set.States())
 }
 
 // quiesce waits until the set's hooks have run.
@@ -395,18 +429,15 @@ func (w *dmWorld) step(step int) {
 		c.SetReachable(true)
 		w.logf("%d member %d back", step, i)
 		if w.host != nil && w.host.set.States()[i] == Failed {
-			plan := remb.PlanRejoin(remb.RejoinInput{Mode: remb.ModeRemb, MergeOnReturn: w.host.needLog[i]})
-			if plan.MergeLog {
-				if err := mergeLog(w.host.set.WIB(), c, w.logUnit()); err != nil {
-					w.t.Fatal(err)
-				}
-				w.host.needLog[i] = false
+			if w.cfg.k > 0 && w.rng.IntN(3) == 0 {
+				// hostd's supervisor rejoins it while a write waits for
+				// the record of a degradation (an EC write does so
+				// outside the set's join lock; a mirror write holds it).
+				w.rejoinInRecord = i
+				w.logf("%d rejoin %d deferred into the next record", step, i)
+				break
 			}
-			if plan.MarkAll {
-				w.host.set.MarkAll()
-			}
-			err := w.host.set.Rejoin(i, c.Conn())
-			w.logf("%d rejoin %d: %v, states %v", step, i, err, w.host.set.States())
+			w.rejoin(w.host, i, fmt.Sprint(step))
 		}
 	case r < 86 && w.host != nil:
 		n, err := w.host.set.Resync(ctx, nil)
@@ -429,6 +460,7 @@ func (w *dmWorld) step(step int) {
 		// never flushed may be lost.
 		w.host.set.Close()
 		w.host = nil
+		w.rejoinInRecord = -1
 		for _, c := range w.chunks {
 			c.DropConns()
 			_ = c.Local(pin) // no-op if off
