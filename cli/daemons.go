@@ -46,6 +46,7 @@ func newMetaserverCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.OfflineAfter, "offline-after", 10*time.Second, "a server without heartbeat for this long is offline")
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: hosts fail a member request not answered in this time (must be < --offline-after)")
 	f.DurationVar(&cfg.LogPeriod, "log-period", 60*time.Second, "T: chunk LOG bitmaps rotate every T (must be > --offline-after and >= 3 x --io-timeout)")
+	f.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "write the admin token created at the cluster's first start here (mode 0600) instead of printing it once on standard output")
 	return cmd
 }
 

@@ -123,6 +123,7 @@ Try it:
   qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s
   iscsi-inq %s
   export %s=%s
+  export %s=%s
   %s volume show demo
   %s server list
   %s chunk list --volume demo
@@ -131,7 +132,7 @@ Try it:
 Logs: %s
 PostgreSQL: %s
 Press Ctrl-C to stop.
-`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, url, url, EnvMetaserver, c.MetaURL,
+`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, url, url, EnvMetaserver, c.MetaURL, EnvToken, c.Token,
 		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"), pgDir)
 
 	<-ctx.Done()

@@ -26,6 +26,9 @@ import (
 // EnvMetaserver names the environment variable that gives the metaserver URL.
 const EnvMetaserver = "CHUNKRAID_METASERVER"
 
+// EnvToken names the environment variable that gives the API token.
+const EnvToken = "CHUNKRAID_TOKEN"
+
 const defaultMetaserver = "http://127.0.0.1:8080"
 
 // rootOptions are the flags every command shares.
@@ -33,10 +36,35 @@ type rootOptions struct {
 	metaserver string
 	output     string
 	logLevel   string
+	tokenFile  string
+	token      string // from --token-file or CHUNKRAID_TOKEN
 	out        io.Writer
 }
 
-func (o *rootOptions) client() *api.Client { return api.NewClient(o.metaserver, nil) }
+func (o *rootOptions) client() *api.Client {
+	c := api.NewClient(o.metaserver, nil)
+	if o.token != "" {
+		c = c.WithToken(o.token)
+	}
+	return c
+}
+
+// loadToken sets o.token from --token-file, or else from CHUNKRAID_TOKEN.
+func (o *rootOptions) loadToken() error {
+	if o.tokenFile == "" {
+		o.token = strings.TrimSpace(os.Getenv(EnvToken))
+		return nil
+	}
+	b, err := os.ReadFile(o.tokenFile)
+	if err != nil {
+		return fmt.Errorf("--token-file: %w", err)
+	}
+	o.token = strings.TrimSpace(string(b))
+	if o.token == "" {
+		return fmt.Errorf("--token-file %s is empty: it should hold one API token", o.tokenFile)
+	}
+	return nil
+}
 
 func (o *rootOptions) logger() *slog.Logger {
 	var lvl slog.Level
@@ -76,7 +104,7 @@ func NewRoot() *cobra.Command {
 			if !strings.HasPrefix(o.metaserver, "http://") && !strings.HasPrefix(o.metaserver, "https://") {
 				return fmt.Errorf("metaserver address %q must be an http:// or https:// URL", o.metaserver)
 			}
-			return nil
+			return o.loadToken()
 		},
 	}
 	ms := os.Getenv(EnvMetaserver)
@@ -86,9 +114,10 @@ func NewRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&o.metaserver, "metaserver", ms, "metaserver URL (env "+EnvMetaserver+")")
 	root.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().StringVar(&o.logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: env "+EnvToken+")")
 	root.AddCommand(
 		newMetaserverCmd(o), newChunkserverCmd(o), newHostdCmd(o),
-		newVolumeCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newEventsCmd(o), newClusterCmd(o), newDemoCmd(o),
+		newVolumeCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newEventsCmd(o), newClusterCmd(o), newTokenCmd(o), newDemoCmd(o),
 	)
 	return root
 }
@@ -105,9 +134,18 @@ func Main() int {
 }
 
 // explain turns a failure to reach a server into one line that names the
-// URL tried and how to point the CLI elsewhere; other errors pass as they
-// are.
+// URL tried and how to point the CLI elsewhere, and a refused token into
+// one that says where the CLI reads it; other errors pass as they are.
 func explain(err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		switch ae.Code {
+		case api.CodeUnauthenticated:
+			return fmt.Errorf("no valid API token: %s; set %s=<token> or pass --token-file FILE (the admin token was shown once when the cluster was created)", ae.Message, EnvToken)
+		case api.CodePermissionDenied:
+			return fmt.Errorf("permission denied: %s; set %s or --token-file to an admin token", ae.Message, EnvToken)
+		}
+	}
 	var ue *url.Error
 	if !errors.As(err, &ue) {
 		return err

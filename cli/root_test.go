@@ -1,7 +1,14 @@
 package cli
 
 import (
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -30,5 +37,57 @@ func TestUnreachableMetaserver(t *testing.T) {
 	}
 	if strings.Contains(msg, "/api/v1") || strings.Contains(msg, "\n") {
 		t.Errorf("message %q names an API route or spans lines", msg)
+	}
+}
+
+// TestToken: the CLI sends the token of --token-file, or else of
+// CHUNKRAID_TOKEN, as its bearer token; refused, it fails with one line
+// that names both.
+func TestToken(t *testing.T) {
+	var got []string
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Get("Authorization")
+		got = append(got, h)
+		w.Header().Set("Content-Type", "application/json")
+		if h != "Bearer chunkraid_good" {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprint(w, `{"code":"unauthenticated","message":"GET /api/v1/volumes needs a token"}`)
+			return
+		}
+		fmt.Fprint(w, `[]`)
+	}))
+	defer hs.Close()
+	file := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(file, []byte("chunkraid_good\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runCLI := func(args ...string) error {
+		root := NewRoot()
+		root.SetOut(io.Discard)
+		root.SetArgs(append([]string{"--metaserver", hs.URL}, args...))
+		return root.ExecuteContext(t.Context())
+	}
+	t.Setenv(EnvToken, "chunkraid_wrong")
+	if err := runCLI("--token-file", file, "volume", "list", "-o", "json"); err != nil {
+		t.Fatalf("with --token-file: %v", err)
+	}
+	t.Setenv(EnvToken, "chunkraid_good")
+	if err := runCLI("volume", "list", "-o", "json"); err != nil {
+		t.Fatalf("with %s: %v", EnvToken, err)
+	}
+	t.Setenv(EnvToken, "")
+	err := runCLI("volume", "list")
+	if err == nil {
+		t.Fatal("volume list without a token succeeded")
+	}
+	msg := explain(err).Error()
+	if !strings.Contains(msg, EnvToken) || !strings.Contains(msg, "--token-file") || strings.Contains(msg, "\n") {
+		t.Errorf("without a token: %q, want one line naming %s and --token-file", msg, EnvToken)
+	}
+	if want := []string{"Bearer chunkraid_good", "Bearer chunkraid_good", ""}; !slices.Equal(got, want) {
+		t.Errorf("Authorization headers %q, want %q", got, want)
+	}
+	if err := runCLI("--token-file", filepath.Join(t.TempDir(), "none"), "volume", "list"); err == nil || !strings.Contains(err.Error(), "--token-file") {
+		t.Errorf("a missing token file: %v", err)
 	}
 }

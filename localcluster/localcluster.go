@@ -73,7 +73,9 @@ type Cluster struct {
 	CS    []*Proc
 	Hostd *Proc
 
-	MetaURL      string
+	MetaURL string
+	// Token is the cluster's admin API token, read from TokenFile.
+	Token        string
 	ISCSIAddr    string
 	NBDAddrs     []string
 	ControlAddrs []string
@@ -168,7 +170,7 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 
 	c.MetaURL = fmt.Sprintf("http://127.0.0.1:%d", opt.MetaPort)
 	metaArgs := []string{"metaserver", "--listen", fmt.Sprintf("127.0.0.1:%d", opt.MetaPort),
-		"--database-url", c.PG.URL("chunkraid")}
+		"--database-url", c.PG.URL("chunkraid"), "--admin-token-file", c.TokenFile()}
 	if opt.ChunkSize > 0 {
 		metaArgs = append(metaArgs, "--chunk-size", strconv.FormatInt(opt.ChunkSize, 10))
 	}
@@ -180,6 +182,11 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 	if err := c.waitHTTP(ctx); err != nil {
 		return c, err
 	}
+	tok, err := os.ReadFile(c.TokenFile())
+	if err != nil {
+		return c, fmt.Errorf("the cluster's admin token (written at its first start): %w; a cluster whose token file is lost has to be recreated (demo --clean)", err)
+	}
+	c.Token = strings.TrimSpace(string(tok))
 
 	for i := 0; i < opt.Chunkservers; i++ {
 		port := 0
@@ -328,8 +335,18 @@ func (c *Cluster) newProc(name string, args []string) *Proc {
 		Log: filepath.Join(c.opt.Dir, "logs", name+".log")}
 }
 
-// Client returns an API client for the cluster's metaserver.
-func (c *Cluster) Client() *api.Client { return api.NewClient(c.MetaURL, nil) }
+// Client returns an API client for the cluster's metaserver with the
+// admin token.
+func (c *Cluster) Client() *api.Client {
+	cl := api.NewClient(c.MetaURL, nil)
+	if c.Token != "" {
+		cl = cl.WithToken(c.Token)
+	}
+	return cl
+}
+
+// TokenFile is the file that holds the cluster's admin token.
+func (c *Cluster) TokenFile() string { return filepath.Join(c.opt.Dir, "admin.token") }
 
 // Binary is the chunkraid binary the cluster runs.
 func (c *Cluster) Binary() string { return c.opt.Binary }

@@ -11,12 +11,16 @@ import (
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
-// rawCall sends a request without the client and decodes the error envelope.
-func rawCall(t *testing.T, method, url, body string) (int, api.Error) {
+// rawCall sends a request without the client, with token as its bearer
+// token unless "", and decodes the error envelope.
+func rawCall(t *testing.T, token, method, url, body string) (int, api.Error) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -60,7 +64,7 @@ func TestRequestBodies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, e := rawCall(t, tt.method, tt.url, tt.body)
+			status, e := rawCall(t, ts.Token, tt.method, tt.url, tt.body)
 			if status != tt.status || e.Code != tt.code || !strings.Contains(e.Message, tt.contains) {
 				t.Errorf("HTTP %d %s %q; want %d %s containing %q", status, e.Code, e.Message, tt.status, tt.code, tt.contains)
 			}
@@ -79,7 +83,7 @@ func TestHandlerBeforeRun(t *testing.T) {
 	hs := httptest.NewServer(s.Handler())
 	defer hs.Close()
 	for _, path := range []string{"/healthz", "/api/v1/volumes"} {
-		status, e := rawCall(t, "GET", hs.URL+path, "")
+		status, e := rawCall(t, "", "GET", hs.URL+path, "")
 		if status != http.StatusServiceUnavailable || e.Code != api.CodeUnavailable {
 			t.Errorf("%s before Run: HTTP %d %+v", path, status, e)
 		}

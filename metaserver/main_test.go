@@ -7,10 +7,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -100,8 +102,10 @@ func newSchema(t *testing.T) string {
 // testServer is a metaserver running for one test.
 type testServer struct {
 	*Server
-	URL    string // base URL of the API
-	DBURL  string
+	URL   string // base URL of the API
+	DBURL string
+	// Token is the cluster's admin token; Client sends it.
+	Token  string
 	Client *api.Client
 	// Stop cancels Run and returns its result; later calls return the same.
 	Stop func() error
@@ -138,6 +142,9 @@ func startServer(t *testing.T, cfg Config) *testServer {
 		t.Fatal(err)
 	}
 	cfg.Listener = ln
+	if cfg.AdminTokenFile == "" && cfg.Stdout == nil {
+		cfg.AdminTokenFile = tokenFileFor(t, cfg.DatabaseURL)
+	}
 	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +181,44 @@ func startServer(t *testing.T, cfg Config) *testServer {
 		t.Fatal("metaserver not ready after 30s")
 	}
 	base := "http://" + s.Addr().String()
-	return &testServer{Server: s, URL: base, DBURL: cfg.DatabaseURL, Client: api.NewClient(base, nil), Stop: stop}
+	ts := &testServer{Server: s, URL: base, DBURL: cfg.DatabaseURL, Client: api.NewClient(base, nil), Stop: stop}
+	if cfg.AdminTokenFile != "" {
+		data, err := os.ReadFile(cfg.AdminTokenFile)
+		if err != nil {
+			t.Fatalf("the admin token of the test's cluster: %v", err)
+		}
+		ts.Token = strings.TrimSpace(string(data))
+		ts.Client = ts.Client.WithToken(ts.Token)
+	}
+	return ts
+}
+
+// startServerOut is startServer with the admin token shown on w instead of
+// in a file (ts.Token is then "").
+func startServerOut(t *testing.T, cfg Config, w io.Writer) *testServer {
+	cfg.Stdout = w
+	return startServer(t, cfg)
+}
+
+var tokenFiles struct {
+	sync.Mutex
+	byURL map[string]string
+}
+
+// tokenFileFor is the admin token file of the cluster at dbURL: every
+// server a test starts on one database shares it (the first writes it).
+func tokenFileFor(t *testing.T, dbURL string) string {
+	tokenFiles.Lock()
+	defer tokenFiles.Unlock()
+	if tokenFiles.byURL == nil {
+		tokenFiles.byURL = map[string]string{}
+	}
+	f, ok := tokenFiles.byURL[dbURL]
+	if !ok {
+		f = filepath.Join(t.TempDir(), "admin.token")
+		tokenFiles.byURL[dbURL] = f
+	}
+	return f
 }
 
 // exec runs SQL directly on the test server's schema.

@@ -590,10 +590,11 @@ func TestEventsListing(t *testing.T) {
 			t.Errorf("event %+v lacks time or message", e)
 		}
 	}
-	want := "volume_created volume/a,volume_created volume/b,volume_created volume/c,volume_attached volume/b,volume_deleted volume/c"
+	want := "token_created token/admin,volume_created volume/a,volume_created volume/b,volume_created volume/c,volume_attached volume/b,volume_deleted volume/c"
 	if strings.Join(kinds, ",") != want {
 		t.Fatalf("events %v, want %s", kinds, want)
 	}
+	tok, all := all[0], all[1:] // the admin token's creation, at the first start
 
 	tests := []struct {
 		name   string
@@ -610,7 +611,7 @@ func TestEventsListing(t *testing.T) {
 		{"one volume after", "b", all[1].ID, 0, []int64{all[3].ID}},
 		{"deleted volume keeps its events", "c", 0, 0, []int64{all[2].ID, all[4].ID}},
 		{"unknown volume", "zzz", 0, 0, nil},
-		{"limit above the cap", "", 0, 5000, []int64{all[0].ID, all[1].ID, all[2].ID, all[3].ID, all[4].ID}},
+		{"limit above the cap", "", 0, 5000, []int64{tok.ID, all[0].ID, all[1].ID, all[2].ID, all[3].ID, all[4].ID}},
 	}
 	for _, tt := range tests {
 		got, err := ts.Client.ListEvents(ctx, tt.volume, tt.after, tt.limit)
@@ -626,7 +627,7 @@ func TestEventsListing(t *testing.T) {
 		}
 	}
 	for _, q := range []string{"limit=0", "limit=x", "after=-1", "after=y", "volume=Bad_Name"} {
-		status, e := rawCall(t, "GET", ts.URL+"/api/v1/events?"+q, "")
+		status, e := rawCall(t, ts.Token, "GET", ts.URL+"/api/v1/events?"+q, "")
 		if status != http.StatusBadRequest || e.Code != api.CodeInvalidArgument {
 			t.Errorf("?%s: HTTP %d %+v", q, status, e)
 		}

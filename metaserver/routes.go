@@ -20,36 +20,47 @@ func (s *Server) routes() http.Handler {
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, invalid("method %s is not allowed on %s", r.Method, r.URL.Path))
 	})
+	// The one public route; the route-table test holds the list.
 	r.Get("/healthz", s.healthz)
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(s.requireReady)
-		r.Get("/cluster", s.getCluster)
 
+		// The daemons' routes: no operator token.
+		r.Get("/cluster", s.getCluster)
 		r.Post("/chunkservers", s.registerChunkserver)
-		r.Get("/chunkservers", s.listChunkservers)
 		r.Post("/chunkservers/{id}/heartbeat", s.chunkserverHeartbeat)
 		r.Get("/chunkservers/{id}/chunks", s.chunkAssignments)
 		r.Delete("/chunkservers/{id}/chunks/{chunk}", s.ackChunkDeleted)
-
-		r.Get("/disks", s.listDisks)
-		r.Get("/chunks", s.listChunks)
-
 		r.Post("/hosts", s.registerHost)
-		r.Get("/hosts", s.listHosts)
 		r.Post("/hosts/{id}/heartbeat", s.hostHeartbeat)
 		r.Get("/hosts/{id}/volumes", s.hostVolumes)
 		r.Post("/hosts/{id}/report", s.hostReport)
 
-		r.Post("/volumes", s.createVolume)
-		r.Get("/volumes", s.listVolumes)
-		r.Get("/volumes/{name}", s.getVolume)
-		r.Delete("/volumes/{name}", s.deleteVolume)
-		r.Post("/volumes/{name}/attach", s.attachVolume)
-		r.Put("/volumes/{name}/chap", s.setVolumeCHAP)
-		r.Delete("/volumes/{name}/chap", s.clearVolumeCHAP)
-		r.Post("/volumes/{name}/initiators", s.updateInitiators)
+		// Operator routes that change nothing: any token.
+		r.Group(func(r chi.Router) {
+			r.Use(s.authenticate(accessRead))
+			r.Get("/chunkservers", s.listChunkservers)
+			r.Get("/disks", s.listDisks)
+			r.Get("/chunks", s.listChunks)
+			r.Get("/hosts", s.listHosts)
+			r.Get("/volumes", s.listVolumes)
+			r.Get("/volumes/{name}", s.getVolume)
+			r.Get("/events", s.listEvents)
+		})
 
-		r.Get("/events", s.listEvents)
+		// Operator routes that change the cluster, and the tokens: admin.
+		r.Group(func(r chi.Router) {
+			r.Use(s.authenticate(accessAdmin))
+			r.Post("/volumes", s.createVolume)
+			r.Delete("/volumes/{name}", s.deleteVolume)
+			r.Post("/volumes/{name}/attach", s.attachVolume)
+			r.Put("/volumes/{name}/chap", s.setVolumeCHAP)
+			r.Delete("/volumes/{name}/chap", s.clearVolumeCHAP)
+			r.Post("/volumes/{name}/initiators", s.updateInitiators)
+			r.Post("/tokens", s.createToken)
+			r.Get("/tokens", s.listTokens)
+			r.Delete("/tokens/{name}", s.revokeToken)
+		})
 	})
 	return r
 }

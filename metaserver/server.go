@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,6 +52,14 @@ type Config struct {
 	LogPeriod time.Duration
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
+	// AdminTokenFile is where the metaserver writes the admin token it
+	// creates when the cluster has no admin token (at its first start),
+	// mode 0600; the token is shown nowhere else. Empty: the token is
+	// printed once on Stdout.
+	AdminTokenFile string
+	// Stdout receives the admin token when AdminTokenFile is empty; nil
+	// means os.Stdout.
+	Stdout io.Writer
 }
 
 const (
@@ -254,8 +264,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("metaserver: %w", err)
 	}
-	s.st = &store{db: db, secret: secret, box: box, offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
+	s.st = &store{db: db, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
 		logPeriod: s.cfg.LogPeriod, log: s.log, committed: s.gens.observe}
+	if _, err := s.st.ensureAdminToken(ctx, s.showAdminToken); err != nil {
+		return fmt.Errorf("metaserver: create the admin token: %w", err)
+	}
 	s.addr = ln.Addr()
 	lctx, stopListening := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -298,6 +311,25 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	<-serveErr
 	s.log.Info("metaserver stopped")
 	return nil
+}
+
+// showAdminToken shows a new admin token, the one time it exists outside
+// the caller's hands: in AdminTokenFile, or on Stdout.
+func (s *Server) showAdminToken(name, secret string) error {
+	if f := s.cfg.AdminTokenFile; f != "" {
+		if err := writeTokenFile(f, secret); err != nil {
+			return fmt.Errorf("write the admin token to %s: %w", f, err)
+		}
+		s.log.Info("the cluster had no admin token: created one, written to the admin token file only", "name", name, "file", f)
+		return nil
+	}
+	out := s.cfg.Stdout
+	if out == nil {
+		out = os.Stdout
+	}
+	s.log.Info("the cluster had no admin token: created one, printed on standard output only", "name", name)
+	_, err := fmt.Fprintf(out, "The cluster had no admin token; created token %q (shown only this once, keep it):\n  export CHUNKRAID_TOKEN=%s\n", name, secret)
+	return err
 }
 
 // initCluster creates the cluster row on first start, with a random secret,

@@ -26,6 +26,8 @@ type store struct {
 	secret string
 	// box seals the volumes' CHAP secrets with a key derived from secret.
 	box *sealer
+	// tokenKey keys the hashes of the API tokens (derived from secret).
+	tokenKey []byte
 	// The timeout budget: offlineAfter is used here, the others are handed
 	// to the daemons.
 	offlineAfter, ioTimeout, logPeriod time.Duration

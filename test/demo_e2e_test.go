@@ -53,6 +53,20 @@ func TestDemoFromPrivateDirectory(t *testing.T) {
 			t.Errorf("second run did not reuse the volume:\n%s", printed)
 		}
 		run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x5c 0 1M", iscsiURLFrom(t, printed))
+		// The printed exports make the printed commands work; without
+		// the token they are refused with one line saying where it goes.
+		env := exportsFrom(t, printed)
+		show := exec.CommandContext(t.Context(), binary, "volume", "show", "demo")
+		show.Env = append(os.Environ(), env...)
+		if out, err := show.CombinedOutput(); err != nil || !strings.Contains(string(out), "demo") {
+			t.Errorf("volume show demo with the printed exports: %v\n%s", err, out)
+		}
+		bare := exec.CommandContext(t.Context(), binary, "volume", "show", "demo")
+		bare.Env = append(os.Environ(), env[0], "CHUNKRAID_TOKEN=")
+		out, err := bare.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "CHUNKRAID_TOKEN") || !strings.Contains(string(out), "--token-file") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+			t.Errorf("volume show demo without the token: %v\n%s", err, out)
+		}
 	})
 	if !strings.Contains(out, "Every process stopped cleanly") {
 		t.Errorf("second run did not stop cleanly:\n%s", out)
@@ -117,6 +131,22 @@ func runDemo(t *testing.T, checkout string, use func(printed string)) string {
 		t.Fatalf("the demo exited with %v:\n%s", err, printed.String())
 	}
 	return printed.String()
+}
+
+// exportsFrom returns the NAME=value of the export lines the demo printed,
+// the metaserver's first.
+func exportsFrom(t *testing.T, printed string) []string {
+	t.Helper()
+	var env []string
+	for _, l := range strings.Split(printed, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "export "); ok {
+			env = append(env, v)
+		}
+	}
+	if len(env) != 2 || !strings.HasPrefix(env[0], "CHUNKRAID_METASERVER=") || !strings.HasPrefix(env[1], "CHUNKRAID_TOKEN=chunkraid_") {
+		t.Fatalf("the demo printed exports %q, want CHUNKRAID_METASERVER and CHUNKRAID_TOKEN in:\n%s", env, printed)
+	}
+	return env
 }
 
 // iscsiURLFrom returns the demo volume's iSCSI URL from what the demo printed.

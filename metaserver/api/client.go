@@ -50,6 +50,46 @@ func NewClient(baseURL string, hc *http.Client) *Client {
 	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc}
 }
 
+// WithToken returns a client of the same metaserver that sends token as
+// its bearer token (Authorization: Bearer), as every operator route needs.
+func (c *Client) WithToken(token string) *Client {
+	hc := *c.hc
+	next := hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	hc.Transport = bearer{token: token, next: next}
+	return &Client{base: c.base, hc: &hc}
+}
+
+// bearer adds a bearer token to every request.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
+}
+
+// CreateToken creates an API token; its secret is in the answer (Secret)
+// and nowhere else.
+func (c *Client) CreateToken(ctx context.Context, req CreateTokenRequest) (*Token, error) {
+	return call[Token](ctx, c, http.MethodPost, "/api/v1/tokens", nil, req, RequestTimeout)
+}
+
+// ListTokens lists the API tokens, without their secrets.
+func (c *Client) ListTokens(ctx context.Context) ([]Token, error) {
+	return callList[Token](ctx, c, http.MethodGet, "/api/v1/tokens", nil, nil, RequestTimeout)
+}
+
+// RevokeToken deletes an API token.
+func (c *Client) RevokeToken(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)
+}
+
 // Health returns nil when the metaserver answers /healthz.
 func (c *Client) Health(ctx context.Context) error {
 	return c.do(ctx, http.MethodGet, "/healthz", nil, nil, nil, RequestTimeout)

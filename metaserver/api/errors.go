@@ -30,6 +30,10 @@ func HTTPStatus(code string) int {
 		return http.StatusConflict
 	case CodeUnavailable:
 		return http.StatusServiceUnavailable
+	case CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case CodePermissionDenied:
+		return http.StatusForbidden
 	default:
 		return http.StatusInternalServerError
 	}
@@ -43,6 +47,14 @@ func ErrorCode(err error) string {
 	}
 	return ""
 }
+
+// IsUnauthenticated reports whether err is an API error with
+// CodeUnauthenticated: the request carried no token the metaserver knows.
+func IsUnauthenticated(err error) bool { return ErrorCode(err) == CodeUnauthenticated }
+
+// IsPermissionDenied reports whether err is an API error with
+// CodePermissionDenied.
+func IsPermissionDenied(err error) bool { return ErrorCode(err) == CodePermissionDenied }
 
 // IsNotFound reports whether err is an API error with CodeNotFound.
 func IsNotFound(err error) bool { return ErrorCode(err) == CodeNotFound }

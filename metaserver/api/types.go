@@ -28,7 +28,33 @@ const (
 	CodeConflict        = "conflict"         // 409
 	CodeInternal        = "internal"         // 500
 	CodeUnavailable     = "unavailable"      // 503
+	// CodeUnauthenticated: no token, or one the metaserver does not know.
+	CodeUnauthenticated = "unauthenticated" // 401
+	// CodePermissionDenied: a valid token whose role may not do this.
+	CodePermissionDenied = "permission_denied" // 403
 )
+
+// Token roles. An admin may call every operator route, a reader only the
+// ones that change nothing.
+const (
+	RoleAdmin  = "admin"
+	RoleReader = "reader"
+)
+
+// CreateTokenRequest is the body of POST /api/v1/tokens.
+type CreateTokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// Token describes an API token; Secret is set only in the answer to its
+// creation, the one time it is shown.
+type Token struct {
+	Name      string    `json:"name"`
+	Role      string    `json:"role"`
+	CreatedAt time.Time `json:"created_at"`
+	Secret    string    `json:"token,omitempty"`
+}
 
 // Server states, computed from heartbeats.
 const (
