@@ -62,10 +62,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -100,6 +103,11 @@ type Config struct {
 	FaultDomain string
 	// Metaserver is the metaserver's base URL, e.g. http://127.0.0.1:8080. Required.
 	Metaserver string
+	// JoinToken admits the chunkserver to the cluster at its first
+	// registration (a token of role join); the metaserver then issues it a
+	// credential, which it keeps in DataDir/credential and uses from then
+	// on. Not needed once that file exists.
+	JoinToken string
 	// HeartbeatInterval is how often capacity is reported. Default 2 s.
 	HeartbeatInterval time.Duration
 	// Logger receives the daemon's log. nil discards.
@@ -347,8 +355,18 @@ func (s *Server) disks() ([]api.DiskInfo, error) {
 // answers or ctx ends, and takes the cluster secret and the timeout budget
 // from its answer.
 func (s *Server) register(ctx context.Context, adv, cadv string) error {
+	cred, err := s.loadCredential()
+	if err != nil {
+		return err
+	}
+	switch {
+	case cred != "":
+		s.meta.SetToken(cred)
+	case s.cfg.JoinToken != "":
+		s.meta.SetToken(s.cfg.JoinToken)
+	}
 	var resp *api.RegisterChunkserverResponse
-	err := api.Register(ctx, s.log, func(ctx context.Context) error {
+	err = api.Register(ctx, s.log, func(ctx context.Context) error {
 		disks, err := s.disks()
 		if err != nil {
 			return err
@@ -364,8 +382,55 @@ func (s *Server) register(ctx context.Context, adv, cadv string) error {
 		}
 		return fmt.Errorf("chunkserver: registration refused: %w", err)
 	}
+	if resp.Credential != "" {
+		if err := s.saveCredential(resp.Credential); err != nil {
+			return fmt.Errorf("chunkserver: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleChunkserver, s.cfg.Name, err)
+		}
+		s.meta.SetToken(resp.Credential)
+		s.log.Info("joined the cluster: credential kept", "file", s.credentialPath())
+	}
 	s.id = resp.ID
 	return s.configure(ctx, resp)
+}
+
+func (s *Server) credentialPath() string { return filepath.Join(s.cfg.DataDir, "credential") }
+
+// loadCredential reads the credential the chunkserver keeps; "" if it has
+// none yet.
+func (s *Server) loadCredential() (string, error) {
+	f, err := s.cfg.FS.OpenFile(s.credentialPath(), os.O_RDONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("chunkserver: credential: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, 4096))
+	if err != nil {
+		return "", fmt.Errorf("chunkserver: credential: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// saveCredential keeps the credential durably (written, synced, renamed
+// into place, directory synced).
+func (s *Server) saveCredential(cred string) error {
+	tmp := s.credentialPath() + ".new"
+	f, err := s.cfg.FS.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, werr := f.WriteAt([]byte(cred+"\n"), 0)
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		return err
+	}
+	if err := s.cfg.FS.Rename(tmp, s.credentialPath()); err != nil {
+		return err
+	}
+	return s.cfg.FS.SyncDir(s.cfg.DataDir)
 }
 
 // configure takes the secret, t_io and T from a registration answer and

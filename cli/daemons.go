@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -50,8 +52,28 @@ func newMetaserverCmd(o *rootOptions) *cobra.Command {
 	return cmd
 }
 
+// EnvJoinToken names the environment variable that gives a daemon its join
+// token.
+const EnvJoinToken = "CHUNKRAID_JOIN_TOKEN"
+
+// joinToken reads the join token of a daemon from file, or else from
+// CHUNKRAID_JOIN_TOKEN.
+func joinToken(file string) (string, error) {
+	if file == "" {
+		return strings.TrimSpace(os.Getenv(EnvJoinToken)), nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--join-token-file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
 func newChunkserverCmd(o *rootOptions) *cobra.Command {
-	var cfg chunkserver.Config
+	var (
+		cfg      chunkserver.Config
+		joinFile string
+	)
 	cmd := &cobra.Command{
 		Use:   "chunkserver",
 		Short: "Run a chunkserver: export chunks of a local disk over NBD",
@@ -59,6 +81,10 @@ func newChunkserverCmd(o *rootOptions) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Metaserver = o.metaserver
 			cfg.Logger = o.logger()
+			var err error
+			if cfg.JoinToken, err = joinToken(joinFile); err != nil {
+				return err
+			}
 			s, err := chunkserver.New(cfg)
 			if err != nil {
 				return err
@@ -75,12 +101,16 @@ func newChunkserverCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
 	f.StringVar(&cfg.ControlListen, "control-listen", "127.0.0.1:10909", "control API listen address (fence, pin, LOG bitmaps)")
 	f.StringVar(&cfg.ControlAdvertise, "control-advertise", "", "control API address reported to the metaserver (default: the control listen address)")
+	f.StringVar(&joinFile, "join-token-file", "", "file holding a join token for the first registration (default: env "+EnvJoinToken+"); the credential it earns is kept in the data directory")
 	f.Int64Var(&cfg.LogRegion, "log-region", 64<<20, "LOG bitmap region size of new chunks in bytes (a power of two)")
 	return cmd
 }
 
 func newHostdCmd(o *rootOptions) *cobra.Command {
-	var cfg hostd.Config
+	var (
+		cfg      hostd.Config
+		joinFile string
+	)
 	cmd := &cobra.Command{
 		Use:   "hostd",
 		Short: "Run the host daemon: assemble volumes from remote chunks and serve them over iSCSI",
@@ -88,6 +118,10 @@ func newHostdCmd(o *rootOptions) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg.Metaserver = o.metaserver
 			cfg.Logger = o.logger()
+			var err error
+			if cfg.JoinToken, err = joinToken(joinFile); err != nil {
+				return err
+			}
 			s, err := hostd.New(cfg)
 			if err != nil {
 				return err
@@ -102,6 +136,8 @@ func newHostdCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 0, "t_io: a member request not answered in this time fails the member (default: the cluster's, 5s)")
 	f.IntVar(&cfg.BlockSize, "block-size", 512, "logical block size of the iSCSI LUNs (512 or 4096)")
+	f.StringVar(&joinFile, "join-token-file", "", "file holding a join token for the first registration (default: env "+EnvJoinToken+"); the credential it earns is kept in --state-dir")
+	f.StringVar(&cfg.StateDir, "state-dir", "", "directory of what hostd keeps across reboots, its credential (default /var/lib/chunkraid/hostd-NAME)")
 	f.StringVar(&cfg.WIBDir, "wib-dir", "", "directory of the write-intent bitmaps, on a RAM file system (default /dev/shm/chunkraid-NAME)")
 	f.Int64Var(&cfg.RegionSize, "wib-region", 1<<20, "write-intent bitmap region size in bytes")
 	f.Int64Var(&cfg.ResyncRate, "resync-rate", 256<<20, "resync copy limit per set in bytes per second (negative: unlimited)")

@@ -37,4 +37,7 @@ type metaClient interface {
 	HostVolumes(ctx context.Context, id int64, after int64, wait time.Duration) (*api.HostVolumes, error)
 	HostReport(ctx context.Context, id int64, r api.HostReport) error
 	Cluster(ctx context.Context) (*api.Cluster, error)
+	// SetToken sets the bearer token of later calls: the join token, then
+	// the host's credential.
+	SetToken(token string)
 }

@@ -359,6 +359,8 @@ func (m *fakeMeta) Cluster(context.Context) (*api.Cluster, error) {
 	return &cl, nil
 }
 
+func (m *fakeMeta) SetToken(string) {}
+
 func (m *fakeMeta) HostHeartbeat(context.Context, int64) error { return nil }
 
 func (m *fakeMeta) HostVolumes(ctx context.Context, _ int64, after int64, _ time.Duration) (*api.HostVolumes, error) {

@@ -8,11 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +57,14 @@ type Config struct {
 	// on a RAM file system that survives a hostd restart but not a reboot.
 	// Default: /dev/shm/chunkraid-<name>.
 	WIBDir string
+	// StateDir holds what hostd keeps across reboots: the credential the
+	// metaserver issued it when it joined. Default:
+	// /var/lib/chunkraid/hostd-<name>.
+	StateDir string
+	// JoinToken admits the host to the cluster at its first registration
+	// (a token of role join); not needed once StateDir holds its
+	// credential.
+	JoinToken string
 	// RegionSize is the WIB granularity. Default 1 MiB.
 	RegionSize int64
 	// ResyncRate limits resync copying per set, in bytes per second.
@@ -97,6 +107,9 @@ func (c *Config) validate() error {
 	}
 	if c.WIBDir == "" {
 		c.WIBDir = filepath.Join("/dev/shm", "chunkraid-"+c.Name)
+	}
+	if c.StateDir == "" {
+		c.StateDir = filepath.Join("/var/lib/chunkraid", "hostd-"+c.Name)
 	}
 	if c.RegionSize == 0 {
 		c.RegionSize = 1 << 20
@@ -209,8 +222,18 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) register(ctx context.Context, adv string) error {
+	credFile := filepath.Join(s.cfg.StateDir, "credential")
+	cred, err := os.ReadFile(credFile)
+	switch {
+	case err == nil:
+		s.meta.SetToken(strings.TrimSpace(string(cred)))
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("hostd: credential: %w", err)
+	case s.cfg.JoinToken != "":
+		s.meta.SetToken(s.cfg.JoinToken)
+	}
 	var resp *api.RegisterHostResponse
-	err := api.Register(ctx, s.log, func(ctx context.Context) error {
+	err = api.Register(ctx, s.log, func(ctx context.Context) error {
 		var err error
 		resp, err = s.meta.RegisterHost(ctx, api.RegisterHostRequest{Name: s.cfg.Name, ISCSIAddr: adv})
 		return err
@@ -220,6 +243,13 @@ func (s *Server) register(ctx context.Context, adv string) error {
 			return ctx.Err()
 		}
 		return fmt.Errorf("hostd: registration refused: %w", err)
+	}
+	if resp.Credential != "" {
+		if err := writeFileDurably(credFile, resp.Credential+"\n"); err != nil {
+			return fmt.Errorf("hostd: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleHost, s.cfg.Name, err)
+		}
+		s.meta.SetToken(resp.Credential)
+		s.log.Info("joined the cluster: credential kept", "file", credFile)
 	}
 	s.id = resp.ID
 	s.incarnation.Store(resp.Incarnation)
@@ -242,6 +272,35 @@ func (s *Server) register(ctx context.Context, adv string) error {
 		return fmt.Errorf("hostd: reading the cluster's timeout budget: %w", err)
 	}
 	return checkBudget(s.cfg.IOTimeout, cl, resp.LogPeriodMS)
+}
+
+// writeFileDurably writes data to path (mode 0600): a new file, synced,
+// renamed into place, its directory synced.
+func writeFileDurably(path, data string) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, ".credential-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, werr := f.WriteString(data)
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr, os.Chmod(f.Name(), 0o600)); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	serr = d.Sync()
+	return errors.Join(serr, d.Close())
 }
 
 // checkBudget checks t_io against the cluster's offline_after and T with

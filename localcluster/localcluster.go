@@ -187,6 +187,9 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		return c, fmt.Errorf("the cluster's admin token (written at its first start): %w; a cluster whose token file is lost has to be recreated (demo --clean)", err)
 	}
 	c.Token = strings.TrimSpace(string(tok))
+	if err := c.ensureJoinToken(ctx); err != nil {
+		return c, err
+	}
 
 	for i := 0; i < opt.Chunkservers; i++ {
 		port := 0
@@ -205,7 +208,8 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		}
 		caddr := fmt.Sprintf("127.0.0.1:%d", cport)
 		args := append([]string{"chunkserver", "--name", name, "--listen", addr, "--control-listen", caddr,
-			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaURL}, opt.ExtraChunkserverArgs...)
+			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaURL,
+			"--join-token-file", c.JoinTokenFile()}, opt.ExtraChunkserverArgs...)
 		if opt.ChunkserverArgs != nil {
 			args = append(args, opt.ChunkserverArgs(i)...)
 		}
@@ -261,7 +265,8 @@ func (c *Cluster) AddHostd(ctx context.Context, name string) (*Proc, error) {
 
 func (c *Cluster) startHostd(name, addr string) (*Proc, error) {
 	p := c.newProc("hostd-"+name, append([]string{"hostd", "--name", name, "--listen", addr,
-		"--wib-dir", filepath.Join(c.wibRoot, name), "--metaserver", c.MetaURL}, c.opt.ExtraHostdArgs...))
+		"--wib-dir", filepath.Join(c.wibRoot, name), "--state-dir", filepath.Join(c.opt.Dir, "hosts", name),
+		"--metaserver", c.MetaURL, "--join-token-file", c.JoinTokenFile()}, c.opt.ExtraHostdArgs...))
 	if name == c.HostName {
 		p.Log = filepath.Join(c.opt.Dir, "logs", "hostd.log")
 	}
@@ -343,6 +348,34 @@ func (c *Cluster) Client() *api.Client {
 		cl = cl.WithToken(c.Token)
 	}
 	return cl
+}
+
+// JoinTokenFile is the file that holds the join token the cluster's
+// daemons register with the first time.
+func (c *Cluster) JoinTokenFile() string { return filepath.Join(c.opt.Dir, "join.token") }
+
+// joinTokenName names the join token of the daemons localcluster starts.
+const joinTokenName = "localcluster-join"
+
+// ensureJoinToken makes the join token of JoinTokenFile unless the file
+// exists (a cluster started before); a token of that name whose secret
+// was lost is replaced.
+func (c *Cluster) ensureJoinToken(ctx context.Context) error {
+	if _, err := os.Stat(c.JoinTokenFile()); err == nil {
+		return nil
+	}
+	cl := c.Client()
+	t, err := cl.CreateToken(ctx, api.CreateTokenRequest{Name: joinTokenName, Role: api.RoleJoin})
+	if api.IsAlreadyExists(err) {
+		if err := cl.RevokeToken(ctx, joinTokenName); err != nil {
+			return fmt.Errorf("replacing the join token: %w", err)
+		}
+		t, err = cl.CreateToken(ctx, api.CreateTokenRequest{Name: joinTokenName, Role: api.RoleJoin})
+	}
+	if err != nil {
+		return fmt.Errorf("the daemons' join token: %w", err)
+	}
+	return os.WriteFile(c.JoinTokenFile(), []byte(t.Secret+"\n"), 0o600)
 }
 
 // TokenFile is the file that holds the cluster's admin token.

@@ -184,8 +184,7 @@ func (ts *testServer) rawGet(t *testing.T, path string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+ts.Token)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := ts.HTTP.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package metaserver
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,14 +16,29 @@ import (
 // token unless "", and decodes the error envelope.
 func rawCall(t *testing.T, token, method, url, body string) (int, api.Error) {
 	t.Helper()
+	hc := http.DefaultClient
+	if token != "" {
+		hc = &http.Client{Transport: bearerTransport(token)}
+	}
+	return rawCallWith(t, hc, method, url, body)
+}
+
+type bearerTransport string
+
+func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+string(b))
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// rawCallWith sends a request with hc and decodes the error envelope.
+func rawCallWith(t *testing.T, hc *http.Client, method, url, body string) (int, api.Error) {
+	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,6 +59,7 @@ func rawCall(t *testing.T, token, method, url, body string) (int, api.Error) {
 func TestRequestBodies(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Config{})
+	cs := ts.addChunkserver(t, "cs1", "", 1<<30)
 	volumes := ts.URL + "/api/v1/volumes"
 	tests := []struct {
 		name, method, url, body string
@@ -60,11 +77,11 @@ func TestRequestBodies(t *testing.T) {
 		{"bad chunkserver id", "POST", ts.URL + "/api/v1/chunkservers/x/heartbeat", `{}`, 400, api.CodeInvalidArgument, "not a positive integer"},
 		{"zero host id", "POST", ts.URL + "/api/v1/hosts/0/heartbeat", ``, 400, api.CodeInvalidArgument, "not a positive integer"},
 		{"unknown volume", "GET", volumes + "/nope", ``, 404, api.CodeNotFound, `"nope"`},
-		{"heartbeat unknown field", "POST", ts.URL + "/api/v1/chunkservers/1/heartbeat", `{"disk":[]}`, 400, api.CodeInvalidArgument, "disk"},
+		{"heartbeat unknown field", "POST", fmt.Sprintf("%s/api/v1/chunkservers/%d/heartbeat", ts.URL, cs), `{"disk":[]}`, 400, api.CodeInvalidArgument, "disk"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, e := rawCall(t, ts.Token, tt.method, tt.url, tt.body)
+			status, e := rawCallWith(t, ts.HTTP, tt.method, tt.url, tt.body)
 			if status != tt.status || e.Code != tt.code || !strings.Contains(e.Message, tt.contains) {
 				t.Errorf("HTTP %d %s %q; want %d %s containing %q", status, e.Code, e.Message, tt.status, tt.code, tt.contains)
 			}

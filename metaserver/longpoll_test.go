@@ -235,9 +235,10 @@ func TestLongPollParameters(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Config{})
 	a := ts.addChunkserver(t, "a", "", gib)
+	h := ts.addHost(t, "h")
 	for _, q := range []string{"after=-1", "after=x", "wait=abc", "wait=-1s", "wait=-3", "wait=NaN"} {
-		for _, path := range []string{"/api/v1/chunkservers/" + strconv.FormatInt(a, 10) + "/chunks", "/api/v1/hosts/1/volumes"} {
-			resp, err := http.Get(ts.URL + path + "?" + q)
+		for _, path := range []string{"/api/v1/chunkservers/" + strconv.FormatInt(a, 10) + "/chunks", "/api/v1/hosts/" + strconv.FormatInt(h, 10) + "/volumes"} {
+			resp, err := ts.HTTP.Get(ts.URL + path + "?" + q)
 			if err != nil {
 				t.Fatal(err)
 			}

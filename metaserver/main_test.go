@@ -1,18 +1,22 @@
 package metaserver
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -107,6 +111,9 @@ type testServer struct {
 	// Token is the cluster's admin token; Client sends it.
 	Token  string
 	Client *api.Client
+	// HTTP sends requests as Client does: the admin token, or a daemon's
+	// credential on that daemon's routes (daemonCreds).
+	HTTP *http.Client
 	// Stop cancels Run and returns its result; later calls return the same.
 	Stop func() error
 }
@@ -142,8 +149,9 @@ func startServer(t *testing.T, cfg Config) *testServer {
 		t.Fatal(err)
 	}
 	cfg.Listener = ln
+	var creds *daemonCreds
 	if cfg.AdminTokenFile == "" && cfg.Stdout == nil {
-		cfg.AdminTokenFile = tokenFileFor(t, cfg.DatabaseURL)
+		cfg.AdminTokenFile, creds = clusterFor(t, cfg.DatabaseURL)
 	}
 	s, err := New(cfg)
 	if err != nil {
@@ -188,9 +196,82 @@ func startServer(t *testing.T, cfg Config) *testServer {
 			t.Fatalf("the admin token of the test's cluster: %v", err)
 		}
 		ts.Token = strings.TrimSpace(string(data))
-		ts.Client = ts.Client.WithToken(ts.Token)
+		creds.admin = ts.Token
+		ts.HTTP = &http.Client{Transport: creds}
+		ts.Client = api.NewClient(base, ts.HTTP)
 	}
 	return ts
+}
+
+// daemonCreds is the transport of a test server's Client: it plays every
+// daemon of the test, each with its own credential. A registration is sent
+// with the name's credential once it has one (with the admin token before,
+// which admits a new name and gets its credential), a daemon's route with
+// that daemon's credential, every other request with the admin token.
+type daemonCreds struct {
+	mu    sync.Mutex
+	admin string
+	creds map[string]string // "chunkserver:NAME" and "chunkserver#ID" (or host) → credential
+}
+
+var daemonRouteRE = regexp.MustCompile(`^/api/v1/(chunkservers|hosts)(?:/([0-9]+)(?:/.*)?)?$`)
+
+func (d *daemonCreds) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	token := d.admin
+	var register string // "kind:name" of a registration
+	m := daemonRouteRE.FindStringSubmatch(r.URL.Path)
+	kind := ""
+	if m != nil {
+		kind = strings.TrimSuffix(m[1], "s")
+	}
+	d.mu.Lock()
+	switch {
+	case m != nil && m[2] == "" && r.Method == http.MethodPost:
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			d.mu.Unlock()
+			return nil, err
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		var req struct{ Name string }
+		_ = json.Unmarshal(body, &req)
+		register = kind + ":" + req.Name
+		if c, ok := d.creds[register]; ok {
+			token = c
+		}
+	case m != nil && m[2] != "":
+		if c, ok := d.creds[kind+"#"+m[2]]; ok {
+			token = c
+		}
+	}
+	d.mu.Unlock()
+	r.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err != nil || register == "" || resp.StatusCode != http.StatusOK {
+		return resp, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	var got struct {
+		ID         int64
+		Credential string
+	}
+	if json.Unmarshal(body, &got) == nil {
+		d.mu.Lock()
+		if got.Credential != "" {
+			d.creds[register] = got.Credential
+		}
+		if c, ok := d.creds[register]; ok {
+			d.creds[fmt.Sprintf("%s#%d", kind, got.ID)] = c
+		}
+		d.mu.Unlock()
+	}
+	return resp, nil
 }
 
 // startServerOut is startServer with the admin token shown on w instead of
@@ -200,25 +281,31 @@ func startServerOut(t *testing.T, cfg Config, w io.Writer) *testServer {
 	return startServer(t, cfg)
 }
 
-var tokenFiles struct {
+var clusters struct {
 	sync.Mutex
-	byURL map[string]string
+	byURL map[string]testCluster
 }
 
-// tokenFileFor is the admin token file of the cluster at dbURL: every
-// server a test starts on one database shares it (the first writes it).
-func tokenFileFor(t *testing.T, dbURL string) string {
-	tokenFiles.Lock()
-	defer tokenFiles.Unlock()
-	if tokenFiles.byURL == nil {
-		tokenFiles.byURL = map[string]string{}
+type testCluster struct {
+	tokenFile string
+	creds     *daemonCreds
+}
+
+// clusterFor is the admin token file and the daemons' credentials of the
+// cluster at dbURL: every server a test starts on one database shares them
+// (the first writes the file).
+func clusterFor(t *testing.T, dbURL string) (string, *daemonCreds) {
+	clusters.Lock()
+	defer clusters.Unlock()
+	if clusters.byURL == nil {
+		clusters.byURL = map[string]testCluster{}
 	}
-	f, ok := tokenFiles.byURL[dbURL]
+	c, ok := clusters.byURL[dbURL]
 	if !ok {
-		f = filepath.Join(t.TempDir(), "admin.token")
-		tokenFiles.byURL[dbURL] = f
+		c = testCluster{tokenFile: filepath.Join(t.TempDir(), "admin.token"), creds: &daemonCreds{creds: map[string]string{}}}
+		clusters.byURL[dbURL] = c
 	}
-	return f
+	return c.tokenFile, c.creds
 }
 
 // exec runs SQL directly on the test server's schema.

@@ -25,16 +25,27 @@ func (s *Server) routes() http.Handler {
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(s.requireReady)
 
-		// The daemons' routes: no operator token.
-		r.Get("/cluster", s.getCluster)
-		r.Post("/chunkservers", s.registerChunkserver)
-		r.Post("/chunkservers/{id}/heartbeat", s.chunkserverHeartbeat)
-		r.Get("/chunkservers/{id}/chunks", s.chunkAssignments)
-		r.Delete("/chunkservers/{id}/chunks/{chunk}", s.ackChunkDeleted)
-		r.Post("/hosts", s.registerHost)
-		r.Post("/hosts/{id}/heartbeat", s.hostHeartbeat)
-		r.Get("/hosts/{id}/volumes", s.hostVolumes)
-		r.Post("/hosts/{id}/report", s.hostReport)
+		// The daemons' routes: registration takes a join token or the
+		// daemon's credential, the routes of one daemon only that daemon's
+		// credential, GET /cluster any token.
+		r.Group(func(r chi.Router) {
+			r.Use(s.identify)
+			r.Get("/cluster", s.getCluster)
+			r.Post("/chunkservers", s.registerChunkserver)
+			r.Post("/hosts", s.registerHost)
+			r.Route("/chunkservers/{id}", func(r chi.Router) {
+				r.Use(s.daemonOnly(api.RoleChunkserver))
+				r.Post("/heartbeat", s.chunkserverHeartbeat)
+				r.Get("/chunks", s.chunkAssignments)
+				r.Delete("/chunks/{chunk}", s.ackChunkDeleted)
+			})
+			r.Route("/hosts/{id}", func(r chi.Router) {
+				r.Use(s.daemonOnly(api.RoleHost))
+				r.Post("/heartbeat", s.hostHeartbeat)
+				r.Get("/volumes", s.hostVolumes)
+				r.Post("/report", s.hostReport)
+			})
+		})
 
 		// Operator routes that change nothing: any token.
 		r.Group(func(r chi.Router) {
@@ -100,7 +111,7 @@ func (s *Server) registerChunkserver(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	resp, err := s.st.registerChunkserver(r.Context(), req)
+	resp, err := s.st.registerChunkserver(r.Context(), req, callerOf(r))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -211,7 +222,7 @@ func (s *Server) registerHost(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	resp, err := s.st.registerHost(r.Context(), req)
+	resp, err := s.st.registerHost(r.Context(), req, callerOf(r))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

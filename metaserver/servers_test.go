@@ -183,8 +183,9 @@ func TestHeartbeatErrors(t *testing.T) {
 	ts := startServer(t, Config{})
 	ctx := t.Context()
 	cs := ts.addChunkserver(t, "cs", "", gib)
-	wantCode(t, ts.Client.ChunkserverHeartbeat(ctx, cs+100, api.ChunkserverHeartbeat{}), api.CodeNotFound, http.StatusNotFound)
-	wantCode(t, ts.Client.HostHeartbeat(ctx, 12345), api.CodeNotFound, http.StatusNotFound)
+	// Another server's routes take only its credential.
+	wantCode(t, ts.Client.ChunkserverHeartbeat(ctx, cs+100, api.ChunkserverHeartbeat{}), api.CodePermissionDenied, http.StatusForbidden)
+	wantCode(t, ts.Client.HostHeartbeat(ctx, 12345), api.CodePermissionDenied, http.StatusForbidden)
 	err := ts.Client.ChunkserverHeartbeat(ctx, cs, api.ChunkserverHeartbeat{
 		Disks: []api.DiskInfo{{Path: "/elsewhere", CapacityBytes: gib, FreeBytes: gib}},
 	})
@@ -194,9 +195,9 @@ func TestHeartbeatErrors(t *testing.T) {
 	})
 	wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
 	_, err = ts.Client.ChunkAssignments(ctx, cs+100, 0, 0)
-	wantCode(t, err, api.CodeNotFound, http.StatusNotFound)
+	wantCode(t, err, api.CodePermissionDenied, http.StatusForbidden)
 	_, err = ts.Client.HostVolumes(ctx, 12345, 0, 0)
-	wantCode(t, err, api.CodeNotFound, http.StatusNotFound)
+	wantCode(t, err, api.CodePermissionDenied, http.StatusForbidden)
 }
 
 func TestHostRegistrationIsIdempotent(t *testing.T) {

@@ -115,7 +115,7 @@ func (st *store) generation(ctx context.Context, q querier) (gen, chunkSize int6
 // its disk list. A disk left out of the list that still holds chunks cannot
 // go (the chunks reference it): it stays, with no capacity, so placement
 // avoids it.
-func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunkserverRequest) (*api.RegisterChunkserverResponse, error) {
+func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunkserverRequest, caller *principal) (*api.RegisterChunkserverResponse, error) {
 	resp := &api.RegisterChunkserverResponse{
 		ClusterSecret: st.secret,
 		IOTimeoutMS:   st.ioTimeout.Milliseconds(),
@@ -130,7 +130,16 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 	var kept []string
 	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
 		resp.ChunkSize = chunkSize
-		err := tx.QueryRow(ctx, `
+		var existing int64
+		err := tx.QueryRow(ctx, `SELECT id FROM chunkservers WHERE name = $1 FOR UPDATE`, req.Name).Scan(&existing)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		issue, err := admitDaemon(ctx, tx, api.RoleChunkserver, req.Name, existing, caller)
+		if err != nil {
+			return err
+		}
+		err = tx.QueryRow(ctx, `
 			INSERT INTO chunkservers (name, addr, control_addr, fault_domain) VALUES ($1, $2, $3, $4)
 			ON CONFLICT (name) DO UPDATE
 			SET addr = EXCLUDED.addr, control_addr = EXCLUDED.control_addr,
@@ -138,6 +147,11 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 			RETURNING id`, req.Name, req.Addr, req.ControlAddr, req.FaultDomain).Scan(&resp.ID)
 		if err != nil {
 			return fmt.Errorf("upsert chunkserver: %w", err)
+		}
+		if issue {
+			if resp.Credential, err = st.issueCredential(ctx, tx, api.RoleChunkserver, req.Name, resp.ID); err != nil {
+				return err
+			}
 		}
 		_, err = tx.Exec(ctx, `
 			INSERT INTO disks (chunkserver_id, path, capacity_bytes, free_bytes)
@@ -445,19 +459,36 @@ func (st *store) listChunks(ctx context.Context, volume string) ([]api.Chunk, er
 }
 
 // registerHost inserts or updates a host by name.
-func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest) (*api.RegisterHostResponse, error) {
+func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest, caller *principal) (*api.RegisterHostResponse, error) {
 	resp := &api.RegisterHostResponse{
-		ClusterSecret: st.secret,
-		IOTimeoutMS:   st.ioTimeout.Milliseconds(),
-		LogPeriodMS:   st.logPeriod.Milliseconds(),
+		IOTimeoutMS: st.ioTimeout.Milliseconds(),
+		LogPeriodMS: st.logPeriod.Milliseconds(),
 	}
-	err := st.db.QueryRow(ctx, `
-		INSERT INTO hosts (name, iscsi_addr, incarnation) VALUES ($1, $2, 1)
-		ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now(),
-			incarnation = hosts.incarnation + 1
-		RETURNING id, incarnation`, req.Name, req.ISCSIAddr).Scan(&resp.ID, &resp.Incarnation)
+	err := pgx.BeginFunc(ctx, st.db, func(tx pgx.Tx) error {
+		var existing int64
+		err := tx.QueryRow(ctx, `SELECT id FROM hosts WHERE name = $1 FOR UPDATE`, req.Name).Scan(&existing)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		issue, err := admitDaemon(ctx, tx, api.RoleHost, req.Name, existing, caller)
+		if err != nil {
+			return err
+		}
+		err = tx.QueryRow(ctx, `
+			INSERT INTO hosts (name, iscsi_addr, incarnation) VALUES ($1, $2, 1)
+			ON CONFLICT (name) DO UPDATE SET iscsi_addr = EXCLUDED.iscsi_addr, last_heartbeat = now(),
+				incarnation = hosts.incarnation + 1
+			RETURNING id, incarnation`, req.Name, req.ISCSIAddr).Scan(&resp.ID, &resp.Incarnation)
+		if err != nil {
+			return fmt.Errorf("register host: %w", err)
+		}
+		if issue {
+			resp.Credential, err = st.issueCredential(ctx, tx, api.RoleHost, req.Name, resp.ID)
+		}
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("register host: %w", err)
+		return nil, err
 	}
 	return resp, nil
 }

@@ -64,12 +64,56 @@ func validateCreateToken(req api.CreateTokenRequest) error {
 		return invalid("token name %q: use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name)
 	}
 	switch req.Role {
-	case api.RoleAdmin, api.RoleReader:
+	case api.RoleAdmin, api.RoleReader, api.RoleJoin:
 		return nil
 	case "":
-		return invalid("token role is required: %s or %s", api.RoleAdmin, api.RoleReader)
+		return invalid("token role is required: %s, %s or %s", api.RoleAdmin, api.RoleReader, api.RoleJoin)
 	}
-	return invalid("token role %q: use %s or %s", req.Role, api.RoleAdmin, api.RoleReader)
+	return invalid("token role %q: use %s, %s or %s (daemons get their own credentials when they join)", req.Role, api.RoleAdmin, api.RoleReader, api.RoleJoin)
+}
+
+// admitDaemon decides, in the registration's transaction, whether caller
+// may register the chunkserver or host (kind) name, whose row has ID
+// existing (0: none yet), and whether it gets a credential now. A name
+// that holds a credential takes only that credential; a new name, or one
+// whose credential was revoked (or that registered before credentials
+// existed), takes a join or admin token and is issued one.
+func admitDaemon(ctx context.Context, tx pgx.Tx, kind, name string, existing int64, caller *principal) (issue bool, err error) {
+	if caller == nil {
+		return false, api.Errorf(api.CodeUnauthenticated, "registering %s %q needs a join token or its credential", kind, name)
+	}
+	held := false
+	if existing != 0 {
+		col := kind + "_id"
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM api_tokens WHERE `+col+` = $1)`, existing).Scan(&held); err != nil {
+			return false, err
+		}
+	}
+	switch {
+	case held && caller.role == kind && caller.serverID == existing:
+		return false, nil
+	case held:
+		return false, api.Errorf(api.CodePermissionDenied, "%s %q is registered: registering it again needs its own credential (kept in its data directory), not token %q", kind, name, caller.name)
+	case caller.role == api.RoleJoin || caller.role == api.RoleAdmin:
+		return true, nil
+	}
+	return false, api.Errorf(api.CodePermissionDenied, "registering %s %q needs a join token (chunkraid token create NAME --role join); token %q has role %s", kind, name, caller.name, caller.role)
+}
+
+// issueCredential makes the credential of chunkserver or host (kind) id.
+func (st *store) issueCredential(ctx context.Context, tx pgx.Tx, kind, name string, id int64) (string, error) {
+	secret, err := newTokenSecret()
+	if err != nil {
+		return "", err
+	}
+	// "kind:name": no operator token can be named so (tokenNameRE).
+	_, err = tx.Exec(ctx, `INSERT INTO api_tokens (name, role, hash, `+kind+`_id) VALUES ($1, $2, $3, $4)`,
+		kind+":"+name, kind, st.hashToken(secret), id)
+	if err != nil {
+		return "", fmt.Errorf("issue the %s's credential: %w", kind, err)
+	}
+	return secret, addEvents(ctx, tx, event{Kind: "credential_issued", Subject: kind + "/" + name,
+		Message: fmt.Sprintf("%s %s joined and got its credential", kind, name)})
 }
 
 // createToken makes a token; its secret is in the answer and nowhere else.
@@ -133,9 +177,11 @@ func (st *store) revokeToken(ctx context.Context, name string) error {
 	})
 }
 
-// principal is who a request comes from.
+// principal is who a request comes from: an operator's token, a join
+// token, or a daemon's credential (serverID is its chunkserver or host).
 type principal struct {
 	name, role string
+	serverID   int64
 }
 
 // lookupToken finds the token's row; nil if the metaserver knows no such
@@ -145,7 +191,8 @@ func (st *store) lookupToken(ctx context.Context, token string) (*principal, err
 		return nil, nil
 	}
 	var p principal
-	err := st.db.QueryRow(ctx, `SELECT name, role FROM api_tokens WHERE hash = $1`, st.hashToken(token)).Scan(&p.name, &p.role)
+	err := st.db.QueryRow(ctx, `SELECT name, role, coalesce(chunkserver_id, host_id, 0) FROM api_tokens WHERE hash = $1`,
+		st.hashToken(token)).Scan(&p.name, &p.role, &p.serverID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -257,6 +304,10 @@ func (s *Server) authenticate(need access) func(http.Handler) http.Handler {
 				s.writeError(w, r, err)
 				return
 			}
+			if p.role != api.RoleAdmin && p.role != api.RoleReader {
+				s.writeError(w, r, api.Errorf(api.CodePermissionDenied, "%s %s is an operator route; token %q has role %s", r.Method, r.URL.Path, p.name, p.role))
+				return
+			}
 			if need == accessAdmin && p.role != api.RoleAdmin {
 				s.writeError(w, r, api.Errorf(api.CodePermissionDenied, "%s %s needs an admin token; token %q has role %s", r.Method, r.URL.Path, p.name, p.role))
 				return
@@ -322,6 +373,44 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("token revoked", "name", name, "by", callerName(r))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// identify puts the principal of a request in its context: any token the
+// metaserver knows (401 without one); the daemons' routes decide which.
+func (s *Server) identify(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, err := s.principalOf(r)
+		if err != nil {
+			if api.ErrorCode(err) == api.CodeUnauthenticated {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="chunkraid"`)
+			}
+			s.writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}
+
+// daemonOnly admits to the routes of chunkserver or host (kind) {id} only
+// that daemon's credential (403 for any other token).
+func (s *Server) daemonOnly(kind string) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p := callerOf(r)
+			id, err := parseID(kind, chi.URLParam(r, "id"))
+			if err == nil && (p == nil || p.role != kind || p.serverID != id) {
+				s.writeError(w, r, api.Errorf(api.CodePermissionDenied, "%s %s is %s %d's own route; token %q (role %s) may not call it", r.Method, r.URL.Path, kind, id, p.name, p.role))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// callerOf is the principal of r, nil if it carried no token.
+func callerOf(r *http.Request) *principal {
+	p, _ := r.Context().Value(principalKey{}).(*principal)
+	return p
 }
 
 // callerName names the principal of an authenticated request.

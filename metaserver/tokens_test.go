@@ -3,6 +3,7 @@ package metaserver
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"regexp"
 	"slices"
@@ -18,8 +19,8 @@ import (
 // token (the operator routes) or is a daemon's.
 var publicRoutes = []string{"GET /healthz"}
 
-// daemonRoutes are the routes the daemons call: registration, heartbeats,
-// assignments and reports.
+// daemonRoutes are the routes the daemons call with their join token or
+// credential: registration, heartbeats, assignments and reports.
 var daemonRoutes = []string{
 	"GET /api/v1/cluster",
 	"POST /api/v1/chunkservers",
@@ -37,8 +38,9 @@ var daemonRoutes = []string{
 var adminReads = []string{"GET /api/v1/tokens"}
 
 // TestRouteTableRequiresTokens walks every route of the router, so that a
-// route cannot be born open: each is public or a daemon's by the lists
-// above, or it refuses a request without a token and with a token the
+// route cannot be born open: each is public by the list above, or refuses
+// a request without a token and with an unknown one (401); a daemon's
+// route (TestDaemonCredentials has the rest), or it refuses a request without a token and with a token the
 // metaserver does not know (401 unauthenticated), and, if it changes
 // anything (or is in adminReads), a reader's token (403 permission_denied);
 // a reader may call the others and an admin every one.
@@ -46,6 +48,14 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, Config{})
 	reader, err := ts.Client.CreateToken(t.Context(), api.CreateTokenRequest{Name: "ro", Role: api.RoleReader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	join, err := ts.Client.CreateToken(t.Context(), api.CreateTokenRequest{Name: "j", Role: api.RoleJoin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := api.NewClient(ts.URL, nil).WithToken(join.Secret).RegisterHost(t.Context(), api.RegisterHostRequest{Name: "h", ISCSIAddr: "127.0.0.1:3260"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +72,15 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 	for _, r := range slices.Concat(publicRoutes, daemonRoutes) {
 		if !slices.Contains(walked, r) {
 			t.Errorf("%s is listed as public or a daemon's but is not a route", r)
+		}
+	}
+	for _, r := range daemonRoutes {
+		method, path, _ := strings.Cut(r, " ")
+		for _, token := range []string{"", "chunkraid_notatoken"} {
+			code, e := rawCall(t, token, method, ts.URL+param.ReplaceAllString(path, "1"), `{}`)
+			if code != 401 || e.Code != api.CodeUnauthenticated {
+				t.Errorf("%s with token %q: HTTP %d %s, want 401 unauthenticated", r, token, code, e.Code)
+			}
 		}
 	}
 	for _, r := range walked {
@@ -81,6 +100,8 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 			{"no token", "", 401, api.CodeUnauthenticated, true},
 			{"an unknown token", "chunkraid_notatoken", 401, api.CodeUnauthenticated, true},
 			{"a token of another scheme", "Basic YWRtaW46YWRtaW4=", 401, api.CodeUnauthenticated, true},
+			{"a join token", join.Secret, 403, api.CodePermissionDenied, true},
+			{"a host's credential", host.Credential, 403, api.CodePermissionDenied, true},
 			{"a reader", reader.Secret, 403, api.CodePermissionDenied, mutating},
 			{"a reader", reader.Secret, 0, "", !mutating},
 			{"an admin", ts.Token, 0, "", true},
@@ -116,7 +137,7 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 	if len(operator) < 15 {
 		t.Fatalf("only %d operator routes walked: %v", len(operator), operator)
 	}
-	t.Logf("%d routes walked: %d public, %d the daemons', %d operator routes refused without a valid token (and, if mutating, to a reader)",
+	t.Logf("%d routes walked: %d public, %d the daemons', %d operator routes refused without a valid token, to a join token and to a daemon's credential (and, if mutating, to a reader)",
 		len(walked), len(publicRoutes), len(daemonRoutes), len(operator))
 }
 
@@ -220,5 +241,106 @@ func TestAdminTokenShownOnce(t *testing.T) {
 	}
 	if _, err := api.NewClient(second.URL, nil).WithToken(m[1]).ListTokens(context.Background()); err != nil {
 		t.Fatalf("the admin token after a restart: %v", err)
+	}
+}
+
+// TestDaemonCredentials: a join token admits a new chunkserver or host,
+// which gets a credential of its own; a registered name takes only its
+// credential; a daemon's routes take only its own credential; neither a
+// join token nor a daemon's credential opens an operator route; the cluster
+// secret goes to chunkservers only.
+func TestDaemonCredentials(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	ctx := t.Context()
+	join, err := ts.Client.CreateToken(ctx, api.CreateTokenRequest{Name: "rack1", Role: api.RoleJoin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	as := func(token string) *api.Client { return api.NewClient(ts.URL, nil).WithToken(token) }
+	joiner := as(join.Secret)
+	cs, err := joiner.RegisterChunkserver(ctx, chunkserverReq("cs-a"))
+	if err != nil {
+		t.Fatalf("a new chunkserver with a join token: %v", err)
+	}
+	if !strings.HasPrefix(cs.Credential, tokenPrefix) || cs.ClusterSecret == "" {
+		t.Fatalf("registration answer %+v", cs)
+	}
+	h, err := joiner.RegisterHost(ctx, api.RegisterHostRequest{Name: "h-a", ISCSIAddr: "127.0.0.1:3260"})
+	if err != nil || !strings.HasPrefix(h.Credential, tokenPrefix) {
+		t.Fatalf("a new host with a join token: %+v, %v", h, err)
+	}
+	h2, err := joiner.RegisterHost(ctx, api.RegisterHostRequest{Name: "h-b", ISCSIAddr: "127.0.0.1:3261"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csc, hc := as(cs.Credential), as(h.Credential)
+
+	// The attacks, each refused.
+	req := chunkserverReq("cs-a")
+	req.Addr = "127.0.0.1:6666"
+	if _, err := joiner.RegisterChunkserver(ctx, req); !api.IsPermissionDenied(err) {
+		t.Errorf("re-registering cs-a elsewhere with the join token: %v, want permission_denied", err)
+	}
+	if _, err := ts.Client.RegisterHost(ctx, api.RegisterHostRequest{Name: "h-a", ISCSIAddr: "127.0.0.1:6666"}); err == nil {
+		t.Error("re-registering h-a elsewhere with the admin token succeeded")
+	}
+	if _, err := hc.RegisterHost(ctx, api.RegisterHostRequest{Name: "h-b", ISCSIAddr: "127.0.0.1:6666"}); !api.IsPermissionDenied(err) {
+		t.Errorf("h-a re-registering h-b: %v, want permission_denied", err)
+	}
+	if _, err := hc.HostVolumes(ctx, h2.ID, 0, 0); !api.IsPermissionDenied(err) {
+		t.Errorf("h-a reading h-b's volumes: %v, want permission_denied", err)
+	}
+	if err := hc.HostReport(ctx, h2.ID, api.HostReport{}); !api.IsPermissionDenied(err) {
+		t.Errorf("h-a reporting for h-b: %v, want permission_denied", err)
+	}
+	if err := csc.HostHeartbeat(ctx, h.ID); !api.IsPermissionDenied(err) {
+		t.Errorf("a chunkserver's credential on a host's route: %v, want permission_denied", err)
+	}
+	if _, err := hc.ChunkAssignments(ctx, cs.ID, 0, 0); !api.IsPermissionDenied(err) {
+		t.Errorf("a host reading a chunkserver's chunks: %v, want permission_denied", err)
+	}
+	for name, c := range map[string]*api.Client{"a join token": joiner, "a chunkserver": csc, "a host": hc} {
+		if _, err := c.ListVolumes(ctx); !api.IsPermissionDenied(err) {
+			t.Errorf("%s listing volumes: %v, want permission_denied", name, err)
+		}
+		if _, err := c.CreateToken(ctx, api.CreateTokenRequest{Name: "x", Role: api.RoleAdmin}); !api.IsPermissionDenied(err) {
+			t.Errorf("%s creating a token: %v, want permission_denied", name, err)
+		}
+	}
+
+	// Their own routes, with their own credentials.
+	if _, err := csc.RegisterChunkserver(ctx, chunkserverReq("cs-a")); err != nil {
+		t.Errorf("cs-a registering again with its credential: %v", err)
+	}
+	if err := csc.ChunkserverHeartbeat(ctx, cs.ID, api.ChunkserverHeartbeat{Disks: chunkserverReq("cs-a").Disks}); err != nil {
+		t.Errorf("cs-a's heartbeat: %v", err)
+	}
+	again, err := hc.RegisterHost(ctx, api.RegisterHostRequest{Name: "h-a", ISCSIAddr: "127.0.0.1:3260"})
+	if err != nil || again.Credential != "" {
+		t.Errorf("h-a registering again with its credential: %+v, %v (no new credential)", again, err)
+	}
+	if _, err := hc.HostVolumes(ctx, h.ID, 0, 0); err != nil {
+		t.Errorf("h-a's volumes: %v", err)
+	}
+	raw, err := json.Marshal(again)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if secret := ts.clusterSecret(t); bytes.Contains(raw, []byte(secret)) || bytes.Contains(raw, []byte("cluster_secret")) {
+		t.Errorf("a host's registration answer carries the cluster secret: %s", raw)
+	}
+
+	// A revoked credential: the daemon is out; a join token admits the name
+	// again with a new credential.
+	if err := ts.Client.RevokeToken(ctx, "host:h-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := hc.HostHeartbeat(ctx, h.ID); !api.IsUnauthenticated(err) {
+		t.Errorf("a revoked credential: %v, want unauthenticated", err)
+	}
+	back, err := joiner.RegisterHost(ctx, api.RegisterHostRequest{Name: "h-a", ISCSIAddr: "127.0.0.1:3260"})
+	if err != nil || back.Credential == "" || back.Credential == h.Credential || back.ID != h.ID {
+		t.Errorf("h-a rejoining after its credential was revoked: %+v, %v", back, err)
 	}
 }

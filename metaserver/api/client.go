@@ -12,13 +12,15 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
 // Client calls the metaserver's REST API. It is safe for concurrent use.
 type Client struct {
-	base string
-	hc   *http.Client
+	base  string
+	hc    *http.Client
+	token *atomic.Pointer[string] // the bearer token, if any; read by hc's transport
 }
 
 const (
@@ -47,30 +49,54 @@ func NewClient(baseURL string, hc *http.Client) *Client {
 			ExpectContinueTimeout: time.Second,
 		}}
 	}
-	return &Client{base: strings.TrimRight(baseURL, "/"), hc: hc}
+	return newClient(strings.TrimRight(baseURL, "/"), hc, "")
 }
 
-// WithToken returns a client of the same metaserver that sends token as
-// its bearer token (Authorization: Bearer), as every operator route needs.
-func (c *Client) WithToken(token string) *Client {
-	hc := *c.hc
+// newClient wraps hc's transport so that every request carries the
+// client's bearer token when it has one.
+func newClient(base string, hc *http.Client, token string) *Client {
+	c := &Client{base: base, token: new(atomic.Pointer[string])}
+	if token != "" {
+		c.token.Store(&token)
+	}
 	next := hc.Transport
 	if next == nil {
 		next = http.DefaultTransport
 	}
-	hc.Transport = bearer{token: token, next: next}
-	return &Client{base: c.base, hc: &hc}
+	wrapped := *hc
+	wrapped.Transport = bearer{token: c.token, next: next}
+	c.hc = &wrapped
+	return c
 }
 
-// bearer adds a bearer token to every request.
+// WithToken makes the client send token as its bearer token
+// (Authorization: Bearer), as every operator route needs, and returns it.
+func (c *Client) WithToken(token string) *Client {
+	c.SetToken(token)
+	return c
+}
+
+// SetToken makes the client send token from now on ("": none). A daemon
+// swaps its join token for the credential its registration returns.
+func (c *Client) SetToken(token string) {
+	if token == "" {
+		c.token.Store(nil)
+		return
+	}
+	c.token.Store(&token)
+}
+
+// bearer adds the client's bearer token, if any, to every request.
 type bearer struct {
-	token string
+	token *atomic.Pointer[string]
 	next  http.RoundTripper
 }
 
 func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
+	if t := b.token.Load(); t != nil {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+*t)
+	}
 	return b.next.RoundTrip(r)
 }
 

@@ -35,10 +35,15 @@ const (
 )
 
 // Token roles. An admin may call every operator route, a reader only the
-// ones that change nothing.
+// ones that change nothing; a join token admits a new chunkserver or host,
+// which gets a credential of its own (role chunkserver or host) that only
+// its own routes take.
 const (
-	RoleAdmin  = "admin"
-	RoleReader = "reader"
+	RoleAdmin       = "admin"
+	RoleReader      = "reader"
+	RoleJoin        = "join"
+	RoleChunkserver = "chunkserver"
+	RoleHost        = "host"
 )
 
 // CreateTokenRequest is the body of POST /api/v1/tokens.
@@ -97,9 +102,12 @@ type RegisterChunkserverResponse struct {
 	ID        int64 `json:"id"`
 	ChunkSize int64 `json:"chunk_size"`
 	// ClusterSecret (hex) verifies export and control tokens (ExportToken).
-	// The API is not authenticated yet, so the secret is only as safe as
-	// the network the API listens on (loopback by default).
+	// Only chunkservers receive it.
 	ClusterSecret string `json:"cluster_secret"`
+	// Credential is the chunkserver's own token, issued at its first
+	// registration with a join token (empty otherwise): it keeps it and
+	// sends it on every later call.
+	Credential string `json:"credential,omitempty"`
 	// IOTimeoutMS is t_io, the longest a member request may be in flight.
 	IOTimeoutMS int64 `json:"io_timeout_ms"`
 	// LogPeriodMS is T, the rotation period of the chunks' LOG bitmaps.
@@ -191,11 +199,11 @@ type RegisterHostResponse struct {
 	// above every earlier one. The host puts it in its reports
 	// (VolumeReport.Incarnation).
 	Incarnation int64 `json:"incarnation"`
-	// ClusterSecret, IOTimeoutMS and LogPeriodMS are as in
-	// RegisterChunkserverResponse.
-	ClusterSecret string `json:"cluster_secret"`
-	IOTimeoutMS   int64  `json:"io_timeout_ms"`
-	LogPeriodMS   int64  `json:"log_period_ms"`
+	// IOTimeoutMS and LogPeriodMS are as in RegisterChunkserverResponse.
+	IOTimeoutMS int64 `json:"io_timeout_ms"`
+	LogPeriodMS int64 `json:"log_period_ms"`
+	// Credential is as in RegisterChunkserverResponse, for the host.
+	Credential string `json:"credential,omitempty"`
 }
 
 // Host is a registered hostd as listed by the API.
