@@ -118,6 +118,7 @@ chunkraid is running.
   hostd         %s, iSCSI portal %s
   volume        demo, iSCSI URL:
                 %s
+  join token    %s (a chunkserver or hostd you add: --join-token-file)
 
 Try it:
   qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s
@@ -132,7 +133,7 @@ Try it:
 Logs: %s
 PostgreSQL: %s
 Press Ctrl-C to stop.
-`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, url, url, EnvMetaserver, c.MetaURL, EnvToken, c.Token,
+`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, c.JoinTokenFile(), url, url, EnvMetaserver, c.MetaURL, EnvToken, c.Token,
 		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"), pgDir)
 
 	<-ctx.Done()

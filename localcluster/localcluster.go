@@ -390,7 +390,7 @@ func (c *Cluster) Dir() string { return c.opt.Dir }
 func (c *Cluster) waitHTTP(ctx context.Context) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		_, err := c.Client().Cluster(ctx)
+		err := c.Client().Health(ctx)
 		if err == nil {
 			return nil
 		}

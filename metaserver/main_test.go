@@ -196,7 +196,9 @@ func startServer(t *testing.T, cfg Config) *testServer {
 			t.Fatalf("the admin token of the test's cluster: %v", err)
 		}
 		ts.Token = strings.TrimSpace(string(data))
+		creds.mu.Lock()
 		creds.admin = ts.Token
+		creds.mu.Unlock()
 		ts.HTTP = &http.Client{Transport: creds}
 		ts.Client = api.NewClient(base, ts.HTTP)
 	}
@@ -218,7 +220,6 @@ var daemonRouteRE = regexp.MustCompile(`^/api/v1/(chunkservers|hosts)(?:/([0-9]+
 
 func (d *daemonCreds) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
-	token := d.admin
 	var register string // "kind:name" of a registration
 	m := daemonRouteRE.FindStringSubmatch(r.URL.Path)
 	kind := ""
@@ -226,6 +227,7 @@ func (d *daemonCreds) RoundTrip(r *http.Request) (*http.Response, error) {
 		kind = strings.TrimSuffix(m[1], "s")
 	}
 	d.mu.Lock()
+	token := d.admin
 	switch {
 	case m != nil && m[2] == "" && r.Method == http.MethodPost:
 		body, err := io.ReadAll(r.Body)
