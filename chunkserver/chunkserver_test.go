@@ -728,3 +728,52 @@ func TestFailedChunkInHeartbeat(t *testing.T) {
 		return len(fc) == 1 && fc[0].ID == "a" && !fc[0].Quarantined && strings.Contains(fc[0].Reason, "input/output error")
 	})
 }
+
+// TestReadOnlyExport: a read-only export name (what the metaserver issues
+// for volume verify) reads the chunk, refuses every write with EPERM,
+// leaves the LOG alone when its connection is cut, and opens no control
+// call; a read-only token on a read-write name is refused.
+func TestReadOnlyExport(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	w := cs.dial(t, exportName("c1", "h1", 1), nil)
+	if err := w.WriteAt(ctx, []byte("data"), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ro := api.ExportName{Chunk: "c1", Host: "verify", Epoch: 1, ReadOnly: true, Token: api.ReadOnlyExportToken(testSecret, "c1", "verify", 1)}
+	p := newProxy(t, cs.nbdAddr)
+	c, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: p.addr(), Export: ro.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make([]byte, 4)
+	if err := c.ReadAt(ctx, got, 0); err != nil || string(got) != "data" {
+		t.Fatalf("read through the read-only name: %q, %v", got, err)
+	}
+	var ne *nbd.Error
+	if err := c.WriteAt(ctx, []byte("evil"), 0, false); !errors.As(err, &ne) || ne.Errno != nbd.EPERM {
+		t.Fatalf("write through the read-only name: %v, want EPERM", err)
+	}
+	p.cut()
+	time.Sleep(100 * time.Millisecond)
+	if lb := cs.logBits(t, "c1", 1); lb.Pinned {
+		t.Fatal("a cut read-only connection pinned the LOG")
+	}
+	if _, err := cs.ctl.Fence(ctx, "c1", api.ControlRequest{Host: ro.Host, Epoch: 1 << 62, Token: ro.Token}); err == nil {
+		t.Fatal("a read-only token fenced the chunk")
+	}
+	forged := ro
+	forged.ReadOnly = false
+	if _, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: cs.nbdAddr, Export: forged.String()}); err == nil {
+		t.Fatal("a read-only token opened a read-write name")
+	}
+	r := cs.dial(t, exportName("c1", "h1", 1), nil)
+	if err := r.ReadAt(ctx, got, 0); err != nil || string(got) != "data" {
+		t.Fatalf("after the refused write: %q, %v", got, err)
+	}
+}

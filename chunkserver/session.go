@@ -122,6 +122,10 @@ func (ss *session) markDrained() {
 
 func (ss *session) Size() int64 { return ss.c.Size() }
 
+// ReadOnly reports a read-only export name (mode=ro): the NBD server
+// refuses every change through it.
+func (ss *session) ReadOnly() bool { return ss.name.ReadOnly }
+
 func (ss *session) ReadAt(p []byte, off int64) error {
 	if err := ss.begin(); err != nil {
 		return err
@@ -215,6 +219,8 @@ func (ss *session) Detached(clean bool) {
 		log.Debug("connection closed by the host")
 	case ss.fenced.Load():
 		log.Info("fenced connection closed")
+	case ss.name.ReadOnly:
+		log.Debug("read-only connection ended; it wrote nothing, so nothing to pin")
 	default:
 		// The persist is bounded by the disk; nothing waits on this but
 		// the connection's own goroutine.

@@ -34,6 +34,18 @@ type Export interface {
 	WriteZeroes(off, length int64, noHole bool) error
 }
 
+// ReadOnly is optionally implemented by an Export: when ReadOnly is true
+// the export is offered with NBD_FLAG_READ_ONLY and every request that
+// would change it (write, trim, write zeroes) fails with EPERM.
+type ReadOnly interface {
+	ReadOnly() bool
+}
+
+func isReadOnly(exp Export) bool {
+	ro, ok := exp.(ReadOnly)
+	return ok && ro.ReadOnly()
+}
+
 // Extenter is optionally implemented by an Export to answer the
 // base:allocation meta context. Without it every range is reported as
 // allocated data (status 0), which the protocol allows.
@@ -310,6 +322,7 @@ type conn struct {
 	metaExport string         // export named by the last SET_META_CONTEXT
 	meta       []*metaContext // contexts it selected
 	exp        Export
+	readOnly   bool // c.exp refuses changes
 	size       uint64
 	hooks      ConnHooks // c.exp's hooks, if it has them
 
@@ -387,7 +400,7 @@ func (c *conn) option(opt uint32, data []byte) (bool, error) {
 			return false, fmt.Errorf("export %q refused: %w", name, err)
 		}
 		c.enter(name, exp)
-		if _, err := c.nc.Write(AppendExportNameReply(nil, c.size, c.transmissionFlags(), c.noZeroes)); err != nil {
+		if _, err := c.nc.Write(AppendExportNameReply(nil, c.size, c.transmissionFlags(exp), c.noZeroes)); err != nil {
 			return false, fmt.Errorf("write export reply: %w", err)
 		}
 		return true, nil
@@ -431,14 +444,18 @@ func (c *conn) open(name string) (Export, error) {
 // export name do not apply to it.
 func (c *conn) enter(name string, exp Export) {
 	c.exp = exp
+	c.readOnly = isReadOnly(exp)
 	c.size = uint64(exp.Size())
 	if c.metaExport != name {
 		c.meta = nil
 	}
 }
 
-func (c *conn) transmissionFlags() uint16 {
+func (c *conn) transmissionFlags(exp Export) uint16 {
 	f := transmissionFlags
+	if isReadOnly(exp) {
+		f |= FlagReadOnly
+	}
 	if c.structured {
 		// Reads are always answered with a single content chunk.
 		f |= FlagSendDF
@@ -456,7 +473,7 @@ func (c *conn) optExport(opt uint32, data []byte) (bool, error) {
 		return false, c.optError(opt, RepErrUnknown, err.Error())
 	}
 	size := uint64(exp.Size())
-	if err := c.optReply(opt, RepInfo, AppendInfoExport(nil, size, c.transmissionFlags())); err != nil {
+	if err := c.optReply(opt, RepInfo, AppendInfoExport(nil, size, c.transmissionFlags(exp))); err != nil {
 		return false, err
 	}
 	if slices.Contains(req.Infos, InfoBlockSize) {
@@ -673,7 +690,11 @@ func (c *conn) serve(r *request) {
 			return
 		}
 	case CmdWrite:
-		if err = c.check(q, 0, ENOSPC); err == nil {
+		switch err = c.check(q, 0, ENOSPC); {
+		case err != nil:
+		case c.readOnly:
+			err = reqError(EPERM, "the export is read-only")
+		default:
 			err = c.exp.WriteAt(*r.data, int64(q.Offset))
 		}
 		err = c.fua(q, err)
@@ -682,12 +703,20 @@ func (c *conn) serve(r *request) {
 			err = c.exp.Sync()
 		}
 	case CmdTrim:
-		if err = c.check(q, 0, EINVAL); err == nil && q.Length > 0 {
+		switch err = c.check(q, 0, EINVAL); {
+		case err != nil:
+		case c.readOnly:
+			err = reqError(EPERM, "the export is read-only")
+		case q.Length > 0:
 			err = c.exp.Trim(int64(q.Offset), int64(q.Length))
 		}
 		err = c.fua(q, err)
 	case CmdWriteZeroes:
-		if err = c.check(q, CmdFlagNoHole, ENOSPC); err == nil && q.Length > 0 {
+		switch err = c.check(q, CmdFlagNoHole, ENOSPC); {
+		case err != nil:
+		case c.readOnly:
+			err = reqError(EPERM, "the export is read-only")
+		case q.Length > 0:
 			err = c.exp.WriteZeroes(int64(q.Offset), int64(q.Length), q.Flags&CmdFlagNoHole != 0)
 		}
 		err = c.fua(q, err)

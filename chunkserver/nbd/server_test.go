@@ -533,3 +533,41 @@ func TestHandshakeTimeout(t *testing.T) {
 		t.Fatalf("silent client kept for %v", d)
 	}
 }
+
+type roExport struct{ *memExport }
+
+func (roExport) ReadOnly() bool { return true }
+
+// TestReadOnlyExport: an export that says it is read-only is offered with
+// NBD_FLAG_READ_ONLY; writes, trims and write-zeroes fail with EPERM and
+// change nothing; reads work.
+func TestReadOnlyExport(t *testing.T) {
+	mem := newMemExport(8192)
+	if err := mem.WriteAt([]byte("kept"), 100); err != nil {
+		t.Fatal(err)
+	}
+	addr := serveExports(t, map[string]Export{"ro": roExport{mem}, "rw": newMemExport(8192)}, nil)
+	c := dial(t, ClientConfig{Addr: addr, Export: "ro"})
+	if c.neg.flags&FlagReadOnly == 0 {
+		t.Fatalf("transmission flags %#x lack NBD_FLAG_READ_ONLY", c.neg.flags)
+	}
+	ctx := t.Context()
+	for name, err := range map[string]error{
+		"write":        c.WriteAt(ctx, []byte("gone"), 100, false),
+		"write FUA":    c.WriteAt(ctx, []byte("gone"), 100, true),
+		"trim":         c.Trim(ctx, 0, 4096),
+		"write zeroes": c.WriteZeroes(ctx, 0, 4096),
+	} {
+		var ne *Error
+		if !errors.As(err, &ne) || ne.Errno != EPERM {
+			t.Errorf("%s on a read-only export: %v, want EPERM", name, err)
+		}
+	}
+	got := make([]byte, 4)
+	if err := c.ReadAt(ctx, got, 100); err != nil || string(got) != "kept" {
+		t.Fatalf("read: %q, %v", got, err)
+	}
+	if rw := dial(t, ClientConfig{Addr: addr, Export: "rw"}); rw.neg.flags&FlagReadOnly != 0 {
+		t.Error("a writable export is offered read-only")
+	}
+}

@@ -28,15 +28,19 @@ const (
 // the chunk id, the host, the volume epoch and an access token, written as
 //
 //	<chunk>;host=<host>;epoch=<epoch>;token=<hex>
+//	<chunk>;host=<host>;epoch=<epoch>;mode=ro;token=<hex>
 //
-// The token is HMAC-SHA256 over "chunk\x00host\x00epoch" with the cluster
-// secret; the chunkserver recomputes it and refuses a wrong token or an
-// epoch below the chunk's fenced minimum.
+// The token is HMAC-SHA256 over "chunk\x00host\x00epoch" (read-only:
+// "chunk\x00host\x00epoch\x00ro") with the cluster secret; the chunkserver
+// recomputes it and refuses a wrong token or an epoch below the chunk's
+// fenced minimum. A read-only name opens the chunk read-only and cannot
+// make a control call: the metaserver issues such names for volume verify.
 type ExportName struct {
-	Chunk string
-	Host  string
-	Epoch int64
-	Token string // hex
+	Chunk    string
+	Host     string
+	Epoch    int64
+	ReadOnly bool
+	Token    string // hex
 }
 
 // ErrBadExportName is returned by ParseExportName.
@@ -44,6 +48,9 @@ var ErrBadExportName = errors.New("bad export name")
 
 // String formats the export name.
 func (e ExportName) String() string {
+	if e.ReadOnly {
+		return fmt.Sprintf("%s;host=%s;epoch=%d;mode=ro;token=%s", e.Chunk, e.Host, e.Epoch, e.Token)
+	}
 	return fmt.Sprintf("%s;host=%s;epoch=%d;token=%s", e.Chunk, e.Host, e.Epoch, e.Token)
 }
 
@@ -51,7 +58,7 @@ func (e ExportName) String() string {
 // refused: every export needs an epoch and a token.
 func ParseExportName(s string) (ExportName, error) {
 	parts := strings.Split(s, ";")
-	if len(parts) != 4 || parts[0] == "" {
+	if len(parts) != 4 && len(parts) != 5 || parts[0] == "" {
 		return ExportName{}, fmt.Errorf("%w %q: want <chunk>;host=H;epoch=N;token=T", ErrBadExportName, s)
 	}
 	e := ExportName{Chunk: parts[0]}
@@ -71,11 +78,16 @@ func ParseExportName(s string) (ExportName, error) {
 			e.Epoch = n
 		case "token":
 			e.Token = v
+		case "mode":
+			if v != "ro" || e.ReadOnly {
+				return ExportName{}, fmt.Errorf("%w %q: mode %q (only mode=ro, once)", ErrBadExportName, s, v)
+			}
+			e.ReadOnly = true
 		default:
 			return ExportName{}, fmt.Errorf("%w %q: unknown field %q", ErrBadExportName, s, k)
 		}
 	}
-	if e.Host == "" || e.Epoch == 0 || e.Token == "" {
+	if e.Host == "" || e.Epoch == 0 || e.Token == "" || len(parts) == 5 && !e.ReadOnly {
 		return ExportName{}, fmt.Errorf("%w %q: host, epoch and token are required", ErrBadExportName, s)
 	}
 	return e, nil
@@ -84,18 +96,31 @@ func ParseExportName(s string) (ExportName, error) {
 // ExportToken computes the access token of (chunk, host, epoch) with the
 // cluster secret (hex-encoded, as returned at registration).
 func ExportToken(secretHex, chunk, host string, epoch int64) string {
+	return exportToken(secretHex, fmt.Sprintf("%s\x00%s\x00%d", chunk, host, epoch))
+}
+
+// ReadOnlyExportToken computes the token of a read-only export name of
+// (chunk, host, epoch).
+func ReadOnlyExportToken(secretHex, chunk, host string, epoch int64) string {
+	return exportToken(secretHex, fmt.Sprintf("%s\x00%s\x00%d\x00ro", chunk, host, epoch))
+}
+
+func exportToken(secretHex, msg string) string {
 	key, err := hex.DecodeString(secretHex)
 	if err != nil {
 		key = []byte(secretHex)
 	}
 	m := hmac.New(sha256.New, key)
-	fmt.Fprintf(m, "%s\x00%s\x00%d", chunk, host, epoch)
+	m.Write([]byte(msg))
 	return hex.EncodeToString(m.Sum(nil))
 }
 
 // ValidToken reports whether e carries the right token for secretHex.
 func (e ExportName) ValidToken(secretHex string) bool {
 	want := ExportToken(secretHex, e.Chunk, e.Host, e.Epoch)
+	if e.ReadOnly {
+		want = ReadOnlyExportToken(secretHex, e.Chunk, e.Host, e.Epoch)
+	}
 	return hmac.Equal([]byte(want), []byte(e.Token))
 }
 
