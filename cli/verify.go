@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -40,7 +39,7 @@ non-zero when anything disagrees.`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			v, err := o.client().GetVolume(ctx, args[0])
+			v, err := o.client().ReadExports(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -90,7 +89,7 @@ func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout,
 	var members []raid.Device
 	for _, m := range s.Members {
 		if m.Export == "" {
-			return vd, errors.New("the volume is not attached to a host, so its chunks have no export names yet")
+			return vd, fmt.Errorf("the metaserver issued no export name for member %s", m.ChunkID)
 		}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		c, err := nbd.Dial(dctx, nbd.ClientConfig{Addr: m.Addr, Export: m.Export, Timeout: 30 * time.Second,

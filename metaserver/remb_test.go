@@ -254,17 +254,37 @@ func TestExportNamesAndAttach(t *testing.T) {
 	}
 	checkExports(free, "", 1)
 
+	// The operator's answers carry no export name: only the host's do.
 	v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "vol", SizeBytes: 100 << 20, Layout: "mirror:2", Host: "h1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	first := checkExports(v, "h1", 1)
-	hv, err := ts.Client.HostVolumes(ctx, h1, 0, 0)
-	if err != nil || len(hv.Volumes) != 1 {
-		t.Fatalf("host volumes: %+v, %v", hv, err)
+	checkExports(v, "", 1)
+	hostView := func(id int64) *api.Volume {
+		t.Helper()
+		hv, err := ts.Client.HostVolumes(ctx, id, 0, 0)
+		if err != nil || len(hv.Volumes) != 1 {
+			t.Fatalf("host volumes: %+v, %v", hv, err)
+		}
+		return &hv.Volumes[0]
 	}
-	if got := checkExports(&hv.Volumes[0], "h1", 1); strings.Join(got, ",") != strings.Join(first, ",") {
-		t.Errorf("HostVolumes exports %v, want %v", got, first)
+	first := checkExports(hostView(h1), "h1", 1)
+	for _, path := range []string{"/api/v1/volumes", "/api/v1/volumes/vol"} {
+		if b := ts.rawGet(t, path); strings.Contains(string(b), "token=") || strings.Contains(string(b), `"export"`) {
+			t.Errorf("GET %s carries export names: %s", path, b)
+		}
+	}
+
+	// Read-only names for volume verify: their own token, the epoch's.
+	ro, err := ts.Client.ReadExports(ctx, "vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ro.Sets[0].Members {
+		e, err := api.ParseExportName(m.Export)
+		if err != nil || !e.ReadOnly || e.Epoch != 1 || !e.ValidToken(secret) || slices.Contains(first, m.Export) {
+			t.Errorf("read-only export %q: %+v, %v", m.Export, e, err)
+		}
 	}
 
 	// Attach to h2: the epoch moves, every export name changes.
@@ -275,7 +295,8 @@ func TestExportNamesAndAttach(t *testing.T) {
 	if v.Epoch != 2 || v.Host != "h2" || v.CleanDetach {
 		t.Fatalf("after attach: %+v", v)
 	}
-	second := checkExports(v, "h2", 2)
+	checkExports(v, "", 2)
+	second := checkExports(hostView(h2), "h2", 2)
 	for i := range second {
 		if second[i] == first[i] {
 			t.Errorf("export %q did not change with the epoch", second[i])
@@ -300,7 +321,8 @@ func TestExportNamesAndAttach(t *testing.T) {
 	if v.Epoch != 3 || v.CleanDetach {
 		t.Errorf("after the third attach: epoch %d clean %v", v.Epoch, v.CleanDetach)
 	}
-	checkExports(v, "h1", 3)
+	checkExports(v, "", 3)
+	checkExports(hostView(h1), "h1", 3)
 
 	var msgs []string
 	for _, e := range eventsOf(ts.events(t, "vol"), api.EventVolumeAttached) {

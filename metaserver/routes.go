@@ -68,6 +68,7 @@ func (s *Server) routes() http.Handler {
 			r.Put("/volumes/{name}/chap", s.setVolumeCHAP)
 			r.Delete("/volumes/{name}/chap", s.clearVolumeCHAP)
 			r.Post("/volumes/{name}/initiators", s.updateInitiators)
+			r.Post("/volumes/{name}/read-exports", s.readExports)
 			r.Post("/tokens", s.createToken)
 			r.Get("/tokens", s.listTokens)
 			r.Delete("/tokens/{name}", s.revokeToken)
@@ -313,6 +314,19 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	s.writeJSON(w, http.StatusOK, v)
+}
+
+// readExports answers the volume with read-only export names of its
+// members (volume verify reads them); an admin's route, as it opens the
+// volume's bytes.
+func (s *Server) readExports(w http.ResponseWriter, r *http.Request) {
+	v, err := s.st.readExports(r.Context(), chi.URLParam(r, "name"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("read-only export names issued", "volume", v.Name, "epoch", v.Epoch, "by", callerName(r))
 	s.writeJSON(w, http.StatusOK, v)
 }
 

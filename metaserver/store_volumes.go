@@ -17,9 +17,13 @@ type volumeFilter struct {
 	id     int64
 	name   string
 	hostID int64
-	// secrets fills in the CHAP secrets. Only the answer to the host a
-	// volume is attached to (hostVolumes) may carry them.
+	// secrets fills in the CHAP secrets and the members' export names.
+	// Only the answer to the host a volume is attached to (hostVolumes)
+	// may carry them.
 	secrets bool
+	// readOnly fills in read-only export names of the members at the
+	// volume's epoch (readExports, for volume verify).
+	readOnly bool
 }
 
 // loadVolumes returns the volumes that match f, ordered by name, complete
@@ -127,10 +131,16 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		if failed != nil {
 			m.ChunkFailed = *failed
 		}
-		if v.Host != "" {
+		switch {
+		case f.secrets && v.Host != "":
 			m.Export = api.ExportName{
 				Chunk: m.ChunkID, Host: v.Host, Epoch: v.Epoch,
 				Token: api.ExportToken(st.secret, m.ChunkID, v.Host, v.Epoch),
+			}.String()
+		case f.readOnly:
+			m.Export = api.ExportName{
+				Chunk: m.ChunkID, Host: readOnlyExportHost, Epoch: v.Epoch, ReadOnly: true,
+				Token: api.ReadOnlyExportToken(st.secret, m.ChunkID, readOnlyExportHost, v.Epoch),
 			}.String()
 		}
 		s := &v.Sets[len(v.Sets)-1]
@@ -159,6 +169,23 @@ func (st *store) getVolume(ctx context.Context, name string) (*api.Volume, error
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		var err error
 		out, err = st.loadVolume(ctx, tx, volumeFilter{name: name})
+		return err
+	})
+	return out, err
+}
+
+// readOnlyExportHost is the host of the read-only export names: it names
+// the connection in the chunkservers' logs.
+const readOnlyExportHost = "verify"
+
+// readExports returns volume name with read-only export names of its
+// members, bound to its current epoch: a move of the volume (a new epoch,
+// fenced) ends them.
+func (st *store) readExports(ctx context.Context, name string) (*api.Volume, error) {
+	var out *api.Volume
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		var err error
+		out, err = st.loadVolume(ctx, tx, volumeFilter{name: name, readOnly: true})
 		return err
 	})
 	return out, err

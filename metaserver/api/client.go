@@ -100,6 +100,13 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 	return b.next.RoundTrip(r)
 }
 
+// ReadExports returns volume name with read-only export names of its
+// members (Member.Export), bound to the volume's epoch: what volume verify
+// opens the chunks with.
+func (c *Client) ReadExports(ctx context.Context, name string) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/read-exports", nil, nil, RequestTimeout)
+}
+
 // CreateToken creates an API token; its secret is in the answer (Secret)
 // and nowhere else.
 func (c *Client) CreateToken(ctx context.Context, req CreateTokenRequest) (*Token, error) {

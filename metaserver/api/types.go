@@ -222,10 +222,11 @@ type Member struct {
 	Chunkserver string `json:"chunkserver"`
 	Addr        string `json:"addr"`                   // chunkserver NBD host:port
 	ControlAddr string `json:"control_addr,omitempty"` // chunkserver control API host:port
-	// Export is the NBD export name for the volume's host at the volume's
-	// epoch (the String form of an ExportName); empty while the volume is
-	// attached to no host.
-	Export string `json:"export"`
+	// Export is an NBD export name (the String form of an ExportName),
+	// set in two answers only: to the volume's host (HostVolumes), for that
+	// host at the volume's epoch; and to ReadExports, read-only. The
+	// operator routes never carry one.
+	Export string `json:"export,omitempty"`
 	// State is MemberInSync (the default), MemberDegraded or
 	// MemberResyncing, since StateSince.
 	State      string    `json:"state"`
