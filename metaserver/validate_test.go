@@ -109,3 +109,91 @@ func TestDescribeSize(t *testing.T) {
 		}
 	}
 }
+
+// fuzzDecoded feeds arbitrary bodies through the decoder into a value of
+// type T and then through validate: nothing panics and every refusal is
+// invalid_argument; accepted is called with what passed.
+func fuzzDecoded[T any](f *testing.F, seeds []string, validate func(*T) error, accepted func(t *testing.T, v *T)) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var v T
+		if err := decodeBytes(body, &v); err != nil {
+			if !api.IsInvalidArgument(err) {
+				t.Fatalf("decode error %v is not invalid_argument", err)
+			}
+			return
+		}
+		if err := validate(&v); err != nil {
+			if !api.IsInvalidArgument(err) {
+				t.Fatalf("validation error %v is not invalid_argument", err)
+			}
+			return
+		}
+		accepted(t, &v)
+	})
+}
+
+// FuzzCreateTokenRequest: POST /api/v1/tokens.
+func FuzzCreateTokenRequest(f *testing.F) {
+	fuzzDecoded(f, []string{`{"name":"ops","role":"admin"}`, `{"name":"x","role":"join"}`, `{"name":"Bad","role":"reader"}`, `{"name":"a:b","role":"host"}`},
+		func(r *api.CreateTokenRequest) error { return validateCreateToken(*r) },
+		func(t *testing.T, r *api.CreateTokenRequest) {
+			if !tokenNameRE.MatchString(r.Name) || strings.Contains(r.Name, ":") ||
+				(r.Role != api.RoleAdmin && r.Role != api.RoleReader && r.Role != api.RoleJoin) {
+				t.Fatalf("accepted %+v", r)
+			}
+		})
+}
+
+// FuzzRegisterHostRequest: POST /api/v1/hosts.
+func FuzzRegisterHostRequest(f *testing.F) {
+	fuzzDecoded(f, []string{`{"name":"h1","iscsi_addr":"127.0.0.1:3260"}`, `{"name":"","iscsi_addr":"x"}`},
+		func(r *api.RegisterHostRequest) error { return validateRegisterHost(*r) },
+		func(t *testing.T, r *api.RegisterHostRequest) {
+			if !serverNameRE.MatchString(r.Name) {
+				t.Fatalf("accepted %+v", r)
+			}
+		})
+}
+
+// FuzzChunkserverHeartbeat: POST /api/v1/chunkservers/{id}/heartbeat.
+func FuzzChunkserverHeartbeat(f *testing.F) {
+	fuzzDecoded(f, []string{`{"disks":[{"path":"/d","capacity_bytes":10,"free_bytes":5}]}`,
+		`{"disks":[],"failed_chunks":[{"id":"c","reason":"eio"}]}`},
+		func(hb *api.ChunkserverHeartbeat) error { return validateDisks(hb.Disks, false) },
+		func(t *testing.T, hb *api.ChunkserverHeartbeat) {
+			for _, d := range hb.Disks {
+				if d.Path == "" || d.FreeBytes < 0 || d.FreeBytes > d.CapacityBytes {
+					t.Fatalf("accepted disk %+v", d)
+				}
+			}
+		})
+}
+
+// FuzzSetCHAPRequest: PUT /api/v1/volumes/{name}/chap.
+func FuzzSetCHAPRequest(f *testing.F) {
+	fuzzDecoded(f, []string{`{"user":"u","secret":"long-enough-secret"}`,
+		`{"user":"u","secret":"long-enough-secret","mutual_user":"m","mutual_secret":"other-long-secret"}`},
+		func(r *api.SetCHAPRequest) error { return validateSetCHAP(*r) },
+		func(t *testing.T, r *api.SetCHAPRequest) {
+			if r.User == "" || len(r.Secret) < api.MinCHAPSecret || len(r.Secret) > api.MaxCHAPSecret ||
+				(r.MutualSecret != "" && r.MutualSecret == r.Secret) {
+				t.Fatalf("accepted %+v", r)
+			}
+		})
+}
+
+// FuzzAttachVolumeRequest: POST /api/v1/volumes/{name}/attach (the handler
+// needs a host).
+func FuzzAttachVolumeRequest(f *testing.F) {
+	fuzzDecoded(f, []string{`{"host":"h1"}`, `{}`},
+		func(r *api.AttachVolumeRequest) error {
+			if r.Host == "" {
+				return invalid("host is required")
+			}
+			return nil
+		},
+		func(t *testing.T, r *api.AttachVolumeRequest) {})
+}
