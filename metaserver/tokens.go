@@ -321,7 +321,7 @@ func (s *Server) authenticate(need access) func(http.Handler) http.Handler {
 func (s *Server) principalOf(r *http.Request) (*principal, error) {
 	h := r.Header.Get("Authorization")
 	if h == "" {
-		return nil, api.Errorf(api.CodeUnauthenticated, "%s %s needs a token: send Authorization: Bearer <token> (the chunkraid CLI reads CHUNKRAID_TOKEN or --token-file)", r.Method, r.URL.Path)
+		return nil, api.Errorf(api.CodeUnauthenticated, "%s %s needs a token: send Authorization: Bearer <token>", r.Method, r.URL.Path)
 	}
 	scheme, token, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
