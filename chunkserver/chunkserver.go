@@ -383,7 +383,7 @@ func (s *Server) register(ctx context.Context, adv, cadv string) error {
 		return fmt.Errorf("chunkserver: registration refused: %w", err)
 	}
 	if resp.Credential != "" {
-		if err := s.saveCredential(resp.Credential); err != nil {
+		if err := store.WriteFileAtomicMode(s.cfg.FS, s.credentialPath(), []byte(resp.Credential+"\n"), 0o600); err != nil {
 			return fmt.Errorf("chunkserver: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleChunkserver, s.cfg.Name, err)
 		}
 		s.meta.SetToken(resp.Credential)
@@ -411,26 +411,6 @@ func (s *Server) loadCredential() (string, error) {
 		return "", fmt.Errorf("chunkserver: credential: %w", err)
 	}
 	return strings.TrimSpace(string(b)), nil
-}
-
-// saveCredential keeps the credential durably (written, synced, renamed
-// into place, directory synced).
-func (s *Server) saveCredential(cred string) error {
-	tmp := s.credentialPath() + ".new"
-	f, err := s.cfg.FS.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, werr := f.WriteAt([]byte(cred+"\n"), 0)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr); err != nil {
-		return err
-	}
-	if err := s.cfg.FS.Rename(tmp, s.credentialPath()); err != nil {
-		return err
-	}
-	return s.cfg.FS.SyncDir(s.cfg.DataDir)
 }
 
 // configure takes the secret, t_io and T from a registration answer and

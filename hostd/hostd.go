@@ -25,6 +25,7 @@ import (
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/hostd/iscsi"
+	"github.com/chunkraid/chunkraid/internal/atomicfile"
 	"github.com/chunkraid/chunkraid/linear"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
@@ -245,7 +246,7 @@ func (s *Server) register(ctx context.Context, adv string) error {
 		return fmt.Errorf("hostd: registration refused: %w", err)
 	}
 	if resp.Credential != "" {
-		if err := writeFileDurably(credFile, resp.Credential+"\n"); err != nil {
+		if err := atomicfile.Write(credFile, []byte(resp.Credential+"\n"), 0o600); err != nil {
 			return fmt.Errorf("hostd: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleHost, s.cfg.Name, err)
 		}
 		s.meta.SetToken(resp.Credential)
@@ -272,35 +273,6 @@ func (s *Server) register(ctx context.Context, adv string) error {
 		return fmt.Errorf("hostd: reading the cluster's timeout budget: %w", err)
 	}
 	return checkBudget(s.cfg.IOTimeout, cl, resp.LogPeriodMS)
-}
-
-// writeFileDurably writes data to path (mode 0600): a new file, synced,
-// renamed into place, its directory synced.
-func writeFileDurably(path, data string) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".credential-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	_, werr := f.WriteString(data)
-	serr := f.Sync()
-	cerr := f.Close()
-	if err := errors.Join(werr, serr, cerr, os.Chmod(f.Name(), 0o600)); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	serr = d.Sync()
-	return errors.Join(serr, d.Close())
 }
 
 // checkBudget checks t_io against the cluster's offline_after and T with

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/chunkraid/chunkraid/internal/atomicfile"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/pglocal"
 )
@@ -375,7 +376,7 @@ func (c *Cluster) ensureJoinToken(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("the daemons' join token: %w", err)
 	}
-	return os.WriteFile(c.JoinTokenFile(), []byte(t.Secret+"\n"), 0o600)
+	return atomicfile.Write(c.JoinTokenFile(), []byte(t.Secret+"\n"), 0o600)
 }
 
 // TokenFile is the file that holds the cluster's admin token.

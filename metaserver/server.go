@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chunkraid/chunkraid/budget"
+	"github.com/chunkraid/chunkraid/internal/atomicfile"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/migrations"
 )
@@ -317,7 +318,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 // the caller's hands: in AdminTokenFile, or on Stdout.
 func (s *Server) showAdminToken(name, secret string) error {
 	if f := s.cfg.AdminTokenFile; f != "" {
-		if err := writeTokenFile(f, secret); err != nil {
+		if err := atomicfile.Write(f, []byte(secret+"\n"), 0o600); err != nil {
 			return fmt.Errorf("write the admin token to %s: %w", f, err)
 		}
 		s.log.Info("the cluster had no admin token: created one, written to the admin token file only", "name", name, "file", f)

@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -248,33 +246,6 @@ func (st *store) ensureAdminToken(ctx context.Context, show func(name, secret st
 	return created && err == nil, err
 }
 
-// writeTokenFile writes a token to path (mode 0600), replacing the file
-// whole.
-func writeTokenFile(path, token string) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".token-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.WriteString(token + "\n"); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
-}
-
 // access is what a route asks of its caller.
 type access int
 
@@ -296,12 +267,8 @@ type principalKey struct{}
 func (s *Server) authenticate(need access) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			p, err := s.principalOf(r)
-			if err != nil {
-				if api.ErrorCode(err) == api.CodeUnauthenticated {
-					w.Header().Set("WWW-Authenticate", `Bearer realm="chunkraid"`)
-				}
-				s.writeError(w, r, err)
+			p, ok := s.principalOrRefuse(w, r)
+			if !ok {
 				return
 			}
 			if p.role != api.RoleAdmin && p.role != api.RoleReader {
@@ -379,16 +346,24 @@ func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) {
 // metaserver knows (401 without one); the daemons' routes decide which.
 func (s *Server) identify(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, err := s.principalOf(r)
-		if err != nil {
-			if api.ErrorCode(err) == api.CodeUnauthenticated {
-				w.Header().Set("WWW-Authenticate", `Bearer realm="chunkraid"`)
-			}
-			s.writeError(w, r, err)
-			return
+		if p, ok := s.principalOrRefuse(w, r); ok {
+			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	})
+}
+
+// principalOrRefuse finds who sent r, or answers it with the error (401
+// with WWW-Authenticate for a missing or unknown token).
+func (s *Server) principalOrRefuse(w http.ResponseWriter, r *http.Request) (*principal, bool) {
+	p, err := s.principalOf(r)
+	if err != nil {
+		if api.ErrorCode(err) == api.CodeUnauthenticated {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="chunkraid"`)
+		}
+		s.writeError(w, r, err)
+		return nil, false
+	}
+	return p, true
 }
 
 // daemonOnly admits to the routes of chunkserver or host (kind) {id} only

@@ -159,7 +159,8 @@ func verifyAcked(t *testing.T, url string, acked []slotWrite) {
 }
 
 // memberImage reads one member chunk over NBD with qemu-img into a file and
-// returns its bytes. The export name carries the volume's epoch and token.
+// returns its bytes. m comes from ReadExports: its export name is
+// read-only, at the volume's epoch.
 func memberImage(t *testing.T, dir string, m api.Member) []byte {
 	t.Helper()
 	host, port, ok := strings.Cut(m.Addr, ":")
@@ -181,7 +182,7 @@ func memberImage(t *testing.T, dir string, m api.Member) []byte {
 // the members of each set are byte-identical.
 func checkReplicas(t *testing.T, c *localcluster.Cluster, volume string) {
 	t.Helper()
-	v, err := c.Client().GetVolume(t.Context(), volume)
+	v, err := c.Client().ReadExports(t.Context(), volume)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -91,7 +91,11 @@ func TestMirrorVolumeEndToEnd(t *testing.T) {
 	// Every replica, read over NBD by qemu-img, must be identical to its
 	// peer and hold the patterns at the right offsets.
 	dir := t.TempDir()
-	for _, s := range vol.Sets {
+	ro, err := c.Client().ReadExports(t.Context(), vol.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ro.Sets {
 		var sums [][32]byte
 		for j, m := range s.Members {
 			b := memberImage(t, dir, m)

@@ -403,8 +403,13 @@ func (s *Store) Create(id string, size int64) (*Chunk, error) {
 // and durably: it writes path+".tmp", fsyncs it, renames it over path and
 // fsyncs the directory.
 func WriteFileAtomic(fsys vfs.FS, path string, data []byte) error {
+	return WriteFileAtomicMode(fsys, path, data, 0o644)
+}
+
+// WriteFileAtomicMode is WriteFileAtomic with the mode of a new file.
+func WriteFileAtomicMode(fsys vfs.FS, path string, data []byte, perm os.FileMode) error {
 	tmp := path + ".tmp"
-	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
 		return err
 	}
