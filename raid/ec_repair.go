@@ -4,7 +4,6 @@
 package raid
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -184,22 +183,13 @@ func (e *EC) rebuildVerified(ctx context.Context, s int64, v *ecView, missed uin
 	if err := e.code.Reconstruct(b.shards, b.want); err != nil {
 		return false, false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
 	}
-	c := e.getBuf()
-	defer e.putBuf(c)
-	for i := range c.shards {
-		c.shards[i] = c.col(i, S)
-		if i < e.k {
-			c.shards[i] = b.shards[i]
-		}
+	torn, err := e.parityDisagrees(s, b, avail, S)
+	if err != nil {
+		return false, false, 0, err
 	}
-	if err := e.code.Encode(c.shards); err != nil {
-		return false, false, 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
-	}
-	for i := e.k; i < e.n; i++ {
-		if avail&(1<<i) != 0 && !bytes.Equal(c.shards[i], b.shards[i]) {
-			e.log.Error("ec stripe torn: its parity disagrees with its data and a data unit is stale", "stripe", s, "parity", i-e.k)
-			return true, false, 0, nil
-		}
+	if torn >= 0 {
+		e.log.Error("ec stripe torn: its parity disagrees with its data and a data unit is stale", "stripe", s, "parity", torn)
+		return true, false, 0, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return false, false, 0, err

@@ -285,6 +285,22 @@ func (e *EC) checkCodeword(s int64, b *stripeBuf, read uint64, w int64) error {
 	if bits.OnesCount64(read) <= e.k {
 		return nil
 	}
+	torn, err := e.parityDisagrees(s, b, read, w)
+	if err != nil {
+		return err
+	}
+	if torn >= 0 {
+		d := bits.TrailingZeros64(e.dataShards() &^ read)
+		return fmt.Errorf("%w: stripe %d's parity disagrees with its data and unit D%d is missing", ErrUnrecoverable, s, d)
+	}
+	return nil
+}
+
+// parityDisagrees encodes parity from the k data shards of b (columns of
+// width w of stripe s) and compares it with the parity shards in present:
+// it returns the index (from 0) of the first parity that differs, or -1 if
+// every one present agrees.
+func (e *EC) parityDisagrees(s int64, b *stripeBuf, present uint64, w int64) (int, error) {
 	c := e.getBuf()
 	defer e.putBuf(c)
 	for i := range c.shards {
@@ -294,15 +310,14 @@ func (e *EC) checkCodeword(s int64, b *stripeBuf, read uint64, w int64) error {
 		}
 	}
 	if err := e.code.Encode(c.shards); err != nil {
-		return fmt.Errorf("raid: ec stripe %d: %w", s, err)
+		return 0, fmt.Errorf("raid: ec stripe %d: %w", s, err)
 	}
 	for i := e.k; i < e.n; i++ {
-		if read&(1<<i) != 0 && !bytes.Equal(c.shards[i], b.shards[i]) {
-			d := bits.TrailingZeros64(e.dataShards() &^ read)
-			return fmt.Errorf("%w: stripe %d's parity disagrees with its data and unit D%d is missing", ErrUnrecoverable, s, d)
+		if present&(1<<i) != 0 && !bytes.Equal(c.shards[i], b.shards[i]) {
+			return i - e.k, nil
 		}
 	}
-	return nil
+	return -1, nil
 }
 
 // settleWrites fails every member whose write (or trim) of stripe s, made
