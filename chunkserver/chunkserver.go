@@ -127,6 +127,14 @@ type Config struct {
 	// announces at registration; meant for tests. Zero: the cluster's
 	// value, 60 s if it announces none.
 	LogPeriod time.Duration
+	// MaxConnections bounds the NBD connections served at once (one more
+	// is closed at once, with a log line); 0 means 256.
+	MaxConnections int
+	// MaxInFlightBytes bounds the payload bytes one NBD connection may
+	// have between request and reply; 0 means 64 MiB.
+	MaxInFlightBytes int64
+	// HandshakeTimeout bounds an NBD connection's handshake; 0 means 30 s.
+	HandshakeTimeout time.Duration
 
 	// writeSidecar replaces the store's sidecar writer (tests).
 	writeSidecar func(path string, data []byte) error
@@ -274,10 +282,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 
 	srv, err := nbd.NewServer(nbd.ServerConfig{
-		Lookup:       s.lookup,
-		List:         st.List,
-		Logger:       s.log.With("component", "nbd"),
-		MetaContexts: map[string]nbd.MetaContext{LogContext: logContext},
+		Lookup:           s.lookup,
+		List:             st.List,
+		Logger:           s.log.With("component", "nbd"),
+		MetaContexts:     map[string]nbd.MetaContext{LogContext: logContext},
+		MaxConns:         s.cfg.MaxConnections,
+		MaxInFlightBytes: s.cfg.MaxInFlightBytes,
+		HandshakeTimeout: s.cfg.HandshakeTimeout,
 	})
 	if err != nil {
 		return err

@@ -48,6 +48,8 @@ func newMetaserverCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.OfflineAfter, "offline-after", 10*time.Second, "a server without heartbeat for this long is offline")
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: hosts fail a member request not answered in this time (must be < --offline-after)")
 	f.DurationVar(&cfg.LogPeriod, "log-period", 60*time.Second, "T: chunk LOG bitmaps rotate every T (must be > --offline-after and >= 3 x --io-timeout)")
+	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 1<<20, "longest request body (at most 1 MiB of JSON is ever read)")
+	f.IntVar(&cfg.MaxLongPolls, "max-long-polls", 4, "long polls one caller may have waiting at once; one more is refused (429)")
 	f.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "write the admin token created at the cluster's first start here (mode 0600) instead of printing it once on standard output")
 	return cmd
 }
@@ -102,6 +104,9 @@ func newChunkserverCmd(o *rootOptions) *cobra.Command {
 	f.StringVar(&cfg.ControlListen, "control-listen", "127.0.0.1:10909", "control API listen address (fence, pin, LOG bitmaps)")
 	f.StringVar(&cfg.ControlAdvertise, "control-advertise", "", "control API address reported to the metaserver (default: the control listen address)")
 	f.StringVar(&joinFile, "join-token-file", "", "file holding a join token for the first registration (default: env "+EnvJoinToken+"); the credential it earns is kept in the data directory")
+	f.IntVar(&cfg.MaxConnections, "max-connections", 256, "NBD connections served at once; one more is refused")
+	f.Int64Var(&cfg.MaxInFlightBytes, "max-inflight-bytes", 64<<20, "payload bytes one NBD connection may have in flight (at least 32 MiB)")
+	f.DurationVar(&cfg.HandshakeTimeout, "handshake-timeout", 30*time.Second, "longest NBD handshake")
 	f.Int64Var(&cfg.LogRegion, "log-region", 64<<20, "LOG bitmap region size of new chunks in bytes (a power of two)")
 	return cmd
 }
@@ -136,6 +141,8 @@ func newHostdCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.HeartbeatInterval, "heartbeat", 2*time.Second, "heartbeat interval")
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 0, "t_io: a member request not answered in this time fails the member (default: the cluster's, 5s)")
 	f.IntVar(&cfg.BlockSize, "block-size", 512, "logical block size of the iSCSI LUNs (512 or 4096)")
+	f.IntVar(&cfg.MaxISCSIConnections, "max-connections", 256, "iSCSI connections the portal holds at once; one more is refused")
+	f.DurationVar(&cfg.LoginTimeout, "login-timeout", 30*time.Second, "longest iSCSI login")
 	f.StringVar(&joinFile, "join-token-file", "", "file holding a join token for the first registration (default: env "+EnvJoinToken+"); the credential it earns is kept in --state-dir")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory of what hostd keeps across reboots, its credential (default /var/lib/chunkraid/hostd-NAME)")
 	f.StringVar(&cfg.WIBDir, "wib-dir", "", "directory of the write-intent bitmaps, on a RAM file system (default /dev/shm/chunkraid-NAME)")

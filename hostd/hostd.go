@@ -54,6 +54,11 @@ type Config struct {
 	IOTimeout time.Duration
 	// BlockSize is the logical block size of the iSCSI LUNs. Default 512.
 	BlockSize int
+	// MaxISCSIConnections bounds the connections the iSCSI portal holds
+	// at once (one more is closed at once, with a log line); LoginTimeout
+	// bounds a connection's login. Defaults 256 and 30 s.
+	MaxISCSIConnections int
+	LoginTimeout        time.Duration
 	// WIBDir holds the write-intent bitmaps, one file per set. It should be
 	// on a RAM file system that survives a hostd restart but not a reboot.
 	// Default: /dev/shm/chunkraid-<name>.
@@ -179,7 +184,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	t, err := iscsi.New(iscsi.Config{Logger: cfg.Logger.With("component", "iscsi"), BlockSize: cfg.BlockSize})
+	t, err := iscsi.New(iscsi.Config{Logger: cfg.Logger.With("component", "iscsi"), BlockSize: cfg.BlockSize,
+		MaxConnections: cfg.MaxISCSIConnections, LoginTimeout: cfg.LoginTimeout})
 	if err != nil {
 		return nil, err
 	}

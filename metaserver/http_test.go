@@ -106,3 +106,18 @@ func TestHandlerBeforeRun(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxBodyBytes: a body longer than MaxBodyBytes is refused with 400 on
+// any route, and the answer says the limit.
+func TestMaxBodyBytes(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{MaxBodyBytes: 100})
+	body := `{"name":"v","size_bytes":4096,"layout":"mirror:2","host":"` + strings.Repeat("h", 200) + `"}`
+	status, e := rawCallWith(t, ts.HTTP, "POST", ts.URL+"/api/v1/volumes", body)
+	if status != 400 || e.Code != api.CodeInvalidArgument || !strings.Contains(e.Message, "exceeds 100 bytes") {
+		t.Errorf("a body of %d bytes: HTTP %d %+v", len(body), status, e)
+	}
+	if status, e := rawCallWith(t, ts.HTTP, "POST", ts.URL+"/api/v1/volumes", `{"name":"v","size_bytes":4096,"layout":"mirror:2"}`); status == 400 && strings.Contains(e.Message, "exceeds") {
+		t.Errorf("a short body refused: %+v", e)
+	}
+}

@@ -296,3 +296,57 @@ func FuzzParsePoll(f *testing.F) {
 		}
 	})
 }
+
+// TestLongPollsPerCaller: a caller may have MaxLongPolls polls waiting;
+// one more is refused with 429 resource_exhausted at once, another caller
+// is not affected, and the caller may poll again once one returns.
+func TestLongPollsPerCaller(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{MaxLongPolls: 2})
+	ctx := t.Context()
+	h := ts.addHost(t, "h")
+	other := ts.addHost(t, "other")
+	gen := func(id int64) int64 {
+		hv, err := ts.Client.HostVolumes(ctx, id, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hv.Generation
+	}
+	g := gen(h)
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := ts.Client.HostVolumes(pctx, h, g, 20*time.Second)
+			done <- err
+		}()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ts.waiting.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d polls waiting, want 2", ts.waiting.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	_, err := ts.Client.HostVolumes(ctx, h, g, 20*time.Second)
+	if api.ErrorCode(err) != api.CodeResourceExhausted || time.Since(start) > 5*time.Second {
+		t.Fatalf("a third long poll: %v after %v, want resource_exhausted at once", err, time.Since(start))
+	}
+	var se *api.Error
+	if errors.As(err, &se) && se.Status != http.StatusTooManyRequests {
+		t.Errorf("status %d, want 429", se.Status)
+	}
+	if _, err := ts.Client.HostVolumes(ctx, other, gen(other), 100*time.Millisecond); err != nil {
+		t.Errorf("another caller's long poll: %v", err)
+	}
+	cancel()
+	for range 2 {
+		<-done
+	}
+	if _, err := ts.Client.HostVolumes(ctx, h, g, 100*time.Millisecond); err != nil {
+		t.Errorf("a long poll after the others returned: %v", err)
+	}
+}

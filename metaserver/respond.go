@@ -15,11 +15,12 @@ import (
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
-// maxBody bounds a request body.
+// maxBody bounds a request body that decode reads, whatever
+// Config.MaxBodyBytes allows.
 const maxBody = 1 << 20
 
-// decode reads a JSON request body into v: at most 1 MiB, one value, no
-// unknown fields.
+// decode reads a JSON request body into v: at most 1 MiB (or
+// Config.MaxBodyBytes if less), one value, no unknown fields.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
@@ -27,7 +28,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		var mbe *http.MaxBytesError
 		switch {
 		case errors.As(err, &mbe):
-			return invalid("request body exceeds %d bytes", maxBody)
+			return invalid("request body exceeds %d bytes", mbe.Limit)
 		case errors.Is(err, io.EOF):
 			return invalid("request body is empty: send a JSON object")
 		}
@@ -118,6 +119,17 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 				"status", status, "duration", time.Since(start))
 		}()
 		next.ServeHTTP(rec, r)
+	})
+}
+
+// limitBody bounds the body of every request to Config.MaxBodyBytes: a
+// handler that reads more gets an error, never the bytes.
+func (s *Server) limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body != nil {
+			r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -3,6 +3,7 @@ package metaserver
 import (
 	"context"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -13,7 +14,7 @@ import (
 // routes returns the API's router. Every route is listed here.
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
-	r.Use(s.logRequests)
+	r.Use(s.logRequests, s.limitBody)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, api.Errorf(api.CodeNotFound, "no route %s %s: see the metaserver package documentation for the API", r.Method, r.URL.Path))
 	})
@@ -163,7 +164,7 @@ func (s *Server) chunkAssignments(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	out, err := longPoll(r.Context(), s, after, wait, func(ctx context.Context) (*api.ChunkAssignments, int64, error) {
+	out, err := longPoll(r.Context(), s, callerName(r), after, wait, func(ctx context.Context) (*api.ChunkAssignments, int64, error) {
 		a, err := s.st.chunkAssignments(ctx, id)
 		if err != nil {
 			return nil, 0, err
@@ -265,7 +266,7 @@ func (s *Server) hostVolumes(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	out, err := longPoll(r.Context(), s, after, wait, func(ctx context.Context) (*api.HostVolumes, int64, error) {
+	out, err := longPoll(r.Context(), s, callerName(r), after, wait, func(ctx context.Context) (*api.HostVolumes, int64, error) {
 		v, err := s.st.hostVolumes(ctx, id)
 		if err != nil {
 			return nil, 0, err
@@ -371,10 +372,19 @@ func orEmpty[T any](list []T) []T {
 // longPoll returns load's answer at once when its generation differs from
 // after or wait is 0; otherwise it waits until the generation changes, wait
 // passes, or the server shuts down, and returns the answer as it is then.
-// It ends early with the context's error when the client goes away.
-func longPoll[T any](ctx context.Context, s *Server, after int64, wait time.Duration, load func(context.Context) (T, int64, error)) (T, error) {
+// It ends early with the context's error when the client goes away. One
+// caller may hold at most MaxLongPolls waiting polls; one more is refused
+// (429 resource_exhausted).
+func longPoll[T any](ctx context.Context, s *Server, caller string, after int64, wait time.Duration, load func(context.Context) (T, int64, error)) (T, error) {
 	var timeout <-chan time.Time
 	if wait > 0 {
+		release, err := s.polls.enter(caller, s.cfg.MaxLongPolls)
+		if err != nil {
+			var zero T
+			s.log.Warn("long poll refused", "caller", caller, "err", err)
+			return zero, err
+		}
+		defer release()
 		t := time.NewTimer(wait)
 		defer t.Stop()
 		timeout = t.C
@@ -401,4 +411,31 @@ func longPoll[T any](ctx context.Context, s *Server, after int64, wait time.Dura
 			return zero, ctx.Err()
 		}
 	}
+}
+
+// pollCounts counts the waiting long polls of each caller.
+type pollCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// enter counts one more long poll of caller, or refuses it when caller
+// already has limit; release uncounts it.
+func (p *pollCounts) enter(caller string, limit int) (release func(), err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[caller] >= limit {
+		return nil, api.Errorf(api.CodeResourceExhausted, "%s already waits in %d long polls, the most one caller may: retry when one returns", caller, limit)
+	}
+	if p.n == nil {
+		p.n = map[string]int{}
+	}
+	p.n[caller]++
+	return func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.n[caller]--; p.n[caller] == 0 {
+			delete(p.n, caller)
+		}
+	}, nil
 }

@@ -61,6 +61,12 @@ type Config struct {
 	// Stdout receives the admin token when AdminTokenFile is empty; nil
 	// means os.Stdout.
 	Stdout io.Writer
+	// MaxLongPolls bounds the long polls one caller (token) may have
+	// waiting at once; one more is refused with 429. 0 means 4.
+	MaxLongPolls int
+	// MaxBodyBytes bounds every request's body; a longer one is refused
+	// (400). 0 means 1 MiB, also the most a JSON body may have.
+	MaxBodyBytes int64
 }
 
 const (
@@ -117,6 +123,18 @@ func (c *Config) validate() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.MaxLongPolls < 0 {
+		return fmt.Errorf("metaserver: MaxLongPolls %d must not be negative", c.MaxLongPolls)
+	}
+	if c.MaxLongPolls == 0 {
+		c.MaxLongPolls = 4
+	}
+	if c.MaxBodyBytes < 0 {
+		return fmt.Errorf("metaserver: MaxBodyBytes %d must not be negative", c.MaxBodyBytes)
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = maxBody
+	}
 	return nil
 }
 
@@ -166,6 +184,8 @@ type Server struct {
 	stopping chan struct{}
 	// waiting counts the long polls waiting for a change.
 	waiting atomic.Int64
+	// polls counts each caller's long polls.
+	polls pollCounts
 	// leading is true while this instance holds the leader lock and runs
 	// the background loops.
 	leading atomic.Bool

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -108,12 +109,23 @@ type ServerConfig struct {
 	MetaContexts map[string]MetaContext
 	// HandshakeTimeout bounds the handshake of one connection; 0 means 30 s.
 	HandshakeTimeout time.Duration
+	// MaxInFlightBytes bounds the payload bytes of one connection's
+	// requests between being read and their reply being written (write
+	// payloads and read results); 0 means 64 MiB. A request waits for
+	// room before its payload is read or its buffer allocated, and the
+	// connection is not read meanwhile.
+	MaxInFlightBytes int64
+	// MaxConns bounds the connections Serve keeps open at once; one more
+	// is closed at once, with a log line. 0 means 256.
+	MaxConns int
 }
 
 const (
 	defaultMaxInFlight      = 64
 	maxMaxInFlight          = 1 << 16
 	defaultHandshakeTimeout = 30 * time.Second
+	defaultMaxInFlightBytes = 64 << 20
+	defaultMaxConns         = 256
 	// maxOptions bounds the options of one handshake.
 	maxOptions = 1024
 	// maxReplyDescriptors bounds the descriptors of one block status
@@ -132,8 +144,13 @@ type Server struct {
 	list             func() []string
 	log              *slog.Logger
 	maxInFlight      int
+	maxInFlightBytes int64
+	maxConns         int
 	handshakeTimeout time.Duration
 	contexts         []*metaContext // base:allocation first, then by name
+
+	conns   atomic.Int64 // connections Serve holds open
+	refused atomic.Int64 // connections Serve refused (MaxConns)
 
 	bufs bufPool
 	reqs sync.Pool // *request
@@ -156,7 +173,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		list:             cfg.List,
 		log:              cfg.Logger,
 		maxInFlight:      cfg.MaxInFlight,
+		maxInFlightBytes: cfg.MaxInFlightBytes,
+		maxConns:         cfg.MaxConns,
 		handshakeTimeout: cfg.HandshakeTimeout,
+	}
+	if s.maxInFlightBytes == 0 {
+		s.maxInFlightBytes = defaultMaxInFlightBytes
+	}
+	if s.maxConns == 0 {
+		s.maxConns = defaultMaxConns
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -192,6 +217,12 @@ func (cfg *ServerConfig) validate() error {
 	}
 	if cfg.HandshakeTimeout < 0 {
 		return fmt.Errorf("nbd: ServerConfig.HandshakeTimeout %v is negative", cfg.HandshakeTimeout)
+	}
+	if cfg.MaxInFlightBytes < 0 || cfg.MaxInFlightBytes > 0 && cfg.MaxInFlightBytes < MaxPayload {
+		return fmt.Errorf("nbd: ServerConfig.MaxInFlightBytes %d must be 0 (64 MiB) or at least the maximum payload %d", cfg.MaxInFlightBytes, MaxPayload)
+	}
+	if cfg.MaxConns < 0 {
+		return fmt.Errorf("nbd: ServerConfig.MaxConns %d is negative", cfg.MaxConns)
 	}
 	for name, fn := range cfg.MetaContexts {
 		if err := validContextName(name); err != nil {
@@ -261,9 +292,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		delay = 0
-		wg.Go(func() { s.ServeConn(ctx, nc) })
+		if n := s.conns.Add(1); n > int64(s.maxConns) {
+			s.conns.Add(-1)
+			if s.refused.Add(1)%100 == 1 { // one line per 100 refusals under a flood
+				s.log.Warn("nbd: refusing a connection: the server holds its maximum", "remote", addrString(nc.RemoteAddr()),
+					"max_connections", s.maxConns, "refused_so_far", s.refused.Load())
+			}
+			nc.Close()
+			continue
+		}
+		wg.Go(func() {
+			defer s.conns.Add(-1)
+			s.ServeConn(ctx, nc)
+		})
 	}
 }
+
+// Conns is the number of connections Serve holds open; Refused how many
+// it closed at once because it held MaxConns.
+func (s *Server) Conns() int64   { return s.conns.Load() }
+func (s *Server) Refused() int64 { return s.refused.Load() }
 
 // ServeConn serves one connection: the handshake, then requests until the
 // client disconnects, the connection fails or ctx is done. It closes nc and
@@ -327,8 +375,10 @@ type conn struct {
 	hooks      ConnHooks // c.exp's hooks, if it has them
 
 	// sem bounds the requests between being read and their reply being
-	// written (MaxInFlight); the reply writer releases it.
-	sem chan struct{}
+	// written (MaxInFlight); the reply writer releases it. bytes bounds
+	// their payloads (MaxInFlightBytes) the same way.
+	sem   chan struct{}
+	bytes *byteBudget
 
 	// out queues finished replies. Whichever worker finds no write in
 	// progress becomes the writer and drains the queue, many replies per
@@ -577,11 +627,12 @@ func (c *conn) optError(opt, typ uint32, msg string) error {
 
 // request is one request in flight. Requests are pooled per Server.
 type request struct {
-	req   Request
-	data  *[]byte   // WRITE payload or READ result, from the pool
-	hdr   [32]byte  // reply header scratch
-	reply [2][]byte // reply header and data, as queued for writing
-	tmp   []byte    // error and block status payloads
+	req    Request
+	weight int64     // bytes of MaxInFlightBytes it holds
+	data   *[]byte   // WRITE payload or READ result, from the pool
+	hdr    [32]byte  // reply header scratch
+	reply  [2][]byte // reply header and data, as queued for writing
+	tmp    []byte    // error and block status payloads
 }
 
 func (s *Server) getRequest() *request {
@@ -611,6 +662,7 @@ func (s *Server) putRequest(r *request) {
 // ConnHooks learn that reading stopped before the workers finish.
 func (c *conn) transmit() {
 	c.sem = make(chan struct{}, c.s.maxInFlight)
+	c.bytes = newByteBudget(c.s.maxInFlightBytes)
 	work := make(chan *request, c.s.maxInFlight) // never full: sem bounds it
 	var wg sync.WaitGroup
 	workers := 0
@@ -653,12 +705,17 @@ func (c *conn) transmit() {
 		c.sem <- struct{}{}
 		r := c.s.getRequest()
 		r.req = q
+		// Room for the payload (a write's, or a read's result) before it
+		// is read or allocated: the connection is not read meanwhile.
+		if q.Type == CmdWrite || q.Type == CmdRead {
+			r.weight = min(int64(q.Length), c.s.maxInFlightBytes)
+			c.bytes.acquire(r.weight)
+		}
 		if q.Type == CmdWrite {
 			r.data = c.s.bufs.get(int(q.Length))
 			if _, err := io.ReadFull(c.br, *r.data); err != nil {
 				c.log.Debug("nbd: read write payload", "err", err)
-				c.s.putRequest(r)
-				<-c.sem
+				c.release(r)
 				return
 			}
 		}
@@ -672,6 +729,47 @@ func (c *conn) transmit() {
 			})
 		}
 	}
+}
+
+// byteBudget is a count of bytes that one goroutine (the connection's
+// reader) takes and any goroutine gives back.
+type byteBudget struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	free int64
+}
+
+func newByteBudget(n int64) *byteBudget {
+	b := &byteBudget{free: n}
+	b.cond.L = &b.mu
+	return b
+}
+
+// acquire waits until n bytes are free and takes them.
+func (b *byteBudget) acquire(n int64) {
+	b.mu.Lock()
+	for b.free < n {
+		b.cond.Wait()
+	}
+	b.free -= n
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) release(n int64) {
+	b.mu.Lock()
+	b.free += n
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
+// release returns r to the pool and its room to the connection's bounds.
+func (c *conn) release(r *request) {
+	if r.weight > 0 {
+		c.bytes.release(r.weight)
+		r.weight = 0
+	}
+	c.s.putRequest(r)
+	<-c.sem
 }
 
 // reqError is a request the server refuses before touching the export.
@@ -958,9 +1056,8 @@ func (c *conn) send(r *request, hdr, data []byte) {
 		}
 		clear(c.iov)
 		for i, r := range batch {
-			c.s.putRequest(r)
+			c.release(r)
 			batch[i] = nil
-			<-c.sem
 		}
 
 		c.out.Lock()

@@ -571,3 +571,55 @@ func TestReadOnlyExport(t *testing.T) {
 		t.Error("a writable export is offered read-only")
 	}
 }
+
+// TestMaxInFlightBytes: with room for 64 MiB, 6 reads of 32 MiB that the
+// export holds run two at a time, whatever MaxInFlight allows; the rest
+// wait unread, and all complete once released.
+func TestMaxInFlightBytes(t *testing.T) {
+	slow := &slowExport{memExport: newMemExport(MaxPayload), release: make(chan struct{})}
+	addr := serveExports(t, map[string]Export{"c": slow}, func(cfg *ServerConfig) { cfg.MaxInFlightBytes = 2 * MaxPayload })
+	c := dial(t, ClientConfig{Addr: addr, Export: "c"})
+	errs := make(chan error, 6)
+	for range 6 {
+		go func() { errs <- c.ReadAt(t.Context(), make([]byte, MaxPayload), 0) }()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := slow.running.Load(); n != 2 {
+		t.Fatalf("%d reads of %d bytes executing, want 2 (MaxInFlightBytes = %d)", n, MaxPayload, 2*MaxPayload)
+	}
+	close(slow.release)
+	for range 6 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := slow.peak.Load(); p > 2 {
+		t.Fatalf("peak of %d reads executing, want at most 2", p)
+	}
+}
+
+// TestMaxConns: a server holding MaxConns connections closes one more at
+// once; when one ends, a new one is served.
+func TestMaxConns(t *testing.T) {
+	addr := serveExports(t, map[string]Export{"c": newMemExport(4096)}, func(cfg *ServerConfig) { cfg.MaxConns = 2 })
+	a := dial(t, ClientConfig{Addr: addr, Export: "c"})
+	dial(t, ClientConfig{Addr: addr, Export: "c"})
+	if _, err := Dial(t.Context(), ClientConfig{Addr: addr, Export: "c", DialTimeout: 2 * time.Second}); err == nil {
+		t.Fatal("a third connection was served with MaxConns = 2")
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := Dial(t.Context(), ClientConfig{Addr: addr, Export: "c", DialTimeout: 2 * time.Second})
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection served after one of two closed: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -934,3 +934,29 @@ func TestCapacityChangeUnitAttention(t *testing.T) {
 		t.Errorf("unit attention still pending after REQUEST SENSE")
 	}
 }
+
+// TestMaxConnections: a portal holding MaxConnections connections closes
+// one more at once; when one ends, a new one logs in.
+func TestMaxConnections(t *testing.T) {
+	_, _, addr := newTestServer(t, Config{MaxConnections: 2}, 1<<20)
+	a := dialInitiator(t, addr)
+	a.loginNormal()
+	b := dialInitiator(t, addr)
+	b.loginNormal()
+	extra := dialInitiator(t, addr)
+	if err := extra.waitClosed(3 * time.Second); err != nil {
+		t.Fatalf("a third connection with MaxConnections = 2: %v", err)
+	}
+	a.nc.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c := dialInitiator(t, addr)
+		if c.waitClosed(200*time.Millisecond) != nil { // still open: served
+			c.loginNormal()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection served after one of two closed")
+		}
+	}
+}

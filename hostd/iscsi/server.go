@@ -71,6 +71,9 @@ type Config struct {
 	// LoginTimeout bounds the whole login phase of a connection. Default
 	// 30 s.
 	LoginTimeout time.Duration
+	// MaxConnections bounds the connections one Serve (one portal) holds
+	// at once; one more is closed at once, with a log line. Default 256.
+	MaxConnections int
 	// RequireHeaderDigest and RequireDataDigest make CRC32C digests
 	// mandatory in normal sessions: None is then not a value the target
 	// may choose, so an initiator offering None,CRC32C gets CRC32C, and a
@@ -97,6 +100,7 @@ func (c Config) withDefaults() Config {
 	if c.LoginTimeout == 0 {
 		c.LoginTimeout = 30 * time.Second
 	}
+	def(&c.MaxConnections, 256)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -133,6 +137,9 @@ func (c Config) validate() error {
 	}
 	if c.SessionBufferBytes < c.MaxTransferLength {
 		return fmt.Errorf("iscsi: SessionBufferBytes %d is below MaxTransferLength %d", c.SessionBufferBytes, c.MaxTransferLength)
+	}
+	if c.MaxConnections < 0 {
+		return fmt.Errorf("iscsi: MaxConnections %d is negative", c.MaxConnections)
 	}
 	if c.LoginTimeout < 0 {
 		return fmt.Errorf("iscsi: LoginTimeout %v is negative", c.LoginTimeout)
@@ -487,6 +494,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var open, refused atomic.Int64 // connections of this portal held, refused
 	backoff := 5 * time.Millisecond
 	for {
 		nc, err := ln.Accept()
@@ -507,10 +515,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 5 * time.Millisecond
+		if open.Add(1) > int64(s.cfg.MaxConnections) {
+			open.Add(-1)
+			if n := refused.Add(1); n%100 == 1 { // one line per 100 under a flood
+				s.log.Warn("iscsi: refusing a connection: the portal holds its maximum", "remote", nc.RemoteAddr().String(),
+					"max_connections", s.cfg.MaxConnections, "refused_so_far", n)
+			}
+			nc.Close()
+			continue
+		}
 		c := newConn(s, nc)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer open.Add(-1)
 			c.serve(ctx)
 		}()
 	}

@@ -32,6 +32,9 @@ const (
 	CodeUnauthenticated = "unauthenticated" // 401
 	// CodePermissionDenied: a valid token whose role may not do this.
 	CodePermissionDenied = "permission_denied" // 403
+	// CodeResourceExhausted: the caller holds as much as one caller may
+	// (long polls); retry once one ends.
+	CodeResourceExhausted = "resource_exhausted" // 429
 )
 
 // Token roles. An admin may call every operator route, a reader only the
