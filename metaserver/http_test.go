@@ -1,14 +1,19 @@
 package metaserver
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -119,5 +124,49 @@ func TestMaxBodyBytes(t *testing.T) {
 	}
 	if status, e := rawCallWith(t, ts.HTTP, "POST", ts.URL+"/api/v1/volumes", `{"name":"v","size_bytes":4096,"layout":"mirror:2"}`); status == 400 && strings.Contains(e.Message, "exceeds") {
 		t.Errorf("a short body refused: %+v", e)
+	}
+}
+
+// TestTLS: with TLS on, the API answers a client that trusts the cluster
+// CA (written to CAFile) by every name the certificate carries, and
+// refuses a client that trusts another CA and one that speaks plain HTTP;
+// a restart keeps the same CA.
+func TestTLS(t *testing.T) {
+	t.Parallel()
+	caFile := filepath.Join(t.TempDir(), "ca.crt")
+	url := newSchema(t)
+	ts := startServer(t, Config{DatabaseURL: url, TLS: true, TLSNames: []string{"127.0.0.1", "meta.test"}, CAFile: caFile})
+	ca, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := strings.Replace(ts.URL, "http://", "https://", 1)
+	client := func(caPEM []byte) *api.Client {
+		ccfg, err := pki.ClientConfig(caPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return api.NewClient(base, &http.Client{Transport: &http.Transport{TLSClientConfig: ccfg}}).WithToken(ts.Token)
+	}
+	if _, err := client(ca).ListVolumes(t.Context()); err != nil {
+		t.Fatalf("over TLS with the cluster CA: %v", err)
+	}
+	other, _, err := pki.NewCA("other", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client(other).ListVolumes(t.Context()); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
+		t.Fatalf("a client trusting another CA: %v", err)
+	}
+	if _, err := ts.Client.ListVolumes(t.Context()); err == nil {
+		t.Fatal("plain HTTP to the TLS API succeeded")
+	}
+	if err := ts.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	caFile2 := filepath.Join(t.TempDir(), "ca.crt")
+	startServer(t, Config{DatabaseURL: url, CAFile: caFile2})
+	if again, err := os.ReadFile(caFile2); err != nil || !bytes.Equal(again, ca) {
+		t.Fatalf("the CA after a restart differs (%v)", err)
 	}
 }

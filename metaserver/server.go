@@ -3,6 +3,7 @@ package metaserver
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/budget"
 	"github.com/chunkraid/chunkraid/internal/atomicfile"
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/migrations"
 )
@@ -67,6 +70,13 @@ type Config struct {
 	// MaxBodyBytes bounds every request's body; a longer one is refused
 	// (400). 0 means 1 MiB, also the most a JSON body may have.
 	MaxBodyBytes int64
+	// TLS serves the API over TLS with a certificate the cluster CA signs
+	// at start for TLSNames (host names and addresses; default: the listen
+	// address's host, localhost and 127.0.0.1). CAFile, if set, receives
+	// the cluster CA's certificate, what clients verify the API with.
+	TLS      bool
+	TLSNames []string
+	CAFile   string
 }
 
 const (
@@ -285,6 +295,33 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("metaserver: %w", err)
 	}
+	caCert, caKey, err := loadCA(ctx, db, box, s.log)
+	if err != nil {
+		return fmt.Errorf("metaserver: the cluster CA: %w", err)
+	}
+	if s.cfg.CAFile != "" {
+		if err := atomicfile.Write(s.cfg.CAFile, caCert, 0o644); err != nil {
+			return fmt.Errorf("metaserver: writing the cluster CA certificate: %w", err)
+		}
+	}
+	if s.cfg.TLS {
+		names := s.cfg.TLSNames
+		if len(names) == 0 {
+			names = defaultTLSNames(ln.Addr())
+		}
+		cert, key, err := pki.Issue(caCert, caKey, "chunkraid metaserver", names, time.Now())
+		if err != nil {
+			return fmt.Errorf("metaserver: its certificate: %w", err)
+		}
+		tcfg, err := pki.ServerConfig(cert, key)
+		if err != nil {
+			return fmt.Errorf("metaserver: %w", err)
+		}
+		ln = tls.NewListener(ln, tcfg)
+		s.log.Info("serving TLS", "names", names)
+	} else {
+		s.log.Warn("serving plain HTTP: tokens and CHAP secrets cross the network in clear")
+	}
 	s.st = &store{db: db, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
 		logPeriod: s.cfg.LogPeriod, log: s.log, committed: s.gens.observe}
 	if _, err := s.st.ensureAdminToken(ctx, s.showAdminToken); err != nil {
@@ -332,6 +369,45 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	<-serveErr
 	s.log.Info("metaserver stopped")
 	return nil
+}
+
+// loadCA returns the cluster CA's certificate and key, made and stored
+// (the key sealed) by the first metaserver that finds none.
+func loadCA(ctx context.Context, db *pgxpool.Pool, box *sealer, log *slog.Logger) (certPEM, keyPEM []byte, err error) {
+	const purpose = "cluster/ca_key"
+	err = pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		var cert *string
+		var sealed []byte
+		if err := tx.QueryRow(ctx, `SELECT ca_cert, ca_key_sealed FROM cluster FOR UPDATE`).Scan(&cert, &sealed); err != nil {
+			return err
+		}
+		if cert != nil {
+			certPEM = []byte(*cert)
+			keyPEM, err = box.open(sealed, purpose)
+			return err
+		}
+		certPEM, keyPEM, err = pki.NewCA("chunkraid cluster CA", time.Now())
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE cluster SET ca_cert = $1, ca_key_sealed = $2`, string(certPEM), box.seal(keyPEM, purpose)); err != nil {
+			return err
+		}
+		log.Info("created the cluster CA")
+		return nil
+	})
+	return certPEM, keyPEM, err
+}
+
+// defaultTLSNames are the names the API's certificate carries without
+// TLSNames: the listen address's host (if any), localhost and 127.0.0.1.
+func defaultTLSNames(addr net.Addr) []string {
+	names := []string{"localhost", "127.0.0.1", "::1"}
+	if host, _, err := net.SplitHostPort(addr.String()); err == nil && host != "" && !slices.Contains(names, host) &&
+		!net.ParseIP(host).IsUnspecified() {
+		names = append(names, host)
+	}
+	return names
 }
 
 // showAdminToken shows a new admin token, the one time it exists outside
