@@ -5,6 +5,8 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +22,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -28,6 +31,10 @@ const EnvMetaserver = "CHUNKRAID_METASERVER"
 
 // EnvToken names the environment variable that gives the API token.
 const EnvToken = "CHUNKRAID_TOKEN"
+
+// EnvCA names the environment variable that gives the cluster CA's
+// certificate file.
+const EnvCA = "CHUNKRAID_CA"
 
 const defaultMetaserver = "http://127.0.0.1:8080"
 
@@ -38,15 +45,36 @@ type rootOptions struct {
 	logLevel   string
 	tokenFile  string
 	token      string // from --token-file or CHUNKRAID_TOKEN
+	caFile     string
+	tls        *tls.Config // trusts the CA of --ca-file or CHUNKRAID_CA; nil: the system's
 	out        io.Writer
 }
 
 func (o *rootOptions) client() *api.Client {
 	c := api.NewClient(o.metaserver, nil)
+	if o.tls != nil {
+		c = api.NewTLSClient(o.metaserver, o.tls)
+	}
 	if o.token != "" {
 		c = c.WithToken(o.token)
 	}
 	return c
+}
+
+// loadCA sets o.tls to trust only the CA of --ca-file or CHUNKRAID_CA, if
+// either names one.
+func (o *rootOptions) loadCA() error {
+	if o.caFile == "" {
+		return nil
+	}
+	b, err := os.ReadFile(o.caFile)
+	if err != nil {
+		return fmt.Errorf("--ca-file: %w", err)
+	}
+	if o.tls, err = pki.ClientConfig(b); err != nil {
+		return fmt.Errorf("--ca-file %s: %w", o.caFile, err)
+	}
+	return nil
 }
 
 // loadToken sets o.token from --token-file, or else from CHUNKRAID_TOKEN.
@@ -104,6 +132,9 @@ func NewRoot() *cobra.Command {
 			if !strings.HasPrefix(o.metaserver, "http://") && !strings.HasPrefix(o.metaserver, "https://") {
 				return fmt.Errorf("metaserver address %q must be an http:// or https:// URL", o.metaserver)
 			}
+			if err := o.loadCA(); err != nil {
+				return err
+			}
 			return o.loadToken()
 		},
 	}
@@ -115,6 +146,7 @@ func NewRoot() *cobra.Command {
 	root.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().StringVar(&o.logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: env "+EnvToken+")")
+	root.PersistentFlags().StringVar(&o.caFile, "ca-file", os.Getenv(EnvCA), "the cluster CA's certificate, to verify an https:// metaserver (env "+EnvCA+")")
 	root.AddCommand(
 		newMetaserverCmd(o), newChunkserverCmd(o), newHostdCmd(o),
 		newVolumeCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newEventsCmd(o), newClusterCmd(o), newTokenCmd(o), newDemoCmd(o),
@@ -145,6 +177,10 @@ func explain(err error) error {
 		case api.CodePermissionDenied:
 			return fmt.Errorf("permission denied: %s; set %s or --token-file to an admin token", ae.Message, EnvToken)
 		}
+	}
+	var unknownCA x509.UnknownAuthorityError
+	if errors.As(err, &unknownCA) {
+		return fmt.Errorf("the metaserver's certificate is not signed by a CA this command trusts: pass --ca-file with the cluster CA's certificate or set %s (%v)", EnvCA, unknownCA)
 	}
 	var ue *url.Error
 	if !errors.As(err, &ue) {

@@ -11,6 +11,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/internal/pki"
 )
 
 // TestUnreachableMetaserver: a CLI command against a metaserver that is
@@ -89,5 +92,66 @@ func TestToken(t *testing.T) {
 	}
 	if err := runCLI("--token-file", filepath.Join(t.TempDir(), "none"), "volume", "list"); err == nil || !strings.Contains(err.Error(), "--token-file") {
 		t.Errorf("a missing token file: %v", err)
+	}
+}
+
+// TestCAFile: against an https:// metaserver the CLI trusts the CA of
+// --ca-file (or CHUNKRAID_CA) and no other; without it, it fails with one
+// line that says where the CA goes.
+func TestCAFile(t *testing.T) {
+	now := time.Now()
+	ca, caKey, err := pki.NewCA("cluster", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := pki.Issue(ca, caKey, "metaserver", []string{"127.0.0.1"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg, err := pki.ServerConfig(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `[]`)
+	}))
+	hs.TLS = scfg
+	hs.StartTLS()
+	defer hs.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, ca, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	other, _, err := pki.NewCA("other", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherFile := filepath.Join(dir, "other.crt")
+	if err := os.WriteFile(otherFile, other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runCLI := func(args ...string) error {
+		root := NewRoot()
+		root.SetArgs(append([]string{"--metaserver", hs.URL, "-o", "json"}, args...))
+		return root.ExecuteContext(t.Context())
+	}
+	t.Setenv(EnvCA, "")
+	if err := runCLI("--ca-file", caFile, "volume", "list"); err != nil {
+		t.Fatalf("with the cluster CA: %v", err)
+	}
+	for name, args := range map[string][]string{"no CA": {"volume", "list"}, "another CA": {"--ca-file", otherFile, "volume", "list"}} {
+		err := runCLI(args...)
+		if err == nil {
+			t.Fatalf("%s: succeeded", name)
+		}
+		if msg := explain(err).Error(); !strings.Contains(msg, "--ca-file") || !strings.Contains(msg, EnvCA) || strings.Contains(msg, "\n") {
+			t.Errorf("%s: %q, want one line naming --ca-file and %s", name, msg, EnvCA)
+		}
+	}
+	t.Setenv(EnvCA, caFile)
+	if err := runCLI("volume", "list"); err != nil {
+		t.Fatalf("with %s: %v", EnvCA, err)
 	}
 }

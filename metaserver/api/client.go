@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,17 +40,30 @@ const (
 // long polls) whichever hc is used.
 func NewClient(baseURL string, hc *http.Client) *Client {
 	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{
-			Proxy:                 http.ProxyFromEnvironment,
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConns:          64,
-			MaxIdleConnsPerHost:   16,
-			IdleConnTimeout:       90 * time.Second,
-			TLSHandshakeTimeout:   10 * time.Second,
-			ExpectContinueTimeout: time.Second,
-		}}
+		hc = &http.Client{Transport: defaultTransport(nil)}
 	}
 	return newClient(strings.TrimRight(baseURL, "/"), hc, "")
+}
+
+// NewTLSClient is NewClient's default client with the TLS configuration
+// tc (say, one that trusts only the cluster CA) for an https:// URL.
+func NewTLSClient(baseURL string, tc *tls.Config) *Client {
+	return newClient(strings.TrimRight(baseURL, "/"), &http.Client{Transport: defaultTransport(tc)}, "")
+}
+
+// defaultTransport dials with a timeout and never times out a read, so
+// that long polls can run; every call carries its own deadline.
+func defaultTransport(tc *tls.Config) *http.Transport {
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       tc,
+		MaxIdleConns:          64,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
 }
 
 // newClient wraps hc's transport so that every request carries the
