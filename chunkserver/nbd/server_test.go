@@ -458,16 +458,24 @@ func TestRepliesOutOfOrder(t *testing.T) {
 }
 
 func TestMaxInFlight(t *testing.T) {
-	slow := &slowExport{memExport: newMemExport(1 << 20), release: make(chan struct{})}
-	addr := serveExports(t, map[string]Export{"c": slow}, func(cfg *ServerConfig) { cfg.MaxInFlight = 2 })
+	checkReadsBounded(t, func(cfg *ServerConfig) { cfg.MaxInFlight = 2 }, 512, 200*time.Millisecond, "MaxInFlight = 2")
+}
+
+// checkReadsBounded pipelines 6 reads of n bytes that the export holds
+// under a server configured by tweak: exactly 2 may execute at once (what
+// the limit named allows), and all complete once released.
+func checkReadsBounded(t *testing.T, tweak func(*ServerConfig), n int, settle time.Duration, limit string) {
+	t.Helper()
+	slow := &slowExport{memExport: newMemExport(max(n, 1<<20)), release: make(chan struct{})}
+	addr := serveExports(t, map[string]Export{"c": slow}, tweak)
 	c := dial(t, ClientConfig{Addr: addr, Export: "c"})
 	errs := make(chan error, 6)
 	for range 6 {
-		go func() { errs <- c.ReadAt(t.Context(), make([]byte, 512), 0) }()
+		go func() { errs <- c.ReadAt(t.Context(), make([]byte, n), 0) }()
 	}
-	time.Sleep(200 * time.Millisecond)
-	if n := slow.running.Load(); n != 2 {
-		t.Fatalf("%d reads executing, want MaxInFlight = 2", n)
+	time.Sleep(settle)
+	if got := slow.running.Load(); got != 2 {
+		t.Fatalf("%d reads of %d bytes executing, want 2 (%s)", got, n, limit)
 	}
 	close(slow.release)
 	for range 6 {
@@ -576,26 +584,8 @@ func TestReadOnlyExport(t *testing.T) {
 // export holds run two at a time, whatever MaxInFlight allows; the rest
 // wait unread, and all complete once released.
 func TestMaxInFlightBytes(t *testing.T) {
-	slow := &slowExport{memExport: newMemExport(MaxPayload), release: make(chan struct{})}
-	addr := serveExports(t, map[string]Export{"c": slow}, func(cfg *ServerConfig) { cfg.MaxInFlightBytes = 2 * MaxPayload })
-	c := dial(t, ClientConfig{Addr: addr, Export: "c"})
-	errs := make(chan error, 6)
-	for range 6 {
-		go func() { errs <- c.ReadAt(t.Context(), make([]byte, MaxPayload), 0) }()
-	}
-	time.Sleep(300 * time.Millisecond)
-	if n := slow.running.Load(); n != 2 {
-		t.Fatalf("%d reads of %d bytes executing, want 2 (MaxInFlightBytes = %d)", n, MaxPayload, 2*MaxPayload)
-	}
-	close(slow.release)
-	for range 6 {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
-	}
-	if p := slow.peak.Load(); p > 2 {
-		t.Fatalf("peak of %d reads executing, want at most 2", p)
-	}
+	checkReadsBounded(t, func(cfg *ServerConfig) { cfg.MaxInFlightBytes = 2 * MaxPayload }, MaxPayload, 300*time.Millisecond,
+		fmt.Sprintf("MaxInFlightBytes = %d", 2*MaxPayload))
 }
 
 // TestMaxConns: a server holding MaxConns connections closes one more at
