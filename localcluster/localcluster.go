@@ -115,14 +115,34 @@ func (o *Options) defaults() error {
 	return nil
 }
 
-// FreePort asks the kernel for a free TCP port on 127.0.0.1.
+// handedOut are the ports FreePort returned: the kernel may offer a port
+// again once its probe closed, before the daemon it is meant for binds it.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// FreePort asks the kernel for a free TCP port on 127.0.0.1, never one it
+// returned before in this process.
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !handedOut.ports[port] {
+			handedOut.ports[port] = true
+			return port, nil
+		}
+	}
+	return 0, errors.New("localcluster: the kernel keeps offering ports already handed out")
 }
 
 func pick(p *int) error {
