@@ -71,7 +71,7 @@ func (o *rootOptions) loadCA() error {
 	if err != nil {
 		return fmt.Errorf("--ca-file: %w", err)
 	}
-	if o.tls, err = pki.ClientConfig(b); err != nil {
+	if o.tls, err = pki.ClientConfig(b, pki.Metaserver); err != nil {
 		return fmt.Errorf("--ca-file %s: %w", o.caFile, err)
 	}
 	return nil

@@ -104,7 +104,7 @@ func TestCAFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := pki.Issue(ca, caKey, "metaserver", []string{"127.0.0.1"}, now)
+	cert, key, err := pki.Issue(ca, caKey, pki.Metaserver, "metaserver", []string{"127.0.0.1"}, now)
 	if err != nil {
 		t.Fatal(err)
 	}

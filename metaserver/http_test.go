@@ -142,7 +142,7 @@ func TestTLS(t *testing.T) {
 	}
 	base := strings.Replace(ts.URL, "http://", "https://", 1)
 	client := func(caPEM []byte) *api.Client {
-		ccfg, err := pki.ClientConfig(caPEM)
+		ccfg, err := pki.ClientConfig(caPEM, pki.Metaserver)
 		if err != nil {
 			t.Fatal(err)
 		}

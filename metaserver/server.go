@@ -309,7 +309,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		if len(names) == 0 {
 			names = defaultTLSNames(ln.Addr())
 		}
-		cert, key, err := pki.Issue(caCert, caKey, "chunkraid metaserver", names, time.Now())
+		cert, key, err := pki.Issue(caCert, caKey, pki.Metaserver, "chunkraid metaserver", names, time.Now())
 		if err != nil {
 			return fmt.Errorf("metaserver: its certificate: %w", err)
 		}

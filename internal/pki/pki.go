@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -57,49 +58,153 @@ func NewCA(commonName string, now time.Time) (certPEM, keyPEM []byte, err error)
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
 }
 
-// Issue signs with the CA a certificate for commonName, valid for the host
-// names and IP addresses in hosts (its SANs), for both server and client
-// authentication, and returns it with its new key.
-func Issue(caCertPEM, caKeyPEM []byte, commonName string, hosts []string, now time.Time) (certPEM, keyPEM []byte, err error) {
-	ca, caKey, err := loadCA(caCertPEM, caKeyPEM)
+// Role is what a certificate lets its holder serve, carried as the URI SAN
+// chunkraid:ROLE: a client of the cluster checks it beside the chain, so a
+// chunkserver's certificate cannot stand in for the metaserver's.
+type Role string
+
+const (
+	// Metaserver serves the REST API.
+	Metaserver Role = "metaserver"
+	// Chunkserver serves a chunkserver's control API.
+	Chunkserver Role = "chunkserver"
+)
+
+func (r Role) uri() *url.URL { return &url.URL{Scheme: "chunkraid", Opaque: string(r)} }
+
+// Issue makes a key and signs with the CA a certificate for it, for role,
+// named commonName and valid for the host names and IP addresses in hosts
+// (its SANs), and returns both.
+func Issue(caCertPEM, caKeyPEM []byte, role Role, commonName string, hosts []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	csr, keyPEM, err := NewRequest(commonName)
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(hosts) == 0 {
-		return nil, nil, errors.New("pki: a certificate needs at least one host name or address")
+	certPEM, err = Sign(caCertPEM, caKeyPEM, csr, role, hosts, now)
+	if err != nil {
+		return nil, nil, err
 	}
+	return certPEM, keyPEM, nil
+}
+
+// NewRequest makes a key and a certificate signing request for it, named
+// commonName: the key stays with the caller, the request goes to the
+// metaserver, which decides the certificate's role and names (Sign).
+func NewRequest(commonName string) (csrPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pki: key: %w", err)
 	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{
+		Subject: pkix.Name{CommonName: commonName, Organization: []string{"chunkraid"}},
+	}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pki: certificate request: %w", err)
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), keyPEM, nil
+}
+
+// MaxRequestBytes bounds a PEM certificate request Sign accepts.
+const MaxRequestBytes = 4096
+
+// Sign signs with the CA a certificate for the key of the request csrPEM,
+// for role and valid for hosts, for both server and client authentication.
+// The request's own names, if any, are ignored: the signer decides them.
+func Sign(caCertPEM, caKeyPEM, csrPEM []byte, role Role, hosts []string, now time.Time) (certPEM []byte, err error) {
+	ca, caKey, err := loadCA(caCertPEM, caKeyPEM)
+	if err != nil {
+		return nil, err
+	}
+	if role != Metaserver && role != Chunkserver {
+		return nil, fmt.Errorf("pki: unknown role %q", role)
+	}
+	if len(hosts) == 0 {
+		return nil, errors.New("pki: a certificate needs at least one host name or address")
+	}
+	if len(csrPEM) > MaxRequestBytes {
+		return nil, fmt.Errorf("pki: a certificate request of %d bytes (at most %d)", len(csrPEM), MaxRequestBytes)
+	}
+	b, _ := pem.Decode(csrPEM)
+	if b == nil || b.Type != "CERTIFICATE REQUEST" {
+		return nil, errors.New("pki: the certificate request is not a PEM CERTIFICATE REQUEST block")
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("pki: certificate request: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("pki: certificate request: %w", err)
+	}
+	cn := csr.Subject.CommonName
+	if cn == "" {
+		cn = string(role)
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: commonName, Organization: []string{"chunkraid"}},
+		Subject:      pkix.Name{CommonName: cn, Organization: []string{"chunkraid"}},
 		NotBefore:    now.Add(-skew),
 		NotAfter:     now.Add(CertValidity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         []*url.URL{role.uri()},
 	}
 	for _, h := range hosts {
 		h = strings.TrimSpace(h)
 		switch ip := net.ParseIP(h); {
 		case h == "":
-			return nil, nil, errors.New("pki: an empty host name")
+			return nil, errors.New("pki: an empty host name")
 		case ip != nil:
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 		default:
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, csr.PublicKey, caKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("pki: certificate: %w", err)
+		return nil, fmt.Errorf("pki: certificate: %w", err)
 	}
-	keyPEM, err = encodeKey(key)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// Verify checks that certPEM is signed by the CA of caCertPEM, for role,
+// and returns it parsed.
+func Verify(caCertPEM, certPEM []byte, role Role) (*x509.Certificate, error) {
+	p, err := Pool(caCertPEM)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), keyPEM, nil
+	b, _ := pem.Decode(certPEM)
+	if b == nil || b.Type != "CERTIFICATE" {
+		return nil, errors.New("pki: the certificate is not PEM")
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("pki: certificate: %w", err)
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: p}); err != nil {
+		return nil, fmt.Errorf("pki: %w", err)
+	}
+	if err := hasRole(c, role); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func hasRole(c *x509.Certificate, role Role) error {
+	want := role.uri().String()
+	var has []string
+	for _, u := range c.URIs {
+		if u.String() == want {
+			return nil
+		}
+		has = append(has, u.String())
+	}
+	return fmt.Errorf("pki: the certificate of %q is not a %s certificate of the cluster (it carries %v, not %s)",
+		c.Subject.CommonName, role, has, want)
 }
 
 // Pool is a certificate pool holding only the CA of caCertPEM: what a
@@ -113,13 +218,18 @@ func Pool(caCertPEM []byte) (*x509.CertPool, error) {
 }
 
 // ClientConfig is the TLS configuration of a client that trusts only the
-// cluster CA.
-func ClientConfig(caCertPEM []byte) (*tls.Config, error) {
+// cluster CA and only a peer whose certificate is for role peer.
+func ClientConfig(caCertPEM []byte, peer Role) (*tls.Config, error) {
 	p, err := Pool(caCertPEM)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{RootCAs: p, MinVersion: tls.VersionTLS13}, nil
+	return &tls.Config{RootCAs: p, MinVersion: tls.VersionTLS13, VerifyConnection: func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("pki: the peer sent no certificate")
+		}
+		return hasRole(cs.PeerCertificates[0], peer)
+	}}, nil
 }
 
 // ServerConfig is the TLS configuration of a server with the given

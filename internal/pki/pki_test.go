@@ -20,7 +20,7 @@ func TestTLSWithClusterCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := Issue(caCert, caKey, "metaserver", []string{"127.0.0.1", "meta.example"}, now)
+	cert, key, err := Issue(caCert, caKey, Metaserver, "metaserver", []string{"127.0.0.1", "meta.example"}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,12 +28,16 @@ func TestTLSWithClusterCA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var getAs func(caPEM []byte, serverName string, role Role) error
 	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	hs.TLS = scfg
 	hs.StartTLS()
 	defer hs.Close()
 	get := func(caPEM []byte, serverName string) error {
-		ccfg, err := ClientConfig(caPEM)
+		return getAs(caPEM, serverName, Metaserver)
+	}
+	getAs = func(caPEM []byte, serverName string, role Role) error {
+		ccfg, err := ClientConfig(caPEM, role)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +70,10 @@ func TestTLSWithClusterCA(t *testing.T) {
 	if err := get(otherCA, ""); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
 		t.Fatalf("a client trusting another CA: %v", err)
 	}
-	if ccfg, _ := ClientConfig(caCert); ccfg.MinVersion != tls.VersionTLS13 {
+	if err := getAs(caCert, "", Chunkserver); err == nil || !strings.Contains(err.Error(), "not a chunkserver certificate") {
+		t.Fatalf("a client expecting a chunkserver reached the metaserver: %v", err)
+	}
+	if ccfg, _ := ClientConfig(caCert, Metaserver); ccfg.MinVersion != tls.VersionTLS13 {
 		t.Error("the client accepts TLS below 1.3")
 	}
 }
@@ -81,7 +88,7 @@ func TestIssueRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaf, leafKey, err := Issue(caCert, caKey, "x", []string{"h"}, now)
+	leaf, leafKey, err := Issue(caCert, caKey, Chunkserver, "x", []string{"h"}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,11 +103,86 @@ func TestIssueRefuses(t *testing.T) {
 		"a leaf as CA":        {leaf, leafKey, []string{"h"}},
 		"the other CA's cert": {otherCert, caKey, []string{"h"}},
 	} {
-		if _, _, err := Issue(tc.cert, tc.key, "x", tc.hosts, now); err == nil {
+		if _, _, err := Issue(tc.cert, tc.key, Metaserver, "x", tc.hosts, now); err == nil {
 			t.Errorf("%s: issued", name)
 		}
 	}
 	if _, err := Pool([]byte("junk")); err == nil {
 		t.Error("a pool from junk")
 	}
+}
+
+// TestSign: a request signed by its key gets a certificate for the role and
+// names the signer chose, which Verify accepts for that role only; junk, a
+// request whose signature does not match and an unknown role are refused.
+func TestSign(t *testing.T) {
+	now := time.Now()
+	caCert, caKey, err := NewCA("ca", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, _, err := NewRequest("chunkserver cs1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := Sign(caCert, caKey, csr, Chunkserver, []string{"10.0.0.7", "cs1.example"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Verify(caCert, cert, Chunkserver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Subject.CommonName != "chunkserver cs1" || len(c.IPAddresses) != 1 || len(c.DNSNames) != 1 || c.DNSNames[0] != "cs1.example" {
+		t.Fatalf("certificate %q %v %v", c.Subject.CommonName, c.IPAddresses, c.DNSNames)
+	}
+	if _, err := Verify(caCert, cert, Metaserver); err == nil {
+		t.Error("a chunkserver certificate verified as the metaserver's")
+	}
+	other, _, err := NewCA("other", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(other, cert, Chunkserver); err == nil || !strings.Contains(err.Error(), "unknown authority") {
+		t.Errorf("verified against another CA: %v", err)
+	}
+	bad := []byte(strings.Replace(string(csr), string(csr[40:44]), "AAAA", 1))
+	for name, tc := range map[string]struct {
+		csr  []byte
+		role Role
+	}{
+		"junk":             {[]byte("junk"), Chunkserver},
+		"a broken request": {bad, Chunkserver},
+		"a certificate":    {cert, Chunkserver},
+		"an unknown role":  {csr, Role("admin")},
+		"a huge request":   {make([]byte, MaxRequestBytes+1), Chunkserver},
+	} {
+		if _, err := Sign(caCert, caKey, tc.csr, tc.role, []string{"h"}, now); err == nil {
+			t.Errorf("%s: signed", name)
+		}
+	}
+}
+
+// FuzzSign: no request makes Sign panic, and what it signs verifies.
+func FuzzSign(f *testing.F) {
+	now := time.Now()
+	caCert, caKey, err := NewCA("ca", now)
+	if err != nil {
+		f.Fatal(err)
+	}
+	csr, _, err := NewRequest("x")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(csr)
+	f.Add([]byte("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cert, err := Sign(caCert, caKey, b, Chunkserver, []string{"h"}, now)
+		if err != nil {
+			return
+		}
+		if _, err := Verify(caCert, cert, Chunkserver); err != nil {
+			t.Fatalf("signed a certificate that does not verify: %v", err)
+		}
+	})
 }
