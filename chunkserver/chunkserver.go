@@ -60,6 +60,7 @@ package chunkserver
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -79,6 +80,7 @@ import (
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -101,8 +103,11 @@ type Config struct {
 	// FaultDomain groups chunkservers that can fail together (a rack).
 	// Default: the name.
 	FaultDomain string
-	// Metaserver is the metaserver's base URL, e.g. http://127.0.0.1:8080. Required.
+	// Metaserver is the metaserver's base URL, e.g. https://127.0.0.1:8080. Required.
 	Metaserver string
+	// MetaTLS verifies an https:// Metaserver: pki.ClientConfig of the
+	// cluster CA (--ca-file). Required with https://.
+	MetaTLS *tls.Config
 	// JoinToken admits the chunkserver to the cluster at its first
 	// registration (a token of role join); the metaserver then issues it a
 	// credential, which it keeps in DataDir/credential and uses from then
@@ -223,7 +228,11 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, meta: api.NewClient(cfg.Metaserver, nil), ready: make(chan struct{})}
+	meta, err := api.NewDaemonClient(cfg.Metaserver, cfg.MetaTLS, cfg.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("chunkserver: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, meta: meta, ready: make(chan struct{})}
 	s.chunks.m = make(map[string]*chunkState)
 	return s, nil
 }
@@ -260,9 +269,11 @@ func (s *Server) Run(ctx context.Context) error {
 		cadv = cln.Addr().String()
 	}
 
-	if err := s.register(ctx, adv, cadv); err != nil {
+	tlsCfg, err := s.register(ctx, adv, cadv)
+	if err != nil {
 		return err
 	}
+	cln = tls.NewListener(cln, tlsCfg)
 	st, err := store.Open(store.Config{
 		Dir:          s.cfg.DataDir,
 		FS:           s.cfg.FS,
@@ -365,10 +376,16 @@ func (s *Server) disks() ([]api.DiskInfo, error) {
 // register registers with the metaserver, retrying with backoff until it
 // answers or ctx ends, and takes the cluster secret and the timeout budget
 // from its answer.
-func (s *Server) register(ctx context.Context, adv, cadv string) error {
+// register registers the chunkserver (with a fresh certificate request for
+// the control API's key) and returns the control API's TLS configuration.
+func (s *Server) register(ctx context.Context, adv, cadv string) (*tls.Config, error) {
 	cred, err := s.loadCredential()
 	if err != nil {
-		return err
+		return nil, err
+	}
+	csr, key, err := pki.NewRequest("chunkserver " + s.cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("chunkserver: %w", err)
 	}
 	switch {
 	case cred != "":
@@ -383,25 +400,32 @@ func (s *Server) register(ctx context.Context, adv, cadv string) error {
 			return err
 		}
 		resp, err = s.meta.RegisterChunkserver(ctx, api.RegisterChunkserverRequest{
-			Name: s.cfg.Name, Addr: adv, ControlAddr: cadv, FaultDomain: s.cfg.FaultDomain, Disks: disks,
+			Name: s.cfg.Name, Addr: adv, ControlAddr: cadv, ControlCSR: string(csr), FaultDomain: s.cfg.FaultDomain, Disks: disks,
 		})
 		return err
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
-		return fmt.Errorf("chunkserver: registration refused: %w", err)
+		return nil, fmt.Errorf("chunkserver: registration refused: %w", err)
+	}
+	if _, err := pki.Verify([]byte(resp.ClusterCA), []byte(resp.ControlCert), pki.Chunkserver); err != nil {
+		return nil, fmt.Errorf("chunkserver: the control API certificate the metaserver signed: %w", err)
+	}
+	tlsCfg, err := pki.ServerConfig([]byte(resp.ControlCert), key)
+	if err != nil {
+		return nil, fmt.Errorf("chunkserver: %w", err)
 	}
 	if resp.Credential != "" {
 		if err := store.WriteFileAtomicMode(s.cfg.FS, s.credentialPath(), []byte(resp.Credential+"\n"), 0o600); err != nil {
-			return fmt.Errorf("chunkserver: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleChunkserver, s.cfg.Name, err)
+			return nil, fmt.Errorf("chunkserver: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleChunkserver, s.cfg.Name, err)
 		}
 		s.meta.SetToken(resp.Credential)
 		s.log.Info("joined the cluster: credential kept", "file", s.credentialPath())
 	}
 	s.id = resp.ID
-	return s.configure(ctx, resp)
+	return tlsCfg, s.configure(ctx, resp)
 }
 
 func (s *Server) credentialPath() string { return filepath.Join(s.cfg.DataDir, "credential") }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -512,6 +513,15 @@ func TestControlAPI(t *testing.T) {
 		t.Fatalf("new connection at the current epoch after a fence at it: %v", err)
 	}
 
+	// Plain HTTP is not answered: the control API speaks TLS only.
+	if resp, err := http.Post("http://"+cs.ctlAddr+"/v1/chunks/c1/pin", "application/json", strings.NewReader(`{}`)); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "HTTPS") {
+			t.Fatalf("plain HTTP to the control API: %d %s", resp.StatusCode, b)
+		}
+	}
+
 	// Malformed requests.
 	for _, tt := range []struct {
 		method, path, body string
@@ -523,11 +533,11 @@ func TestControlAPI(t *testing.T) {
 		{"GET", "/v1/chunks/c1/pin", "", 405},
 		{"GET", "/v1/nothing", "", 404},
 	} {
-		req, err := http.NewRequestWithContext(ctx, tt.method, "http://"+cs.ctlAddr+tt.path, strings.NewReader(tt.body))
+		req, err := http.NewRequestWithContext(ctx, tt.method, "https://"+cs.ctlAddr+tt.path, strings.NewReader(tt.body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := cs.hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -35,6 +36,9 @@ type fakeMeta struct {
 	t    *testing.T
 	srv  *httptest.Server
 	resp api.RegisterChunkserverResponse
+	// ca and caKey are the test cluster's CA, which signs the control API's
+	// certificate at registration.
+	ca, caKey []byte
 	// offlineAfter is the cluster's offline_after in seconds.
 	offlineAfter float64
 
@@ -54,6 +58,11 @@ func newFakeMeta(t *testing.T, chunks ...string) *fakeMeta {
 	}, offlineAfter: 10}
 	m.mu.gen = 1
 	m.mu.changed = make(chan struct{})
+	var err error
+	if m.ca, m.caKey, err = pki.NewCA("test cluster", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	m.resp.ClusterCA = string(m.ca)
 	for _, c := range chunks {
 		m.mu.chunks = append(m.mu.chunks, api.ChunkAssignment{ID: c, SizeBytes: testChunkSize, State: api.ChunkActive})
 	}
@@ -64,10 +73,18 @@ func newFakeMeta(t *testing.T, chunks ...string) *fakeMeta {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		host, _, _ := net.SplitHostPort(req.ControlAddr)
+		cert, err := pki.Sign(m.ca, m.caKey, []byte(req.ControlCSR), pki.Chunkserver, []string{host}, time.Now())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
 		m.mu.Lock()
 		m.mu.registered = append(m.mu.registered, req)
+		resp := m.resp
 		m.mu.Unlock()
-		writeJSON(w, http.StatusOK, m.resp)
+		resp.ControlCert = string(cert)
+		writeJSON(w, http.StatusOK, resp)
 	})
 	mux.HandleFunc("POST /api/v1/chunkservers/{id}/heartbeat", func(w http.ResponseWriter, r *http.Request) {
 		var hb api.ChunkserverHeartbeat
@@ -143,6 +160,7 @@ type testCS struct {
 	nbdAddr string
 	ctlAddr string
 	ctl     *control.Client
+	hc      *http.Client // trusts the test cluster's CA
 	cancel  context.CancelFunc
 	done    chan error
 	stopped bool
@@ -173,7 +191,11 @@ func startCS(t *testing.T, meta *fakeMeta, dir string, tweak func(*Config)) *tes
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cs := &testCS{s: s, nbdAddr: ln.Addr().String(), ctlAddr: cln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
-	cs.ctl = control.NewClient(cs.ctlAddr, nil)
+	hc, err := control.HTTPClient(meta.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs.ctl, cs.hc = control.NewClient(cs.ctlAddr, hc), hc
 	go func() { cs.done <- s.Run(ctx) }()
 	t.Cleanup(func() { cs.stop(t) })
 	select {

@@ -43,13 +43,15 @@ func newMetaserverCmd(o *rootOptions) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.DatabaseURL, "database-url", os.Getenv(EnvDatabaseURL), "PostgreSQL URL (env "+EnvDatabaseURL+")")
-	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "HTTP listen address")
+	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:8080", "API listen address (TLS unless --insecure-http)")
 	f.StringVar(&chunkSize, "chunk-size", "", "chunk size, fixed when the cluster is first created (default 10GiB)")
 	f.DurationVar(&cfg.OfflineAfter, "offline-after", 10*time.Second, "a server without heartbeat for this long is offline")
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: hosts fail a member request not answered in this time (must be < --offline-after)")
 	f.DurationVar(&cfg.LogPeriod, "log-period", 60*time.Second, "T: chunk LOG bitmaps rotate every T (must be > --offline-after and >= 3 x --io-timeout)")
-	f.BoolVar(&cfg.TLS, "tls", false, "serve the API over TLS, with a certificate the cluster CA signs at start")
-	f.StringSliceVar(&cfg.TLSNames, "tls-name", nil, "host name or address the API's certificate is valid for (repeat; default localhost, 127.0.0.1, ::1 and the listen host)")
+	f.BoolVar(&cfg.InsecureHTTP, "insecure-http", false, "serve plain HTTP instead of TLS (tokens then cross the network in clear; a warning is logged)")
+	f.StringSliceVar(&cfg.TLSNames, "tls-name", nil, "host name or address the certificate the cluster CA signs at start is valid for (repeat; default localhost, 127.0.0.1, ::1 and the listen host)")
+	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve TLS with this certificate (from chunkraid cert issue) instead of signing one at start")
+	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the key of --tls-cert-file")
 	f.StringVar(&cfg.CAFile, "ca-file", "", "write the cluster CA's certificate here (what clients verify the API with)")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 1<<20, "longest request body (at most 1 MiB of JSON is ever read)")
 	f.IntVar(&cfg.MaxLongPolls, "max-long-polls", 4, "long polls one caller may have waiting at once; one more is refused (429)")
@@ -84,7 +86,7 @@ func newChunkserverCmd(o *rootOptions) *cobra.Command {
 		Short: "Run a chunkserver: export chunks of a local disk over NBD",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg.Metaserver = o.metaserver
+			cfg.Metaserver, cfg.MetaTLS = o.metaserver, o.tls
 			cfg.Logger = o.logger()
 			var err error
 			if cfg.JoinToken, err = joinToken(joinFile); err != nil {
@@ -124,7 +126,7 @@ func newHostdCmd(o *rootOptions) *cobra.Command {
 		Short: "Run the host daemon: assemble volumes from remote chunks and serve them over iSCSI",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg.Metaserver = o.metaserver
+			cfg.Metaserver, cfg.MetaTLS = o.metaserver, o.tls
 			cfg.Logger = o.logger()
 			var err error
 			if cfg.JoinToken, err = joinToken(joinFile); err != nil {

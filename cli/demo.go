@@ -46,7 +46,7 @@ the directory to start fresh.`,
 	f.StringVar(&do.dir, "dir", ".demo", "state directory (reused across runs)")
 	f.StringVar(&do.chunkSize, "chunk-size", "10GiB", "chunk size when the cluster is first created")
 	f.StringVar(&do.volSize, "volume-size", "20GiB", "size of the demo volume")
-	f.IntVar(&do.metaPort, "meta-port", 8080, "metaserver HTTP port (0: a free one)")
+	f.IntVar(&do.metaPort, "meta-port", 8080, "metaserver API port (0: a free one)")
 	f.IntVar(&do.iscsiPort, "iscsi-port", 3260, "hostd iSCSI port (0: a free one)")
 	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow (control ports: +100; 0: free ones)")
 	f.BoolVar(&do.clean, "clean", false, "delete the demo's state (the directory, its PostgreSQL directory and its write-intent bitmaps) and exit")
@@ -125,6 +125,7 @@ Try it:
   iscsi-inq %s
   export %s=%s
   export %s=%s
+  export %s=%s
   %s volume show demo
   %s server list
   %s chunk list --volume demo
@@ -133,7 +134,7 @@ Try it:
 Logs: %s
 PostgreSQL: %s
 Press Ctrl-C to stop.
-`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, c.JoinTokenFile(), url, url, EnvMetaserver, c.MetaURL, EnvToken, c.Token,
+`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, c.JoinTokenFile(), url, url, EnvMetaserver, c.MetaURL, EnvCA, c.CAFile(), EnvToken, c.Token,
 		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"), pgDir)
 
 	<-ctx.Done()

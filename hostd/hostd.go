@@ -6,11 +6,13 @@ package hostd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -44,6 +46,9 @@ type Config struct {
 	Advertise string
 	// Metaserver is the metaserver's base URL. Required.
 	Metaserver string
+	// MetaTLS verifies an https:// Metaserver: pki.ClientConfig of the
+	// cluster CA (--ca-file). Required with https://.
+	MetaTLS *tls.Config
 	// HeartbeatInterval is how often the host reports that it is alive. Default 2 s.
 	HeartbeatInterval time.Duration
 	// IOTimeout (t_io) bounds every request to a member chunk; a member that
@@ -80,7 +85,8 @@ type Config struct {
 	// reach a failed member. Defaults 200 ms and 5 s.
 	ReconnectMin, ReconnectMax time.Duration
 	// Control returns the control client of a chunkserver's control
-	// address. Default: chunkserver/control's HTTP client.
+	// address. Default: chunkserver/control's HTTPS client, trusting the
+	// cluster CA the registration brings.
 	Control func(addr string) chunkControl
 	// Dial connects a member chunk. Default: the NBD client (nbd.Dial).
 	Dial func(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error)
@@ -135,17 +141,18 @@ func (c *Config) validate() error {
 	if c.ReconnectMax == 0 {
 		c.ReconnectMax = 5 * time.Second
 	}
-	if c.Control == nil {
-		c.Control = func(addr string) chunkControl { return control.NewClient(addr, nil) }
-	}
 	if c.Dial == nil {
 		c.Dial = func(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error) { return nbd.Dial(ctx, cfg) }
 	}
-	if c.Meta == nil {
-		c.Meta = api.NewClient(c.Metaserver, nil)
-	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Meta == nil {
+		meta, err := api.NewDaemonClient(c.Metaserver, c.MetaTLS, c.Logger)
+		if err != nil {
+			return fmt.Errorf("hostd: %w", err)
+		}
+		c.Meta = meta
 	}
 	return nil
 }
@@ -156,7 +163,10 @@ type Server struct {
 	log    *slog.Logger
 	meta   metaClient
 	target *iscsi.Server
-	id     int64
+	// controlHC is the chunkservers' control API client of the default
+	// Control, set at registration; nil with Config.Control.
+	controlHC *atomic.Pointer[http.Client]
+	id        int64
 	// incarnation is this start's registration, issued by the metaserver,
 	// and reportSeq numbers its volume reports from 1
 	// (api.VolumeReport.Incarnation and Seq): the reports of a restarted
@@ -190,6 +200,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, target: t}
+	if s.cfg.Control == nil {
+		// The control API's client trusts the cluster CA, which the
+		// registration brings.
+		s.controlHC = new(atomic.Pointer[http.Client])
+		s.cfg.Control = func(addr string) chunkControl { return control.NewClient(addr, s.controlHC.Load()) }
+	}
 	s.mu.attached = make(map[string]*attachment)
 	return s, nil
 }
@@ -257,6 +273,13 @@ func (s *Server) register(ctx context.Context, adv string) error {
 		}
 		s.meta.SetToken(resp.Credential)
 		s.log.Info("joined the cluster: credential kept", "file", credFile)
+	}
+	if s.controlHC != nil {
+		hc, err := control.HTTPClient([]byte(resp.ClusterCA))
+		if err != nil {
+			return fmt.Errorf("hostd: the cluster CA the metaserver sent: %w", err)
+		}
+		s.controlHC.Store(hc)
 	}
 	s.id = resp.ID
 	s.incarnation.Store(resp.Incarnation)

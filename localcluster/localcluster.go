@@ -6,8 +6,11 @@ package localcluster
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -19,6 +22,7 @@ import (
 	"time"
 
 	"github.com/chunkraid/chunkraid/internal/atomicfile"
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/pglocal"
 )
@@ -189,9 +193,12 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		return c, err
 	}
 
-	c.MetaURL = fmt.Sprintf("http://127.0.0.1:%d", opt.MetaPort)
+	c.MetaURL = fmt.Sprintf("https://127.0.0.1:%d", opt.MetaPort)
+	if err := os.Remove(c.CAFile()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return c, err // the metaserver writes it afresh: its presence says it started
+	}
 	metaArgs := []string{"metaserver", "--listen", fmt.Sprintf("127.0.0.1:%d", opt.MetaPort),
-		"--database-url", c.PG.URL("chunkraid"), "--admin-token-file", c.TokenFile()}
+		"--database-url", c.PG.URL("chunkraid"), "--admin-token-file", c.TokenFile(), "--ca-file", c.CAFile()}
 	if opt.ChunkSize > 0 {
 		metaArgs = append(metaArgs, "--chunk-size", strconv.FormatInt(opt.ChunkSize, 10))
 	}
@@ -230,7 +237,7 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		caddr := fmt.Sprintf("127.0.0.1:%d", cport)
 		args := append([]string{"chunkserver", "--name", name, "--listen", addr, "--control-listen", caddr,
 			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaURL,
-			"--join-token-file", c.JoinTokenFile()}, opt.ExtraChunkserverArgs...)
+			"--ca-file", c.CAFile(), "--join-token-file", c.JoinTokenFile()}, opt.ExtraChunkserverArgs...)
 		if opt.ChunkserverArgs != nil {
 			args = append(args, opt.ChunkserverArgs(i)...)
 		}
@@ -287,7 +294,7 @@ func (c *Cluster) AddHostd(ctx context.Context, name string) (*Proc, error) {
 func (c *Cluster) startHostd(name, addr string) (*Proc, error) {
 	p := c.newProc("hostd-"+name, append([]string{"hostd", "--name", name, "--listen", addr,
 		"--wib-dir", filepath.Join(c.wibRoot, name), "--state-dir", filepath.Join(c.opt.Dir, "hosts", name),
-		"--metaserver", c.MetaURL, "--join-token-file", c.JoinTokenFile()}, c.opt.ExtraHostdArgs...))
+		"--metaserver", c.MetaURL, "--ca-file", c.CAFile(), "--join-token-file", c.JoinTokenFile()}, c.opt.ExtraHostdArgs...))
 	if name == c.HostName {
 		p.Log = filepath.Join(c.opt.Dir, "logs", "hostd.log")
 	}
@@ -364,7 +371,12 @@ func (c *Cluster) newProc(name string, args []string) *Proc {
 // Client returns an API client for the cluster's metaserver with the
 // admin token.
 func (c *Cluster) Client() *api.Client {
-	cl := api.NewClient(c.MetaURL, nil)
+	tc, err := c.TLS()
+	if err != nil {
+		// Not written yet: a client that fails to verify the metaserver.
+		tc = &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS13}
+	}
+	cl := api.NewTLSClient(c.MetaURL, tc)
 	if c.Token != "" {
 		cl = cl.WithToken(c.Token)
 	}
@@ -397,6 +409,20 @@ func (c *Cluster) ensureJoinToken(ctx context.Context) error {
 		return fmt.Errorf("the daemons' join token: %w", err)
 	}
 	return atomicfile.Write(c.JoinTokenFile(), []byte(t.Secret+"\n"), 0o600)
+}
+
+// CAFile is the file the metaserver writes the cluster CA's certificate
+// to, which every client and daemon of the cluster verifies it with.
+func (c *Cluster) CAFile() string { return filepath.Join(c.opt.Dir, "ca.pem") }
+
+// TLS is the configuration of a client of the cluster's metaserver: it
+// trusts only the metaserver certificates of the cluster CA.
+func (c *Cluster) TLS() (*tls.Config, error) {
+	b, err := os.ReadFile(c.CAFile())
+	if err != nil {
+		return nil, err
+	}
+	return pki.ClientConfig(b, pki.Metaserver)
 }
 
 // TokenFile is the file that holds the cluster's admin token.

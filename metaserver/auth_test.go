@@ -404,7 +404,7 @@ func TestVolumeCHAPValidationOverHTTP(t *testing.T) {
 		ae := wantCode(t, err, api.CodeInvalidArgument, 400)
 		noSecrets(t, "the message "+ae.Message, []byte(ae.Message), "short-11-by", "long-enough-secret", "other-long-secret")
 	}
-	code, e := rawCall(t, ts.Token, http.MethodPut, ts.URL+"/api/v1/volumes/v1/chap", `{"user":"u","secret":"long-enough-secret","colour":"red"}`)
+	code, e := rawCall(t, ts.Transport, ts.Token, http.MethodPut, ts.URL+"/api/v1/volumes/v1/chap", `{"user":"u","secret":"long-enough-secret","colour":"red"}`)
 	if code != 400 || !strings.Contains(e.Message, "colour") {
 		t.Errorf("unknown field: HTTP %d %+v", code, e)
 	}

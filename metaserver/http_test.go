@@ -17,23 +17,30 @@ import (
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
-// rawCall sends a request without the client, with token as its bearer
-// token unless "", and decodes the error envelope.
-func rawCall(t *testing.T, token, method, url, body string) (int, api.Error) {
+// rawCall sends a request without the client, through rt (nil: the
+// default transport; a test server's Transport verifies its TLS), with
+// token as its bearer token unless "", and decodes the error envelope.
+func rawCall(t *testing.T, rt http.RoundTripper, token, method, url, body string) (int, api.Error) {
 	t.Helper()
-	hc := http.DefaultClient
+	if rt == nil {
+		rt = http.DefaultTransport
+	}
+	hc := &http.Client{Transport: rt}
 	if token != "" {
-		hc = &http.Client{Transport: bearerTransport(token)}
+		hc = &http.Client{Transport: bearerTransport{token, rt}}
 	}
 	return rawCallWith(t, hc, method, url, body)
 }
 
-type bearerTransport string
+type bearerTransport struct {
+	token string
+	next  http.RoundTripper
+}
 
 func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+string(b))
-	return http.DefaultTransport.RoundTrip(r)
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
 }
 
 // rawCallWith sends a request with hc and decodes the error envelope.
@@ -105,7 +112,7 @@ func TestHandlerBeforeRun(t *testing.T) {
 	hs := httptest.NewServer(s.Handler())
 	defer hs.Close()
 	for _, path := range []string{"/healthz", "/api/v1/volumes"} {
-		status, e := rawCall(t, "", "GET", hs.URL+path, "")
+		status, e := rawCall(t, nil, "", "GET", hs.URL+path, "")
 		if status != http.StatusServiceUnavailable || e.Code != api.CodeUnavailable {
 			t.Errorf("%s before Run: HTTP %d %+v", path, status, e)
 		}
@@ -127,20 +134,20 @@ func TestMaxBodyBytes(t *testing.T) {
 	}
 }
 
-// TestTLS: with TLS on, the API answers a client that trusts the cluster
-// CA (written to CAFile) by every name the certificate carries, and
-// refuses a client that trusts another CA and one that speaks plain HTTP;
-// a restart keeps the same CA.
+// TestTLS: the API answers a client that trusts the cluster CA (written to
+// CAFile) by every name the certificate carries, and refuses a client that
+// trusts another CA and one that speaks plain HTTP; a restart keeps the
+// same CA; --insecure-http serves plain HTTP.
 func TestTLS(t *testing.T) {
 	t.Parallel()
 	caFile := filepath.Join(t.TempDir(), "ca.crt")
 	url := newSchema(t)
-	ts := startServer(t, Config{DatabaseURL: url, TLS: true, TLSNames: []string{"127.0.0.1", "meta.test"}, CAFile: caFile})
+	ts := startServer(t, Config{DatabaseURL: url, TLSNames: []string{"127.0.0.1", "meta.test"}, CAFile: caFile})
 	ca, err := os.ReadFile(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := strings.Replace(ts.URL, "http://", "https://", 1)
+	base := ts.URL
 	client := func(caPEM []byte) *api.Client {
 		ccfg, err := pki.ClientConfig(caPEM, pki.Metaserver)
 		if err != nil {
@@ -158,15 +165,21 @@ func TestTLS(t *testing.T) {
 	if _, err := client(other).ListVolumes(t.Context()); err == nil || !strings.Contains(err.Error(), "certificate signed by unknown authority") {
 		t.Fatalf("a client trusting another CA: %v", err)
 	}
-	if _, err := ts.Client.ListVolumes(t.Context()); err == nil {
+	if _, err := api.NewClient(strings.Replace(base, "https://", "http://", 1), nil).WithToken(ts.Token).ListVolumes(t.Context()); err == nil {
 		t.Fatal("plain HTTP to the TLS API succeeded")
 	}
 	if err := ts.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	caFile2 := filepath.Join(t.TempDir(), "ca.crt")
-	startServer(t, Config{DatabaseURL: url, CAFile: caFile2})
+	plain := startServer(t, Config{DatabaseURL: url, CAFile: caFile2, InsecureHTTP: true})
 	if again, err := os.ReadFile(caFile2); err != nil || !bytes.Equal(again, ca) {
 		t.Fatalf("the CA after a restart differs (%v)", err)
+	}
+	if !strings.HasPrefix(plain.URL, "http://") {
+		t.Fatalf("URL %s", plain.URL)
+	}
+	if _, err := plain.Client.ListVolumes(t.Context()); err != nil {
+		t.Fatalf("plain HTTP with --insecure-http: %v", err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/pglocal"
 )
@@ -108,6 +109,9 @@ type testServer struct {
 	*Server
 	URL   string // base URL of the API
 	DBURL string
+	// Transport reaches the API: over TLS verified with the cluster CA
+	// unless the server runs InsecureHTTP.
+	Transport http.RoundTripper
 	// Token is the cluster's admin token; Client sends it.
 	Token  string
 	Client *api.Client
@@ -149,6 +153,9 @@ func startServer(t *testing.T, cfg Config) *testServer {
 		t.Fatal(err)
 	}
 	cfg.Listener = ln
+	if !cfg.InsecureHTTP && cfg.CAFile == "" {
+		cfg.CAFile = filepath.Join(t.TempDir(), "ca.pem")
+	}
 	var creds *daemonCreds
 	if cfg.AdminTokenFile == "" && cfg.Stdout == nil {
 		cfg.AdminTokenFile, creds = clusterFor(t, cfg.DatabaseURL)
@@ -189,7 +196,22 @@ func startServer(t *testing.T, cfg Config) *testServer {
 		t.Fatal("metaserver not ready after 30s")
 	}
 	base := "http://" + s.Addr().String()
-	ts := &testServer{Server: s, URL: base, DBURL: cfg.DatabaseURL, Client: api.NewClient(base, nil), Stop: stop}
+	rt := http.DefaultTransport
+	if !cfg.InsecureHTTP {
+		ca, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			t.Fatalf("the cluster CA: %v", err)
+		}
+		tc, err := pki.ClientConfig(ca, pki.Metaserver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		base = "https://" + s.Addr().String()
+		tr := &http.Transport{TLSClientConfig: tc}
+		t.Cleanup(tr.CloseIdleConnections)
+		rt = tr
+	}
+	ts := &testServer{Server: s, URL: base, DBURL: cfg.DatabaseURL, Transport: rt, Client: api.NewClient(base, &http.Client{Transport: rt}), Stop: stop}
 	if cfg.AdminTokenFile != "" {
 		data, err := os.ReadFile(cfg.AdminTokenFile)
 		if err != nil {
@@ -199,10 +221,16 @@ func startServer(t *testing.T, cfg Config) *testServer {
 		creds.mu.Lock()
 		creds.admin = ts.Token
 		creds.mu.Unlock()
+		creds.next = rt
 		ts.HTTP = &http.Client{Transport: creds}
 		ts.Client = api.NewClient(base, ts.HTTP)
 	}
 	return ts
+}
+
+// NewClient is a client of the test server with token.
+func (ts *testServer) NewClient(token string) *api.Client {
+	return api.NewClient(ts.URL, &http.Client{Transport: ts.Transport}).WithToken(token)
 }
 
 // daemonCreds is the transport of a test server's Client: it plays every
@@ -211,6 +239,7 @@ func startServer(t *testing.T, cfg Config) *testServer {
 // which admits a new name and gets its credential), a daemon's route with
 // that daemon's credential, every other request with the admin token.
 type daemonCreds struct {
+	next  http.RoundTripper
 	mu    sync.Mutex
 	admin string
 	creds map[string]string // "chunkserver:NAME" and "chunkserver#ID" (or host) → credential
@@ -249,7 +278,7 @@ func (d *daemonCreds) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	d.mu.Unlock()
 	r.Header.Set("Authorization", "Bearer "+token)
-	resp, err := http.DefaultTransport.RoundTrip(r)
+	resp, err := d.next.RoundTrip(r)
 	if err != nil || register == "" || resp.StatusCode != http.StatusOK {
 		return resp, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chunkraid/chunkraid/budget"
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/migrations"
 )
@@ -205,8 +206,20 @@ func TestExportNamesAndAttach(t *testing.T) {
 		req := chunkserverReq(n)
 		req.Addr = fmt.Sprintf("127.0.0.1:1080%d", i)
 		req.ControlAddr = fmt.Sprintf("127.0.0.1:1180%d", i)
-		if _, err := ts.Client.RegisterChunkserver(ctx, req); err != nil {
+		csr, _, err := pki.NewRequest("chunkserver " + n)
+		if err != nil {
 			t.Fatal(err)
+		}
+		req.ControlCSR = string(csr)
+		resp, err := ts.Client.RegisterChunkserver(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The control API's certificate: the cluster CA's, for a
+		// chunkserver, valid for the control address's host.
+		c, err := pki.Verify([]byte(resp.ClusterCA), []byte(resp.ControlCert), pki.Chunkserver)
+		if err != nil || c.VerifyHostname("127.0.0.1") != nil || c.Subject.CommonName != "chunkserver "+n {
+			t.Fatalf("control certificate of %s: %v", n, err)
 		}
 	}
 	h1 := ts.addHost(t, "h1")
@@ -347,11 +360,23 @@ func TestExportNamesAndAttach(t *testing.T) {
 	if err != nil || len(list) != 2 || list[0].ControlAddr != "127.0.0.1:11800" || list[1].ControlAddr != "127.0.0.1:11801" {
 		t.Errorf("chunkservers: %+v, %v", list, err)
 	}
-	bad := chunkserverReq("cs-c")
-	bad.ControlAddr = "0.0.0.0:9"
-	_, err = ts.Client.RegisterChunkserver(ctx, bad)
-	if ae := wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest); !strings.Contains(ae.Message, "control_addr") {
-		t.Errorf("message %q does not name control_addr", ae.Message)
+	csr, _, err := pki.NewRequest("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ addr, csr, want string }{
+		{"0.0.0.0:9", string(csr), "control_addr"},
+		{"127.0.0.1:9", "", "control_csr"},
+		{"127.0.0.1:9", "junk", "control_csr"},
+		{"127.0.0.1:9", strings.Repeat("A", pki.MaxRequestBytes+1), "control_csr"},
+		{"", string(csr), "control_csr"},
+	} {
+		bad := chunkserverReq("cs-c")
+		bad.ControlAddr, bad.ControlCSR = tt.addr, tt.csr
+		_, err = ts.Client.RegisterChunkserver(ctx, bad)
+		if ae := wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest); !strings.Contains(ae.Message, tt.want) {
+			t.Errorf("message %q does not name %s", ae.Message, tt.want)
+		}
 	}
 }
 
@@ -652,7 +677,7 @@ func TestEventsListing(t *testing.T) {
 		}
 	}
 	for _, q := range []string{"limit=0", "limit=x", "after=-1", "after=y", "volume=Bad_Name"} {
-		status, e := rawCall(t, ts.Token, "GET", ts.URL+"/api/v1/events?"+q, "")
+		status, e := rawCall(t, ts.Transport, ts.Token, "GET", ts.URL+"/api/v1/events?"+q, "")
 		if status != http.StatusBadRequest || e.Code != api.CodeInvalidArgument {
 			t.Errorf("?%s: HTTP %d %+v", q, status, e)
 		}

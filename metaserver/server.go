@@ -70,13 +70,17 @@ type Config struct {
 	// MaxBodyBytes bounds every request's body; a longer one is refused
 	// (400). 0 means 1 MiB, also the most a JSON body may have.
 	MaxBodyBytes int64
-	// TLS serves the API over TLS with a certificate the cluster CA signs
-	// at start for TLSNames (host names and addresses; default: the listen
-	// address's host, localhost and 127.0.0.1). CAFile, if set, receives
+	// The API is served over TLS 1.3 with the certificate of TLSCertFile
+	// and TLSKeyFile (one `chunkraid cert issue` made, signed by the
+	// cluster CA for the metaserver), or else with one the cluster CA
+	// signs at start for TLSNames (host names and addresses; default: the
+	// listen address's host, localhost, 127.0.0.1 and ::1). InsecureHTTP
+	// serves plain HTTP instead, with a warning. CAFile, if set, receives
 	// the cluster CA's certificate, what clients verify the API with.
-	TLS      bool
-	TLSNames []string
-	CAFile   string
+	InsecureHTTP            bool
+	TLSNames                []string
+	TLSCertFile, TLSKeyFile string
+	CAFile                  string
 }
 
 const (
@@ -304,25 +308,17 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("metaserver: writing the cluster CA certificate: %w", err)
 		}
 	}
-	if s.cfg.TLS {
-		names := s.cfg.TLSNames
-		if len(names) == 0 {
-			names = defaultTLSNames(ln.Addr())
-		}
-		cert, key, err := pki.Issue(caCert, caKey, pki.Metaserver, "chunkraid metaserver", names, time.Now())
-		if err != nil {
-			return fmt.Errorf("metaserver: its certificate: %w", err)
-		}
-		tcfg, err := pki.ServerConfig(cert, key)
+	if s.cfg.InsecureHTTP {
+		s.log.Warn("serving plain HTTP (--insecure-http): tokens and CHAP secrets cross the network in clear")
+	} else {
+		tcfg, names, err := s.serverTLS(caCert, caKey, ln.Addr())
 		if err != nil {
 			return fmt.Errorf("metaserver: %w", err)
 		}
 		ln = tls.NewListener(ln, tcfg)
 		s.log.Info("serving TLS", "names", names)
-	} else {
-		s.log.Warn("serving plain HTTP: tokens and CHAP secrets cross the network in clear")
 	}
-	s.st = &store{db: db, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
+	s.st = &store{db: db, caCert: caCert, caKey: caKey, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
 		logPeriod: s.cfg.LogPeriod, log: s.log, committed: s.gens.observe}
 	if _, err := s.st.ensureAdminToken(ctx, s.showAdminToken); err != nil {
 		return fmt.Errorf("metaserver: create the admin token: %w", err)
@@ -397,6 +393,48 @@ func loadCA(ctx context.Context, db *pgxpool.Pool, box *sealer, log *slog.Logger
 		return nil
 	})
 	return certPEM, keyPEM, err
+}
+
+// serverTLS is the API's TLS configuration: the certificate of
+// TLSCertFile, which must be the cluster CA's for the metaserver, or else
+// one the CA signs now for TLSNames. It returns the names it is valid for.
+func (s *Server) serverTLS(caCert, caKey []byte, addr net.Addr) (*tls.Config, []string, error) {
+	if s.cfg.TLSCertFile != "" || s.cfg.TLSKeyFile != "" {
+		if s.cfg.TLSCertFile == "" || s.cfg.TLSKeyFile == "" {
+			return nil, nil, errors.New("--tls-cert-file and --tls-key-file go together")
+		}
+		cert, err := os.ReadFile(s.cfg.TLSCertFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		key, err := os.ReadFile(s.cfg.TLSKeyFile)
+		if err != nil {
+			return nil, nil, err
+		}
+		c, err := pki.Verify(caCert, cert, pki.Metaserver)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--tls-cert-file %s: not a metaserver certificate of this cluster's CA (make one with chunkraid cert issue): %w", s.cfg.TLSCertFile, err)
+		}
+		tcfg, err := pki.ServerConfig(cert, key)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--tls-key-file %s: %w", s.cfg.TLSKeyFile, err)
+		}
+		names := slices.Clone(c.DNSNames)
+		for _, ip := range c.IPAddresses {
+			names = append(names, ip.String())
+		}
+		return tcfg, names, nil
+	}
+	names := s.cfg.TLSNames
+	if len(names) == 0 {
+		names = defaultTLSNames(addr)
+	}
+	cert, key, err := pki.Issue(caCert, caKey, pki.Metaserver, "chunkraid metaserver", names, time.Now())
+	if err != nil {
+		return nil, nil, fmt.Errorf("its certificate: %w", err)
+	}
+	tcfg, err := pki.ServerConfig(cert, key)
+	return tcfg, names, err
 }
 
 // defaultTLSNames are the names the API's certificate carries without

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -22,6 +24,9 @@ import (
 // and the NOTIFY sent in the same transaction is delivered on commit.
 type store struct {
 	db *pgxpool.Pool
+	// caCert and caKey are the cluster CA's (PEM): registrations get the
+	// certificate, chunkservers a control API certificate it signs.
+	caCert, caKey []byte
 	// secret is the cluster secret (hex) that keys export tokens.
 	secret string
 	// box seals the volumes' CHAP secrets with a key derived from secret.
@@ -118,8 +123,18 @@ func (st *store) generation(ctx context.Context, q querier) (gen, chunkSize int6
 func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunkserverRequest, caller *principal) (*api.RegisterChunkserverResponse, error) {
 	resp := &api.RegisterChunkserverResponse{
 		ClusterSecret: st.secret,
+		ClusterCA:     string(st.caCert),
 		IOTimeoutMS:   st.ioTimeout.Milliseconds(),
 		LogPeriodMS:   st.logPeriod.Milliseconds(),
+	}
+	// Signed first: a bad request changes nothing.
+	if req.ControlAddr != "" {
+		host, _, _ := net.SplitHostPort(req.ControlAddr) // validated
+		cert, err := pki.Sign(st.caCert, st.caKey, []byte(req.ControlCSR), pki.Chunkserver, []string{host}, time.Now())
+		if err != nil {
+			return nil, api.Errorf(api.CodeInvalidArgument, "control_csr: %v", err)
+		}
+		resp.ControlCert = string(cert)
 	}
 	paths := make([]string, len(req.Disks))
 	caps := make([]int64, len(req.Disks))
@@ -461,6 +476,7 @@ func (st *store) listChunks(ctx context.Context, volume string) ([]api.Chunk, er
 // registerHost inserts or updates a host by name.
 func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest, caller *principal) (*api.RegisterHostResponse, error) {
 	resp := &api.RegisterHostResponse{
+		ClusterCA:   string(st.caCert),
 		IOTimeoutMS: st.ioTimeout.Milliseconds(),
 		LogPeriodMS: st.logPeriod.Milliseconds(),
 	}

@@ -55,7 +55,7 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	host, err := api.NewClient(ts.URL, nil).WithToken(join.Secret).RegisterHost(t.Context(), api.RegisterHostRequest{Name: "h", ISCSIAddr: "127.0.0.1:3260"})
+	host, err := ts.NewClient(join.Secret).RegisterHost(t.Context(), api.RegisterHostRequest{Name: "h", ISCSIAddr: "127.0.0.1:3260"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 	for _, r := range daemonRoutes {
 		method, path, _ := strings.Cut(r, " ")
 		for _, token := range []string{"", "chunkraid_notatoken"} {
-			code, e := rawCall(t, token, method, ts.URL+param.ReplaceAllString(path, "1"), `{}`)
+			code, e := rawCall(t, ts.Transport, token, method, ts.URL+param.ReplaceAllString(path, "1"), `{}`)
 			if code != 401 || e.Code != api.CodeUnauthenticated {
 				t.Errorf("%s with token %q: HTTP %d %s, want 401 unauthenticated", r, token, code, e.Code)
 			}
@@ -119,7 +119,7 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 			case c.token != "":
 				req.Header.Set("Authorization", "Bearer "+c.token)
 			}
-			resp, err := http.DefaultClient.Do(req)
+			resp, err := (&http.Client{Transport: ts.Transport}).Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,7 +155,7 @@ func TestTokens(t *testing.T) {
 	if !strings.HasPrefix(ro.Secret, tokenPrefix) || len(ro.Secret) != len(tokenPrefix)+43 || ro.Role != api.RoleReader {
 		t.Fatalf("created token %+v", ro)
 	}
-	readerClient := api.NewClient(ts.URL, nil).WithToken(ro.Secret)
+	readerClient := ts.NewClient(ro.Secret)
 	if _, err := readerClient.ListVolumes(ctx); err != nil {
 		t.Fatalf("a reader lists volumes: %v", err)
 	}
@@ -208,7 +208,7 @@ func TestTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := api.NewClient(ts.URL, nil).WithToken(second.Secret).RevokeToken(ctx, "admin"); err != nil {
+	if err := ts.NewClient(second.Secret).RevokeToken(ctx, "admin"); err != nil {
 		t.Fatalf("another admin revokes the first admin token: %v", err)
 	}
 	if _, err := ts.Client.ListVolumes(ctx); !api.IsUnauthenticated(err) {
@@ -228,7 +228,7 @@ func TestAdminTokenShownOnce(t *testing.T) {
 	if m == nil {
 		t.Fatalf("first start printed %q, want the admin token", out.String())
 	}
-	if _, err := api.NewClient(first.URL, nil).WithToken(m[1]).ListTokens(t.Context()); err != nil {
+	if _, err := first.NewClient(m[1]).ListTokens(t.Context()); err != nil {
 		t.Fatalf("the printed token: %v", err)
 	}
 	if err := first.Stop(); err != nil {
@@ -239,7 +239,7 @@ func TestAdminTokenShownOnce(t *testing.T) {
 	if out.Len() != 0 {
 		t.Fatalf("a restart printed %q", out.String())
 	}
-	if _, err := api.NewClient(second.URL, nil).WithToken(m[1]).ListTokens(context.Background()); err != nil {
+	if _, err := second.NewClient(m[1]).ListTokens(context.Background()); err != nil {
 		t.Fatalf("the admin token after a restart: %v", err)
 	}
 }
@@ -257,7 +257,7 @@ func TestDaemonCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	as := func(token string) *api.Client { return api.NewClient(ts.URL, nil).WithToken(token) }
+	as := func(token string) *api.Client { return ts.NewClient(token) }
 	joiner := as(join.Secret)
 	cs, err := joiner.RegisterChunkserver(ctx, chunkserverReq("cs-a"))
 	if err != nil {

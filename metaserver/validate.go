@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -191,6 +192,14 @@ func validateRegisterChunkserver(req *api.RegisterChunkserverRequest) error {
 		if err := validateDialAddr("control_addr", req.ControlAddr); err != nil {
 			return err
 		}
+		if req.ControlCSR == "" {
+			return invalid("control_addr %q needs control_csr: a PEM certificate request for the control API's TLS key", req.ControlAddr)
+		}
+		if len(req.ControlCSR) > pki.MaxRequestBytes {
+			return invalid("control_csr is %d bytes: at most %d", len(req.ControlCSR), pki.MaxRequestBytes)
+		}
+	} else if req.ControlCSR != "" {
+		return invalid("control_csr without control_addr: a certificate is signed for the control API's address")
 	}
 	if req.FaultDomain == "" {
 		req.FaultDomain = req.Name

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -48,6 +49,11 @@ func TestAttacksRefused(t *testing.T) {
 	if err != nil || len(chunks) == 0 {
 		t.Fatalf("chunks %+v, %v", chunks, err)
 	}
+	tc, err := c.TLS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
 	var secret string
 	if data, err := os.ReadFile(c.JoinTokenFile()); err != nil {
 		t.Fatal(err)
@@ -55,7 +61,7 @@ func TestAttacksRefused(t *testing.T) {
 		join := strings.TrimSpace(string(data))
 		// A chunkserver that joins gets the secret (it verifies tokens with
 		// it); this one is the test's own, admitted by the join token.
-		r, err := api.NewClient(c.MetaURL, nil).WithToken(join).RegisterChunkserver(ctx, api.RegisterChunkserverRequest{
+		r, err := api.NewTLSClient(c.MetaURL, tc).WithToken(join).RegisterChunkserver(ctx, api.RegisterChunkserverRequest{
 			Name: "probe", Addr: "127.0.0.1:1", Disks: []api.DiskInfo{{Path: "/x", CapacityBytes: 1 << 30, FreeBytes: 1 << 30}}})
 		if err != nil {
 			t.Fatal(err)
@@ -86,7 +92,7 @@ func TestAttacksRefused(t *testing.T) {
 		if a.token != "" {
 			req.Header.Set("Authorization", "Bearer "+a.token)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,7 +119,15 @@ func TestAttacksRefused(t *testing.T) {
 		}
 	}
 	body := fmt.Sprintf(`{"host":"evil","epoch":%d,"token":"%s"}`, int64(1<<63-1), strings.Repeat("ab", 32))
-	resp, err := http.Post("http://"+ctl+"/v1/chunks/"+m.ID+"/fence", "application/json", strings.NewReader(body))
+	ca, err := os.ReadFile(c.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctlHC, err := control.HTTPClient(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ctlHC.Post("https://"+ctl+"/v1/chunks/"+m.ID+"/fence", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +142,7 @@ func TestAttacksRefused(t *testing.T) {
 	for _, path := range []string{"/cluster", "/volumes", "/volumes/v1", "/chunkservers", "/hosts", "/chunks", "/events?limit=1000", "/tokens"} {
 		req, _ := http.NewRequestWithContext(ctx, "GET", u+path, nil)
 		req.Header.Set("Authorization", "Bearer "+c.Token)
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

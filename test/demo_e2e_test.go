@@ -62,11 +62,18 @@ func TestDemoFromPrivateDirectory(t *testing.T) {
 			t.Errorf("volume show demo with the printed exports: %v\n%s", err, out)
 		}
 		bare := exec.CommandContext(t.Context(), binary, "volume", "show", "demo")
-		bare.Env = append(os.Environ(), env[0], "CHUNKRAID_TOKEN=")
+		bare.Env = append(os.Environ(), env[0], env[1], "CHUNKRAID_TOKEN=")
 		out, err := bare.CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "CHUNKRAID_TOKEN") || !strings.Contains(string(out), "--token-file") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 			t.Errorf("volume show demo without the token: %v\n%s", err, out)
 		}
+		noCA := exec.CommandContext(t.Context(), binary, "volume", "show", "demo")
+		noCA.Env = append(os.Environ(), env[0], "CHUNKRAID_CA=", env[2])
+		out, err = noCA.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "CHUNKRAID_CA") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+			t.Errorf("volume show demo without the cluster CA: %v\n%s", err, out)
+		}
+		t.Logf("without the cluster CA: %s", strings.TrimSpace(string(out)))
 	})
 	if !strings.Contains(out, "Every process stopped cleanly") {
 		t.Errorf("second run did not stop cleanly:\n%s", out)
@@ -143,8 +150,9 @@ func exportsFrom(t *testing.T, printed string) []string {
 			env = append(env, v)
 		}
 	}
-	if len(env) != 2 || !strings.HasPrefix(env[0], "CHUNKRAID_METASERVER=") || !strings.HasPrefix(env[1], "CHUNKRAID_TOKEN=chunkraid_") {
-		t.Fatalf("the demo printed exports %q, want CHUNKRAID_METASERVER and CHUNKRAID_TOKEN in:\n%s", env, printed)
+	if len(env) != 3 || !strings.HasPrefix(env[0], "CHUNKRAID_METASERVER=https://") || !strings.HasPrefix(env[1], "CHUNKRAID_CA=/") ||
+		!strings.HasPrefix(env[2], "CHUNKRAID_TOKEN=chunkraid_") {
+		t.Fatalf("the demo printed exports %q, want CHUNKRAID_METASERVER (https), CHUNKRAID_CA and CHUNKRAID_TOKEN in:\n%s", env, printed)
 	}
 	return env
 }

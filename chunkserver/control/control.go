@@ -3,7 +3,9 @@
 // LOG bitmap, and to read that bitmap when it rebuilds its write-intent
 // bitmap (DESIGN §2, rules 2 and 3).
 //
-// The API is HTTP with JSON bodies; the types are those of metaserver/api
+// The API is HTTPS (TLS 1.3) with JSON bodies: the chunkserver's certificate
+// is signed by the cluster CA at each registration, for the control address
+// it registers (pki.Chunkserver), and hosts verify it with HTTPClient. The types are those of metaserver/api
 // (ControlRequest, ControlResponse, LogBitmap):
 //
 //	POST /v1/chunks/{chunk}/fence   body ControlRequest → ControlResponse
@@ -30,6 +32,7 @@ package control
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"net/http"
 	"net/url"
@@ -37,6 +40,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -94,21 +98,39 @@ type Client struct {
 }
 
 // NewClient returns a client of the control API at addr, either "host:port"
-// (as advertised in api.RegisterChunkserverRequest.ControlAddr) or a URL
-// "http://host:port". With hc nil it uses a client with a 5 s dial timeout.
+// (as advertised in api.RegisterChunkserverRequest.ControlAddr: the API is
+// served over TLS) or a URL. hc is HTTPClient's client for the cluster's CA;
+// nil is a client that trusts only the system's roots.
 func NewClient(addr string, hc *http.Client) *Client {
 	if hc == nil {
-		hc = &http.Client{Transport: &http.Transport{
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 4,
-			IdleConnTimeout:     90 * time.Second,
-		}}
+		hc = &http.Client{Transport: transport(nil)}
 	}
 	base := strings.TrimRight(addr, "/")
 	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
-		base = "http://" + base
+		base = "https://" + base
 	}
 	return &Client{base: base, hc: hc}
+}
+
+// HTTPClient is a client of every chunkserver's control API that trusts
+// only chunkserver certificates of the cluster CA caPEM (pki.ClientConfig).
+// Share one among the Clients of a process: it keeps their connections.
+func HTTPClient(caPEM []byte) (*http.Client, error) {
+	tc, err := pki.ClientConfig(caPEM, pki.Chunkserver)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: transport(tc)}, nil
+}
+
+func transport(tc *tls.Config) *http.Transport {
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 5 * time.Second,
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     90 * time.Second,
+	}
 }
 
 // Fence raises chunk's minimum epoch to req.Epoch, closes every NBD

@@ -8,8 +8,10 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chunkraid/chunkraid/chunkserver/control"
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -74,10 +76,10 @@ func TestClientCalls(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := &recorder{status: http.StatusOK, answer: tt.answer}
-			srv := httptest.NewServer(rec)
+			srv := httptest.NewTLSServer(rec)
 			defer srv.Close()
-			for _, addr := range []string{strings.TrimPrefix(srv.URL, "http://"), srv.URL + "/"} {
-				got, err := tt.call(control.NewClient(addr, nil))
+			for _, addr := range []string{strings.TrimPrefix(srv.URL, "https://"), srv.URL + "/"} {
+				got, err := tt.call(control.NewClient(addr, srv.Client()))
 				if err != nil {
 					t.Fatalf("addr %q: %v", addr, err)
 				}
@@ -156,5 +158,54 @@ func TestClientContextCancel(t *testing.T) {
 	cancel()
 	if _, err := control.NewClient(srv.URL, nil).Fence(ctx, "c1", api.ControlRequest{}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want context.Canceled", err)
+	}
+}
+
+// TestHTTPClientVerifies: HTTPClient reaches a control API whose certificate
+// the cluster CA signed for a chunkserver, and refuses one another CA signed
+// and one the cluster CA signed for the metaserver.
+func TestHTTPClientVerifies(t *testing.T) {
+	now := time.Now()
+	ca, caKey, err := pki.NewCA("cluster", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, otherKey, err := pki.NewCA("other", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, err := control.HTTPClient(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name      string
+		ca, caKey []byte
+		role      pki.Role
+		wantErr   string
+	}{
+		{"the cluster's chunkserver", ca, caKey, pki.Chunkserver, ""},
+		{"another CA's chunkserver", other, otherKey, pki.Chunkserver, "certificate signed by unknown authority"},
+		{"the cluster's metaserver", ca, caKey, pki.Metaserver, "not a chunkserver certificate"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cert, key, err := pki.Issue(tt.ca, tt.caKey, tt.role, "x", []string{"127.0.0.1"}, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			scfg, err := pki.ServerConfig(cert, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewUnstartedServer(&recorder{status: http.StatusOK, answer: `{"min_epoch":1}`})
+			srv.TLS = scfg
+			srv.StartTLS()
+			defer srv.Close()
+			_, err = control.NewClient(strings.TrimPrefix(srv.URL, "https://"), hc).Fence(t.Context(), "c1", api.ControlRequest{Host: "h", Epoch: 1, Token: "t"})
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("err %v, want %q", err, tt.wantErr)
+			}
+			t.Logf("%s: %v", tt.name, err)
+		})
 	}
 }

@@ -203,8 +203,20 @@ func hasRole(c *x509.Certificate, role Role) error {
 		}
 		has = append(has, u.String())
 	}
-	return fmt.Errorf("pki: the certificate of %q is not a %s certificate of the cluster (it carries %v, not %s)",
-		c.Subject.CommonName, role, has, want)
+	return &RoleError{Subject: c.Subject.CommonName, Want: role, Has: has}
+}
+
+// RoleError is a certificate of the cluster CA presented for another role
+// than the one the client expects.
+type RoleError struct {
+	Subject string
+	Want    Role
+	Has     []string // the certificate's URI SANs
+}
+
+func (e *RoleError) Error() string {
+	return fmt.Sprintf("pki: the certificate of %q is not a %s certificate of the cluster (it carries %v, not %s)",
+		e.Subject, e.Want, e.Has, e.Want.uri())
 }
 
 // Pool is a certificate pool holding only the CA of caCertPEM: what a
@@ -228,7 +240,11 @@ func ClientConfig(caCertPEM []byte, peer Role) (*tls.Config, error) {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("pki: the peer sent no certificate")
 		}
-		return hasRole(cs.PeerCertificates[0], peer)
+		if err := hasRole(cs.PeerCertificates[0], peer); err != nil {
+			// As crypto/tls reports a chain that does not verify.
+			return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
+		}
+		return nil
 	}}, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -49,6 +50,24 @@ func NewClient(baseURL string, hc *http.Client) *Client {
 // tc (say, one that trusts only the cluster CA) for an https:// URL.
 func NewTLSClient(baseURL string, tc *tls.Config) *Client {
 	return newClient(strings.TrimRight(baseURL, "/"), &http.Client{Transport: defaultTransport(tc)}, "")
+}
+
+// NewDaemonClient is the metaserver client of a daemon: an https:// URL is
+// verified with tc (the cluster CA's pki.ClientConfig), which it then
+// requires; an http:// URL is allowed with a warning on log, since the
+// daemon's credential then crosses the network in clear.
+func NewDaemonClient(baseURL string, tc *tls.Config, log *slog.Logger) (*Client, error) {
+	switch {
+	case strings.HasPrefix(baseURL, "https://"):
+		if tc == nil {
+			return nil, fmt.Errorf("the metaserver %s is verified against the cluster CA: give its certificate with --ca-file or CHUNKRAID_CA (the metaserver writes it with its own --ca-file)", baseURL)
+		}
+		return NewTLSClient(baseURL, tc), nil
+	case strings.HasPrefix(baseURL, "http://"):
+		log.Warn("talking to the metaserver over plain HTTP: this daemon's credential crosses the network in clear", "metaserver", baseURL)
+		return NewClient(baseURL, nil), nil
+	}
+	return nil, fmt.Errorf("the metaserver URL %q must start with https:// (or http:// for a metaserver run with --insecure-http)", baseURL)
 }
 
 // defaultTransport dials with a timeout and never times out a read, so

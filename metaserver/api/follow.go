@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"time"
@@ -12,7 +14,9 @@ import (
 
 // Register calls register until it succeeds, answers with a client error
 // (4xx: retrying cannot help) or ctx ends; other failures (the metaserver
-// unreachable or failing) are retried with backoff from 200 ms to 5 s.
+// unreachable or failing) are retried with backoff from 200 ms to 5 s. A
+// metaserver whose certificate does not verify is not retried either: that
+// is a wrong CA or address, which waiting does not mend.
 func Register(ctx context.Context, log *slog.Logger, register func(ctx context.Context) error) error {
 	backoff := 200 * time.Millisecond
 	for {
@@ -22,6 +26,9 @@ func Register(ctx context.Context, log *slog.Logger, register func(ctx context.C
 		}
 		var ae *Error
 		if errors.As(err, &ae) && ae.Status >= 400 && ae.Status < 500 {
+			return err
+		}
+		if IsCertificateError(err) {
 			return err
 		}
 		log.Warn("metaserver not reachable, retrying", "err", err, "in", backoff)
@@ -73,4 +80,15 @@ func Follow[T any](ctx context.Context, log *slog.Logger, what string,
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// IsCertificateError reports whether err is a TLS peer that failed
+// verification: a certificate no trusted CA signed, for another name, or
+// for another role of the cluster (pki wraps that in a
+// tls.CertificateVerificationError too).
+func IsCertificateError(err error) bool {
+	var ve *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	return errors.As(err, &ve) || errors.As(err, &ua) || errors.As(err, &he)
 }

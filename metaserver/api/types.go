@@ -95,7 +95,11 @@ type RegisterChunkserverRequest struct {
 	Addr string `json:"addr"` // NBD host:port
 	// ControlAddr is the host:port of the chunkserver's control HTTP API
 	// (fence, pin, LOG bitmaps: see ControlRequest); empty if it has none.
-	ControlAddr string     `json:"control_addr,omitempty"`
+	ControlAddr string `json:"control_addr,omitempty"`
+	// ControlCSR is a PEM certificate request (pki.NewRequest) for the
+	// control API's TLS key, made afresh at each start; required with
+	// ControlAddr. The answer's ControlCert is signed for ControlAddr's host.
+	ControlCSR  string     `json:"control_csr,omitempty"`
 	FaultDomain string     `json:"fault_domain"` // empty: the name
 	Disks       []DiskInfo `json:"disks"`
 }
@@ -115,6 +119,11 @@ type RegisterChunkserverResponse struct {
 	IOTimeoutMS int64 `json:"io_timeout_ms"`
 	// LogPeriodMS is T, the rotation period of the chunks' LOG bitmaps.
 	LogPeriodMS int64 `json:"log_period_ms"`
+	// ControlCert is the control API's certificate (PEM), signed by the
+	// cluster CA for ControlCSR's key.
+	ControlCert string `json:"control_cert,omitempty"`
+	// ClusterCA is the cluster CA's certificate (PEM).
+	ClusterCA string `json:"cluster_ca"`
 }
 
 // ChunkserverHeartbeat is POSTed to /api/v1/chunkservers/{id}/heartbeat.
@@ -207,6 +216,9 @@ type RegisterHostResponse struct {
 	LogPeriodMS int64 `json:"log_period_ms"`
 	// Credential is as in RegisterChunkserverResponse, for the host.
 	Credential string `json:"credential,omitempty"`
+	// ClusterCA is the cluster CA's certificate (PEM): the host verifies
+	// the chunkservers' control API with it.
+	ClusterCA string `json:"cluster_ca"`
 }
 
 // Host is a registered hostd as listed by the API.
