@@ -183,3 +183,118 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("plain HTTP with --insecure-http: %v", err)
 	}
 }
+
+// TestIssueCertificate: an admin has the cluster CA sign a metaserver
+// certificate for several names (the key never leaves the caller); a
+// metaserver started with it (TLSCertFile) is verified by each name, a
+// reader may not issue, bad requests are refused, and a metaserver given
+// a certificate of another CA, or a chunkserver's, does not start.
+func TestIssueCertificate(t *testing.T) {
+	t.Parallel()
+	url := newSchema(t)
+	ts := startServer(t, Config{DatabaseURL: url})
+	ctx := t.Context()
+	csr, key, err := pki.NewRequest("metaserver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := []string{"meta-a.test", "meta-b.test", "127.0.0.1"}
+	c, err := ts.Client.IssueCertificate(ctx, api.IssueCertificateRequest{Role: api.RoleMetaserverCert, Names: names, CSR: string(csr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.Verify([]byte(c.ClusterCA), []byte(c.Certificate), pki.Metaserver); err != nil {
+		t.Fatal(err)
+	}
+	if time.Until(c.NotAfter) < 365*24*time.Hour {
+		t.Errorf("not after %v", c.NotAfter)
+	}
+	reader, err := ts.Client.CreateToken(ctx, api.CreateTokenRequest{Name: "ro", Role: api.RoleReader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.NewClient(reader.Secret).IssueCertificate(ctx, api.IssueCertificateRequest{Role: api.RoleMetaserverCert, Names: names, CSR: string(csr)}); !api.IsPermissionDenied(err) {
+		t.Errorf("a reader issued a certificate: %v", err)
+	}
+	for _, bad := range []api.IssueCertificateRequest{
+		{Role: "chunkserver", Names: names, CSR: string(csr)},
+		{Role: api.RoleMetaserverCert, CSR: string(csr)},
+		{Role: api.RoleMetaserverCert, Names: []string{"*.test"}, CSR: string(csr)},
+		{Role: api.RoleMetaserverCert, Names: []string{"a b"}, CSR: string(csr)},
+		{Role: api.RoleMetaserverCert, Names: names},
+		{Role: api.RoleMetaserverCert, Names: names, CSR: "junk"},
+	} {
+		_, err := ts.Client.IssueCertificate(ctx, bad)
+		ae := wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
+		t.Logf("%+v: %s", bad.Names, ae.Message)
+	}
+
+	// A second metaserver of the cluster serves the issued certificate.
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "meta.crt"), filepath.Join(dir, "meta.key")
+	if err := os.WriteFile(certFile, []byte(c.Certificate), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	second := startServer(t, Config{DatabaseURL: url, TLSCertFile: certFile, TLSKeyFile: keyFile})
+	for _, name := range []string{"meta-a.test", "meta-b.test"} {
+		tc, err := pki.ClientConfig([]byte(c.ClusterCA), pki.Metaserver)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.ServerName = name
+		if _, err := api.NewTLSClient(second.URL, tc).WithToken(ts.Token).ListVolumes(ctx); err != nil {
+			t.Errorf("by %s: %v", name, err)
+		}
+	}
+	if _, err := second.Client.ListVolumes(ctx); err != nil {
+		t.Errorf("by 127.0.0.1: %v", err)
+	}
+
+	// Certificates that are not the cluster's metaserver's.
+	now := time.Now()
+	otherCA, otherKey, err := pki.NewCA("other", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, issue := range map[string]func() ([]byte, []byte, error){
+		"another CA's": func() ([]byte, []byte, error) {
+			return pki.Issue(otherCA, otherKey, pki.Metaserver, "m", []string{"127.0.0.1"}, now)
+		},
+		"a chunkserver's": func() ([]byte, []byte, error) {
+			csr, key, err := pki.NewRequest("cs")
+			if err != nil {
+				return nil, nil, err
+			}
+			req := chunkserverReq("cs-x")
+			req.ControlAddr, req.ControlCSR = "127.0.0.1:9", string(csr)
+			resp, err := ts.Client.RegisterChunkserver(ctx, req)
+			if err != nil {
+				return nil, nil, err
+			}
+			return []byte(resp.ControlCert), key, nil
+		},
+	} {
+		cert, key, err := issue()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(certFile, cert, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := New(Config{DatabaseURL: url, TLSCertFile: certFile, TLSKeyFile: keyFile, Listen: "127.0.0.1:0", Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = s.Run(ctx)
+		if err == nil || !strings.Contains(err.Error(), "not a metaserver certificate of this cluster's CA") {
+			t.Errorf("%s certificate: Run: %v", name, err)
+		}
+		t.Logf("%s certificate: %v", name, err)
+	}
+}

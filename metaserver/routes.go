@@ -73,6 +73,7 @@ func (s *Server) routes() http.Handler {
 			r.Post("/tokens", s.createToken)
 			r.Get("/tokens", s.listTokens)
 			r.Delete("/tokens/{name}", s.revokeToken)
+			r.Post("/certificates", s.issueCertificate)
 		})
 	})
 	return r

@@ -2,13 +2,16 @@ package metaserver
 
 import (
 	"bytes"
+	"encoding/json"
 	"net"
 	"net/http/httptest"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -90,6 +93,9 @@ func FuzzRegisterChunkserverRequest(f *testing.F) {
 			!serverNameRE.MatchString(req.Name) || !faultDomainRE.MatchString(req.FaultDomain) || len(req.Disks) == 0 {
 			t.Fatalf("accepted %+v", req)
 		}
+		if (req.ControlAddr == "") != (req.ControlCSR == "") || len(req.ControlCSR) > pki.MaxRequestBytes {
+			t.Fatalf("accepted control_addr %q with a control_csr of %d bytes", req.ControlAddr, len(req.ControlCSR))
+		}
 		seen := map[string]bool{}
 		for _, d := range req.Disks {
 			if d.Path == "" || seen[d.Path] || d.FreeBytes < 0 || d.FreeBytes > d.CapacityBytes || strings.ContainsRune(d.Path, 0) {
@@ -143,6 +149,38 @@ func FuzzCreateTokenRequest(f *testing.F) {
 			if !tokenNameRE.MatchString(r.Name) || strings.Contains(r.Name, ":") ||
 				(r.Role != api.RoleAdmin && r.Role != api.RoleReader && r.Role != api.RoleJoin) {
 				t.Fatalf("accepted %+v", r)
+			}
+		})
+}
+
+// FuzzIssueCertificateRequest: POST /api/v1/certificates; what passes is
+// then signed, which must not panic either.
+func FuzzIssueCertificateRequest(f *testing.F) {
+	now := time.Now()
+	ca, caKey, err := pki.NewCA("fuzz", now)
+	if err != nil {
+		f.Fatal(err)
+	}
+	csr, _, err := pki.NewRequest("m")
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _ := json.Marshal(api.IssueCertificateRequest{Role: "metaserver", Names: []string{"m.test", "10.0.0.1"}, CSR: string(csr)})
+	fuzzDecoded(f, []string{string(good), `{"role":"metaserver","names":["*.x"],"csr":"x"}`, `{"role":"chunkserver","names":[],"csr":""}`},
+		func(r *api.IssueCertificateRequest) error { return validateIssueCertificate(*r) },
+		func(t *testing.T, r *api.IssueCertificateRequest) {
+			if r.Role != api.RoleMetaserverCert || len(r.Names) == 0 || len(r.Names) > api.MaxCertificateNames {
+				t.Fatalf("accepted %+v", r)
+			}
+			for _, n := range r.Names {
+				if strings.ContainsAny(n, "* \x00") {
+					t.Fatalf("accepted name %q", n)
+				}
+			}
+			if cert, err := pki.Sign(ca, caKey, []byte(r.CSR), pki.Metaserver, r.Names, now); err == nil {
+				if _, err := pki.Verify(ca, cert, pki.Metaserver); err != nil {
+					t.Fatalf("signed a certificate that does not verify: %v", err)
+				}
 			}
 		})
 }

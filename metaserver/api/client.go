@@ -146,6 +146,11 @@ func (c *Client) CreateToken(ctx context.Context, req CreateTokenRequest) (*Toke
 	return call[Token](ctx, c, http.MethodPost, "/api/v1/tokens", nil, req, RequestTimeout)
 }
 
+// IssueCertificate has the cluster CA sign a certificate (admin).
+func (c *Client) IssueCertificate(ctx context.Context, req IssueCertificateRequest) (*IssuedCertificate, error) {
+	return call[IssuedCertificate](ctx, c, http.MethodPost, "/api/v1/certificates", nil, req, RequestTimeout)
+}
+
 // ListTokens lists the API tokens, without their secrets.
 func (c *Client) ListTokens(ctx context.Context) ([]Token, error) {
 	return callList[Token](ctx, c, http.MethodGet, "/api/v1/tokens", nil, nil, RequestTimeout)

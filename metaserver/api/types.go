@@ -49,6 +49,31 @@ const (
 	RoleHost        = "host"
 )
 
+// IssueCertificateRequest is the body of POST /api/v1/certificates: the
+// cluster CA signs a certificate of Role (only RoleMetaserverCert: the
+// chunkservers get theirs at registration) for the host names and
+// addresses of Names, with the key of CSR (a PEM certificate request; the
+// key stays with the caller).
+type IssueCertificateRequest struct {
+	Role  string   `json:"role"`
+	Names []string `json:"names"`
+	CSR   string   `json:"csr"`
+}
+
+// RoleMetaserverCert is the role of a certificate that serves the API.
+const RoleMetaserverCert = "metaserver"
+
+// MaxCertificateNames bounds IssueCertificateRequest.Names.
+const MaxCertificateNames = 32
+
+// IssuedCertificate answers POST /api/v1/certificates.
+type IssuedCertificate struct {
+	Certificate string    `json:"certificate"` // PEM
+	ClusterCA   string    `json:"cluster_ca"`  // PEM
+	Names       []string  `json:"names"`
+	NotAfter    time.Time `json:"not_after"`
+}
+
 // CreateTokenRequest is the body of POST /api/v1/tokens.
 type CreateTokenRequest struct {
 	Name string `json:"name"`
