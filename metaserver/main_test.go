@@ -221,8 +221,7 @@ func startServer(t *testing.T, cfg Config) *testServer {
 		creds.mu.Lock()
 		creds.admin = ts.Token
 		creds.mu.Unlock()
-		creds.next = rt
-		ts.HTTP = &http.Client{Transport: creds}
+		ts.HTTP = &http.Client{Transport: credsTransport{creds, rt}}
 		ts.Client = api.NewClient(base, ts.HTTP)
 	}
 	return ts
@@ -239,7 +238,6 @@ func (ts *testServer) NewClient(token string) *api.Client {
 // which admits a new name and gets its credential), a daemon's route with
 // that daemon's credential, every other request with the admin token.
 type daemonCreds struct {
-	next  http.RoundTripper
 	mu    sync.Mutex
 	admin string
 	creds map[string]string // "chunkserver:NAME" and "chunkserver#ID" (or host) → credential
@@ -247,7 +245,17 @@ type daemonCreds struct {
 
 var daemonRouteRE = regexp.MustCompile(`^/api/v1/(chunkservers|hosts)(?:/([0-9]+)(?:/.*)?)?$`)
 
-func (d *daemonCreds) RoundTrip(r *http.Request) (*http.Response, error) {
+// credsTransport sends requests as d's daemons, over next.
+type credsTransport struct {
+	d    *daemonCreds
+	next http.RoundTripper
+}
+
+func (c credsTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	return c.d.roundTrip(r, c.next)
+}
+
+func (d *daemonCreds) roundTrip(r *http.Request, next http.RoundTripper) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	var register string // "kind:name" of a registration
 	m := daemonRouteRE.FindStringSubmatch(r.URL.Path)
@@ -278,7 +286,7 @@ func (d *daemonCreds) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	d.mu.Unlock()
 	r.Header.Set("Authorization", "Bearer "+token)
-	resp, err := d.next.RoundTrip(r)
+	resp, err := next.RoundTrip(r)
 	if err != nil || register == "" || resp.StatusCode != http.StatusOK {
 		return resp, err
 	}
