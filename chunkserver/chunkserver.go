@@ -370,7 +370,13 @@ func (s *Server) disks() ([]api.DiskInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []api.DiskInfo{{Path: s.cfg.DataDir, CapacityBytes: capacity, FreeBytes: free}}, nil
+	d := api.DiskInfo{Path: s.cfg.DataDir, CapacityBytes: capacity, FreeBytes: free}
+	if s.store != nil { // opened after the registration
+		if d.AllocatedBytes, err = s.store.Allocated(); err != nil {
+			return nil, err
+		}
+	}
+	return []api.DiskInfo{d}, nil
 }
 
 // register registers with the metaserver, retrying with backoff until it

@@ -787,3 +787,32 @@ func TestReadOnlyExport(t *testing.T) {
 		t.Fatalf("after the refused write: %q, %v", got, err)
 	}
 }
+
+// TestHeartbeatReportsAllocated: heartbeats carry what the chunk files
+// take on disk — their allocated blocks, not their (sparse) sizes.
+func TestHeartbeatReportsAllocated(t *testing.T) {
+	meta := newFakeMeta(t, "c1", "c2")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	if _, err := cs.ctl.Fence(t.Context(), "c1", cred("c1", "h1", 1)); err != nil {
+		t.Fatal(err)
+	}
+	allocated := func() int64 {
+		meta.mu.Lock()
+		defer meta.mu.Unlock()
+		if len(meta.mu.heartbeat.Disks) != 1 {
+			return -1
+		}
+		return meta.mu.heartbeat.Disks[0].AllocatedBytes
+	}
+	waitFor(t, "a heartbeat", func() bool { return allocated() >= 0 })
+	before := allocated()
+	if before >= testChunkSize {
+		t.Fatalf("two empty chunks of %d bytes take %d: sizes counted, not blocks", testChunkSize, before)
+	}
+	c := cs.dial(t, exportName("c1", "h1", 1), nil)
+	if err := c.WriteAt(t.Context(), bytes.Repeat([]byte{7}, 4<<20), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the written 4 MiB in a heartbeat", func() bool { return allocated() >= before+4<<20 })
+	t.Logf("allocated: %d bytes before, %d after writing 4 MiB (chunks of %d)", before, allocated(), testChunkSize)
+}

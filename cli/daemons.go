@@ -54,6 +54,7 @@ func newMetaserverCmd(o *rootOptions) *cobra.Command {
 	f.StringVar(&cfg.TLSKeyFile, "tls-key-file", "", "the key of --tls-cert-file")
 	f.StringVar(&cfg.CAFile, "ca-file", "", "write the cluster CA's certificate here (what clients verify the API with)")
 	f.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", 1<<20, "longest request body (at most 1 MiB of JSON is ever read)")
+	f.Float64Var(&cfg.Overcommit, "overcommit", 1, "capacity guard: a volume's raw size must fit in this × the free raw space, less what chunks are promised but have not written")
 	f.IntVar(&cfg.MaxLongPolls, "max-long-polls", 4, "long polls one caller may have waiting at once; one more is refused (429)")
 	f.StringVar(&cfg.AdminTokenFile, "admin-token-file", "", "write the admin token created at the cluster's first start here (mode 0600) instead of printing it once on standard output")
 	return cmd

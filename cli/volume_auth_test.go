@@ -366,19 +366,20 @@ func TestPrintVolumeCapacityAndAuth(t *testing.T) {
 func TestClusterCommand(t *testing.T) {
 	f, url := newFakeAPI(t)
 	f.answer("GET /api/v1/cluster", &api.Cluster{ChunkSize: 64 << 20, RawCapacityBytes: 100 << 30, RawFreeBytes: 80 << 30,
-		AllocatedBytes: 30 * 64 << 20, IOTimeoutMS: 5000, OfflineAfterMS: 10000, LogPeriodMS: 60000, SchemaVersion: 3})
+		ProvisionedBytes: 30 * 64 << 20, AllocatedBytes: 512 << 20, Overcommit: 1.5, ProvisionableBytes: 110 << 30, IOTimeoutMS: 5000, OfflineAfterMS: 10000, LogPeriodMS: 60000, SchemaVersion: 3})
 	out, _, err := runCmd(t, url, "table", "cluster")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Raw capacity: 100 GiB", "Raw free: 80 GiB", "Allocated: 1.9 GiB (30 chunks), 1.9 % of the raw capacity",
+	for _, want := range []string{"Raw capacity: 100 GiB", "Raw free: 80 GiB", "Provisioned: 1.9 GiB (30 chunks), 1.9 % of the raw capacity", "Allocated: 512 MiB (26.7 % of the provisioned)",
+		"Provisionable: 110 GiB (raw, for new volumes, overcommit 1.5)",
 		"t_io 5s, offline after 10s, LOG period T 1m0s"} {
 		if !strings.Contains(squeeze(out), want) {
 			t.Errorf("cluster output lacks %q:\n%s", want, out)
 		}
 	}
 	out, _, err = runCmd(t, url, "json", "cluster")
-	if err != nil || !strings.Contains(out, `"raw_capacity_bytes": 107374182400`) || !strings.Contains(out, `"allocated_bytes": 2013265920`) {
+	if err != nil || !strings.Contains(out, `"raw_capacity_bytes": 107374182400`) || !strings.Contains(out, `"provisioned_bytes": 2013265920`) {
 		t.Errorf("cluster -o json: %s, %v", out, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net/http"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -308,7 +309,7 @@ func TestClusterCapacity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.RawCapacityBytes != 0 || c.RawFreeBytes != 0 || c.AllocatedBytes != 0 {
+	if c.RawCapacityBytes != 0 || c.RawFreeBytes != 0 || c.ProvisionedBytes != 0 || c.AllocatedBytes != 0 || c.ProvisionableBytes != 0 {
 		t.Errorf("empty cluster: %+v", c)
 	}
 	for i := range 6 {
@@ -340,17 +341,17 @@ func TestClusterCapacity(t *testing.T) {
 	}
 	// ec: 4 sets × 6 chunks; m: 2 sets × 3 chunks.
 	wantAlloc := int64(4*6+2*3) * chunk
-	if c.RawCapacityBytes != 6*15*gib || c.RawFreeBytes != 6*13*gib || c.AllocatedBytes != wantAlloc {
-		t.Errorf("cluster capacity %d free %d allocated %d; want %d, %d, %d",
-			c.RawCapacityBytes, c.RawFreeBytes, c.AllocatedBytes, 6*15*gib, 6*13*gib, wantAlloc)
+	if c.RawCapacityBytes != 6*15*gib || c.RawFreeBytes != 6*13*gib || c.ProvisionedBytes != wantAlloc {
+		t.Errorf("cluster capacity %d free %d provisioned %d; want %d, %d, %d",
+			c.RawCapacityBytes, c.RawFreeBytes, c.ProvisionedBytes, 6*15*gib, 6*13*gib, wantAlloc)
 	}
 	// A deleted volume's chunks stay allocated until their chunkservers
 	// acknowledge the deletion.
 	if err := ts.Client.DeleteVolume(ctx, "m"); err != nil {
 		t.Fatal(err)
 	}
-	if c, err = ts.Client.Cluster(ctx); err != nil || c.AllocatedBytes != wantAlloc {
-		t.Errorf("after the delete: %+v, %v; want allocated %d", c, err, wantAlloc)
+	if c, err = ts.Client.Cluster(ctx); err != nil || c.ProvisionedBytes != wantAlloc {
+		t.Errorf("after the delete: %+v, %v; want provisioned %d", c, err, wantAlloc)
 	}
 	chunks, err := ts.Client.ListChunks(ctx, "")
 	if err != nil {
@@ -375,8 +376,53 @@ func TestClusterCapacity(t *testing.T) {
 	if acked != 6 {
 		t.Fatalf("acknowledged %d deletions, want 6", acked)
 	}
-	if c, err = ts.Client.Cluster(ctx); err != nil || c.AllocatedBytes != 24*chunk {
-		t.Errorf("after the acknowledgements: %+v, %v; want allocated %d", c, err, 24*chunk)
+	if c, err = ts.Client.Cluster(ctx); err != nil || c.ProvisionedBytes != 24*chunk {
+		t.Errorf("after the acknowledgements: %+v, %v; want provisioned %d", c, err, 24*chunk)
+	}
+
+	// What the chunks take on disk, as heartbeats report it.
+	cs0 := mustServers(t, ts)[0]
+	if err := ts.Client.ChunkserverHeartbeat(ctx, cs0.ID, api.ChunkserverHeartbeat{Disks: []api.DiskInfo{
+		{Path: "/a", CapacityBytes: 10 * gib, FreeBytes: 8 * gib, AllocatedBytes: gib},
+		{Path: "/b", CapacityBytes: 5 * gib, FreeBytes: 5 * gib},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	// Provisionable: 1 × 78 GiB free − (1.5 GiB provisioned − 1 GiB written).
+	if c, err = ts.Client.Cluster(ctx); err != nil || c.AllocatedBytes != gib || c.Overcommit != 1 || c.ProvisionableBytes != 78*gib-gib/2 {
+		t.Fatalf("after a heartbeat with allocated bytes: %+v, %v", c, err)
+	}
+
+	// The capacity guard.
+	_, err = ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "big", SizeBytes: 1 << 40, Layout: "mirror:2"})
+	ae := wantCode(t, err, api.CodeUnsatisfiable, http.StatusConflict)
+	for _, want := range []string{`"big" needs 2.00 TiB of raw space`, "32768 chunks of 64 MiB", "only 77.5 GiB more can be provisioned",
+		"78.0 GiB free", "overcommit 1,", "512 MiB promised", "--overcommit"} {
+		if !strings.Contains(ae.Message, want) {
+			t.Errorf("refusal %q does not say %q", ae.Message, want)
+		}
+	}
+	t.Logf("1 TiB refused: %s", ae.Message)
+	if _, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "fits", SizeBytes: 30 * gib, Layout: "mirror:2"}); err != nil {
+		t.Fatalf("60 GiB raw of 77.5 GiB provisionable: %v", err)
+	}
+	_, err = ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "more", SizeBytes: 10 * gib, Layout: "mirror:2"})
+	wantCode(t, err, api.CodeUnsatisfiable, http.StatusConflict)
+	if vs, err := ts.Client.ListVolumes(ctx); err != nil || len(vs) != 2 {
+		t.Errorf("volumes after the refusals: %+v, %v", vs, err)
+	}
+	// A metaserver with --overcommit 2 allows it.
+	if err := ts.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	ts2 := startServer(t, Config{DatabaseURL: ts.DBURL, ChunkSize: chunk, Overcommit: 2})
+	if _, err := ts2.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "more", SizeBytes: 10 * gib, Layout: "mirror:2"}); err != nil {
+		t.Fatalf("with overcommit 2: %v", err)
+	}
+	for _, bad := range []float64{-1, 0.01, 1000, math.NaN()} {
+		if _, err := New(Config{DatabaseURL: ts.DBURL, Overcommit: bad}); err == nil || !strings.Contains(err.Error(), "--overcommit") {
+			t.Errorf("overcommit %g: %v", bad, err)
+		}
 	}
 }
 

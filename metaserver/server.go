@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -54,6 +55,11 @@ type Config struct {
 	// or T >= 3·t_io (DESIGN §5). Run every metaserver of a cluster with
 	// the same three durations.
 	LogPeriod time.Duration
+	// Overcommit is the capacity guard's ratio: a volume is created only
+	// if its raw size fits in Overcommit × the free raw space, less what
+	// is promised to chunks but not yet written. 0 means 1 (thin chunks
+	// that can all be written in full); from 0.1 to 100.
+	Overcommit float64
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 	// AdminTokenFile is where the metaserver writes the admin token it
@@ -148,6 +154,12 @@ func (c *Config) validate() error {
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = maxBody
+	}
+	if c.Overcommit == 0 {
+		c.Overcommit = 1
+	}
+	if math.IsNaN(c.Overcommit) || c.Overcommit < 0.1 || c.Overcommit > 100 {
+		return fmt.Errorf("metaserver: --overcommit %g must be from 0.1 to 100 (1: every volume could be written in full)", c.Overcommit)
 	}
 	return nil
 }
@@ -318,7 +330,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		ln = tls.NewListener(ln, tcfg)
 		s.log.Info("serving TLS", "names", names)
 	}
-	s.st = &store{db: db, caCert: caCert, caKey: caKey, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
+	s.st = &store{db: db, overcommit: s.cfg.Overcommit, caCert: caCert, caKey: caKey, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
 		logPeriod: s.cfg.LogPeriod, log: s.log, committed: s.gens.observe}
 	if _, err := s.st.ensureAdminToken(ctx, s.showAdminToken); err != nil {
 		return fmt.Errorf("metaserver: create the admin token: %w", err)

@@ -27,6 +27,8 @@ type store struct {
 	// caCert and caKey are the cluster CA's (PEM): registrations get the
 	// certificate, chunkservers a control API certificate it signs.
 	caCert, caKey []byte
+	// overcommit is the capacity guard's ratio (Config.Overcommit).
+	overcommit float64
 	// secret is the cluster secret (hex) that keys export tokens.
 	secret string
 	// box seals the volumes' CHAP secrets with a key derived from secret.
@@ -90,21 +92,48 @@ func (st *store) cluster(ctx context.Context) (*api.Cluster, error) {
 		LogPeriodMS:         st.logPeriod.Milliseconds(),
 	}
 	err := st.read(ctx, func(tx pgx.Tx) error {
-		return tx.QueryRow(ctx, `
-			SELECT chunk_size, generation, created_at, (SELECT coalesce(max(version), 0) FROM schema_migrations),
-			       coalesce(d.cap, 0), coalesce(d.free, 0),
-			       (SELECT coalesce(sum(size_bytes), 0)::bigint FROM chunks)
-			FROM cluster, (
-				SELECT sum(d.capacity_bytes)::bigint AS cap, sum(d.free_bytes)::bigint AS free
-				FROM disks d JOIN chunkservers cs ON cs.id = d.chunkserver_id
-				WHERE cs.last_heartbeat > now() - make_interval(secs => $1)) d`, st.offlineSecs()).
-			Scan(&c.ChunkSize, &c.Generation, &c.CreatedAt, &c.SchemaVersion,
-				&c.RawCapacityBytes, &c.RawFreeBytes, &c.AllocatedBytes)
+		err := tx.QueryRow(ctx, `
+			SELECT chunk_size, generation, created_at, (SELECT coalesce(max(version), 0) FROM schema_migrations)
+			FROM cluster`).Scan(&c.ChunkSize, &c.Generation, &c.CreatedAt, &c.SchemaVersion)
+		if err != nil {
+			return err
+		}
+		cp, err := st.capacity(ctx, tx)
+		if err != nil {
+			return err
+		}
+		c.RawCapacityBytes, c.RawFreeBytes, c.ProvisionedBytes, c.AllocatedBytes = cp.raw, cp.free, cp.provisioned, cp.allocated
+		c.Overcommit, c.ProvisionableBytes = st.overcommit, cp.provisionable(st.overcommit)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read cluster: %w", err)
 	}
 	return c, nil
+}
+
+// capacity is the cluster's raw capacity and free space (of the online
+// chunkservers' disks), what its chunks are provisioned and what they
+// take on disk.
+type capacity struct{ raw, free, provisioned, allocated int64 }
+
+func (st *store) capacity(ctx context.Context, q querier) (capacity, error) {
+	var c capacity
+	err := q.QueryRow(ctx, `
+		SELECT coalesce(sum(d.capacity_bytes), 0)::bigint, coalesce(sum(d.free_bytes), 0)::bigint,
+		       (SELECT coalesce(sum(size_bytes), 0)::bigint FROM chunks),
+		       coalesce(sum(d.allocated_bytes), 0)::bigint
+		FROM disks d JOIN chunkservers cs ON cs.id = d.chunkserver_id
+		WHERE cs.last_heartbeat > now() - make_interval(secs => $1)`, st.offlineSecs()).
+		Scan(&c.raw, &c.free, &c.provisioned, &c.allocated)
+	return c, err
+}
+
+// provisionable is the raw size a new volume may still take: overcommit ×
+// free, less the space promised to chunks but not yet written.
+func (c capacity) provisionable(overcommit float64) int64 {
+	unwritten := max(0, c.provisioned-c.allocated)
+	return max(0, int64(overcommit*float64(c.free))-unwritten)
 }
 
 // generation returns the current generation.
@@ -139,8 +168,9 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 	paths := make([]string, len(req.Disks))
 	caps := make([]int64, len(req.Disks))
 	frees := make([]int64, len(req.Disks))
+	allocs := make([]int64, len(req.Disks))
 	for i, d := range req.Disks {
-		paths[i], caps[i], frees[i] = d.Path, d.CapacityBytes, d.FreeBytes
+		paths[i], caps[i], frees[i], allocs[i] = d.Path, d.CapacityBytes, d.FreeBytes, d.AllocatedBytes
 	}
 	var kept []string
 	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
@@ -169,11 +199,12 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 			}
 		}
 		_, err = tx.Exec(ctx, `
-			INSERT INTO disks (chunkserver_id, path, capacity_bytes, free_bytes)
-			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[])
+			INSERT INTO disks (chunkserver_id, path, capacity_bytes, free_bytes, allocated_bytes)
+			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
 			ON CONFLICT (chunkserver_id, path) DO UPDATE
-			SET capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes`,
-			resp.ID, paths, caps, frees)
+			SET capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes,
+			    allocated_bytes = EXCLUDED.allocated_bytes`,
+			resp.ID, paths, caps, frees, allocs)
 		if err != nil {
 			return fmt.Errorf("upsert disks: %w", err)
 		}
@@ -185,7 +216,7 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 			return fmt.Errorf("delete disks: %w", err)
 		}
 		rows, err := tx.Query(ctx, `
-			UPDATE disks SET capacity_bytes = 0, free_bytes = 0
+			UPDATE disks SET capacity_bytes = 0, free_bytes = 0, allocated_bytes = 0
 			WHERE chunkserver_id = $1 AND NOT path = ANY($2::text[])
 			RETURNING path`, resp.ID, paths)
 		if err != nil {
@@ -209,8 +240,9 @@ func (st *store) chunkserverHeartbeat(ctx context.Context, id int64, hb api.Chun
 	paths := make([]string, len(hb.Disks))
 	caps := make([]int64, len(hb.Disks))
 	frees := make([]int64, len(hb.Disks))
+	allocs := make([]int64, len(hb.Disks))
 	for i, d := range hb.Disks {
-		paths[i], caps[i], frees[i] = d.Path, d.CapacityBytes, d.FreeBytes
+		paths[i], caps[i], frees[i], allocs[i] = d.Path, d.CapacityBytes, d.FreeBytes, d.AllocatedBytes
 	}
 	return pgx.BeginTxFunc(ctx, st.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE chunkservers SET last_heartbeat = now() WHERE id = $1`, id)
@@ -234,9 +266,9 @@ func (st *store) chunkserverHeartbeat(ctx context.Context, id int64, hb api.Chun
 			return api.Errorf(api.CodeConflict, "disk %q of chunkserver %d is not registered: register again to change the disk list", unknown[0], id)
 		}
 		_, err = tx.Exec(ctx, `
-			UPDATE disks d SET capacity_bytes = u.cap, free_bytes = u.free
-			FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS u(path, cap, free)
-			WHERE d.chunkserver_id = $1 AND d.path = u.path`, id, paths, caps, frees)
+			UPDATE disks d SET capacity_bytes = u.cap, free_bytes = u.free, allocated_bytes = u.alloc
+			FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(path, cap, free, alloc)
+			WHERE d.chunkserver_id = $1 AND d.path = u.path`, id, paths, caps, frees, allocs)
 		if err != nil {
 			return fmt.Errorf("heartbeat disks: %w", err)
 		}

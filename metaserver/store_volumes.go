@@ -228,6 +228,22 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		if sets > maxSets {
 			return invalid("a volume of %s needs %d sets of %s: at most %d are allowed", describeSize(req.SizeBytes), sets, describeSize(setSize), maxSets)
 		}
+		cp, err := st.capacity(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if need, avail := sets*int64(l.Width())*chunkSize, cp.provisionable(st.overcommit); need > avail {
+			needS, availS := approxSize(need), approxSize(avail)
+			if needS == availS {
+				needS, availS = fmt.Sprintf("%d bytes", need), fmt.Sprintf("%d bytes", avail)
+			}
+			return api.Errorf(api.CodeUnsatisfiable,
+				"volume %q needs %s of raw space (%d chunks of %s for %s of %s) but only %s more can be provisioned: "+
+					"%s free on the online chunkservers × overcommit %g, less %s promised to existing chunks and not yet written; "+
+					"add chunkservers, delete volumes, or start the metaserver with a higher --overcommit",
+				req.Name, needS, sets*int64(l.Width()), describeSize(chunkSize), describeSize(req.SizeBytes), l.String(),
+				availS, approxSize(cp.free), st.overcommit, approxSize(max(0, cp.provisioned-cp.allocated)))
+		}
 		var host *int64
 		if req.Host != "" {
 			id, err := hostID(ctx, tx, req.Host)
@@ -237,7 +253,7 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 			host = &id
 		}
 		var volumeID int64
-		err := tx.QueryRow(ctx, `
+		err = tx.QueryRow(ctx, `
 			INSERT INTO volumes (name, size_bytes, layout, stripe_unit, bitmap, host_id) VALUES ($1, $2, $3, $4, $5, $6)
 			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.String(), req.StripeUnit, req.Bitmap, host).Scan(&volumeID)
 		if errors.Is(err, pgx.ErrNoRows) {

@@ -177,6 +177,9 @@ func validateDisks(disks []api.DiskInfo, requireOne bool) error {
 		if d.CapacityBytes < 0 || d.FreeBytes < 0 || d.FreeBytes > d.CapacityBytes {
 			return invalid("disk %q: need 0 <= free_bytes (%d) <= capacity_bytes (%d)", d.Path, d.FreeBytes, d.CapacityBytes)
 		}
+		if d.AllocatedBytes < 0 || d.AllocatedBytes > d.CapacityBytes {
+			return invalid("disk %q: need 0 <= allocated_bytes (%d) <= capacity_bytes (%d)", d.Path, d.AllocatedBytes, d.CapacityBytes)
+		}
 	}
 	return nil
 }
@@ -366,6 +369,26 @@ func parsePoll(after, wait string) (int64, time.Duration, error) {
 }
 
 // describeSize formats a byte count for messages.
+// approxSize writes n bytes rounded to three significant digits in the
+// largest binary unit that keeps it at least 1 ("227 GiB", "1.50 TiB").
+func approxSize(n int64) string {
+	units := []string{"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	f, i := float64(n), 0
+	for f >= 1024 && i < len(units)-1 {
+		f /= 1024
+		i++
+	}
+	switch {
+	case i == 0:
+		return fmt.Sprintf("%d bytes", n)
+	case f >= 100:
+		return fmt.Sprintf("%.0f %s", f, units[i])
+	case f >= 10:
+		return fmt.Sprintf("%.1f %s", f, units[i])
+	}
+	return fmt.Sprintf("%.2f %s", f, units[i])
+}
+
 func describeSize(n int64) string {
 	const (
 		kib = 1 << 10

@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,6 +56,22 @@ func TestCLI(t *testing.T) {
 			t.Errorf("chunkraid %v: want one line mentioning %q, got:\n%s", b.args, b.want, out)
 		}
 	}
+
+	// The capacity guard: a mirror:2 volume whose two copies exceed what
+	// the cluster may still provision is refused with the numbers.
+	var cl api.Cluster
+	if err := json.Unmarshal([]byte(cli(t, c, "cluster", "-o", "json")), &cl); err != nil {
+		t.Fatal(err)
+	}
+	if cl.ProvisionableBytes <= 0 || cl.Overcommit != 1 || cl.RawFreeBytes <= 0 {
+		t.Fatalf("cluster: %+v", cl)
+	}
+	tooBig := (cl.ProvisionableBytes/2/testChunk + 1) * testChunk
+	out := cliFail(t, c, "volume", "create", "huge", "--size", fmt.Sprint(tooBig))
+	if !strings.Contains(out, "more can be provisioned") || !strings.Contains(out, "--overcommit") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("a volume beyond the provisionable space: %s", out)
+	}
+	t.Logf("beyond the provisionable %d bytes: %s", cl.ProvisionableBytes, strings.TrimSpace(out))
 
 	cli(t, c, "volume", "create", "tmp", "--size", "100MiB", "--layout", "mirror:3")
 	if out := cliFail(t, c, "volume", "create", "tmp", "--size", "100MiB"); !strings.Contains(out, "exists") {

@@ -111,6 +111,9 @@ type DiskInfo struct {
 	Path          string `json:"path"`
 	CapacityBytes int64  `json:"capacity_bytes"`
 	FreeBytes     int64  `json:"free_bytes"`
+	// AllocatedBytes is what the chunk files on the disk take (their
+	// allocated blocks: chunks are thin).
+	AllocatedBytes int64 `json:"allocated_bytes,omitempty"`
 }
 
 // RegisterChunkserverRequest is POSTed to /api/v1/chunkservers. Registering
@@ -381,10 +384,20 @@ type Cluster struct {
 	// chunkservers as they last reported them.
 	RawCapacityBytes int64 `json:"raw_capacity_bytes"`
 	RawFreeBytes     int64 `json:"raw_free_bytes"`
-	// AllocatedBytes is chunks × chunk size over every chunk the
+	// ProvisionedBytes is chunks × chunk size over every chunk the
 	// chunkservers hold, including those being deleted. Chunks are thin:
 	// this is what they may grow to, not what is written.
+	ProvisionedBytes int64 `json:"provisioned_bytes"`
+	// AllocatedBytes is what the chunk files take on the online
+	// chunkservers' disks, as they last reported it.
 	AllocatedBytes int64 `json:"allocated_bytes"`
+	// Overcommit is the metaserver's --overcommit, and ProvisionableBytes
+	// the raw size a new volume may still take under it:
+	// Overcommit × RawFreeBytes − (ProvisionedBytes − AllocatedBytes),
+	// at least 0 (the space promised to chunks but not yet written counts
+	// as taken).
+	Overcommit         float64 `json:"overcommit"`
+	ProvisionableBytes int64   `json:"provisionable_bytes"`
 }
 
 // Event kinds recorded by the metaserver (see Event).

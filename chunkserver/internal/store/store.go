@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
@@ -456,6 +457,27 @@ func (s *Store) List() []string {
 	}
 	sort.Strings(ids)
 	return ids
+}
+
+// Allocated is the disk space the served chunks' data files take: their
+// allocated blocks, not their sizes, since chunks are sparse.
+func (s *Store) Allocated() (int64, error) {
+	var n int64
+	for _, id := range s.List() {
+		fi, err := s.fs.Stat(s.dataPath(id))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return 0, err
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			n += st.Blocks * 512
+		} else {
+			n += fi.Size()
+		}
+	}
+	return n, nil
 }
 
 // FailedChunk is a chunk the store holds but does not serve.
