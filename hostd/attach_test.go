@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
@@ -189,4 +190,28 @@ func TestPlanSetStaleVersusUnreachable(t *testing.T) {
 	if !slices.Equal(p.MergeNow, []int{0, 1, 2}) || !slices.Equal(p.MergeOnReturn, []int{3, 4}) || len(p.devs) != 5 {
 		t.Fatalf("plan: merge now %v, on return %v, %d devices", p.MergeNow, p.MergeOnReturn, len(p.devs))
 	}
+}
+
+// TestIdleMemberLossNoticed: a member's chunkserver goes away under an idle
+// volume. The set's probe fails it within ProbeInterval + t_io, without a
+// write: the survivor's LOG is pinned and the metaserver hears the member
+// degraded. When it returns it rejoins, and the volume is whole again.
+func TestIdleMemberLossNoticed(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	a := attachClean(t, s)
+	waitFor(t, "both members in sync", func() bool { return allInSync(a) })
+	start := time.Now()
+	c.setDown("c1", true)
+	waitFor(t, "the idle member's loss to be reported", func() bool {
+		r := c.meta.reportList()
+		return len(r) > 0 && reportText(r[len(r)-1].VolumeReport) == "c0=in_sync c1=degraded"
+	})
+	took := time.Since(start)
+	t.Logf("idle member's loss reported after %v (probe every %v, t_io %v)", took.Round(time.Millisecond), s.cfg.ProbeInterval, s.cfg.IOTimeout)
+	if p := c.pinnedChunks(); len(p) != 1 || p[0] != "c0" {
+		t.Errorf("pinned LOGs %v, want the survivor's", p)
+	}
+	c.setDown("c1", false)
+	waitFor(t, "c1 to rejoin", func() bool { return allInSync(a) })
 }

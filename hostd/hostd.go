@@ -84,6 +84,11 @@ type Config struct {
 	// ReconnectMin and ReconnectMax bound the backoff between attempts to
 	// reach a failed member. Defaults 200 ms and 5 s.
 	ReconnectMin, ReconnectMax time.Duration
+	// ProbeInterval is how often each set reads a block of every in-sync
+	// member, so that a member that went away is failed (and recorded)
+	// within ProbeInterval + IOTimeout even when the volume is idle.
+	// Default 2 s.
+	ProbeInterval time.Duration
 	// Control returns the control client of a chunkserver's control
 	// address. Default: chunkserver/control's HTTPS client, trusting the
 	// cluster CA the registration brings.
@@ -134,6 +139,12 @@ func (c *Config) validate() error {
 		c.ResyncRate = 256 << 20
 	case c.ResyncRate < 0:
 		c.ResyncRate = 0
+	}
+	if c.ProbeInterval == 0 {
+		c.ProbeInterval = 2 * time.Second
+	}
+	if c.ProbeInterval < 0 {
+		return errors.New("hostd: the probe interval must be positive")
 	}
 	if c.ReconnectMin == 0 {
 		c.ReconnectMin = 200 * time.Millisecond

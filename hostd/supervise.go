@@ -15,7 +15,16 @@ import (
 func (st *setState) supervise(ctx context.Context) {
 	s := st.a.s
 	backoff := s.cfg.ReconnectMin
+	lastProbe := time.Now()
 	for {
+		if time.Since(lastProbe) >= s.cfg.ProbeInterval {
+			// An idle set learns of a member that went away without
+			// waiting for the next write.
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.IOTimeout)
+			st.mirror.Probe(pctx)
+			cancel()
+			lastProbe = time.Now()
+		}
 		failed := false
 		for i, ms := range st.mirror.States() {
 			if ms != raid.Failed {
@@ -48,13 +57,8 @@ func (st *setState) supervise(ctx context.Context) {
 			// so a member's failure resyncs little.
 			wait = cleanInterval
 		}
-		if wait == 0 {
-			select {
-			case <-ctx.Done():
-				return
-			case <-st.kick:
-			}
-			continue
+		if wait == 0 || wait > s.cfg.ProbeInterval {
+			wait = s.cfg.ProbeInterval
 		}
 		select {
 		case <-ctx.Done():

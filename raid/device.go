@@ -94,6 +94,9 @@ type Set interface {
 	Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error)
 	// MarkAll marks the whole set as needing a resync.
 	MarkAll()
+	// Probe reads a block of every in-sync member and fails those that
+	// do not answer, as an I/O error would.
+	Probe(ctx context.Context)
 	// WIB is the set's write-intent bitmap.
 	WIB() *bitmap.WIB
 	// Close stops the set's hooks and waits for them.

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"math/bits"
+	"sync"
 )
 
 // ReadAt reads the data units covering [off, off+len(p)) straight into p,
@@ -33,6 +34,25 @@ func (e *EC) ReadAt(ctx context.Context, p []byte, off int64) error {
 		lo, hi := max(off, u*S), min(end, (u+1)*S)
 		return e.readUnit(ctx, p[lo-off:hi-off], u/int64(e.k), int(u%int64(e.k)), lo-u*S)
 	})
+}
+
+// Probe reads one block of every in-sync member, in parallel, and fails
+// the members whose read fails (as Mirror.Probe).
+func (e *EC) Probe(ctx context.Context) {
+	defer e.notify()
+	v := e.view.Load()
+	var wg sync.WaitGroup
+	for i, d := range v.devs {
+		if v.notInSync()&(1<<i) != 0 {
+			continue
+		}
+		wg.Go(func() {
+			if err := probeDevice(ctx, d); memberErr(ctx, err) {
+				e.fail(i, v, fmt.Errorf("probe: %w", err))
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // readUnit reads bytes [c0, c0+len(p)) of data unit d of stripe s.

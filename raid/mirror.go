@@ -291,6 +291,32 @@ func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 }
 
+// Probe reads one block of every in-sync member, in parallel, and fails
+// the members whose read fails, as an I/O error would: an idle set notices
+// a member that went away without waiting for the next write.
+func (m *Mirror) Probe(ctx context.Context) {
+	members, state := m.snapshot()
+	var wg sync.WaitGroup
+	for i, st := range state {
+		if st != InSync {
+			continue
+		}
+		wg.Go(func() {
+			if err := probeDevice(ctx, members[i]); memberErr(ctx, err) {
+				m.fail(i, members[i], fmt.Errorf("probe: %w", err))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// probeSize is what Probe reads of a member: one block at offset 0.
+const probeSize = 4096
+
+func probeDevice(ctx context.Context, d Device) error {
+	return d.ReadAt(ctx, make([]byte, min(probeSize, d.Size())), 0)
+}
+
 func (m *Mirror) needsResync(off, n int64) bool {
 	rs := m.wib.RegionSize()
 	for r := off / rs; r <= (off+max(n, 1)-1)/rs; r++ {

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -177,4 +179,43 @@ func TestMirrorFlushWithResyncingMemberNeedsRecord(t *testing.T) {
 	if u := m.Untrusted(); !u[1] {
 		t.Fatalf("Untrusted = %v after a flush acknowledged while member 1 resyncs", u)
 	}
+}
+
+// TestProbe: on an idle set, Probe fails exactly the in-sync members that
+// cannot answer a read (through the health machine, with OnStateChange),
+// for mirrors and EC alike, and leaves the others in sync.
+func TestProbe(t *testing.T) {
+	ctx := t.Context()
+	t.Run("mirror", func(t *testing.T) {
+		var changed []int
+		devs := []*raidtest.MemDevice{raidtest.NewMemDevice(1 << 20), raidtest.NewMemDevice(1 << 20), raidtest.NewMemDevice(1 << 20)}
+		m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{devs[0], devs[1], devs[2]},
+			OnStateChange: func(i int, st raid.MemberState, err error) { changed = append(changed, i) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Probe(ctx)
+		if got := m.States(); got[0] != raid.InSync || got[1] != raid.InSync || got[2] != raid.InSync || len(changed) != 0 {
+			t.Fatalf("healthy probe: states %v, changes %v", got, changed)
+		}
+		devs[1].SetFailed(true)
+		m.Probe(ctx)
+		if got := m.States(); got[0] != raid.InSync || got[1] != raid.Failed || got[2] != raid.InSync || fmt.Sprint(changed) != "[1]" {
+			t.Fatalf("after member 1 went away: states %v, changes %v", got, changed)
+		}
+		if err := m.MemberError(1); err == nil || !strings.Contains(err.Error(), "probe") {
+			t.Fatalf("member error %v", err)
+		}
+	})
+	t.Run("ec", func(t *testing.T) {
+		var changed []int
+		f := newEC(t, 2, 1, 4096, 1<<20, func(c *raid.ECConfig) {
+			c.OnStateChange = func(i int, st raid.MemberState, err error) { changed = append(changed, i) }
+		})
+		f.devs[2].SetFailed(true)
+		f.ec.Probe(ctx)
+		if got := f.ec.States(); got[0] != raid.InSync || got[1] != raid.InSync || got[2] != raid.Failed || fmt.Sprint(changed) != "[2]" {
+			t.Fatalf("states %v, changes %v", got, changed)
+		}
+	})
 }
