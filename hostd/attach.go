@@ -199,7 +199,11 @@ func (a *attachment) newSetState(set api.Set, recover bool) (*setState, error) {
 		if err != nil {
 			return nil, fmt.Errorf("member %s: %w", am.ChunkID, err)
 		}
-		st.members = append(st.members, &member{api: am, name: name, ctl: a.s.cfg.Control(am.ControlAddr)})
+		m := &member{api: am, name: name, ctl: a.s.cfg.Control(am.ControlAddr)}
+		// The plan already treats a member the metaserver marked degraded
+		// as recorded degraded.
+		m.seenGen.Store(am.StateGen)
+		st.members = append(st.members, m)
 	}
 	return st, nil
 }

@@ -215,3 +215,49 @@ func TestIdleMemberLossNoticed(t *testing.T) {
 	c.setDown("c1", false)
 	waitFor(t, "c1 to rejoin", func() bool { return allInSync(a) })
 }
+
+// TestMetaserverMarkFailsMember: the metaserver marks an in-sync member
+// degraded (its chunkserver missed heartbeats) while this host still
+// reaches it. The host fails it, reports the mark's generation seen, and
+// promotes it only through a rejoin and resync; a mark it has seen is not
+// acted on twice, and an attach takes the generation from the record.
+func TestMetaserverMarkFailsMember(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	a := attachClean(t, s)
+	waitFor(t, "both members in sync", func() bool { return allInSync(a) })
+	v := testVolume(2)
+	v.CleanDetach = true
+	v.Sets[0].Members[1].State, v.Sets[0].Members[1].StateGen = api.MemberDegraded, 7
+	v.Sets[0].Members[1].Error = "chunkserver csc1 offline"
+	before := len(c.eventList())
+	if !s.apply(t.Context(), []api.Volume{v}) {
+		t.Fatal("apply failed")
+	}
+	waitFor(t, "the marked member to be resynced and reported in sync with the generation seen", func() bool {
+		r := c.meta.reportList()
+		if len(r) == 0 {
+			return false
+		}
+		m := r[len(r)-1].VolumeReport.Sets[0].Members[1]
+		return allInSync(a) && m.State == api.MemberInSync && m.SeenGen == 7
+	})
+	// It was failed and rejoined: fenced and dialled again.
+	after := strings.Join(c.eventList()[before:], ", ")
+	if !strings.Contains(after, "fence c1") || !strings.Contains(after, "dial c1") {
+		t.Errorf("the marked member was not failed and rejoined: %s", after)
+	}
+	t.Logf("after the mark: %s", after)
+	if err := a.sets[0].mirror.MemberError(1); err != nil {
+		t.Errorf("member error after the resync: %v", err)
+	}
+	// The same mark again changes nothing.
+	n := len(c.meta.reportList())
+	if !s.apply(t.Context(), []api.Volume{v}) {
+		t.Fatal("apply failed")
+	}
+	if got := states(a); got[1] != raid.InSync {
+		t.Errorf("a mark already seen failed the member again: %v", got)
+	}
+	t.Logf("%d reports before the repeated mark, %d after", n, len(c.meta.reportList()))
+}

@@ -391,6 +391,7 @@ func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
 		a, have := s.mu.attached[v.Name]
 		s.mu.Unlock()
 		if have {
+			a.applyMarks(v)
 			if !reflect.DeepEqual(a.vol.Auth, v.Auth) {
 				// CHAP or the allowlist changed: new logins use it at once.
 				if err := s.target.UpdateTarget(v.IQN, targetConfig(v)); err != nil {

@@ -232,9 +232,17 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 		}
 		sr.FullResync = st.mu.logIncomplete
 		st.mu.Unlock()
+		// The generations seen are read before the states: applyMarks fails
+		// a member before it stores the generation, so a report that
+		// carries a mark's generation shows the member failed (or resynced
+		// since), never in sync from before the mark.
+		seen := make([]int64, len(st.members))
+		for i, m := range st.members {
+			seen[i] = m.seenGen.Load()
+		}
 		untrusted := st.mirror.Untrusted()
 		for i, ms := range st.mirror.States() {
-			mr := api.MemberReport{ChunkID: st.members[i].api.ChunkID}
+			mr := api.MemberReport{ChunkID: st.members[i].api.ChunkID, SeenGen: seen[i]}
 			switch {
 			case ms == raid.InSync:
 				mr.State = api.MemberInSync
@@ -266,4 +274,35 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 		r.Sets = append(r.Sets, sr)
 	}
 	return r
+}
+
+// applyMarks acts on the metaserver's own marks of the volume's members
+// (api.Member.StateGen above the one the host has seen): a member it marked
+// not in sync (its chunkserver went offline) is failed if the set still has
+// it in sync, so that it is resynced before it is trusted again. The next
+// report carries the generation seen.
+func (a *attachment) applyMarks(v api.Volume) {
+	changed := false
+	for si, vs := range v.Sets {
+		if si >= len(a.sets) || a.sets[si].mirror == nil {
+			continue
+		}
+		st := a.sets[si]
+		for i, am := range vs.Members {
+			if i >= len(st.members) || am.StateGen <= st.members[i].seenGen.Load() {
+				continue
+			}
+			if am.State != api.MemberInSync {
+				st.log.Warn("the metaserver marked a member not in sync: failing it until a resync", "member", i,
+					"state", am.State, "reason", am.Error, "generation", am.StateGen)
+				st.mirror.Fail(i, fmt.Errorf("marked %s by the metaserver: %s", am.State, am.Error))
+				st.wake()
+			}
+			st.members[i].seenGen.Store(am.StateGen)
+			changed = true
+		}
+	}
+	if changed {
+		a.report()
+	}
 }

@@ -48,6 +48,9 @@ type member struct {
 		sync.Mutex
 		client memberConn // current connection; nil while unreachable
 	}
+	// seenGen is the highest api.Member.StateGen (the metaserver's own mark
+	// of the member) this host has acted on; reports carry it as SeenGen.
+	seenGen atomic.Int64
 	// needLog is set for a member that was unreachable when the volume was
 	// attached after an unclean stop: its LOG bitmap may name writes the
 	// others never saw, so it is merged into the WIB when it comes back.

@@ -104,11 +104,15 @@ func (s *Server) leadOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 
 // detectFailures marks chunkservers offline whose heartbeat is older than
 // OfflineAfter, and online again when it is not, recording an event for each
-// change.
+// change. The in-sync members of a chunkserver that went offline are marked
+// degraded at a new generation (markOffline).
 func (s *Server) detectFailures(ctx context.Context, conn *pgx.Conn) error {
-	var evs []event
+	var (
+		evs    []event
+		marked int64 // the generation of the marks, 0 if none
+	)
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		evs = nil
+		evs, marked = nil, 0
 		rows, err := tx.Query(ctx, `
 			UPDATE chunkservers SET offline = NOT offline
 			WHERE offline = (last_heartbeat > now() - make_interval(secs => $1))
@@ -124,9 +128,11 @@ func (s *Server) detectFailures(ctx context.Context, conn *pgx.Conn) error {
 			silent  float64
 			members int64
 		)
+		var wentOffline []string
 		_, err = pgx.ForEachRow(rows, []any{&name, &offline, &silent, &members}, func() error {
 			e := event{Subject: "chunkserver/" + name}
 			if offline {
+				wentOffline = append(wentOffline, name)
 				e.Kind = api.EventChunkserverOffline
 				e.Message = fmt.Sprintf("chunkserver %s is offline: no heartbeat for %s (offline after %v); it holds %d set members",
 					name, time.Duration(silent*float64(time.Second)).Round(time.Second), s.cfg.OfflineAfter, members)
@@ -140,10 +146,20 @@ func (s *Server) detectFailures(ctx context.Context, conn *pgx.Conn) error {
 		if err != nil {
 			return fmt.Errorf("failure detector: %w", err)
 		}
+		if len(wentOffline) > 0 {
+			mevs, gen, err := markOffline(ctx, tx, wentOffline, s.cfg.OfflineAfter)
+			if err != nil {
+				return fmt.Errorf("failure detector: %w", err)
+			}
+			evs, marked = append(evs, mevs...), gen
+		}
 		return addEvents(ctx, tx, evs...)
 	})
 	if err != nil {
 		return err
+	}
+	if marked != 0 {
+		s.gens.observe(marked)
 	}
 	for _, e := range evs {
 		if e.Kind == api.EventChunkserverOffline {
@@ -153,4 +169,99 @@ func (s *Server) detectFailures(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 	return nil
+}
+
+// markOffline marks degraded, at a new generation, the in-sync members of
+// volumes on the chunkservers named: they miss every write from now on, and
+// a host that attaches their volume must treat them as stale. A set is
+// marked only if it keeps enough members in sync on online chunkservers to
+// serve (one copy; K of ec:K+M): otherwise no write can be acknowledged
+// without the members, which then hold every acknowledged write and must
+// stay trusted. The hosts serving the volumes hear of the marks through
+// their long polls and fail the members if they still have them in sync;
+// only a completed resync (or rebuild) brings a member back to in_sync. It
+// returns one event per member and the generation, 0 if none was marked.
+func markOffline(ctx context.Context, tx pgx.Tx, servers []string, offlineAfter time.Duration) ([]event, int64, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT v.name, v.layout, c.set_idx, c.member_idx, c.id::text, cs.name, c.member_state, cs.offline
+		FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id JOIN volumes v ON v.id = c.volume_id
+		WHERE (c.volume_id, c.set_idx) IN (
+			SELECT c2.volume_id, c2.set_idx FROM chunks c2 JOIN chunkservers cs2 ON cs2.id = c2.chunkserver_id
+			WHERE cs2.name = ANY($1) AND c2.volume_id IS NOT NULL AND c2.member_state = 'in_sync')
+		ORDER BY v.name, c.set_idx, c.member_idx`, servers)
+	if err != nil {
+		return nil, 0, fmt.Errorf("members of offline chunkservers: %w", err)
+	}
+	type row struct {
+		volume, layout, chunk, server, state string
+		set, member                          int
+		offline                              bool
+	}
+	var all []row
+	var r row
+	_, err = pgx.ForEachRow(rows, []any{&r.volume, &r.layout, &r.set, &r.member, &r.chunk, &r.server, &r.state, &r.offline}, func() error {
+		all = append(all, r)
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("members of offline chunkservers: %w", err)
+	}
+	going := map[string]bool{}
+	for _, s := range servers {
+		going[s] = true
+	}
+	var (
+		evs  []event
+		ids  []string
+		errs []string
+	)
+	for lo := 0; lo < len(all); {
+		hi := lo
+		for hi < len(all) && all[hi].volume == all[lo].volume && all[hi].set == all[lo].set {
+			hi++
+		}
+		set := all[lo:hi]
+		lo = hi
+		l, err := api.ParseLayout(set[0].layout)
+		if err != nil {
+			return nil, 0, err
+		}
+		up := 0
+		var marks []row
+		for _, m := range set {
+			switch {
+			case m.state == api.MemberInSync && going[m.server]:
+				marks = append(marks, m)
+			case m.state == api.MemberInSync && !m.offline:
+				up++
+			}
+		}
+		if up < l.DataChunks() {
+			continue // no write can be acknowledged without these members
+		}
+		for _, m := range marks {
+			ids = append(ids, m.chunk)
+			errs = append(errs, fmt.Sprintf("chunkserver %s offline: no heartbeat for over %v", m.server, offlineAfter))
+			evs = append(evs, event{
+				Kind: api.EventMemberDegraded, Subject: fmt.Sprintf("volume/%s/set/%d/member/%d", m.volume, m.set, m.member), Volume: m.volume,
+				Message: fmt.Sprintf("member %d of set %d (chunk %s on chunkserver %s) is degraded: its chunkserver is offline (no heartbeat for over %v)",
+					m.member, m.set, m.chunk, m.server, offlineAfter),
+			})
+		}
+	}
+	if len(ids) == 0 {
+		return nil, 0, nil
+	}
+	gen, _, err := bumpGeneration(ctx, tx)
+	if err != nil {
+		return nil, 0, err
+	}
+	_, err = tx.Exec(ctx, `
+		UPDATE chunks c SET member_state = 'degraded', member_state_since = now(), member_state_gen = $3, member_error = u.err
+		FROM unnest($1::uuid[], $2::text[]) AS u(id, err)
+		WHERE c.id = u.id`, ids, errs, gen)
+	if err != nil {
+		return nil, 0, fmt.Errorf("mark members degraded: %w", err)
+	}
+	return evs, gen, nil
 }

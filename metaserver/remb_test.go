@@ -1105,3 +1105,189 @@ func TestSetFullResyncStored(t *testing.T) {
 		}
 	}
 }
+
+// TestOfflineChunkserverMarksMembers: the failure detector marks every
+// in-sync member of a chunkserver that went offline degraded, attached
+// volume or not, at a new generation that hosts see (StateGen) and with an
+// event each. A host report that still says in_sync without having seen the
+// mark does not undo it; once the host has seen it, the member goes through
+// a resync back to in_sync.
+func TestOfflineChunkserverMarksMembers(t *testing.T) {
+	t.Parallel()
+	f := newReportFixture(t)
+	ctx := t.Context()
+	if _, err := f.ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "idle", SizeBytes: 64 << 20, Layout: "mirror:2"}); err != nil {
+		t.Fatal(err)
+	}
+	before := f.ts.generation(t)
+	if err := f.ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() - interval '1 hour' WHERE name = 'cs-a'`); err != nil {
+		t.Fatal(err)
+	}
+	var onA []api.Member // vol's members on cs-a, by set
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v, err := f.ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		onA = nil
+		for _, s := range v.Sets {
+			for _, m := range s.Members {
+				if m.Chunkserver == "cs-a" && m.State == api.MemberDegraded {
+					onA = append(onA, m)
+				}
+			}
+		}
+		if len(onA) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("members on the offline chunkserver not marked: %+v", v.Sets)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	gen := onA[0].StateGen
+	if gen <= before || onA[1].StateGen != gen || !strings.Contains(onA[0].Error, "chunkserver cs-a offline") {
+		t.Fatalf("marks %+v (generation before %d)", onA, before)
+	}
+	idle, err := f.ts.Client.GetVolume(ctx, "idle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range idle.Sets[0].Members {
+		if want := map[bool]string{true: api.MemberDegraded, false: api.MemberInSync}[m.Chunkserver == "cs-a"]; m.State != want {
+			t.Errorf("unattached volume's member on %s: %s, want %s", m.Chunkserver, m.State, want)
+		}
+	}
+	evs := eventsOf(f.ts.events(t, "vol"), api.EventMemberDegraded)
+	if len(evs) != 2 || !strings.Contains(evs[0].Message, "its chunkserver is offline") {
+		t.Errorf("member_degraded events: %+v", evs)
+	}
+	t.Logf("%s", evs[0].Message)
+	// The host sees the marks in its assignments.
+	hv, err := f.ts.Client.HostVolumes(ctx, f.host, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := memberOf(hv.Volumes[0], onA[0].ChunkID); m == nil || m.StateGen != gen || m.State != api.MemberDegraded {
+		t.Errorf("the host's view of the marked member: %+v", m)
+	}
+
+	// Set 0 of vol: reports of a host that has not seen the mark.
+	a := onA[0].ChunkID
+	set := 0
+	if memberOf(api.Volume{Sets: hv.Volumes[0].Sets[:1]}, a) == nil {
+		set = 1
+	}
+	other := f.member[set][0]
+	if other == a {
+		other = f.member[set][1]
+	}
+	state := func() string {
+		v, err := f.ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return memberOf(*v, a).State
+	}
+	report := func(members ...api.MemberReport) {
+		t.Helper()
+		if err := f.ts.Client.HostReport(ctx, f.host, f.report(1, set, 0, members...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inSync := api.MemberReport{ChunkID: other, State: api.MemberInSync}
+	report(inSync, api.MemberReport{ChunkID: a, State: api.MemberInSync})
+	if got := state(); got != api.MemberDegraded {
+		t.Fatalf("an in_sync report that predates the mark undid it: %s", got)
+	}
+	report(inSync, api.MemberReport{ChunkID: a, State: api.MemberInSync, SeenGen: gen - 1})
+	if got := state(); got != api.MemberDegraded {
+		t.Fatalf("an in_sync report of an older generation undid the mark: %s", got)
+	}
+	// The host has seen the mark: it failed the member and resyncs it.
+	report(inSync, api.MemberReport{ChunkID: a, State: api.MemberDegraded, SeenGen: gen, Error: "marked by the metaserver"})
+	report(inSync, api.MemberReport{ChunkID: a, State: api.MemberResyncing, SeenGen: gen, ResyncTotalBytes: 1 << 20})
+	report(inSync, api.MemberReport{ChunkID: a, State: api.MemberInSync, SeenGen: gen, ResyncDoneBytes: 1 << 20, ResyncTotalBytes: 1 << 20})
+	if got := state(); got != api.MemberInSync {
+		t.Fatalf("after a resync: %s", got)
+	}
+	if n := len(eventsOf(f.ts.events(t, "vol"), api.EventResyncDone)); n != 1 {
+		t.Errorf("%d resync_done events, want 1", n)
+	}
+	// Online again: nothing is promoted by that alone.
+	if err := f.ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() WHERE name = 'cs-a'`); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(eventsOf(f.ts.events(t, ""), api.EventChunkserverOnline)) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("cs-a not seen online again")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if idle, err = f.ts.Client.GetVolume(ctx, "idle"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range idle.Sets[0].Members {
+		if m.Chunkserver == "cs-a" && m.State != api.MemberDegraded {
+			t.Errorf("the unattached volume's member is %s once its chunkserver returned, want degraded until a resync", m.State)
+		}
+	}
+}
+
+// memberOf finds chunk's member in v.
+func memberOf(v api.Volume, chunk string) *api.Member {
+	for i := range v.Sets {
+		for j := range v.Sets[i].Members {
+			if v.Sets[i].Members[j].ChunkID == chunk {
+				return &v.Sets[i].Members[j]
+			}
+		}
+	}
+	return nil
+}
+
+// TestOfflineNeverMarksTheLastCopies: members that a set cannot acknowledge
+// a write without are never marked: not when both copies' chunkservers go
+// offline together, nor the survivor when the second one goes after the
+// first (it holds every acknowledged write: marking it would leave the
+// volume with no copy a host may trust).
+func TestOfflineNeverMarksTheLastCopies(t *testing.T) {
+	t.Parallel()
+	states := func(f *reportFixture) map[string]string {
+		v, err := f.ts.Client.GetVolume(t.Context(), "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]string{}
+		for _, s := range v.Sets {
+			for _, m := range s.Members {
+				out[fmt.Sprintf("set%d/%s", s.Index, m.Chunkserver)] = m.State
+			}
+		}
+		return out
+	}
+	offline := func(f *reportFixture, names string, events int) {
+		t.Helper()
+		if err := f.ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() - interval '1 hour' WHERE name = ANY(string_to_array($1, ','))`, names); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); len(eventsOf(f.ts.events(t, ""), api.EventChunkserverOffline)) < events; {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not seen offline", names)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	together := newReportFixture(t)
+	offline(together, "cs-a,cs-b", 2)
+	if got := fmt.Sprint(states(together)); got != "map[set0/cs-a:in_sync set0/cs-b:in_sync set1/cs-a:in_sync set1/cs-b:in_sync]" {
+		t.Errorf("both copies offline together: %s", got)
+	}
+	oneByOne := newReportFixture(t)
+	offline(oneByOne, "cs-a", 1)
+	offline(oneByOne, "cs-b", 2)
+	if got := fmt.Sprint(states(oneByOne)); got != "map[set0/cs-a:degraded set0/cs-b:in_sync set1/cs-a:degraded set1/cs-b:in_sync]" {
+		t.Errorf("one copy after the other: %s", got)
+	}
+}

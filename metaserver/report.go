@@ -93,6 +93,7 @@ type reportedMember struct {
 	Chunkserver string
 	State       string
 	DoneBytes   int64
+	StateGen    int64 // the metaserver's own mark (chunks.member_state_gen)
 }
 
 // reportAfter reports whether report (inc, seq) is newer than the stored
@@ -165,7 +166,7 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		return "", nil, fmt.Errorf("load sets of %q: %w", vr.Name, err)
 	}
 	rows, err := tx.Query(ctx, `
-		SELECT c.id::text, c.set_idx, c.member_idx, cs.name, c.member_state, c.resync_done_bytes
+		SELECT c.id::text, c.set_idx, c.member_idx, cs.name, c.member_state, c.resync_done_bytes, c.member_state_gen
 		FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id
 		WHERE c.volume_id = $1`, volumeID)
 	if err != nil {
@@ -174,7 +175,7 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 	members := map[string]reportedMember{}
 	var chunk string
 	var m reportedMember
-	_, err = pgx.ForEachRow(rows, []any{&chunk, &m.Set, &m.Index, &m.Chunkserver, &m.State, &m.DoneBytes}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&chunk, &m.Set, &m.Index, &m.Chunkserver, &m.State, &m.DoneBytes, &m.StateGen}, func() error {
 		members[chunk] = m
 		return nil
 	})
@@ -216,6 +217,13 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 			old, ok := members[mr.ChunkID]
 			if !ok || old.Set != sr.Index {
 				return fmt.Sprintf("set %d of volume %q has no member chunk %s: the host's layout is out of date", sr.Index, vr.Name, mr.ChunkID), nil, nil
+			}
+			if mr.State == api.MemberInSync && old.State != api.MemberInSync && old.StateGen > mr.SeenGen {
+				// The metaserver marked the member at a generation the host
+				// had not seen: its in_sync predates the mark. It fails the
+				// member once it sees the mark, and promotes it only after
+				// a resync.
+				continue
 			}
 			ids = append(ids, mr.ChunkID)
 			states = append(states, mr.State)

@@ -59,13 +59,9 @@ func (st *store) mutate(ctx context.Context, fn func(tx pgx.Tx, chunkSize int64)
 	var gen int64
 	err := pgx.BeginTxFunc(ctx, st.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		var chunkSize int64
-		err := tx.QueryRow(ctx, `UPDATE cluster SET generation = generation + 1 RETURNING generation, chunk_size`).
-			Scan(&gen, &chunkSize)
-		if err != nil {
-			return fmt.Errorf("bump generation: %w", err)
-		}
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, current_schema() || ' ' || $2::bigint)`, notifyChannel, gen); err != nil {
-			return fmt.Errorf("notify: %w", err)
+		var err error
+		if gen, chunkSize, err = bumpGeneration(ctx, tx); err != nil {
+			return err
 		}
 		return fn(tx, chunkSize)
 	})
@@ -73,6 +69,20 @@ func (st *store) mutate(ctx context.Context, fn func(tx pgx.Tx, chunkSize int64)
 		st.committed(gen)
 	}
 	return err
+}
+
+// bumpGeneration takes the next generation in tx, and the NOTIFY that wakes
+// the long polls of every metaserver when tx commits.
+func bumpGeneration(ctx context.Context, tx pgx.Tx) (gen, chunkSize int64, err error) {
+	err = tx.QueryRow(ctx, `UPDATE cluster SET generation = generation + 1 RETURNING generation, chunk_size`).
+		Scan(&gen, &chunkSize)
+	if err != nil {
+		return 0, 0, fmt.Errorf("bump generation: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, current_schema() || ' ' || $2::bigint)`, notifyChannel, gen); err != nil {
+		return 0, 0, fmt.Errorf("notify: %w", err)
+	}
+	return gen, chunkSize, nil
 }
 
 // read runs fn in a read-only transaction that sees one snapshot.

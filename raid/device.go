@@ -97,6 +97,10 @@ type Set interface {
 	// Probe reads a block of every in-sync member and fails those that
 	// do not answer, as an I/O error would.
 	Probe(ctx context.Context)
+	// Fail fails member i as an I/O error of its current connection
+	// would, for err: the owner learned elsewhere that it may miss writes
+	// (the metaserver marked it). A member not in sync is left alone.
+	Fail(i int, err error)
 	// WIB is the set's write-intent bitmap.
 	WIB() *bitmap.WIB
 	// Close stops the set's hooks and waits for them.

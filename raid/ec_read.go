@@ -55,6 +55,16 @@ func (e *EC) Probe(ctx context.Context) {
 	wg.Wait()
 }
 
+// Fail fails member i for err, as an I/O error of its connection would.
+func (e *EC) Fail(i int, err error) {
+	defer e.notify()
+	v := e.view.Load()
+	if i < 0 || i >= len(v.devs) || v.notInSync()&(1<<i) != 0 {
+		return
+	}
+	e.fail(i, v, err)
+}
+
 // readUnit reads bytes [c0, c0+len(p)) of data unit d of stripe s.
 func (e *EC) readUnit(ctx context.Context, p []byte, s int64, d int, c0 int64) error {
 	v := e.view.Load()

@@ -310,6 +310,15 @@ func (m *Mirror) Probe(ctx context.Context) {
 	wg.Wait()
 }
 
+// Fail fails member i for err, as an I/O error of its connection would.
+func (m *Mirror) Fail(i int, err error) {
+	members, state := m.snapshot()
+	if i < 0 || i >= len(members) || state[i] != InSync {
+		return
+	}
+	m.fail(i, members[i], err)
+}
+
 // probeSize is what Probe reads of a member: one block at offset 0.
 const probeSize = 4096
 

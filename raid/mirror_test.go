@@ -181,10 +181,11 @@ func TestMirrorFlushWithResyncingMemberNeedsRecord(t *testing.T) {
 	}
 }
 
-// TestProbe: on an idle set, Probe fails exactly the in-sync members that
-// cannot answer a read (through the health machine, with OnStateChange),
-// for mirrors and EC alike, and leaves the others in sync.
-func TestProbe(t *testing.T) {
+// TestProbeAndFail: on an idle set, Probe fails exactly the in-sync members
+// that cannot answer a read (through the health machine, with
+// OnStateChange), for mirrors and EC alike, and leaves the others in sync;
+// Fail fails an in-sync member the same way and ignores a failed one.
+func TestProbeAndFail(t *testing.T) {
 	ctx := t.Context()
 	t.Run("mirror", func(t *testing.T) {
 		var changed []int
@@ -206,6 +207,11 @@ func TestProbe(t *testing.T) {
 		if err := m.MemberError(1); err == nil || !strings.Contains(err.Error(), "probe") {
 			t.Fatalf("member error %v", err)
 		}
+		m.Fail(2, errors.New("marked"))
+		m.Fail(1, errors.New("again"))
+		if got := m.States(); got[0] != raid.InSync || got[2] != raid.Failed || fmt.Sprint(changed) != "[1 2]" || m.MemberError(2).Error() != "marked" {
+			t.Fatalf("after Fail(2) and Fail(1): states %v, changes %v", got, changed)
+		}
 	})
 	t.Run("ec", func(t *testing.T) {
 		var changed []int
@@ -216,6 +222,10 @@ func TestProbe(t *testing.T) {
 		f.ec.Probe(ctx)
 		if got := f.ec.States(); got[0] != raid.InSync || got[1] != raid.InSync || got[2] != raid.Failed || fmt.Sprint(changed) != "[2]" {
 			t.Fatalf("states %v, changes %v", got, changed)
+		}
+		f.ec.Fail(0, errors.New("marked"))
+		if got := f.ec.States(); got[0] != raid.Failed || fmt.Sprint(changed) != "[2 0]" {
+			t.Fatalf("after Fail(0): states %v, changes %v", got, changed)
 		}
 	})
 }

@@ -265,6 +265,11 @@ type MemberReport struct {
 	ResyncDoneBytes  int64  `json:"resync_done_bytes,omitempty"`
 	ResyncTotalBytes int64  `json:"resync_total_bytes,omitempty"`
 	Error            string `json:"error,omitempty"` // why it is degraded
+	// SeenGen is the highest Member.StateGen of this member the host had
+	// seen. A report that says MemberInSync for a member the metaserver
+	// marked at a later generation is not applied to it: the host had not
+	// yet heard that the member may have missed writes.
+	SeenGen int64 `json:"seen_gen,omitempty"`
 }
 
 // Event is one state change of the cluster.

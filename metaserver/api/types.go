@@ -279,6 +279,13 @@ type Member struct {
 	ResyncDoneBytes  int64  `json:"resync_done_bytes"`
 	ResyncTotalBytes int64  `json:"resync_total_bytes"`
 	Error            string `json:"error,omitempty"` // why it is degraded
+	// StateGen is the cluster generation at which the metaserver itself
+	// last set State (0: only hosts ever have): the failure detector marks
+	// the members of an offline chunkserver degraded. A host that sees a
+	// StateGen above the one it has seen fails the member if it still
+	// has it in sync, and sends the new StateGen back as
+	// MemberReport.SeenGen.
+	StateGen int64 `json:"state_gen,omitempty"`
 	// ChunkFailed is why the member's chunkserver no longer serves its
 	// chunk (failed or quarantined); "" while the chunk is healthy.
 	ChunkFailed string `json:"chunk_failed,omitempty"`
