@@ -23,6 +23,7 @@ type demoOptions struct {
 	metaPort  int
 	iscsiPort int
 	nbdPort   int
+	servers   int
 	clean     bool
 }
 
@@ -30,7 +31,7 @@ func newDemoCmd(o *rootOptions) *cobra.Command {
 	do := demoOptions{}
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run a local cluster (PostgreSQL, metaserver, 3 chunkservers, 1 hostd) with a volume named demo",
+		Short: "Run a local cluster (PostgreSQL, metaserver, chunkservers, 1 hostd) with a volume named demo",
 		Long: `Run a whole cluster on this machine as real processes and keep it running
 until Ctrl-C. State lives in --dir and is reused on the next run; delete
 the directory to start fresh.`,
@@ -49,6 +50,7 @@ the directory to start fresh.`,
 	f.IntVar(&do.metaPort, "meta-port", 8080, "metaserver API port (0: a free one)")
 	f.IntVar(&do.iscsiPort, "iscsi-port", 3260, "hostd iSCSI port (0: a free one)")
 	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow (control ports: +100; 0: free ones)")
+	f.IntVar(&do.servers, "chunkservers", 3, "how many chunkservers to run (2 to 32; ec layouts need K+M)")
 	f.BoolVar(&do.clean, "clean", false, "delete the demo's state (the directory, its PostgreSQL directory and its write-intent bitmaps) and exit")
 	return cmd
 }
@@ -62,6 +64,9 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 	if err != nil {
 		return err
 	}
+	if do.servers < 2 || do.servers > 32 {
+		return fmt.Errorf("--chunkservers %d: run 2 to 32 (the demo volume is a mirror:2)", do.servers)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	pgDir, err := demoPGDir(do.dir)
 	if err != nil {
@@ -71,7 +76,7 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 	c, err := localcluster.Start(ctx, localcluster.Options{
 		Dir: do.dir, PGDir: pgDir, ChunkSize: chunkSize,
 		MetaPort: do.metaPort, ISCSIPort: do.iscsiPort, NBDPort: do.nbdPort,
-		Logger: log,
+		Chunkservers: do.servers, Logger: log,
 	})
 	if err != nil {
 		return err

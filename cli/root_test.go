@@ -155,3 +155,21 @@ func TestCAFile(t *testing.T) {
 		t.Fatalf("with %s: %v", EnvCA, err)
 	}
 }
+
+// TestDemoChunkserversFlag: the demo refuses a chunkserver count its
+// mirror:2 volume cannot live with, before it starts anything.
+func TestDemoChunkserversFlag(t *testing.T) {
+	for _, n := range []string{"1", "0", "33"} {
+		root := NewRoot()
+		dir := t.TempDir()
+		root.SetArgs([]string{"demo", "--dir", dir, "--chunkservers", n})
+		root.SetOut(io.Discard)
+		err := root.ExecuteContext(t.Context())
+		if err == nil || !strings.Contains(err.Error(), "--chunkservers "+n) {
+			t.Errorf("--chunkservers %s: %v", n, err)
+		}
+		if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+			t.Errorf("--chunkservers %s left %d entries in the demo directory", n, len(entries))
+		}
+	}
+}
