@@ -203,6 +203,7 @@ func (a *attachment) newSetState(set api.Set, recover bool) (*setState, error) {
 		// The plan already treats a member the metaserver marked degraded
 		// as recorded degraded.
 		m.seenGen.Store(am.StateGen)
+		m.rebuild.Store(am.State == api.MemberRebuilding)
 		st.members = append(st.members, m)
 	}
 	return st, nil
@@ -271,7 +272,7 @@ func planSet(members []*member, reachable []bool, need int, v api.Volume, recove
 	in := remb.AttachInput{Need: need, Mode: remb.Mode(v.Bitmap), Clean: !recover, Epoch: v.Epoch}
 	p := setPlan{size: -1}
 	for i, m := range members {
-		in.Members = append(in.Members, remb.Member{Reachable: reachable[i],
+		in.Members = append(in.Members, remb.Member{Reachable: reachable[i], Rebuild: m.rebuild.Load(),
 			Missed: m.api.State != "" && m.api.State != api.MemberInSync})
 		if reachable[i] {
 			c := m.conn()

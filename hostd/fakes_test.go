@@ -1,6 +1,7 @@
 package hostd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -315,8 +316,34 @@ func (c *fakeConn) Trim(ctx context.Context, off, length int64) error {
 	return c.Conn.Trim(ctx, off, length)
 }
 
-func (c *fakeConn) BlockStatus(context.Context, string, int64, int64) ([]nbd.Extent, error) {
-	return nil, errors.New("fake: no block status")
+// BlockStatus answers base:allocation from the chunk's bytes: a 64 KiB
+// block of zeroes is a hole.
+func (c *fakeConn) BlockStatus(ctx context.Context, metaContext string, off, length int64) ([]nbd.Extent, error) {
+	if err := c.check(); err != nil {
+		return nil, err
+	}
+	if metaContext != nbdAllocation {
+		return nil, fmt.Errorf("fake: no meta context %q", metaContext)
+	}
+	p := make([]byte, length)
+	if err := c.Conn.ReadAt(ctx, p, off); err != nil {
+		return nil, err
+	}
+	const block = 64 << 10
+	var out []nbd.Extent
+	for lo := int64(0); lo < length; lo += block {
+		n := min(block, length-lo)
+		var flags uint32
+		if bytes.Count(p[lo:lo+n], []byte{0}) == int(n) {
+			flags = nbd.StateHole | nbd.StateZero
+		}
+		if k := len(out); k > 0 && out[k-1].Flags == flags {
+			out[k-1].Length += n
+			continue
+		}
+		out = append(out, nbd.Extent{Length: n, Flags: flags})
+	}
+	return out, nil
 }
 
 func (c *fakeConn) Close() error {

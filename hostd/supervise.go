@@ -2,9 +2,11 @@ package hostd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
 	"github.com/chunkraid/chunkraid/remb"
@@ -108,7 +110,7 @@ func (st *setState) needsResync() bool {
 func (st *setState) rejoin(ctx context.Context, i int) error {
 	s := st.a.s
 	m := st.members[i]
-	plan := remb.PlanRejoin(remb.RejoinInput{Mode: remb.Mode(st.a.vol.Bitmap), MergeOnReturn: m.needLog})
+	plan := remb.PlanRejoin(remb.RejoinInput{Mode: remb.Mode(st.a.vol.Bitmap), MergeOnReturn: m.needLog, Rebuild: m.rebuild.Load()})
 	rctx, cancel := context.WithTimeout(ctx, 2*s.cfg.IOTimeout)
 	defer cancel()
 	if plan.Fence {
@@ -129,6 +131,15 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 	}
 	if plan.MarkAll {
 		st.mirror.MarkAll()
+	}
+	if plan.MarkAllocated {
+		n, err := st.markAllocated(rctx)
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("rebuild: reading what the in-sync members hold: %w", err)
+		}
+		st.log.Info("rebuilding a member onto a new chunk", "member", i, "chunk", m.api.ChunkID,
+			"chunkserver", m.api.Chunkserver, "allocated_bytes", n)
 	}
 	if err := st.mirror.Rejoin(i, c); err != nil {
 		c.Close()
@@ -183,6 +194,11 @@ func (st *setState) resync(ctx context.Context) {
 		return
 	}
 	st.log.Info("resync done", "copied_bytes", copied, "took", time.Since(start).Round(time.Millisecond))
+	for i, ms := range st.mirror.States() {
+		if ms == raid.InSync && st.members[i].rebuild.CompareAndSwap(true, false) {
+			st.log.Info("rebuild done: the new chunk is in sync", "member", i, "chunk", st.members[i].api.ChunkID)
+		}
+	}
 	st.a.report()
 }
 
@@ -237,13 +253,24 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 		// carries a mark's generation shows the member failed (or resynced
 		// since), never in sync from before the mark.
 		seen := make([]int64, len(st.members))
+		rebuilding := make([]bool, len(st.members))
 		for i, m := range st.members {
 			seen[i] = m.seenGen.Load()
+			rebuilding[i] = m.rebuild.Load()
 		}
 		untrusted := st.mirror.Untrusted()
 		for i, ms := range st.mirror.States() {
 			mr := api.MemberReport{ChunkID: st.members[i].api.ChunkID, SeenGen: seen[i]}
 			switch {
+			case rebuilding[i] && ms == raid.Resyncing:
+				mr.State = api.MemberRebuilding
+				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total
+			case rebuilding[i]:
+				// Not yet given the set's data: never a copy to trust.
+				mr.State = api.MemberRebuilding
+				if err := st.mirror.MemberError(i); err != nil {
+					mr.Error = err.Error()
+				}
 			case ms == raid.InSync:
 				mr.State = api.MemberInSync
 				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total // the last resync's totals
@@ -305,4 +332,53 @@ func (a *attachment) applyMarks(v api.Volume) {
 	if changed {
 		a.report()
 	}
+}
+
+// markAllocated marks in the WIB every part of the set that an in-sync
+// member has allocated (NBD base:allocation), the union over the in-sync
+// members: what a rebuild must copy onto a new chunk, whose holes read as
+// zeroes like theirs. A member extent maps to whole stripes of an EC set.
+// It returns the bytes marked.
+func (st *setState) markAllocated(ctx context.Context) (int64, error) {
+	unit, k := int64(4096), max(st.logUnit, 1) // a mirror's member offsets are the set's
+	if k > 1 {
+		unit = st.a.vol.StripeUnit
+		if unit == 0 {
+			unit = raid.DefaultStripeUnit
+		}
+	}
+	before := st.wib.Count()
+	asked := 0
+	for i, ms := range st.mirror.States() {
+		c := st.members[i].conn()
+		if ms != raid.InSync || c == nil {
+			continue
+		}
+		size := c.Size()
+		for off := int64(0); off < size; {
+			ext, err := c.BlockStatus(ctx, nbdAllocation, off, min(size-off, 1<<30))
+			if err != nil {
+				return 0, fmt.Errorf("member %d: %w", i, err)
+			}
+			if len(ext) == 0 {
+				return 0, fmt.Errorf("member %d: no extent at %d", i, off)
+			}
+			for _, e := range ext {
+				if e.Length <= 0 {
+					return 0, fmt.Errorf("member %d: an empty extent at %d", i, off)
+				}
+				if e.Flags&nbd.StateHole == 0 {
+					lo := off / unit * unit * k
+					hi := (off + e.Length + unit - 1) / unit * unit * k
+					st.wib.Mark(lo, min(hi, st.mirror.Size())-lo)
+				}
+				off += e.Length
+			}
+		}
+		asked++
+	}
+	if asked == 0 {
+		return 0, errors.New("no in-sync member is connected")
+	}
+	return (st.wib.Count() - before) * st.wib.RegionSize(), nil
 }

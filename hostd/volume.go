@@ -48,6 +48,10 @@ type member struct {
 		sync.Mutex
 		client memberConn // current connection; nil while unreachable
 	}
+	// rebuild is set while the member is a new chunk being rebuilt
+	// (recorded rebuilding): it rejoins through a rebuild and is reported
+	// rebuilding until it is in sync.
+	rebuild atomic.Bool
 	// seenGen is the highest api.Member.StateGen (the metaserver's own mark
 	// of the member) this host has acted on; reports carry it as SeenGen.
 	seenGen atomic.Int64

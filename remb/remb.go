@@ -34,6 +34,10 @@ type Member struct {
 	// Missed: the previous holder recorded it as not in sync (degraded or
 	// resyncing): it missed acknowledged writes.
 	Missed bool
+	// Rebuild: a new chunk that replaces a lost member (recorded
+	// rebuilding): it holds none of the set's data that it has not been
+	// given by a rebuild, so only a rebuild may make it a copy.
+	Rebuild bool
 }
 
 // AttachInput is what PlanAttach decides from.
@@ -68,6 +72,10 @@ type AttachPlan struct {
 	// or not (raid.ECConfig.Stale): the other degraded members were merely
 	// unreachable and hold every acknowledged write.
 	Missed []int
+	// Rebuild are the members being rebuilt onto new chunks. They start
+	// degraded, reachable or not, count as Missed, are never read, merged
+	// nor a source, and rejoin through a rebuild (PlanRejoin).
+	Rebuild []int
 	// Usable counts the reachable members that missed nothing.
 	Usable int
 	// MergeNow are the members whose LOG (or intent) bitmap is ORed into the
@@ -104,10 +112,13 @@ func PlanAttach(in AttachInput) (AttachPlan, error) {
 	p := AttachPlan{RecordBeforeServing: true}
 	recover := !in.Clean
 	for i, m := range in.Members {
-		if m.Missed {
+		if m.Missed || m.Rebuild {
 			p.Missed = append(p.Missed, i)
 		}
 		switch {
+		case m.Rebuild:
+			p.Degraded = append(p.Degraded, i)
+			p.Rebuild = append(p.Rebuild, i)
 		case !m.Reachable:
 			p.Degraded = append(p.Degraded, i)
 			if recover && in.Mode != ModeNone {
@@ -146,6 +157,9 @@ type RejoinInput struct {
 	// MergeOnReturn: the member was in the attach plan's MergeOnReturn and
 	// its bitmap has not been merged yet.
 	MergeOnReturn bool
+	// Rebuild: the member was in the attach plan's Rebuild and its rebuild
+	// has not completed.
+	Rebuild bool
 }
 
 // RejoinPlan is what a failed member needs before it is handed back to the
@@ -163,9 +177,16 @@ type RejoinPlan struct {
 	// MarkAll: no record of what it missed (bitmap mode none): resync
 	// everything.
 	MarkAll bool
+	// MarkAllocated: a rebuild. Every extent that a usable member has
+	// allocated is marked to be copied (a hole reads as zeroes on the new
+	// chunk too); its LOG means nothing yet.
+	MarkAllocated bool
 }
 
 // PlanRejoin plans the return of a failed member.
 func PlanRejoin(in RejoinInput) RejoinPlan {
+	if in.Rebuild {
+		return RejoinPlan{Fence: true, MarkAllocated: true}
+	}
 	return RejoinPlan{Fence: true, MergeLog: in.MergeOnReturn && in.Mode != ModeNone, MarkAll: in.Mode == ModeNone}
 }

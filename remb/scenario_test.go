@@ -18,7 +18,7 @@ var update = flag.Bool("update", false, "rewrite the expected plans of testdata/
 // member that starts degraded). Each file pins one rule; -update rewrites
 // the plans after a deliberate change of policy, for review in the diff.
 //
-//	members: up, up missed, down       one entry per member
+//	members: up, up missed, down, up rebuild   one entry per member
 //	need: 1                            in-sync members the set needs
 //	mode: remb | internal | none
 //	clean: yes | no                    the previous holder detached cleanly
@@ -81,8 +81,10 @@ func parseScene(text string) (AttachInput, error) {
 					case "down":
 					case "missed":
 						mem.Missed = true
+					case "rebuild":
+						mem.Rebuild = true
 					default:
-						return in, fmt.Errorf("member word %q: want up, down or missed", w)
+						return in, fmt.Errorf("member word %q: want up, down, missed or rebuild", w)
 					}
 				}
 				in.Members = append(in.Members, mem)
@@ -140,6 +142,7 @@ func renderPlans(in AttachInput) string {
 	fmt.Fprintf(&b, "degraded: %s\n", list(p.Degraded))
 	fmt.Fprintf(&b, "stale: %s\n", list(p.Stale))
 	fmt.Fprintf(&b, "missed: %s\n", list(p.Missed))
+	fmt.Fprintf(&b, "rebuild: %s\n", list(p.Rebuild))
 	fmt.Fprintf(&b, "usable: %d\n", p.Usable)
 	fmt.Fprintf(&b, "merge-now: %s\n", list(p.MergeNow))
 	fmt.Fprintf(&b, "merge-on-return: %s\n", list(p.MergeOnReturn))
@@ -148,7 +151,7 @@ func renderPlans(in AttachInput) string {
 	fmt.Fprintf(&b, "pin-survivors: %s\n", yes(p.PinSurvivors))
 	fmt.Fprintf(&b, "record-before-serving: %s\n", yes(p.RecordBeforeServing))
 	for _, i := range p.Degraded {
-		r := PlanRejoin(RejoinInput{Mode: in.Mode, MergeOnReturn: contains(p.MergeOnReturn, i)})
+		r := PlanRejoin(RejoinInput{Mode: in.Mode, MergeOnReturn: contains(p.MergeOnReturn, i), Rebuild: contains(p.Rebuild, i)})
 		var acts []string
 		if r.Fence {
 			acts = append(acts, "fence")
@@ -158,6 +161,9 @@ func renderPlans(in AttachInput) string {
 		}
 		if r.MarkAll {
 			acts = append(acts, "mark-all")
+		}
+		if r.MarkAllocated {
+			acts = append(acts, "mark-allocated")
 		}
 		fmt.Fprintf(&b, "rejoin %d: %s\n", i, strings.Join(acts, " "))
 	}

@@ -15,6 +15,10 @@ import (
 const (
 	MemberDegraded  = "degraded"  // missed writes; not read; waits to come back
 	MemberResyncing = "resyncing" // back, dirty regions being copied to it
+	// MemberRebuilding: a new chunk that replaces a lost member, being
+	// given every allocated extent of the set; never read, and only a
+	// completed rebuild makes it in_sync.
+	MemberRebuilding = "rebuilding"
 )
 
 // Bitmap modes of a volume (DESIGN §2, for comparison runs).

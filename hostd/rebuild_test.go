@@ -1,0 +1,101 @@
+package hostd
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// replaced is testVolume(2) with member 1 replaced by chunk id, recorded
+// rebuilding at generation gen.
+func replaced(id string, gen int64) api.Volume {
+	v := testVolume(2)
+	v.CleanDetach = true
+	name := api.ExportName{Chunk: id, Host: "h1", Epoch: 2, Token: "t"}
+	v.Sets[0].Members[1] = api.Member{ChunkID: id, Chunkserver: "cs" + id, Addr: "nbd-" + id, ControlAddr: "ctl-" + id,
+		Export: name.String(), State: api.MemberRebuilding, StateGen: gen, Error: "replaces chunk c1"}
+	return v
+}
+
+// TestRebuildOntoNewChunk: the metaserver replaced member 1 (chunk c1) by
+// a new chunk c2, recorded rebuilding. The host attaches the new placement
+// and rebuilds c2 from c0: every allocated extent is copied and the holes
+// are not, c2 is reported rebuilding until the rebuild completes and in
+// sync afterwards, and a write made meanwhile is on both copies.
+func TestRebuildOntoNewChunk(t *testing.T) {
+	c := newFakeCluster(t, 3)
+	s := newTestServer(t, c)
+	a := attachClean(t, s)
+	waitFor(t, "both members in sync", func() bool { return allInSync(a) })
+	data := fill(256<<10, 9)
+	if err := a.volume.WriteAt(t.Context(), data, 3<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.volume.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	before := len(c.eventList())
+	if !s.apply(t.Context(), []api.Volume{replaced("c2", 9)}) {
+		t.Fatal("apply failed")
+	}
+	b := s.attached("vol")
+	if b == nil || b == a {
+		t.Fatal("the new placement was not attached")
+	}
+	more := fill(64<<10, 77)
+	if err := b.volume.WriteAt(t.Context(), more, 7<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rebuild to complete and be reported", func() bool {
+		r := c.meta.reportList()
+		return allInSync(b) && len(r) > 0 && reportText(r[len(r)-1].VolumeReport) == "c0=in_sync c2=in_sync"
+	})
+	c0, c2 := c.chunk("c0").data.Bytes(), c.chunk("c2").data.Bytes()
+	if !bytes.Equal(c2[3<<20:3<<20+len(data)], data) || !bytes.Equal(c2[7<<20:7<<20+len(more)], more) {
+		t.Fatal("the new chunk misses data written before or during the rebuild")
+	}
+	if !bytes.Equal(c0, c2) {
+		t.Fatal("the copies differ after the rebuild")
+	}
+	sawRebuilding := false
+	for _, r := range c.meta.reportList() {
+		if strings.Contains(reportText(r.VolumeReport), "c2=rebuilding") {
+			sawRebuilding = true
+		}
+		if strings.Contains(reportText(r.VolumeReport), "c2=degraded") || strings.Contains(reportText(r.VolumeReport), "c2=resyncing") {
+			t.Errorf("the new chunk was reported as a copy that merely missed writes: %s", reportText(r.VolumeReport))
+		}
+	}
+	if !sawRebuilding {
+		t.Error("never reported rebuilding")
+	}
+	if b.sets[0].members[1].rebuild.Load() {
+		t.Error("still flagged rebuilding once in sync")
+	}
+	t.Logf("after the replacement: %s", strings.Join(c.eventList()[before:], ", "))
+}
+
+// TestRebuildCopiesOnlyAllocated: a rebuild copies the regions where the
+// source has data and skips its holes.
+func TestRebuildCopiesOnlyAllocated(t *testing.T) {
+	c := newFakeCluster(t, 3)
+	seed(t, c, "c0", 1<<20, fill(128<<10, 5))
+	s := newTestServer(t, c)
+	if err := s.attach(t.Context(), replaced("c2", 4)); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	waitFor(t, "the rebuild", func() bool { return allInSync(a) })
+	if !bytes.Equal(c.chunk("c2").data.Bytes()[1<<20:1<<20+128<<10], fill(128<<10, 5)) {
+		t.Fatal("the rebuild did not copy the source's data")
+	}
+	a.sets[0].mu.Lock()
+	copied := a.sets[0].mu.resyncDone
+	a.sets[0].mu.Unlock()
+	if copied <= 0 || copied >= testChunkSize/2 {
+		t.Errorf("the rebuild copied %d bytes of a %d-byte chunk holding 128 KiB", copied, testChunkSize)
+	}
+	t.Logf("rebuild copied %d bytes of a %d-byte chunk holding 128 KiB (WIB region %d)", copied, testChunkSize, a.sets[0].wib.RegionSize())
+}
