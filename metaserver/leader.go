@@ -1,8 +1,10 @@
 package metaserver
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -88,6 +90,11 @@ func (s *Server) leadOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 	for tick := 0; ; tick++ {
 		if err := s.detectFailures(ctx, conn); err != nil {
 			return err
+		}
+		if err := s.replaceMembers(ctx, conn); err != nil && ctx.Err() == nil {
+			// Logged, not fatal: the detector's next query finds out
+			// whether the connection itself broke.
+			s.log.Error("replacing members of lost chunkservers", "err", err)
 		}
 		if tick%pruneEvery == pruneEvery-1 {
 			if err := pruneEvents(ctx, conn, keptEvents); err != nil {
@@ -264,4 +271,146 @@ func markOffline(ctx context.Context, tx pgx.Tx, servers []string, offlineAfter 
 		return nil, 0, fmt.Errorf("mark members degraded: %w", err)
 	}
 	return evs, gen, nil
+}
+
+// maxReplacementsPerTick bounds the members replaced in one tick of the
+// leader; the rest wait for the next ticks, those of the sets with the
+// least redundancy left first.
+const maxReplacementsPerTick = 32
+
+// replaceMembers replaces every degraded member whose chunkserver has been
+// silent for ReplaceAfter (DESIGN §3): its chunk leaves the set (deleting:
+// its chunkserver deletes it if it ever returns) and a new chunk on an
+// online chunkserver in a fault domain the set does not use takes its
+// place, recorded rebuilding at a new generation, which the serving host
+// sees in its assignments and rebuilds. Sets with the least redundancy
+// left go first. A member no chunkserver can take is said once
+// (replace_blocked) and retried every tick.
+func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
+	var evs []event
+	var gen int64
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		evs, gen = nil, 0
+		type due struct {
+			chunk, volume, layout, server string
+			volumeID, size                int64
+			set, member, healthy          int
+			silent                        float64
+			blocked                       bool
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT c.id::text, v.name, v.layout, cs.name, c.volume_id, c.size_bytes, c.set_idx, c.member_idx,
+			       (SELECT count(*) FROM chunks o JOIN chunkservers ocs ON ocs.id = o.chunkserver_id
+			        WHERE o.volume_id = c.volume_id AND o.set_idx = c.set_idx AND o.member_state = 'in_sync'
+			          AND ocs.last_heartbeat > now() - make_interval(secs => $2))::int,
+			       extract(epoch FROM now() - cs.last_heartbeat)::float8, c.replace_blocked
+			FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id JOIN volumes v ON v.id = c.volume_id
+			WHERE c.member_state = 'degraded' AND cs.last_heartbeat < now() - make_interval(secs => $1)
+			ORDER BY v.name, c.set_idx, c.member_idx
+			FOR UPDATE OF c`, s.cfg.ReplaceAfter.Seconds(), s.cfg.OfflineAfter.Seconds())
+		if err != nil {
+			return fmt.Errorf("members to replace: %w", err)
+		}
+		var dues []due
+		var d due
+		_, err = pgx.ForEachRow(rows, []any{&d.chunk, &d.volume, &d.layout, &d.server, &d.volumeID, &d.size, &d.set, &d.member,
+			&d.healthy, &d.silent, &d.blocked}, func() error {
+			dues = append(dues, d)
+			return nil
+		})
+		if err != nil || len(dues) == 0 {
+			return err
+		}
+		// Least redundancy left first: in-sync members beyond what the
+		// set needs.
+		spare := func(d due) int {
+			l, err := api.ParseLayout(d.layout)
+			if err != nil {
+				return d.healthy
+			}
+			return d.healthy - l.DataChunks()
+		}
+		slices.SortStableFunc(dues, func(a, b due) int { return cmp.Compare(spare(a), spare(b)) })
+		cands, err := s.st.candidates(ctx, tx)
+		if err != nil {
+			return err
+		}
+		replaced := 0
+		for _, d := range dues {
+			if replaced == maxReplacementsPerTick {
+				break
+			}
+			subject := fmt.Sprintf("volume/%s/set/%d/member/%d", d.volume, d.set, d.member)
+			used := map[string]bool{}
+			drows, err := tx.Query(ctx, `
+				SELECT coalesce(nullif(cs.fault_domain, ''), cs.name) FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id
+				WHERE c.volume_id = $1 AND c.set_idx = $2 AND c.id <> $3::uuid`, d.volumeID, d.set, d.chunk)
+			if err != nil {
+				return fmt.Errorf("fault domains of %s: %w", subject, err)
+			}
+			domains, err := pgx.CollectRows(drows, pgx.RowTo[string])
+			if err != nil {
+				return fmt.Errorf("fault domains of %s: %w", subject, err)
+			}
+			for _, dom := range domains {
+				used[dom] = true
+			}
+			p, ok := placeReplacement(d.size, cands, used)
+			if !ok {
+				if !d.blocked {
+					if _, err := tx.Exec(ctx, `UPDATE chunks SET replace_blocked = true WHERE id = $1::uuid`, d.chunk); err != nil {
+						return err
+					}
+					evs = append(evs, event{Kind: api.EventReplaceBlocked, Subject: subject, Volume: d.volume,
+						Message: fmt.Sprintf("member %d of set %d (chunk %s on chunkserver %s, offline for %s) cannot be replaced: no online chunkserver with a disk in a fault domain the set does not use (%d in use); retrying",
+							d.member, d.set, d.chunk, d.server, time.Duration(d.silent*float64(time.Second)).Round(time.Second), len(used))})
+				}
+				continue
+			}
+			if gen == 0 {
+				if gen, _, err = bumpGeneration(ctx, tx); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.Exec(ctx, `
+				UPDATE chunks SET state = 'deleting', volume_id = NULL, set_idx = NULL, member_idx = NULL
+				WHERE id = $1::uuid`, d.chunk); err != nil {
+				return fmt.Errorf("retire %s: %w", subject, err)
+			}
+			reason := fmt.Sprintf("replaces chunk %s on chunkserver %s, offline for %s", d.chunk, d.server,
+				time.Duration(d.silent*float64(time.Second)).Round(time.Second))
+			var newChunk, newServer string
+			err = tx.QueryRow(ctx, `
+				INSERT INTO chunks (chunkserver_id, disk_id, volume_id, set_idx, member_idx, size_bytes,
+				                    member_state, member_state_gen, member_error)
+				VALUES ($1, $2, $3, $4, $5, $6, 'rebuilding', $7, $8)
+				RETURNING id::text, (SELECT name FROM chunkservers WHERE id = $1)`,
+				p.ChunkserverID, p.DiskID, d.volumeID, d.set, d.member, d.size, gen, reason).Scan(&newChunk, &newServer)
+			if err != nil {
+				return fmt.Errorf("replace %s: %w", subject, err)
+			}
+			for i := range cands {
+				for j := range cands[i].Disks {
+					if cands[i].Disks[j].ID == p.DiskID {
+						cands[i].Disks[j].ActiveChunks++
+					}
+				}
+			}
+			evs = append(evs, event{Kind: api.EventMemberReplaced, Subject: subject, Volume: d.volume,
+				Message: fmt.Sprintf("member %d of set %d: chunk %s on chunkserver %s (offline for %s, for over %v) is replaced by chunk %s on chunkserver %s, which is being rebuilt",
+					d.member, d.set, d.chunk, d.server, time.Duration(d.silent*float64(time.Second)).Round(time.Second), s.cfg.ReplaceAfter, newChunk, newServer)})
+			replaced++
+		}
+		return addEvents(ctx, tx, evs...)
+	})
+	if err != nil {
+		return fmt.Errorf("replace members: %w", err)
+	}
+	if gen != 0 {
+		s.gens.observe(gen)
+	}
+	for _, e := range evs {
+		s.log.Warn("event", "kind", e.Kind, "subject", e.Subject, "message", e.Message)
+	}
+	return nil
 }

@@ -147,3 +147,37 @@ func setCount(size, setSize int64) int64 {
 	}
 	return n
 }
+
+// placeReplacement chooses where a new chunk replacing a lost member goes:
+// the best server (ranked as place ranks them) whose fault domain the set's
+// other members do not use, on its best disk. It reports false if there is
+// none.
+func placeReplacement(chunkSize int64, cands []candidate, usedDomains map[string]bool) (placed, bool) {
+	var (
+		best      placed
+		bestScore int64
+		found     bool
+	)
+	for _, c := range cands {
+		domain := c.FaultDomain
+		if domain == "" {
+			domain = c.Name
+		}
+		if usedDomains[domain] || len(c.Disks) == 0 {
+			continue
+		}
+		var score int64
+		d, dScore := 0, int64(0)
+		for i, disk := range c.Disks {
+			s := disk.FreeBytes - chunkSize*int64(disk.ActiveChunks)
+			score += s
+			if i == 0 || s > dScore {
+				d, dScore = i, s
+			}
+		}
+		if !found || score > bestScore {
+			best, bestScore, found = placed{ChunkserverID: c.ID, DiskID: c.Disks[d].ID}, score, true
+		}
+	}
+	return best, found
+}

@@ -3,6 +3,7 @@ package metaserver
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
@@ -188,6 +189,35 @@ func TestSetCount(t *testing.T) {
 	for _, tt := range tests {
 		if got := setCount(tt.size, tt.chunk); got != tt.want {
 			t.Errorf("setCount(%d, %d) = %d, want %d", tt.size, tt.chunk, got, tt.want)
+		}
+	}
+}
+
+func TestPlaceReplacement(t *testing.T) {
+	const gib = 1 << 30
+	cands := []candidate{
+		{ID: 1, Name: "a", FaultDomain: "r1", Disks: []candidateDisk{{ID: 11, FreeBytes: 100 * gib}}},
+		{ID: 2, Name: "b", FaultDomain: "r2", Disks: []candidateDisk{{ID: 21, FreeBytes: 10 * gib}, {ID: 22, FreeBytes: 50 * gib}}},
+		{ID: 3, Name: "c", Disks: []candidateDisk{{ID: 31, FreeBytes: 40 * gib, ActiveChunks: 2}}},
+		{ID: 4, Name: "d", FaultDomain: "r1", Disks: nil},
+	}
+	for _, tt := range []struct {
+		used     string
+		want     placed
+		wantNone bool
+	}{
+		{"", placed{1, 11}, false},
+		{"r1", placed{2, 22}, false},    // b: 60 GiB beats c: 40 − 2 chunks
+		{"r1 r2", placed{3, 31}, false}, // c's domain is its name
+		{"r1 r2 c", placed{}, true},
+	} {
+		used := map[string]bool{}
+		for _, d := range strings.Fields(tt.used) {
+			used[d] = true
+		}
+		got, ok := placeReplacement(gib, cands, used)
+		if ok == tt.wantNone || got != tt.want {
+			t.Errorf("used %q: got %+v %v, want %+v", tt.used, got, ok, tt.want)
 		}
 	}
 }

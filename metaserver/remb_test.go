@@ -1291,3 +1291,120 @@ func TestOfflineNeverMarksTheLastCopies(t *testing.T) {
 		t.Errorf("one copy after the other: %s", got)
 	}
 }
+
+// TestReplaceAfter: a member whose chunkserver stayed offline for
+// replace_after is replaced by a new chunk in a fault domain its set does
+// not use, recorded rebuilding (at a generation the host sees) with an
+// event; the old chunk is left to be deleted. The host's reports keep it
+// rebuilding until it says in_sync, having seen the replacement. Without
+// a spare fault domain the member is not replaced and that is said once.
+func TestReplaceAfter(t *testing.T) {
+	t.Parallel()
+	if _, err := New(Config{DatabaseURL: "postgres://x", ReplaceAfter: time.Minute, LogPeriod: time.Minute}); err == nil ||
+		!strings.Contains(err.Error(), "--replace-after") {
+		t.Errorf("replace_after = T accepted: %v", err)
+	}
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	ctx := t.Context()
+	for _, n := range []string{"cs-a", "cs-b", "cs-c"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	host := ts.addHost(t, "h1")
+	v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "vol", SizeBytes: 64 << 20, Layout: "mirror:2", Host: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := v.Sets[0].Members[1]
+	if err := ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() - interval '1 hour' WHERE name = $1`, lost.Chunkserver); err != nil {
+		t.Fatal(err)
+	}
+	var m *api.Member
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		got, err := ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m = &got.Sets[0].Members[1]; m.ChunkID != lost.ChunkID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("member not replaced: %+v", got.Sets[0].Members)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	used := map[string]bool{v.Sets[0].Members[0].Chunkserver: true, lost.Chunkserver: true}
+	if used[m.Chunkserver] || m.State != api.MemberRebuilding || m.StateGen == 0 || !strings.Contains(m.Error, "replaces chunk "+lost.ChunkID) {
+		t.Fatalf("the replacement: %+v", m)
+	}
+	evs := eventsOf(ts.events(t, "vol"), api.EventMemberReplaced)
+	if len(evs) != 1 || !strings.Contains(evs[0].Message, "is replaced by chunk "+m.ChunkID) {
+		t.Fatalf("member_replaced events: %+v", evs)
+	}
+	t.Logf("%s", evs[0].Message)
+	chunks, err := ts.Client.ListChunks(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range chunks {
+		if c.ID == lost.ChunkID && c.State != api.ChunkDeleting {
+			t.Errorf("the replaced chunk is %s, want deleting", c.State)
+		}
+	}
+	hv, err := ts.Client.HostVolumes(ctx, host, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hm := memberOf(hv.Volumes[0], m.ChunkID); hm == nil || hm.Export == "" || hm.State != api.MemberRebuilding {
+		t.Fatalf("the host's view of the replacement: %+v", hm)
+	}
+
+	// Reports: rebuilding sticks until in_sync.
+	keep := v.Sets[0].Members[0].ChunkID
+	report := func(mr api.MemberReport) string {
+		t.Helper()
+		rep := api.HostReport{Volumes: []api.VolumeReport{{Name: "vol", Epoch: 1, Sets: []api.SetReport{{Index: 0,
+			Members: []api.MemberReport{{ChunkID: keep, State: api.MemberInSync}, mr}}}}}}
+		if err := ts.Client.HostReport(ctx, host, rep); err != nil {
+			t.Fatal(err)
+		}
+		got, err := ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.Sets[0].Members[1].State
+	}
+	if got := report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberResyncing, SeenGen: m.StateGen, ResyncTotalBytes: 1 << 20}); got != api.MemberRebuilding {
+		t.Errorf("after a resyncing report: %s", got)
+	}
+	if got := report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberInSync}); got != api.MemberRebuilding {
+		t.Errorf("an in_sync report that had not seen the replacement: %s", got)
+	}
+	if got := report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberInSync, SeenGen: m.StateGen, ResyncDoneBytes: 1 << 20, ResyncTotalBytes: 1 << 20}); got != api.MemberInSync {
+		t.Errorf("after the rebuild: %s", got)
+	}
+	if evs := eventsOf(ts.events(t, "vol"), api.EventRebuildDone); len(evs) != 1 || !strings.Contains(evs[0].Message, "the rebuild copied 1.0 MiB") {
+		t.Errorf("rebuild_done events: %+v", evs)
+	}
+
+	// The other member's chunkserver goes too: no fault domain is left for
+	// its replacement (two of three are gone, the third holds the set).
+	if err := ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() - interval '1 hour' WHERE name = $1`, v.Sets[0].Members[0].Chunkserver); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.Client.HostReport(ctx, host, api.HostReport{Volumes: []api.VolumeReport{{Name: "vol", Epoch: 1, Sets: []api.SetReport{{Index: 0,
+		Members: []api.MemberReport{{ChunkID: keep, State: api.MemberDegraded, Error: "gone"}, {ChunkID: m.ChunkID, State: api.MemberInSync, SeenGen: m.StateGen}}}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); len(eventsOf(ts.events(t, "vol"), api.EventReplaceBlocked)) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no replace_blocked event")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2500 * time.Millisecond) // two more ticks of the leader
+	if evs := eventsOf(ts.events(t, "vol"), api.EventReplaceBlocked); len(evs) != 1 {
+		t.Errorf("%d replace_blocked events, want 1 (said once)", len(evs))
+	} else {
+		t.Logf("%s", evs[0].Message)
+	}
+}

@@ -218,6 +218,14 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 			if !ok || old.Set != sr.Index {
 				return fmt.Sprintf("set %d of volume %q has no member chunk %s: the host's layout is out of date", sr.Index, vr.Name, mr.ChunkID), nil, nil
 			}
+			if old.State == api.MemberRebuilding && (mr.State == api.MemberDegraded || mr.State == api.MemberResyncing) {
+				// A new chunk stays rebuilding until a rebuild completes: a
+				// next host must rebuild it, not merely resync it.
+				mr.State = api.MemberRebuilding
+			}
+			if old.State != api.MemberRebuilding && mr.State == api.MemberRebuilding {
+				continue // only a replacement is rebuilding: a report of older assignments
+			}
 			if mr.State == api.MemberInSync && old.State != api.MemberInSync && old.StateGen > mr.SeenGen {
 				// The metaserver marked the member at a generation the host
 				// had not seen: its in_sync predates the mark. It fails the
@@ -351,7 +359,18 @@ func memberEvent(volume string, old reportedMember, mr api.MemberReport) (event,
 		if mr.ResyncTotalBytes > 0 {
 			e.Message += fmt.Sprintf(": %s to copy", bytesText(mr.ResyncTotalBytes))
 		}
+	case api.MemberRebuilding:
+		return event{}, false // announced by the replacement (member_replaced)
 	case api.MemberInSync:
+		if old.State == api.MemberRebuilding {
+			copied := mr.ResyncDoneBytes
+			if copied == 0 {
+				copied = old.DoneBytes
+			}
+			e.Kind = api.EventRebuildDone
+			e.Message = fmt.Sprintf("%s is in sync: the rebuild copied %s", who, bytesText(copied))
+			break
+		}
 		if old.State != api.MemberResyncing {
 			e.Kind = api.EventMemberInSync
 			e.Message = who + " is in sync again without a resync"

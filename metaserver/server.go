@@ -55,6 +55,10 @@ type Config struct {
 	// or T >= 3·t_io (DESIGN §5). Run every metaserver of a cluster with
 	// the same three durations.
 	LogPeriod time.Duration
+	// ReplaceAfter is how long a chunkserver may stay offline before its
+	// degraded members are replaced by new chunks and rebuilt; 0 means 10
+	// minutes. It must exceed LogPeriod (DESIGN §5: T ≪ replace_after).
+	ReplaceAfter time.Duration
 	// Overcommit is the capacity guard's ratio: a volume is created only
 	// if its raw size fits in Overcommit × the free raw space, less what
 	// is promised to chunks but not yet written. 0 means 1 (thin chunks
@@ -96,6 +100,7 @@ const (
 	defaultOfflineAfter = 10 * time.Second
 	defaultIOTimeout    = 5 * time.Second
 	defaultLogPeriod    = 60 * time.Second
+	defaultReplaceAfter = 10 * time.Minute
 	// maxConns bounds the pooled PostgreSQL connections of one metaserver;
 	// it also keeps a LISTEN connection and a leader-election connection.
 	maxConns = 10
@@ -139,6 +144,13 @@ func (c *Config) validate() error {
 	}
 	if err := budget.Validate(c.IOTimeout, c.OfflineAfter, c.LogPeriod); err != nil {
 		return budgetError(err)
+	}
+	if c.ReplaceAfter == 0 {
+		c.ReplaceAfter = defaultReplaceAfter
+	}
+	if c.ReplaceAfter <= c.LogPeriod {
+		return fmt.Errorf("metaserver: --replace-after %v must exceed the LOG period T=%v (DESIGN §5: t_io < offline_after < T ≪ replace_after): a chunkserver back within T resyncs from its LOG instead of being rebuilt",
+			c.ReplaceAfter, c.LogPeriod)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -330,7 +342,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		ln = tls.NewListener(ln, tcfg)
 		s.log.Info("serving TLS", "names", names)
 	}
-	s.st = &store{db: db, overcommit: s.cfg.Overcommit, caCert: caCert, caKey: caKey, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
+	s.st = &store{db: db, overcommit: s.cfg.Overcommit, replaceAfter: s.cfg.ReplaceAfter, caCert: caCert, caKey: caKey, secret: secret, box: box, tokenKey: tokenKey(secret), offlineAfter: s.cfg.OfflineAfter, ioTimeout: s.cfg.IOTimeout,
 		logPeriod: s.cfg.LogPeriod, log: s.log, committed: s.gens.observe}
 	if _, err := s.st.ensureAdminToken(ctx, s.showAdminToken); err != nil {
 		return fmt.Errorf("metaserver: create the admin token: %w", err)

@@ -27,6 +27,8 @@ type store struct {
 	// caCert and caKey are the cluster CA's (PEM): registrations get the
 	// certificate, chunkservers a control API certificate it signs.
 	caCert, caKey []byte
+	// replaceAfter is Config.ReplaceAfter.
+	replaceAfter time.Duration
 	// overcommit is the capacity guard's ratio (Config.Overcommit).
 	overcommit float64
 	// secret is the cluster secret (hex) that keys export tokens.
@@ -100,6 +102,7 @@ func (st *store) cluster(ctx context.Context) (*api.Cluster, error) {
 		IOTimeoutMS:         st.ioTimeout.Milliseconds(),
 		OfflineAfterMS:      st.offlineAfter.Milliseconds(),
 		LogPeriodMS:         st.logPeriod.Milliseconds(),
+		ReplaceAfterMS:      st.replaceAfter.Milliseconds(),
 	}
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `

@@ -267,10 +267,10 @@ func validateHostReport(r *api.HostReport) error {
 				}
 				chunks[m.ChunkID] = true
 				switch m.State {
-				case api.MemberInSync, api.MemberDegraded, api.MemberResyncing:
+				case api.MemberInSync, api.MemberDegraded, api.MemberResyncing, api.MemberRebuilding:
 				default:
-					return invalid("volume %q chunk %s: unknown state %q: use %s, %s or %s",
-						v.Name, m.ChunkID, m.State, api.MemberInSync, api.MemberDegraded, api.MemberResyncing)
+					return invalid("volume %q chunk %s: unknown state %q: use %s, %s, %s or %s",
+						v.Name, m.ChunkID, m.State, api.MemberInSync, api.MemberDegraded, api.MemberResyncing, api.MemberRebuilding)
 				}
 				if m.ResyncDoneBytes < 0 || m.ResyncTotalBytes < 0 || m.ResyncDoneBytes > m.ResyncTotalBytes {
 					return invalid("volume %q chunk %s: need 0 <= resync_done_bytes (%d) <= resync_total_bytes (%d)",

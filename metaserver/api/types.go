@@ -387,6 +387,9 @@ type Cluster struct {
 	IOTimeoutMS    int64 `json:"io_timeout_ms"`
 	OfflineAfterMS int64 `json:"offline_after_ms"`
 	LogPeriodMS    int64 `json:"log_period_ms"`
+	// ReplaceAfterMS: a member whose chunkserver has been offline this
+	// long is replaced by a new chunk and rebuilt (above T).
+	ReplaceAfterMS int64 `json:"replace_after_ms"`
 	// RawCapacityBytes and RawFreeBytes add up the disks of the online
 	// chunkservers as they last reported them.
 	RawCapacityBytes int64 `json:"raw_capacity_bytes"`
@@ -409,14 +412,22 @@ type Cluster struct {
 
 // Event kinds recorded by the metaserver (see Event).
 const (
-	EventVolumeCreated      = "volume_created"
-	EventVolumeDeleted      = "volume_deleted"
-	EventVolumeAttached     = "volume_attached"
-	EventVolumeDetached     = "volume_detached" // a clean detach reported by the host
-	EventMemberDegraded     = "member_degraded"
-	EventResyncStarted      = "resync_started"
-	EventResyncDone         = "resync_done"
-	EventMemberInSync       = "member_in_sync" // back in sync without a resync
+	EventVolumeCreated  = "volume_created"
+	EventVolumeDeleted  = "volume_deleted"
+	EventVolumeAttached = "volume_attached"
+	EventVolumeDetached = "volume_detached" // a clean detach reported by the host
+	EventMemberDegraded = "member_degraded"
+	EventResyncStarted  = "resync_started"
+	EventResyncDone     = "resync_done"
+	EventMemberInSync   = "member_in_sync" // back in sync without a resync
+	// EventMemberReplaced: a member whose chunkserver stayed offline for
+	// replace_after was replaced by a new chunk, which is being rebuilt;
+	// EventRebuildDone: that rebuild completed; EventReplaceBlocked: no
+	// online chunkserver in a fault domain the set does not use can take
+	// the replacement (said once per member).
+	EventMemberReplaced     = "member_replaced"
+	EventRebuildDone        = "rebuild_done"
+	EventReplaceBlocked     = "replace_blocked"
 	EventChunkserverOffline = "chunkserver_offline"
 	EventChunkserverOnline  = "chunkserver_online"
 	EventChunkFailed        = "chunk_failed" // its chunkserver reported it failed or quarantined
