@@ -1,10 +1,13 @@
 package test
 
 import (
+	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chunkraid/chunkraid/localcluster"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -89,4 +92,107 @@ func TestIdleChunkserverLossNoticed(t *testing.T) {
 	checkReplicas(t, c, "parked")
 	run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 1M", url)
 	checkReplicas(t, c, "busy")
+}
+
+// TestLostChunkserverReplacedAndRebuilt: a chunkserver is killed for good
+// under a qemu-io write load. After replace_after (shortened here, with the
+// rest of the timeout budget) each of its members is replaced by a new
+// chunk on a spare chunkserver and rebuilt by the serving host while the
+// load goes on: every acknowledged write reads back, the replicas agree,
+// the dead chunkserver holds no member any more, and the rebuild copied the
+// allocated extents, not whole chunks.
+func TestLostChunkserverReplacedAndRebuilt(t *testing.T) {
+	c := startClusterOpts(t, localcluster.Options{
+		ChunkSize:            testChunk,
+		Chunkservers:         4,
+		ExtraChunkserverArgs: []string{"--log-region", "1048576"},
+		ExtraHostdArgs:       []string{"--wib-region", "1048576"},
+		ExtraMetaArgs:        []string{"--io-timeout", "1s", "--offline-after", "3s", "--log-period", "4s", "--replace-after", "8s"},
+	})
+	ctx := t.Context()
+	v := createVolume(t, c, "rb", "128MiB", c.HostName)
+	if err := c.WaitTarget(ctx, "rb", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	url := c.ISCSIURL("rb")
+	victim := v.Sets[0].Members[1].Chunkserver
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	before := slots(24, 64<<10, 128<<20, 0)
+	load := startWriteLoad(lctx, url, before, 0)
+	<-load.done
+	if load.err != nil {
+		t.Fatalf("write load before the loss: %v\n%s", load.err, load.Output())
+	}
+	start := time.Now()
+	if err := c.CS[csIndex(t, c, victim)].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	// Writes go on through the loss, the replacement and the rebuild.
+	during := slots(40, 64<<10, 128<<20, 100)
+	for i := range during {
+		during[i].off += 8192
+	}
+	load = startWriteLoad(lctx, url, during, 300)
+	got := waitInSyncWithout(t, c, "rb", victim, 2*time.Minute)
+	t.Logf("the lost chunkserver's members were replaced and rebuilt %v after the kill", time.Since(start).Round(time.Second))
+	<-load.done
+	acked := load.Acked()
+	t.Logf("writes during the loss: %d of %d acknowledged (%v)", len(acked), len(during), load.err)
+	evs, err := c.Client().ListEvents(ctx, "rb", 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaced, rebuilt := 0, 0
+	for _, e := range evs {
+		switch e.Kind {
+		case api.EventMemberReplaced:
+			replaced++
+			t.Logf("event: %s", e.Message)
+		case api.EventRebuildDone:
+			rebuilt++
+			t.Logf("event: %s", e.Message)
+		}
+	}
+	if replaced == 0 || rebuilt != replaced {
+		t.Errorf("%d member_replaced and %d rebuild_done events", replaced, rebuilt)
+	}
+	for _, s := range got.Sets {
+		for _, m := range s.Members {
+			if m.Chunkserver == victim {
+				t.Errorf("set %d still has a member on the dead %s", s.Index, victim)
+			}
+		}
+	}
+	if b, err := os.ReadFile(c.Hostd.Log); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "rebuilding a member onto a new chunk") {
+				t.Logf("hostd: %s", l[strings.Index(l, "msg="):])
+			}
+		}
+	}
+	verifyAcked(t, url, append(before, acked...))
+	checkReplicas(t, c, "rb")
+}
+
+// waitInSyncWithout waits until every member of volume is in sync and none
+// is on chunkserver gone.
+func waitInSyncWithout(t *testing.T, c *localcluster.Cluster, volume, gone string, d time.Duration) *api.Volume {
+	t.Helper()
+	var v *api.Volume
+	waitFor(t, d, "volume "+volume+" rebuilt without "+gone, func() bool {
+		var err error
+		if v, err = c.Client().GetVolume(t.Context(), volume); err != nil {
+			return false
+		}
+		for _, s := range v.Sets {
+			for _, m := range s.Members {
+				if m.State != api.MemberInSync || m.Chunkserver == gone {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	return v
 }
