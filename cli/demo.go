@@ -24,6 +24,7 @@ type demoOptions struct {
 	iscsiPort int
 	nbdPort   int
 	servers   int
+	replace   time.Duration
 	clean     bool
 }
 
@@ -51,6 +52,7 @@ the directory to start fresh.`,
 	f.IntVar(&do.iscsiPort, "iscsi-port", 3260, "hostd iSCSI port (0: a free one)")
 	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow (control ports: +100; 0: free ones)")
 	f.IntVar(&do.servers, "chunkservers", 3, "how many chunkservers to run (2 to 32; ec layouts need K+M)")
+	f.DurationVar(&do.replace, "replace-after", 0, "replace a chunkserver's members after it has been away this long (the metaserver's --replace-after; above 60s; default 10m)")
 	f.BoolVar(&do.clean, "clean", false, "delete the demo's state (the directory, its PostgreSQL directory and its write-intent bitmaps) and exit")
 	return cmd
 }
@@ -64,6 +66,9 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 	if err != nil {
 		return err
 	}
+	if do.replace != 0 && do.replace <= time.Minute {
+		return fmt.Errorf("--replace-after %v: must exceed the demo's LOG period T (60s)", do.replace)
+	}
 	if do.servers < 2 || do.servers > 32 {
 		return fmt.Errorf("--chunkservers %d: run 2 to 32 (the demo volume is a mirror:2)", do.servers)
 	}
@@ -76,7 +81,7 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 	c, err := localcluster.Start(ctx, localcluster.Options{
 		Dir: do.dir, PGDir: pgDir, ChunkSize: chunkSize,
 		MetaPort: do.metaPort, ISCSIPort: do.iscsiPort, NBDPort: do.nbdPort,
-		Chunkservers: do.servers, Logger: log,
+		Chunkservers: do.servers, ExtraMetaArgs: demoMetaArgs(do), Logger: log,
 	})
 	if err != nil {
 		return err
@@ -195,4 +200,12 @@ func cleanDemo(ctx context.Context, o *rootOptions, dir string) error {
 		fmt.Fprintf(o.out, "removed %s\n", d)
 	}
 	return nil
+}
+
+// demoMetaArgs are the demo metaserver's flags beyond localcluster's.
+func demoMetaArgs(do demoOptions) []string {
+	if do.replace == 0 {
+		return nil
+	}
+	return []string{"--replace-after", do.replace.String()}
 }

@@ -173,3 +173,15 @@ func TestDemoChunkserversFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoReplaceAfterFlag: a replace_after the demo's T forbids is refused
+// before anything starts.
+func TestDemoReplaceAfterFlag(t *testing.T) {
+	root := NewRoot()
+	dir := t.TempDir()
+	root.SetArgs([]string{"demo", "--dir", dir, "--replace-after", "30s"})
+	root.SetOut(io.Discard)
+	if err := root.ExecuteContext(t.Context()); err == nil || !strings.Contains(err.Error(), "--replace-after 30s") {
+		t.Errorf("--replace-after 30s: %v", err)
+	}
+}
