@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -33,10 +34,24 @@ func progressBar(done, total int64) string {
 // memberState describes a member's state for a table: the state, with the
 // progress bar while it resyncs and the error while it is degraded.
 func memberState(m api.Member) string {
+	return memberStateAt(m, time.Now())
+}
+
+// memberStateAt is memberState at time now: a resync or rebuild shows its
+// rate since it started and the time it still needs at that rate.
+func memberStateAt(m api.Member, now time.Time) string {
 	s := orDash(m.State)
 	switch m.State {
-	case api.MemberResyncing:
+	case api.MemberResyncing, api.MemberRebuilding:
 		s += " " + progressBar(m.ResyncDoneBytes, m.ResyncTotalBytes)
+		if el := now.Sub(m.StateSince); !m.StateSince.IsZero() && m.ResyncDoneBytes > 0 && el > time.Second && m.ResyncTotalBytes > m.ResyncDoneBytes {
+			rate := float64(m.ResyncDoneBytes) / el.Seconds()
+			eta := time.Duration(float64(m.ResyncTotalBytes-m.ResyncDoneBytes) / rate * float64(time.Second))
+			s += fmt.Sprintf(" %s/s, ETA %v", formatSize(int64(rate)), eta.Round(time.Second))
+		}
+		if m.State == api.MemberRebuilding && m.Error != "" {
+			s += " (" + oneLine(m.Error) + ")"
+		}
 	case api.MemberDegraded:
 		if m.Error != "" {
 			s += ": " + oneLine(m.Error)
@@ -52,9 +67,10 @@ func memberState(m api.Member) string {
 // many members are degraded and resyncing.
 // Set states for volume show's summary, from the worst member state.
 const (
-	setHealthy   = "healthy"
-	setResyncing = "resyncing"
-	setDegraded  = "degraded"
+	setHealthy    = "healthy"
+	setResyncing  = "resyncing"
+	setRebuilding = "rebuilding"
+	setDegraded   = "degraded"
 )
 
 // setState is a set's state: degraded if a member is, else resyncing if a
@@ -68,8 +84,12 @@ func setState(s api.Set) string {
 		switch m.State {
 		case api.MemberDegraded:
 			return setDegraded
+		case api.MemberRebuilding:
+			st = setRebuilding
 		case api.MemberResyncing:
-			st = setResyncing
+			if st != setRebuilding {
+				st = setResyncing
+			}
 		}
 	}
 	return st
@@ -82,7 +102,7 @@ func setSummary(sets []api.Set) string {
 		n[setState(s)]++
 	}
 	parts := []string{fmt.Sprintf("%d healthy", n[setHealthy])}
-	for _, st := range []string{setDegraded, setResyncing} {
+	for _, st := range []string{setDegraded, setRebuilding, setResyncing} {
 		if n[st] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", n[st], st))
 		}
@@ -91,12 +111,14 @@ func setSummary(sets []api.Set) string {
 }
 
 func volumeHealth(v *api.Volume) string {
-	var degraded, resyncing int
+	var degraded, rebuilding, resyncing int
 	for _, s := range v.Sets {
 		for _, m := range s.Members {
 			switch m.State {
 			case api.MemberDegraded:
 				degraded++
+			case api.MemberRebuilding:
+				rebuilding++
 			case api.MemberResyncing:
 				resyncing++
 			}
@@ -105,6 +127,9 @@ func volumeHealth(v *api.Volume) string {
 	var parts []string
 	if degraded > 0 {
 		parts = append(parts, fmt.Sprintf("%d degraded", degraded))
+	}
+	if rebuilding > 0 {
+		parts = append(parts, fmt.Sprintf("%d rebuilding", rebuilding))
 	}
 	if resyncing > 0 {
 		parts = append(parts, fmt.Sprintf("%d resyncing", resyncing))

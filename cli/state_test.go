@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"text/tabwriter"
+	"time"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -111,5 +112,25 @@ func TestVolumeShowSummarisesManySets(t *testing.T) {
 	}
 	if out := show(false); !strings.Contains(out, "Every set is healthy (--sets lists all 320).") || strings.Contains(out, "cs2") {
 		t.Errorf("all healthy:\n%s", out)
+	}
+}
+
+// TestRebuildingShown: a rebuilding member shows its progress, rate, ETA
+// and what it replaces; its set and volume say rebuilding.
+func TestRebuildingShown(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	m := api.Member{State: api.MemberRebuilding, StateSince: now.Add(-10 * time.Second), ResyncDoneBytes: 100 << 20,
+		ResyncTotalBytes: 400 << 20, Error: "replaces chunk c1 on chunkserver cs2, offline for 10m0s"}
+	want := "rebuilding [###.........] 25% 100 MiB/400 MiB 10 MiB/s, ETA 30s (replaces chunk c1 on chunkserver cs2, offline for 10m0s)"
+	if got := memberStateAt(m, now); got != want {
+		t.Errorf("memberStateAt:\n got %q\nwant %q", got, want)
+	}
+	v := &api.Volume{Sets: []api.Set{{Members: []api.Member{{State: api.MemberInSync}, m}},
+		{Members: []api.Member{{State: api.MemberInSync}, {State: api.MemberResyncing}}}}}
+	if got := volumeHealth(v); got != "1 rebuilding, 1 resyncing" {
+		t.Errorf("volumeHealth = %q", got)
+	}
+	if got := setSummary(v.Sets); got != "2: 0 healthy, 1 rebuilding, 1 resyncing" {
+		t.Errorf("setSummary = %q", got)
 	}
 }
