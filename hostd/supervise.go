@@ -139,7 +139,7 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 			return fmt.Errorf("rebuild: reading what the in-sync members hold: %w", err)
 		}
 		st.log.Info("rebuilding a member onto a new chunk", "member", i, "chunk", m.api.ChunkID,
-			"chunkserver", m.api.Chunkserver, "allocated_bytes", n)
+			"chunkserver", m.api.Chunkserver, "source_allocated_bytes", n)
 	}
 	if err := st.mirror.Rejoin(i, c); err != nil {
 		c.Close()
@@ -338,7 +338,7 @@ func (a *attachment) applyMarks(v api.Volume) {
 // member has allocated (NBD base:allocation), the union over the in-sync
 // members: what a rebuild must copy onto a new chunk, whose holes read as
 // zeroes like theirs. A member extent maps to whole stripes of an EC set.
-// It returns the bytes marked.
+// It returns the most bytes one in-sync member has allocated.
 func (st *setState) markAllocated(ctx context.Context) (int64, error) {
 	unit, k := int64(4096), max(st.logUnit, 1) // a mirror's member offsets are the set's
 	if k > 1 {
@@ -347,7 +347,7 @@ func (st *setState) markAllocated(ctx context.Context) (int64, error) {
 			unit = raid.DefaultStripeUnit
 		}
 	}
-	before := st.wib.Count()
+	var most int64
 	asked := 0
 	for i, ms := range st.mirror.States() {
 		c := st.members[i].conn()
@@ -355,6 +355,7 @@ func (st *setState) markAllocated(ctx context.Context) (int64, error) {
 			continue
 		}
 		size := c.Size()
+		var allocated int64
 		for off := int64(0); off < size; {
 			ext, err := c.BlockStatus(ctx, nbdAllocation, off, min(size-off, 1<<30))
 			if err != nil {
@@ -368,6 +369,7 @@ func (st *setState) markAllocated(ctx context.Context) (int64, error) {
 					return 0, fmt.Errorf("member %d: an empty extent at %d", i, off)
 				}
 				if e.Flags&nbd.StateHole == 0 {
+					allocated += e.Length
 					lo := off / unit * unit * k
 					hi := (off + e.Length + unit - 1) / unit * unit * k
 					st.wib.Mark(lo, min(hi, st.mirror.Size())-lo)
@@ -376,9 +378,10 @@ func (st *setState) markAllocated(ctx context.Context) (int64, error) {
 			}
 		}
 		asked++
+		most = max(most, allocated)
 	}
 	if asked == 0 {
 		return 0, errors.New("no in-sync member is connected")
 	}
-	return (st.wib.Count() - before) * st.wib.RegionSize(), nil
+	return most, nil
 }

@@ -279,7 +279,8 @@ func markOffline(ctx context.Context, tx pgx.Tx, servers []string, offlineAfter 
 const maxReplacementsPerTick = 32
 
 // replaceMembers replaces every degraded member whose chunkserver has been
-// silent for ReplaceAfter (DESIGN §3): its chunk leaves the set (deleting:
+// silent for ReplaceAfter (DESIGN §3), or whose chunk its chunkserver
+// reports failed (a durability error: it never serves again), at once: its chunk leaves the set (deleting:
 // its chunkserver deletes it if it ever returns) and a new chunk on an
 // online chunkserver in a fault domain the set does not use takes its
 // place, recorded rebuilding at a new generation, which the serving host
@@ -292,20 +293,22 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		evs, gen = nil, 0
 		type due struct {
-			chunk, volume, layout, server string
-			volumeID, size                int64
-			set, member, healthy          int
-			silent                        float64
-			blocked                       bool
+			chunk, volume, layout, server, failed string
+			volumeID, size, serverID, diskID      int64
+			set, member, healthy                  int
+			silent                                float64
+			blocked                               bool
 		}
 		rows, err := tx.Query(ctx, `
 			SELECT c.id::text, v.name, v.layout, cs.name, c.volume_id, c.size_bytes, c.set_idx, c.member_idx,
 			       (SELECT count(*) FROM chunks o JOIN chunkservers ocs ON ocs.id = o.chunkserver_id
 			        WHERE o.volume_id = c.volume_id AND o.set_idx = c.set_idx AND o.member_state = 'in_sync'
 			          AND ocs.last_heartbeat > now() - make_interval(secs => $2))::int,
-			       extract(epoch FROM now() - cs.last_heartbeat)::float8, c.replace_blocked
+			       extract(epoch FROM now() - cs.last_heartbeat)::float8, c.replace_blocked,
+			       coalesce(c.failed_reason, ''), c.chunkserver_id, c.disk_id
 			FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id JOIN volumes v ON v.id = c.volume_id
-			WHERE c.member_state = 'degraded' AND cs.last_heartbeat < now() - make_interval(secs => $1)
+			WHERE c.member_state = 'degraded'
+			  AND (cs.last_heartbeat < now() - make_interval(secs => $1) OR c.failed_reason IS NOT NULL)
 			ORDER BY v.name, c.set_idx, c.member_idx
 			FOR UPDATE OF c`, s.cfg.ReplaceAfter.Seconds(), s.cfg.OfflineAfter.Seconds())
 		if err != nil {
@@ -314,7 +317,7 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 		var dues []due
 		var d due
 		_, err = pgx.ForEachRow(rows, []any{&d.chunk, &d.volume, &d.layout, &d.server, &d.volumeID, &d.size, &d.set, &d.member,
-			&d.healthy, &d.silent, &d.blocked}, func() error {
+			&d.healthy, &d.silent, &d.blocked, &d.failed, &d.serverID, &d.diskID}, func() error {
 			dues = append(dues, d)
 			return nil
 		})
@@ -355,15 +358,20 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 			for _, dom := range domains {
 				used[dom] = true
 			}
-			p, ok := placeReplacement(d.size, cands, used)
+			// Not onto the disk whose chunk failed.
+			avail := cands
+			if d.failed != "" {
+				avail = withoutDisk(cands, d.diskID)
+			}
+			p, ok := placeReplacement(d.size, avail, used)
 			if !ok {
 				if !d.blocked {
 					if _, err := tx.Exec(ctx, `UPDATE chunks SET replace_blocked = true WHERE id = $1::uuid`, d.chunk); err != nil {
 						return err
 					}
 					evs = append(evs, event{Kind: api.EventReplaceBlocked, Subject: subject, Volume: d.volume,
-						Message: fmt.Sprintf("member %d of set %d (chunk %s on chunkserver %s, offline for %s) cannot be replaced: no online chunkserver with a disk in a fault domain the set does not use (%d in use); retrying",
-							d.member, d.set, d.chunk, d.server, time.Duration(d.silent*float64(time.Second)).Round(time.Second), len(used))})
+						Message: fmt.Sprintf("member %d of set %d (chunk %s on chunkserver %s, %s) cannot be replaced: no online chunkserver with a disk in a fault domain the set does not use (%d in use); retrying",
+							d.member, d.set, d.chunk, d.server, whyLong(d.failed, d.silent, s.cfg.ReplaceAfter), len(used))})
 				}
 				continue
 			}
@@ -377,8 +385,11 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 				WHERE id = $1::uuid`, d.chunk); err != nil {
 				return fmt.Errorf("retire %s: %w", subject, err)
 			}
-			reason := fmt.Sprintf("replaces chunk %s on chunkserver %s, offline for %s", d.chunk, d.server,
-				time.Duration(d.silent*float64(time.Second)).Round(time.Second))
+			why := fmt.Sprintf("offline for %s", time.Duration(d.silent*float64(time.Second)).Round(time.Second))
+			if d.failed != "" {
+				why = "its chunk failed: " + d.failed
+			}
+			reason := fmt.Sprintf("replaces chunk %s on chunkserver %s, %s", d.chunk, d.server, why)
 			var newChunk, newServer string
 			err = tx.QueryRow(ctx, `
 				INSERT INTO chunks (chunkserver_id, disk_id, volume_id, set_idx, member_idx, size_bytes,
@@ -397,8 +408,8 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 				}
 			}
 			evs = append(evs, event{Kind: api.EventMemberReplaced, Subject: subject, Volume: d.volume,
-				Message: fmt.Sprintf("member %d of set %d: chunk %s on chunkserver %s (offline for %s, for over %v) is replaced by chunk %s on chunkserver %s, which is being rebuilt",
-					d.member, d.set, d.chunk, d.server, time.Duration(d.silent*float64(time.Second)).Round(time.Second), s.cfg.ReplaceAfter, newChunk, newServer)})
+				Message: fmt.Sprintf("member %d of set %d: chunk %s on chunkserver %s (%s) is replaced by chunk %s on chunkserver %s, which is being rebuilt",
+					d.member, d.set, d.chunk, d.server, whyLong(d.failed, d.silent, s.cfg.ReplaceAfter), newChunk, newServer)})
 			replaced++
 		}
 		return addEvents(ctx, tx, evs...)
@@ -413,4 +424,23 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 		s.log.Warn("event", "kind", e.Kind, "subject", e.Subject, "message", e.Message)
 	}
 	return nil
+}
+
+// whyLong says why a member is replaced: its chunk failed, or its
+// chunkserver has been offline for silent seconds, over replaceAfter.
+func whyLong(failed string, silent float64, replaceAfter time.Duration) string {
+	if failed != "" {
+		return "its chunk failed on its chunkserver: " + failed
+	}
+	return fmt.Sprintf("offline for %s, for over %v", time.Duration(silent*float64(time.Second)).Round(time.Second), replaceAfter)
+}
+
+// withoutDisk is cands without disk id.
+func withoutDisk(cands []candidate, id int64) []candidate {
+	out := make([]candidate, 0, len(cands))
+	for _, c := range cands {
+		c.Disks = slices.DeleteFunc(slices.Clone(c.Disks), func(d candidateDisk) bool { return d.ID == id })
+		out = append(out, c)
+	}
+	return out
 }

@@ -1408,3 +1408,56 @@ func TestReplaceAfter(t *testing.T) {
 		t.Logf("%s", evs[0].Message)
 	}
 }
+
+// TestFailedChunkReplacedAtOnce: a member whose chunk its (online)
+// chunkserver reports failed — a durability error, for good — is replaced
+// without waiting for replace_after, and not onto the disk that failed it.
+func TestFailedChunkReplacedAtOnce(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	ctx := t.Context()
+	ids := map[string]int64{}
+	for _, n := range []string{"cs-a", "cs-b", "cs-c"} {
+		ids[n] = ts.addChunkserver(t, n, "", 10*gib)
+	}
+	host := ts.addHost(t, "h1")
+	v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "vol", SizeBytes: 64 << 20, Layout: "mirror:2", Host: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, good := v.Sets[0].Members[1], v.Sets[0].Members[0]
+	if err := ts.Client.ChunkserverHeartbeat(ctx, ids[bad.Chunkserver], api.ChunkserverHeartbeat{
+		Disks:        []api.DiskInfo{{Path: "/srv/" + bad.Chunkserver, CapacityBytes: 10 * gib, FreeBytes: 10 * gib}},
+		FailedChunks: []api.FailedChunk{{ID: bad.ChunkID, Reason: "fdatasync: input/output error"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rep := api.HostReport{Volumes: []api.VolumeReport{{Name: "vol", Epoch: 1, Sets: []api.SetReport{{Index: 0, Members: []api.MemberReport{
+		{ChunkID: good.ChunkID, State: api.MemberInSync}, {ChunkID: bad.ChunkID, State: api.MemberDegraded, Error: "nbd: EIO"}}}}}}}
+	if err := ts.Client.HostReport(ctx, host, rep); err != nil {
+		t.Fatal(err)
+	}
+	var m api.Member
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		got, err := ts.Client.GetVolume(ctx, "vol")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m = got.Sets[0].Members[1]; m.ChunkID != bad.ChunkID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the member with a failed chunk was not replaced: %+v", got.Sets[0].Members)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m.State != api.MemberRebuilding || m.Chunkserver == bad.Chunkserver || m.Chunkserver == good.Chunkserver ||
+		!strings.Contains(m.Error, "its chunk failed: fdatasync: input/output error") {
+		t.Fatalf("the replacement: %+v", m)
+	}
+	evs := eventsOf(ts.events(t, "vol"), api.EventMemberReplaced)
+	if len(evs) != 1 || !strings.Contains(evs[0].Message, "its chunk failed on its chunkserver") {
+		t.Fatalf("member_replaced events: %+v", evs)
+	}
+	t.Logf("%s", evs[0].Message)
+}

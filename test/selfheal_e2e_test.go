@@ -173,6 +173,26 @@ func TestLostChunkserverReplacedAndRebuilt(t *testing.T) {
 	}
 	verifyAcked(t, url, append(before, acked...))
 	checkReplicas(t, c, "rb")
+
+	// The lost chunkserver returns: it deletes its replaced chunk because
+	// the metaserver says so, and serves nothing of the volume.
+	old := v.Sets[0].Members[1].ChunkID
+	if err := c.CS[csIndex(t, c, victim)].Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the replaced chunk to be deleted by its returning chunkserver", func() bool {
+		chunks, err := c.Client().ListChunks(ctx, "")
+		if err != nil {
+			return false
+		}
+		for _, ch := range chunks {
+			if ch.ID == old {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("%s came back and deleted the replaced chunk %s", victim, old)
 }
 
 // waitInSyncWithout waits until every member of volume is in sync and none
