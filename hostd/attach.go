@@ -204,6 +204,9 @@ func (a *attachment) newSetState(set api.Set, recover bool) (*setState, error) {
 		// as recorded degraded.
 		m.seenGen.Store(am.StateGen)
 		m.rebuild.Store(am.State == api.MemberRebuilding)
+		if am.State == api.MemberRebuilding {
+			m.rebuiltThrough.Store(am.RebuildWatermark)
+		}
 		st.members = append(st.members, m)
 	}
 	return st, nil

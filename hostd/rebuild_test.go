@@ -99,3 +99,45 @@ func TestRebuildCopiesOnlyAllocated(t *testing.T) {
 	}
 	t.Logf("rebuild copied %d bytes of a %d-byte chunk holding 128 KiB (WIB region %d)", copied, testChunkSize, a.sets[0].wib.RegionSize())
 }
+
+// TestRebuildResumesFromWatermark: a host that takes a rebuild over begins
+// at the recorded watermark: what lies below it is not copied again (it is
+// on the new chunk already), what lies above is; its reports carry the
+// watermark, which only grows.
+func TestRebuildResumesFromWatermark(t *testing.T) {
+	c := newFakeCluster(t, 3)
+	low, high := fill(64<<10, 21), fill(64<<10, 42)
+	seed(t, c, "c0", 1<<20, low)
+	seed(t, c, "c0", 5<<20, high)
+	s := newTestServer(t, c)
+	v := replaced("c2", 4)
+	v.Sets[0].Members[1].RebuildWatermark = 4 << 20
+	if err := s.attach(t.Context(), v); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	waitFor(t, "the rebuild", func() bool {
+		r := c.meta.reportList()
+		return allInSync(a) && len(r) > 0 && reportText(r[len(r)-1].VolumeReport) == "c0=in_sync c2=in_sync"
+	})
+	c2 := c.chunk("c2").data.Bytes()
+	if !bytes.Equal(c2[5<<20:5<<20+len(high)], high) {
+		t.Fatal("the part above the watermark was not rebuilt")
+	}
+	if !bytes.Equal(c2[1<<20:1<<20+len(low)], make([]byte, len(low))) {
+		t.Fatal("the part below the watermark was copied again")
+	}
+	var marks []int64
+	for _, r := range c.meta.reportList() {
+		if m := r.VolumeReport.Sets[0].Members[1]; m.State == api.MemberRebuilding {
+			if n := len(marks); n > 0 && m.RebuildWatermark < marks[n-1] {
+				t.Errorf("the watermark went back: %v then %d", marks, m.RebuildWatermark)
+			}
+			marks = append(marks, m.RebuildWatermark)
+		}
+	}
+	if len(marks) == 0 || marks[0] < 4<<20 {
+		t.Errorf("rebuilding reports' watermarks %v, want them from 4 MiB on", marks)
+	}
+	t.Logf("watermarks reported while rebuilding: %v", marks)
+}

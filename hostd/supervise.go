@@ -133,13 +133,14 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 		st.mirror.MarkAll()
 	}
 	if plan.MarkAllocated {
-		n, err := st.markAllocated(rctx)
+		from := m.rebuiltThrough.Load()
+		n, err := st.markAllocated(rctx, from)
 		if err != nil {
 			c.Close()
 			return fmt.Errorf("rebuild: reading what the in-sync members hold: %w", err)
 		}
 		st.log.Info("rebuilding a member onto a new chunk", "member", i, "chunk", m.api.ChunkID,
-			"chunkserver", m.api.Chunkserver, "source_allocated_bytes", n)
+			"chunkserver", m.api.Chunkserver, "source_allocated_bytes", n, "from", from)
 	}
 	if err := st.mirror.Rejoin(i, c); err != nil {
 		c.Close()
@@ -166,10 +167,22 @@ func (st *setState) resync(ctx context.Context) {
 	}
 	start := time.Now()
 	lastReport := time.Now()
+	rebuilding := st.rebuildingResyncs()
 	copied, err := st.mirror.Resync(ctx, func(p raid.ResyncProgress) {
 		st.mu.Lock()
 		st.mu.resyncDone, st.mu.resyncTotal = p.DoneBytes, p.TotalBytes
 		st.mu.Unlock()
+		for _, m := range rebuilding {
+			// Every region below p.Through that this resync had to copy is
+			// on the new chunk durably; what it had not to copy below the
+			// recorded watermark was there already.
+			for {
+				old := m.rebuiltThrough.Load()
+				if p.Through <= old || m.rebuiltThrough.CompareAndSwap(old, p.Through) {
+					break
+				}
+			}
+		}
 		if time.Since(lastReport) > time.Second {
 			lastReport = time.Now()
 			st.a.report()
@@ -254,9 +267,11 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 		// since), never in sync from before the mark.
 		seen := make([]int64, len(st.members))
 		rebuilding := make([]bool, len(st.members))
+		through := make([]int64, len(st.members))
 		for i, m := range st.members {
 			seen[i] = m.seenGen.Load()
 			rebuilding[i] = m.rebuild.Load()
+			through[i] = m.rebuiltThrough.Load()
 		}
 		untrusted := st.mirror.Untrusted()
 		for i, ms := range st.mirror.States() {
@@ -265,9 +280,11 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 			case rebuilding[i] && ms == raid.Resyncing:
 				mr.State = api.MemberRebuilding
 				mr.ResyncDoneBytes, mr.ResyncTotalBytes = done, total
+				mr.RebuildWatermark = through[i]
 			case rebuilding[i]:
 				// Not yet given the set's data: never a copy to trust.
 				mr.State = api.MemberRebuilding
+				mr.RebuildWatermark = through[i]
 				if err := st.mirror.MemberError(i); err != nil {
 					mr.Error = err.Error()
 				}
@@ -334,12 +351,25 @@ func (a *attachment) applyMarks(v api.Volume) {
 	}
 }
 
+// rebuildingResyncs are the members being rebuilt that take part in the
+// next resync (Resyncing: rejoined, their allocated extents marked).
+func (st *setState) rebuildingResyncs() []*member {
+	var out []*member
+	for i, ms := range st.mirror.States() {
+		if ms == raid.Resyncing && st.members[i].rebuild.Load() {
+			out = append(out, st.members[i])
+		}
+	}
+	return out
+}
+
 // markAllocated marks in the WIB every part of the set that an in-sync
 // member has allocated (NBD base:allocation), the union over the in-sync
 // members: what a rebuild must copy onto a new chunk, whose holes read as
 // zeroes like theirs. A member extent maps to whole stripes of an EC set.
-// It returns the most bytes one in-sync member has allocated.
-func (st *setState) markAllocated(ctx context.Context) (int64, error) {
+// Nothing below from (a set offset the rebuild has already got through) is
+// marked. It returns the most bytes one in-sync member has allocated.
+func (st *setState) markAllocated(ctx context.Context, from int64) (int64, error) {
 	unit, k := int64(4096), max(st.logUnit, 1) // a mirror's member offsets are the set's
 	if k > 1 {
 		unit = st.a.vol.StripeUnit
@@ -370,9 +400,11 @@ func (st *setState) markAllocated(ctx context.Context) (int64, error) {
 				}
 				if e.Flags&nbd.StateHole == 0 {
 					allocated += e.Length
-					lo := off / unit * unit * k
-					hi := (off + e.Length + unit - 1) / unit * unit * k
-					st.wib.Mark(lo, min(hi, st.mirror.Size())-lo)
+					lo := max(off/unit*unit*k, from)
+					hi := min((off+e.Length+unit-1)/unit*unit*k, st.mirror.Size())
+					if hi > lo {
+						st.wib.Mark(lo, hi-lo)
+					}
 				}
 				off += e.Length
 			}

@@ -52,6 +52,10 @@ type member struct {
 	// (recorded rebuilding): it rejoins through a rebuild and is reported
 	// rebuilding until it is in sync.
 	rebuild atomic.Bool
+	// rebuiltThrough is how far its rebuild has durably got (a set offset;
+	// api.Member.RebuildWatermark): the recorded one at attach, then the
+	// resync's progress. A rebuild that starts again begins there.
+	rebuiltThrough atomic.Int64
 	// seenGen is the highest api.Member.StateGen (the metaserver's own mark
 	// of the member) this host has acted on; reports carry it as SeenGen.
 	seenGen atomic.Int64

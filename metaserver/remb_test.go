@@ -1373,14 +1373,25 @@ func TestReplaceAfter(t *testing.T) {
 		}
 		return got.Sets[0].Members[1].State
 	}
-	if got := report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberResyncing, SeenGen: m.StateGen, ResyncTotalBytes: 1 << 20}); got != api.MemberRebuilding {
+	if got := report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberResyncing, SeenGen: m.StateGen, ResyncTotalBytes: 1 << 20,
+		RebuildWatermark: 8 << 20}); got != api.MemberRebuilding {
 		t.Errorf("after a resyncing report: %s", got)
+	}
+	// The watermark only grows, and the host sees it.
+	report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberRebuilding, SeenGen: m.StateGen, RebuildWatermark: 4 << 20})
+	if hv, err := ts.Client.HostVolumes(ctx, host, 0, 0); err != nil {
+		t.Fatal(err)
+	} else if hm := memberOf(hv.Volumes[0], m.ChunkID); hm.RebuildWatermark != 8<<20 {
+		t.Errorf("watermark %d after reports of 8 MiB then 4 MiB, want 8 MiB", hm.RebuildWatermark)
 	}
 	if got := report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberInSync}); got != api.MemberRebuilding {
 		t.Errorf("an in_sync report that had not seen the replacement: %s", got)
 	}
 	if got := report(api.MemberReport{ChunkID: m.ChunkID, State: api.MemberInSync, SeenGen: m.StateGen, ResyncDoneBytes: 1 << 20, ResyncTotalBytes: 1 << 20}); got != api.MemberInSync {
 		t.Errorf("after the rebuild: %s", got)
+	}
+	if got, err := ts.Client.GetVolume(ctx, "vol"); err != nil || got.Sets[0].Members[1].RebuildWatermark != 0 {
+		t.Errorf("an in-sync member keeps a rebuild watermark: %v", err)
 	}
 	if evs := eventsOf(ts.events(t, "vol"), api.EventRebuildDone); len(evs) != 1 || !strings.Contains(evs[0].Message, "the rebuild copied 1.0 MiB") {
 		t.Errorf("rebuild_done events: %+v", evs)

@@ -192,6 +192,7 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		setIdx            []int32
 		dirty             []int64
 		ids, states, errs []string
+		watermarks        []int64
 		dones, totals     []int64
 		evs               []event
 		recRunning        []bool
@@ -235,6 +236,7 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 			}
 			ids = append(ids, mr.ChunkID)
 			states = append(states, mr.State)
+			watermarks = append(watermarks, mr.RebuildWatermark)
 			dones = append(dones, mr.ResyncDoneBytes)
 			totals = append(totals, mr.ResyncTotalBytes)
 			errs = append(errs, mr.Error)
@@ -247,9 +249,10 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		_, err = tx.Exec(ctx, `
 			UPDATE chunks c SET
 				member_state_since = CASE WHEN c.member_state = u.state THEN c.member_state_since ELSE now() END,
-				member_state = u.state, resync_done_bytes = u.done, resync_total_bytes = u.total, member_error = u.err
-			FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[]) AS u(id, state, done, total, err)
-			WHERE c.id = u.id`, ids, states, dones, totals, errs)
+				member_state = u.state, resync_done_bytes = u.done, resync_total_bytes = u.total, member_error = u.err,
+				rebuild_watermark = CASE WHEN u.state = 'rebuilding' THEN GREATEST(c.rebuild_watermark, u.wm) ELSE 0 END
+			FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[]) AS u(id, state, done, total, err, wm)
+			WHERE c.id = u.id`, ids, states, dones, totals, errs, watermarks)
 		if err != nil {
 			return "", nil, fmt.Errorf("store member states of %q: %w", vr.Name, err)
 		}

@@ -84,7 +84,8 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 	rows, err = q.Query(ctx, `
 		SELECT s.volume_id, s.idx, s.size_bytes, s.dirty_bytes, s.reconciling, s.reconcile_done_bytes, s.reconcile_total_bytes, s.full_resync,
 		       c.id::text, cs.name, cs.addr, cs.control_addr, c.member_state, c.member_state_since,
-		       c.resync_done_bytes, c.resync_total_bytes, c.member_error, c.size_bytes, c.failed_reason, c.member_state_gen
+		       c.resync_done_bytes, c.resync_total_bytes, c.member_error, c.size_bytes, c.failed_reason, c.member_state_gen,
+		       c.rebuild_watermark
 		FROM sets s
 		LEFT JOIN chunks c ON c.volume_id = s.volume_id AND c.set_idx = s.idx
 		LEFT JOIN chunkservers cs ON cs.id = c.chunkserver_id
@@ -106,10 +107,10 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 			// The member columns are NULL for a set without members.
 			chunk, server, addr, control, state, errMsg, failed *string
 			since                                               *time.Time
-			done, total, chunkSize, stateGen                    *int64
+			done, total, chunkSize, stateGen, watermark         *int64
 		)
 		if err := rows.Scan(&volumeID, &idx, &size, &dirty, &reconciling, &recDone, &recTotal, &fullResync, &chunk, &server, &addr, &control, &state, &since,
-			&done, &total, &errMsg, &chunkSize, &failed, &stateGen); err != nil {
+			&done, &total, &errMsg, &chunkSize, &failed, &stateGen, &watermark); err != nil {
 			return nil, fmt.Errorf("load sets: %w", err)
 		}
 		v := byID[volumeID]
@@ -127,7 +128,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		m := api.Member{
 			ChunkID: *chunk, Chunkserver: *server, Addr: *addr, ControlAddr: *control,
 			State: *state, StateSince: *since, ResyncDoneBytes: *done, ResyncTotalBytes: *total, Error: *errMsg,
-			StateGen: *stateGen,
+			StateGen: *stateGen, RebuildWatermark: *watermark,
 		}
 		if failed != nil {
 			m.ChunkFailed = *failed

@@ -272,6 +272,9 @@ func validateHostReport(r *api.HostReport) error {
 					return invalid("volume %q chunk %s: unknown state %q: use %s, %s, %s or %s",
 						v.Name, m.ChunkID, m.State, api.MemberInSync, api.MemberDegraded, api.MemberResyncing, api.MemberRebuilding)
 				}
+				if m.RebuildWatermark < 0 {
+					return invalid("volume %q chunk %s: rebuild_watermark %d must not be negative", v.Name, m.ChunkID, m.RebuildWatermark)
+				}
 				if m.ResyncDoneBytes < 0 || m.ResyncTotalBytes < 0 || m.ResyncDoneBytes > m.ResyncTotalBytes {
 					return invalid("volume %q chunk %s: need 0 <= resync_done_bytes (%d) <= resync_total_bytes (%d)",
 						v.Name, m.ChunkID, m.ResyncDoneBytes, m.ResyncTotalBytes)

@@ -267,7 +267,8 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, bits.TrailingZeros64(start.failed))
 	}
 	rs := e.wib.RegionSize()
-	var copied int64
+	var copied, through int64
+	stuck := false // a region could not be repaired: Through stops below it
 	lostRegions := map[int64]bool{}
 	lostStripes := map[int64]bool{}
 	began := time.Now()
@@ -294,7 +295,7 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 			return copied, fmt.Errorf("%w: regions keep getting dirty under the resync", ErrResyncAborted)
 		}
 		total := copied + todoBytes
-		for _, region := range todo {
+		for j, region := range todo {
 			if err := ctx.Err(); err != nil {
 				return copied, err
 			}
@@ -308,9 +309,16 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 				for _, s := range lost {
 					lostStripes[s] = true
 				}
+				stuck = true
+			}
+			if pass == 0 && !stuck {
+				through = e.size
+				if j+1 < len(todo) {
+					through = todo[j+1] * rs
+				}
 			}
 			if progress != nil {
-				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total})
+				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through})
 			}
 			if e.rate > 0 {
 				// Throttle: stay at or below rate bytes per second overall.

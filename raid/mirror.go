@@ -544,6 +544,11 @@ func (m *Mirror) MarkAll() { m.wib.Mark(0, m.size) }
 // ResyncProgress is reported while Resync runs.
 type ResyncProgress struct {
 	DoneBytes, TotalBytes int64
+	// Through is the set offset below which every region the resync's
+	// first pass had to copy has been copied, durably (FUA), to every
+	// resyncing member: a rebuild that starts over may begin there. It
+	// does not move in later passes (regions dirtied under the first).
+	Through int64
 }
 
 // Resync copies every region that needs resync from the first InSync member
@@ -561,7 +566,7 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, slices.Index(st, Failed))
 	}
 	rs := m.wib.RegionSize()
-	var copied int64
+	var copied, through int64
 	buf := make([]byte, rs)
 	start := time.Now()
 	for pass := 0; ; pass++ {
@@ -585,7 +590,7 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 			return copied, fmt.Errorf("%w: regions keep getting dirty under the copy", ErrResyncAborted)
 		}
 		total := copied + int64(len(todo))*rs
-		for _, region := range todo {
+		for j, region := range todo {
 			if err := ctx.Err(); err != nil {
 				return copied, err
 			}
@@ -594,8 +599,14 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 				return copied, err
 			}
 			copied += n
+			if pass == 0 {
+				through = m.size
+				if j+1 < len(todo) {
+					through = todo[j+1] * rs
+				}
+			}
 			if progress != nil {
-				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total})
+				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through})
 			}
 			if m.rate > 0 {
 				// Throttle: stay at or below rate bytes per second overall.

@@ -83,9 +83,27 @@ func TestResyncCopiesOnlyDirtyRegions(t *testing.T) {
 		t.Fatal(err)
 	}
 	var last raid.ResyncProgress
-	copied, err := m.Resync(ctx, func(p raid.ResyncProgress) { last = p })
+	var throughs []int64
+	copied, err := m.Resync(ctx, func(p raid.ResyncProgress) {
+		// Through: every dirty region below it is copied, the next one is
+		// not yet; it only grows.
+		if n := len(throughs); n > 0 && p.Through < throughs[n-1] {
+			t.Errorf("through went back from %d to %d", throughs[n-1], p.Through)
+		}
+		a, b := devs[0].Bytes(), devs[1].Bytes()
+		for r := range dirty {
+			if (r+1)*region <= p.Through && !bytes.Equal(a[r*region:(r+1)*region], b[r*region:(r+1)*region]) {
+				t.Errorf("through %d, but dirty region %d below it is not copied", p.Through, r)
+			}
+		}
+		throughs = append(throughs, p.Through)
+		last = p
+	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(throughs) != len(dirty) || last.Through != size || throughs[0] <= 0 {
+		t.Errorf("throughs %v for %d dirty regions, want one per region ending at %d", throughs, len(dirty), size)
 	}
 	if want := int64(len(dirty)) * region; copied != want {
 		t.Fatalf("resync copied %d bytes, want %d (%d dirty regions)", copied, want, len(dirty))

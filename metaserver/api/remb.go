@@ -274,6 +274,9 @@ type MemberReport struct {
 	// marked at a later generation is not applied to it: the host had not
 	// yet heard that the member may have missed writes.
 	SeenGen int64 `json:"seen_gen,omitempty"`
+	// RebuildWatermark, for a member being rebuilt, is how far the
+	// rebuild has durably got (Member.RebuildWatermark); it only grows.
+	RebuildWatermark int64 `json:"rebuild_watermark,omitempty"`
 }
 
 // Event is one state change of the cluster.

@@ -286,6 +286,10 @@ type Member struct {
 	// has it in sync, and sends the new StateGen back as
 	// MemberReport.SeenGen.
 	StateGen int64 `json:"state_gen,omitempty"`
+	// RebuildWatermark, for a rebuilding member, is the set offset below
+	// which its rebuild has copied every allocated extent durably; a host
+	// that takes the rebuild over begins there.
+	RebuildWatermark int64 `json:"rebuild_watermark,omitempty"`
 	// ChunkFailed is why the member's chunkserver no longer serves its
 	// chunk (failed or quarantined); "" while the chunk is healthy.
 	ChunkFailed string `json:"chunk_failed,omitempty"`
