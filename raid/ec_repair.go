@@ -272,6 +272,7 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 	lostRegions := map[int64]bool{}
 	lostStripes := map[int64]bool{}
 	began := time.Now()
+	lastClean := began
 	for pass := 0; ; pass++ {
 		var todo []int64
 		var todoBytes int64
@@ -319,6 +320,13 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 			}
 			if progress != nil {
 				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through})
+			}
+			if time.Since(lastClean) >= resyncCleanEvery {
+				// As Mirror.Resync: clean what is repaired as it goes.
+				if err := e.Flush(ctx); err != nil {
+					return copied, fmt.Errorf("%w: flushing the members during the repair: %w", ErrResyncAborted, err)
+				}
+				lastClean = time.Now()
 			}
 			if e.rate > 0 {
 				// Throttle: stay at or below rate bytes per second overall.

@@ -541,6 +541,10 @@ func (m *Mirror) Rejoin(i int, d Device) error {
 // lost record (DESIGN §2 rule 3: the only acceptable fallback).
 func (m *Mirror) MarkAll() { m.wib.Mark(0, m.size) }
 
+// resyncCleanEvery is how often a resync flushes every member so that the
+// WIB cleans the regions it has copied.
+const resyncCleanEvery = 2 * time.Second
+
 // ResyncProgress is reported while Resync runs.
 type ResyncProgress struct {
 	DoneBytes, TotalBytes int64
@@ -569,6 +573,7 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 	var copied, through int64
 	buf := make([]byte, rs)
 	start := time.Now()
+	lastClean := start
 	for pass := 0; ; pass++ {
 		var todo []int64
 		for from := int64(0); ; {
@@ -607,6 +612,14 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 			}
 			if progress != nil {
 				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through})
+			}
+			if time.Since(lastClean) >= resyncCleanEvery {
+				// Clean what is copied as it goes: the WIB a host leaves
+				// when it dies then names only what is left to copy.
+				if err := m.Flush(ctx); err != nil {
+					return copied, fmt.Errorf("%w: flushing the members during the copy: %w", ErrResyncAborted, err)
+				}
+				lastClean = time.Now()
 			}
 			if m.rate > 0 {
 				// Throttle: stay at or below rate bytes per second overall.

@@ -275,3 +275,42 @@ func TestResyncFailedCopyStaysDirty(t *testing.T) {
 		t.Fatal("a failed copy cleaned its region")
 	}
 }
+
+// TestLongResyncCleansAsItGoes: a resync that runs for a while (throttled)
+// flushes the members every few seconds, so the WIB sheds the regions
+// already copied before the resync ends: a host that dies mid-resync
+// leaves a WIB naming what is left, not everything.
+func TestLongResyncCleansAsItGoes(t *testing.T) {
+	const size, region = 8 << 20, 256 << 10
+	w, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: size, RegionSize: region})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	a, b := raidtest.NewMemDevice(size), raidtest.NewMemDevice(size)
+	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b}, WIB: w, ResyncRate: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	b.SetFailed(true)
+	if err := m.WriteAt(ctx, bytes.Repeat([]byte{7}, size), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	b.SetFailed(false)
+	if err := m.Rejoin(1, b); err != nil {
+		t.Fatal(err)
+	}
+	all := w.Count()
+	var least int64 = all
+	if _, err := m.Resync(ctx, func(p raid.ResyncProgress) { least = min(least, w.Count()) }); err != nil {
+		t.Fatal(err)
+	}
+	if least >= all {
+		t.Errorf("during a 4 s resync the WIB never shed any of its %d regions", all)
+	}
+	t.Logf("WIB regions: %d at the start, as few as %d during the resync", all, least)
+	if !bytes.Equal(a.Bytes(), b.Bytes()) {
+		t.Fatal("members differ")
+	}
+}
