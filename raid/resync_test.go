@@ -302,7 +302,7 @@ func TestLongResyncCleansAsItGoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	all := w.Count()
-	var least int64 = all
+	least := all
 	if _, err := m.Resync(ctx, func(p raid.ResyncProgress) { least = min(least, w.Count()) }); err != nil {
 		t.Fatal(err)
 	}
