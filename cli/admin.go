@@ -241,7 +241,7 @@ func newServerCmd(o *rootOptions) *cobra.Command {
 			return o.print(ss, func(w *tabwriter.Writer) {
 				fmt.Fprintln(w, "ID\tNAME\tADDR\tCONTROL\tFAULT DOMAIN\tSTATE\tCHUNKS\tFREE\tCAPACITY\tLAST HEARTBEAT")
 				for _, s := range ss {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Name, s.Addr, orDash(s.ControlAddr), s.FaultDomain, s.State, s.Chunks,
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Name, s.Addr, orDash(s.ControlAddr), s.FaultDomain, serverState(s), s.Chunks,
 						formatSize(s.FreeBytes), formatSize(s.CapacityBytes), ago(s.LastHeartbeat))
 				}
 			})
@@ -336,4 +336,13 @@ func ago(t time.Time) string {
 		return "never"
 	}
 	return time.Since(t).Round(time.Second).String() + " ago"
+}
+
+// serverState is a chunkserver's state for a table: online or offline, and
+// full when its disks are.
+func serverState(s api.Chunkserver) string {
+	if s.Full {
+		return s.State + ", full"
+	}
+	return s.State
 }

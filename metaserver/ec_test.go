@@ -487,3 +487,49 @@ func TestMigrationKeepsMirrorVolumes(t *testing.T) {
 		}
 	}
 }
+
+// TestFullChunkserver: a chunkserver whose disks are nearly full is listed
+// full and receives no new chunk; one with room again is used again.
+func TestFullChunkserver(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	ctx := t.Context()
+	ids := map[string]int64{}
+	for _, n := range []string{"cs-a", "cs-b", "cs-c"} {
+		ids[n] = ts.addChunkserver(t, n, "", 10*gib)
+	}
+	beat := func(name string, free int64) {
+		t.Helper()
+		if err := ts.Client.ChunkserverHeartbeat(ctx, ids[name], api.ChunkserverHeartbeat{
+			Disks: []api.DiskInfo{{Path: "/srv/" + name, CapacityBytes: 10 * gib, FreeBytes: free}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat("cs-c", 50<<20) // below 1% of 10 GiB
+	list, err := ts.Client.ListChunkservers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list {
+		if s.Full != (s.Name == "cs-c") || s.State != api.StateOnline {
+			t.Errorf("%s: state %s full %v", s.Name, s.State, s.Full)
+		}
+	}
+	for i := range 4 {
+		v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: fmt.Sprintf("v%d", i), SizeBytes: 64 << 20, Layout: "mirror:2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range v.Sets[0].Members {
+			if m.Chunkserver == "cs-c" {
+				t.Fatalf("a new chunk went to the full chunkserver: %+v", v.Sets[0].Members)
+			}
+		}
+	}
+	_, err = ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "three", SizeBytes: 64 << 20, Layout: "mirror:3"})
+	wantCode(t, err, api.CodeUnsatisfiable, http.StatusConflict)
+	beat("cs-c", 5*gib)
+	if _, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "three", SizeBytes: 64 << 20, Layout: "mirror:3"}); err != nil {
+		t.Fatalf("with room again: %v", err)
+	}
+}

@@ -352,9 +352,10 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 		rows, err := tx.Query(ctx, `
 			SELECT cs.id, cs.name, cs.addr, cs.control_addr, cs.fault_domain, cs.last_heartbeat,
 			       cs.last_heartbeat > now() - make_interval(secs => $1),
-			       coalesce(d.cap, 0), coalesce(d.free, 0), coalesce(c.n, 0)
+			       coalesce(d.cap, 0), coalesce(d.free, 0), coalesce(c.n, 0), coalesce(d.roomy, 0) = 0 AND coalesce(d.cap, 0) > 0
 			FROM chunkservers cs
-			LEFT JOIN (SELECT chunkserver_id, sum(capacity_bytes)::bigint AS cap, sum(free_bytes)::bigint AS free
+			LEFT JOIN (SELECT chunkserver_id, sum(capacity_bytes)::bigint AS cap, sum(free_bytes)::bigint AS free,
+			                  count(*) FILTER (WHERE NOT `+diskFull+`) AS roomy
 			           FROM disks GROUP BY chunkserver_id) d ON d.chunkserver_id = cs.id
 			LEFT JOIN (SELECT chunkserver_id, count(*) AS n FROM chunks GROUP BY chunkserver_id) c ON c.chunkserver_id = cs.id
 			ORDER BY cs.name`, st.offlineSecs())
@@ -365,7 +366,7 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 			var c api.Chunkserver
 			var online bool
 			err := row.Scan(&c.ID, &c.Name, &c.Addr, &c.ControlAddr, &c.FaultDomain, &c.LastHeartbeat, &online,
-				&c.CapacityBytes, &c.FreeBytes, &c.Chunks)
+				&c.CapacityBytes, &c.FreeBytes, &c.Chunks, &c.Full)
 			c.State = stateOf(online)
 			return c, err
 		})
@@ -376,6 +377,10 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 	}
 	return out, nil
 }
+
+// diskFull is the SQL condition of a nearly full disk (of table disks):
+// less free than 1% of its capacity, and than 1 GiB. Placement avoids it.
+const diskFull = `(free_bytes < least(capacity_bytes / 100, 1073741824))`
 
 func stateOf(online bool) string {
 	if online {

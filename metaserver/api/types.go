@@ -198,6 +198,10 @@ type Chunkserver struct {
 	CapacityBytes int64     `json:"capacity_bytes"`
 	FreeBytes     int64     `json:"free_bytes"`
 	Chunks        int       `json:"chunks"`
+	// Full: every disk of the chunkserver is nearly full (less free than
+	// 1% of its capacity, at most 1 GiB): new chunks go elsewhere, and its
+	// chunks' writes may fail for want of space.
+	Full bool `json:"full,omitempty"`
 }
 
 // Disk is one disk of a chunkserver as listed by the API.
