@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5"
@@ -93,7 +94,8 @@ type reportedMember struct {
 	Chunkserver string
 	State       string
 	DoneBytes   int64
-	StateGen    int64 // the metaserver's own mark (chunks.member_state_gen)
+	StateGen    int64     // the metaserver's own mark (chunks.member_state_gen)
+	Since       time.Time // in State since
 }
 
 // reportAfter reports whether report (inc, seq) is newer than the stored
@@ -166,7 +168,8 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 		return "", nil, fmt.Errorf("load sets of %q: %w", vr.Name, err)
 	}
 	rows, err := tx.Query(ctx, `
-		SELECT c.id::text, c.set_idx, c.member_idx, cs.name, c.member_state, c.resync_done_bytes, c.member_state_gen
+		SELECT c.id::text, c.set_idx, c.member_idx, cs.name, c.member_state, c.resync_done_bytes, c.member_state_gen,
+		       c.member_state_since
 		FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id
 		WHERE c.volume_id = $1`, volumeID)
 	if err != nil {
@@ -175,7 +178,7 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 	members := map[string]reportedMember{}
 	var chunk string
 	var m reportedMember
-	_, err = pgx.ForEachRow(rows, []any{&chunk, &m.Set, &m.Index, &m.Chunkserver, &m.State, &m.DoneBytes, &m.StateGen}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&chunk, &m.Set, &m.Index, &m.Chunkserver, &m.State, &m.DoneBytes, &m.StateGen, &m.Since}, func() error {
 		members[chunk] = m
 		return nil
 	})
@@ -372,6 +375,9 @@ func memberEvent(volume string, old reportedMember, mr api.MemberReport) (event,
 			}
 			e.Kind = api.EventRebuildDone
 			e.Message = fmt.Sprintf("%s is in sync: the rebuild copied %s", who, bytesText(copied))
+			if took := time.Since(old.Since); !old.Since.IsZero() && took >= time.Second {
+				e.Message += fmt.Sprintf(" in %v (%s/s)", took.Round(time.Second), approxSize(int64(float64(copied)/took.Seconds())))
+			}
 			break
 		}
 		if old.State != api.MemberResyncing {
