@@ -168,7 +168,9 @@ func (st *setState) resync(ctx context.Context) {
 	start := time.Now()
 	lastReport := time.Now()
 	rebuilding := st.rebuildingResyncs()
+	pauses := 0
 	copied, err := st.mirror.Resync(ctx, func(p raid.ResyncProgress) {
+		pauses = p.BackedOff
 		st.mu.Lock()
 		st.mu.resyncDone, st.mu.resyncTotal = p.DoneBytes, p.TotalBytes
 		st.mu.Unlock()
@@ -206,7 +208,8 @@ func (st *setState) resync(ctx context.Context) {
 		}
 		return
 	}
-	st.log.Info("resync done", "copied_bytes", copied, "took", time.Since(start).Round(time.Millisecond))
+	st.log.Info("resync done", "copied_bytes", copied, "took", time.Since(start).Round(time.Millisecond),
+		"pauses_for_foreground_io", pauses)
 	for i, ms := range st.mirror.States() {
 		if ms == raid.InSync && st.members[i].rebuild.CompareAndSwap(true, false) {
 			st.log.Info("rebuild done: the new chunk is in sync", "member", i, "chunk", st.members[i].api.ChunkID)

@@ -291,6 +291,7 @@ type EC struct {
 	onChange   func(int, MemberState, error)
 	beforeDW   func(context.Context) error
 	rate       int64
+	fg         atomic.Int64 // foreground operations begun, for the resync's pace
 	wib        *bitmap.WIB
 	ownWIB     bool
 

@@ -16,6 +16,7 @@ import (
 // the stripe is suspect (see Crash recovery on EC): then the read fails
 // with ErrUnrecoverable.
 func (e *EC) ReadAt(ctx context.Context, p []byte, off int64) error {
+	e.fg.Add(1)
 	if err := e.check(off, int64(len(p))); err != nil {
 		return err
 	}

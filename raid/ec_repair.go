@@ -271,8 +271,8 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 	stuck := false // a region could not be repaired: Through stops below it
 	lostRegions := map[int64]bool{}
 	lostStripes := map[int64]bool{}
-	began := time.Now()
-	lastClean := began
+	pace := newPacer(e.rate, &e.fg)
+	lastClean := time.Now()
 	for pass := 0; ; pass++ {
 		var todo []int64
 		var todoBytes int64
@@ -300,11 +300,13 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 			if err := ctx.Err(); err != nil {
 				return copied, err
 			}
+			began := time.Now()
 			n, lost, err := e.resyncRegion(ctx, region, start)
 			if err != nil {
 				return copied, err
 			}
 			copied += n
+			took := time.Since(began)
 			if len(lost) > 0 {
 				lostRegions[region] = true
 				for _, s := range lost {
@@ -318,8 +320,11 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 					through = todo[j+1] * rs
 				}
 			}
+			if err := pace.after(ctx, copied, took); err != nil {
+				return copied, err
+			}
 			if progress != nil {
-				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through})
+				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through, BackedOff: pace.backoffs})
 			}
 			if time.Since(lastClean) >= resyncCleanEvery {
 				// As Mirror.Resync: clean what is repaired as it goes.
@@ -327,17 +332,6 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 					return copied, fmt.Errorf("%w: flushing the members during the repair: %w", ErrResyncAborted, err)
 				}
 				lastClean = time.Now()
-			}
-			if e.rate > 0 {
-				// Throttle: stay at or below rate bytes per second overall.
-				want := time.Duration(float64(copied) / float64(e.rate) * float64(time.Second))
-				if d := want - time.Since(began); d > 0 {
-					select {
-					case <-ctx.Done():
-						return copied, ctx.Err()
-					case <-time.After(d):
-					}
-				}
 			}
 		}
 	}

@@ -15,6 +15,7 @@ import (
 // members are in sync; Failed members' units are skipped, Resyncing members
 // get theirs.
 func (e *EC) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	e.fg.Add(1)
 	if err := e.check(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -409,6 +410,7 @@ func (e *EC) Flush(ctx context.Context) error {
 // zeroes); the partial stripes at either end are written with zeroes
 // through the normal write path, so parity stays consistent.
 func (e *EC) Trim(ctx context.Context, off, length int64) error {
+	e.fg.Add(1)
 	if err := e.check(off, length); err != nil {
 		return err
 	}

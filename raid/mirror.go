@@ -121,6 +121,7 @@ type Mirror struct {
 	intent   func(context.Context) error
 	lazy     bool
 	next     atomic.Uint32 // round-robin read cursor
+	fg       atomic.Int64  // foreground operations begun, for the resync's pace
 
 	locks regionLockTable
 
@@ -255,6 +256,7 @@ func memberErr(ctx context.Context, err error) bool {
 
 // ReadAt reads from one in-sync member, trying the others if it fails.
 func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
+	m.fg.Add(1)
 	if err := m.check(off, int64(len(p))); err != nil {
 		return err
 	}
@@ -469,11 +471,13 @@ func (m *Mirror) ClearClean() int64 {
 
 // WriteAt writes p to every usable member in parallel.
 func (m *Mirror) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	m.fg.Add(1)
 	return m.write(ctx, off, int64(len(p)), func(ctx context.Context, d Device) error { return d.WriteAt(ctx, p, off, fua) })
 }
 
 // Trim deallocates a range on every usable member.
 func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
+	m.fg.Add(1)
 	return m.write(ctx, off, length, func(ctx context.Context, d Device) error { return d.Trim(ctx, off, length) })
 }
 
@@ -553,6 +557,9 @@ type ResyncProgress struct {
 	// resyncing member: a rebuild that starts over may begin there. It
 	// does not move in later passes (regions dirtied under the first).
 	Through int64
+	// BackedOff counts the pauses made so far for foreground I/O that the
+	// set served during a copy (pacer).
+	BackedOff int
 }
 
 // Resync copies every region that needs resync from the first InSync member
@@ -572,8 +579,8 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 	rs := m.wib.RegionSize()
 	var copied, through int64
 	buf := make([]byte, rs)
-	start := time.Now()
-	lastClean := start
+	pace := newPacer(m.rate, &m.fg)
+	lastClean := time.Now()
 	for pass := 0; ; pass++ {
 		var todo []int64
 		for from := int64(0); ; {
@@ -599,19 +606,24 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 			if err := ctx.Err(); err != nil {
 				return copied, err
 			}
+			began := time.Now()
 			n, err := m.copyRegion(ctx, region, buf)
 			if err != nil {
 				return copied, err
 			}
 			copied += n
+			took := time.Since(began)
 			if pass == 0 {
 				through = m.size
 				if j+1 < len(todo) {
 					through = todo[j+1] * rs
 				}
 			}
+			if err := pace.after(ctx, copied, took); err != nil {
+				return copied, err
+			}
 			if progress != nil {
-				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through})
+				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through, BackedOff: pace.backoffs})
 			}
 			if time.Since(lastClean) >= resyncCleanEvery {
 				// Clean what is copied as it goes: the WIB a host leaves
@@ -620,17 +632,6 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 					return copied, fmt.Errorf("%w: flushing the members during the copy: %w", ErrResyncAborted, err)
 				}
 				lastClean = time.Now()
-			}
-			if m.rate > 0 {
-				// Throttle: stay at or below rate bytes per second overall.
-				want := time.Duration(float64(copied) / float64(m.rate) * float64(time.Second))
-				if d := want - time.Since(start); d > 0 {
-					select {
-					case <-ctx.Done():
-						return copied, ctx.Err()
-					case <-time.After(d):
-					}
-				}
 			}
 		}
 	}

@@ -314,3 +314,53 @@ func TestLongResyncCleansAsItGoes(t *testing.T) {
 		t.Fatal("members differ")
 	}
 }
+
+// TestResyncYieldsToForegroundIO: a resync of an idle set never pauses; one
+// that competes with foreground writes pauses after the copies during which
+// the set served them (the pace is measured by make bench, not here).
+func TestResyncYieldsToForegroundIO(t *testing.T) {
+	const size, region = 4 << 20, 64 << 10
+	run := func(busy bool) int {
+		m, devs := newWIBMirror(t, 2, size, region)
+		ctx := t.Context()
+		devs[1].SetFailed(true)
+		if err := m.WriteAt(ctx, bytes.Repeat([]byte{1}, size), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		devs[1].SetFailed(false)
+		if err := m.Rejoin(1, devs[1]); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; busy; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := m.WriteAt(ctx, []byte{byte(i)}, int64(i%size), false); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+		var last raid.ResyncProgress
+		if _, err := m.Resync(ctx, func(p raid.ResyncProgress) { last = p }); err != nil && !errors.Is(err, raid.ErrResyncAborted) {
+			t.Fatal(err)
+		}
+		close(stop)
+		<-done
+		return last.BackedOff
+	}
+	if n := run(false); n != 0 {
+		t.Errorf("an idle resync paused %d times", n)
+	}
+	if n := run(true); n == 0 {
+		t.Error("a resync under foreground writes never paused")
+	} else {
+		t.Logf("under foreground writes: %d pauses for %d regions", n, size/region)
+	}
+}
