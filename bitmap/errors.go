@@ -27,6 +27,12 @@ var (
 	// is permanent for that Log (a durability failure is fatal to the
 	// chunk): every later Sync returns it.
 	ErrLogFailed = errors.New("bitmap: persisting the LOG bitmap failed")
+	// ErrNotPersisted, wrapped by a persist function's error, says that
+	// nothing reached the disk and the state persisted last stands whole
+	// (say a full disk refused the new state before it replaced the old).
+	// Log.Sync returns that error without failing the Log; a later Sync
+	// tries again.
+	ErrNotPersisted = errors.New("bitmap: LOG state not persisted; the previous one stands")
 )
 
 // HeaderError describes why a WIB file or a LOG state was refused. It

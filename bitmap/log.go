@@ -3,6 +3,7 @@ package bitmap
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"strconv"
@@ -163,8 +164,10 @@ func (l *Log) Mark(off, length int64) (gen uint64, flipped bool) {
 // one: persists never overlap, and each one writes a state at least as new
 // as the one before. persist must write the bytes durably (e.g. into the
 // chunk sidecar, fsynced) or return an error; every caller of a Log must
-// pass a persist that writes to the same place. If a persist fails, the Log
-// is failed for good: this and every later Sync return an error that wraps
+// pass a persist that writes to the same place. If a persist fails with an
+// error wrapping ErrNotPersisted, Sync returns it and the Log goes on (the
+// state on disk is an older one, which keeps at least the bits that were
+// durable before). If a persist fails otherwise, the Log is failed for good: this and every later Sync return an error that wraps
 // ErrLogFailed and the persist error, and the chunk must stop taking
 // writes. Sync returns ctx.Err() if ctx ends while it waits; a persist that
 // has started runs to its end. gen 0 returns nil at once.
@@ -207,6 +210,10 @@ func (l *Log) Sync(ctx context.Context, gen uint64, persist func(state []byte) e
 		l.mu.Lock()
 		l.mu.syncing = false
 		close(done)
+		if errors.Is(err, ErrNotPersisted) {
+			l.mu.Unlock()
+			return err
+		}
 		if err != nil {
 			l.mu.failed = fmt.Errorf("%w: %w", ErrLogFailed, err)
 		} else if sgen > l.mu.durable {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"slices"
 	"sync"
@@ -258,6 +259,36 @@ func TestLogSyncFailureIsPermanent(t *testing.T) {
 	g3, _ := l2.Mark(0, 1)
 	if err := l2.Sync(done, g3, nopPersist); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Sync with an ended context = %v", err)
+	}
+}
+
+// TestLogSyncNotPersisted: a persist that says nothing reached the disk
+// fails that Sync only; the next Sync persists a state with every bit.
+func TestLogSyncNotPersisted(t *testing.T) {
+	l := newTestLog(t, LogConfig{Size: 8 * mib, RegionSize: mib})
+	ctx := t.Context()
+	full := fmt.Errorf("writing sidecar: no space left on device: %w", ErrNotPersisted)
+	g, _ := l.Mark(0, 1)
+	if err := l.Sync(ctx, g, func([]byte) error { return full }); !errors.Is(err, ErrNotPersisted) || errors.Is(err, ErrLogFailed) {
+		t.Fatalf("Sync with a refused persist = %v", err)
+	}
+	if l.Durable(g) {
+		t.Fatal("a refused persist counted as durable")
+	}
+	g2, _ := l.Mark(2*mib, 1)
+	var disk []byte
+	if err := l.Sync(ctx, g2, func(b []byte) error { disk = slices.Clone(b); return nil }); err != nil {
+		t.Fatalf("Sync after a refused persist = %v", err)
+	}
+	if !l.Durable(g) || !l.Durable(g2) {
+		t.Fatal("the later persist did not cover both generations")
+	}
+	var back Log
+	if err := back.UnmarshalBinary(disk); err != nil {
+		t.Fatal(err)
+	}
+	if got := logRegions(back.Snapshot()); !slices.Equal(got, []int64{0, 2}) {
+		t.Fatalf("state on disk has regions %v, want [0 2]", got)
 	}
 }
 

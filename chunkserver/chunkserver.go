@@ -366,12 +366,16 @@ func (s *Server) rotateLoop(ctx context.Context) error {
 }
 
 func (s *Server) disks() ([]api.DiskInfo, error) {
-	capacity, free, err := s.cfg.FS.Usage(s.cfg.DataDir)
+	usage := func() (int64, int64, error) { return s.cfg.FS.Usage(s.cfg.DataDir) }
+	if s.store != nil { // opened after the registration
+		usage = s.store.Usage // which also tells the store whether it is nearly full
+	}
+	capacity, free, err := usage()
 	if err != nil {
 		return nil, err
 	}
 	d := api.DiskInfo{Path: s.cfg.DataDir, CapacityBytes: capacity, FreeBytes: free}
-	if s.store != nil { // opened after the registration
+	if s.store != nil {
 		if d.AllocatedBytes, err = s.store.Allocated(); err != nil {
 			return nil, err
 		}

@@ -405,6 +405,143 @@ func TestENOSPCOnWrite(t *testing.T) {
 	}
 }
 
+// TestENOSPCOnSidecar: a disk too full for the new sidecar refuses a write
+// to a region not yet in the LOG with ENOSPC and leaves the chunk sound: the
+// old sidecar stands, a write to a region already in the LOG still works,
+// and so does the refused one once there is space again; after a restart
+// the chunk is served and holds every write that succeeded.
+func TestENOSPCOnSidecar(t *testing.T) {
+	mem := vfs.NewMem()
+	efs := vfs.NewErrorFS(mem, nil)
+	s := openFS(t, efs, nil)
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt([]byte("old"), 0); err != nil {
+		t.Fatal(err)
+	}
+	efs.SetInjector(vfs.OnOp(vfs.OpWrite, ".meta.tmp", &fs.PathError{Op: "write", Path: "c1.meta.tmp", Err: syscall.ENOSPC}))
+	if err := c.WriteAt([]byte("new"), 5*testRegion); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write to a new region with no room for the sidecar: %v, want ENOSPC", err)
+	}
+	if c.Failed() {
+		t.Fatal("a sidecar refused for lack of space failed the chunk")
+	}
+	got := make([]byte, 3)
+	if err := c.ReadAt(got, 5*testRegion); err != nil || !bytes.Equal(got, make([]byte, 3)) {
+		t.Fatalf("the refused write's range reads %q %v, want zeroes", got, err)
+	}
+	if err := c.WriteAt([]byte("mid"), 1); err != nil {
+		t.Fatalf("write to a region already in the LOG on a full disk: %v", err)
+	}
+	efs.SetInjector(nil)
+	if err := c.WriteAt([]byte("new"), 5*testRegion); err != nil {
+		t.Fatalf("write after space came back: %v", err)
+	}
+	if err := c.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !regionSet(c, 0) || !regionSet(c, 5*testRegion) {
+		t.Fatal("a written region is missing from the LOG")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openFS(t, mem, nil)
+	c2, err := s2.Get("c1")
+	if err != nil {
+		t.Fatalf("after a restart: %v", err)
+	}
+	for off, want := range map[int64]string{0: "omid", 5 * testRegion: "new"} {
+		got := make([]byte, len(want))
+		if err := c2.ReadAt(got, off); err != nil || string(got) != want {
+			t.Fatalf("after a restart, %d reads %q %v, want %q", off, got, err, want)
+		}
+	}
+}
+
+// TestNearlyFullReservesFirst: on a nearly full filesystem a write reserves
+// its range before it changes anything, so a reservation refused for lack
+// of space leaves the chunk, its data and its LOG as they were; a write
+// that runs out of space after writing part of its range is reported as
+// an I/O error, not as ENOSPC (the host must not take it for "nothing
+// changed").
+func TestNearlyFullReservesFirst(t *testing.T) {
+	var allocs atomic.Int64
+	var full atomic.Bool
+	efs := vfs.NewErrorFS(vfs.NewMem(), vfs.InjectorFunc(func(op vfs.Op, path string) error {
+		if op == vfs.OpAllocate {
+			allocs.Add(1)
+			if full.Load() {
+				return &fs.PathError{Op: "fallocate", Path: path, Err: syscall.ENOSPC}
+			}
+		}
+		return nil
+	}))
+	s := openFS(t, efs, nil)
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt([]byte("old"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if allocs.Load() != 0 {
+		t.Fatal("a write reserved its range with plenty of space")
+	}
+	s.space.update(1<<40, 100<<20) // 100 MiB free of 1 TiB
+	if !s.space.isLow() {
+		t.Fatal("100 MiB free of 1 TiB is not nearly full")
+	}
+	full.Store(true)
+	if err := c.WriteAt([]byte("new"), 0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write with its reservation refused: %v, want ENOSPC", err)
+	}
+	if err := c.WriteAt([]byte("new"), 7*testRegion); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write with its reservation refused: %v, want ENOSPC", err)
+	}
+	if allocs.Load() != 2 || c.Failed() {
+		t.Fatalf("%d reservations, chunk failed %v", allocs.Load(), c.Failed())
+	}
+	got := make([]byte, 3)
+	if err := c.ReadAt(got, 0); err != nil || string(got) != "old" {
+		t.Fatalf("after refused writes: %q %v", got, err)
+	}
+	if regionSet(c, 7*testRegion) {
+		t.Fatal("a write refused before it changed anything marked the LOG")
+	}
+	full.Store(false)
+	if err := c.WriteAt([]byte("new"), 0); err != nil {
+		t.Fatal(err)
+	}
+	s.space.update(1<<40, 1<<39)
+	if s.space.isLow() {
+		t.Fatal("half free is nearly full")
+	}
+
+	// A partial write: ENOSPC after some bytes.
+	c.f = shortWriter{File: c.f}
+	err = c.WriteAt([]byte("partial"), 0)
+	if err == nil || errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("a write that ran out of space half way: %v, want an error that is not ENOSPC", err)
+	}
+	if !s.space.isLow() {
+		t.Fatal("ENOSPC did not make the store reserve before writes")
+	}
+}
+
+// shortWriter writes the first byte of every write and then reports ENOSPC.
+type shortWriter struct{ vfs.File }
+
+func (w shortWriter) WriteAt(p []byte, off int64) (int, error) {
+	n, err := w.File.WriteAt(p[:1], off)
+	if err != nil {
+		return n, err
+	}
+	return n, syscall.ENOSPC
+}
+
 // TestRottedSidecarQuarantined: a sidecar with a rotted byte keeps its
 // chunk out of service; the data file is never changed and Create does
 // not re-create the chunk over it.

@@ -105,6 +105,9 @@ type Store struct {
 	dir string
 	fs  vfs.FS
 	log *slog.Logger
+	// space says whether the filesystem is nearly full, when every write
+	// reserves its range before it changes anything (spaceGuard).
+	space spaceGuard
 
 	mu struct {
 		sync.Mutex
@@ -309,6 +312,7 @@ func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 	c := &Chunk{
 		id: h.ID, size: h.Size, created: h.Created, f: f, lg: log, fs: s.fs, log: s.log,
 		metaPath: s.metaPath(h.ID), failedPath: s.failedPath(h.ID), dir: s.dir, writeSidecar: s.cfg.WriteSidecar,
+		space: &s.space,
 	}
 	// The file may hold writes of an earlier process that never reached
 	// the disk (a kill keeps the page cache): the first Sync syncs.
@@ -408,27 +412,39 @@ func WriteFileAtomic(fsys vfs.FS, path string, data []byte) error {
 }
 
 // WriteFileAtomicMode is WriteFileAtomic with the mode of a new file.
+// An error before the rename wraps ErrNotReplaced: path is as it was.
 func WriteFileAtomicMode(fsys vfs.FS, path string, data []byte, perm os.FileMode) error {
 	tmp := path + ".tmp"
 	f, err := fsys.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrNotReplaced, err)
 	}
 	if _, err := f.WriteAt(data, 0); err != nil {
 		f.Close()
-		return err
+		return fmt.Errorf("%w: %w", ErrNotReplaced, err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return err
+		return fmt.Errorf("%w: %w", ErrNotReplaced, err)
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrNotReplaced, err)
 	}
+	// rename(2) is atomic: if it fails, path is as it was.
 	if err := fsys.Rename(tmp, path); err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrNotReplaced, err)
 	}
 	return fsys.SyncDir(filepath.Dir(path))
+}
+
+// ErrNotReplaced is wrapped by a WriteFileAtomic error that left the file
+// as it was.
+var ErrNotReplaced = errors.New("store: file not replaced")
+
+// IsNoSpace reports whether err is the filesystem's lack of space (ENOSPC,
+// or a quota: EDQUOT).
+func IsNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // Get returns a served chunk. A quarantined chunk gives an error wrapping
@@ -549,6 +565,7 @@ func (s *Store) Usage() (capacity, free int64, err error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("store: %w", err)
 	}
+	s.space.update(capacity, free)
 	return capacity, free, nil
 }
 
@@ -623,6 +640,7 @@ type Chunk struct {
 
 	metaPath, failedPath string
 	writeSidecar         func(path string, data []byte) error
+	space                *spaceGuard
 	// sidecarMu serializes sidecar writes (and the failure marker), so the
 	// sidecar never holds an older minimum epoch than one already
 	// reported.
@@ -771,6 +789,13 @@ func (c *Chunk) writeHeaderLocked(log []byte, minEpoch int64) error {
 		return err
 	}
 	if err := c.writeSidecar(c.metaPath, b); err != nil {
+		if errors.Is(err, ErrNotReplaced) && IsNoSpace(err) {
+			// A full disk refused the new sidecar; the old one stands
+			// whole. The chunk is sound: what needed the new state (a
+			// write to a region not yet in the LOG) is refused instead.
+			c.space.setLow()
+			return fmt.Errorf("writing sidecar: %w: %w", bitmap.ErrNotPersisted, err)
+		}
 		return c.fail(fmt.Errorf("writing sidecar: %w", err), true)
 	}
 	return nil
@@ -976,15 +1001,49 @@ func (c *Chunk) WriteAt(p []byte, off int64) error {
 	if err := c.check(off, int64(len(p))); err != nil {
 		return err
 	}
+	if err := c.reserve(off, int64(len(p))); err != nil {
+		return fmt.Errorf("store: write chunk %s: %w", c.id, err)
+	}
 	if err := c.mark(off, int64(len(p))); err != nil {
 		return err
 	}
-	_, err := c.f.WriteAt(p, off)
+	n, err := c.f.WriteAt(p, off)
 	c.setDirty()
 	if err != nil {
-		return fmt.Errorf("store: write chunk %s: %w", c.id, err)
+		return c.writeError("write", n, err)
 	}
 	return nil
+}
+
+// reserve reserves [off, off+n) when the filesystem is nearly full, so that
+// the write after it cannot run out of space half way. An error wrapping
+// ENOSPC means nothing changed.
+func (c *Chunk) reserve(off, n int64) error {
+	if n == 0 || !c.space.isLow() {
+		return nil
+	}
+	err := c.f.Allocate(off, n)
+	if errors.Is(err, vfs.ErrUnsupported) {
+		return nil // the write goes unguarded (writeError)
+	}
+	if IsNoSpace(err) {
+		c.space.setLow()
+	}
+	return err
+}
+
+// writeError is the error of a write that reached the file and failed after
+// n bytes. Lack of space with nothing written is ENOSPC, which the host
+// takes as "not stored, nothing changed"; a partial write is an I/O error,
+// which makes the host distrust the member for that range (a resync).
+func (c *Chunk) writeError(op string, n int, err error) error {
+	if IsNoSpace(err) {
+		c.space.setLow()
+		if n > 0 {
+			return fmt.Errorf("store: %s chunk %s: out of space after %d bytes: %v", op, c.id, n, err)
+		}
+	}
+	return fmt.Errorf("store: %s chunk %s: %w", op, c.id, err)
 }
 
 // Sync makes every completed write durable (fdatasync). It costs nothing
@@ -1061,6 +1120,9 @@ func (c *Chunk) WriteZeroes(off, length int64, noHole bool) error {
 		}
 		return nil
 	}
+	if err := c.reserve(off, length); err != nil {
+		return fmt.Errorf("store: write zeroes to chunk %s: %w", c.id, err)
+	}
 	err := c.f.ZeroRange(off, length)
 	if errors.Is(err, vfs.ErrUnsupported) {
 		// The file system cannot zero a range in place: write zeroes.
@@ -1119,4 +1181,28 @@ func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
 		pos = hole
 	}
 	return out, nil
+}
+
+// spaceGuard says whether the store's filesystem is nearly full. While it
+// is, every write and write-zeroes first reserves its range (File.Allocate),
+// so that running out of space fails the request before it changes
+// anything: the host then keeps the member, and the write fails for every
+// member alike. Without the reservation a write that runs out half way
+// changes part of its range, which the host must treat as an I/O error.
+// Reserving costs a system call per write, so it is done only near the end
+// of the space: below lowSpaceFloor or lowSpaceShare of the capacity free,
+// as last measured (Store.Usage, every heartbeat), or since any request met
+// ENOSPC until a measure says otherwise.
+type spaceGuard struct{ low atomic.Bool }
+
+const (
+	lowSpaceFloor = 256 << 20
+	lowSpaceShare = 50 // 1/50 = 2 %
+)
+
+func (g *spaceGuard) isLow() bool { return g.low.Load() }
+func (g *spaceGuard) setLow()     { g.low.Store(true) }
+
+func (g *spaceGuard) update(capacity, free int64) {
+	g.low.Store(free < max(lowSpaceFloor, capacity/lowSpaceShare))
 }

@@ -28,10 +28,11 @@ const (
 	OpReadDir
 	OpMkdir
 	OpSyncDir
+	OpAllocate // File.Allocate
 )
 
 var opNames = [...]string{"open", "read", "write", "sync", "truncate", "punch", "zero range", "seek", "close",
-	"rename", "remove", "stat", "readdir", "mkdir", "syncdir"}
+	"rename", "remove", "stat", "readdir", "mkdir", "syncdir", "allocate"}
 
 func (o Op) String() string {
 	if o >= 0 && int(o) < len(opNames) {
@@ -235,6 +236,13 @@ func (f *errFile) ZeroRange(off, length int64) error {
 		return err
 	}
 	return f.f.ZeroRange(off, length)
+}
+
+func (f *errFile) Allocate(off, length int64) error {
+	if err := f.e.maybe(OpAllocate, f.name); err != nil {
+		return err
+	}
+	return f.f.Allocate(off, length)
 }
 
 func (f *errFile) SeekData(off int64) (int64, error) {

@@ -492,6 +492,17 @@ func (n *memNode) zeroLocked(off, length int64, punch bool) {
 func (f *memFile) PunchHole(off, length int64) error { return f.zero("punch", off, length, true) }
 func (f *memFile) ZeroRange(off, length int64) error { return f.zero("zero range", off, length, false) }
 
+// Allocate checks its arguments only: MemFS never runs out of space.
+func (f *memFile) Allocate(off, length int64) error {
+	if err := f.check("allocate", accWrite); err != nil {
+		return err
+	}
+	if off < 0 || length <= 0 {
+		return pathErr("allocate", f.name, syscall.EINVAL)
+	}
+	return nil
+}
+
 func (f *memFile) zero(op string, off, length int64, punch bool) error {
 	if err := f.check(op, accWrite); err != nil {
 		return err

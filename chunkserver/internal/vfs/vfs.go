@@ -75,6 +75,11 @@ type File interface {
 	// ZeroRange zeroes [off, off+length) keeping it allocated, without
 	// changing the size; ErrUnsupported if the filesystem cannot.
 	ZeroRange(off, length int64) error
+	// Allocate reserves space for [off, off+length) without changing the
+	// size or the contents: a write there cannot fail for lack of space
+	// afterwards. On ENOSPC the contents are unchanged too (fallocate(2)
+	// may leave some of the range allocated, reading as zeroes as before).
+	Allocate(off, length int64) error
 	// SeekData returns the first offset ≥ off that holds data, or
 	// ErrNoData.
 	SeekData(off int64) (int64, error)
@@ -188,6 +193,13 @@ func (f osFile) Size() (int64, error) {
 func (f osFile) PunchHole(off, length int64) error {
 	if err := syscall.Fallocate(int(f.f.Fd()), fallocPunchHole|fallocKeepSize, off, length); err != nil {
 		return &fs.PathError{Op: "fallocate punch", Path: f.f.Name(), Err: err}
+	}
+	return nil
+}
+
+func (f osFile) Allocate(off, length int64) error {
+	if err := syscall.Fallocate(int(f.f.Fd()), fallocKeepSize, off, length); err != nil {
+		return &fs.PathError{Op: "fallocate", Path: f.f.Name(), Err: err}
 	}
 	return nil
 }
