@@ -282,6 +282,7 @@ func TestSCSIClass(t *testing.T) {
 		{fmt.Errorf("set 1: %w", raid.ErrNoMembers), iscsi.ErrNotReady},
 		{fmt.Errorf("set 1: %w: metaserver: timeout", raid.ErrNotRecorded), iscsi.ErrBecomingReady},
 		{raid.ErrOutOfRange, iscsi.ErrLBAOutOfRange},
+		{fmt.Errorf("set 0: stripe 3: %w", raid.ErrNoSpace), iscsi.ErrNoSpace},
 	} {
 		got := scsiClass(tc.err)
 		if !errors.Is(got, tc.want) || !errors.Is(got, tc.err) {

@@ -459,11 +459,14 @@ func (l *lun) Trim(ctx context.Context, off, length int64) error {
 // target imports no back end): a write or flush that a member missed and
 // whose degradation could not be recorded may be retried (becoming ready);
 // a set without the members it needs cannot serve (not ready); an offset
-// beyond the end is out of range. Anything else is a medium error.
+// beyond the end is out of range; a write every member refused for lack of
+// space is a space allocation failure. Anything else is a medium error.
 func scsiClass(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, raid.ErrNoSpace):
+		return fmt.Errorf("%w: %w", iscsi.ErrNoSpace, err)
 	case errors.Is(err, raid.ErrNotRecorded):
 		return fmt.Errorf("%w: %w", iscsi.ErrBecomingReady, err)
 	case errors.Is(err, raid.ErrNoMembers):

@@ -32,6 +32,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 
 	"github.com/chunkraid/chunkraid/bitmap"
 )
@@ -48,6 +49,9 @@ import (
 //     fua the bytes are durable when it returns;
 //   - Flush makes every write acknowledged before the call durable; an error
 //     means durability of earlier writes is unknown and the device has failed;
+//   - a WriteAt error that wraps syscall.ENOSPC (or EDQUOT) means the
+//     device is out of space and nothing in the range changed; a write
+//     that changed part of its range fails with another error;
 //   - Trim deallocates a range; later reads of it return zeroes;
 //   - all methods are safe for concurrent use and honour ctx cancellation.
 type Device interface {
@@ -63,6 +67,25 @@ var ErrOutOfRange = errors.New("raid: I/O beyond end of device")
 
 // ErrNoMembers is returned when a set has no usable member left for an I/O.
 var ErrNoMembers = errors.New("raid: no usable member")
+
+// ErrNoSpace fails a write that every member it was sent to refused for
+// lack of space: nothing changed, no member is failed, and the set serves
+// reads and writes to space already allocated as before. A write that some
+// member stored while another had no space is acknowledged degraded (the
+// member without space is failed, to be resynced or replaced) like any
+// other member error.
+var ErrNoSpace = errors.New("raid: out of space")
+
+// noSpace reports whether every error in errs is a device's lack of space
+// (and there is one): the write changed nothing on any member.
+func noSpace(errs []error) bool {
+	for _, err := range errs {
+		if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+			return false
+		}
+	}
+	return len(errs) > 0
+}
 
 // ErrNotRecorded fails a write or flush that some member missed when the
 // degradation could not be recorded (BeforeDegradedWrite failed): the

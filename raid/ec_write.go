@@ -6,6 +6,7 @@ package raid
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/bits"
 )
@@ -42,7 +43,8 @@ func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *wri
 	tok := e.wib.Begin(off, n)
 	op := &writeOp{fua: fua}
 	err := do(op)
-	allOK := err == nil && !op.partial.Load()
+	// A write every member refused for lack of space changed no member.
+	allOK := (err == nil || errors.Is(err, ErrNoSpace)) && !op.partial.Load()
 	e.wib.End(tok, allOK)
 	// Even a FUA write leaves its regions dirty: an earlier write to the
 	// same region may still be volatile on some member. The next flush of
@@ -324,7 +326,23 @@ func (e *EC) parityDisagrees(s int64, b *stripeBuf, present uint64, w int64) (in
 // settleWrites fails every member whose write (or trim) of stripe s, made
 // through v, failed, returns the shards whose write failed, and reports
 // whether the set still holds its data.
+//
+// A write or trim (op not nil) of the stripe that every member refused
+// for lack of space changed nothing: no member is failed, and the error
+// wraps ErrNoSpace.
 func (e *EC) settleWrites(s int64, v *ecView, set uint64, errs []error, op *writeOp, suspect bool) (failed uint64, err error) {
+	if op != nil {
+		var refused []error
+		for b := set; b != 0; b &= b - 1 {
+			refused = append(refused, errs[bits.TrailingZeros64(b)])
+		}
+		if noSpace(refused) {
+			for b := set; b != 0; b &= b - 1 {
+				errs[bits.TrailingZeros64(b)] = nil
+			}
+			return 0, fmt.Errorf("%w: every member refused stripe %d: %w", ErrNoSpace, s, refused[0])
+		}
+	}
 	var first error
 	for ; set != 0; set &= set - 1 {
 		i := bits.TrailingZeros64(set)

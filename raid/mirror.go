@@ -343,7 +343,10 @@ func (m *Mirror) needsResync(off, n int64) bool {
 // that did not acknowledge has been failed; allOK reports whether every
 // member of the set now holds the change, and got which members
 // acknowledged.
-func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK bool, got []bool, err error) {
+//
+// For a write (write true) that every member refused for lack of space,
+// no member is failed and the error wraps ErrNoSpace: nothing changed.
+func (m *Mirror) fanOut(ctx context.Context, write bool, op func(d Device) error) (allOK bool, got []bool, err error) {
 	members, state := m.snapshot()
 	var idx []int
 	inSync := 0
@@ -372,6 +375,9 @@ func (m *Mirror) fanOut(ctx context.Context, op func(d Device) error) (allOK boo
 	}
 	errs[0] = op(members[idx[0]])
 	wg.Wait()
+	if write && noSpace(errs) {
+		return false, make([]bool, len(state)), fmt.Errorf("%w: every member refused the write: %w", ErrNoSpace, errs[0])
+	}
 	ok, okInSync := 0, 0
 	got = make([]bool, len(state))
 	var firstErr error
@@ -429,8 +435,9 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(ctx context.Co
 		return err // nothing sent
 	}
 	wctx := context.WithoutCancel(ctx)
-	allOK, got, err := m.fanOut(wctx, func(d Device) error { return op(wctx, d) })
-	m.wib.End(tok, allOK && err == nil)
+	allOK, got, err := m.fanOut(wctx, true, func(d Device) error { return op(wctx, d) })
+	// A write every member refused for lack of space changed no member.
+	m.wib.End(tok, allOK && err == nil || errors.Is(err, ErrNoSpace))
 	if err != nil {
 		return err
 	}
@@ -462,7 +469,7 @@ func (m *Mirror) ClearClean() int64 {
 	}
 	// Clean only what every member holds durably.
 	t := m.wib.FlushStart()
-	allOK, _, err := m.fanOut(context.Background(), func(d Device) error { return d.Flush(context.Background()) })
+	allOK, _, err := m.fanOut(context.Background(), false, func(d Device) error { return d.Flush(context.Background()) })
 	if err != nil || !allOK {
 		return 0
 	}
@@ -500,7 +507,7 @@ func (m *Mirror) Flush(ctx context.Context) error {
 	// that is recorded (it may not be yet: a record that failed), so that a
 	// host that takes over never trusts them.
 	inSync := m.States()
-	allOK, got, err := m.fanOut(ctx, func(d Device) error { return d.Flush(ctx) })
+	allOK, got, err := m.fanOut(ctx, false, func(d Device) error { return d.Flush(ctx) })
 	if err != nil {
 		return err
 	}

@@ -333,9 +333,15 @@ func TestResyncYieldsToForegroundIO(t *testing.T) {
 		}
 		stop := make(chan struct{})
 		done := make(chan struct{})
+		started := make(chan struct{})
 		go func() {
 			defer close(done)
+			start := sync.OnceFunc(func() { close(started) })
+			defer start()
 			for i := 0; busy; i++ {
+				if i == 1 {
+					start() // the load runs before the resync starts
+				}
 				select {
 				case <-stop:
 					return
@@ -347,6 +353,7 @@ func TestResyncYieldsToForegroundIO(t *testing.T) {
 				}
 			}
 		}()
+		<-started
 		var last raid.ResyncProgress
 		if _, err := m.Resync(ctx, func(p raid.ResyncProgress) { last = p }); err != nil && !errors.Is(err, raid.ErrResyncAborted) {
 			t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -726,3 +727,19 @@ type device interface {
 }
 
 var _ device = (*Client)(nil)
+
+// TestErrorIsErrno: a server's error is the Linux errno of the same value,
+// and no other.
+func TestErrorIsErrno(t *testing.T) {
+	for v, en := range map[uint32]syscall.Errno{EPERM: syscall.EPERM, EIO: syscall.EIO, ENOMEM: syscall.ENOMEM,
+		EINVAL: syscall.EINVAL, ENOSPC: syscall.ENOSPC, EOVERFLOW: syscall.EOVERFLOW, ENOTSUP: syscall.ENOTSUP,
+		ESHUTDOWN: syscall.ESHUTDOWN} {
+		err := fmt.Errorf("member 1: %w", &Error{Errno: v})
+		if !errors.Is(err, en) {
+			t.Errorf("%s is not %v", ErrnoName(v), en)
+		}
+		if v != EIO && errors.Is(err, syscall.EIO) {
+			t.Errorf("%s is EIO", ErrnoName(v))
+		}
+	}
+}

@@ -31,6 +31,13 @@ type Error struct {
 	Message string // from a structured error chunk; may be empty
 }
 
+// Is makes errors.Is(err, syscall.ENOSPC) (and every other errno) true of
+// the server's error with that value: NBD's error values are Linux's.
+func (e *Error) Is(target error) bool {
+	en, ok := target.(syscall.Errno)
+	return ok && e.Errno != 0 && uint32(en) == e.Errno
+}
+
 func (e *Error) Error() string {
 	if e.Message == "" {
 		return "nbd: server error " + ErrnoName(e.Errno)

@@ -25,6 +25,7 @@ const (
 	senseHardwareError  = 0x4
 	senseIllegalRequest = 0x5
 	senseUnitAttention  = 0x6
+	senseDataProtect    = 0x7
 	senseAbortedCommand = 0xb
 	senseMiscompare     = 0xe
 )
@@ -45,6 +46,7 @@ const (
 	ascLUNotSupported          = 0x2500
 	ascInvalidFieldInParamList = 0x2600
 	ascInvalidReleaseOfPR      = 0x2604
+	ascSpaceAllocFailed        = 0x2707 // SPACE ALLOCATION FAILED WRITE PROTECT (SBC-4)
 	ascCapacityChanged         = 0x2a09
 	ascCommandTimeout          = 0x2e02 // COMMAND TIMEOUT DURING PROCESSING (SPC-5)
 	ascSavingParamsUnsupported = 0x3900
@@ -149,6 +151,9 @@ var (
 	ErrBecomingReady = errors.New("iscsi: logical unit becoming ready")
 	// ErrLBAOutOfRange: the command reached beyond the end of the back end.
 	ErrLBAOutOfRange = errors.New("iscsi: LBA out of range")
+	// ErrNoSpace: the back end had no space to store a write; nothing
+	// changed, and the write may succeed once space is freed.
+	ErrNoSpace = errors.New("iscsi: no space to store the write")
 )
 
 // backendSense is the one mapping from an error of the back end to the
@@ -158,6 +163,9 @@ var (
 //   - ErrNotReady: NOT READY, LOGICAL UNIT NOT READY, MANUAL INTERVENTION
 //     REQUIRED (04h/03h);
 //   - ErrLBAOutOfRange: ILLEGAL REQUEST, LBA OUT OF RANGE (21h/00h);
+//   - ErrNoSpace: DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT
+//     (27h/07h), the thin-provisioning answer to a pool out of space
+//     (SBC-4 4.7.3.7), which Linux and libiscsi turn into ENOSPC;
 //   - the command's deadline: ABORTED COMMAND, COMMAND TIMEOUT DURING
 //     PROCESSING (2Eh/02h); its cancellation (task abort, logout): ABORTED
 //     COMMAND without additional sense. Both may be retried;
@@ -171,6 +179,8 @@ func backendSense(err error, write bool) *sense {
 		return newSense(senseNotReady, ascLUNotReadyManual)
 	case errors.Is(err, ErrLBAOutOfRange):
 		return senseLBAOutOfRange
+	case errors.Is(err, ErrNoSpace):
+		return newSense(senseDataProtect, ascSpaceAllocFailed)
 	case errors.Is(err, context.DeadlineExceeded):
 		return newSense(senseAbortedCommand, ascCommandTimeout)
 	case errors.Is(err, context.Canceled):

@@ -20,6 +20,7 @@ func TestBackendSense(t *testing.T) {
 		{"not ready, write", wrap(ErrNotReady), true, senseNotReady, 0x0403},
 		{"becoming ready, write", wrap(fmt.Errorf("%w: metaserver: timeout", ErrBecomingReady)), true, senseNotReady, 0x0401},
 		{"out of range", wrap(ErrLBAOutOfRange), false, senseIllegalRequest, 0x2100},
+		{"no space, write", wrap(ErrNoSpace), true, senseDataProtect, 0x2707},
 		{"deadline", wrap(context.DeadlineExceeded), true, senseAbortedCommand, 0x2e02},
 		{"cancelled", wrap(context.Canceled), false, senseAbortedCommand, 0x0000},
 		{"other read", errors.New("EIO"), false, senseMediumError, 0x1100},

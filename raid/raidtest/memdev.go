@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"syscall"
 
 	"github.com/chunkraid/chunkraid/raid"
 )
@@ -21,6 +22,8 @@ type MemDevice struct {
 		data   []byte // guarded by mu
 		failed bool   // guarded by mu
 		writes int    // guarded by mu
+		// full makes writes fail with ENOSPC, changing nothing
+		full bool // guarded by mu
 	}
 }
 
@@ -42,6 +45,15 @@ func (d *MemDevice) Size() int64 {
 func (d *MemDevice) SetFailed(f bool) {
 	d.mu.Lock()
 	d.mu.failed = f
+	d.mu.Unlock()
+}
+
+// SetFull makes every later WriteAt fail with an error wrapping
+// syscall.ENOSPC and change nothing (true), as a chunk on a full disk does,
+// or succeed again (false). Reads, flushes and trims go on working.
+func (d *MemDevice) SetFull(f bool) {
+	d.mu.Lock()
+	d.mu.full = f
 	d.mu.Unlock()
 }
 
@@ -92,6 +104,9 @@ func (d *MemDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) 
 	defer d.mu.Unlock()
 	if err := d.checkLocked(off, int64(len(p))); err != nil {
 		return err
+	}
+	if d.mu.full {
+		return fmt.Errorf("raidtest: write at %d: %w", off, syscall.ENOSPC)
 	}
 	copy(d.mu.data[off:], p)
 	d.mu.writes++
