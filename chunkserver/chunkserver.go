@@ -376,6 +376,7 @@ func (s *Server) disks() ([]api.DiskInfo, error) {
 	}
 	d := api.DiskInfo{Path: s.cfg.DataDir, CapacityBytes: capacity, FreeBytes: free}
 	if s.store != nil {
+		d.OutOfSpace = s.store.OutOfSpace()
 		if d.AllocatedBytes, err = s.store.Allocated(); err != nil {
 			return nil, err
 		}

@@ -498,23 +498,32 @@ func TestFullChunkserver(t *testing.T) {
 	for _, n := range []string{"cs-a", "cs-b", "cs-c"} {
 		ids[n] = ts.addChunkserver(t, n, "", 10*gib)
 	}
-	beat := func(name string, free int64) {
+	beat := func(name string, free int64, refused bool) {
 		t.Helper()
 		if err := ts.Client.ChunkserverHeartbeat(ctx, ids[name], api.ChunkserverHeartbeat{
-			Disks: []api.DiskInfo{{Path: "/srv/" + name, CapacityBytes: 10 * gib, FreeBytes: free}}}); err != nil {
+			Disks: []api.DiskInfo{{Path: "/srv/" + name, CapacityBytes: 10 * gib, FreeBytes: free, OutOfSpace: refused}}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	beat("cs-c", 50<<20) // below 1% of 10 GiB
-	list, err := ts.Client.ListChunkservers(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range list {
-		if s.Full != (s.Name == "cs-c") || s.State != api.StateOnline {
-			t.Errorf("%s: state %s full %v", s.Name, s.State, s.Full)
+	checkFull := func(full string) {
+		t.Helper()
+		list, err := ts.Client.ListChunkservers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range list {
+			if s.Full != (s.Name == full) || s.State != api.StateOnline {
+				t.Errorf("%s: state %s full %v", s.Name, s.State, s.Full)
+			}
 		}
 	}
+	// A chunkserver that refused a write for lack of space is full
+	// whatever it has left.
+	beat("cs-b", 2*gib, true)
+	checkFull("cs-b")
+	beat("cs-b", 2*gib, false)
+	beat("cs-c", 50<<20, false) // below 1% of 10 GiB
+	checkFull("cs-c")
 	for i := range 4 {
 		v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: fmt.Sprintf("v%d", i), SizeBytes: 64 << 20, Layout: "mirror:2"})
 		if err != nil {
@@ -526,9 +535,9 @@ func TestFullChunkserver(t *testing.T) {
 			}
 		}
 	}
-	_, err = ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "three", SizeBytes: 64 << 20, Layout: "mirror:3"})
+	_, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "three", SizeBytes: 64 << 20, Layout: "mirror:3"})
 	wantCode(t, err, api.CodeUnsatisfiable, http.StatusConflict)
-	beat("cs-c", 5*gib)
+	beat("cs-c", 5*gib, false)
 	if _, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "three", SizeBytes: 64 << 20, Layout: "mirror:3"}); err != nil {
 		t.Fatalf("with room again: %v", err)
 	}

@@ -182,8 +182,9 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 	caps := make([]int64, len(req.Disks))
 	frees := make([]int64, len(req.Disks))
 	allocs := make([]int64, len(req.Disks))
+	outs := make([]bool, len(req.Disks))
 	for i, d := range req.Disks {
-		paths[i], caps[i], frees[i], allocs[i] = d.Path, d.CapacityBytes, d.FreeBytes, d.AllocatedBytes
+		paths[i], caps[i], frees[i], allocs[i], outs[i] = d.Path, d.CapacityBytes, d.FreeBytes, d.AllocatedBytes, d.OutOfSpace
 	}
 	var kept []string
 	err := st.mutate(ctx, func(tx pgx.Tx, chunkSize int64) error {
@@ -212,12 +213,12 @@ func (st *store) registerChunkserver(ctx context.Context, req api.RegisterChunks
 			}
 		}
 		_, err = tx.Exec(ctx, `
-			INSERT INTO disks (chunkserver_id, path, capacity_bytes, free_bytes, allocated_bytes)
-			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+			INSERT INTO disks (chunkserver_id, path, capacity_bytes, free_bytes, allocated_bytes, out_of_space)
+			SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[])
 			ON CONFLICT (chunkserver_id, path) DO UPDATE
 			SET capacity_bytes = EXCLUDED.capacity_bytes, free_bytes = EXCLUDED.free_bytes,
-			    allocated_bytes = EXCLUDED.allocated_bytes`,
-			resp.ID, paths, caps, frees, allocs)
+			    allocated_bytes = EXCLUDED.allocated_bytes, out_of_space = EXCLUDED.out_of_space`,
+			resp.ID, paths, caps, frees, allocs, outs)
 		if err != nil {
 			return fmt.Errorf("upsert disks: %w", err)
 		}
@@ -254,8 +255,9 @@ func (st *store) chunkserverHeartbeat(ctx context.Context, id int64, hb api.Chun
 	caps := make([]int64, len(hb.Disks))
 	frees := make([]int64, len(hb.Disks))
 	allocs := make([]int64, len(hb.Disks))
+	outs := make([]bool, len(hb.Disks))
 	for i, d := range hb.Disks {
-		paths[i], caps[i], frees[i], allocs[i] = d.Path, d.CapacityBytes, d.FreeBytes, d.AllocatedBytes
+		paths[i], caps[i], frees[i], allocs[i], outs[i] = d.Path, d.CapacityBytes, d.FreeBytes, d.AllocatedBytes, d.OutOfSpace
 	}
 	return pgx.BeginTxFunc(ctx, st.db, pgx.TxOptions{}, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE chunkservers SET last_heartbeat = now() WHERE id = $1`, id)
@@ -279,9 +281,9 @@ func (st *store) chunkserverHeartbeat(ctx context.Context, id int64, hb api.Chun
 			return api.Errorf(api.CodeConflict, "disk %q of chunkserver %d is not registered: register again to change the disk list", unknown[0], id)
 		}
 		_, err = tx.Exec(ctx, `
-			UPDATE disks d SET capacity_bytes = u.cap, free_bytes = u.free, allocated_bytes = u.alloc
-			FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(path, cap, free, alloc)
-			WHERE d.chunkserver_id = $1 AND d.path = u.path`, id, paths, caps, frees, allocs)
+			UPDATE disks d SET capacity_bytes = u.cap, free_bytes = u.free, allocated_bytes = u.alloc, out_of_space = u.out
+			FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[]) AS u(path, cap, free, alloc, out)
+			WHERE d.chunkserver_id = $1 AND d.path = u.path`, id, paths, caps, frees, allocs, outs)
 		if err != nil {
 			return fmt.Errorf("heartbeat disks: %w", err)
 		}
@@ -379,8 +381,10 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 }
 
 // diskFull is the SQL condition of a nearly full disk (of table disks):
-// less free than 1% of its capacity, and than 1 GiB. Placement avoids it.
-const diskFull = `(free_bytes < least(capacity_bytes / 100, 1073741824))`
+// less free than 1% of its capacity, and than 1 GiB, or a write refused
+// for lack of space since its chunkserver last measured enough free space
+// (a request larger than what is left). Placement avoids it.
+const diskFull = `(free_bytes < least(capacity_bytes / 100, 1073741824) OR out_of_space)`
 
 func stateOf(online bool) string {
 	if online {

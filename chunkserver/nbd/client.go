@@ -10,6 +10,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -660,10 +661,18 @@ func (c *Client) transfer(ctx context.Context, cmd, flags uint16, p []byte, off 
 		calls = append(calls, cl)
 	}
 	var first error
-	for _, cl := range calls {
-		if err := c.finish(ctx, cl); err != nil && first == nil {
+	stored := 0
+	for i, cl := range calls {
+		switch err := c.finish(ctx, cl); {
+		case err == nil:
+			stored += min(len(p)-i*int(c.maxPayload), int(c.maxPayload))
+		case first == nil:
 			first = err
 		}
+	}
+	if first != nil && stored > 0 && cmd != CmdRead && errors.Is(first, syscall.ENOSPC) {
+		// Out of space means nothing changed; here some pieces did.
+		return fmt.Errorf("nbd: %d of %d bytes stored, then: %s", stored, len(p), first)
 	}
 	return first
 }

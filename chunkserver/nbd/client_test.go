@@ -10,8 +10,8 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -246,6 +246,38 @@ func TestClientSplitsLargeIO(t *testing.T) {
 	}
 	if !bytes.Equal(exp.snapshot()[999:999+len(data)], make([]byte, len(data))) {
 		t.Fatal("split write zeroes did not land")
+	}
+}
+
+// fullExport refuses writes at or past limit for lack of space.
+type fullExport struct {
+	*memExport
+	limit int64
+}
+
+func (e fullExport) WriteAt(p []byte, off int64) error {
+	if off+int64(len(p)) > e.limit {
+		return syscall.ENOSPC
+	}
+	return e.memExport.WriteAt(p, off)
+}
+
+// TestClientSplitWriteOutOfSpace: ENOSPC tells the caller that nothing
+// changed, so a split write whose first pieces were stored before a later
+// one found no space fails with an error that is not ENOSPC; a split write
+// that no piece stored is ENOSPC.
+func TestClientSplitWriteOutOfSpace(t *testing.T) {
+	exp := fullExport{memExport: newMemExport(4 << 20), limit: 1 << 20}
+	addr := serveExports(t, map[string]Export{"c": exp}, nil)
+	c := dial(t, ClientConfig{Addr: addr, Export: "c"})
+	c.maxPayload = 64 << 10
+	ctx := t.Context()
+	err := c.WriteAt(ctx, pattern(256<<10, 3), 1<<20-128<<10, false)
+	if err == nil || errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("split write stored in part: %v, want an error that is not ENOSPC", err)
+	}
+	if err := c.WriteAt(ctx, pattern(256<<10, 3), 2<<20, false); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("split write stored nowhere: %v, want ENOSPC", err)
 	}
 }
 

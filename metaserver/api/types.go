@@ -114,6 +114,10 @@ type DiskInfo struct {
 	// AllocatedBytes is what the chunk files on the disk take (their
 	// allocated blocks: chunks are thin).
 	AllocatedBytes int64 `json:"allocated_bytes,omitempty"`
+	// OutOfSpace says the chunkserver refused a write to this disk for lack
+	// of space since its free space last measured above the nearly-full
+	// mark: the disk counts as full whatever FreeBytes says.
+	OutOfSpace bool `json:"out_of_space,omitempty"`
 }
 
 // RegisterChunkserverRequest is POSTed to /api/v1/chunkservers. Registering

@@ -368,9 +368,11 @@ func TestEIOOnSyncFailsChunkForGood(t *testing.T) {
 	}
 }
 
-// TestENOSPCOnWrite: a write that finds the disk full fails with an error
-// wrapping ENOSPC (which the NBD server sends as NBD_ENOSPC); the chunk is
-// not failed and nothing else changes.
+// TestENOSPCOnWrite: a write that finds the disk full without a
+// reservation (the store did not know it was nearly full) may have written
+// part of its range: it fails with an I/O error, not ENOSPC (which the NBD
+// server would send as "nothing changed"); the chunk is not failed, its
+// region is in the LOG, and from then on writes reserve first.
 func TestENOSPCOnWrite(t *testing.T) {
 	efs := vfs.NewErrorFS(vfs.NewMem(), nil)
 	s := openFS(t, efs, nil)
@@ -383,8 +385,11 @@ func TestENOSPCOnWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	efs.SetInjector(vfs.OnOp(vfs.OpWrite, ".chunk", syscall.ENOSPC))
-	if err := c.WriteAt([]byte("new"), 5*testRegion); !errors.Is(err, syscall.ENOSPC) {
-		t.Fatalf("write on a full disk: %v, want ENOSPC", err)
+	if err := c.WriteAt([]byte("new"), 5*testRegion); err == nil || errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write on a full disk with no reservation: %v, want an I/O error", err)
+	}
+	if !s.space.isLow() {
+		t.Fatal("ENOSPC did not make the store reserve before writes")
 	}
 	efs.SetInjector(nil)
 	if c.Failed() {
@@ -501,6 +506,9 @@ func TestNearlyFullReservesFirst(t *testing.T) {
 	if err := c.WriteAt([]byte("new"), 7*testRegion); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("write with its reservation refused: %v, want ENOSPC", err)
 	}
+	if !s.OutOfSpace() {
+		t.Fatal("a write refused for lack of space does not show as out of space")
+	}
 	if allocs.Load() != 2 || c.Failed() {
 		t.Fatalf("%d reservations, chunk failed %v", allocs.Load(), c.Failed())
 	}
@@ -516,8 +524,8 @@ func TestNearlyFullReservesFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.space.update(1<<40, 1<<39)
-	if s.space.isLow() {
-		t.Fatal("half free is nearly full")
+	if s.space.isLow() || s.OutOfSpace() {
+		t.Fatal("half free is nearly full, or out of space")
 	}
 
 	// A partial write: ENOSPC after some bytes.

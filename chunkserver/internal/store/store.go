@@ -144,6 +144,8 @@ func Open(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	s := &Store{cfg: cfg, dir: dir, fs: cfg.FS, log: cfg.Logger}
+	s.space.fs, s.space.dir = cfg.FS, dir
+	s.space.check()
 	s.mu.chunks = make(map[string]*Chunk)
 	s.mu.quarantined = make(map[string]error)
 	ents, err := s.fs.ReadDir(dir)
@@ -558,6 +560,10 @@ func (s *Store) Delete(id string) error {
 	}
 	return nil
 }
+
+// OutOfSpace reports whether a request was refused, or failed, for lack of
+// space since the free space last measured above the nearly-full mark.
+func (s *Store) OutOfSpace() bool { return s.space.refused.Load() }
 
 // Usage reports the capacity and free bytes of the file system under the store.
 func (s *Store) Usage() (capacity, free int64, err error) {
@@ -1007,10 +1013,10 @@ func (c *Chunk) WriteAt(p []byte, off int64) error {
 	if err := c.mark(off, int64(len(p))); err != nil {
 		return err
 	}
-	n, err := c.f.WriteAt(p, off)
+	_, err := c.f.WriteAt(p, off)
 	c.setDirty()
 	if err != nil {
-		return c.writeError("write", n, err)
+		return c.writeError("write", err)
 	}
 	return nil
 }
@@ -1019,7 +1025,7 @@ func (c *Chunk) WriteAt(p []byte, off int64) error {
 // the write after it cannot run out of space half way. An error wrapping
 // ENOSPC means nothing changed.
 func (c *Chunk) reserve(off, n int64) error {
-	if n == 0 || !c.space.isLow() {
+	if n == 0 || !c.space.wrote(n) {
 		return nil
 	}
 	err := c.f.Allocate(off, n)
@@ -1032,16 +1038,16 @@ func (c *Chunk) reserve(off, n int64) error {
 	return err
 }
 
-// writeError is the error of a write that reached the file and failed after
-// n bytes. Lack of space with nothing written is ENOSPC, which the host
-// takes as "not stored, nothing changed"; a partial write is an I/O error,
-// which makes the host distrust the member for that range (a resync).
-func (c *Chunk) writeError(op string, n int, err error) error {
+// writeError is the error of a write that reached the file and failed. A
+// write that runs out of space may have changed part of its range (and
+// os.File.WriteAt does not count the bytes of the call that failed): it is
+// an I/O error to the host, which then distrusts the member for that range
+// (a resync), never ENOSPC, which says nothing changed. Only a refused
+// reservation (reserve) is ENOSPC.
+func (c *Chunk) writeError(op string, err error) error {
 	if IsNoSpace(err) {
 		c.space.setLow()
-		if n > 0 {
-			return fmt.Errorf("store: %s chunk %s: out of space after %d bytes: %v", op, c.id, n, err)
-		}
+		return fmt.Errorf("store: %s chunk %s: out of space with no reservation, part of the range may be written: %v", op, c.id, err)
 	}
 	return fmt.Errorf("store: %s chunk %s: %w", op, c.id, err)
 }
@@ -1190,19 +1196,61 @@ func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
 // member alike. Without the reservation a write that runs out half way
 // changes part of its range, which the host must treat as an I/O error.
 // Reserving costs a system call per write, so it is done only near the end
-// of the space: below lowSpaceFloor or lowSpaceShare of the capacity free,
-// as last measured (Store.Usage, every heartbeat), or since any request met
-// ENOSPC until a measure says otherwise.
-type spaceGuard struct{ low atomic.Bool }
+// of the space: below lowSpaceFloor or lowSpaceShare of the capacity free.
+// The free space is measured at Open, at every Store.Usage (each
+// heartbeat) and whenever lowSpaceRecheck bytes were written since the
+// last measure, so the store's own writes cannot cross the floor unseen; a
+// request that met ENOSPC makes it nearly full until a measure says
+// otherwise. Another writer filling the filesystem fast can still beat it:
+// then the first write to run out of space is an I/O error (writeError).
+type spaceGuard struct {
+	fs    vfs.FS
+	dir   string
+	low   atomic.Bool
+	since atomic.Int64 // bytes written since the last measure
+	// refused: a request met ENOSPC while low was set (OutOfSpace)
+	refused atomic.Bool
+}
 
 const (
-	lowSpaceFloor = 256 << 20
-	lowSpaceShare = 50 // 1/50 = 2 %
+	lowSpaceFloor   = 256 << 20
+	lowSpaceShare   = 50 // 1/50 = 2 %
+	lowSpaceRecheck = 32 << 20
 )
 
 func (g *spaceGuard) isLow() bool { return g.low.Load() }
-func (g *spaceGuard) setLow()     { g.low.Store(true) }
+
+// setLow records a request that met ENOSPC.
+func (g *spaceGuard) setLow() {
+	g.low.Store(true)
+	g.refused.Store(true)
+}
+
+// wrote counts n bytes about to be written, measures the free space again
+// when enough were, and reports whether the filesystem is nearly full.
+func (g *spaceGuard) wrote(n int64) bool {
+	if g.since.Add(n) >= lowSpaceRecheck {
+		g.check()
+	}
+	return g.low.Load()
+}
+
+// check measures the free space.
+func (g *spaceGuard) check() {
+	if g.fs == nil {
+		return
+	}
+	g.since.Store(0)
+	if capacity, free, err := g.fs.Usage(g.dir); err == nil {
+		g.update(capacity, free)
+	}
+}
 
 func (g *spaceGuard) update(capacity, free int64) {
-	g.low.Store(free < max(lowSpaceFloor, capacity/lowSpaceShare))
+	g.since.Store(0)
+	low := free < max(lowSpaceFloor, capacity/lowSpaceShare)
+	g.low.Store(low)
+	if !low {
+		g.refused.Store(false)
+	}
 }
