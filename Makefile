@@ -3,7 +3,7 @@
 #   make demo    bring up a local cluster with a 20 GiB mirrored volume (Ctrl-C stops it)
 #   make test    unit, PostgreSQL and end-to-end tests with real clients
 #   make fuzz    run every fuzz target for FUZZTIME each
-#   make bench   chunkraid against nbdkit and tgtd, every layout, bitmap modes, resync (bench/results/latest.{md,json}); make bench-go: Go benchmarks
+#   make bench   chunkraid against nbdkit and tgtd, every layout, bitmap modes, resync, rebuild (bench/results/latest.{md,json}); make bench-go: Go benchmarks
 
 SHELL    := /bin/bash
 GO       ?= go

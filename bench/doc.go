@@ -19,6 +19,10 @@
 //	        with bitmap internal                        4K random write QD1 mean and p99
 //	resync  bytes copied and time to get back in sync after a chunkserver outage and after a host
 //	        crash (kill -9 hostd, attach on a new host), for several sizes written meanwhile
+//	rebuild a chunkserver lost for good (kill -9, not restarted until the rebuild is over), on a
+//	        cluster of its own whose metaserver replaces it within seconds: bytes copied against
+//	        what the survivor holds, the rebuild's time and rate, kill to all in sync; and the
+//	        qemu-io 4K random write QD1 mean and p99 during the rebuild vs the same load before it
 //
 // QD1 latencies through iSCSI come from qemu-io: one command per request on
 // its standard input, each reported with its rate (to four decimals, from
@@ -45,7 +49,7 @@
 // pprof endpoint, so perf is the profiler; Go frame pointers give it call
 // stacks.
 //
-// Everything runs on loopback. Every process started (the cluster, nbdkit,
+// Everything runs on loopback. Every process started (the clusters, nbdkit,
 // tgtd on its own portal and management port, memtarget) is stopped and
 // every file removed when Run returns, also on error or Ctrl-C.
 package bench

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/chunkraid/chunkraid/localcluster"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -15,17 +16,28 @@ import (
 // cluster's host, through the CLI so that flags such as --bitmap are what an
 // operator uses, and, if waitTarget, waits until the host serves it.
 func (r *Runner) createVolume(ctx context.Context, name, layout string, size int64, waitTarget bool, extra ...string) (*api.Volume, error) {
-	args := append([]string{"--metaserver", r.cluster.MetaURL, "volume", "create", name,
-		"--size", fmt.Sprint(size), "--layout", layout, "--host", r.cluster.HostName}, extra...)
-	if _, err := runTool(ctx, time.Minute, r.bin, args...); err != nil {
+	return r.createVolumeOn(ctx, r.cluster, name, layout, size, waitTarget, extra...)
+}
+
+// createVolumeOn is createVolume on cluster c.
+func (r *Runner) createVolumeOn(ctx context.Context, c *localcluster.Cluster, name, layout string, size int64, waitTarget bool, extra ...string) (*api.Volume, error) {
+	args := append([]string{"volume", "create", name,
+		"--size", fmt.Sprint(size), "--layout", layout, "--host", c.HostName}, extra...)
+	if _, err := runTool(ctx, time.Minute, r.bin, cliArgs(c, args...)...); err != nil {
 		return nil, err
 	}
 	if waitTarget {
-		if err := r.cluster.WaitTarget(ctx, name, time.Minute); err != nil {
+		if err := c.WaitTarget(ctx, name, time.Minute); err != nil {
 			return nil, err
 		}
 	}
-	return r.cluster.Client().GetVolume(ctx, name)
+	return c.Client().GetVolume(ctx, name)
+}
+
+// cliArgs puts before args what every CLI command to cluster c needs: its
+// metaserver, the cluster CA that verifies it, and the admin token.
+func cliArgs(c *localcluster.Cluster, args ...string) []string {
+	return append([]string{"--metaserver", c.MetaURL, "--ca-file", c.CAFile(), "--token-file", c.TokenFile()}, args...)
 }
 
 // cliHasFlag reports whether `chunkraid <cmd...> --help` lists flag.

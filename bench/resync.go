@@ -179,8 +179,8 @@ func (r *Runner) chunkserverOutage(ctx context.Context, volume string, mib int, 
 // SIGKILL, attaches the volume on a new host next and measures the
 // recovery there.
 func (r *Runner) hostCrash(ctx context.Context, volume, host, next string, mib int, f resyncFigures) error {
-	args := []string{"--metaserver", r.cluster.MetaURL, "volume", "create", volume, "--size", fmt.Sprint(r.cfg.ChunkSize),
-		"--layout", "mirror:2", "--bitmap", "remb", "--host", host}
+	args := cliArgs(r.cluster, "volume", "create", volume, "--size", fmt.Sprint(r.cfg.ChunkSize),
+		"--layout", "mirror:2", "--bitmap", "remb", "--host", host)
 	if _, err := runTool(ctx, time.Minute, r.bin, args...); err != nil {
 		return err
 	}
@@ -200,7 +200,7 @@ func (r *Runner) hostCrash(ctx context.Context, volume, host, next string, mib i
 		return err
 	}
 	start := time.Now()
-	if _, err := runTool(ctx, time.Minute, r.bin, "--metaserver", r.cluster.MetaURL, "volume", "attach", volume, "--host", next); err != nil {
+	if _, err := runTool(ctx, time.Minute, r.bin, cliArgs(r.cluster, "volume", "attach", volume, "--host", next)...); err != nil {
 		return err
 	}
 	if err := r.cluster.WaitTargetOn(ctx, next, volume, time.Minute); err != nil {
@@ -231,9 +231,14 @@ func inSync(v *api.Volume) bool {
 
 // waitVolume polls the metaserver every 50 ms until ok holds for volume.
 func (r *Runner) waitVolume(ctx context.Context, volume, what string, timeout time.Duration, ok func(*api.Volume) bool) error {
+	return waitVolumeOn(ctx, r.cluster, volume, what, timeout, ok)
+}
+
+// waitVolumeOn is waitVolume on cluster c.
+func waitVolumeOn(ctx context.Context, c *localcluster.Cluster, volume, what string, timeout time.Duration, ok func(*api.Volume) bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		v, err := r.cluster.Client().GetVolume(ctx, volume)
+		v, err := c.Client().GetVolume(ctx, volume)
 		if err == nil && ok(v) {
 			return nil
 		}

@@ -19,16 +19,20 @@ import (
 
 // Groups of figures, in the order they run.
 const (
-	GroupNBD    = "nbd"
-	GroupVolume = "volume"
-	GroupTarget = "target"
-	GroupBitmap = "bitmap"
-	GroupResync = "resync"
+	GroupNBD     = "nbd"
+	GroupVolume  = "volume"
+	GroupTarget  = "target"
+	GroupBitmap  = "bitmap"
+	GroupResync  = "resync"
+	GroupRebuild = "rebuild"
 )
 
-// AllGroups lists every group. resync comes last: it kills the cluster's
-// first host.
-var AllGroups = []string{GroupNBD, GroupVolume, GroupTarget, GroupBitmap, GroupResync}
+// AllGroups lists every group. resync comes after the groups that use the
+// cluster's first host: it kills it. rebuild comes last and runs on a
+// cluster of its own, started for it (a metaserver that replaces a lost
+// chunkserver within seconds) and stopped after it; it kills and restarts
+// that cluster's chunkservers.
+var AllGroups = []string{GroupNBD, GroupVolume, GroupTarget, GroupBitmap, GroupResync, GroupRebuild}
 
 // Layouts are the volume layouts measured by the volume group.
 var Layouts = []string{"mirror:2", "mirror:3", "ec:4+2"}
@@ -69,6 +73,11 @@ type Config struct {
 	// ResyncMiB are the MiB written during each outage of the resync
 	// group. Default 4, 16, 64.
 	ResyncMiB []int
+	// RebuildMiB are the MiB written to the volume of the rebuild group
+	// before its chunkservers are lost; the rebuild copies them. Default
+	// the chunk size (the whole volume): at hostd's default resync rate
+	// that rebuild lasts longer than one QD1 load run.
+	RebuildMiB int
 	// ChunkSize is the cluster's chunk size, and so the size of the file
 	// behind each NBD export measured. Default 1 GiB.
 	ChunkSize int64
@@ -132,6 +141,12 @@ func (c *Config) validate() error {
 	}
 	if c.ChunkSize < 64<<20 || c.ChunkSize%(1<<20) != 0 {
 		return fmt.Errorf("bench: chunk size %d: want a multiple of 1 MiB, at least 64 MiB", c.ChunkSize)
+	}
+	if c.RebuildMiB == 0 {
+		c.RebuildMiB = int(c.ChunkSize >> 20)
+	}
+	if c.RebuildMiB < 1 || int64(c.RebuildMiB) > c.ChunkSize>>20 {
+		return fmt.Errorf("bench: rebuild size %d MiB: want 1 to the chunk size (%d MiB)", c.RebuildMiB, c.ChunkSize>>20)
 	}
 	if c.Out == nil {
 		c.Out = os.Stdout
@@ -266,6 +281,7 @@ func (r *Runner) Run(ctx context.Context) (rep *Report, err error) {
 		{GroupTarget, false, r.targetGroup},
 		{GroupBitmap, true, r.bitmapGroup},
 		{GroupResync, true, r.resyncGroup},
+		{GroupRebuild, false, r.rebuildGroup}, // starts a cluster of its own
 	}
 	for _, s := range steps {
 		if !r.has(s.group) {

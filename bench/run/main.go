@@ -3,7 +3,7 @@
 // Markdown table of ratios, also written to bench/results/latest.md. See
 // package bench for what is measured and how.
 //
-//	go run ./bench/run [-rev HEAD] [-runs 3] [-runtime 3s] [-groups nbd,volume,target,bitmap,resync] [-profile]
+//	go run ./bench/run [-rev HEAD] [-runs 3] [-runtime 3s] [-groups nbd,volume,target,bitmap,resync,rebuild] [-profile]
 //
 // With -rev, the revision is exported (git archive) to a temporary
 // directory and this program, built from that revision, runs there, so that
