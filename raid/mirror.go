@@ -1,6 +1,7 @@
 package raid
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -726,9 +727,9 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 	ok := true
 	var firstErr error
 	for _, i := range dst {
-		// FUA: the region is cleaned and the member promoted only once the
-		// copy is durable on it.
-		if err := members[i].WriteAt(ctx, p, off, true); err != nil {
+		// Durable: the region is cleaned and the member promoted only once
+		// the copy is durable on it.
+		if err := writeCopy(ctx, members[i], p, off); err != nil {
 			ok = false
 			if memberErr(ctx, err) {
 				m.fail(i, members[i], err)
@@ -755,4 +756,44 @@ func (m *Mirror) Untrusted() []bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.mu.h.untrustedAll()
+}
+
+// copyGranule is the unit in which a copy skips zeroes (writeCopy).
+const copyGranule = 64 << 10
+
+var zeroGranule [copyGranule]byte
+
+// writeCopy writes p, a copy of [off, off+len(p)) from another member, to
+// d durably. Runs of whole granules of zeroes are trimmed instead of
+// written (a trim reads back as zeroes), so a copy onto a new, sparse chunk
+// allocates only the granules the source holds data in; such a copy ends
+// with a flush of d, which makes its writes and trims durable. A copy
+// without zeroes is one FUA write.
+func writeCopy(ctx context.Context, d Device, p []byte, off int64) error {
+	zero := func(i int) bool {
+		g := p[i:min(i+copyGranule, len(p))]
+		return bytes.Equal(g, zeroGranule[:len(g)])
+	}
+	for i := 0; i < len(p); {
+		z := zero(i)
+		j := i + copyGranule
+		for j < len(p) && zero(j) == z {
+			j += copyGranule
+		}
+		j = min(j, len(p))
+		if !z && i == 0 && j == len(p) {
+			return d.WriteAt(ctx, p, off, true)
+		}
+		var err error
+		if z {
+			err = d.Trim(ctx, off+int64(i), int64(j-i))
+		} else {
+			err = d.WriteAt(ctx, p[i:j], off+int64(i), false)
+		}
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return d.Flush(ctx)
 }

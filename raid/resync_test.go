@@ -371,3 +371,49 @@ func TestResyncYieldsToForegroundIO(t *testing.T) {
 		t.Logf("under foreground writes: %d pauses for %d regions", n, size/region)
 	}
 }
+
+// TestResyncCopyKeepsHolesSparse: a resync writes a member only the
+// granules of a region that hold data on the source; granules of zeroes are
+// trimmed, so a copy onto a new chunk stays as sparse as its source, and a
+// stale member's old data where the source now holds zeroes is cleared.
+func TestResyncCopyKeepsHolesSparse(t *testing.T) {
+	const size, region = 4 << 20, 1 << 20
+	ctx := t.Context()
+	m, devs := newWIBMirror(t, 2, size, region)
+	// Member 1 holds old data everywhere in region 2.
+	if err := m.WriteAt(ctx, bytes.Repeat([]byte{9}, region), 2*region, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	devs[1].SetFailed(true)
+	// While it is away: 4 KiB of data in region 0, region 2 zeroed but for
+	// 100 bytes in its last granule.
+	if err := m.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 8192, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Trim(ctx, 2*region, region); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WriteAt(ctx, bytes.Repeat([]byte{5}, 100), 3*region-200, false); err != nil {
+		t.Fatal(err)
+	}
+	devs[1].SetFailed(false)
+	if err := m.Rejoin(1, devs[1]); err != nil {
+		t.Fatal(err)
+	}
+	before := devs[1].WrittenBytes()
+	if _, err := m.Resync(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(devs[0].Bytes(), devs[1].Bytes()) {
+		t.Fatal("members differ after the resync")
+	}
+	if got := devs[1].WrittenBytes() - before; got != 2*64<<10 {
+		t.Fatalf("the resync wrote %d bytes to the member, want two 64 KiB granules", got)
+	}
+	if st := m.States(); st[1] != raid.InSync {
+		t.Fatalf("states after the resync: %v", st)
+	}
+}

@@ -22,6 +22,7 @@ type MemDevice struct {
 		data   []byte // guarded by mu
 		failed bool   // guarded by mu
 		writes int    // guarded by mu
+		wbytes int64  // guarded by mu
 		// full makes writes fail with ENOSPC, changing nothing
 		full bool // guarded by mu
 	}
@@ -62,6 +63,13 @@ func (d *MemDevice) Writes() int {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.mu.writes
+}
+
+// WrittenBytes counts the bytes of successful WriteAt calls.
+func (d *MemDevice) WrittenBytes() int64 {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.mu.wbytes
 }
 
 // Bytes returns a copy of the device's contents.
@@ -110,6 +118,7 @@ func (d *MemDevice) WriteAt(ctx context.Context, p []byte, off int64, fua bool) 
 	}
 	copy(d.mu.data[off:], p)
 	d.mu.writes++
+	d.mu.wbytes += int64(len(p))
 	return nil
 }
 
