@@ -115,8 +115,10 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 			if status == 0 {
 				status = http.StatusOK
 			}
+			took := time.Since(start)
+			s.metrics.observe(r, status, took)
 			s.log.Debug("request", "method", r.Method, "path", r.URL.Path, "query", r.URL.RawQuery,
-				"status", status, "duration", time.Since(start))
+				"status", status, "duration", took)
 		}()
 		next.ServeHTTP(rec, r)
 	})

@@ -23,6 +23,8 @@ func (s *Server) routes() http.Handler {
 	})
 	// The one public route; the route-table test holds the list.
 	r.Get("/healthz", s.healthz)
+	// Prometheus metrics: any token (a scraper's reader token).
+	r.With(s.requireReady, s.authenticate(accessRead)).Method(http.MethodGet, "/metrics", s.metrics.handler())
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(s.requireReady)
 

@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/chunkraid/chunkraid/budget"
 	"github.com/chunkraid/chunkraid/internal/atomicfile"
@@ -91,6 +92,9 @@ type Config struct {
 	TLSNames                []string
 	TLSCertFile, TLSKeyFile string
 	CAFile                  string
+	// Metrics receives the server's Prometheus series, served at /metrics
+	// to any token; nil means a registry of its own.
+	Metrics *prometheus.Registry
 }
 
 const (
@@ -227,6 +231,7 @@ type Server struct {
 	// leading is true while this instance holds the leader lock and runs
 	// the background loops.
 	leading atomic.Bool
+	metrics *metrics
 }
 
 // New validates cfg and returns a server; Run starts it.
@@ -241,6 +246,11 @@ func New(cfg Config) (*Server, error) {
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
 	}
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	s.metrics = newMetrics(s, reg)
 	s.handler = s.routes()
 	return s, nil
 }

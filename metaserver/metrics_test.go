@@ -1,0 +1,143 @@
+package metaserver
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// scrape GETs /metrics with token and parses the exposition with the
+// Prometheus library's parser.
+func scrape(t *testing.T, ts *testServer, token string) (int, map[string][]labeledValue) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, ts.URL+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{Transport: ts.Transport}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, nil
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parsing /metrics: %v", err)
+	}
+	out := map[string][]labeledValue{}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			lv := labeledValue{labels: map[string]string{}}
+			for _, l := range m.GetLabel() {
+				lv.labels[l.GetName()] = l.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				lv.value = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				lv.value = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				lv.value = float64(m.GetHistogram().GetSampleCount())
+			}
+			out[name] = append(out[name], lv)
+		}
+	}
+	return resp.StatusCode, out
+}
+
+type labeledValue struct {
+	labels map[string]string
+	value  float64
+}
+
+// find returns the value of the series of name whose labels include want.
+func find(series map[string][]labeledValue, name string, want map[string]string) (float64, bool) {
+next:
+	for _, lv := range series[name] {
+		for k, v := range want {
+			if lv.labels[k] != v {
+				continue next
+			}
+		}
+		return lv.value, true
+	}
+	return 0, false
+}
+
+// TestMetrics: /metrics needs a token (any: a reader's), and exposes the
+// API requests by route pattern and status, the leader state and the
+// cluster's capacity and members by state, as the library's parser reads
+// them.
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	ctx := t.Context()
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	if _, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "m1", SizeBytes: 128 << 20, Layout: "mirror:2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.Client.GetVolume(ctx, "nosuch"); err == nil {
+		t.Fatal("a volume that does not exist was found")
+	}
+	if code, _ := scrape(t, ts, ""); code != http.StatusUnauthorized {
+		t.Fatalf("/metrics without a token: %d, want 401", code)
+	}
+	reader, err := ts.Client.CreateToken(ctx, api.CreateTokenRequest{Name: "prometheus", Role: api.RoleReader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !ts.leading.Load(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the metaserver never leads")
+		}
+	}
+	code, m := scrape(t, ts, reader.Secret)
+	if code != http.StatusOK {
+		t.Fatalf("/metrics with a reader's token: %d", code)
+	}
+	checks := []struct {
+		name   string
+		labels map[string]string
+		ok     func(float64) bool
+	}{
+		{"chunkraid_metaserver_api_requests_total", map[string]string{"method": "POST", "route": "/api/v1/volumes", "code": "201"}, func(v float64) bool { return v == 1 }},
+		{"chunkraid_metaserver_api_requests_total", map[string]string{"method": "GET", "route": "/api/v1/volumes/{name}", "code": "404"}, func(v float64) bool { return v == 1 }},
+		{"chunkraid_metaserver_api_requests_total", map[string]string{"route": "/metrics", "code": "401"}, func(v float64) bool { return v >= 1 }},
+		{"chunkraid_metaserver_api_request_duration_seconds", map[string]string{"method": "POST", "route": "/api/v1/volumes"}, func(v float64) bool { return v == 1 }},
+		{"chunkraid_metaserver_leader", nil, func(v float64) bool { return v == 1 }},
+		{"chunkraid_metaserver_database_up", nil, func(v float64) bool { return v == 1 }},
+		{"chunkraid_cluster_bytes", map[string]string{"kind": "raw"}, func(v float64) bool { return v == float64(20*gib) }},
+		{"chunkraid_cluster_bytes", map[string]string{"kind": "provisioned"}, func(v float64) bool { return v == 4*(64<<20) }},
+		{"chunkraid_members", map[string]string{"state": "in_sync"}, func(v float64) bool { return v == 4 }},
+		{"chunkraid_chunkservers", map[string]string{"state": "online"}, func(v float64) bool { return v == 2 }},
+		{"chunkraid_volumes", nil, func(v float64) bool { return v == 1 }},
+		{"go_goroutines", nil, func(v float64) bool { return v > 0 }},
+	}
+	for _, c := range checks {
+		v, ok := find(m, c.name, c.labels)
+		if !ok || !c.ok(v) {
+			t.Errorf("%s%v = %v (found %v)", c.name, c.labels, v, ok)
+		}
+	}
+	for _, lv := range m["chunkraid_metaserver_api_requests_total"] {
+		if strings.Contains(lv.labels["route"], "m1") || strings.Contains(lv.labels["route"], "nosuch") {
+			t.Errorf("a route label holds a path: %v", lv.labels)
+		}
+	}
+}
