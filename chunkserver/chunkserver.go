@@ -74,6 +74,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/chunkraid/chunkraid/budget"
@@ -138,6 +139,10 @@ type Config struct {
 	// MaxInFlightBytes bounds the payload bytes one NBD connection may
 	// have between request and reply; 0 means 64 MiB.
 	MaxInFlightBytes int64
+	// Metrics receives the chunkserver's Prometheus series, served at
+	// /metrics on the control port to any operator token of the cluster;
+	// nil means a registry of its own.
+	Metrics *prometheus.Registry
 	// HandshakeTimeout bounds an NBD connection's handshake; 0 means 30 s.
 	HandshakeTimeout time.Duration
 
@@ -200,6 +205,9 @@ type Server struct {
 	cfg  Config
 	log  *slog.Logger
 	meta *api.Client
+	// registry and metrics: the Prometheus series (metrics.go)
+	registry *prometheus.Registry
+	metrics  *metrics
 
 	// Set by Run before any connection or control call is served.
 	store     *store.Store
@@ -233,6 +241,11 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("chunkserver: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, meta: meta, ready: make(chan struct{})}
+	s.registry = cfg.Metrics
+	if s.registry == nil {
+		s.registry = prometheus.NewRegistry()
+	}
+	s.metrics = newMetrics(s, s.registry)
 	s.chunks.m = make(map[string]*chunkState)
 	return s, nil
 }
@@ -281,6 +294,7 @@ func (s *Server) Run(ctx context.Context) error {
 		LogRegion:    s.cfg.LogRegion,
 		LogPeriod:    s.logPeriod,
 		WriteSidecar: s.cfg.writeSidecar,
+		ObserveSync:  s.metrics.observeSync,
 	})
 	if err != nil {
 		return err
@@ -300,6 +314,7 @@ func (s *Server) Run(ctx context.Context) error {
 		MaxConns:         s.cfg.MaxConnections,
 		MaxInFlightBytes: s.cfg.MaxInFlightBytes,
 		HandshakeTimeout: s.cfg.HandshakeTimeout,
+		Observe:          s.metrics.observeNBD,
 	})
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
+	"github.com/chunkraid/chunkraid/internal/scrape"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -30,6 +31,7 @@ func (s *Server) controlHandler() http.Handler {
 	mux.HandleFunc("GET "+control.RouteLog, h.log)
 	mux.HandleFunc("PUT "+control.RouteIntent, h.writeIntent)
 	mux.HandleFunc("GET "+control.RouteIntent, h.readIntent)
+	mux.Handle("GET /metrics", scrape.Handler(s.registry, scrape.WithMetaserver(s.meta), s.log))
 	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent, control.RoutePins} {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, api.Errorf(control.CodeMethodNotAllowed, "%s does not take %s", r.URL.Path, r.Method))

@@ -7,15 +7,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/chunkraid/chunkraid/internal/scrape"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
-// scrape GETs /metrics with token and parses the exposition with the
-// Prometheus library's parser.
-func scrape(t *testing.T, ts *testServer, token string) (int, map[string][]labeledValue) {
+// scrapeMetrics GETs /metrics with token and parses the exposition.
+func scrapeMetrics(t *testing.T, ts *testServer, token string) (int, scrape.Series) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, ts.URL+"/metrics", nil)
 	if err != nil {
@@ -33,49 +30,11 @@ func scrape(t *testing.T, ts *testServer, token string) (int, map[string][]label
 		io.Copy(io.Discard, resp.Body)
 		return resp.StatusCode, nil
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	series, err := scrape.Parse(resp.Body)
 	if err != nil {
-		t.Fatalf("parsing /metrics: %v", err)
+		t.Fatal(err)
 	}
-	out := map[string][]labeledValue{}
-	for name, f := range families {
-		for _, m := range f.GetMetric() {
-			lv := labeledValue{labels: map[string]string{}}
-			for _, l := range m.GetLabel() {
-				lv.labels[l.GetName()] = l.GetValue()
-			}
-			switch {
-			case m.Counter != nil:
-				lv.value = m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				lv.value = m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				lv.value = float64(m.GetHistogram().GetSampleCount())
-			}
-			out[name] = append(out[name], lv)
-		}
-	}
-	return resp.StatusCode, out
-}
-
-type labeledValue struct {
-	labels map[string]string
-	value  float64
-}
-
-// find returns the value of the series of name whose labels include want.
-func find(series map[string][]labeledValue, name string, want map[string]string) (float64, bool) {
-next:
-	for _, lv := range series[name] {
-		for k, v := range want {
-			if lv.labels[k] != v {
-				continue next
-			}
-		}
-		return lv.value, true
-	}
-	return 0, false
+	return resp.StatusCode, series
 }
 
 // TestMetrics: /metrics needs a token (any: a reader's), and exposes the
@@ -95,19 +54,26 @@ func TestMetrics(t *testing.T) {
 	if _, err := ts.Client.GetVolume(ctx, "nosuch"); err == nil {
 		t.Fatal("a volume that does not exist was found")
 	}
-	if code, _ := scrape(t, ts, ""); code != http.StatusUnauthorized {
+	if code, _ := scrapeMetrics(t, ts, ""); code != http.StatusUnauthorized {
 		t.Fatalf("/metrics without a token: %d, want 401", code)
 	}
 	reader, err := ts.Client.CreateToken(ctx, api.CreateTokenRequest{Name: "prometheus", Role: api.RoleReader})
 	if err != nil {
 		t.Fatal(err)
 	}
+	plain := api.NewClient(ts.URL, &http.Client{Transport: ts.Transport}).WithToken(ts.Token)
+	if p, err := plain.As(reader.Secret).Whoami(ctx); err != nil || p.Name != "prometheus" || p.Role != api.RoleReader {
+		t.Fatalf("whoami with the reader's token: %+v %v", p, err)
+	}
+	if _, err := plain.As("chunkraid_notatoken").Whoami(ctx); !api.IsUnauthenticated(err) {
+		t.Fatalf("whoami with an unknown token: %v", err)
+	}
 	for deadline := time.Now().Add(10 * time.Second); !ts.leading.Load(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the metaserver never leads")
 		}
 	}
-	code, m := scrape(t, ts, reader.Secret)
+	code, m := scrapeMetrics(t, ts, reader.Secret)
 	if code != http.StatusOK {
 		t.Fatalf("/metrics with a reader's token: %d", code)
 	}
@@ -130,14 +96,14 @@ func TestMetrics(t *testing.T) {
 		{"go_goroutines", nil, func(v float64) bool { return v > 0 }},
 	}
 	for _, c := range checks {
-		v, ok := find(m, c.name, c.labels)
+		v, ok := m.Sum(c.name, c.labels)
 		if !ok || !c.ok(v) {
 			t.Errorf("%s%v = %v (found %v)", c.name, c.labels, v, ok)
 		}
 	}
-	for _, lv := range m["chunkraid_metaserver_api_requests_total"] {
-		if strings.Contains(lv.labels["route"], "m1") || strings.Contains(lv.labels["route"], "nosuch") {
-			t.Errorf("a route label holds a path: %v", lv.labels)
+	for _, smp := range m["chunkraid_metaserver_api_requests_total"] {
+		if strings.Contains(smp.Labels["route"], "m1") || strings.Contains(smp.Labels["route"], "nosuch") {
+			t.Errorf("a route label holds a path: %v", smp.Labels)
 		}
 	}
 }

@@ -60,6 +60,7 @@ func (s *Server) routes() http.Handler {
 			r.Get("/volumes", s.listVolumes)
 			r.Get("/volumes/{name}", s.getVolume)
 			r.Get("/events", s.listEvents)
+			r.Get("/whoami", s.whoami)
 		})
 
 		// Operator routes that change the cluster, and the tokens: admin.

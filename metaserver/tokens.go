@@ -323,6 +323,12 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 	s.writeJSON(w, http.StatusCreated, t)
 }
 
+// whoami answers who the request's token belongs to.
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
+	p := callerOf(r)
+	s.writeJSON(w, http.StatusOK, api.Principal{Name: p.name, Role: p.role})
+}
+
 func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) {
 	out, err := s.st.listTokens(r.Context())
 	if err != nil {

@@ -2,12 +2,14 @@ package nbd
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -773,5 +775,62 @@ func TestErrorIsErrno(t *testing.T) {
 		if v != EIO && errors.Is(err, syscall.EIO) {
 			t.Errorf("%s is EIO", ErrnoName(v))
 		}
+	}
+}
+
+// TestServerObserve: every request answered is observed once, with its
+// command, length and the error value of its reply.
+func TestServerObserve(t *testing.T) {
+	type seen struct {
+		cmd    uint16
+		length uint32
+		errno  uint32
+	}
+	var mu sync.Mutex
+	var got []seen
+	exp := fullExport{memExport: newMemExport(4 << 20), limit: 1 << 20}
+	addr := serveExports(t, map[string]Export{"c": exp}, func(cfg *ServerConfig) {
+		cfg.Observe = func(cmd uint16, length, errno uint32, took time.Duration) {
+			if took < 0 {
+				t.Errorf("negative time %v", took)
+			}
+			mu.Lock()
+			got = append(got, seen{cmd, length, errno})
+			mu.Unlock()
+		}
+	})
+	c := dial(t, ClientConfig{Addr: addr, Export: "c"})
+	ctx := t.Context()
+	if err := c.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ReadAt(ctx, make([]byte, 512), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt(ctx, make([]byte, 4096), 2<<20, false); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatal(err)
+	}
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Observed after the reply is queued: wait for the last ones.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 4 || time.Now().After(deadline) {
+			break
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// Observed after the reply is queued: the client may see the reply
+	// first, so the order is not checked.
+	want := []seen{{CmdWrite, 4096, 0}, {CmdRead, 512, 0}, {CmdWrite, 4096, ENOSPC}, {CmdFlush, 0, 0}}
+	order := func(a, b seen) int { return cmp.Or(cmp.Compare(a.cmd, b.cmd), cmp.Compare(a.errno, b.errno)) }
+	slices.SortFunc(got, order)
+	slices.SortFunc(want, order)
+	if !slices.Equal(got, want) {
+		t.Fatalf("observed %v, want %v", got, want)
 	}
 }

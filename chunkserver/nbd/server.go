@@ -118,6 +118,10 @@ type ServerConfig struct {
 	// MaxConns bounds the connections Serve keeps open at once; one more
 	// is closed at once, with a log line. 0 means 256.
 	MaxConns int
+	// Observe, if set, is called once for each request answered, with its
+	// command, length, the error value of the reply (0: success) and the
+	// time from reading it to queueing its reply. It must be fast.
+	Observe func(cmd uint16, length uint32, errno uint32, took time.Duration)
 }
 
 const (
@@ -142,6 +146,7 @@ const (
 type Server struct {
 	lookup           func(string) (Export, error)
 	list             func() []string
+	observe          func(cmd uint16, length uint32, errno uint32, took time.Duration)
 	log              *slog.Logger
 	maxInFlight      int
 	maxInFlightBytes int64
@@ -171,6 +176,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s := &Server{
 		lookup:           cfg.Lookup,
 		list:             cfg.List,
+		observe:          cfg.Observe,
 		log:              cfg.Logger,
 		maxInFlight:      cfg.MaxInFlight,
 		maxInFlightBytes: cfg.MaxInFlightBytes,
@@ -778,14 +784,28 @@ func reqError(errno uint32, format string, args ...any) error {
 }
 
 // serve executes one request and queues its reply; every path sends
-// exactly one reply, after which r belongs to the reply writer.
+// exactly one reply, after which r belongs to the reply writer. With
+// ServerConfig.Observe, the request is counted once answered.
 func (c *conn) serve(r *request) {
+	observe := c.s.observe
+	if observe == nil {
+		c.execute(r)
+		return
+	}
+	cmd, length, start := r.req.Type, r.req.Length, time.Now()
+	errno := c.execute(r)
+	observe(cmd, length, errno, time.Since(start))
+}
+
+// execute is serve's work; it returns the error value of the reply (0 for
+// success).
+func (c *conn) execute(r *request) uint32 {
 	q := &r.req
 	var err error
 	switch q.Type {
 	case CmdRead:
 		if err = c.read(r); err == nil {
-			return
+			return 0
 		}
 	case CmdWrite:
 		switch err = c.check(q, 0, ENOSPC); {
@@ -820,14 +840,14 @@ func (c *conn) serve(r *request) {
 		err = c.fua(q, err)
 	case CmdBlockStatus:
 		if err = c.blockStatus(r); err == nil {
-			return
+			return 0
 		}
 	default:
 		err = reqError(EINVAL, "unknown command %d", q.Type)
 	}
 	if err == nil {
 		c.replyOK(r)
-		return
+		return 0
 	}
 	msg := err.Error()
 	var re *Error
@@ -840,7 +860,9 @@ func (c *conn) serve(r *request) {
 	} else {
 		c.log.Warn("nbd: request failed", "cmd", CmdName(q.Type), "offset", q.Offset, "length", q.Length, "err", err)
 	}
-	c.replyError(r, errnoFor(err), msg)
+	errno := errnoFor(err)
+	c.replyError(r, errno, msg)
+	return errno
 }
 
 // check validates flags (FUA is accepted on every command) and the range.

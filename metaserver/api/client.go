@@ -156,6 +156,19 @@ func (c *Client) ListTokens(ctx context.Context) ([]Token, error) {
 	return callList[Token](ctx, c, http.MethodGet, "/api/v1/tokens", nil, nil, RequestTimeout)
 }
 
+// Whoami answers who the client's token belongs to (any operator token).
+func (c *Client) Whoami(ctx context.Context) (*Principal, error) {
+	return call[Principal](ctx, c, http.MethodGet, "/api/v1/whoami", nil, nil, RequestTimeout)
+}
+
+// As returns a client of the same metaserver, over the same connections,
+// that sends token instead of c's.
+func (c *Client) As(token string) *Client {
+	hc := *c.hc
+	hc.Transport = c.hc.Transport.(bearer).next
+	return newClient(c.base, &hc, token)
+}
+
 // RevokeToken deletes an API token.
 func (c *Client) RevokeToken(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)

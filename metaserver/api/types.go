@@ -80,6 +80,13 @@ type CreateTokenRequest struct {
 	Role string `json:"role"`
 }
 
+// Principal is who a token belongs to: GET /api/v1/whoami answers it to
+// any operator token (a daemon checks a scraper's token with it).
+type Principal struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
 // Token describes an API token; Secret is set only in the answer to its
 // creation, the one time it is shown.
 type Token struct {

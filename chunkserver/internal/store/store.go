@@ -65,6 +65,9 @@ type Config struct {
 	// WriteFileAtomic on FS. Tests inject failures and observe ordering
 	// with it.
 	WriteSidecar func(path string, data []byte) error
+	// ObserveSync, if set, is told of every fdatasync of a data file: how
+	// long it took and its error.
+	ObserveSync func(took time.Duration, err error)
 }
 
 func (c *Config) validate() error {
@@ -314,7 +317,7 @@ func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 	c := &Chunk{
 		id: h.ID, size: h.Size, created: h.Created, f: f, lg: log, fs: s.fs, log: s.log,
 		metaPath: s.metaPath(h.ID), failedPath: s.failedPath(h.ID), dir: s.dir, writeSidecar: s.cfg.WriteSidecar,
-		space: &s.space,
+		space: &s.space, observeSync: s.cfg.ObserveSync,
 	}
 	// The file may hold writes of an earlier process that never reached
 	// the disk (a kill keeps the page cache): the first Sync syncs.
@@ -647,6 +650,7 @@ type Chunk struct {
 	metaPath, failedPath string
 	writeSidecar         func(path string, data []byte) error
 	space                *spaceGuard
+	observeSync          func(took time.Duration, err error)
 	// sidecarMu serializes sidecar writes (and the failure marker), so the
 	// sidecar never holds an older minimum epoch than one already
 	// reported.
@@ -1075,7 +1079,12 @@ func (c *Chunk) Sync() error {
 		return ErrChunkFailed
 	}
 	covers := c.written.Load()
-	if err := c.f.Sync(); err != nil {
+	start := time.Now()
+	err := c.f.Sync()
+	if c.observeSync != nil {
+		c.observeSync(time.Since(start), err)
+	}
+	if err != nil {
 		return c.fail(fmt.Errorf("fdatasync: %w", err), false)
 	}
 	c.synced = covers

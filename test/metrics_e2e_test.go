@@ -1,0 +1,128 @@
+package test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/internal/scrape"
+	"github.com/chunkraid/chunkraid/localcluster"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// TestMetricsOfEveryDaemon scrapes the metaserver and every chunkserver
+// (on its control port) of a running cluster over TLS with a reader's
+// token, after a volume was written through iSCSI, and checks named series
+// in each exposition as Prometheus' own parser reads it. Without a token,
+// every daemon answers 401.
+func TestMetricsOfEveryDaemon(t *testing.T) {
+	c := startCluster(t, testChunk)
+	ctx := t.Context()
+	v := createVolume(t, c, "m", "64MiB", c.HostName)
+	if err := c.WaitTarget(ctx, "m", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 4M", "-c", "flush", "-c", "read -P 0x5a 0 4M", c.ISCSIURL("m"))
+	reader, err := c.Client().CreateToken(ctx, api.CreateTokenRequest{Name: "prometheus", Role: api.RoleReader})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := caClient(t, c)
+	get := func(url, token string) (int, scrape.Series) {
+		t.Helper()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			io.Copy(io.Discard, resp.Body)
+			return resp.StatusCode, nil
+		}
+		s, err := scrape.Parse(resp.Body)
+		if err != nil {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		return resp.StatusCode, s
+	}
+	check := func(daemon string, s scrape.Series, name string, labels map[string]string, ok func(float64) bool) {
+		t.Helper()
+		v, found := s.Sum(name, labels)
+		if !found || !ok(v) {
+			t.Errorf("%s: %s%v = %v (found %v)", daemon, name, labels, v, found)
+			return
+		}
+		t.Logf("%s: %s %v = %v", daemon, name, labels, v)
+	}
+	positive := func(v float64) bool { return v > 0 }
+
+	urls := map[string]string{"metaserver": c.MetaURL + "/metrics"}
+	for i, p := range c.CS {
+		urls[p.Name] = "https://" + c.ControlAddrs[i] + "/metrics"
+	}
+	for daemon, url := range urls {
+		if code, _ := get(url, ""); code != http.StatusUnauthorized {
+			t.Errorf("%s without a token: %d, want 401", daemon, code)
+		}
+		if code, _ := get(url, "chunkraid_notatoken"); code != http.StatusUnauthorized {
+			t.Errorf("%s with an unknown token: %d, want 401", daemon, code)
+		}
+	}
+
+	code, m := get(urls["metaserver"], reader.Secret)
+	if code != http.StatusOK {
+		t.Fatalf("metaserver /metrics: %d", code)
+	}
+	check("metaserver", m, "chunkraid_metaserver_api_requests_total", map[string]string{"route": "/api/v1/hosts/{id}/report", "code": "204"}, positive)
+	check("metaserver", m, "chunkraid_metaserver_leader", nil, func(v float64) bool { return v == 1 })
+	check("metaserver", m, "chunkraid_members", map[string]string{"state": "in_sync"}, func(n float64) bool { return n == float64(2*len(v.Sets)) })
+	check("metaserver", m, "chunkraid_chunkservers", map[string]string{"state": "online"}, func(v float64) bool { return v == float64(len(c.CS)) })
+
+	members := map[string]bool{}
+	for _, s := range v.Sets {
+		for _, mb := range s.Members {
+			members[mb.Chunkserver] = true
+		}
+	}
+	for _, p := range c.CS {
+		code, s := get(urls[p.Name], reader.Secret)
+		if code != http.StatusOK {
+			t.Fatalf("%s /metrics: %d", p.Name, code)
+		}
+		check(p.Name, s, "chunkraid_chunkserver_disk_bytes", map[string]string{"kind": "capacity"}, positive)
+		check(p.Name, s, "go_goroutines", nil, positive)
+		if !members[p.Name] {
+			continue
+		}
+		check(p.Name, s, "chunkraid_chunkserver_nbd_requests_total", map[string]string{"cmd": "NBD_CMD_WRITE", "result": "ok"}, positive)
+		check(p.Name, s, "chunkraid_chunkserver_nbd_bytes_total", map[string]string{"cmd": "NBD_CMD_WRITE"}, func(v float64) bool { return v >= 4<<20 })
+		check(p.Name, s, "chunkraid_chunkserver_nbd_request_duration_seconds", map[string]string{"cmd": "NBD_CMD_FLUSH"}, positive)
+		check(p.Name, s, "chunkraid_chunkserver_fdatasync_duration_seconds", map[string]string{"result": "ok"}, positive)
+		check(p.Name, s, "chunkraid_chunkserver_chunks", map[string]string{"state": "served"}, positive)
+	}
+}
+
+// caClient is an HTTPS client that trusts the cluster CA only.
+func caClient(t *testing.T, c *localcluster.Cluster) *http.Client {
+	t.Helper()
+	pem, err := os.ReadFile(c.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatal("no certificate in the cluster CA file")
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+}
