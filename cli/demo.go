@@ -129,6 +129,8 @@ chunkraid is running.
   volume        demo, iSCSI URL:
                 %s
   join token    %s (a chunkserver or hostd you add: --join-token-file)
+  metrics       %s/metrics, https://%s/metrics (hostd), each chunkserver's control address
+                (Prometheus: any operator token; README, Metrics)
 
 Try it:
   qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' %s
@@ -144,7 +146,7 @@ Try it:
 Logs: %s
 PostgreSQL: %s
 Press Ctrl-C to stop.
-`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, c.JoinTokenFile(), url, url, EnvMetaserver, c.MetaURL, EnvCA, c.CAFile(), EnvToken, c.Token,
+`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, c.JoinTokenFile(), c.MetaURL, c.HostMetrics[c.HostName], url, url, EnvMetaserver, c.MetaURL, EnvCA, c.CAFile(), EnvToken, c.Token,
 		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"), pgDir)
 
 	<-ctx.Done()

@@ -86,7 +86,7 @@ func (a *attachment) serve() error {
 		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), a.vol.SizeBytes)
 	}
 	a.volume = vol
-	var lu iscsi.Backend = &lun{Volume: vol, size: a.vol.SizeBytes}
+	var lu iscsi.Backend = &lun{Volume: vol, size: a.vol.SizeBytes, ops: volumeOps{m: a.s.metrics, name: a.vol.Name}}
 	if a.mirrorsOnly() {
 		lu = &mappedLun{lun: lu.(*lun), a: a}
 	}

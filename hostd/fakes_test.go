@@ -487,7 +487,7 @@ func newTestServer(t *testing.T, c *fakeCluster) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.register(t.Context(), "127.0.0.1:3260"); err != nil {
+	if _, err := s.register(t.Context(), "127.0.0.1:3260", nil); err != nil {
 		t.Fatal(err)
 	}
 	meta.target = func() bool { return len(s.target.Targets()) > 0 }

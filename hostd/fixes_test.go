@@ -123,7 +123,7 @@ func TestRegisterChecksBudget(t *testing.T) {
 			s := newTestServer(t, c)
 			c.meta.cluster.LogPeriodMS = 25000
 			s.cfg.IOTimeout = tc.tIO
-			err := s.register(t.Context(), "127.0.0.1:3260")
+			_, err := s.register(t.Context(), "127.0.0.1:3260", nil)
 			switch {
 			case tc.wantErr == "" && err != nil:
 				t.Fatalf("register: %v", err)

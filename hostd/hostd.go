@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/chunkraid/chunkraid/budget"
@@ -100,6 +101,13 @@ type Config struct {
 	Meta metaClient
 	// Logger receives the daemon's log. nil discards.
 	Logger *slog.Logger
+	// MetricsListen, if set (or MetricsListener), serves Prometheus metrics
+	// at /metrics over TLS, with a certificate the cluster CA signs at
+	// registration, to any operator token of the cluster. Metrics receives
+	// the series; nil means a registry of its own.
+	MetricsListen   string
+	MetricsListener net.Listener
+	Metrics         *prometheus.Registry
 }
 
 func (c *Config) validate() error {
@@ -198,6 +206,10 @@ type Server struct {
 		sync.Mutex
 		attached map[string]*attachment // by volume name; guarded by mu
 	}
+
+	registry               *prometheus.Registry
+	metrics                *metrics
+	metricsCSR, metricsKey []byte // the metrics listener's key (metricsListener)
 }
 
 // New validates cfg and returns a Server ready to Run.
@@ -218,6 +230,11 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.Control = func(addr string) chunkControl { return control.NewClient(addr, s.controlHC.Load()) }
 	}
 	s.mu.attached = make(map[string]*attachment)
+	s.registry = cfg.Metrics
+	if s.registry == nil {
+		s.registry = prometheus.NewRegistry()
+	}
+	s.metrics = newMetrics(s, s.registry)
 	return s, nil
 }
 
@@ -237,16 +254,28 @@ func (s *Server) Run(ctx context.Context) error {
 	if adv == "" {
 		adv = ln.Addr().String()
 	}
-	if err := s.register(ctx, adv); err != nil {
+	mln, err := s.metricsListener()
+	if err != nil {
+		return err
+	}
+	if mln != nil {
+		defer mln.Close()
+	}
+	metricsCert, err := s.register(ctx, adv, mln)
+	if err != nil {
 		return err
 	}
 	s.log.Info("hostd started", "name", s.cfg.Name, "id", s.id, "iscsi", adv)
 
 	g, gctx := errgroup.WithContext(ctx)
+	if mln != nil {
+		g.Go(func() error { return s.serveMetrics(gctx, mln, metricsCert) })
+		s.log.Info("serving metrics", "addr", mln.Addr().String())
+	}
 	g.Go(func() error { return s.target.Serve(gctx, ln) })
 	g.Go(func() error { return s.heartbeatLoop(gctx) })
 	g.Go(func() error { return s.reconcileLoop(gctx) })
-	err := g.Wait()
+	err = g.Wait()
 	s.detachAll()
 	if ctx.Err() != nil {
 		s.log.Info("hostd stopped")
@@ -255,32 +284,38 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) register(ctx context.Context, adv string) error {
+// register registers the host and returns the certificate of its metrics
+// listener mln (nil: none).
+func (s *Server) register(ctx context.Context, adv string, mln net.Listener) (string, error) {
 	credFile := filepath.Join(s.cfg.StateDir, "credential")
 	cred, err := os.ReadFile(credFile)
 	switch {
 	case err == nil:
 		s.meta.SetToken(strings.TrimSpace(string(cred)))
 	case !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("hostd: credential: %w", err)
+		return "", fmt.Errorf("hostd: credential: %w", err)
 	case s.cfg.JoinToken != "":
 		s.meta.SetToken(s.cfg.JoinToken)
 	}
 	var resp *api.RegisterHostResponse
 	err = api.Register(ctx, s.log, func(ctx context.Context) error {
 		var err error
-		resp, err = s.meta.RegisterHost(ctx, api.RegisterHostRequest{Name: s.cfg.Name, ISCSIAddr: adv})
+		req := api.RegisterHostRequest{Name: s.cfg.Name, ISCSIAddr: adv}
+		if mln != nil {
+			req.MetricsAddr, req.MetricsCSR = mln.Addr().String(), string(s.metricsCSR)
+		}
+		resp, err = s.meta.RegisterHost(ctx, req)
 		return err
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return "", ctx.Err()
 		}
-		return fmt.Errorf("hostd: registration refused: %w", err)
+		return "", fmt.Errorf("hostd: registration refused: %w", err)
 	}
 	if resp.Credential != "" {
 		if err := atomicfile.Write(credFile, []byte(resp.Credential+"\n"), 0o600); err != nil {
-			return fmt.Errorf("hostd: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleHost, s.cfg.Name, err)
+			return "", fmt.Errorf("hostd: keeping the credential the metaserver issued (revoke token %s:%s and restart with a join token): %w", api.RoleHost, s.cfg.Name, err)
 		}
 		s.meta.SetToken(resp.Credential)
 		s.log.Info("joined the cluster: credential kept", "file", credFile)
@@ -288,7 +323,7 @@ func (s *Server) register(ctx context.Context, adv string) error {
 	if s.controlHC != nil {
 		hc, err := control.HTTPClient([]byte(resp.ClusterCA))
 		if err != nil {
-			return fmt.Errorf("hostd: the cluster CA the metaserver sent: %w", err)
+			return "", fmt.Errorf("hostd: the cluster CA the metaserver sent: %w", err)
 		}
 		s.controlHC.Store(hc)
 	}
@@ -308,11 +343,14 @@ func (s *Server) register(ctx context.Context, adv string) error {
 	})
 	if err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return "", ctx.Err()
 		}
-		return fmt.Errorf("hostd: reading the cluster's timeout budget: %w", err)
+		return "", fmt.Errorf("hostd: reading the cluster's timeout budget: %w", err)
 	}
-	return checkBudget(s.cfg.IOTimeout, cl, resp.LogPeriodMS)
+	if mln != nil && resp.MetricsCert == "" {
+		return "", errors.New("hostd: the metaserver signed no certificate for the metrics listener: is it older than this hostd?")
+	}
+	return resp.MetricsCert, checkBudget(s.cfg.IOTimeout, cl, resp.LogPeriodMS)
 }
 
 // checkBudget checks t_io against the cluster's offline_after and T with
@@ -437,22 +475,37 @@ func samePlacement(a, b api.Volume) bool {
 type lun struct {
 	*linear.Volume
 	size int64
+	ops  volumeOps
 }
 
 func (l *lun) Size() int64 { return l.size }
 
 func (l *lun) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return scsiClass(l.Volume.ReadAt(ctx, p, off))
+	start := time.Now()
+	err := l.Volume.ReadAt(ctx, p, off)
+	l.ops.observe("read", len(p), err, start)
+	return scsiClass(err)
 }
 
 func (l *lun) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
-	return scsiClass(l.Volume.WriteAt(ctx, p, off, fua))
+	start := time.Now()
+	err := l.Volume.WriteAt(ctx, p, off, fua)
+	l.ops.observe("write", len(p), err, start)
+	return scsiClass(err)
 }
 
-func (l *lun) Flush(ctx context.Context) error { return scsiClass(l.Volume.Flush(ctx)) }
+func (l *lun) Flush(ctx context.Context) error {
+	start := time.Now()
+	err := l.Volume.Flush(ctx)
+	l.ops.observe("flush", 0, err, start)
+	return scsiClass(err)
+}
 
 func (l *lun) Trim(ctx context.Context, off, length int64) error {
-	return scsiClass(l.Volume.Trim(ctx, off, length))
+	start := time.Now()
+	err := l.Volume.Trim(ctx, off, length)
+	l.ops.observe("trim", 0, err, start)
+	return scsiClass(err)
 }
 
 // scsiClass says which of the iSCSI target's classes a RAID error is (the
@@ -488,6 +541,7 @@ func (s *Server) detach(name string, clean bool) {
 		return
 	}
 	s.log.Info("volume detached", "volume", name, "clean", a.close(clean))
+	s.metrics.forget(name)
 }
 
 func (s *Server) detachAll() {

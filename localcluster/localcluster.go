@@ -89,7 +89,9 @@ type Cluster struct {
 	// Hosts are every hostd started, by name; Hostd is Hosts[HostName].
 	Hosts     map[string]*Proc
 	HostISCSI map[string]string // iSCSI address of each host
-	wibRoot   string
+	// HostMetrics is the metrics address of each host (https://ADDR/metrics).
+	HostMetrics map[string]string
+	wibRoot     string
 }
 
 func (o *Options) defaults() error {
@@ -174,7 +176,8 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 			return nil, err
 		}
 	}
-	c = &Cluster{opt: opt, HostName: "host1", Hosts: map[string]*Proc{}, HostISCSI: map[string]string{}}
+	c = &Cluster{opt: opt, HostName: "host1", Hosts: map[string]*Proc{}, HostISCSI: map[string]string{},
+		HostMetrics: map[string]string{}}
 	// Write-intent bitmaps live in shared memory, in a directory named for
 	// this cluster so that two clusters on one machine never share one.
 	c.wibRoot = WIBRoot(opt.Dir)
@@ -292,9 +295,15 @@ func (c *Cluster) AddHostd(ctx context.Context, name string) (*Proc, error) {
 }
 
 func (c *Cluster) startHostd(name, addr string) (*Proc, error) {
+	mport, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	maddr := fmt.Sprintf("127.0.0.1:%d", mport)
 	p := c.newProc("hostd-"+name, append([]string{"hostd", "--name", name, "--listen", addr,
 		"--wib-dir", filepath.Join(c.wibRoot, name), "--state-dir", filepath.Join(c.opt.Dir, "hosts", name),
-		"--metaserver", c.MetaURL, "--ca-file", c.CAFile(), "--join-token-file", c.JoinTokenFile()}, c.opt.ExtraHostdArgs...))
+		"--metaserver", c.MetaURL, "--ca-file", c.CAFile(), "--join-token-file", c.JoinTokenFile(),
+		"--metrics-listen", maddr}, c.opt.ExtraHostdArgs...))
 	if name == c.HostName {
 		p.Log = filepath.Join(c.opt.Dir, "logs", "hostd.log")
 	}
@@ -303,6 +312,7 @@ func (c *Cluster) startHostd(name, addr string) (*Proc, error) {
 	}
 	c.Hosts[name] = p
 	c.HostISCSI[name] = addr
+	c.HostMetrics[name] = maddr
 	return p, nil
 }
 

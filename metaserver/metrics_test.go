@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/internal/scrape"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -105,5 +106,39 @@ func TestMetrics(t *testing.T) {
 		if strings.Contains(smp.Labels["route"], "m1") || strings.Contains(smp.Labels["route"], "nosuch") {
 			t.Errorf("a route label holds a path: %v", smp.Labels)
 		}
+	}
+}
+
+// TestHostMetricsCertificate: a host that serves metrics gets a certificate
+// of the cluster CA for the role host, valid for its metrics address; a
+// metrics address without a request, or a request without an address, is
+// refused.
+func TestHostMetricsCertificate(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{})
+	ctx := t.Context()
+	csr, _, err := pki.NewRequest("hostd h1 metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ts.Client.RegisterHost(ctx, api.RegisterHostRequest{Name: "h1", ISCSIAddr: "127.0.0.1:3260",
+		MetricsAddr: "127.0.0.1:9300", MetricsCSR: string(csr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pki.Verify([]byte(resp.ClusterCA), []byte(resp.MetricsCert), pki.Host)
+	if err != nil || c.VerifyHostname("127.0.0.1") != nil {
+		t.Fatalf("metrics certificate: %v", err)
+	}
+	if _, err := pki.Verify([]byte(resp.ClusterCA), []byte(resp.MetricsCert), pki.Metaserver); err == nil {
+		t.Fatal("a host's metrics certificate passes for the metaserver's")
+	}
+	for _, req := range []api.RegisterHostRequest{
+		{Name: "h2", ISCSIAddr: "127.0.0.1:3261", MetricsAddr: "127.0.0.1:9301"},
+		{Name: "h2", ISCSIAddr: "127.0.0.1:3261", MetricsCSR: string(csr)},
+		{Name: "h2", ISCSIAddr: "127.0.0.1:3261", MetricsAddr: "127.0.0.1:9301", MetricsCSR: "not a request"},
+	} {
+		_, err := ts.Client.RegisterHost(ctx, req)
+		wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
 	}
 }

@@ -534,6 +534,15 @@ func (st *store) registerHost(ctx context.Context, req api.RegisterHostRequest, 
 		IOTimeoutMS: st.ioTimeout.Milliseconds(),
 		LogPeriodMS: st.logPeriod.Milliseconds(),
 	}
+	// Signed first: a bad request changes nothing.
+	if req.MetricsAddr != "" {
+		host, _, _ := net.SplitHostPort(req.MetricsAddr) // validated
+		cert, err := pki.Sign(st.caCert, st.caKey, []byte(req.MetricsCSR), pki.Host, []string{host}, time.Now())
+		if err != nil {
+			return nil, api.Errorf(api.CodeInvalidArgument, "metrics_csr: %v", err)
+		}
+		resp.MetricsCert = string(cert)
+	}
 	err := pgx.BeginFunc(ctx, st.db, func(tx pgx.Tx) error {
 		var existing int64
 		err := tx.QueryRow(ctx, `SELECT id FROM hosts WHERE name = $1 FOR UPDATE`, req.Name).Scan(&existing)

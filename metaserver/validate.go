@@ -217,7 +217,23 @@ func validateRegisterHost(req api.RegisterHostRequest) error {
 	if err := validateServerName("host", req.Name); err != nil {
 		return err
 	}
-	return validateDialAddr("iscsi_addr", req.ISCSIAddr)
+	if err := validateDialAddr("iscsi_addr", req.ISCSIAddr); err != nil {
+		return err
+	}
+	if req.MetricsAddr != "" {
+		if err := validateDialAddr("metrics_addr", req.MetricsAddr); err != nil {
+			return err
+		}
+		if req.MetricsCSR == "" {
+			return invalid("metrics_addr %q needs metrics_csr: a PEM certificate request for the metrics listener's TLS key", req.MetricsAddr)
+		}
+		if len(req.MetricsCSR) > pki.MaxRequestBytes {
+			return invalid("metrics_csr is %d bytes: at most %d", len(req.MetricsCSR), pki.MaxRequestBytes)
+		}
+	} else if req.MetricsCSR != "" {
+		return invalid("metrics_csr without metrics_addr: a certificate is signed for the metrics listener's address")
+	}
+	return nil
 }
 
 // validateHostReport checks a host report and cuts over-long member errors

@@ -193,6 +193,9 @@ func FuzzRegisterHostRequest(f *testing.F) {
 			if !serverNameRE.MatchString(r.Name) {
 				t.Fatalf("accepted %+v", r)
 			}
+			if (r.MetricsAddr == "") != (r.MetricsCSR == "") || len(r.MetricsCSR) > pki.MaxRequestBytes {
+				t.Fatalf("accepted metrics_addr %q with a metrics_csr of %d bytes", r.MetricsAddr, len(r.MetricsCSR))
+			}
 		})
 }
 

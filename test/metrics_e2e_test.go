@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,8 +16,8 @@ import (
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
-// TestMetricsOfEveryDaemon scrapes the metaserver and every chunkserver
-// (on its control port) of a running cluster over TLS with a reader's
+// TestMetricsOfEveryDaemon scrapes the metaserver, every chunkserver (on
+// its control port) and the hostd (on --metrics-listen) of a running cluster over TLS with a reader's
 // token, after a volume was written through iSCSI, and checks named series
 // in each exposition as Prometheus' own parser reads it. Without a token,
 // every daemon answers 401.
@@ -67,7 +69,7 @@ func TestMetricsOfEveryDaemon(t *testing.T) {
 	}
 	positive := func(v float64) bool { return v > 0 }
 
-	urls := map[string]string{"metaserver": c.MetaURL + "/metrics"}
+	urls := map[string]string{"metaserver": c.MetaURL + "/metrics", "hostd": "https://" + c.HostMetrics[c.HostName] + "/metrics"}
 	for i, p := range c.CS {
 		urls[p.Name] = "https://" + c.ControlAddrs[i] + "/metrics"
 	}
@@ -89,6 +91,19 @@ func TestMetricsOfEveryDaemon(t *testing.T) {
 	check("metaserver", m, "chunkraid_members", map[string]string{"state": "in_sync"}, func(n float64) bool { return n == float64(2*len(v.Sets)) })
 	check("metaserver", m, "chunkraid_chunkservers", map[string]string{"state": "online"}, func(v float64) bool { return v == float64(len(c.CS)) })
 
+	code, h := get(urls["hostd"], reader.Secret)
+	if code != http.StatusOK {
+		t.Fatalf("hostd /metrics: %d", code)
+	}
+	vol := map[string]string{"volume": "m"}
+	check("hostd", h, "chunkraid_hostd_volume_ops_total", map[string]string{"volume": "m", "op": "write", "result": "ok"}, positive)
+	check("hostd", h, "chunkraid_hostd_volume_bytes_total", map[string]string{"volume": "m", "op": "read"}, func(v float64) bool { return v >= 4<<20 })
+	check("hostd", h, "chunkraid_hostd_volume_op_duration_seconds", map[string]string{"volume": "m", "op": "flush"}, positive)
+	check("hostd", h, "chunkraid_hostd_member_state", map[string]string{"volume": "m", "state": "in_sync"}, func(n float64) bool { return n == float64(2*len(v.Sets)) })
+	check("hostd", h, "chunkraid_hostd_set_dirty_bytes", vol, func(float64) bool { return true })
+	check("hostd", h, "chunkraid_hostd_volumes", nil, func(n float64) bool { return n == 1 })
+
+	all := []scrape.Series{m, h}
 	members := map[string]bool{}
 	for _, s := range v.Sets {
 		for _, mb := range s.Members {
@@ -100,6 +115,7 @@ func TestMetricsOfEveryDaemon(t *testing.T) {
 		if code != http.StatusOK {
 			t.Fatalf("%s /metrics: %d", p.Name, code)
 		}
+		all = append(all, s)
 		check(p.Name, s, "chunkraid_chunkserver_disk_bytes", map[string]string{"kind": "capacity"}, positive)
 		check(p.Name, s, "go_goroutines", nil, positive)
 		if !members[p.Name] {
@@ -111,6 +127,31 @@ func TestMetricsOfEveryDaemon(t *testing.T) {
 		check(p.Name, s, "chunkraid_chunkserver_fdatasync_duration_seconds", map[string]string{"result": "ok"}, positive)
 		check(p.Name, s, "chunkraid_chunkserver_chunks", map[string]string{"state": "served"}, positive)
 	}
+
+	// The Grafana dashboard asks only for series the daemons export.
+	dash, err := os.ReadFile("../docs/grafana/chunkraid.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`chunkraid_[a-z0-9_]+`).FindAllString(string(dash), -1)
+	asked := map[string]bool{}
+	for _, n := range names {
+		n = strings.TrimSuffix(n, "_bucket")
+		if asked[n] || n == "chunkraid_" {
+			continue
+		}
+		asked[n] = true
+		found := false
+		for _, s := range all {
+			if _, ok := s[n]; ok {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("docs/grafana/chunkraid.json asks for %s, which no daemon exports", n)
+		}
+	}
+	t.Logf("the Grafana dashboard's %d series are all exported", len(asked))
 }
 
 // caClient is an HTTPS client that trusts the cluster CA only.

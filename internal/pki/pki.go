@@ -68,6 +68,8 @@ const (
 	Metaserver Role = "metaserver"
 	// Chunkserver serves a chunkserver's control API.
 	Chunkserver Role = "chunkserver"
+	// Host serves a hostd's metrics.
+	Host Role = "host"
 )
 
 func (r Role) uri() *url.URL { return &url.URL{Scheme: "chunkraid", Opaque: string(r)} }
@@ -119,7 +121,7 @@ func Sign(caCertPEM, caKeyPEM, csrPEM []byte, role Role, hosts []string, now tim
 	if err != nil {
 		return nil, err
 	}
-	if role != Metaserver && role != Chunkserver {
+	if role != Metaserver && role != Chunkserver && role != Host {
 		return nil, fmt.Errorf("pki: unknown role %q", role)
 	}
 	if len(hosts) == 0 {

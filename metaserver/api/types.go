@@ -245,6 +245,11 @@ type Chunk struct {
 type RegisterHostRequest struct {
 	Name      string `json:"name"`
 	ISCSIAddr string `json:"iscsi_addr"` // host:port the iSCSI target listens on
+	// MetricsAddr is where the host serves its metrics (--metrics-listen),
+	// if it does, and MetricsCSR a PEM certificate request for that TLS
+	// key: the answer's MetricsCert is signed for MetricsAddr's host.
+	MetricsAddr string `json:"metrics_addr,omitempty"`
+	MetricsCSR  string `json:"metrics_csr,omitempty"`
 }
 
 // RegisterHostResponse answers a host registration.
@@ -262,6 +267,9 @@ type RegisterHostResponse struct {
 	// ClusterCA is the cluster CA's certificate (PEM): the host verifies
 	// the chunkservers' control API with it.
 	ClusterCA string `json:"cluster_ca"`
+	// MetricsCert is the metrics listener's certificate (PEM), signed by
+	// the cluster CA for MetricsCSR's key.
+	MetricsCert string `json:"metrics_cert,omitempty"`
 }
 
 // Host is a registered hostd as listed by the API.

@@ -1,0 +1,181 @@
+package hostd
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/chunkraid/chunkraid/internal/pki"
+	"github.com/chunkraid/chunkraid/internal/scrape"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// metrics are hostd's Prometheus series, registered on Config.Metrics and
+// served on --metrics-listen. Labels are bounded by the cluster's shape:
+// volume names, set and member indexes, operations and states; never an
+// offset.
+type metrics struct {
+	ops      *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newMetrics(s *Server, reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chunkraid_hostd_volume_ops_total",
+			Help: "Operations the iSCSI target asked of a volume, by kind (read, write, flush, trim) and result (ok, error).",
+		}, []string{"volume", "op", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chunkraid_hostd_volume_bytes_total",
+			Help: "Bytes read from and written to a volume successfully.",
+		}, []string{"volume", "op"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "chunkraid_hostd_volume_op_duration_seconds",
+			Help:    "Time a volume took to complete an operation, by kind.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10),
+		}, []string{"volume", "op"}),
+	}
+	reg.MustRegister(m.ops, m.bytes, m.duration,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&setCollector{s: s},
+	)
+	return m
+}
+
+// volumeOps counts the operations of one volume (lun).
+type volumeOps struct {
+	m    *metrics
+	name string
+}
+
+func (v volumeOps) observe(op string, n int, err error, start time.Time) {
+	if v.m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	} else if n > 0 {
+		v.m.bytes.WithLabelValues(v.name, op).Add(float64(n))
+	}
+	v.m.ops.WithLabelValues(v.name, op, result).Inc()
+	v.m.duration.WithLabelValues(v.name, op).Observe(time.Since(start).Seconds())
+}
+
+// forget drops a volume's series when the host stops serving it.
+func (m *metrics) forget(volume string) {
+	if m == nil {
+		return
+	}
+	m.ops.DeletePartialMatch(prometheus.Labels{"volume": volume})
+	m.bytes.DeletePartialMatch(prometheus.Labels{"volume": volume})
+	m.duration.DeletePartialMatch(prometheus.Labels{"volume": volume})
+}
+
+// setCollector reads the attached volumes at each scrape, as the reports to
+// the metaserver do: member states, dirty bytes, resync and rebuild
+// progress.
+type setCollector struct{ s *Server }
+
+var (
+	descMember = prometheus.NewDesc("chunkraid_hostd_member_state",
+		"1 for a member's state as this host sees it (in_sync, degraded, resyncing, rebuilding), by volume, set and member.",
+		[]string{"volume", "set", "member", "state"}, nil)
+	descDirty = prometheus.NewDesc("chunkraid_hostd_set_dirty_bytes",
+		"Bytes of a set's write-intent bitmap that are dirty: what a crash of this host would have to resync.", []string{"volume", "set"}, nil)
+	descResyncDone = prometheus.NewDesc("chunkraid_hostd_resync_done_bytes",
+		"Bytes the set's running (or last) resync or rebuild has copied.", []string{"volume", "set"}, nil)
+	descResyncTotal = prometheus.NewDesc("chunkraid_hostd_resync_total_bytes",
+		"Bytes the set's running (or last) resync or rebuild has to copy.", []string{"volume", "set"}, nil)
+	descVolumes = prometheus.NewDesc("chunkraid_hostd_volumes", "Volumes this host serves.", nil, nil)
+)
+
+func (c *setCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descMember, descDirty, descResyncDone, descResyncTotal, descVolumes} {
+		ch <- d
+	}
+}
+
+func (c *setCollector) Collect(ch chan<- prometheus.Metric) {
+	c.s.mu.Lock()
+	attached := make([]*attachment, 0, len(c.s.mu.attached))
+	for _, a := range c.s.mu.attached {
+		attached = append(attached, a)
+	}
+	c.s.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(len(attached)))
+	for _, a := range attached {
+		r := a.snapshot(false)
+		for _, sr := range r.Sets {
+			set := strconv.Itoa(sr.Index)
+			ch <- prometheus.MustNewConstMetric(descDirty, prometheus.GaugeValue, float64(sr.DirtyBytes), r.Name, set)
+			var done, total int64
+			for i, mr := range sr.Members {
+				ch <- prometheus.MustNewConstMetric(descMember, prometheus.GaugeValue, 1, r.Name, set, strconv.Itoa(i), mr.State)
+				done, total = max(done, mr.ResyncDoneBytes), max(total, mr.ResyncTotalBytes)
+			}
+			ch <- prometheus.MustNewConstMetric(descResyncDone, prometheus.GaugeValue, float64(done), r.Name, set)
+			ch <- prometheus.MustNewConstMetric(descResyncTotal, prometheus.GaugeValue, float64(total), r.Name, set)
+		}
+	}
+}
+
+// metricsListener opens Config.MetricsListen and makes the certificate
+// request of its TLS key; nil without one.
+func (s *Server) metricsListener() (net.Listener, error) {
+	ln := s.cfg.MetricsListener
+	if ln == nil && s.cfg.MetricsListen == "" {
+		return nil, nil
+	}
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", s.cfg.MetricsListen); err != nil {
+			return nil, fmt.Errorf("hostd: metrics listen: %w", err)
+		}
+	}
+	csr, key, err := pki.NewRequest("hostd " + s.cfg.Name + " metrics")
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("hostd: metrics key: %w", err)
+	}
+	s.metricsCSR, s.metricsKey = csr, key
+	return ln, nil
+}
+
+// serveMetrics serves /metrics over TLS on ln with the certificate the
+// registration brought, to any operator token of the cluster, until ctx
+// ends.
+func (s *Server) serveMetrics(ctx context.Context, ln net.Listener, certPEM string) error {
+	mc, ok := s.meta.(*api.Client)
+	if !ok {
+		return errors.New("hostd: metrics need the metaserver's HTTP client to check tokens")
+	}
+	tc, err := pki.ServerConfig([]byte(certPEM), s.metricsKey)
+	if err != nil {
+		return fmt.Errorf("hostd: the metrics certificate the metaserver signed: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", scrape.Handler(s.registry, scrape.WithMetaserver(mc), s.log))
+	srv := &http.Server{Handler: mux, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second, ErrorLog: nil}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	err = srv.Serve(tls.NewListener(ln, tc))
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("hostd: metrics: %w", err)
+}
