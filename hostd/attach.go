@@ -248,7 +248,7 @@ func (st *setState) connect(ctx context.Context) []bool {
 				st.log.Warn("connecting member failed; it starts degraded", "member", i, "chunkserver", m.api.Chunkserver, "err", err)
 				return
 			}
-			m.setClient(c)
+			m.setClient(s.metrics.meter(c, st.a.vol.Name, st.idx, i))
 			reachable[i] = true
 		}()
 	}

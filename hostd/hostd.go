@@ -217,12 +217,14 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	s := &Server{cfg: cfg, log: cfg.Logger, meta: cfg.Meta}
 	t, err := iscsi.New(iscsi.Config{Logger: cfg.Logger.With("component", "iscsi"), BlockSize: cfg.BlockSize,
-		MaxConnections: cfg.MaxISCSIConnections, LoginTimeout: cfg.LoginTimeout})
+		MaxConnections: cfg.MaxISCSIConnections, LoginTimeout: cfg.LoginTimeout,
+		Observe: func(command string, status uint8, took time.Duration) { s.metrics.observeSCSI(command, status, took) }})
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, meta: cfg.Meta, target: t}
+	s.target = t
 	if s.cfg.Control == nil {
 		// The control API's client trusts the cluster CA, which the
 		// registration brings.

@@ -26,6 +26,13 @@ type metrics struct {
 	ops      *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// SCSI commands of the target, by the command table's names
+	scsi         *prometheus.CounterVec
+	scsiDuration *prometheus.HistogramVec
+	// the same per member of a set, as the set asked of it
+	memberOps      *prometheus.CounterVec
+	memberBytes    *prometheus.CounterVec
+	memberDuration *prometheus.HistogramVec
 }
 
 func newMetrics(s *Server, reg *prometheus.Registry) *metrics {
@@ -44,12 +51,58 @@ func newMetrics(s *Server, reg *prometheus.Registry) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10),
 		}, []string{"volume", "op"}),
 	}
-	reg.MustRegister(m.ops, m.bytes, m.duration,
+	m.memberOps = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chunkraid_hostd_member_ops_total",
+		Help: "Requests a set sent to a member chunk (over NBD), by kind and result (ok, error).",
+	}, []string{"volume", "set", "member", "op", "result"})
+	m.memberBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chunkraid_hostd_member_bytes_total",
+		Help: "Bytes read from and written to a member chunk successfully (resync copies included).",
+	}, []string{"volume", "set", "member", "op"})
+	m.memberDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "chunkraid_hostd_member_op_duration_seconds",
+		Help:    "Time a member chunk took to answer a request, by kind.",
+		Buckets: prometheus.ExponentialBuckets(0.00005, 4, 10),
+	}, []string{"volume", "set", "member", "op"})
+	m.scsi = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chunkraid_hostd_iscsi_commands_total",
+		Help: "SCSI commands the iSCSI target ran, by command and status (GOOD, CHECK_CONDITION, ...).",
+	}, []string{"command", "status"})
+	m.scsiDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "chunkraid_hostd_iscsi_command_duration_seconds",
+		Help:    "Time the target took to run a SCSI command once its data was in, by command.",
+		Buckets: prometheus.ExponentialBuckets(0.00002, 4, 11),
+	}, []string{"command"})
+	reg.MustRegister(m.ops, m.bytes, m.duration, m.memberOps, m.memberBytes, m.memberDuration, m.scsi, m.scsiDuration,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "chunkraid_hostd_iscsi_sessions",
+			Help:        "iSCSI sessions logged in to this host's targets.",
+			ConstLabels: prometheus.Labels{"kind": "normal"},
+		}, func() float64 { n, _ := s.target.Sessions(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "chunkraid_hostd_iscsi_sessions",
+			Help:        "iSCSI sessions logged in to this host's targets.",
+			ConstLabels: prometheus.Labels{"kind": "discovery"},
+		}, func() float64 { _, n := s.target.Sessions(); return float64(n) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&setCollector{s: s},
 	)
 	return m
+}
+
+// scsiStatus names the SCSI status codes (SAM-5) for the status label.
+var scsiStatus = map[uint8]string{0x00: "GOOD", 0x02: "CHECK_CONDITION", 0x08: "BUSY", 0x18: "RESERVATION_CONFLICT",
+	0x28: "TASK_SET_FULL", 0x40: "TASK_ABORTED"}
+
+// observeSCSI counts one SCSI command (iscsi.Config.Observe).
+func (m *metrics) observeSCSI(command string, status uint8, took time.Duration) {
+	st, ok := scsiStatus[status]
+	if !ok {
+		st = fmt.Sprintf("0x%02x", status)
+	}
+	m.scsi.WithLabelValues(command, st).Inc()
+	m.scsiDuration.WithLabelValues(command).Observe(took.Seconds())
 }
 
 // volumeOps counts the operations of one volume (lun).
@@ -77,9 +130,66 @@ func (m *metrics) forget(volume string) {
 	if m == nil {
 		return
 	}
-	m.ops.DeletePartialMatch(prometheus.Labels{"volume": volume})
-	m.bytes.DeletePartialMatch(prometheus.Labels{"volume": volume})
-	m.duration.DeletePartialMatch(prometheus.Labels{"volume": volume})
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{m.ops, m.bytes, m.duration, m.memberOps, m.memberBytes, m.memberDuration} {
+		v.DeletePartialMatch(prometheus.Labels{"volume": volume})
+	}
+}
+
+// meter counts the requests of member i of set of volume on c.
+func (m *metrics) meter(c memberConn, volume string, set, i int) memberConn {
+	if m == nil {
+		return c
+	}
+	return &meteredMember{memberConn: c, m: m, labels: [3]string{volume, strconv.Itoa(set), strconv.Itoa(i)}}
+}
+
+// meteredMember is a member connection whose requests are counted.
+type meteredMember struct {
+	memberConn
+	m      *metrics
+	labels [3]string // volume, set, member
+}
+
+func (d *meteredMember) observe(op string, n int, err error, start time.Time) {
+	v, s, i := d.labels[0], d.labels[1], d.labels[2]
+	result := "ok"
+	if err != nil {
+		result = "error"
+	} else if n > 0 {
+		d.m.memberBytes.WithLabelValues(v, s, i, op).Add(float64(n))
+	}
+	d.m.memberOps.WithLabelValues(v, s, i, op, result).Inc()
+	d.m.memberDuration.WithLabelValues(v, s, i, op).Observe(time.Since(start).Seconds())
+}
+
+func (d *meteredMember) ReadAt(ctx context.Context, p []byte, off int64) error {
+	start := time.Now()
+	err := d.memberConn.ReadAt(ctx, p, off)
+	d.observe("read", len(p), err, start)
+	return err
+}
+
+func (d *meteredMember) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	start := time.Now()
+	err := d.memberConn.WriteAt(ctx, p, off, fua)
+	d.observe("write", len(p), err, start)
+	return err
+}
+
+func (d *meteredMember) Flush(ctx context.Context) error {
+	start := time.Now()
+	err := d.memberConn.Flush(ctx)
+	d.observe("flush", 0, err, start)
+	return err
+}
+
+func (d *meteredMember) Trim(ctx context.Context, off, length int64) error {
+	start := time.Now()
+	err := d.memberConn.Trim(ctx, off, length)
+	d.observe("trim", 0, err, start)
+	return err
 }
 
 // setCollector reads the attached volumes at each scrape, as the reports to

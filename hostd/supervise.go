@@ -122,6 +122,7 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
+	c = s.metrics.meter(c, st.a.vol.Name, st.idx, i)
 	if plan.MergeLog {
 		if err := st.mergeLog(rctx, m); err != nil {
 			c.Close()

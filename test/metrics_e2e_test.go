@@ -102,6 +102,13 @@ func TestMetricsOfEveryDaemon(t *testing.T) {
 	check("hostd", h, "chunkraid_hostd_member_state", map[string]string{"volume": "m", "state": "in_sync"}, func(n float64) bool { return n == float64(2*len(v.Sets)) })
 	check("hostd", h, "chunkraid_hostd_set_dirty_bytes", vol, func(float64) bool { return true })
 	check("hostd", h, "chunkraid_hostd_volumes", nil, func(n float64) bool { return n == 1 })
+	check("hostd", h, "chunkraid_hostd_member_ops_total", map[string]string{"volume": "m", "set": "0", "member": "1", "op": "write", "result": "ok"}, positive)
+	check("hostd", h, "chunkraid_hostd_member_bytes_total", map[string]string{"volume": "m", "op": "write"}, func(n float64) bool { return n >= 2*4<<20 })
+	check("hostd", h, "chunkraid_hostd_member_op_duration_seconds", map[string]string{"volume": "m", "op": "flush"}, positive)
+	check("hostd", h, "chunkraid_hostd_iscsi_commands_total", map[string]string{"command": "INQUIRY", "status": "GOOD"}, positive)
+	check("hostd", h, "chunkraid_hostd_iscsi_commands_total", map[string]string{"command": "SYNCHRONIZE CACHE(10)", "status": "GOOD"}, positive)
+	check("hostd", h, "chunkraid_hostd_iscsi_command_duration_seconds", map[string]string{"command": "READ CAPACITY(16)"}, positive)
+	check("hostd", h, "chunkraid_hostd_iscsi_sessions", map[string]string{"kind": "normal"}, func(float64) bool { return true })
 
 	all := []scrape.Series{m, h}
 	members := map[string]bool{}

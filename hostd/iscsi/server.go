@@ -81,6 +81,10 @@ type Config struct {
 	// target follows the initiator's order of preference.
 	RequireHeaderDigest bool
 	RequireDataDigest   bool
+	// Observe, if set, is told of every SCSI command a logical unit ran:
+	// its name (as in the command table: "WRITE(10)", ...), the status it
+	// ended with and how long it ran. It must be fast.
+	Observe func(command string, status uint8, took time.Duration)
 }
 
 func (c Config) withDefaults() Config {
@@ -178,6 +182,21 @@ type target struct {
 	// guarded by Server.mu
 	sessions map[*session]struct{}
 	removed  bool
+}
+
+// Sessions counts the sessions logged in: normal ones (to a target) and
+// discovery ones.
+func (s *Server) Sessions() (normal, discovery int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ss := range s.mu.sessions {
+		if ss.discovery {
+			discovery++
+		} else {
+			normal++
+		}
+	}
+	return normal, discovery
 }
 
 // New returns a Server for cfg.

@@ -600,7 +600,11 @@ func (t *task) run() {
 		}
 		in = getBuf(int(c.inLen))
 	}
+	start := time.Now()
 	res := s.lu.execute(t, c, out, in)
+	if observe := s.srv.cfg.Observe; observe != nil {
+		observe(c.spec.name, res.status, time.Since(start))
+	}
 	if len(res.events) > 0 {
 		s.deliver(res.events)
 	}
