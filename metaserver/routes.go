@@ -27,6 +27,8 @@ func (s *Server) routes() http.Handler {
 	r.With(s.requireReady, s.authenticate(accessRead)).Method(http.MethodGet, "/metrics", s.metrics.handler())
 	r.Route("/api/v1", func(r chi.Router) {
 		r.Use(s.requireReady)
+		// The API's description (openapi.go): any operator token.
+		r.With(s.authenticate(accessRead)).Get("/openapi.json", s.openAPI)
 
 		// The daemons' routes: registration takes a join token or the
 		// daemon's credential, the routes of one daemon only that daemon's
