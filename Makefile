@@ -12,8 +12,9 @@ FUZZTIME ?= 30s
 # staticcheck, pinned; run with go run so that nothing is installed by hand.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the demo and the tests need (real peers: PostgreSQL, the
-# libiscsi and QEMU iSCSI clients, NBD clients and reference servers, fio).
-PKGS     := postgresql libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin nbdkit tgt curl openssl
+# libiscsi and QEMU iSCSI clients, NBD clients and reference servers, fio,
+# Prometheus to scrape the daemons).
+PKGS     := postgresql libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin nbdkit tgt curl openssl prometheus
 
 .PHONY: all build deps demo demo-clean test test-unit test-e2e vet fuzz soak bench bench-iscsi clean
 

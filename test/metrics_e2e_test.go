@@ -1,12 +1,18 @@
 package test
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -159,6 +165,13 @@ func TestMetricsOfEveryDaemon(t *testing.T) {
 		}
 	}
 	t.Logf("the Grafana dashboard's %d series are all exported", len(asked))
+
+	// Debian's Prometheus scrapes every daemon the same way.
+	targets := make([]string, 0, len(urls))
+	for _, u := range urls {
+		targets = append(targets, strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/metrics"))
+	}
+	prometheusScrapes(t, c, reader.Secret, targets)
 }
 
 // caClient is an HTTPS client that trusts the cluster CA only.
@@ -173,4 +186,106 @@ func caClient(t *testing.T, c *localcluster.Cluster) *http.Client {
 		t.Fatal("no certificate in the cluster CA file")
 	}
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13}}}
+}
+
+// prometheusScrapes runs Debian's prometheus with one scrape job over
+// targets (TLS against the cluster CA, token as the bearer credential),
+// waits until it reports every target up, and asks it for a series of each
+// daemon.
+func prometheusScrapes(t *testing.T, c *localcluster.Cluster, token string, targets []string) {
+	t.Helper()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	quoted := make([]string, len(targets))
+	for i, tg := range targets {
+		quoted[i] = strconv.Quote(tg)
+	}
+	cfg := fmt.Sprintf(`global: {scrape_interval: 1s, scrape_timeout: 1s}
+scrape_configs:
+  - job_name: chunkraid
+    scheme: https
+    tls_config: {ca_file: %q}
+    authorization: {credentials_file: %q}
+    static_configs:
+      - targets: [%s]
+`, c.CAFile(), tokenFile, strings.Join(quoted, ", "))
+	cfgFile := filepath.Join(dir, "prometheus.yml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	port, err := localcluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	web := fmt.Sprintf("127.0.0.1:%d", port)
+	cmd := exec.Command("prometheus", "--config.file="+cfgFile, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+web, "--log.level=warn")
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting prometheus (make deps installs it): %v", err)
+	}
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	}()
+	type target struct {
+		ScrapeURL string `json:"scrapeUrl"`
+		Health    string `json:"health"`
+		LastError string `json:"lastError"`
+	}
+	var last []target
+	up := func() bool {
+		var r struct {
+			Data struct {
+				ActiveTargets []target `json:"activeTargets"`
+			} `json:"data"`
+		}
+		if promGet(t, web, "/api/v1/targets", &r) != nil {
+			return false
+		}
+		last = r.Data.ActiveTargets
+		if len(last) != len(targets) {
+			return false
+		}
+		for _, tg := range last {
+			if tg.Health != "up" {
+				return false
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for !up() {
+		if time.Now().After(deadline) {
+			t.Fatalf("prometheus never had every target up: %+v\n%s", last, logs.String())
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("prometheus scrapes all %d daemons: %+v", len(last), last)
+	for _, q := range []string{"chunkraid_metaserver_leader", "chunkraid_chunkserver_chunks", "chunkraid_hostd_volume_ops_total"} {
+		var r struct {
+			Data struct {
+				Result []json.RawMessage `json:"result"`
+			} `json:"data"`
+		}
+		if err := promGet(t, web, "/api/v1/query?query="+q, &r); err != nil || len(r.Data.Result) == 0 {
+			t.Errorf("prometheus query %s: %d results, %v", q, len(r.Data.Result), err)
+		}
+	}
+}
+
+func promGet(t *testing.T, web, path string, out any) error {
+	resp, err := http.Get("http://" + web + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }
