@@ -14,7 +14,7 @@ import (
 
 func newVolumeCmd(o *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show and delete volumes"}
-	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o), newVolumeVerifyCmd(o),
+	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o), newVolumeResizeCmd(o), newVolumeVerifyCmd(o),
 		newVolumeCHAPCmd(o), newVolumeAllowCmd(o), newVolumeDisallowCmd(o))
 	return cmd
 }
@@ -224,6 +224,37 @@ func newVolumeAttachCmd(o *rootOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&host, "host", "", "host name (see chunkraid host list)")
+	return cmd
+}
+
+func newVolumeResizeCmd(o *rootOptions) *cobra.Command {
+	var size string
+	cmd := &cobra.Command{
+		Use:   "resize NAME --size SIZE",
+		Short: "Grow a volume online (a volume never shrinks)",
+		Long: "Grow a volume to SIZE (4096, 64MiB, 20GiB, 2T): the last set takes what fits in its chunks and new sets,\n" +
+			"placed as for a new volume, take the rest. Initiators see the new capacity as a unit attention\n" +
+			"(CAPACITY DATA HAS CHANGED) and read it again. A smaller size is refused.",
+		Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if size == "" {
+				return errors.New("--size is required, e.g. --size 20GiB")
+			}
+			n, err := parseSize(size)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			v, err := o.client().ResizeVolume(cmd.Context(), args[0], n)
+			if err != nil {
+				return err
+			}
+			return o.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "volume %s is now %s in %d sets\n\n", v.Name, formatSize(v.SizeBytes), len(v.Sets))
+				printVolume(w, v, false)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&size, "size", "", "the new size: 4096, 64MiB, 20GiB, 2T (not below the current one)")
 	return cmd
 }
 

@@ -76,6 +76,7 @@ var operations = []operation{
 	{method: "POST", path: "/api/v1/volumes", summary: "create a volume", caller: callerAdmin, body: api.CreateVolumeRequest{}, status: 201, resp: api.Volume{}},
 	{method: "DELETE", path: "/api/v1/volumes/{name}", summary: "delete a volume", caller: callerAdmin, status: 204},
 	{method: "POST", path: "/api/v1/volumes/{name}/attach", summary: "serve a volume from a host (bumps the epoch)", caller: callerAdmin, body: api.AttachVolumeRequest{}, status: 200, resp: api.Volume{}},
+	{method: "POST", path: "/api/v1/volumes/{name}/resize", summary: "grow a volume online (never shrink)", caller: callerAdmin, body: api.ResizeVolumeRequest{}, status: 200, resp: api.Volume{}},
 	{method: "PUT", path: "/api/v1/volumes/{name}/chap", summary: "set a volume's CHAP credentials", caller: callerAdmin, body: api.SetCHAPRequest{}, status: 200, resp: api.Volume{}},
 	{method: "DELETE", path: "/api/v1/volumes/{name}/chap", summary: "remove a volume's CHAP credentials", caller: callerAdmin, status: 204},
 	{method: "POST", path: "/api/v1/volumes/{name}/initiators", summary: "change a volume's initiator allowlist", caller: callerAdmin, body: api.InitiatorsRequest{}, status: 200, resp: api.Volume{}},

@@ -71,6 +71,7 @@ func (s *Server) routes() http.Handler {
 			r.Post("/volumes", s.createVolume)
 			r.Delete("/volumes/{name}", s.deleteVolume)
 			r.Post("/volumes/{name}/attach", s.attachVolume)
+			r.Post("/volumes/{name}/resize", s.resizeVolume)
 			r.Put("/volumes/{name}/chap", s.setVolumeCHAP)
 			r.Delete("/volumes/{name}/chap", s.clearVolumeCHAP)
 			r.Post("/volumes/{name}/initiators", s.updateInitiators)

@@ -169,6 +169,11 @@ func (c *Client) As(token string) *Client {
 	return newClient(c.base, &hc, token)
 }
 
+// ResizeVolume grows a volume to size bytes; its host picks the new size up.
+func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/resize", nil, ResizeVolumeRequest{SizeBytes: size}, RequestTimeout)
+}
+
 // RevokeToken deletes an API token.
 func (c *Client) RevokeToken(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)

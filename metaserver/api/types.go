@@ -379,6 +379,13 @@ type CreateVolumeRequest struct {
 	Host   string `json:"host,omitempty"` // attach at once to this host
 }
 
+// ResizeVolumeRequest is POSTed to /api/v1/volumes/{name}/resize: the new
+// size, a multiple of 4096 and not below the current one (volumes grow,
+// never shrink).
+type ResizeVolumeRequest struct {
+	SizeBytes int64 `json:"size_bytes"`
+}
+
 // AttachVolumeRequest is POSTed to /api/v1/volumes/{name}/attach.
 type AttachVolumeRequest struct {
 	Host string `json:"host"`
@@ -443,6 +450,7 @@ const (
 	EventVolumeDeleted  = "volume_deleted"
 	EventVolumeAttached = "volume_attached"
 	EventVolumeDetached = "volume_detached" // a clean detach reported by the host
+	EventVolumeResized  = "volume_resized"
 	EventMemberDegraded = "member_degraded"
 	EventResyncStarted  = "resync_started"
 	EventResyncDone     = "resync_done"
