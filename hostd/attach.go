@@ -47,7 +47,7 @@ func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 	s.mu.attached[v.Name] = a
 	s.mu.Unlock()
 	var dirty int64
-	for _, st := range a.sets {
+	for _, st := range a.setList() {
 		dirty += st.wib.Count() * st.wib.RegionSize()
 	}
 	a.log.Info("volume attached", "iqn", v.IQN, "size", v.SizeBytes, "sets", len(v.Sets),
@@ -75,7 +75,7 @@ func (a *attachment) recordAttached(ctx context.Context) error {
 // serve concatenates the sets and adds the volume's iSCSI target.
 func (a *attachment) serve() error {
 	var sets []raid.Device
-	for _, st := range a.sets {
+	for _, st := range a.setList() {
 		sets = append(sets, st.mirror)
 	}
 	vol, err := linear.New(sets)
@@ -86,11 +86,44 @@ func (a *attachment) serve() error {
 		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), a.vol.SizeBytes)
 	}
 	a.volume = vol
-	var lu iscsi.Backend = &lun{Volume: vol, size: a.vol.SizeBytes, ops: volumeOps{m: a.s.metrics, name: a.vol.Name}}
+	a.lu = &lun{Volume: vol, ops: volumeOps{m: a.s.metrics, name: a.vol.Name}}
+	a.lu.size.Store(a.vol.SizeBytes)
+	var lu iscsi.Backend = a.lu
 	if a.mirrorsOnly() {
-		lu = &mappedLun{lun: lu.(*lun), a: a}
+		lu = &mappedLun{lun: a.lu, a: a}
 	}
 	return a.s.target.AddTargetWith(a.vol.IQN, lu, targetConfig(a.vol))
+}
+
+// grow takes a resize of the volume (v, at the same epoch, its sets a.vol's
+// and maybe more) without a detach: it attaches the new sets as fresh ones,
+// appends them to the volume, then serves the new size, which the target
+// reports to each initiator as CAPACITY DATA HAS CHANGED. On an error the
+// caller attaches the volume again.
+func (a *attachment) grow(ctx context.Context, v api.Volume) error {
+	have := len(a.setList())
+	for _, set := range v.Sets[have:] {
+		if err := a.attachSet(ctx, set, false); err != nil {
+			return fmt.Errorf("set %d: %w", set.Index, err)
+		}
+	}
+	added := a.setList()[have:]
+	devs := make([]raid.Device, len(added))
+	for i, st := range added {
+		devs[i] = st.mirror
+	}
+	if err := a.volume.Grow(devs...); err != nil {
+		return err
+	}
+	if a.volume.Size() < v.SizeBytes {
+		return fmt.Errorf("sets hold %d bytes, the volume is %d", a.volume.Size(), v.SizeBytes)
+	}
+	a.startSets(added)
+	a.vol.Sets, a.vol.SizeBytes = v.Sets, v.SizeBytes
+	a.lu.size.Store(v.SizeBytes)
+	a.log.Info("volume grown in place", "size", v.SizeBytes, "sets", len(v.Sets), "new_sets", len(added))
+	a.report()
+	return nil
 }
 
 // start runs the reporter and, per set, the supervisor (and the clear
@@ -103,25 +136,32 @@ func (a *attachment) start() {
 		defer a.wg.Done()
 		a.reporter(sctx)
 	}()
-	for _, st := range a.sets {
+	a.ctx = sctx
+	a.startSets(a.setList())
+}
+
+// startSets runs the supervisor (and the clear daemon of bitmap mode
+// internal) of each of sets until close.
+func (a *attachment) startSets(sets []*setState) {
+	for _, st := range sets {
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
-			st.supervise(sctx)
+			st.supervise(a.ctx)
 		}()
 		if a.vol.Bitmap == api.BitmapInternal {
 			a.wg.Add(1)
 			go func() {
 				defer a.wg.Done()
-				st.clearDaemon(sctx)
+				st.clearDaemon(a.ctx)
 			}()
 		}
 	}
 }
 
-// attachSet brings one set up and adds it to a.sets: it fences and
+// attachSet brings one set up and adds it to a.setList(): it fences and
 // connects the members, plans which of them serve, opens the WIB, folds in
-// the LOG bitmaps and builds the raid set. The set joins a.sets as soon as
+// the LOG bitmaps and builds the raid set. The set joins a.setList() as soon as
 // it exists, so that close releases whatever it holds (connections, WIB,
 // set) when the attach fails half-way.
 func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) error {
@@ -129,7 +169,7 @@ func (a *attachment) attachSet(ctx context.Context, set api.Set, recover bool) e
 	if err != nil {
 		return err
 	}
-	a.sets = append(a.sets, st)
+	a.addSet(st)
 	layout, err := api.ParseLayout(a.vol.Layout)
 	if err != nil {
 		return err

@@ -121,7 +121,7 @@ func TestRejoinAfterMemberReturns(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.setDown("c1", false)
-	a.sets[0].wake()
+	a.setList()[0].wake()
 	waitFor(t, "c1 to rejoin and resync", func() bool { return allInSync(a) })
 	if !bytes.Equal(c.chunk("c1").data.Bytes()[5<<20:5<<20+len(data)], data) {
 		t.Fatal("c1 misses the write made while it was away")
@@ -248,7 +248,7 @@ func TestMetaserverMarkFailsMember(t *testing.T) {
 		t.Errorf("the marked member was not failed and rejoined: %s", after)
 	}
 	t.Logf("after the mark: %s", after)
-	if err := a.sets[0].mirror.MemberError(1); err != nil {
+	if err := a.setList()[0].mirror.MemberError(1); err != nil {
 		t.Errorf("member error after the resync: %v", err)
 	}
 	// The same mark again changes nothing.

@@ -520,10 +520,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func states(a *attachment) []raid.MemberState { return a.sets[0].mirror.States() }
+func states(a *attachment) []raid.MemberState { return a.setList()[0].mirror.States() }
 
 func allInSync(a *attachment) bool {
-	st := a.sets[0]
+	st := a.setList()[0]
 	return !st.mirror.Degraded() && st.wib.Count() == 0
 }
 

@@ -101,7 +101,7 @@ func TestRejoinAfterPowerLossResyncsUnflushedWrites(t *testing.T) {
 	}
 	waitFor(t, "c1 to fail", func() bool { return states(a)[1] == raid.Failed })
 	c.setDown("c1", false)
-	a.sets[0].wake()
+	a.setList()[0].wake()
 	waitFor(t, "c1 to rejoin and resync", func() bool { return allInSync(a) })
 	if !bytes.Equal(c.chunk("c1").data.Bytes()[3*testRegion:4*testRegion], data) {
 		t.Fatal("region 3, acknowledged by c1 but lost to its power loss, was not resynced on rejoin")
@@ -143,7 +143,7 @@ func TestReportsNumbered(t *testing.T) {
 	}
 	a := s.attached("vol")
 	c.setDown("c1", false)
-	a.sets[0].wake()
+	a.setList()[0].wake()
 	waitFor(t, "c1 to rejoin", func() bool { return allInSync(a) })
 	s.detach("vol", true)
 	reps := c.meta.reportList()
@@ -261,7 +261,7 @@ func TestReconcileReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := s.attached("vol")
-	waitFor(t, "the reconcile to finish", func() bool { return a.sets[0].wib.Count() == 0 })
+	waitFor(t, "the reconcile to finish", func() bool { return a.setList()[0].wib.Count() == 0 })
 	a.report()
 	waitFor(t, "a report of the finished reconcile", func() bool {
 		for _, r := range c.meta.reportList() {
@@ -323,8 +323,33 @@ func TestFailedPinAsksForFullResync(t *testing.T) {
 	c.pinErr = nil
 	c.mu.Unlock()
 	c.setDown("c1", false)
-	a.sets[0].wake()
-	waitFor(t, "the set whole again", func() bool { return allInSync(a) && a.sets[0].wib.Count() == 0 })
+	a.setList()[0].wake()
+	waitFor(t, "the set whole again", func() bool { return allInSync(a) && a.setList()[0].wib.Count() == 0 })
 	a.report()
 	waitFor(t, "a report without the full resync", func() bool { return !lastFull() })
+}
+
+// TestGrows: only a larger size with every set placed as before (and maybe
+// more sets) is taken in place.
+func TestGrows(t *testing.T) {
+	set := func(i int, chunk string) api.Set {
+		return api.Set{Index: i, Members: []api.Member{{ChunkID: chunk, Addr: "a", Export: "e-" + chunk}}}
+	}
+	a := api.Volume{SizeBytes: 100, Sets: []api.Set{set(0, "c0"), set(1, "c1")}}
+	for _, tc := range []struct {
+		name string
+		b    api.Volume
+		want bool
+	}{
+		{"larger, same sets", api.Volume{SizeBytes: 120, Sets: []api.Set{set(0, "c0"), set(1, "c1")}}, true},
+		{"larger, a set more", api.Volume{SizeBytes: 200, Sets: []api.Set{set(0, "c0"), set(1, "c1"), set(2, "c2")}}, true},
+		{"same size", api.Volume{SizeBytes: 100, Sets: []api.Set{set(0, "c0"), set(1, "c1")}}, false},
+		{"smaller", api.Volume{SizeBytes: 80, Sets: []api.Set{set(0, "c0"), set(1, "c1")}}, false},
+		{"a member moved", api.Volume{SizeBytes: 200, Sets: []api.Set{set(0, "c0"), set(1, "cX"), set(2, "c2")}}, false},
+		{"a set fewer", api.Volume{SizeBytes: 200, Sets: []api.Set{set(0, "c0")}}, false},
+	} {
+		if got := grows(a, tc.b); got != tc.want {
+			t.Errorf("%s: grows = %v", tc.name, got)
+		}
+	}
 }

@@ -415,13 +415,23 @@ func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
 	}
 	s.mu.Lock()
 	var stale []string
+	grown := map[string]*attachment{}
 	for name, a := range s.mu.attached {
 		v, ok := want[name]
-		if !ok || v.Epoch != a.vol.Epoch || !samePlacement(v, a.vol) {
+		switch {
+		case ok && v.Epoch == a.vol.Epoch && grows(a.vol, v):
+			grown[name] = a
+		case !ok || v.Epoch != a.vol.Epoch || !samePlacement(v, a.vol):
 			stale = append(stale, name)
 		}
 	}
 	s.mu.Unlock()
+	for name, a := range grown {
+		if err := a.grow(ctx, want[name]); err != nil {
+			a.log.Error("growing the volume in place failed: attaching it again", "err", err)
+			stale = append(stale, name)
+		}
+	}
 	for _, name := range stale {
 		s.detach(name, false)
 	}
@@ -453,6 +463,17 @@ func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
 	return ok
 }
 
+// grows reports whether b is a grown a: a larger size, every set of a
+// placed as it was, and maybe more sets after them.
+func grows(a, b api.Volume) bool {
+	if b.SizeBytes <= a.SizeBytes || len(b.Sets) < len(a.Sets) {
+		return false
+	}
+	prefix := b
+	prefix.Sets, prefix.SizeBytes = b.Sets[:len(a.Sets)], a.SizeBytes
+	return samePlacement(a, prefix)
+}
+
 func samePlacement(a, b api.Volume) bool {
 	if a.SizeBytes != b.SizeBytes || len(a.Sets) != len(b.Sets) {
 		return false
@@ -476,11 +497,11 @@ func samePlacement(a, b api.Volume) bool {
 // classes (scsiClass).
 type lun struct {
 	*linear.Volume
-	size int64
+	size atomic.Int64 // grows with the volume (attachment.grow)
 	ops  volumeOps
 }
 
-func (l *lun) Size() int64 { return l.size }
+func (l *lun) Size() int64 { return l.size.Load() }
 
 func (l *lun) ReadAt(ctx context.Context, p []byte, off int64) error {
 	start := time.Now()

@@ -53,15 +53,15 @@ func TestEveryMemberFailsAndReturns(t *testing.T) {
 	if err := a.volume.WriteAt(t.Context(), fill(4096, 9), 5*testRegion, false); err == nil {
 		t.Fatal("a write with every member down succeeded")
 	}
-	waitFor(t, "every member to fail", func() bool { return !a.sets[0].canServe() })
+	waitFor(t, "every member to fail", func() bool { return !a.setList()[0].canServe() })
 	c.setDown("c0", false)
 	c.setDown("c1", false)
-	a.sets[0].wake()
+	a.setList()[0].wake()
 
 	var b *attachment
 	waitFor(t, "the volume to be attached again and in sync", func() bool {
 		b = s.attached("vol")
-		return b != nil && b != a && allInSync(b) && b.sets[0].wib.Count() == 0
+		return b != nil && b != a && allInSync(b) && b.setList()[0].wib.Count() == 0
 	})
 	got := make([]byte, testRegion)
 	if err := b.volume.ReadAt(t.Context(), got, 2*testRegion); err != nil || !bytes.Equal(got, acked) {

@@ -71,7 +71,7 @@ func TestRebuildOntoNewChunk(t *testing.T) {
 	if !sawRebuilding {
 		t.Error("never reported rebuilding")
 	}
-	if b.sets[0].members[1].rebuild.Load() {
+	if b.setList()[0].members[1].rebuild.Load() {
 		t.Error("still flagged rebuilding once in sync")
 	}
 	t.Logf("after the replacement: %s", strings.Join(c.eventList()[before:], ", "))
@@ -91,13 +91,13 @@ func TestRebuildCopiesOnlyAllocated(t *testing.T) {
 	if !bytes.Equal(c.chunk("c2").data.Bytes()[1<<20:1<<20+128<<10], fill(128<<10, 5)) {
 		t.Fatal("the rebuild did not copy the source's data")
 	}
-	a.sets[0].mu.Lock()
-	copied := a.sets[0].mu.resyncDone
-	a.sets[0].mu.Unlock()
+	a.setList()[0].mu.Lock()
+	copied := a.setList()[0].mu.resyncDone
+	a.setList()[0].mu.Unlock()
 	if copied <= 0 || copied >= testChunkSize/2 {
 		t.Errorf("the rebuild copied %d bytes of a %d-byte chunk holding 128 KiB", copied, testChunkSize)
 	}
-	t.Logf("rebuild copied %d bytes of a %d-byte chunk holding 128 KiB (WIB region %d)", copied, testChunkSize, a.sets[0].wib.RegionSize())
+	t.Logf("rebuild copied %d bytes of a %d-byte chunk holding 128 KiB (WIB region %d)", copied, testChunkSize, a.setList()[0].wib.RegionSize())
 }
 
 // TestRebuildResumesFromWatermark: a host that takes a rebuild over begins

@@ -253,7 +253,7 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 	// snapshot's report over an earlier one's whatever order they arrive in.
 	r := api.VolumeReport{Name: a.vol.Name, Epoch: a.vol.Epoch, CleanDetach: clean,
 		Incarnation: a.s.incarnation.Load(), Seq: a.s.reportSeq.Add(1)}
-	for _, st := range a.sets {
+	for _, st := range a.setList() {
 		if st.mirror == nil {
 			continue
 		}
@@ -331,11 +331,12 @@ func (a *attachment) snapshot(clean bool) api.VolumeReport {
 // report carries the generation seen.
 func (a *attachment) applyMarks(v api.Volume) {
 	changed := false
+	sets := a.setList()
 	for si, vs := range v.Sets {
-		if si >= len(a.sets) || a.sets[si].mirror == nil {
+		if si >= len(sets) || sets[si].mirror == nil {
 			continue
 		}
-		st := a.sets[si]
+		st := sets[si]
 		for i, am := range vs.Members {
 			if i >= len(st.members) || am.StateGen <= st.members[i].seenGen.Load() {
 				continue

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,10 +24,14 @@ type attachment struct {
 	s      *Server
 	vol    api.Volume
 	volume *linear.Volume
-	sets   []*setState
-	log    *slog.Logger
+	lu     *lun // what the target serves (its size grows with the volume)
+	// setsP holds the sets, appended to by attachSet (at attach and when
+	// the volume grows) and read by anything: read them with setList.
+	setsP atomic.Pointer[[]*setState]
+	log   *slog.Logger
 
 	cancel context.CancelFunc // stops the sets' supervisors and the reporter
+	ctx    context.Context    // what cancel ends: the supervisors run in it
 	wg     sync.WaitGroup
 	// reportC asks the reporter goroutine for a report; reports are sent one
 	// at a time, newest state each time, so they never arrive out of order.
@@ -36,6 +41,21 @@ type attachment struct {
 	// reattaching is set once a set lost every member it could serve from
 	// and the volume is being attached again (Server.reattach).
 	reattaching atomic.Bool
+}
+
+// setList is the volume's sets, in order.
+func (a *attachment) setList() []*setState {
+	if p := a.setsP.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// addSet appends st to the sets; attach and grow call it, one at a time
+// (Server.applyMu).
+func (a *attachment) addSet(st *setState) {
+	sets := append(slices.Clone(a.setList()), st)
+	a.setsP.Store(&sets)
 }
 
 // member is one chunk of a set as the host reaches it.
@@ -215,7 +235,7 @@ func (a *attachment) close(clean bool) bool {
 		}
 		cancel()
 	}
-	for _, st := range a.sets {
+	for _, st := range a.setList() {
 		if st.mirror != nil && (st.mirror.Degraded() || st.wib.Count() > 0) {
 			clean = false
 		}
@@ -226,7 +246,7 @@ func (a *attachment) close(clean bool) bool {
 	}
 	// No record may read the sets while they close.
 	a.rec.close()
-	for _, st := range a.sets {
+	for _, st := range a.setList() {
 		for _, m := range st.members {
 			if c := m.setClient(nil); c != nil {
 				// NBD_CMD_DISC: a clean disconnect does not pin the LOG.
@@ -257,12 +277,12 @@ func (a *attachment) close(clean bool) bool {
 }
 
 func (a *attachment) mirrorsOnly() bool {
-	for _, st := range a.sets {
+	for _, st := range a.setList() {
 		if _, ok := st.mirror.(*raid.Mirror); !ok {
 			return false
 		}
 	}
-	return len(a.sets) > 0
+	return len(a.setList()) > 0
 }
 
 // mappedLun answers GET LBA STATUS for a volume of mirrors from the
@@ -275,12 +295,13 @@ type mappedLun struct {
 // Allocated implements iscsi.Mapper: it describes [off, off+length) from
 // off as data and hole extents, at most to the end of one set.
 func (l *mappedLun) Allocated(ctx context.Context, off, length int64) ([]iscsi.Extent, error) {
-	setSize := l.a.sets[0].mirror.Size()
+	sets := l.a.setList()
+	setSize := sets[0].mirror.Size()
 	idx := off / setSize
-	if idx >= int64(len(l.a.sets)) {
+	if idx >= int64(len(sets)) {
 		return nil, fmt.Errorf("offset %d beyond the volume", off)
 	}
-	st := l.a.sets[idx]
+	st := sets[idx]
 	setOff := off - idx*setSize
 	n := min(length, setSize-setOff, 1<<30)
 	for i, ms := range st.mirror.States() {

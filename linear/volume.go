@@ -6,13 +6,23 @@ package linear
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/chunkraid/chunkraid/raid"
 )
 
-// Volume is a linear concatenation of devices (normally raid sets).
+// Volume is a linear concatenation of devices (normally raid sets). It
+// grows online (Grow): every I/O works on the layout it found when it
+// started, which a Grow replaces whole.
 type Volume struct {
+	layout atomic.Pointer[layout]
+	grow   sync.Mutex // serializes Grow
+}
+
+// layout is an immutable concatenation.
+type layout struct {
 	sets   []raid.Device
 	starts []int64 // starts[i] is the volume offset of sets[i]
 	size   int64
@@ -23,40 +33,67 @@ func New(sets []raid.Device) (*Volume, error) {
 	if len(sets) == 0 {
 		return nil, fmt.Errorf("linear: a volume needs at least one set")
 	}
-	v := &Volume{sets: sets, starts: make([]int64, len(sets))}
-	for i, s := range sets {
-		if s.Size() <= 0 {
-			return nil, fmt.Errorf("linear: set %d has size %d", i, s.Size())
-		}
-		v.starts[i] = v.size
-		v.size += s.Size()
+	v := &Volume{}
+	l, err := (&layout{}).extend(sets)
+	if err != nil {
+		return nil, err
 	}
+	v.layout.Store(l)
 	return v, nil
 }
 
+// extend returns l with sets appended.
+func (l *layout) extend(sets []raid.Device) (*layout, error) {
+	n := &layout{sets: slices.Clone(l.sets), starts: slices.Clone(l.starts), size: l.size}
+	for _, s := range sets {
+		if s.Size() <= 0 {
+			return nil, fmt.Errorf("linear: set %d has size %d", len(n.sets), s.Size())
+		}
+		n.sets = append(n.sets, s)
+		n.starts = append(n.starts, n.size)
+		n.size += s.Size()
+	}
+	return n, nil
+}
+
+// Grow appends sets to the volume, online: I/O that started before sees the
+// volume as it was, I/O that starts after sees it grown.
+func (v *Volume) Grow(sets ...raid.Device) error {
+	v.grow.Lock()
+	defer v.grow.Unlock()
+	l, err := v.layout.Load().extend(sets)
+	if err != nil {
+		return err
+	}
+	v.layout.Store(l)
+	return nil
+}
+
 // Size is the sum of the sets' sizes.
-func (v *Volume) Size() int64 { return v.size }
+func (v *Volume) Size() int64 { return v.layout.Load().size }
 
 // Sets returns the sets in order.
-func (v *Volume) Sets() []raid.Device { return v.sets }
+func (v *Volume) Sets() []raid.Device { return v.layout.Load().sets }
 
 // extent is the part of a volume I/O that falls in one set.
 type extent struct {
 	set   int
+	dev   raid.Device
 	off   int64 // offset within the set
 	start int64 // offset within the caller's buffer
 	n     int64
 }
 
 func (v *Volume) split(off, n int64) ([]extent, error) {
-	if off < 0 || n < 0 || off+n > v.size {
-		return nil, fmt.Errorf("%w: offset %d length %d volume size %d", raid.ErrOutOfRange, off, n, v.size)
+	l := v.layout.Load()
+	if off < 0 || n < 0 || off+n > l.size {
+		return nil, fmt.Errorf("%w: offset %d length %d volume size %d", raid.ErrOutOfRange, off, n, l.size)
 	}
 	// Find the first set by binary search on starts.
-	lo, hi := 0, len(v.starts)-1
+	lo, hi := 0, len(l.starts)-1
 	for lo < hi {
 		mid := (lo + hi + 1) / 2
-		if v.starts[mid] <= off {
+		if l.starts[mid] <= off {
 			lo = mid
 		} else {
 			hi = mid - 1
@@ -64,9 +101,9 @@ func (v *Volume) split(off, n int64) ([]extent, error) {
 	}
 	var ext []extent
 	for i, done := lo, int64(0); done < n || (n == 0 && ext == nil); i++ {
-		setOff := off + done - v.starts[i]
-		m := min(n-done, v.sets[i].Size()-setOff)
-		ext = append(ext, extent{set: i, off: setOff, start: done, n: m})
+		setOff := off + done - l.starts[i]
+		m := min(n-done, l.sets[i].Size()-setOff)
+		ext = append(ext, extent{set: i, dev: l.sets[i], off: setOff, start: done, n: m})
 		done += m
 		if n == 0 {
 			break
@@ -104,7 +141,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return err
 	}
 	return v.each(ext, func(e extent) error {
-		return v.sets[e.set].ReadAt(ctx, p[e.start:e.start+e.n], e.off)
+		return e.dev.ReadAt(ctx, p[e.start:e.start+e.n], e.off)
 	})
 }
 
@@ -115,7 +152,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		return err
 	}
 	return v.each(ext, func(e extent) error {
-		return v.sets[e.set].WriteAt(ctx, p[e.start:e.start+e.n], e.off, fua)
+		return e.dev.WriteAt(ctx, p[e.start:e.start+e.n], e.off, fua)
 	})
 }
 
@@ -126,15 +163,16 @@ func (v *Volume) Trim(ctx context.Context, off, length int64) error {
 		return err
 	}
 	return v.each(ext, func(e extent) error {
-		return v.sets[e.set].Trim(ctx, e.off, e.n)
+		return e.dev.Trim(ctx, e.off, e.n)
 	})
 }
 
 // Flush flushes every set.
 func (v *Volume) Flush(ctx context.Context) error {
-	ext := make([]extent, len(v.sets))
-	for i := range v.sets {
-		ext[i] = extent{set: i}
+	l := v.layout.Load()
+	ext := make([]extent, len(l.sets))
+	for i, d := range l.sets {
+		ext[i] = extent{set: i, dev: d}
 	}
-	return v.each(ext, func(e extent) error { return v.sets[e.set].Flush(ctx) })
+	return v.each(ext, func(e extent) error { return e.dev.Flush(ctx) })
 }

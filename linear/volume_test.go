@@ -123,3 +123,55 @@ func TestVolumeRandomModel(t *testing.T) {
 		}
 	}
 }
+
+// TestVolumeGrowOnline grows a volume while writers keep writing to it:
+// every write before and during the growth lands, the new sets serve the
+// range past the old end, and a write past the end fails before the growth
+// and succeeds after.
+func TestVolumeGrowOnline(t *testing.T) {
+	v, devs := newVolume(t, 1<<20, 1<<20)
+	ctx := t.Context()
+	if err := v.WriteAt(ctx, []byte{1}, 2<<20, false); err == nil {
+		t.Fatal("a write past the end succeeded")
+	}
+	stop := make(chan struct{})
+	done := make(chan error)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if err := v.WriteAt(ctx, []byte{byte(i)}, int64(i%(2<<20)), false); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	grown := raidtest.NewMemDevice(3 << 19)
+	if err := v.Grow(grown); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("a write during the growth: %v", err)
+	}
+	if v.Size() != 2<<20+3<<19 || len(v.Sets()) != 3 {
+		t.Fatalf("grown to %d bytes in %d sets", v.Size(), len(v.Sets()))
+	}
+	p := bytes.Repeat([]byte{0xee}, 8192)
+	if err := v.WriteAt(ctx, p, 2<<20-4096, false); err != nil {
+		t.Fatalf("a write across the old end: %v", err)
+	}
+	if !bytes.Equal(devs[1].Bytes()[1<<20-4096:], p[:4096]) || !bytes.Equal(grown.Bytes()[:4096], p[4096:]) {
+		t.Fatal("the write across the old end did not land in both sets")
+	}
+	if err := v.Grow(raidtest.NewMemDevice(0)); err == nil {
+		t.Fatal("grew by an empty set")
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -9,7 +10,8 @@ import (
 )
 
 // TestOnlineResize grows an attached volume with `chunkraid volume resize`:
-// iscsi-readcapacity16 reports the new capacity, qemu-io writes past the
+// its host grows it in place (no detach), iscsi-readcapacity16 reports the
+// new capacity, qemu-io writes past the
 // old end and reads it back, the data written before is intact and the
 // replicas agree. A smaller size is refused with a clear message.
 func TestOnlineResize(t *testing.T) {
@@ -38,6 +40,15 @@ func TestOnlineResize(t *testing.T) {
 		return err == nil && strings.Contains(after, "167772160")
 	})
 	t.Logf("after: %s", strings.TrimSpace(after))
+	// Picked up in place: the host grew the volume and never attached it
+	// again.
+	hlog, err := os.ReadFile(c.Hostd.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(hlog), `msg="volume attached" volume=grow`); n != 1 || !strings.Contains(string(hlog), `msg="volume grown in place" volume=grow`) {
+		t.Errorf("the host attached the volume %d times and grew it in place: %v", n, strings.Contains(string(hlog), "volume grown in place"))
+	}
 	if out := run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x6c 100M 4M", "-c", "write -P 0x6d 159M 1M", "-c", "flush",
 		"-c", "read -P 0x6c 100M 4M", "-c", "read -P 0x6d 159M 1M", "-c", "read -P 0x5a 0 1M", "-c", "read -P 0x5b 63M 1M", url); strings.Contains(out, "failed") {
 		t.Fatalf("I/O past the old end:\n%s", out)
@@ -47,4 +58,9 @@ func TestOnlineResize(t *testing.T) {
 	}
 	waitInSync(t, c, "grow", time.Minute)
 	verifyVolume(t, c, "grow")
+	// The daemons are built with the race detector: growing a volume under
+	// its supervisors, reporter and target must not race.
+	if hlog, err := os.ReadFile(c.Hostd.Log); err != nil || strings.Contains(string(hlog), "DATA RACE") {
+		t.Errorf("hostd log: %v\n%s", err, tail(string(hlog), 60))
+	}
 }
