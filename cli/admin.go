@@ -14,7 +14,7 @@ import (
 
 func newVolumeCmd(o *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show and delete volumes"}
-	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o), newVolumeResizeCmd(o), newVolumeVerifyCmd(o),
+	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o), newVolumeResizeCmd(o), newVolumeStatsCmd(o), newVolumeVerifyCmd(o),
 		newVolumeCHAPCmd(o), newVolumeAllowCmd(o), newVolumeDisallowCmd(o))
 	return cmd
 }

@@ -86,7 +86,8 @@ func (a *attachment) serve() error {
 		return fmt.Errorf("sets hold %d bytes, the volume is %d", vol.Size(), a.vol.SizeBytes)
 	}
 	a.volume = vol
-	a.lu = &lun{Volume: vol, ops: volumeOps{m: a.s.metrics, name: a.vol.Name}}
+	a.stats = newVolumeStats()
+	a.lu = &lun{Volume: vol, ops: volumeOps{m: a.s.metrics, name: a.vol.Name, stats: a.stats}}
 	a.lu.size.Store(a.vol.SizeBytes)
 	var lu iscsi.Backend = a.lu
 	if a.mirrorsOnly() {

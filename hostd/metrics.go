@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -107,11 +108,13 @@ func (m *metrics) observeSCSI(command string, status uint8, took time.Duration) 
 
 // volumeOps counts the operations of one volume (lun).
 type volumeOps struct {
-	m    *metrics
-	name string
+	m     *metrics
+	name  string
+	stats *volumeStats
 }
 
 func (v volumeOps) observe(op string, n int, err error, start time.Time) {
+	v.stats.observe(op, n, err, time.Since(start))
 	if v.m == nil {
 		return
 	}
@@ -288,4 +291,114 @@ func (s *Server) serveMetrics(ctx context.Context, ln net.Listener, certPEM stri
 		return nil
 	}
 	return fmt.Errorf("hostd: metrics: %w", err)
+}
+
+// volumeStats are the figures of one volume for people (chunkraid volume
+// stats): counters since the attach, from which the reporter makes rates
+// and latencies over the time between two of its reports.
+type volumeStats struct {
+	ops, bytes, latSum [2]atomic.Int64 // read, write; latSum in ns
+	lat                [2][statBuckets]atomic.Int64
+	errs               atomic.Int64
+
+	// what the previous window ended with; the reporter's alone
+	last struct {
+		at                 time.Time
+		ops, bytes, latSum [2]int64
+		lat                [2][statBuckets]int64
+		errs               int64
+	}
+}
+
+// statBuckets are latency buckets: bucket i holds latencies up to
+// statBase·2^i, the last one everything longer.
+const (
+	statBuckets = 16
+	statBase    = 50 * time.Microsecond
+)
+
+func newVolumeStats() *volumeStats {
+	s := &volumeStats{}
+	s.last.at = time.Now()
+	return s
+}
+
+func (s *volumeStats) observe(op string, n int, err error, took time.Duration) {
+	if s == nil {
+		return
+	}
+	if err != nil {
+		s.errs.Add(1)
+		return
+	}
+	var i int
+	switch op {
+	case "read":
+		i = 0
+	case "write":
+		i = 1
+	default:
+		return
+	}
+	s.ops[i].Add(1)
+	s.bytes[i].Add(int64(n))
+	s.latSum[i].Add(int64(took))
+	b := 0
+	for b < statBuckets-1 && took > statBase<<b {
+		b++
+	}
+	s.lat[i][b].Add(1)
+}
+
+// window returns the figures since the previous window and starts the
+// next one; nil if no time passed. Only the reporter calls it.
+func (s *volumeStats) window(now time.Time) *api.VolumeStats {
+	secs := now.Sub(s.last.at).Seconds()
+	if secs <= 0 {
+		return nil
+	}
+	out := &api.VolumeStats{WindowSeconds: secs}
+	rate := func(cur int64, last *int64) float64 {
+		d := cur - *last
+		*last = cur
+		return float64(d) / secs
+	}
+	var meanUs, p99Us [2]float64
+	for i := range 2 {
+		ops := s.ops[i].Load()
+		n := ops - s.last.ops[i]
+		sum := s.latSum[i].Load()
+		if n > 0 {
+			meanUs[i] = float64(sum-s.last.latSum[i]) / float64(n) / 1e3
+		}
+		s.last.latSum[i] = sum
+		var counts [statBuckets]int64
+		var total int64
+		for b := range statBuckets {
+			c := s.lat[i][b].Load()
+			counts[b] = c - s.last.lat[i][b]
+			s.last.lat[i][b] = c
+			total += counts[b]
+		}
+		if total > 0 {
+			want, seen := (total*99+99)/100, int64(0)
+			for b := range statBuckets {
+				if seen += counts[b]; seen >= want {
+					p99Us[i] = float64((statBase << b).Microseconds())
+					break
+				}
+			}
+		}
+	}
+	out.ReadIOPS = rate(s.ops[0].Load(), &s.last.ops[0])
+	out.WriteIOPS = rate(s.ops[1].Load(), &s.last.ops[1])
+	out.ReadBytesPerSec = rate(s.bytes[0].Load(), &s.last.bytes[0])
+	out.WriteBytesPerSec = rate(s.bytes[1].Load(), &s.last.bytes[1])
+	out.ReadLatencyMeanUs, out.WriteLatencyMeanUs = meanUs[0], meanUs[1]
+	out.ReadLatencyP99Us, out.WriteLatencyP99Us = p99Us[0], p99Us[1]
+	errs := s.errs.Load()
+	out.Errors = errs - s.last.errs
+	s.last.errs = errs
+	s.last.at = now
+	return out
 }

@@ -233,13 +233,20 @@ func (a *attachment) reporter(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
+		periodic := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-a.reportC:
 		case <-t.C:
+			periodic = true
 		}
 		r := a.snapshot(false)
+		if periodic && a.stats != nil {
+			// The periodic report carries the volume's figures since the
+			// previous one.
+			r.Stats = a.stats.window(time.Now())
+		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := a.s.meta.HostReport(rctx, a.s.id, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil && ctx.Err() == nil {
 			a.log.Debug("reporting volume state", "err", err)

@@ -25,6 +25,7 @@ type attachment struct {
 	vol    api.Volume
 	volume *linear.Volume
 	lu     *lun // what the target serves (its size grows with the volume)
+	stats  *volumeStats
 	// setsP holds the sets, appended to by attachSet (at attach and when
 	// the volume grows) and read by anything: read them with setList.
 	setsP atomic.Pointer[[]*setState]

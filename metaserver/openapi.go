@@ -70,6 +70,7 @@ var operations = []operation{
 	{method: "GET", path: "/api/v1/hosts", summary: "list the hosts", caller: callerAny, status: 200, resp: []api.Host{}},
 	{method: "GET", path: "/api/v1/volumes", summary: "list the volumes", caller: callerAny, status: 200, resp: []api.Volume{}},
 	{method: "GET", path: "/api/v1/volumes/{name}", summary: "show a volume: sets, members, states, progress", caller: callerAny, status: 200, resp: api.Volume{}},
+	{method: "GET", path: "/api/v1/volumes/{name}/stats", summary: "a volume's recent IOPS, throughput and latency, as its host last reported them", caller: callerAny, status: 200, resp: api.VolumeStatsReport{}},
 	{method: "GET", path: "/api/v1/events", summary: "state changes, oldest first", caller: callerAny, query: []queryParam{
 		{"volume", "string", "only this volume's"}, {"after", "integer", "only events after this id"}, {"limit", "integer", "at most this many (default 100)"}}, status: 200, resp: []api.Event{}},
 	{method: "GET", path: "/api/v1/whoami", summary: "who the request's token belongs to", caller: callerAny, status: 200, resp: api.Principal{}},

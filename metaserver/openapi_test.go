@@ -189,7 +189,8 @@ func TestOpenAPIResponses(t *testing.T) {
 		_, err := c.ChunkAssignments(ctx, id, 0, 0)
 		must(err)
 	}
-	rep := api.VolumeReport{Name: "v1", Epoch: vol.Epoch, Incarnation: hresp.Incarnation, Seq: 1}
+	rep := api.VolumeReport{Name: "v1", Epoch: vol.Epoch, Incarnation: hresp.Incarnation, Seq: 1,
+		Stats: &api.VolumeStats{WindowSeconds: 5, WriteIOPS: 10, WriteBytesPerSec: 40960, WriteLatencyMeanUs: 500, WriteLatencyP99Us: 800}}
 	for _, s := range hv.Volumes[0].Sets {
 		sr := api.SetReport{Index: s.Index}
 		for _, m := range s.Members {
@@ -212,6 +213,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	_, err = c.AllowInitiators(ctx, "v1", "iqn.2026-01.test:vm1")
 	must(err)
 	_, err = c.ReadExports(ctx, "v1")
+	must(err)
+	_, err = c.VolumeStats(ctx, "v1")
 	must(err)
 	_, err = c.ResizeVolume(ctx, "v1", 192<<20)
 	must(err)

@@ -162,6 +162,15 @@ func applyVolumeReport(ctx context.Context, tx pgx.Tx, hostID int64, host string
 			return "", nil, fmt.Errorf("store report sequence of %q: %w", vr.Name, err)
 		}
 	}
+	if vr.Stats != nil {
+		_, err := tx.Exec(ctx, `
+			INSERT INTO volume_stats (volume_id, host, reported_at, stats) VALUES ($1, $2, now(), $3)
+			ON CONFLICT (volume_id) DO UPDATE SET host = EXCLUDED.host, reported_at = now(), stats = EXCLUDED.stats`,
+			volumeID, host, vr.Stats)
+		if err != nil {
+			return "", nil, fmt.Errorf("store the figures of %q: %w", vr.Name, err)
+		}
+	}
 
 	var sets int
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM sets WHERE volume_id = $1`, volumeID).Scan(&sets); err != nil {

@@ -61,6 +61,7 @@ func (s *Server) routes() http.Handler {
 			r.Get("/hosts", s.listHosts)
 			r.Get("/volumes", s.listVolumes)
 			r.Get("/volumes/{name}", s.getVolume)
+			r.Get("/volumes/{name}/stats", s.volumeStats)
 			r.Get("/events", s.listEvents)
 			r.Get("/whoami", s.whoami)
 		})

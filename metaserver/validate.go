@@ -258,6 +258,9 @@ func validateHostReport(r *api.HostReport) error {
 		if len(v.Sets) > maxSets {
 			return invalid("volume %q: %d sets reported, at most %d are allowed", v.Name, len(v.Sets), maxSets)
 		}
+		if err := validateVolumeStats(v.Name, v.Stats); err != nil {
+			return err
+		}
 		sets := make(map[int]bool, len(v.Sets))
 		chunks := map[string]bool{}
 		for j := range v.Sets {
@@ -574,6 +577,26 @@ func validateSetCHAP(req api.SetCHAPRequest) error {
 	}
 	if req.MutualSecret == req.Secret {
 		return invalid("mutual_secret equals secret: RFC 7143 forbids one CHAP secret in both directions; choose another")
+	}
+	return nil
+}
+
+// validateVolumeStats checks a volume's reported figures: finite and not
+// negative, over a window of a positive length.
+func validateVolumeStats(volume string, st *api.VolumeStats) error {
+	if st == nil {
+		return nil
+	}
+	for name, v := range map[string]float64{"window_seconds": st.WindowSeconds, "read_iops": st.ReadIOPS, "write_iops": st.WriteIOPS,
+		"read_bytes_per_sec": st.ReadBytesPerSec, "write_bytes_per_sec": st.WriteBytesPerSec,
+		"read_latency_mean_us": st.ReadLatencyMeanUs, "read_latency_p99_us": st.ReadLatencyP99Us,
+		"write_latency_mean_us": st.WriteLatencyMeanUs, "write_latency_p99_us": st.WriteLatencyP99Us} {
+		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+			return invalid("volume %q: stats %s is %v: figures are finite and not negative", volume, name, v)
+		}
+	}
+	if st.WindowSeconds == 0 || st.Errors < 0 {
+		return invalid("volume %q: stats over a window of %vs with %d errors", volume, st.WindowSeconds, st.Errors)
 	}
 	return nil
 }

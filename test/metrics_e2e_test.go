@@ -172,6 +172,18 @@ func TestMetricsOfEveryDaemon(t *testing.T) {
 		targets = append(targets, strings.TrimSuffix(strings.TrimPrefix(u, "https://"), "/metrics"))
 	}
 	prometheusScrapes(t, c, reader.Secret, targets)
+
+	// The figures for people: a write load, then `chunkraid volume stats`.
+	run(t, "qemu-img", "bench", "-w", "-f", "raw", "-c", "2000", "-s", "4096", "-d", "4", "-t", "none", c.ISCSIURL("m"))
+	var st *api.VolumeStatsReport
+	waitFor(t, 20*time.Second, "the host to report the load's figures", func() bool {
+		st, err = c.Client().VolumeStats(ctx, "m")
+		return err == nil && st.Stats != nil && st.Stats.WriteIOPS > 50
+	})
+	if st.Host != c.HostName || st.Stats.WriteBytesPerSec < 4096*st.Stats.WriteIOPS || st.Stats.WriteLatencyMeanUs <= 0 || st.Stats.WriteLatencyP99Us < st.Stats.WriteLatencyMeanUs/2 {
+		t.Errorf("volume stats: %+v %+v", st, st.Stats)
+	}
+	t.Logf("chunkraid volume stats m:\n%s", cli(t, c, "volume", "stats", "m"))
 }
 
 // caClient is an HTTPS client that trusts the cluster CA only.

@@ -174,6 +174,11 @@ func (c *Client) ResizeVolume(ctx context.Context, name string, size int64) (*Vo
 	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/resize", nil, ResizeVolumeRequest{SizeBytes: size}, RequestTimeout)
 }
 
+// VolumeStats returns the latest figures the volume's host reported.
+func (c *Client) VolumeStats(ctx context.Context, name string) (*VolumeStatsReport, error) {
+	return call[VolumeStatsReport](ctx, c, http.MethodGet, "/api/v1/volumes/"+url.PathEscape(name)+"/stats", nil, nil, RequestTimeout)
+}
+
 // RevokeToken deletes an API token.
 func (c *Client) RevokeToken(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)

@@ -232,6 +232,38 @@ type VolumeReport struct {
 	// applied.
 	Incarnation int64 `json:"incarnation,omitempty"`
 	Seq         int64 `json:"seq,omitempty"`
+	// Stats are the volume's recent figures, over the time since the
+	// previous report that had them; the host's periodic reports carry
+	// them.
+	Stats *VolumeStats `json:"stats,omitempty"`
+}
+
+// VolumeStats are a volume's recent I/O figures as its host measured them
+// at its iSCSI target, over WindowSeconds: operations and bytes per second,
+// and the mean and 99th percentile latency (to the bucket: 50 µs, doubling)
+// of reads and writes in microseconds; Errors counts the operations that
+// failed in the window.
+type VolumeStats struct {
+	WindowSeconds      float64 `json:"window_seconds"`
+	ReadIOPS           float64 `json:"read_iops"`
+	WriteIOPS          float64 `json:"write_iops"`
+	ReadBytesPerSec    float64 `json:"read_bytes_per_sec"`
+	WriteBytesPerSec   float64 `json:"write_bytes_per_sec"`
+	ReadLatencyMeanUs  float64 `json:"read_latency_mean_us"`
+	ReadLatencyP99Us   float64 `json:"read_latency_p99_us"`
+	WriteLatencyMeanUs float64 `json:"write_latency_mean_us"`
+	WriteLatencyP99Us  float64 `json:"write_latency_p99_us"`
+	Errors             int64   `json:"errors"`
+}
+
+// VolumeStatsReport answers GET /api/v1/volumes/{name}/stats: the latest
+// figures its host reported, by which host and when. Stats is nil when no
+// host has reported any (the volume is not attached, or was just).
+type VolumeStatsReport struct {
+	Volume     string       `json:"volume"`
+	Host       string       `json:"host,omitempty"`
+	ReportedAt *time.Time   `json:"reported_at,omitempty"`
+	Stats      *VolumeStats `json:"stats,omitempty"`
 }
 
 // SetReport is the state of one set of an attached volume.
