@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -88,13 +89,32 @@ func TestEventsCommand(t *testing.T) {
 		!strings.Contains(lines[1], "is degraded: read: i/o timeout") || !strings.Contains(lines[2], "resync_done") {
 		t.Errorf("table:\n%s", out)
 	}
-	if q := f.queries[len(f.queries)-1]; !strings.Contains(q, "volume=v") || !strings.Contains(q, "limit=2") {
+	if q := f.queries[len(f.queries)-1]; !strings.Contains(q, "volume=v") || !strings.Contains(q, "limit=1000") {
+		t.Errorf("query %q: lines summarise events, so the newest lines are made of up to 1000 events", q)
+	}
+	if _, err := runEventsCmd(t.Context(), t, hs.URL, "table", "--detail", "--limit", "2", "--kind", "resync_done", "--server", "cs1"); err != nil {
+		t.Fatal(err)
+	}
+	if q := f.queries[len(f.queries)-1]; !strings.Contains(q, "limit=2") || !strings.Contains(q, "kind=resync_done") || !strings.Contains(q, "server=cs1") {
 		t.Errorf("query %q", q)
+	}
+
+	// The members of one chunkserver degraded together are one line.
+	for i := range 40 {
+		f.mu.Lock()
+		id := int64(len(f.events) + 1)
+		f.events = append(f.events, api.Event{ID: id, Time: time.Date(2026, 11, 21, 12, 1, 0, i, time.UTC), Kind: api.EventMemberDegraded,
+			Server: "cs3", Volume: "v", Subject: fmt.Sprintf("volume/v/set/%d/member/0", i), Message: "member degraded"})
+		f.mu.Unlock()
+	}
+	out, err = runEventsCmd(t.Context(), t, hs.URL, "table")
+	if err != nil || !strings.Contains(out, "cs3: 40 members degraded (volume v: 40)") || !strings.Contains(out, "4-43") || strings.Count(out, "\n") != 5 {
+		t.Errorf("grouped:\n%s", out)
 	}
 
 	out, err = runEventsCmd(t.Context(), t, hs.URL, "json")
 	var evs []api.Event
-	if err != nil || json.Unmarshal([]byte(out), &evs) != nil || len(evs) != 3 || evs[2].Kind != api.EventResyncDone {
+	if err != nil || json.Unmarshal([]byte(out), &evs) != nil || len(evs) != 43 || evs[2].Kind != api.EventResyncDone {
 		t.Errorf("json: %q, %v", out, err)
 	}
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"regexp"
 
 	"github.com/jackc/pgx/v5"
 
@@ -28,6 +29,8 @@ type event struct {
 	Kind    string
 	Subject string // e.g. volume/v1/set/0/member/1, chunkserver/cs1
 	Volume  string // the volume it is about, "" for none
+	Server  string // the chunkserver (or host) it concerns, "" for none
+	Bytes   int64  // what a resync or rebuild copied, 0 for none
 	Message string
 }
 
@@ -39,25 +42,36 @@ func addEvents(ctx context.Context, tx pgx.Tx, evs ...event) error {
 	kinds := make([]string, len(evs))
 	subjects := make([]string, len(evs))
 	volumes := make([]string, len(evs))
+	servers := make([]string, len(evs))
+	bytes := make([]int64, len(evs))
 	messages := make([]string, len(evs))
 	for i, e := range evs {
-		kinds[i], subjects[i], volumes[i], messages[i] = e.Kind, e.Subject, e.Volume, e.Message
+		kinds[i], subjects[i], volumes[i], servers[i], bytes[i], messages[i] = e.Kind, e.Subject, e.Volume, e.Server, e.Bytes, e.Message
 	}
 	_, err := tx.Exec(ctx, `
-		INSERT INTO events (kind, subject, volume, message)
-		SELECT k, s, nullif(v, ''), m FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-		WITH ORDINALITY AS u(k, s, v, m, n) ORDER BY n`, kinds, subjects, volumes, messages)
+		INSERT INTO events (kind, subject, volume, server, bytes, message)
+		SELECT k, s, nullif(v, ''), nullif(sv, ''), nullif(b, 0), m
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+		WITH ORDINALITY AS u(k, s, v, sv, b, m, n) ORDER BY n`, kinds, subjects, volumes, servers, bytes, messages)
 	if err != nil {
 		return fmt.Errorf("record events: %w", err)
 	}
 	return nil
 }
 
+var eventKindRE = regexp.MustCompile(`^[a-z_]{1,64}$`)
+
+// eventFilter keeps the events of one volume, kind or server (each "" for
+// any).
+type eventFilter struct{ volume, kind, server string }
+
 // listEvents returns events oldest first: with after > 0 the first limit
-// events after that ID, otherwise the newest limit events. volume != ""
-// keeps that volume's events.
-func (st *store) listEvents(ctx context.Context, volume string, after int64, limit int) ([]api.Event, error) {
+// events after that ID, otherwise the newest limit events, of those f
+// keeps.
+func (st *store) listEvents(ctx context.Context, f eventFilter, after int64, limit int) ([]api.Event, error) {
 	var out []api.Event
+	const cols = `id, time, kind, subject, coalesce(volume, ''), coalesce(server, ''), coalesce(bytes, 0), message`
+	const match = `($1::text = '' OR volume = $1) AND ($2::text = '' OR kind = $2) AND ($3::text = '' OR server = $3)`
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		var (
 			rows pgx.Rows
@@ -65,23 +79,21 @@ func (st *store) listEvents(ctx context.Context, volume string, after int64, lim
 		)
 		if after > 0 {
 			rows, err = tx.Query(ctx, `
-				SELECT id, time, kind, subject, message FROM events
-				WHERE id > $1 AND ($2::text = '' OR volume = $2)
-				ORDER BY id LIMIT $3`, after, volume, limit)
+				SELECT `+cols+` FROM events WHERE id > $4 AND `+match+`
+				ORDER BY id LIMIT $5`, f.volume, f.kind, f.server, after, limit)
 		} else {
 			rows, err = tx.Query(ctx, `
 				SELECT * FROM (
-					SELECT id, time, kind, subject, message FROM events
-					WHERE $1::text = '' OR volume = $1
-					ORDER BY id DESC LIMIT $2) newest
-				ORDER BY id`, volume, limit)
+					SELECT `+cols+` FROM events WHERE `+match+`
+					ORDER BY id DESC LIMIT $4) newest
+				ORDER BY id`, f.volume, f.kind, f.server, limit)
 		}
 		if err != nil {
 			return err
 		}
 		out, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.Event, error) {
 			var e api.Event
-			err := row.Scan(&e.ID, &e.Time, &e.Kind, &e.Subject, &e.Message)
+			err := row.Scan(&e.ID, &e.Time, &e.Kind, &e.Subject, &e.Volume, &e.Server, &e.Bytes, &e.Message)
 			return e, err
 		})
 		return err
@@ -100,13 +112,23 @@ func pruneEvents(ctx context.Context, conn *pgx.Conn, keep int64) error {
 
 func (s *Server) listEvents(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	volume := q.Get("volume")
-	limit, after, err := parseEventQuery(q.Get("limit"), q.Get("after"), volume)
+	f := eventFilter{volume: q.Get("volume"), kind: q.Get("kind"), server: q.Get("server")}
+	limit, after, err := parseEventQuery(q.Get("limit"), q.Get("after"), f.volume)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	out, err := s.st.listEvents(r.Context(), volume, after, limit)
+	if f.kind != "" && !eventKindRE.MatchString(f.kind) {
+		s.writeError(w, r, invalid("kind=%q is not an event kind (lower-case letters and _, e.g. member_degraded)", f.kind))
+		return
+	}
+	if f.server != "" {
+		if err := validateServerName("server", f.server); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	out, err := s.st.listEvents(r.Context(), f, after, limit)
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -137,7 +137,7 @@ func (s *Server) detectFailures(ctx context.Context, conn *pgx.Conn) error {
 		)
 		var wentOffline []string
 		_, err = pgx.ForEachRow(rows, []any{&name, &offline, &silent, &members}, func() error {
-			e := event{Subject: "chunkserver/" + name}
+			e := event{Subject: "chunkserver/" + name, Server: name}
 			if offline {
 				wentOffline = append(wentOffline, name)
 				e.Kind = api.EventChunkserverOffline
@@ -250,7 +250,7 @@ func markOffline(ctx context.Context, tx pgx.Tx, servers []string, offlineAfter 
 			ids = append(ids, m.chunk)
 			errs = append(errs, fmt.Sprintf("chunkserver %s offline: no heartbeat for over %v", m.server, offlineAfter))
 			evs = append(evs, event{
-				Kind: api.EventMemberDegraded, Subject: fmt.Sprintf("volume/%s/set/%d/member/%d", m.volume, m.set, m.member), Volume: m.volume,
+				Kind: api.EventMemberDegraded, Subject: fmt.Sprintf("volume/%s/set/%d/member/%d", m.volume, m.set, m.member), Volume: m.volume, Server: m.server,
 				Message: fmt.Sprintf("member %d of set %d (chunk %s on chunkserver %s) is degraded: its chunkserver is offline (no heartbeat for over %v)",
 					m.member, m.set, m.chunk, m.server, offlineAfter),
 			})
@@ -369,7 +369,7 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 					if _, err := tx.Exec(ctx, `UPDATE chunks SET replace_blocked = true WHERE id = $1::uuid`, d.chunk); err != nil {
 						return err
 					}
-					evs = append(evs, event{Kind: api.EventReplaceBlocked, Subject: subject, Volume: d.volume,
+					evs = append(evs, event{Kind: api.EventReplaceBlocked, Subject: subject, Volume: d.volume, Server: d.server,
 						Message: fmt.Sprintf("member %d of set %d (chunk %s on chunkserver %s, %s) cannot be replaced: no online chunkserver with a disk in a fault domain the set does not use (%d in use); retrying",
 							d.member, d.set, d.chunk, d.server, whyLong(d.failed, d.silent, s.cfg.ReplaceAfter), len(used))})
 				}
@@ -407,7 +407,7 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 					}
 				}
 			}
-			evs = append(evs, event{Kind: api.EventMemberReplaced, Subject: subject, Volume: d.volume,
+			evs = append(evs, event{Kind: api.EventMemberReplaced, Subject: subject, Volume: d.volume, Server: d.server,
 				Message: fmt.Sprintf("member %d of set %d: chunk %s on chunkserver %s (%s) is replaced by chunk %s on chunkserver %s, which is being rebuilt",
 					d.member, d.set, d.chunk, d.server, whyLong(d.failed, d.silent, s.cfg.ReplaceAfter), newChunk, newServer)})
 			replaced++

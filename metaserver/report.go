@@ -356,6 +356,7 @@ func memberEvent(volume string, old reportedMember, mr api.MemberReport) (event,
 	e := event{
 		Subject: fmt.Sprintf("volume/%s/set/%d/member/%d", volume, old.Set, old.Index),
 		Volume:  volume,
+		Server:  old.Chunkserver,
 	}
 	who := fmt.Sprintf("member %d of set %d (chunk %s on chunkserver %s)", old.Index, old.Set, mr.ChunkID, old.Chunkserver)
 	switch mr.State {
@@ -382,7 +383,7 @@ func memberEvent(volume string, old reportedMember, mr api.MemberReport) (event,
 			if copied == 0 {
 				copied = old.DoneBytes
 			}
-			e.Kind = api.EventRebuildDone
+			e.Kind, e.Bytes = api.EventRebuildDone, copied
 			e.Message = fmt.Sprintf("%s is in sync: the rebuild copied %s", who, bytesText(copied))
 			if took := time.Since(old.Since); !old.Since.IsZero() && took >= time.Second {
 				e.Message += fmt.Sprintf(" in %v (%s/s)", took.Round(time.Second), approxSize(int64(float64(copied)/took.Seconds())))
@@ -398,7 +399,7 @@ func memberEvent(volume string, old reportedMember, mr api.MemberReport) (event,
 		if copied == 0 {
 			copied = old.DoneBytes
 		}
-		e.Kind = api.EventResyncDone
+		e.Kind, e.Bytes = api.EventResyncDone, copied
 		e.Message = fmt.Sprintf("%s is in sync again: the resync copied %s", who, bytesText(copied))
 	}
 	return e, true

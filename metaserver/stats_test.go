@@ -47,3 +47,55 @@ func TestVolumeStats(t *testing.T) {
 	_, err = ts.Client.VolumeStats(ctx, "nosuch")
 	wantCode(t, err, api.CodeNotFound, http.StatusNotFound)
 }
+
+// TestEventFilters: events carry the server they concern and the bytes a
+// resync copied, and are filtered by kind and server as well as volume;
+// a bad kind or server name is refused.
+func TestEventFilters(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	ctx := t.Context()
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	hostID := ts.addHost(t, "h1")
+	v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "e1", SizeBytes: 64 << 20, Layout: "mirror:2", Host: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := v.Sets[0].Members[1]
+	report := func(state string, done int64) {
+		t.Helper()
+		r := api.VolumeReport{Name: "e1", Epoch: v.Epoch, Sets: []api.SetReport{{Index: 0, Members: []api.MemberReport{
+			{ChunkID: v.Sets[0].Members[0].ChunkID, State: api.MemberInSync},
+			{ChunkID: m.ChunkID, State: state, ResyncDoneBytes: done, ResyncTotalBytes: done}}}}}
+		if err := ts.Client.HostReport(ctx, hostID, api.HostReport{Volumes: []api.VolumeReport{r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	report(api.MemberDegraded, 0)
+	report(api.MemberResyncing, 0)
+	report(api.MemberInSync, 3<<20)
+	evs, err := ts.Client.FindEvents(ctx, api.EventFilter{Server: m.Chunkserver}, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, e := range evs {
+		kinds = append(kinds, e.Kind)
+		if e.Server != m.Chunkserver || e.Volume != "e1" {
+			t.Errorf("event %+v", e)
+		}
+	}
+	if len(kinds) != 3 || kinds[0] != api.EventMemberDegraded || kinds[2] != api.EventResyncDone || evs[2].Bytes != 3<<20 {
+		t.Fatalf("events of %s: %v %+v", m.Chunkserver, kinds, evs)
+	}
+	evs, err = ts.Client.FindEvents(ctx, api.EventFilter{Kind: api.EventVolumeAttached, Volume: "e1"}, 0, 100)
+	if err != nil || len(evs) != 1 || evs[0].Server != "h1" {
+		t.Fatalf("volume_attached of e1: %+v %v", evs, err)
+	}
+	_, err = ts.Client.FindEvents(ctx, api.EventFilter{Kind: "Bad-Kind"}, 0, 10)
+	wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
+	_, err = ts.Client.FindEvents(ctx, api.EventFilter{Server: "no such/server"}, 0, 10)
+	wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
+}

@@ -331,7 +331,7 @@ func recordFailedChunks(ctx context.Context, tx pgx.Tx, id int64, failed []api.F
 			rows.Close()
 			return fmt.Errorf("heartbeat failed chunks: %w", err)
 		}
-		e := event{Kind: api.EventChunkFailed, Subject: "chunk/" + chunk, Volume: volume,
+		e := event{Kind: api.EventChunkFailed, Subject: "chunk/" + chunk, Volume: volume, Server: server,
 			Message: fmt.Sprintf("chunk %s on chunkserver %s failed: %s", chunk, server, reason)}
 		if volume != "" {
 			e.Subject = fmt.Sprintf("volume/%s/set/%d/member/%d", volume, set, member)

@@ -439,5 +439,5 @@ func attachEvent(volume, host string, epoch int64, prev string, clean bool) even
 	default:
 		msg += fmt.Sprintf("; moved from host %s, which did not detach cleanly: the new host recovers from the LOG bitmaps", prev)
 	}
-	return event{Kind: api.EventVolumeAttached, Subject: "volume/" + volume, Volume: volume, Message: msg}
+	return event{Kind: api.EventVolumeAttached, Subject: "volume/" + volume, Volume: volume, Server: host, Message: msg}
 }

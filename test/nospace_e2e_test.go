@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -56,12 +57,18 @@ func TestFullDiskRefusesWrites(t *testing.T) {
 	for off := 0; off < 64<<20; off += step {
 		cmds = append(cmds, "-c", fmt.Sprintf("write -P 0x5a %d %d", off, step))
 	}
-	out, _ := exec.CommandContext(ctx, "qemu-io", append(append([]string{"-f", "raw"}, cmds...), url)...).CombinedOutput()
-	if !strings.Contains(string(out), "No space left on device") {
-		t.Fatalf("qemu-io never saw ENOSPC filling 64 MiB on 40 MiB disks:\n%s", tail(string(out), 20))
+	// Acknowledgements on standard output, errors on standard error: read
+	// apart, a line of one is never cut by the other.
+	var stdout, stderr bytes.Buffer
+	fill := exec.CommandContext(ctx, "qemu-io", append(append([]string{"-f", "raw"}, cmds...), url)...)
+	fill.Stdout, fill.Stderr = &stdout, &stderr
+	_ = fill.Run() // exits non-zero: writes failed
+	out := stdout.String() + stderr.String()
+	if !strings.Contains(out, "No space left on device") {
+		t.Fatalf("qemu-io never saw ENOSPC filling 64 MiB on 40 MiB disks:\n%s", tail(out, 20))
 	}
 	acked := map[int]bool{}
-	for _, m := range regexp.MustCompile(`wrote \d+/\d+ bytes at offset (\d+)`).FindAllStringSubmatch(string(out), -1) {
+	for _, m := range regexp.MustCompile(`wrote \d+/\d+ bytes at offset (\d+)`).FindAllStringSubmatch(stdout.String(), -1) {
 		off, _ := strconv.Atoi(m[1])
 		acked[off] = true
 	}
@@ -73,7 +80,7 @@ func TestFullDiskRefusesWrites(t *testing.T) {
 		}
 	}
 	t.Logf("qemu-io: %d writes of 256 KiB acknowledged (%d MiB), the first refused at %d MiB: %q",
-		len(acked), len(acked)*step>>20, refused>>20, lineWith(string(out), "No space left"))
+		len(acked), len(acked)*step>>20, refused>>20, lineWith(out, "No space left"))
 	if len(acked) < 64 {
 		t.Fatalf("only %d writes acknowledged before the disks were full", len(acked))
 	}

@@ -93,6 +93,17 @@ func TestIdleChunkserverLossNoticed(t *testing.T) {
 	checkReplicas(t, c, "parked")
 	run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x5a 0 1M", url)
 	checkReplicas(t, c, "busy")
+
+	// The event log: one line for the chunkserver's members degraded, one
+	// for their resyncs; --detail and --kind show each.
+	out := cli(t, c, "events", "--server", victim)
+	t.Logf("chunkraid events --server %s:\n%s", victim, out)
+	if !strings.Contains(out, victim+": 2 members degraded") {
+		t.Errorf("no summary of the degraded members")
+	}
+	if out := cli(t, c, "events", "--server", victim, "--kind", "member_degraded", "--detail"); strings.Count(out, "member_degraded") != 2 {
+		t.Errorf("events --kind member_degraded --detail:\n%s", out)
+	}
 }
 
 // TestLostChunkserverReplacedAndRebuilt: a chunkserver is killed for good

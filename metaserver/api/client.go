@@ -274,9 +274,20 @@ func (c *Client) HostReport(ctx context.Context, id int64, r HostReport) error {
 // the newest limit events. volume != "" keeps the events of that volume.
 // limit <= 0 means the server's default (100); it is capped at MaxEvents.
 func (c *Client) ListEvents(ctx context.Context, volume string, after int64, limit int) ([]Event, error) {
+	return c.FindEvents(ctx, EventFilter{Volume: volume}, after, limit)
+}
+
+// EventFilter keeps the events of one volume, kind and server (each "" for
+// any).
+type EventFilter struct{ Volume, Kind, Server string }
+
+// FindEvents is ListEvents with every filter.
+func (c *Client) FindEvents(ctx context.Context, f EventFilter, after int64, limit int) ([]Event, error) {
 	q := url.Values{}
-	if volume != "" {
-		q.Set("volume", volume)
+	for k, v := range map[string]string{"volume": f.Volume, "kind": f.Kind, "server": f.Server} {
+		if v != "" {
+			q.Set(k, v)
+		}
 	}
 	if after > 0 {
 		q.Set("after", itoa(after))

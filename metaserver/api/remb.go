@@ -317,5 +317,11 @@ type Event struct {
 	Time    time.Time `json:"time"`
 	Kind    string    `json:"kind"`    // e.g. member_degraded, resync_started, resync_done, volume_attached, chunkserver_offline
 	Subject string    `json:"subject"` // e.g. volume/demo/set/0/member/1, chunkserver/cs1
-	Message string    `json:"message"`
+	Volume  string    `json:"volume,omitempty"`
+	// Server is the chunkserver (or host) the event concerns, if any: the
+	// member's chunkserver for a member's event.
+	Server string `json:"server,omitempty"`
+	// Bytes is what a resync or rebuild copied (resync_done, rebuild_done).
+	Bytes   int64  `json:"bytes,omitempty"`
+	Message string `json:"message"`
 }
