@@ -91,30 +91,8 @@ func (st *store) resizeVolume(ctx context.Context, name string, size int64) (*ap
 			if err != nil {
 				return err
 			}
-			var setIdx, chunkSet, chunkMember []int32
-			var servers, disks []int64
-			for i, members := range plan {
-				idx := int32(sets) + int32(i)
-				setIdx = append(setIdx, idx)
-				for j, m := range members {
-					servers = append(servers, m.ChunkserverID)
-					disks = append(disks, m.DiskID)
-					chunkSet = append(chunkSet, idx)
-					chunkMember = append(chunkMember, int32(j))
-				}
-			}
-			_, err = tx.Exec(ctx, `INSERT INTO sets (volume_id, idx, size_bytes) SELECT $1, i, least($3::bigint, $4::bigint - i::bigint * $3::bigint) FROM unnest($2::int[]) i`,
-				id, setIdx, setSize, size)
-			if err != nil {
-				return fmt.Errorf("insert sets: %w", err)
-			}
-			_, err = tx.Exec(ctx, `
-				INSERT INTO chunks (chunkserver_id, disk_id, volume_id, set_idx, member_idx, size_bytes)
-				SELECT u.server, u.disk, $1, u.set_idx, u.member_idx, $2
-				FROM unnest($3::bigint[], $4::bigint[], $5::int[], $6::int[]) AS u(server, disk, set_idx, member_idx)`,
-				id, chunkSize, servers, disks, chunkSet, chunkMember)
-			if err != nil {
-				return fmt.Errorf("insert chunks: %w", err)
+			if err := insertSets(ctx, tx, id, int(sets), plan, chunkSize, setSize, size); err != nil {
+				return err
 			}
 		}
 		// Every set holds setSize but the last, which holds the rest.

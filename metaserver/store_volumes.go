@@ -272,33 +272,8 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		if err != nil {
 			return err
 		}
-		setIdx := make([]int32, sets)
-		setSizes := make([]int64, sets)
-		var servers, disks []int64
-		var chunkSet, chunkMember []int32
-		for i, members := range plan {
-			setIdx[i] = int32(i)
-			setSizes[i] = min(setSize, req.SizeBytes-int64(i)*setSize)
-			for j, m := range members {
-				servers = append(servers, m.ChunkserverID)
-				disks = append(disks, m.DiskID)
-				chunkSet = append(chunkSet, int32(i))
-				chunkMember = append(chunkMember, int32(j))
-			}
-		}
-		_, err = tx.Exec(ctx, `
-			INSERT INTO sets (volume_id, idx, size_bytes)
-			SELECT $1, * FROM unnest($2::int[], $3::bigint[])`, volumeID, setIdx, setSizes)
-		if err != nil {
-			return fmt.Errorf("insert sets: %w", err)
-		}
-		_, err = tx.Exec(ctx, `
-			INSERT INTO chunks (chunkserver_id, disk_id, volume_id, set_idx, member_idx, size_bytes)
-			SELECT u.server, u.disk, $1, u.set_idx, u.member_idx, $2
-			FROM unnest($3::bigint[], $4::bigint[], $5::int[], $6::int[]) AS u(server, disk, set_idx, member_idx)`,
-			volumeID, chunkSize, servers, disks, chunkSet, chunkMember)
-		if err != nil {
-			return fmt.Errorf("insert chunks: %w", err)
+		if err := insertSets(ctx, tx, volumeID, 0, plan, chunkSize, setSize, req.SizeBytes); err != nil {
+			return err
 		}
 		out, err = st.loadVolume(ctx, tx, volumeFilter{id: volumeID, name: req.Name})
 		if err != nil {
@@ -440,4 +415,38 @@ func attachEvent(volume, host string, epoch int64, prev string, clean bool) even
 		msg += fmt.Sprintf("; moved from host %s, which did not detach cleanly: the new host recovers from the LOG bitmaps", prev)
 	}
 	return event{Kind: api.EventVolumeAttached, Subject: "volume/" + volume, Volume: volume, Server: host, Message: msg}
+}
+
+// insertSets records the sets of plan as sets first, first+1, ... of a
+// volume of size bytes in sets of setSize (the last holds the rest), with
+// their chunks on the chunkservers and disks plan chose.
+func insertSets(ctx context.Context, tx pgx.Tx, volumeID int64, first int, plan [][]placed, chunkSize, setSize, size int64) error {
+	var setIdx, chunkSet, chunkMember []int32
+	var servers, disks []int64
+	for i, members := range plan {
+		idx := int32(first + i)
+		setIdx = append(setIdx, idx)
+		for j, m := range members {
+			servers = append(servers, m.ChunkserverID)
+			disks = append(disks, m.DiskID)
+			chunkSet = append(chunkSet, idx)
+			chunkMember = append(chunkMember, int32(j))
+		}
+	}
+	_, err := tx.Exec(ctx, `
+		INSERT INTO sets (volume_id, idx, size_bytes)
+		SELECT $1, i, least($3::bigint, $4::bigint - i::bigint * $3::bigint) FROM unnest($2::int[]) i`,
+		volumeID, setIdx, setSize, size)
+	if err != nil {
+		return fmt.Errorf("insert sets: %w", err)
+	}
+	_, err = tx.Exec(ctx, `
+		INSERT INTO chunks (chunkserver_id, disk_id, volume_id, set_idx, member_idx, size_bytes)
+		SELECT u.server, u.disk, $1, u.set_idx, u.member_idx, $2
+		FROM unnest($3::bigint[], $4::bigint[], $5::int[], $6::int[]) AS u(server, disk, set_idx, member_idx)`,
+		volumeID, chunkSize, servers, disks, chunkSet, chunkMember)
+	if err != nil {
+		return fmt.Errorf("insert chunks: %w", err)
+	}
+	return nil
 }
