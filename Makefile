@@ -15,17 +15,20 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # libiscsi and QEMU iSCSI clients, NBD clients and reference servers, fio,
 # Prometheus to scrape the daemons).
 PKGS     := postgresql libiscsi-bin qemu-utils qemu-block-extra fio libnbd-bin nbdkit tgt curl openssl prometheus
+# Debian packages only the tests need: Chromium drives the dashboard.
+TEST_PKGS := chromium
 
-.PHONY: all build deps demo demo-clean test test-unit test-e2e vet fuzz soak bench bench-iscsi clean
+.PHONY: all build deps test-deps demo demo-clean test test-unit test-e2e vet fuzz soak bench bench-iscsi clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cli/chunkraid
 
-# deps installs the Debian packages that are missing (as root, with apt-get).
-deps:
-	@missing=""; for p in $(PKGS); do \
+# install-missing installs the Debian packages of $(1) that are missing (as
+# root, with apt-get).
+define install-missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -33,6 +36,15 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+# deps: what the demo and the tests need; test-deps adds what only the
+# tests need (a browser for the dashboard's tests).
+deps:
+	$(call install-missing,$(PKGS))
+
+test-deps: deps
+	$(call install-missing,$(TEST_PKGS))
 
 demo: deps build
 	./$(BIN) demo --dir .demo
@@ -51,13 +63,13 @@ vet:
 # against a private PostgreSQL, and the end-to-end tests that start real
 # processes and drive them with real clients. testreport prints what go test
 # would, then the ten slowest tests; pipefail keeps go test's exit status.
-test: deps build vet
+test: test-deps build vet
 	set -o pipefail; CHUNKRAID_ISCSI_FULL=1 $(GO) test -json -race -count=1 -timeout 15m ./... | $(GO) run ./internal/testreport
 
 test-unit: build
 	$(GO) test -race -count=1 -short ./...
 
-test-e2e: deps build
+test-e2e: test-deps build
 	$(GO) test -count=1 -v -timeout 15m ./test/...
 
 # soak runs the randomized recovery models far longer than make test does

@@ -44,7 +44,7 @@ func TestOpenAPIRoutes(t *testing.T) {
 	ts := startServer(t, Config{})
 	doc := loadOpenAPI(t, ts.URL)
 	var routes []string
-	err := chi.Walk(ts.handler.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+	err := chi.Walk(ts.router.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
 		routes = append(routes, method+" "+strings.TrimSuffix(route, "/"))
 		return nil
 	})

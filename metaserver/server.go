@@ -27,6 +27,7 @@ import (
 	"github.com/chunkraid/chunkraid/internal/atomicfile"
 	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
+	"github.com/chunkraid/chunkraid/web"
 	"github.com/chunkraid/chunkraid/migrations"
 )
 
@@ -232,6 +233,7 @@ type Server struct {
 	// the background loops.
 	leading atomic.Bool
 	metrics *metrics
+	router  http.Handler // the chi router of every API route (routes)
 }
 
 // New validates cfg and returns a server; Run starts it.
@@ -251,7 +253,18 @@ func New(cfg Config) (*Server, error) {
 		reg = prometheus.NewRegistry()
 	}
 	s.metrics = newMetrics(s, reg)
-	s.handler = s.routes()
+	api := s.routes()
+	dashboard := web.Handler()
+	// The dashboard (package web) at / and /static/; the API and the rest
+	// on the router.
+	s.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if web.Owns(r.URL.Path) {
+			dashboard.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
+	s.router = api
 	return s, nil
 }
 

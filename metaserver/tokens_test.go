@@ -61,7 +61,7 @@ func TestRouteTableRequiresTokens(t *testing.T) {
 	}
 	param := regexp.MustCompile(`\{[a-z]+\}`)
 	var walked, operator []string
-	err = chi.Walk(ts.handler.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+	err = chi.Walk(ts.router.(chi.Routes), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
 		route = strings.TrimSuffix(route, "/")
 		walked = append(walked, method+" "+route)
 		return nil

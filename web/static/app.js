@@ -1,0 +1,239 @@
+// The chunkraid dashboard: one ES module, no build step. Every figure comes
+// from the REST API with the signed-in token, sent as the Authorization
+// header; the token lives in this tab's sessionStorage, never in a URL.
+// Data is written into the page with textContent only.
+
+const $ = (sel) => document.querySelector(sel);
+const KEY = 'chunkraid-token';
+let token = sessionStorage.getItem(KEY) || '';
+let role = '';
+let timer = 0;
+
+// api calls the REST API; an error carries the API's message.
+async function api(path, opts = {}) {
+  const headers = { Authorization: 'Bearer ' + token };
+  if (opts.body) headers['Content-Type'] = 'application/json';
+  const r = await fetch(path, { ...opts, headers, cache: 'no-store' });
+  if (r.status === 204) return null;
+  const body = await r.json().catch(() => null);
+  if (!r.ok) {
+    const e = new Error(body && body.message ? body.message : r.status + ' ' + r.statusText);
+    e.status = r.status;
+    throw e;
+  }
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('data-') || k.startsWith('aria-') || k === 'role' || k === 'scope') e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children) e.append(c instanceof Node ? c : String(c));
+  return e;
+}
+
+function table(headers, rows, caption) {
+  const t = el('table');
+  if (caption) t.append(el('caption', {}, caption));
+  t.append(el('thead', {}, el('tr', {}, ...headers.map((h) => el('th', { scope: 'col' }, h)))));
+  const body = el('tbody');
+  for (const r of rows) body.append(r);
+  t.append(body);
+  return t;
+}
+
+const UNITS = [['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10],
+  ['T', 2 ** 40], ['G', 2 ** 30], ['M', 2 ** 20], ['K', 2 ** 10], ['B', 1]];
+
+// parseSize reads a size as the CLI does, with the CLI's message.
+export function parseSize(s) {
+  let t = s.trim();
+  let mult = 1;
+  for (const [suf, m] of UNITS) {
+    if (t.endsWith(suf) && t.length > suf.length) {
+      t = t.slice(0, -suf.length).trim();
+      mult = m;
+      break;
+    }
+  }
+  if (!/^\d+$/.test(t)) {
+    throw new Error(`invalid size "${s}": use a whole number of bytes or a number with a unit such as 64MiB, 20GiB`);
+  }
+  return Number(t) * mult;
+}
+
+function bytes(n) {
+  for (const [u, m] of [['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]]) {
+    if (n >= m) return (n / m).toFixed(n % m === 0 ? 0 : 1) + ' ' + u;
+  }
+  return n + ' B';
+}
+
+function bar(label, part, whole) {
+  const pct = whole > 0 ? Math.min(100, (100 * part) / whole) : 0;
+  const b = el('div', { class: 'bar', role: 'img', 'aria-label': `${label}: ${bytes(part)} of ${bytes(whole)}` }, el('span'));
+  b.firstChild.style.width = pct.toFixed(1) + '%';
+  return el('div', { class: 'cap' }, el('div', {}, `${label}: ${bytes(part)} of ${bytes(whole)} (${pct.toFixed(1)} %)`), b);
+}
+
+function volumeHealth(v) {
+  const states = v.sets.flatMap((s) => s.members.map((m) => m.state));
+  if (states.every((s) => s === 'in_sync')) return 'healthy';
+  return 'degraded';
+}
+
+function renderOverview(cluster, volumes, servers) {
+  const degraded = volumes.filter((v) => volumeHealth(v) !== 'healthy');
+  const members = volumes.flatMap((v) => v.sets.flatMap((s) => s.members));
+  const notInSync = members.filter((m) => m.state !== 'in_sync').length;
+  const offline = servers.filter((s) => s.state !== 'online').length;
+  const h = $('#health');
+  h.textContent = degraded.length === 0 && offline === 0
+    ? `Healthy: ${volumes.length} volumes, ${members.length} members in sync, ${servers.length} chunkservers online`
+    : `${degraded.length} of ${volumes.length} volumes degraded, ${notInSync} members not in sync, ${offline} chunkservers offline`;
+  h.className = 'health ' + (degraded.length === 0 && offline === 0 ? 'healthy' : 'degraded');
+  $('#capacity').replaceChildren(
+    bar('Provisioned', cluster.provisioned_bytes, cluster.raw_capacity_bytes),
+    bar('Allocated', cluster.allocated_bytes, cluster.raw_capacity_bytes),
+    bar('Used (raw, all files)', cluster.raw_capacity_bytes - cluster.raw_free_bytes, cluster.raw_capacity_bytes),
+    el('p', {}, `Free: ${bytes(cluster.raw_free_bytes)}; new volumes may still take ${bytes(cluster.provisionable_bytes)} (overcommit ${cluster.overcommit}).`));
+  const resyncing = members.filter((m) => m.state === 'resyncing' || m.state === 'rebuilding').length;
+  $('#counts').replaceChildren(el('p', {}, `Sets degraded: ${volumes.reduce((n, v) => n + v.sets.filter((s) => s.members.some((m) => m.state !== 'in_sync')).length, 0)}; members resyncing or rebuilding: ${resyncing}.`));
+}
+
+function progress(m) {
+  if (!(m.state === 'resyncing' || m.state === 'rebuilding') || !m.resync_total_bytes) return '';
+  const p = el('progress', { max: m.resync_total_bytes, value: m.resync_done_bytes, 'aria-label': `${m.state} progress` });
+  return el('span', {}, p, ` ${bytes(m.resync_done_bytes)} of ${bytes(m.resync_total_bytes)}`);
+}
+
+function renderVolumes(volumes) {
+  const out = [];
+  for (const v of volumes) {
+    const health = volumeHealth(v);
+    out.push(el('h3', {}, `${v.name} `, el('span', { class: health, 'data-health': health, 'data-volume-health': v.name }, health)));
+    out.push(el('p', {}, `${bytes(v.size_bytes)}, ${v.layout}, ${v.sets.length} sets, host ${v.host || '(none)'}, epoch ${v.epoch}`));
+    const rows = [];
+    for (const s of v.sets) {
+      s.members.forEach((m, i) => {
+        rows.push(el('tr', { 'data-volume': v.name, 'data-set': String(s.index), 'data-member': String(i), 'data-chunkserver': m.chunkserver, 'data-state': m.state },
+          el('td', {}, i === 0 ? String(s.index) : ''), el('td', {}, i === 0 ? bytes(s.dirty_bytes) : ''),
+          el('td', {}, String(i)), el('td', {}, m.chunkserver),
+          el('td', { class: 'state-' + m.state }, m.state), el('td', {}, progress(m)), el('td', {}, m.error || '')));
+      });
+    }
+    out.push(table(['Set', 'Dirty', 'Member', 'Chunkserver', 'State', 'Progress', 'Why'], rows, `Members of ${v.name}`));
+  }
+  if (volumes.length === 0) out.push(el('p', {}, 'No volumes yet.'));
+  $('#volume-list').replaceChildren(...out);
+}
+
+function renderServers(servers, hosts) {
+  const rows = servers.map((s) => el('tr', { 'data-server': s.name, 'data-state': s.state },
+    el('td', {}, s.name), el('td', { class: s.state === 'online' ? 'healthy' : 'degraded' }, s.state + (s.full ? ', full' : '')),
+    el('td', {}, s.fault_domain), el('td', {}, String(s.chunks)), el('td', {}, bar('Used', s.capacity_bytes - s.free_bytes, s.capacity_bytes))));
+  const hrows = hosts.map((h) => el('tr', {}, el('td', {}, h.name), el('td', {}, h.state), el('td', {}, h.iscsi_addr)));
+  $('#server-list').replaceChildren(
+    table(['Chunkserver', 'State', 'Fault domain', 'Chunks', 'Capacity'], rows, 'Chunkservers'),
+    table(['Host', 'State', 'iSCSI portal'], hrows, 'Hosts'));
+}
+
+async function renderEvents() {
+  const q = new URLSearchParams({ limit: '200' });
+  if ($('#e-kind').value.trim()) q.set('kind', $('#e-kind').value.trim());
+  if ($('#e-server').value.trim()) q.set('server', $('#e-server').value.trim());
+  const evs = await api('/api/v1/events?' + q);
+  const rows = evs.reverse().map((e) => el('tr', {}, el('td', {}, new Date(e.time).toLocaleString()), el('td', {}, e.kind),
+    el('td', {}, e.server || ''), el('td', {}, e.message)));
+  $('#event-list').replaceChildren(table(['Time', 'Kind', 'Server', 'Message'], rows, 'Newest first'));
+}
+
+async function refresh() {
+  clearTimeout(timer);
+  try {
+    const [cluster, volumes, servers, hosts] = await Promise.all([
+      api('/api/v1/cluster'), api('/api/v1/volumes'), api('/api/v1/chunkservers'), api('/api/v1/hosts')]);
+    renderOverview(cluster, volumes, servers);
+    renderVolumes(volumes);
+    renderServers(servers, hosts);
+    if (location.hash === '#events') await renderEvents();
+    $('#who').classList.remove('error');
+  } catch (e) {
+    if (e.status === 401) return signOut('the token was refused: sign in again');
+    $('#who').textContent = 'cannot reach the metaserver: ' + e.message;
+    $('#who').classList.add('error');
+  }
+  timer = setTimeout(refresh, 1000);
+}
+
+function show() {
+  const page = (location.hash || '#overview').slice(1);
+  for (const s of document.querySelectorAll('.page')) s.hidden = s.id !== page;
+  for (const a of document.querySelectorAll('nav a')) {
+    if (a.dataset.page === page) a.setAttribute('aria-current', 'page');
+    else a.removeAttribute('aria-current');
+  }
+  if (page === 'events') renderEvents().catch(() => {});
+}
+
+async function signIn(t) {
+  token = t;
+  const me = await api('/api/v1/whoami');
+  role = me.role;
+  sessionStorage.setItem(KEY, token);
+  $('#signin').hidden = true;
+  $('#nav').hidden = false;
+  $('#signout').hidden = false;
+  $('#who').textContent = `Signed in as ${me.name} (${me.role})`;
+  $('#create-form').hidden = role !== 'admin';
+  show();
+  refresh();
+}
+
+function signOut(why) {
+  clearTimeout(timer);
+  token = '';
+  sessionStorage.removeItem(KEY);
+  for (const s of document.querySelectorAll('.page')) s.hidden = true;
+  $('#signin').hidden = false;
+  $('#nav').hidden = true;
+  $('#signout').hidden = true;
+  $('#who').textContent = '';
+  $('#signin-error').textContent = why || '';
+}
+
+$('#signin-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  $('#signin-error').textContent = '';
+  try {
+    await signIn($('#token').value.trim());
+    $('#token').value = '';
+  } catch (e) {
+    token = '';
+    $('#signin-error').textContent = e.status === 401 ? 'the metaserver does not know this token' : e.message;
+  }
+});
+
+$('#signout').addEventListener('click', () => signOut());
+window.addEventListener('hashchange', show);
+for (const id of ['#e-kind', '#e-server']) $(id).addEventListener('change', () => renderEvents().catch(() => {}));
+
+$('#create-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  $('#create-error').textContent = '';
+  $('#create-ok').textContent = '';
+  try {
+    const req = { name: $('#c-name').value.trim(), size_bytes: parseSize($('#c-size').value), layout: $('#c-layout').value };
+    if ($('#c-host').value.trim()) req.host = $('#c-host').value.trim();
+    const v = await api('/api/v1/volumes', { method: 'POST', body: JSON.stringify(req) });
+    $('#create-ok').textContent = `volume ${v.name} created: ${bytes(v.size_bytes)}, ${v.layout}, ${v.sets.length} sets`;
+    refresh();
+  } catch (e) {
+    $('#create-error').textContent = e.message;
+  }
+});
+
+if (token) signIn(token).catch(() => signOut());
