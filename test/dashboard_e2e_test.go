@@ -95,7 +95,7 @@ func TestDashboard(t *testing.T) {
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	page := func(name string) chromedp.Action[chromedp.Void] {
 		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			_, err := chromedp.Evaluate[string](`location.hash = "#` + name + `"`)(ctx, tg)
+			_, err := chromedp.Evaluate[string](`location.hash = "#`+name+`"`)(ctx, tg)
 			return err
 		})
 	}
