@@ -27,8 +27,8 @@ import (
 	"github.com/chunkraid/chunkraid/internal/atomicfile"
 	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
-	"github.com/chunkraid/chunkraid/web"
 	"github.com/chunkraid/chunkraid/migrations"
+	"github.com/chunkraid/chunkraid/web"
 )
 
 // Config configures a metaserver. Zero values mean the defaults.
