@@ -22,7 +22,8 @@ const dashboardShots = "output/dashboard"
 // volume healthy; a chunkserver is killed and the page shows its member
 // degraded, then in sync again once it is back, without a reload; the
 // create form shows the CLI's message for a bad size and creates a volume
-// from a good one; a reader signs in and gets no form; the token is never
+// from a good one, which the page then grows (after a refused shrink) and
+// deletes; a reader signs in and gets no form; the token is never
 // in the URL. Each page is saved as a screenshot under output/dashboard.
 func TestDashboard(t *testing.T) {
 	chromium, err := exec.LookPath("chromium")
@@ -165,6 +166,43 @@ func TestDashboard(t *testing.T) {
 	if _, err := c.Client().GetVolume(ctx, "web2"); err != nil {
 		t.Errorf("the volume the form created: %v", err)
 	}
+	// Resize and delete from the page, through the API: a shrink gets the
+	// API's message, kept on the page; a grow and a delete take effect.
+	step("shrink refused", 30*time.Second,
+		// Typed, as a person does: a focused field is not redrawn.
+		chromedp.SendKeys(css(`[data-resize-size="web2"]`), "32MiB"),
+		chromedp.Click(css(`[data-resize="web2"]`)))
+	var shrinkMsg string
+	waitFor(t, 30*time.Second, "the page to say why the shrink was refused", func() bool {
+		ectx, cancel := context.WithTimeout(browser, 5*time.Second)
+		defer cancel()
+		shrinkMsg, _ = chromedp.Run(ectx, chromedp.Evaluate[string](`(document.querySelector('[data-action-error="web2"]') || {}).textContent || ""`))
+		return shrinkMsg != ""
+	})
+	if !strings.Contains(shrinkMsg, "shrinking is not supported") {
+		t.Errorf("shrink from the page: %q", shrinkMsg)
+	}
+	step("grow", 30*time.Second,
+		chromedp.SendKeys(css(`[data-resize-size="web2"]`), "128MiB"),
+		chromedp.Click(css(`[data-resize="web2"]`)))
+	waitFor(t, 30*time.Second, "web2 grown to 128 MiB", func() bool {
+		w, err := c.Client().GetVolume(ctx, "web2")
+		return err == nil && w.SizeBytes == 128<<20
+	})
+	shot("volumes-actions")
+	step("delete", 30*time.Second,
+		page("volumes"),
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := chromedp.Evaluate[bool](`(window.confirm = () => true, true)`)(ctx, tg)
+			return err
+		}),
+		chromedp.Click(css(`[data-delete="web2"]`)),
+		chromedp.WaitNotPresent(css(`[data-volume-health="web2"]`)))
+	if _, err := c.Client().GetVolume(ctx, "web2"); !api.IsNotFound(err) {
+		t.Errorf("web2 after the delete from the page: %v", err)
+	}
+	step("the volume's figures", 30*time.Second, chromedp.WaitVisible(css(`[data-stats="demo"] svg`)))
+
 	step("events", 30*time.Second, page("events"), chromedp.WaitVisible(css(`#event-list table`)))
 	shot("events")
 

@@ -8,6 +8,14 @@ const KEY = 'chunkraid-token';
 let token = sessionStorage.getItem(KEY) || '';
 let role = '';
 let timer = 0;
+let lastStats = 0;
+
+// editing: the user is typing in a volume's action field, which a redraw
+// would lose.
+function editing() {
+  const a = document.activeElement;
+  return a && a.closest && a.closest('#volume-list') && a.tagName === 'INPUT';
+}
 
 // api calls the REST API; an error carries the API's message.
 async function api(path, opts = {}) {
@@ -116,6 +124,8 @@ function renderVolumes(volumes) {
     const health = volumeHealth(v);
     out.push(el('h3', {}, `${v.name} `, el('span', { class: health, 'data-health': health, 'data-volume-health': v.name }, health)));
     out.push(el('p', {}, `${bytes(v.size_bytes)}, ${v.layout}, ${v.sets.length} sets, host ${v.host || '(none)'}, epoch ${v.epoch}`));
+    out.push(statsLine(v.name));
+    if (role === 'admin') out.push(volumeActions(v));
     const rows = [];
     for (const s of v.sets) {
       s.members.forEach((m, i) => {
@@ -129,6 +139,83 @@ function renderVolumes(volumes) {
   }
   if (volumes.length === 0) out.push(el('p', {}, 'No volumes yet.'));
   $('#volume-list').replaceChildren(...out);
+}
+
+// history keeps the last figures of each volume for its sparkline.
+const history = new Map();
+const actionErrors = new Map();
+const HISTORY = 60;
+
+function statsLine(name) {
+  const h = history.get(name) || [];
+  const last = h[h.length - 1];
+  const text = last
+    ? `${(last.read_iops + last.write_iops).toFixed(0)} IOPS, ${bytes(Math.round(last.read_bytes_per_sec + last.write_bytes_per_sec))}/s, write p99 ${last.write_latency_p99_us ? (last.write_latency_p99_us / 1000).toFixed(2) + ' ms' : '-'}`
+    : 'no figures yet';
+  return el('p', { class: 'stats', 'data-stats': name }, sparkline(h.map((s) => s.read_iops + s.write_iops), `IOPS of ${name}, last ${h.length} reports`), ' ', text);
+}
+
+// sparkline draws values as an inline SVG line.
+function sparkline(values, label) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const w = 120, hgt = 24;
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('width', w);
+  svg.setAttribute('height', hgt);
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', label);
+  const max = Math.max(1, ...values);
+  const pts = values.map((v, i) => `${(i * w) / Math.max(1, HISTORY - 1)},${hgt - 1 - (v / max) * (hgt - 2)}`).join(' ');
+  const line = document.createElementNS(ns, 'polyline');
+  line.setAttribute('points', pts);
+  line.setAttribute('fill', 'none');
+  line.setAttribute('stroke', '#1f5fa8');
+  line.setAttribute('stroke-width', '1.5');
+  svg.append(line);
+  return svg;
+}
+
+async function pollStats(volumes) {
+  await Promise.all(volumes.map(async (v) => {
+    try {
+      const r = await api('/api/v1/volumes/' + encodeURIComponent(v.name) + '/stats');
+      if (!r.stats || !r.reported_at) return;
+      const h = history.get(v.name) || [];
+      if (h.length && h[h.length - 1].at === r.reported_at) return;
+      h.push({ ...r.stats, at: r.reported_at });
+      history.set(v.name, h.slice(-HISTORY));
+    } catch (e) { /* figures are optional */ }
+  }));
+}
+
+// volumeActions is the admin's attach, resize and delete of a volume,
+// through the API as the CLI does.
+function volumeActions(v) {
+  const msg = el('span', { class: 'error', role: 'alert', 'data-action-error': v.name }, actionErrors.get(v.name) || '');
+  const run = async (what, f) => {
+    actionErrors.delete(v.name);
+    msg.textContent = '';
+    try {
+      await f();
+    } catch (e) {
+      actionErrors.set(v.name, `${what}: ${e.message}`); // kept across redraws
+      msg.textContent = actionErrors.get(v.name);
+    }
+    refresh();
+  };
+  const host = el('input', { 'aria-label': `host to attach ${v.name} to`, placeholder: 'host', size: 8, 'data-attach-host': v.name });
+  const size = el('input', { 'aria-label': `new size of ${v.name}`, placeholder: 'new size', size: 8, 'data-resize-size': v.name });
+  const f = el('div', { class: 'actions' },
+    host, el('button', { type: 'button', 'data-attach': v.name, onclick: () => run('attach', () =>
+      api(`/api/v1/volumes/${encodeURIComponent(v.name)}/attach`, { method: 'POST', body: JSON.stringify({ host: host.value.trim() }) })) }, 'Attach'),
+    ' ', size, el('button', { type: 'button', 'data-resize': v.name, onclick: () => run('resize', () =>
+      api(`/api/v1/volumes/${encodeURIComponent(v.name)}/resize`, { method: 'POST', body: JSON.stringify({ size_bytes: parseSize(size.value) }) })) }, 'Resize'),
+    ' ', el('button', { type: 'button', 'data-delete': v.name, onclick: () => run('delete', async () => {
+      if (!window.confirm(`Delete volume ${v.name} and its data?`)) return;
+      await api(`/api/v1/volumes/${encodeURIComponent(v.name)}`, { method: 'DELETE' });
+    }) }, 'Delete'),
+    ' ', msg);
+  return f;
 }
 
 function renderServers(servers, hosts) {
@@ -157,7 +244,11 @@ async function refresh() {
     const [cluster, volumes, servers, hosts] = await Promise.all([
       api('/api/v1/cluster'), api('/api/v1/volumes'), api('/api/v1/chunkservers'), api('/api/v1/hosts')]);
     renderOverview(cluster, volumes, servers);
-    renderVolumes(volumes);
+    if (Date.now() - lastStats > 4000) {
+      lastStats = Date.now();
+      await pollStats(volumes);
+    }
+    if (!editing()) renderVolumes(volumes);
     renderServers(servers, hosts);
     if (location.hash === '#events') await renderEvents();
     $('#who').classList.remove('error');
