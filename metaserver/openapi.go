@@ -74,6 +74,7 @@ var operations = []operation{
 	{method: "GET", path: "/api/v1/events", summary: "state changes, oldest first", caller: callerAny, query: []queryParam{
 		{"volume", "string", "only this volume's"}, {"kind", "string", "only events of this kind"}, {"server", "string", "only events about this chunkserver or host"},
 		{"after", "integer", "only events after this id"}, {"limit", "integer", "at most this many (default 100)"}}, status: 200, resp: []api.Event{}},
+	{method: "GET", path: "/api/v1/changes", summary: "a version that moves with every change of the cluster (long poll with after and wait)", caller: callerAny, query: pollParams, status: 200, resp: api.Changes{}},
 	{method: "GET", path: "/api/v1/whoami", summary: "who the request's token belongs to", caller: callerAny, status: 200, resp: api.Principal{}},
 	{method: "POST", path: "/api/v1/volumes", summary: "create a volume", caller: callerAdmin, body: api.CreateVolumeRequest{}, status: 201, resp: api.Volume{}},
 	{method: "DELETE", path: "/api/v1/volumes/{name}", summary: "delete a volume", caller: callerAdmin, status: 204},

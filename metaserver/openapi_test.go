@@ -232,6 +232,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	must(err)
 	_, err = c.Whoami(ctx)
 	must(err)
+	_, err = c.Changes(ctx, 0, 0)
+	must(err)
 	csr, _, err := pki.NewRequest("metaserver")
 	must(err)
 	_, err = c.IssueCertificate(ctx, api.IssueCertificateRequest{Role: api.RoleMetaserverCert, CSR: string(csr), Names: []string{"meta.example"}})

@@ -64,6 +64,7 @@ func (s *Server) routes() http.Handler {
 			r.Get("/volumes/{name}/stats", s.volumeStats)
 			r.Get("/events", s.listEvents)
 			r.Get("/whoami", s.whoami)
+			r.Get("/changes", s.changes)
 		})
 
 		// Operator routes that change the cluster, and the tokens: admin.

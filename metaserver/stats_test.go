@@ -3,6 +3,7 @@ package metaserver
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -98,4 +99,47 @@ func TestEventFilters(t *testing.T) {
 	wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
 	_, err = ts.Client.FindEvents(ctx, api.EventFilter{Server: "no such/server"}, 0, 10)
 	wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
+}
+
+// TestChanges: the change version moves with an event or a placement change;
+// a long poll on it returns at the change, or after its wait with the same
+// version.
+func TestChanges(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	ctx := t.Context()
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	c0, err := ts.Client.Changes(ctx, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	same, err := ts.Client.Changes(ctx, c0.Version, 300*time.Millisecond)
+	if err != nil || same.Version != c0.Version || time.Since(start) < 250*time.Millisecond {
+		t.Fatalf("a poll with no change: %+v %v after %v", same, err, time.Since(start))
+	}
+	got := make(chan *api.Changes, 1)
+	go func() {
+		c, err := ts.Client.Changes(ctx, c0.Version, 20*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- c
+	}()
+	time.Sleep(200 * time.Millisecond)
+	start = time.Now()
+	if _, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "ch", SizeBytes: 64 << 20, Layout: "mirror:2"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-got:
+		if c == nil || c.Version == c0.Version {
+			t.Fatalf("after a change: %+v", c)
+		}
+		t.Logf("the long poll returned %v after the change", time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the long poll did not return at the change")
+	}
 }

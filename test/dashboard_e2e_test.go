@@ -2,6 +2,7 @@ package test
 
 import (
 	"context"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/chunkraid/chunkraid/internal/scrape"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -118,6 +120,32 @@ func TestDashboard(t *testing.T) {
 	shot("volumes")
 	step("servers", 30*time.Second, page("servers"), chromedp.WaitVisible(css(`tr[data-server="cs1"][data-state="online"]`)))
 	shot("servers")
+
+	// An idle page waits in a long poll: it reads the volumes again only
+	// every few seconds (for progress and figures), not in a tight loop.
+	reads := func() float64 {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.MetaURL+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		resp, err := caClient(t, c).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		m, err := scrape.Parse(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := m.Sum("chunkraid_metaserver_api_requests_total", map[string]string{"method": "GET", "route": "/api/v1/volumes"})
+		return n
+	}
+	before := reads()
+	time.Sleep(6 * time.Second)
+	if n := reads() - before; n > 2 {
+		t.Errorf("an idle page read the volumes %v times in 6 s", n)
+	} else {
+		t.Logf("an idle page read the volumes %v times in 6 s", n)
+	}
 
 	// Kill the chunkserver of member 1: the page shows the member
 	// degraded, then in sync again after its return, without a reload.

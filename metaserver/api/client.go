@@ -179,6 +179,17 @@ func (c *Client) VolumeStats(ctx context.Context, name string) (*VolumeStatsRepo
 	return call[VolumeStatsReport](ctx, c, http.MethodGet, "/api/v1/volumes/"+url.PathEscape(name)+"/stats", nil, nil, RequestTimeout)
 }
 
+// Changes returns the cluster's change version, waiting up to wait for it
+// to differ from after.
+func (c *Client) Changes(ctx context.Context, after int64, wait time.Duration) (*Changes, error) {
+	q := url.Values{}
+	q.Set("after", itoa(after))
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	return call[Changes](ctx, c, http.MethodGet, "/api/v1/changes", q, nil, wait+longPollGrace)
+}
+
 // RevokeToken deletes an API token.
 func (c *Client) RevokeToken(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/tokens/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)

@@ -625,3 +625,10 @@ type InitiatorsRequest struct {
 // EventVolumeAuthChanged records a change of a volume's CHAP credentials or
 // initiator allowlist; it never carries a secret.
 const EventVolumeAuthChanged = "volume_auth_changed"
+
+// Changes answers GET /api/v1/changes: a number that moves whenever the
+// cluster changes (placement, assignments, any event). Pass it back as
+// ?after=V&wait=30s to wait for the next change.
+type Changes struct {
+	Version int64 `json:"version"`
+}

@@ -9,6 +9,8 @@ let token = sessionStorage.getItem(KEY) || '';
 let role = '';
 let timer = 0;
 let lastStats = 0;
+let busy = false;
+let watchRun = 0;
 
 // editing: the user is typing in a volume's action field, which a redraw
 // would lose.
@@ -244,6 +246,8 @@ async function refresh() {
     const [cluster, volumes, servers, hosts] = await Promise.all([
       api('/api/v1/cluster'), api('/api/v1/volumes'), api('/api/v1/chunkservers'), api('/api/v1/hosts')]);
     renderOverview(cluster, volumes, servers);
+    busy = volumes.some((v) => v.sets.some((st) => st.dirty_bytes > 0 || st.reconciling ||
+      st.members.some((m) => m.state !== 'in_sync')));
     if (Date.now() - lastStats > 4000) {
       lastStats = Date.now();
       await pollStats(volumes);
@@ -256,8 +260,29 @@ async function refresh() {
     if (e.status === 401) return signOut('the token was refused: sign in again');
     $('#who').textContent = 'cannot reach the metaserver: ' + e.message;
     $('#who').classList.add('error');
+    busy = true; // try again soon
   }
-  timer = setTimeout(refresh, 1000);
+  // Changes come by the long poll (watch); progress and figures, which are
+  // not events, by reading again every few seconds while there are any.
+  timer = setTimeout(refresh, busy ? 2000 : 5000);
+}
+
+// watch long-polls the cluster's change version and reads the cluster
+// again whenever it moves: an idle page waits in one request.
+async function watch(run) {
+  let version = -1;
+  while (run === watchRun && token) {
+    try {
+      const c = await api(`/api/v1/changes?after=${version}&wait=25s`);
+      if (c.version !== version) {
+        if (version !== -1) refresh();
+        version = c.version;
+      }
+    } catch (e) {
+      if (e.status === 401) return signOut('the token was refused: sign in again');
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
 }
 
 function show() {
@@ -282,10 +307,12 @@ async function signIn(t) {
   $('#create-form').hidden = role !== 'admin';
   show();
   refresh();
+  watch(++watchRun);
 }
 
 function signOut(why) {
   clearTimeout(timer);
+  watchRun++;
   token = '';
   sessionStorage.removeItem(KEY);
   for (const s of document.querySelectorAll('.page')) s.hidden = true;
