@@ -187,6 +187,7 @@ func TestDashboard(t *testing.T) {
 	shot("create-bad-size")
 	step("create", 30*time.Second,
 		chromedp.SetValue(css("#c-size"), "64MiB"),
+		chromedp.SetValue(css("#c-host"), c.HostName),
 		chromedp.Click(css(`#create-form button[type="submit"]`)),
 		chromedp.WaitVisible(css(`#create-ok:not(:empty)`)),
 		chromedp.WaitVisible(css(`[data-volume-health="web2"]`)))
@@ -231,7 +232,14 @@ func TestDashboard(t *testing.T) {
 	}
 	step("the volume's figures", 30*time.Second, chromedp.WaitVisible(css(`[data-stats="demo"] svg`)))
 
-	step("events", 30*time.Second, page("events"), chromedp.WaitVisible(css(`#event-list table`)))
+	// The events of one cause are one line, with each event a click away:
+	// demo and web2 attached to the same host.
+	group := `[data-event-group="volume_attached ` + c.HostName + `"][data-count="2"]`
+	step("events", 30*time.Second, page("events"), chromedp.WaitVisible(css(`#event-list table`)),
+		chromedp.WaitVisible(css(group+" details summary")))
+	if line := get("event group", chromedp.Text(css(group+" summary"))); !strings.Contains(line, c.HostName+": 2 volumes attached") {
+		t.Errorf("the grouped events: %q", line)
+	}
 	shot("events")
 
 	// A reader: a new tab (its own sessionStorage) gets no form.

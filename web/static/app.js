@@ -230,14 +230,72 @@ function renderServers(servers, hosts) {
     table(['Host', 'State', 'iSCSI portal'], hrows, 'Hosts'));
 }
 
+// GROUP names what happened to the things of one server, for the kinds
+// whose events of one cause are folded into one line (as chunkraid events
+// does, api.GroupEvents).
+const GROUP = {
+  member_degraded: 'members degraded', resync_started: 'members resyncing', resync_done: 'members resynced',
+  member_in_sync: 'members in sync again without a resync', rebuild_done: 'members rebuilt',
+  member_replaced: 'members replaced by new chunks, being rebuilt', replace_blocked: 'members that no chunkserver can take yet',
+  chunk_failed: 'chunks failed', volume_attached: 'volumes attached',
+};
+
+// groupEvents folds events (oldest first) of one kind about one server,
+// each within a minute of the previous, into one group.
+export function groupEvents(evs) {
+  const out = [];
+  const open = new Map();
+  for (const e of evs) {
+    const key = e.kind + ' ' + (e.server || '');
+    const g = open.get(key);
+    if (g && GROUP[e.kind] && e.server && new Date(e.time) - new Date(g.last) <= 60000) {
+      g.events.push(e);
+      g.last = e.time;
+      g.bytes += e.bytes || 0;
+      if (e.volume) g.volumes.set(e.volume, (g.volumes.get(e.volume) || 0) + 1);
+      continue;
+    }
+    const ng = { kind: e.kind, server: e.server || '', first: e.time, last: e.time, bytes: e.bytes || 0, volumes: new Map(), events: [e] };
+    if (e.volume) ng.volumes.set(e.volume, 1);
+    out.push(ng);
+    if (GROUP[e.kind] && e.server) open.set(key, ng);
+  }
+  return out;
+}
+
+function summary(g) {
+  if (g.events.length === 1) return g.events[0].message;
+  let s = `${g.server}: ${g.events.length} ${GROUP[g.kind]}`;
+  if (g.bytes > 0) s += `, ${bytes(g.bytes)} copied`;
+  const secs = Math.round((new Date(g.last) - new Date(g.first)) / 1000);
+  if (secs > 0) s += ` in ${secs}s`;
+  const vols = [...g.volumes.entries()].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+  if (vols.length) {
+    const parts = vols.slice(0, 3).map(([v, n]) => `volume ${v}: ${n}`);
+    if (vols.length > 3) parts.push(`${vols.length - 3} more volumes`);
+    s += ` (${parts.join(', ')})`;
+  }
+  return s;
+}
+
 async function renderEvents() {
-  const q = new URLSearchParams({ limit: '200' });
+  const q = new URLSearchParams({ limit: '500' });
   if ($('#e-kind').value.trim()) q.set('kind', $('#e-kind').value.trim());
   if ($('#e-server').value.trim()) q.set('server', $('#e-server').value.trim());
   const evs = await api('/api/v1/events?' + q);
-  const rows = evs.reverse().map((e) => el('tr', {}, el('td', {}, new Date(e.time).toLocaleString()), el('td', {}, e.kind),
-    el('td', {}, e.server || ''), el('td', {}, e.message)));
-  $('#event-list').replaceChildren(table(['Time', 'Kind', 'Server', 'Message'], rows, 'Newest first'));
+  const rows = groupEvents(evs).reverse().map((g) => {
+    const msg = el('td', { 'data-event-group': g.kind + ' ' + g.server, 'data-count': String(g.events.length) });
+    if (g.events.length === 1) {
+      msg.append(summary(g));
+    } else {
+      // The detail of every event, one click away.
+      const d = el('details', {}, el('summary', {}, summary(g)));
+      for (const e of g.events) d.append(el('div', {}, `${new Date(e.time).toLocaleTimeString()} ${e.message}`));
+      msg.append(d);
+    }
+    return el('tr', {}, el('td', {}, new Date(g.first).toLocaleString()), el('td', {}, g.kind), el('td', {}, g.server), msg);
+  });
+  $('#event-list').replaceChildren(table(['Time', 'Kind', 'Server', 'What happened'], rows, 'Newest first; the events of one cause are one line'));
 }
 
 async function refresh() {
