@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
+	cdppage "github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/chunkraid/chunkraid/internal/scrape"
@@ -28,6 +31,7 @@ const dashboardShots = "output/dashboard"
 // deletes; a reader signs in and gets no form; the token is never
 // in the URL. Each page is saved as a screenshot under output/dashboard.
 func TestDashboard(t *testing.T) {
+	t.Parallel()
 	chromium, err := exec.LookPath("chromium")
 	if err != nil {
 		t.Fatalf("chromium (make test-deps installs it): %v", err)
@@ -103,13 +107,75 @@ func TestDashboard(t *testing.T) {
 		})
 	}
 
-	// Sign in as the admin; the overview says healthy.
-	step("sign in", time.Minute,
+	// Sign in as the admin with the keyboard alone: Tab to the token,
+	// type it, Enter; the overview says healthy. (The tab is brought to
+	// the front, as the window a person types in is.)
+	kctx, kcancel := context.WithTimeout(browser, time.Minute)
+	defer kcancel()
+	err = chromedp.Do(kctx,
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			if _, err := cdp.Call(ctx, tg, cdppage.BringToFront, cdp.Empty{}); err != nil {
+				return err
+			}
+			_, err := cdp.Call(ctx, tg, emulation.SetFocusEmulationEnabled, emulation.SetFocusEmulationEnabledParams{Enabled: true})
+			return err
+		}),
 		chromedp.WaitVisible(css("#token")),
-		chromedp.SendKeys(css("#token"), c.Token),
-		chromedp.Click(css(`#signin-form button[type="submit"]`)),
+		chromedp.KeyEvent("\t"))
+	if err != nil {
+		t.Fatalf("keyboard sign-in: %v", err)
+	}
+	if id, err := chromedp.Run(kctx, chromedp.Evaluate[string](`document.activeElement.id || document.activeElement.tagName + " hasFocus=" + document.hasFocus()`)); err != nil || id != "token" {
+		t.Fatalf("the first Tab stop is %q (%v), want the token field", id, err)
+	}
+	err = chromedp.Do(kctx,
+		chromedp.KeyEvent(c.Token),
+		chromedp.KeyEvent("\r"),
 		chromedp.WaitVisible(css("#overview")),
 		chromedp.WaitVisible(css("#health.healthy")))
+	if err != nil {
+		t.Fatalf("keyboard sign-in: %v", err)
+	}
+	if id, err := chromedp.Run(kctx, chromedp.Evaluate[string](`document.activeElement.id`)); err != nil || id != "overview-title" {
+		t.Errorf("after the sign-in the focus is on %q (%v), want the overview's heading", id, err)
+	}
+	// Tab to the Events link, every stop on the way showing where the
+	// focus is, and Enter: the events page, with the focus on its heading.
+	type stop struct{ Tag, Text, Outline string }
+	var stops []string
+	for range 20 {
+		if err := chromedp.Do(kctx, chromedp.KeyEvent("\t")); err != nil {
+			t.Fatal(err)
+		}
+		st, err := chromedp.Run(kctx, chromedp.Evaluate[stop](`({Tag: document.activeElement.tagName, Text: (document.activeElement.innerText || document.activeElement.id || document.activeElement.tagName).trim(), Outline: getComputedStyle(document.activeElement).outlineStyle})`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Tag == "BODY" {
+			// Past the page's last control: the browser's own stop.
+			stops = append(stops, "(the browser)")
+			continue
+		}
+		stops = append(stops, st.Text)
+		if st.Outline == "none" {
+			t.Errorf("Tab stop %q shows no focus outline", st.Text)
+		}
+		if st.Text == "Events" {
+			break
+		}
+	}
+	if stops[len(stops)-1] != "Events" {
+		t.Fatalf("Tab never reached the Events link: %q", stops)
+	}
+	err = chromedp.Do(kctx, chromedp.KeyEvent("\r"), chromedp.WaitVisible(css("#event-list table")))
+	if err != nil {
+		t.Fatalf("Enter on the Events link: %v", err)
+	}
+	if id, err := chromedp.Run(kctx, chromedp.Evaluate[string](`document.activeElement.id`)); err != nil || id != "events-title" {
+		t.Errorf("after Enter on Events the focus is on %q (%v), want the page's heading", id, err)
+	}
+	t.Logf("an admin signed in and reached the events page with the keyboard alone, Tab stops %q", stops)
+	step("the overview", 30*time.Second, page("overview"), chromedp.WaitVisible(css("#health.healthy")))
 	t.Logf("overview: %s", get("health", chromedp.Text(css("#health"))))
 	if href := get("location", chromedp.Location()); strings.Contains(href, c.Token) || strings.Contains(href, "token") {
 		t.Errorf("the token is in the URL: %s", href)
@@ -175,6 +241,18 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("%d navigations (%v): the page reloaded", navs, err)
 	}
 
+	// Load on demo while the forms are used, for its figures: the page
+	// draws IOPS and p99 latency from the host's reports.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		for loadCtx.Err() == nil {
+			_ = exec.CommandContext(loadCtx, "qemu-io", "-f", "raw", "-c", "write -P 0x33 2M 256k", "-c", "read 0 256k", "-c", "flush", url).Run()
+		}
+	}()
+	defer func() { stopLoad(); <-loadDone }()
+
 	// The create form: the CLI's message for a bad size, then a volume.
 	step("a bad size", 30*time.Second,
 		chromedp.SetValue(css("#c-name"), "web2"),
@@ -230,7 +308,15 @@ func TestDashboard(t *testing.T) {
 	if _, err := c.Client().GetVolume(ctx, "web2"); !api.IsNotFound(err) {
 		t.Errorf("web2 after the delete from the page: %v", err)
 	}
-	step("the volume's figures", 30*time.Second, chromedp.WaitVisible(css(`[data-stats="demo"] svg`)))
+	step("the volume's figures", time.Minute, page("volumes"),
+		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="IOPS of demo"]`)),
+		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="p99 latency of demo"]`)),
+		// The latest report, made under the load, has figures.
+		chromedp.WaitVisible(css(`[data-stats="demo"]:not([data-iops="0"]):not([data-p99-us="0"]):not([data-points="1"])`)))
+	stopLoad()
+	<-loadDone
+	t.Logf("demo's figures under load: %s", get("figures", chromedp.Text(css(`[data-stats="demo"]`))))
+	shot("volumes-figures")
 
 	// The events of one cause are one line, with each event a click away:
 	// demo and web2 attached to the same host.
@@ -258,8 +344,8 @@ func TestDashboard(t *testing.T) {
 	if err != nil {
 		t.Fatalf("reader: %v", err)
 	}
-	hidden, err := chromedp.Run(rctx, chromedp.Evaluate[bool](`document.querySelector("#create-form").hidden`))
+	hidden, err := chromedp.Run(rctx, chromedp.Evaluate[bool](`document.querySelector("#create-form").hidden && !document.querySelector("[data-delete]")`))
 	if err != nil || !hidden {
-		t.Errorf("a reader sees the create form (%v)", err)
+		t.Errorf("a reader sees the create form or a delete button (%v)", err)
 	}
 }

@@ -151,14 +151,20 @@ const HISTORY = 60;
 function statsLine(name) {
   const h = history.get(name) || [];
   const last = h[h.length - 1];
+  const ms = (us) => (us ? (us / 1000).toFixed(2) + ' ms' : '-');
   const text = last
-    ? `${(last.read_iops + last.write_iops).toFixed(0)} IOPS, ${bytes(Math.round(last.read_bytes_per_sec + last.write_bytes_per_sec))}/s, write p99 ${last.write_latency_p99_us ? (last.write_latency_p99_us / 1000).toFixed(2) + ' ms' : '-'}`
+    ? `${(last.read_iops + last.write_iops).toFixed(0)} IOPS, ${bytes(Math.round(last.read_bytes_per_sec + last.write_bytes_per_sec))}/s, p99 read ${ms(last.read_latency_p99_us)}, write ${ms(last.write_latency_p99_us)}`
     : 'no figures yet';
-  return el('p', { class: 'stats', 'data-stats': name }, sparkline(h.map((s) => s.read_iops + s.write_iops), `IOPS of ${name}, last ${h.length} reports`), ' ', text);
+  const iops = h.map((s) => s.read_iops + s.write_iops);
+  const lat = h.map((s) => Math.max(s.read_latency_p99_us, s.write_latency_p99_us));
+  return el('p', { class: 'stats', 'data-stats': name, 'data-points': String(h.length),
+    'data-iops': String(last ? iops[iops.length - 1] : 0), 'data-p99-us': String(last ? lat[lat.length - 1] : 0) },
+    el('span', { class: 'spark-label' }, 'IOPS'), sparkline(iops, `IOPS of ${name}, last ${h.length} reports`, 'var(--bar)'), ' ',
+    el('span', { class: 'spark-label' }, 'p99'), sparkline(lat, `p99 latency of ${name}, last ${h.length} reports`, 'var(--warn)'), ' ', text);
 }
 
 // sparkline draws values as an inline SVG line.
-function sparkline(values, label) {
+function sparkline(values, label, color) {
   const ns = 'http://www.w3.org/2000/svg';
   const w = 120, hgt = 24;
   const svg = document.createElementNS(ns, 'svg');
@@ -166,14 +172,26 @@ function sparkline(values, label) {
   svg.setAttribute('height', hgt);
   svg.setAttribute('role', 'img');
   svg.setAttribute('aria-label', label);
+  svg.setAttribute('class', 'spark');
   const max = Math.max(1, ...values);
-  const pts = values.map((v, i) => `${(i * w) / Math.max(1, HISTORY - 1)},${hgt - 1 - (v / max) * (hgt - 2)}`).join(' ');
+  // The newest figure at the right edge, one step per report.
+  const x = (i) => w - 3 - ((values.length - 1 - i) * (w - 3)) / (HISTORY - 1);
+  const y = (v) => hgt - 2 - (v / max) * (hgt - 4);
+  const pts = values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
   const line = document.createElementNS(ns, 'polyline');
   line.setAttribute('points', pts);
   line.setAttribute('fill', 'none');
-  line.setAttribute('stroke', '#1f5fa8');
+  line.style.stroke = color;
   line.setAttribute('stroke-width', '1.5');
   svg.append(line);
+  if (values.length) {
+    const dot = document.createElementNS(ns, 'circle');
+    dot.setAttribute('cx', x(values.length - 1).toFixed(1));
+    dot.setAttribute('cy', y(values[values.length - 1]).toFixed(1));
+    dot.setAttribute('r', '2');
+    dot.style.fill = color;
+    svg.append(dot);
+  }
   return svg;
 }
 
@@ -293,9 +311,10 @@ async function renderEvents() {
       for (const e of g.events) d.append(el('div', {}, `${new Date(e.time).toLocaleTimeString()} ${e.message}`));
       msg.append(d);
     }
-    return el('tr', {}, el('td', {}, new Date(g.first).toLocaleString()), el('td', {}, g.kind), el('td', {}, g.server), msg);
+    const subject = g.events.length === 1 ? g.events[0].subject : `${g.server} ×${g.events.length}`;
+    return el('tr', {}, el('td', {}, new Date(g.first).toLocaleString()), el('td', {}, g.kind), el('td', {}, subject), msg);
   });
-  $('#event-list').replaceChildren(table(['Time', 'Kind', 'Server', 'What happened'], rows, 'Newest first; the events of one cause are one line'));
+  $('#event-list').replaceChildren(table(['Time', 'Kind', 'Subject', 'What happened'], rows, 'Newest first; the events of one cause are one line'));
 }
 
 async function refresh() {
@@ -353,6 +372,14 @@ function show() {
   if (page === 'events') renderEvents().catch(() => {});
 }
 
+// A page chosen from the navigation takes the focus to its heading, so a
+// keyboard or screen reader user goes on from there.
+function showAndFocus() {
+  show();
+  const h = document.querySelector(`#${(location.hash || '#overview').slice(1)} h2`);
+  if (h && !$('#nav').hidden) h.focus();
+}
+
 async function signIn(t) {
   token = t;
   const me = await api('/api/v1/whoami');
@@ -363,7 +390,7 @@ async function signIn(t) {
   $('#signout').hidden = false;
   $('#who').textContent = `Signed in as ${me.name} (${me.role})`;
   $('#create-form').hidden = role !== 'admin';
-  show();
+  showAndFocus(); // the sign-in form, which had the focus, is gone
   refresh();
   watch(++watchRun);
 }
@@ -394,7 +421,7 @@ $('#signin-form').addEventListener('submit', async (ev) => {
 });
 
 $('#signout').addEventListener('click', () => signOut());
-window.addEventListener('hashchange', show);
+window.addEventListener('hashchange', showAndFocus);
 for (const id of ['#e-kind', '#e-server']) $(id).addEventListener('change', () => renderEvents().catch(() => {}));
 
 $('#create-form').addEventListener('submit', async (ev) => {
