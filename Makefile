@@ -63,14 +63,17 @@ vet:
 # against a private PostgreSQL, and the end-to-end tests that start real
 # processes and drive them with real clients. testreport prints what go test
 # would, then the ten slowest tests; pipefail keeps go test's exit status.
+# The end-to-end tests spend most of their time waiting for timeouts, each
+# with its own cluster on its own ports: E2E_PARALLEL of them run at once.
+E2E_PARALLEL ?= 4
 test: test-deps build vet
-	set -o pipefail; CHUNKRAID_ISCSI_FULL=1 $(GO) test -json -race -count=1 -timeout 15m ./... | $(GO) run ./internal/testreport
+	set -o pipefail; CHUNKRAID_ISCSI_FULL=1 $(GO) test -json -race -count=1 -parallel $(E2E_PARALLEL) -timeout 15m ./... | $(GO) run ./internal/testreport
 
 test-unit: build
 	$(GO) test -race -count=1 -short ./...
 
 test-e2e: test-deps build
-	$(GO) test -count=1 -v -timeout 15m ./test/...
+	$(GO) test -count=1 -v -parallel $(E2E_PARALLEL) -timeout 15m ./test/...
 
 # soak runs the randomized recovery models far longer than make test does
 # (no race detector): the set's data model and the health machine.

@@ -26,6 +26,7 @@ import (
 //   - a fence at epoch 2^63-1 with a forged token, to brick a chunk;
 //   - a forged host report setting clean_detach.
 func TestAttacksRefused(t *testing.T) {
+	t.Parallel()
 	needTools(t, "qemu-io")
 	c := startCluster(t, testChunk)
 	ctx := t.Context()

@@ -10,6 +10,7 @@ import (
 // timeout budget stops the metaserver at start-up with a message that names
 // the rule, before it touches the database.
 func TestTimeoutBudgetRejected(t *testing.T) {
+	t.Parallel()
 	needTools(t)
 	out, err := exec.CommandContext(t.Context(), binary, "metaserver",
 		"--database-url", "postgres://nobody@127.0.0.1:1/none",

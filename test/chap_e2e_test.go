@@ -15,6 +15,7 @@ import (
 // refused, and an initiator not on the list neither logs in nor sees the
 // target in discovery.
 func TestCHAPAndAllowlist(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, testChunk)
 	cli(t, c, "volume", "create", "sec", "--size", "64MiB", "--host", c.HostName)
 	if err := c.WaitTarget(t.Context(), "sec", time.Minute); err != nil {

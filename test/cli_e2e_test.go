@@ -16,6 +16,7 @@ import (
 // both output formats, bad input with one clear line and a non-zero exit,
 // and a volume whose deletion removes its chunk files from the chunkservers.
 func TestCLI(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, testChunk)
 
 	var servers []api.Chunkserver

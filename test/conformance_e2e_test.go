@@ -30,6 +30,7 @@ var summaryTests = regexp.MustCompile(`(?m)^\s+tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(
 // allowed) against a mirror:2 volume through the whole stack: hostd's
 // target, the mirror sets and the chunkservers over NBD.
 func TestISCSIConformance(t *testing.T) {
+	t.Parallel()
 	needTools(t, "iscsi-test-cu")
 	c := startCluster(t, testChunk)
 	cli(t, c, "volume", "create", "conf", "--size", "128MiB", "--layout", "mirror:2", "--host", c.HostName)

@@ -17,6 +17,7 @@ const module = "github.com/chunkraid/chunkraid"
 // packages (the metaserver needs no bitmap), and nothing imports cli or
 // test.
 func TestDependencyDirection(t *testing.T) {
+	t.Parallel()
 	cmd := exec.Command("go", "list", "-json=ImportPath,Imports", "../...")
 	out, err := cmd.Output()
 	if err != nil {

@@ -50,6 +50,7 @@ func writeAll(t *testing.T, url string, ws []slotWrite) {
 // ANOTHER member gone reconstructs every acknowledged write — which holds
 // only if the resynced units and the parity are right.
 func TestECDegradedAndResync(t *testing.T) {
+	t.Parallel()
 	c := ecCluster(t, 3)
 	v := createEC(t, c, "ec", "128MiB", "ec:2+1")
 	if len(v.Sets) != 1 || len(v.Sets[0].Members) != 3 || v.RawBytes != 3*testChunk {
@@ -92,6 +93,7 @@ func TestECDegradedAndResync(t *testing.T) {
 // TestEC42SurvivesTwoFailures: ec:4+2 over six chunkservers serves reads
 // and writes with two of them gone.
 func TestEC42SurvivesTwoFailures(t *testing.T) {
+	t.Parallel()
 	c := ecCluster(t, 6)
 	v := createEC(t, c, "ec42", "256MiB", "ec:4+2")
 	if len(v.Sets) != 1 || len(v.Sets[0].Members) != 6 {
@@ -149,6 +151,7 @@ func verifyVolume(t *testing.T, c *localcluster.Cluster, name string) {
 // TestECPlacementNeedsDomains: a layout wider than the online fault
 // domains is refused with a message that says so.
 func TestECPlacementNeedsDomains(t *testing.T) {
+	t.Parallel()
 	c := ecCluster(t, 3)
 	out := cliFail(t, c, "volume", "create", "wide", "--size", "1GiB", "--layout", "ec:4+2")
 	if !strings.Contains(out, "ec:4+2 needs 6 chunkservers in distinct fault domains; 3 are online") {
@@ -160,6 +163,7 @@ func TestECPlacementNeedsDomains(t *testing.T) {
 // re-encodes the parity of every region the LOG bitmaps name before it is
 // trusted, so a degraded read afterwards returns every acknowledged write.
 func TestECHostCrash(t *testing.T) {
+	t.Parallel()
 	c := ecCluster(t, 3)
 	v := createEC(t, c, "ech", "128MiB", "ec:2+1")
 	if _, err := c.AddHostd(t.Context(), "host2"); err != nil {

@@ -124,6 +124,7 @@ func (p *stallProxy) pipe(dst, src net.Conn) {
 // and serves again: every acknowledged write reads back and the replicas
 // agree.
 func TestEveryLinkStalls(t *testing.T) {
+	t.Parallel()
 	const tIO = time.Second
 	var nbdP, ctlP []*stallProxy
 	for range 3 {

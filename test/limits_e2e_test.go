@@ -50,6 +50,7 @@ func rssKiB(t *testing.T, pid int) int64 {
 //     replies holds at most --max-inflight-bytes of them (without the
 //     bound, 64 requests in flight would hold 2 GiB).
 func TestNBDFloodsStayBounded(t *testing.T) {
+	t.Parallel()
 	const maxConns, floodConns, reads = 32, 200, 48
 	c := startClusterOpts(t, localcluster.Options{ChunkSize: testChunk, ExtraChunkserverArgs: []string{
 		"--max-connections", strconv.Itoa(maxConns), "--max-inflight-bytes", strconv.Itoa(nbd.MaxPayload), "--handshake-timeout", "2s"}})
@@ -167,6 +168,7 @@ func TestNBDFloodsStayBounded(t *testing.T) {
 // that never log in are closed after --login-timeout, hostd's memory stays
 // bounded, and the volume still serves.
 func TestISCSIFloodsStayBounded(t *testing.T) {
+	t.Parallel()
 	const maxConns, floodConns = 32, 200
 	c := startClusterOpts(t, localcluster.Options{ChunkSize: testChunk, ExtraHostdArgs: []string{
 		"--max-connections", strconv.Itoa(maxConns), "--login-timeout", "2s"}})

@@ -28,6 +28,7 @@ import (
 // in each exposition as Prometheus' own parser reads it. Without a token,
 // every daemon answers 401.
 func TestMetricsOfEveryDaemon(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, testChunk)
 	ctx := t.Context()
 	v := createVolume(t, c, "m", "64MiB", c.HostName)

@@ -27,6 +27,7 @@ type pattern struct {
 // with qemu-img and checks that both members of each set are identical and
 // hold the patterns.
 func TestMirrorVolumeEndToEnd(t *testing.T) {
+	t.Parallel()
 	needTools(t, "qemu-io", "qemu-img", "iscsi-ls", "iscsi-inq", "iscsi-readcapacity16")
 	c := startCluster(t, testChunk)
 	const size = 3 * testChunk

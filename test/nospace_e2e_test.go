@@ -25,6 +25,7 @@ import (
 // full; overwrites of allocated space go on working, and once space is
 // freed (a discard) the refused write succeeds.
 func TestFullDiskRefusesWrites(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	var disks []string
 	for i := range 3 {

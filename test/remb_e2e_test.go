@@ -96,6 +96,7 @@ func csIndex(t *testing.T, c *localcluster.Cluster, name string) int {
 // chunkserver during a write load, keep writing degraded, restart it; the
 // resync copies at most the regions written during the outage.
 func TestChunkserverCrashIncrementalResync(t *testing.T) {
+	t.Parallel()
 	c := faultCluster(t)
 	v := createVolume(t, c, "fa", "128MiB", c.HostName)
 	if err := c.WaitTarget(t.Context(), "fa", time.Minute); err != nil {
@@ -148,6 +149,7 @@ func TestChunkserverCrashIncrementalResync(t *testing.T) {
 // rebuilt from the chunks' LOG bitmaps and the replicas end identical after
 // copying far less than a chunk.
 func TestHostCrashRecoversFromLogBitmaps(t *testing.T) {
+	t.Parallel()
 	hostCrash(t, "remb")
 }
 
@@ -156,6 +158,7 @@ func TestHostCrashRecoversFromLogBitmaps(t *testing.T) {
 // incrementally from the members' intent bitmaps; none has no record and
 // must copy everything.
 func TestHostCrashBitmapModes(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"internal", "none"} {
 		t.Run(mode, func(t *testing.T) { hostCrash(t, mode) })
 	}
@@ -247,6 +250,7 @@ var (
 // comes back: no silent inconsistency, and the log shows whether the
 // resync was incremental.
 func TestHostAndChunkserverCrash(t *testing.T) {
+	t.Parallel()
 	c := faultCluster(t)
 	v := createVolume(t, c, "fc", "64MiB", c.HostName)
 	if err := c.WaitTarget(t.Context(), "fc", time.Minute); err != nil {
@@ -303,6 +307,7 @@ func TestHostAndChunkserverCrash(t *testing.T) {
 // LOG bitmaps of the survivor still name everything the absent member
 // missed, so after the move and its return it holds every write.
 func TestDegradedLongerThanT(t *testing.T) {
+	t.Parallel()
 	c := faultCluster(t, "--io-timeout", "500ms", "--offline-after", "1s", "--log-period", "2s")
 	v := createVolume(t, c, "fd", "64MiB", c.HostName)
 	if err := c.WaitTarget(t.Context(), "fd", time.Minute); err != nil {
@@ -340,6 +345,7 @@ func TestDegradedLongerThanT(t *testing.T) {
 // while a write is queued, the volume moved to another host, then SIGCONT:
 // the zombie's connections are fenced and nothing it sends lands.
 func TestZombieHostCannotWrite(t *testing.T) {
+	t.Parallel()
 	c := faultCluster(t)
 	createVolume(t, c, "fe", "64MiB", c.HostName)
 	if err := c.WaitTarget(t.Context(), "fe", time.Minute); err != nil {
@@ -398,6 +404,7 @@ func TestZombieHostCannotWrite(t *testing.T) {
 // same host finds its write-intent bitmap in /dev/shm and resyncs from it
 // (and from the LOG bitmaps), without the volume moving.
 func TestHostRestartReusesWIB(t *testing.T) {
+	t.Parallel()
 	c := faultCluster(t)
 	createVolume(t, c, "fr", "64MiB", c.HostName)
 	if err := c.WaitTarget(t.Context(), "fr", time.Minute); err != nil {

@@ -15,6 +15,7 @@ import (
 // old end and reads it back, the data written before is intact and the
 // replicas agree. A smaller size is refused with a clear message.
 func TestOnlineResize(t *testing.T) {
+	t.Parallel()
 	c := startCluster(t, testChunk)
 	ctx := t.Context()
 	createVolume(t, c, "grow", "64MiB", c.HostName)

@@ -22,6 +22,7 @@ import (
 // resynced when the volume is attached. Every written byte reads back and
 // the replicas agree.
 func TestIdleChunkserverLossNoticed(t *testing.T) {
+	t.Parallel()
 	c := faultCluster(t)
 	ctx := t.Context()
 	v := createVolume(t, c, "busy", "64MiB", c.HostName)
@@ -114,6 +115,7 @@ func TestIdleChunkserverLossNoticed(t *testing.T) {
 // the dead chunkserver holds no member any more, and the rebuild copied the
 // allocated extents, not whole chunks.
 func TestLostChunkserverReplacedAndRebuilt(t *testing.T) {
+	t.Parallel()
 	c := startClusterOpts(t, localcluster.Options{
 		ChunkSize:            testChunk,
 		Chunkservers:         4,
@@ -235,6 +237,7 @@ func waitInSyncWithout(t *testing.T, c *localcluster.Cluster, volume, gone strin
 // start; afterwards every acknowledged write reads back and the replicas
 // agree.
 func TestRebuildResumesAfterHostdKill(t *testing.T) {
+	t.Parallel()
 	c := startClusterOpts(t, localcluster.Options{
 		ChunkSize:            testChunk,
 		Chunkservers:         4,

@@ -24,6 +24,7 @@ import (
 //     metaserver with a line naming the unknown authority, and neither
 //     daemon joins the cluster.
 func TestTLSRefusesOtherCAs(t *testing.T) {
+	t.Parallel()
 	needTools(t, "curl", "openssl")
 	c := startCluster(t, testChunk)
 	ctx := t.Context()
