@@ -73,3 +73,16 @@ type Error struct {
 func (e *Error) Error() string { return e.Msg }
 
 func (e *Error) Unwrap() error { return ErrBudget }
+
+// ValidateHostFailover checks where host_failover_after sits in the budget:
+// a host is declared offline (offline_after) before its volumes move, so a
+// host that misses a heartbeat or two keeps them. Failover should also end
+// well within the initiators' session recovery time (open-iscsi's
+// replacement_timeout, 120 s by default), which no daemon can see.
+func ValidateHostFailover(offlineAfter, failoverAfter time.Duration) error {
+	if failoverAfter <= offlineAfter {
+		return &Error{Rule: "offline_after < host_failover_after",
+			Msg: fmt.Sprintf("host_failover_after=%v must exceed offline_after=%v (DESIGN §5: a host is offline before its volumes move to another)", failoverAfter, offlineAfter)}
+	}
+	return nil
+}

@@ -61,3 +61,15 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateHostFailover(t *testing.T) {
+	if err := ValidateHostFailover(10*time.Second, 30*time.Second); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+	err := ValidateHostFailover(10*time.Second, 10*time.Second)
+	var be *Error
+	if !errors.As(err, &be) || be.Rule != "offline_after < host_failover_after" || !errors.Is(err, ErrBudget) ||
+		!strings.Contains(err.Error(), "host_failover_after=10s must exceed offline_after=10s") {
+		t.Errorf("failover at offline_after: %v", err)
+	}
+}

@@ -49,6 +49,7 @@ func newMetaserverCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 5*time.Second, "t_io: hosts fail a member request not answered in this time (must be < --offline-after)")
 	f.DurationVar(&cfg.LogPeriod, "log-period", 60*time.Second, "T: chunk LOG bitmaps rotate every T (must be > --offline-after and >= 3 x --io-timeout)")
 	f.DurationVar(&cfg.ReplaceAfter, "replace-after", 10*time.Minute, "a chunkserver offline this long has its degraded members replaced by new chunks and rebuilt (must exceed --log-period)")
+	f.DurationVar(&cfg.HostFailoverAfter, "host-failover-after", 30*time.Second, "a host without heartbeat this long has its volumes attached to a live host (must exceed --offline-after)")
 	f.BoolVar(&cfg.InsecureHTTP, "insecure-http", false, "serve plain HTTP instead of TLS (tokens then cross the network in clear; a warning is logged)")
 	f.StringSliceVar(&cfg.TLSNames, "tls-name", nil, "host name or address the certificate the cluster CA signs at start is valid for (repeat; default localhost, 127.0.0.1, ::1 and the listen host)")
 	f.StringVar(&cfg.TLSCertFile, "tls-cert-file", "", "serve TLS with this certificate (from chunkraid cert issue) instead of signing one at start")

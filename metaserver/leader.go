@@ -96,6 +96,9 @@ func (s *Server) leadOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 			// whether the connection itself broke.
 			s.log.Error("replacing members of lost chunkservers", "err", err)
 		}
+		if err := s.failoverHosts(ctx, conn); err != nil && ctx.Err() == nil {
+			s.log.Error("failing over the volumes of lost hosts", "err", err)
+		}
 		if tick%pruneEvery == pruneEvery-1 {
 			if err := pruneEvents(ctx, conn, keptEvents); err != nil {
 				return fmt.Errorf("prune events: %w", err)
@@ -443,4 +446,118 @@ func withoutDisk(cands []candidate, id int64) []candidate {
 		out = append(out, c)
 	}
 	return out
+}
+
+// failoverHosts attaches every volume whose host has had no heartbeat for
+// HostFailoverAfter to the live host (heartbeat within OfflineAfter) with
+// the fewest volumes, as chunkraid volume attach does: the epoch is bumped,
+// so the new host fences the members before it reads their LOG bitmaps
+// (DESIGN §2 rule 2) and a zombie of the old host cannot write again. A
+// volume no live host can take is said once (host_failover_blocked) and
+// retried every tick.
+func (s *Server) failoverHosts(ctx context.Context, conn *pgx.Conn) error {
+	var evs []event
+	var gen int64
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		evs, gen = nil, 0
+		type lost struct {
+			id             int64
+			name, host     string
+			silent         float64
+			clean, blocked bool
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT v.id, v.name, h.name, extract(epoch FROM now() - h.last_heartbeat)::float8, v.clean_detach, v.failover_blocked
+			FROM volumes v JOIN hosts h ON h.id = v.host_id
+			WHERE h.last_heartbeat < now() - make_interval(secs => $1)
+			ORDER BY v.name
+			FOR UPDATE OF v`, s.cfg.HostFailoverAfter.Seconds())
+		if err != nil {
+			return fmt.Errorf("volumes of lost hosts: %w", err)
+		}
+		var dues []lost
+		var d lost
+		_, err = pgx.ForEachRow(rows, []any{&d.id, &d.name, &d.host, &d.silent, &d.clean, &d.blocked}, func() error {
+			dues = append(dues, d)
+			return nil
+		})
+		if err != nil || len(dues) == 0 {
+			return err
+		}
+		type live struct {
+			id      int64
+			name    string
+			volumes int
+		}
+		hrows, err := tx.Query(ctx, `
+			SELECT h.id, h.name, (SELECT count(*) FROM volumes v WHERE v.host_id = h.id)::int
+			FROM hosts h WHERE h.last_heartbeat > now() - make_interval(secs => $1)
+			ORDER BY h.name`, s.cfg.OfflineAfter.Seconds())
+		if err != nil {
+			return fmt.Errorf("live hosts: %w", err)
+		}
+		var hosts []live
+		var h live
+		if _, err := pgx.ForEachRow(hrows, []any{&h.id, &h.name, &h.volumes}, func() error {
+			hosts = append(hosts, h)
+			return nil
+		}); err != nil {
+			return fmt.Errorf("live hosts: %w", err)
+		}
+		for _, d := range dues {
+			silent := time.Duration(d.silent * float64(time.Second)).Round(time.Second)
+			subject := "volume/" + d.name
+			if len(hosts) == 0 {
+				if !d.blocked {
+					if _, err := tx.Exec(ctx, `UPDATE volumes SET failover_blocked = true WHERE id = $1`, d.id); err != nil {
+						return err
+					}
+					evs = append(evs, event{Kind: api.EventHostFailoverBlocked, Subject: subject, Volume: d.name, Server: d.host,
+						Message: fmt.Sprintf("host %s has had no heartbeat for %s (failover after %v) and no live host can take volume %s; retrying",
+							d.host, silent, s.cfg.HostFailoverAfter, d.name)})
+				}
+				continue
+			}
+			// The live host with the fewest volumes, the first by name
+			// of those.
+			best := 0
+			for i := range hosts {
+				if hosts[i].volumes < hosts[best].volumes {
+					best = i
+				}
+			}
+			to := &hosts[best]
+			if gen == 0 {
+				if gen, _, err = bumpGeneration(ctx, tx); err != nil {
+					return err
+				}
+			}
+			var epoch int64
+			err := tx.QueryRow(ctx, `
+				UPDATE volumes SET host_id = $2, epoch = epoch + 1, clean_detach = false, failover_blocked = false
+				WHERE id = $1 RETURNING epoch`, d.id, to.id).Scan(&epoch)
+			if err != nil {
+				return fmt.Errorf("fail over volume %s: %w", d.name, err)
+			}
+			to.volumes++
+			how := "recovers it from the LOG bitmaps"
+			if d.clean {
+				how = "opens it (host " + d.host + " had detached it cleanly)"
+			}
+			evs = append(evs, event{Kind: api.EventHostFailover, Subject: subject, Volume: d.name, Server: to.name,
+				Message: fmt.Sprintf("host %s has had no heartbeat for %s (failover after %v): volume %s is attached to host %s at epoch %d, which %s",
+					d.host, silent, s.cfg.HostFailoverAfter, d.name, to.name, epoch, how)})
+		}
+		return addEvents(ctx, tx, evs...)
+	})
+	if err != nil {
+		return fmt.Errorf("host failover: %w", err)
+	}
+	if gen != 0 {
+		s.gens.observe(gen)
+	}
+	for _, e := range evs {
+		s.log.Warn("event", "kind", e.Kind, "subject", e.Subject, "message", e.Message)
+	}
+	return nil
 }

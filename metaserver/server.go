@@ -61,6 +61,10 @@ type Config struct {
 	// degraded members are replaced by new chunks and rebuilt; 0 means 10
 	// minutes. It must exceed LogPeriod (DESIGN §5: T ≪ replace_after).
 	ReplaceAfter time.Duration
+	// HostFailoverAfter is how long a host may go without heartbeat before
+	// the leader attaches its volumes to a live host; 0 means 30 s. It must
+	// exceed OfflineAfter.
+	HostFailoverAfter time.Duration
 	// Overcommit is the capacity guard's ratio: a volume is created only
 	// if its raw size fits in Overcommit × the free raw space, less what
 	// is promised to chunks but not yet written. 0 means 1 (thin chunks
@@ -106,6 +110,7 @@ const (
 	defaultIOTimeout    = 5 * time.Second
 	defaultLogPeriod    = 60 * time.Second
 	defaultReplaceAfter = 10 * time.Minute
+	defaultHostFailover = 30 * time.Second
 	// maxConns bounds the pooled PostgreSQL connections of one metaserver;
 	// it also keeps a LISTEN connection and a leader-election connection.
 	maxConns = 10
@@ -156,6 +161,15 @@ func (c *Config) validate() error {
 	if c.ReplaceAfter <= c.LogPeriod {
 		return fmt.Errorf("metaserver: --replace-after %v must exceed the LOG period T=%v (DESIGN §5: t_io < offline_after < T ≪ replace_after): a chunkserver back within T resyncs from its LOG instead of being rebuilt",
 			c.ReplaceAfter, c.LogPeriod)
+	}
+	if c.HostFailoverAfter < 0 {
+		return fmt.Errorf("metaserver: --host-failover-after %v must not be negative", c.HostFailoverAfter)
+	}
+	if c.HostFailoverAfter == 0 {
+		c.HostFailoverAfter = defaultHostFailover
+	}
+	if err := budget.ValidateHostFailover(c.OfflineAfter, c.HostFailoverAfter); err != nil {
+		return budgetError(err)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -34,6 +34,7 @@ var groupKinds = map[string]string{
 	EventReplaceBlocked: "members that no chunkserver can take yet",
 	EventChunkFailed:    "chunks failed",
 	EventVolumeAttached: "volumes attached",
+	EventHostFailover:   "volumes failed over to this host",
 }
 
 // GroupEvents groups events (oldest first, as listed) by cause, in the

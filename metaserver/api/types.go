@@ -466,6 +466,12 @@ const (
 	EventChunkserverOffline = "chunkserver_offline"
 	EventChunkserverOnline  = "chunkserver_online"
 	EventChunkFailed        = "chunk_failed" // its chunkserver reported it failed or quarantined
+	// EventHostFailover: a volume whose host had no heartbeat for
+	// host_failover_after was attached to a live host; its Server is the
+	// new host and its message names both. EventHostFailoverBlocked: no
+	// live host could take it (said once per volume, retried).
+	EventHostFailover        = "host_failover"
+	EventHostFailoverBlocked = "host_failover_blocked"
 )
 
 // MaxEvents caps the events one GET /api/v1/events returns (?limit=).

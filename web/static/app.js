@@ -255,7 +255,7 @@ const GROUP = {
   member_degraded: 'members degraded', resync_started: 'members resyncing', resync_done: 'members resynced',
   member_in_sync: 'members in sync again without a resync', rebuild_done: 'members rebuilt',
   member_replaced: 'members replaced by new chunks, being rebuilt', replace_blocked: 'members that no chunkserver can take yet',
-  chunk_failed: 'chunks failed', volume_attached: 'volumes attached',
+  chunk_failed: 'chunks failed', volume_attached: 'volumes attached', host_failover: 'volumes failed over to this host',
 };
 
 // groupEvents folds events (oldest first) of one kind about one server,

@@ -1,0 +1,115 @@
+package metaserver
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// TestHostFailover: the volumes of a host without heartbeat for
+// host_failover_after are attached by the leader to the live hosts with
+// the fewest volumes, at a new epoch, with an event naming both hosts; a
+// host that is only late keeps its volumes. With no live host left the
+// volume stays and that is said once. host_failover_after must exceed
+// offline_after.
+func TestHostFailover(t *testing.T) {
+	t.Parallel()
+	if _, err := New(Config{DatabaseURL: "postgres://x", OfflineAfter: 10 * time.Second, HostFailoverAfter: 10 * time.Second}); err == nil ||
+		!strings.Contains(err.Error(), "rule offline_after < host_failover_after") {
+		t.Errorf("host_failover_after = offline_after accepted: %v", err)
+	}
+	ts := startServer(t, Config{ChunkSize: 64 << 20, HostFailoverAfter: 20 * time.Second})
+	ctx := t.Context()
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	for _, h := range []string{"h1", "h2", "h3"} {
+		ts.addHost(t, h)
+	}
+	create := func(name, host string) *api.Volume {
+		t.Helper()
+		v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: name, SizeBytes: 64 << 20, Layout: "mirror:2", Host: host})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	create("a", "h1")
+	create("b", "h1")
+	create("c", "h2")
+	// h1 is late, not lost: it keeps its volumes.
+	if err := ts.exec(t, `UPDATE hosts SET last_heartbeat = now() - interval '15 seconds' WHERE name = 'h1'`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // two ticks of the leader
+	if v, err := ts.Client.GetVolume(ctx, "a"); err != nil || v.Host != "h1" || v.Epoch != 1 {
+		t.Fatalf("volume a of a host silent for 15 s (failover after 20 s): %+v %v", v, err)
+	}
+
+	// h1 is lost: a goes to h3 (no volumes), b to h2 (one volume, as h3
+	// now has, and first by name).
+	if err := ts.exec(t, `UPDATE hosts SET last_heartbeat = now() - interval '1 hour' WHERE name = 'h1'`); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"a": "h3", "b": "h2", "c": "h2"}
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		got := map[string]string{}
+		epochs := map[string]int64{}
+		for name := range want {
+			v, err := ts.Client.GetVolume(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got[name], epochs[name] = v.Host, v.Epoch
+		}
+		if got["a"] == want["a"] && got["b"] == want["b"] && got["c"] == want["c"] {
+			if epochs["a"] != 2 || epochs["b"] != 2 || epochs["c"] != 1 {
+				t.Fatalf("epochs after the failover %v, want a and b at 2, c at 1", epochs)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hosts %v, want %v", got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for name, host := range map[string]string{"a": "h3", "b": "h2"} {
+		evs := eventsOf(ts.events(t, name), api.EventHostFailover)
+		if len(evs) != 1 || evs[0].Server != host || !strings.Contains(evs[0].Message, "host h1 has had no heartbeat for 1h0m0s (failover after 20s): volume "+name+" is attached to host "+host+" at epoch 2") {
+			t.Fatalf("host_failover events of %s: %+v", name, evs)
+		}
+		t.Logf("%s", evs[0].Message)
+	}
+
+	// Every host lost: c stays on h2, said once.
+	if err := ts.exec(t, `UPDATE hosts SET last_heartbeat = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3500 * time.Millisecond)
+	if v, err := ts.Client.GetVolume(ctx, "c"); err != nil || v.Host != "h2" || v.Epoch != 1 {
+		t.Fatalf("volume c with no live host: %+v %v", v, err)
+	}
+	evs := eventsOf(ts.events(t, "c"), api.EventHostFailoverBlocked)
+	if len(evs) != 1 || !strings.Contains(evs[0].Message, "no live host can take volume c; retrying") {
+		t.Fatalf("host_failover_blocked events of c: %+v", evs)
+	}
+	// A host comes back: c moves to it.
+	if err := ts.exec(t, `UPDATE hosts SET last_heartbeat = now() WHERE name = 'h1'`); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		v, err := ts.Client.GetVolume(ctx, "c")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Host == "h1" && v.Epoch == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("volume c after h1 returned: host %s epoch %d", v.Host, v.Epoch)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
