@@ -390,10 +390,21 @@ func (s *Server) reconcileLoop(ctx context.Context) error {
 			if err != nil {
 				return nil, 0, err
 			}
+			s.setRedirects(hv.Elsewhere)
 			return hv.Volumes, hv.Generation, nil
 		},
 		func(vols []api.Volume) bool { return s.apply(ctx, vols) })
 	return nil
+}
+
+// setRedirects points logins and SendTargets for the volumes other hosts
+// serve at their portals.
+func (s *Server) setRedirects(elsewhere []api.ServedElsewhere) {
+	r := make(map[string]iscsi.Redirect, len(elsewhere))
+	for _, e := range elsewhere {
+		r[e.IQN] = iscsi.Redirect{Addr: e.Portal, AllowedInitiators: e.AllowedInitiators}
+	}
+	s.target.SetRedirects(r)
 }
 
 func sleep(ctx context.Context, d time.Duration) {

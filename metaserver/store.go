@@ -620,8 +620,30 @@ func (st *store) hostVolumes(ctx context.Context, id int64) (*api.HostVolumes, e
 		if err := exists(ctx, tx, `SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)`, id); err != nil {
 			return notFound(err, "host %d is not registered: register again", id)
 		}
-		out.Volumes, err = st.loadVolumes(ctx, tx, volumeFilter{hostID: id, secrets: true})
-		return err
+		if out.Volumes, err = st.loadVolumes(ctx, tx, volumeFilter{hostID: id, secrets: true}); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `
+			SELECT v.name, h.name, h.iscsi_addr, v.allowed_initiators
+			FROM volumes v JOIN hosts h ON h.id = v.host_id
+			WHERE v.host_id <> $1 ORDER BY v.name`, id)
+		if err != nil {
+			return fmt.Errorf("volumes served elsewhere: %w", err)
+		}
+		out.Elsewhere, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.ServedElsewhere, error) {
+			var e api.ServedElsewhere
+			err := row.Scan(&e.Volume, &e.Host, &e.Portal, &e.AllowedInitiators)
+			e.IQN = api.IQNPrefix + e.Volume
+			if e.AllowedInitiators == nil {
+				e.AllowedInitiators = []string{}
+			}
+			return e, err
+		})
+		if err != nil {
+			return fmt.Errorf("volumes served elsewhere: %w", err)
+		}
+		out.Elsewhere = orEmpty(out.Elsewhere)
+		return nil
 	})
 	if err != nil {
 		return nil, err

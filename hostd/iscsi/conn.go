@@ -55,7 +55,11 @@ func (c *conn) serve(ctx context.Context) {
 
 	sess, err := c.login()
 	if err != nil {
-		if !isDisconnect(err) {
+		var le *loginError
+		switch {
+		case errors.As(err, &le) && le.status == loginMovedTemporarily:
+			c.log.Debug("iscsi login redirected", "reason", le.reason)
+		case !isDisconnect(err):
 			c.log.Info("iscsi login failed", "err", err)
 		}
 		return
@@ -75,8 +79,9 @@ func (c *conn) login() (*session, error) {
 		return nil, err
 	}
 	m := newLoginMachine(srv.ours, uint32(srv.cfg.QueueDepth), loginEnv{
-		lookupTarget:  srv.lookupTarget,
-		sessionExists: srv.sessionExists,
+		lookupTarget:   srv.lookupTarget,
+		lookupRedirect: srv.lookupRedirect,
+		sessionExists:  srv.sessionExists,
 	})
 	data := make([]byte, 0, 8192)
 	for {

@@ -96,6 +96,12 @@
 // applies to logins that start afterwards; sessions already logged in
 // stay.
 //
+// Targets served by another portal (SetRedirects) are redirected: a login
+// for one ends at its first request with status 0x0101, "target moved
+// temporarily" (RFC 7143 11.13.5), and TargetAddress=that portal, which
+// the initiator logs in to instead; SendTargets lists them with that
+// address. Both respect the target's allowlist, as its own portal does.
+//
 // The CHAP exchange, in login requests (I) and responses (T) of the
 // security stage:
 //

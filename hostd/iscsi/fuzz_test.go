@@ -297,6 +297,7 @@ func FuzzLoginMachine(f *testing.F) {
 		req{opToFFPFlags, []textPair{{"MaxBurstLength", "65536"}}},
 	))
 	f.Add(loginScript(req{opToFFPFlags, decl}))
+	f.Add(loginScript(req{opToFFPFlags, []textPair{{"InitiatorName", initiatorIQN}, {"TargetName", testIQN + "-moved"}}}))
 	f.Add(loginScript(req{secToOpFlags, withText(decl, textPair{"AuthMethod", "None"})}))
 	f.Add(loginScript(
 		req{secToOpFlags, withText(decl, textPair{"AuthMethod", "CHAP"})},

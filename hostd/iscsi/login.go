@@ -11,6 +11,7 @@ import (
 // Login status (Status-Class << 8 | Status-Detail), RFC 7143 11.13.5.
 const (
 	loginSuccess            = 0x0000
+	loginMovedTemporarily   = 0x0101 // RFC 7143 11.13.5: TargetAddress says where
 	loginInitiatorError     = 0x0200
 	loginAuthFailed         = 0x0201
 	loginAuthzFailed        = 0x0202
@@ -25,10 +26,13 @@ const (
 	loginOutOfResources     = 0x0302
 )
 
-// loginError is a login that ends with a Login Reject status.
+// loginError is a login that ends with a Login Reject status, or with a
+// redirection (status class 1), whose response carries data (the
+// TargetAddress).
 type loginError struct {
 	status uint16
 	reason string
+	data   []byte
 }
 
 func (e *loginError) Error() string {
@@ -50,8 +54,10 @@ const (
 
 // loginEnv is what the login machine asks of the server.
 type loginEnv struct {
-	lookupTarget  func(name string) (*target, bool)
-	sessionExists func(tsih uint16) bool
+	lookupTarget func(name string) (*target, bool)
+	// lookupRedirect finds a target served by another portal.
+	lookupRedirect func(name string) (Redirect, bool)
+	sessionExists  func(tsih uint16) bool
 	// rand supplies CHAP identifiers and challenges; nil means
 	// crypto/rand.
 	rand io.Reader
@@ -94,6 +100,9 @@ func newLoginMachine(ours sessionParams, depth uint32, env loginEnv) *loginMachi
 	if env.rand == nil {
 		env.rand = rand.Reader
 	}
+	if env.lookupRedirect == nil {
+		env.lookupRedirect = func(string) (Redirect, bool) { return Redirect{}, false }
+	}
 	return &loginMachine{env: env, neg: newNegotiator(ours), depth: depth}
 }
 
@@ -119,7 +128,7 @@ func (m *loginMachine) step(req *loginRequest, data []byte) (resp loginResponse,
 		resp.Transit, resp.Continue, resp.CSG, resp.NSG = false, false, 0, 0
 		resp.StatusClass = uint8(le.status >> 8)
 		resp.StatusDetail = uint8(le.status)
-		return resp, nil, loginFailed, err
+		return resp, le.data, loginFailed, err
 	}
 	resp.StatSN = m.statSN
 	resp.ExpCmdSN = m.expCmdSN
@@ -360,6 +369,13 @@ func (m *loginMachine) checkFirst() error {
 	}
 	t, ok := m.env.lookupTarget(m.targetName)
 	if !ok {
+		if r, ok := m.env.lookupRedirect(m.targetName); ok {
+			if !r.allows(m.initiatorName) {
+				return rejectLogin(loginAuthzFailed, "initiator %s is not allowed on target %s", m.initiatorName, m.targetName)
+			}
+			return &loginError{status: loginMovedTemporarily, reason: fmt.Sprintf("target %s is served at %s", m.targetName, r.Addr),
+				data: encodeText([]textPair{{"TargetAddress", r.Addr + ",1"}})}
+		}
 		return rejectLogin(loginNotFound, "target %q not found", truncString(m.targetName, 64))
 	}
 	cfg := t.cfg.Load()

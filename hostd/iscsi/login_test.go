@@ -24,6 +24,13 @@ func testLoginMachineWith(cfg TargetConfig, rnd io.Reader) *loginMachine {
 			}
 			return nil, false
 		},
+		lookupRedirect: func(name string) (Redirect, bool) {
+			// Another portal serves ...:moved.
+			if name == testIQN+"-moved" {
+				return Redirect{Addr: "127.0.0.1:3261", AllowedInitiators: cfg.AllowedInitiators}, true
+			}
+			return Redirect{}, false
+		},
 		sessionExists: func(tsih uint16) bool { return tsih == 7 },
 		rand:          rnd,
 	})

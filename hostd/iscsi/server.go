@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -167,9 +168,11 @@ type Server struct {
 
 	mu struct {
 		sync.Mutex
-		targets  map[string]*target
-		sessions map[uint16]*session // normal and discovery sessions, by TSIH
-		nextTSIH uint16
+		targets map[string]*target
+		// redirects are the targets served by other portals (SetRedirects).
+		redirects map[string]Redirect
+		sessions  map[uint16]*session // normal and discovery sessions, by TSIH
+		nextTSIH  uint16
 	}
 }
 
@@ -392,6 +395,34 @@ func (s *Server) Targets() []string {
 	return names
 }
 
+// Redirect is a target served by another portal: a login for it is
+// answered with "target moved temporarily" (RFC 7143 11.13.5) and that
+// portal's address, and SendTargets lists it with that address, in both
+// cases only to the initiators its allowlist admits.
+type Redirect struct {
+	Addr              string   // host:port of the portal that serves it
+	AllowedInitiators []string // as TargetConfig.AllowedInitiators
+}
+
+func (r Redirect) allows(initiator string) bool {
+	return (&TargetConfig{AllowedInitiators: r.AllowedInitiators}).allows(initiator)
+}
+
+// SetRedirects replaces the targets served by other portals. A target this
+// server exports itself is never redirected.
+func (s *Server) SetRedirects(r map[string]Redirect) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mu.redirects = maps.Clone(r)
+}
+
+func (s *Server) lookupRedirect(name string) (Redirect, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.mu.redirects[name]
+	return r, ok
+}
+
 func (s *Server) lookupTarget(name string) (*target, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -473,32 +504,44 @@ func (s *Server) targetSessions(t *target) []*session {
 	return out
 }
 
-// sendTargets returns the targets named by a SendTargets value: all of them
-// for "All", the session's own for an empty value, or the one named. Only
-// targets whose allowlist admits the initiator are listed.
-func (s *Server) sendTargets(value string, own *target, initiator string) []string {
+// sendTargets returns the targets named by a SendTargets value, each with
+// its TargetAddress: all of them for "All", the session's own for an empty
+// value, or the one named. A target of this server has the address of the
+// connection (local); one served elsewhere, its portal's. Only targets
+// whose allowlist admits the initiator are listed.
+func (s *Server) sendTargets(value string, own *target, initiator, local string) []textPair {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var names []string
 	switch value {
 	case "All":
-		s.mu.Lock()
-		names := make([]string, 0, len(s.mu.targets))
-		for n, t := range s.mu.targets {
-			if t.cfg.Load().allows(initiator) {
+		for n := range s.mu.targets {
+			names = append(names, n)
+		}
+		for n := range s.mu.redirects {
+			if _, ok := s.mu.targets[n]; !ok {
 				names = append(names, n)
 			}
 		}
-		s.mu.Unlock()
 		slices.Sort(names)
-		return names
 	case "":
 		if own != nil {
-			return []string{own.iqn}
+			names = []string{own.iqn}
 		}
-		return nil
+	default:
+		names = []string{value}
 	}
-	if t, ok := s.lookupTarget(value); ok && t.cfg.Load().allows(initiator) {
-		return []string{value}
+	var out []textPair
+	for _, n := range names {
+		if t, ok := s.mu.targets[n]; ok {
+			if t.cfg.Load().allows(initiator) {
+				out = append(out, textPair{"TargetName", n}, textPair{"TargetAddress", local})
+			}
+		} else if r, ok := s.mu.redirects[n]; ok && r.allows(initiator) {
+			out = append(out, textPair{"TargetName", n}, textPair{"TargetAddress", r.Addr + ",1"})
+		}
 	}
-	return nil
+	return out
 }
 
 // Serve accepts iSCSI connections on ln until ctx is done, then closes the

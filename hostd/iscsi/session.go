@@ -455,10 +455,7 @@ func (s *session) handleText(ctx context.Context, p *inPDU) error {
 	for _, kv := range pairs {
 		switch kv.key {
 		case "SendTargets":
-			addr := portalAddress(s.conn.nc.LocalAddr())
-			for _, name := range s.srv.sendTargets(kv.value, s.target, s.initiator) {
-				out = append(out, textPair{"TargetName", name}, textPair{"TargetAddress", addr})
-			}
+			out = append(out, s.srv.sendTargets(kv.value, s.target, s.initiator, portalAddress(s.conn.nc.LocalAddr()))...)
 		case "MaxRecvDataSegmentLength":
 			v, ok := parseNumber(kv.value)
 			if !ok || v < 512 || v > maxDSL {

@@ -397,6 +397,20 @@ type AttachVolumeRequest struct {
 type HostVolumes struct {
 	Generation int64    `json:"generation"`
 	Volumes    []Volume `json:"volumes"`
+	// Elsewhere are the volumes other hosts serve: the host redirects a
+	// login for one of them to its portal and lists them in SendTargets,
+	// so an initiator configured with any portal finds every volume.
+	Elsewhere []ServedElsewhere `json:"elsewhere"`
+}
+
+// ServedElsewhere is a volume served by another host (HostVolumes).
+type ServedElsewhere struct {
+	Volume string `json:"volume"`
+	IQN    string `json:"iqn"`
+	Host   string `json:"host"`
+	// Portal is the serving host's iSCSI address, host:port.
+	Portal            string   `json:"portal"`
+	AllowedInitiators []string `json:"allowed_initiators"`
 }
 
 // IQNPrefix is the prefix of every volume's iSCSI target name.
