@@ -525,7 +525,9 @@ func (c *Cluster) WaitTargetOn(ctx context.Context, host, volume string, timeout
 	for {
 		out, err := exec.CommandContext(ctx, "iscsi-ls", "iscsi://"+c.HostISCSI[host]).CombinedOutput()
 		last = string(out)
-		if err == nil && strings.Contains(last, IQN(volume)) {
+		// Every host lists every volume, each at the portal of the host
+		// that serves it.
+		if err == nil && strings.Contains(last, "Target:"+IQN(volume)+" Portal:"+c.HostISCSI[host]+",") {
 			return nil
 		}
 		if errors.Is(err, exec.ErrNotFound) {
