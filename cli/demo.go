@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,7 +25,9 @@ type demoOptions struct {
 	iscsiPort int
 	nbdPort   int
 	servers   int
+	hosts     int
 	replace   time.Duration
+	failover  time.Duration
 	clean     bool
 }
 
@@ -52,6 +55,8 @@ the directory to start fresh.`,
 	f.IntVar(&do.iscsiPort, "iscsi-port", 3260, "hostd iSCSI port (0: a free one)")
 	f.IntVar(&do.nbdPort, "nbd-port", 10809, "first chunkserver's NBD port; the others follow (control ports: +100; 0: free ones)")
 	f.IntVar(&do.servers, "chunkservers", 3, "how many chunkservers to run (2 to 32; ec layouts need K+M)")
+	f.IntVar(&do.hosts, "hosts", 1, "how many hostds to run (1 to 8): host1 on --iscsi-port, host2 on the next port, ...")
+	f.DurationVar(&do.failover, "host-failover-after", 0, "move a dead host's volumes to a live one after this long without heartbeat (the metaserver's --host-failover-after; above 10s; default 30s)")
 	f.DurationVar(&do.replace, "replace-after", 0, "replace a chunkserver's members after it has been away this long (the metaserver's --replace-after; above 60s; default 10m)")
 	f.BoolVar(&do.clean, "clean", false, "delete the demo's state (the directory, its PostgreSQL directory and its write-intent bitmaps) and exit")
 	return cmd
@@ -69,6 +74,12 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 	if do.replace != 0 && do.replace <= time.Minute {
 		return fmt.Errorf("--replace-after %v: must exceed the demo's LOG period T (60s)", do.replace)
 	}
+	if do.hosts < 1 || do.hosts > 8 {
+		return fmt.Errorf("--hosts %d: run 1 to 8", do.hosts)
+	}
+	if do.failover != 0 && do.failover <= 10*time.Second {
+		return fmt.Errorf("--host-failover-after %v: must exceed the demo's offline_after (10s)", do.failover)
+	}
 	if do.servers < 2 || do.servers > 32 {
 		return fmt.Errorf("--chunkservers %d: run 2 to 32 (the demo volume is a mirror:2)", do.servers)
 	}
@@ -81,7 +92,7 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 	c, err := localcluster.Start(ctx, localcluster.Options{
 		Dir: do.dir, PGDir: pgDir, ChunkSize: chunkSize,
 		MetaPort: do.metaPort, ISCSIPort: do.iscsiPort, NBDPort: do.nbdPort,
-		Chunkservers: do.servers, ExtraMetaArgs: demoMetaArgs(do), Logger: log,
+		Chunkservers: do.servers, Hosts: do.hosts, ExtraMetaArgs: demoMetaArgs(do), Logger: log,
 	})
 	if err != nil {
 		return err
@@ -125,7 +136,7 @@ func runDemo(ctx context.Context, o *rootOptions, do demoOptions) error {
 chunkraid is running.
   metaserver    %s   (REST API under /api/v1)
   chunkservers  %v
-  hostd         %s, iSCSI portal %s
+  hostd         %s
   volume        demo, iSCSI URL:
                 %s
   join token    %s (a chunkserver or hostd you add: --join-token-file)
@@ -146,8 +157,8 @@ Try it:
 Logs: %s
 PostgreSQL: %s
 Press Ctrl-C to stop.
-`, c.MetaURL, c.NBDAddrs, c.HostName, c.ISCSIAddr, url, c.JoinTokenFile(), c.MetaURL, c.HostMetrics[c.HostName], url, url, EnvMetaserver, c.MetaURL, EnvCA, c.CAFile(), EnvToken, c.Token,
-		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"), pgDir)
+%s`, c.MetaURL, c.NBDAddrs, demoHosts(c), url, c.JoinTokenFile(), c.MetaURL, c.HostMetrics[c.HostName], url, url, EnvMetaserver, c.MetaURL, EnvCA, c.CAFile(), EnvToken, c.Token,
+		self, self, self, self, c.HostName, filepath.Join(c.Dir(), "logs"), pgDir, failoverHint(c, self))
 
 	<-ctx.Done()
 	return nil
@@ -206,8 +217,39 @@ func cleanDemo(ctx context.Context, o *rootOptions, dir string) error {
 
 // demoMetaArgs are the demo metaserver's flags beyond localcluster's.
 func demoMetaArgs(do demoOptions) []string {
-	if do.replace == 0 {
-		return nil
+	var args []string
+	if do.replace != 0 {
+		args = append(args, "--replace-after", do.replace.String())
 	}
-	return []string{"--replace-after", do.replace.String()}
+	if do.failover != 0 {
+		args = append(args, "--host-failover-after", do.failover.String())
+	}
+	return args
+}
+
+// demoHosts describes the demo's hostds, one line each after the first.
+func demoHosts(c *localcluster.Cluster) string {
+	var b strings.Builder
+	for i, h := range c.HostNames() {
+		if i > 0 {
+			b.WriteString("\n                ")
+		}
+		fmt.Fprintf(&b, "%s, iSCSI portal %s", h, c.HostISCSI[h])
+	}
+	return b.String()
+}
+
+// failoverHint says how to watch a host failover when the demo runs more
+// than one host.
+func failoverHint(c *localcluster.Cluster, self string) string {
+	if len(c.Hosts) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(`
+Watch a host failover: every host's portal finds the volume (a login is
+redirected to the host that serves it). Kill host1 and, after
+host_failover_after, demo is served by another host:
+  pkill -9 -f -- '--name %s '
+  %s events --follow
+`, c.HostName, self)
 }

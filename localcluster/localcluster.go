@@ -5,6 +5,7 @@
 package localcluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,10 +13,12 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +43,10 @@ type Options struct {
 	Binary string
 	// Chunkservers is how many chunkservers to run. Default 3.
 	Chunkservers int
+	// Hosts is how many hostds to run: host1 (HostName) and host2, host3,
+	// ..., on consecutive iSCSI ports after ISCSIPort (free ones if 0).
+	// Default 1.
+	Hosts int
 	// ChunkSize is the cluster's chunk size on first creation. Default 10 GiB.
 	ChunkSize int64
 	// Ports: 0 picks free ports. NBDPort is the first chunkserver's; the
@@ -259,15 +266,41 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 	if err := c.WaitOnline(ctx, 30*time.Second); err != nil {
 		return c, err
 	}
+	for i := 2; i <= opt.Hosts; i++ {
+		port := 0
+		if opt.ISCSIPort != 0 {
+			port = opt.ISCSIPort + i - 1
+		}
+		if _, err := c.addHostdAt(ctx, fmt.Sprintf("host%d", i), port); err != nil {
+			return c, err
+		}
+	}
 	return c, nil
+}
+
+// HostNames are the names of the hostds started, host1 first.
+func (c *Cluster) HostNames() []string {
+	names := slices.Collect(maps.Keys(c.Hosts))
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(len(a), len(b)), strings.Compare(a, b))
+	})
+	return names
 }
 
 // AddHostd starts another hostd named name on a free iSCSI port and waits
 // until it is online.
 func (c *Cluster) AddHostd(ctx context.Context, name string) (*Proc, error) {
-	port, err := FreePort()
-	if err != nil {
-		return nil, err
+	return c.addHostdAt(ctx, name, 0)
+}
+
+// addHostdAt starts a hostd named name on iSCSI port (0: a free one) and
+// waits until it is online.
+func (c *Cluster) addHostdAt(ctx context.Context, name string, port int) (*Proc, error) {
+	if port == 0 {
+		var err error
+		if port, err = FreePort(); err != nil {
+			return nil, err
+		}
 	}
 	p, err := c.startHostd(name, fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {

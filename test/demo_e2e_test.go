@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,7 +75,23 @@ func TestDemoFromPrivateDirectory(t *testing.T) {
 			t.Errorf("volume show demo without the cluster CA: %v\n%s", err, out)
 		}
 		t.Logf("without the cluster CA: %s", strings.TrimSpace(string(out)))
-	})
+		// --hosts 2: host2's portal lists demo at host1's, and a login
+		// through it is redirected there.
+		m := regexp.MustCompile(`host2, iSCSI portal (\S+)`).FindStringSubmatch(printed)
+		if m == nil {
+			t.Fatalf("the demo with --hosts 2 does not list host2:\n%s", printed)
+		}
+		host1 := regexp.MustCompile(`host1, iSCSI portal (\S+)`).FindStringSubmatch(printed)
+		if host1 == nil {
+			t.Fatalf("the demo does not list host1:\n%s", printed)
+		}
+		want := "Target:iqn.2026-11.io.chunkraid:demo Portal:" + host1[1] + ",1"
+		waitFor(t, 30*time.Second, "host2 to list demo at host1's portal", func() bool {
+			out, _ := exec.Command("iscsi-ls", "iscsi://"+m[1]).CombinedOutput()
+			return strings.Contains(string(out), want)
+		})
+		run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x5c 0 1M", "iscsi://"+m[1]+"/iqn.2026-11.io.chunkraid:demo/0")
+	}, "--hosts", "2")
 	if !strings.Contains(out, "Every process stopped cleanly") {
 		t.Errorf("second run did not stop cleanly:\n%s", out)
 	}
@@ -90,10 +107,10 @@ func TestDemoFromPrivateDirectory(t *testing.T) {
 // runDemo starts the demo in checkout on free ports, calls use once it
 // printed that it is running, then stops it with SIGINT and returns all it
 // printed.
-func runDemo(t *testing.T, checkout string, use func(printed string)) string {
+func runDemo(t *testing.T, checkout string, use func(printed string), extra ...string) string {
 	t.Helper()
-	cmd := exec.Command(binary, "demo", "--dir", ".demo", "--meta-port", "0", "--iscsi-port", "0", "--nbd-port", "0",
-		"--chunk-size", "64MiB", "--volume-size", "128MiB")
+	cmd := exec.Command(binary, append([]string{"demo", "--dir", ".demo", "--meta-port", "0", "--iscsi-port", "0", "--nbd-port", "0",
+		"--chunk-size", "64MiB", "--volume-size", "128MiB"}, extra...)...)
 	cmd.Dir = checkout
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
