@@ -129,8 +129,14 @@ func NewRoot() *cobra.Command {
 			if o.output != "table" && o.output != "json" {
 				return fmt.Errorf("unknown output format %q: use -o table or -o json", o.output)
 			}
-			if !strings.HasPrefix(o.metaserver, "http://") && !strings.HasPrefix(o.metaserver, "https://") {
-				return fmt.Errorf("metaserver address %q must be an http:// or https:// URL", o.metaserver)
+			urls := api.SplitURLs(o.metaserver)
+			if len(urls) == 0 {
+				return fmt.Errorf("no metaserver URL in %q: give one or more, comma-separated", o.metaserver)
+			}
+			for _, u := range urls {
+				if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+					return fmt.Errorf("metaserver address %q must be an http:// or https:// URL", u)
+				}
 			}
 			if cmd.Name() == "metaserver" {
 				return nil // its --ca-file is where it writes the CA
@@ -145,7 +151,7 @@ func NewRoot() *cobra.Command {
 	if ms == "" {
 		ms = defaultMetaserver
 	}
-	root.PersistentFlags().StringVar(&o.metaserver, "metaserver", ms, "metaserver URL (env "+EnvMetaserver+")")
+	root.PersistentFlags().StringVar(&o.metaserver, "metaserver", ms, "metaserver URL, or several comma-separated (the CLI and daemons fail over between them) (env "+EnvMetaserver+")")
 	root.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().StringVar(&o.logLevel, "log-level", "info", "daemon log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&o.tokenFile, "token-file", "", "file holding the API token (default: env "+EnvToken+")")

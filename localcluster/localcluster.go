@@ -43,6 +43,10 @@ type Options struct {
 	Binary string
 	// Chunkservers is how many chunkservers to run. Default 3.
 	Chunkservers int
+	// Metaservers is how many metaservers to run on the one PostgreSQL
+	// (the first on MetaPort, the others on free ports); every daemon and
+	// Client are given all their URLs. Default 1.
+	Metaservers int
 	// Hosts is how many hostds to run: host1 (HostName) and host2, host3,
 	// ..., on consecutive iSCSI ports after ISCSIPort (free ones if 0).
 	// Default 1.
@@ -86,6 +90,10 @@ type Cluster struct {
 	Hostd *Proc
 
 	MetaURL string
+	// Metas are every metaserver started, Meta first, and MetaURLs their
+	// URLs (MetaURL first).
+	Metas    []*Proc
+	MetaURLs []string
 	// Token is the cluster's admin API token, read from TokenFile.
 	Token        string
 	ISCSIAddr    string
@@ -214,6 +222,7 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 	}
 	metaArgs = append(metaArgs, opt.ExtraMetaArgs...)
 	c.Meta = c.newProc("metaserver", metaArgs)
+	c.Metas, c.MetaURLs = []*Proc{c.Meta}, []string{c.MetaURL}
 	if err := c.Meta.Start(); err != nil {
 		return c, err
 	}
@@ -227,6 +236,11 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 	c.Token = strings.TrimSpace(string(tok))
 	if err := c.ensureJoinToken(ctx); err != nil {
 		return c, err
+	}
+	for i := 2; i <= opt.Metaservers; i++ {
+		if err := c.startMetaserver(ctx, i, metaArgs); err != nil {
+			return c, err
+		}
 	}
 
 	for i := 0; i < opt.Chunkservers; i++ {
@@ -246,7 +260,7 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		}
 		caddr := fmt.Sprintf("127.0.0.1:%d", cport)
 		args := append([]string{"chunkserver", "--name", name, "--listen", addr, "--control-listen", caddr,
-			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaURL,
+			"--data-dir", filepath.Join(opt.Dir, "chunkservers", name), "--metaserver", c.MetaList(),
 			"--ca-file", c.CAFile(), "--join-token-file", c.JoinTokenFile()}, opt.ExtraChunkserverArgs...)
 		if opt.ChunkserverArgs != nil {
 			args = append(args, opt.ChunkserverArgs(i)...)
@@ -276,6 +290,54 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 		}
 	}
 	return c, nil
+}
+
+// MetaList is the metaservers' URLs, comma-separated, as the daemons'
+// --metaserver and CHUNKRAID_METASERVER take them.
+func (c *Cluster) MetaList() string { return strings.Join(c.MetaURLs, ",") }
+
+// startMetaserver starts metaserver i (from 2) on a free port with the
+// first one's arguments (metaArgs) and waits until it answers.
+func (c *Cluster) startMetaserver(ctx context.Context, i int, metaArgs []string) error {
+	port, err := FreePort()
+	if err != nil {
+		return err
+	}
+	args := slices.Clone(metaArgs)
+	for j := range args {
+		switch args[j] {
+		case "--listen":
+			args[j+1] = fmt.Sprintf("127.0.0.1:%d", port)
+		case "--ca-file":
+			// Each writes the same CA certificate: to its own file.
+			args[j+1] = filepath.Join(c.opt.Dir, fmt.Sprintf("ca-%d.pem", i))
+		}
+	}
+	p := c.newProc(fmt.Sprintf("metaserver%d", i), args)
+	if err := p.Start(); err != nil {
+		return err
+	}
+	u := fmt.Sprintf("https://127.0.0.1:%d", port)
+	c.Metas, c.MetaURLs = append(c.Metas, p), append(c.MetaURLs, u)
+	tc, err := c.TLS()
+	if err != nil {
+		return err
+	}
+	cl := api.NewTLSClient(u, tc)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		err := cl.Health(ctx)
+		if err == nil {
+			return nil
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			return fmt.Errorf("metaserver %d did not answer: %w (log: %s)\n%s", i, err, p.Log, tail(p.Log, 20))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // HostNames are the names of the hostds started, host1 first.
@@ -335,7 +397,7 @@ func (c *Cluster) startHostd(name, addr string) (*Proc, error) {
 	maddr := fmt.Sprintf("127.0.0.1:%d", mport)
 	p := c.newProc("hostd-"+name, append([]string{"hostd", "--name", name, "--listen", addr,
 		"--wib-dir", filepath.Join(c.wibRoot, name), "--state-dir", filepath.Join(c.opt.Dir, "hosts", name),
-		"--metaserver", c.MetaURL, "--ca-file", c.CAFile(), "--join-token-file", c.JoinTokenFile(),
+		"--metaserver", c.MetaList(), "--ca-file", c.CAFile(), "--join-token-file", c.JoinTokenFile(),
 		"--metrics-listen", maddr}, c.opt.ExtraHostdArgs...))
 	if name == c.HostName {
 		p.Log = filepath.Join(c.opt.Dir, "logs", "hostd.log")
@@ -419,7 +481,7 @@ func (c *Cluster) Client() *api.Client {
 		// Not written yet: a client that fails to verify the metaserver.
 		tc = &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS13}
 	}
-	cl := api.NewTLSClient(c.MetaURL, tc)
+	cl := api.NewTLSClient(c.MetaList(), tc)
 	if c.Token != "" {
 		cl = cl.WithToken(c.Token)
 	}
@@ -517,7 +579,7 @@ func (c *Cluster) WaitOnline(ctx context.Context, timeout time.Duration) error {
 		if err1 == nil && err2 == nil && online >= len(c.CS) && hostUp {
 			return nil
 		}
-		for _, p := range append([]*Proc{c.Meta, c.Hostd}, c.CS...) {
+		for _, p := range append(append([]*Proc{c.Hostd}, c.Metas...), c.CS...) {
 			if p != nil && p.Exited() {
 				return fmt.Errorf("%s exited (log: %s):\n%s", p.Name, p.Log, tail(p.Log, 20))
 			}
@@ -595,8 +657,8 @@ func (c *Cluster) Stop() error {
 	}
 	wg.Wait()
 	errs = append(errs, cerrs...)
-	if c.Meta != nil {
-		errs = append(errs, c.Meta.Stop(15*time.Second))
+	for _, m := range c.Metas {
+		errs = append(errs, m.Stop(15*time.Second))
 	}
 	if c.PG != nil {
 		errs = append(errs, c.PG.Stop())

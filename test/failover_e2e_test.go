@@ -2,11 +2,15 @@ package test
 
 import (
 	"context"
+	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chunkraid/chunkraid/internal/scrape"
+	"github.com/chunkraid/chunkraid/localcluster"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -94,4 +98,134 @@ func TestHostFailoverRedirect(t *testing.T) {
 	waitInSync(t, c, "fo", time.Minute)
 	verifyAcked(t, url2, append(acked, slotWrite{off: 32 << 20, len: 4096, pat: 0x4d}))
 	checkReplicas(t, c, "fo")
+}
+
+// TestMetaserverLeaderFailover: two metaservers on one PostgreSQL; every
+// daemon and the CLI are given both URLs. The leader is killed with -9
+// under a qemu-io write load: the other takes the leader lock within
+// seconds, the daemons go on through it (no chunkserver or host is
+// declared offline, no member degraded, at most one warning each), the
+// CLI answers, and every acknowledged write reads back.
+func TestMetaserverLeaderFailover(t *testing.T) {
+	t.Parallel()
+	c := startClusterOpts(t, localcluster.Options{ChunkSize: testChunk, Metaservers: 2,
+		ExtraMetaArgs:        []string{"--io-timeout", "1s", "--offline-after", "3s", "--log-period", "4s"},
+		ExtraChunkserverArgs: []string{"--log-region", "1048576"},
+		ExtraHostdArgs:       []string{"--wib-region", "1048576"}})
+	ctx := t.Context()
+	hc := caClient(t, c)
+	leading := func(i int) (float64, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.MetaURLs[i]+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		m, err := scrape.Parse(resp.Body)
+		if err != nil {
+			return 0, err
+		}
+		v, _ := m.Sum("chunkraid_metaserver_leader", nil)
+		return v, nil
+	}
+	leader := -1
+	waitFor(t, 30*time.Second, "one metaserver to lead", func() bool {
+		a, err1 := leading(0)
+		b, err2 := leading(1)
+		switch {
+		case err1 != nil || err2 != nil || a+b != 1:
+			return false
+		case a == 1:
+			leader = 0
+		default:
+			leader = 1
+		}
+		return true
+	})
+	other := 1 - leader
+	t.Logf("metaserver %d (%s) leads", leader+1, c.MetaURLs[leader])
+
+	createVolume(t, c, "ha", "64MiB", c.HostName)
+	if err := c.WaitTarget(ctx, "ha", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := c.Client().ListEvents(ctx, "", 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lastEvent := evs[len(evs)-1].ID
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	load := startWriteLoad(lctx, c.ISCSIURL("ha"), slots(600, 16<<10, 24<<20, 11), 20)
+	waitFor(t, 30*time.Second, "the write load to get going", func() bool { return len(load.Acked()) >= 30 })
+
+	killed := time.Now()
+	if err := c.Metas[leader].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the other metaserver to lead", func() bool {
+		v, err := leading(other)
+		return err == nil && v == 1
+	})
+	takeover := time.Since(killed)
+	t.Logf("leader killed: metaserver %d leads %v later", other+1, takeover.Round(10*time.Millisecond))
+	// Longer than offline_after: a daemon whose heartbeats stopped would
+	// be declared offline by the new leader.
+	time.Sleep(5 * time.Second)
+	out := cli(t, c, "volume", "show", "ha")
+	if !strings.Contains(out, "in_sync") {
+		t.Errorf("volume show after the failover:\n%s", out)
+	}
+	atKill := len(load.Acked())
+	waitFor(t, 30*time.Second, "more writes", func() bool { return len(load.Acked()) > atKill+20 })
+	cancel()
+	<-load.done
+	acked := load.Acked()
+
+	evs, err = c.Client().ListEvents(ctx, "", lastEvent, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		switch e.Kind {
+		case api.EventChunkserverOffline, api.EventMemberDegraded, api.EventHostFailover:
+			t.Errorf("after the leader's death: %s %s", e.Kind, e.Message)
+		}
+	}
+	// What the daemons noticed: their warnings since the kill.
+	logs := map[string]string{"host1": c.Hostd.Log}
+	for _, p := range c.CS {
+		logs[p.Name] = p.Log
+	}
+	for name, path := range logs {
+		warned := warningsSince(t, path, killed)
+		if len(warned) > 1 {
+			t.Errorf("%s logged %d warnings after the leader's death:\n%s", name, len(warned), strings.Join(warned, "\n"))
+		}
+		t.Logf("%s: %d warnings after the leader's death %q", name, len(warned), warned)
+	}
+	verifyAcked(t, c.ISCSIURL("ha"), acked)
+	checkReplicas(t, c, "ha")
+}
+
+// warningsSince returns the WARN and ERROR lines of a daemon's log at or
+// after since.
+func warningsSince(t *testing.T, path string, since time.Time) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "level=WARN") && !strings.Contains(l, "level=ERROR") {
+			continue
+		}
+		ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil && !at.Before(since) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

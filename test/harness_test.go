@@ -127,13 +127,13 @@ func run(t *testing.T, name string, args ...string) string {
 // cli runs the chunkraid CLI against the cluster.
 func cli(t *testing.T, c *localcluster.Cluster, args ...string) string {
 	t.Helper()
-	return run(t, binary, append([]string{"--metaserver", c.MetaURL, "--ca-file", c.CAFile(), "--token-file", c.TokenFile()}, args...)...)
+	return run(t, binary, append([]string{"--metaserver", c.MetaList(), "--ca-file", c.CAFile(), "--token-file", c.TokenFile()}, args...)...)
 }
 
 // cliFail runs the CLI expecting a non-zero exit and returns its output.
 func cliFail(t *testing.T, c *localcluster.Cluster, args ...string) string {
 	t.Helper()
-	cmd := exec.CommandContext(t.Context(), binary, append([]string{"--metaserver", c.MetaURL, "--ca-file", c.CAFile(), "--token-file", c.TokenFile()}, args...)...)
+	cmd := exec.CommandContext(t.Context(), binary, append([]string{"--metaserver", c.MetaList(), "--ca-file", c.CAFile(), "--token-file", c.TokenFile()}, args...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err == nil {

@@ -20,9 +20,25 @@ import (
 
 // Client calls the metaserver's REST API. It is safe for concurrent use.
 type Client struct {
-	base  string
+	// bases are the metaservers' URLs, each without a trailing slash: a
+	// call goes to the one that answered last and fails over to the
+	// next (call).
+	bases []string
+	cur   *atomic.Int32 // index in bases of the one that answered last
 	hc    *http.Client
 	token *atomic.Pointer[string] // the bearer token, if any; read by hc's transport
+}
+
+// SplitURLs splits a comma-separated list of metaserver URLs, as the
+// daemons' --metaserver and CHUNKRAID_METASERVER take them.
+func SplitURLs(list string) []string {
+	var out []string
+	for _, u := range strings.Split(list, ",") {
+		if u = strings.TrimRight(strings.TrimSpace(u), "/"); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 const (
@@ -35,7 +51,8 @@ const (
 )
 
 // NewClient returns a client of the metaserver at baseURL (e.g.
-// "http://127.0.0.1:8080"). With hc nil it uses a client whose connections
+// "http://127.0.0.1:8080"), or of the metaservers of a comma-separated
+// list of URLs, between which it fails over. With hc nil it uses a client whose connections
 // time out on dial but not on read, so that long polls can run; every call
 // carries its own deadline (RequestTimeout, or the wait plus a margin for
 // long polls) whichever hc is used.
@@ -43,13 +60,13 @@ func NewClient(baseURL string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = &http.Client{Transport: defaultTransport(nil)}
 	}
-	return newClient(strings.TrimRight(baseURL, "/"), hc, "")
+	return newClient(SplitURLs(baseURL), hc, "")
 }
 
 // NewTLSClient is NewClient's default client with the TLS configuration
 // tc (say, one that trusts only the cluster CA) for an https:// URL.
 func NewTLSClient(baseURL string, tc *tls.Config) *Client {
-	return newClient(strings.TrimRight(baseURL, "/"), &http.Client{Transport: defaultTransport(tc)}, "")
+	return newClient(SplitURLs(baseURL), &http.Client{Transport: defaultTransport(tc)}, "")
 }
 
 // NewDaemonClient is the metaserver client of a daemon: an https:// URL is
@@ -57,17 +74,28 @@ func NewTLSClient(baseURL string, tc *tls.Config) *Client {
 // requires; an http:// URL is allowed with a warning on log, since the
 // daemon's credential then crosses the network in clear.
 func NewDaemonClient(baseURL string, tc *tls.Config, log *slog.Logger) (*Client, error) {
-	switch {
-	case strings.HasPrefix(baseURL, "https://"):
-		if tc == nil {
-			return nil, fmt.Errorf("the metaserver %s is verified against the cluster CA: give its certificate with --ca-file or CHUNKRAID_CA (the metaserver writes it with its own --ca-file)", baseURL)
+	urls := SplitURLs(baseURL)
+	if len(urls) == 0 {
+		return nil, fmt.Errorf("no metaserver URL in %q: give one or more, comma-separated", baseURL)
+	}
+	plain := false
+	for _, u := range urls {
+		switch {
+		case strings.HasPrefix(u, "https://"):
+			if tc == nil {
+				return nil, fmt.Errorf("the metaserver %s is verified against the cluster CA: give its certificate with --ca-file or CHUNKRAID_CA (the metaserver writes it with its own --ca-file)", u)
+			}
+		case strings.HasPrefix(u, "http://"):
+			log.Warn("talking to the metaserver over plain HTTP: this daemon's credential crosses the network in clear", "metaserver", u)
+			plain = true
+		default:
+			return nil, fmt.Errorf("the metaserver URL %q must start with https:// (or http:// for a metaserver run with --insecure-http)", u)
 		}
-		return NewTLSClient(baseURL, tc), nil
-	case strings.HasPrefix(baseURL, "http://"):
-		log.Warn("talking to the metaserver over plain HTTP: this daemon's credential crosses the network in clear", "metaserver", baseURL)
+	}
+	if plain && tc == nil {
 		return NewClient(baseURL, nil), nil
 	}
-	return nil, fmt.Errorf("the metaserver URL %q must start with https:// (or http:// for a metaserver run with --insecure-http)", baseURL)
+	return NewTLSClient(baseURL, tc), nil
 }
 
 // defaultTransport dials with a timeout and never times out a read, so
@@ -87,8 +115,8 @@ func defaultTransport(tc *tls.Config) *http.Transport {
 
 // newClient wraps hc's transport so that every request carries the
 // client's bearer token when it has one.
-func newClient(base string, hc *http.Client, token string) *Client {
-	c := &Client{base: base, token: new(atomic.Pointer[string])}
+func newClient(bases []string, hc *http.Client, token string) *Client {
+	c := &Client{bases: bases, cur: new(atomic.Int32), token: new(atomic.Pointer[string])}
 	if token != "" {
 		c.token.Store(&token)
 	}
@@ -166,7 +194,9 @@ func (c *Client) Whoami(ctx context.Context) (*Principal, error) {
 func (c *Client) As(token string) *Client {
 	hc := *c.hc
 	hc.Transport = c.hc.Transport.(bearer).next
-	return newClient(c.base, &hc, token)
+	n := newClient(c.bases, &hc, token)
+	n.cur = c.cur
+	return n
 }
 
 // ResizeVolume grows a volume to size bytes; its host picks the new size up.
@@ -406,7 +436,48 @@ func longPoll(after int64, wait time.Duration) (url.Values, time.Duration) {
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return DoJSON(ctx, c.hc, c.base+path, method, q, in, out, maxResponse)
+	if len(c.bases) == 0 {
+		return fmt.Errorf("%s %s: no metaserver URL", method, path)
+	}
+	start := int(c.cur.Load())
+	var err error
+	for i := range c.bases {
+		k := (start + i) % len(c.bases)
+		err = DoJSON(ctx, c.hc, c.bases[k]+path, method, q, in, out, maxResponse)
+		if i == len(c.bases)-1 || ctx.Err() != nil || !failOver(err, method) {
+			if err == nil || statusOf(err) != 0 {
+				c.cur.Store(int32(k)) // it answered
+			}
+			return err
+		}
+	}
+	return err
+}
+
+// failOver reports whether a call that failed with err may be sent to
+// another metaserver: one that never reached this one (the dial failed),
+// or a read (GET) that got no answer or a 503 (a metaserver starting or
+// without its database). A write that may have been applied is not sent
+// twice: its caller retries.
+func failOver(err error, method string) bool {
+	if err == nil {
+		return false
+	}
+	if st := statusOf(err); st != 0 {
+		return st == http.StatusServiceUnavailable && method == http.MethodGet
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return method == http.MethodGet
+}
+
+// URLs returns the metaserver URLs of the client, the one that answered
+// last first.
+func (c *Client) URLs() []string {
+	k := int(c.cur.Load())
+	return append(append([]string(nil), c.bases[k:]...), c.bases[:k]...)
 }
 
 // DoJSON sends one HTTP request to target with in (if not nil) as its JSON

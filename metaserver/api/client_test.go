@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -147,5 +148,86 @@ func TestHTTPStatus(t *testing.T) {
 		if got := HTTPStatus(code); got != want {
 			t.Errorf("HTTPStatus(%q) = %d, want %d", code, got, want)
 		}
+	}
+}
+
+// TestClientFailsOver: a client of several metaservers sends a call to the
+// one that answered last and fails over to the next when one is down (the
+// dial fails), a read gets no answer, or one answers 503; a write that
+// may have been applied is not sent twice.
+func TestClientFailsOver(t *testing.T) {
+	type server struct {
+		*httptest.Server
+		mode   atomic.Value // "ok", "503" or "drop"
+		served atomic.Int32
+	}
+	start := func(name string) *server {
+		s := &server{}
+		s.mode.Store("ok")
+		s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			s.served.Add(1)
+			switch s.mode.Load() {
+			case "503":
+				w.WriteHeader(http.StatusServiceUnavailable)
+				w.Write([]byte(`{"code":"unavailable","message":"the database is unreachable"}`))
+			case "drop":
+				conn, _, _ := w.(http.Hijacker).Hijack()
+				conn.Close()
+			default:
+				if r.Method == http.MethodGet {
+					w.Write([]byte(`[{"id":1,"name":"` + name + `"}]`))
+				} else {
+					w.WriteHeader(http.StatusNoContent)
+				}
+			}
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	down := start("down")
+	down.Close() // refuses connections
+	a, b := start("a"), start("b")
+	c := NewClient(down.URL+", "+a.URL+"/,"+b.URL, nil)
+	ctx := t.Context()
+	name := func() string {
+		t.Helper()
+		hs, err := c.ListHosts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hs[0].Name
+	}
+	if got := name(); got != "a" || c.URLs()[0] != a.URL {
+		t.Fatalf("with the first metaserver down: answered by %s, URLs %v", got, c.URLs())
+	}
+	if got := name(); got != "a" || a.served.Load() != 2 {
+		t.Fatalf("the next call: answered by %s, a served %d", got, a.served.Load())
+	}
+	// a answers 503 (its database is away): b takes the call and the
+	// next ones.
+	a.mode.Store("503")
+	if got := name(); got != "b" {
+		t.Fatalf("after a 503: answered by %s", got)
+	}
+	if err := c.HostHeartbeat(ctx, 1); err != nil || b.served.Load() != 2 {
+		t.Fatalf("a write after the failover: %v, b served %d", err, b.served.Load())
+	}
+	// A write answered 503 is not sent elsewhere: it may have reached the
+	// database before its connection broke.
+	b.mode.Store("503")
+	if err := c.HostHeartbeat(ctx, 1); ErrorCode(err) != "unavailable" || a.served.Load() != 3 {
+		t.Fatalf("a write answered 503: %v, a served %d", err, a.served.Load())
+	}
+	b.mode.Store("ok")
+	// b drops its connections without an answer: a write is not
+	// repeated; a read goes on to the next (down, then a, which answers
+	// 503, the last error).
+	b.mode.Store("drop")
+	before := b.served.Load()
+	if err := c.HostHeartbeat(ctx, 1); err == nil || b.served.Load() != before+1 {
+		t.Fatalf("a write that got no answer: %v, b served %d times (want once more)", err, b.served.Load()-before)
+	}
+	if _, err := c.ListHosts(ctx); ErrorCode(err) != "unavailable" {
+		t.Fatalf("a read with every metaserver failing: %v", err)
 	}
 }
