@@ -13,6 +13,7 @@ import (
 	"github.com/chunkraid/chunkraid/hostd/iscsi"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 	"github.com/chunkraid/chunkraid/raid"
+	"github.com/chunkraid/chunkraid/raid/chunktest"
 )
 
 // A volume the previous holder detached cleanly is attached without
@@ -87,12 +88,18 @@ func TestRejoinAfterPowerLossResyncsUnflushedWrites(t *testing.T) {
 	c := newFakeCluster(t, 2)
 	s := newTestServer(t, c)
 	a := attachClean(t, s)
+	// A flush of c1 (the set settling after the attach may run one) is
+	// held until after the power loss, which it then does not survive.
+	gate := &chunktest.FlushGate{Entered: make(chan struct{}, 16), Open: make(chan struct{})}
+	c.chunk("c1").data.HoldFlushes(gate)
 	data := fill(testRegion, 5)
 	if err := a.volume.WriteAt(t.Context(), data, 3*testRegion, false); err != nil {
 		t.Fatal(err)
 	}
 	// c1 loses power before any flush: its copy of region 3 is gone.
 	c.powerLoss("c1")
+	close(gate.Open)
+	c.chunk("c1").data.HoldFlushes(nil)
 	if bytes.Equal(c.chunk("c1").data.Bytes()[3*testRegion:4*testRegion], data) {
 		t.Fatal("the power loss kept an unsynced write")
 	}

@@ -43,6 +43,11 @@ type Options struct {
 	Binary string
 	// Chunkservers is how many chunkservers to run. Default 3.
 	Chunkservers int
+	// PGStandby runs a synchronous streaming standby of PostgreSQL (in
+	// PGDir + "-standby") and gives the metaservers both servers in one
+	// URL with target_session_attrs=read-write, so that they follow a
+	// promotion (Cluster.PGStandby).
+	PGStandby bool
 	// Metaservers is how many metaservers to run on the one PostgreSQL
 	// (the first on MetaPort, the others on free ports); every daemon and
 	// Client are given all their URLs. Default 1.
@@ -83,11 +88,13 @@ type Proc struct {
 
 // Cluster is a running local cluster.
 type Cluster struct {
-	opt   Options
-	PG    *pglocal.Server
-	Meta  *Proc
-	CS    []*Proc
-	Hostd *Proc
+	opt Options
+	PG  *pglocal.Server
+	// PGStandby is PG's synchronous standby (Options.PGStandby), or nil.
+	PGStandby *pglocal.Server
+	Meta      *Proc
+	CS        []*Proc
+	Hostd     *Proc
 
 	MetaURL string
 	// Metas are every metaserver started, Meta first, and MetaURLs their
@@ -210,13 +217,20 @@ func Start(ctx context.Context, opt Options) (c *Cluster, err error) {
 	if err := c.PG.CreateDatabase(ctx, "chunkraid"); err != nil {
 		return c, err
 	}
+	dbURL := c.PG.URL("chunkraid")
+	if opt.PGStandby {
+		if c.PGStandby, err = c.PG.StartStandby(ctx, pglocal.Options{Dir: opt.PGDir + "-standby", Logger: opt.Logger}, true); err != nil {
+			return c, err
+		}
+		dbURL = pglocal.FailoverURL("chunkraid", c.PG, c.PGStandby)
+	}
 
 	c.MetaURL = fmt.Sprintf("https://127.0.0.1:%d", opt.MetaPort)
 	if err := os.Remove(c.CAFile()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return c, err // the metaserver writes it afresh: its presence says it started
 	}
 	metaArgs := []string{"metaserver", "--listen", fmt.Sprintf("127.0.0.1:%d", opt.MetaPort),
-		"--database-url", c.PG.URL("chunkraid"), "--admin-token-file", c.TokenFile(), "--ca-file", c.CAFile()}
+		"--database-url", dbURL, "--admin-token-file", c.TokenFile(), "--ca-file", c.CAFile()}
 	if opt.ChunkSize > 0 {
 		metaArgs = append(metaArgs, "--chunk-size", strconv.FormatInt(opt.ChunkSize, 10))
 	}
@@ -659,6 +673,9 @@ func (c *Cluster) Stop() error {
 	errs = append(errs, cerrs...)
 	for _, m := range c.Metas {
 		errs = append(errs, m.Stop(15*time.Second))
+	}
+	if c.PGStandby != nil {
+		errs = append(errs, c.PGStandby.Stop())
 	}
 	if c.PG != nil {
 		errs = append(errs, c.PG.Stop())

@@ -77,7 +77,8 @@ func TestHostFailover(t *testing.T) {
 	}
 	for name, host := range map[string]string{"a": "h3", "b": "h2"} {
 		evs := eventsOf(ts.events(t, name), api.EventHostFailover)
-		if len(evs) != 1 || evs[0].Server != host || !strings.Contains(evs[0].Message, "host h1 has had no heartbeat for 1h0m0s (failover after 20s): volume "+name+" is attached to host "+host+" at epoch 2") {
+		if len(evs) != 1 || evs[0].Server != host || !strings.Contains(evs[0].Message, "host h1 has had no heartbeat for 1h0m") ||
+			!strings.Contains(evs[0].Message, "(failover after 20s): volume "+name+" is attached to host "+host+" at epoch 2") {
 			t.Fatalf("host_failover events of %s: %+v", name, evs)
 		}
 		t.Logf("%s", evs[0].Message)
@@ -111,5 +112,61 @@ func TestHostFailover(t *testing.T) {
 			t.Fatalf("volume c after h1 returned: host %s epoch %d", v.Host, v.Epoch)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestDetectorWaitsAfterOutage: a leader that finds the failure detector
+// idle for long (the database or every metaserver was away, so heartbeats
+// could not be recorded) gives the daemons offline_after to heartbeat
+// before it judges them: a chunkserver that heartbeats again within it is
+// not declared offline; one that does not is, after it.
+func TestDetectorWaitsAfterOutage(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{ChunkSize: 64 << 20, IOTimeout: time.Second, OfflineAfter: 3 * time.Second, LogPeriod: 4 * time.Second})
+	for _, n := range []string{"cs-a", "cs-b"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	offline := func() []string {
+		t.Helper()
+		var out []string
+		for _, e := range eventsOf(ts.events(t, ""), api.EventChunkserverOffline) {
+			out = append(out, e.Server)
+		}
+		return out
+	}
+	// An outage: the leader's session ends, the detector last ran an hour
+	// ago and no heartbeat was recorded since.
+	if err := ts.exec(t, `
+		WITH t AS (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'chunkraid-metaserver-leader')
+		UPDATE cluster SET detector_at = now() - interval '1 hour' FROM (SELECT count(*) FROM t) AS n`); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	time.Sleep(2 * time.Second) // the new lead begins within a tick
+	if err := ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() WHERE name = 'cs-a'`); err != nil {
+		t.Fatal(err)
+	}
+	if got := offline(); len(got) != 0 {
+		t.Fatalf("within offline_after of the new lead, declared offline: %v", got)
+	}
+	for deadline := time.Now().Add(15 * time.Second); len(offline()) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("cs-b, silent, never declared offline")
+		}
+		if err := ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() WHERE name = 'cs-a'`); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	took := time.Since(start)
+	t.Logf("cs-b declared offline %v after the outage ended (offline after 3s)", took.Round(100*time.Millisecond))
+	if took < 3*time.Second {
+		t.Errorf("cs-b judged %v after the new lead, before offline_after", took)
+	}
+	if got := offline(); len(got) != 1 || got[0] != "cs-b" {
+		t.Errorf("declared offline: %v, want cs-b alone", got)
 	}
 }

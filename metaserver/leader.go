@@ -30,6 +30,11 @@ const (
 	leaderTick = time.Second
 	// pruneEvery: the leader prunes old events once every this many ticks.
 	pruneEvery = 60
+	// detectorGap: a leader that finds the detector idle for longer (it
+	// runs every leaderTick; another metaserver takes over a dead leader's
+	// lock within about one) gives the daemons offline_after to heartbeat
+	// before it judges them.
+	detectorGap = 5 * leaderTick
 	// leaderAppName names the leader connection in pg_stat_activity.
 	leaderAppName = "chunkraid-metaserver-leader"
 	// leaderLockKey is the key of the leader lock; one per schema, since one
@@ -86,8 +91,35 @@ func (s *Server) leadOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 	}
 	s.leading.Store(true)
 	defer s.leading.Store(false)
-	s.log.Info("leading: running the failure detector")
+	// Heartbeats may not have been recorded for a while if the detector
+	// has not run for a while: the database or every metaserver was away
+	// (a failover, a restart). Then judge them only once every daemon has
+	// had offline_after to heartbeat again, or a database outage would
+	// declare the whole cluster offline and move every volume.
+	var idle *float64
+	if err := conn.QueryRow(ctx, `SELECT extract(epoch FROM now() - detector_at)::float8 FROM cluster`).Scan(&idle); err != nil {
+		return fmt.Errorf("the detector's last run: %w", err)
+	}
+	judgeFrom := time.Now()
+	if idle != nil && *idle > detectorGap.Seconds() {
+		judgeFrom = judgeFrom.Add(s.cfg.OfflineAfter)
+		s.log.Info("leading: the failure detector had not run for a while; it judges heartbeats after offline_after",
+			"idle", time.Duration(*idle*float64(time.Second)).Round(time.Second), "offline_after", s.cfg.OfflineAfter)
+	} else {
+		s.log.Info("leading: running the failure detector")
+	}
 	for tick := 0; ; tick++ {
+		if _, err := conn.Exec(ctx, `UPDATE cluster SET detector_at = now()`); err != nil {
+			return fmt.Errorf("record the detector's run: %w", err)
+		}
+		if time.Now().Before(judgeFrom) {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+			}
+			continue
+		}
 		if err := s.detectFailures(ctx, conn); err != nil {
 			return err
 		}

@@ -203,9 +203,9 @@ func (s *Server) CreateDatabase(ctx context.Context, name string) error {
 func (s *Server) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	if err := s.pgctl(ctx, "stop", "-D", s.data, "-m", "fast", "-w"); err != nil {
+	if err := s.pgctl(ctx, "stop", "-D", s.data, "-m", "fast", "-w"); err != nil && s.running(ctx) {
 		return fmt.Errorf("pglocal: stop: %w", err)
-	}
+	} // else: not running (killed): nothing to stop
 	s.logger.Info("PostgreSQL stopped", "dir", s.dir)
 	if s.temp {
 		if err := os.RemoveAll(s.dir); err != nil {

@@ -290,6 +290,9 @@ func TestDashboard(t *testing.T) {
 		t.Errorf("shrink from the page: %q", shrinkMsg)
 	}
 	step("grow", 30*time.Second,
+		// The field may still hold the shrink's size if the page has not
+		// been redrawn since.
+		chromedp.SetValue(css(`[data-resize-size="web2"]`), ""),
 		chromedp.SendKeys(css(`[data-resize-size="web2"]`), "128MiB"),
 		chromedp.Click(css(`[data-resize="web2"]`)))
 	waitFor(t, 30*time.Second, "web2 grown to 128 MiB", func() bool {
