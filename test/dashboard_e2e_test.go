@@ -289,12 +289,16 @@ func TestDashboard(t *testing.T) {
 	if !strings.Contains(shrinkMsg, "shrinking is not supported") {
 		t.Errorf("shrink from the page: %q", shrinkMsg)
 	}
-	step("grow", 30*time.Second,
-		// The field may still hold the shrink's size if the page has not
-		// been redrawn since.
-		chromedp.SetValue(css(`[data-resize-size="web2"]`), ""),
-		chromedp.SendKeys(css(`[data-resize-size="web2"]`), "128MiB"),
-		chromedp.Click(css(`[data-resize="web2"]`)))
+	// The page redraws the volume's row after the refusal: fill the field
+	// and click its button in one step, so that both are of the same row.
+	step("grow", 30*time.Second, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := chromedp.Evaluate[bool](`(() => {
+			document.querySelector('[data-resize-size="web2"]').value = '128MiB';
+			document.querySelector('[data-resize="web2"]').click();
+			return true;
+		})()`)(ctx, tg)
+		return err
+	}))
 	waitFor(t, 30*time.Second, "web2 grown to 128 MiB", func() bool {
 		w, err := c.Client().GetVolume(ctx, "web2")
 		return err == nil && w.SizeBytes == 128<<20
