@@ -278,6 +278,21 @@ func newServerCmd(o *rootOptions) *cobra.Command {
 			})
 		},
 	}, &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Forget a chunkserver that is stopped and holds no set member",
+		Long: `Forget a chunkserver for good: its disks, its credential and the chunks it
+was to delete. It must be offline (stopped) and hold no set member: the
+members of a chunkserver offline for replace_after are replaced by new
+chunks elsewhere by themselves.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.client().RemoveChunkserver(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "chunkserver %s removed\n", args[0])
+			return nil
+		},
+	}, &cobra.Command{
 		Use:   "disks",
 		Short: "List the chunkservers' disks",
 		Args:  cobra.NoArgs,

@@ -1,6 +1,7 @@
 package metaserver
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -168,5 +169,67 @@ func TestDetectorWaitsAfterOutage(t *testing.T) {
 	}
 	if got := offline(); len(got) != 1 || got[0] != "cs-b" {
 		t.Errorf("declared offline: %v, want cs-b alone", got)
+	}
+}
+
+// TestRemoveChunkserver: a chunkserver is forgotten only when it is offline
+// and holds no set member; the refusals say why, with the count.
+func TestRemoveChunkserver(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, Config{ChunkSize: 64 << 20})
+	ctx := t.Context()
+	for _, n := range []string{"cs-a", "cs-b", "cs-c"} {
+		ts.addChunkserver(t, n, "", 10*gib)
+	}
+	v, err := ts.Client.CreateVolume(ctx, api.CreateVolumeRequest{Name: "vol", SizeBytes: 64 << 20, Layout: "mirror:2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string]int{}
+	for _, st := range v.Sets {
+		for _, m := range st.Members {
+			used[m.Chunkserver]++
+		}
+	}
+	var busy, spare string
+	for _, n := range []string{"cs-a", "cs-b", "cs-c"} {
+		if used[n] > 0 && busy == "" {
+			busy = n
+		}
+		if used[n] == 0 {
+			spare = n
+		}
+	}
+	if busy == "" || spare == "" {
+		t.Fatalf("placement %v: want a chunkserver with members and one without", used)
+	}
+	err = ts.Client.RemoveChunkserver(ctx, spare)
+	if !api.IsConflict(err) || !strings.Contains(err.Error(), "chunkserver "+spare+" is online") {
+		t.Fatalf("removing an online chunkserver: %v", err)
+	}
+	if err := ts.exec(t, `UPDATE chunkservers SET last_heartbeat = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	err = ts.Client.RemoveChunkserver(ctx, busy)
+	if !api.IsConflict(err) || !strings.Contains(err.Error(), fmt.Sprintf("chunkserver %s still holds %d set members (volumes vol)", busy, used[busy])) {
+		t.Fatalf("removing a chunkserver with members: %v", err)
+	}
+	if err := ts.Client.RemoveChunkserver(ctx, spare); err != nil {
+		t.Fatalf("removing an offline chunkserver without members: %v", err)
+	}
+	cs, err := ts.Client.ListChunkservers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if c.Name == spare {
+			t.Fatalf("%s is still listed after its removal", spare)
+		}
+	}
+	if err := ts.Client.RemoveChunkserver(ctx, spare); !api.IsNotFound(err) {
+		t.Fatalf("removing it again: %v", err)
+	}
+	if evs := eventsOf(ts.events(t, ""), api.EventChunkserverRemoved); len(evs) != 1 || evs[0].Server != spare {
+		t.Fatalf("chunkserver_removed events: %+v", evs)
 	}
 }

@@ -253,6 +253,10 @@ func TestOpenAPIResponses(t *testing.T) {
 		}
 	}
 
+	// A chunkserver that is online is not forgotten (an error answer).
+	if err := c.RemoveChunkserver(ctx, "cs-c"); !api.IsConflict(err) {
+		t.Fatalf("removing an online chunkserver: %v", err)
+	}
 	// A chunk told to go, and the volume gone.
 	must(c.DeleteVolume(ctx, "v1"))
 	a, err := c.ChunkAssignments(ctx, csIDs[0], 0, 0)

@@ -38,12 +38,12 @@ func (s *Server) routes() http.Handler {
 			r.Get("/cluster", s.getCluster)
 			r.Post("/chunkservers", s.registerChunkserver)
 			r.Post("/hosts", s.registerHost)
-			r.Route("/chunkservers/{id}", func(r chi.Router) {
-				r.Use(s.daemonOnly(api.RoleChunkserver))
-				r.Post("/heartbeat", s.chunkserverHeartbeat)
-				r.Get("/chunks", s.chunkAssignments)
-				r.Delete("/chunks/{chunk}", s.ackChunkDeleted)
-			})
+			// Not a mounted /chunkservers/{id}: DELETE /chunkservers/{id}
+			// is an operator's (removeChunkserver).
+			cs := r.With(s.daemonOnly(api.RoleChunkserver))
+			cs.Post("/chunkservers/{id}/heartbeat", s.chunkserverHeartbeat)
+			cs.Get("/chunkservers/{id}/chunks", s.chunkAssignments)
+			cs.Delete("/chunkservers/{id}/chunks/{chunk}", s.ackChunkDeleted)
 			r.Route("/hosts/{id}", func(r chi.Router) {
 				r.Use(s.daemonOnly(api.RoleHost))
 				r.Post("/heartbeat", s.hostHeartbeat)
@@ -82,6 +82,7 @@ func (s *Server) routes() http.Handler {
 			r.Get("/tokens", s.listTokens)
 			r.Delete("/tokens/{name}", s.revokeToken)
 			r.Post("/certificates", s.issueCertificate)
+			r.Delete("/chunkservers/{id}", s.removeChunkserver)
 		})
 	})
 	return r
@@ -138,6 +139,18 @@ func (s *Server) listChunkservers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.writeJSON(w, http.StatusOK, orEmpty(out))
+}
+
+// removeChunkserver forgets a chunkserver, named by its name (or ID), that
+// is offline and holds no set member.
+func (s *Server) removeChunkserver(w http.ResponseWriter, r *http.Request) {
+	name, err := s.st.removeChunkserver(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("chunkserver removed", "name", name)
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Server) chunkserverHeartbeat(w http.ResponseWriter, r *http.Request) {

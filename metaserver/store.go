@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -649,4 +650,54 @@ func (st *store) hostVolumes(ctx context.Context, id int64) (*api.HostVolumes, e
 		return nil, err
 	}
 	return out, nil
+}
+
+// removeChunkserver forgets the chunkserver named ref (or whose ID it is):
+// its disks, its credential and the chunks it was to delete. It refuses one
+// that holds set members (they must be replaced or moved first) or that is
+// online (it must be stopped first: it would register again).
+func (st *store) removeChunkserver(ctx context.Context, ref string) (string, error) {
+	var name string
+	err := st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		var (
+			id     int64
+			online bool
+			silent float64
+		)
+		err := tx.QueryRow(ctx, `
+			SELECT id, name, last_heartbeat > now() - make_interval(secs => $2), extract(epoch FROM now() - last_heartbeat)::float8
+			FROM chunkservers WHERE name = $1 OR id::text = $1 ORDER BY name = $1 DESC LIMIT 1 FOR UPDATE`,
+			ref, st.offlineSecs()).Scan(&id, &name, &online, &silent)
+		if err != nil {
+			return notFound(err, "chunkserver %q is not registered (chunkraid server list shows them)", ref)
+		}
+		var members int
+		var volumes []string
+		err = tx.QueryRow(ctx, `
+			SELECT count(*)::int, coalesce(array_agg(DISTINCT v.name ORDER BY v.name), '{}')
+			FROM chunks c JOIN volumes v ON v.id = c.volume_id WHERE c.chunkserver_id = $1`, id).Scan(&members, &volumes)
+		if err != nil {
+			return fmt.Errorf("members of chunkserver %s: %w", name, err)
+		}
+		if members > 0 {
+			shown := volumes
+			if len(shown) > 5 {
+				shown = append(shown[:5:5], fmt.Sprintf("%d more", len(volumes)-5))
+			}
+			return api.Errorf(api.CodeConflict, "chunkserver %s still holds %d set members (volumes %s): it can be removed once they are replaced by new chunks elsewhere (it has been offline for replace_after) or moved",
+				name, members, strings.Join(shown, ", "))
+		}
+		if online {
+			return api.Errorf(api.CodeConflict, "chunkserver %s is online (heartbeat %s ago): stop it first, or it registers again",
+				name, time.Duration(silent*float64(time.Second)).Round(time.Second))
+		}
+		for _, q := range []string{`DELETE FROM chunks WHERE chunkserver_id = $1`, `DELETE FROM disks WHERE chunkserver_id = $1`, `DELETE FROM chunkservers WHERE id = $1`} {
+			if _, err := tx.Exec(ctx, q, id); err != nil {
+				return fmt.Errorf("remove chunkserver %s: %w", name, err)
+			}
+		}
+		return addEvents(ctx, tx, event{Kind: api.EventChunkserverRemoved, Subject: "chunkserver/" + name, Server: name,
+			Message: fmt.Sprintf("chunkserver %s removed: it held no set member and had been offline for %s", name, time.Duration(silent*float64(time.Second)).Round(time.Second))})
+	})
+	return name, err
 }

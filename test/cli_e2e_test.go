@@ -34,6 +34,12 @@ func TestCLI(t *testing.T) {
 	if out := cli(t, c, "server", "list"); !strings.Contains(out, "cs1") || !strings.Contains(out, "online") {
 		t.Fatalf("server list table:\n%s", out)
 	}
+	if out := cliFail(t, c, "server", "remove", "cs1"); !strings.Contains(out, "chunkserver cs1 is online") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+		t.Errorf("server remove of an online chunkserver: %s", out)
+	}
+	if out := cliFail(t, c, "server", "remove", "cs9"); !strings.Contains(out, `chunkserver "cs9" is not registered`) {
+		t.Errorf("server remove of an unknown chunkserver: %s", out)
+	}
 	if out := cli(t, c, "host", "list"); !strings.Contains(out, c.HostName) {
 		t.Fatalf("host list:\n%s", out)
 	}

@@ -240,6 +240,12 @@ func (c *Client) RegisterChunkserver(ctx context.Context, req RegisterChunkserve
 	return call[RegisterChunkserverResponse](ctx, c, http.MethodPost, "/api/v1/chunkservers", nil, req, RequestTimeout)
 }
 
+// RemoveChunkserver forgets a chunkserver (by name or ID) that is offline
+// and holds no set member.
+func (c *Client) RemoveChunkserver(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/chunkservers/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)
+}
+
 // ListChunkservers lists the chunkservers.
 func (c *Client) ListChunkservers(ctx context.Context) ([]Chunkserver, error) {
 	return callList[Chunkserver](ctx, c, http.MethodGet, "/api/v1/chunkservers", nil, nil, RequestTimeout)

@@ -479,7 +479,8 @@ const (
 	EventReplaceBlocked     = "replace_blocked"
 	EventChunkserverOffline = "chunkserver_offline"
 	EventChunkserverOnline  = "chunkserver_online"
-	EventChunkFailed        = "chunk_failed" // its chunkserver reported it failed or quarantined
+	EventChunkserverRemoved = "chunkserver_removed" // chunkraid server remove
+	EventChunkFailed        = "chunk_failed"        // its chunkserver reported it failed or quarantined
 	// EventHostFailover: a volume whose host had no heartbeat for
 	// host_failover_after was attached to a live host; its Server is the
 	// new host and its message names both. EventHostFailoverBlocked: no
