@@ -277,7 +277,7 @@ func newServerCmd(o *rootOptions) *cobra.Command {
 				}
 			})
 		},
-	}, &cobra.Command{
+	}, newDrainCmd(o), &cobra.Command{
 		Use:   "remove NAME",
 		Short: "Forget a chunkserver that is stopped and holds no set member",
 		Long: `Forget a chunkserver for good: its disks, its credential and the chunks it
@@ -387,8 +387,71 @@ func ago(t time.Time) string {
 // serverState is a chunkserver's state for a table: online or offline, and
 // full when its disks are.
 func serverState(s api.Chunkserver) string {
+	st := s.State
 	if s.Full {
-		return s.State + ", full"
+		st += ", full"
 	}
-	return s.State
+	if s.Draining {
+		if s.Members > 0 {
+			st += fmt.Sprintf(", draining (%d members left)", s.Members)
+		} else {
+			st += ", drained"
+		}
+	}
+	return st
+}
+
+func newDrainCmd(o *rootOptions) *cobra.Command {
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "drain NAME [--wait]",
+		Short: "Move every set member off a chunkserver, online, before taking it away",
+		Long: `Move every set member off a chunkserver while its volumes stay in use: each
+member gets a successor on another chunkserver, rebuilt by the volume's
+host beside it, which takes its place once in sync, so no set ever has
+fewer copies than it should. The chunkserver takes no new chunks. Members
+of erasure-coded sets are not moved (refused). With --wait the command
+prints progress until the chunkserver holds no member; then stop it and
+run chunkraid server remove NAME.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl := o.client()
+			d, err := cl.DrainChunkserver(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "chunkserver %s draining: %d set members to move (volumes: %s)\n", d.Chunkserver, d.Members, orDash(strings.Join(d.Volumes, ", ")))
+			if !wait {
+				return nil
+			}
+			start, last := time.Now(), -1
+			for {
+				ss, err := cl.ListChunkservers(cmd.Context())
+				if err != nil {
+					return err
+				}
+				left := -1
+				for _, s := range ss {
+					if s.Name == d.Chunkserver {
+						left = s.Members
+					}
+				}
+				if left != last {
+					fmt.Fprintf(o.out, "%s  %d of %d members moved\n", time.Since(start).Round(time.Second), d.Members-left, d.Members)
+					last = left
+				}
+				if left == 0 {
+					fmt.Fprintf(o.out, "chunkserver %s is drained: stop it, then chunkraid server remove %s\n", d.Chunkserver, d.Chunkserver)
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(time.Second):
+				}
+			}
+		},
+	}
+	cmd.Flags().BoolVar(&wait, "wait", false, "print progress until every member moved")
+	return cmd
 }

@@ -128,6 +128,9 @@ func (s *Server) leadOnce(ctx context.Context, cfg *pgx.ConnConfig) error {
 			// whether the connection itself broke.
 			s.log.Error("replacing members of lost chunkservers", "err", err)
 		}
+		if err := s.drainMembers(ctx, conn); err != nil && ctx.Err() == nil {
+			s.log.Error("moving the members of draining chunkservers", "err", err)
+		}
 		if err := s.failoverHosts(ctx, conn); err != nil && ctx.Err() == nil {
 			s.log.Error("failing over the volumes of lost hosts", "err", err)
 		}

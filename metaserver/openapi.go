@@ -79,6 +79,7 @@ var operations = []operation{
 	{method: "POST", path: "/api/v1/volumes", summary: "create a volume", caller: callerAdmin, body: api.CreateVolumeRequest{}, status: 201, resp: api.Volume{}},
 	{method: "DELETE", path: "/api/v1/volumes/{name}", summary: "delete a volume", caller: callerAdmin, status: 204},
 	{method: "DELETE", path: "/api/v1/chunkservers/{id}", summary: "forget a chunkserver (by name or ID) that is offline and holds no set member", caller: callerAdmin, status: 204},
+	{method: "POST", path: "/api/v1/chunkservers/{id}/drain", summary: "move every set member off a chunkserver (by name or ID), each rebuilt elsewhere before it leaves", caller: callerAdmin, status: 200, resp: api.DrainResponse{}},
 	{method: "POST", path: "/api/v1/volumes/{name}/attach", summary: "serve a volume from a host (bumps the epoch)", caller: callerAdmin, body: api.AttachVolumeRequest{}, status: 200, resp: api.Volume{}},
 	{method: "POST", path: "/api/v1/volumes/{name}/resize", summary: "grow a volume online (never shrink)", caller: callerAdmin, body: api.ResizeVolumeRequest{}, status: 200, resp: api.Volume{}},
 	{method: "PUT", path: "/api/v1/volumes/{name}/chap", summary: "set a volume's CHAP credentials", caller: callerAdmin, body: api.SetCHAPRequest{}, status: 200, resp: api.Volume{}},

@@ -83,6 +83,7 @@ func (s *Server) routes() http.Handler {
 			r.Delete("/tokens/{name}", s.revokeToken)
 			r.Post("/certificates", s.issueCertificate)
 			r.Delete("/chunkservers/{id}", s.removeChunkserver)
+			r.Post("/chunkservers/{id}/drain", s.drainChunkserver)
 		})
 	})
 	return r
@@ -151,6 +152,17 @@ func (s *Server) removeChunkserver(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("chunkserver removed", "name", name)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// drainChunkserver starts moving every set member off a chunkserver.
+func (s *Server) drainChunkserver(w http.ResponseWriter, r *http.Request) {
+	out, err := s.st.drainChunkserver(r.Context(), chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("chunkserver draining", "name", out.Chunkserver, "members", out.Members)
+	s.writeJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) chunkserverHeartbeat(w http.ResponseWriter, r *http.Request) {

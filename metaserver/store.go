@@ -355,12 +355,14 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 		rows, err := tx.Query(ctx, `
 			SELECT cs.id, cs.name, cs.addr, cs.control_addr, cs.fault_domain, cs.last_heartbeat,
 			       cs.last_heartbeat > now() - make_interval(secs => $1),
-			       coalesce(d.cap, 0), coalesce(d.free, 0), coalesce(c.n, 0), coalesce(d.roomy, 0) = 0 AND coalesce(d.cap, 0) > 0
+			       coalesce(d.cap, 0), coalesce(d.free, 0), coalesce(c.n, 0), coalesce(d.roomy, 0) = 0 AND coalesce(d.cap, 0) > 0,
+			       cs.draining, coalesce(c.members, 0)::int
 			FROM chunkservers cs
 			LEFT JOIN (SELECT chunkserver_id, sum(capacity_bytes)::bigint AS cap, sum(free_bytes)::bigint AS free,
 			                  count(*) FILTER (WHERE NOT `+diskFull+`) AS roomy
 			           FROM disks GROUP BY chunkserver_id) d ON d.chunkserver_id = cs.id
-			LEFT JOIN (SELECT chunkserver_id, count(*) AS n FROM chunks GROUP BY chunkserver_id) c ON c.chunkserver_id = cs.id
+			LEFT JOIN (SELECT chunkserver_id, count(*) AS n, count(*) FILTER (WHERE volume_id IS NOT NULL) AS members
+			           FROM chunks GROUP BY chunkserver_id) c ON c.chunkserver_id = cs.id
 			ORDER BY cs.name`, st.offlineSecs())
 		if err != nil {
 			return err
@@ -369,7 +371,7 @@ func (st *store) listChunkservers(ctx context.Context) ([]api.Chunkserver, error
 			var c api.Chunkserver
 			var online bool
 			err := row.Scan(&c.ID, &c.Name, &c.Addr, &c.ControlAddr, &c.FaultDomain, &c.LastHeartbeat, &online,
-				&c.CapacityBytes, &c.FreeBytes, &c.Chunks, &c.Full)
+				&c.CapacityBytes, &c.FreeBytes, &c.Chunks, &c.Full, &c.Draining, &c.Members)
 			c.State = stateOf(online)
 			return c, err
 		})
@@ -684,7 +686,7 @@ func (st *store) removeChunkserver(ctx context.Context, ref string) (string, err
 			if len(shown) > 5 {
 				shown = append(shown[:5:5], fmt.Sprintf("%d more", len(volumes)-5))
 			}
-			return api.Errorf(api.CodeConflict, "chunkserver %s still holds %d set members (volumes %s): it can be removed once they are replaced by new chunks elsewhere (it has been offline for replace_after) or moved",
+			return api.Errorf(api.CodeConflict, "chunkserver %s still holds %d set members (volumes %s): move them first (chunkraid server drain %[1]s), or wait until they are replaced by new chunks elsewhere (offline for replace_after)",
 				name, members, strings.Join(shown, ", "))
 		}
 		if online {
@@ -700,4 +702,50 @@ func (st *store) removeChunkserver(ctx context.Context, ref string) (string, err
 			Message: fmt.Sprintf("chunkserver %s removed: it held no set member and had been offline for %s", name, time.Duration(silent*float64(time.Second)).Round(time.Second))})
 	})
 	return name, err
+}
+
+// drainChunkserver marks the chunkserver named ref (or whose ID it is)
+// draining: it takes no new chunks and the leader moves each of its set
+// members to another chunkserver (drainMembers). Members of EC sets are not
+// moved: such a chunkserver is refused, naming the volumes.
+func (st *store) drainChunkserver(ctx context.Context, ref string) (*api.DrainResponse, error) {
+	out := &api.DrainResponse{}
+	err := st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		var (
+			id       int64
+			draining bool
+		)
+		err := tx.QueryRow(ctx, `
+			SELECT id, name, draining FROM chunkservers WHERE name = $1 OR id::text = $1
+			ORDER BY name = $1 DESC LIMIT 1 FOR UPDATE`, ref).Scan(&id, &out.Chunkserver, &draining)
+		if err != nil {
+			return notFound(err, "chunkserver %q is not registered (chunkraid server list shows them)", ref)
+		}
+		var ec []string
+		err = tx.QueryRow(ctx, `
+			SELECT count(*)::int, coalesce(array_agg(DISTINCT v.name ORDER BY v.name), '{}'),
+			       coalesce(array_agg(DISTINCT v.name ORDER BY v.name) FILTER (WHERE v.layout NOT LIKE 'mirror:%'), '{}')
+			FROM chunks c JOIN volumes v ON v.id = c.volume_id WHERE c.chunkserver_id = $1`, id).Scan(&out.Members, &out.Volumes, &ec)
+		if err != nil {
+			return fmt.Errorf("members of chunkserver %s: %w", out.Chunkserver, err)
+		}
+		if len(ec) > 0 {
+			return api.Errorf(api.CodeUnsatisfiable, "chunkserver %s holds members of erasure-coded volumes (%s): drain moves the members of mirror sets only",
+				out.Chunkserver, strings.Join(ec, ", "))
+		}
+		if draining {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, `UPDATE chunkservers SET draining = true, drain_done = false WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("drain chunkserver %s: %w", out.Chunkserver, err)
+		}
+		return addEvents(ctx, tx, event{Kind: api.EventChunkserverDraining, Subject: "chunkserver/" + out.Chunkserver, Server: out.Chunkserver,
+			Message: fmt.Sprintf("chunkserver %s is draining: its %d set members move to other chunkservers, each rebuilt beside it before it leaves; new chunks go elsewhere",
+				out.Chunkserver, out.Members)})
+	})
+	if err != nil {
+		return nil, err
+	}
+	out.Volumes = orEmpty(out.Volumes)
+	return out, nil
 }

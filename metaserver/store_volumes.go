@@ -314,7 +314,7 @@ func (st *store) candidates(ctx context.Context, tx pgx.Tx) ([]candidate, error)
 		       (SELECT count(*) FROM chunks c WHERE c.disk_id = d.id AND c.state = 'active')
 		FROM chunkservers cs JOIN disks d ON d.chunkserver_id = cs.id
 		WHERE cs.last_heartbeat > now() - make_interval(secs => $1) AND d.capacity_bytes > 0
-		  AND NOT `+diskFull+`
+		  AND NOT `+diskFull+` AND NOT cs.draining
 		ORDER BY cs.id, d.id`, st.offlineSecs())
 	if err != nil {
 		return nil, fmt.Errorf("load placement candidates: %w", err)

@@ -347,3 +347,116 @@ func TestPostgresFailover(t *testing.T) {
 	verifyAcked(t, c.ISCSIURL("pg"), load.Acked())
 	checkReplicas(t, c, "pg")
 }
+
+// TestDrain: chunkraid server drain moves every member of a chunkserver
+// to others under a qemu-io write load, each rebuilt beside it before it
+// leaves: no set ever has fewer than two members in sync, every acknowledged
+// write reads back, the replicas agree, and the drained chunkserver, once
+// stopped, can be removed.
+func TestDrain(t *testing.T) {
+	t.Parallel()
+	c := startClusterOpts(t, localcluster.Options{ChunkSize: testChunk, Chunkservers: 4,
+		ExtraChunkserverArgs: []string{"--log-region", "1048576"},
+		ExtraHostdArgs:       []string{"--wib-region", "1048576"}})
+	ctx := t.Context()
+	v := createVolume(t, c, "dr", "256MiB", c.HostName)
+	if err := c.WaitTarget(ctx, "dr", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	held := map[string]int{}
+	for _, st := range v.Sets {
+		for _, m := range st.Members {
+			held[m.Chunkserver]++
+		}
+	}
+	victim := ""
+	for n, k := range held {
+		if victim == "" || k > held[victim] || k == held[victim] && n < victim {
+			victim = n
+		}
+	}
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	load := startWriteLoad(lctx, c.ISCSIURL("dr"), slots(600, 16<<10, 248<<20, 17), 20)
+	waitFor(t, 30*time.Second, "the write load to get going", func() bool { return len(load.Acked()) >= 30 })
+
+	// Redundancy, watched while the drain runs.
+	watch, stopWatch := context.WithCancel(ctx)
+	lowest := make(chan int, 1)
+	go func() {
+		low := 99
+		for watch.Err() == nil {
+			if got, err := c.Client().GetVolume(watch, "dr"); err == nil {
+				for _, st := range got.Sets {
+					n := 0
+					for _, m := range st.Members {
+						if m.State == api.MemberInSync {
+							n++
+						}
+					}
+					low = min(low, n)
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		lowest <- low
+	}()
+	start := time.Now()
+	dctx, dcancel := context.WithTimeout(ctx, 2*time.Minute)
+	outb, err := exec.CommandContext(dctx, binary, "--metaserver", c.MetaList(), "--ca-file", c.CAFile(), "--token-file", c.TokenFile(),
+		"server", "drain", victim, "--wait").CombinedOutput()
+	dcancel()
+	out := string(outb)
+	if err != nil {
+		t.Fatalf("chunkraid server drain %s --wait: %v\n%s", victim, err, out)
+	}
+	took := time.Since(start)
+	stopWatch()
+	t.Logf("chunkraid server drain %s --wait (%v):\n%s", victim, took.Round(100*time.Millisecond), out)
+	if low := <-lowest; low < 2 {
+		t.Errorf("a set had %d members in sync during the drain, want at least 2", low)
+	}
+	got, err := c.Client().GetVolume(ctx, "dr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range got.Sets {
+		if len(st.Members) != 2 {
+			t.Errorf("set %d has %d members after the drain, want 2", st.Index, len(st.Members))
+		}
+		for _, m := range st.Members {
+			if m.Chunkserver == victim || m.State != api.MemberInSync {
+				t.Errorf("set %d after the drain: member on %s %s", st.Index, m.Chunkserver, m.State)
+			}
+		}
+	}
+	evs, err := c.Client().ListEvents(ctx, "", 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]int{}
+	for _, e := range evs {
+		kinds[e.Kind]++
+		if e.Kind == api.EventMemberMoved {
+			t.Logf("event: %s", e.Message)
+		}
+	}
+	if kinds[api.EventMemberMoving] != held[victim] || kinds[api.EventMemberMoved] != held[victim] || kinds[api.EventChunkserverDrained] != 1 {
+		t.Errorf("events: %d member_moving, %d member_moved, %d chunkserver_drained; want %d, %d, 1",
+			kinds[api.EventMemberMoving], kinds[api.EventMemberMoved], kinds[api.EventChunkserverDrained], held[victim], held[victim])
+	}
+	atDrained := len(load.Acked())
+	waitFor(t, 30*time.Second, "more writes", func() bool { return len(load.Acked()) > atDrained+10 })
+	cancel()
+	<-load.done
+	verifyAcked(t, c.ISCSIURL("dr"), load.Acked())
+	checkReplicas(t, c, "dr")
+
+	// Stopped, the drained chunkserver can be removed.
+	if err := c.CS[csIndex(t, c, victim)].Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, victim+" to be removed", func() bool {
+		return c.Client().RemoveChunkserver(ctx, victim) == nil
+	})
+}

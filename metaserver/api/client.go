@@ -246,6 +246,11 @@ func (c *Client) RemoveChunkserver(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/chunkservers/"+url.PathEscape(name), nil, nil, nil, RequestTimeout)
 }
 
+// DrainChunkserver starts moving every set member off a chunkserver.
+func (c *Client) DrainChunkserver(ctx context.Context, name string) (*DrainResponse, error) {
+	return call[DrainResponse](ctx, c, http.MethodPost, "/api/v1/chunkservers/"+url.PathEscape(name)+"/drain", nil, nil, RequestTimeout)
+}
+
 // ListChunkservers lists the chunkservers.
 func (c *Client) ListChunkservers(ctx context.Context) ([]Chunkserver, error) {
 	return callList[Chunkserver](ctx, c, http.MethodGet, "/api/v1/chunkservers", nil, nil, RequestTimeout)

@@ -35,6 +35,8 @@ var groupKinds = map[string]string{
 	EventChunkFailed:    "chunks failed",
 	EventVolumeAttached: "volumes attached",
 	EventHostFailover:   "volumes failed over to this host",
+	EventMemberMoving:   "members moving off, being rebuilt elsewhere",
+	EventMemberMoved:    "members moved off",
 }
 
 // GroupEvents groups events (oldest first, as listed) by cause, in the

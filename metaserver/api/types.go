@@ -213,6 +213,18 @@ type Chunkserver struct {
 	// 1% of its capacity, at most 1 GiB): new chunks go elsewhere, and its
 	// chunks' writes may fail for want of space.
 	Full bool `json:"full,omitempty"`
+	// Draining: chunkraid server drain moves its members to other
+	// chunkservers; Members is how many set members it still holds.
+	Draining bool `json:"draining,omitempty"`
+	Members  int  `json:"members"`
+}
+
+// DrainResponse answers POST /api/v1/chunkservers/{name}/drain.
+type DrainResponse struct {
+	Chunkserver string `json:"chunkserver"`
+	// Members is how many set members it holds, each to move.
+	Members int      `json:"members"`
+	Volumes []string `json:"volumes"`
 }
 
 // Disk is one disk of a chunkserver as listed by the API.
@@ -480,7 +492,15 @@ const (
 	EventChunkserverOffline = "chunkserver_offline"
 	EventChunkserverOnline  = "chunkserver_online"
 	EventChunkserverRemoved = "chunkserver_removed" // chunkraid server remove
-	EventChunkFailed        = "chunk_failed"        // its chunkserver reported it failed or quarantined
+	// EventChunkserverDraining: chunkraid server drain began; then one
+	// EventMemberMoving per member (its successor placed, being rebuilt),
+	// one EventMemberMoved when the successor took its place, and
+	// EventChunkserverDrained when it holds no member any more.
+	EventChunkserverDraining = "chunkserver_draining"
+	EventMemberMoving        = "member_moving"
+	EventMemberMoved         = "member_moved"
+	EventChunkserverDrained  = "chunkserver_drained"
+	EventChunkFailed         = "chunk_failed" // its chunkserver reported it failed or quarantined
 	// EventHostFailover: a volume whose host had no heartbeat for
 	// host_failover_after was attached to a live host; its Server is the
 	// new host and its message names both. EventHostFailoverBlocked: no
