@@ -3,6 +3,7 @@ package metaserver
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/jackc/pgx/v5"
 
@@ -124,19 +125,9 @@ func (s *Server) drainMembers(ctx context.Context, conn *pgx.Conn) error {
 				if moving[m.server] >= maxMovesPerServer {
 					continue
 				}
-				drows, err := tx.Query(ctx, `
-					SELECT coalesce(nullif(cs.fault_domain, ''), cs.name) FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id
-					WHERE c.volume_id = $1 AND c.set_idx = $2 AND c.id <> $3::uuid`, m.volumeID, m.set, m.chunk)
+				used, err := setDomains(ctx, tx, m.volumeID, m.set, m.chunk)
 				if err != nil {
 					return fmt.Errorf("fault domains: %w", err)
-				}
-				domains, err := pgx.CollectRows(drows, pgx.RowTo[string])
-				if err != nil {
-					return fmt.Errorf("fault domains: %w", err)
-				}
-				used := map[string]bool{}
-				for _, dom := range domains {
-					used[dom] = true
 				}
 				p, ok := placeReplacement(m.size, cands, used)
 				if !ok {
@@ -156,13 +147,7 @@ func (s *Server) drainMembers(ctx context.Context, conn *pgx.Conn) error {
 				if err != nil {
 					return fmt.Errorf("place a successor: %w", err)
 				}
-				for i := range cands {
-					for j := range cands[i].Disks {
-						if cands[i].Disks[j].ID == p.DiskID {
-							cands[i].Disks[j].ActiveChunks++
-						}
-					}
-				}
+				takeDisk(cands, p.DiskID)
 				moving[m.server]++
 				evs = append(evs, event{Kind: api.EventMemberMoving, Subject: fmt.Sprintf("volume/%s/set/%d/member/%d", m.volume, m.set, m.member),
 					Volume: m.volume, Server: m.server,
@@ -193,11 +178,6 @@ func (s *Server) drainMembers(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("drain: %w", err)
 	}
-	if gen != 0 {
-		s.gens.observe(gen)
-	}
-	for _, e := range evs {
-		s.log.Info("event", "kind", e.Kind, "subject", e.Subject, "message", e.Message)
-	}
+	s.loopDone(gen, evs, slog.LevelInfo)
 	return nil
 }

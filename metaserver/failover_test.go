@@ -137,8 +137,13 @@ func TestDetectorWaitsAfterOutage(t *testing.T) {
 	}
 	// An outage: the leader's session ends, the detector last ran an hour
 	// ago and no heartbeat was recorded since.
+	// This cluster's leader session only: other tests' share the server.
 	if err := ts.exec(t, `
-		WITH t AS (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'chunkraid-metaserver-leader')
+		WITH t AS (
+			SELECT pg_terminate_backend(l.pid) FROM pg_locks l
+			WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			  AND l.pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = '`+leaderAppName+`')
+			  AND (l.classid::bigint << 32 | l.objid::bigint) = `+leaderLockKey+`)
 		UPDATE cluster SET detector_at = now() - interval '1 hour' FROM (SELECT count(*) FROM t) AS n`); err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -382,19 +383,9 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 				break
 			}
 			subject := fmt.Sprintf("volume/%s/set/%d/member/%d", d.volume, d.set, d.member)
-			used := map[string]bool{}
-			drows, err := tx.Query(ctx, `
-				SELECT coalesce(nullif(cs.fault_domain, ''), cs.name) FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id
-				WHERE c.volume_id = $1 AND c.set_idx = $2 AND c.id <> $3::uuid`, d.volumeID, d.set, d.chunk)
+			used, err := setDomains(ctx, tx, d.volumeID, d.set, d.chunk)
 			if err != nil {
 				return fmt.Errorf("fault domains of %s: %w", subject, err)
-			}
-			domains, err := pgx.CollectRows(drows, pgx.RowTo[string])
-			if err != nil {
-				return fmt.Errorf("fault domains of %s: %w", subject, err)
-			}
-			for _, dom := range domains {
-				used[dom] = true
 			}
 			// Not onto the disk whose chunk failed.
 			avail := cands
@@ -438,13 +429,7 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 			if err != nil {
 				return fmt.Errorf("replace %s: %w", subject, err)
 			}
-			for i := range cands {
-				for j := range cands[i].Disks {
-					if cands[i].Disks[j].ID == p.DiskID {
-						cands[i].Disks[j].ActiveChunks++
-					}
-				}
-			}
+			takeDisk(cands, p.DiskID)
 			evs = append(evs, event{Kind: api.EventMemberReplaced, Subject: subject, Volume: d.volume, Server: d.server,
 				Message: fmt.Sprintf("member %d of set %d: chunk %s on chunkserver %s (%s) is replaced by chunk %s on chunkserver %s, which is being rebuilt",
 					d.member, d.set, d.chunk, d.server, whyLong(d.failed, d.silent, s.cfg.ReplaceAfter), newChunk, newServer)})
@@ -455,13 +440,51 @@ func (s *Server) replaceMembers(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("replace members: %w", err)
 	}
+	s.loopDone(gen, evs, slog.LevelWarn)
+	return nil
+}
+
+// loopDone makes the generation a loop of the leader committed (0: none)
+// known to this metaserver's long polls, and logs the loop's events.
+func (s *Server) loopDone(gen int64, evs []event, level slog.Level) {
 	if gen != 0 {
 		s.gens.observe(gen)
 	}
 	for _, e := range evs {
-		s.log.Warn("event", "kind", e.Kind, "subject", e.Subject, "message", e.Message)
+		s.log.Log(context.Background(), level, "event", "kind", e.Kind, "subject", e.Subject, "message", e.Message)
 	}
-	return nil
+}
+
+// setDomains returns the fault domains (a chunkserver without one is its
+// own) of the members of set set of a volume, but chunk except's.
+func setDomains(ctx context.Context, tx pgx.Tx, volumeID int64, set int, except string) (map[string]bool, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT coalesce(nullif(cs.fault_domain, ''), cs.name) FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id
+		WHERE c.volume_id = $1 AND c.set_idx = $2 AND c.id <> $3::uuid`, volumeID, set, except)
+	if err != nil {
+		return nil, err
+	}
+	domains, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	for _, dom := range domains {
+		used[dom] = true
+	}
+	return used, nil
+}
+
+// takeDisk counts a chunk just placed on disk id among cands, for the
+// next placement of the same transaction.
+func takeDisk(cands []candidate, id int64) {
+	for i := range cands {
+		for j := range cands[i].Disks {
+			if cands[i].Disks[j].ID == id {
+				cands[i].Disks[j].ActiveChunks++
+			}
+		}
+	}
 }
 
 // whyLong says why a member is replaced: its chunk failed, or its
@@ -588,11 +611,6 @@ func (s *Server) failoverHosts(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("host failover: %w", err)
 	}
-	if gen != 0 {
-		s.gens.observe(gen)
-	}
-	for _, e := range evs {
-		s.log.Warn("event", "kind", e.Kind, "subject", e.Subject, "message", e.Message)
-	}
+	s.loopDone(gen, evs, slog.LevelWarn)
 	return nil
 }
