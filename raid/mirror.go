@@ -14,37 +14,6 @@ import (
 	"github.com/chunkraid/chunkraid/bitmap"
 )
 
-// MemberState is the health of one member of a set as the set sees it.
-type MemberState int
-
-const (
-	// InSync members hold every acknowledged write and serve reads.
-	InSync MemberState = iota
-	// Failed members returned an error or timed out; the set is degraded and
-	// stops using them until they rejoin.
-	Failed
-	// Resyncing members have rejoined: they receive every new write, are
-	// never read, and become InSync when the resync has copied every region
-	// that may differ.
-	Resyncing
-)
-
-func (s MemberState) String() string {
-	switch s {
-	case InSync:
-		return "in_sync"
-	case Failed:
-		return "degraded"
-	case Resyncing:
-		return "resyncing"
-	}
-	return fmt.Sprintf("MemberState(%d)", int(s))
-}
-
-// ErrResyncAborted is returned by Resync when a member failed during the
-// copy or the set changed under it; the caller retries later.
-var ErrResyncAborted = errors.New("raid: resync aborted")
-
 // MirrorConfig configures a mirror set.
 type MirrorConfig struct {
 	// Members are the copies; all must have the same Size. 1 to 3.
@@ -94,10 +63,6 @@ type MirrorConfig struct {
 	// changes state.
 	OnStateChange func(member int, st MemberState, err error)
 }
-
-// regionLocks is the number of striped locks that serialize a resync copy
-// of a region against user writes to it.
-const regionLocks = 1024
 
 // Mirror is a RAID-1 set with a write-intent bitmap.
 //
@@ -249,12 +214,6 @@ func (m *Mirror) check(off, n int64) error {
 	return nil
 }
 
-// memberErr decides whether an error is the member's fault. A cancelled or
-// expired caller context is not.
-func memberErr(ctx context.Context, err error) bool {
-	return err != nil && ctx.Err() == nil && !errors.Is(err, ErrOutOfRange)
-}
-
 // ReadAt reads from one in-sync member, trying the others if it fails.
 func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 	m.fg.Add(1)
@@ -320,13 +279,6 @@ func (m *Mirror) Fail(i int, err error) {
 		return
 	}
 	m.fail(i, members[i], err)
-}
-
-// probeSize is what Probe reads of a member: one block at offset 0.
-const probeSize = 4096
-
-func probeDevice(ctx context.Context, d Device) error {
-	return d.ReadAt(ctx, make([]byte, min(probeSize, d.Size())), 0)
 }
 
 func (m *Mirror) needsResync(off, n int64) bool {
@@ -553,23 +505,6 @@ func (m *Mirror) Rejoin(i int, d Device) error {
 // lost record (DESIGN §2 rule 3: the only acceptable fallback).
 func (m *Mirror) MarkAll() { m.wib.Mark(0, m.size) }
 
-// resyncCleanEvery is how often a resync flushes every member so that the
-// WIB cleans the regions it has copied.
-const resyncCleanEvery = 2 * time.Second
-
-// ResyncProgress is reported while Resync runs.
-type ResyncProgress struct {
-	DoneBytes, TotalBytes int64
-	// Through is the set offset below which every region the resync's
-	// first pass had to copy has been copied, durably (FUA), to every
-	// resyncing member: a rebuild that starts over may begin there. It
-	// does not move in later passes (regions dirtied under the first).
-	Through int64
-	// BackedOff counts the pauses made so far for foreground I/O that the
-	// set served during a copy (pacer).
-	BackedOff int
-}
-
 // Resync copies every region that needs resync from the first InSync member
 // to every other usable member, one region at a time under that region's
 // lock, then makes Resyncing members InSync. It returns the bytes copied.
@@ -673,23 +608,6 @@ func (m *Mirror) Degraded() bool {
 
 // anyNeedsResync reports whether some region still needs a resync.
 func (m *Mirror) anyNeedsResync() bool { return wibNeedsResync(m.wib) }
-
-// wibNeedsResync reports whether some region of w needs a resync.
-func wibNeedsResync(w *bitmap.WIB) bool {
-	for from := int64(0); ; {
-		r, ok := w.NextDirty(from)
-		if !ok {
-			return false
-		}
-		rs := w.RegionSize()
-		for off := r.Off; off < r.Off+r.Len; off += rs {
-			if w.NeedsResync(off / rs) {
-				return true
-			}
-		}
-		from = r.Off + r.Len
-	}
-}
 
 // copyRegion copies one region from the source to every other usable
 // member. It returns the bytes copied.

@@ -1,0 +1,95 @@
+package raid
+
+// What mirror and EC sets share: member states, resync errors and
+// progress, the region locks and the probe.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/chunkraid/chunkraid/bitmap"
+)
+
+// MemberState is the health of one member of a set as the set sees it.
+type MemberState int
+
+const (
+	// InSync members hold every acknowledged write and serve reads.
+	InSync MemberState = iota
+	// Failed members returned an error or timed out; the set is degraded and
+	// stops using them until they rejoin.
+	Failed
+	// Resyncing members have rejoined: they receive every new write, are
+	// never read, and become InSync when the resync has copied every region
+	// that may differ.
+	Resyncing
+)
+
+func (s MemberState) String() string {
+	switch s {
+	case InSync:
+		return "in_sync"
+	case Failed:
+		return "degraded"
+	case Resyncing:
+		return "resyncing"
+	}
+	return fmt.Sprintf("MemberState(%d)", int(s))
+}
+
+// ErrResyncAborted is returned by Resync when a member failed during the
+// copy or the set changed under it; the caller retries later.
+var ErrResyncAborted = errors.New("raid: resync aborted")
+
+// regionLocks is the number of striped locks that serialize a resync copy
+// of a region against user writes to it.
+const regionLocks = 1024
+
+// memberErr decides whether an error is the member's fault. A cancelled or
+// expired caller context is not.
+func memberErr(ctx context.Context, err error) bool {
+	return err != nil && ctx.Err() == nil && !errors.Is(err, ErrOutOfRange)
+}
+
+// probeSize is what Probe reads of a member: one block at offset 0.
+const probeSize = 4096
+
+func probeDevice(ctx context.Context, d Device) error {
+	return d.ReadAt(ctx, make([]byte, min(probeSize, d.Size())), 0)
+}
+
+// resyncCleanEvery is how often a resync flushes every member so that the
+// WIB cleans the regions it has copied.
+const resyncCleanEvery = 2 * time.Second
+
+// ResyncProgress is reported while Resync runs.
+type ResyncProgress struct {
+	DoneBytes, TotalBytes int64
+	// Through is the set offset below which every region the resync's
+	// first pass had to copy has been copied, durably (FUA), to every
+	// resyncing member: a rebuild that starts over may begin there. It
+	// does not move in later passes (regions dirtied under the first).
+	Through int64
+	// BackedOff counts the pauses made so far for foreground I/O that the
+	// set served during a copy (pacer).
+	BackedOff int
+}
+
+// wibNeedsResync reports whether some region of w needs a resync.
+func wibNeedsResync(w *bitmap.WIB) bool {
+	for from := int64(0); ; {
+		r, ok := w.NextDirty(from)
+		if !ok {
+			return false
+		}
+		rs := w.RegionSize()
+		for off := r.Off; off < r.Off+r.Len; off += rs {
+			if w.NeedsResync(off / rs) {
+				return true
+			}
+		}
+		from = r.Off + r.Len
+	}
+}
