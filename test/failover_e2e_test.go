@@ -151,11 +151,7 @@ func TestMetaserverLeaderFailover(t *testing.T) {
 	if err := c.WaitTarget(ctx, "ha", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	evs, err := c.Client().ListEvents(ctx, "", 0, 1000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lastEvent := evs[len(evs)-1].ID
+	lastEvent := lastEventID(t, c)
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	load := startWriteLoad(lctx, c.ISCSIURL("ha"), slots(600, 16<<10, 24<<20, 11), 20)
@@ -184,16 +180,7 @@ func TestMetaserverLeaderFailover(t *testing.T) {
 	<-load.done
 	acked := load.Acked()
 
-	evs, err = c.Client().ListEvents(ctx, "", lastEvent, 1000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range evs {
-		switch e.Kind {
-		case api.EventChunkserverOffline, api.EventMemberDegraded, api.EventHostFailover:
-			t.Errorf("after the leader's death: %s %s", e.Kind, e.Message)
-		}
-	}
+	noFaultEventsSince(t, c, lastEvent, "after the leader's death")
 	// What the daemons noticed: their warnings since the kill.
 	logs := map[string]string{"host1": c.Hostd.Log}
 	for _, p := range c.CS {
@@ -248,11 +235,7 @@ func TestPostgresFailover(t *testing.T) {
 	if err := c.WaitTarget(ctx, "pg", time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	evs, err := c.Client().ListEvents(ctx, "", 0, 1000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lastEvent := evs[len(evs)-1].ID
+	lastEvent := lastEventID(t, c)
 	lctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	load := startWriteLoad(lctx, c.ISCSIURL("pg"), slots(600, 16<<10, 24<<20, 13), 20)
@@ -334,16 +317,7 @@ func TestPostgresFailover(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	cancel()
 	<-load.done
-	evs, err = cl.ListEvents(ctx, "", lastEvent, 1000)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range evs {
-		switch e.Kind {
-		case api.EventChunkserverOffline, api.EventMemberDegraded, api.EventHostFailover:
-			t.Errorf("after the database failover: %s %s", e.Kind, e.Message)
-		}
-	}
+	noFaultEventsSince(t, c, lastEvent, "after the database failover")
 	verifyAcked(t, c.ISCSIURL("pg"), load.Acked())
 	checkReplicas(t, c, "pg")
 }
@@ -459,4 +433,34 @@ func TestDrain(t *testing.T) {
 	waitFor(t, 30*time.Second, victim+" to be removed", func() bool {
 		return c.Client().RemoveChunkserver(ctx, victim) == nil
 	})
+}
+
+// lastEventID is the ID of the cluster's newest event.
+func lastEventID(t *testing.T, c *localcluster.Cluster) int64 {
+	t.Helper()
+	evs, err := c.Client().ListEvents(t.Context(), "", 0, api.MaxEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) == 0 {
+		return 0
+	}
+	return evs[len(evs)-1].ID
+}
+
+// noFaultEventsSince fails the test for every event after id that says a
+// daemon was lost: a chunkserver offline, a member degraded, a host
+// failed over.
+func noFaultEventsSince(t *testing.T, c *localcluster.Cluster, id int64, when string) {
+	t.Helper()
+	evs, err := c.Client().ListEvents(t.Context(), "", id, api.MaxEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		switch e.Kind {
+		case api.EventChunkserverOffline, api.EventMemberDegraded, api.EventHostFailover:
+			t.Errorf("%s: %s %s", when, e.Kind, e.Message)
+		}
+	}
 }
