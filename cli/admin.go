@@ -270,9 +270,9 @@ func newServerCmd(o *rootOptions) *cobra.Command {
 				return err
 			}
 			return o.print(ss, func(w *tabwriter.Writer) {
-				fmt.Fprintln(w, "ID\tNAME\tADDR\tCONTROL\tFAULT DOMAIN\tSTATE\tCHUNKS\tFREE\tCAPACITY\tLAST HEARTBEAT")
+				fmt.Fprintln(w, "ID\tNAME\tADDR\tCONTROL\tFAULT DOMAIN\tSTATE\tMEMBERS\tCHUNKS\tFREE\tCAPACITY\tLAST HEARTBEAT")
 				for _, s := range ss {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", s.ID, s.Name, s.Addr, orDash(s.ControlAddr), s.FaultDomain, serverState(s), s.Chunks,
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", s.ID, s.Name, s.Addr, orDash(s.ControlAddr), s.FaultDomain, serverState(s), s.Members, s.Chunks,
 						formatSize(s.FreeBytes), formatSize(s.CapacityBytes), ago(s.LastHeartbeat))
 				}
 			})

@@ -426,6 +426,9 @@ func TestDrain(t *testing.T) {
 	verifyAcked(t, c.ISCSIURL("dr"), load.Acked())
 	checkReplicas(t, c, "dr")
 
+	if out := cli(t, c, "server", "list"); !strings.Contains(out, "online, drained") {
+		t.Errorf("server list after the drain:\n%s", out)
+	}
 	// Stopped, the drained chunkserver can be removed.
 	if err := c.CS[csIndex(t, c, victim)].Stop(15 * time.Second); err != nil {
 		t.Fatal(err)

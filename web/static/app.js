@@ -239,12 +239,14 @@ function volumeActions(v) {
 }
 
 function renderServers(servers, hosts) {
+  const drain = (s) => (!s.draining ? '' : s.members > 0 ? `, draining (${s.members} members left)` : ', drained');
   const rows = servers.map((s) => el('tr', { 'data-server': s.name, 'data-state': s.state },
-    el('td', {}, s.name), el('td', { class: s.state === 'online' ? 'healthy' : 'degraded' }, s.state + (s.full ? ', full' : '')),
-    el('td', {}, s.fault_domain), el('td', {}, String(s.chunks)), el('td', {}, bar('Used', s.capacity_bytes - s.free_bytes, s.capacity_bytes))));
+    el('td', {}, s.name), el('td', { class: s.state === 'online' ? 'healthy' : 'degraded' }, s.state + (s.full ? ', full' : '') + drain(s)),
+    el('td', {}, s.fault_domain), el('td', {}, String(s.members)), el('td', {}, String(s.chunks)),
+    el('td', {}, bar('Used', s.capacity_bytes - s.free_bytes, s.capacity_bytes))));
   const hrows = hosts.map((h) => el('tr', {}, el('td', {}, h.name), el('td', {}, h.state), el('td', {}, h.iscsi_addr)));
   $('#server-list').replaceChildren(
-    table(['Chunkserver', 'State', 'Fault domain', 'Chunks', 'Capacity'], rows, 'Chunkservers'),
+    table(['Chunkserver', 'State', 'Fault domain', 'Members', 'Chunks', 'Capacity'], rows, 'Chunkservers'),
     table(['Host', 'State', 'iSCSI portal'], hrows, 'Hosts'));
 }
 
