@@ -74,7 +74,7 @@ func drive(b *testing.B, dev raid.Device, write bool, qd int) {
 }
 
 func mirrorVolume(b *testing.B, members []raid.Device) *linear.Volume {
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: members})
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: members}})
 	if err != nil {
 		b.Fatal(err)
 	}

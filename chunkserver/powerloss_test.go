@@ -169,7 +169,7 @@ func powerLossMidLoad(t *testing.T, seed uint64) {
 	if err := wib.Merge(lb.Bits, lb.RegionSize); err != nil {
 		t.Fatal(err)
 	}
-	set, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{survivor, r}, WIB: wib, Degraded: []int{1}})
+	set, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{survivor, r}, WIB: wib, Degraded: []int{1}}})
 	if err != nil {
 		t.Fatal(err)
 	}

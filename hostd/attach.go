@@ -362,49 +362,32 @@ func (st *setState) recoverWIB(ctx context.Context, p remb.AttachPlan, setSize i
 // buildSet builds the mirror or EC set of plan p over the set's WIB.
 func (st *setState) buildSet(p setPlan, layout api.Layout, stripe int64) (raid.Set, error) {
 	a, s := st.a, st.a.s
-	onChange := func(i int, ms raid.MemberState, err error) {
-		a.report()
-		st.wake()
-	}
-	if layout.Kind == api.LayoutEC {
-		if a.vol.Bitmap == api.BitmapInternal {
-			return nil, fmt.Errorf("bitmap mode internal is for mirrors; %s volumes use remb or none", layout)
-		}
-		return raid.NewEC(raid.ECConfig{
-			Members:             p.devs,
-			K:                   layout.K,
-			M:                   layout.M,
-			StripeUnit:          stripe,
-			WIB:                 st.wib,
-			Degraded:            p.Degraded,
-			Stale:               p.Missed,
-			BeforeDegradedWrite: st.recordDegraded,
-			AfterWhole:          st.unpinAll,
-			Pinned:              st.startPinned(p),
-			HookTimeout:         recordBudget(s.cfg.IOTimeout),
-			ResyncRate:          s.cfg.ResyncRate,
-			Logger:              st.log,
-			OnStateChange:       onChange,
-		})
-	}
-	var intent func(context.Context) error
-	if a.vol.Bitmap == api.BitmapInternal {
-		intent = st.persistIntent
-	}
-	return raid.NewMirror(raid.MirrorConfig{
+	set := raid.SetConfig{
 		Members:             p.devs,
 		WIB:                 st.wib,
 		Degraded:            p.Degraded,
-		IntentHook:          intent,
-		LazyClear:           intent != nil,
 		BeforeDegradedWrite: st.recordDegraded,
 		AfterWhole:          st.unpinAll,
 		Pinned:              st.startPinned(p),
 		HookTimeout:         recordBudget(s.cfg.IOTimeout),
 		ResyncRate:          s.cfg.ResyncRate,
 		Logger:              st.log,
-		OnStateChange:       onChange,
-	})
+		OnStateChange: func(i int, ms raid.MemberState, err error) {
+			a.report()
+			st.wake()
+		},
+	}
+	if layout.Kind == api.LayoutEC {
+		if a.vol.Bitmap == api.BitmapInternal {
+			return nil, fmt.Errorf("bitmap mode internal is for mirrors; %s volumes use remb or none", layout)
+		}
+		return raid.NewEC(raid.ECConfig{SetConfig: set, K: layout.K, M: layout.M, StripeUnit: stripe, Stale: p.Missed})
+	}
+	var intent func(context.Context) error
+	if a.vol.Bitmap == api.BitmapInternal {
+		intent = st.persistIntent
+	}
+	return raid.NewMirror(raid.MirrorConfig{SetConfig: set, IntentHook: intent, LazyClear: intent != nil})
 }
 
 // openWIB opens the set's WIB in shared memory: a restarted hostd finds the

@@ -68,7 +68,7 @@ func TestVolumeRandomModel(t *testing.T) {
 		for i := 0; i < 1+rng.IntN(4); i++ {
 			s := int64(1+rng.IntN(4)) << 18
 			a, b := raidtest.NewMemDevice(s), raidtest.NewMemDevice(s)
-			m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b}})
+			m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -294,11 +294,9 @@ func (w *dmWorld) attach(chunks []*chunktest.Chunk, recorded []bool, fullResync 
 	}
 	var serr error
 	if w.cfg.k > 0 {
-		set, serr = NewEC(ECConfig{Members: devs, K: w.cfg.k, M: w.cfg.m, StripeUnit: 4096, WIB: wib, Degraded: degraded, Stale: stale,
-			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: plan.StartPinned, OnStateChange: onChange})
+		set, serr = NewEC(ECConfig{SetConfig: SetConfig{Members: devs, WIB: wib, Degraded: degraded, BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: plan.StartPinned, OnStateChange: onChange}, K: w.cfg.k, M: w.cfg.m, StripeUnit: 4096, Stale: stale})
 	} else {
-		set, serr = NewMirror(MirrorConfig{Members: devs, WIB: wib, Degraded: degraded,
-			BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: plan.StartPinned, OnStateChange: onChange})
+		set, serr = NewMirror(MirrorConfig{SetConfig: SetConfig{Members: devs, WIB: wib, Degraded: degraded, BeforeDegradedWrite: record, AfterWhole: unpin, Pinned: plan.StartPinned, OnStateChange: onChange}})
 	}
 	if serr != nil {
 		w.t.Fatalf("building the set: %v", serr)

@@ -111,7 +111,7 @@ func TestMirrorPowerLossOfAMember(t *testing.T) {
 			}
 			t.Cleanup(func() { w.Close() })
 			devs := []*powerDev{newPowerDev(size), newPowerDev(size)}
-			m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{devs[0], devs[1]}, WIB: w})
+			m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{devs[0], devs[1]}, WIB: w}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -203,7 +203,7 @@ func TestMirrorCancelledWriteFinishes(t *testing.T) {
 	const size = 1 << 20
 	slow := &holdDev{powerDev: newPowerDev(size), entered: make(chan struct{}, 1), release: make(chan struct{})}
 	fast := newPowerDev(size)
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{fast, slow}})
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{fast, slow}}})
 	if err != nil {
 		t.Fatal(err)
 	}

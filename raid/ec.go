@@ -9,7 +9,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/raid/internal/rs"
@@ -45,10 +44,26 @@ var ErrParityUnknown = errors.New("raid: parity cannot be re-derived: a data uni
 var ErrUnrecoverable = errors.New("raid: data unrecoverable: a unit is missing and its stripe's parity may be stale")
 
 // ECConfig configures an erasure-coded set.
+//
+// SetConfig's Members are the K+M chunks of the set; member i is member i
+// in the layout drawn on EC. Its Degraded holds at most M members: with
+// fewer than K the set cannot serve anything. Its BeforeDegradedWrite
+// failing is logged and the write proceeds: the WIB still records it. Its
+// ResyncRate counts logical bytes. Its OnStateChange calls for different
+// members may run concurrently.
+//
+// Its WIB covers the set's logical bytes (Size, K times the member size).
+// Regions that need a resync in the WIB when NewEC runs — a bitmap reopened
+// after hostd stopped, the LOG bitmaps merged at attach, a whole-set Mark
+// for a lost record — are taken to be where the previous host may have died
+// mid-write: their stripes' parity is not trusted until Resync re-encodes
+// it (see "Crash recovery" on EC). Marks made later (MarkAll, the LOG of a
+// member that comes back after attach) only say that some member missed
+// writes. A member given to the set is taken to hold what it held when the
+// previous host stopped; one known to have missed writes before that must
+// start in Degraded and be rebuilt.
 type ECConfig struct {
-	// Members are the K+M chunks of the set, all of the same Size. Member i
-	// is member i in the layout drawn on EC.
-	Members []Device
+	SetConfig
 	// K is the number of data units per stripe, at least 1 (1+m behaves like
 	// an (m+1)-way mirror with a rotating copy order).
 	K int
@@ -58,23 +73,6 @@ type ECConfig struct {
 	// StripeUnit is S, the bytes of one stripe on one member: a power of two
 	// of at least 4096. 0 means DefaultStripeUnit (64 KiB).
 	StripeUnit int64
-	// WIB is the set's write-intent bitmap over its logical bytes (Size, k
-	// times the member size). nil means an in-memory bitmap with 1 MiB
-	// regions, forgotten on exit.
-	//
-	// Regions that need a resync in WIB when NewEC runs — a bitmap reopened
-	// after hostd stopped, the LOG bitmaps merged at attach, a whole-set
-	// Mark for a lost record — are taken to be where the previous host may
-	// have died mid-write: their stripes' parity is not trusted until
-	// Resync re-encodes it (see "Crash recovery" on EC). Marks made later
-	// (MarkAll, the LOG of a member that comes back after attach) only say
-	// that some member missed writes. A member given to the set is taken to
-	// hold what it held when the previous host stopped; one known to have
-	// missed writes before that must start in Degraded and be rebuilt.
-	WIB *bitmap.WIB
-	// Degraded lists members that start Failed (unreachable at attach). At
-	// most M: with fewer than K members the set cannot serve anything.
-	Degraded []int
 	// Stale lists the members of Degraded known to have missed writes (the
 	// previous host recorded them degraded): what they hold in a suspect
 	// stripe never stands in for data. A member in Degraded but not in
@@ -82,23 +80,6 @@ type ECConfig struct {
 	// acknowledged write, and only the stripes named by the LOGs need their
 	// parity derived again once it is back.
 	Stale []int
-	// BeforeDegradedWrite, if set, is called once after a member fails and
-	// before the first write that the set acknowledges without it; hostd
-	// pins the survivors' LOG bitmaps there (DESIGN §2 rule 3). An error is
-	// logged and the write proceeds: the WIB still records it.
-	BeforeDegradedWrite func(ctx context.Context) error
-	// AfterWhole, Pinned and HookTimeout are as in MirrorConfig.
-	AfterWhole  func(ctx context.Context) error
-	Pinned      bool
-	HookTimeout time.Duration
-	// ResyncRate limits Resync in logical bytes per second; 0 = unlimited.
-	ResyncRate int64
-	// Logger receives member failures. nil discards.
-	Logger *slog.Logger
-	// OnStateChange, if set, is called after a member changes state, once
-	// per change, with no lock of the set held. Calls for different members
-	// may run concurrently.
-	OnStateChange func(member int, st MemberState, err error)
 }
 
 func (c *ECConfig) validate() error {

@@ -509,7 +509,7 @@ func newTornSet(t *testing.T, k, m int, record string) tornSet {
 	for i, d := range first.devs {
 		devs[i] = d
 	}
-	e, err := raid.NewEC(raid.ECConfig{Members: devs, K: k, M: m, StripeUnit: unit, WIB: w})
+	e, err := raid.NewEC(raid.ECConfig{SetConfig: raid.SetConfig{Members: devs, WIB: w}, K: k, M: m, StripeUnit: unit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -985,11 +985,11 @@ func TestNewECRejectsRound2(t *testing.T) {
 		name string
 		cfg  raid.ECConfig
 	}{
-		{"degraded out of range", raid.ECConfig{Members: mk(3), K: 2, M: 1, StripeUnit: 4096, Degraded: []int{3}}},
-		{"degraded twice", raid.ECConfig{Members: mk(6), K: 4, M: 2, StripeUnit: 4096, Degraded: []int{1, 1}}},
-		{"more degraded than m", raid.ECConfig{Members: mk(6), K: 4, M: 2, StripeUnit: 4096, Degraded: []int{0, 1, 2}}},
-		{"WIB of another size", raid.ECConfig{Members: mk(3), K: 2, M: 1, StripeUnit: 4096, WIB: wrongWIB}},
-		{"negative resync rate", raid.ECConfig{Members: mk(3), K: 2, M: 1, StripeUnit: 4096, ResyncRate: -1}},
+		{"degraded out of range", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3), Degraded: []int{3}}, K: 2, M: 1, StripeUnit: 4096}},
+		{"degraded twice", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(6), Degraded: []int{1, 1}}, K: 4, M: 2, StripeUnit: 4096}},
+		{"more degraded than m", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(6), Degraded: []int{0, 1, 2}}, K: 4, M: 2, StripeUnit: 4096}},
+		{"WIB of another size", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3), WIB: wrongWIB}, K: 2, M: 1, StripeUnit: 4096}},
+		{"negative resync rate", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3), ResyncRate: -1}, K: 2, M: 1, StripeUnit: 4096}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -1379,7 +1379,7 @@ func runECCrashModel(t *testing.T, k, m int, seed uint64) {
 	for s := range torn {
 		w.Mark(s*sd, sd) // as the merged LOG bitmaps name them
 	}
-	e, err := raid.NewEC(raid.ECConfig{Members: members, K: k, M: m, StripeUnit: unit, WIB: w})
+	e, err := raid.NewEC(raid.ECConfig{SetConfig: raid.SetConfig{Members: members, WIB: w}, K: k, M: m, StripeUnit: unit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1734,7 +1734,7 @@ func newECOver(t *testing.T, first ecFixture, w *bitmap.WIB, degraded, stale []i
 	for i, d := range first.devs {
 		members[i] = d
 	}
-	e, err := raid.NewEC(raid.ECConfig{Members: members, K: g.k, M: g.m, StripeUnit: g.unit, WIB: w, Degraded: degraded, Stale: stale})
+	e, err := raid.NewEC(raid.ECConfig{SetConfig: raid.SetConfig{Members: members, WIB: w, Degraded: degraded}, K: g.k, M: g.m, StripeUnit: g.unit, Stale: stale})
 	if err != nil {
 		t.Fatal(err)
 	}

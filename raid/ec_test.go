@@ -51,7 +51,7 @@ func newEC(t testing.TB, k, m int, unit, memberSize int64, opts ...func(*raid.EC
 		devs[i] = raidtest.NewMemDevice(memberSize)
 		members[i] = devs[i]
 	}
-	cfg := raid.ECConfig{Members: members, K: k, M: m, StripeUnit: unit}
+	cfg := raid.ECConfig{SetConfig: raid.SetConfig{Members: members}, K: k, M: m, StripeUnit: unit}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -169,16 +169,16 @@ func TestNewECRejects(t *testing.T) {
 		cfg  raid.ECConfig
 	}{
 		{"no members", raid.ECConfig{K: 2, M: 1}},
-		{"k zero", raid.ECConfig{Members: mk(1, 1<<20), K: 0, M: 1}},
-		{"m zero", raid.ECConfig{Members: mk(2, 1<<20), K: 2, M: 0}},
-		{"member count", raid.ECConfig{Members: mk(5, 1<<20), K: 4, M: 2}},
-		{"sizes differ", raid.ECConfig{Members: uneven, K: 2, M: 1}},
-		{"nil member", raid.ECConfig{Members: withNil, K: 2, M: 1}},
-		{"unit too small", raid.ECConfig{Members: mk(3, 1<<20), K: 2, M: 1, StripeUnit: 2048}},
-		{"unit not power of two", raid.ECConfig{Members: mk(3, 1<<20), K: 2, M: 1, StripeUnit: 12288}},
-		{"unit negative", raid.ECConfig{Members: mk(3, 1<<20), K: 2, M: 1, StripeUnit: -4096}},
-		{"member smaller than unit", raid.ECConfig{Members: mk(3, 60000), K: 2, M: 1}},
-		{"too wide", raid.ECConfig{Members: mk(65, 4096), K: 60, M: 5, StripeUnit: 4096}},
+		{"k zero", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(1, 1<<20)}, K: 0, M: 1}},
+		{"m zero", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(2, 1<<20)}, K: 2, M: 0}},
+		{"member count", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(5, 1<<20)}, K: 4, M: 2}},
+		{"sizes differ", raid.ECConfig{SetConfig: raid.SetConfig{Members: uneven}, K: 2, M: 1}},
+		{"nil member", raid.ECConfig{SetConfig: raid.SetConfig{Members: withNil}, K: 2, M: 1}},
+		{"unit too small", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 1<<20)}, K: 2, M: 1, StripeUnit: 2048}},
+		{"unit not power of two", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 1<<20)}, K: 2, M: 1, StripeUnit: 12288}},
+		{"unit negative", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 1<<20)}, K: 2, M: 1, StripeUnit: -4096}},
+		{"member smaller than unit", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 60000)}, K: 2, M: 1}},
+		{"too wide", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(65, 4096)}, K: 60, M: 5, StripeUnit: 4096}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -531,7 +531,7 @@ func newCountingEC(t *testing.T, k, m int, unit, size int64) (*raid.EC, []*count
 		devs[i] = &countingDev{MemDevice: raidtest.NewMemDevice(size)}
 		members[i] = devs[i]
 	}
-	e, err := raid.NewEC(raid.ECConfig{Members: members, K: k, M: m, StripeUnit: unit})
+	e, err := raid.NewEC(raid.ECConfig{SetConfig: raid.SetConfig{Members: members}, K: k, M: m, StripeUnit: unit})
 	if err != nil {
 		t.Fatal(err)
 	}

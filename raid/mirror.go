@@ -16,39 +16,13 @@ import (
 
 // MirrorConfig configures a mirror set.
 type MirrorConfig struct {
-	// Members are the copies; all must have the same Size. 1 to 3.
-	Members []Device
+	// SetConfig's Members are the copies, 1 to 3. Its BeforeDegradedWrite
+	// failing fails the writes waiting for it; the next degraded write asks
+	// again.
+	SetConfig
 	// MinWriteMembers is how many members must acknowledge a write for it to
 	// succeed. 0 means 1, the RAID-1 minimum.
 	MinWriteMembers int
-	// WIB is the set's write-intent bitmap. nil means an in-memory bitmap
-	// with 1 MiB regions (the set then forgets on exit; fine for tests and
-	// for bitmap mode none).
-	WIB *bitmap.WIB
-	// Degraded lists members that start Failed (unreachable at attach).
-	Degraded []int
-	// BeforeDegradedWrite, if set, is called after a member fails and before
-	// the first write that the set acknowledges without it; hostd pins the
-	// survivors' LOG bitmaps and records the members' states there (DESIGN
-	// §2 rule 3). If it fails, the writes waiting for it fail and the next
-	// degraded write asks again.
-	BeforeDegradedWrite func(ctx context.Context) error
-	// AfterWhole, if set, is called once the set is whole again (every
-	// member in sync, nothing left to resync) after a degradation, or after
-	// a start with Pinned; hostd unpins every member's LOG bitmap there.
-	// Calls of BeforeDegradedWrite and AfterWhole never overlap and run in
-	// the order of the events that asked for them. An error is logged; the
-	// LOGs then stay pinned, which only over-reports.
-	AfterWhole func(ctx context.Context) error
-	// Pinned says the members' LOG bitmaps start pinned (after an unclean
-	// stop the chunkservers pin them; a degraded attach pins the
-	// survivors): AfterWhole runs once the set is whole.
-	Pinned bool
-	// HookTimeout bounds one call of BeforeDegradedWrite or AfterWhole; 0
-	// means 5 s. hostd passes t_io: a degraded write must not wait longer.
-	HookTimeout time.Duration
-	// ResyncRate limits resync copying in bytes per second; 0 = unlimited.
-	ResyncRate int64
 	// IntentHook, if set, is called synchronously before the data of a
 	// write that dirties a region that was clean: bitmap mode internal
 	// persists the bitmap on every member there, as MD's internal bitmap
@@ -57,11 +31,6 @@ type MirrorConfig struct {
 	// LazyClear leaves regions dirty after a successful write; the owner
 	// clears them in batches (ClearClean), as MD's bitmap daemon does.
 	LazyClear bool
-	// Logger receives member failures. nil discards.
-	Logger *slog.Logger
-	// OnStateChange, if set, is called (without locks held) after a member
-	// changes state.
-	OnStateChange func(member int, st MemberState, err error)
 }
 
 // Mirror is a RAID-1 set with a write-intent bitmap.

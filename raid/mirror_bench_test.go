@@ -16,7 +16,7 @@ func BenchmarkMirrorWrite4K(b *testing.B) {
 			for i := range members {
 				members[i] = raidtest.NewMemDevice(64 << 20)
 			}
-			m, err := raid.NewMirror(raid.MirrorConfig{Members: members})
+			m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: members}})
 			if err != nil {
 				b.Fatal(err)
 			}

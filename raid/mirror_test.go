@@ -22,7 +22,7 @@ func newMirror(t *testing.T, n int, size int64) (*raid.Mirror, []*raidtest.MemDe
 		devs[i] = raidtest.NewMemDevice(size)
 		members[i] = devs[i]
 	}
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: members})
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: members}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,9 +47,9 @@ func TestNewMirrorRejects(t *testing.T) {
 		cfg  raid.MirrorConfig
 	}{
 		{"no members", raid.MirrorConfig{}},
-		{"sizes differ", raid.MirrorConfig{Members: []raid.Device{a, b}}},
-		{"min write above members", raid.MirrorConfig{Members: []raid.Device{a, a}, MinWriteMembers: 3}},
-		{"four members", raid.MirrorConfig{Members: []raid.Device{a, a, a, a}}},
+		{"sizes differ", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}}}},
+		{"min write above members", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, a}}, MinWriteMembers: 3}},
+		{"four members", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, a, a, a}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -107,7 +107,7 @@ func TestMirrorRandomFailures(t *testing.T) {
 
 func TestMirrorMinWriteMembers(t *testing.T) {
 	a, b := raidtest.NewMemDevice(1<<20), raidtest.NewMemDevice(1<<20)
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b}, MinWriteMembers: 2})
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}}, MinWriteMembers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,13 +147,16 @@ func TestMirrorFlushWithResyncingMemberNeedsRecord(t *testing.T) {
 	a, b := raidtest.NewMemDevice(1<<20), raidtest.NewMemDevice(1<<20)
 	var refuse atomic.Bool
 	refuse.Store(true)
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b},
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{
+		Members: []raid.Device{a, b},
 		BeforeDegradedWrite: func(context.Context) error {
 			if refuse.Load() {
 				return errors.New("pin refused")
 			}
 			return nil
-		}})
+		},
+	},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,8 +193,11 @@ func TestProbeAndFail(t *testing.T) {
 	t.Run("mirror", func(t *testing.T) {
 		var changed []int
 		devs := []*raidtest.MemDevice{raidtest.NewMemDevice(1 << 20), raidtest.NewMemDevice(1 << 20), raidtest.NewMemDevice(1 << 20)}
-		m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{devs[0], devs[1], devs[2]},
-			OnStateChange: func(i int, st raid.MemberState, err error) { changed = append(changed, i) }})
+		m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{
+			Members:       []raid.Device{devs[0], devs[1], devs[2]},
+			OnStateChange: func(i int, st raid.MemberState, err error) { changed = append(changed, i) },
+		},
+		})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -27,7 +27,7 @@ func newWIBMirror(t *testing.T, n int, size, region int64) (*raid.Mirror, []*rai
 		devs[i] = raidtest.NewMemDevice(size)
 		members[i] = devs[i]
 	}
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: members, WIB: w})
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: members, WIB: w}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,14 +225,17 @@ func TestMirrorDegradeGate(t *testing.T) {
 	a, b := raidtest.NewMemDevice(size), raidtest.NewMemDevice(size)
 	var recording atomic.Bool // the metaserver is reachable
 	var calls atomic.Int32
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b},
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{
+		Members: []raid.Device{a, b},
 		BeforeDegradedWrite: func(context.Context) error {
 			calls.Add(1)
 			if !recording.Load() {
 				return errors.New("metaserver unreachable")
 			}
 			return nil
-		}})
+		},
+	},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +291,7 @@ func TestLongResyncCleansAsItGoes(t *testing.T) {
 	}
 	defer w.Close()
 	a, b := raidtest.NewMemDevice(size), raidtest.NewMemDevice(size)
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b}, WIB: w, ResyncRate: 2 << 20})
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}, WIB: w, ResyncRate: 2 << 20}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
@@ -92,4 +93,43 @@ func wibNeedsResync(w *bitmap.WIB) bool {
 		}
 		from = r.Off + r.Len
 	}
+}
+
+// SetConfig is what configures a set of any kind; MirrorConfig and
+// ECConfig embed it and say what differs.
+type SetConfig struct {
+	// Members are the set's chunks, all of the same Size.
+	Members []Device
+	// WIB is the set's write-intent bitmap. nil means an in-memory bitmap
+	// with 1 MiB regions (the set then forgets on exit; fine for tests and
+	// for bitmap mode none).
+	WIB *bitmap.WIB
+	// Degraded lists members that start Failed (unreachable at attach).
+	Degraded []int
+	// BeforeDegradedWrite, if set, is called after a member fails and before
+	// the first write that the set acknowledges without it; hostd pins the
+	// survivors' LOG bitmaps and records the members' states there (DESIGN
+	// §2 rule 3).
+	BeforeDegradedWrite func(ctx context.Context) error
+	// AfterWhole, if set, is called once the set is whole again (every
+	// member in sync, nothing left to resync) after a degradation, or after
+	// a start with Pinned; hostd unpins every member's LOG bitmap there.
+	// Calls of BeforeDegradedWrite and AfterWhole never overlap and run in
+	// the order of the events that asked for them. An error is logged; the
+	// LOGs then stay pinned, which only over-reports.
+	AfterWhole func(ctx context.Context) error
+	// Pinned says the members' LOG bitmaps start pinned (after an unclean
+	// stop the chunkservers pin them; a degraded attach pins the
+	// survivors): AfterWhole runs once the set is whole.
+	Pinned bool
+	// HookTimeout bounds one call of BeforeDegradedWrite or AfterWhole; 0
+	// means 5 s. hostd passes t_io: a degraded write must not wait longer.
+	HookTimeout time.Duration
+	// ResyncRate limits resync copying in bytes per second; 0 = unlimited.
+	ResyncRate int64
+	// Logger receives member failures. nil discards.
+	Logger *slog.Logger
+	// OnStateChange, if set, is called (without locks held) after a member
+	// changes state.
+	OnStateChange func(member int, st MemberState, err error)
 }

@@ -25,7 +25,7 @@ func TestVerifyEC(t *testing.T) {
 			devs[i] = raidtest.NewMemDevice(memberSize)
 			members[i] = devs[i]
 		}
-		e, err := raid.NewEC(raid.ECConfig{Members: members, K: l.k, M: l.m, StripeUnit: unit})
+		e, err := raid.NewEC(raid.ECConfig{SetConfig: raid.SetConfig{Members: members}, K: l.k, M: l.m, StripeUnit: unit})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,7 +58,7 @@ func TestVerifyEC(t *testing.T) {
 
 func TestVerifyMirror(t *testing.T) {
 	a, b := raidtest.NewMemDevice(4<<20), raidtest.NewMemDevice(4<<20)
-	m, err := raid.NewMirror(raid.MirrorConfig{Members: []raid.Device{a, b}})
+	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestVerifyReadsOnlyAllocated(t *testing.T) {
 			devs[i] = newAllocDevice(memberSize)
 			members[i] = devs[i]
 		}
-		e, err := raid.NewEC(raid.ECConfig{Members: members, K: 2, M: 1, StripeUnit: unit})
+		e, err := raid.NewEC(raid.ECConfig{SetConfig: raid.SetConfig{Members: members}, K: 2, M: 1, StripeUnit: unit})
 		if err != nil {
 			t.Fatal(err)
 		}
