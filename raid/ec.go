@@ -1,16 +1,11 @@
 package raid
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"math/bits"
-	"slices"
 	"sync"
 	"sync/atomic"
 
-	"github.com/chunkraid/chunkraid/bitmap"
 	"github.com/chunkraid/chunkraid/raid/internal/rs"
 )
 
@@ -47,10 +42,8 @@ var ErrUnrecoverable = errors.New("raid: data unrecoverable: a unit is missing a
 //
 // SetConfig's Members are the K+M chunks of the set; member i is member i
 // in the layout drawn on EC. Its Degraded holds at most M members: with
-// fewer than K the set cannot serve anything. Its BeforeDegradedWrite
-// failing is logged and the write proceeds: the WIB still records it. Its
-// ResyncRate counts logical bytes. Its OnStateChange calls for different
-// members may run concurrently.
+// fewer than K the set cannot serve anything. Its ResyncRate counts logical
+// bytes.
 //
 // Its WIB covers the set's logical bytes (Size, K times the member size).
 // Regions that need a resync in the WIB when NewEC runs — a bitmap reopened
@@ -262,25 +255,13 @@ func (c *ECConfig) validate() error {
 // reconstructed garbage. A partial-parity log would close the hole instead;
 // the set does not keep one.
 type EC struct {
+	members
 	k, m, n    int
 	unit       int64 // S
 	memberSize int64
 	stripes    int64
 	size       int64
 	code       *rs.Code
-	log        *slog.Logger
-	onChange   func(int, MemberState, error)
-	beforeDW   func(context.Context) error
-	rate       int64
-	fg         atomic.Int64 // foreground operations begun, for the resync's pace
-	wib        *bitmap.WIB
-	ownWIB     bool
-
-	// view is the members' current devices and states; it is replaced, never
-	// changed, and only under mu.
-	view atomic.Pointer[ecView]
-	// pending is true while mu.pending may hold failures to report.
-	pending atomic.Bool
 
 	// suspect has bit s set while stripe s's parity may disagree with its
 	// data (see Crash recovery); bits are set by NewEC only and cleared
@@ -288,44 +269,18 @@ type EC struct {
 	suspect  []atomic.Uint64
 	nSuspect atomic.Int64
 
-	join     sync.RWMutex              // shared by writes and trims, exclusive by Rejoin
-	regions  regionLockTable           // region r: regions.of(r)
-	locks    [ecLockSlots]sync.RWMutex // stripe s: locks[s % ecLockSlots]
-	resyncMu sync.Mutex                // one Resync at a time
-	hooks    *setHooks                 // runs BeforeDegradedWrite and AfterWhole for the health machine
-	bufs     sync.Pool                 // *stripeBuf
+	locks [ecLockSlots]sync.RWMutex // stripe s: locks[s % ecLockSlots]
+	bufs  sync.Pool                 // *stripeBuf
 	// staleAtBuild is the set of members that started Failed having
 	// missed writes (ECConfig.Stale): whatever they hold in a suspect stripe
 	// may predate writes they missed under the previous host, so it never
 	// stands in for data.
 	staleAtBuild uint64
 
-	mu struct {
+	missed struct {
 		sync.Mutex
-		h       *health          // member states and REMB duties; the view mirrors it; guarded by mu
-		pending []memberChange   // guarded by mu: not yet passed to onChange
-		missed  map[int64]uint64 // suspect stripe → members that missed a write of it; guarded by mu
+		m map[int64]uint64 // suspect stripe → members that missed a write of it
 	}
-}
-
-// ecView is an immutable snapshot of the members.
-type ecView struct {
-	devs      []Device
-	gen       []uint64 // bumped by every Rejoin of the member
-	failed    uint64   // members Failed
-	resyncing uint64   // members Resyncing
-}
-
-func (v *ecView) clone() *ecView {
-	return &ecView{devs: slices.Clone(v.devs), gen: slices.Clone(v.gen), failed: v.failed, resyncing: v.resyncing}
-}
-
-// notInSync is the set of members that must not be read.
-func (v *ecView) notInSync() uint64 { return v.failed | v.resyncing }
-
-type memberChange struct {
-	member int
-	err    error
 }
 
 // stripeBuf is scratch space for one stripe operation: n units of S bytes.
@@ -363,10 +318,6 @@ func NewEC(cfg ECConfig) (*EC, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raid: ec %d+%d: %w", cfg.K, cfg.M, err)
 	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
 	n := cfg.K + cfg.M
 	memberSize := cfg.Members[0].Size()
 	stripes := memberSize / cfg.StripeUnit
@@ -379,36 +330,14 @@ func NewEC(cfg ECConfig) (*EC, error) {
 		stripes:    stripes,
 		size:       stripes * int64(cfg.K) * cfg.StripeUnit,
 		code:       code,
-		log:        log,
-		onChange:   cfg.OnStateChange,
-		beforeDW:   cfg.BeforeDegradedWrite,
-		rate:       cfg.ResyncRate,
-		wib:        cfg.WIB,
 	}
-	if e.wib == nil {
-		w, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: e.size})
-		if err != nil {
-			return nil, err
-		}
-		e.wib, e.ownWIB = w, true
-	} else if e.wib.Size() != e.size {
-		return nil, fmt.Errorf("raid: WIB covers %d bytes, the ec set has %d", e.wib.Size(), e.size)
-	}
-	v := &ecView{devs: slices.Clone(cfg.Members), gen: make([]uint64, n)}
-	h, err := newHealth(n, cfg.K, cfg.Degraded, cfg.Pinned)
-	if err != nil {
+	if err := e.init("ec", cfg.SetConfig, cfg.K, e.size); err != nil {
 		return nil, err
-	}
-	for _, i := range cfg.Degraded {
-		v.failed |= 1 << i
 	}
 	for _, i := range cfg.Stale {
 		e.staleAtBuild |= 1 << i
 	}
-	e.mu.h = h
-	e.hooks = newSetHooks(&e.mu.Mutex, h, cfg.BeforeDegradedWrite, cfg.AfterWhole, cfg.HookTimeout, log)
-	e.view.Store(v)
-	e.mu.missed = make(map[int64]uint64)
+	e.missed.m = make(map[int64]uint64)
 	e.loadSuspects()
 	unit := cfg.StripeUnit
 	e.bufs.New = func() any {
@@ -427,128 +356,12 @@ func NewEC(cfg ECConfig) (*EC, error) {
 // whole number of stripe units.
 func (e *EC) Size() int64 { return e.size }
 
-// WIB is the set's write-intent bitmap.
-func (e *EC) WIB() *bitmap.WIB { return e.wib }
-
-// States returns a snapshot of the members' states.
-func (e *EC) States() []MemberState {
-	v := e.view.Load()
-	st := make([]MemberState, e.n)
-	for i := range st {
-		switch {
-		case v.failed&(1<<i) != 0:
-			st[i] = Failed
-		case v.resyncing&(1<<i) != 0:
-			st[i] = Resyncing
-		}
-	}
-	return st
-}
-
-// MemberError returns the error that failed member i, if any.
-func (e *EC) MemberError(i int) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if i < 0 || i >= e.n {
-		return nil
-	}
-	return e.mu.h.errs[i]
-}
-
-// Degraded reports whether any member is not InSync.
-func (e *EC) Degraded() bool { return e.view.Load().notInSync() != 0 }
-
-// MarkAll marks the whole set as needing resync: bitmap mode none, or a
-// lost record (DESIGN §2 rule 3). Resync then repairs every stripe. It does
-// not make parity suspect: that is decided when the set is built.
-func (e *EC) MarkAll() { e.wib.Mark(0, e.size) }
-
-// Close stops a running BeforeDegradedWrite and waits for it, then releases
-// an in-memory WIB the set created itself. The set must not be used after.
-func (e *EC) Close() error {
-	e.hooks.close()
-	if e.ownWIB {
-		return e.wib.Close()
-	}
-	return nil
-}
-
-// usable returns ErrNoMembers when fewer than k members are in sync.
-func (e *EC) usable(v *ecView) error {
-	out := bits.OnesCount64(v.notInSync())
-	if out <= e.m {
-		return nil
-	}
-	return fmt.Errorf("%w: ec %d+%d has %d members in sync, it needs %d (%d failed, %d resyncing)",
-		ErrNoMembers, e.k, e.m, e.n-out, e.k, bits.OnesCount64(v.failed), bits.OnesCount64(v.resyncing))
-}
-
-// fail marks member i Failed if v still names its current connection. The
-// change is reported by notify.
-func (e *EC) fail(i int, v *ecView, err error) {
-	bit := uint64(1) << i
-	e.mu.Lock()
-	cur := e.view.Load()
-	if cur.gen[i] != v.gen[i] || !e.mu.h.fail(i, v.gen[i], err) {
-		// Already failed, or replaced by a rejoin since the I/O started.
-		e.mu.Unlock()
-		return
-	}
-	nv := cur.clone()
-	nv.failed |= bit
-	nv.resyncing &^= bit
-	e.view.Store(nv)
-	// What the member acknowledged but did not flush may be gone with it.
-	e.wib.MarkDirty()
-	e.hooks.pumpLocked()
-	if e.onChange != nil {
-		e.mu.pending = append(e.mu.pending, memberChange{member: i, err: err})
-		e.pending.Store(true)
-	}
-	e.mu.Unlock()
-	e.log.Error("ec member failed; set degraded", "member", i, "failed_members", bits.OnesCount64(nv.failed), "err", err)
-}
-
-// notify passes queued failures to OnStateChange. Every exported method
-// defers it, so it runs after the method released its locks.
-func (e *EC) notify() {
-	if !e.pending.Load() {
-		return
-	}
-	e.mu.Lock()
-	p := e.mu.pending
-	e.mu.pending = nil
-	e.pending.Store(false)
-	e.mu.Unlock()
-	for _, c := range p {
-		e.onChange(c.member, Failed, c.err)
-	}
-}
-
 func (e *EC) getBuf() *stripeBuf { return e.bufs.Get().(*stripeBuf) }
 
 func (e *EC) putBuf(b *stripeBuf) {
 	clear(b.shards) // drop references to callers' buffers
 	clear(b.errs)
 	e.bufs.Put(b)
-}
-
-// fanOut runs op(i) for every index i in set, in parallel, into errs[i].
-func fanOut(set uint64, errs []error, op func(i int) error) {
-	if set == 0 {
-		return
-	}
-	var wg sync.WaitGroup
-	for {
-		i := bits.TrailingZeros64(set)
-		set &^= 1 << i
-		if set == 0 {
-			errs[i] = op(i) // the last one runs here
-			break
-		}
-		wg.Go(func() { errs[i] = op(i) })
-	}
-	wg.Wait()
 }
 
 // each runs fn(0..count-1) with at most limit calls at once and returns the
@@ -585,21 +398,4 @@ func each(count int64, limit int, fn func(j int64) error) error {
 	}
 	wg.Wait()
 	return first
-}
-
-func (e *EC) stateOf(v *ecView, mem int) MemberState {
-	switch {
-	case v.failed&(1<<mem) != 0:
-		return Failed
-	case v.resyncing&(1<<mem) != 0:
-		return Resyncing
-	}
-	return InSync
-}
-
-// Untrusted implements Set.
-func (e *EC) Untrusted() []bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.mu.h.untrustedAll()
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"math/bits"
-	"sync"
 )
 
 // ReadAt reads the data units covering [off, off+len(p)) straight into p,
@@ -35,35 +34,6 @@ func (e *EC) ReadAt(ctx context.Context, p []byte, off int64) error {
 		lo, hi := max(off, u*S), min(end, (u+1)*S)
 		return e.readUnit(ctx, p[lo-off:hi-off], u/int64(e.k), int(u%int64(e.k)), lo-u*S)
 	})
-}
-
-// Probe reads one block of every in-sync member, in parallel, and fails
-// the members whose read fails (as Mirror.Probe).
-func (e *EC) Probe(ctx context.Context) {
-	defer e.notify()
-	v := e.view.Load()
-	var wg sync.WaitGroup
-	for i, d := range v.devs {
-		if v.notInSync()&(1<<i) != 0 {
-			continue
-		}
-		wg.Go(func() {
-			if err := probeDevice(ctx, d); memberErr(ctx, err) {
-				e.fail(i, v, fmt.Errorf("probe: %w", err))
-			}
-		})
-	}
-	wg.Wait()
-}
-
-// Fail fails member i for err, as an I/O error of its connection would.
-func (e *EC) Fail(i int, err error) {
-	defer e.notify()
-	v := e.view.Load()
-	if i < 0 || i >= len(v.devs) || v.notInSync()&(1<<i) != 0 {
-		return
-	}
-	e.fail(i, v, err)
 }
 
 // readUnit reads bytes [c0, c0+len(p)) of data unit d of stripe s.
@@ -110,7 +80,7 @@ func (e *EC) readDegraded(ctx context.Context, p []byte, s int64, d int, c0 int6
 			continue
 		}
 		if e.isSuspect(s) {
-			return fmt.Errorf("%w: stripe %d unit D%d is on member %d, which is %v", ErrUnrecoverable, s, d, mem, e.stateOf(v, mem))
+			return fmt.Errorf("%w: stripe %d unit D%d is on member %d, which is %v", ErrUnrecoverable, s, d, mem, v.state(mem))
 		}
 		unread := e.shardsOf(s, v.notInSync())
 		read := e.pickInSync(0, unread)
@@ -141,7 +111,7 @@ func (e *EC) readDegraded(ctx context.Context, p []byte, s int64, d int, c0 int6
 // settleReads looks at the errors of reads of the shards in set of stripe
 // s, made through v. An error that is the caller's (cancellation) is
 // returned; members that failed are marked and retry is true.
-func (e *EC) settleReads(ctx context.Context, s int64, v *ecView, set uint64, errs []error) (retry bool, err error) {
+func (e *EC) settleReads(ctx context.Context, s int64, v *memberView, set uint64, errs []error) (retry bool, err error) {
 	for ; set != 0; set &= set - 1 {
 		i := bits.TrailingZeros64(set)
 		rerr := errs[i]

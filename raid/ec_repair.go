@@ -48,7 +48,7 @@ func (e *EC) reencodeStripe(ctx context.Context, s int64) error {
 	if lost := e.dataShards() & e.shardsOf(s, v.notInSync()); lost != 0 {
 		i := bits.TrailingZeros64(lost)
 		mem := e.shardMember(s, i)
-		return fmt.Errorf("%w: stripe %d unit D%d is on member %d, which is %v", ErrParityUnknown, s, i, mem, e.stateOf(v, mem))
+		return fmt.Errorf("%w: stripe %d unit D%d is on member %d, which is %v", ErrParityUnknown, s, i, mem, v.state(mem))
 	}
 	retry, failed, err := e.encodeParity(ctx, s, v)
 	if failed != 0 {
@@ -74,7 +74,7 @@ func (e *EC) reencodeStripe(ctx context.Context, s int64) error {
 // member that is not Failed. The stripe's lock is held exclusively. retry
 // reports that a member failed a read; nothing was written then. failed is
 // the set of parity shards whose write failed: the other members agree.
-func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, failed uint64, err error) {
+func (e *EC) encodeParity(ctx context.Context, s int64, v *memberView) (retry bool, failed uint64, err error) {
 	S, data := e.unit, e.dataShards()
 	b := e.getBuf()
 	defer e.putBuf(b)
@@ -116,7 +116,7 @@ func (e *EC) encodeParity(ctx context.Context, s int64, v *ecView) (retry bool, 
 // in-sync units and writes them whole to their members. The stripe's lock
 // is held exclusively. retry reports that a member failed a read; failed
 // is the set of targets whose write failed.
-func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint64) (retry bool, failed uint64, err error) {
+func (e *EC) rebuildShards(ctx context.Context, s int64, v *memberView, targets uint64) (retry bool, failed uint64, err error) {
 	S := e.unit
 	b := e.getBuf()
 	defer e.putBuf(b)
@@ -160,7 +160,7 @@ func (e *EC) rebuildShards(ctx context.Context, s int64, v *ecView, targets uint
 // missed shards written and the stripe cleared. Otherwise lost reports the
 // stripe as unrepairable: it stays suspect and its region dirty. The
 // stripe's lock is held exclusively.
-func (e *EC) rebuildVerified(ctx context.Context, s int64, v *ecView, missed uint64) (lost, retry bool, failed uint64, err error) {
+func (e *EC) rebuildVerified(ctx context.Context, s int64, v *memberView, missed uint64) (lost, retry bool, failed uint64, err error) {
 	S := e.unit
 	avail := e.allShards() &^ missed
 	if bits.OnesCount64(avail) <= e.k {
@@ -214,35 +214,11 @@ func (e *EC) Rejoin(i int, d Device) error {
 	if i < 0 || i >= e.n {
 		return fmt.Errorf("raid: ec member %d out of range [0, %d)", i, e.n)
 	}
-	if d == nil {
-		return fmt.Errorf("raid: ec rejoining member %d is nil", i)
-	}
-	if d.Size() != e.memberSize {
+	if d != nil && d.Size() != e.memberSize {
 		return fmt.Errorf("raid: rejoining ec member %d has size %d, the members have %d", i, d.Size(), e.memberSize)
 	}
-	e.join.Lock()
-	e.mu.Lock()
-	cur := e.view.Load()
-	conn, err := e.mu.h.rejoin(i)
-	if err != nil {
-		e.mu.Unlock()
-		e.join.Unlock()
-		return fmt.Errorf("raid: ec member %d is %v, not failed", i, e.stateOf(cur, i))
-	}
-	nv := cur.clone()
-	nv.devs[i] = d
-	nv.gen[i] = conn
-	nv.failed &^= 1 << i
-	nv.resyncing |= 1 << i
-	e.view.Store(nv)
-	e.hooks.pumpLocked()
-	e.mu.Unlock()
-	e.join.Unlock()
-	e.log.Info("ec member rejoined; resyncing", "member", i)
-	if e.onChange != nil {
-		e.onChange(i, Resyncing, nil)
-	}
-	return nil
+	defer e.notify()
+	return e.rejoin(i, d)
 }
 
 // Resync repairs every region that needs a resync, one region at a time
@@ -259,7 +235,7 @@ func (e *EC) Rejoin(i int, d Device) error {
 // could not be repaired, their regions stay dirty, the Resyncing members
 // stay Resyncing and the error wraps ErrUnrecoverable.
 func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
-	defer e.notify() // after the unlock: OnStateChange may call Resync
+	defer e.notify()
 	e.resyncMu.Lock()
 	defer e.resyncMu.Unlock()
 	start := e.view.Load()
@@ -328,7 +304,7 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 			}
 			if time.Since(lastClean) >= resyncCleanEvery {
 				// As Mirror.Resync: clean what is repaired as it goes.
-				if err := e.Flush(ctx); err != nil {
+				if err := e.flush(ctx); err != nil {
 					return copied, fmt.Errorf("%w: flushing the members during the repair: %w", ErrResyncAborted, err)
 				}
 				lastClean = time.Now()
@@ -344,57 +320,19 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 	// The copies are durable on their targets (FUA), the sources' bytes
 	// may not be: one flush of every member lets the WIB clean them.
 	if e.wib.Count() > 0 {
-		if err := e.Flush(ctx); err != nil {
+		if err := e.flush(ctx); err != nil {
 			return copied, fmt.Errorf("%w: flushing the members after the repair: %w", ErrResyncAborted, err)
 		}
 	}
 	// Every region is repaired: Resyncing members join the readers.
-	e.mu.Lock()
-	cur := e.view.Load()
-	if err := e.sameMembers(start, cur); err != nil {
-		e.mu.Unlock()
-		return copied, err
-	}
-	var joined uint64
-	for _, i := range e.mu.h.resynced(start.gen, !wibNeedsResync(e.wib)) {
-		joined |= 1 << i
-	}
-	if joined != 0 {
-		nv := cur.clone()
-		nv.resyncing &^= joined
-		e.view.Store(nv)
-	}
-	e.hooks.pumpLocked()
-	e.mu.Unlock()
-	for set := joined; set != 0; set &= set - 1 {
-		i := bits.TrailingZeros64(set)
-		e.log.Info("ec member in sync", "member", i, "resynced", copied)
-		if e.onChange != nil {
-			e.onChange(i, InSync, nil)
-		}
-	}
-	return copied, nil
-}
-
-// sameMembers returns ErrResyncAborted if a member failed or rejoined since
-// the view start.
-func (e *EC) sameMembers(start, cur *ecView) error {
-	if cur.failed != 0 {
-		return fmt.Errorf("%w: member %d failed", ErrResyncAborted, bits.TrailingZeros64(cur.failed))
-	}
-	for i := range cur.gen {
-		if cur.gen[i] != start.gen[i] {
-			return fmt.Errorf("%w: member %d rejoined during the resync", ErrResyncAborted, i)
-		}
-	}
-	return nil
+	return copied, e.promote(start, copied)
 }
 
 // resyncRegion repairs every stripe that overlaps region under the
 // region's exclusive lock. It returns the region's logical bytes and the
 // suspect stripes it could not repair; then, or on an error, the region
 // stays dirty.
-func (e *EC) resyncRegion(ctx context.Context, region int64, start *ecView) (n int64, lost []int64, err error) {
+func (e *EC) resyncRegion(ctx context.Context, region int64, start *memberView) (n int64, lost []int64, err error) {
 	rs, sd := e.wib.RegionSize(), int64(e.k)*e.unit
 	off := region * rs
 	n = min(rs, e.size-off)
@@ -428,12 +366,12 @@ func (e *EC) resyncRegion(ctx context.Context, region int64, start *ecView) (n i
 
 // resyncStripe repairs stripe s under its exclusive lock. lost reports a
 // suspect stripe with a data unit on a member that missed a write of it.
-func (e *EC) resyncStripe(ctx context.Context, s int64, start *ecView) (lost bool, err error) {
+func (e *EC) resyncStripe(ctx context.Context, s int64, start *memberView) (lost bool, err error) {
 	l := &e.locks[s%ecLockSlots]
 	l.Lock()
 	defer l.Unlock()
 	v := e.view.Load()
-	if err := e.sameMembers(start, v); err != nil {
+	if err := sameMembers(start, v); err != nil {
 		return false, err
 	}
 	if err := e.usable(v); err != nil {

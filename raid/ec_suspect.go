@@ -53,9 +53,9 @@ func (e *EC) clearSuspect(s int64) {
 	}
 	e.suspect[s/64].And(^(uint64(1) << (s % 64)))
 	e.nSuspect.Add(-1)
-	e.mu.Lock()
-	delete(e.mu.missed, s)
-	e.mu.Unlock()
+	e.missed.Lock()
+	delete(e.missed.m, s)
+	e.missed.Unlock()
 }
 
 // noteMissed records that the members holding shards of suspect stripe s
@@ -65,15 +65,15 @@ func (e *EC) noteMissed(s int64, shards uint64) {
 	if shards == 0 {
 		return
 	}
-	e.mu.Lock()
-	e.mu.missed[s] |= e.membersOf(s, shards)
-	e.mu.Unlock()
+	e.missed.Lock()
+	e.missed.m[s] |= e.membersOf(s, shards)
+	e.missed.Unlock()
 }
 
 // missedShards is the set of shards of stripe s on members that missed a
 // write of it while it was suspect.
 func (e *EC) missedShards(s int64) uint64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.shardsOf(s, e.mu.missed[s]|e.staleAtBuild)
+	e.missed.Lock()
+	defer e.missed.Unlock()
+	return e.shardsOf(s, e.missed.m[s]|e.staleAtBuild)
 }

@@ -145,7 +145,7 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 	// Read what the write does not replace from in-sync members; on a member
 	// failure, start over with the new view.
 	var (
-		v     *ecView
+		v     *memberView
 		heals bool // the write derives the whole stripe's parity from data
 	)
 	for {
@@ -330,7 +330,7 @@ func (e *EC) parityDisagrees(s int64, b *stripeBuf, present uint64, w int64) (in
 // A write or trim (op not nil) of the stripe that every member refused
 // for lack of space changed nothing: no member is failed, and the error
 // wraps ErrNoSpace.
-func (e *EC) settleWrites(s int64, v *ecView, set uint64, errs []error, op *writeOp, suspect bool) (failed uint64, err error) {
+func (e *EC) settleWrites(s int64, v *memberView, set uint64, errs []error, op *writeOp, suspect bool) (failed uint64, err error) {
 	if op != nil {
 		var refused []error
 		for b := set; b != 0; b &= b - 1 {
@@ -374,6 +374,10 @@ func (e *EC) settleWrites(s int64, v *ecView, set uint64, errs []error, op *writ
 // whose flush fails is failed: its durability is unknown.
 func (e *EC) Flush(ctx context.Context) error {
 	defer e.notify()
+	return e.flush(ctx)
+}
+
+func (e *EC) flush(ctx context.Context) error {
 	v := e.view.Load()
 	if err := e.usable(v); err != nil {
 		return err

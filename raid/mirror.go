@@ -5,24 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"slices"
-	"sync"
+	"math/bits"
 	"sync/atomic"
 	"time"
-
-	"github.com/chunkraid/chunkraid/bitmap"
 )
 
 // MirrorConfig configures a mirror set.
 type MirrorConfig struct {
-	// SetConfig's Members are the copies, 1 to 3. Its BeforeDegradedWrite
-	// failing fails the writes waiting for it; the next degraded write asks
-	// again.
+	// SetConfig's Members are the copies, 1 to 3.
 	SetConfig
-	// MinWriteMembers is how many members must acknowledge a write for it to
-	// succeed. 0 means 1, the RAID-1 minimum.
-	MinWriteMembers int
 	// IntentHook, if set, is called synchronously before the data of a
 	// write that dirties a region that was clean: bitmap mode internal
 	// persists the bitmap on every member there, as MD's internal bitmap
@@ -45,32 +36,11 @@ type MirrorConfig struct {
 // dirty regions, each under a region lock that makes user writes to that
 // region (and only that region) wait.
 type Mirror struct {
-	minWrite int
-	size     int64
-	wib      *bitmap.WIB
-	ownWIB   bool
-	log      *slog.Logger
-	onChange func(int, MemberState, error)
-	beforeDW func(context.Context) error
-	rate     int64
-	intent   func(context.Context) error
-	lazy     bool
-	next     atomic.Uint32 // round-robin read cursor
-	fg       atomic.Int64  // foreground operations begun, for the resync's pace
-
-	locks regionLockTable
-
-	mu struct {
-		sync.Mutex
-		members []Device // guarded by mu
-		h       *health  // member states and REMB duties; guarded by mu
-	}
-	resyncMu sync.Mutex // one Resync at a time
-	hooks    *setHooks
-	// join is shared by every write and trim and taken exclusively by
-	// Rejoin, so a write that skipped a failed member has ended before the
-	// member rejoins: its region is then marked for the resync.
-	join sync.RWMutex
+	members
+	size   int64
+	intent func(context.Context) error
+	lazy   bool
+	next   atomic.Uint32 // round-robin read cursor
 }
 
 // NewMirror builds a mirror set over cfg.Members.
@@ -84,97 +54,15 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 			return nil, fmt.Errorf("raid: mirror member %d has size %d, member 0 has %d: members must be equal", i, m.Size(), size)
 		}
 	}
-	minWrite := cfg.MinWriteMembers
-	if minWrite == 0 {
-		minWrite = 1
-	}
-	if minWrite < 1 || minWrite > len(cfg.Members) {
-		return nil, fmt.Errorf("raid: MinWriteMembers %d must be between 1 and the member count %d", minWrite, len(cfg.Members))
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	m := &Mirror{minWrite: minWrite, size: size, wib: cfg.WIB, log: log, onChange: cfg.OnStateChange,
-		beforeDW: cfg.BeforeDegradedWrite, rate: cfg.ResyncRate, intent: cfg.IntentHook, lazy: cfg.LazyClear}
-	if m.wib == nil {
-		w, err := bitmap.OpenWIB(bitmap.WIBConfig{Size: size})
-		if err != nil {
-			return nil, err
-		}
-		m.wib, m.ownWIB = w, true
-	} else if m.wib.Size() != size {
-		return nil, fmt.Errorf("raid: WIB covers %d bytes, the set has %d", m.wib.Size(), size)
-	}
-	m.mu.members = slices.Clone(cfg.Members)
-	h, err := newHealth(len(cfg.Members), 1, cfg.Degraded, cfg.Pinned)
-	if err != nil {
-		if m.ownWIB {
-			m.wib.Close()
-		}
+	m := &Mirror{size: size, intent: cfg.IntentHook, lazy: cfg.LazyClear}
+	if err := m.init("mirror", cfg.SetConfig, 1, size); err != nil {
 		return nil, err
 	}
-	m.mu.h = h
-	m.hooks = newSetHooks(&m.mu.Mutex, h, cfg.BeforeDegradedWrite, cfg.AfterWhole, cfg.HookTimeout, log)
 	return m, nil
 }
 
 // Size is the capacity of the set, the size of one member.
 func (m *Mirror) Size() int64 { return m.size }
-
-// WIB is the set's write-intent bitmap.
-func (m *Mirror) WIB() *bitmap.WIB { return m.wib }
-
-// States returns a snapshot of the members' states.
-func (m *Mirror) States() []MemberState {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.mu.h.state)
-}
-
-// MemberError returns the error that failed member i, if any.
-func (m *Mirror) MemberError(i int) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if i < 0 || i >= len(m.mu.h.errs) {
-		return nil
-	}
-	return m.mu.h.errs[i]
-}
-
-// Close stops a running BeforeDegradedWrite and waits for it, then releases
-// an in-memory WIB the set created itself. The set must not be used after.
-func (m *Mirror) Close() error {
-	m.hooks.close()
-	if m.ownWIB {
-		return m.wib.Close()
-	}
-	return nil
-}
-
-// snapshot returns the members and states under the lock.
-func (m *Mirror) snapshot() ([]Device, []MemberState) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return slices.Clone(m.mu.members), slices.Clone(m.mu.h.state)
-}
-
-func (m *Mirror) fail(i int, d Device, err error) {
-	m.mu.Lock()
-	if m.mu.members[i] != d || !m.mu.h.fail(i, m.mu.h.conn[i], err) {
-		// Already failed, or replaced by a rejoin since the I/O started.
-		m.mu.Unlock()
-		return
-	}
-	// What the member acknowledged but did not flush may be gone with it.
-	m.wib.MarkDirty()
-	m.hooks.pumpLocked()
-	m.mu.Unlock()
-	m.log.Error("mirror member failed; set degraded", "member", i, "err", err)
-	if m.onChange != nil {
-		m.onChange(i, Failed, err)
-	}
-}
 
 func (m *Mirror) check(off, n int64) error {
 	if off < 0 || n < 0 || off+n > m.size {
@@ -189,28 +77,24 @@ func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := m.check(off, int64(len(p))); err != nil {
 		return err
 	}
+	defer m.notify()
 	var lastErr error
 	for {
-		members, state := m.snapshot()
-		var idx []int
-		for i, st := range state {
-			if st == InSync {
-				idx = append(idx, i)
-			}
-		}
-		if len(idx) == 0 {
+		v := m.view.Load()
+		inSync := v.all() &^ v.notInSync()
+		if inSync == 0 {
 			if lastErr != nil {
 				return fmt.Errorf("%w: last error: %w", ErrNoMembers, lastErr)
 			}
 			return ErrNoMembers
 		}
-		i := idx[int(m.next.Add(1))%len(idx)]
+		i := nthMember(inSync, int(m.next.Add(1))%bits.OnesCount64(inSync))
 		if m.needsResync(off, int64(len(p))) {
 			// Members may hold different versions here: always read the
 			// resync source so that every reader sees the same bytes.
-			i = idx[0]
+			i = bits.TrailingZeros64(inSync)
 		}
-		err := members[i].ReadAt(ctx, p, off)
+		err := v.devs[i].ReadAt(ctx, p, off)
 		if err == nil {
 			return nil
 		}
@@ -218,36 +102,16 @@ func (m *Mirror) ReadAt(ctx context.Context, p []byte, off int64) error {
 			return err
 		}
 		lastErr = err
-		m.fail(i, members[i], err)
+		m.fail(i, v, err)
 	}
 }
 
-// Probe reads one block of every in-sync member, in parallel, and fails
-// the members whose read fails, as an I/O error would: an idle set notices
-// a member that went away without waiting for the next write.
-func (m *Mirror) Probe(ctx context.Context) {
-	members, state := m.snapshot()
-	var wg sync.WaitGroup
-	for i, st := range state {
-		if st != InSync {
-			continue
-		}
-		wg.Go(func() {
-			if err := probeDevice(ctx, members[i]); memberErr(ctx, err) {
-				m.fail(i, members[i], fmt.Errorf("probe: %w", err))
-			}
-		})
+// nthMember is the index of the nth (from 0) member in set.
+func nthMember(set uint64, n int) int {
+	for ; n > 0; n-- {
+		set &= set - 1
 	}
-	wg.Wait()
-}
-
-// Fail fails member i for err, as an I/O error of its connection would.
-func (m *Mirror) Fail(i int, err error) {
-	members, state := m.snapshot()
-	if i < 0 || i >= len(members) || state[i] != InSync {
-		return
-	}
-	m.fail(i, members[i], err)
+	return bits.TrailingZeros64(set)
 }
 
 func (m *Mirror) needsResync(off, n int64) bool {
@@ -260,72 +124,50 @@ func (m *Mirror) needsResync(off, n int64) bool {
 	return false
 }
 
-// fanOut runs op on every InSync and Resyncing member in parallel. It
-// succeeds when at least minWrite members acknowledged and every member
-// that did not acknowledge has been failed; allOK reports whether every
-// member of the set now holds the change, and got which members
-// acknowledged.
+// fanOut runs op on every member of v that is not Failed, in parallel. It
+// succeeds when some in-sync member acknowledged and every member that did
+// not acknowledge has been failed; allOK reports whether every member of
+// the set now holds the change, and got which members acknowledged.
 //
 // For a write (write true) that every member refused for lack of space,
 // no member is failed and the error wraps ErrNoSpace: nothing changed.
-func (m *Mirror) fanOut(ctx context.Context, write bool, op func(d Device) error) (allOK bool, got []bool, err error) {
-	members, state := m.snapshot()
-	var idx []int
-	inSync := 0
-	for i, st := range state {
-		if st != Failed {
-			idx = append(idx, i)
+func (m *Mirror) fanOut(ctx context.Context, v *memberView, write bool, op func(d Device) error) (allOK bool, got uint64, err error) {
+	if err := m.usable(v); err != nil {
+		return false, 0, err
+	}
+	set := v.all() &^ v.failed
+	errs := make([]error, len(v.devs))
+	fanOut(set, errs, func(i int) error { return op(v.devs[i]) })
+	if write {
+		var sent []error
+		for j := set; j != 0; j &= j - 1 {
+			sent = append(sent, errs[bits.TrailingZeros64(j)])
 		}
-		if st == InSync {
-			inSync++
+		if noSpace(sent) {
+			return false, 0, fmt.Errorf("%w: every member refused the write: %w", ErrNoSpace, sent[0])
 		}
 	}
-	if inSync == 0 || len(idx) < m.minWrite {
-		return false, nil, fmt.Errorf("%w: %d in-sync members, %d members writable, %d required", ErrNoMembers, inSync, len(idx), m.minWrite)
-	}
-	errs := make([]error, len(idx))
-	// The caller's goroutine sends to the first member itself (its stack
-	// has already grown for the network path); the others get a goroutine
-	// each.
-	var wg sync.WaitGroup
-	for j, i := range idx[1:] {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[j+1] = op(members[i])
-		}()
-	}
-	errs[0] = op(members[idx[0]])
-	wg.Wait()
-	if write && noSpace(errs) {
-		return false, make([]bool, len(state)), fmt.Errorf("%w: every member refused the write: %w", ErrNoSpace, errs[0])
-	}
-	ok, okInSync := 0, 0
-	got = make([]bool, len(state))
 	var firstErr error
-	for j, err := range errs {
-		switch {
+	for j := set; j != 0; j &= j - 1 {
+		i := bits.TrailingZeros64(j)
+		switch err := errs[i]; {
 		case err == nil:
-			ok++
-			got[idx[j]] = true
-			if state[idx[j]] == InSync {
-				okInSync++
-			}
+			got |= 1 << i
 		case memberErr(ctx, err):
-			m.fail(idx[j], members[idx[j]], err)
+			m.fail(i, v, err)
 			if firstErr == nil {
 				firstErr = err
 			}
 		default:
 			// The caller's context ended or the request was invalid: the
 			// member is not at fault, and the operation failed.
-			return false, nil, err
+			return false, 0, err
 		}
 	}
-	if ok < m.minWrite || okInSync == 0 {
-		return false, nil, fmt.Errorf("%w: %d of %d members acknowledged (%d in sync), %d required: %w", ErrNoMembers, ok, len(idx), okInSync, m.minWrite, firstErr)
+	if got&^v.resyncing == 0 {
+		return false, 0, fmt.Errorf("%w: %d of %d members acknowledged, none of them in sync: %w", ErrNoMembers, bits.OnesCount64(got), bits.OnesCount64(set), firstErr)
 	}
-	return ok == len(state), got, nil
+	return got == v.all(), got, nil
 }
 
 // write runs a modifying op on [off, off+n) inside the bitmap protocol.
@@ -342,7 +184,7 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(ctx context.Co
 	}
 	m.join.RLock()
 	defer m.join.RUnlock()
-	unlock := m.locks.rlockRange(m.wib.RegionSize(), off, n)
+	unlock := m.regions.rlockRange(m.wib.RegionSize(), off, n)
 	defer unlock()
 	wasDirty := m.intent != nil && m.allDirty(off, n)
 	tok := m.wib.Begin(off, n)
@@ -357,14 +199,14 @@ func (m *Mirror) write(ctx context.Context, off, n int64, op func(ctx context.Co
 		return err // nothing sent
 	}
 	wctx := context.WithoutCancel(ctx)
-	allOK, got, err := m.fanOut(wctx, true, func(d Device) error { return op(wctx, d) })
+	allOK, got, err := m.fanOut(wctx, m.view.Load(), true, func(d Device) error { return op(wctx, d) })
 	// A write every member refused for lack of space changed no member.
 	m.wib.End(tok, allOK && err == nil || errors.Is(err, ErrNoSpace))
 	if err != nil {
 		return err
 	}
 	if !allOK {
-		return m.hooks.awaitRecord(ctx, func(i int) bool { return got[i] })
+		return m.hooks.awaitRecord(ctx, gotMask(got))
 	}
 	// A FUA write does not clean its regions either: an earlier write to
 	// the same region may still be volatile on some member. The next flush
@@ -386,12 +228,13 @@ func (m *Mirror) allDirty(off, n int64) bool {
 // ClearClean clears every region that has no write in flight and needs no
 // resync, and reports how many regions it cleared (LazyClear mode).
 func (m *Mirror) ClearClean() int64 {
+	defer m.notify()
 	if m.wib.Count() == 0 || m.Degraded() {
 		return 0
 	}
 	// Clean only what every member holds durably.
 	t := m.wib.FlushStart()
-	allOK, _, err := m.fanOut(context.Background(), false, func(d Device) error { return d.Flush(context.Background()) })
+	allOK, _, err := m.fanOut(context.Background(), m.view.Load(), false, func(d Device) error { return d.Flush(context.Background()) })
 	if err != nil || !allOK {
 		return 0
 	}
@@ -401,12 +244,14 @@ func (m *Mirror) ClearClean() int64 {
 // WriteAt writes p to every usable member in parallel.
 func (m *Mirror) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	m.fg.Add(1)
+	defer m.notify()
 	return m.write(ctx, off, int64(len(p)), func(ctx context.Context, d Device) error { return d.WriteAt(ctx, p, off, fua) })
 }
 
 // Trim deallocates a range on every usable member.
 func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
 	m.fg.Add(1)
+	defer m.notify()
 	return m.write(ctx, off, length, func(ctx context.Context, d Device) error { return d.Trim(ctx, off, length) })
 }
 
@@ -420,6 +265,11 @@ func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
 // it, as a degraded write is: it is acknowledged only once the degradation
 // is recorded, and the member counts as having missed it.
 func (m *Mirror) Flush(ctx context.Context) error {
+	defer m.notify()
+	return m.flush(ctx)
+}
+
+func (m *Mirror) flush(ctx context.Context) error {
 	t := m.wib.FlushStart()
 	// A flush makes durable what a member holds; only a member in sync
 	// holds every acknowledged write. A resyncing one (say back from a
@@ -428,19 +278,19 @@ func (m *Mirror) Flush(ctx context.Context) error {
 	// counts as missed for the resyncing ones too: the flush waits until
 	// that is recorded (it may not be yet: a record that failed), so that a
 	// host that takes over never trusts them.
-	inSync := m.States()
-	allOK, got, err := m.fanOut(ctx, false, func(d Device) error { return d.Flush(ctx) })
+	v := m.view.Load()
+	allOK, got, err := m.fanOut(ctx, v, false, func(d Device) error { return d.Flush(ctx) })
 	if err != nil {
 		return err
 	}
-	holds := func(i int) bool { return got[i] && inSync[i] == InSync }
+	holds := gotMask(got &^ v.resyncing)
 	if !allOK {
 		return m.hooks.awaitRecord(ctx, holds)
 	}
 	if !m.lazy {
 		m.wib.FlushDone(t)
 	}
-	if slices.ContainsFunc(inSync, func(st MemberState) bool { return st != InSync }) {
+	if v.resyncing != 0 {
 		return m.hooks.awaitRecord(ctx, holds)
 	}
 	return nil
@@ -450,29 +300,12 @@ func (m *Mirror) Flush(ctx context.Context) error {
 // and makes it Resyncing: it gets every new write from now on, and Resync
 // copies it the regions it missed.
 func (m *Mirror) Rejoin(i int, d Device) error {
-	if d.Size() != m.size {
+	defer m.notify()
+	if d != nil && d.Size() != m.size {
 		return fmt.Errorf("raid: rejoining member %d has size %d, the set has %d", i, d.Size(), m.size)
 	}
-	m.join.Lock()
-	defer m.join.Unlock()
-	m.mu.Lock()
-	if _, err := m.mu.h.rejoin(i); err != nil {
-		m.mu.Unlock()
-		return err
-	}
-	m.mu.members[i] = d
-	m.hooks.pumpLocked()
-	m.mu.Unlock()
-	m.log.Info("mirror member rejoined; resyncing", "member", i)
-	if m.onChange != nil {
-		m.onChange(i, Resyncing, nil)
-	}
-	return nil
+	return m.rejoin(i, d)
 }
-
-// MarkAll marks the whole set as needing resync: bitmap mode none, or a
-// lost record (DESIGN §2 rule 3: the only acceptable fallback).
-func (m *Mirror) MarkAll() { m.wib.Mark(0, m.size) }
 
 // Resync copies every region that needs resync from the first InSync member
 // to every other usable member, one region at a time under that region's
@@ -480,13 +313,12 @@ func (m *Mirror) MarkAll() { m.wib.Mark(0, m.size) }
 // A failure of a member aborts with ErrResyncAborted (the regions not yet
 // copied stay dirty); progress is called after every region.
 func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
+	defer m.notify()
 	m.resyncMu.Lock()
 	defer m.resyncMu.Unlock()
-	m.mu.Lock()
-	st, conns := slices.Clone(m.mu.h.state), slices.Clone(m.mu.h.conn)
-	m.mu.Unlock()
-	if slices.Contains(st, Failed) {
-		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, slices.Index(st, Failed))
+	start := m.view.Load()
+	if start.failed != 0 {
+		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, bits.TrailingZeros64(start.failed))
 	}
 	rs := m.wib.RegionSize()
 	var copied, through int64
@@ -540,7 +372,7 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 			if time.Since(lastClean) >= resyncCleanEvery {
 				// Clean what is copied as it goes: the WIB a host leaves
 				// when it dies then names only what is left to copy.
-				if err := m.Flush(ctx); err != nil {
+				if err := m.flush(ctx); err != nil {
 					return copied, fmt.Errorf("%w: flushing the members during the copy: %w", ErrResyncAborted, err)
 				}
 				lastClean = time.Now()
@@ -550,33 +382,13 @@ func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int
 	// The copies are durable on their targets (FUA), the source's bytes
 	// may not be: one flush of every member lets the WIB clean them.
 	if m.wib.Count() > 0 {
-		if err := m.Flush(ctx); err != nil {
+		if err := m.flush(ctx); err != nil {
 			return copied, fmt.Errorf("%w: flushing the members after the copy: %w", ErrResyncAborted, err)
 		}
 	}
 	// Every region is in sync: Resyncing members join the readers.
-	m.mu.Lock()
-	joined := m.mu.h.resynced(conns, !m.anyNeedsResync())
-	m.hooks.pumpLocked()
-	m.mu.Unlock()
-	for _, i := range joined {
-		m.log.Info("mirror member in sync", "member", i, "copied", copied)
-		if m.onChange != nil {
-			m.onChange(i, InSync, nil)
-		}
-	}
-	return copied, nil
+	return copied, m.promote(start, copied)
 }
-
-// Degraded reports whether any member is not InSync.
-func (m *Mirror) Degraded() bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.mu.h.degraded()
-}
-
-// anyNeedsResync reports whether some region still needs a resync.
-func (m *Mirror) anyNeedsResync() bool { return wibNeedsResync(m.wib) }
 
 // copyRegion copies one region from the source to every other usable
 // member. It returns the bytes copied.
@@ -584,42 +396,38 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 	rs := m.wib.RegionSize()
 	off := region * rs
 	n := min(rs, m.size-off)
-	lk := m.locks.of(region)
+	lk := m.regions.of(region)
 	lk.Lock()
 	defer lk.Unlock()
-	members, state := m.snapshot()
-	src := slices.Index(state, InSync)
-	if src < 0 {
+	v := m.view.Load()
+	if v.failed != 0 {
+		return 0, fmt.Errorf("%w: member %d failed", ErrResyncAborted, bits.TrailingZeros64(v.failed))
+	}
+	inSync := v.all() &^ v.notInSync()
+	if inSync == 0 {
 		return 0, fmt.Errorf("%w: no in-sync member to copy from", ErrNoMembers)
 	}
-	var dst []int
-	for i, st := range state {
-		if i != src {
-			if st == Failed {
-				return 0, fmt.Errorf("%w: member %d failed", ErrResyncAborted, i)
-			}
-			dst = append(dst, i)
-		}
-	}
+	src := bits.TrailingZeros64(inSync)
 	ticket := m.wib.ResyncStart(region)
 	p := buf[:n]
-	if err := members[src].ReadAt(ctx, p, off); err != nil {
+	if err := v.devs[src].ReadAt(ctx, p, off); err != nil {
 		m.wib.Mark(off, n) // the copy did not happen: the region stays dirty
 		m.wib.ResyncDone(ticket)
 		if memberErr(ctx, err) {
-			m.fail(src, members[src], err)
+			m.fail(src, v, err)
 		}
 		return 0, fmt.Errorf("%w: reading region %d from member %d: %w", ErrResyncAborted, region, src, err)
 	}
 	ok := true
 	var firstErr error
-	for _, i := range dst {
+	for j := v.all() &^ (1 << src); j != 0; j &= j - 1 {
+		i := bits.TrailingZeros64(j)
 		// Durable: the region is cleaned and the member promoted only once
 		// the copy is durable on it.
-		if err := writeCopy(ctx, members[i], p, off); err != nil {
+		if err := writeCopy(ctx, v.devs[i], p, off); err != nil {
 			ok = false
 			if memberErr(ctx, err) {
-				m.fail(i, members[i], err)
+				m.fail(i, v, err)
 			}
 			if firstErr == nil {
 				firstErr = err
@@ -636,13 +444,6 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 		return n, fmt.Errorf("%w: writing region %d: %w", ErrResyncAborted, region, firstErr)
 	}
 	return n, nil
-}
-
-// Untrusted implements Set.
-func (m *Mirror) Untrusted() []bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.mu.h.untrustedAll()
 }
 
 // copyGranule is the unit in which a copy skips zeroes (writeCopy).

@@ -48,7 +48,6 @@ func TestNewMirrorRejects(t *testing.T) {
 	}{
 		{"no members", raid.MirrorConfig{}},
 		{"sizes differ", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}}}},
-		{"min write above members", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, a}}, MinWriteMembers: 3}},
 		{"four members", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, a, a, a}}}},
 	}
 	for _, tt := range tests {
@@ -102,22 +101,6 @@ func TestMirrorRandomFailures(t *testing.T) {
 				t.Fatalf("seed %d: in-sync member %d differs from model", seed, i)
 			}
 		}
-	}
-}
-
-func TestMirrorMinWriteMembers(t *testing.T) {
-	a, b := raidtest.NewMemDevice(1<<20), raidtest.NewMemDevice(1<<20)
-	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}}, MinWriteMembers: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.SetFailed(true)
-	err = m.WriteAt(t.Context(), make([]byte, 4096), 0, false)
-	if !errors.Is(err, raid.ErrNoMembers) {
-		t.Fatalf("write with one of two required members failed: got %v, want ErrNoMembers", err)
-	}
-	if got := m.States(); got[1] != raid.Failed {
-		t.Fatalf("member 1 state %v, want failed", got[1])
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
+	"sync"
 	"time"
 
 	"github.com/chunkraid/chunkraid/bitmap"
@@ -109,7 +111,8 @@ type SetConfig struct {
 	// BeforeDegradedWrite, if set, is called after a member fails and before
 	// the first write that the set acknowledges without it; hostd pins the
 	// survivors' LOG bitmaps and records the members' states there (DESIGN
-	// §2 rule 3).
+	// §2 rule 3). An error fails the writes and flushes waiting for it; the
+	// next one asks again.
 	BeforeDegradedWrite func(ctx context.Context) error
 	// AfterWhole, if set, is called once the set is whole again (every
 	// member in sync, nothing left to resync) after a degradation, or after
@@ -129,7 +132,29 @@ type SetConfig struct {
 	ResyncRate int64
 	// Logger receives member failures. nil discards.
 	Logger *slog.Logger
-	// OnStateChange, if set, is called (without locks held) after a member
-	// changes state.
+	// OnStateChange, if set, is told every change of a member's state
+	// (Failed with its error, Resyncing, InSync), in the order the set made
+	// them, by the call that made it (a read, write, flush, probe, Rejoin or
+	// Resync) before that call returns and once it holds no lock of the
+	// set: the callback may call the set. Calls made by concurrent
+	// operations may run concurrently.
 	OnStateChange func(member int, st MemberState, err error)
+}
+
+// fanOut runs op(i) for every index i in set, in parallel, into errs[i].
+func fanOut(set uint64, errs []error, op func(i int) error) {
+	if set == 0 {
+		return
+	}
+	var wg sync.WaitGroup
+	for {
+		i := bits.TrailingZeros64(set)
+		set &^= 1 << i
+		if set == 0 {
+			errs[i] = op(i) // the last one runs here
+			break
+		}
+		wg.Go(func() { errs[i] = op(i) })
+	}
+	wg.Wait()
 }
