@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math/bits"
 	"sync"
-	"time"
 )
 
 // Reencode rewrites the parity of every stripe that overlaps
@@ -236,115 +235,19 @@ func (e *EC) Rejoin(i int, d Device) error {
 // stay Resyncing and the error wraps ErrUnrecoverable.
 func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
 	defer e.notify()
-	e.resyncMu.Lock()
-	defer e.resyncMu.Unlock()
-	start := e.view.Load()
-	if start.failed != 0 {
-		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, bits.TrailingZeros64(start.failed))
-	}
-	rs := e.wib.RegionSize()
-	var copied, through int64
-	stuck := false // a region could not be repaired: Through stops below it
-	lostRegions := map[int64]bool{}
-	lostStripes := map[int64]bool{}
-	pace := newPacer(e.rate, &e.fg)
-	lastClean := time.Now()
-	for pass := 0; ; pass++ {
-		var todo []int64
-		var todoBytes int64
-		for from := int64(0); ; {
-			r, ok := e.wib.NextDirty(from)
-			if !ok {
-				break
-			}
-			for off := r.Off; off < r.Off+r.Len; off += rs {
-				if region := off / rs; e.wib.NeedsResync(region) && !lostRegions[region] {
-					todo = append(todo, region)
-					todoBytes += min(rs, e.size-off)
-				}
-			}
-			from = r.Off + r.Len
-		}
-		if len(todo) == 0 {
-			break
-		}
-		if pass > 100 {
-			return copied, fmt.Errorf("%w: regions keep getting dirty under the resync", ErrResyncAborted)
-		}
-		total := copied + todoBytes
-		for j, region := range todo {
-			if err := ctx.Err(); err != nil {
-				return copied, err
-			}
-			began := time.Now()
-			n, lost, err := e.resyncRegion(ctx, region, start)
-			if err != nil {
-				return copied, err
-			}
-			copied += n
-			took := time.Since(began)
-			if len(lost) > 0 {
-				lostRegions[region] = true
-				for _, s := range lost {
-					lostStripes[s] = true
-				}
-				stuck = true
-			}
-			if pass == 0 && !stuck {
-				through = e.size
-				if j+1 < len(todo) {
-					through = todo[j+1] * rs
-				}
-			}
-			if err := pace.after(ctx, copied, took); err != nil {
-				return copied, err
-			}
-			if progress != nil {
-				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through, BackedOff: pace.backoffs})
-			}
-			if time.Since(lastClean) >= resyncCleanEvery {
-				// As Mirror.Resync: clean what is repaired as it goes.
-				if err := e.flush(ctx); err != nil {
-					return copied, fmt.Errorf("%w: flushing the members during the repair: %w", ErrResyncAborted, err)
-				}
-				lastClean = time.Now()
-			}
-		}
-	}
-	if len(lostStripes) > 0 {
-		e.log.Error("ec resync left stripes whose parity may be stale and whose data unit is on a member that missed writes",
-			"stripes", len(lostStripes), "regions", len(lostRegions))
-		return copied, fmt.Errorf("%w: %d stripes in %d regions keep a data unit on a member that missed writes since the set was built; it stays resyncing",
-			ErrUnrecoverable, len(lostStripes), len(lostRegions))
-	}
-	// The copies are durable on their targets (FUA), the sources' bytes
-	// may not be: one flush of every member lets the WIB clean them.
-	if e.wib.Count() > 0 {
-		if err := e.flush(ctx); err != nil {
-			return copied, fmt.Errorf("%w: flushing the members after the repair: %w", ErrResyncAborted, err)
-		}
-	}
-	// Every region is repaired: Resyncing members join the readers.
-	return copied, e.promote(start, copied)
+	return e.resync(ctx, e.size, e.repairRegion, e.flush, progress)
 }
 
-// resyncRegion repairs every stripe that overlaps region under the
-// region's exclusive lock. It returns the region's logical bytes and the
-// suspect stripes it could not repair; then, or on an error, the region
-// stays dirty.
-func (e *EC) resyncRegion(ctx context.Context, region int64, start *memberView) (n int64, lost []int64, err error) {
-	rs, sd := e.wib.RegionSize(), int64(e.k)*e.unit
-	off := region * rs
-	n = min(rs, e.size-off)
-	lk := e.regions.of(region)
-	lk.Lock()
-	defer lk.Unlock()
-	ticket := e.wib.ResyncStart(region)
+// repairRegion repairs every stripe that overlaps [off, off+n), region
+// region, several at a time (the driver holds the region's lock). It
+// returns the suspect stripes it could not repair.
+func (e *EC) repairRegion(ctx context.Context, region, off, n int64, v *memberView) (lost []int64, err error) {
+	sd := int64(e.k) * e.unit
 	s0, s1 := off/sd, (off+n-1)/sd
 	var lostMu sync.Mutex
 	err = each(s1-s0+1, ecParallelStripes, func(j int64) error {
 		s := s0 + j
-		unrepairable, err := e.resyncStripe(ctx, s, start)
+		unrepairable, err := e.resyncStripe(ctx, s, v)
 		if unrepairable {
 			lostMu.Lock()
 			lost = append(lost, s)
@@ -352,16 +255,7 @@ func (e *EC) resyncRegion(ctx context.Context, region int64, start *memberView) 
 		}
 		return err
 	})
-	if err != nil || len(lost) > 0 {
-		// Not repaired: a Mark between ResyncStart and ResyncDone keeps the
-		// region dirty and needing a resync.
-		e.wib.Mark(off, n)
-	}
-	e.wib.ResyncDone(ticket)
-	if err != nil {
-		return 0, nil, err
-	}
-	return n, lost, nil
+	return lost, err
 }
 
 // resyncStripe repairs stripe s under its exclusive lock. lost reports a

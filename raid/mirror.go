@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/bits"
 	"sync/atomic"
-	"time"
 )
 
 // MirrorConfig configures a mirror set.
@@ -308,124 +307,39 @@ func (m *Mirror) Rejoin(i int, d Device) error {
 }
 
 // Resync copies every region that needs resync from the first InSync member
-// to every other usable member, one region at a time under that region's
-// lock, then makes Resyncing members InSync. It returns the bytes copied.
-// A failure of a member aborts with ErrResyncAborted (the regions not yet
-// copied stay dirty); progress is called after every region.
+// to every other member (the resync driver, resync), then makes Resyncing
+// members InSync. It returns the bytes copied. A failure of a member aborts
+// with ErrResyncAborted (the regions not yet copied stay dirty); progress
+// is called after every region.
 func (m *Mirror) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, error) {
 	defer m.notify()
-	m.resyncMu.Lock()
-	defer m.resyncMu.Unlock()
-	start := m.view.Load()
-	if start.failed != 0 {
-		return 0, fmt.Errorf("%w: member %d is still degraded", ErrResyncAborted, bits.TrailingZeros64(start.failed))
+	buf := make([]byte, m.wib.RegionSize())
+	copyRegion := func(ctx context.Context, region, off, n int64, v *memberView) ([]int64, error) {
+		return nil, m.copyRegion(ctx, region, off, buf[:n], v)
 	}
-	rs := m.wib.RegionSize()
-	var copied, through int64
-	buf := make([]byte, rs)
-	pace := newPacer(m.rate, &m.fg)
-	lastClean := time.Now()
-	for pass := 0; ; pass++ {
-		var todo []int64
-		for from := int64(0); ; {
-			r, ok := m.wib.NextDirty(from)
-			if !ok {
-				break
-			}
-			for off := r.Off; off < r.Off+r.Len; off += rs {
-				if m.wib.NeedsResync(off / rs) {
-					todo = append(todo, off/rs)
-				}
-			}
-			from = r.Off + r.Len
-		}
-		if len(todo) == 0 {
-			break
-		}
-		if pass > 100 {
-			return copied, fmt.Errorf("%w: regions keep getting dirty under the copy", ErrResyncAborted)
-		}
-		total := copied + int64(len(todo))*rs
-		for j, region := range todo {
-			if err := ctx.Err(); err != nil {
-				return copied, err
-			}
-			began := time.Now()
-			n, err := m.copyRegion(ctx, region, buf)
-			if err != nil {
-				return copied, err
-			}
-			copied += n
-			took := time.Since(began)
-			if pass == 0 {
-				through = m.size
-				if j+1 < len(todo) {
-					through = todo[j+1] * rs
-				}
-			}
-			if err := pace.after(ctx, copied, took); err != nil {
-				return copied, err
-			}
-			if progress != nil {
-				progress(ResyncProgress{DoneBytes: copied, TotalBytes: total, Through: through, BackedOff: pace.backoffs})
-			}
-			if time.Since(lastClean) >= resyncCleanEvery {
-				// Clean what is copied as it goes: the WIB a host leaves
-				// when it dies then names only what is left to copy.
-				if err := m.flush(ctx); err != nil {
-					return copied, fmt.Errorf("%w: flushing the members during the copy: %w", ErrResyncAborted, err)
-				}
-				lastClean = time.Now()
-			}
-		}
-	}
-	// The copies are durable on their targets (FUA), the source's bytes
-	// may not be: one flush of every member lets the WIB clean them.
-	if m.wib.Count() > 0 {
-		if err := m.flush(ctx); err != nil {
-			return copied, fmt.Errorf("%w: flushing the members after the copy: %w", ErrResyncAborted, err)
-		}
-	}
-	// Every region is in sync: Resyncing members join the readers.
-	return copied, m.promote(start, copied)
+	return m.resync(ctx, m.size, copyRegion, m.flush, progress)
 }
 
-// copyRegion copies one region from the source to every other usable
-// member. It returns the bytes copied.
-func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int64, error) {
-	rs := m.wib.RegionSize()
-	off := region * rs
-	n := min(rs, m.size-off)
-	lk := m.regions.of(region)
-	lk.Lock()
-	defer lk.Unlock()
-	v := m.view.Load()
-	if v.failed != 0 {
-		return 0, fmt.Errorf("%w: member %d failed", ErrResyncAborted, bits.TrailingZeros64(v.failed))
-	}
+// copyRegion copies region region, p's length of bytes at off, from the
+// first in-sync member of v to every other member, durably.
+func (m *Mirror) copyRegion(ctx context.Context, region, off int64, p []byte, v *memberView) error {
 	inSync := v.all() &^ v.notInSync()
 	if inSync == 0 {
-		return 0, fmt.Errorf("%w: no in-sync member to copy from", ErrNoMembers)
+		return fmt.Errorf("%w: no in-sync member to copy from", ErrNoMembers)
 	}
 	src := bits.TrailingZeros64(inSync)
-	ticket := m.wib.ResyncStart(region)
-	p := buf[:n]
 	if err := v.devs[src].ReadAt(ctx, p, off); err != nil {
-		m.wib.Mark(off, n) // the copy did not happen: the region stays dirty
-		m.wib.ResyncDone(ticket)
 		if memberErr(ctx, err) {
 			m.fail(src, v, err)
 		}
-		return 0, fmt.Errorf("%w: reading region %d from member %d: %w", ErrResyncAborted, region, src, err)
+		return fmt.Errorf("%w: reading region %d from member %d: %w", ErrResyncAborted, region, src, err)
 	}
-	ok := true
 	var firstErr error
 	for j := v.all() &^ (1 << src); j != 0; j &= j - 1 {
 		i := bits.TrailingZeros64(j)
 		// Durable: the region is cleaned and the member promoted only once
 		// the copy is durable on it.
 		if err := writeCopy(ctx, v.devs[i], p, off); err != nil {
-			ok = false
 			if memberErr(ctx, err) {
 				m.fail(i, v, err)
 			}
@@ -434,16 +348,10 @@ func (m *Mirror) copyRegion(ctx context.Context, region int64, buf []byte) (int6
 			}
 		}
 	}
-	// If a write raced the copy, the region stays dirty and the next pass
-	// copies it again; a failed copy keeps it dirty too.
-	if !ok {
-		m.wib.Mark(off, n)
+	if firstErr != nil {
+		return fmt.Errorf("%w: writing region %d: %w", ErrResyncAborted, region, firstErr)
 	}
-	m.wib.ResyncDone(ticket)
-	if !ok {
-		return n, fmt.Errorf("%w: writing region %d: %w", ErrResyncAborted, region, firstErr)
-	}
-	return n, nil
+	return nil
 }
 
 // copyGranule is the unit in which a copy skips zeroes (writeCopy).
