@@ -298,14 +298,6 @@ func (b *stripeBuf) col(i int, w int64) []byte {
 	return b.mem[o : o+w : o+b.unit]
 }
 
-// writeOp is the state one WriteAt or Trim shares across its stripes.
-type writeOp struct {
-	fua bool
-	// partial is set when some member that holds a unit of the write did
-	// not get it: it was Failed, or its write failed.
-	partial atomic.Bool
-}
-
 // NewEC builds an erasure-coded set over cfg.Members.
 func NewEC(cfg ECConfig) (*EC, error) {
 	if cfg.StripeUnit == 0 {

@@ -6,7 +6,6 @@ package raid
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math/bits"
 )
@@ -33,49 +32,6 @@ func (e *EC) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	return e.modify(ctx, off, int64(len(p)), fua, func(op *writeOp) error {
 		return e.writeRange(ctx, p, off, op)
 	})
-}
-
-// modify runs a write or trim of [off, off+n) under the join lock and the
-// regions' shared locks, inside WIB.Begin/End.
-func (e *EC) modify(ctx context.Context, off, n int64, fua bool, do func(op *writeOp) error) error {
-	e.join.RLock()
-	unlock := e.lockRegions(off, n)
-	tok := e.wib.Begin(off, n)
-	op := &writeOp{fua: fua}
-	err := do(op)
-	// A write every member refused for lack of space changed no member.
-	allOK := (err == nil || errors.Is(err, ErrNoSpace)) && !op.partial.Load()
-	e.wib.End(tok, allOK)
-	// Even a FUA write leaves its regions dirty: an earlier write to the
-	// same region may still be volatile on some member. The next flush of
-	// every member cleans them.
-	//
-	// The members that got the write are the ones not Failed now, while
-	// the join lock keeps a member that failed it from rejoining: after the
-	// unlock, one may rejoin while the record runs, and must still count as
-	// having missed the write.
-	got := e.allShards() &^ e.view.Load().failed
-	unlock()
-	e.join.RUnlock()
-	if err != nil {
-		return err
-	}
-	if !allOK {
-		return e.hooks.awaitRecord(ctx, gotMask(got))
-	}
-	return nil
-}
-
-// gotMask says, for a bitmask of the members that got a write or flush,
-// whether member i did.
-func gotMask(got uint64) func(i int) bool {
-	return func(i int) bool { return got&(1<<i) != 0 }
-}
-
-// lockRegions takes the shared region locks of [off, off+n) in ascending
-// slot order and returns the function that releases them.
-func (e *EC) lockRegions(off, n int64) func() {
-	return e.regions.rlockRange(e.wib.RegionSize(), off, n)
 }
 
 func (e *EC) writeRange(ctx context.Context, p []byte, off int64, op *writeOp) error {
@@ -377,55 +333,7 @@ func (e *EC) Flush(ctx context.Context) error {
 	return e.flush(ctx)
 }
 
-func (e *EC) flush(ctx context.Context) error {
-	v := e.view.Load()
-	if err := e.usable(v); err != nil {
-		return err
-	}
-	b := e.getBuf()
-	defer e.putBuf(b)
-	t := e.wib.FlushStart()
-	set := e.allShards() &^ v.failed
-	fanOut(set, b.errs, func(i int) error { return v.devs[i].Flush(ctx) })
-	allOK := v.failed == 0
-	// The members whose flush succeeded and that hold every acknowledged
-	// write: a resyncing member may lack some (see Mirror.Flush).
-	got := set &^ v.resyncing
-	for j := set; j != 0; j &= j - 1 {
-		if b.errs[bits.TrailingZeros64(j)] != nil {
-			allOK = false
-			got &^= 1 << bits.TrailingZeros64(j)
-		}
-	}
-	if allOK {
-		e.wib.FlushDone(t)
-	}
-	var first error
-	for ; set != 0; set &= set - 1 {
-		i := bits.TrailingZeros64(set)
-		err := b.errs[i]
-		switch {
-		case err == nil:
-		case memberErr(ctx, err):
-			e.fail(i, v, err)
-		case first == nil:
-			first = err
-		}
-	}
-	if first != nil {
-		return first
-	}
-	if err := e.usable(e.view.Load()); err != nil {
-		return err
-	}
-	if !allOK || v.resyncing != 0 {
-		// A promise made without some member, as a degraded write is:
-		// the members that flushed got it, whatever rejoins meanwhile. A
-		// resyncing member that flushed still lacks what it missed.
-		return e.hooks.awaitRecord(ctx, gotMask(got))
-	}
-	return nil
-}
+func (e *EC) flush(ctx context.Context) error { return e.flushMembers(ctx, false) }
 
 // Trim deallocates [off, off+length). Whole stripes are trimmed on every
 // member that is not Failed, parity included (the parity of zeroes is

@@ -2,6 +2,7 @@ package raid
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/bits"
@@ -28,9 +29,12 @@ type members struct {
 	// ownWIB says the set created wib itself (SetConfig.WIB nil) and closes it.
 	ownWIB   bool
 	onChange func(member int, st MemberState, err error)
-	hooks    *setHooks    // runs BeforeDegradedWrite and AfterWhole for the machine
-	rate     int64        // resync bytes per second, 0 unlimited
-	fg       atomic.Int64 // foreground operations begun, for the resync's pace
+	hooks    *setHooks // runs BeforeDegradedWrite and AfterWhole for the machine
+	rate     int64     // resync bytes per second, 0 unlimited
+	// intent, if set, runs before the data of a write that dirties a clean
+	// region (MirrorConfig.IntentHook).
+	intent func(context.Context) error
+	fg     atomic.Int64 // foreground operations begun, for the resync's pace
 
 	view    atomic.Pointer[memberView]
 	pending atomic.Bool // mu.pending may hold changes to report
@@ -323,4 +327,136 @@ func (ms *members) Probe(ctx context.Context) {
 		})
 	}
 	wg.Wait()
+}
+
+// writeOp is the state one write or trim shares across its member requests.
+type writeOp struct {
+	fua bool
+	// partial is set when some member that holds a part of the write did
+	// not get it: it was Failed, or its write failed.
+	partial atomic.Bool
+}
+
+// modify is the one write skeleton of both kinds: do sends a write or trim
+// of the set's bytes [off, off+n) to the members, under the join lock and
+// the shared locks of the regions it touches, inside WIB.Begin/End. A write
+// that some member did not get (op.partial) leaves its regions needing a
+// resync and is acknowledged only once its degradation is recorded; it
+// counts as missed by the members Failed when it ended.
+//
+// Once sent, a write is finished on every member whatever the caller's
+// context does (members bound their own request time; do uses ctx only to
+// decide not to start): a write abandoned on the wire would leave members
+// that differ without the set knowing. Even a FUA write leaves its regions
+// dirty: an earlier write to the same region may still be volatile on some
+// member. The next flush of every member cleans them.
+func (ms *members) modify(ctx context.Context, off, n int64, fua bool, do func(op *writeOp) error) error {
+	ms.join.RLock()
+	unlock := ms.regions.rlockRange(ms.wib.RegionSize(), off, n)
+	wasDirty := ms.intent != nil && ms.allDirty(off, n)
+	tok := ms.wib.Begin(off, n)
+	op := &writeOp{fua: fua}
+	var err error
+	allOK := true
+	if ms.intent != nil && !wasDirty {
+		if ierr := ms.intent(ctx); ierr != nil {
+			err, allOK = fmt.Errorf("raid: persisting the write-intent bitmap: %w", ierr), false
+		}
+	}
+	if err == nil {
+		err = ctx.Err() // nothing sent
+	}
+	if err == nil {
+		err = do(op)
+		// A write every member refused for lack of space changed no member.
+		allOK = (err == nil || errors.Is(err, ErrNoSpace)) && !op.partial.Load()
+	}
+	ms.wib.End(tok, allOK)
+	// The members that got the write are the ones not Failed now, while
+	// the join lock keeps a member that failed it from rejoining: after the
+	// unlock, one may rejoin while the record runs, and must still count as
+	// having missed the write.
+	v := ms.view.Load()
+	got := v.all() &^ v.failed
+	unlock()
+	ms.join.RUnlock()
+	if err != nil {
+		return err
+	}
+	if !allOK {
+		return ms.hooks.awaitRecord(ctx, gotMask(got))
+	}
+	return nil
+}
+
+// allDirty reports whether every region [off, off+n) touches is dirty.
+func (ms *members) allDirty(off, n int64) bool {
+	rs := ms.wib.RegionSize()
+	for r := off / rs; r <= (off+max(n, 1)-1)/rs; r++ {
+		if !ms.wib.IsDirty(r*rs, 1) {
+			return false
+		}
+	}
+	return true
+}
+
+// gotMask says, for a bitmask of the members that got a write or flush,
+// whether member i did.
+func gotMask(got uint64) func(i int) bool {
+	return func(i int) bool { return got&(1<<i) != 0 }
+}
+
+// flushMembers is the one flush of both kinds: it flushes every member that
+// is not Failed, in parallel, and fails those whose flush fails (their
+// durability is unknown). When every member of the set flushed, the regions
+// whose writes all ended before it began are cleaned in the WIB, unless
+// lazy (the owner cleans them with ClearClean).
+//
+// A flush acknowledged without some member is a promise made without it,
+// as a degraded write is: it waits until the degradation is recorded, and
+// the member counts as having missed it. So does one acknowledged with a
+// resyncing member (say back from a power loss that took writes it had
+// acknowledged): a flush makes durable only what a member holds, and it
+// lacks what it missed, so a host that takes over must never trust it.
+func (ms *members) flushMembers(ctx context.Context, lazy bool) error {
+	t := ms.wib.FlushStart()
+	v := ms.view.Load()
+	if err := ms.usable(v); err != nil {
+		return err
+	}
+	set := v.all() &^ v.failed
+	errs := make([]error, len(v.devs))
+	fanOut(set, errs, func(i int) error { return v.devs[i].Flush(ctx) })
+	var got uint64
+	var first, firstMember error
+	for j := set; j != 0; j &= j - 1 {
+		i := bits.TrailingZeros64(j)
+		switch err := errs[i]; {
+		case err == nil:
+			got |= 1 << i
+		case memberErr(ctx, err):
+			ms.fail(i, v, err)
+			if firstMember == nil {
+				firstMember = err
+			}
+		case first == nil:
+			first = err
+		}
+	}
+	if first != nil {
+		return first // the caller's context ended
+	}
+	holds := got &^ v.resyncing
+	if bits.OnesCount64(holds) < ms.mu.h.need {
+		return fmt.Errorf("%w: %d of %d members flushed, %d of them in sync, %d needed: %w",
+			ErrNoMembers, bits.OnesCount64(got), bits.OnesCount64(set), bits.OnesCount64(holds), ms.mu.h.need, firstMember)
+	}
+	allOK := got == v.all()
+	if allOK && !lazy {
+		ms.wib.FlushDone(t)
+	}
+	if !allOK || v.resyncing != 0 {
+		return ms.hooks.awaitRecord(ctx, gotMask(holds))
+	}
+	return nil
 }

@@ -3,7 +3,6 @@ package raid
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"math/bits"
 	"sync/atomic"
@@ -36,10 +35,9 @@ type MirrorConfig struct {
 // region (and only that region) wait.
 type Mirror struct {
 	members
-	size   int64
-	intent func(context.Context) error
-	lazy   bool
-	next   atomic.Uint32 // round-robin read cursor
+	size int64
+	lazy bool
+	next atomic.Uint32 // round-robin read cursor
 }
 
 // NewMirror builds a mirror set over cfg.Members.
@@ -53,7 +51,8 @@ func NewMirror(cfg MirrorConfig) (*Mirror, error) {
 			return nil, fmt.Errorf("raid: mirror member %d has size %d, member 0 has %d: members must be equal", i, m.Size(), size)
 		}
 	}
-	m := &Mirror{size: size, intent: cfg.IntentHook, lazy: cfg.LazyClear}
+	m := &Mirror{size: size, lazy: cfg.LazyClear}
+	m.intent = cfg.IntentHook
 	if err := m.init("mirror", cfg.SetConfig, 1, size); err != nil {
 		return nil, err
 	}
@@ -169,59 +168,20 @@ func (m *Mirror) fanOut(ctx context.Context, v *memberView, write bool, op func(
 	return got == v.all(), got, nil
 }
 
-// write runs a modifying op on [off, off+n) inside the bitmap protocol.
-//
-// Once sent, a write is finished on every member whatever the caller's
-// context does (members bound their own request time): a write abandoned
-// on the wire would leave members that differ without the set knowing. Its
-// regions stay dirty until a flush of every member (Flush), FUA or not; a
-// region that may differ is so always in the WIB until every member holds
-// it durably.
+// write sends a modifying op on [off, off+n) to every member that is not
+// Failed, in the write skeleton (modify).
 func (m *Mirror) write(ctx context.Context, off, n int64, op func(ctx context.Context, d Device) error) error {
 	if err := m.check(off, n); err != nil {
 		return err
 	}
-	m.join.RLock()
-	defer m.join.RUnlock()
-	unlock := m.regions.rlockRange(m.wib.RegionSize(), off, n)
-	defer unlock()
-	wasDirty := m.intent != nil && m.allDirty(off, n)
-	tok := m.wib.Begin(off, n)
-	if m.intent != nil && !wasDirty {
-		if err := m.intent(ctx); err != nil {
-			m.wib.End(tok, false)
-			return fmt.Errorf("raid: persisting the write-intent bitmap: %w", err)
+	return m.modify(ctx, off, n, false, func(wop *writeOp) error {
+		wctx := context.WithoutCancel(ctx)
+		allOK, _, err := m.fanOut(wctx, m.view.Load(), true, func(d Device) error { return op(wctx, d) })
+		if err == nil && !allOK {
+			wop.partial.Store(true)
 		}
-	}
-	if err := ctx.Err(); err != nil {
-		m.wib.End(tok, true)
-		return err // nothing sent
-	}
-	wctx := context.WithoutCancel(ctx)
-	allOK, got, err := m.fanOut(wctx, m.view.Load(), true, func(d Device) error { return op(wctx, d) })
-	// A write every member refused for lack of space changed no member.
-	m.wib.End(tok, allOK && err == nil || errors.Is(err, ErrNoSpace))
-	if err != nil {
 		return err
-	}
-	if !allOK {
-		return m.hooks.awaitRecord(ctx, gotMask(got))
-	}
-	// A FUA write does not clean its regions either: an earlier write to
-	// the same region may still be volatile on some member. The next flush
-	// of every member cleans them.
-	return nil
-}
-
-// allDirty reports whether every region [off, off+n) touches is dirty.
-func (m *Mirror) allDirty(off, n int64) bool {
-	rs := m.wib.RegionSize()
-	for r := off / rs; r <= (off+max(n, 1)-1)/rs; r++ {
-		if !m.wib.IsDirty(r*rs, 1) {
-			return false
-		}
-	}
-	return true
+	})
 }
 
 // ClearClean clears every region that has no write in flight and needs no
@@ -268,32 +228,7 @@ func (m *Mirror) Flush(ctx context.Context) error {
 	return m.flush(ctx)
 }
 
-func (m *Mirror) flush(ctx context.Context) error {
-	t := m.wib.FlushStart()
-	// A flush makes durable what a member holds; only a member in sync
-	// holds every acknowledged write. A resyncing one (say back from a
-	// power loss that took writes it had acknowledged) does not: if the
-	// flush is acknowledged without a member, or with a resyncing one, it
-	// counts as missed for the resyncing ones too: the flush waits until
-	// that is recorded (it may not be yet: a record that failed), so that a
-	// host that takes over never trusts them.
-	v := m.view.Load()
-	allOK, got, err := m.fanOut(ctx, v, false, func(d Device) error { return d.Flush(ctx) })
-	if err != nil {
-		return err
-	}
-	holds := gotMask(got &^ v.resyncing)
-	if !allOK {
-		return m.hooks.awaitRecord(ctx, holds)
-	}
-	if !m.lazy {
-		m.wib.FlushDone(t)
-	}
-	if v.resyncing != 0 {
-		return m.hooks.awaitRecord(ctx, holds)
-	}
-	return nil
-}
+func (m *Mirror) flush(ctx context.Context) error { return m.flushMembers(ctx, m.lazy) }
 
 // Rejoin replaces failed member i by d (a new connection to the same chunk)
 // and makes it Resyncing: it gets every new write from now on, and Resync
