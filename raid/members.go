@@ -427,22 +427,7 @@ func (ms *members) flushMembers(ctx context.Context, lazy bool) error {
 	set := v.all() &^ v.failed
 	errs := make([]error, len(v.devs))
 	fanOut(set, errs, func(i int) error { return v.devs[i].Flush(ctx) })
-	var got uint64
-	var first, firstMember error
-	for j := set; j != 0; j &= j - 1 {
-		i := bits.TrailingZeros64(j)
-		switch err := errs[i]; {
-		case err == nil:
-			got |= 1 << i
-		case memberErr(ctx, err):
-			ms.fail(i, v, err)
-			if firstMember == nil {
-				firstMember = err
-			}
-		case first == nil:
-			first = err
-		}
-	}
+	got, firstMember, first := ms.settle(ctx, v, set, errs)
 	if first != nil {
 		return first // the caller's context ended
 	}
@@ -459,4 +444,27 @@ func (ms *members) flushMembers(ctx context.Context, lazy bool) error {
 		return ms.hooks.awaitRecord(ctx, gotMask(holds))
 	}
 	return nil
+}
+
+// settle looks at the errors errs[i] of requests to the members in set of
+// v: got is the members that succeeded; the members whose request failed
+// are failed, and memberErr is the first of their errors; callerErr is the
+// first error that is not a member's fault (the caller's context ended, or
+// the request was invalid).
+func (ms *members) settle(ctx context.Context, v *memberView, set uint64, errs []error) (got uint64, memberErr1, callerErr error) {
+	for j := set; j != 0; j &= j - 1 {
+		i := bits.TrailingZeros64(j)
+		switch err := errs[i]; {
+		case err == nil:
+			got |= 1 << i
+		case memberErr(ctx, err):
+			ms.fail(i, v, err)
+			if memberErr1 == nil {
+				memberErr1 = err
+			}
+		case callerErr == nil:
+			callerErr = err
+		}
+	}
+	return got, memberErr1, callerErr
 }

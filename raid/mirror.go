@@ -145,22 +145,11 @@ func (m *Mirror) fanOut(ctx context.Context, v *memberView, write bool, op func(
 			return false, 0, fmt.Errorf("%w: every member refused the write: %w", ErrNoSpace, sent[0])
 		}
 	}
-	var firstErr error
-	for j := set; j != 0; j &= j - 1 {
-		i := bits.TrailingZeros64(j)
-		switch err := errs[i]; {
-		case err == nil:
-			got |= 1 << i
-		case memberErr(ctx, err):
-			m.fail(i, v, err)
-			if firstErr == nil {
-				firstErr = err
-			}
-		default:
-			// The caller's context ended or the request was invalid: the
-			// member is not at fault, and the operation failed.
-			return false, 0, err
-		}
+	got, firstErr, callerErr := m.settle(ctx, v, set, errs)
+	if callerErr != nil {
+		// The caller's context ended or the request was invalid: the
+		// member is not at fault, and the operation failed.
+		return false, 0, callerErr
 	}
 	if got&^v.resyncing == 0 {
 		return false, 0, fmt.Errorf("%w: %d of %d members acknowledged, none of them in sync: %w", ErrNoMembers, bits.OnesCount64(got), bits.OnesCount64(set), firstErr)
