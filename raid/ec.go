@@ -3,6 +3,7 @@ package raid
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -66,6 +67,14 @@ type ECConfig struct {
 	// StripeUnit is S, the bytes of one stripe on one member: a power of two
 	// of at least 4096. 0 means DefaultStripeUnit (64 KiB).
 	StripeUnit int64
+	// Successors names the members beyond the K+M of the layout, each the
+	// successor of one of them (a drain moves that member to a new chunk):
+	// Successors[j] = i, with K+M ≤ j, says member j gets every write and
+	// trim member i gets and, while it is Resyncing, Resync copies it
+	// member i's units. It is never read nor counted among the K members
+	// the set needs; its owner puts it in member i's place once it is in
+	// sync. At most one successor per member.
+	Successors map[int]int
 	// Stale lists the members of Degraded known to have missed writes (the
 	// previous host recorded them degraded): what they hold in a suspect
 	// stripe never stands in for data. A member in Degraded but not in
@@ -82,8 +91,21 @@ func (c *ECConfig) validate() error {
 	if c.K+c.M > ecMaxMembers {
 		return fmt.Errorf("raid: ec %d+%d: at most %d members are supported", c.K, c.M, ecMaxMembers)
 	}
-	if len(c.Members) != c.K+c.M {
-		return fmt.Errorf("raid: ec %d+%d needs %d members, got %d", c.K, c.M, c.K+c.M, len(c.Members))
+	if len(c.Members) != c.K+c.M+len(c.Successors) {
+		return fmt.Errorf("raid: ec %d+%d with %d successors needs %d members, got %d", c.K, c.M, len(c.Successors), c.K+c.M+len(c.Successors), len(c.Members))
+	}
+	if len(c.Members) > ecMaxMembers {
+		return fmt.Errorf("raid: ec %d+%d with %d successors: at most %d members are supported", c.K, c.M, len(c.Successors), ecMaxMembers)
+	}
+	succeeded := map[int]bool{}
+	for j, i := range c.Successors {
+		if j < c.K+c.M || j >= len(c.Members) || i < 0 || i >= c.K+c.M {
+			return fmt.Errorf("raid: ec successor %d of member %d: successors are members %d to %d, of members 0 to %d", j, i, c.K+c.M, len(c.Members)-1, c.K+c.M-1)
+		}
+		if succeeded[i] {
+			return fmt.Errorf("raid: ec member %d has two successors", i)
+		}
+		succeeded[i] = true
 	}
 	for i, m := range c.Members {
 		if m == nil {
@@ -118,8 +140,8 @@ func (c *ECConfig) validate() error {
 			return fmt.Errorf("raid: ec stale member %d is not one of the degraded members %v", i, c.Degraded)
 		}
 	}
-	if len(c.Degraded) > c.M {
-		return fmt.Errorf("%w: ec %d+%d with %d members degraded: at least %d must be reachable", ErrNoMembers, c.K, c.M, len(c.Degraded), c.K)
+	if out := len(slices.DeleteFunc(slices.Clone(c.Degraded), func(i int) bool { return i >= c.K+c.M })); out > c.M {
+		return fmt.Errorf("%w: ec %d+%d with %d members degraded: at least %d must be reachable", ErrNoMembers, c.K, c.M, out, c.K)
 	}
 	if c.ResyncRate < 0 {
 		return fmt.Errorf("raid: ec resync rate %d must not be negative", c.ResyncRate)
@@ -277,6 +299,10 @@ type EC struct {
 	// stands in for data.
 	staleAtBuild uint64
 
+	// succ[i] is the successor of member i (ECConfig.Successors), or -1;
+	// nil when there is none.
+	succ []int
+
 	missed struct {
 		sync.Mutex
 		m map[int64]uint64 // suspect stripe → members that missed a write of it
@@ -325,6 +351,17 @@ func NewEC(cfg ECConfig) (*EC, error) {
 	}
 	if err := e.init("ec", cfg.SetConfig, cfg.K, e.size); err != nil {
 		return nil, err
+	}
+	// Successors do not count among the members the set needs.
+	e.slots = e.allShards()
+	if len(cfg.Successors) > 0 {
+		e.succ = make([]int, n)
+		for i := range e.succ {
+			e.succ[i] = -1
+		}
+		for j, i := range cfg.Successors {
+			e.succ[i] = j
+		}
 	}
 	for _, i := range cfg.Stale {
 		e.staleAtBuild |= 1 << i

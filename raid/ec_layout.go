@@ -29,6 +29,7 @@ func (e *EC) dataShards() uint64 { return uint64(1)<<e.k - 1 }
 // they hold: member j holds shard (j + s) mod n, so the set rotates left by
 // s mod n within n bits.
 func (e *EC) shardsOf(s int64, members uint64) uint64 {
+	members &= e.allShards() // successors hold no shard of their own
 	r := uint(s % int64(e.n))
 	if r == 0 {
 		return members

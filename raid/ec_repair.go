@@ -101,7 +101,7 @@ func (e *EC) encodeParity(ctx context.Context, s int64, v *memberView) (retry bo
 		e.noteMissed(s, skipped)
 	}
 	fanOut(write, b.errs, func(i int) error {
-		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
+		return e.dev(v, e.shardMember(s, i), nil).WriteAt(wctx, b.shards[i], s*S, true)
 	})
 	failed, err = e.settleWrites(s, v, write, b.errs, nil, suspect)
 	if err != nil {
@@ -143,7 +143,7 @@ func (e *EC) rebuildShards(ctx context.Context, s int64, v *memberView, targets 
 	}
 	wctx := context.WithoutCancel(ctx)
 	fanOut(targets, b.errs, func(i int) error {
-		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
+		return e.dev(v, e.shardMember(s, i), nil).WriteAt(wctx, b.shards[i], s*S, true)
 	})
 	failed, err = e.settleWrites(s, v, targets, b.errs, nil, false)
 	return false, failed, err
@@ -195,7 +195,7 @@ func (e *EC) rebuildVerified(ctx context.Context, s int64, v *memberView, missed
 	}
 	wctx := context.WithoutCancel(ctx)
 	fanOut(missed, b.errs, func(i int) error {
-		return v.devs[e.shardMember(s, i)].WriteAt(wctx, b.shards[i], s*S, true)
+		return e.dev(v, e.shardMember(s, i), nil).WriteAt(wctx, b.shards[i], s*S, true)
 	})
 	failed, err = e.settleWrites(s, v, missed, b.errs, nil, false)
 	if err == nil && failed == 0 {
@@ -210,8 +210,8 @@ func (e *EC) rebuildVerified(ctx context.Context, s int64, v *memberView, missed
 // which may have skipped the member, so that their regions are marked by
 // the time it returns.
 func (e *EC) Rejoin(i int, d Device) error {
-	if i < 0 || i >= e.n {
-		return fmt.Errorf("raid: ec member %d out of range [0, %d)", i, e.n)
+	if n := len(e.view.Load().devs); i < 0 || i >= n {
+		return fmt.Errorf("raid: ec member %d out of range [0, %d)", i, n)
 	}
 	if d != nil && d.Size() != e.memberSize {
 		return fmt.Errorf("raid: rejoining ec member %d has size %d, the members have %d", i, d.Size(), e.memberSize)
@@ -244,32 +244,54 @@ func (e *EC) Resync(ctx context.Context, progress func(ResyncProgress)) (int64, 
 func (e *EC) repairRegion(ctx context.Context, region, off, n int64, v *memberView) (lost []int64, err error) {
 	sd := int64(e.k) * e.unit
 	s0, s1 := off/sd, (off+n-1)/sd
-	var lostMu sync.Mutex
+	var mu sync.Mutex
+	trimmed := false
 	err = each(s1-s0+1, ecParallelStripes, func(j int64) error {
 		s := s0 + j
-		unrepairable, err := e.resyncStripe(ctx, s, v)
+		unrepairable, trim, err := e.resyncStripe(ctx, s, v)
+		mu.Lock()
 		if unrepairable {
-			lostMu.Lock()
 			lost = append(lost, s)
-			lostMu.Unlock()
 		}
+		trimmed = trimmed || trim
+		mu.Unlock()
 		return err
 	})
+	if err == nil && trimmed {
+		// The successors' trims are durable only once flushed.
+		err = e.flushSuccessors(ctx, v)
+	}
 	return lost, err
 }
 
-// resyncStripe repairs stripe s under its exclusive lock. lost reports a
-// suspect stripe with a data unit on a member that missed a write of it.
-func (e *EC) resyncStripe(ctx context.Context, s int64, start *memberView) (lost bool, err error) {
+// flushSuccessors flushes the Resyncing successors of v.
+func (e *EC) flushSuccessors(ctx context.Context, v *memberView) error {
+	for set := v.resyncing &^ e.allShards(); set != 0; set &= set - 1 {
+		j := bits.TrailingZeros64(set)
+		if err := v.devs[j].Flush(ctx); err != nil {
+			if memberErr(ctx, err) {
+				e.fail(j, v, err)
+			}
+			return fmt.Errorf("%w: flushing successor %d: %w", ErrResyncAborted, j, err)
+		}
+	}
+	return nil
+}
+
+// resyncStripe repairs stripe s under its exclusive lock, then copies its
+// units to the Resyncing successors. lost reports a suspect stripe with a
+// data unit on a member that missed a write of it; trimmed, that a
+// successor's unit was trimmed (it wants a flush).
+func (e *EC) resyncStripe(ctx context.Context, s int64, start *memberView) (lost, trimmed bool, err error) {
 	l := &e.locks[s%ecLockSlots]
 	l.Lock()
 	defer l.Unlock()
 	v := e.view.Load()
 	if err := sameMembers(start, v); err != nil {
-		return false, err
+		return false, false, err
 	}
 	if err := e.usable(v); err != nil {
-		return false, err
+		return false, false, err
 	}
 	resyncing := e.shardsOf(s, v.resyncing)
 	var (
@@ -286,7 +308,7 @@ func (e *EC) resyncStripe(ctx context.Context, s int64, start *memberView) (lost
 			// only if they agree with each other (see rebuildVerified).
 			lost, retry, failed, err = e.rebuildVerified(ctx, s, v, missed)
 			if lost {
-				return true, nil
+				return true, false, nil
 			}
 			break
 		}
@@ -306,8 +328,19 @@ func (e *EC) resyncStripe(ctx context.Context, s int64, start *memberView) (lost
 		// The member missed the repair: the region must stay dirty.
 		err = fmt.Errorf("member %d failed a write", e.shardMember(s, bits.TrailingZeros64(failed)))
 	}
-	if err != nil {
-		return false, fmt.Errorf("%w: stripe %d: %w", ErrResyncAborted, s, err)
+	if succ := v.resyncing &^ e.allShards(); err == nil && succ != 0 {
+		var sfailed uint64
+		trimmed, retry, sfailed, err = e.copySuccessors(ctx, s, v, succ)
+		switch {
+		case err != nil:
+		case retry:
+			err = errors.New("a member failed a read")
+		case sfailed != 0:
+			err = fmt.Errorf("successor %d failed a write", bits.TrailingZeros64(sfailed))
+		}
 	}
-	return false, nil
+	if err != nil {
+		return false, false, fmt.Errorf("%w: stripe %d: %w", ErrResyncAborted, s, err)
+	}
+	return false, trimmed, nil
 }

@@ -206,7 +206,7 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 		}
 	}
 	fanOut(write, b.errs, func(i int) error {
-		dev := v.devs[e.shardMember(s, i)]
+		dev := e.dev(v, e.shardMember(s, i), op)
 		if i >= e.k {
 			return dev.WriteAt(wctx, b.shards[i], s*S+c0, op.fua)
 		}
@@ -427,7 +427,7 @@ func (e *EC) trimStripes(ctx context.Context, s0, s1 int64, op *writeOp) error {
 	wctx := context.WithoutCancel(ctx)
 	set := e.allShards() &^ v.failed // member indices
 	fanOut(set, b.errs, func(i int) error {
-		return v.devs[i].Trim(wctx, s0*e.unit, count*e.unit)
+		return e.dev(v, i, op).Trim(wctx, s0*e.unit, count*e.unit)
 	})
 	// Member i is shard i of stripe 0: settle in that frame.
 	if _, err := e.settleWrites(0, v, set, b.errs, op, false); err != nil {

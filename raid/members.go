@@ -36,6 +36,10 @@ type members struct {
 	intent func(context.Context) error
 	fg     atomic.Int64 // foreground operations begun, for the resync's pace
 
+	// slots is the set of members that count towards the members the set
+	// needs in sync: all of them, but an EC set's successors.
+	slots uint64
+
 	view    atomic.Pointer[memberView]
 	pending atomic.Bool // mu.pending may hold changes to report
 
@@ -120,6 +124,7 @@ func (ms *members) init(kind string, cfg SetConfig, need int, size int64) error 
 	ms.mu.devs = slices.Clone(cfg.Members)
 	ms.hooks = newSetHooks(&ms.mu.Mutex, h, cfg.BeforeDegradedWrite, cfg.AfterWhole, cfg.HookTimeout, ms.log)
 	ms.publishLocked()
+	ms.slots = ms.view.Load().all()
 	return nil
 }
 
@@ -169,8 +174,8 @@ func (ms *members) notify() {
 // usable returns ErrNoMembers when fewer members are in sync than the set
 // needs to acknowledge anything.
 func (ms *members) usable(v *memberView) error {
-	out := bits.OnesCount64(v.notInSync())
-	if n := len(v.devs); n-out < ms.mu.h.need {
+	out := bits.OnesCount64(v.notInSync() & ms.slots)
+	if n := bits.OnesCount64(ms.slots); n-out < ms.mu.h.need {
 		return fmt.Errorf("%w: %d of %d members in sync, %d needed (%d failed, %d resyncing)",
 			ErrNoMembers, n-out, n, ms.mu.h.need, bits.OnesCount64(v.failed), bits.OnesCount64(v.resyncing))
 	}

@@ -10,7 +10,8 @@ import (
 
 // MirrorConfig configures a mirror set.
 type MirrorConfig struct {
-	// SetConfig's Members are the copies, 1 to 3.
+	// SetConfig's Members are the copies: 1 to 3, and a fourth while a
+	// drain moves one of three onto a new chunk (its successor).
 	SetConfig
 	// IntentHook, if set, is called synchronously before the data of a
 	// write that dirties a region that was clean: bitmap mode internal
@@ -42,8 +43,8 @@ type Mirror struct {
 
 // NewMirror builds a mirror set over cfg.Members.
 func NewMirror(cfg MirrorConfig) (*Mirror, error) {
-	if n := len(cfg.Members); n < 1 || n > 3 {
-		return nil, fmt.Errorf("raid: mirror needs 1 to 3 members, got %d", n)
+	if n := len(cfg.Members); n < 1 || n > 4 {
+		return nil, fmt.Errorf("raid: mirror needs 1 to 4 members, got %d", n)
 	}
 	size := cfg.Members[0].Size()
 	for i, m := range cfg.Members {

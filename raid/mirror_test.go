@@ -48,7 +48,7 @@ func TestNewMirrorRejects(t *testing.T) {
 	}{
 		{"no members", raid.MirrorConfig{}},
 		{"sizes differ", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, b}}}},
-		{"four members", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, a, a, a}}}},
+		{"five members", raid.MirrorConfig{SetConfig: raid.SetConfig{Members: []raid.Device{a, a, a, a, a}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
