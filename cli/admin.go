@@ -409,8 +409,9 @@ func newDrainCmd(o *rootOptions) *cobra.Command {
 		Long: `Move every set member off a chunkserver while its volumes stay in use: each
 member gets a successor on another chunkserver, rebuilt by the volume's
 host beside it, which takes its place once in sync, so no set ever has
-fewer copies than it should. The chunkserver takes no new chunks. Members
-of erasure-coded sets are not moved (refused). With --wait the command
+fewer copies than it should (an erasure-coded member's successor gets
+that member's writes and a copy of its units). The chunkserver takes no
+new chunks. With --wait the command
 prints progress until the chunkserver holds no member; then stop it and
 run chunkraid server remove NAME.`,
 		Args: cobra.ExactArgs(1),

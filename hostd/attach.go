@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -381,13 +382,37 @@ func (st *setState) buildSet(p setPlan, layout api.Layout, stripe int64) (raid.S
 		if a.vol.Bitmap == api.BitmapInternal {
 			return nil, fmt.Errorf("bitmap mode internal is for mirrors; %s volumes use remb or none", layout)
 		}
-		return raid.NewEC(raid.ECConfig{SetConfig: set, K: layout.K, M: layout.M, StripeUnit: stripe, Stale: p.Missed})
+		succ, err := st.successors()
+		if err != nil {
+			return nil, err
+		}
+		return raid.NewEC(raid.ECConfig{SetConfig: set, K: layout.K, M: layout.M, StripeUnit: stripe, Stale: p.Missed, Successors: succ})
 	}
 	var intent func(context.Context) error
 	if a.vol.Bitmap == api.BitmapInternal {
 		intent = st.persistIntent
 	}
 	return raid.NewMirror(raid.MirrorConfig{SetConfig: set, IntentHook: intent, LazyClear: intent != nil})
+}
+
+// successors maps each member a drain added to the member it succeeds
+// (raid.ECConfig.Successors).
+func (st *setState) successors() (map[int]int, error) {
+	var succ map[int]int
+	for j, m := range st.members {
+		if m.api.Replaces == "" {
+			continue
+		}
+		i := slices.IndexFunc(st.members, func(o *member) bool { return o.api.ChunkID == m.api.Replaces })
+		if i < 0 {
+			return nil, fmt.Errorf("member %d (chunk %s) succeeds chunk %s, which is not in the set", j, m.api.ChunkID, m.api.Replaces)
+		}
+		if succ == nil {
+			succ = map[int]int{}
+		}
+		succ[j] = i
+	}
+	return succ, nil
 }
 
 // openWIB opens the set's WIB in shared memory: a restarted hostd finds the

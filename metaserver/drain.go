@@ -77,8 +77,8 @@ func (s *Server) drainMembers(ctx context.Context, conn *pgx.Conn) error {
 					d.member, d.set, d.from, d.newID, d.to, d.oldID)})
 		}
 
-		// Members to move: on a draining chunkserver, in a mirror set whose
-		// members are all in sync, without a successor yet.
+		// Members to move: on a draining chunkserver, in a set whose members
+		// are all in sync, without a successor yet.
 		type move struct {
 			chunk, volume, server string
 			volumeID, size        int64
@@ -88,7 +88,7 @@ func (s *Server) drainMembers(ctx context.Context, conn *pgx.Conn) error {
 			SELECT c.id::text, v.name, cs.name, c.volume_id, c.size_bytes, c.set_idx, c.member_idx,
 			       (SELECT max(m.member_idx) + 1 FROM chunks m WHERE m.volume_id = c.volume_id AND m.set_idx = c.set_idx)
 			FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id JOIN volumes v ON v.id = c.volume_id
-			WHERE cs.draining AND v.layout LIKE 'mirror:%'
+			WHERE cs.draining
 			  AND NOT EXISTS (SELECT 1 FROM chunks s WHERE s.replaces = c.id AND s.volume_id IS NOT NULL)
 			  AND NOT EXISTS (SELECT 1 FROM chunks m WHERE m.volume_id = c.volume_id AND m.set_idx = c.set_idx AND m.member_state <> 'in_sync')
 			ORDER BY cs.name, v.name, c.set_idx

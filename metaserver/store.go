@@ -721,17 +721,11 @@ func (st *store) drainChunkserver(ctx context.Context, ref string) (*api.DrainRe
 		if err != nil {
 			return notFound(err, "chunkserver %q is not registered (chunkraid server list shows them)", ref)
 		}
-		var ec []string
 		err = tx.QueryRow(ctx, `
-			SELECT count(*)::int, coalesce(array_agg(DISTINCT v.name ORDER BY v.name), '{}'),
-			       coalesce(array_agg(DISTINCT v.name ORDER BY v.name) FILTER (WHERE v.layout NOT LIKE 'mirror:%'), '{}')
-			FROM chunks c JOIN volumes v ON v.id = c.volume_id WHERE c.chunkserver_id = $1`, id).Scan(&out.Members, &out.Volumes, &ec)
+			SELECT count(*)::int, coalesce(array_agg(DISTINCT v.name ORDER BY v.name), '{}')
+			FROM chunks c JOIN volumes v ON v.id = c.volume_id WHERE c.chunkserver_id = $1`, id).Scan(&out.Members, &out.Volumes)
 		if err != nil {
 			return fmt.Errorf("members of chunkserver %s: %w", out.Chunkserver, err)
-		}
-		if len(ec) > 0 {
-			return api.Errorf(api.CodeUnsatisfiable, "chunkserver %s holds members of erasure-coded volumes (%s): drain moves the members of mirror sets only",
-				out.Chunkserver, strings.Join(ec, ", "))
 		}
 		if draining {
 			return nil

@@ -85,7 +85,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		SELECT s.volume_id, s.idx, s.size_bytes, s.dirty_bytes, s.reconciling, s.reconcile_done_bytes, s.reconcile_total_bytes, s.full_resync,
 		       c.id::text, cs.name, cs.addr, cs.control_addr, c.member_state, c.member_state_since,
 		       c.resync_done_bytes, c.resync_total_bytes, c.member_error, c.size_bytes, c.failed_reason, c.member_state_gen,
-		       c.rebuild_watermark
+		       c.rebuild_watermark, coalesce(c.replaces::text, '')
 		FROM sets s
 		LEFT JOIN chunks c ON c.volume_id = s.volume_id AND c.set_idx = s.idx
 		LEFT JOIN chunkservers cs ON cs.id = c.chunkserver_id
@@ -108,9 +108,10 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 			chunk, server, addr, control, state, errMsg, failed *string
 			since                                               *time.Time
 			done, total, chunkSize, stateGen, watermark         *int64
+			replaces                                            *string
 		)
 		if err := rows.Scan(&volumeID, &idx, &size, &dirty, &reconciling, &recDone, &recTotal, &fullResync, &chunk, &server, &addr, &control, &state, &since,
-			&done, &total, &errMsg, &chunkSize, &failed, &stateGen, &watermark); err != nil {
+			&done, &total, &errMsg, &chunkSize, &failed, &stateGen, &watermark, &replaces); err != nil {
 			return nil, fmt.Errorf("load sets: %w", err)
 		}
 		v := byID[volumeID]
@@ -132,6 +133,9 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		}
 		if failed != nil {
 			m.ChunkFailed = *failed
+		}
+		if replaces != nil {
+			m.Replaces = *replaces
 		}
 		switch {
 		case f.secrets && v.Host != "":

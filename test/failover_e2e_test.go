@@ -324,16 +324,33 @@ func TestPostgresFailover(t *testing.T) {
 
 // TestDrain: chunkraid server drain moves every member of a chunkserver
 // to others under a qemu-io write load, each rebuilt beside it before it
-// leaves: no set ever has fewer than two members in sync, every acknowledged
-// write reads back, the replicas agree, and the drained chunkserver, once
-// stopped, can be removed.
+// leaves: no set ever has fewer members in sync than its layout's width,
+// every acknowledged write reads back, the replicas agree, and the drained
+// chunkserver, once stopped, can be removed.
 func TestDrain(t *testing.T) {
 	t.Parallel()
-	c := startClusterOpts(t, localcluster.Options{ChunkSize: testChunk, Chunkservers: 4,
+	testDrain(t, "mirror:2", 2, "256MiB")
+}
+
+// TestDrainEC: the same for an ec:2+1 volume: each moving member gets a
+// successor that receives its writes and is rebuilt as a copy of its units
+// while the set keeps all three members of the layout in sync; afterwards
+// every stripe's parity agrees with its data.
+func TestDrainEC(t *testing.T) {
+	t.Parallel()
+	testDrain(t, "ec:2+1", 3, "256MiB")
+}
+
+func testDrain(t *testing.T, layout string, width int, size string) {
+	c := startClusterOpts(t, localcluster.Options{ChunkSize: testChunk, Chunkservers: width + 2,
 		ExtraChunkserverArgs: []string{"--log-region", "1048576"},
 		ExtraHostdArgs:       []string{"--wib-region", "1048576"}})
 	ctx := t.Context()
-	v := createVolume(t, c, "dr", "256MiB", c.HostName)
+	cli(t, c, "volume", "create", "dr", "--size", size, "--layout", layout, "--host", c.HostName)
+	v, err := c.Client().GetVolume(ctx, "dr")
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := c.WaitTarget(ctx, "dr", time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -387,16 +404,16 @@ func TestDrain(t *testing.T) {
 	took := time.Since(start)
 	stopWatch()
 	t.Logf("chunkraid server drain %s --wait (%v):\n%s", victim, took.Round(100*time.Millisecond), out)
-	if low := <-lowest; low < 2 {
-		t.Errorf("a set had %d members in sync during the drain, want at least 2", low)
+	if low := <-lowest; low < width {
+		t.Errorf("a set had %d members in sync during the drain, want at least %d", low, width)
 	}
 	got, err := c.Client().GetVolume(ctx, "dr")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, st := range got.Sets {
-		if len(st.Members) != 2 {
-			t.Errorf("set %d has %d members after the drain, want 2", st.Index, len(st.Members))
+		if len(st.Members) != width {
+			t.Errorf("set %d has %d members after the drain, want %d", st.Index, len(st.Members), width)
 		}
 		for _, m := range st.Members {
 			if m.Chunkserver == victim || m.State != api.MemberInSync {
@@ -424,7 +441,11 @@ func TestDrain(t *testing.T) {
 	cancel()
 	<-load.done
 	verifyAcked(t, c.ISCSIURL("dr"), load.Acked())
-	checkReplicas(t, c, "dr")
+	if strings.HasPrefix(layout, "ec:") {
+		verifyVolume(t, c, "dr")
+	} else {
+		checkReplicas(t, c, "dr")
+	}
 
 	if out := cli(t, c, "server", "list"); !strings.Contains(out, "online, drained") {
 		t.Errorf("server list after the drain:\n%s", out)

@@ -325,6 +325,11 @@ type Member struct {
 	// which its rebuild has copied every allocated extent durably; a host
 	// that takes the rebuild over begins there.
 	RebuildWatermark int64 `json:"rebuild_watermark,omitempty"`
+	// Replaces, on a member a drain added, is the chunk of the member it
+	// succeeds: it gets that member's writes, is rebuilt as a copy of it,
+	// and takes its place once in sync. An erasure-coded set's successor
+	// holds that member's units, not a position of its own.
+	Replaces string `json:"replaces,omitempty"`
 	// ChunkFailed is why the member's chunkserver no longer serves its
 	// chunk (failed or quarantined); "" while the chunk is healthy.
 	ChunkFailed string `json:"chunk_failed,omitempty"`
