@@ -326,10 +326,11 @@ func TestPostgresFailover(t *testing.T) {
 // to others under a qemu-io write load, each rebuilt beside it before it
 // leaves: no set ever has fewer members in sync than its layout's width,
 // every acknowledged write reads back, the replicas agree, and the drained
-// chunkserver, once stopped, can be removed.
+// chunkserver, once stopped, can be removed. A mirror:3 set has four
+// members while one moves.
 func TestDrain(t *testing.T) {
 	t.Parallel()
-	testDrain(t, "mirror:2", 2, "256MiB")
+	testDrain(t, "mirror:3", 3, "256MiB")
 }
 
 // TestDrainEC: the same for an ec:2+1 volume: each moving member gets a
