@@ -28,7 +28,12 @@
 // its standard input, each reported with its rate (to four decimals, from
 // the exact elapsed time), whose inverse is the request's latency.
 //
-// Every figure is the median of Config.Runs runs, and the runs alternate
+// Every figure is the median of Config.Runs runs (5 of 2 s by default),
+// reported with its spread, the lowest and the highest ratio of one round;
+// the 4K QD32 rows also give the CPU time (user and system, from
+// /proc/PID/stat) that each side's serving processes spent per request:
+// a figure that noise on a shared machine disturbs far less than IOPS. The
+// runs alternate
 // between the sides (ours, reference, ours, reference; or reference and the
 // three layouts; or the three bitmap modes), so that drift on the machine
 // (page-cache state, other load) falls on all of them. Each run is bounded in

@@ -86,6 +86,30 @@ func (f *Figure) Ratio() float64 {
 	return Median(f.OurSamples) / ref
 }
 
+// RatioSpread is the lowest and the highest ratio of one round,
+// OurSamples[i] / RefSamples[i] over the rounds both sides measured: how
+// far apart the rounds are, which the median hides. ok is false when there
+// is no such pair.
+func (f *Figure) RatioSpread() (lo, hi float64, ok bool) {
+	if !f.Measured() || f.OneSided() {
+		return 0, 0, false
+	}
+	for i := range min(len(f.OurSamples), len(f.RefSamples)) {
+		if f.RefSamples[i] == 0 {
+			continue
+		}
+		r := f.OurSamples[i] / f.RefSamples[i]
+		if !ok || r < lo {
+			lo = r
+		}
+		if !ok || r > hi {
+			hi = r
+		}
+		ok = true
+	}
+	return lo, hi, ok
+}
+
 // Met reports whether the ratio meets the target. A figure without a
 // target, or not measured, is never met.
 func (f *Figure) Met() bool {

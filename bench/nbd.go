@@ -6,6 +6,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
@@ -13,14 +15,56 @@ import (
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
-// chunkExport finds member 0 of set 0 of a volume: its NBD URI and the path
-// of its chunk file.
-func (r *Runner) chunkExport(ctx context.Context, v *api.Volume) (uri, file string, err error) {
-	if len(v.Sets) == 0 || len(v.Sets[0].Members) == 0 {
-		return "", "", fmt.Errorf("volume %s has no members", v.Name)
+// benchHost is the host the nbd group's volume is attached to: the bench
+// itself, registered with the cluster's join token and heartbeating, so
+// that the metaserver issues it writable NBD exports of the volume's
+// chunks (and never fails the volume over to a live host).
+const benchHost = "bench-nbd"
+
+// chunkExport attaches a volume of one mirror:2 set to benchHost and
+// finds member 0: its NBD URI, as the metaserver issues it to the host,
+// and the path of its chunk file.
+func (r *Runner) chunkExport(ctx context.Context) (uri, file string, err error) {
+	c := r.cluster
+	join, err := os.ReadFile(c.JoinTokenFile())
+	if err != nil {
+		return "", "", err
 	}
-	m := v.Sets[0].Members[0]
-	pattern := filepath.Join(r.cluster.Dir(), "chunkservers", "*", m.ChunkID+".chunk")
+	hc := c.Client().WithToken(strings.TrimSpace(string(join)))
+	reg, err := hc.RegisterHost(ctx, api.RegisterHostRequest{Name: benchHost, ISCSIAddr: "127.0.0.1:9"})
+	if err != nil {
+		return "", "", fmt.Errorf("registering host %s: %w", benchHost, err)
+	}
+	hc.SetToken(reg.Credential)
+	beat, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for beat.Err() == nil {
+			if err := hc.HostHeartbeat(beat, reg.ID); err != nil && beat.Err() == nil {
+				r.log.Warn("heartbeat of the bench host", "err", err)
+			}
+			select {
+			case <-beat.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	r.atExit(func() error { stop(); <-done; return nil })
+	args := []string{"volume", "create", "nbd", "--size", fmt.Sprint(r.cfg.ChunkSize), "--layout", "mirror:2", "--host", benchHost}
+	if _, err := runTool(ctx, time.Minute, r.bin, cliArgs(c, args...)...); err != nil {
+		return "", "", err
+	}
+	hv, err := hc.HostVolumes(ctx, reg.ID, 0, 0)
+	if err != nil {
+		return "", "", err
+	}
+	i := slices.IndexFunc(hv.Volumes, func(v api.Volume) bool { return v.Name == "nbd" })
+	if i < 0 || len(hv.Volumes[i].Sets) == 0 || len(hv.Volumes[i].Sets[0].Members) == 0 {
+		return "", "", fmt.Errorf("host %s was not given the volume's members", benchHost)
+	}
+	m := hv.Volumes[i].Sets[0].Members[0]
+	pattern := filepath.Join(c.Dir(), "chunkservers", "*", m.ChunkID+".chunk")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		files, _ := filepath.Glob(pattern)
@@ -40,10 +84,10 @@ func (r *Runner) chunkExport(ctx context.Context, v *api.Volume) (uri, file stri
 	// The export must answer a handshake before fio is pointed at it.
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := nbd.Dial(dctx, nbd.ClientConfig{Addr: m.Addr, Export: m.Export})
+		nc, err := nbd.Dial(dctx, nbd.ClientConfig{Addr: m.Addr, Export: m.Export})
 		cancel()
 		if err == nil {
-			c.Close()
+			nc.Close()
 			return "nbd://" + m.Addr + "/" + url.PathEscape(m.Export), file, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -52,13 +96,9 @@ func (r *Runner) chunkExport(ctx context.Context, v *api.Volume) (uri, file stri
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
 func (r *Runner) nbdGroup(ctx context.Context) error {
-	// Only the chunk is measured: the host's target is not waited for.
-	v, err := r.createVolume(ctx, "nbd", "mirror:2", r.cfg.ChunkSize, false)
-	if err != nil {
-		return err
-	}
-	ours, chunkFile, err := r.chunkExport(ctx, v)
+	ours, chunkFile, err := r.chunkExport(ctx)
 	if err != nil {
 		return err
 	}
@@ -101,8 +141,18 @@ func (r *Runner) nbdGroup(ctx context.Context) error {
 			"(randrepeat=1: the same offsets on both sides) and 1 MiB sequential I/O; mean and p99 are of fio's total latency "+
 			"(lat_ns, submission to completion, --lat_percentiles=1). Ours is a chunkserver of the local cluster exporting one chunk, "+
 			"the reference `nbdkit -f -p PORT -i 127.0.0.1 file` on a sparse file of the same size in the same directory tree; "+
-			"both were filled once with 1 MiB writes first.", size>>20, r.cfg.RunTime))
+			"both were filled once with 1 MiB writes first. CPU per op: the user and system CPU time (/proc/PID/stat) the serving "+
+			"process (the chunkserver holding the chunk, nbdkit) used during a 4K QD32 run, divided by fio's count of its requests.", size>>20, r.cfg.RunTime))
 	r.nbd = &nbdLoad{ours: ours, ref: ref, size: size, refProc: p, csName: filepath.Base(filepath.Dir(chunkFile))}
+	var csProc *localcluster.Proc
+	for _, q := range r.cluster.CS {
+		if q.Name == r.nbd.csName {
+			csProc = q
+		}
+	}
+	if csProc == nil {
+		return fmt.Errorf("no chunkserver process is named %s, the directory of the chunk %s", r.nbd.csName, chunkFile)
+	}
 
 	const cs, kit = "chunkserver", "nbdkit"
 	for _, c := range []struct {
@@ -124,30 +174,43 @@ func (r *Runner) nbdGroup(ctx context.Context) error {
 		mean := latencyFigure(GroupNBD, name, cs, kit, 1.25)
 		p99 := p99Figure(GroupNBD, name, cs, kit, 1.5)
 		figs := []*Figure{rate, mean, p99}
+		var oursCPU, refCPU []cpuMeter
+		if c.bs == "4k" && c.qd > 1 {
+			// CPU per request of the serving process: the chunkserver
+			// holding the chunk, nbdkit.
+			cpu := cpuFigure(GroupNBD, name, cs, kit, 1)
+			figs = append(figs, cpu)
+			oursCPU = []cpuMeter{{procs: []*localcluster.Proc{csProc}, dst: []*[]float64{&cpu.OurSamples}}}
+			refCPU = []cpuMeter{{procs: []*localcluster.Proc{p}, dst: []*[]float64{&cpu.RefSamples}}}
+		}
 		r.add(figs...)
-		run := func(uri string) func(context.Context) ([]float64, error) {
+		run := func(uri string, meters []cpuMeter) func(context.Context) ([]float64, error) {
 			return func(ctx context.Context) ([]float64, error) {
-				res, err := runFio(ctx, r.work, fioJob{URI: uri, RW: c.rw, BS: c.bs, Depth: c.qd, Size: size, Runtime: r.cfg.RunTime})
-				if err != nil {
-					return nil, err
-				}
-				iops, bw, lat, p99 := res.ReadIOPS, res.ReadBW, res.ReadLatency, res.ReadP99
-				if c.rw == "randwrite" || c.rw == "write" {
-					iops, bw, lat, p99 = res.WriteIOPS, res.WriteBW, res.WriteLatency, res.WriteP99
-				}
-				if p99 == 0 {
-					return nil, fmt.Errorf("%w: fio reported no 99th percentile", ErrToolOutput)
-				}
-				v := iops
-				if c.bs != "4k" {
-					v = bw / 1e6
-				}
-				return []float64{v, micros(lat), micros(p99)}, nil
+				return metered(ctx, meters, func(ctx context.Context) ([]float64, int64, error) {
+					res, err := runFio(ctx, r.work, fioJob{URI: uri, RW: c.rw, BS: c.bs, Depth: c.qd, Size: size, Runtime: r.cfg.RunTime})
+					if err != nil {
+						return nil, 0, err
+					}
+					iops, bw, lat, p99, ops := res.ReadIOPS, res.ReadBW, res.ReadLatency, res.ReadP99, res.ReadIOs
+					if c.rw == "randwrite" || c.rw == "write" {
+						iops, bw, lat, p99, ops = res.WriteIOPS, res.WriteBW, res.WriteLatency, res.WriteP99, res.WriteIOs
+					}
+					if p99 == 0 {
+						return nil, 0, fmt.Errorf("%w: fio reported no 99th percentile", ErrToolOutput)
+					}
+					v := iops
+					if c.bs != "4k" {
+						v = bw / 1e6
+					}
+					return []float64{v, micros(lat), micros(p99)}, ops, nil
+				})
 			}
 		}
+		oursDst := append([][]*[]float64{{&rate.OurSamples}, {&mean.OurSamples}, {&p99.OurSamples}}, meterDsts(oursCPU)...)
+		refDst := append([][]*[]float64{{&rate.RefSamples}, {&mean.RefSamples}, {&p99.RefSamples}}, meterDsts(refCPU)...)
 		err := r.alternate(ctx, GroupNBD+": "+name, []*side{
-			{name: cs, run: run(ours), dst: [][]*[]float64{{&rate.OurSamples}, {&mean.OurSamples}, {&p99.OurSamples}}, figs: figs},
-			{name: kit, run: run(ref), dst: [][]*[]float64{{&rate.RefSamples}, {&mean.RefSamples}, {&p99.RefSamples}}, figs: figs},
+			{name: cs, run: run(ours, oursCPU), dst: oursDst, figs: figs},
+			{name: kit, run: run(ref, refCPU), dst: refDst, figs: figs},
 		})
 		r.logFigures(figs...)
 		if err != nil {

@@ -64,6 +64,67 @@ func cpuOf(procs []*localcluster.Proc) ([]time.Duration, error) {
 	return out, nil
 }
 
+// cpuMeter records, for every run of a side, the CPU time (user and
+// system) that procs used per operation of the run, in µs, into dst.
+type cpuMeter struct {
+	procs []*localcluster.Proc
+	dst   []*[]float64
+}
+
+// cpuTotals is the CPU time each meter's processes have used so far.
+func cpuTotals(ms []cpuMeter) ([]time.Duration, error) {
+	out := make([]time.Duration, len(ms))
+	for i, m := range ms {
+		ts, err := cpuOf(m.procs)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range ts {
+			out[i] += t
+		}
+	}
+	return out, nil
+}
+
+// metered runs one run of a side whose first value counts ops operations
+// and appends each meter's CPU time per operation to its values.
+func metered(ctx context.Context, ms []cpuMeter, run func(context.Context) (vals []float64, ops int64, err error)) ([]float64, error) {
+	before, err := cpuTotals(ms)
+	if err != nil {
+		return nil, err
+	}
+	vals, ops, err := run(ctx)
+	if err != nil || len(ms) == 0 {
+		return vals, err
+	}
+	after, err := cpuTotals(ms)
+	if err != nil {
+		return nil, err
+	}
+	if ops <= 0 {
+		return nil, errors.New("the run completed no operation")
+	}
+	for i := range ms {
+		vals = append(vals, us((after[i]-before[i])/time.Duration(ops)))
+	}
+	return vals, nil
+}
+
+// meterDsts is the value destinations of meters, after those of a side.
+func meterDsts(ms []cpuMeter) [][]*[]float64 {
+	var d [][]*[]float64
+	for _, m := range ms {
+		d = append(d, m.dst)
+	}
+	return d
+}
+
+// cpuFigure is the CPU time per operation of ours against the reference.
+func cpuFigure(group, name, ours, ref string, target float64) *Figure {
+	return &Figure{Group: group, Name: name, Ours: ours, Reference: ref, Metric: "CPU per op", Unit: "µs",
+		Direction: LowerIsBetter, Target: target}
+}
+
 // loadFunc drives one run of load and returns how many operations it
 // completed.
 type loadFunc func(ctx context.Context) (ops int64, err error)

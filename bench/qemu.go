@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/chunkraid/chunkraid/localcluster"
@@ -44,6 +45,9 @@ type target struct {
 	url  string
 	dst  [][]*[]float64
 	figs []*Figure
+	// cpu, for a rate measurement, records the CPU time per request of
+	// the target's serving processes (after the values of dst).
+	cpu []cpuMeter
 }
 
 // qemuRate measures every target with `qemu-img bench` (sequential I/O of
@@ -83,16 +87,18 @@ func (r *Runner) qemuRate(ctx context.Context, label string, ts []target, write 
 			markErr(t.figs, fmt.Errorf("%s: warm-up: %w", t.name, err))
 			continue
 		}
-		out = append(out, &side{name: t.name, dst: t.dst, figs: t.figs,
+		out = append(out, &side{name: t.name, dst: append(slices.Clone(t.dst), meterDsts(t.cpu)...), figs: t.figs,
 			run: func(ctx context.Context) ([]float64, error) {
-				q, err := qemuBench(ctx, t.url, write, size, depth, count, timeout)
-				if err != nil {
-					return nil, err
-				}
-				if size >= 1<<20 {
-					return []float64{q.IOPS() * float64(size) / 1e6}, nil
-				}
-				return []float64{q.IOPS()}, nil
+				return metered(ctx, t.cpu, func(ctx context.Context) ([]float64, int64, error) {
+					q, err := qemuBench(ctx, t.url, write, size, depth, count, timeout)
+					if err != nil {
+						return nil, 0, err
+					}
+					if size >= 1<<20 {
+						return []float64{q.IOPS() * float64(size) / 1e6}, int64(count), nil
+					}
+					return []float64{q.IOPS()}, int64(count), nil
+				})
 			}})
 	}
 	return r.alternate(ctx, label, out)
@@ -185,7 +191,9 @@ func (r *Runner) volumeGroup(ctx context.Context) error {
 			"and one unrecorded run at N first). QD1: qemu-io reading commands from its standard input, %d random 4K-aligned "+
 			"`write`/`read` commands one after the other (the same seeded offsets on all four, one unrecorded run first); "+
 			"qemu-io reports each command's rate to four decimals from the exact elapsed time, and 1/rate is that request's latency, "+
-			"from which the mean and the 99th percentile are taken. The layout rows compare ec:4+2 with the mirrors from the same runs.",
+			"from which the mean and the 99th percentile are taken. The layout rows compare ec:4+2 with the mirrors from the same runs. "+
+			"CPU per op: the user and system CPU time (/proc/PID/stat) that the serving processes used during a 4K QD32 run, "+
+			"divided by its requests: hostd with the cluster's chunkservers, or hostd alone, against tgtd.",
 		size>>20, clusterChunkservers, r.cfg.RunTime, r.qd1Ops()))
 
 	mk := func(name string, f func(group, name, ours, ref string, target float64) *Figure, target float64, cmpEC bool) *layoutSet {
@@ -258,10 +266,16 @@ func (r *Runner) volumeGroup(ctx context.Context) error {
 			s = mk(c.name, iopsFigure, 0.5, c.cmpEC)
 		}
 		ecFigs = append(ecFigs, s.ec...)
-		if err := r.qemuRate(ctx, GroupVolume+": "+c.name, targets(s), c.write, c.size, c.depth); err != nil {
+		ts := targets(s)
+		var cpuFigs []*Figure
+		if c.size == 4096 {
+			cpuFigs = r.meterVolumes(ts, c.name, c.write)
+		}
+		if err := r.qemuRate(ctx, GroupVolume+": "+c.name, ts, c.write, c.size, c.depth); err != nil {
 			return err
 		}
 		r.logLayoutSet(s)
+		r.logFigures(cpuFigs...)
 	}
 	for _, c := range []struct {
 		name  string
@@ -279,6 +293,40 @@ func (r *Runner) volumeGroup(ctx context.Context) error {
 	}
 	r.add(ecFigs...)
 	return nil
+}
+
+// meterVolumes adds to the volume group's targets ts (tgtd first, then
+// one per layout) the CPU time per request of their serving processes, and
+// adds the figures: per layout, hostd with the chunkservers, and hostd
+// alone, each against tgtd. The goals are those of mirror:2: hostd at most
+// tgtd's CPU per request, and hostd with the chunkservers at most twice it
+// per write.
+func (r *Runner) meterVolumes(ts []target, name string, write bool) []*Figure {
+	var figs []*Figure
+	tgtd := cpuMeter{procs: []*localcluster.Proc{r.tgt.proc}}
+	for i := 1; i < len(ts); i++ {
+		l := ts[i].name
+		allTarget, hostdTarget := 0.0, 0.0
+		if l == "mirror:2" {
+			hostdTarget = 1
+			if write {
+				allTarget = 2
+			}
+		}
+		all := cpuFigure(GroupVolume, name, l+" volume: hostd and chunkservers", "tgtd", allTarget)
+		hostd := cpuFigure(GroupVolume, name, l+" volume: hostd", "tgtd", hostdTarget)
+		ts[i].cpu = []cpuMeter{
+			{procs: append([]*localcluster.Proc{r.cluster.Hostd}, r.cluster.CS...), dst: []*[]float64{&all.OurSamples}},
+			{procs: []*localcluster.Proc{r.cluster.Hostd}, dst: []*[]float64{&hostd.OurSamples}},
+		}
+		ts[i].figs = append(ts[i].figs, all, hostd)
+		tgtd.dst = append(tgtd.dst, &all.RefSamples, &hostd.RefSamples)
+		ts[0].figs = append(ts[0].figs, all, hostd)
+		figs = append(figs, all, hostd)
+	}
+	ts[0].cpu = []cpuMeter{tgtd}
+	r.add(figs...)
+	return figs
 }
 
 func (r *Runner) logLayoutSet(s *layoutSet) {

@@ -30,19 +30,23 @@ type Report struct {
 func (r *Report) Markdown(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# chunkraid benchmark\n\n")
-	fmt.Fprintf(&b, "Run %s, took %s. Each figure is the median of %d runs of about %s, ours and reference alternating.\n\n",
+	fmt.Fprintf(&b, "Run %s, took %s. Each figure is the median of %d runs of about %s, ours and reference alternating; "+
+		"the spread is the lowest and the highest ratio of one round.\n\n",
 		r.Started.Format("2006-01-02 15:04 MST"), r.Elapsed.Round(time.Second), r.Runs, r.RunTime)
-	b.WriteString("| measurement | metric | ours | reference | ours / ref | target | result |\n")
-	b.WriteString("|---|---|---:|---:|---:|---|---|\n")
+	b.WriteString("| measurement | metric | ours | reference | ours / ref | spread | target | result |\n")
+	b.WriteString("|---|---|---:|---:|---:|---:|---|---|\n")
 	for _, f := range r.Figures {
-		ratio := "—"
+		ratio, spread := "—", "—"
 		if x := f.Ratio(); !math.IsNaN(x) {
 			ratio = fmt.Sprintf("%.2f×", x)
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n",
+		if lo, hi, ok := f.RatioSpread(); ok {
+			spread = fmt.Sprintf("%.2f–%.2f×", lo, hi)
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n",
 			esc(f.Title()), esc(f.Metric),
 			f.FormatValue(Median(f.OurSamples)), f.FormatValue(Median(f.RefSamples)),
-			ratio, f.TargetText(), esc(verdictText(f)))
+			ratio, spread, f.TargetText(), esc(verdictText(f)))
 	}
 	b.WriteString("\n## Runs\n\n| measurement | metric | ours, per run | reference, per run |\n|---|---|---|---|\n")
 	for _, f := range r.Figures {
@@ -106,6 +110,8 @@ type jsonFigure struct {
 	Ours          *float64  `json:"ours"`
 	Reference     *float64  `json:"reference"`
 	Ratio         *float64  `json:"ratio"`
+	RatioMin      *float64  `json:"ratio_min"` // the lowest ratio of one round
+	RatioMax      *float64  `json:"ratio_max"` // the highest
 	Target        *float64  `json:"target"`
 	Better        string    `json:"better"` // "higher" or "lower"
 	Verdict       string    `json:"verdict"`
@@ -147,6 +153,9 @@ func (r *Report) JSON(w io.Writer) error {
 			Unavailable: f.Unavailable}
 		if f.Direction == LowerIsBetter {
 			jf.Better = "lower"
+		}
+		if lo, hi, ok := f.RatioSpread(); ok {
+			jf.RatioMin, jf.RatioMax = num(lo), num(hi)
 		}
 		if f.Target != 0 {
 			jf.Target = num(f.Target)

@@ -33,10 +33,10 @@ func TestReportMarkdown(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"took 7m31s", "median of 3 runs of about 5s",
-		"| nbd: chunkserver vs nbdkit, 4K randwrite QD1 | IOPS | 30.0k | 40.0k | 0.75× | ≥ 0.80× | missed |",
-		"| mirror: mirror:2 volume vs tgtd, 4K write QD1 | mean latency | 300.0 µs | 200.0 µs | 1.50× | ≤ 2.50× | met |",
+		"| nbd: chunkserver vs nbdkit, 4K randwrite QD1 | IOPS | 30.0k | 40.0k | 0.75× | 0.74–0.76× | ≥ 0.80× | missed |",
+		"| mirror: mirror:2 volume vs tgtd, 4K write QD1 | mean latency | 300.0 µs | 200.0 µs | 1.50× | 1.45–1.55× | ≤ 2.50× | met |",
 		`not available yet (no --bitmap \| flag)`,
-		"| target: memtarget vs tgtd, 4K read QD32 | IOPS | 5000 | — | — | ≥ 1.00× | error |",
+		"| target: memtarget vs tgtd, 4K read QD32 | IOPS | 5000 | — | — | — | ≥ 1.00× | error |",
 		"| nbd: chunkserver vs nbdkit, 4K randwrite QD1 | IOPS | 30.0k, 31.0k, 29.0k | 40.0k, 41.0k, 39.0k |",
 		"- target: 4K read QD32: qemu-img bench: exit status 1 …",
 		"- nbd: how it was measured", "- fio-3.33",
@@ -48,13 +48,13 @@ func TestReportMarkdown(t *testing.T) {
 	if strings.Contains(out, "long detail") {
 		t.Errorf("a multi-line error broke out of its cell:\n%s", out)
 	}
-	// Every table row has the same number of cells as its header: 7 in
+	// Every table row has the same number of cells as its header: 8 in
 	// the summary, 4 in the runs.
 	summary, perRun, _ := strings.Cut(out, "## Runs")
 	for _, table := range []struct {
 		text string
 		want int
-	}{{summary, 8}, {perRun, 5}} {
+	}{{summary, 9}, {perRun, 5}} {
 		for _, l := range strings.Split(table.text, "\n") {
 			if strings.HasPrefix(l, "| nbd: chunkserver") || strings.HasPrefix(l, "| bitmap:") {
 				if n := strings.Count(strings.ReplaceAll(l, `\|`, ""), "|"); n != table.want {
@@ -82,6 +82,8 @@ func TestReportJSON(t *testing.T) {
 		Figures []struct {
 			Title, Verdict, Better, Error  string
 			Ours, Reference, Ratio, Target *float64
+			RatioMin                       *float64  `json:"ratio_min"`
+			RatioMax                       *float64  `json:"ratio_max"`
 			OursRuns                       []float64 `json:"ours_runs"`
 			ReferenceRuns                  []float64 `json:"reference_runs"`
 		}
@@ -94,10 +96,10 @@ func TestReportJSON(t *testing.T) {
 	}
 	p99, one, failed := doc.Figures[0], doc.Figures[1], doc.Figures[2]
 	if p99.Ratio == nil || *p99.Ratio != 2 || p99.Verdict != "missed" || p99.Better != "lower" || *p99.Target != 1.5 ||
-		len(p99.OursRuns) != 2 || p99.OursRuns[0] != 300 || *p99.Ours != 200 {
+		len(p99.OursRuns) != 2 || p99.OursRuns[0] != 300 || *p99.Ours != 200 || *p99.RatioMin != 1 || *p99.RatioMax != 3 {
 		t.Errorf("p99 figure: %+v", p99)
 	}
-	if one.Ratio != nil || one.Reference != nil || one.Target != nil || one.Verdict != "info" || *one.Ours != 0.25 ||
+	if one.Ratio != nil || one.RatioMin != nil || one.Reference != nil || one.Target != nil || one.Verdict != "info" || *one.Ours != 0.25 ||
 		one.Title != "resync: hostd resync, host crash, 4 MiB written" || one.ReferenceRuns == nil {
 		t.Errorf("one-sided figure: %+v", one)
 	}

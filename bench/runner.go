@@ -56,11 +56,11 @@ type Config struct {
 	// ResultsDir receives latest.md and profiles. Default Repo/bench/results.
 	ResultsDir string
 	// Runs is the number of runs per side and figure; the median is
-	// reported. Default 3.
+	// reported, with the spread of the rounds' ratios. Default 5.
 	Runs int
-	// RunTime is the length of one run. Default 3 s.
+	// RunTime is the length of one run. Default 2 s.
 	RunTime time.Duration
-	// Timeout bounds the whole invocation. Default 15 min.
+	// Timeout bounds the whole invocation. Default 20 min.
 	Timeout time.Duration
 	// Groups selects what to measure (see AllGroups). Default all.
 	Groups []string
@@ -106,19 +106,19 @@ func (c *Config) validate() error {
 		c.ResultsDir = filepath.Join(c.Repo, "bench", "results")
 	}
 	if c.Runs == 0 {
-		c.Runs = 3
+		c.Runs = 5
 	}
 	if c.Runs < 1 || c.Runs > 21 {
 		return fmt.Errorf("bench: %d runs per figure: want 1 to 21", c.Runs)
 	}
 	if c.RunTime == 0 {
-		c.RunTime = 3 * time.Second
+		c.RunTime = 2 * time.Second
 	}
 	if c.RunTime < time.Second || c.RunTime > time.Minute {
 		return fmt.Errorf("bench: run time %v: want 1s to 1m", c.RunTime)
 	}
 	if c.Timeout == 0 {
-		c.Timeout = 15 * time.Minute
+		c.Timeout = 20 * time.Minute
 	}
 	if len(c.Groups) == 0 {
 		c.Groups = AllGroups

@@ -3,7 +3,7 @@
 // Markdown table of ratios, also written to bench/results/latest.md. See
 // package bench for what is measured and how.
 //
-//	go run ./bench/run [-rev HEAD] [-runs 3] [-runtime 3s] [-groups nbd,volume,target,bitmap,resync,rebuild] [-profile]
+//	go run ./bench/run [-rev HEAD] [-runs 5] [-runtime 2s] [-groups nbd,volume,target,bitmap,resync,rebuild] [-profile]
 //
 // With -rev, the revision is exported (git archive) to a temporary
 // directory and this program, built from that revision, runs there, so that
@@ -40,9 +40,9 @@ func main() {
 	flag.StringVar(&cfg.Source, "source", "", "description of the source measured (default: from git)")
 	flag.StringVar(&cfg.TempDir, "tmp", "/tmp", "parent of the work directory (cluster, reference files)")
 	flag.StringVar(&cfg.ResultsDir, "results", "", "directory for latest.md and profiles (default REPO/bench/results)")
-	flag.IntVar(&cfg.Runs, "runs", 3, "runs per side and figure; the median is reported")
-	flag.DurationVar(&cfg.RunTime, "runtime", 3*time.Second, "length of one run")
-	flag.DurationVar(&cfg.Timeout, "timeout", 15*time.Minute, "bound on the whole invocation")
+	flag.IntVar(&cfg.Runs, "runs", 5, "runs per side and figure; the median is reported with the spread of the rounds' ratios")
+	flag.DurationVar(&cfg.RunTime, "runtime", 2*time.Second, "length of one run")
+	flag.DurationVar(&cfg.Timeout, "timeout", 20*time.Minute, "bound on the whole invocation")
 	flag.StringVar(&groups, "groups", strings.Join(bench.AllGroups, ","), "comma-separated groups to measure")
 	flag.BoolVar(&cfg.Profile, "profile", false, "after measuring, profile our daemons under load (perf)")
 	flag.BoolVar(&cfg.Keep, "keep", false, "keep the work directory (logs, perf data) after stopping every process")
