@@ -20,6 +20,10 @@ const (
 	// ecLockSlots is the size of the striped lock table: stripe s is guarded
 	// by slot s mod ecLockSlots, so consecutive stripes never share a lock.
 	ecLockSlots = 1024
+	// ecColBlock is the width in columns (bytes of a unit) of one column
+	// lock, and ecColSlots the size of the column lock table.
+	ecColBlock = 4096
+	ecColSlots = 4096
 	// ecParallelStripes bounds the stripes of one write in flight at once.
 	ecParallelStripes = 8
 	// ecParallelUnits bounds the unit reads of one read in flight at once.
@@ -214,11 +218,19 @@ func (c *ECConfig) validate() error {
 //     user writes wait only for that region (DESIGN §2 rule 4). Resync
 //     never takes the join lock: Rejoin may wait for writes that wait for
 //     Resync's region;
-//  3. stripe locks (a striped table of ecLockSlots): a stripe write or
-//     repair holds its stripe's lock exclusively, a degraded read shares
-//     it, so no reconstruction sees half a write. A goroutine holds one
-//     stripe lock at a time, except Trim, which takes those of up to
-//     ecLockSlots whole stripes in slot order.
+//  3. stripe locks (a striped table of ecLockSlots): a repair, a trim and
+//     a write of a suspect stripe hold its stripe's lock exclusively; other
+//     writes and degraded reads share it. A goroutine holds one stripe lock
+//     at a time, except Trim, which takes those of up to ecLockSlots whole
+//     stripes in slot order;
+//  4. column locks (a striped table of ecColSlots, one per ecColBlock
+//     columns of a stripe): a write that shares its stripe's lock holds
+//     those of the columns it changes exclusively, a degraded read shares
+//     those of the columns it reconstructs from, so no reconstruction sees
+//     half a write, while writes to other columns of the stripe (the next
+//     4 KiB of a sequential stream) proceed in parallel: Reed-Solomon codes
+//     every byte column on its own. A goroutine takes the column locks of
+//     one range at once, in ascending slot order.
 //
 // Every path goes down this list and a holder of several locks of one level
 // took them in one global order, so the locks cannot deadlock. Reads of
@@ -292,7 +304,12 @@ type EC struct {
 	nSuspect atomic.Int64
 
 	locks [ecLockSlots]sync.RWMutex // stripe s: locks[s % ecLockSlots]
-	bufs  sync.Pool                 // *stripeBuf
+	// cols are the column locks: block b (ecColBlock columns) of stripe s
+	// is cols[colSlot(s, b)]. A write of columns [c0, c1) of a stripe that
+	// is not suspect holds them exclusively, under the stripe's shared lock;
+	// a degraded read shares them.
+	cols [ecColSlots]sync.RWMutex
+	bufs sync.Pool // *stripeBuf
 	// staleAtBuild is the set of members that started Failed having
 	// missed writes (ECConfig.Stale): whatever they hold in a suspect stripe
 	// may predate writes they missed under the previous host, so it never

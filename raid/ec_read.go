@@ -54,13 +54,15 @@ func (e *EC) readUnit(ctx context.Context, p []byte, s int64, d int, c0 int64) e
 }
 
 // readDegraded reads bytes [c0, c0+len(p)) of data unit d of stripe s under
-// the stripe's read lock, so that no write of the stripe is half done: from
+// the stripe's and the columns' shared locks, so that no write of those
+// columns is half done: from
 // d's member if it is in sync by now, else reconstructed from the same
 // columns of k in-sync units.
 func (e *EC) readDegraded(ctx context.Context, p []byte, s int64, d int, c0 int64) error {
 	l := &e.locks[s%ecLockSlots]
 	l.RLock()
 	defer l.RUnlock()
+	defer e.lockColumns(s, c0, c0+int64(len(p)), false)()
 	b := e.getBuf()
 	defer e.putBuf(b)
 	w := int64(len(p))

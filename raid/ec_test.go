@@ -896,7 +896,14 @@ func TestECConcurrent(t *testing.T) {
 // ranges of two stripes with all members healthy: without the stripe lock
 // parity would be computed from data another writer is replacing.
 func TestECConcurrentSameStripe(t *testing.T) {
-	const unit = 4096
+	// With units of 16 KiB, writes to different 4 KiB columns of a stripe
+	// run at once (column locks).
+	for _, unit := range []int64{4096, 16384} {
+		t.Run(fmt.Sprintf("unit=%d", unit), func(t *testing.T) { testECConcurrentSameStripe(t, unit) })
+	}
+}
+
+func testECConcurrentSameStripe(t *testing.T, unit int64) {
 	f := newEC(t, 4, 2, unit, 2*unit, withJitter)
 	e, ctx := f.ec, t.Context()
 	var wg sync.WaitGroup
@@ -925,7 +932,12 @@ func TestECConcurrentSameStripe(t *testing.T) {
 // while another goroutine rewrites the rest of its stripe: the rebuild must
 // never mix old and new units of the stripe.
 func TestECDegradedReadDuringWrite(t *testing.T) {
-	const unit = 4096
+	for _, unit := range []int64{4096, 16384} {
+		t.Run(fmt.Sprintf("unit=%d", unit), func(t *testing.T) { testECDegradedReadDuringWrite(t, unit) })
+	}
+}
+
+func testECDegradedReadDuringWrite(t *testing.T, unit int64) {
 	f := newEC(t, 4, 2, unit, 4*unit, withJitter)
 	e, ctx := f.ec, t.Context()
 	rng := rand.New(rand.NewPCG(9, 9))

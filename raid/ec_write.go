@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"math/bits"
+	"slices"
 )
 
 // WriteAt writes p at off, stripe by stripe, several stripes in parallel.
@@ -48,26 +49,76 @@ func (e *EC) writeRange(ctx context.Context, p []byte, off int64, op *writeOp) e
 	})
 }
 
-// writeStripe writes p at offset a of stripe s's data (0 ≤ a < k·S) under
-// the stripe's lock, as one or two column ranges.
+// writeStripe writes p at offset a of stripe s's data (0 ≤ a < k·S) as
+// one or two column ranges. A suspect stripe is written under its
+// exclusive lock; another under its shared lock and the exclusive locks of
+// the columns written, so that writes to other columns of it go on at once.
 func (e *EC) writeStripe(ctx context.Context, s int64, p []byte, a int64, op *writeOp) error {
+	// Stripes only stop being suspect: one that is not now never becomes so.
+	exclusive := e.isSuspect(s)
 	l := &e.locks[s%ecLockSlots]
-	l.Lock()
-	defer l.Unlock()
+	if exclusive {
+		l.Lock()
+		defer l.Unlock()
+	} else {
+		l.RLock()
+		defer l.RUnlock()
+	}
+	columns := func(c0, c1 int64) error {
+		if !exclusive {
+			defer e.lockColumns(s, c0, c1, true)()
+		}
+		return e.writeColumns(ctx, s, p, a, c0, c1, op)
+	}
 	S, n := e.unit, int64(len(p))
 	switch {
 	case n >= S:
-		return e.writeColumns(ctx, s, p, a, 0, S, op)
+		return columns(0, S)
 	case a/S == (a+n-1)/S:
-		return e.writeColumns(ctx, s, p, a, a%S, a%S+n, op)
+		return columns(a%S, a%S+n)
 	default:
 		// Shorter than a unit but across a unit boundary: the end of one
 		// unit and the start of the next are disjoint column ranges.
-		if err := e.writeColumns(ctx, s, p, a, a%S, S, op); err != nil {
+		if err := columns(a%S, S); err != nil {
 			return err
 		}
-		return e.writeColumns(ctx, s, p, a, 0, (a+n)%S, op)
+		return columns(0, (a+n)%S)
 	}
+}
+
+// lockColumns takes the column locks of columns [c0, c1) of stripe s,
+// exclusively if write, in ascending slot order, and returns the function
+// that releases them. The stripe's lock is held (shared).
+func (e *EC) lockColumns(s, c0, c1 int64, write bool) func() {
+	b0, b1 := c0/ecColBlock, (c1-1)/ecColBlock
+	var buf [64]int
+	idx := buf[:0]
+	for b := b0; b <= b1; b++ {
+		idx = append(idx, e.colSlot(s, b))
+	}
+	slices.Sort(idx)
+	idx = slices.Compact(idx)
+	for _, i := range idx {
+		if write {
+			e.cols[i].Lock()
+		} else {
+			e.cols[i].RLock()
+		}
+	}
+	return func() {
+		for _, i := range idx {
+			if write {
+				e.cols[i].Unlock()
+			} else {
+				e.cols[i].RUnlock()
+			}
+		}
+	}
+}
+
+// colSlot is the column lock of block b of stripe s.
+func (e *EC) colSlot(s, b int64) int {
+	return int((s*(e.unit/ecColBlock) + b) % ecColSlots)
 }
 
 // cover is the part of data unit d's columns [c0, c1) that a write of
@@ -78,7 +129,8 @@ func (e *EC) cover(d int, c0, c1, a, end int64) (lo, hi int64) {
 }
 
 // writeColumns updates columns [c0, c1) of stripe s with the bytes of p (at
-// stripe data offset a) that fall in them. The stripe's lock is held.
+// stripe data offset a) that fall in them. The stripe's lock is held
+// exclusively, or shared with the columns' locks held exclusively.
 func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int64, op *writeOp) error {
 	b := e.getBuf()
 	defer e.putBuf(b)
