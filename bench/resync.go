@@ -48,14 +48,15 @@ func (r *Runner) resyncGroup(ctx context.Context) error {
 			"Copied and took= are summed and the longest from hostd's \"resync done ... copied_bytes=N took=D\" lines for that "+
 			"volume; the time is from the restart or attach until that line is logged and the metaserver reports every member in sync with no dirty bytes. "+
 			"Sizes alternate within each of the runs; every host crash uses a fresh volume and a new host. Target for the chunkserver outage: at most 1.25× the bytes "+
-			"written (1 MiB write-intent regions); the host crash rebuilds from the chunks' LOG bitmaps (64 MiB regions) and is "+
-			"for information.", r.cfg.ChunkSize>>20))
+			"written (1 MiB write-intent regions); for the host crash at most 4×: the new host rebuilds its write-intent bitmap from "+
+			"the chunks' LOG bitmaps, as the chunkservers answer them from the fine copy in their memory (1 MiB regions), "+
+			"while the LOG on disk keeps 64 MiB regions and syncs no more often.", r.cfg.ChunkSize>>20))
 	var csFigs, hostFigs []resyncFigures
 	for _, w := range r.cfg.ResyncMiB {
 		csFigs = append(csFigs, newResyncFigures("chunkserver outage", w, 1.25))
 	}
 	for _, w := range r.cfg.ResyncMiB {
-		hostFigs = append(hostFigs, newResyncFigures("host crash", w, 0))
+		hostFigs = append(hostFigs, newResyncFigures("host crash", w, 4))
 	}
 	for _, f := range csFigs {
 		r.add(f.all()...)

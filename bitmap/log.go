@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math/bits"
 	"strconv"
 	"sync"
 	"time"
@@ -35,6 +36,13 @@ type LogConfig struct {
 	// Clock tells the time for Rotate and for the rotation time of a new
 	// Log. Nil means time.Now.
 	Clock func() time.Time
+	// FineRegion, if smaller than RegionSize, keeps beside the LOG a fine
+	// copy of it in memory, one bit per FineRegion bytes (a power of two
+	// of at least 512), that FineSnapshot returns: never persisted, so
+	// marking it costs no sync, and it does for a crashed host, whose
+	// chunkservers live on, what the coarse LOG does after anything. Zero:
+	// none.
+	FineRegion int64
 }
 
 func (c *LogConfig) validate() error {
@@ -54,6 +62,11 @@ func (c *LogConfig) validate() error {
 		return configErr("LOG region size %d must be a power of two of at least %d", c.RegionSize, logMinRegion)
 	case c.Period < 0:
 		return configErr("LOG rotation period %v must be positive", c.Period)
+	case c.FineRegion != 0 && (!isPow2(c.FineRegion) || c.FineRegion < logMinRegion):
+		return configErr("fine LOG region size %d must be a power of two of at least %d", c.FineRegion, logMinRegion)
+	}
+	if c.FineRegion >= c.RegionSize {
+		c.FineRegion = 0 // no finer than the LOG itself
 	}
 	return nil
 }
@@ -87,7 +100,17 @@ type Log struct {
 		syncing      bool          // a persist is running
 		syncDone     chan struct{} // closed when the running persist ends
 		failed       error         // set once a persist failed; permanent
+		// The fine copy (LogConfig.FineRegion), nil without one: its two
+		// halves, marked and rotated with the LOG's; and, in LOG regions,
+		// the halves of the bits this Log did not see set (restored by
+		// UnmarshalBinary), rotated alike: where one of those is set the
+		// fine copy does not know which fine regions the writes touched.
+		fineCur, fineHist       []uint64
+		untrackCur, untrackHist []uint64
 	}
+	fineRegion int64 // 0: no fine copy
+	fineShift  uint
+	fineCount  int64 // fine regions
 }
 
 // NewLog returns an empty Log whose rotation time is now.
@@ -97,6 +120,13 @@ func NewLog(cfg LogConfig) (*Log, error) {
 	}
 	l := &Log{}
 	l.init(cfg.Size, cfg.RegionSize, cfg.Period, cfg.Clock)
+	if cfg.FineRegion != 0 {
+		l.fineRegion, l.fineShift = cfg.FineRegion, shiftOf(cfg.FineRegion)
+		l.fineCount = regionCount(cfg.Size, l.fineShift)
+		n := (l.fineCount + 63) / 64
+		l.mu.fineCur, l.mu.fineHist = make([]uint64, n), make([]uint64, n)
+		l.mu.untrackCur, l.mu.untrackHist = make([]uint64, len(l.mu.current)), make([]uint64, len(l.mu.current))
+	}
 	l.mu.lastRotation = l.clock()
 	return l, nil
 }
@@ -139,6 +169,12 @@ func (l *Log) Mark(off, length int64) (gen uint64, flipped bool) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.fineRegion != 0 {
+		f0, f1, _ := span(off, length, l.size, l.fineShift)
+		for r := f0; r <= f1; r++ {
+			l.mu.fineCur[r>>6] |= 1 << (r & 63)
+		}
+	}
 	for r := first; r <= last; r++ {
 		w, m := r>>6, uint64(1)<<(r&63)
 		if l.mu.current[w]&m == 0 {
@@ -257,16 +293,26 @@ func (l *Log) MaybeRotate(now time.Time) bool {
 }
 
 func (l *Log) rotateLocked(now time.Time) {
-	for i, c := range l.mu.current {
-		if l.mu.pinned {
-			l.mu.history[i] |= c
-		} else {
-			l.mu.history[i] = c
-		}
-		l.mu.current[i] = 0
+	rotateHalves(l.mu.current, l.mu.history, l.mu.pinned)
+	if l.fineRegion != 0 {
+		rotateHalves(l.mu.fineCur, l.mu.fineHist, l.mu.pinned)
+		rotateHalves(l.mu.untrackCur, l.mu.untrackHist, l.mu.pinned)
 	}
 	clear(l.mu.setGen)
 	l.mu.lastRotation = now
+}
+
+// rotateHalves rotates a pair of halves: history := current (history |=
+// current if pinned); current := 0.
+func rotateHalves(cur, hist []uint64, pinned bool) {
+	for i, c := range cur {
+		if pinned {
+			hist[i] |= c
+		} else {
+			hist[i] = c
+		}
+		cur[i] = 0
+	}
 }
 
 // RestartPeriod starts the current period anew at the Clock's now,
@@ -343,6 +389,37 @@ func (l *Log) Snapshot() []byte {
 		putBitsLE(out, i, l.mu.current[i]|l.mu.history[i])
 	}
 	return out
+}
+
+// FineSnapshot is Snapshot at the fine copy's granularity
+// (LogConfig.FineRegion): it returns that region size and the bits, in
+// Snapshot's layout, of the fine regions written in the last period — or,
+// for the LOG regions whose bits this Log restored rather than saw set
+// (after a restart), every fine region of them. A Log without a fine copy
+// returns RegionSize and Snapshot. It records every write Snapshot does
+// (Theorem 1 holds for it alike), and a host that reads it after another
+// host died resyncs only the fine regions in flight, not whole LOG
+// regions.
+func (l *Log) FineSnapshot() (regionSize int64, snapshot []byte) {
+	if l.fineRegion == 0 {
+		return l.regionSize, l.Snapshot()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]byte, (l.fineCount+7)/8)
+	for i := range l.mu.fineCur {
+		putBitsLE(out, i, l.mu.fineCur[i]|l.mu.fineHist[i])
+	}
+	per := int64(1) << (l.shift - l.fineShift) // fine regions per LOG region
+	for i := range l.mu.untrackCur {
+		for w := l.mu.untrackCur[i] | l.mu.untrackHist[i]; w != 0; w &= w - 1 {
+			r := int64(i)*64 + int64(bits.TrailingZeros64(w))
+			for f := r * per; f < min((r+1)*per, l.fineCount); f++ {
+				out[f/8] |= 1 << (f % 8)
+			}
+		}
+	}
+	return l.fineRegion, out
 }
 
 // putBitsLE writes word i of a host-order bitmap into b, bit j of the word
@@ -424,6 +501,14 @@ func (l *Log) UnmarshalBinary(data []byte) error {
 	for i := range l.mu.current {
 		l.mu.current[i] = getBitsLE(d.current, i)
 		l.mu.history[i] = getBitsLE(d.history, i)
+	}
+	if l.fineRegion != 0 {
+		// This Log did not see these bits set: the fine copy stands for
+		// them whole until they are rotated out.
+		copy(l.mu.untrackCur, l.mu.current)
+		copy(l.mu.untrackHist, l.mu.history)
+		clear(l.mu.fineCur)
+		clear(l.mu.fineHist)
 	}
 	clear(l.mu.setGen)
 	l.mu.pinned = d.pinned

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -564,4 +565,114 @@ func FuzzLogUnmarshal(f *testing.F) {
 			check(sealed)
 		}
 	})
+}
+
+// TestLogFineSnapshot: the fine copy records a write at its own
+// granularity, forgets it with the LOG's rotations (not while pinned), and
+// after a restore stands for the restored LOG regions whole until they
+// are rotated out.
+func TestLogFineSnapshot(t *testing.T) {
+	clk := newFakeClock()
+	cfg := LogConfig{Size: 1 << 20, RegionSize: 64 << 10, FineRegion: 4096, Period: time.Minute, Clock: clk.Now}
+	l := newTestLog(t, cfg)
+	fine := func() []int64 {
+		rs, b := l.FineSnapshot()
+		if rs != 4096 {
+			t.Fatalf("fine region %d, want 4096", rs)
+		}
+		return logRegions(b)
+	}
+	l.Mark(70000, 100) // fine region 17, LOG region 1
+	if got := fmt.Sprint(fine()); got != "[17]" {
+		t.Fatalf("fine regions after one write: %s, want [17]", got)
+	}
+	l.Rotate()
+	if got := fmt.Sprint(fine()); got != "[17]" {
+		t.Fatalf("after one rotation: %s, want [17] (in history)", got)
+	}
+	l.Rotate()
+	if got := fine(); len(got) != 0 {
+		t.Fatalf("after two rotations: %v, want nothing", got)
+	}
+	l.Mark(4096*40, 8192) // fine 40 and 41
+	l.Pin()
+	l.Rotate()
+	l.Rotate()
+	if got := fmt.Sprint(fine()); got != "[40 41]" {
+		t.Fatalf("pinned, after two rotations: %s, want [40 41]", got)
+	}
+
+	// A restart: the restored LOG region 2 (fine 32..47) stands whole.
+	state, err := l.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l = newTestLog(t, cfg)
+	if err := l.UnmarshalBinary(state); err != nil {
+		t.Fatal(err)
+	}
+	if got := fine(); len(got) != 16 || got[0] != 32 || got[15] != 47 {
+		t.Fatalf("after a restore: %v, want 32..47", got)
+	}
+	l.Mark(4096*3, 1) // fine 3, LOG region 0
+	if got := fine(); len(got) != 17 || got[0] != 3 {
+		t.Fatalf("after a restore and a write: %v, want 3 and 32..47", got)
+	}
+	l.Unpin()
+	l.Rotate()
+	l.Rotate()
+	if got := fine(); len(got) != 0 {
+		t.Fatalf("unpinned, two rotations after the restore: %v, want nothing", got)
+	}
+
+	// Without a fine copy (FineRegion not below RegionSize), it is the LOG.
+	cfg.FineRegion = 64 << 10
+	l = newTestLog(t, cfg)
+	l.Mark(70000, 100)
+	if rs, b := l.FineSnapshot(); rs != 64<<10 || fmt.Sprint(logRegions(b)) != "[1]" {
+		t.Fatalf("no fine copy: region %d, regions %v", rs, logRegions(b))
+	}
+}
+
+// TestLogFineMatchesCoarse: under random marks, rotations, pins and
+// restores, the fine snapshot coarsened to LOG regions is exactly the LOG's
+// snapshot: it never misses a region the LOG holds and never claims one it
+// does not.
+func TestLogFineMatchesCoarse(t *testing.T) {
+	clk := newFakeClock()
+	cfg := LogConfig{Size: 3<<20 + 12345, RegionSize: 256 << 10, FineRegion: 8192, Period: time.Minute, Clock: clk.Now}
+	l := newTestLog(t, cfg)
+	rng := rand.New(rand.NewPCG(7, 7))
+	for step := range 3000 {
+		switch op := rng.IntN(20); {
+		case op < 14:
+			off := rng.Int64N(cfg.Size)
+			l.Mark(off, 1+rng.Int64N(300<<10))
+		case op < 17:
+			l.Rotate()
+		case op == 17:
+			l.Pin()
+		case op == 18:
+			l.Unpin()
+		default:
+			state, err := l.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			l = newTestLog(t, cfg)
+			if err := l.UnmarshalBinary(state); err != nil {
+				t.Fatal(err)
+			}
+		}
+		rs, fb := l.FineSnapshot()
+		per := cfg.RegionSize / rs
+		coarse := make([]byte, len(l.Snapshot()))
+		for _, f := range logRegions(fb) {
+			r := f / per
+			coarse[r/8] |= 1 << (r % 8)
+		}
+		if want := l.Snapshot(); !bytes.Equal(coarse, want) {
+			t.Fatalf("step %d: fine coarsened %v, LOG %v", step, logRegions(coarse), logRegions(want))
+		}
+	}
 }

@@ -266,11 +266,14 @@ func (h controlAPI) log(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// The fine copy: what this process saw written at 1 MiB, and whole
+	// LOG regions where it restored the bits after a restart.
 	l := c.Log()
+	region, bits := l.FineSnapshot()
 	writeJSON(w, http.StatusOK, api.LogBitmap{
-		RegionSize: l.RegionSize(),
+		RegionSize: region,
 		Size:       c.Size(),
-		Bits:       l.Snapshot(),
+		Bits:       bits,
 		Pinned:     l.Pinned(),
 	})
 }

@@ -197,6 +197,9 @@ type ControlResponse struct {
 
 // LogBitmap is a chunk's LOG bitmap, current|history: bit i (LSB first in
 // byte i/8) covers bytes [i*RegionSize, (i+1)*RegionSize) of the chunk.
+// The control API answers with the LOG's fine copy (1 MiB regions, kept in
+// the chunkserver's memory): exact for the writes the chunkserver process
+// saw, whole LOG regions for those it restored from its sidecar.
 type LogBitmap struct {
 	RegionSize int64  `json:"region_size"`
 	Size       int64  `json:"size"`

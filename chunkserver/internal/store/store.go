@@ -41,6 +41,11 @@ var validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 const (
 	DefaultLogRegion = 64 << 20
 	DefaultLogPeriod = 60 * time.Second
+	// LogFineRegion is the granularity of the fine copy of each LOG kept
+	// in memory (bitmap.LogConfig.FineRegion): hostd's WIB region, so that
+	// a host taking over after another host's death resyncs what was in
+	// flight at the WIB's granularity while the chunkservers live on.
+	LogFineRegion = 1 << 20
 )
 
 // Config configures a Store. Zero values mean the documented defaults.
@@ -250,7 +255,8 @@ func (s *Store) failedPath(id string) string { return filepath.Join(s.dir, id+su
 
 // newLog makes the LOG bitmap of a chunk of size bytes.
 func (s *Store) newLog(size, regionSize int64) (*bitmap.Log, error) {
-	return bitmap.NewLog(bitmap.LogConfig{Size: size, RegionSize: regionSize, Period: s.cfg.LogPeriod, Clock: s.cfg.Clock})
+	return bitmap.NewLog(bitmap.LogConfig{Size: size, RegionSize: regionSize, Period: s.cfg.LogPeriod, Clock: s.cfg.Clock,
+		FineRegion: LogFineRegion})
 }
 
 func (s *Store) load(id string) (*Chunk, error) {
