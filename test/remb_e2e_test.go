@@ -239,6 +239,55 @@ func hostCrash(t *testing.T, mode string) {
 	checkReplicas(t, c, "fb")
 }
 
+// TestHostCrashFineLog: with LOG regions of 16 MiB on disk, the host dies
+// while writing the first 4 MiB of a volume; the new host reads the
+// members' LOGs, which the chunkservers answer from their fine copy in
+// memory (1 MiB regions), and copies about what was written, less than one
+// LOG region; every acknowledged write reads back and the replicas agree.
+func TestHostCrashFineLog(t *testing.T) {
+	t.Parallel()
+	const logRegion = 16 << 20
+	c := startClusterOpts(t, localcluster.Options{
+		ChunkSize:            testChunk,
+		ExtraChunkserverArgs: []string{"--log-region", strconv.Itoa(logRegion)},
+		ExtraHostdArgs:       []string{"--wib-region", "1048576"},
+	})
+	createVolume(t, c, "fl", "64MiB", c.HostName)
+	if err := c.WaitTarget(t.Context(), "fl", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddHostd(t.Context(), "host2"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	load := startWriteLoad(ctx, c.ISCSIURL("fl"), slots(256, 16<<10, 4<<20, 0), 5)
+	waitFor(t, 30*time.Second, "the write load to get going", func() bool { return len(load.Acked()) >= 50 })
+	if err := c.Hostd.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	acked := load.Acked()
+	cancel()
+	<-load.done
+
+	cli(t, c, "volume", "attach", "fl", "--host", "host2")
+	if err := c.WaitTargetOn(t.Context(), "host2", "fl", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitInSync(t, c, "fl", time.Minute)
+	copied, n := resyncedBytes(t, c.Hosts["host2"].Log)
+	t.Logf("host crash with %d MiB LOG regions: %d writes of 16 KiB acknowledged in the first 4 MiB; the new host resynced %d bytes in %d resyncs",
+		logRegion>>20, len(acked), copied, n)
+	if n == 0 || copied == 0 {
+		t.Fatal("the new host ran no resync: the members' LOGs were not used")
+	}
+	if copied > 5<<20 {
+		t.Fatalf("the new host resynced %d bytes for writes to the first 4 MiB: whole LOG regions (%d bytes), not the fine copy", copied, logRegion)
+	}
+	verifyAcked(t, c.ISCSIURLOn("host2", "fl"), acked)
+	checkReplicas(t, c, "fl")
+}
+
 var (
 	setSubject = regexp.MustCompile(`^volume/[^/]+/set/\d+$`)
 	eventBytes = regexp.MustCompile(`\((\d+) bytes\)|copied (\d+) bytes`)
