@@ -103,9 +103,14 @@ func TestStateChangesSameInBothKinds(t *testing.T) {
 }
 
 // TestRecordRefusedFailsWritesInBothKinds: while the record of a
-// degradation fails, both kinds fail the writes that need it, and a flush
-// acknowledged with a resyncing member waits for it too; once it lands they
-// succeed and the member that missed them is untrusted.
+// degradation fails, both kinds fail the writes that need it. The member
+// then rejoins: it is resyncing and lacks that write, yet the metaserver
+// never heard it is not in sync. A flush that reaches every member must not
+// be acknowledged until the record lands: a host that took over after a
+// total power loss would otherwise trust the stale member as a resync
+// source and copy its old bytes over the flushed ones. (Found by
+// TestSetDataModel, mirror2 seed 355 of the soak.) Once the record lands
+// the flush succeeds and the member is untrusted.
 func TestRecordRefusedFailsWritesInBothKinds(t *testing.T) {
 	ctx := t.Context()
 	var refuse atomic.Bool

@@ -117,56 +117,6 @@ func TestMirrorAllFailed(t *testing.T) {
 	}
 }
 
-// TestMirrorFlushWithResyncingMemberNeedsRecord: a member fails a write
-// while the record of the degradation keeps failing, and rejoins. It is
-// resyncing and lacks that write, yet the metaserver never heard it is not
-// in sync. A flush that reaches both members must not be acknowledged
-// until the record lands: a host that took over after a total power loss
-// would otherwise trust the stale member as a resync source and copy its
-// old bytes over the flushed ones. (Found by TestSetDataModel, mirror2
-// seed 355 of the soak.)
-func TestMirrorFlushWithResyncingMemberNeedsRecord(t *testing.T) {
-	ctx := t.Context()
-	a, b := raidtest.NewMemDevice(1<<20), raidtest.NewMemDevice(1<<20)
-	var refuse atomic.Bool
-	refuse.Store(true)
-	m, err := raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{
-		Members: []raid.Device{a, b},
-		BeforeDegradedWrite: func(context.Context) error {
-			if refuse.Load() {
-				return errors.New("pin refused")
-			}
-			return nil
-		},
-	},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	b.SetFailed(true)
-	if err := m.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 0, false); !errors.Is(err, raid.ErrNotRecorded) {
-		t.Fatalf("degraded write with the record refused: %v, want ErrNotRecorded", err)
-	}
-	b.SetFailed(false)
-	if err := m.Rejoin(1, b); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Flush(ctx); !errors.Is(err, raid.ErrNotRecorded) {
-		t.Fatalf("flush with a resyncing member whose degradation is not recorded: %v, want ErrNotRecorded", err)
-	}
-	refuse.Store(false)
-	if err := m.Flush(ctx); err != nil {
-		t.Fatalf("flush once the record can land: %v", err)
-	}
-	if u := m.Untrusted(); !u[1] {
-		t.Fatalf("Untrusted = %v after a flush acknowledged while member 1 resyncs", u)
-	}
-}
-
 // TestProbeAndFail: on an idle set, Probe fails exactly the in-sync members
 // that cannot answer a read (through the health machine, with
 // OnStateChange), for mirrors and EC alike, and leaves the others in sync;
