@@ -2,12 +2,10 @@ package raid_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/chunkraid/chunkraid/raid"
