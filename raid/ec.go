@@ -24,6 +24,9 @@ const (
 	// lock, and ecColSlots the size of the column lock table.
 	ecColBlock = 4096
 	ecColSlots = 4096
+	// ecMaxUnit is the largest stripe unit: a stripe's column locks fit
+	// the table.
+	ecMaxUnit = ecColBlock * ecColSlots
 	// ecParallelStripes bounds the stripes of one write in flight at once.
 	ecParallelStripes = 8
 	// ecParallelUnits bounds the unit reads of one read in flight at once.
@@ -69,7 +72,7 @@ type ECConfig struct {
 	// survives M members that are not in sync. K+M is at most 64.
 	M int
 	// StripeUnit is S, the bytes of one stripe on one member: a power of two
-	// of at least 4096. 0 means DefaultStripeUnit (64 KiB).
+	// from 4096 to 16 MiB. 0 means DefaultStripeUnit (64 KiB).
 	StripeUnit int64
 	// Successors names the members beyond the K+M of the layout, each the
 	// successor of one of them (a drain moves that member to a new chunk):
@@ -117,8 +120,8 @@ func (c *ECConfig) validate() error {
 		}
 	}
 	s := c.StripeUnit
-	if s < 4096 || s&(s-1) != 0 {
-		return fmt.Errorf("raid: ec stripe unit %d must be a power of two of at least 4096", s)
+	if s < 4096 || s > ecMaxUnit || s&(s-1) != 0 {
+		return fmt.Errorf("raid: ec stripe unit %d must be a power of two from 4096 to %d", s, ecMaxUnit)
 	}
 	size := c.Members[0].Size()
 	for i, m := range c.Members {

@@ -62,7 +62,7 @@ func (e *EC) readDegraded(ctx context.Context, p []byte, s int64, d int, c0 int6
 	l := &e.locks[s%ecLockSlots]
 	l.RLock()
 	defer l.RUnlock()
-	defer e.lockColumns(s, c0, c0+int64(len(p)), false)()
+	defer e.lockColumns(s, c0, c0+int64(len(p)), false).unlock()
 	b := e.getBuf()
 	defer e.putBuf(b)
 	w := int64(len(p))

@@ -176,6 +176,7 @@ func TestNewECRejects(t *testing.T) {
 		{"nil member", raid.ECConfig{SetConfig: raid.SetConfig{Members: withNil}, K: 2, M: 1}},
 		{"unit too small", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 1<<20)}, K: 2, M: 1, StripeUnit: 2048}},
 		{"unit not power of two", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 1<<20)}, K: 2, M: 1, StripeUnit: 12288}},
+		{"unit too large", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 1<<20)}, K: 2, M: 1, StripeUnit: 32 << 20}},
 		{"unit negative", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 1<<20)}, K: 2, M: 1, StripeUnit: -4096}},
 		{"member smaller than unit", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(3, 60000)}, K: 2, M: 1}},
 		{"too wide", raid.ECConfig{SetConfig: raid.SetConfig{Members: mk(65, 4096)}, K: 60, M: 5, StripeUnit: 4096}},

@@ -8,7 +8,7 @@ import (
 	"context"
 	"fmt"
 	"math/bits"
-	"slices"
+	"sync"
 )
 
 // WriteAt writes p at off, stripe by stripe, several stripes in parallel.
@@ -66,7 +66,7 @@ func (e *EC) writeStripe(ctx context.Context, s int64, p []byte, a int64, op *wr
 	}
 	columns := func(c0, c1 int64) error {
 		if !exclusive {
-			defer e.lockColumns(s, c0, c1, true)()
+			defer e.lockColumns(s, c0, c1, true).unlock()
 		}
 		return e.writeColumns(ctx, s, p, a, c0, c1, op)
 	}
@@ -87,33 +87,46 @@ func (e *EC) writeStripe(ctx context.Context, s int64, p []byte, a int64, op *wr
 }
 
 // lockColumns takes the column locks of columns [c0, c1) of stripe s,
-// exclusively if write, in ascending slot order, and returns the function
-// that releases them. The stripe's lock is held (shared).
-func (e *EC) lockColumns(s, c0, c1 int64, write bool) func() {
+// exclusively if write, in ascending slot order, and returns them for
+// unlock. The stripe's lock is held (shared). The blocks of one stripe
+// have consecutive slots that never wrap round the table: a stripe has
+// S/ecColBlock blocks, a power of two that divides ecColSlots.
+func (e *EC) lockColumns(s, c0, c1 int64, write bool) colLocks {
 	b0, b1 := c0/ecColBlock, (c1-1)/ecColBlock
-	var buf [64]int
-	idx := buf[:0]
-	for b := b0; b <= b1; b++ {
-		idx = append(idx, e.colSlot(s, b))
-	}
-	slices.Sort(idx)
-	idx = slices.Compact(idx)
-	for _, i := range idx {
+	l := colLocks{cols: &e.cols, first: e.colSlot(s, b0), n: int(b1 - b0 + 1), write: write}
+	l.each(func(m *sync.RWMutex) {
 		if write {
-			e.cols[i].Lock()
+			m.Lock()
 		} else {
-			e.cols[i].RLock()
+			m.RLock()
 		}
+	})
+	return l
+}
+
+// colLocks is a range of column locks held: n slots from first.
+type colLocks struct {
+	cols  *[ecColSlots]sync.RWMutex
+	first int
+	n     int
+	write bool
+}
+
+// each calls f on the locks of l in ascending slot order.
+func (l colLocks) each(f func(*sync.RWMutex)) {
+	for i := l.first; i < l.first+l.n; i++ {
+		f(&l.cols[i])
 	}
-	return func() {
-		for _, i := range idx {
-			if write {
-				e.cols[i].Unlock()
-			} else {
-				e.cols[i].RUnlock()
-			}
+}
+
+func (l colLocks) unlock() {
+	l.each(func(m *sync.RWMutex) {
+		if l.write {
+			m.Unlock()
+		} else {
+			m.RUnlock()
 		}
-	}
+	})
 }
 
 // colSlot is the column lock of block b of stripe s.
