@@ -1,9 +1,8 @@
 package metaserver
 
 import (
-	"cmp"
+	"container/heap"
 	"fmt"
-	"slices"
 
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -68,20 +67,18 @@ func (e *PlacementError) Error() string {
 // break by fault domain then server name, so the result is deterministic.
 // On each chosen server the member goes to the disk with the best score
 // computed the same way per disk.
+//
+// Each domain keeps its servers in a heap, and the domains are in a heap by
+// their best server: a set costs O(width · log n), so a cluster of 10,000
+// chunkservers places a million chunks in seconds (TestScaleModel).
 func place(l api.Layout, sets int, chunkSize int64, cands []candidate) ([][]placed, error) {
-	type server struct {
-		c      candidate
-		score  int64
-		disks  []int64 // per-disk score, parallel to c.Disks
-		domain string
-	}
-	servers := make([]*server, 0, len(cands))
-	domains := map[string]bool{}
+	byDomain := map[string]*domainHeap{}
+	online := 0
 	for _, c := range cands {
 		if len(c.Disks) == 0 {
 			continue
 		}
-		s := &server{c: c, domain: c.FaultDomain, disks: make([]int64, len(c.Disks))}
+		s := &rankedServer{c: c, domain: c.FaultDomain, disks: make([]int64, len(c.Disks))}
 		if s.domain == "" {
 			s.domain = c.Name
 		}
@@ -89,54 +86,101 @@ func place(l api.Layout, sets int, chunkSize int64, cands []candidate) ([][]plac
 			s.disks[i] = d.FreeBytes - chunkSize*int64(d.ActiveChunks)
 			s.score += s.disks[i]
 		}
-		servers = append(servers, s)
-		domains[s.domain] = true
+		d := byDomain[s.domain]
+		if d == nil {
+			d = &domainHeap{name: s.domain}
+			byDomain[s.domain] = d
+		}
+		d.servers = append(d.servers, s)
+		online++
 	}
 	width := l.Width()
-	if len(domains) < width {
-		return nil, &PlacementError{Layout: l.String(), Need: width, Online: len(servers), Domains: len(domains)}
+	if len(byDomain) < width {
+		return nil, &PlacementError{Layout: l.String(), Need: width, Online: online, Domains: len(byDomain)}
 	}
-	better := func(a, b *server) int {
-		if c := cmp.Compare(b.score, a.score); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.domain, b.domain); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.c.Name, b.c.Name); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.c.ID, b.c.ID)
+	domains := &domainsHeap{}
+	for _, d := range byDomain {
+		heap.Init(d)
+		domains.ds = append(domains.ds, d)
 	}
+	heap.Init(domains)
 	out := make([][]placed, sets)
+	chosen := make([]*domainHeap, width)
 	for i := range out {
-		// The best server of each domain, then the best domains.
-		best := map[string]*server{}
-		for _, s := range servers {
-			if b, ok := best[s.domain]; !ok || better(s, b) < 0 {
-				best[s.domain] = s
-			}
-		}
-		offers := make([]*server, 0, len(best))
-		for _, s := range best {
-			offers = append(offers, s)
-		}
-		slices.SortFunc(offers, better)
 		members := make([]placed, width)
-		for j, s := range offers[:width] {
-			d := 0
-			for k := range s.disks {
-				if s.disks[k] > s.disks[d] {
-					d = k
+		for j := range width {
+			d := heap.Pop(domains).(*domainHeap)
+			s := d.servers[0]
+			k := 0
+			for x := range s.disks {
+				if s.disks[x] > s.disks[k] {
+					k = x
 				}
 			}
-			members[j] = placed{ChunkserverID: s.c.ID, DiskID: s.c.Disks[d].ID}
-			s.disks[d] -= chunkSize
+			members[j] = placed{ChunkserverID: s.c.ID, DiskID: s.c.Disks[k].ID}
+			s.disks[k] -= chunkSize
 			s.score -= chunkSize
+			heap.Fix(d, 0)
+			chosen[j] = d
+		}
+		for _, d := range chosen {
+			heap.Push(domains, d)
 		}
 		out[i] = members
 	}
 	return out, nil
+}
+
+// rankedServer is a candidate with its score for place.
+type rankedServer struct {
+	c      candidate
+	score  int64
+	disks  []int64 // per-disk score, parallel to c.Disks
+	domain string
+}
+
+// better orders servers best first: the higher score, then the fault
+// domain, the name and the ID.
+func better(a, b *rankedServer) bool {
+	if a.score != b.score {
+		return a.score > b.score
+	}
+	if a.domain != b.domain {
+		return a.domain < b.domain
+	}
+	if a.c.Name != b.c.Name {
+		return a.c.Name < b.c.Name
+	}
+	return a.c.ID < b.c.ID
+}
+
+// domainHeap is the servers of one fault domain, best first.
+type domainHeap struct {
+	name    string
+	servers []*rankedServer
+}
+
+func (d *domainHeap) Len() int           { return len(d.servers) }
+func (d *domainHeap) Less(i, j int) bool { return better(d.servers[i], d.servers[j]) }
+func (d *domainHeap) Swap(i, j int)      { d.servers[i], d.servers[j] = d.servers[j], d.servers[i] }
+func (d *domainHeap) Push(x any)         { d.servers = append(d.servers, x.(*rankedServer)) }
+func (d *domainHeap) Pop() any {
+	x := d.servers[len(d.servers)-1]
+	d.servers = d.servers[:len(d.servers)-1]
+	return x
+}
+
+// domainsHeap is the fault domains, ordered by their best server.
+type domainsHeap struct{ ds []*domainHeap }
+
+func (h *domainsHeap) Len() int           { return len(h.ds) }
+func (h *domainsHeap) Less(i, j int) bool { return better(h.ds[i].servers[0], h.ds[j].servers[0]) }
+func (h *domainsHeap) Swap(i, j int)      { h.ds[i], h.ds[j] = h.ds[j], h.ds[i] }
+func (h *domainsHeap) Push(x any)         { h.ds = append(h.ds, x.(*domainHeap)) }
+func (h *domainsHeap) Pop() any {
+	x := h.ds[len(h.ds)-1]
+	h.ds = h.ds[:len(h.ds)-1]
+	return x
 }
 
 // setCount returns how many sets of setSize bytes hold size bytes.
