@@ -209,7 +209,7 @@ func (r *Runner) profile(ctx context.Context) error {
 			continue
 		}
 		ours, ref := &qemuSide{url: g.l.ours}, &qemuSide{url: g.l.ref}
-		if err := errors.Join(r.calibrate(ctx, ours, true, 4096, 32), r.calibrate(ctx, ref, true, 4096, 32)); err != nil {
+		if err := errors.Join(r.calibrate(ctx, ours, true, 4096, 32, 0), r.calibrate(ctx, ref, true, 4096, 32, 0)); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", g.name, err))
 			continue
 		}

@@ -20,7 +20,7 @@ type qemuSide struct {
 
 // calibrate runs a short bench (which also warms the side up) and sizes
 // the count of the real runs to last about RunTime.
-func (r *Runner) calibrate(ctx context.Context, s *qemuSide, write bool, size, depth int) error {
+func (r *Runner) calibrate(ctx context.Context, s *qemuSide, write bool, size, depth, step int) error {
 	probe := 2000
 	if depth > 1 {
 		probe = 10000
@@ -28,7 +28,7 @@ func (r *Runner) calibrate(ctx context.Context, s *qemuSide, write bool, size, d
 	if size >= 1<<20 {
 		probe = 200
 	}
-	q, err := qemuBench(ctx, s.url, write, size, depth, probe, 2*time.Minute)
+	q, err := qemuBenchStep(ctx, s.url, write, size, depth, step, probe, 2*time.Minute)
 	if err != nil {
 		return fmt.Errorf("calibration: %w", err)
 	}
@@ -56,14 +56,14 @@ type target struct {
 // geometric mean of what each completes in RunTime — so that every run
 // covers the same byte range on all; one unrecorded run per target at that
 // count first makes the measured runs overwrite allocated blocks on all.
-func (r *Runner) qemuRate(ctx context.Context, label string, ts []target, write bool, size, depth int) error {
+func (r *Runner) qemuRate(ctx context.Context, label string, ts []target, write bool, size, depth, step int) error {
 	sides := make([]*qemuSide, len(ts))
 	var counts []int
 	var out []*side
 	timeout := 6*r.cfg.RunTime + 30*time.Second
 	for i, t := range ts {
 		sides[i] = &qemuSide{url: t.url}
-		if err := r.calibrate(ctx, sides[i], write, size, depth); err != nil {
+		if err := r.calibrate(ctx, sides[i], write, size, depth, step); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -80,7 +80,7 @@ func (r *Runner) qemuRate(ctx context.Context, label string, ts []target, write 
 		if sides[i].count == 0 {
 			continue
 		}
-		if _, err := qemuBench(ctx, t.url, write, size, depth, count, timeout); err != nil {
+		if _, err := qemuBenchStep(ctx, t.url, write, size, depth, step, count, timeout); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -90,7 +90,7 @@ func (r *Runner) qemuRate(ctx context.Context, label string, ts []target, write 
 		out = append(out, &side{name: t.name, dst: append(slices.Clone(t.dst), meterDsts(t.cpu)...), figs: t.figs,
 			run: func(ctx context.Context) ([]float64, error) {
 				return metered(ctx, t.cpu, func(ctx context.Context) ([]float64, int64, error) {
-					q, err := qemuBench(ctx, t.url, write, size, depth, count, timeout)
+					q, err := qemuBenchStep(ctx, t.url, write, size, depth, step, count, timeout)
 					if err != nil {
 						return nil, 0, err
 					}
@@ -187,7 +187,7 @@ func (r *Runner) volumeGroup(ctx context.Context) error {
 		"volume: one %d MiB volume per layout (mirror:2, mirror:3, ec:4+2 with 64 KiB stripe units) on a local cluster of %d chunkservers, "+
 			"through hostd's iSCSI target, against tgtd with a file LUN of the same size in the same directory tree; "+
 			"the four alternate in every round. QD32 and 1 MiB QD8: `qemu-img bench -f raw [-w] -s SIZE -d D -c N` "+
-			"(sequential from offset 0; the same N on all four, the geometric mean of what each completes in %s by a calibration run, "+
+			"(sequential from offset 0, or with -S 1048576 for the writes 1 MiB apart; the same N on all four, the geometric mean of what each completes in %s by a calibration run, "+
 			"and one unrecorded run at N first). QD1: qemu-io reading commands from its standard input, %d random 4K-aligned "+
 			"`write`/`read` commands one after the other (the same seeded offsets on all four, one unrecorded run first); "+
 			"qemu-io reports each command's rate to four decimals from the exact elapsed time, and 1/rate is that request's latency, "+
@@ -252,12 +252,17 @@ func (r *Runner) volumeGroup(ctx context.Context) error {
 		write bool
 		size  int
 		depth int
+		step  int // bytes from one request to the next; 0: sequential
 		cmpEC bool
 	}{
-		{"4K write QD32", true, 4096, 32, false},
-		{"4K read QD32", false, 4096, 32, false},
-		{"1M seq write QD8", true, 1 << 20, 8, true},
-		{"1M seq read QD8", false, 1 << 20, 8, true},
+		{"4K write QD32", true, 4096, 32, 0, false},
+		// Each request in another stripe of ec:4+2 (256 KiB of data), as
+		// random writes mostly are: EC's small-write cost without the
+		// contention of a sequential stream for one stripe's columns.
+		{"4K write QD32, 1 MiB apart", true, 4096, 32, 1 << 20, true},
+		{"4K read QD32", false, 4096, 32, 0, false},
+		{"1M seq write QD8", true, 1 << 20, 8, 0, true},
+		{"1M seq read QD8", false, 1 << 20, 8, 0, true},
 	} {
 		var s *layoutSet
 		if c.size >= 1<<20 {
@@ -265,13 +270,16 @@ func (r *Runner) volumeGroup(ctx context.Context) error {
 		} else {
 			s = mk(c.name, iopsFigure, 0.5, c.cmpEC)
 		}
+		if c.step > 0 {
+			s.ec[1].Target = 0.5 // ec:4+2 at least half of mirror:3
+		}
 		ecFigs = append(ecFigs, s.ec...)
 		ts := targets(s)
 		var cpuFigs []*Figure
-		if c.size == 4096 {
+		if c.size == 4096 && c.step == 0 {
 			cpuFigs = r.meterVolumes(ts, c.name, c.write)
 		}
-		if err := r.qemuRate(ctx, GroupVolume+": "+c.name, ts, c.write, c.size, c.depth); err != nil {
+		if err := r.qemuRate(ctx, GroupVolume+": "+c.name, ts, c.write, c.size, c.depth, c.step); err != nil {
 			return err
 		}
 		r.logLayoutSet(s)
@@ -380,7 +388,7 @@ func (r *Runner) targetGroup(ctx context.Context) error {
 		if err := r.qemuRate(ctx, GroupTarget+": "+c.name, []target{
 			{name: o, url: ours, dst: [][]*[]float64{{&f.OurSamples}}, figs: []*Figure{f}},
 			{name: t, url: ref, dst: [][]*[]float64{{&f.RefSamples}}, figs: []*Figure{f}},
-		}, c.write, 4096, 32); err != nil {
+		}, c.write, 4096, 32, 0); err != nil {
 			return err
 		}
 		r.logFigures(f)
@@ -459,7 +467,7 @@ func (r *Runner) bitmapGroup(ctx context.Context) error {
 		}
 		return ts
 	}
-	if err := r.qemuRate(ctx, GroupBitmap+": 4K write QD32", targets(iops), true, 4096, 32); err != nil {
+	if err := r.qemuRate(ctx, GroupBitmap+": 4K write QD32", targets(iops), true, 4096, 32, 0); err != nil {
 		return err
 	}
 	// Random offsets over the whole volume: many writes dirty a region

@@ -230,7 +230,17 @@ func runFio(ctx context.Context, dir string, j fioJob) (FioResult, error) {
 
 // qemuBench runs `qemu-img bench -f raw -s size -d depth -c count [-w] url`.
 func qemuBench(ctx context.Context, url string, write bool, size, depth, count int, timeout time.Duration) (QemuBench, error) {
+	return qemuBenchStep(ctx, url, write, size, depth, 0, count, timeout)
+}
+
+// qemuBenchStep is qemuBench with each request step bytes after the one
+// before (qemu-img bench -S; it wraps at the end of the image), or right
+// after it for step 0.
+func qemuBenchStep(ctx context.Context, url string, write bool, size, depth, step, count int, timeout time.Duration) (QemuBench, error) {
 	args := []string{"bench", "-f", "raw", "-s", strconv.Itoa(size), "-d", strconv.Itoa(depth), "-c", strconv.Itoa(count)}
+	if step > 0 {
+		args = append(args, "-S", strconv.Itoa(step))
+	}
 	if write {
 		args = append(args, "-w")
 	}
