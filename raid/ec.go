@@ -188,15 +188,20 @@ func (c *ECConfig) validate() error {
 //
 //   - a full stripe is encoded once from the caller's buffer and its k+m
 //     units written in parallel, without reading anything;
-//   - otherwise the set always reconstruct-writes: it reads columns [c0, c1)
-//     of the data units the write does not fully cover, merges the new bytes,
-//     encodes those columns of parity and writes the new data bytes and the
-//     parity columns. A 4 KiB write to 4+2 reads 3 × 4 KiB and writes 3 ×
-//     4 KiB; a write that crosses a unit boundary is done as two such column
-//     ranges. Read-modify-write with parity deltas would read 1+m units
-//     instead of k−1; reconstruct-write was chosen because it is one code
-//     path for healthy and degraded stripes and re-derives parity from data
-//     on every write.
+//   - otherwise, where it reads fewer units, it read-modify-writes with
+//     parity deltas: it reads columns [c0, c1) of the data units the write
+//     touches and of the parity, and writes the new data and the parity
+//     updated from the difference (1+m reads for a write inside one unit);
+//     it needs every unit it reads on an in-sync member and a stripe that
+//     is not suspect;
+//   - else it reconstruct-writes: it reads columns [c0, c1) of the data
+//     units the write does not fully cover, merges the new bytes, encodes
+//     those columns of parity and writes the new data bytes and the parity
+//     columns. A 4 KiB write to 4+2 reads 3 × 4 KiB either way and takes
+//     this path, writing 3 × 4 KiB; to 8+2 it reads 3 units by deltas
+//     rather than 7. Reconstruct-write is the one path for degraded and
+//     suspect stripes. A write that crosses a unit boundary is done as two
+//     column ranges.
 //
 // Once the set starts writing a stripe's units it finishes them even if the
 // caller's context ends, so that cancellation cannot leave a stripe whose

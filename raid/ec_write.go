@@ -162,6 +162,11 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 	}
 	need := e.dataShards() &^ full // data shards whose current bytes are needed
 	suspect := e.isSuspect(s)
+	if !suspect {
+		if done, err := e.writeDelta(ctx, s, p, a, c0, c1, touched, need, op, b); done {
+			return err
+		}
+	}
 
 	// Read what the write does not replace from in-sync members; on a member
 	// failure, start over with the new view.
@@ -293,6 +298,80 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 		return fmt.Errorf("%w: stripe %d unit D%d: member %d failed the write", ErrUnrecoverable, s, d, e.shardMember(s, d))
 	}
 	return nil
+}
+
+// writeDelta updates columns [c0, c1) of stripe s by read-modify-write
+// with parity deltas: it reads the old bytes of the data units the write
+// touches (touched) and of the parity, and writes the new data and the
+// parity updated from the difference (rs.Code.Update). It does so only
+// where that reads fewer units than the reconstruct-write, which reads the
+// units the write does not replace (need) — 1+m against k−1 for a write
+// inside one unit, so for k > m+2 — and only when every unit it reads is
+// on an in-sync member of a stripe that is not suspect. Otherwise, and
+// after a member failed a read, done is false and the caller
+// reconstruct-writes. The stripe's lock is held, exclusively or shared
+// with the columns' locks held exclusively.
+func (e *EC) writeDelta(ctx context.Context, s int64, p []byte, a, c0, c1 int64, touched, need uint64, op *writeOp, b *stripeBuf) (done bool, err error) {
+	read := touched | e.allShards()&^e.dataShards()
+	if bits.OnesCount64(read) >= bits.OnesCount64(need) {
+		return false, nil
+	}
+	v := e.view.Load()
+	if e.usable(v) != nil || e.shardsOf(s, v.notInSync())&read != 0 {
+		return false, nil
+	}
+	S, w, end := e.unit, c1-c0, a+int64(len(p))
+	fanOut(read, b.errs, func(i int) error {
+		return v.devs[e.shardMember(s, i)].ReadAt(ctx, b.col(i, w), s*S+c0)
+	})
+	retry, err := e.settleReads(ctx, s, v, read, b.errs)
+	if err != nil {
+		return true, err
+	}
+	if retry {
+		return false, nil // around the member that failed
+	}
+	// The new bytes of each touched unit: the write's where it covers the
+	// columns, the old ones around them.
+	nb := e.getBuf()
+	defer e.putBuf(nb)
+	newData := nb.shards[:e.k]
+	for d := range e.k {
+		newData[d] = nil
+		if touched&(1<<d) == 0 {
+			continue
+		}
+		lo, hi := e.cover(d, c0, c1, a, end)
+		nd := nb.col(d, w)
+		copy(nd, b.col(d, w))
+		copy(nd[lo-int64(d)*S-c0:], p[lo-a:hi-a])
+		newData[d] = nd
+	}
+	for i := range b.shards {
+		b.shards[i] = nil
+		if read&(1<<i) != 0 {
+			b.shards[i] = b.col(i, w)
+		}
+	}
+	if err := e.code.Update(b.shards, newData); err != nil {
+		return true, fmt.Errorf("raid: ec stripe %d: %w", s, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return true, err // nothing written yet
+	}
+	// From here on the stripe is finished whatever the caller's context
+	// does (see writeColumns).
+	wctx := context.WithoutCancel(ctx)
+	fanOut(read, b.errs, func(i int) error {
+		dev := e.dev(v, e.shardMember(s, i), op)
+		if i >= e.k {
+			return dev.WriteAt(wctx, b.shards[i], s*S+c0, op.fua)
+		}
+		lo, hi := e.cover(i, c0, c1, a, end)
+		return dev.WriteAt(wctx, p[lo-a:hi-a], s*S+lo-int64(i)*S, op.fua)
+	})
+	_, err = e.settleWrites(s, v, read, b.errs, op, false)
+	return true, err
 }
 
 // checkCodeword is the write path's guard against laundering a torn

@@ -84,6 +84,25 @@ func (c *Code) Encode(shards [][]byte) error {
 	return nil
 }
 
+// Update rewrites the parity in shards[k:] for a change of some data
+// shards, from their old bytes and the old parity alone (parity deltas):
+// newData[i] is the new bytes of data shard i, nil where it does not
+// change; shards holds the old bytes of every data shard that changes
+// (the others may be nil) and the old parity. The data shards in shards
+// are not modified. The parity is what Encode of the new data gives.
+func (c *Code) Update(shards, newData [][]byte) error {
+	if err := c.checkLen(shards); err != nil {
+		return err
+	}
+	if len(newData) != c.k {
+		return fmt.Errorf("rs: update with %d data shards, %d expected", len(newData), c.k)
+	}
+	if err := c.enc.Update(shards, newData); err != nil {
+		return fmt.Errorf("rs: update: %w", err)
+	}
+	return nil
+}
+
 // Verify reports whether the parity shards match the data shards. All k+m
 // shards must be present and of one length.
 func (c *Code) Verify(shards [][]byte) (bool, error) {

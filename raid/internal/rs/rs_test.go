@@ -242,3 +242,62 @@ func TestErrors(t *testing.T) {
 		t.Error("Reconstruct accepted a want list of the wrong length")
 	}
 }
+
+// TestUpdateMatchesEncode: parity updated from the old bytes of the changed
+// data shards and the old parity equals the parity encoded from the new
+// data, for every geometry the EC sets use (m = 1 takes the XOR matrix).
+func TestUpdateMatchesEncode(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	for _, g := range [][2]int{{1, 1}, {2, 1}, {4, 1}, {4, 2}, {8, 2}, {6, 3}, {10, 4}} {
+		k, m := g[0], g[1]
+		c, err := New(k, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for trial := range 20 {
+			const w = 512
+			old := make([][]byte, k+m)
+			for i := range old {
+				old[i] = make([]byte, w)
+				if i < k {
+					for j := range old[i] {
+						old[i][j] = byte(rng.Uint32())
+					}
+				}
+			}
+			if err := c.Encode(old); err != nil {
+				t.Fatal(err)
+			}
+			// Change a random subset of the data shards.
+			newData := make([][]byte, k)
+			shards := make([][]byte, k+m)
+			want := make([][]byte, k+m)
+			for i := range k {
+				want[i] = old[i]
+				if rng.IntN(3) == 0 || i == trial%k {
+					newData[i] = make([]byte, w)
+					for j := range newData[i] {
+						newData[i][j] = byte(rng.Uint32())
+					}
+					shards[i] = bytes.Clone(old[i])
+					want[i] = newData[i]
+				}
+			}
+			for i := k; i < k+m; i++ {
+				shards[i] = bytes.Clone(old[i])
+				want[i] = make([]byte, w)
+			}
+			if err := c.Update(shards, newData); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Encode(want); err != nil {
+				t.Fatal(err)
+			}
+			for i := k; i < k+m; i++ {
+				if !bytes.Equal(shards[i], want[i]) {
+					t.Fatalf("%d+%d trial %d: updated parity %d differs from the encoded one", k, m, trial, i-k)
+				}
+			}
+		}
+	}
+}
