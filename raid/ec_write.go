@@ -275,14 +275,7 @@ func (e *EC) writeColumns(ctx context.Context, s int64, p []byte, a, c0, c1 int6
 			e.noteMissed(s, skipped)
 		}
 	}
-	fanOut(write, b.errs, func(i int) error {
-		dev := e.dev(v, e.shardMember(s, i), op)
-		if i >= e.k {
-			return dev.WriteAt(wctx, b.shards[i], s*S+c0, op.fua)
-		}
-		lo, hi := e.cover(i, c0, c1, a, end)
-		return dev.WriteAt(wctx, p[lo-a:hi-a], s*S+lo-int64(i)*S, op.fua)
-	})
+	e.sendColumns(wctx, s, v, write, b, p, a, c0, c1, op)
 	failed, err := e.settleWrites(s, v, write, b.errs, op, suspect)
 	if err != nil {
 		return err
@@ -361,8 +354,17 @@ func (e *EC) writeDelta(ctx context.Context, s int64, p []byte, a, c0, c1 int64,
 	}
 	// From here on the stripe is finished whatever the caller's context
 	// does (see writeColumns).
-	wctx := context.WithoutCancel(ctx)
-	fanOut(read, b.errs, func(i int) error {
+	e.sendColumns(context.WithoutCancel(ctx), s, v, read, b, p, a, c0, c1, op)
+	_, err = e.settleWrites(s, v, read, b.errs, op, false)
+	return true, err
+}
+
+// sendColumns writes columns [c0, c1) of the shards in set of stripe s, in
+// parallel, into b.errs: a data shard's new bytes from p (at stripe data
+// offset a), a parity shard's from b.shards.
+func (e *EC) sendColumns(wctx context.Context, s int64, v *memberView, set uint64, b *stripeBuf, p []byte, a, c0, c1 int64, op *writeOp) {
+	S, end := e.unit, a+int64(len(p))
+	fanOut(set, b.errs, func(i int) error {
 		dev := e.dev(v, e.shardMember(s, i), op)
 		if i >= e.k {
 			return dev.WriteAt(wctx, b.shards[i], s*S+c0, op.fua)
@@ -370,8 +372,6 @@ func (e *EC) writeDelta(ctx context.Context, s int64, p []byte, a, c0, c1 int64,
 		lo, hi := e.cover(i, c0, c1, a, end)
 		return dev.WriteAt(wctx, p[lo-a:hi-a], s*S+lo-int64(i)*S, op.fua)
 	})
-	_, err = e.settleWrites(s, v, read, b.errs, op, false)
-	return true, err
 }
 
 // checkCodeword is the write path's guard against laundering a torn

@@ -167,32 +167,10 @@ func TestHostCrashBitmapModes(t *testing.T) {
 func hostCrash(t *testing.T, mode string) {
 	c := faultCluster(t)
 	createVolume(t, c, "fb", "128MiB", c.HostName, "--bitmap", mode)
-	if err := c.WaitTarget(t.Context(), "fb", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.AddHostd(t.Context(), "host2"); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	ws := slots(400, 16<<10, 24<<20, 0) // the load touches the first 24 MiB
-	load := startWriteLoad(ctx, c.ISCSIURL("fb"), ws, 5)
-	waitFor(t, 30*time.Second, "the write load to get going", func() bool { return len(load.Acked()) >= 50 })
-	if err := c.Hostd.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	acked := load.Acked()
-	cancel()
-	<-load.done
-	written := int64(len(acked)) * (16 << 10)
-
-	cli(t, c, "volume", "attach", "fb", "--host", "host2")
+	// The load touches the first 24 MiB.
+	acked, copied, n := crashUnderLoad(t, c, "fb", slots(400, 16<<10, 24<<20, 0))
 	url2 := c.ISCSIURLOn("host2", "fb")
-	if err := c.WaitTargetOn(t.Context(), "host2", "fb", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	waitInSync(t, c, "fb", time.Minute)
-	copied, n := resyncedBytes(t, c.Hosts["host2"].Log)
+	written := int64(len(acked)) * (16 << 10)
 	t.Logf("fault (b), bitmap %s: %d writes acknowledged (%d bytes) before the host died; new host resynced %d bytes in %d resyncs; chunk size %d",
 		mode, len(acked), written, copied, n, testChunk)
 	switch mode {
@@ -253,29 +231,7 @@ func TestHostCrashFineLog(t *testing.T) {
 		ExtraHostdArgs:       []string{"--wib-region", "1048576"},
 	})
 	createVolume(t, c, "fl", "64MiB", c.HostName)
-	if err := c.WaitTarget(t.Context(), "fl", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.AddHostd(t.Context(), "host2"); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	load := startWriteLoad(ctx, c.ISCSIURL("fl"), slots(256, 16<<10, 4<<20, 0), 5)
-	waitFor(t, 30*time.Second, "the write load to get going", func() bool { return len(load.Acked()) >= 50 })
-	if err := c.Hostd.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	acked := load.Acked()
-	cancel()
-	<-load.done
-
-	cli(t, c, "volume", "attach", "fl", "--host", "host2")
-	if err := c.WaitTargetOn(t.Context(), "host2", "fl", time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	waitInSync(t, c, "fl", time.Minute)
-	copied, n := resyncedBytes(t, c.Hosts["host2"].Log)
+	acked, copied, n := crashUnderLoad(t, c, "fl", slots(256, 16<<10, 4<<20, 0))
 	t.Logf("host crash with %d MiB LOG regions: %d writes of 16 KiB acknowledged in the first 4 MiB; the new host resynced %d bytes in %d resyncs",
 		logRegion>>20, len(acked), copied, n)
 	if n == 0 || copied == 0 {
@@ -286,6 +242,37 @@ func TestHostCrashFineLog(t *testing.T) {
 	}
 	verifyAcked(t, c.ISCSIURLOn("host2", "fl"), acked)
 	checkReplicas(t, c, "fl")
+}
+
+// crashUnderLoad kills the host serving volume (which has just been
+// created on it) with -9 under a qemu-io load of ws, attaches the volume to
+// a new host, host2, and waits until it is in sync. It returns the writes
+// acknowledged before the kill and what host2's resyncs copied.
+func crashUnderLoad(t *testing.T, c *localcluster.Cluster, volume string, ws []slotWrite) (acked []slotWrite, copied int64, resyncs int) {
+	t.Helper()
+	if err := c.WaitTarget(t.Context(), volume, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AddHostd(t.Context(), "host2"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	load := startWriteLoad(ctx, c.ISCSIURL(volume), ws, 5)
+	waitFor(t, 30*time.Second, "the write load to get going", func() bool { return len(load.Acked()) >= 50 })
+	if err := c.Hostd.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	acked = load.Acked()
+	cancel()
+	<-load.done
+	cli(t, c, "volume", "attach", volume, "--host", "host2")
+	if err := c.WaitTargetOn(t.Context(), "host2", volume, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitInSync(t, c, volume, time.Minute)
+	copied, resyncs = resyncedBytes(t, c.Hosts["host2"].Log)
+	return acked, copied, resyncs
 }
 
 var (
