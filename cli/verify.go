@@ -87,18 +87,28 @@ non-zero when anything disagrees.`,
 	}
 }
 
+// checkedMembers splits a set's members into those verify reads and the
+// chunks it skips: a drain's successors, being rebuilt and not a copy yet,
+// or in an EC set a second copy of one member, outside the layout.
+func checkedMembers(s api.Set, layout api.Layout) (check []api.Member, skipped []string) {
+	for _, m := range s.Members {
+		if m.Replaces != "" && (m.State != api.MemberInSync || layout.Kind == api.LayoutEC) {
+			skipped = append(skipped, m.ChunkID)
+			continue
+		}
+		check = append(check, m)
+	}
+	return check, skipped
+}
+
 func verifySet(ctx context.Context, v *api.Volume, s api.Set, layout api.Layout, progress raid.VerifyProgress) (vd setVerdict, err error) {
 	vd = setVerdict{Set: s.Index, Layout: layout.String(), Mismatches: []int64{}}
 	start := time.Now()
 	defer func() { vd.Seconds = time.Since(start).Seconds() }()
 	var members []raid.Device
-	for _, m := range s.Members {
-		if m.Replaces != "" && (m.State != api.MemberInSync || layout.Kind == api.LayoutEC) {
-			// A drain's successor: being rebuilt, not a copy yet; or in an
-			// EC set a second copy of one member, outside the layout.
-			vd.Skipped = append(vd.Skipped, m.ChunkID)
-			continue
-		}
+	check, skipped := checkedMembers(s, layout)
+	vd.Skipped = skipped
+	for _, m := range check {
 		if m.Export == "" {
 			return vd, fmt.Errorf("the metaserver issued no export name for member %s", m.ChunkID)
 		}
