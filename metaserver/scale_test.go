@@ -51,9 +51,6 @@ func TestPlaceMatchesReference(t *testing.T) {
 // to place and to plan the replacements, chunks per server, replacement
 // targets.
 func TestScaleModel(t *testing.T) {
-	if testing.Short() {
-		t.Skip("the scale model places a million chunks")
-	}
 	const (
 		servers   = 10_000
 		racks     = 1_000

@@ -45,8 +45,8 @@ func (ms *members) resync(ctx context.Context, size int64, repair repairFunc, fl
 	pace := newPacer(ms.rate, &ms.fg)
 	lastClean := time.Now()
 	for pass := 0; ; pass++ {
-		var todo []int64
-		var todoBytes int64
+		var due []int64
+		var dueBytes int64
 		for from := int64(0); ; {
 			r, ok := ms.wib.NextDirty(from)
 			if !ok {
@@ -54,20 +54,20 @@ func (ms *members) resync(ctx context.Context, size int64, repair repairFunc, fl
 			}
 			for off := r.Off; off < r.Off+r.Len; off += rs {
 				if region := off / rs; ms.wib.NeedsResync(region) && !lostRegions[region] {
-					todo = append(todo, region)
-					todoBytes += min(rs, size-off)
+					due = append(due, region)
+					dueBytes += min(rs, size-off)
 				}
 			}
 			from = r.Off + r.Len
 		}
-		if len(todo) == 0 {
+		if len(due) == 0 {
 			break
 		}
 		if pass > 100 {
 			return copied, fmt.Errorf("%w: regions keep getting dirty under the resync", ErrResyncAborted)
 		}
-		total := copied + todoBytes
-		for j, region := range todo {
+		total := copied + dueBytes
+		for j, region := range due {
 			if err := ctx.Err(); err != nil {
 				return copied, err
 			}
@@ -87,8 +87,8 @@ func (ms *members) resync(ctx context.Context, size int64, repair repairFunc, fl
 			}
 			if pass == 0 && !stuck {
 				through = size
-				if j+1 < len(todo) {
-					through = todo[j+1] * rs
+				if j+1 < len(due) {
+					through = due[j+1] * rs
 				}
 			}
 			if err := pace.after(ctx, copied, took); err != nil {
