@@ -603,14 +603,7 @@ func TestLogFineSnapshot(t *testing.T) {
 	}
 
 	// A restart: the restored LOG region 2 (fine 32..47) stands whole.
-	state, err := l.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	l = newTestLog(t, cfg)
-	if err := l.UnmarshalBinary(state); err != nil {
-		t.Fatal(err)
-	}
+	l = restarted(t, l, cfg)
 	if got := fine(); len(got) != 16 || got[0] != 32 || got[15] != 47 {
 		t.Fatalf("after a restore: %v, want 32..47", got)
 	}
@@ -655,14 +648,7 @@ func TestLogFineMatchesCoarse(t *testing.T) {
 		case op == 18:
 			l.Unpin()
 		default:
-			state, err := l.MarshalBinary()
-			if err != nil {
-				t.Fatal(err)
-			}
-			l = newTestLog(t, cfg)
-			if err := l.UnmarshalBinary(state); err != nil {
-				t.Fatal(err)
-			}
+			l = restarted(t, l, cfg)
 		}
 		rs, fb := l.FineSnapshot()
 		per := cfg.RegionSize / rs
@@ -675,4 +661,19 @@ func TestLogFineMatchesCoarse(t *testing.T) {
 			t.Fatalf("step %d: fine coarsened %v, LOG %v", step, logRegions(coarse), logRegions(want))
 		}
 	}
+}
+
+// restarted is l as a chunkserver restart finds it: a new Log of cfg
+// restored from l's persisted form.
+func restarted(t *testing.T, l *Log, cfg LogConfig) *Log {
+	t.Helper()
+	state, err := l.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newTestLog(t, cfg)
+	if err := r.UnmarshalBinary(state); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
