@@ -688,3 +688,88 @@ func TestSyncWaitsForSyncInProgress(t *testing.T) {
 		t.Fatal("a Sync returned while another Sync's fdatasync was in progress, and its caller's write was lost by the power loss")
 	}
 }
+
+// stallFS holds up the data write of a chunk file while stall is set:
+// the write has marked the LOG and not yet written its data.
+type stallFS struct {
+	vfs.FS
+	stall   atomic.Bool
+	stalled chan struct{} // receives when a write is held up
+	release chan struct{} // closed to let it go on
+}
+
+type stallFile struct {
+	vfs.File
+	fs *stallFS
+}
+
+func (s *stallFS) OpenFile(name string, flag int, perm fs.FileMode) (vfs.File, error) {
+	f, err := s.FS.OpenFile(name, flag, perm)
+	if err != nil || !strings.HasSuffix(name, suffixData) {
+		return f, err
+	}
+	return stallFile{File: f, fs: s}, nil
+}
+
+func (f stallFile) WriteAt(p []byte, off int64) (int, error) {
+	if f.fs.stall.CompareAndSwap(true, false) {
+		f.fs.stalled <- struct{}{}
+		<-f.fs.release
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// TestRotationWaitsForStalledWrite: a write marks its LOG bit and is then
+// held up before its data reaches the file, while two periods pass. The
+// rotations must not forget its bit before its data is durable: after a
+// power loss either the data is there or its region is in the LOG.
+func TestRotationWaitsForStalledWrite(t *testing.T) {
+	mem := vfs.NewMem()
+	sfs := &stallFS{FS: mem, stalled: make(chan struct{}), release: make(chan struct{})}
+	clk := newClock(testEpoch)
+	s := openFS(t, sfs, clk.Now)
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0x7e}, 4096)
+	const off = 5 * testRegion
+	sfs.stall.Store(true)
+	wrote := make(chan error, 1)
+	go func() { wrote <- c.WriteAt(data, off) }()
+	<-sfs.stalled
+	rotated := make(chan error, 1)
+	go func() {
+		for k := range 2 {
+			clk.set(testEpoch.Add(time.Duration(k+1) * time.Minute))
+			if err := s.RotateLogs(clk.Now()); err != nil {
+				rotated <- err
+				return
+			}
+		}
+		rotated <- nil
+	}()
+	// Let the rotations run as far as they can while the write is held up.
+	select {
+	case err := <-rotated:
+		t.Logf("two rotations ran while the write was held up (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(sfs.release)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	crashed := mem.CrashClone()
+	s2 := openFS(t, crashed, clk.Now)
+	c2, err := s2.Get("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(data))
+	if err := c2.ReadAt(got, off); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) && !regionSet(c2, off) {
+		t.Fatal("an acknowledged write held up across two rotations was lost by the power loss and its region is not in the LOG")
+	}
+}

@@ -946,8 +946,15 @@ func (c *Chunk) RotateLog(now time.Time) error {
 		return nil
 	}
 	// The bits this rotation may forget were set at least one period
-	// ago, by writes that have completed since (t_io ≪ T): the sync
-	// covers them (and costs nothing when a finished one already did).
+	// ago. A write marks its bit and then writes its data, both under
+	// ioMu shared: taking ioMu exclusively once waits for every write in
+	// flight, however long it was held up between the two, so the sync
+	// below covers the data of every bit set so far (and costs nothing
+	// when a finished one already did). Without it, a write stalled
+	// across two rotations lost its bit before its data was durable.
+	c.ioMu.Lock()
+	//lint:ignore SA2001 a barrier: the lock is only waited for
+	c.ioMu.Unlock()
 	if err := c.Sync(); err != nil {
 		if errors.Is(err, ErrClosed) {
 			return nil
