@@ -22,13 +22,26 @@ type chunkControl interface {
 }
 
 // memberConn is a connection to a member chunk: the device the set uses,
-// the allocation status GET LBA STATUS asks for, and Close. *nbd.Client
+// the allocation status GET LBA STATUS asks for, and Close. nbdMember
 // satisfies it.
 type memberConn interface {
 	raid.Device
 	BlockStatus(ctx context.Context, metaContext string, off, length int64) ([]nbd.Extent, error)
 	Close() error
 }
+
+// nbdMember is a member connection over the NBD client. A set sends its
+// writes to such members from one goroutine (raid.Starter).
+type nbdMember struct{ *nbd.Client }
+
+func (m nbdMember) StartWrite(p []byte, off int64, fua bool) raid.Pending {
+	if cl := m.Client.StartWrite(p, off, fua); cl != nil {
+		return cl
+	}
+	return nil // a nil *nbd.Call would make a Pending that is not nil
+}
+
+var _ raid.Starter = nbdMember{}
 
 // metaClient is what hostd needs from the metaserver (api.Client).
 type metaClient interface {

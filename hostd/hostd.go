@@ -161,7 +161,13 @@ func (c *Config) validate() error {
 		c.ReconnectMax = 5 * time.Second
 	}
 	if c.Dial == nil {
-		c.Dial = func(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error) { return nbd.Dial(ctx, cfg) }
+		c.Dial = func(ctx context.Context, cfg nbd.ClientConfig) (memberConn, error) {
+			cl, err := nbd.Dial(ctx, cfg)
+			if err != nil {
+				return nil, err
+			}
+			return nbdMember{cl}, nil
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

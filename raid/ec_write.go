@@ -364,13 +364,13 @@ func (e *EC) writeDelta(ctx context.Context, s int64, p []byte, a, c0, c1 int64,
 // offset a), a parity shard's from b.shards.
 func (e *EC) sendColumns(wctx context.Context, s int64, v *memberView, set uint64, b *stripeBuf, p []byte, a, c0, c1 int64, op *writeOp) {
 	S, end := e.unit, a+int64(len(p))
-	fanOut(set, b.errs, func(i int) error {
+	fanOutWrites(wctx, set, b.errs, op.fua, func(i int) (Device, []byte, int64) {
 		dev := e.dev(v, e.shardMember(s, i), op)
 		if i >= e.k {
-			return dev.WriteAt(wctx, b.shards[i], s*S+c0, op.fua)
+			return dev, b.shards[i], s*S + c0
 		}
 		lo, hi := e.cover(i, c0, c1, a, end)
-		return dev.WriteAt(wctx, p[lo-a:hi-a], s*S+lo-int64(i)*S, op.fua)
+		return dev, p[lo-a : hi-a], s*S + lo - int64(i)*S
 	})
 }
 

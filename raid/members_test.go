@@ -145,3 +145,112 @@ func TestRecordRefusedFailsWritesInBothKinds(t *testing.T) {
 		}
 	})
 }
+
+// starterDev is a member that takes writes of at most 4 KiB by StartWrite,
+// as the NBD client does: the write is made when its Pending is waited for,
+// so a set that returned before waiting would be caught by the data check.
+type starterDev struct {
+	*raidtest.MemDevice
+	started atomic.Int64
+	fail    atomic.Bool // the started writes' replies are errors
+}
+
+type startedWrite struct {
+	d     *starterDev
+	p     []byte
+	off   int64
+	fua   bool
+	fails bool
+}
+
+func (d *starterDev) StartWrite(p []byte, off int64, fua bool) raid.Pending {
+	if len(p) > 4096 {
+		return nil
+	}
+	d.started.Add(1)
+	return &startedWrite{d: d, p: p, off: off, fua: fua, fails: d.fail.Load()}
+}
+
+func (w *startedWrite) Wait(ctx context.Context) error {
+	if w.fails {
+		return errors.New("connection reset")
+	}
+	return w.d.WriteAt(ctx, w.p, w.off, w.fua)
+}
+
+// TestStartedWrites: both kinds send writes to members that can start
+// them without a goroutine each (raid.Starter), wait for every reply, and
+// fall back to WriteAt for a write the member does not start; a started
+// write whose reply is an error fails its member like a failed WriteAt.
+func TestStartedWrites(t *testing.T) {
+	ctx := t.Context()
+	for _, kind := range []string{"mirror", "ec"} {
+		t.Run(kind, func(t *testing.T) {
+			n := 2
+			if kind == "ec" {
+				n = 3
+			}
+			devs := make([]*starterDev, n)
+			members := make([]raid.Device, n)
+			for i := range devs {
+				devs[i] = &starterDev{MemDevice: raidtest.NewMemDevice(1 << 20)}
+				members[i] = devs[i]
+			}
+			var set raid.Set
+			var err error
+			if kind == "ec" {
+				set, err = raid.NewEC(raid.ECConfig{SetConfig: raid.SetConfig{Members: members}, K: 2, M: 1, StripeUnit: 4096})
+			} else {
+				set, err = raid.NewMirror(raid.MirrorConfig{SetConfig: raid.SetConfig{Members: members}})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer set.Close()
+			want := make([]byte, 1<<20)
+			write := func(off int64, n int) {
+				t.Helper()
+				p := bytes.Repeat([]byte{byte(off>>12) + 1}, n)
+				if err := set.WriteAt(ctx, p, off, false); err != nil {
+					t.Fatalf("write %d+%d: %v", off, n, err)
+				}
+				copy(want[off:], p)
+			}
+			check := func() {
+				t.Helper()
+				got := make([]byte, len(want))
+				if err := set.ReadAt(ctx, got, 0); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatal("the set reads back other bytes than were written")
+				}
+			}
+			write(0, 4096)
+			write(64<<10, 64<<10) // the mirror's members refuse to start it
+			started := int64(0)
+			for _, d := range devs {
+				started += d.started.Load()
+			}
+			if started == 0 {
+				t.Fatal("no write was started")
+			}
+			check()
+			if kind == "mirror" {
+				// Every member was sent the small write by StartWrite and
+				// took the large one by WriteAt.
+				for i, d := range devs {
+					if d.started.Load() != 1 || d.Writes() != 2 {
+						t.Errorf("member %d: %d writes started, %d made; want 1 and 2", i, d.started.Load(), d.Writes())
+					}
+				}
+			}
+			devs[1].fail.Store(true)
+			write(8192, 4096)
+			if st := set.States(); st[1] != raid.Failed {
+				t.Fatalf("member 1 is %v after its started write failed, want Failed", st[1])
+			}
+			check()
+		})
+	}
+}

@@ -123,20 +123,31 @@ func (m *Mirror) needsResync(off, n int64) bool {
 	return false
 }
 
-// fanOut runs op on every member of v that is not Failed, in parallel. It
+// sendFunc sends one request to each of the devices in set, in parallel,
+// into errs.
+type sendFunc func(ctx context.Context, devs []Device, set uint64, errs []error)
+
+// onEach is the sendFunc that runs op on each device, in parallel.
+func onEach(op func(d Device, ctx context.Context) error) sendFunc {
+	return func(ctx context.Context, devs []Device, set uint64, errs []error) {
+		fanOut(set, errs, func(i int) error { return op(devs[i], ctx) })
+	}
+}
+
+// fanOut sends a request to every member of v that is not Failed. It
 // succeeds when some in-sync member acknowledged and every member that did
 // not acknowledge has been failed; allOK reports whether every member of
 // the set now holds the change, and got which members acknowledged.
 //
 // For a write (write true) that every member refused for lack of space,
 // no member is failed and the error wraps ErrNoSpace: nothing changed.
-func (m *Mirror) fanOut(ctx context.Context, v *memberView, write bool, op func(d Device) error) (allOK bool, got uint64, err error) {
+func (m *Mirror) fanOut(ctx context.Context, v *memberView, write bool, send sendFunc) (allOK bool, got uint64, err error) {
 	if err := m.usable(v); err != nil {
 		return false, 0, err
 	}
 	set := v.all() &^ v.failed
 	errs := make([]error, len(v.devs))
-	fanOut(set, errs, func(i int) error { return op(v.devs[i]) })
+	send(ctx, v.devs, set, errs)
 	if write {
 		var sent []error
 		for j := set; j != 0; j &= j - 1 {
@@ -160,13 +171,12 @@ func (m *Mirror) fanOut(ctx context.Context, v *memberView, write bool, op func(
 
 // write sends a modifying op on [off, off+n) to every member that is not
 // Failed, in the write skeleton (modify).
-func (m *Mirror) write(ctx context.Context, off, n int64, op func(ctx context.Context, d Device) error) error {
+func (m *Mirror) write(ctx context.Context, off, n int64, send sendFunc) error {
 	if err := m.check(off, n); err != nil {
 		return err
 	}
 	return m.modify(ctx, off, n, false, func(wop *writeOp) error {
-		wctx := context.WithoutCancel(ctx)
-		allOK, _, err := m.fanOut(wctx, m.view.Load(), true, func(d Device) error { return op(wctx, d) })
+		allOK, _, err := m.fanOut(context.WithoutCancel(ctx), m.view.Load(), true, send)
 		if err == nil && !allOK {
 			wop.partial.Store(true)
 		}
@@ -183,7 +193,7 @@ func (m *Mirror) ClearClean() int64 {
 	}
 	// Clean only what every member holds durably.
 	t := m.wib.FlushStart()
-	allOK, _, err := m.fanOut(context.Background(), m.view.Load(), false, func(d Device) error { return d.Flush(context.Background()) })
+	allOK, _, err := m.fanOut(context.Background(), m.view.Load(), false, onEach(Device.Flush))
 	if err != nil || !allOK {
 		return 0
 	}
@@ -194,14 +204,16 @@ func (m *Mirror) ClearClean() int64 {
 func (m *Mirror) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	m.fg.Add(1)
 	defer m.notify()
-	return m.write(ctx, off, int64(len(p)), func(ctx context.Context, d Device) error { return d.WriteAt(ctx, p, off, fua) })
+	return m.write(ctx, off, int64(len(p)), func(ctx context.Context, devs []Device, set uint64, errs []error) {
+		fanOutWrites(ctx, set, errs, fua, func(i int) (Device, []byte, int64) { return devs[i], p, off })
+	})
 }
 
 // Trim deallocates a range on every usable member.
 func (m *Mirror) Trim(ctx context.Context, off, length int64) error {
 	m.fg.Add(1)
 	defer m.notify()
-	return m.write(ctx, off, length, func(ctx context.Context, d Device) error { return d.Trim(ctx, off, length) })
+	return m.write(ctx, off, length, onEach(func(d Device, ctx context.Context) error { return d.Trim(ctx, off, length) }))
 }
 
 // Flush flushes every usable member. A member whose flush fails is failed:

@@ -141,6 +141,52 @@ type SetConfig struct {
 	OnStateChange func(member int, st MemberState, err error)
 }
 
+// Pending is a member request sent and not yet answered.
+type Pending interface {
+	// Wait waits for the reply and returns the request's result. It is
+	// called once.
+	Wait(ctx context.Context) error
+}
+
+// Starter is optionally implemented by a Device that can send a write
+// without waiting for its reply (the NBD client does): a set sends a write
+// to each member from one goroutine, then waits for them all, with no
+// goroutine per member. StartWrite has the contract of WriteAt split in
+// two: p is sent when it returns, and the Pending's Wait returns what
+// WriteAt would. It returns nil, having sent nothing, for a write it cannot
+// start so; the set then calls WriteAt.
+type Starter interface {
+	StartWrite(p []byte, off int64, fua bool) Pending
+}
+
+// fanOutWrites writes, for every index i in set, the bytes write(i) names
+// to its device, in parallel, into errs[i]. Devices that are Starters get
+// their write from the calling goroutine; the others each from a goroutine
+// of their own.
+func fanOutWrites(ctx context.Context, set uint64, errs []error, fua bool, write func(i int) (d Device, p []byte, off int64)) {
+	var pend [64]Pending
+	rest := uint64(0)
+	for j := set; j != 0; j &= j - 1 {
+		i := bits.TrailingZeros64(j)
+		d, p, off := write(i)
+		if s, ok := d.(Starter); ok {
+			if pd := s.StartWrite(p, off, fua); pd != nil {
+				pend[i] = pd
+				continue
+			}
+		}
+		rest |= 1 << i
+	}
+	fanOut(rest, errs, func(i int) error {
+		d, p, off := write(i)
+		return d.WriteAt(ctx, p, off, fua)
+	})
+	for j := set &^ rest; j != 0; j &= j - 1 {
+		i := bits.TrailingZeros64(j)
+		errs[i] = pend[i].Wait(ctx)
+	}
+}
+
 // fanOut runs op(i) for every index i in set, in parallel, into errs[i].
 func fanOut(set uint64, errs []error, op func(i int) error) {
 	if set == 0 {

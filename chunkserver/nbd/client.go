@@ -74,12 +74,12 @@ type Client struct {
 
 	mu struct {
 		sync.Mutex
-		pending map[uint64]*call // by cookie; nil once the connection is down
+		pending map[uint64]*Call // by cookie; nil once the connection is down
 		cookie  uint64           // last cookie used
 		err     error            // why the client is unusable; wraps ErrClosed
 	}
 
-	calls      sync.Pool     // *call
+	calls      sync.Pool     // *Call
 	readerDone chan struct{} // closed when the reader goroutine exits
 }
 
@@ -334,7 +334,7 @@ func newClient(nc net.Conn, br *bufio.Reader, neg negotiated, timeout time.Durat
 	if mb := neg.blockSizes.Min; mb > 1 && mb <= c.maxPayload {
 		c.maxPayload -= c.maxPayload % mb
 	}
-	c.mu.pending = make(map[uint64]*call)
+	c.mu.pending = make(map[uint64]*Call)
 	go c.readLoop()
 	if timeout > 0 {
 		go c.watchdog()
@@ -384,6 +384,45 @@ func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	}
 	return nil
 }
+
+// StartWrite sends a write of p at off, like WriteAt, and returns without
+// waiting for its reply: a caller that writes to several servers sends to
+// each and then waits for them all, with no goroutine per server. p is on
+// the wire when StartWrite returns. The call's Wait must be called once.
+// StartWrite returns nil, and sends nothing, when the write takes more than
+// one request (more than the maximum payload, or FUA by a flush); the
+// caller then uses WriteAt.
+func (c *Client) StartWrite(p []byte, off int64, fua bool) *Call {
+	if len(p) == 0 || len(p) > int(c.maxPayload) || fua && c.neg.flags&FlagSendFUA == 0 {
+		return nil
+	}
+	var flags uint16
+	if fua {
+		flags = CmdFlagFUA
+	}
+	if err := c.checkRange(off, int64(len(p))); err != nil {
+		return c.failedCall(err)
+	}
+	cl, err := c.start(CmdWrite, flags, uint64(off), uint32(len(p)), p)
+	if err != nil {
+		return c.failedCall(err)
+	}
+	return cl
+}
+
+// failedCall is a call that ends with err without being sent.
+func (c *Client) failedCall(err error) *Call {
+	cl := c.getCall()
+	cl.state = stateDone
+	cl.err = err
+	cl.done <- struct{}{}
+	return cl
+}
+
+// Wait waits for the reply of a call StartWrite sent and returns its
+// result. If ctx ends first the call is abandoned (the request still runs on
+// the server) and ctx's error returned. cl must not be used afterwards.
+func (cl *Call) Wait(ctx context.Context) error { return cl.c.finish(ctx, cl) }
 
 // Flush makes every write acknowledged before it durable.
 func (c *Client) Flush(ctx context.Context) error {
@@ -503,8 +542,9 @@ const (
 	stateDone             // reply complete
 )
 
-// call is one request in flight.
-type call struct {
+// Call is one request in flight: StartWrite returns it, and Wait awaits its reply.
+type Call struct {
+	c      *Client
 	cookie uint64
 	cmd    uint16
 	off    uint64
@@ -530,14 +570,14 @@ type call struct {
 
 type span struct{ off, end uint64 }
 
-func (c *Client) getCall() *call {
-	if cl, ok := c.calls.Get().(*call); ok {
+func (c *Client) getCall() *Call {
+	if cl, ok := c.calls.Get().(*Call); ok {
 		return cl
 	}
-	return &call{done: make(chan struct{}, 1)}
+	return &Call{c: c, done: make(chan struct{}, 1)}
 }
 
-func (c *Client) putCall(cl *call) {
+func (c *Client) putCall(cl *Call) {
 	cl.buf = nil
 	cl.err, cl.chunkErr = nil, nil
 	cl.spans = cl.spans[:0]
@@ -552,7 +592,7 @@ func (c *Client) putCall(cl *call) {
 }
 
 // start registers a request without data and sends it.
-func (c *Client) start(cmd, flags uint16, off uint64, length uint32, data []byte) (*call, error) {
+func (c *Client) start(cmd, flags uint16, off uint64, length uint32, data []byte) (*Call, error) {
 	return c.send(cmd, flags, off, length, data, nil, 0)
 }
 
@@ -560,7 +600,7 @@ func (c *Client) start(cmd, flags uint16, off uint64, length uint32, data []byte
 // READ destination, ctxID the meta context a BLOCK_STATUS caller wants. A
 // failed send is not returned here: it breaks the connection, and the call
 // then completes with an error wrapping ErrClosed.
-func (c *Client) send(cmd, flags uint16, off uint64, length uint32, data, buf []byte, ctxID uint32) (*call, error) {
+func (c *Client) send(cmd, flags uint16, off uint64, length uint32, data, buf []byte, ctxID uint32) (*Call, error) {
 	cl := c.getCall()
 	cl.cmd, cl.off, cl.length, cl.buf, cl.ctxID = cmd, off, length, buf, ctxID
 	cl.state = statePending
@@ -600,7 +640,7 @@ func (c *Client) send(cmd, flags uint16, off uint64, length uint32, data, buf []
 
 // wait waits for a call. owned reports whether the caller owns cl again
 // (and must put it back); otherwise the reader recycles it.
-func (c *Client) wait(ctx context.Context, cl *call) (owned bool, err error) {
+func (c *Client) wait(ctx context.Context, cl *Call) (owned bool, err error) {
 	select {
 	case <-cl.done:
 		return true, cl.err
@@ -620,7 +660,7 @@ func (c *Client) wait(ctx context.Context, cl *call) (owned bool, err error) {
 }
 
 // finish waits for a call and recycles it.
-func (c *Client) finish(ctx context.Context, cl *call) error {
+func (c *Client) finish(ctx context.Context, cl *Call) error {
 	owned, err := c.wait(ctx, cl)
 	if owned {
 		c.putCall(cl)
@@ -629,7 +669,7 @@ func (c *Client) finish(ctx context.Context, cl *call) error {
 }
 
 // abandon gives up a call without waiting for its reply.
-func (c *Client) abandon(cl *call) {
+func (c *Client) abandon(cl *Call) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	c.finish(ctx, cl)
@@ -648,7 +688,7 @@ func (c *Client) transfer(ctx context.Context, cmd, flags uint16, p []byte, off 
 		}
 		return c.finish(ctx, cl)
 	}
-	calls := make([]*call, 0, (len(p)+int(c.maxPayload)-1)/int(c.maxPayload))
+	calls := make([]*Call, 0, (len(p)+int(c.maxPayload)-1)/int(c.maxPayload))
 	for done := 0; done < len(p); done += int(c.maxPayload) {
 		n := min(len(p)-done, int(c.maxPayload))
 		cl, err := c.piece(cmd, flags, p[done:done+n], off+int64(done))
@@ -677,7 +717,7 @@ func (c *Client) transfer(ctx context.Context, cmd, flags uint16, p []byte, off 
 	return first
 }
 
-func (c *Client) piece(cmd, flags uint16, p []byte, off int64) (*call, error) {
+func (c *Client) piece(cmd, flags uint16, p []byte, off int64) (*Call, error) {
 	if cmd == CmdRead {
 		return c.send(cmd, flags, uint64(off), uint32(len(p)), nil, p, 0)
 	}
@@ -690,7 +730,7 @@ func (c *Client) effect(ctx context.Context, cmd, flags uint16, off, length int6
 		return nil
 	}
 	step := int64(c.maxPayload)
-	var calls []*call
+	var calls []*Call
 	for done := int64(0); done < length; done += step {
 		n := min(length-done, step)
 		cl, err := c.start(cmd, flags, uint64(off+done), uint32(n), nil)
@@ -741,7 +781,7 @@ func (c *Client) watchdog() {
 		case <-c.readerDone:
 			return
 		case now := <-t.C:
-			var late *call
+			var late *Call
 			c.mu.Lock()
 			for _, cl := range c.mu.pending {
 				if now.After(cl.deadline) {
@@ -825,7 +865,7 @@ func (c *Client) readReplies() error {
 }
 
 // lookup finds the call a reply belongs to.
-func (c *Client) lookup(cookie uint64) (*call, error) {
+func (c *Client) lookup(cookie uint64) (*Call, error) {
 	c.mu.Lock()
 	cl := c.mu.pending[cookie]
 	c.mu.Unlock()
@@ -837,7 +877,7 @@ func (c *Client) lookup(cookie uint64) (*call, error) {
 
 // claim takes the right to write into cl.buf; it fails if the caller
 // abandoned the call.
-func (c *Client) claim(cl *call) bool {
+func (c *Client) claim(cl *Call) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cl.state != statePending {
@@ -847,7 +887,7 @@ func (c *Client) claim(cl *call) bool {
 	return true
 }
 
-func (c *Client) release(cl *call) {
+func (c *Client) release(cl *Call) {
 	c.mu.Lock()
 	cl.state = statePending
 	c.mu.Unlock()
@@ -855,7 +895,7 @@ func (c *Client) release(cl *call) {
 
 // complete ends a call: the waiting caller is woken, or an abandoned call
 // is recycled.
-func (c *Client) complete(cl *call, err error) {
+func (c *Client) complete(cl *Call, err error) {
 	c.mu.Lock()
 	if c.mu.pending != nil {
 		delete(c.mu.pending, cl.cookie)
@@ -966,7 +1006,7 @@ func (c *Client) chunk(h ChunkHeader, scratch []byte) ([]byte, error) {
 }
 
 // content handles OFFSET_DATA and OFFSET_HOLE chunks of a READ.
-func (c *Client) content(cl *call, h ChunkHeader) error {
+func (c *Client) content(cl *Call, h ChunkHeader) error {
 	if cl.cmd != CmdRead {
 		return fmt.Errorf("%w: content chunk for %s", ErrProtocol, CmdName(cl.cmd))
 	}
@@ -1028,7 +1068,7 @@ func decodeBlockStatusInto(b []byte, dst []Descriptor) ([]Descriptor, error) {
 }
 
 // result is the outcome of a finished structured reply.
-func (c *Client) result(cl *call) error {
+func (c *Client) result(cl *Call) error {
 	if cl.chunkErr != nil {
 		return cl.chunkErr
 	}

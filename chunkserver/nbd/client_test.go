@@ -133,6 +133,51 @@ func TestClientFlushAndFUASync(t *testing.T) {
 	}
 }
 
+// TestClientStartWrite: writes started together all land once waited
+// for, a FUA one syncs, and StartWrite declines (nil, nothing sent) a write
+// larger than one request; an out-of-range write or one on a closed client
+// fails at Wait.
+func TestClientStartWrite(t *testing.T) {
+	exp := newMemExport(1 << 20)
+	addr := serveExports(t, map[string]Export{"c": exp}, nil)
+	c := dial(t, ClientConfig{Addr: addr, Export: "c"})
+	ctx := t.Context()
+	data := pattern(64<<10, 7)
+	var calls []*Call
+	for i := range 16 {
+		cl := c.StartWrite(data[i*4096:(i+1)*4096], int64(i)*4096, i == 15)
+		if cl == nil {
+			t.Fatalf("StartWrite %d declined a 4 KiB write", i)
+		}
+		calls = append(calls, cl)
+	}
+	for i, cl := range calls {
+		if err := cl.Wait(ctx); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	got := make([]byte, len(data))
+	if err := exp.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the started writes did not all land")
+	}
+	if exp.syncs.Load() != 1 {
+		t.Errorf("%d syncs, want 1 (the FUA write)", exp.syncs.Load())
+	}
+	if cl := c.StartWrite(make([]byte, MaxPayload+1), 0, false); cl != nil {
+		t.Error("StartWrite took a write larger than one request")
+	}
+	if err := c.StartWrite(data[:4096], 1<<20, false).Wait(ctx); !errors.Is(err, ErrOutOfRange) {
+		t.Errorf("write past the end: %v, want ErrOutOfRange", err)
+	}
+	c.Close()
+	if err := c.StartWrite(data[:4096], 0, false).Wait(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("write on a closed client: %v, want ErrClosed", err)
+	}
+}
+
 // TestRandomConcurrentIO runs seeded random operations from several
 // goroutines, each on its own region, checks every read against a model and
 // finally compares the whole export.
