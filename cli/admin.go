@@ -15,7 +15,7 @@ import (
 func newVolumeCmd(o *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show and delete volumes"}
 	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o), newVolumeResizeCmd(o), newVolumeStatsCmd(o), newVolumeVerifyCmd(o),
-		newVolumeCHAPCmd(o), newVolumeAllowCmd(o), newVolumeDisallowCmd(o))
+		newVolumeCHAPCmd(o), newVolumeAllowCmd(o), newVolumeDisallowCmd(o), newVolumeQoSCmd(o))
 	return cmd
 }
 
@@ -25,6 +25,7 @@ type volumeCreateOptions struct {
 	stripeUnit string
 	bitmap     string
 	host       string
+	qos        qosFlags
 }
 
 func newVolumeCreateCmd(o *rootOptions) *cobra.Command {
@@ -39,7 +40,9 @@ K+M <= 20) stripes the data over K chunks and adds M parity chunks per set: it
 survives M failed members and stores K/(K+M) of its raw space as data (66.7 %
 for ec:4+2, against 50 % for mirror:2). Every member of a set is on a
 chunkserver of its own fault domain, so ec:4+2 needs 6 of them online.
---stripe-unit sets the bytes of one stripe on one member for ec layouts.`,
+--stripe-unit sets the bytes of one stripe on one member for ec layouts.
+--iops, --bps and their read and write forms limit the volume's I/O (see
+volume qos).`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if vo.size == "" {
@@ -61,8 +64,12 @@ chunkserver of its own fault domain, so ec:4+2 needs 6 of them online.
 					fmt.Fprintf(cmd.ErrOrStderr(), "warning: --stripe-unit is ignored for layout %s: only ec layouts are striped\n", vo.layout)
 				}
 			}
+			q, err := vo.qos.build()
+			if err != nil {
+				return err
+			}
 			v, err := o.client().CreateVolume(cmd.Context(), api.CreateVolumeRequest{
-				Name: args[0], SizeBytes: size, Layout: vo.layout, StripeUnit: unit, Bitmap: vo.bitmap, Host: vo.host,
+				Name: args[0], SizeBytes: size, Layout: vo.layout, StripeUnit: unit, Bitmap: vo.bitmap, Host: vo.host, QoS: q,
 			})
 			if err != nil {
 				return err
@@ -76,6 +83,7 @@ chunkserver of its own fault domain, so ec:4+2 needs 6 of them online.
 	cmd.Flags().StringVar(&vo.bitmap, "bitmap", api.BitmapRemb,
 		"resync bitmap: remb (host bitmap in RAM, LOG bitmaps on the chunkservers), internal (a synchronous bitmap write before each write) or none (full resync)")
 	cmd.Flags().StringVar(&vo.host, "host", "", "attach the volume to this host at once")
+	vo.qos.register(cmd.Flags())
 	return cmd
 }
 
@@ -149,6 +157,7 @@ func printVolume(w *tabwriter.Writer, v *api.Volume, allSets bool) {
 	fmt.Fprintf(w, "Health:\t%s\n", volumeHealth(v))
 	fmt.Fprintf(w, "IQN:\t%s\n", v.IQN)
 	printAuth(w, v.Auth)
+	printQoS(w, v.QoS)
 	fmt.Fprintf(w, "Created:\t%s\n", v.CreatedAt.Format(time.RFC3339))
 	sets := v.Sets
 	if !allSets && len(sets) > summarizeAbove {

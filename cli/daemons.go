@@ -150,6 +150,7 @@ func newHostdCmd(o *rootOptions) *cobra.Command {
 	f.DurationVar(&cfg.IOTimeout, "io-timeout", 0, "t_io: a member request not answered in this time fails the member (default: the cluster's, 5s)")
 	f.IntVar(&cfg.BlockSize, "block-size", 512, "logical block size of the iSCSI LUNs (512 or 4096)")
 	f.DurationVar(&cfg.ProbeInterval, "probe-interval", 2*time.Second, "each set reads a block of every in-sync member this often, so an idle volume notices a member that went away")
+	f.DurationVar(&cfg.QoSWaitCap, "qos-wait-cap", hostd.DefaultQoSWaitCap, "a command over its volume's I/O limits waits at most this long, then is answered TASK SET FULL so that the initiator retries it")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics at https://ADDR/metrics (TLS with a certificate of the cluster CA, any operator token); empty: none")
 	f.IntVar(&cfg.MaxISCSIConnections, "max-connections", 256, "iSCSI connections the portal holds at once; one more is refused")
 	f.DurationVar(&cfg.LoginTimeout, "login-timeout", 30*time.Second, "longest iSCSI login")

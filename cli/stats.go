@@ -17,7 +17,8 @@ func newVolumeStatsCmd(o *rootOptions) *cobra.Command {
 		Use:   "stats NAME [--watch]",
 		Short: "A volume's recent IOPS, throughput and latency, as its host measures them",
 		Long: "The figures the volume's host reported last (every 5 s) for the time since its previous report:\n" +
-			"reads and writes per second, bytes per second, mean and 99th percentile latency at the iSCSI target.\n" +
+			"reads and writes per second, bytes per second, mean and 99th percentile latency at the iSCSI target,\n" +
+			"and the time commands waited for the volume's I/O limits (volume qos).\n" +
 			"--watch prints them again every --interval until Ctrl-C.",
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -65,6 +66,10 @@ func printStats(w *tabwriter.Writer, r *api.VolumeStatsReport) {
 	fmt.Fprintf(w, "write\t%.0f\t%s/s\t%s\t%s\n", s.WriteIOPS, formatRate(s.WriteBytesPerSec), formatMicros(s.WriteLatencyMeanUs), formatMicros(s.WriteLatencyP99Us))
 	if s.Errors > 0 {
 		fmt.Fprintf(w, "errors\t%d\n", s.Errors)
+	}
+	if s.Throttled > 0 || s.Busy > 0 {
+		fmt.Fprintf(w, "throttled\t%d commands waited %.2f s in all for the I/O limits; %d answered TASK SET FULL\n",
+			s.Throttled, s.ThrottledSeconds, s.Busy)
 	}
 }
 

@@ -88,7 +88,8 @@ func (a *attachment) serve() error {
 	}
 	a.volume = vol
 	a.stats = newVolumeStats()
-	a.lu = &lun{Volume: vol, ops: volumeOps{m: a.s.metrics, name: a.vol.Name, stats: a.stats}}
+	a.lu = &lun{Volume: vol, ops: volumeOps{m: a.s.metrics, name: a.vol.Name, stats: a.stats}, qos: newVolumeQoS(a.s.cfg.QoSWaitCap, a.vol.QoS)}
+	a.stats.qos = a.lu.qos
 	a.lu.size.Store(a.vol.SizeBytes)
 	var lu iscsi.Backend = a.lu
 	if a.mirrorsOnly() {

@@ -90,6 +90,10 @@ type Config struct {
 	// within ProbeInterval + IOTimeout even when the volume is idle.
 	// Default 2 s.
 	ProbeInterval time.Duration
+	// QoSWaitCap is the longest a command over its volume's I/O limits
+	// waits in the target; past it the command is answered TASK SET FULL.
+	// Default DefaultQoSWaitCap.
+	QoSWaitCap time.Duration
 	// Control returns the control client of a chunkserver's control
 	// address. Default: chunkserver/control's HTTPS client, trusting the
 	// cluster CA the registration brings.
@@ -153,6 +157,12 @@ func (c *Config) validate() error {
 	}
 	if c.ProbeInterval < 0 {
 		return errors.New("hostd: the probe interval must be positive")
+	}
+	if c.QoSWaitCap == 0 {
+		c.QoSWaitCap = DefaultQoSWaitCap
+	}
+	if c.QoSWaitCap < 0 {
+		return errors.New("hostd: the QoS wait cap must be positive")
 	}
 	if c.ReconnectMin == 0 {
 		c.ReconnectMin = 200 * time.Millisecond
@@ -470,6 +480,10 @@ func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
 				s.log.Info("volume access control updated", "volume", v.Name,
 					"chap", v.Auth.CHAPUser != "", "mutual", v.Auth.MutualUser != "", "allowed_initiators", len(v.Auth.AllowedInitiators))
 			}
+			if a.lu.qos.set(v.QoS) {
+				a.vol.QoS = v.QoS
+				s.log.Info("volume I/O limits applied", "volume", v.Name, "qos", v.QoS.String())
+			}
 			continue
 		}
 		if err := s.attach(ctx, v); err != nil {
@@ -516,11 +530,15 @@ type lun struct {
 	*linear.Volume
 	size atomic.Int64 // grows with the volume (attachment.grow)
 	ops  volumeOps
+	qos  *volumeQoS // the volume's I/O limits, checked before the sets
 }
 
 func (l *lun) Size() int64 { return l.size.Load() }
 
 func (l *lun) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := l.qos.wait(ctx, false, len(p)); err != nil {
+		return err
+	}
 	start := time.Now()
 	err := l.Volume.ReadAt(ctx, p, off)
 	l.ops.observe("read", len(p), err, start)
@@ -528,6 +546,9 @@ func (l *lun) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 func (l *lun) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if err := l.qos.wait(ctx, true, len(p)); err != nil {
+		return err
+	}
 	start := time.Now()
 	err := l.Volume.WriteAt(ctx, p, off, fua)
 	l.ops.observe("write", len(p), err, start)
@@ -542,6 +563,9 @@ func (l *lun) Flush(ctx context.Context) error {
 }
 
 func (l *lun) Trim(ctx context.Context, off, length int64) error {
+	if err := l.qos.wait(ctx, true, 0); err != nil {
+		return err
+	}
 	start := time.Now()
 	err := l.Volume.Trim(ctx, off, length)
 	l.ops.observe("trim", 0, err, start)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -211,10 +212,21 @@ var (
 	descResyncTotal = prometheus.NewDesc("chunkraid_hostd_resync_total_bytes",
 		"Bytes the set's running (or last) resync or rebuild has to copy.", []string{"volume", "set"}, nil)
 	descVolumes = prometheus.NewDesc("chunkraid_hostd_volumes", "Volumes this host serves.", nil, nil)
+
+	descQoSLimit = prometheus.NewDesc("chunkraid_hostd_volume_qos_limit",
+		"A volume's I/O limit in force, by limit (iops, read_iops, write_iops in commands a second; bps, read_bps, write_bps in bytes a second).",
+		[]string{"volume", "limit"}, nil)
+	descQoSThrottled = prometheus.NewDesc("chunkraid_hostd_volume_qos_throttled_total",
+		"Commands that waited for a volume's I/O limits.", []string{"volume"}, nil)
+	descQoSThrottledSeconds = prometheus.NewDesc("chunkraid_hostd_volume_qos_throttled_seconds_total",
+		"Time commands waited for a volume's I/O limits.", []string{"volume"}, nil)
+	descQoSBusy = prometheus.NewDesc("chunkraid_hostd_volume_qos_busy_total",
+		"Commands answered TASK SET FULL because they would have waited longer than the cap for a volume's I/O limits.", []string{"volume"}, nil)
 )
 
 func (c *setCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descMember, descDirty, descResyncDone, descResyncTotal, descVolumes} {
+	for _, d := range []*prometheus.Desc{descMember, descDirty, descResyncDone, descResyncTotal, descVolumes,
+		descQoSLimit, descQoSThrottled, descQoSThrottledSeconds, descQoSBusy} {
 		ch <- d
 	}
 }
@@ -228,6 +240,18 @@ func (c *setCollector) Collect(ch chan<- prometheus.Metric) {
 	c.s.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(len(attached)))
 	for _, a := range attached {
+		if a.lu != nil {
+			q, name := a.lu.qos, a.lu.ops.name
+			lim := q.limits()
+			for _, l := range lim.Limits() {
+				if l.Limit.Rate != 0 {
+					ch <- prometheus.MustNewConstMetric(descQoSLimit, prometheus.GaugeValue, float64(l.Limit.Rate), name, strings.ReplaceAll(l.Flag, "-", "_"))
+				}
+			}
+			ch <- prometheus.MustNewConstMetric(descQoSThrottled, prometheus.CounterValue, float64(q.throttled.Load()), name)
+			ch <- prometheus.MustNewConstMetric(descQoSThrottledSeconds, prometheus.CounterValue, time.Duration(q.throttledNs.Load()).Seconds(), name)
+			ch <- prometheus.MustNewConstMetric(descQoSBusy, prometheus.CounterValue, float64(q.busy.Load()), name)
+		}
 		r := a.snapshot(false)
 		for _, sr := range r.Sets {
 			set := strconv.Itoa(sr.Index)
@@ -300,13 +324,15 @@ type volumeStats struct {
 	ops, bytes, latSum [2]atomic.Int64 // read, write; latSum in ns
 	lat                [2][statBuckets]atomic.Int64
 	errs               atomic.Int64
+	qos                *volumeQoS // its throttling counts; set at attach
 
 	// what the previous window ended with; the reporter's alone
 	last struct {
-		at                 time.Time
-		ops, bytes, latSum [2]int64
-		lat                [2][statBuckets]int64
-		errs               int64
+		at                           time.Time
+		ops, bytes, latSum           [2]int64
+		lat                          [2][statBuckets]int64
+		errs                         int64
+		throttled, throttledNs, busy int64
 	}
 }
 
@@ -399,6 +425,11 @@ func (s *volumeStats) window(now time.Time) *api.VolumeStats {
 	errs := s.errs.Load()
 	out.Errors = errs - s.last.errs
 	s.last.errs = errs
+	if q := s.qos; q != nil {
+		n, ns, busy := q.throttled.Load(), q.throttledNs.Load(), q.busy.Load()
+		out.Throttled, out.ThrottledSeconds, out.Busy = n-s.last.throttled, time.Duration(ns-s.last.throttledNs).Seconds(), busy-s.last.busy
+		s.last.throttled, s.last.throttledNs, s.last.busy = n, ns, busy
+	}
 	s.last.at = now
 	return out
 }

@@ -84,6 +84,8 @@ var operations = []operation{
 	{method: "POST", path: "/api/v1/volumes/{name}/resize", summary: "grow a volume online (never shrink)", caller: callerAdmin, body: api.ResizeVolumeRequest{}, status: 200, resp: api.Volume{}},
 	{method: "PUT", path: "/api/v1/volumes/{name}/chap", summary: "set a volume's CHAP credentials", caller: callerAdmin, body: api.SetCHAPRequest{}, status: 200, resp: api.Volume{}},
 	{method: "DELETE", path: "/api/v1/volumes/{name}/chap", summary: "remove a volume's CHAP credentials", caller: callerAdmin, status: 204},
+	{method: "PUT", path: "/api/v1/volumes/{name}/qos", summary: "set a volume's I/O limits (replacing them); its host applies them without a detach", caller: callerAdmin, body: api.QoS{}, status: 200, resp: api.Volume{}},
+	{method: "DELETE", path: "/api/v1/volumes/{name}/qos", summary: "remove a volume's I/O limits", caller: callerAdmin, status: 204},
 	{method: "POST", path: "/api/v1/volumes/{name}/initiators", summary: "change a volume's initiator allowlist", caller: callerAdmin, body: api.InitiatorsRequest{}, status: 200, resp: api.Volume{}},
 	{method: "POST", path: "/api/v1/volumes/{name}/read-exports", summary: "the volume with read-only export names of its members (volume verify)", caller: callerAdmin, status: 200, resp: api.Volume{}},
 	{method: "POST", path: "/api/v1/tokens", summary: "create an API token (the answer holds its secret)", caller: callerAdmin, body: api.CreateTokenRequest{}, status: 201, resp: api.Token{}},

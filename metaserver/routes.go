@@ -76,6 +76,8 @@ func (s *Server) routes() http.Handler {
 			r.Post("/volumes/{name}/resize", s.resizeVolume)
 			r.Put("/volumes/{name}/chap", s.setVolumeCHAP)
 			r.Delete("/volumes/{name}/chap", s.clearVolumeCHAP)
+			r.Put("/volumes/{name}/qos", s.setVolumeQoS)
+			r.Delete("/volumes/{name}/qos", s.clearVolumeQoS)
 			r.Post("/volumes/{name}/initiators", s.updateInitiators)
 			r.Post("/volumes/{name}/read-exports", s.readExports)
 			r.Post("/tokens", s.createToken)

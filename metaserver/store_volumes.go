@@ -33,7 +33,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 	rows, err := q.Query(ctx, `
 		SELECT v.id, v.name, v.size_bytes, v.layout, v.stripe_unit, v.bitmap, coalesce(h.name, ''), v.epoch,
 		       v.clean_detach, v.created_at, v.chap_user, v.mutual_user, v.allowed_initiators,
-		       CASE WHEN $4 THEN v.chap_secret END, CASE WHEN $4 THEN v.mutual_secret END
+		       CASE WHEN $4 THEN v.chap_secret END, CASE WHEN $4 THEN v.mutual_secret END, v.qos
 		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
 		WHERE ($1::bigint = 0 OR v.id = $1)
 		  AND ($2::text = '' OR v.name = $2)
@@ -51,7 +51,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		)
 		err := row.Scan(&id, &v.Name, &v.SizeBytes, &v.Layout, &v.StripeUnit, &v.Bitmap, &v.Host, &v.Epoch,
 			&v.CleanDetach, &v.CreatedAt, &v.Auth.CHAPUser, &v.Auth.MutualUser, &v.Auth.AllowedInitiators,
-			&chapSealed, &mutSealed)
+			&chapSealed, &mutSealed, &v.QoS)
 		if err != nil {
 			return v, err
 		}
@@ -260,8 +260,8 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 		}
 		var volumeID int64
 		err = tx.QueryRow(ctx, `
-			INSERT INTO volumes (name, size_bytes, layout, stripe_unit, bitmap, host_id) VALUES ($1, $2, $3, $4, $5, $6)
-			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.String(), req.StripeUnit, req.Bitmap, host).Scan(&volumeID)
+			INSERT INTO volumes (name, size_bytes, layout, stripe_unit, bitmap, host_id, qos) VALUES ($1, $2, $3, $4, $5, $6, $7)
+			ON CONFLICT (name) DO NOTHING RETURNING id`, req.Name, req.SizeBytes, l.String(), req.StripeUnit, req.Bitmap, host, req.QoS).Scan(&volumeID)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return api.Errorf(api.CodeAlreadyExists, "volume %q already exists: choose another name or delete it first", req.Name)
 		}

@@ -130,6 +130,9 @@ func validateCreateVolume(req *api.CreateVolumeRequest) (api.Layout, error) {
 	if req.Host != "" && !serverNameRE.MatchString(req.Host) {
 		return api.Layout{}, invalid("invalid host name %q (chunkraid host list shows the registered hosts)", req.Host)
 	}
+	if err := req.QoS.Normalize(); err != nil {
+		return api.Layout{}, err
+	}
 	return l, nil
 }
 

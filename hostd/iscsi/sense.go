@@ -154,6 +154,10 @@ var (
 	// ErrNoSpace: the back end had no space to store a write; nothing
 	// changed, and the write may succeed once space is freed.
 	ErrNoSpace = errors.New("iscsi: no space to store the write")
+	// ErrBusy: the back end will not take the command now (a volume over
+	// its I/O limits); nothing was done, and the initiator should retry it.
+	// The command is answered TASK SET FULL status, without sense data.
+	ErrBusy = errors.New("iscsi: logical unit busy")
 )
 
 // backendSense is the one mapping from an error of the back end to the
@@ -206,6 +210,12 @@ type ioErrorKey struct {
 // LBA once: a repeat of the same failure at the same LBA, as an initiator
 // retrying the command sends, is logged at debug level only.
 func (lu *logicalUnit) ioError(err error, lba uint64, write bool) result {
+	if errors.Is(err, ErrBusy) {
+		if lu.log != nil {
+			lu.log.Debug("back end busy: TASK SET FULL", "lba", lba, "write", write, "err", err)
+		}
+		return result{status: statusTaskSetFull}
+	}
 	s := backendSense(err, write)
 	if lu.log != nil {
 		k := &ioErrorKey{lba: lba, write: write, key: s.key, asc: s.asc, cause: err.Error()}

@@ -50,3 +50,14 @@ func TestBackendStatusOfRead(t *testing.T) {
 		t.Fatalf("status %#x sense %v, want CHECK CONDITION, NOT READY 04h/03h", r.status, r.sense)
 	}
 }
+
+// TestBackendBusyIsTaskSetFull: a back end that will not take a command now
+// (a volume over its I/O limits) gets it answered TASK SET FULL, without
+// sense data, so that the initiator retries it.
+func TestBackendBusyIsTaskSetFull(t *testing.T) {
+	lu := newLogicalUnit(failingBackend{fmt.Errorf("%w: over the volume's limits", ErrBusy)}, 512, 1<<20, 1<<20, "vol", "iqn.test")
+	r := execRead(t.Context(), lu, &scsiCmd{lba: 8, blocks: 1}, nil, make([]byte, 512))
+	if r.status != statusTaskSetFull || r.sense != nil {
+		t.Fatalf("status %#x sense %v, want TASK SET FULL without sense", r.status, r.sense)
+	}
+}

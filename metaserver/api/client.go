@@ -390,6 +390,17 @@ func (c *Client) ClearVolumeCHAP(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(name)+"/chap", nil, nil, nil, RequestTimeout)
 }
 
+// SetVolumeQoS replaces the I/O limits of a volume by q and returns the
+// volume; its host applies them without a detach.
+func (c *Client) SetVolumeQoS(ctx context.Context, name string, q QoS) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPut, "/api/v1/volumes/"+url.PathEscape(name)+"/qos", nil, q, RequestTimeout)
+}
+
+// ClearVolumeQoS removes the I/O limits of a volume.
+func (c *Client) ClearVolumeQoS(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(name)+"/qos", nil, nil, nil, RequestTimeout)
+}
+
 // UpdateInitiators changes the initiator allowlist of a volume (see
 // InitiatorsRequest) and returns the volume.
 func (c *Client) UpdateInitiators(ctx context.Context, name string, req InitiatorsRequest) (*Volume, error) {

@@ -257,6 +257,12 @@ type VolumeStats struct {
 	WriteLatencyMeanUs float64 `json:"write_latency_mean_us"`
 	WriteLatencyP99Us  float64 `json:"write_latency_p99_us"`
 	Errors             int64   `json:"errors"`
+	// Throttled is the commands that waited for the volume's I/O limits
+	// (QoS) in the window, ThrottledSeconds their total wait, and Busy the
+	// commands answered TASK SET FULL for waiting longer than the cap.
+	Throttled        int64   `json:"throttled"`
+	ThrottledSeconds float64 `json:"throttled_seconds"`
+	Busy             int64   `json:"busy"`
 }
 
 // VolumeStatsReport answers GET /api/v1/volumes/{name}/stats: the latest

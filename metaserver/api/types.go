@@ -379,7 +379,9 @@ type Volume struct {
 	// Auth is the volume's iSCSI access control. Its secrets are filled in
 	// only in HostVolumes, for the host the volume is attached to.
 	Auth VolumeAuth `json:"auth"`
-	Sets []Set      `json:"sets"`
+	// QoS is the volume's I/O limits; zero limits nothing.
+	QoS  QoS   `json:"qos"`
+	Sets []Set `json:"sets"`
 }
 
 // CreateVolumeRequest is POSTed to /api/v1/volumes.
@@ -394,6 +396,8 @@ type CreateVolumeRequest struct {
 	// Bitmap is BitmapRemb (also when empty), BitmapInternal or BitmapNone.
 	Bitmap string `json:"bitmap,omitempty"`
 	Host   string `json:"host,omitempty"` // attach at once to this host
+	// QoS is the volume's I/O limits (see QoS.Normalize); none when zero.
+	QoS QoS `json:"qos,omitzero"`
 }
 
 // ResizeVolumeRequest is POSTed to /api/v1/volumes/{name}/resize: the new
@@ -671,6 +675,9 @@ type InitiatorsRequest struct {
 // EventVolumeAuthChanged records a change of a volume's CHAP credentials or
 // initiator allowlist; it never carries a secret.
 const EventVolumeAuthChanged = "volume_auth_changed"
+
+// EventVolumeQoSChanged records a change of a volume's I/O limits.
+const EventVolumeQoSChanged = "volume_qos_changed"
 
 // Changes answers GET /api/v1/changes: a number that moves whenever the
 // cluster changes (placement, assignments, any event). Pass it back as
