@@ -34,6 +34,11 @@ type volumeQoS struct {
 
 	mu      sync.Mutex // serializes set
 	buckets atomic.Pointer[qosBuckets]
+	// reserve serializes the reservations of commands, so that each
+	// takes its tokens at a time no earlier than the last one's: a
+	// rate.Limiter asked at an earlier time than its last counts the time
+	// between twice, and lets more through than its rate.
+	reserve sync.Mutex
 
 	throttled   atomic.Int64 // commands that waited
 	throttledNs atomic.Int64 // their total wait
@@ -114,9 +119,11 @@ func (v *volumeQoS) wait(ctx context.Context, write bool, n int) error {
 	if write {
 		cmdLim, byteLim = b.writeIOPS, b.writeBPS
 	}
-	now := time.Now()
-	var rs []*rate.Reservation
-	var delay time.Duration
+	var (
+		rs    []*rate.Reservation
+		delay time.Duration
+		now   time.Time
+	)
 	take := func(l *rate.Limiter, n int) {
 		if l == nil || n == 0 {
 			return
@@ -131,16 +138,22 @@ func (v *volumeQoS) wait(ctx context.Context, write bool, n int) error {
 			n -= k
 		}
 	}
+	v.reserve.Lock()
+	now = time.Now()
 	take(b.iops, 1)
 	take(cmdLim, 1)
 	take(b.bps, n)
 	take(byteLim, n)
+	v.reserve.Unlock()
 	if delay == 0 {
 		return nil
 	}
 	cancel := func() {
+		v.reserve.Lock()
+		defer v.reserve.Unlock()
+		at := time.Now()
 		for _, r := range rs {
-			r.CancelAt(now)
+			r.CancelAt(at)
 		}
 	}
 	if delay > v.waitCap {

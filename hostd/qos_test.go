@@ -3,6 +3,7 @@ package hostd
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -117,5 +118,39 @@ func TestQoSLiveChange(t *testing.T) {
 	}
 	if err := q.wait(ctx, true, 512); err != nil || q.buckets.Load() != nil {
 		t.Fatalf("with no limits: %v", err)
+	}
+}
+
+// TestQoSConcurrentCommands: commands from many goroutines together pass
+// no faster than the rate. A rate.Limiter asked at a time earlier than its
+// last request counts the time between twice, so reservations made with
+// times taken outside one lock let more through than the rate.
+func TestQoSConcurrentCommands(t *testing.T) {
+	const (
+		rate, burst   = 2000, 10
+		workers, each = 32, 50
+	)
+	q := newVolumeQoS(5*time.Second, api.QoS{WriteIOPS: api.Limit{Rate: rate, Burst: burst}})
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				if err := q.wait(t.Context(), true, 4096); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	n := workers * each
+	if least := time.Duration(float64(n-burst) / rate * float64(time.Second)); time.Since(start) < least {
+		t.Errorf("%d commands at %d a second (burst %d) passed in %s, less than %s", n, rate, burst, time.Since(start), least)
 	}
 }
