@@ -315,6 +315,17 @@ func TestDashboard(t *testing.T) {
 	if _, err := c.Client().GetVolume(ctx, "web2"); !api.IsNotFound(err) {
 		t.Errorf("web2 after the delete from the page: %v", err)
 	}
+	// A volume's I/O limits show on the page once set.
+	if _, err := c.Client().SetVolumeQoS(ctx, "demo", api.QoS{WriteIOPS: api.Limit{Rate: 1000000}, ReadBPS: api.Limit{Rate: 1 << 30}}); err != nil {
+		t.Fatal(err)
+	}
+	step("the volume's I/O limits", 30*time.Second, page("volumes"),
+		chromedp.WaitVisible(css(`[data-qos="demo"]`)),
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := chromedp.Poll[bool](`document.querySelector('[data-qos="demo"]').textContent.includes('write IOPS 1000000 (burst 1000000), read bytes/s 1 GiB (burst 1 GiB)')`)(ctx, tg)
+			return err
+		}))
+	t.Logf("demo's limits: %s", get("limits", chromedp.Text(css(`[data-qos="demo"]`))))
 	step("the volume's figures", time.Minute, page("volumes"),
 		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="IOPS of demo"]`)),
 		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="p99 latency of demo"]`)),

@@ -126,6 +126,7 @@ function renderVolumes(volumes) {
     const health = volumeHealth(v);
     out.push(el('h3', {}, `${v.name} `, el('span', { class: health, 'data-health': health, 'data-volume-health': v.name }, health)));
     out.push(el('p', {}, `${bytes(v.size_bytes)}, ${v.layout}, ${v.sets.length} sets, host ${v.host || '(none)'}, epoch ${v.epoch}`));
+    out.push(qosLine(v));
     out.push(statsLine(v.name));
     if (role === 'admin') out.push(volumeActions(v));
     const rows = [];
@@ -143,6 +144,17 @@ function renderVolumes(volumes) {
   $('#volume-list').replaceChildren(...out);
 }
 
+// qosLine says a volume's I/O limits (chunkraid volume qos).
+const QOS_LIMITS = [['iops', 'IOPS', false], ['read_iops', 'read IOPS', false], ['write_iops', 'write IOPS', false],
+  ['bps', 'bytes/s', true], ['read_bps', 'read bytes/s', true], ['write_bps', 'write bytes/s', true]];
+
+function qosLine(v) {
+  const q = v.qos || {};
+  const parts = QOS_LIMITS.filter(([k]) => q[k] && q[k].rate).map(([k, label, isBytes]) =>
+    isBytes ? `${label} ${bytes(q[k].rate)} (burst ${bytes(q[k].burst)})` : `${label} ${q[k].rate} (burst ${q[k].burst})`);
+  return el('p', { class: 'qos', 'data-qos': v.name }, 'I/O limits: ' + (parts.length ? parts.join(', ') : 'none'));
+}
+
 // history keeps the last figures of each volume for its sparkline.
 const history = new Map();
 const actionErrors = new Map();
@@ -155,12 +167,15 @@ function statsLine(name) {
   const text = last
     ? `${(last.read_iops + last.write_iops).toFixed(0)} IOPS, ${bytes(Math.round(last.read_bytes_per_sec + last.write_bytes_per_sec))}/s, p99 read ${ms(last.read_latency_p99_us)}, write ${ms(last.write_latency_p99_us)}`
     : 'no figures yet';
+  const throttled = last && (last.throttled || last.busy)
+    ? `; ${last.throttled} commands waited ${last.throttled_seconds.toFixed(2)} s for the I/O limits, ${last.busy} answered TASK SET FULL`
+    : '';
   const iops = h.map((s) => s.read_iops + s.write_iops);
   const lat = h.map((s) => Math.max(s.read_latency_p99_us, s.write_latency_p99_us));
   return el('p', { class: 'stats', 'data-stats': name, 'data-points': String(h.length),
     'data-iops': String(last ? iops[iops.length - 1] : 0), 'data-p99-us': String(last ? lat[lat.length - 1] : 0) },
     el('span', { class: 'spark-label' }, 'IOPS'), sparkline(iops, `IOPS of ${name}, last ${h.length} reports`, 'var(--bar)'), ' ',
-    el('span', { class: 'spark-label' }, 'p99'), sparkline(lat, `p99 latency of ${name}, last ${h.length} reports`, 'var(--warn)'), ' ', text);
+    el('span', { class: 'spark-label' }, 'p99'), sparkline(lat, `p99 latency of ${name}, last ${h.length} reports`, 'var(--warn)'), ' ', text + throttled);
 }
 
 // sparkline draws values as an inline SVG line.
