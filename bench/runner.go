@@ -23,6 +23,7 @@ const (
 	GroupVolume  = "volume"
 	GroupTarget  = "target"
 	GroupBitmap  = "bitmap"
+	GroupQoS     = "qos"
 	GroupResync  = "resync"
 	GroupRebuild = "rebuild"
 )
@@ -32,7 +33,7 @@ const (
 // cluster of its own, started for it (a metaserver that replaces a lost
 // chunkserver within seconds) and stopped after it; it kills and restarts
 // that cluster's chunkservers.
-var AllGroups = []string{GroupNBD, GroupVolume, GroupTarget, GroupBitmap, GroupResync, GroupRebuild}
+var AllGroups = []string{GroupNBD, GroupVolume, GroupTarget, GroupBitmap, GroupQoS, GroupResync, GroupRebuild}
 
 // Layouts are the volume layouts measured by the volume group.
 var Layouts = []string{"mirror:2", "mirror:3", "ec:4+2"}
@@ -252,7 +253,7 @@ func (r *Runner) Run(ctx context.Context) (rep *Report, err error) {
 	r.environment(ctx)
 
 	var clusterErr error
-	if r.has(GroupNBD) || r.has(GroupVolume) || r.has(GroupBitmap) || r.has(GroupResync) {
+	if r.has(GroupNBD) || r.has(GroupVolume) || r.has(GroupBitmap) || r.has(GroupQoS) || r.has(GroupResync) {
 		clusterErr = r.startCluster(ctx)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -280,6 +281,7 @@ func (r *Runner) Run(ctx context.Context) (rep *Report, err error) {
 		{GroupVolume, true, r.volumeGroup},
 		{GroupTarget, false, r.targetGroup},
 		{GroupBitmap, true, r.bitmapGroup},
+		{GroupQoS, true, r.qosGroup},
 		{GroupResync, true, r.resyncGroup},
 		{GroupRebuild, false, r.rebuildGroup}, // starts a cluster of its own
 	}
