@@ -33,6 +33,28 @@
 // the chunk size. loglen is at most 64 MiB. The file is exactly 128+loglen
 // bytes. loglen 0 means no LOG state was recorded (treated like version 1).
 //
+// Version 3 is version 2 with snapshot layers: bytes 28..32 hold snaplen,
+// the length of a snapshot section that follows the LOG state (the file is
+// 128+loglen+snaplen bytes). A sidecar without snapshot layers is written
+// as version 2, byte for byte as before. The section:
+//
+//	0                 8       10      12              16
+//	+-----------------+-------+-------+---------------+
+//	| "CRSNAPS\x00"   | count | zero  | block (u32)   |  then count layers:
+//	+-----------------+-------+-------+---------------+
+//	+-------+---------------+-------+------+--------------+----------------+
+//	| seq   | created (i64, | nlen  | zero | name (nlen)  | saved map      |
+//	| (u32) | unix nanos)   | (u8)  | (3B) |              | ceil(N/8) B    |
+//	+-------+---------------+-------+------+--------------+----------------+
+//	then the CRC32C (u32) of the whole section before it.
+//
+// Each layer is a snapshot of the chunk, oldest first with increasing seq;
+// block is the copy-on-write granularity (a power of two from 4 KiB to
+// 1 MiB that divides the chunk size) and N the chunk's blocks. Bit b of a
+// layer's saved map (LSB first) says that <id>.snap-<seq> holds block b as
+// it was when the layer was taken: the chunk overwrote it since. At most
+// 255 layers; names are 1..63 bytes.
+//
 // Version 1 (written by earlier chunkservers) is the same fixed part with
 // ver=1, bytes 24..32 zero and no LOG state: 128 bytes in all. A version-1
 // sidecar is still read: its chunk gets a fresh LOG bitmap, pinned because
@@ -77,10 +99,133 @@ const (
 	headerMagic    = "CRCHUNK\x00"
 	headerVersion1 = 1
 	headerVersion  = 2
+	headerVersion3 = 3 // with snapshot layers
 	headerLen      = 128
 	maxIDLen       = 64
 	maxLogLen      = 64 << 20
+
+	snapMagic    = "CRSNAPS\x00"
+	snapHdr      = 16
+	snapLayerHdr = 16
+	MaxSnapshots = 255
+	maxSnapName  = 63
+	minSnapBlock = 4 << 10
+	maxSnapBlock = 1 << 20
+	maxSnapLen   = 64 << 20
 )
+
+// SnapshotLayer is one snapshot of a chunk as its sidecar records it.
+type SnapshotLayer struct {
+	Seq     uint32
+	Name    string
+	Created int64  // unix nanoseconds
+	Saved   []byte // bit b set: the layer's file holds block b as it was
+}
+
+func (l SnapshotLayer) equal(o SnapshotLayer) bool {
+	return l.Seq == o.Seq && l.Name == o.Name && l.Created == o.Created && bytes.Equal(l.Saved, o.Saved)
+}
+
+// snapMapLen is the bytes of a saved map for a chunk of size bytes in
+// blocks of block bytes.
+func snapMapLen(size, block int64) int { return int(((size+block-1)/block + 7) / 8) }
+
+// validSnapBlock reports whether block is a copy-on-write granularity for a
+// chunk of size bytes.
+func validSnapBlock(block, size int64) bool {
+	return block >= minSnapBlock && block <= maxSnapBlock && block&(block-1) == 0 && size%block == 0
+}
+
+func marshalSnapshots(size, block int64, layers []SnapshotLayer) ([]byte, error) {
+	if len(layers) > MaxSnapshots {
+		return nil, fmt.Errorf("store: %d snapshot layers, at most %d", len(layers), MaxSnapshots)
+	}
+	if !validSnapBlock(block, size) {
+		return nil, fmt.Errorf("store: snapshot block %d for a chunk of %d bytes", block, size)
+	}
+	mapLen := snapMapLen(size, block)
+	b := make([]byte, snapHdr, snapHdr+len(layers)*(snapLayerHdr+maxSnapName+mapLen)+4)
+	copy(b, snapMagic)
+	binary.LittleEndian.PutUint16(b[8:], uint16(len(layers)))
+	binary.LittleEndian.PutUint32(b[12:], uint32(block))
+	for i, l := range layers {
+		if len(l.Name) == 0 || len(l.Name) > maxSnapName {
+			return nil, fmt.Errorf("store: snapshot name length %d, want 1..%d", len(l.Name), maxSnapName)
+		}
+		if len(l.Saved) != mapLen {
+			return nil, fmt.Errorf("store: snapshot %q saved map of %d bytes, want %d", l.Name, len(l.Saved), mapLen)
+		}
+		if i > 0 && l.Seq <= layers[i-1].Seq {
+			return nil, fmt.Errorf("store: snapshot layers out of order: seq %d after %d", l.Seq, layers[i-1].Seq)
+		}
+		var h [snapLayerHdr]byte
+		binary.LittleEndian.PutUint32(h[0:], l.Seq)
+		binary.LittleEndian.PutUint64(h[4:], uint64(l.Created))
+		h[12] = byte(len(l.Name))
+		b = append(b, h[:]...)
+		b = append(b, l.Name...)
+		b = append(b, l.Saved...)
+	}
+	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	if len(b) > maxSnapLen {
+		return nil, fmt.Errorf("store: snapshot section of %d bytes exceeds %d", len(b), maxSnapLen)
+	}
+	return b, nil
+}
+
+func unmarshalSnapshots(b []byte, size int64) (block int64, layers []SnapshotLayer, err error) {
+	bad := func(format string, args ...any) (int64, []SnapshotLayer, error) {
+		return 0, nil, fmt.Errorf("%w: snapshot section: %s", ErrCorruptHeader, fmt.Sprintf(format, args...))
+	}
+	if len(b) < snapHdr+4 || string(b[:8]) != snapMagic {
+		return bad("length %d or magic wrong", len(b))
+	}
+	if got, want := binary.LittleEndian.Uint32(b[len(b)-4:]), crc32.Checksum(b[:len(b)-4], castagnoli); got != want {
+		return bad("checksum %08x, computed %08x", got, want)
+	}
+	n := int(binary.LittleEndian.Uint16(b[8:]))
+	if binary.LittleEndian.Uint16(b[10:]) != 0 || n == 0 || n > MaxSnapshots {
+		return bad("%d layers or reserved bytes not zero", n)
+	}
+	block = int64(binary.LittleEndian.Uint32(b[12:]))
+	if !validSnapBlock(block, size) {
+		return bad("block %d for a chunk of %d bytes", block, size)
+	}
+	mapLen := snapMapLen(size, block)
+	rest := b[snapHdr : len(b)-4]
+	for range n {
+		if len(rest) < snapLayerHdr {
+			return bad("truncated layer")
+		}
+		l := SnapshotLayer{Seq: binary.LittleEndian.Uint32(rest[0:]), Created: int64(binary.LittleEndian.Uint64(rest[4:]))}
+		nlen := int(rest[12])
+		if rest[13] != 0 || rest[14] != 0 || rest[15] != 0 || nlen == 0 || nlen > maxSnapName {
+			return bad("name length %d or reserved bytes not zero", nlen)
+		}
+		if len(layers) > 0 && l.Seq <= layers[len(layers)-1].Seq {
+			return bad("seq %d after %d", l.Seq, layers[len(layers)-1].Seq)
+		}
+		rest = rest[snapLayerHdr:]
+		if len(rest) < nlen+mapLen {
+			return bad("truncated layer %d", l.Seq)
+		}
+		l.Name = string(rest[:nlen])
+		l.Saved = bytes.Clone(rest[nlen : nlen+mapLen])
+		rest = rest[nlen+mapLen:]
+		layers = append(layers, l)
+	}
+	if len(rest) != 0 {
+		return bad("%d bytes after the layers", len(rest))
+	}
+	if nbits := (size + block - 1) / block; nbits%8 != 0 {
+		for _, l := range layers {
+			if l.Saved[mapLen-1]>>(nbits%8) != 0 {
+				return bad("layer %d marks blocks past the chunk's end", l.Seq)
+			}
+		}
+	}
+	return block, layers, nil
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -96,18 +241,35 @@ type Header struct {
 	// Log is the LOG bitmap state (bitmap.Log's persisted form), nil if
 	// the sidecar recorded none (version 1).
 	Log []byte
-	// Version is the version the sidecar was decoded from (1 or 2);
-	// MarshalBinary always writes version 2.
+	// SnapBlock is the copy-on-write granularity of Snapshots, and
+	// Snapshots the chunk's snapshot layers, oldest first; none without
+	// snapshots.
+	SnapBlock int64
+	Snapshots []SnapshotLayer
+	// Version is the version the sidecar was decoded from (1, 2 or 3);
+	// MarshalBinary writes version 3 when there are snapshots, else 2.
 	Version int
 }
 
 // Equal reports whether h and o hold the same fields.
 func (h Header) Equal(o Header) bool {
-	return h.ID == o.ID && h.Size == o.Size && h.MinEpoch == o.MinEpoch && h.Created == o.Created &&
-		bytes.Equal(h.Log, o.Log)
+	if h.ID != o.ID || h.Size != o.Size || h.MinEpoch != o.MinEpoch || h.Created != o.Created ||
+		!bytes.Equal(h.Log, o.Log) || len(h.Snapshots) != len(o.Snapshots) {
+		return false
+	}
+	if len(h.Snapshots) > 0 && h.SnapBlock != o.SnapBlock {
+		return false
+	}
+	for i := range h.Snapshots {
+		if !h.Snapshots[i].equal(o.Snapshots[i]) {
+			return false
+		}
+	}
+	return true
 }
 
-// MarshalBinary encodes h as a version-2 sidecar.
+// MarshalBinary encodes h as a version-2 sidecar, or version 3 with
+// snapshot layers.
 func (h Header) MarshalBinary() ([]byte, error) {
 	if len(h.ID) == 0 || len(h.ID) > maxIDLen {
 		return nil, fmt.Errorf("store: chunk id length %d, want 1..%d", len(h.ID), maxIDLen)
@@ -121,23 +283,34 @@ func (h Header) MarshalBinary() ([]byte, error) {
 	if len(h.Log) > maxLogLen {
 		return nil, fmt.Errorf("store: LOG state of %d bytes exceeds %d", len(h.Log), maxLogLen)
 	}
-	b := make([]byte, headerLen+len(h.Log))
+	var snaps []byte
+	version := uint16(headerVersion)
+	if len(h.Snapshots) > 0 {
+		var err error
+		if snaps, err = marshalSnapshots(h.Size, h.SnapBlock, h.Snapshots); err != nil {
+			return nil, err
+		}
+		version = headerVersion3
+	}
+	b := make([]byte, headerLen+len(h.Log)+len(snaps))
 	copy(b[0:8], headerMagic)
-	binary.LittleEndian.PutUint16(b[8:], headerVersion)
+	binary.LittleEndian.PutUint16(b[8:], version)
 	binary.LittleEndian.PutUint16(b[10:], headerLen)
 	binary.LittleEndian.PutUint16(b[12:], uint16(len(h.ID)))
 	binary.LittleEndian.PutUint64(b[16:], uint64(h.Size))
 	binary.LittleEndian.PutUint32(b[24:], uint32(len(h.Log)))
+	binary.LittleEndian.PutUint32(b[28:], uint32(len(snaps)))
 	binary.LittleEndian.PutUint64(b[32:], uint64(h.MinEpoch))
 	binary.LittleEndian.PutUint64(b[40:], uint64(h.Created))
 	copy(b[48:112], h.ID)
 	binary.LittleEndian.PutUint32(b[124:], crc32.Checksum(b[:124], castagnoli))
 	copy(b[headerLen:], h.Log)
+	copy(b[headerLen+len(h.Log):], snaps)
 	return b, nil
 }
 
-// UnmarshalBinary decodes and validates a sidecar of version 1 or 2,
-// including the LOG state it carries.
+// UnmarshalBinary decodes and validates a sidecar of version 1, 2 or 3,
+// including the LOG state and the snapshot layers it carries.
 func (h *Header) UnmarshalBinary(b []byte) error {
 	if len(b) < headerLen {
 		return fmt.Errorf("%w: length %d, want at least %d", ErrCorruptHeader, len(b), headerLen)
@@ -146,7 +319,7 @@ func (h *Header) UnmarshalBinary(b []byte) error {
 		return fmt.Errorf("%w: bad magic %q", ErrCorruptHeader, b[0:8])
 	}
 	v := binary.LittleEndian.Uint16(b[8:])
-	if v != headerVersion1 && v != headerVersion {
+	if v != headerVersion1 && v != headerVersion && v != headerVersion3 {
 		return fmt.Errorf("%w: unknown version %d", ErrCorruptHeader, v)
 	}
 	if l := binary.LittleEndian.Uint16(b[10:]); l != headerLen {
@@ -174,18 +347,22 @@ func (h *Header) UnmarshalBinary(b []byte) error {
 	if v == headerVersion1 && (logLen != 0 || binary.LittleEndian.Uint32(b[28:]) != 0) {
 		return fmt.Errorf("%w: version 1 with bytes 24..32 not zero", ErrCorruptHeader)
 	}
-	if binary.LittleEndian.Uint32(b[28:]) != 0 {
-		return fmt.Errorf("%w: reserved bytes 28..32 not zero", ErrCorruptHeader)
+	snapLen := int64(binary.LittleEndian.Uint32(b[28:]))
+	if v != headerVersion3 && snapLen != 0 {
+		return fmt.Errorf("%w: version %d with bytes 28..32 not zero", ErrCorruptHeader, v)
+	}
+	if v == headerVersion3 && (snapLen == 0 || snapLen > maxSnapLen || logLen == 0) {
+		return fmt.Errorf("%w: version 3 with a snapshot section of %d bytes and a LOG state of %d", ErrCorruptHeader, snapLen, logLen)
 	}
 	if logLen > maxLogLen {
 		return fmt.Errorf("%w: LOG state length %d exceeds %d", ErrCorruptHeader, logLen, maxLogLen)
 	}
-	if int64(len(b)) != headerLen+logLen {
-		return fmt.Errorf("%w: length %d, want %d", ErrCorruptHeader, len(b), headerLen+logLen)
+	if int64(len(b)) != headerLen+logLen+snapLen {
+		return fmt.Errorf("%w: length %d, want %d", ErrCorruptHeader, len(b), headerLen+logLen+snapLen)
 	}
 	var log []byte
 	if logLen > 0 {
-		log = bytes.Clone(b[headerLen:])
+		log = bytes.Clone(b[headerLen : headerLen+logLen])
 		var l bitmap.Log
 		if err := l.UnmarshalBinary(log); err != nil {
 			return fmt.Errorf("%w: LOG state: %w", ErrCorruptHeader, err)
@@ -194,13 +371,25 @@ func (h *Header) UnmarshalBinary(b []byte) error {
 			return fmt.Errorf("%w: LOG state covers %d bytes, chunk has %d", ErrCorruptHeader, l.Size(), size)
 		}
 	}
+	var (
+		block  int64
+		layers []SnapshotLayer
+	)
+	if snapLen > 0 {
+		var err error
+		if block, layers, err = unmarshalSnapshots(b[headerLen+logLen:], size); err != nil {
+			return err
+		}
+	}
 	*h = Header{
-		ID:       string(b[48 : 48+idLen]),
-		Size:     size,
-		MinEpoch: minEpoch,
-		Created:  int64(binary.LittleEndian.Uint64(b[40:])),
-		Log:      log,
-		Version:  int(v),
+		ID:        string(b[48 : 48+idLen]),
+		Size:      size,
+		MinEpoch:  minEpoch,
+		Created:   int64(binary.LittleEndian.Uint64(b[40:])),
+		Log:       log,
+		SnapBlock: block,
+		Snapshots: layers,
+		Version:   int(v),
 	}
 	return nil
 }

@@ -1,12 +1,14 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
 	"testing"
 
 	"github.com/chunkraid/chunkraid/bitmap"
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 )
 
 // testLogState returns the persisted form of a LOG bitmap of a chunk of
@@ -164,6 +166,9 @@ func FuzzHeader(f *testing.F) {
 	noLog, _ := Header{ID: "seed", Size: 1 << 20}.MarshalBinary()
 	f.Add(noLog)
 	f.Add(v1Sidecar("seed", 1<<20, 1, 2))
+	snaps, _ := Header{ID: "seed", Size: 1 << 20, Log: testLogState(f, 1<<20, 65536, false), SnapBlock: 64 << 10,
+		Snapshots: testSnapshots(1<<20, 64<<10, 2)}.MarshalBinary()
+	f.Add(snaps)
 	f.Add(make([]byte, headerLen))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h Header
@@ -182,4 +187,137 @@ func FuzzHeader(f *testing.F) {
 			t.Fatalf("re-decode: %+v %v, want %+v", h2, err, h)
 		}
 	})
+}
+
+// testSnapshots returns n snapshot layers of a chunk of size bytes in
+// blocks of block bytes, each with some blocks saved.
+func testSnapshots(size, block int64, n int) []SnapshotLayer {
+	var out []SnapshotLayer
+	for i := range n {
+		l := SnapshotLayer{Seq: uint32(2*i + 1), Name: "snap-" + string(rune('a'+i)), Created: int64(1000 + i),
+			Saved: make([]byte, snapMapLen(size, block))}
+		l.Saved[0] = byte(1 << i)
+		l.Saved[len(l.Saved)-1] |= 1
+		out = append(out, l)
+	}
+	return out
+}
+
+func TestHeaderSnapshots(t *testing.T) {
+	const size, block = 8 << 20, 64 << 10
+	h := Header{ID: "c1", Size: size, MinEpoch: 3, Created: 9, Log: testLogState(t, size, 1<<20, false, 2),
+		SnapBlock: block, Snapshots: testSnapshots(size, block, 3)}
+	b, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got Header
+	if err := got.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != headerVersion3 || !got.Equal(h) {
+		t.Fatalf("round trip: version %d, %+v, want %+v", got.Version, got, h)
+	}
+	// Without snapshots the sidecar stays version 2, as before.
+	h2 := h
+	h2.Snapshots = nil
+	b2, err := h2.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint16(b2[8:]); v != headerVersion || len(b2) != headerLen+len(h.Log) {
+		t.Fatalf("no snapshots: version %d, %d bytes", v, len(b2))
+	}
+
+	sec := headerLen + len(h.Log)
+	flip := func(i int) []byte { c := append([]byte(nil), b...); c[i] ^= 0x01; return c }
+	for name, bad := range map[string][]byte{
+		"section magic":         flip(sec),
+		"section map bit":       flip(len(b) - 10),
+		"section crc":           flip(len(b) - 1),
+		"truncated section":     b[:len(b)-1],
+		"snaplen without v3":    func() []byte { c := append([]byte(nil), b...); c[8] = headerVersion; return resumHeader(c) }(),
+		"v3 without a section":  func() []byte { c := append([]byte(nil), b2...); c[8] = headerVersion3; return resumHeader(c) }(),
+		"section longer than b": func() []byte { c := append([]byte(nil), b...); c[28]++; return resumHeader(c) }(),
+	} {
+		var x Header
+		if err := x.UnmarshalBinary(bad); !errors.Is(err, ErrCorruptHeader) {
+			t.Errorf("%s: %v, want ErrCorruptHeader", name, err)
+		}
+	}
+	// Whole sections that are well formed but wrong.
+	for name, mut := range map[string]func(*Header){
+		"out of order": func(h *Header) { h.Snapshots[1].Seq = h.Snapshots[0].Seq },
+		"bad block":    func(h *Header) { h.SnapBlock = 3000 },
+		"map length":   func(h *Header) { h.Snapshots[0].Saved = h.Snapshots[0].Saved[1:] },
+		"long name":    func(h *Header) { h.Snapshots[2].Name = string(make([]byte, 64)) },
+		"empty name":   func(h *Header) { h.Snapshots[2].Name = "" },
+	} {
+		c := h
+		c.Snapshots = append([]SnapshotLayer(nil), h.Snapshots...)
+		mut(&c)
+		if _, err := c.MarshalBinary(); err == nil {
+			t.Errorf("%s: encoded", name)
+		}
+	}
+	// A map bit past the chunk's end (a chunk of 7 blocks).
+	odd := Header{ID: "c2", Size: 7 * block, Log: testLogState(t, 7*block, block, false), SnapBlock: block,
+		Snapshots: []SnapshotLayer{{Seq: 1, Name: "s", Saved: []byte{0x80}}}}
+	ob, err := odd.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var x Header
+	if err := x.UnmarshalBinary(ob); !errors.Is(err, ErrCorruptHeader) {
+		t.Errorf("a saved bit past the end: %v", err)
+	}
+}
+
+// resumHeader fixes the fixed part's CRC after a change.
+func resumHeader(b []byte) []byte {
+	binary.LittleEndian.PutUint32(b[124:], crc32.Checksum(b[:124], castagnoli))
+	return b
+}
+
+// TestSidecarRewriteKeepsSnapshots: a chunk whose sidecar records
+// snapshot layers keeps them through the sidecar rewrites of its writes.
+func TestSidecarRewriteKeepsSnapshots(t *testing.T) {
+	mem := vfs.NewMem()
+	s := openFS(t, mem, nil)
+	if _, err := s.Create("c1", testSize); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	var h Header
+	if err := h.UnmarshalBinary(readAll(t, mem, memDir+"/c1.meta")); err != nil {
+		t.Fatal(err)
+	}
+	h.SnapBlock, h.Snapshots = 64<<10, testSnapshots(testSize, 64<<10, 2)
+	b, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFileAtomic(mem, memDir+"/c1.meta", b); err != nil {
+		t.Fatal(err)
+	}
+	s = openFS(t, mem, nil)
+	c, err := s.Get("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt([]byte("new region"), 3*testRegion); err != nil { // a LOG bit: the sidecar is rewritten
+		t.Fatal(err)
+	}
+	s.Close()
+	var got Header
+	if err := got.UnmarshalBinary(readAll(t, mem, memDir+"/c1.meta")); err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != headerVersion3 || got.SnapBlock != h.SnapBlock || len(got.Snapshots) != 2 ||
+		!got.Snapshots[0].equal(h.Snapshots[0]) || !got.Snapshots[1].equal(h.Snapshots[1]) {
+		t.Fatalf("after a rewrite: version %d, block %d, layers %+v", got.Version, got.SnapBlock, got.Snapshots)
+	}
+	if bytes.Equal(got.Log, h.Log) {
+		t.Fatal("the write did not rewrite the sidecar")
+	}
 }

@@ -329,6 +329,7 @@ func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 	// the disk (a kill keeps the page cache): the first Sync syncs.
 	c.written.Store(1)
 	c.minEpoch.Store(h.MinEpoch)
+	c.snapBlock, c.snaps = h.SnapBlock, h.Snapshots
 	return c
 }
 
@@ -659,8 +660,11 @@ type Chunk struct {
 	observeSync          func(took time.Duration, err error)
 	// sidecarMu serializes sidecar writes (and the failure marker), so the
 	// sidecar never holds an older minimum epoch than one already
-	// reported.
+	// reported. It guards snapBlock and snaps, the snapshot layers the
+	// sidecar carries (every rewrite keeps them).
 	sidecarMu sync.Mutex
+	snapBlock int64
+	snaps     []SnapshotLayer
 
 	intentMu sync.Mutex // guards intent
 	intent   vfs.File   // the intent bitmap file, opened on first use
@@ -800,7 +804,8 @@ func (c *Chunk) writeHeaderLocked(log []byte, minEpoch int64) error {
 	if c.failed.Load() {
 		return ErrChunkFailed
 	}
-	b, err := Header{ID: c.id, Size: c.size, MinEpoch: minEpoch, Created: c.created, Log: log}.MarshalBinary()
+	b, err := Header{ID: c.id, Size: c.size, MinEpoch: minEpoch, Created: c.created, Log: log,
+		SnapBlock: c.snapBlock, Snapshots: c.snaps}.MarshalBinary()
 	if err != nil {
 		return err
 	}
