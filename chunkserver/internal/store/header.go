@@ -5,8 +5,9 @@
 //
 // Files, in the store directory:
 //
-//	<id>.chunk   the data, a sparse file of exactly the chunk size
-//	<id>.meta    the sidecar below
+//	<id>.chunk       the data, a sparse file of exactly the chunk size
+//	<id>.meta        the sidecar below
+//	<id>.snap-<seq>  a snapshot layer's saved blocks (version 3; snapshot.go)
 //
 // Sidecar, version 2: a 128-byte fixed part, then the LOG state. All
 // integers little-endian:

@@ -1,14 +1,12 @@
 package store
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
 	"testing"
 
 	"github.com/chunkraid/chunkraid/bitmap"
-	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
 )
 
 // testLogState returns the persisted form of a LOG bitmap of a chunk of
@@ -277,47 +275,4 @@ func TestHeaderSnapshots(t *testing.T) {
 func resumHeader(b []byte) []byte {
 	binary.LittleEndian.PutUint32(b[124:], crc32.Checksum(b[:124], castagnoli))
 	return b
-}
-
-// TestSidecarRewriteKeepsSnapshots: a chunk whose sidecar records
-// snapshot layers keeps them through the sidecar rewrites of its writes.
-func TestSidecarRewriteKeepsSnapshots(t *testing.T) {
-	mem := vfs.NewMem()
-	s := openFS(t, mem, nil)
-	if _, err := s.Create("c1", testSize); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	var h Header
-	if err := h.UnmarshalBinary(readAll(t, mem, memDir+"/c1.meta")); err != nil {
-		t.Fatal(err)
-	}
-	h.SnapBlock, h.Snapshots = 64<<10, testSnapshots(testSize, 64<<10, 2)
-	b, err := h.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := WriteFileAtomic(mem, memDir+"/c1.meta", b); err != nil {
-		t.Fatal(err)
-	}
-	s = openFS(t, mem, nil)
-	c, err := s.Get("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.WriteAt([]byte("new region"), 3*testRegion); err != nil { // a LOG bit: the sidecar is rewritten
-		t.Fatal(err)
-	}
-	s.Close()
-	var got Header
-	if err := got.UnmarshalBinary(readAll(t, mem, memDir+"/c1.meta")); err != nil {
-		t.Fatal(err)
-	}
-	if got.Version != headerVersion3 || got.SnapBlock != h.SnapBlock || len(got.Snapshots) != 2 ||
-		!got.Snapshots[0].equal(h.Snapshots[0]) || !got.Snapshots[1].equal(h.Snapshots[1]) {
-		t.Fatalf("after a rewrite: version %d, block %d, layers %+v", got.Version, got.SnapBlock, got.Snapshots)
-	}
-	if bytes.Equal(got.Log, h.Log) {
-		t.Fatal("the write did not rewrite the sidecar")
-	}
 }

@@ -203,6 +203,16 @@ func Open(cfg Config) (*Store, error) {
 			s.quarantineLocked(id, err)
 		}
 	}
+	// A snapshot layer file its chunk's sidecar does not record is left by
+	// a Snapshot interrupted before its record, or a deletion after it.
+	for name := range files {
+		id, seq, ok := snapSeqOf(name)
+		if c := s.mu.chunks[id]; ok && c != nil && !c.hasLayer(seq) {
+			if err := s.fs.Remove(filepath.Join(dir, name)); err != nil {
+				s.log.Warn("removing an unrecorded snapshot layer file", "file", name, "err", err)
+			}
+		}
+	}
 	return s, nil
 }
 
@@ -309,6 +319,10 @@ func (s *Store) load(id string) (*Chunk, error) {
 		return nil, fmt.Errorf("data file is %d bytes, the sidecar says %d", size, h.Size)
 	}
 	c := s.newChunk(h, f, log)
+	if err := c.openSnapshots(); err != nil {
+		f.Close()
+		return nil, err
+	}
 	if h.Log == nil {
 		if err := c.rewriteSidecar(); err != nil {
 			f.Close()
@@ -323,13 +337,14 @@ func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 	c := &Chunk{
 		id: h.ID, size: h.Size, created: h.Created, f: f, lg: log, fs: s.fs, log: s.log,
 		metaPath: s.metaPath(h.ID), failedPath: s.failedPath(h.ID), dir: s.dir, writeSidecar: s.cfg.WriteSidecar,
-		space: &s.space, observeSync: s.cfg.ObserveSync,
+		space: &s.space, observeSync: s.cfg.ObserveSync, clock: s.cfg.Clock,
 	}
 	// The file may hold writes of an earlier process that never reached
 	// the disk (a kill keeps the page cache): the first Sync syncs.
 	c.written.Store(1)
 	c.minEpoch.Store(h.MinEpoch)
 	c.snapBlock, c.snaps = h.SnapBlock, h.Snapshots
+	c.nsnaps.Store(int32(len(h.Snapshots)))
 	return c
 }
 
@@ -559,8 +574,19 @@ func (s *Store) Delete(id string) error {
 	// Sidecar first: a chunk without a sidecar is never served again. The
 	// failure markers go last, so an interrupted Delete of a failed chunk
 	// leaves it quarantined.
-	for _, suf := range []string{suffixMeta, suffixData, suffixIntent, suffixMetaSetAside, suffixFailed} {
-		p := filepath.Join(s.dir, id+suf)
+	names := []string{id + suffixMeta, id + suffixData, id + suffixIntent}
+	ents, err := s.fs.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("store: delete %s: %w", id, err)
+	}
+	for _, e := range ents {
+		if lid, _, ok := snapSeqOf(e.Name()); ok && lid == id {
+			names = append(names, e.Name())
+		}
+	}
+	names = append(names, id+suffixMetaSetAside, id+suffixFailed)
+	for _, name := range names {
+		p := filepath.Join(s.dir, name)
 		if err := s.fs.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("store: delete %s: %w", id, err)
 		}
@@ -665,6 +691,15 @@ type Chunk struct {
 	sidecarMu sync.Mutex
 	snapBlock int64
 	snaps     []SnapshotLayer
+	// cow is the copy-on-write lock (snapshot.go): a change that saves
+	// blocks for a snapshot holds it alone, other changes and snapshot
+	// reads share it. snaps changes only with cow held for writing and
+	// sidecarMu held; snapFiles (the layers' files, as snaps) and nsnaps
+	// with cow held for writing and ioMu for writing or cow.
+	cow       sync.RWMutex
+	snapFiles []vfs.File
+	nsnaps    atomic.Int32
+	clock     func() time.Time
 
 	intentMu sync.Mutex // guards intent
 	intent   vfs.File   // the intent bitmap file, opened on first use
@@ -719,6 +754,9 @@ func (c *Chunk) close() error {
 	}
 	c.intentMu.Unlock()
 	errs = append(errs, c.f.Close())
+	c.cow.Lock()
+	errs = append(errs, c.closeSnapshots())
+	c.cow.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -835,6 +873,11 @@ func (c *Chunk) persistLog(state []byte) error {
 func (c *Chunk) rewriteSidecar() error {
 	c.sidecarMu.Lock()
 	defer c.sidecarMu.Unlock()
+	return c.rewriteSidecarLocked()
+}
+
+// rewriteSidecarLocked is rewriteSidecar with c.sidecarMu held.
+func (c *Chunk) rewriteSidecarLocked() error {
 	state, err := c.lg.MarshalBinary()
 	if err != nil {
 		return err
@@ -1032,10 +1075,15 @@ func (c *Chunk) WriteAt(p []byte, off int64) error {
 	if err := c.reserve(off, int64(len(p))); err != nil {
 		return fmt.Errorf("store: write chunk %s: %w", c.id, err)
 	}
+	done, err := c.beforeChange(off, int64(len(p)))
+	if err != nil {
+		return err
+	}
+	defer done()
 	if err := c.mark(off, int64(len(p))); err != nil {
 		return err
 	}
-	_, err := c.f.WriteAt(p, off)
+	_, err = c.f.WriteAt(p, off)
 	c.setDirty()
 	if err != nil {
 		return c.writeError("write", err)
@@ -1083,6 +1131,11 @@ func (c *Chunk) Sync() error {
 	if err := c.check(0, 0); err != nil {
 		return err
 	}
+	return c.syncData()
+}
+
+// syncData is Sync with ioMu held (for reading or writing).
+func (c *Chunk) syncData() error {
 	// Every change the caller saw complete is counted in want. An
 	// fdatasync that was already running when they completed may not
 	// cover them: wait for it, then run one that does unless a later one
@@ -1120,10 +1173,15 @@ func (c *Chunk) Trim(off, length int64) error {
 	if length == 0 {
 		return nil
 	}
+	done, err := c.beforeChange(off, length)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if err := c.mark(off, length); err != nil {
 		return err
 	}
-	err := c.f.PunchHole(off, length)
+	err = c.f.PunchHole(off, length)
 	c.setDirty()
 	if err != nil {
 		return fmt.Errorf("store: trim chunk %s: %w", c.id, err)
@@ -1143,6 +1201,11 @@ func (c *Chunk) WriteZeroes(off, length int64, noHole bool) error {
 	if length == 0 {
 		return nil
 	}
+	done, err := c.beforeChange(off, length)
+	if err != nil {
+		return err
+	}
+	defer done()
 	if err := c.mark(off, length); err != nil {
 		return err
 	}
@@ -1156,7 +1219,7 @@ func (c *Chunk) WriteZeroes(off, length int64, noHole bool) error {
 	if err := c.reserve(off, length); err != nil {
 		return fmt.Errorf("store: write zeroes to chunk %s: %w", c.id, err)
 	}
-	err := c.f.ZeroRange(off, length)
+	err = c.f.ZeroRange(off, length)
 	if errors.Is(err, vfs.ErrUnsupported) {
 		// The file system cannot zero a range in place: write zeroes.
 		buf := make([]byte, min(length, 1<<20))

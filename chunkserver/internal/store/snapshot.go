@@ -1,0 +1,321 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/chunkraid/chunkraid/chunkserver/internal/vfs"
+)
+
+// Snapshots of a chunk are copy-on-write layers (sidecar version 3, drawn
+// above). The data file always holds the live chunk, so every path that
+// reads or writes it is unchanged. Layer seq has a sparse file of the
+// chunk's size, <id>.snap-<seq>, that holds, at their own offsets, the
+// blocks (SnapBlock bytes) the chunk overwrote since the layer was taken
+// and before the next one was: their saved map says which.
+//
+// A snapshot's block b reads from the first layer, from the snapshot's own
+// towards the newest, that saved it, else from the data file: a block no
+// layer saved is unchanged since.
+//
+// The first change of a block after the newest snapshot (a write, trim or
+// write-zeroes) first saves the block's old bytes in the newest layer's
+// file, syncs that file, sets the block's bit and rewrites the sidecar, and
+// only then changes the data file. A power loss at any point leaves either
+// the bit unset and the data file unchanged, or the bit set over a durable
+// copy: the snapshot never reads a block that changed after it. While it
+// saves, a change holds the chunk's copy-on-write lock alone; a change to
+// blocks already saved shares it.
+//
+// Taking a snapshot (Snapshot) waits for every I/O in flight, syncs the
+// data file, creates and syncs the layer's empty file and the directory,
+// then records the layer in the sidecar: a crash before the record leaves
+// an orphan file, removed when the store opens.
+
+// SnapBlock is the copy-on-write granularity of new snapshot layers.
+const SnapBlock = 64 << 10
+
+// ErrSnapshotExists and ErrNoSnapshot name a snapshot's name clash and an
+// unknown snapshot.
+var (
+	ErrSnapshotExists = errors.New("store: snapshot exists")
+	ErrNoSnapshot     = errors.New("store: no such snapshot")
+)
+
+var validSnapName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+const suffixSnap = ".snap-"
+
+func (c *Chunk) snapPath(seq uint32) string {
+	return filepath.Join(c.dir, c.id+suffixSnap+strconv.FormatUint(uint64(seq), 10))
+}
+
+// snapSeqOf parses a layer file's name: the chunk id and the seq.
+func snapSeqOf(name string) (id string, seq uint32, ok bool) {
+	i := strings.LastIndex(name, suffixSnap)
+	if i <= 0 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(name[i+len(suffixSnap):], 10, 32)
+	if err != nil || strconv.FormatUint(n, 10) != name[i+len(suffixSnap):] {
+		return "", 0, false
+	}
+	return name[:i], uint32(n), true
+}
+
+// hasLayer reports whether the chunk records layer seq.
+func (c *Chunk) hasLayer(seq uint32) bool {
+	c.cow.RLock()
+	defer c.cow.RUnlock()
+	for _, l := range c.snaps {
+		if l.Seq == seq {
+			return true
+		}
+	}
+	return false
+}
+
+func bitSet(m []byte, b int64) bool { return m[b/8]&(1<<(b%8)) != 0 }
+
+// Snapshots lists the chunk's snapshot layers, oldest first: names and
+// seqs (the saved maps are the store's).
+func (c *Chunk) Snapshots() []SnapshotLayer {
+	c.cow.RLock()
+	defer c.cow.RUnlock()
+	out := make([]SnapshotLayer, len(c.snaps))
+	for i, l := range c.snaps {
+		out[i] = SnapshotLayer{Seq: l.Seq, Name: l.Name, Created: l.Created}
+	}
+	return out
+}
+
+// openSnapshots opens the files of the layers a loaded sidecar records;
+// a missing or short one is damage.
+func (c *Chunk) openSnapshots() error {
+	for _, l := range c.snaps {
+		f, err := c.fs.OpenFile(c.snapPath(l.Seq), os.O_RDWR, 0)
+		if err != nil {
+			c.closeSnapshots()
+			return fmt.Errorf("snapshot %q: opening its layer file: %w", l.Name, err)
+		}
+		c.snapFiles = append(c.snapFiles, f)
+		if size, err := f.Size(); err != nil || size != c.size {
+			c.closeSnapshots()
+			return fmt.Errorf("snapshot %q: its layer file is %d bytes (%v), the chunk %d", l.Name, size, err, c.size)
+		}
+	}
+	return nil
+}
+
+func (c *Chunk) closeSnapshots() error {
+	var errs []error
+	for _, f := range c.snapFiles {
+		errs = append(errs, f.Close())
+	}
+	c.snapFiles = nil
+	return errors.Join(errs...)
+}
+
+// Snapshot records the chunk as it is now as snapshot name. It waits for
+// the I/O in flight and makes the chunk durable first; the snapshot exists
+// once it returns nil. A name in use is ErrSnapshotExists.
+func (c *Chunk) Snapshot(name string) error {
+	if !validSnapName.MatchString(name) {
+		return fmt.Errorf("store: invalid snapshot name %q: 1 to 63 letters, digits, '.', '_' or '-'", name)
+	}
+	c.ioMu.Lock()
+	defer c.ioMu.Unlock()
+	if err := c.check(0, 0); err != nil {
+		return err
+	}
+	c.cow.Lock()
+	defer c.cow.Unlock()
+	for _, l := range c.snaps {
+		if l.Name == name {
+			return fmt.Errorf("%w: chunk %s has a snapshot %q", ErrSnapshotExists, c.id, name)
+		}
+	}
+	if len(c.snaps) >= MaxSnapshots {
+		return fmt.Errorf("store: chunk %s has %d snapshots, the most it keeps", c.id, MaxSnapshots)
+	}
+	// What the snapshot shows must survive a power loss.
+	if err := c.syncData(); err != nil {
+		return err
+	}
+	seq := uint32(1)
+	if n := len(c.snaps); n > 0 {
+		seq = c.snaps[n-1].Seq + 1
+	}
+	path := c.snapPath(seq)
+	f, err := c.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("store: snapshot %s of chunk %s: %w", name, c.id, err)
+	}
+	undo := func(err error) error {
+		f.Close()
+		c.fs.Remove(path)
+		return fmt.Errorf("store: snapshot %s of chunk %s: %w", name, c.id, err)
+	}
+	if err := f.Truncate(c.size); err != nil {
+		return undo(err)
+	}
+	if err := f.Sync(); err != nil {
+		return undo(err)
+	}
+	if err := c.fs.SyncDir(c.dir); err != nil {
+		return undo(err)
+	}
+	block := c.snapBlock
+	if len(c.snaps) == 0 {
+		block = SnapBlock
+	}
+	layer := SnapshotLayer{Seq: seq, Name: name, Created: c.clock().UnixNano(), Saved: make([]byte, snapMapLen(c.size, block))}
+	c.sidecarMu.Lock()
+	oldBlock, old := c.snapBlock, c.snaps
+	c.snapBlock, c.snaps = block, append(append([]SnapshotLayer(nil), old...), layer)
+	err = c.rewriteSidecarLocked()
+	if err != nil {
+		c.snapBlock, c.snaps = oldBlock, old
+	}
+	c.sidecarMu.Unlock()
+	if err != nil {
+		return undo(err)
+	}
+	c.snapFiles = append(c.snapFiles, f)
+	c.nsnaps.Store(int32(len(c.snaps)))
+	return nil
+}
+
+// beforeChange runs before a change of [off, off+n) to the data file, with
+// ioMu held for reading: with snapshot layers, it saves the blocks the
+// newest layer has not saved yet (see above) and returns holding the
+// copy-on-write lock, which the change releases with the function it
+// returns once the data file is changed.
+func (c *Chunk) beforeChange(off, n int64) (func(), error) {
+	if c.nsnaps.Load() == 0 || n == 0 {
+		return func() {}, nil
+	}
+	c.cow.RLock()
+	if c.allSaved(off, n) {
+		return c.cow.RUnlock, nil
+	}
+	c.cow.RUnlock()
+	c.cow.Lock()
+	if err := c.saveBlocks(off, n); err != nil {
+		c.cow.Unlock()
+		return nil, err
+	}
+	return c.cow.Unlock, nil
+}
+
+// blockRange is the first and last block [off, off+n) touches.
+func (c *Chunk) blockRange(off, n int64) (int64, int64) {
+	return off / c.snapBlock, (off + n - 1) / c.snapBlock
+}
+
+// allSaved reports whether the newest layer saved every block of
+// [off, off+n); c.cow is held.
+func (c *Chunk) allSaved(off, n int64) bool {
+	top := c.snaps[len(c.snaps)-1].Saved
+	first, last := c.blockRange(off, n)
+	for b := first; b <= last; b++ {
+		if !bitSet(top, b) {
+			return false
+		}
+	}
+	return true
+}
+
+// saveBlocks saves in the newest layer the blocks of [off, off+n) it has
+// not saved, durably; c.cow is held for writing. A failed sync of the
+// layer file fails the chunk; other errors change nothing the chunk shows.
+func (c *Chunk) saveBlocks(off, n int64) error {
+	top := len(c.snaps) - 1
+	f, saved := c.snapFiles[top], c.snaps[top].Saved
+	first, last := c.blockRange(off, n)
+	var todo []int64
+	for b := first; b <= last; b++ {
+		if !bitSet(saved, b) {
+			todo = append(todo, b)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	buf := make([]byte, c.snapBlock)
+	for _, b := range todo {
+		p := buf[:min(c.snapBlock, c.size-b*c.snapBlock)]
+		if k, err := c.f.ReadAt(p, b*c.snapBlock); err != nil && !(err == io.EOF && k == len(p)) {
+			return fmt.Errorf("store: chunk %s: reading block %d to save it for snapshot %q: %w", c.id, b, c.snaps[top].Name, err)
+		}
+		if _, err := f.WriteAt(p, b*c.snapBlock); err != nil {
+			// The chunk is unchanged: out of space is ENOSPC here.
+			if IsNoSpace(err) {
+				c.space.setLow()
+			}
+			return fmt.Errorf("store: chunk %s: saving block %d for snapshot %q: %w", c.id, b, c.snaps[top].Name, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return c.fail(fmt.Errorf("syncing snapshot %q's layer file: %w", c.snaps[top].Name, err), false)
+	}
+	next := bytes.Clone(saved)
+	for _, b := range todo {
+		next[b/8] |= 1 << (b % 8)
+	}
+	c.sidecarMu.Lock()
+	defer c.sidecarMu.Unlock()
+	old := c.snaps
+	c.snaps = append([]SnapshotLayer(nil), old...)
+	c.snaps[top].Saved = next
+	if err := c.rewriteSidecarLocked(); err != nil {
+		c.snaps = old
+		return err
+	}
+	return nil
+}
+
+// ReadSnapshotAt reads p at off as the chunk was when snapshot name was
+// taken.
+func (c *Chunk) ReadSnapshotAt(name string, p []byte, off int64) error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
+	if err := c.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	c.cow.RLock()
+	defer c.cow.RUnlock()
+	k := -1
+	for i, l := range c.snaps {
+		if l.Name == name {
+			k = i
+		}
+	}
+	if k < 0 {
+		return fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
+	}
+	for done := 0; done < len(p); {
+		at := off + int64(done)
+		b := at / c.snapBlock
+		piece := p[done:min(len(p), done+int(c.snapBlock-at%c.snapBlock))]
+		var src vfs.File = c.f
+		for j := k; j < len(c.snaps); j++ {
+			if bitSet(c.snaps[j].Saved, b) {
+				src = c.snapFiles[j]
+				break
+			}
+		}
+		if n, err := src.ReadAt(piece, at); err != nil && !(err == io.EOF && n == len(piece)) {
+			return fmt.Errorf("store: read snapshot %q of chunk %s: %w", name, c.id, err)
+		}
+		done += len(piece)
+	}
+	return nil
+}
