@@ -319,3 +319,117 @@ func (c *Chunk) ReadSnapshotAt(name string, p []byte, off int64) error {
 	}
 	return nil
 }
+
+// DeleteSnapshot deletes snapshot name. The blocks its layer saved that the
+// layer before it did not are what that older snapshot reads: they move to
+// the older layer's file first (synced), and one sidecar write then records
+// them there and drops the layer. Writes to the chunk wait meanwhile.
+func (c *Chunk) DeleteSnapshot(name string) error {
+	c.ioMu.RLock()
+	defer c.ioMu.RUnlock()
+	if err := c.check(0, 0); err != nil {
+		return err
+	}
+	c.cow.Lock()
+	defer c.cow.Unlock()
+	i := c.layerIndex(name)
+	if i < 0 {
+		return fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
+	}
+	next := append([]SnapshotLayer(nil), c.snaps[:i]...)
+	next = append(next, c.snaps[i+1:]...)
+	if i > 0 {
+		older, from, to := c.snaps[i-1], c.snapFiles[i], c.snapFiles[i-1]
+		saved := bytes.Clone(older.Saved)
+		buf := make([]byte, c.snapBlock)
+		moved := false
+		for b := int64(0); b < int64(len(saved))*8; b++ {
+			if !bitSet(c.snaps[i].Saved, b) || bitSet(saved, b) {
+				continue
+			}
+			p := buf[:min(c.snapBlock, c.size-b*c.snapBlock)]
+			if k, err := from.ReadAt(p, b*c.snapBlock); err != nil && !(err == io.EOF && k == len(p)) {
+				return fmt.Errorf("store: delete snapshot %q of chunk %s: %w", name, c.id, err)
+			}
+			if _, err := to.WriteAt(p, b*c.snapBlock); err != nil {
+				return fmt.Errorf("store: delete snapshot %q of chunk %s: moving block %d to snapshot %q: %w", name, c.id, b, older.Name, err)
+			}
+			saved[b/8] |= 1 << (b % 8)
+			moved = true
+		}
+		if moved {
+			if err := to.Sync(); err != nil {
+				return c.fail(fmt.Errorf("syncing snapshot %q's layer file: %w", older.Name, err), false)
+			}
+		}
+		next[i-1].Saved = saved
+	}
+	c.sidecarMu.Lock()
+	old := c.snaps
+	c.snaps = next
+	err := c.rewriteSidecarLocked()
+	if err != nil {
+		c.snaps = old
+	}
+	c.sidecarMu.Unlock()
+	if err != nil {
+		return err
+	}
+	f := c.snapFiles[i]
+	c.snapFiles = append(c.snapFiles[:i:i], c.snapFiles[i+1:]...)
+	c.nsnaps.Store(int32(len(c.snaps)))
+	f.Close()
+	// The layer is gone from the sidecar: its file is an orphan now,
+	// removed here or when the store next opens.
+	if err := c.fs.Remove(c.snapPath(old[i].Seq)); err != nil {
+		c.log.Warn("removing a deleted snapshot's layer file", "chunk", c.id, "snapshot", name, "err", err)
+	}
+	return nil
+}
+
+// layerIndex is the index of snapshot name in c.snaps, or -1; c.cow is
+// held.
+func (c *Chunk) layerIndex(name string) int {
+	for i, l := range c.snaps {
+		if l.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Rollback makes the chunk hold what snapshot name holds. Every block that
+// changed since the snapshot is written back, through the chunk's write
+// path (marked in the LOG, and saved first for newer snapshots, which
+// stay), then the chunk is synced. Its host must not write meanwhile.
+func (c *Chunk) Rollback(name string) error {
+	c.cow.RLock()
+	k := c.layerIndex(name)
+	var changed []int64
+	if k >= 0 {
+		for b := int64(0); b < (c.size+c.snapBlock-1)/c.snapBlock; b++ {
+			for j := k; j < len(c.snaps); j++ {
+				if bitSet(c.snaps[j].Saved, b) {
+					changed = append(changed, b)
+					break
+				}
+			}
+		}
+	}
+	block := c.snapBlock
+	c.cow.RUnlock()
+	if k < 0 {
+		return fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
+	}
+	buf := make([]byte, block)
+	for _, b := range changed {
+		p := buf[:min(block, c.size-b*block)]
+		if err := c.ReadSnapshotAt(name, p, b*block); err != nil {
+			return err
+		}
+		if err := c.WriteAt(p, b*block); err != nil {
+			return fmt.Errorf("store: roll chunk %s back to snapshot %q: %w", c.id, name, err)
+		}
+	}
+	return c.Sync()
+}

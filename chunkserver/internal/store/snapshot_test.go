@@ -223,3 +223,150 @@ func firstDifference(a, b []byte) int {
 	}
 	return min(len(a), len(b))
 }
+
+// TestSnapshotDeleteAndRollback: deleting a snapshot keeps the older and
+// newer ones reading what they held, whichever is deleted; a rollback
+// makes the chunk read as the snapshot and keeps the others.
+func TestSnapshotDeleteAndRollback(t *testing.T) {
+	for _, del := range []string{"s1", "s2", "s3"} {
+		t.Run("delete "+del, func(t *testing.T) {
+			mem := vfs.NewMem()
+			s := openFS(t, mem, nil)
+			c, err := s.Create("c1", testSize)
+			if err != nil {
+				t.Fatal(err)
+			}
+			model := make([]byte, testSize)
+			images := map[string][]byte{}
+			for i, name := range []string{"s1", "s2", "s3"} {
+				// Each round writes blocks of its own and one all touch.
+				for _, off := range []int64{int64(i) * 128 << 10, 512 << 10} {
+					p := fill(byte(10+i), off, 96<<10)
+					if err := c.WriteAt(p, off); err != nil {
+						t.Fatal(err)
+					}
+					copy(model[off:], p)
+				}
+				if err := c.Snapshot(name); err != nil {
+					t.Fatal(err)
+				}
+				images[name] = bytes.Clone(model)
+			}
+			p := fill(99, 0, testSize)
+			if err := c.WriteAt(p, 0); err != nil {
+				t.Fatal(err)
+			}
+			copy(model, p)
+			if err := c.DeleteSnapshot(del); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.DeleteSnapshot(del); !errors.Is(err, ErrNoSnapshot) {
+				t.Errorf("deleting it again: %v", err)
+			}
+			delete(images, del)
+			check := func(c *Chunk) {
+				t.Helper()
+				for name, want := range images {
+					if got := image(t, c, name); !bytes.Equal(got, want) {
+						t.Fatalf("%s after deleting %s: first difference at %d", name, del, firstDifference(got, want))
+					}
+				}
+				if got := image(t, c, ""); !bytes.Equal(got, model) {
+					t.Fatal("the chunk changed")
+				}
+			}
+			check(c)
+			s.Close()
+			s = openFS(t, mem, nil)
+			if c, err = s.Get("c1"); err != nil {
+				t.Fatal(err)
+			}
+			check(c)
+			if _, err := mem.Stat(memDir + "/c1.snap-" + del[1:]); err == nil {
+				t.Error("the deleted layer's file is still there")
+			}
+
+			// Roll back to the oldest snapshot left.
+			oldest := c.Snapshots()[0].Name
+			if err := c.Rollback(oldest); err != nil {
+				t.Fatal(err)
+			}
+			if got := image(t, c, ""); !bytes.Equal(got, images[oldest]) {
+				t.Fatalf("after a rollback to %s: first difference at %d", oldest, firstDifference(got, images[oldest]))
+			}
+			model = images[oldest]
+			check(c)
+			if err := c.Rollback("nope"); !errors.Is(err, ErrNoSnapshot) {
+				t.Errorf("rollback to an unknown snapshot: %v", err)
+			}
+		})
+	}
+}
+
+// TestSnapshotDeletePowerLoss: the power fails after each filesystem
+// operation of deleting a middle snapshot. After every one, the chunk
+// loads and the older snapshot reads what it held, with the deleted one
+// gone once DeleteSnapshot returned.
+func TestSnapshotDeletePowerLoss(t *testing.T) {
+	run := func(crashAt int) (crashed *vfs.MemFS, ops int, deleted bool, s1 []byte) {
+		mem := vfs.NewMem()
+		count := -1
+		efs := vfs.NewErrorFS(mem, vfs.InjectorFunc(func(op vfs.Op, path string) error {
+			if count >= 0 {
+				if count == crashAt {
+					crashed = mem.CrashClone()
+				}
+				count++
+			}
+			return nil
+		}))
+		s := openFS(t, efs, nil)
+		c, err := s.Create("c1", testSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, name := range []string{"s1", "s2"} {
+			if err := c.WriteAt(fill(byte(i+1), 0, 256<<10), 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Snapshot(name); err != nil {
+				t.Fatal(err)
+			}
+			if i == 0 {
+				s1 = image(t, c, "s1")
+			}
+		}
+		if err := c.WriteAt(fill(7, 0, 256<<10), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		count = 0
+		if err := c.DeleteSnapshot("s2"); err != nil {
+			t.Fatal(err)
+		}
+		deleted = crashed == nil
+		ops = count
+		if crashed == nil {
+			crashed = mem.CrashClone()
+		}
+		return crashed, ops, deleted, s1
+	}
+	_, total, _, _ := run(-1)
+	for k := 0; k <= total; k++ {
+		crashed, _, deleted, s1 := run(k)
+		s := openFS(t, crashed, nil)
+		c, err := s.Get("c1")
+		if err != nil {
+			t.Fatalf("operation %d: the chunk does not load: %v", k, err)
+		}
+		if got := image(t, c, "s1"); !bytes.Equal(got, s1) {
+			t.Fatalf("operation %d: s1 reads other bytes (first difference at %d)", k, firstDifference(got, s1))
+		}
+		if n := len(c.Snapshots()); deleted && n != 1 {
+			t.Fatalf("operation %d: DeleteSnapshot returned, %d snapshots after the power loss", k, n)
+		}
+	}
+	t.Logf("a power loss after each of %d operations of the delete", total)
+}
