@@ -8,6 +8,9 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/chunkraid/chunkraid/chunkserver/control"
 	"github.com/chunkraid/chunkraid/chunkserver/internal/store"
@@ -31,8 +34,12 @@ func (s *Server) controlHandler() http.Handler {
 	mux.HandleFunc("GET "+control.RouteLog, h.log)
 	mux.HandleFunc("PUT "+control.RouteIntent, h.writeIntent)
 	mux.HandleFunc("GET "+control.RouteIntent, h.readIntent)
+	mux.HandleFunc("POST "+control.RouteSnapshots, h.snapshots(false))
+	mux.HandleFunc("POST "+control.RouteSnapshotsDelete, h.snapshots(true))
+	mux.HandleFunc("GET "+control.RouteChunkSnapshots, h.chunkSnapshots)
 	mux.Handle("GET /metrics", scrape.Handler(s.registry, scrape.WithMetaserver(s.meta), s.log))
-	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent, control.RoutePins} {
+	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent, control.RoutePins,
+		control.RouteSnapshots, control.RouteSnapshotsDelete, control.RouteChunkSnapshots} {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, api.Errorf(control.CodeMethodNotAllowed, "%s does not take %s", r.URL.Path, r.Method))
 		})
@@ -197,6 +204,87 @@ func (h controlAPI) pinMany(w http.ResponseWriter, r *http.Request) {
 			h.s.log.Info("LOG bitmap pinned", "chunk", c.ID(), "host", p.Host, "epoch", p.Epoch, "pin_gen", p.PinGen)
 		}
 		out.Chunks = append(out.Chunks, api.ControlResponse{MinEpoch: c.MinEpoch(), Pinned: c.Log().Pinned()})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// snapshotParallel bounds the chunks one snapshot call works on at once.
+const snapshotParallel = 16
+
+// snapshots takes (or, with del, deletes) a snapshot of several chunks.
+func (h controlAPI) snapshots(del bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		var req api.SnapshotRequest
+		dec := json.NewDecoder(io.LimitReader(r.Body, maxPinsBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, api.Errorf(api.CodeInvalidArgument, "body must be a JSON SnapshotRequest {name, chunks: [{chunk, host, epoch, token}]}: %v", err))
+			return
+		}
+		if !api.ValidSnapshotName(req.Name) {
+			writeError(w, api.Errorf(api.CodeInvalidArgument, "snapshot name %q: 1 to 63 letters, digits, '.', '_' or '-'", req.Name))
+			return
+		}
+		if len(req.Chunks) == 0 || len(req.Chunks) > api.MaxPins {
+			writeError(w, api.Errorf(api.CodeInvalidArgument, "a SnapshotRequest names 1 to %d chunks, not %d", api.MaxPins, len(req.Chunks)))
+			return
+		}
+		chunks := make([]*store.Chunk, len(req.Chunks))
+		for i, p := range req.Chunks {
+			c, aerr := h.authorize(p.Chunk, p.ControlRequest, false)
+			if aerr != nil {
+				writeError(w, aerr)
+				return
+			}
+			chunks[i] = c
+		}
+		// The chunks' syncs run side by side: the pause a host holds its
+		// volume for is about one chunk's, not the sum.
+		var g errgroup.Group
+		g.SetLimit(snapshotParallel)
+		for _, c := range chunks {
+			g.Go(func() error {
+				var err error
+				switch {
+				case del:
+					if err = c.DeleteSnapshot(req.Name); errors.Is(err, store.ErrNoSnapshot) {
+						err = nil
+					}
+				default:
+					if err = c.Snapshot(req.Name); errors.Is(err, store.ErrSnapshotExists) {
+						err = nil
+					}
+				}
+				if err != nil {
+					return fmt.Errorf("snapshot %q of chunk %s: %w", req.Name, c.ID(), err)
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			writeError(w, api.Errorf(api.CodeInternal, "%s", err.Error()))
+			return
+		}
+		verb := "snapshot taken"
+		if del {
+			verb = "snapshot deleted"
+		}
+		took := time.Since(start)
+		h.s.log.Info(verb, "name", req.Name, "chunks", len(req.Chunks), "took", took)
+		writeJSON(w, http.StatusOK, api.SnapshotResponse{TookMicros: took.Microseconds()})
+	}
+}
+
+// chunkSnapshots lists a chunk's snapshots.
+func (h controlAPI) chunkSnapshots(w http.ResponseWriter, r *http.Request) {
+	c, ok := h.queryAuth(w, r)
+	if !ok {
+		return
+	}
+	out := api.ChunkSnapshots{Snapshots: []api.ChunkSnapshot{}}
+	for _, l := range c.Snapshots() {
+		out.Snapshots = append(out.Snapshots, api.ChunkSnapshot{Name: l.Name, CreatedAt: time.Unix(0, l.Created).UTC()})
 	}
 	writeJSON(w, http.StatusOK, out)
 }

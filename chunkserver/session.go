@@ -131,6 +131,9 @@ func (ss *session) ReadAt(p []byte, off int64) error {
 		return err
 	}
 	defer ss.end()
+	if ss.name.Snapshot != "" {
+		return ss.c.ReadSnapshotAt(ss.name.Snapshot, p, off)
+	}
 	return ss.c.ReadAt(p, off)
 }
 
@@ -175,6 +178,10 @@ func (ss *session) Extents(off, length int64) ([]nbd.Extent, error) {
 		return nil, err
 	}
 	defer ss.end()
+	if ss.name.Snapshot != "" {
+		// A snapshot is described as data throughout.
+		return []nbd.Extent{{Length: min(length, ss.c.Size()-off)}}, nil
+	}
 	ext, err := ss.c.Extents(off, length)
 	if err != nil {
 		return nil, err
@@ -363,6 +370,9 @@ func (s *Server) lookup(name string) (nbd.Export, error) {
 	}
 	if m := c.MinEpoch(); en.Epoch < m {
 		return nil, fmt.Errorf("chunk %s is fenced at epoch %d; this host presented epoch %d", en.Chunk, m, en.Epoch)
+	}
+	if en.Snapshot != "" && !c.HasSnapshot(en.Snapshot) {
+		return nil, fmt.Errorf("chunk %s has no snapshot %q", en.Chunk, en.Snapshot)
 	}
 	return &session{srv: s, cs: s.state(c), c: c, name: en, drained: make(chan struct{})}, nil
 }

@@ -82,6 +82,11 @@ const (
 	RouteLog    = "/v1/chunks/{chunk}/log"
 	RouteIntent = "/v1/chunks/{chunk}/intent"
 	RoutePins   = "/v1/pins"
+	// RouteSnapshots takes snapshots, RouteSnapshotsDelete deletes them
+	// (api.SnapshotRequest); RouteChunkSnapshots lists a chunk's.
+	RouteSnapshots       = "/v1/snapshots"
+	RouteSnapshotsDelete = "/v1/snapshots/delete"
+	RouteChunkSnapshots  = "/v1/chunks/{chunk}/snapshots"
 )
 
 // DefaultTimeout bounds a call whose context has no deadline.
@@ -168,6 +173,39 @@ func (c *Client) Unpin(ctx context.Context, chunk string, req api.ControlRequest
 func (c *Client) PinMany(ctx context.Context, req api.PinRequest) (*api.PinResponse, error) {
 	var out api.PinResponse
 	if err := c.do(ctx, http.MethodPost, RoutePins, nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Snapshot takes snapshot req.Name of every chunk of req on this
+// chunkserver.
+func (c *Client) Snapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error) {
+	var out api.SnapshotResponse
+	if err := c.do(ctx, http.MethodPost, RouteSnapshots, nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeleteSnapshot deletes snapshot req.Name of every chunk of req.
+func (c *Client) DeleteSnapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error) {
+	var out api.SnapshotResponse
+	if err := c.do(ctx, http.MethodPost, RouteSnapshotsDelete, nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Snapshots lists chunk's snapshots.
+func (c *Client) Snapshots(ctx context.Context, chunk string, req api.ControlRequest) (*api.ChunkSnapshots, error) {
+	q := url.Values{
+		"host":  {req.Host},
+		"epoch": {strconv.FormatInt(req.Epoch, 10)},
+		"token": {req.Token},
+	}
+	var out api.ChunkSnapshots
+	if err := c.do(ctx, http.MethodGet, chunkPath(chunk, "snapshots"), q, nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

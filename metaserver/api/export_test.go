@@ -37,12 +37,45 @@ func TestReadOnlyExportName(t *testing.T) {
 	}
 }
 
+// TestSnapshotExportName: a snapshot's name round-trips, is read-only, has
+// a token of its own that opens no other snapshot or kind of name.
+func TestSnapshotExportName(t *testing.T) {
+	const secret = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	e := ExportName{Chunk: "c1", Host: "h1", Epoch: 3, ReadOnly: true, Snapshot: "before-upgrade",
+		Token: SnapshotExportToken(secret, "c1", "h1", 3, "before-upgrade")}
+	got, err := ParseExportName(e.String())
+	if err != nil || got != e || !got.ValidToken(secret) {
+		t.Fatalf("%s: parsed %+v, %v", e, got, err)
+	}
+	other := e
+	other.Snapshot = "other"
+	if other.ValidToken(secret) {
+		t.Error("one snapshot's token opens another")
+	}
+	live := e
+	live.Snapshot = ""
+	if live.ValidToken(secret) {
+		t.Error("a snapshot's token opens the read-only chunk")
+	}
+	for _, bad := range []string{
+		"c1;host=h;epoch=1;snap=s;token=ab",                // not read-only
+		"c1;host=h;epoch=1;mode=ro;snap=a;snap=b;token=ab", // twice
+		"c1;host=h;epoch=1;mode=ro;snap=-x;token=ab",       // not a snapshot name
+		"c1;host=h;epoch=1;mode=ro;snap=;token=ab",
+	} {
+		if _, err := ParseExportName(bad); err == nil {
+			t.Errorf("ParseExportName(%q) accepted it", bad)
+		}
+	}
+}
+
 // FuzzParseExportName: the parser never panics, and what it accepts
 // formats back to a name that parses to the same.
 func FuzzParseExportName(f *testing.F) {
 	f.Add("c1;host=h1;epoch=3;token=ab")
 	f.Add("c1;host=verify;epoch=3;mode=ro;token=ab")
 	f.Add(";;;;")
+	f.Add("c1;host=h1;epoch=3;mode=ro;snap=s1;token=ab")
 	f.Fuzz(func(t *testing.T, s string) {
 		e, err := ParseExportName(s)
 		if err != nil {

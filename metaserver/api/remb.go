@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,9 @@ type ExportName struct {
 	Host     string
 	Epoch    int64
 	ReadOnly bool
+	// Snapshot, when set, names a snapshot of the chunk: the export reads
+	// it, read-only (ReadOnly is set too).
+	Snapshot string
 	Token    string // hex
 }
 
@@ -52,6 +56,9 @@ var ErrBadExportName = errors.New("bad export name")
 
 // String formats the export name.
 func (e ExportName) String() string {
+	if e.Snapshot != "" {
+		return fmt.Sprintf("%s;host=%s;epoch=%d;mode=ro;snap=%s;token=%s", e.Chunk, e.Host, e.Epoch, e.Snapshot, e.Token)
+	}
 	if e.ReadOnly {
 		return fmt.Sprintf("%s;host=%s;epoch=%d;mode=ro;token=%s", e.Chunk, e.Host, e.Epoch, e.Token)
 	}
@@ -62,7 +69,7 @@ func (e ExportName) String() string {
 // refused: every export needs an epoch and a token.
 func ParseExportName(s string) (ExportName, error) {
 	parts := strings.Split(s, ";")
-	if len(parts) != 4 && len(parts) != 5 || parts[0] == "" {
+	if len(parts) < 4 || len(parts) > 6 || parts[0] == "" {
 		return ExportName{}, fmt.Errorf("%w %q: want <chunk>;host=H;epoch=N;token=T", ErrBadExportName, s)
 	}
 	e := ExportName{Chunk: parts[0]}
@@ -87,11 +94,23 @@ func ParseExportName(s string) (ExportName, error) {
 				return ExportName{}, fmt.Errorf("%w %q: mode %q (only mode=ro, once)", ErrBadExportName, s, v)
 			}
 			e.ReadOnly = true
+		case "snap":
+			if !ValidSnapshotName(v) || e.Snapshot != "" {
+				return ExportName{}, fmt.Errorf("%w %q: snap %q (a snapshot name, once)", ErrBadExportName, s, v)
+			}
+			e.Snapshot = v
 		default:
 			return ExportName{}, fmt.Errorf("%w %q: unknown field %q", ErrBadExportName, s, k)
 		}
 	}
-	if e.Host == "" || e.Epoch == 0 || e.Token == "" || len(parts) == 5 && !e.ReadOnly {
+	fields := 4
+	if e.ReadOnly {
+		fields++
+	}
+	if e.Snapshot != "" {
+		fields++
+	}
+	if e.Host == "" || e.Epoch == 0 || e.Token == "" || len(parts) != fields || e.Snapshot != "" && !e.ReadOnly {
 		return ExportName{}, fmt.Errorf("%w %q: host, epoch and token are required", ErrBadExportName, s)
 	}
 	return e, nil
@@ -119,10 +138,25 @@ func exportToken(secretHex, msg string) string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// ValidSnapshotName reports whether s may name a snapshot: 1 to 63
+// letters, digits, '.', '_' or '-', not starting with a punctuation mark.
+func ValidSnapshotName(s string) bool { return snapshotNameRE.MatchString(s) }
+
+var snapshotNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// SnapshotExportToken computes the token of an export name that reads
+// snapshot snap of (chunk, host, epoch).
+func SnapshotExportToken(secretHex, chunk, host string, epoch int64, snap string) string {
+	return exportToken(secretHex, fmt.Sprintf("%s\x00%s\x00%d\x00ro\x00%s", chunk, host, epoch, snap))
+}
+
 // ValidToken reports whether e carries the right token for secretHex.
 func (e ExportName) ValidToken(secretHex string) bool {
 	want := ExportToken(secretHex, e.Chunk, e.Host, e.Epoch)
-	if e.ReadOnly {
+	switch {
+	case e.Snapshot != "":
+		want = SnapshotExportToken(secretHex, e.Chunk, e.Host, e.Epoch, e.Snapshot)
+	case e.ReadOnly:
 		want = ReadOnlyExportToken(secretHex, e.Chunk, e.Host, e.Epoch)
 	}
 	return hmac.Equal([]byte(want), []byte(e.Token))
@@ -178,6 +212,38 @@ const MaxPins = 10000
 // pinned: a pin is safe to repeat).
 type PinResponse struct {
 	Chunks []ControlResponse `json:"chunks"`
+}
+
+// SnapshotRequest takes or deletes snapshot Name of several chunks of one
+// chunkserver in one control call, each chunk with its own credentials:
+//
+//	POST /v1/snapshots         take it: each chunk is synced and records
+//	    the snapshot (a chunk that has one of that name already is left as
+//	    it is, so that a call may be repeated)
+//	POST /v1/snapshots/delete  delete it (a chunk without it is left)
+//
+// A call fails whole when any chunk fails (the chunks before it are done).
+type SnapshotRequest struct {
+	Name   string     `json:"name"`
+	Chunks []ChunkPin `json:"chunks"`
+}
+
+// SnapshotResponse answers a SnapshotRequest: how long the chunkserver
+// took in all, in µs.
+type SnapshotResponse struct {
+	TookMicros int64 `json:"took_us"`
+}
+
+// ChunkSnapshots answers GET /v1/chunks/{chunk}/snapshots (credentials in
+// the query, as for the LOG): the chunk's snapshots, oldest first.
+type ChunkSnapshots struct {
+	Snapshots []ChunkSnapshot `json:"snapshots"`
+}
+
+// ChunkSnapshot is one snapshot of a chunk.
+type ChunkSnapshot struct {
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
 }
 
 // IntentRequest carries a host's write-intent bitmap (bitmap mode

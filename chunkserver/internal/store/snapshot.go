@@ -70,6 +70,13 @@ func snapSeqOf(name string) (id string, seq uint32, ok bool) {
 	return name[:i], uint32(n), true
 }
 
+// HasSnapshot reports whether the chunk has snapshot name.
+func (c *Chunk) HasSnapshot(name string) bool {
+	c.cow.RLock()
+	defer c.cow.RUnlock()
+	return c.layerIndex(name) >= 0
+}
+
 // hasLayer reports whether the chunk records layer seq.
 func (c *Chunk) hasLayer(seq uint32) bool {
 	c.cow.RLock()

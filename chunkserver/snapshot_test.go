@@ -1,0 +1,94 @@
+package chunkserver
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// TestSnapshotControlAndExport: a snapshot taken through the control API
+// (one call for the chunks of the server) reads back over NBD through its
+// own read-only export name while the chunk moves on; the call may be
+// repeated; the snapshot lists, and once deleted is gone; bad names and
+// credentials are refused.
+func TestSnapshotControlAndExport(t *testing.T) {
+	meta := newFakeMeta(t, "c1", "c2")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	live := cs.dial(t, exportName("c1", "h1", 1), nil)
+	before := bytes.Repeat([]byte("before the snapshot "), 10000)
+	if err := live.WriteAt(ctx, before, 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	req := api.SnapshotRequest{Name: "s1", Chunks: []api.ChunkPin{
+		{Chunk: "c1", ControlRequest: cred("c1", "h1", 1)}, {Chunk: "c2", ControlRequest: cred("c2", "h1", 1)}}}
+	resp, err := cs.ctl.Snapshot(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the chunkserver took %d µs for a snapshot of 2 chunks", resp.TookMicros)
+	if _, err := cs.ctl.Snapshot(ctx, req); err != nil {
+		t.Fatalf("repeating the call: %v", err)
+	}
+	after := bytes.Repeat([]byte("AFTER"), 40000)
+	if err := live.WriteAt(ctx, after, 0, true); err != nil {
+		t.Fatal(err)
+	}
+
+	snapName := api.ExportName{Chunk: "c1", Host: "h1", Epoch: 1, ReadOnly: true, Snapshot: "s1",
+		Token: api.SnapshotExportToken(testSecret, "c1", "h1", 1, "s1")}.String()
+	snap := cs.dial(t, snapName, nil)
+	got := make([]byte, len(before))
+	if err := snap.ReadAt(ctx, got, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, before) {
+		t.Fatal("the snapshot export reads other bytes than were there when it was taken")
+	}
+	if err := live.ReadAt(ctx, got, 4096); err != nil || bytes.Equal(got, before) {
+		t.Fatalf("the chunk reads the old bytes (%v)", err)
+	}
+	if err := snap.WriteAt(ctx, []byte("x"), 0, false); err == nil {
+		t.Fatal("a write through the snapshot's export succeeded")
+	}
+	list, err := cs.ctl.Snapshots(ctx, "c1", cred("c1", "h1", 1))
+	if err != nil || len(list.Snapshots) != 1 || list.Snapshots[0].Name != "s1" {
+		t.Fatalf("list: %+v, %v", list, err)
+	}
+
+	for name, bad := range map[string]api.SnapshotRequest{
+		"bad name":  {Name: "no spaces", Chunks: req.Chunks},
+		"no chunks": {Name: "s2"},
+		"bad token": {Name: "s2", Chunks: []api.ChunkPin{{Chunk: "c1", ControlRequest: cred("c1", "h2", 1)}}},
+	} {
+		bad.Chunks = append([]api.ChunkPin(nil), bad.Chunks...)
+		if name == "bad token" {
+			bad.Chunks[0].Token = cred("c1", "h1", 1).Token
+		}
+		if _, err := cs.ctl.Snapshot(ctx, bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	nope := api.ExportName{Chunk: "c1", Host: "h1", Epoch: 1, ReadOnly: true, Snapshot: "nope",
+		Token: api.SnapshotExportToken(testSecret, "c1", "h1", 1, "nope")}.String()
+	if _, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: cs.nbdAddr, Export: nope}); err == nil || !strings.Contains(err.Error(), `no snapshot "nope"`) {
+		t.Errorf("an unknown snapshot's export: %v", err)
+	}
+
+	snap.Close()
+	if _, err := cs.ctl.DeleteSnapshot(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.ctl.DeleteSnapshot(ctx, req); err != nil {
+		t.Fatalf("repeating the delete: %v", err)
+	}
+	if list, err := cs.ctl.Snapshots(ctx, "c2", cred("c2", "h1", 1)); err != nil || len(list.Snapshots) != 0 {
+		t.Fatalf("after the delete: %+v, %v", list, err)
+	}
+	if _, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: cs.nbdAddr, Export: snapName}); err == nil {
+		t.Error("a deleted snapshot's export opens")
+	}
+}
