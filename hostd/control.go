@@ -19,6 +19,7 @@ type chunkControl interface {
 	Log(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error)
 	WriteIntent(ctx context.Context, chunk string, req api.IntentRequest) (*api.ControlResponse, error)
 	ReadIntent(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error)
+	Snapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error)
 }
 
 // memberConn is a connection to a member chunk: the device the set uses,

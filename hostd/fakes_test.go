@@ -40,6 +40,8 @@ type fakeChunk struct {
 	conns    []*fakeConn
 	// pinGens are the PinGen of every pin and unpin, in the order called.
 	pinGens []uint64
+	// snaps are the chunk's bytes when each snapshot was taken.
+	snaps map[string][]byte
 }
 
 // fakeCluster is the fake chunkservers of a test, reached by control and
@@ -56,6 +58,8 @@ type fakeCluster struct {
 	registrations int64
 	// pinManyCalls counts PinMany calls by control address.
 	pinManyCalls map[string]int
+	// snapshotCalls counts Snapshot calls by control address.
+	snapshotCalls map[string]int
 }
 
 func newFakeCluster(t *testing.T, n int) *fakeCluster {
@@ -221,6 +225,28 @@ func (f fakeControl) Pin(_ context.Context, chunk string, req api.ControlRequest
 		}
 		return ch.data.Control(func(l *bitmap.Log) error { l.Pin(); return nil })
 	})
+}
+
+// Snapshot copies each chunk's bytes as they are into its snapshots.
+func (f fakeControl) Snapshot(_ context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error) {
+	for _, p := range req.Chunks {
+		if _, err := f.call("snapshot "+req.Name, p.Chunk, func(ch *fakeChunk) error {
+			if ch.snaps == nil {
+				ch.snaps = map[string][]byte{}
+			}
+			ch.snaps[req.Name] = ch.data.Bytes()
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	f.c.mu.Lock()
+	if f.c.snapshotCalls == nil {
+		f.c.snapshotCalls = map[string]int{}
+	}
+	f.c.snapshotCalls[f.addr]++
+	f.c.mu.Unlock()
+	return &api.SnapshotResponse{}, nil
 }
 
 // PinMany pins each chunk as Pin does; the first failure fails the call.

@@ -531,6 +531,9 @@ type lun struct {
 	size atomic.Int64 // grows with the volume (attachment.grow)
 	ops  volumeOps
 	qos  *volumeQoS // the volume's I/O limits, checked before the sets
+	// gate is held shared by every command while it runs on the volume,
+	// and alone by a quiesce (a snapshot): commands then wait.
+	gate sync.RWMutex
 }
 
 func (l *lun) Size() int64 { return l.size.Load() }
@@ -539,6 +542,8 @@ func (l *lun) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := l.qos.wait(ctx, false, len(p)); err != nil {
 		return err
 	}
+	l.gate.RLock()
+	defer l.gate.RUnlock()
 	start := time.Now()
 	err := l.Volume.ReadAt(ctx, p, off)
 	l.ops.observe("read", len(p), err, start)
@@ -549,6 +554,8 @@ func (l *lun) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error 
 	if err := l.qos.wait(ctx, true, len(p)); err != nil {
 		return err
 	}
+	l.gate.RLock()
+	defer l.gate.RUnlock()
 	start := time.Now()
 	err := l.Volume.WriteAt(ctx, p, off, fua)
 	l.ops.observe("write", len(p), err, start)
@@ -556,6 +563,8 @@ func (l *lun) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error 
 }
 
 func (l *lun) Flush(ctx context.Context) error {
+	l.gate.RLock()
+	defer l.gate.RUnlock()
 	start := time.Now()
 	err := l.Volume.Flush(ctx)
 	l.ops.observe("flush", 0, err, start)
@@ -566,6 +575,8 @@ func (l *lun) Trim(ctx context.Context, off, length int64) error {
 	if err := l.qos.wait(ctx, true, 0); err != nil {
 		return err
 	}
+	l.gate.RLock()
+	defer l.gate.RUnlock()
 	start := time.Now()
 	err := l.Volume.Trim(ctx, off, length)
 	l.ops.observe("trim", 0, err, start)
