@@ -158,6 +158,16 @@ func printVolume(w *tabwriter.Writer, v *api.Volume, allSets bool) {
 	fmt.Fprintf(w, "IQN:\t%s\n", v.IQN)
 	printAuth(w, v.Auth)
 	printQoS(w, v.QoS)
+	if len(v.Snapshots) > 0 {
+		names := make([]string, len(v.Snapshots))
+		for i, sn := range v.Snapshots {
+			names[i] = sn.Name
+			if sn.State != api.SnapshotReady {
+				names[i] += " (" + sn.State + ")"
+			}
+		}
+		fmt.Fprintf(w, "Snapshots:\t%s\n", strings.Join(names, ", "))
+	}
 	fmt.Fprintf(w, "Created:\t%s\n", v.CreatedAt.Format(time.RFC3339))
 	sets := v.Sets
 	if !allSets && len(sets) > summarizeAbove {

@@ -158,7 +158,7 @@ func NewRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&o.caFile, "ca-file", os.Getenv(EnvCA), "the cluster CA's certificate, to verify an https:// metaserver (env "+EnvCA+")")
 	root.AddCommand(
 		newMetaserverCmd(o), newChunkserverCmd(o), newHostdCmd(o),
-		newVolumeCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newEventsCmd(o), newClusterCmd(o), newTokenCmd(o), newCertCmd(o), newDemoCmd(o),
+		newVolumeCmd(o), newSnapshotCmd(o), newServerCmd(o), newHostCmd(o), newChunkCmd(o), newEventsCmd(o), newClusterCmd(o), newTokenCmd(o), newCertCmd(o), newDemoCmd(o),
 	)
 	return root
 }

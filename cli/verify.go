@@ -26,8 +26,9 @@ type setVerdict struct {
 }
 
 func newVolumeVerifyCmd(o *rootOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "verify NAME",
+	var snapshot string
+	cmd := &cobra.Command{
+		Use:   "verify NAME [--snapshot SNAP]",
 		Short: "Read every member of a volume over NBD and check that mirror copies agree and EC parity matches",
 		Long: `Read every member chunk of every set of a volume directly from the
 chunkservers over NBD and check that the copies of a mirror are identical and
@@ -37,11 +38,12 @@ hole on every member reads as zeroes on all of them and agrees by definition.
 A range that disagrees is read a second time before it is reported, but
 writes running meanwhile can still show up: verify a quiet volume for an
 exact answer. On a terminal a progress bar shows bytes and rate. Exits
-non-zero when anything disagrees.`,
+non-zero when anything disagrees. --snapshot checks a snapshot of the volume
+instead: every member's copy of it.`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			v, err := o.client().ReadExports(ctx, args[0])
+			v, err := o.client().ReadSnapshotExports(ctx, args[0], snapshot)
 			if err != nil {
 				return err
 			}
@@ -80,11 +82,17 @@ non-zero when anything disagrees.`,
 				return fmt.Errorf("volume %s: %d ranges disagree between members", v.Name, bad)
 			}
 			if o.output != "json" {
-				fmt.Fprintf(o.out, "volume %s: every member agrees\n", v.Name)
+				if snapshot != "" {
+					fmt.Fprintf(o.out, "volume %s, snapshot %s: every member agrees\n", v.Name, snapshot)
+				} else {
+					fmt.Fprintf(o.out, "volume %s: every member agrees\n", v.Name)
+				}
 			}
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&snapshot, "snapshot", "", "check this snapshot of the volume")
+	return cmd
 }
 
 // checkedMembers splits a set's members into those verify reads and the

@@ -20,6 +20,7 @@ type chunkControl interface {
 	WriteIntent(ctx context.Context, chunk string, req api.IntentRequest) (*api.ControlResponse, error)
 	ReadIntent(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error)
 	Snapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error)
+	DeleteSnapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error)
 }
 
 // memberConn is a connection to a member chunk: the device the set uses,
@@ -50,6 +51,7 @@ type metaClient interface {
 	HostHeartbeat(ctx context.Context, id int64) error
 	HostVolumes(ctx context.Context, id int64, after int64, wait time.Duration) (*api.HostVolumes, error)
 	HostReport(ctx context.Context, id int64, r api.HostReport) error
+	ReportSnapshot(ctx context.Context, id int64, r api.SnapshotReport) error
 	Cluster(ctx context.Context) (*api.Cluster, error)
 	// SetToken sets the bearer token of later calls: the join token, then
 	// the host's credential.

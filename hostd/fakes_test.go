@@ -249,6 +249,19 @@ func (f fakeControl) Snapshot(_ context.Context, req api.SnapshotRequest) (*api.
 	return &api.SnapshotResponse{}, nil
 }
 
+// DeleteSnapshot forgets each chunk's snapshot.
+func (f fakeControl) DeleteSnapshot(_ context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error) {
+	for _, p := range req.Chunks {
+		if _, err := f.call("delete snapshot "+req.Name, p.Chunk, func(ch *fakeChunk) error {
+			delete(ch.snaps, req.Name)
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return &api.SnapshotResponse{}, nil
+}
+
 // PinMany pins each chunk as Pin does; the first failure fails the call.
 func (f fakeControl) PinMany(ctx context.Context, req api.PinRequest) (*api.PinResponse, error) {
 	f.c.mu.Lock()
@@ -391,6 +404,8 @@ type fakeMeta struct {
 	fail    func(api.VolumeReport) error
 	// volumes, when set, answers HostVolumes without waiting (after 0).
 	volumes func() []api.Volume
+	// snapReports are the snapshot reports, in order.
+	snapReports []api.SnapshotReport
 }
 
 // metaReport is one volume report as the fake metaserver received it.
@@ -415,6 +430,13 @@ func (m *fakeMeta) Cluster(context.Context) (*api.Cluster, error) {
 func (m *fakeMeta) SetToken(string) {}
 
 func (m *fakeMeta) HostHeartbeat(context.Context, int64) error { return nil }
+
+func (m *fakeMeta) ReportSnapshot(_ context.Context, _ int64, r api.SnapshotReport) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.snapReports = append(m.snapReports, r)
+	return nil
+}
 
 func (m *fakeMeta) HostVolumes(ctx context.Context, _ int64, after int64, _ time.Duration) (*api.HostVolumes, error) {
 	m.mu.Lock()

@@ -480,6 +480,7 @@ func (s *Server) apply(ctx context.Context, vols []api.Volume) bool {
 				s.log.Info("volume access control updated", "volume", v.Name,
 					"chap", v.Auth.CHAPUser != "", "mutual", v.Auth.MutualUser != "", "allowed_initiators", len(v.Auth.AllowedInitiators))
 			}
+			a.applySnapshots(v)
 			if a.lu.qos.set(v.QoS) {
 				a.vol.QoS = v.QoS
 				s.log.Info("volume I/O limits applied", "volume", v.Name, "qos", v.QoS.String())

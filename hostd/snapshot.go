@@ -37,22 +37,37 @@ var errSnapshotDegraded = errors.New("a member of the volume is not in sync")
 // takeSnapshot takes snapshot name of the volume and returns how long its
 // commands were held.
 func (a *attachment) takeSnapshot(ctx context.Context, name string) (time.Duration, error) {
+	return a.snapshotOp(ctx, name, true)
+}
+
+// dropSnapshot deletes snapshot name from every member chunk.
+func (a *attachment) dropSnapshot(ctx context.Context, name string) error {
+	_, err := a.snapshotOp(ctx, name, false)
+	return err
+}
+
+// snapshotOp takes (take) or deletes snapshot name on every member chunk,
+// with one control call per chunkserver, all side by side. A take holds
+// the volume's commands meanwhile and returns how long.
+func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (time.Duration, error) {
 	if !api.ValidSnapshotName(name) {
 		return 0, fmt.Errorf("snapshot name %q: 1 to 63 letters, digits, '.', '_' or '-'", name)
 	}
 	for _, st := range a.setList() {
 		for i, s := range st.mirror.States() {
 			if s != raid.InSync {
-				return 0, fmt.Errorf("%w (set %d member %d is %s): take the snapshot once it is", errSnapshotDegraded, st.idx, i, s)
+				return 0, fmt.Errorf("%w (set %d member %d is %s): try again once it is", errSnapshotDegraded, st.idx, i, s)
 			}
 		}
 	}
 	start := time.Now()
-	resume, err := a.lu.quiesce(ctx)
-	if err != nil {
-		return 0, err
+	if take {
+		resume, err := a.lu.quiesce(ctx)
+		if err != nil {
+			return 0, err
+		}
+		defer resume()
 	}
-	defer resume()
 	type server struct {
 		ctl   chunkControl
 		addr  string
@@ -77,7 +92,14 @@ func (a *attachment) takeSnapshot(ctx context.Context, name string) (time.Durati
 			t := time.Now()
 			for len(sv.pins) > 0 && sv.error == nil {
 				n := min(len(sv.pins), api.MaxPins)
-				if _, err := sv.ctl.Snapshot(ctx, api.SnapshotRequest{Name: name, Chunks: sv.pins[:n]}); err != nil {
+				req := api.SnapshotRequest{Name: name, Chunks: sv.pins[:n]}
+				var err error
+				if take {
+					_, err = sv.ctl.Snapshot(ctx, req)
+				} else {
+					_, err = sv.ctl.DeleteSnapshot(ctx, req)
+				}
+				if err != nil {
 					sv.error = fmt.Errorf("chunkserver %s: %w", sv.addr, err)
 				}
 				sv.pins = sv.pins[n:]
@@ -94,6 +116,65 @@ func (a *attachment) takeSnapshot(ctx context.Context, name string) (time.Durati
 	if err := errors.Join(errs...); err != nil {
 		return pause, fmt.Errorf("snapshot %q: %w", name, err)
 	}
-	a.log.Info("snapshot taken", "snapshot", name, "chunkservers", len(servers), "pause", pause)
+	if take {
+		a.log.Info("snapshot taken", "snapshot", name, "chunkservers", len(servers), "pause", pause)
+	} else {
+		a.log.Info("snapshot deleted", "snapshot", name, "chunkservers", len(servers))
+	}
 	return pause, nil
+}
+
+// applySnapshots starts what v's snapshots ask of the host: take the
+// pending ones, delete the deleting ones, each once, and report to the
+// metaserver when done.
+func (a *attachment) applySnapshots(v api.Volume) {
+	for _, sn := range v.Snapshots {
+		op := ""
+		switch sn.State {
+		case api.SnapshotPending:
+			op = api.SnapshotOpCreate
+		case api.SnapshotDeleting:
+			op = api.SnapshotOpDelete
+		default:
+			continue
+		}
+		key := op + " " + sn.Name
+		a.snapMu.Lock()
+		if a.snapBusy == nil {
+			a.snapBusy = map[string]bool{}
+		}
+		busy := a.snapBusy[key]
+		a.snapBusy[key] = true
+		a.snapMu.Unlock()
+		if busy {
+			continue
+		}
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			defer func() {
+				a.snapMu.Lock()
+				delete(a.snapBusy, key)
+				a.snapMu.Unlock()
+			}()
+			ctx, cancel := context.WithTimeout(a.ctx, api.SnapshotTimeout)
+			defer cancel()
+			rep := api.SnapshotReport{Volume: v.Name, Epoch: v.Epoch, Name: sn.Name, Op: op}
+			var err error
+			if op == api.SnapshotOpCreate {
+				var pause time.Duration
+				pause, err = a.takeSnapshot(ctx, sn.Name)
+				rep.PauseMicros = pause.Microseconds()
+			} else {
+				err = a.dropSnapshot(ctx, sn.Name)
+			}
+			if err != nil {
+				rep.Error = err.Error()
+				a.log.Warn("snapshot "+op+" failed", "snapshot", sn.Name, "err", err)
+			}
+			if err := a.s.meta.ReportSnapshot(ctx, a.s.id, rep); err != nil {
+				a.log.Warn("reporting a snapshot to the metaserver", "snapshot", sn.Name, "op", op, "err", err)
+			}
+		}()
+	}
 }

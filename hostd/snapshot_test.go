@@ -7,6 +7,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
 // TestSnapshotQuiesces: a snapshot taken while writes stream in finds both
@@ -85,5 +88,52 @@ func TestSnapshotQuiesces(t *testing.T) {
 	waitFor(t, "member 1 to fail", func() bool { return a.setList()[0].mirror.Degraded() })
 	if _, err := a.takeSnapshot(ctx, "s2"); !errors.Is(err, errSnapshotDegraded) {
 		t.Fatalf("a snapshot of a degraded volume: %v, want errSnapshotDegraded", err)
+	}
+}
+
+// TestSnapshotsFromAssignment: a pending snapshot in the volume's
+// assignment is taken once however often the assignment repeats it, and
+// reported with its pause; a deleting one is deleted and reported.
+func TestSnapshotsFromAssignment(t *testing.T) {
+	c := newFakeCluster(t, 2)
+	s := newTestServer(t, c)
+	v := testVolume(2)
+	if err := s.attach(t.Context(), v); err != nil {
+		t.Fatal(err)
+	}
+	a := s.attached("vol")
+	meta := c.meta
+	reports := func() []api.SnapshotReport {
+		meta.mu.Lock()
+		defer meta.mu.Unlock()
+		return append([]api.SnapshotReport(nil), meta.snapReports...)
+	}
+	v.Snapshots = []api.Snapshot{{Name: "s1", Volume: "vol", State: api.SnapshotPending}}
+	a.applySnapshots(v)
+	a.applySnapshots(v)
+	waitFor(t, "the snapshot report", func() bool { return len(reports()) > 0 })
+	time.Sleep(50 * time.Millisecond)
+	r := reports()
+	if len(r) != 1 || r[0].Op != api.SnapshotOpCreate || r[0].Error != "" || r[0].Name != "s1" || r[0].Epoch != v.Epoch || r[0].PauseMicros <= 0 {
+		t.Fatalf("reports %+v, want one successful create with its pause", r)
+	}
+	c.mu.Lock()
+	calls := c.snapshotCalls["ctl-c0"]
+	_, has := c.chunks["c1"].snaps["s1"]
+	c.mu.Unlock()
+	if calls != 1 || !has {
+		t.Fatalf("%d snapshot calls to c0's chunkserver, c1 has it: %v", calls, has)
+	}
+	v.Snapshots[0].State = api.SnapshotDeleting
+	a.applySnapshots(v)
+	waitFor(t, "the delete report", func() bool { return len(reports()) == 2 })
+	if r := reports()[1]; r.Op != api.SnapshotOpDelete || r.Error != "" {
+		t.Fatalf("delete report %+v", r)
+	}
+	c.mu.Lock()
+	_, has = c.chunks["c0"].snaps["s1"]
+	c.mu.Unlock()
+	if has {
+		t.Fatal("the snapshot is still on c0")
 	}
 }

@@ -42,6 +42,10 @@ type attachment struct {
 	// reattaching is set once a set lost every member it could serve from
 	// and the volume is being attached again (Server.reattach).
 	reattaching atomic.Bool
+	// snapBusy holds the snapshot operations running ("create NAME",
+	// "delete NAME"), each started once.
+	snapMu   sync.Mutex
+	snapBusy map[string]bool
 }
 
 // setList is the volume's sets, in order.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
@@ -213,6 +214,32 @@ func TestOpenAPIResponses(t *testing.T) {
 	_, err = c.SetVolumeQoS(ctx, "v1", api.QoS{IOPS: api.Limit{Rate: 1000}})
 	must(err)
 	must(c.ClearVolumeQoS(ctx, "v1"))
+	// A snapshot: this test plays the volume's host.
+	hostDoes := func(state, op string) chan error {
+		done := make(chan error, 1)
+		go func() {
+			for {
+				snaps, err := c.ListSnapshots(ctx, "v1")
+				if err != nil {
+					done <- err
+					return
+				}
+				if len(snaps) == 1 && snaps[0].State == state {
+					done <- c.ReportSnapshot(ctx, hresp.ID, api.SnapshotReport{Volume: "v1", Epoch: vol.Epoch, Name: "s1", Op: op, PauseMicros: 1500})
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+		return done
+	}
+	host := hostDoes(api.SnapshotPending, api.SnapshotOpCreate)
+	_, err = c.CreateSnapshot(ctx, "v1", "s1")
+	must(err)
+	must(<-host)
+	host = hostDoes(api.SnapshotDeleting, api.SnapshotOpDelete)
+	must(c.DeleteSnapshot(ctx, "v1", "s1"))
+	must(<-host)
 	_, err = c.AllowInitiators(ctx, "v1", "iqn.2026-01.test:vm1")
 	must(err)
 	_, err = c.ReadExports(ctx, "v1")

@@ -49,6 +49,7 @@ func (s *Server) routes() http.Handler {
 				r.Post("/heartbeat", s.hostHeartbeat)
 				r.Get("/volumes", s.hostVolumes)
 				r.Post("/report", s.hostReport)
+				r.Post("/snapshots", s.hostSnapshotReport)
 			})
 		})
 
@@ -62,6 +63,7 @@ func (s *Server) routes() http.Handler {
 			r.Get("/volumes", s.listVolumes)
 			r.Get("/volumes/{name}", s.getVolume)
 			r.Get("/volumes/{name}/stats", s.volumeStats)
+			r.Get("/volumes/{name}/snapshots", s.listSnapshots)
 			r.Get("/events", s.listEvents)
 			r.Get("/whoami", s.whoami)
 			r.Get("/changes", s.changes)
@@ -78,6 +80,8 @@ func (s *Server) routes() http.Handler {
 			r.Delete("/volumes/{name}/chap", s.clearVolumeCHAP)
 			r.Put("/volumes/{name}/qos", s.setVolumeQoS)
 			r.Delete("/volumes/{name}/qos", s.clearVolumeQoS)
+			r.Post("/volumes/{name}/snapshots", s.createSnapshot)
+			r.Delete("/volumes/{name}/snapshots/{snapshot}", s.deleteSnapshot)
 			r.Post("/volumes/{name}/initiators", s.updateInitiators)
 			r.Post("/volumes/{name}/read-exports", s.readExports)
 			r.Post("/tokens", s.createToken)
@@ -358,12 +362,17 @@ func (s *Server) getVolume(w http.ResponseWriter, r *http.Request) {
 // members (volume verify reads them); an admin's route, as it opens the
 // volume's bytes.
 func (s *Server) readExports(w http.ResponseWriter, r *http.Request) {
-	v, err := s.st.readExports(r.Context(), chi.URLParam(r, "name"))
+	snap := r.URL.Query().Get("snapshot")
+	if snap != "" && !api.ValidSnapshotName(snap) {
+		s.writeError(w, r, invalid("snapshot name %q: 1 to 63 letters, digits, '.', '_' or '-'", snap))
+		return
+	}
+	v, err := s.st.readExports(r.Context(), chi.URLParam(r, "name"), snap)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.log.Info("read-only export names issued", "volume", v.Name, "epoch", v.Epoch, "by", callerName(r))
+	s.log.Info("read-only export names issued", "volume", v.Name, "epoch", v.Epoch, "snapshot", snap, "by", callerName(r))
 	s.writeJSON(w, http.StatusOK, v)
 }
 

@@ -22,8 +22,10 @@ type volumeFilter struct {
 	// may carry them.
 	secrets bool
 	// readOnly fills in read-only export names of the members at the
-	// volume's epoch (readExports, for volume verify).
+	// volume's epoch (readExports, for volume verify); of snapshot
+	// snapshot of them when it is set.
 	readOnly bool
+	snapshot string
 }
 
 // loadVolumes returns the volumes that match f, ordered by name, complete
@@ -57,6 +59,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		}
 		v.IQN = api.IQNPrefix + v.Name
 		v.Sets = []api.Set{}
+		v.Snapshots = []api.Snapshot{}
 		if v.Auth.AllowedInitiators == nil {
 			v.Auth.AllowedInitiators = []string{}
 		}
@@ -80,6 +83,9 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 	byID := make(map[int64]*api.Volume, len(vols))
 	for i, id := range ids {
 		byID[id] = &vols[i]
+	}
+	if err := loadSnapshots(ctx, q, ids, byID); err != nil {
+		return nil, err
 	}
 	rows, err = q.Query(ctx, `
 		SELECT s.volume_id, s.idx, s.size_bytes, s.dirty_bytes, s.reconciling, s.reconcile_done_bytes, s.reconcile_total_bytes, s.full_resync,
@@ -143,6 +149,11 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 				Chunk: m.ChunkID, Host: v.Host, Epoch: v.Epoch,
 				Token: api.ExportToken(st.secret, m.ChunkID, v.Host, v.Epoch),
 			}.String()
+		case f.readOnly && f.snapshot != "":
+			m.Export = api.ExportName{
+				Chunk: m.ChunkID, Host: readOnlyExportHost, Epoch: v.Epoch, ReadOnly: true, Snapshot: f.snapshot,
+				Token: api.SnapshotExportToken(st.secret, m.ChunkID, readOnlyExportHost, v.Epoch, f.snapshot),
+			}.String()
 		case f.readOnly:
 			m.Export = api.ExportName{
 				Chunk: m.ChunkID, Host: readOnlyExportHost, Epoch: v.Epoch, ReadOnly: true,
@@ -187,14 +198,22 @@ const readOnlyExportHost = "verify"
 // readExports returns volume name with read-only export names of its
 // members, bound to its current epoch: a move of the volume (a new epoch,
 // fenced) ends them.
-func (st *store) readExports(ctx context.Context, name string) (*api.Volume, error) {
+func (st *store) readExports(ctx context.Context, name, snapshot string) (*api.Volume, error) {
 	var out *api.Volume
 	err := st.read(ctx, func(tx pgx.Tx) error {
 		var err error
-		out, err = st.loadVolume(ctx, tx, volumeFilter{name: name, readOnly: true})
+		out, err = st.loadVolume(ctx, tx, volumeFilter{name: name, readOnly: true, snapshot: snapshot})
 		return err
 	})
-	return out, err
+	if err != nil || snapshot == "" {
+		return out, err
+	}
+	for _, sn := range out.Snapshots {
+		if sn.Name == snapshot && sn.State == api.SnapshotReady {
+			return out, nil
+		}
+	}
+	return nil, api.Errorf(api.CodeNotFound, "volume %q has no snapshot %q ready (chunkraid snapshot list %s)", name, snapshot, name)
 }
 
 // loadVolume returns the one volume f selects, or not_found.

@@ -31,6 +31,7 @@ var daemonRoutes = []string{
 	"POST /api/v1/hosts/{id}/heartbeat",
 	"GET /api/v1/hosts/{id}/volumes",
 	"POST /api/v1/hosts/{id}/report",
+	"POST /api/v1/hosts/{id}/snapshots",
 }
 
 // adminReads are the operator routes that change nothing but still need an

@@ -165,7 +165,17 @@ func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
 // members (Member.Export), bound to the volume's epoch: what volume verify
 // opens the chunks with.
 func (c *Client) ReadExports(ctx context.Context, name string) (*Volume, error) {
-	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/read-exports", nil, nil, RequestTimeout)
+	return c.ReadSnapshotExports(ctx, name, "")
+}
+
+// ReadSnapshotExports is ReadExports of snapshot snap of the volume ("":
+// the volume itself).
+func (c *Client) ReadSnapshotExports(ctx context.Context, name, snap string) (*Volume, error) {
+	var q url.Values
+	if snap != "" {
+		q = url.Values{"snapshot": {snap}}
+	}
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/read-exports", q, nil, RequestTimeout)
 }
 
 // CreateToken creates an API token; its secret is in the answer (Secret)
@@ -400,6 +410,39 @@ func (c *Client) SetVolumeQoS(ctx context.Context, name string, q QoS) (*Volume,
 func (c *Client) ClearVolumeQoS(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(name)+"/qos", nil, nil, nil, RequestTimeout)
 }
+
+// CreateSnapshot takes snapshot name of a volume: it returns once the
+// volume's host took it (State ready).
+func (c *Client) CreateSnapshot(ctx context.Context, volume, name string) (*Snapshot, error) {
+	return call[Snapshot](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(volume)+"/snapshots", nil,
+		CreateSnapshotRequest{Name: name}, SnapshotTimeout+RequestTimeout)
+}
+
+// ListSnapshots lists a volume's snapshots, oldest first.
+func (c *Client) ListSnapshots(ctx context.Context, volume string) ([]Snapshot, error) {
+	out, err := call[[]Snapshot](ctx, c, http.MethodGet, "/api/v1/volumes/"+url.PathEscape(volume)+"/snapshots", nil, nil, RequestTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return *out, nil
+}
+
+// DeleteSnapshot deletes a snapshot of a volume: it returns once the
+// volume's host deleted it from every member chunk.
+func (c *Client) DeleteSnapshot(ctx context.Context, volume, name string) error {
+	return c.do(ctx, http.MethodDelete, "/api/v1/volumes/"+url.PathEscape(volume)+"/snapshots/"+url.PathEscape(name), nil, nil, nil,
+		SnapshotTimeout+RequestTimeout)
+}
+
+// ReportSnapshot tells the metaserver that host id took or deleted a
+// snapshot (a host's call).
+func (c *Client) ReportSnapshot(ctx context.Context, id int64, r SnapshotReport) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/hosts/"+strconv.FormatInt(id, 10)+"/snapshots", nil, r, nil, RequestTimeout)
+}
+
+// SnapshotTimeout bounds how long the metaserver waits for a volume's host
+// to take or delete a snapshot before it answers that the host has not.
+const SnapshotTimeout = 30 * time.Second
 
 // UpdateInitiators changes the initiator allowlist of a volume (see
 // InitiatorsRequest) and returns the volume.

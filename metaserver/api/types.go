@@ -380,8 +380,10 @@ type Volume struct {
 	// only in HostVolumes, for the host the volume is attached to.
 	Auth VolumeAuth `json:"auth"`
 	// QoS is the volume's I/O limits; zero limits nothing.
-	QoS  QoS   `json:"qos"`
-	Sets []Set `json:"sets"`
+	QoS QoS `json:"qos"`
+	// Snapshots are the volume's snapshots, oldest first.
+	Snapshots []Snapshot `json:"snapshots"`
+	Sets      []Set      `json:"sets"`
 }
 
 // CreateVolumeRequest is POSTed to /api/v1/volumes.

@@ -1,0 +1,261 @@
+package metaserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chunkraid/chunkraid/metaserver/api"
+)
+
+// Snapshots of volumes. An operator's request records a pending snapshot
+// and moves the generation, so the volume's host sees it in its long poll;
+// the host holds the volume's commands, has every member chunk record the
+// snapshot and reports (POST /hosts/{id}/snapshots); the request answers
+// once the snapshot is ready, or after api.SnapshotTimeout with it still
+// pending. A delete goes the same way through the state deleting. Both
+// need the volume attached: its host does the work.
+
+// snapshotPoll is how often a request waiting for the host reads the
+// snapshot's state.
+const snapshotPoll = 20 * time.Millisecond
+
+func snapshotEvent(kind, volume, msg string) event {
+	return event{Kind: kind, Subject: "volume/" + volume, Volume: volume, Message: msg}
+}
+
+func (s *Server) createSnapshot(w http.ResponseWriter, r *http.Request) {
+	var req api.CreateSnapshotRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if !api.ValidSnapshotName(req.Name) {
+		s.writeError(w, r, invalid("snapshot name %q: 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit", req.Name))
+		return
+	}
+	volume := chi.URLParam(r, "name")
+	if err := s.st.requestSnapshot(r.Context(), volume, req.Name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("snapshot requested", "volume", volume, "name", req.Name)
+	snap, err := s.st.awaitSnapshot(r.Context(), volume, req.Name, func(sn *api.Snapshot) bool {
+		return sn != nil && sn.State == api.SnapshotReady
+	})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusCreated, snap)
+}
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
+	v, err := s.st.getVolume(r.Context(), chi.URLParam(r, "name"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, v.Snapshots)
+}
+
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
+	volume, name := chi.URLParam(r, "name"), chi.URLParam(r, "snapshot")
+	if err := s.st.requestSnapshotDelete(r.Context(), volume, name); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("snapshot delete requested", "volume", volume, "name", name)
+	if _, err := s.st.awaitSnapshot(r.Context(), volume, name, func(sn *api.Snapshot) bool { return sn == nil }); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) hostSnapshotReport(w http.ResponseWriter, r *http.Request) {
+	id, err := parseID("host", chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var rep api.SnapshotReport
+	if err := decode(w, r, &rep); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if rep.Op != api.SnapshotOpCreate && rep.Op != api.SnapshotOpDelete || !api.ValidSnapshotName(rep.Name) {
+		s.writeError(w, r, invalid("snapshot report: op %q (create or delete) and name %q", rep.Op, rep.Name))
+		return
+	}
+	if err := s.st.snapshotReport(r.Context(), id, rep); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// attachedVolume locks volume name and returns its id, refusing one that
+// is not attached (its host does the work) or not a mirror.
+func attachedVolume(ctx context.Context, tx pgx.Tx, name, what string) (int64, error) {
+	var (
+		id     int64
+		host   *int64
+		layout string
+	)
+	err := tx.QueryRow(ctx, `SELECT id, host_id, layout FROM volumes WHERE name = $1 FOR UPDATE`, name).Scan(&id, &host, &layout)
+	if err != nil {
+		return 0, notFound(err, "volume %q does not exist", name)
+	}
+	if host == nil {
+		return 0, api.Errorf(api.CodeConflict, "volume %q is not attached: its host %s, so attach it first (chunkraid volume attach)", name, what)
+	}
+	if l, err := api.ParseLayout(layout); err != nil || l.Kind != api.LayoutMirror {
+		return 0, api.Errorf(api.CodeConflict, "volume %q is %s: snapshots are of mirror volumes", name, layout)
+	}
+	return id, nil
+}
+
+// requestSnapshot records snapshot name of volume as pending.
+func (st *store) requestSnapshot(ctx context.Context, volume, name string) error {
+	return st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		id, err := attachedVolume(ctx, tx, volume, "takes the snapshot")
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO snapshots (volume_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING`, id, name)
+		if err != nil {
+			return fmt.Errorf("insert snapshot: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return api.Errorf(api.CodeAlreadyExists, "volume %q has a snapshot %q: choose another name or delete it first", volume, name)
+		}
+		return nil
+	})
+}
+
+// requestSnapshotDelete marks snapshot name of volume deleting.
+func (st *store) requestSnapshotDelete(ctx context.Context, volume, name string) error {
+	return st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		id, err := attachedVolume(ctx, tx, volume, "deletes it from the chunks")
+		if err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `UPDATE snapshots SET state = 'deleting' WHERE volume_id = $1 AND name = $2`, id, name)
+		if err != nil {
+			return fmt.Errorf("delete snapshot: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return api.Errorf(api.CodeNotFound, "volume %q has no snapshot %q (chunkraid snapshot list %s)", volume, name, volume)
+		}
+		return nil
+	})
+}
+
+// awaitSnapshot waits until done holds for snapshot name of volume (nil
+// when it is gone), for at most api.SnapshotTimeout.
+func (st *store) awaitSnapshot(ctx context.Context, volume, name string, done func(*api.Snapshot) bool) (*api.Snapshot, error) {
+	deadline := time.Now().Add(api.SnapshotTimeout)
+	for {
+		var snap *api.Snapshot
+		err := st.read(ctx, func(tx pgx.Tx) error {
+			var sn api.Snapshot
+			err := tx.QueryRow(ctx, `
+				SELECT s.name, v.name, s.state, s.created_at, s.pause_us FROM snapshots s JOIN volumes v ON v.id = s.volume_id
+				WHERE v.name = $1 AND s.name = $2`, volume, name).Scan(&sn.Name, &sn.Volume, &sn.State, &sn.CreatedAt, &sn.PauseMicros)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("read snapshot: %w", err)
+			}
+			snap = &sn
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if done(snap) {
+			return snap, nil
+		}
+		if snap == nil {
+			return nil, api.Errorf(api.CodeInternal, "snapshot %q of volume %q failed on its host (chunkraid events --volume %s says why)", name, volume, volume)
+		}
+		if time.Now().After(deadline) {
+			return nil, api.Errorf(api.CodeUnavailable, "the host of volume %q has not finished with snapshot %q in %s: it is %s; chunkraid snapshot list %s shows when it is done",
+				volume, name, api.SnapshotTimeout, snap.State, volume)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(snapshotPoll):
+		}
+	}
+}
+
+// snapshotReport applies what host id did with a snapshot of a volume it
+// serves: a taken one is ready, a deleted one gone; a failed take drops the
+// pending snapshot, a failed delete leaves it deleting for the host to try
+// again. Reports about volumes the host does not hold are refused.
+func (st *store) snapshotReport(ctx context.Context, hostID int64, rep api.SnapshotReport) error {
+	return st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		var id, epoch int64
+		var host *int64
+		err := tx.QueryRow(ctx, `SELECT id, epoch, host_id FROM volumes WHERE name = $1 FOR UPDATE`, rep.Volume).Scan(&id, &epoch, &host)
+		if err != nil {
+			return notFound(err, "volume %q does not exist", rep.Volume)
+		}
+		if host == nil || *host != hostID || epoch != rep.Epoch {
+			return api.Errorf(api.CodeConflict, "volume %q at epoch %d is not this host's: stop serving it", rep.Volume, rep.Epoch)
+		}
+		var ev event
+		switch {
+		case rep.Op == api.SnapshotOpCreate && rep.Error == "":
+			_, err = tx.Exec(ctx, `UPDATE snapshots SET state = 'ready', pause_us = $3 WHERE volume_id = $1 AND name = $2 AND state = 'pending'`,
+				id, rep.Name, rep.PauseMicros)
+			ev = snapshotEvent(api.EventSnapshotCreated, rep.Volume, fmt.Sprintf("snapshot %s taken; the volume's commands were held %s",
+				rep.Name, time.Duration(rep.PauseMicros)*time.Microsecond))
+		case rep.Op == api.SnapshotOpCreate:
+			_, err = tx.Exec(ctx, `DELETE FROM snapshots WHERE volume_id = $1 AND name = $2 AND state = 'pending'`, id, rep.Name)
+			ev = snapshotEvent(api.EventSnapshotFailed, rep.Volume, fmt.Sprintf("snapshot %s not taken: %s", rep.Name, rep.Error))
+		case rep.Error == "":
+			_, err = tx.Exec(ctx, `DELETE FROM snapshots WHERE volume_id = $1 AND name = $2 AND state = 'deleting'`, id, rep.Name)
+			ev = snapshotEvent(api.EventSnapshotDeleted, rep.Volume, fmt.Sprintf("snapshot %s deleted", rep.Name))
+		default:
+			ev = snapshotEvent(api.EventSnapshotFailed, rep.Volume, fmt.Sprintf("snapshot %s not deleted yet: %s", rep.Name, rep.Error))
+		}
+		if err != nil {
+			return fmt.Errorf("snapshot report: %w", err)
+		}
+		return addEvents(ctx, tx, ev)
+	})
+}
+
+// loadSnapshots fills in the snapshots of the volumes byID holds.
+func loadSnapshots(ctx context.Context, q querier, ids []int64, byID map[int64]*api.Volume) error {
+	rows, err := q.Query(ctx, `
+		SELECT volume_id, name, state, created_at, pause_us FROM snapshots WHERE volume_id = ANY($1)
+		ORDER BY volume_id, created_at, name`, ids)
+	if err != nil {
+		return fmt.Errorf("load snapshots: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			vid int64
+			sn  api.Snapshot
+		)
+		if err := rows.Scan(&vid, &sn.Name, &sn.State, &sn.CreatedAt, &sn.PauseMicros); err != nil {
+			return fmt.Errorf("load snapshots: %w", err)
+		}
+		v := byID[vid]
+		sn.Volume = v.Name
+		v.Snapshots = append(v.Snapshots, sn)
+	}
+	return rows.Err()
+}
