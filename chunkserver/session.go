@@ -178,11 +178,15 @@ func (ss *session) Extents(off, length int64) ([]nbd.Extent, error) {
 		return nil, err
 	}
 	defer ss.end()
+	var (
+		ext []store.Extent
+		err error
+	)
 	if ss.name.Snapshot != "" {
-		// A snapshot is described as data throughout.
-		return []nbd.Extent{{Length: min(length, ss.c.Size()-off)}}, nil
+		ext, err = ss.c.SnapshotExtents(ss.name.Snapshot, off, length)
+	} else {
+		ext, err = ss.c.Extents(off, length)
 	}
-	ext, err := ss.c.Extents(off, length)
 	if err != nil {
 		return nil, err
 	}

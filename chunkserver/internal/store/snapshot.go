@@ -440,3 +440,54 @@ func (c *Chunk) Rollback(name string) error {
 	}
 	return c.Sync()
 }
+
+// SnapshotExtents describes [off, off+length) of snapshot name as data
+// and holes: a block some layer from the snapshot's on saved is data, any
+// other range is as the chunk has it now (unchanged since).
+func (c *Chunk) SnapshotExtents(name string, off, length int64) ([]Extent, error) {
+	live, err := c.Extents(off, length)
+	if err != nil {
+		return nil, err
+	}
+	c.cow.RLock()
+	k := c.layerIndex(name)
+	var saved []byte
+	if k >= 0 {
+		saved = make([]byte, len(c.snaps[k].Saved))
+		for _, l := range c.snaps[k:] {
+			for i, b := range l.Saved {
+				saved[i] |= b
+			}
+		}
+	}
+	block := c.snapBlock
+	c.cow.RUnlock()
+	if k < 0 {
+		return nil, fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
+	}
+	var out []Extent
+	add := func(n int64, hole bool) {
+		if m := len(out); m > 0 && out[m-1].Hole == hole {
+			out[m-1].Length += n
+			return
+		}
+		out = append(out, Extent{Length: n, Hole: hole})
+	}
+	pos := off
+	for _, e := range live {
+		end := pos + e.Length
+		if !e.Hole {
+			add(e.Length, false)
+			pos = end
+			continue
+		}
+		for p := pos; p < end; {
+			b := p / block
+			next := min((b+1)*block, end)
+			add(next-p, !bitSet(saved, b))
+			p = next
+		}
+		pos = end
+	}
+	return out, nil
+}

@@ -370,3 +370,50 @@ func TestSnapshotDeletePowerLoss(t *testing.T) {
 	}
 	t.Logf("a power loss after each of %d operations of the delete", total)
 }
+
+// TestSnapshotExtents: a snapshot's extents are data where it or a newer
+// layer saved a block, even where the chunk is a hole now, and else the
+// chunk's own.
+func TestSnapshotExtents(t *testing.T) {
+	s := openFS(t, vfs.NewMem(), nil)
+	c, err := s.Create("c1", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteAt(fill(1, 0, 128<<10), 128<<10); err != nil { // blocks 2 and 3
+		t.Fatal(err)
+	}
+	if err := c.Snapshot("s"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Trim(128<<10, 64<<10); err != nil { // block 2 is saved, a hole now
+		t.Fatal(err)
+	}
+	if err := c.WriteAt(fill(2, 0, 4096), 512<<10); err != nil { // block 8 saved (a hole), data now
+		t.Fatal(err)
+	}
+	got, err := c.SnapshotExtents("s", 0, testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// MemFS reports holes at its page size: check what each 64 KiB block is.
+	isData := func(b int64) bool {
+		pos := int64(0)
+		for _, e := range got {
+			if b*(64<<10) >= pos && b*(64<<10) < pos+e.Length {
+				return !e.Hole
+			}
+			pos += e.Length
+		}
+		t.Fatalf("block %d not described", b)
+		return false
+	}
+	for b, want := range map[int64]bool{0: false, 1: false, 2: true, 3: true, 4: false, 8: true, 15: false} {
+		if isData(b) != want {
+			t.Errorf("block %d: data %v, want %v (extents %+v)", b, !want, want, got)
+		}
+	}
+	if _, err := c.SnapshotExtents("nope", 0, 4096); !errors.Is(err, ErrNoSnapshot) {
+		t.Errorf("an unknown snapshot: %v", err)
+	}
+}
