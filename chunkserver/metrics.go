@@ -79,6 +79,10 @@ var (
 		"Chunks held, by state: served, or failed (a durability error or a damaged sidecar: kept on disk, not served).", []string{"state"}, nil)
 	descDisk = prometheus.NewDesc("chunkraid_chunkserver_disk_bytes",
 		"The data directory's filesystem: capacity, free, and allocated (what the chunk files take).", []string{"kind"}, nil)
+	descSnapshots = prometheus.NewDesc("chunkraid_chunkserver_snapshot_layers",
+		"Snapshot layers of the chunks held: one per chunk per snapshot.", nil, nil)
+	descSnapshotBytes = prometheus.NewDesc("chunkraid_chunkserver_snapshot_bytes",
+		"Bytes the chunks' snapshot layers hold: the blocks changed since a snapshot, kept for it.", nil, nil)
 	descOutOfSpace = prometheus.NewDesc("chunkraid_chunkserver_out_of_space",
 		"1 while the chunkserver has refused a request for lack of space since its free space last measured above the nearly-full mark.", nil, nil)
 )
@@ -87,6 +91,8 @@ func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descChunks
 	ch <- descDisk
 	ch <- descOutOfSpace
+	ch <- descSnapshots
+	ch <- descSnapshotBytes
 }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
@@ -115,4 +121,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 		out = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descOutOfSpace, prometheus.GaugeValue, out)
+	layers, saved := st.SnapshotUsage()
+	ch <- prometheus.MustNewConstMetric(descSnapshots, prometheus.GaugeValue, float64(layers))
+	ch <- prometheus.MustNewConstMetric(descSnapshotBytes, prometheus.GaugeValue, float64(saved))
 }

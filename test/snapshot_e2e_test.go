@@ -3,11 +3,15 @@ package test
 import (
 	"bytes"
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
+	"github.com/chunkraid/chunkraid/internal/scrape"
+	"github.com/chunkraid/chunkraid/localcluster"
+	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
 // TestSnapshotEndToEnd: a pattern written over iSCSI, a snapshot taken
@@ -58,6 +62,13 @@ func TestSnapshotEndToEnd(t *testing.T) {
 	if out := cli(t, c, "volume", "verify", "snap", "--snapshot", "before"); !strings.Contains(out, "snapshot before: every member agrees") {
 		t.Fatalf("verify --snapshot:\n%s", out)
 	}
+	// The space the snapshot takes: the 512 KiB rewritten (0.8 % of the
+	// volume), 8 blocks of 64 KiB on each of the two members.
+	if layers, saved := snapshotUsage(t, c); layers != 2 || saved != 2*512<<10 {
+		t.Errorf("the chunkservers hold %d snapshot layers of %d bytes, want 2 of %d", layers, saved, 2*512<<10)
+	} else {
+		t.Logf("the snapshot takes %d KiB on the chunkservers after 512 KiB of the 64 MiB volume were rewritten", saved>>10)
+	}
 	if out := cli(t, c, "snapshot", "list", "snap"); !strings.Contains(out, "before") || !strings.Contains(out, "ready") {
 		t.Fatalf("snapshot list:\n%s", out)
 	}
@@ -80,6 +91,36 @@ func TestSnapshotEndToEnd(t *testing.T) {
 	if out := cli(t, c, "volume", "verify", "snap"); !strings.Contains(out, "every member agrees") {
 		t.Fatalf("verify:\n%s", out)
 	}
+}
+
+// snapshotUsage sums the chunkservers' snapshot metrics.
+func snapshotUsage(t *testing.T, c *localcluster.Cluster) (layers int, saved int64) {
+	t.Helper()
+	reader, err := c.Client().CreateToken(t.Context(), api.CreateTokenRequest{Name: "snapshot-usage", Role: api.RoleReader})
+	if err != nil && api.ErrorCode(err) != api.CodeAlreadyExists {
+		t.Fatal(err)
+	}
+	hc := caClient(t, c)
+	for _, addr := range c.ControlAddrs {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "https://"+addr+"/metrics", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+reader.Secret)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := scrape.Parse(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := s.Sum("chunkraid_chunkserver_snapshot_layers", nil)
+		b, _ := s.Sum("chunkraid_chunkserver_snapshot_bytes", nil)
+		layers, saved = layers+int(n), saved+int64(b)
+	}
+	return layers, saved
 }
 
 // TestSnapshotPauseLargeVolume reports how long a snapshot holds the

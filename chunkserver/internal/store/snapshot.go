@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -490,4 +491,31 @@ func (c *Chunk) SnapshotExtents(name string, off, length int64) ([]Extent, error
 		pos = end
 	}
 	return out, nil
+}
+
+// SnapshotUsage is the chunk's snapshot layers and the bytes they hold
+// (the blocks saved for them).
+func (c *Chunk) SnapshotUsage() (layers int, saved int64) {
+	c.cow.RLock()
+	defer c.cow.RUnlock()
+	for _, l := range c.snaps {
+		for i, b := range l.Saved {
+			for ; b != 0; b &= b - 1 {
+				blk := int64(i)*8 + int64(bits.TrailingZeros8(b))
+				saved += min(c.snapBlock, c.size-blk*c.snapBlock)
+			}
+		}
+	}
+	return len(c.snaps), saved
+}
+
+// SnapshotUsage sums Chunk.SnapshotUsage over the store's chunks.
+func (s *Store) SnapshotUsage() (layers int, saved int64) {
+	for _, id := range s.List() {
+		if c, err := s.Get(id); err == nil {
+			n, b := c.SnapshotUsage()
+			layers, saved = layers+n, saved+b
+		}
+	}
+	return layers, saved
 }
