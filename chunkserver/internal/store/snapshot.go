@@ -248,17 +248,17 @@ func (c *Chunk) saveBlocks(off, n int64) error {
 	top := len(c.snaps) - 1
 	f, saved := c.snapFiles[top], c.snaps[top].Saved
 	first, last := c.blockRange(off, n)
-	var todo []int64
+	var unsaved []int64
 	for b := first; b <= last; b++ {
 		if !bitSet(saved, b) {
-			todo = append(todo, b)
+			unsaved = append(unsaved, b)
 		}
 	}
-	if len(todo) == 0 {
+	if len(unsaved) == 0 {
 		return nil
 	}
 	buf := make([]byte, c.snapBlock)
-	for _, b := range todo {
+	for _, b := range unsaved {
 		p := buf[:min(c.snapBlock, c.size-b*c.snapBlock)]
 		if k, err := c.f.ReadAt(p, b*c.snapBlock); err != nil && !(err == io.EOF && k == len(p)) {
 			return fmt.Errorf("store: chunk %s: reading block %d to save it for snapshot %q: %w", c.id, b, c.snaps[top].Name, err)
@@ -275,7 +275,7 @@ func (c *Chunk) saveBlocks(off, n int64) error {
 		return c.fail(fmt.Errorf("syncing snapshot %q's layer file: %w", c.snaps[top].Name, err), false)
 	}
 	next := bytes.Clone(saved)
-	for _, b := range todo {
+	for _, b := range unsaved {
 		next[b/8] |= 1 << (b % 8)
 	}
 	c.sidecarMu.Lock()

@@ -130,6 +130,39 @@ func TestSnapshotCopyOnWrite(t *testing.T) {
 	}
 }
 
+// powerCut is a MemFS whose power fails after the at-th filesystem
+// operation counted from arm: crashed is what its disk held then (or at the
+// end, if the operations ran out first).
+type powerCut struct {
+	mem       *vfs.MemFS
+	at, count int
+	cut       *vfs.MemFS
+}
+
+func newPowerCut(at int) *powerCut { return &powerCut{mem: vfs.NewMem(), at: at, count: -1} }
+
+func (p *powerCut) fs() vfs.FS {
+	return vfs.NewErrorFS(p.mem, vfs.InjectorFunc(func(vfs.Op, string) error {
+		if p.count >= 0 {
+			if p.count == p.at {
+				p.cut = p.mem.CrashClone()
+			}
+			p.count++
+		}
+		return nil
+	}))
+}
+
+func (p *powerCut) arm()         { p.count = 0 }
+func (p *powerCut) failed() bool { return p.cut != nil }
+
+func (p *powerCut) crashed() *vfs.MemFS {
+	if p.cut == nil {
+		return p.mem.CrashClone()
+	}
+	return p.cut
+}
+
 // TestSnapshotPowerLoss: the power fails after each filesystem operation
 // of a snapshot and a write after it. After every one, the chunk loads,
 // a snapshot that was recorded reads the data it was taken over, the
@@ -139,18 +172,8 @@ func TestSnapshotPowerLoss(t *testing.T) {
 	const off, n = 60 << 10, 72 << 10 // across two blocks
 	old, neu := fill(1, 0, testSize), fill(9, off, n)
 	run := func(crashAt int) (crashed *vfs.MemFS, ops int, snapped, synced bool) {
-		mem := vfs.NewMem()
-		count := -1 // not counting until armed
-		efs := vfs.NewErrorFS(mem, vfs.InjectorFunc(func(op vfs.Op, path string) error {
-			if count >= 0 {
-				if count == crashAt {
-					crashed = mem.CrashClone()
-				}
-				count++
-			}
-			return nil
-		}))
-		s := openFS(t, efs, nil)
+		pc := newPowerCut(crashAt)
+		s := openFS(t, pc.fs(), nil)
 		c, err := s.Create("c1", testSize)
 		if err != nil {
 			t.Fatal(err)
@@ -161,23 +184,19 @@ func TestSnapshotPowerLoss(t *testing.T) {
 		if err := c.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		count = 0
+		pc.arm()
 		if err := c.Snapshot("s"); err != nil {
 			t.Fatal(err)
 		}
-		snapped = crashed == nil
+		snapped = !pc.failed()
 		if err := c.WriteAt(neu, off); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		synced = crashed == nil
-		ops = count
-		if crashed == nil {
-			crashed = mem.CrashClone()
-		}
-		return crashed, ops, snapped, synced
+		synced = !pc.failed()
+		return pc.crashed(), pc.count, snapped, synced
 	}
 	_, total, _, _ := run(-1)
 	if total < 5 {
@@ -309,18 +328,8 @@ func TestSnapshotDeleteAndRollback(t *testing.T) {
 // gone once DeleteSnapshot returned.
 func TestSnapshotDeletePowerLoss(t *testing.T) {
 	run := func(crashAt int) (crashed *vfs.MemFS, ops int, deleted bool, s1 []byte) {
-		mem := vfs.NewMem()
-		count := -1
-		efs := vfs.NewErrorFS(mem, vfs.InjectorFunc(func(op vfs.Op, path string) error {
-			if count >= 0 {
-				if count == crashAt {
-					crashed = mem.CrashClone()
-				}
-				count++
-			}
-			return nil
-		}))
-		s := openFS(t, efs, nil)
+		pc := newPowerCut(crashAt)
+		s := openFS(t, pc.fs(), nil)
 		c, err := s.Create("c1", testSize)
 		if err != nil {
 			t.Fatal(err)
@@ -342,16 +351,11 @@ func TestSnapshotDeletePowerLoss(t *testing.T) {
 		if err := c.Sync(); err != nil {
 			t.Fatal(err)
 		}
-		count = 0
+		pc.arm()
 		if err := c.DeleteSnapshot("s2"); err != nil {
 			t.Fatal(err)
 		}
-		deleted = crashed == nil
-		ops = count
-		if crashed == nil {
-			crashed = mem.CrashClone()
-		}
-		return crashed, ops, deleted, s1
+		return pc.crashed(), pc.count, !pc.failed(), s1
 	}
 	_, total, _, _ := run(-1)
 	for k := 0; k <= total; k++ {
