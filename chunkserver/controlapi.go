@@ -34,12 +34,13 @@ func (s *Server) controlHandler() http.Handler {
 	mux.HandleFunc("GET "+control.RouteLog, h.log)
 	mux.HandleFunc("PUT "+control.RouteIntent, h.writeIntent)
 	mux.HandleFunc("GET "+control.RouteIntent, h.readIntent)
-	mux.HandleFunc("POST "+control.RouteSnapshots, h.snapshots(false))
-	mux.HandleFunc("POST "+control.RouteSnapshotsDelete, h.snapshots(true))
+	mux.HandleFunc("POST "+control.RouteSnapshots, h.snapshots(snapTake))
+	mux.HandleFunc("POST "+control.RouteSnapshotsDelete, h.snapshots(snapDelete))
+	mux.HandleFunc("POST "+control.RouteSnapshotsRollback, h.snapshots(snapRollback))
 	mux.HandleFunc("GET "+control.RouteChunkSnapshots, h.chunkSnapshots)
 	mux.Handle("GET /metrics", scrape.Handler(s.registry, scrape.WithMetaserver(s.meta), s.log))
 	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent, control.RoutePins,
-		control.RouteSnapshots, control.RouteSnapshotsDelete, control.RouteChunkSnapshots} {
+		control.RouteSnapshots, control.RouteSnapshotsDelete, control.RouteSnapshotsRollback, control.RouteChunkSnapshots} {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, api.Errorf(control.CodeMethodNotAllowed, "%s does not take %s", r.URL.Path, r.Method))
 		})
@@ -211,8 +212,17 @@ func (h controlAPI) pinMany(w http.ResponseWriter, r *http.Request) {
 // snapshotParallel bounds the chunks one snapshot call works on at once.
 const snapshotParallel = 16
 
-// snapshots takes (or, with del, deletes) a snapshot of several chunks.
-func (h controlAPI) snapshots(del bool) http.HandlerFunc {
+// What a snapshot call does to its chunks.
+type snapOp int
+
+const (
+	snapTake snapOp = iota
+	snapDelete
+	snapRollback
+)
+
+// snapshots takes, deletes or rolls back to a snapshot of several chunks.
+func (h controlAPI) snapshots(op snapOp) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		var req api.SnapshotRequest
@@ -246,11 +256,13 @@ func (h controlAPI) snapshots(del bool) http.HandlerFunc {
 		for _, c := range chunks {
 			g.Go(func() error {
 				var err error
-				switch {
-				case del:
+				switch op {
+				case snapDelete:
 					if err = c.DeleteSnapshot(req.Name); errors.Is(err, store.ErrNoSnapshot) {
 						err = nil
 					}
+				case snapRollback:
+					err = c.Rollback(req.Name)
 				default:
 					if err = c.Snapshot(req.Name); errors.Is(err, store.ErrSnapshotExists) {
 						err = nil
@@ -266,10 +278,7 @@ func (h controlAPI) snapshots(del bool) http.HandlerFunc {
 			writeError(w, api.Errorf(api.CodeInternal, "%s", err.Error()))
 			return
 		}
-		verb := "snapshot taken"
-		if del {
-			verb = "snapshot deleted"
-		}
+		verb := [...]string{snapTake: "snapshot taken", snapDelete: "snapshot deleted", snapRollback: "chunks rolled back to a snapshot"}[op]
 		took := time.Since(start)
 		h.s.log.Info(verb, "name", req.Name, "chunks", len(req.Chunks), "took", took)
 		writeJSON(w, http.StatusOK, api.SnapshotResponse{TookMicros: took.Microseconds()})

@@ -78,6 +78,16 @@ func TestSnapshotControlAndExport(t *testing.T) {
 		t.Errorf("an unknown snapshot's export: %v", err)
 	}
 
+	// Roll c1 back: it reads as the snapshot again.
+	if _, err := cs.ctl.RollbackSnapshot(ctx, api.SnapshotRequest{Name: "s1", Chunks: req.Chunks[:1]}); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.ReadAt(ctx, got, 4096); err != nil || !bytes.Equal(got, before) {
+		t.Fatalf("after the rollback the chunk does not read as the snapshot (%v)", err)
+	}
+	if _, err := cs.ctl.RollbackSnapshot(ctx, api.SnapshotRequest{Name: "nope", Chunks: req.Chunks[:1]}); err == nil {
+		t.Error("a rollback to an unknown snapshot succeeded")
+	}
 	snap.Close()
 	if _, err := cs.ctl.DeleteSnapshot(ctx, req); err != nil {
 		t.Fatal(err)

@@ -86,3 +86,37 @@ func newSnapshotDeleteCmd(o *rootOptions) *cobra.Command {
 		},
 	}
 }
+
+func newVolumeDetachCmd(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "detach NAME",
+		Short: "Detach a volume from its host: no host serves it until it is attached again",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.client().DetachVolume(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "Volume %s detached; chunkraid volume attach %s --host HOST serves it again.\n", args[0], args[0])
+			return nil
+		},
+	}
+}
+
+func newVolumeRollbackCmd(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rollback NAME SNAPSHOT",
+		Short: "Make a detached volume hold one of its snapshots again",
+		Long: `Make a detached volume hold one of its snapshots again: every member chunk
+writes back the blocks changed since the snapshot. The snapshot and the other
+snapshots stay. The volume must be detached (chunkraid volume detach), so that
+nothing writes it meanwhile.`,
+		Args: exactArgs(2, "NAME SNAPSHOT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.client().RollbackVolume(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "Volume %s rolled back to snapshot %s.\n", args[0], args[1])
+			return nil
+		},
+	}
+}

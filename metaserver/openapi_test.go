@@ -250,6 +250,11 @@ func TestOpenAPIResponses(t *testing.T) {
 	must(err)
 	_, err = c.ResizeVolume(ctx, "v1", 64<<20)
 	wantCode(t, err, api.CodeInvalidArgument, http.StatusBadRequest)
+	err = c.RollbackVolume(ctx, "v1", "s1")
+	wantCode(t, err, api.CodeConflict, http.StatusConflict) // attached
+	must(c.DetachVolume(ctx, "v1"))
+	err = c.RollbackVolume(ctx, "v1", "s1")
+	wantCode(t, err, api.CodeNotFound, http.StatusNotFound) // deleted above
 	_, err = c.AttachVolume(ctx, "v1", "h1")
 	must(err)
 	_, err = c.ListEvents(ctx, "v1", 0, 100)

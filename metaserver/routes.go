@@ -81,6 +81,8 @@ func (s *Server) routes() http.Handler {
 			r.Put("/volumes/{name}/qos", s.setVolumeQoS)
 			r.Delete("/volumes/{name}/qos", s.clearVolumeQoS)
 			r.Post("/volumes/{name}/snapshots", s.createSnapshot)
+			r.Post("/volumes/{name}/detach", s.detachVolume)
+			r.Post("/volumes/{name}/rollback", s.rollbackVolume)
 			r.Delete("/volumes/{name}/snapshots/{snapshot}", s.deleteSnapshot)
 			r.Post("/volumes/{name}/initiators", s.updateInitiators)
 			r.Post("/volumes/{name}/read-exports", s.readExports)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -218,5 +219,44 @@ func TestSnapshotThenHostCrash(t *testing.T) {
 		if !bytes.Equal(got, bytes.Repeat([]byte{w.pat}, int(w.len))) {
 			t.Fatalf("the snapshot lacks the write at %d acknowledged before it was asked for", w.off)
 		}
+	}
+}
+
+// TestSnapshotRollback: a volume rolled back to a snapshot reads the
+// snapshot's pattern once attached again, and its replicas agree; a
+// rollback of an attached volume is refused with the way out.
+func TestSnapshotRollback(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, testChunk)
+	ctx := t.Context()
+	cli(t, c, "volume", "create", "rb", "--size", "64MiB", "--host", c.HostName)
+	if err := c.WaitTarget(ctx, "rb", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	url := c.ISCSIURL("rb")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", url)
+	cli(t, c, "snapshot", "create", "rb", "good")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x66 256k 2M", url)
+	if out := cliFail(t, c, "volume", "rollback", "rb", "good"); !strings.Contains(out, "detach it first") {
+		t.Fatalf("a rollback of an attached volume: %s", out)
+	}
+	cli(t, c, "volume", "detach", "rb")
+	waitFor(t, time.Minute, "the host to stop serving the volume", func() bool {
+		return exec.Command("qemu-io", "-f", "raw", "-c", "read 0 4096", url).Run() != nil
+	})
+	if out := cli(t, c, "volume", "rollback", "rb", "good"); !strings.Contains(out, "rolled back to snapshot good") {
+		t.Fatalf("rollback: %s", out)
+	}
+	cli(t, c, "volume", "attach", "rb", "--host", c.HostName)
+	if err := c.WaitTarget(ctx, "rb", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x11 0 1M", "-c", "read -P 0 1M 2M", url); strings.Contains(out, "verification failed") {
+		t.Fatalf("after the rollback:\n%s", out)
+	}
+	waitInSync(t, c, "rb", time.Minute)
+	checkReplicas(t, c, "rb")
+	if out := cli(t, c, "snapshot", "list", "rb"); !strings.Contains(out, "good") {
+		t.Errorf("the snapshot is gone after the rollback:\n%s", out)
 	}
 }

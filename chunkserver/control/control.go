@@ -86,7 +86,9 @@ const (
 	// (api.SnapshotRequest); RouteChunkSnapshots lists a chunk's.
 	RouteSnapshots       = "/v1/snapshots"
 	RouteSnapshotsDelete = "/v1/snapshots/delete"
-	RouteChunkSnapshots  = "/v1/chunks/{chunk}/snapshots"
+	// RouteSnapshotsRollback rolls chunks back to a snapshot.
+	RouteSnapshotsRollback = "/v1/snapshots/rollback"
+	RouteChunkSnapshots    = "/v1/chunks/{chunk}/snapshots"
 )
 
 // DefaultTimeout bounds a call whose context has no deadline.
@@ -192,6 +194,15 @@ func (c *Client) Snapshot(ctx context.Context, req api.SnapshotRequest) (*api.Sn
 func (c *Client) DeleteSnapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error) {
 	var out api.SnapshotResponse
 	if err := c.do(ctx, http.MethodPost, RouteSnapshotsDelete, nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// RollbackSnapshot makes every chunk of req hold snapshot req.Name again.
+func (c *Client) RollbackSnapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error) {
+	var out api.SnapshotResponse
+	if err := c.do(ctx, http.MethodPost, RouteSnapshotsRollback, nil, req, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

@@ -434,6 +434,16 @@ func (c *Client) DeleteSnapshot(ctx context.Context, volume, name string) error 
 		SnapshotTimeout+RequestTimeout)
 }
 
+// DetachVolume detaches a volume from its host.
+func (c *Client) DetachVolume(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/detach", nil, nil, nil, RequestTimeout)
+}
+
+// RollbackVolume makes a detached volume hold snapshot snap again.
+func (c *Client) RollbackVolume(ctx context.Context, name, snap string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/rollback", nil, RollbackRequest{Snapshot: snap}, nil, 10*time.Minute)
+}
+
 // ReportSnapshot tells the metaserver that host id took or deleted a
 // snapshot (a host's call).
 func (c *Client) ReportSnapshot(ctx context.Context, id int64, r SnapshotReport) error {

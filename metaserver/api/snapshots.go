@@ -48,9 +48,16 @@ type SnapshotReport struct {
 	PauseMicros int64  `json:"pause_us,omitempty"`
 }
 
+// RollbackRequest is POSTed to /api/v1/volumes/{name}/rollback: the
+// volume (detached) is made to hold snapshot Snapshot again.
+type RollbackRequest struct {
+	Snapshot string `json:"snapshot"`
+}
+
 // Events of snapshots.
 const (
-	EventSnapshotCreated = "snapshot_created"
-	EventSnapshotDeleted = "snapshot_deleted"
-	EventSnapshotFailed  = "snapshot_failed"
+	EventVolumeRolledBack = "volume_rolled_back"
+	EventSnapshotCreated  = "snapshot_created"
+	EventSnapshotDeleted  = "snapshot_deleted"
+	EventSnapshotFailed   = "snapshot_failed"
 )
