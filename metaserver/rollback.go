@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/chunkraid/chunkraid/chunkserver/control"
+	"github.com/chunkraid/chunkraid/internal/pki"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
 
@@ -138,9 +139,17 @@ func (st *store) prepareRollback(ctx context.Context, name, snap string) (*api.V
 // rollbackChunks fences every member chunk of v at its epoch, then rolls
 // them back to snapshot snap, one call per chunkserver, side by side.
 func (s *Server) rollbackChunks(ctx context.Context, v *api.Volume, snap string) error {
-	hc, err := control.HTTPClient(s.st.caCert)
+	// The chunkservers' control API (package chunkserver/control, which
+	// the metaserver does not import), over TLS to their certificates of
+	// the cluster CA.
+	tc, err := pki.ClientConfig(s.st.caCert, pki.Chunkserver)
 	if err != nil {
 		return err
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
+	defer hc.CloseIdleConnections()
+	post := func(addr, path string, in any) error {
+		return api.DoJSON(ctx, hc, "https://"+addr+path, http.MethodPost, nil, in, nil, 1<<20)
 	}
 	cred := func(chunk string) api.ControlRequest {
 		return api.ControlRequest{Host: rollbackHost, Epoch: v.Epoch, Token: api.ExportToken(s.st.secret, chunk, rollbackHost, v.Epoch)}
@@ -158,16 +167,15 @@ func (s *Server) rollbackChunks(ctx context.Context, v *api.Volume, snap string)
 	)
 	for addr, chunks := range byServer {
 		wg.Go(func() {
-			c := control.NewClient(addr, hc)
 			err := func() error {
 				for _, ch := range chunks {
-					if _, err := c.Fence(ctx, ch.Chunk, ch.ControlRequest); err != nil {
+					if err := post(addr, "/v1/chunks/"+url.PathEscape(ch.Chunk)+"/fence", ch.ControlRequest); err != nil {
 						return fmt.Errorf("fencing chunk %s: %w", ch.Chunk, err)
 					}
 				}
 				for len(chunks) > 0 {
 					n := min(len(chunks), api.MaxPins)
-					if _, err := c.RollbackSnapshot(ctx, api.SnapshotRequest{Name: snap, Chunks: chunks[:n]}); err != nil {
+					if err := post(addr, "/v1/snapshots/rollback", api.SnapshotRequest{Name: snap, Chunks: chunks[:n]}); err != nil {
 						return err
 					}
 					chunks = chunks[n:]
