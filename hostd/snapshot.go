@@ -71,9 +71,8 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 	type server struct {
 		ctl   chunkControl
 		addr  string
-		pins  []api.ChunkPin
-		took  time.Duration
-		error error
+		pins []api.ChunkPin
+		err  error
 	}
 	servers := map[string]*server{}
 	for _, st := range a.setList() {
@@ -89,8 +88,7 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 	var wg sync.WaitGroup
 	for _, sv := range servers {
 		wg.Go(func() {
-			t := time.Now()
-			for len(sv.pins) > 0 && sv.error == nil {
+			for len(sv.pins) > 0 && sv.err == nil {
 				n := min(len(sv.pins), api.MaxPins)
 				req := api.SnapshotRequest{Name: name, Chunks: sv.pins[:n]}
 				var err error
@@ -100,18 +98,17 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 					_, err = sv.ctl.DeleteSnapshot(ctx, req)
 				}
 				if err != nil {
-					sv.error = fmt.Errorf("chunkserver %s: %w", sv.addr, err)
+					sv.err = fmt.Errorf("chunkserver %s: %w", sv.addr, err)
 				}
 				sv.pins = sv.pins[n:]
 			}
-			sv.took = time.Since(t)
 		})
 	}
 	wg.Wait()
 	pause := time.Since(start)
 	var errs []error
 	for _, sv := range servers {
-		errs = append(errs, sv.error)
+		errs = append(errs, sv.err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return pause, fmt.Errorf("snapshot %q: %w", name, err)
