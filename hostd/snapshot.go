@@ -69,8 +69,8 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 		defer resume()
 	}
 	type server struct {
-		ctl   chunkControl
-		addr  string
+		ctl  chunkControl
+		addr string
 		pins []api.ChunkPin
 		err  error
 	}
