@@ -53,13 +53,6 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 	if !api.ValidSnapshotName(name) {
 		return 0, fmt.Errorf("snapshot name %q: 1 to 63 letters, digits, '.', '_' or '-'", name)
 	}
-	for _, st := range a.setList() {
-		for i, s := range st.mirror.States() {
-			if s != raid.InSync {
-				return 0, fmt.Errorf("%w (set %d member %d is %s): try again once it is", errSnapshotDegraded, st.idx, i, s)
-			}
-		}
-	}
 	start := time.Now()
 	if take {
 		resume, err := a.lu.quiesce(ctx)
@@ -67,6 +60,15 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 			return 0, err
 		}
 		defer resume()
+	}
+	// Checked with the commands held, after the flush: a member that
+	// failed before would miss the snapshot.
+	for _, st := range a.setList() {
+		for i, s := range st.mirror.States() {
+			if s != raid.InSync {
+				return 0, fmt.Errorf("%w (set %d member %d is %s): try again once it is", errSnapshotDegraded, st.idx, i, s)
+			}
+		}
 	}
 	type server struct {
 		ctl  chunkControl
@@ -125,6 +127,22 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 // pending ones, delete the deleting ones, each once, and report to the
 // metaserver when done.
 func (a *attachment) applySnapshots(v api.Volume) {
+	asked := map[string]bool{}
+	for _, sn := range v.Snapshots {
+		switch sn.State {
+		case api.SnapshotPending:
+			asked[api.SnapshotOpCreate+" "+sn.Name] = true
+		case api.SnapshotDeleting:
+			asked[api.SnapshotOpDelete+" "+sn.Name] = true
+		}
+	}
+	a.snapMu.Lock()
+	for key, done := range a.snapOps {
+		if done && !asked[key] {
+			delete(a.snapOps, key) // the metaserver has it: forget it
+		}
+	}
+	a.snapMu.Unlock()
 	for _, sn := range v.Snapshots {
 		op := ""
 		switch sn.State {
@@ -137,21 +155,28 @@ func (a *attachment) applySnapshots(v api.Volume) {
 		}
 		key := op + " " + sn.Name
 		a.snapMu.Lock()
-		if a.snapBusy == nil {
-			a.snapBusy = map[string]bool{}
+		if a.snapOps == nil {
+			a.snapOps = map[string]bool{}
 		}
-		busy := a.snapBusy[key]
-		a.snapBusy[key] = true
+		_, seen := a.snapOps[key]
+		if !seen {
+			a.snapOps[key] = false
+		}
 		a.snapMu.Unlock()
-		if busy {
+		if seen {
 			continue
 		}
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
+			done := true
 			defer func() {
 				a.snapMu.Lock()
-				delete(a.snapBusy, key)
+				if done {
+					a.snapOps[key] = true
+				} else {
+					delete(a.snapOps, key) // not reported: try again
+				}
 				a.snapMu.Unlock()
 			}()
 			ctx, cancel := context.WithTimeout(a.ctx, api.SnapshotTimeout)
@@ -170,6 +195,7 @@ func (a *attachment) applySnapshots(v api.Volume) {
 				a.log.Warn("snapshot "+op+" failed", "snapshot", sn.Name, "err", err)
 			}
 			if err := a.s.meta.ReportSnapshot(ctx, a.s.id, rep); err != nil {
+				done = false
 				a.log.Warn("reporting a snapshot to the metaserver", "snapshot", sn.Name, "op", op, "err", err)
 			}
 		}()

@@ -42,10 +42,12 @@ type attachment struct {
 	// reattaching is set once a set lost every member it could serve from
 	// and the volume is being attached again (Server.reattach).
 	reattaching atomic.Bool
-	// snapBusy holds the snapshot operations running ("create NAME",
-	// "delete NAME"), each started once.
-	snapMu   sync.Mutex
-	snapBusy map[string]bool
+	// snapOps holds the snapshot operations ("create NAME", "delete NAME")
+	// running (false) or done (true): each is started once, and a done one
+	// is not started again while the assignment still shows it as asked
+	// for (until the metaserver has applied the report).
+	snapMu  sync.Mutex
+	snapOps map[string]bool
 }
 
 // setList is the volume's sets, in order.
