@@ -63,7 +63,7 @@ func (lu *logicalUnit) maxUnmapBlocks() uint32 { return maxUnmapBytes / lu.block
 func provisioningSpecs() []*cmdSpec {
 	ff := byte(0xff)
 	return []*cmdSpec{
-		{name: "UNMAP", op: 0x42, access: accWrite, usage: []byte{0x42, 0x01, 0, 0, 0, 0, 0, ff, ff, 0},
+		{name: "UNMAP", medium: true, op: 0x42, access: accWrite, usage: []byte{0x42, 0x01, 0, 0, 0, 0, 0, ff, ff, 0},
 			decode: decodeUnmap, exec: execUnmap},
 		{name: "GET LBA STATUS", op: 0x9e, sa: 0x12, hasSA: true, access: accRead,
 			usage:  []byte{0x9e, 0x12, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0},

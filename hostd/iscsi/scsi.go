@@ -53,6 +53,7 @@ type logicalUnit struct {
 	trimmer        Trimmer // nil: fully provisioned
 	zeroer         Zeroer  // nil: WRITE SAME of zeros is written
 	mapper         Mapper  // nil: GET LBA STATUS reports everything mapped
+	readOnly       bool    // write-protected (TargetConfig.ReadOnly)
 	blockSize      uint32
 	serial         string
 	iqn            string
@@ -168,9 +169,12 @@ type cmdSpec struct {
 	// RESERVE(6)/(10) reservation (SPC-2 5.5.1).
 	access   accessKind
 	legacyOK bool
-	usage    []byte
-	decode   func(lu *logicalUnit, c *scsiCmd) *sense
-	exec     func(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, in []byte) result
+	// medium: the command changes the medium, which a write-protected
+	// unit refuses.
+	medium bool
+	usage  []byte
+	decode func(lu *logicalUnit, c *scsiCmd) *sense
+	exec   func(ctx context.Context, lu *logicalUnit, c *scsiCmd, out, in []byte) result
 }
 
 func (s *cmdSpec) cdbLen() int { return len(s.usage) }
@@ -211,7 +215,7 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeRequestSense, exec: execRequestSense},
 		{name: "READ(6)", op: 0x08, access: accRead, usage: []byte{0x08, 0x1f, 0xff, 0xff, 0xff, 0},
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(6)", op: 0x0a, access: accWrite, usage: []byte{0x0a, 0x1f, 0xff, 0xff, 0xff, 0},
+		{name: "WRITE(6)", medium: true, op: 0x0a, access: accWrite, usage: []byte{0x0a, 0x1f, 0xff, 0xff, 0xff, 0},
 			decode: decodeRW, exec: execWrite},
 		{name: "INQUIRY", op: 0x12, anyLUN: true, legacyOK: true, usage: []byte{0x12, 0x01, 0xff, 0xff, 0xff, 0},
 			decode: decodeInquiry, exec: execInquiry},
@@ -231,9 +235,9 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeReadCapacity10, exec: execReadCapacity10},
 		{name: "READ(10)", op: 0x28, access: accRead, usage: u(0x28, 0x18, lba10),
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(10)", op: 0x2a, access: accWrite, usage: u(0x2a, 0x18, lba10),
+		{name: "WRITE(10)", medium: true, op: 0x2a, access: accWrite, usage: u(0x2a, 0x18, lba10),
 			decode: decodeRW, exec: execWrite},
-		{name: "WRITE AND VERIFY(10)", op: 0x2e, access: accWrite, usage: u(0x2e, 0x12, lba10),
+		{name: "WRITE AND VERIFY(10)", medium: true, op: 0x2e, access: accWrite, usage: u(0x2e, 0x12, lba10),
 			decode: decodeWriteVerify, exec: execWriteVerify},
 		{name: "VERIFY(10)", op: 0x2f, access: accRead, usage: u(0x2f, 0x16, lba10),
 			decode: decodeVerify, exec: execVerify},
@@ -243,7 +247,7 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeSyncCache, exec: execSyncCache},
 		{name: "READ DEFECT DATA(10)", op: 0x37, access: accRead, usage: []byte{0x37, 0, 0x1f, 0, 0, 0, 0, 0xff, 0xff, 0},
 			decode: decodeReadDefect, exec: execReadDefect},
-		{name: "WRITE SAME(10)", op: 0x41, access: accWrite, usage: u(0x41, 0x08, lba10),
+		{name: "WRITE SAME(10)", medium: true, op: 0x41, access: accWrite, usage: u(0x41, 0x08, lba10),
 			decode: decodeWriteSame, exec: execWriteSame},
 		{name: "MODE SELECT(10)", op: 0x55, access: accWrite, usage: []byte{0x55, 0x11, 0, 0, 0, 0, 0, 0xff, 0xff, 0},
 			decode: decodeModeSelect, exec: execModeSelect},
@@ -255,13 +259,13 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeModeSense, exec: execModeSense},
 		{name: "READ(16)", op: 0x88, access: accRead, usage: u(0x88, 0x18, lba16),
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(16)", op: 0x8a, access: accWrite, usage: u(0x8a, 0x18, lba16),
+		{name: "WRITE(16)", medium: true, op: 0x8a, access: accWrite, usage: u(0x8a, 0x18, lba16),
 			decode: decodeRW, exec: execWrite},
-		{name: "COMPARE AND WRITE", op: 0x89, access: accWrite, usage: []byte{0x89, 0x18, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0, 0, ff, 0, 0},
+		{name: "COMPARE AND WRITE", medium: true, op: 0x89, access: accWrite, usage: []byte{0x89, 0x18, ff, ff, ff, ff, ff, ff, ff, ff, 0, 0, 0, ff, 0, 0},
 			decode: decodeCompareAndWrite, exec: execCompareAndWrite},
-		{name: "ORWRITE(16)", op: 0x8b, access: accWrite, usage: u(0x8b, 0x18, lba16),
+		{name: "ORWRITE(16)", medium: true, op: 0x8b, access: accWrite, usage: u(0x8b, 0x18, lba16),
 			decode: decodeRW, exec: execOrWrite},
-		{name: "WRITE AND VERIFY(16)", op: 0x8e, access: accWrite, usage: u(0x8e, 0x12, lba16),
+		{name: "WRITE AND VERIFY(16)", medium: true, op: 0x8e, access: accWrite, usage: u(0x8e, 0x12, lba16),
 			decode: decodeWriteVerify, exec: execWriteVerify},
 		{name: "VERIFY(16)", op: 0x8f, access: accRead, usage: u(0x8f, 0x16, lba16),
 			decode: decodeVerify, exec: execVerify},
@@ -269,7 +273,7 @@ func commandSpecs() []*cmdSpec {
 			decode: decodePrefetch, exec: execNoop},
 		{name: "SYNCHRONIZE CACHE(16)", op: 0x91, access: accWrite, usage: u(0x91, 0x02, lba16),
 			decode: decodeSyncCache, exec: execSyncCache},
-		{name: "WRITE SAME(16)", op: 0x93, access: accWrite, usage: u(0x93, 0x09, lba16),
+		{name: "WRITE SAME(16)", medium: true, op: 0x93, access: accWrite, usage: u(0x93, 0x09, lba16),
 			decode: decodeWriteSame, exec: execWriteSame},
 		{name: "READ CAPACITY(16)", op: 0x9e, sa: 0x10, hasSA: true, usage: u(0x9e, 0x10, lba16),
 			decode: decodeReadCapacity16, exec: execReadCapacity16},
@@ -279,9 +283,9 @@ func commandSpecs() []*cmdSpec {
 			decode: decodeReportOpcodes, exec: execReportOpcodes},
 		{name: "READ(12)", op: 0xa8, access: accRead, usage: u(0xa8, 0x18, lba12),
 			decode: decodeRW, exec: execRead},
-		{name: "WRITE(12)", op: 0xaa, access: accWrite, usage: u(0xaa, 0x18, lba12),
+		{name: "WRITE(12)", medium: true, op: 0xaa, access: accWrite, usage: u(0xaa, 0x18, lba12),
 			decode: decodeRW, exec: execWrite},
-		{name: "WRITE AND VERIFY(12)", op: 0xae, access: accWrite, usage: u(0xae, 0x12, lba12),
+		{name: "WRITE AND VERIFY(12)", medium: true, op: 0xae, access: accWrite, usage: u(0xae, 0x12, lba12),
 			decode: decodeWriteVerify, exec: execWriteVerify},
 		{name: "VERIFY(12)", op: 0xaf, access: accRead, usage: u(0xaf, 0x16, lba12),
 			decode: decodeVerify, exec: execVerify},
@@ -350,7 +354,14 @@ func (lu *logicalUnit) decodeInto(c *scsiCmd, cdb []byte, lunOK bool, edtl uint3
 	if c.cdb[ctl]&0x01 != 0 {
 		return invalidField(ctl, 0)
 	}
-	return spec.decode(lu, c)
+	if s := spec.decode(lu, c); s != nil {
+		return s
+	}
+	if spec.medium && lu.readOnly {
+		// Refused before any data is accepted (SBC-4 4.11).
+		return senseWriteProtected
+	}
+	return nil
 }
 
 // execute runs a decoded command. out holds the Data-Out bytes received
@@ -870,7 +881,10 @@ func execModeSense(_ context.Context, lu *logicalUnit, c *scsiCmd, _, _ []byte) 
 			put32(desc[4:], lu.blockSize&0xffffff)
 		}
 	}
-	const devSpecific = 0x10 // DPOFUA: DPO and FUA are supported; WP clear
+	devSpecific := byte(0x10) // DPOFUA: DPO and FUA are supported
+	if lu.readOnly {
+		devSpecific |= 0x80 // WP
+	}
 	var b []byte
 	if six {
 		b = make([]byte, 4, 4+len(desc)+len(pages))

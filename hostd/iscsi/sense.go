@@ -46,6 +46,7 @@ const (
 	ascLUNotSupported          = 0x2500
 	ascInvalidFieldInParamList = 0x2600
 	ascInvalidReleaseOfPR      = 0x2604
+	ascWriteProtected          = 0x2700 // WRITE PROTECTED
 	ascSpaceAllocFailed        = 0x2707 // SPACE ALLOCATION FAILED WRITE PROTECT (SBC-4)
 	ascCapacityChanged         = 0x2a09
 	ascCommandTimeout          = 0x2e02 // COMMAND TIMEOUT DURING PROCESSING (SPC-5)
@@ -135,6 +136,7 @@ var (
 	senseInvalidIU      = newSense(senseIllegalRequest, ascInvalidFieldInIU)
 	senseSavingParams   = newSense(senseIllegalRequest, ascSavingParamsUnsupported)
 	senseParamLength    = newSense(senseIllegalRequest, ascParamListLengthError)
+	senseWriteProtected = newSense(senseDataProtect, ascWriteProtected)
 )
 
 // The classes of back-end errors the target tells apart. A Backend's error

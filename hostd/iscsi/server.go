@@ -244,6 +244,10 @@ type TargetConfig struct {
 	// Others get a login reject with status 0x0202 and do not see the
 	// target in discovery.
 	AllowedInitiators []string
+	// ReadOnly write-protects the logical unit: MODE SENSE reports WP and
+	// every command that would change the medium is answered DATA
+	// PROTECT, WRITE PROTECTED. It is fixed when the target is added.
+	ReadOnly bool
 }
 
 // clone returns a deep copy, so that the caller's slices and CHAP value
@@ -320,6 +324,7 @@ func (s *Server) AddTargetWith(iqn string, lu Backend, cfg TargetConfig) error {
 		sessions: make(map[*session]struct{}),
 	}
 	t.lu.log = s.log.With("target", iqn, "serial", cfg.Serial)
+	t.lu.readOnly = cfg.ReadOnly
 	t.cfg.Store(cfg.clone())
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -328,7 +333,8 @@ func (s *Server) AddTargetWith(iqn string, lu Backend, cfg TargetConfig) error {
 	}
 	s.mu.targets[iqn] = t
 	s.log.Info("iscsi target added", "target", iqn, "serial", cfg.Serial, "bytes", lu.Size(),
-		"chap", cfg.CHAP != nil, "mutual chap", cfg.CHAP != nil && cfg.CHAP.MutualUser != "", "allowed initiators", len(cfg.AllowedInitiators))
+		"chap", cfg.CHAP != nil, "mutual chap", cfg.CHAP != nil && cfg.CHAP.MutualUser != "", "allowed initiators", len(cfg.AllowedInitiators),
+		"read_only", cfg.ReadOnly)
 	return nil
 }
 
@@ -346,6 +352,9 @@ func (s *Server) UpdateTarget(iqn string, cfg TargetConfig) error {
 	}
 	if cfg.Serial != t.lu.serial {
 		return fmt.Errorf("%w: %s: the serial of an exported target cannot change", ErrInvalidTarget, iqn)
+	}
+	if cfg.ReadOnly != t.lu.readOnly {
+		return fmt.Errorf("%w: %s: an exported target cannot change between read-only and writable", ErrInvalidTarget, iqn)
 	}
 	if err := cfg.validate(); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrInvalidTarget, iqn, err)
