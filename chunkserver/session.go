@@ -90,11 +90,17 @@ func (ss *session) errFenced() error {
 // request in flight or the request sees the fence.
 func (ss *session) begin() error {
 	ss.inflight.Add(1)
-	if ss.closing.Load() || ss.name.Epoch < ss.c.MinEpoch() {
+	if ss.closing.Load() || ss.belowFence() {
 		ss.end()
 		return ss.errFenced()
 	}
 	return nil
+}
+
+// belowFence reports a connection whose epoch is below the chunk's
+// minimum epoch; a snapshot's reader never is (snapshotsUnfenced).
+func (ss *session) belowFence() bool {
+	return ss.name.Snapshot == "" && ss.name.Epoch < ss.c.MinEpoch()
 }
 
 func (ss *session) end() {
@@ -205,7 +211,7 @@ func (ss *session) Extents(off, length int64) ([]nbd.Extent, error) {
 func (ss *session) Attached(closeConn func()) {
 	ss.cs.mu.Lock()
 	ss.closeConn = closeConn
-	if ss.name.Epoch < ss.c.MinEpoch() {
+	if ss.belowFence() {
 		ss.cs.mu.Unlock()
 		ss.fenced.Store(true)
 		ss.closing.Store(true)
@@ -270,6 +276,9 @@ func (s *Server) fence(ctx context.Context, c *store.Chunk, epoch int64) (int64,
 	live := 0 // connections this fence takes from a host that was using them
 	for ss := range cs.mu.sessions {
 		switch {
+		case ss.name.Snapshot != "":
+			// A snapshot's reader cannot change the chunk: no fence
+			// needs it gone (snapshotsUnfenced).
 		case ss.name.Epoch <= minEpoch:
 			if !ss.closing.Load() {
 				live++
@@ -356,6 +365,14 @@ func (s *Server) openSessions(c *store.Chunk) int {
 
 // lookup opens the export a host names: <chunk>;host=H;epoch=N;token=T
 // with a valid token and an epoch at or above the chunk's minimum epoch.
+//
+// snapshotsUnfenced: a snapshot's export (read-only, snap=NAME) is not
+// bound to the chunk's minimum epoch. A fence keeps an old host's writes
+// from landing after a new host took the chunk over; a snapshot's reader
+// writes nothing, and what it reads does not change when the volume moves,
+// so a read-only snapshot target keeps serving while its volume is
+// detached, attached elsewhere or rolled back. Its token still binds the
+// chunk, host, epoch and snapshot name.
 func (s *Server) lookup(name string) (nbd.Export, error) {
 	en, err := api.ParseExportName(name)
 	if err != nil {
@@ -372,7 +389,7 @@ func (s *Server) lookup(name string) (nbd.Export, error) {
 	if c.Failed() {
 		return nil, fmt.Errorf("chunk %s failed after a durability error and is not served", en.Chunk)
 	}
-	if m := c.MinEpoch(); en.Epoch < m {
+	if m := c.MinEpoch(); en.Epoch < m && en.Snapshot == "" {
 		return nil, fmt.Errorf("chunk %s is fenced at epoch %d; this host presented epoch %d", en.Chunk, m, en.Epoch)
 	}
 	if en.Snapshot != "" && !c.HasSnapshot(en.Snapshot) {

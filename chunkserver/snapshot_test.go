@@ -102,3 +102,50 @@ func TestSnapshotControlAndExport(t *testing.T) {
 		t.Error("a deleted snapshot's export opens")
 	}
 }
+
+// TestSnapshotReaderOutlivesFence: a snapshot's reader is not a writer a
+// fence must stop. Its connection keeps reading after the chunk is fenced
+// at a higher epoch, its export name still opens, and a fence that found
+// only such a reader does not pin the LOG; the old epoch's live export is
+// fenced as before.
+func TestSnapshotReaderOutlivesFence(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	live := cs.dial(t, exportName("c1", "h1", 1), nil)
+	before := bytes.Repeat([]byte("snapshot"), 512)
+	if err := live.WriteAt(ctx, before, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	req := api.SnapshotRequest{Name: "s1", Chunks: []api.ChunkPin{{Chunk: "c1", ControlRequest: cred("c1", "h1", 1)}}}
+	if _, err := cs.ctl.Snapshot(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.Close(); err != nil {
+		t.Fatal(err)
+	}
+	snapName := api.ExportName{Chunk: "c1", Host: "h3", Epoch: 1, ReadOnly: true, Snapshot: "s1",
+		Token: api.SnapshotExportToken(testSecret, "c1", "h3", 1, "s1")}.String()
+	snap := cs.dial(t, snapName, nil)
+	if _, err := cs.ctl.Fence(ctx, "c1", cred("c1", "h2", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if cs.logBits(t, "c1", 2).Pinned {
+		t.Error("a fence that found only a snapshot's reader pinned the LOG")
+	}
+	next := cs.dial(t, exportName("c1", "h2", 2), nil)
+	if err := next.WriteAt(ctx, bytes.Repeat([]byte("x"), len(before)), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(before))
+	if err := snap.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, before) {
+		t.Fatalf("the snapshot's reader after the fence: %v, same bytes %v", err, bytes.Equal(got, before))
+	}
+	again := cs.dial(t, snapName, nil)
+	if err := again.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, before) {
+		t.Fatalf("a snapshot export of the fenced epoch: %v, same bytes %v", err, bytes.Equal(got, before))
+	}
+	if _, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: cs.nbdAddr, Export: exportName("c1", "h1", 1)}); err == nil || !strings.Contains(err.Error(), "fenced") {
+		t.Errorf("the fenced epoch's live export: %v", err)
+	}
+}
