@@ -84,6 +84,8 @@ func (s *Server) routes() http.Handler {
 			r.Post("/volumes/{name}/detach", s.detachVolume)
 			r.Post("/volumes/{name}/rollback", s.rollbackVolume)
 			r.Delete("/volumes/{name}/snapshots/{snapshot}", s.deleteSnapshot)
+			r.Post("/volumes/{name}/snapshots/{snapshot}/attach", s.attachSnapshot)
+			r.Post("/volumes/{name}/snapshots/{snapshot}/detach", s.detachSnapshot)
 			r.Post("/volumes/{name}/initiators", s.updateInitiators)
 			r.Post("/volumes/{name}/read-exports", s.readExports)
 			r.Post("/tokens", s.createToken)

@@ -128,7 +128,9 @@ func (st *store) requestSnapshot(ctx context.Context, volume, name string) error
 		if err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO snapshots (volume_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING`, id, name)
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO snapshots (volume_id, name, size_bytes) SELECT $1, $2, size_bytes FROM volumes WHERE id = $1
+			ON CONFLICT DO NOTHING`, id, name)
 		if err != nil {
 			return fmt.Errorf("insert snapshot: %w", err)
 		}
@@ -146,12 +148,19 @@ func (st *store) requestSnapshotDelete(ctx context.Context, volume, name string)
 		if err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `UPDATE snapshots SET state = 'deleting' WHERE volume_id = $1 AND name = $2`, id, name)
+		var host *string
+		err = tx.QueryRow(ctx, `
+			SELECT h.name FROM snapshots s LEFT JOIN hosts h ON h.id = s.host_id
+			WHERE s.volume_id = $1 AND s.name = $2`, id, name).Scan(&host)
 		if err != nil {
-			return fmt.Errorf("delete snapshot: %w", err)
+			return notFound(err, "volume %q has no snapshot %q (chunkraid snapshot list %s)", volume, name, volume)
 		}
-		if tag.RowsAffected() == 0 {
-			return api.Errorf(api.CodeNotFound, "volume %q has no snapshot %q (chunkraid snapshot list %s)", volume, name, volume)
+		if host != nil {
+			return api.Errorf(api.CodeConflict, "snapshot %q of volume %q is attached to host %s: chunkraid snapshot detach %s %s first",
+				name, volume, *host, volume, name)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE snapshots SET state = 'deleting' WHERE volume_id = $1 AND name = $2`, id, name); err != nil {
+			return fmt.Errorf("delete snapshot: %w", err)
 		}
 		return nil
 	})
@@ -166,8 +175,8 @@ func (st *store) awaitSnapshot(ctx context.Context, volume, name string, done fu
 		err := st.read(ctx, func(tx pgx.Tx) error {
 			var sn api.Snapshot
 			err := tx.QueryRow(ctx, `
-				SELECT s.name, v.name, s.state, s.created_at, s.pause_us FROM snapshots s JOIN volumes v ON v.id = s.volume_id
-				WHERE v.name = $1 AND s.name = $2`, volume, name).Scan(&sn.Name, &sn.Volume, &sn.State, &sn.CreatedAt, &sn.PauseMicros)
+				SELECT s.name, v.name, s.state, s.created_at, s.pause_us, s.size_bytes FROM snapshots s JOIN volumes v ON v.id = s.volume_id
+				WHERE v.name = $1 AND s.name = $2`, volume, name).Scan(&sn.Name, &sn.Volume, &sn.State, &sn.CreatedAt, &sn.PauseMicros, &sn.SizeBytes)
 			if errors.Is(err, pgx.ErrNoRows) {
 				return nil
 			}
@@ -239,8 +248,9 @@ func (st *store) snapshotReport(ctx context.Context, hostID int64, rep api.Snaps
 // loadSnapshots fills in the snapshots of the volumes byID holds.
 func loadSnapshots(ctx context.Context, q querier, ids []int64, byID map[int64]*api.Volume) error {
 	rows, err := q.Query(ctx, `
-		SELECT volume_id, name, state, created_at, pause_us FROM snapshots WHERE volume_id = ANY($1)
-		ORDER BY volume_id, created_at, name`, ids)
+		SELECT s.volume_id, s.name, s.state, s.created_at, s.pause_us, s.size_bytes, coalesce(h.name, '')
+		FROM snapshots s LEFT JOIN hosts h ON h.id = s.host_id WHERE s.volume_id = ANY($1)
+		ORDER BY s.volume_id, s.created_at, s.name`, ids)
 	if err != nil {
 		return fmt.Errorf("load snapshots: %w", err)
 	}
@@ -250,12 +260,179 @@ func loadSnapshots(ctx context.Context, q querier, ids []int64, byID map[int64]*
 			vid int64
 			sn  api.Snapshot
 		)
-		if err := rows.Scan(&vid, &sn.Name, &sn.State, &sn.CreatedAt, &sn.PauseMicros); err != nil {
+		if err := rows.Scan(&vid, &sn.Name, &sn.State, &sn.CreatedAt, &sn.PauseMicros, &sn.SizeBytes, &sn.Host); err != nil {
 			return fmt.Errorf("load snapshots: %w", err)
 		}
 		v := byID[vid]
 		sn.Volume = v.Name
+		if sn.Host != "" {
+			sn.IQN = api.SnapshotIQN(v.Name, sn.Name)
+		}
 		v.Snapshots = append(v.Snapshots, sn)
 	}
 	return rows.Err()
+}
+
+func (s *Server) attachSnapshot(w http.ResponseWriter, r *http.Request) {
+	var req api.AttachSnapshotRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if req.Host == "" {
+		s.writeError(w, r, invalid("host is required: the host that serves the snapshot read-only (chunkraid host list shows them)"))
+		return
+	}
+	volume, name := chi.URLParam(r, "name"), chi.URLParam(r, "snapshot")
+	snap, err := s.st.attachSnapshot(r.Context(), volume, name, req.Host)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("snapshot attached", "volume", volume, "name", name, "host", req.Host, "iqn", snap.IQN)
+	s.writeJSON(w, http.StatusOK, snap)
+}
+
+func (s *Server) detachSnapshot(w http.ResponseWriter, r *http.Request) {
+	volume, name := chi.URLParam(r, "name"), chi.URLParam(r, "snapshot")
+	host, err := s.st.detachSnapshot(r.Context(), volume, name)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("snapshot detached", "volume", volume, "name", name, "host", host)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// lockSnapshot locks volume's row and returns its id and its snapshot
+// name's state and host ("" when not attached).
+func lockSnapshot(ctx context.Context, tx pgx.Tx, volume, name string) (id int64, state, host string, err error) {
+	if err := tx.QueryRow(ctx, `SELECT id FROM volumes WHERE name = $1 FOR UPDATE`, volume).Scan(&id); err != nil {
+		return 0, "", "", notFound(err, "volume %q does not exist", volume)
+	}
+	err = tx.QueryRow(ctx, `
+		SELECT s.state, coalesce(h.name, '') FROM snapshots s LEFT JOIN hosts h ON h.id = s.host_id
+		WHERE s.volume_id = $1 AND s.name = $2`, id, name).Scan(&state, &host)
+	if err != nil {
+		return 0, "", "", notFound(err, "volume %q has no snapshot %q (chunkraid snapshot list %s)", volume, name, volume)
+	}
+	return id, state, host, nil
+}
+
+// attachSnapshot has host serve snapshot name of volume read-only. The
+// volume itself may be attached anywhere or not at all: the host reads the
+// snapshot from the member chunks. Attaching it again moves it.
+func (st *store) attachSnapshot(ctx context.Context, volume, name, host string) (*api.Snapshot, error) {
+	err := st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		id, state, prev, err := lockSnapshot(ctx, tx, volume, name)
+		if err != nil {
+			return err
+		}
+		if state != api.SnapshotReady {
+			return api.Errorf(api.CodeConflict, "snapshot %q of volume %q is %s: only a ready snapshot can be attached", name, volume, state)
+		}
+		hid, err := hostID(ctx, tx, host)
+		if err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT name FROM snapshots WHERE volume_id = $1 AND host_id IS NOT NULL AND name <> $2`, id, name)
+		if err != nil {
+			return fmt.Errorf("attached snapshots: %w", err)
+		}
+		others, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("attached snapshots: %w", err)
+		}
+		iqn := api.SnapshotIQN(volume, name)
+		for _, o := range others {
+			if api.SnapshotIQN(volume, o) == iqn {
+				return api.Errorf(api.CodeConflict, "snapshot %q of volume %q is attached as %s, the iSCSI name snapshot %q would have: detach it first",
+					o, volume, iqn, name)
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE snapshots SET host_id = $3 WHERE volume_id = $1 AND name = $2`, id, name, hid); err != nil {
+			return fmt.Errorf("attach snapshot: %w", err)
+		}
+		msg := fmt.Sprintf("snapshot %s served read-only by host %s as %s", name, host, iqn)
+		if prev != "" && prev != host {
+			msg += " (moved from host " + prev + ")"
+		}
+		return addEvents(ctx, tx, snapshotEvent(api.EventSnapshotAttached, volume, msg))
+	})
+	if err != nil {
+		return nil, err
+	}
+	v, err := st.getVolume(ctx, volume)
+	if err != nil {
+		return nil, err
+	}
+	for _, sn := range v.Snapshots {
+		if sn.Name == name {
+			return &sn, nil
+		}
+	}
+	return nil, api.Errorf(api.CodeNotFound, "volume %q has no snapshot %q (chunkraid snapshot list %s)", volume, name, volume)
+}
+
+// detachSnapshot stops serving snapshot name of volume; it returns the
+// host that served it.
+func (st *store) detachSnapshot(ctx context.Context, volume, name string) (string, error) {
+	var host string
+	err := st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		id, _, h, err := lockSnapshot(ctx, tx, volume, name)
+		if err != nil {
+			return err
+		}
+		if h == "" {
+			return api.Errorf(api.CodeConflict, "snapshot %q of volume %q is not attached", name, volume)
+		}
+		host = h
+		if _, err := tx.Exec(ctx, `UPDATE snapshots SET host_id = NULL WHERE volume_id = $1 AND name = $2`, id, name); err != nil {
+			return fmt.Errorf("detach snapshot: %w", err)
+		}
+		return addEvents(ctx, tx, snapshotEvent(api.EventSnapshotDetached, volume, fmt.Sprintf("snapshot %s no longer served by host %s", name, h)))
+	})
+	return host, err
+}
+
+// snapshotTargets returns the snapshots host id (named hostName) serves,
+// each with the sets that hold its bytes and read-only export names of
+// the snapshot for that host.
+func (st *store) snapshotTargets(ctx context.Context, tx pgx.Tx, id int64, hostName string) ([]api.SnapshotTarget, error) {
+	rows, err := tx.Query(ctx, `
+		SELECT v.name, s.name, s.size_bytes FROM snapshots s JOIN volumes v ON v.id = s.volume_id
+		WHERE s.host_id = $1 ORDER BY v.name, s.name`, id)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot targets: %w", err)
+	}
+	type attached struct {
+		volume, snap string
+		size         int64
+	}
+	list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (attached, error) {
+		var a attached
+		return a, row.Scan(&a.volume, &a.snap, &a.size)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot targets: %w", err)
+	}
+	out := []api.SnapshotTarget{}
+	for _, a := range list {
+		v, err := st.loadVolume(ctx, tx, volumeFilter{name: a.volume, secrets: true, readOnly: true, snapshot: a.snap, exportHost: hostName})
+		if err != nil {
+			return nil, err
+		}
+		t := api.SnapshotTarget{Volume: a.volume, Snapshot: a.snap, IQN: api.SnapshotIQN(a.volume, a.snap),
+			SizeBytes: a.size, Layout: v.Layout, Auth: v.Auth, Sets: []api.Set{}}
+		var start int64
+		for _, set := range v.Sets {
+			if start >= a.size {
+				break
+			}
+			t.Sets = append(t.Sets, set)
+			start += set.SizeBytes
+		}
+		out = append(out, t)
+	}
+	return out, nil
 }

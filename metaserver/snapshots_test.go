@@ -1,6 +1,8 @@
 package metaserver
 
 import (
+	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +14,38 @@ import (
 // take it and records it ready with its pause; a failed take drops it
 // with an event saying why; names clash, bad names, detached volumes and
 // reports from another host are refused.
+// playHost plays the host of v: it reports op on snapshot name once it
+// sees the snapshot in state.
+func playHost(f *authFixture, v *api.Volume, name, state, op, failure string) chan error {
+	ts, ctx := f.ts, context.Background()
+	hid := f.h1
+	if v.Host == "h2" {
+		hid = f.h2
+	}
+	done := make(chan error, 1)
+	go func() {
+		for range 500 {
+			hv, err := ts.Client.HostVolumes(ctx, hid, 0, 0)
+			if err != nil {
+				done <- err
+				return
+			}
+			for _, hvv := range hv.Volumes {
+				for _, sn := range hvv.Snapshots {
+					if hvv.Name == v.Name && sn.Name == name && sn.State == state {
+						done <- ts.Client.ReportSnapshot(ctx, hid, api.SnapshotReport{Volume: v.Name, Epoch: v.Epoch, Name: name, Op: op,
+							Error: failure, PauseMicros: 2500})
+						return
+					}
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		done <- nil
+	}()
+	return done
+}
+
 func TestVolumeSnapshots(t *testing.T) {
 	t.Parallel()
 	f := newAuthFixture(t)
@@ -20,30 +54,8 @@ func TestVolumeSnapshots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// host plays v1's host: it reports op on name once it sees state.
 	host := func(name, state, op, failure string) chan error {
-		done := make(chan error, 1)
-		go func() {
-			for range 500 {
-				hv, err := ts.Client.HostVolumes(ctx, f.h1, 0, 0)
-				if err != nil {
-					done <- err
-					return
-				}
-				for _, v := range hv.Volumes {
-					for _, sn := range v.Snapshots {
-						if v.Name == "v1" && sn.Name == name && sn.State == state {
-							done <- ts.Client.ReportSnapshot(ctx, f.h1, api.SnapshotReport{Volume: "v1", Epoch: v1.Epoch, Name: name, Op: op,
-								Error: failure, PauseMicros: 2500})
-							return
-						}
-					}
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			done <- nil
-		}()
-		return done
+		return playHost(f, v1, name, state, op, failure)
 	}
 	h := host("before-upgrade", api.SnapshotPending, api.SnapshotOpCreate, "")
 	sn, err := ts.Client.CreateSnapshot(ctx, "v1", "before-upgrade")
@@ -106,5 +118,105 @@ func TestVolumeSnapshots(t *testing.T) {
 	}
 	if n := len(eventsOf(ts.events(t, ""), api.EventSnapshotDeleted)); n != 1 {
 		t.Errorf("%d snapshot_deleted events", n)
+	}
+}
+
+// TestSnapshotAttach: a ready snapshot is served read-only by the host it
+// is attached to, under an IQN of its own, with read-only export names of
+// the snapshot for that host; other hosts redirect to it; a snapshot
+// attached cannot be deleted; names whose IQNs clash, unknown hosts and
+// snapshots are refused; detach ends it.
+func TestSnapshotAttach(t *testing.T) {
+	t.Parallel()
+	f := newAuthFixture(t)
+	ts, ctx := f.ts, t.Context()
+	v1, err := ts.Client.GetVolume(ctx, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	take := func(name string) {
+		t.Helper()
+		h := playHost(f, v1, name, api.SnapshotPending, api.SnapshotOpCreate, "")
+		if _, err := ts.Client.CreateSnapshot(ctx, "v1", name); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-h; err != nil {
+			t.Fatal(err)
+		}
+	}
+	take("Before_Up")
+	take("before-up")
+
+	sn, err := ts.Client.AttachSnapshot(ctx, "v1", "Before_Up", "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIQN := api.IQNPrefix + "v1:snap:before-up"
+	if sn.Host != "h2" || sn.IQN != wantIQN || sn.SizeBytes != 4096 {
+		t.Errorf("attached: %+v", sn)
+	}
+	hv, err := ts.Client.HostVolumes(ctx, f.h2, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hv.SnapshotTargets) != 1 {
+		t.Fatalf("h2 serves %d snapshots", len(hv.SnapshotTargets))
+	}
+	tg := hv.SnapshotTargets[0]
+	if tg.IQN != wantIQN || tg.Volume != "v1" || tg.Snapshot != "Before_Up" || tg.SizeBytes != 4096 || len(tg.Sets) != 1 || len(tg.Sets[0].Members) != 2 {
+		t.Fatalf("target %+v", tg)
+	}
+	for _, m := range tg.Sets[0].Members {
+		en, err := api.ParseExportName(m.Export)
+		if err != nil || !en.ReadOnly || en.Snapshot != "Before_Up" || en.Host != "h2" || en.Chunk != m.ChunkID {
+			t.Errorf("member export %q: %+v, %v", m.Export, en, err)
+		}
+	}
+	hv1, err := ts.Client.HostVolumes(ctx, f.h1, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hv1.SnapshotTargets) != 0 || !slices.ContainsFunc(hv1.Elsewhere, func(e api.ServedElsewhere) bool {
+		return e.IQN == wantIQN && e.Host == "h2" && e.Snapshot == "Before_Up"
+	}) {
+		t.Errorf("h1: targets %+v, elsewhere %+v", hv1.SnapshotTargets, hv1.Elsewhere)
+	}
+	if err := ts.Client.DeleteSnapshot(ctx, "v1", "Before_Up"); api.ErrorCode(err) != api.CodeConflict ||
+		!strings.Contains(err.Error(), "chunkraid snapshot detach v1 Before_Up") {
+		t.Errorf("deleting an attached snapshot: %v", err)
+	}
+	if _, err := ts.Client.AttachSnapshot(ctx, "v1", "before-up", "h1"); api.ErrorCode(err) != api.CodeConflict || !strings.Contains(err.Error(), wantIQN) {
+		t.Errorf("a snapshot whose IQN clashes: %v", err)
+	}
+	for what, c := range map[string]struct {
+		vol, snap, host string
+		code            string
+	}{
+		"unknown host":     {"v1", "Before_Up", "nosuch", api.CodeNotFound},
+		"no host":          {"v1", "Before_Up", "", api.CodeInvalidArgument},
+		"unknown snapshot": {"v1", "nosuch", "h1", api.CodeNotFound},
+		"unknown volume":   {"nosuch", "Before_Up", "h1", api.CodeNotFound},
+	} {
+		if _, err := ts.Client.AttachSnapshot(ctx, c.vol, c.snap, c.host); api.ErrorCode(err) != c.code {
+			t.Errorf("%s: %v, want %s", what, err, c.code)
+		}
+	}
+	if err := ts.Client.DetachSnapshot(ctx, "v1", "Before_Up"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ts.Client.DetachSnapshot(ctx, "v1", "Before_Up"); api.ErrorCode(err) != api.CodeConflict {
+		t.Errorf("detaching it again: %v", err)
+	}
+	if hv, err = ts.Client.HostVolumes(ctx, f.h2, 0, 0); err != nil || len(hv.SnapshotTargets) != 0 {
+		t.Errorf("h2 after the detach: %+v, %v", hv, err)
+	}
+	if sn, err := ts.Client.AttachSnapshot(ctx, "v1", "before-up", "h1"); err != nil || sn.IQN != wantIQN {
+		t.Errorf("the other snapshot once the first is detached: %+v, %v", sn, err)
+	}
+	if n := len(eventsOf(ts.events(t, ""), api.EventSnapshotAttached)); n != 2 {
+		t.Errorf("%d snapshot_attached events", n)
+	}
+	if n := len(eventsOf(ts.events(t, ""), api.EventSnapshotDetached)); n != 1 {
+		t.Errorf("%d snapshot_detached events", n)
 	}
 }

@@ -620,7 +620,8 @@ func (st *store) hostVolumes(ctx context.Context, id int64) (*api.HostVolumes, e
 		if out.Generation, _, err = st.generation(ctx, tx); err != nil {
 			return err
 		}
-		if err := exists(ctx, tx, `SELECT EXISTS (SELECT 1 FROM hosts WHERE id = $1)`, id); err != nil {
+		var hostName string
+		if err := tx.QueryRow(ctx, `SELECT name FROM hosts WHERE id = $1`, id).Scan(&hostName); err != nil {
 			return notFound(err, "host %d is not registered: register again", id)
 		}
 		if out.Volumes, err = st.loadVolumes(ctx, tx, volumeFilter{hostID: id, secrets: true}); err != nil {
@@ -645,8 +646,28 @@ func (st *store) hostVolumes(ctx context.Context, id int64) (*api.HostVolumes, e
 		if err != nil {
 			return fmt.Errorf("volumes served elsewhere: %w", err)
 		}
-		out.Elsewhere = orEmpty(out.Elsewhere)
-		return nil
+		rows, err = tx.Query(ctx, `
+			SELECT v.name, s.name, h.name, h.iscsi_addr, v.allowed_initiators
+			FROM snapshots s JOIN volumes v ON v.id = s.volume_id JOIN hosts h ON h.id = s.host_id
+			WHERE s.host_id <> $1 ORDER BY v.name, s.name`, id)
+		if err != nil {
+			return fmt.Errorf("snapshots served elsewhere: %w", err)
+		}
+		snaps, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.ServedElsewhere, error) {
+			var e api.ServedElsewhere
+			err := row.Scan(&e.Volume, &e.Snapshot, &e.Host, &e.Portal, &e.AllowedInitiators)
+			e.IQN = api.SnapshotIQN(e.Volume, e.Snapshot)
+			if e.AllowedInitiators == nil {
+				e.AllowedInitiators = []string{}
+			}
+			return e, err
+		})
+		if err != nil {
+			return fmt.Errorf("snapshots served elsewhere: %w", err)
+		}
+		out.Elsewhere = append(orEmpty(out.Elsewhere), snaps...)
+		out.SnapshotTargets, err = st.snapshotTargets(ctx, tx, id, hostName)
+		return err
 	})
 	if err != nil {
 		return nil, err

@@ -26,6 +26,9 @@ type volumeFilter struct {
 	// snapshot of them when it is set.
 	readOnly bool
 	snapshot string
+	// exportHost names the reader in read-only export names (default
+	// readOnlyExportHost).
+	exportHost string
 }
 
 // loadVolumes returns the volumes that match f, ordered by name, complete
@@ -143,21 +146,25 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		if replaces != nil {
 			m.Replaces = *replaces
 		}
+		reader := f.exportHost
+		if reader == "" {
+			reader = readOnlyExportHost
+		}
 		switch {
+		case f.readOnly && f.snapshot != "":
+			m.Export = api.ExportName{
+				Chunk: m.ChunkID, Host: reader, Epoch: v.Epoch, ReadOnly: true, Snapshot: f.snapshot,
+				Token: api.SnapshotExportToken(st.secret, m.ChunkID, reader, v.Epoch, f.snapshot),
+			}.String()
+		case f.readOnly:
+			m.Export = api.ExportName{
+				Chunk: m.ChunkID, Host: reader, Epoch: v.Epoch, ReadOnly: true,
+				Token: api.ReadOnlyExportToken(st.secret, m.ChunkID, reader, v.Epoch),
+			}.String()
 		case f.secrets && v.Host != "":
 			m.Export = api.ExportName{
 				Chunk: m.ChunkID, Host: v.Host, Epoch: v.Epoch,
 				Token: api.ExportToken(st.secret, m.ChunkID, v.Host, v.Epoch),
-			}.String()
-		case f.readOnly && f.snapshot != "":
-			m.Export = api.ExportName{
-				Chunk: m.ChunkID, Host: readOnlyExportHost, Epoch: v.Epoch, ReadOnly: true, Snapshot: f.snapshot,
-				Token: api.SnapshotExportToken(st.secret, m.ChunkID, readOnlyExportHost, v.Epoch, f.snapshot),
-			}.String()
-		case f.readOnly:
-			m.Export = api.ExportName{
-				Chunk: m.ChunkID, Host: readOnlyExportHost, Epoch: v.Epoch, ReadOnly: true,
-				Token: api.ReadOnlyExportToken(st.secret, m.ChunkID, readOnlyExportHost, v.Epoch),
 			}.String()
 		}
 		s := &v.Sets[len(v.Sets)-1]

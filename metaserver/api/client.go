@@ -434,6 +434,18 @@ func (c *Client) DeleteSnapshot(ctx context.Context, volume, name string) error 
 		SnapshotTimeout+RequestTimeout)
 }
 
+// AttachSnapshot has host serve snapshot name of volume read-only over
+// iSCSI.
+func (c *Client) AttachSnapshot(ctx context.Context, volume, name, host string) (*Snapshot, error) {
+	return call[Snapshot](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(volume)+"/snapshots/"+url.PathEscape(name)+"/attach", nil,
+		AttachSnapshotRequest{Host: host}, RequestTimeout)
+}
+
+// DetachSnapshot stops serving snapshot name of volume.
+func (c *Client) DetachSnapshot(ctx context.Context, volume, name string) error {
+	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(volume)+"/snapshots/"+url.PathEscape(name)+"/detach", nil, nil, nil, RequestTimeout)
+}
+
 // DetachVolume detaches a volume from its host.
 func (c *Client) DetachVolume(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/detach", nil, nil, nil, RequestTimeout)

@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"strings"
+	"time"
+)
 
 // Snapshot states.
 const (
@@ -23,6 +26,43 @@ type Snapshot struct {
 	// PauseMicros is how long the host held the volume's commands to take
 	// it (once ready).
 	PauseMicros int64 `json:"pause_us,omitempty"`
+	// SizeBytes is the volume's size when the snapshot was asked for: what
+	// the snapshot holds, also after the volume grew.
+	SizeBytes int64 `json:"size_bytes"`
+	// Host serves the snapshot read-only over iSCSI as target IQN, when it
+	// is attached (chunkraid snapshot attach).
+	Host string `json:"host,omitempty"`
+	IQN  string `json:"iqn,omitempty"`
+}
+
+// AttachSnapshotRequest is POSTed to
+// /api/v1/volumes/{name}/snapshots/{snapshot}/attach: Host serves the
+// snapshot read-only over iSCSI.
+type AttachSnapshotRequest struct {
+	Host string `json:"host"`
+}
+
+// SnapshotTarget is a snapshot a host serves read-only over iSCSI
+// (HostVolumes): target IQN of SizeBytes, with the volume's access control,
+// reading the snapshot from the members of Sets, whose export names read
+// the snapshot (snap=NAME, read-only). Any member of a set that holds the
+// snapshot serves its reads.
+type SnapshotTarget struct {
+	Volume    string     `json:"volume"`
+	Snapshot  string     `json:"snapshot"`
+	IQN       string     `json:"iqn"`
+	SizeBytes int64      `json:"size_bytes"`
+	Layout    string     `json:"layout"`
+	Auth      VolumeAuth `json:"auth"`
+	Sets      []Set      `json:"sets"`
+}
+
+// SnapshotIQN is the iSCSI name of snapshot snap of volume when a host
+// serves it: the volume's IQN, then ":snap:" and the snapshot's name in
+// lower case with '_' as '-' (RFC 3722 allows no capitals or '_'). Two
+// snapshots whose names differ only so cannot be attached at once.
+func SnapshotIQN(volume, snap string) string {
+	return IQNPrefix + volume + ":snap:" + strings.ReplaceAll(strings.ToLower(snap), "_", "-")
 }
 
 // CreateSnapshotRequest is POSTed to /api/v1/volumes/{name}/snapshots.
@@ -60,4 +100,6 @@ const (
 	EventSnapshotCreated  = "snapshot_created"
 	EventSnapshotDeleted  = "snapshot_deleted"
 	EventSnapshotFailed   = "snapshot_failed"
+	EventSnapshotAttached = "snapshot_attached"
+	EventSnapshotDetached = "snapshot_detached"
 )

@@ -424,13 +424,17 @@ type HostVolumes struct {
 	// login for one of them to its portal and lists them in SendTargets,
 	// so an initiator configured with any portal finds every volume.
 	Elsewhere []ServedElsewhere `json:"elsewhere"`
+	// SnapshotTargets are the snapshots the host serves read-only.
+	SnapshotTargets []SnapshotTarget `json:"snapshot_targets"`
 }
 
-// ServedElsewhere is a volume served by another host (HostVolumes).
+// ServedElsewhere is a volume, or a snapshot of one, served by another
+// host (HostVolumes).
 type ServedElsewhere struct {
-	Volume string `json:"volume"`
-	IQN    string `json:"iqn"`
-	Host   string `json:"host"`
+	Volume   string `json:"volume"`
+	Snapshot string `json:"snapshot,omitempty"`
+	IQN      string `json:"iqn"`
+	Host     string `json:"host"`
 	// Portal is the serving host's iSCSI address, host:port.
 	Portal            string   `json:"portal"`
 	AllowedInitiators []string `json:"allowed_initiators"`
