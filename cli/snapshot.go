@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -18,9 +19,11 @@ func newSnapshotCmd(o *rootOptions) *cobra.Command {
 the volume's commands, flushes every set, has every member chunk record the
 snapshot, and lets the commands go on. The chunks keep what the volume changes
 after it (copy-on-write in 64 KiB blocks). Snapshots are of attached mirror
-volumes.`,
+volumes. A snapshot attached to a host is served there read-only over iSCSI,
+for copying it out (qemu-img convert).`,
 	}
-	cmd.AddCommand(newSnapshotCreateCmd(o), newSnapshotListCmd(o), newSnapshotDeleteCmd(o))
+	cmd.AddCommand(newSnapshotCreateCmd(o), newSnapshotListCmd(o), newSnapshotDeleteCmd(o),
+		newSnapshotAttachCmd(o), newSnapshotDetachCmd(o))
 	return cmd
 }
 
@@ -62,13 +65,17 @@ func printSnapshots(w *tabwriter.Writer, snaps []api.Snapshot) {
 		fmt.Fprintln(w, "No snapshots.")
 		return
 	}
-	fmt.Fprintln(w, "NAME\tSTATE\tTAKEN\tPAUSE")
+	fmt.Fprintln(w, "NAME\tSTATE\tSIZE\tTAKEN\tPAUSE\tSERVED BY\tIQN")
 	for _, sn := range snaps {
 		pause := "-"
 		if sn.State == api.SnapshotReady {
 			pause = (time.Duration(sn.PauseMicros) * time.Microsecond).String()
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", sn.Name, sn.State, ago(sn.CreatedAt), pause)
+		host, iqn := "-", "-"
+		if sn.Host != "" {
+			host, iqn = sn.Host, sn.IQN
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", sn.Name, sn.State, formatSize(sn.SizeBytes), ago(sn.CreatedAt), pause, host, iqn)
 	}
 }
 
@@ -82,6 +89,59 @@ func newSnapshotDeleteCmd(o *rootOptions) *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(o.out, "Snapshot %s of volume %s deleted.\n", args[1], args[0])
+			return nil
+		},
+	}
+}
+
+func newSnapshotAttachCmd(o *rootOptions) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "attach VOLUME NAME --host HOST",
+		Short: "Serve a snapshot read-only over iSCSI from a host, to copy it out",
+		Long: `Serve a snapshot read-only over iSCSI from HOST, under an iSCSI name of its
+own (the volume's, then :snap: and the snapshot's name), with the volume's CHAP
+and initiator allowlist. Writes are refused (DATA PROTECT). The volume itself
+may be attached to any host or to none. Copy the snapshot out with, for example,
+  qemu-img convert -p -f raw -O qcow2 iscsi://PORTAL/IQN/0 backup.qcow2
+An attached snapshot cannot be deleted: detach it first.`,
+		Args: exactArgs(2, "VOLUME NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if host == "" {
+				return errors.New("--host is required: the host that serves the snapshot (chunkraid host list shows them)")
+			}
+			sn, err := o.client().AttachSnapshot(cmd.Context(), args[0], args[1], host)
+			if err != nil {
+				return err
+			}
+			portal := "PORTAL"
+			if hosts, err := o.client().ListHosts(cmd.Context()); err == nil {
+				for _, h := range hosts {
+					if h.Name == sn.Host {
+						portal = h.ISCSIAddr
+					}
+				}
+			}
+			return o.print(sn, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Snapshot %s of volume %s is served read-only by host %s as\n  %s\n", sn.Name, sn.Volume, sn.Host, sn.IQN)
+				fmt.Fprintf(w, "Copy it out with:\n  qemu-img convert -p -f raw -O raw iscsi://%s/%s/0 %s-%s.img\n", portal, sn.IQN, sn.Volume, sn.Name)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "host name (see chunkraid host list)")
+	return cmd
+}
+
+func newSnapshotDetachCmd(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "detach VOLUME NAME",
+		Short: "Stop serving a snapshot over iSCSI",
+		Args:  exactArgs(2, "VOLUME NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.client().DetachSnapshot(cmd.Context(), args[0], args[1]); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "Snapshot %s of volume %s is no longer served.\n", args[1], args[0])
 			return nil
 		},
 	}

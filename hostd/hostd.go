@@ -221,6 +221,8 @@ type Server struct {
 	mu struct {
 		sync.Mutex
 		attached map[string]*attachment // by volume name; guarded by mu
+		// snapTargets are the snapshots served read-only, by IQN.
+		snapTargets map[string]*snapTarget
 	}
 
 	registry               *prometheus.Registry
@@ -248,6 +250,7 @@ func New(cfg Config) (*Server, error) {
 		s.cfg.Control = func(addr string) chunkControl { return control.NewClient(addr, s.controlHC.Load()) }
 	}
 	s.mu.attached = make(map[string]*attachment)
+	s.mu.snapTargets = make(map[string]*snapTarget)
 	s.registry = cfg.Metrics
 	if s.registry == nil {
 		s.registry = prometheus.NewRegistry()
@@ -295,6 +298,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.reconcileLoop(gctx) })
 	err = g.Wait()
 	s.detachAll()
+	s.stopSnapshots()
 	if ctx.Err() != nil {
 		s.log.Info("hostd stopped")
 		return nil
@@ -397,19 +401,22 @@ func (s *Server) heartbeatLoop(ctx context.Context) error {
 	return nil
 }
 
-// reconcileLoop long-polls the volumes assigned to this host and attaches
-// or detaches until the served set matches.
+// reconcileLoop long-polls the volumes and snapshots assigned to this host
+// and attaches or detaches until the served set matches.
 func (s *Server) reconcileLoop(ctx context.Context) error {
 	api.Follow(ctx, s.log, "assigned volumes",
-		func(ctx context.Context, after int64) ([]api.Volume, int64, error) {
+		func(ctx context.Context, after int64) (*api.HostVolumes, int64, error) {
 			hv, err := s.meta.HostVolumes(ctx, s.id, after, 30*time.Second)
 			if err != nil {
 				return nil, 0, err
 			}
 			s.setRedirects(hv.Elsewhere)
-			return hv.Volumes, hv.Generation, nil
+			return hv, hv.Generation, nil
 		},
-		func(vols []api.Volume) bool { return s.apply(ctx, vols) })
+		func(hv *api.HostVolumes) bool {
+			ok := s.apply(ctx, hv.Volumes)
+			return s.applySnapshotTargets(hv.SnapshotTargets) && ok
+		})
 	return nil
 }
 
