@@ -19,7 +19,9 @@ import (
 // (chunkraid snapshot attach) is served read-only over iSCSI, so that an
 // initiator can copy it out (qemu-img convert). Every member chunk of a
 // mirror set holds the snapshot's bytes of the set, so a read goes to one
-// member, and to the next when it fails. Nothing is written, so there is
+// member, and to the next when it fails; an erasure-coded set's reads go
+// to the data unit's member, and are rebuilt from k others when it fails
+// (raid.ECReader). Nothing is written, so there is
 // no write-intent bitmap, no resync and no quiesce: a snapshot target is
 // independent of the volume's own attachment, which may be on another host
 // or none (a snapshot's export is not fenced when the volume moves; see
@@ -46,16 +48,43 @@ func (l *snapLun) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return scsiClass(l.Volume.ReadAt(ctx, p, off))
 }
 
-// snapSet reads one set's part of a snapshot from whichever member holds
-// it. It implements raid.Device for linear.Volume; writes are refused.
+// snapSet reads one set's part of a snapshot: a mirror's from whichever
+// member holds it, an EC set's through ec. It implements raid.Device for
+// linear.Volume; writes are refused.
 type snapSet struct {
 	s    *Server
 	log  *slog.Logger
 	size int64
+	ec   *raid.ECReader // nil for a mirror
 	mu   struct {
 		sync.Mutex
-		members []*snapMember
+		members []*snapMember // in member order
 	}
+}
+
+// snapMemberDev is member i of a snapshot's EC set as the raid.ECReader
+// sees it: whichever member the assignment has there now.
+type snapMemberDev struct {
+	ss   *snapSet
+	i    int
+	size int64
+}
+
+func (d snapMemberDev) Size() int64 { return d.size }
+func (d snapMemberDev) WriteAt(context.Context, []byte, int64, bool) error {
+	return errSnapshotReadOnly
+}
+func (d snapMemberDev) Trim(context.Context, int64, int64) error { return errSnapshotReadOnly }
+func (d snapMemberDev) Flush(context.Context) error              { return nil }
+
+func (d snapMemberDev) ReadAt(ctx context.Context, p []byte, off int64) error {
+	d.ss.mu.Lock()
+	members := d.ss.mu.members
+	d.ss.mu.Unlock()
+	if d.i >= len(members) {
+		return fmt.Errorf("no member %d", d.i)
+	}
+	return members[d.i].read(ctx, d.ss.s, p, off)
 }
 
 // snapMember is one member chunk's snapshot export and its connection (nil
@@ -73,14 +102,26 @@ func (ss *snapSet) WriteAt(context.Context, []byte, int64, bool) error { return 
 func (ss *snapSet) Trim(context.Context, int64, int64) error           { return errSnapshotReadOnly }
 func (ss *snapSet) Flush(context.Context) error                        { return nil }
 
-// ReadAt reads from the members in turn until one answers; it fails with
-// raid.ErrNoMembers and every member's error when none does.
+// ReadAt reads an EC set through its reader, and a mirror's from the
+// members in turn, in-sync ones first (a member rebuilt since the snapshot
+// does not hold it), until one answers; it fails with raid.ErrNoMembers
+// and every member's error when none does.
 func (ss *snapSet) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if off < 0 || off+int64(len(p)) > ss.size {
 		return raid.ErrOutOfRange
 	}
+	if ss.ec != nil {
+		return ss.ec.ReadAt(ctx, p, off)
+	}
 	ss.mu.Lock()
-	members := ss.mu.members
+	members := make([]*snapMember, 0, len(ss.mu.members))
+	for _, inSync := range []bool{true, false} {
+		for _, m := range ss.mu.members {
+			if (m.api.State == api.MemberInSync || m.api.State == "") == inSync {
+				members = append(members, m)
+			}
+		}
+	}
 	ss.mu.Unlock()
 	var errs []error
 	for _, m := range members {
@@ -136,8 +177,9 @@ func (m *snapMember) close() {
 	}
 }
 
-// setMembers gives ss the members of set; a member whose chunk, address
-// or export name changed gets a new connection at its next read.
+// setMembers gives ss the members of set (of an EC set, those that hold
+// a shard: not a drain's successors); a member whose chunk, address or
+// export name changed gets a new connection at its next read.
 func (ss *snapSet) setMembers(set api.Set) {
 	ss.mu.Lock()
 	old := ss.mu.members
@@ -147,6 +189,9 @@ func (ss *snapSet) setMembers(set api.Set) {
 	}
 	members := make([]*snapMember, 0, len(set.Members))
 	for _, am := range set.Members {
+		if ss.ec != nil && am.Replaces != "" {
+			continue
+		}
 		if m, ok := byChunk[am.ChunkID]; ok && m.api.Addr == am.Addr && m.api.Export == am.Export {
 			members = append(members, m)
 			delete(byChunk, am.ChunkID)
@@ -154,17 +199,7 @@ func (ss *snapSet) setMembers(set api.Set) {
 		}
 		members = append(members, &snapMember{api: am})
 	}
-	// Members that are in sync first: a member rebuilt since the snapshot
-	// does not hold it.
-	ordered := make([]*snapMember, 0, len(members))
-	for _, inSync := range []bool{true, false} {
-		for _, m := range members {
-			if (m.api.State == api.MemberInSync || m.api.State == "") == inSync {
-				ordered = append(ordered, m)
-			}
-		}
-	}
-	ss.mu.members = ordered
+	ss.mu.members = members
 	ss.mu.Unlock()
 	for _, m := range byChunk {
 		m.close()
@@ -190,17 +225,10 @@ func snapTargetConfig(t api.SnapshotTarget) iscsi.TargetConfig {
 }
 
 // sameSnapLayout reports whether b is a with the same volume, snapshot,
-// size and sets (member export names and states may differ).
+// size and layout (member export names and states may differ).
 func sameSnapLayout(a, b api.SnapshotTarget) bool {
-	if a.Volume != b.Volume || a.Snapshot != b.Snapshot || a.SizeBytes != b.SizeBytes || len(a.Sets) != len(b.Sets) {
-		return false
-	}
-	for i := range a.Sets {
-		if a.Sets[i].SizeBytes != b.Sets[i].SizeBytes {
-			return false
-		}
-	}
-	return true
+	return a.Volume == b.Volume && a.Snapshot == b.Snapshot && a.SizeBytes == b.SizeBytes && a.Layout == b.Layout &&
+		a.StripeUnit == b.StripeUnit && a.ChunkBytes == b.ChunkBytes && len(a.Sets) == len(b.Sets)
 }
 
 // serveSnapshot adds snapshot target t.
@@ -209,14 +237,27 @@ func (s *Server) serveSnapshot(t api.SnapshotTarget) (*snapTarget, error) {
 	if err != nil {
 		return nil, err
 	}
-	if layout.Kind != api.LayoutMirror {
-		return nil, fmt.Errorf("snapshots of %s volumes cannot be served: only mirrors", t.Layout)
+	if t.ChunkBytes <= 0 {
+		return nil, fmt.Errorf("the assignment gives no chunk size (%d)", t.ChunkBytes)
 	}
 	st := &snapTarget{t: t}
 	devs := make([]raid.Device, 0, len(t.Sets))
 	for _, set := range t.Sets {
-		ss := &snapSet{s: s, size: set.SizeBytes, log: s.log.With("snapshot", t.Snapshot, "volume", t.Volume, "set", set.Index)}
+		ss := &snapSet{s: s, size: t.ChunkBytes, log: s.log.With("snapshot", t.Snapshot, "volume", t.Volume, "set", set.Index)}
+		if layout.Kind == api.LayoutEC {
+			mdevs := make([]raid.Device, layout.Width())
+			for i := range mdevs {
+				mdevs[i] = snapMemberDev{ss: ss, i: i, size: t.ChunkBytes}
+			}
+			if ss.ec, err = raid.NewECReader(mdevs, layout.K, layout.M, t.StripeUnit); err != nil {
+				return nil, err
+			}
+			ss.size = ss.ec.Size()
+		}
 		ss.setMembers(set)
+		if ss.ec != nil && len(ss.mu.members) != layout.Width() {
+			return nil, fmt.Errorf("set %d has %d members holding shards, %s needs %d", set.Index, len(ss.mu.members), t.Layout, layout.Width())
+		}
 		st.sets = append(st.sets, ss)
 		devs = append(devs, ss)
 	}

@@ -26,7 +26,7 @@ func TestSnapshotTargetFailover(t *testing.T) {
 	for _, id := range []string{"c0", "c1"} {
 		set.Members = append(set.Members, api.Member{ChunkID: id, Chunkserver: "cs" + id, Addr: "nbd-" + id, Export: id + ";snap", State: api.MemberInSync})
 	}
-	tg := api.SnapshotTarget{Volume: "vol", Snapshot: "s1", IQN: api.SnapshotIQN("vol", "s1"), SizeBytes: 1 << 20, Layout: "mirror:2", Sets: []api.Set{set}}
+	tg := api.SnapshotTarget{Volume: "vol", Snapshot: "s1", IQN: api.SnapshotIQN("vol", "s1"), SizeBytes: 1 << 20, Layout: "mirror:2", ChunkBytes: testChunkSize, Sets: []api.Set{set}}
 	if !s.applySnapshotTargets([]api.SnapshotTarget{tg}) {
 		t.Fatal("the snapshot target was not served")
 	}

@@ -101,22 +101,20 @@ func (s *Server) hostSnapshotReport(w http.ResponseWriter, r *http.Request) {
 }
 
 // attachedVolume locks volume name and returns its id, refusing one that
-// is not attached (its host does the work) or not a mirror.
+// is not attached (its host does the work). Mirror and EC volumes alike:
+// every member chunk of a set records the snapshot at the same point, so
+// an EC set's snapshot layers hold consistent stripes.
 func attachedVolume(ctx context.Context, tx pgx.Tx, name, what string) (int64, error) {
 	var (
-		id     int64
-		host   *int64
-		layout string
+		id   int64
+		host *int64
 	)
-	err := tx.QueryRow(ctx, `SELECT id, host_id, layout FROM volumes WHERE name = $1 FOR UPDATE`, name).Scan(&id, &host, &layout)
+	err := tx.QueryRow(ctx, `SELECT id, host_id FROM volumes WHERE name = $1 FOR UPDATE`, name).Scan(&id, &host)
 	if err != nil {
 		return 0, notFound(err, "volume %q does not exist", name)
 	}
 	if host == nil {
 		return 0, api.Errorf(api.CodeConflict, "volume %q is not attached: its host %s, so attach it first (chunkraid volume attach)", name, what)
-	}
-	if l, err := api.ParseLayout(layout); err != nil || l.Kind != api.LayoutMirror {
-		return 0, api.Errorf(api.CodeConflict, "volume %q is %s: snapshots are of mirror volumes", name, layout)
 	}
 	return id, nil
 }
@@ -423,7 +421,10 @@ func (st *store) snapshotTargets(ctx context.Context, tx pgx.Tx, id int64, hostN
 			return nil, err
 		}
 		t := api.SnapshotTarget{Volume: a.volume, Snapshot: a.snap, IQN: api.SnapshotIQN(a.volume, a.snap),
-			SizeBytes: a.size, Layout: v.Layout, Auth: v.Auth, Sets: []api.Set{}}
+			SizeBytes: a.size, Layout: v.Layout, StripeUnit: v.StripeUnit, Auth: v.Auth, Sets: []api.Set{}}
+		if members := countMembers(v.Sets); members > 0 {
+			t.ChunkBytes = v.RawBytes / int64(members)
+		}
 		var start int64
 		for _, set := range v.Sets {
 			if start >= a.size {
@@ -435,4 +436,12 @@ func (st *store) snapshotTargets(ctx context.Context, tx pgx.Tx, id int64, hostN
 		out = append(out, t)
 	}
 	return out, nil
+}
+
+func countMembers(sets []api.Set) int {
+	n := 0
+	for _, s := range sets {
+		n += len(s.Members)
+	}
+	return n
 }

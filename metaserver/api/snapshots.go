@@ -48,13 +48,17 @@ type AttachSnapshotRequest struct {
 // the snapshot (snap=NAME, read-only). Any member of a set that holds the
 // snapshot serves its reads.
 type SnapshotTarget struct {
-	Volume    string     `json:"volume"`
-	Snapshot  string     `json:"snapshot"`
-	IQN       string     `json:"iqn"`
-	SizeBytes int64      `json:"size_bytes"`
-	Layout    string     `json:"layout"`
-	Auth      VolumeAuth `json:"auth"`
-	Sets      []Set      `json:"sets"`
+	Volume    string `json:"volume"`
+	Snapshot  string `json:"snapshot"`
+	IQN       string `json:"iqn"`
+	SizeBytes int64  `json:"size_bytes"`
+	Layout    string `json:"layout"`
+	// StripeUnit is the volume's (EC); ChunkBytes the size of every member
+	// chunk.
+	StripeUnit int64      `json:"stripe_unit"`
+	ChunkBytes int64      `json:"chunk_bytes"`
+	Auth       VolumeAuth `json:"auth"`
+	Sets       []Set      `json:"sets"`
 }
 
 // SnapshotIQN is the iSCSI name of snapshot snap of volume when a host
