@@ -162,7 +162,8 @@ func snapshotCopies(t *testing.T, c *localcluster.Cluster, volume, snap string, 
 // consistent with its data on every member (volume verify --snapshot); it
 // copies out over iSCSI byte for byte as the volume was, also with a
 // member's chunkserver stopped (the reads rebuilt from the other two),
-// while the volume reads its new bytes.
+// while the volume reads its new bytes; rolled back, the volume holds the
+// snapshot's bytes and its parity is consistent.
 func TestECSnapshot(t *testing.T) {
 	t.Parallel()
 	needTools(t, "qemu-img", "qemu-io")
@@ -215,5 +216,25 @@ func TestECSnapshot(t *testing.T) {
 	waitInSync(t, c, "ecs", 2*time.Minute)
 	if out := cli(t, c, "volume", "verify", "ecs", "--snapshot", "before"); !strings.Contains(out, "snapshot before: every member agrees") {
 		t.Fatalf("verify --snapshot after the member returned:\n%s", out)
+	}
+
+	// Rolled back, the EC volume holds the snapshot's bytes, parity
+	// consistent.
+	cli(t, c, "snapshot", "detach", "ecs", "before")
+	cli(t, c, "volume", "detach", "ecs")
+	waitFor(t, time.Minute, "the host to stop serving the volume", func() bool {
+		return exec.Command("qemu-io", "-f", "raw", "-c", "read 0 4096", url).Run() != nil
+	})
+	cli(t, c, "volume", "rollback", "ecs", "before")
+	cli(t, c, "volume", "attach", "ecs", "--host", c.HostName)
+	if err := c.WaitTarget(ctx, "ecs", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if out := run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x11 0 100k", "-c", "read -P 0x55 100k 4k", "-c", "read -P 0x11 104k 920k",
+		"-c", "read -P 0x33 40M 1M", url); strings.Contains(out, "verification failed") {
+		t.Fatalf("the EC volume after the rollback:\n%s", out)
+	}
+	if out := cli(t, c, "volume", "verify", "ecs"); !strings.Contains(out, "every member agrees") {
+		t.Fatalf("verify after the rollback:\n%s", out)
 	}
 }
