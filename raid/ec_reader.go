@@ -81,7 +81,33 @@ func (r *ECReader) readUnit(ctx context.Context, p []byte, s int64, d int, c0 in
 	if err == nil || ctx.Err() != nil {
 		return err
 	}
-	errs := []error{fmt.Errorf("member %d: %w", mem, err)}
+	return r.rebuild(ctx, p, s, mem, c0, []error{fmt.Errorf("member %d: %w", mem, err)})
+}
+
+func (r *ECReader) ReadMember(ctx context.Context, p []byte, j int, off int64) error {
+	if j < 0 || j >= r.n {
+		return fmt.Errorf("raid: no member %d in ec:%d+%d", j, r.k, r.n-r.k)
+	}
+	if off < 0 || off+int64(len(p)) > r.size/int64(r.k) {
+		return fmt.Errorf("%w: member offset %d length %d member size %d", ErrOutOfRange, off, len(p), r.size/int64(r.k))
+	}
+	end := off + int64(len(p))
+	for pos := off; pos < end; {
+		s := pos / r.unit
+		hi := min(end, (s+1)*r.unit)
+		if err := r.rebuild(ctx, p[pos-off:hi-off], s, j, pos-s*r.unit, nil); err != nil {
+			return err
+		}
+		pos = hi
+	}
+	return nil
+}
+
+// rebuild fills p with bytes [c0, c0+len(p)) of member mem's shard of
+// stripe s from k other members; errs are the errors that led here.
+func (r *ECReader) rebuild(ctx context.Context, p []byte, s int64, mem int, c0 int64, errs []error) error {
+	rot := int(s % int64(r.n))
+	at := s*r.unit + c0
 	shards := make([][]byte, r.n)
 	have := 0
 	for j := 0; j < r.n && have < r.k; j++ {
@@ -103,13 +129,14 @@ func (r *ECReader) readUnit(ctx context.Context, p []byte, s int64, d int, c0 in
 		return fmt.Errorf("%w: stripe %d has %d of the %d members it needs: %w", ErrNoMembers, s, have, r.k, errors.Join(errs...))
 	}
 	want := make([]bool, r.n)
-	want[d] = true
-	shards[d] = p[:0:len(p)]
+	shard := (mem + rot) % r.n
+	want[shard] = true
+	shards[shard] = p[:0:len(p)]
 	if err := r.code.Reconstruct(shards, want); err != nil {
 		return err
 	}
-	if len(p) > 0 && &shards[d][0] != &p[0] {
-		copy(p, shards[d])
+	if len(p) > 0 && &shards[shard][0] != &p[0] {
+		copy(p, shards[shard])
 	}
 	return nil
 }

@@ -50,6 +50,21 @@ func TestECReader(t *testing.T) {
 			}
 		}
 		check("every member")
+		// Every member's bytes rebuilt from the others.
+		for j, d := range f.devs {
+			img := d.Bytes()
+			d.SetFailed(true) // never read
+			got := make([]byte, len(img))
+			if err := r.ReadMember(t.Context(), got, j, 0); err != nil || !bytes.Equal(got, img) {
+				t.Fatalf("ec:%d+%d: member %d rebuilt from the others: %v, equal %v", k, m, j, err, bytes.Equal(got, img))
+			}
+			off := 4096 + rng.Int64N(int64(len(img))/2)
+			piece := make([]byte, 5000)
+			if err := r.ReadMember(t.Context(), piece, j, off); err != nil || !bytes.Equal(piece, img[off:off+5000]) {
+				t.Fatalf("ec:%d+%d: member %d at %d: %v", k, m, j, off, err)
+			}
+			d.SetFailed(false)
+		}
 		for i := range m {
 			f.devs[i*k%len(f.devs)].SetFailed(true)
 		}
