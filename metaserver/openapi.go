@@ -63,6 +63,7 @@ var operations = []operation{
 	{method: "POST", path: "/api/v1/hosts", summary: "register a host (join token or its credential)", caller: callerDaemon, body: api.RegisterHostRequest{}, status: 200, resp: api.RegisterHostResponse{}},
 	{method: "POST", path: "/api/v1/hosts/{id}/heartbeat", summary: "a host's heartbeat", caller: callerDaemon, status: 204},
 	{method: "GET", path: "/api/v1/hosts/{id}/volumes", summary: "the volumes a host must serve (long poll)", caller: callerDaemon, query: pollParams, status: 200, resp: api.HostVolumes{}},
+	{method: "POST", path: "/api/v1/hosts/{id}/snapshot-exports", summary: "a host's volume with read-only export names of a snapshot of its members, to copy the snapshot onto a member being rebuilt", caller: callerDaemon, body: api.HostSnapshotExportsRequest{}, status: 200, resp: api.Volume{}},
 	{method: "POST", path: "/api/v1/hosts/{id}/snapshots", summary: "a host took or deleted a snapshot of a volume it serves", caller: callerDaemon, body: api.SnapshotReport{}, status: 204},
 	{method: "POST", path: "/api/v1/hosts/{id}/report", summary: "a host's member states, dirty bytes and resync progress", caller: callerDaemon, body: api.HostReport{}, status: 204},
 	{method: "GET", path: "/api/v1/chunkservers", summary: "list the chunkservers", caller: callerAny, status: 200, resp: []api.Chunkserver{}},

@@ -237,6 +237,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	_, err = c.CreateSnapshot(ctx, "v1", "s1")
 	must(err)
 	must(<-host)
+	_, err = c.HostSnapshotExports(ctx, hresp.ID, "v1", "s1")
+	must(err)
 	_, err = c.AttachSnapshot(ctx, "v1", "s1", "h1")
 	must(err)
 	_, err = c.HostVolumes(ctx, hresp.ID, 0, 0)

@@ -50,6 +50,7 @@ func (s *Server) routes() http.Handler {
 				r.Get("/volumes", s.hostVolumes)
 				r.Post("/report", s.hostReport)
 				r.Post("/snapshots", s.hostSnapshotReport)
+				r.Post("/snapshot-exports", s.hostSnapshotExports)
 			})
 		})
 

@@ -445,3 +445,48 @@ func countMembers(sets []api.Set) int {
 	}
 	return n
 }
+
+// hostSnapshotExports answers a host with the volume it serves and
+// read-only export names of a ready snapshot of its members, named for the
+// host: a rebuild copies the snapshot onto the new member.
+func (s *Server) hostSnapshotExports(w http.ResponseWriter, r *http.Request) {
+	id, err := parseID("host", chi.URLParam(r, "id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var req api.HostSnapshotExportsRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	v, err := s.st.hostSnapshotExports(r.Context(), id, req.Volume, req.Snapshot)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.writeJSON(w, http.StatusOK, v)
+}
+
+func (st *store) hostSnapshotExports(ctx context.Context, hostID int64, volume, snap string) (*api.Volume, error) {
+	var out *api.Volume
+	err := st.read(ctx, func(tx pgx.Tx) error {
+		var host string
+		err := tx.QueryRow(ctx, `
+			SELECT h.name FROM volumes v JOIN hosts h ON h.id = v.host_id
+			WHERE v.name = $1 AND v.host_id = $2`, volume, hostID).Scan(&host)
+		if err != nil {
+			return notFound(err, "volume %q is not attached to this host", volume)
+		}
+		if out, err = st.loadVolume(ctx, tx, volumeFilter{name: volume, readOnly: true, snapshot: snap, exportHost: host}); err != nil {
+			return err
+		}
+		for _, sn := range out.Snapshots {
+			if sn.Name == snap && sn.State == api.SnapshotReady {
+				return nil
+			}
+		}
+		return api.Errorf(api.CodeNotFound, "volume %q has no snapshot %q ready", volume, snap)
+	})
+	return out, err
+}

@@ -147,6 +147,24 @@ func TestSnapshotAttach(t *testing.T) {
 	take("Before_Up")
 	take("before-up")
 
+	// The volume's host gets export names of a snapshot for itself, to
+	// copy it onto a member being rebuilt; another host does not.
+	ev, err := ts.Client.HostSnapshotExports(ctx, f.h1, "v1", "Before_Up")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ev.Sets[0].Members {
+		if en, err := api.ParseExportName(m.Export); err != nil || en.Snapshot != "Before_Up" || en.Host != "h1" || !en.ReadOnly {
+			t.Errorf("the host's snapshot export %q: %+v, %v", m.Export, en, err)
+		}
+	}
+	if _, err := ts.Client.HostSnapshotExports(ctx, f.h2, "v1", "Before_Up"); api.ErrorCode(err) != api.CodeNotFound {
+		t.Errorf("another host's request: %v", err)
+	}
+	if _, err := ts.Client.HostSnapshotExports(ctx, f.h1, "v1", "nosuch"); api.ErrorCode(err) != api.CodeNotFound {
+		t.Errorf("an unknown snapshot: %v", err)
+	}
+
 	sn, err := ts.Client.AttachSnapshot(ctx, "v1", "Before_Up", "h2")
 	if err != nil {
 		t.Fatal(err)

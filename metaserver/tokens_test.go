@@ -32,6 +32,7 @@ var daemonRoutes = []string{
 	"GET /api/v1/hosts/{id}/volumes",
 	"POST /api/v1/hosts/{id}/report",
 	"POST /api/v1/hosts/{id}/snapshots",
+	"POST /api/v1/hosts/{id}/snapshot-exports",
 }
 
 // adminReads are the operator routes that change nothing but still need an

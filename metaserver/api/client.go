@@ -456,6 +456,14 @@ func (c *Client) RollbackVolume(ctx context.Context, name, snap string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/rollback", nil, RollbackRequest{Snapshot: snap}, nil, 10*time.Minute)
 }
 
+// HostSnapshotExports returns volume (which host id serves) with read-only
+// export names of snapshot snap of its members for the host (a host's
+// call).
+func (c *Client) HostSnapshotExports(ctx context.Context, id int64, volume, snap string) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/hosts/"+strconv.FormatInt(id, 10)+"/snapshot-exports", nil,
+		HostSnapshotExportsRequest{Volume: volume, Snapshot: snap}, RequestTimeout)
+}
+
 // ReportSnapshot tells the metaserver that host id took or deleted a
 // snapshot (a host's call).
 func (c *Client) ReportSnapshot(ctx context.Context, id int64, r SnapshotReport) error {

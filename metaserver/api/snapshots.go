@@ -61,6 +61,15 @@ type SnapshotTarget struct {
 	Sets       []Set      `json:"sets"`
 }
 
+// HostSnapshotExportsRequest is POSTed by a host to
+// /api/v1/hosts/{id}/snapshot-exports: the volume it serves, with
+// read-only export names of snapshot Snapshot of its members for the host,
+// to copy the snapshot onto a member being rebuilt.
+type HostSnapshotExportsRequest struct {
+	Volume   string `json:"volume"`
+	Snapshot string `json:"snapshot"`
+}
+
 // SnapshotIQN is the iSCSI name of snapshot snap of volume when a host
 // serves it: the volume's IQN, then ":snap:" and the snapshot's name in
 // lower case with '_' as '-' (RFC 3722 allows no capitals or '_'). Two
