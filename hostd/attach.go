@@ -26,6 +26,7 @@ import (
 func (s *Server) attach(ctx context.Context, v api.Volume) (err error) {
 	a := &attachment{s: s, vol: v, log: s.log.With("volume", v.Name, "epoch", v.Epoch), reportC: make(chan struct{}, 1)}
 	a.rec.a = a
+	a.setReadySnapshots(v)
 	defer func() {
 		if err != nil {
 			a.close(false)

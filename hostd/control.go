@@ -21,6 +21,7 @@ type chunkControl interface {
 	ReadIntent(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error)
 	Snapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error)
 	DeleteSnapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error)
+	Snapshots(ctx context.Context, chunk string, req api.ControlRequest) (*api.ChunkSnapshots, error)
 }
 
 // memberConn is a connection to a member chunk: the device the set uses,
@@ -52,6 +53,7 @@ type metaClient interface {
 	HostVolumes(ctx context.Context, id int64, after int64, wait time.Duration) (*api.HostVolumes, error)
 	HostReport(ctx context.Context, id int64, r api.HostReport) error
 	ReportSnapshot(ctx context.Context, id int64, r api.SnapshotReport) error
+	HostSnapshotExports(ctx context.Context, id int64, volume, snap string) (*api.Volume, error)
 	Cluster(ctx context.Context) (*api.Cluster, error)
 	// SetToken sets the bearer token of later calls: the join token, then
 	// the host's credential.

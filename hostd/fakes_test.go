@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -180,11 +181,42 @@ func (c *fakeCluster) dial(ctx context.Context, cfg nbd.ClientConfig) (memberCon
 	if ch == nil || !ch.data.Up() {
 		return nil, errDown
 	}
+	if _, snap, ok := strings.Cut(cfg.Export, ";snap="); ok {
+		data, ok := ch.snaps[snap]
+		if !ok {
+			return nil, fmt.Errorf("fake: chunk %s has no snapshot %q", ch.id, snap)
+		}
+		c.eventLocked("dial %s snapshot %s", ch.id, snap)
+		return fakeSnapConn{data: data}, nil
+	}
 	cn := &fakeConn{Conn: ch.data.Conn(), chunk: ch.id}
 	ch.conns = append(ch.conns, cn)
 	c.eventLocked("dial %s", ch.id)
 	return cn, nil
 }
+
+// fakeSnapConn reads a fake chunk's snapshot: every byte allocated.
+type fakeSnapConn struct{ data []byte }
+
+func (c fakeSnapConn) Size() int64 { return int64(len(c.data)) }
+func (c fakeSnapConn) ReadAt(_ context.Context, p []byte, off int64) error {
+	if off < 0 || off+int64(len(p)) > int64(len(c.data)) {
+		return raid.ErrOutOfRange
+	}
+	copy(p, c.data[off:])
+	return nil
+}
+func (c fakeSnapConn) WriteAt(context.Context, []byte, int64, bool) error {
+	return errors.New("fake: a snapshot is read-only")
+}
+func (c fakeSnapConn) Flush(context.Context) error { return nil }
+func (c fakeSnapConn) Trim(context.Context, int64, int64) error {
+	return errors.New("fake: a snapshot is read-only")
+}
+func (c fakeSnapConn) BlockStatus(_ context.Context, _ string, off, length int64) ([]nbd.Extent, error) {
+	return []nbd.Extent{{Length: min(length, int64(len(c.data))-off)}}, nil
+}
+func (c fakeSnapConn) Close() error { return nil }
 
 // fakeControl is the control API of the fake chunkservers; addr is the
 // control address it was made for.
@@ -260,6 +292,18 @@ func (f fakeControl) DeleteSnapshot(_ context.Context, req api.SnapshotRequest) 
 		}
 	}
 	return &api.SnapshotResponse{}, nil
+}
+
+// Snapshots lists a chunk's snapshots.
+func (f fakeControl) Snapshots(_ context.Context, chunk string, _ api.ControlRequest) (*api.ChunkSnapshots, error) {
+	out := &api.ChunkSnapshots{Snapshots: []api.ChunkSnapshot{}}
+	_, err := f.call("list snapshots", chunk, func(ch *fakeChunk) error {
+		for name := range ch.snaps {
+			out.Snapshots = append(out.Snapshots, api.ChunkSnapshot{Name: name})
+		}
+		return nil
+	})
+	return out, err
 }
 
 // PinMany pins each chunk as Pin does; the first failure fails the call.
@@ -447,6 +491,31 @@ func (m *fakeMeta) HostVolumes(ctx context.Context, _ int64, after int64, _ time
 	}
 	<-ctx.Done()
 	return nil, ctx.Err()
+}
+
+// HostSnapshotExports answers the volume the fake serves with each
+// member's export name marked as snapshot snap's.
+func (m *fakeMeta) HostSnapshotExports(_ context.Context, _ int64, volume, snap string) (*api.Volume, error) {
+	m.mu.Lock()
+	vols := m.volumes
+	m.mu.Unlock()
+	if vols == nil {
+		return nil, errors.New("fake: no volumes")
+	}
+	for _, v := range vols() {
+		if v.Name != volume {
+			continue
+		}
+		v.Sets = slices.Clone(v.Sets)
+		for i := range v.Sets {
+			v.Sets[i].Members = slices.Clone(v.Sets[i].Members)
+			for j := range v.Sets[i].Members {
+				v.Sets[i].Members[j].Export += ";snap=" + snap
+			}
+		}
+		return &v, nil
+	}
+	return nil, fmt.Errorf("fake: no volume %s", volume)
 }
 
 func (m *fakeMeta) HostReport(_ context.Context, _ int64, r api.HostReport) error {

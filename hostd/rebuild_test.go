@@ -141,3 +141,61 @@ func TestRebuildResumesFromWatermark(t *testing.T) {
 	}
 	t.Logf("watermarks reported while rebuilding: %v", marks)
 }
+
+// TestRebuildCarriesSnapshots: a member rebuilt onto a new chunk gets the
+// volume's two snapshots before it joins the set: afterwards each of the
+// new chunk's snapshots holds what the surviving member's does, and its
+// live bytes are the survivor's, with writes after each snapshot
+// overlapping the ones before and one region written before the first
+// snapshot and trimmed since.
+func TestRebuildCarriesSnapshots(t *testing.T) {
+	c := newFakeCluster(t, 3)
+	s := newTestServer(t, c)
+	a := attachClean(t, s)
+	waitFor(t, "both members in sync", func() bool { return allInSync(a) })
+	ctx := t.Context()
+	write := func(seed byte, off int64, n int) {
+		t.Helper()
+		if err := a.volume.WriteAt(ctx, fill(n, seed), off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(1, 1<<20, 512<<10)
+	write(2, 6<<20, 128<<10)
+	if _, err := a.snapshotOp(ctx, "s1", true); err != nil {
+		t.Fatal(err)
+	}
+	write(3, 1<<20+100<<10, 64<<10)
+	write(4, 3<<20, 256<<10)
+	if _, err := a.snapshotOp(ctx, "s2", true); err != nil {
+		t.Fatal(err)
+	}
+	write(5, 3<<20+4<<10, 8<<10)
+	if err := a.volume.Trim(ctx, 6<<20, 128<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.volume.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v := replaced("c2", 9)
+	v.Snapshots = []api.Snapshot{{Name: "s1", State: api.SnapshotReady}, {Name: "s2", State: api.SnapshotReady}}
+	c.meta.mu.Lock()
+	c.meta.volumes = func() []api.Volume { return []api.Volume{v} }
+	c.meta.mu.Unlock()
+	if !s.apply(ctx, []api.Volume{v}) {
+		t.Fatal("apply failed")
+	}
+	b := s.attached("vol")
+	waitFor(t, "the rebuild to complete", func() bool { return b != nil && allInSync(b) })
+	c0, c2 := c.chunk("c0"), c.chunk("c2")
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, name := range []string{"s1", "s2"} {
+		if c2.snaps[name] == nil || !bytes.Equal(c2.snaps[name], c0.snaps[name]) {
+			t.Errorf("snapshot %s of the rebuilt chunk differs from the survivor's", name)
+		}
+	}
+	if !bytes.Equal(c0.data.Bytes(), c2.data.Bytes()) {
+		t.Error("the live copies differ after the rebuild")
+	}
+}

@@ -127,6 +127,7 @@ func (a *attachment) snapshotOp(ctx context.Context, name string, take bool) (ti
 // pending ones, delete the deleting ones, each once, and report to the
 // metaserver when done.
 func (a *attachment) applySnapshots(v api.Volume) {
+	a.setReadySnapshots(v)
 	asked := map[string]bool{}
 	for _, sn := range v.Snapshots {
 		switch sn.State {
@@ -200,4 +201,23 @@ func (a *attachment) applySnapshots(v api.Volume) {
 			}
 		}()
 	}
+}
+
+// setReadySnapshots records v's ready snapshots, oldest first.
+func (a *attachment) setReadySnapshots(v api.Volume) {
+	var ready []string
+	for _, sn := range v.Snapshots {
+		if sn.State == api.SnapshotReady {
+			ready = append(ready, sn.Name)
+		}
+	}
+	a.snapMu.Lock()
+	a.snapsReady = ready
+	a.snapMu.Unlock()
+}
+
+func (a *attachment) readySnapshots() []string {
+	a.snapMu.Lock()
+	defer a.snapMu.Unlock()
+	return a.snapsReady
 }

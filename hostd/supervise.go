@@ -134,11 +134,28 @@ func (st *setState) rejoin(ctx context.Context, i int) error {
 		st.mirror.MarkAll()
 	}
 	if plan.MarkAllocated {
+		// The snapshots' layers first, while the set does not write the
+		// new chunk (seed.go); it takes as long as it takes.
+		seeded, err := st.seedSnapshots(ctx, i, c)
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("rebuild: copying the snapshots onto the new chunk: %w", err)
+		}
+		mctx, mcancel := context.WithTimeout(ctx, 2*s.cfg.IOTimeout)
+		defer mcancel()
 		from := m.rebuiltThrough.Load()
-		n, err := st.markAllocated(rctx, from)
+		n, err := st.markAllocated(mctx, from)
 		if err != nil {
 			c.Close()
 			return fmt.Errorf("rebuild: reading what the in-sync members hold: %w", err)
+		}
+		if seeded {
+			// What the snapshots left on the new chunk where the live
+			// volume has holes must be copied too.
+			if _, err := st.markExtents(mctx, c, from); err != nil {
+				c.Close()
+				return fmt.Errorf("rebuild: reading what the new chunk holds: %w", err)
+			}
 		}
 		st.log.Info("rebuilding a member onto a new chunk", "member", i, "chunk", m.api.ChunkID,
 			"chunkserver", m.api.Chunkserver, "source_allocated_bytes", n, "from", from)
@@ -375,13 +392,10 @@ func (st *setState) rebuildingResyncs() []*member {
 	return out
 }
 
-// markAllocated marks in the WIB every part of the set that an in-sync
-// member has allocated (NBD base:allocation), the union over the in-sync
-// members: what a rebuild must copy onto a new chunk, whose holes read as
-// zeroes like theirs. A member extent maps to whole stripes of an EC set.
-// Nothing below from (a set offset the rebuild has already got through) is
-// marked. It returns the most bytes one in-sync member has allocated.
-func (st *setState) markAllocated(ctx context.Context, from int64) (int64, error) {
+// markExtents marks in the WIB the parts of the set that c, a member,
+// has allocated, nothing below set offset from, and returns how many
+// bytes c has allocated.
+func (st *setState) markExtents(ctx context.Context, c memberConn, from int64) (int64, error) {
 	unit, k := int64(4096), max(st.logUnit, 1) // a mirror's member offsets are the set's
 	if k > 1 {
 		unit = st.a.vol.StripeUnit
@@ -389,6 +403,41 @@ func (st *setState) markAllocated(ctx context.Context, from int64) (int64, error
 			unit = raid.DefaultStripeUnit
 		}
 	}
+	size := c.Size()
+	var allocated int64
+	for off := int64(0); off < size; {
+		ext, err := c.BlockStatus(ctx, nbdAllocation, off, min(size-off, 1<<30))
+		if err != nil {
+			return 0, err
+		}
+		if len(ext) == 0 {
+			return 0, fmt.Errorf("no extent at %d", off)
+		}
+		for _, e := range ext {
+			if e.Length <= 0 {
+				return 0, fmt.Errorf("an empty extent at %d", off)
+			}
+			if e.Flags&nbd.StateHole == 0 {
+				allocated += e.Length
+				lo := max(off/unit*unit*k, from)
+				hi := min((off+e.Length+unit-1)/unit*unit*k, st.mirror.Size())
+				if hi > lo {
+					st.wib.Mark(lo, hi-lo)
+				}
+			}
+			off += e.Length
+		}
+	}
+	return allocated, nil
+}
+
+// markAllocated marks in the WIB every part of the set that an in-sync
+// member has allocated (NBD base:allocation), the union over the in-sync
+// members: what a rebuild must copy onto a new chunk, whose holes read as
+// zeroes like theirs. A member extent maps to whole stripes of an EC set.
+// Nothing below from (a set offset the rebuild has already got through) is
+// marked. It returns the most bytes one in-sync member has allocated.
+func (st *setState) markAllocated(ctx context.Context, from int64) (int64, error) {
 	var most int64
 	asked := 0
 	for i, ms := range st.mirror.States() {
@@ -396,30 +445,9 @@ func (st *setState) markAllocated(ctx context.Context, from int64) (int64, error
 		if ms != raid.InSync || c == nil {
 			continue
 		}
-		size := c.Size()
-		var allocated int64
-		for off := int64(0); off < size; {
-			ext, err := c.BlockStatus(ctx, nbdAllocation, off, min(size-off, 1<<30))
-			if err != nil {
-				return 0, fmt.Errorf("member %d: %w", i, err)
-			}
-			if len(ext) == 0 {
-				return 0, fmt.Errorf("member %d: no extent at %d", i, off)
-			}
-			for _, e := range ext {
-				if e.Length <= 0 {
-					return 0, fmt.Errorf("member %d: an empty extent at %d", i, off)
-				}
-				if e.Flags&nbd.StateHole == 0 {
-					allocated += e.Length
-					lo := max(off/unit*unit*k, from)
-					hi := min((off+e.Length+unit-1)/unit*unit*k, st.mirror.Size())
-					if hi > lo {
-						st.wib.Mark(lo, hi-lo)
-					}
-				}
-				off += e.Length
-			}
+		allocated, err := st.markExtents(ctx, c, from)
+		if err != nil {
+			return 0, fmt.Errorf("member %d: %w", i, err)
 		}
 		asked++
 		most = max(most, allocated)

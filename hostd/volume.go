@@ -48,6 +48,10 @@ type attachment struct {
 	// for (until the metaserver has applied the report).
 	snapMu  sync.Mutex
 	snapOps map[string]bool
+	// snapsReady are the volume's ready snapshots, oldest first, as the
+	// assignment last showed them (guarded by snapMu): a member rebuilt
+	// onto a new chunk gets their layers first (seedSnapshots).
+	snapsReady []string
 }
 
 // setList is the volume's sets, in order.
