@@ -14,6 +14,8 @@ import (
 
 // setVerdict is the result of verifying one set.
 type setVerdict struct {
+	// Snapshot is the snapshot checked; "" for the live volume.
+	Snapshot   string  `json:"snapshot,omitempty"`
 	Set        int     `json:"set"`
 	Layout     string  `json:"layout"`
 	SizeB      int64   `json:"member_bytes"`  // bytes of one member
@@ -38,8 +40,9 @@ hole on every member reads as zeroes on all of them and agrees by definition.
 A range that disagrees is read a second time before it is reported, but
 writes running meanwhile can still show up: verify a quiet volume for an
 exact answer. On a terminal a progress bar shows bytes and rate. Exits
-non-zero when anything disagrees. --snapshot checks a snapshot of the volume
-instead: every member's copy of it.`,
+non-zero when anything disagrees. Then every snapshot of the volume is
+checked the same way: every member's copy of it. --snapshot checks only that
+snapshot.`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -47,30 +50,26 @@ instead: every member's copy of it.`,
 			if err != nil {
 				return err
 			}
-			layout, err := api.ParseLayout(v.Layout)
+			var out []setVerdict
+			bad, err := verifyVolume(ctx, o, v, snapshot, &out)
 			if err != nil {
 				return err
 			}
-			var out []setVerdict
-			bad := 0
-			for i, s := range v.Sets {
-				var p *progressLine
-				if o.output != "json" {
-					p = newProgressLine(o.out, fmt.Sprintf("set %d of %d (%s)", i+1, len(v.Sets), layout))
-				}
-				vd, err := verifySet(ctx, v, s, layout, p.update)
-				p.clear()
-				if err != nil {
-					return fmt.Errorf("set %d: %w", s.Index, err)
-				}
-				bad += len(vd.Mismatches)
-				out = append(out, vd)
-				if o.output != "json" {
-					fmt.Fprintf(o.out, "set %d (%s): %s of %s may hold data, checked in %.1fs, %d mismatches\n",
-						s.Index, layout, formatSize(vd.CheckedB), formatSize(vd.SizeB), vd.Seconds, len(vd.Mismatches))
-					for _, c := range vd.Skipped {
-						fmt.Fprintf(o.out, "set %d: chunk %s not checked: a drain's successor, not yet in the member's place\n", s.Index, c)
+			if snapshot == "" {
+				// Then every snapshot: each member's copy of it.
+				for _, sn := range v.Snapshots {
+					if sn.State != api.SnapshotReady {
+						continue
 					}
+					sv, err := o.client().ReadSnapshotExports(ctx, args[0], sn.Name)
+					if err != nil {
+						return fmt.Errorf("snapshot %s: %w", sn.Name, err)
+					}
+					n, err := verifyVolume(ctx, o, sv, sn.Name, &out)
+					if err != nil {
+						return fmt.Errorf("snapshot %s: %w", sn.Name, err)
+					}
+					bad += n
 				}
 			}
 			if o.output == "json" {
@@ -81,18 +80,55 @@ instead: every member's copy of it.`,
 			if bad > 0 {
 				return fmt.Errorf("volume %s: %d ranges disagree between members", v.Name, bad)
 			}
-			if o.output != "json" {
-				if snapshot != "" {
-					fmt.Fprintf(o.out, "volume %s, snapshot %s: every member agrees\n", v.Name, snapshot)
-				} else {
-					fmt.Fprintf(o.out, "volume %s: every member agrees\n", v.Name)
-				}
-			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&snapshot, "snapshot", "", "check this snapshot of the volume")
 	return cmd
+}
+
+// verifyVolume checks every set of v (snapshot snapshot of it, or the live
+// volume for ""), appends the verdicts to out, prints them unless the
+// output is JSON, and returns how many ranges disagree.
+func verifyVolume(ctx context.Context, o *rootOptions, v *api.Volume, snapshot string, out *[]setVerdict) (int, error) {
+	layout, err := api.ParseLayout(v.Layout)
+	if err != nil {
+		return 0, err
+	}
+	what := "volume " + v.Name
+	if snapshot != "" {
+		what += ", snapshot " + snapshot
+	}
+	bad := 0
+	for i, s := range v.Sets {
+		var p *progressLine
+		if o.output != "json" {
+			p = newProgressLine(o.out, fmt.Sprintf("%s: set %d of %d (%s)", what, i+1, len(v.Sets), layout))
+		}
+		vd, err := verifySet(ctx, v, s, layout, p.update)
+		p.clear()
+		if err != nil {
+			return bad, fmt.Errorf("set %d: %w", s.Index, err)
+		}
+		vd.Snapshot = snapshot
+		bad += len(vd.Mismatches)
+		*out = append(*out, vd)
+		if o.output != "json" {
+			prefix := ""
+			if snapshot != "" {
+				prefix = "snapshot " + snapshot + " "
+			}
+			fmt.Fprintf(o.out, "%sset %d (%s): %s of %s may hold data, checked in %.1fs, %d mismatches\n",
+				prefix, s.Index, layout, formatSize(vd.CheckedB), formatSize(vd.SizeB), vd.Seconds, len(vd.Mismatches))
+			for _, c := range vd.Skipped {
+				fmt.Fprintf(o.out, "set %d: chunk %s not checked: a drain's successor, not yet in the member's place\n", s.Index, c)
+			}
+		}
+	}
+	if bad == 0 && o.output != "json" {
+		fmt.Fprintf(o.out, "%s: every member agrees\n", what)
+	}
+	return bad, nil
 }
 
 // checkedMembers splits a set's members into those verify reads and the

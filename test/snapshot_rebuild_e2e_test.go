@@ -86,10 +86,15 @@ func testDrainSnapshots(t *testing.T, layout string, chunkservers int) {
 	got := waitInSyncWithout(t, c, "ds", victim, time.Minute)
 	t.Logf("drained %s; the set is now on %s", victim, memberServers(got.Sets[0].Members))
 
-	for name, want := range map[string][]byte{"s1": s1, "s2": s2} {
-		if out := cli(t, c, "volume", "verify", "ds", "--snapshot", name); !strings.Contains(out, "snapshot "+name+": every member agrees") {
-			t.Fatalf("verify --snapshot %s after the drain:\n%s", name, out)
+	// volume verify checks the live volume and then every snapshot.
+	out = []byte(cli(t, c, "volume", "verify", "ds"))
+	for _, want := range []string{"volume ds: every member agrees", "volume ds, snapshot s1: every member agrees", "volume ds, snapshot s2: every member agrees"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("volume verify after the drain does not say %q:\n%s", want, out)
 		}
+	}
+	t.Logf("volume verify ds:\n%s", out)
+	for name, want := range map[string][]byte{"s1": s1, "s2": s2} {
 		if strings.HasPrefix(layout, "mirror") {
 			sv, err := c.Client().ReadSnapshotExports(ctx, "ds", name)
 			if err != nil {
