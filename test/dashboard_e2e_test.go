@@ -326,6 +326,21 @@ func TestDashboard(t *testing.T) {
 			return err
 		}))
 	t.Logf("demo's limits: %s", get("limits", chromedp.Text(css(`[data-qos="demo"]`))))
+	// Its snapshots too, with where one is served.
+	if _, err := c.Client().CreateSnapshot(ctx, "demo", "nightly"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client().AttachSnapshot(ctx, "demo", "nightly", c.HostName); err != nil {
+		t.Fatal(err)
+	}
+	step("the volume's snapshots", 30*time.Second, page("volumes"),
+		chromedp.WaitVisible(css(`[data-snapshots="demo"][data-count="1"]`)),
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := chromedp.Poll[bool](`document.querySelector('[data-snapshots="demo"]').textContent.includes('nightly (ready, ') &&
+				document.querySelector('[data-snapshots="demo"]').textContent.includes('served read-only by `+c.HostName+` as `+api.SnapshotIQN("demo", "nightly")+`')`)(ctx, tg)
+			return err
+		}))
+	t.Logf("demo's snapshots: %s", get("snapshots", chromedp.Text(css(`[data-snapshots="demo"]`))))
 	step("the volume's figures", time.Minute, page("volumes"),
 		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="IOPS of demo"]`)),
 		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="p99 latency of demo"]`)),

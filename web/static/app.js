@@ -127,6 +127,7 @@ function renderVolumes(volumes) {
     out.push(el('h3', {}, `${v.name} `, el('span', { class: health, 'data-health': health, 'data-volume-health': v.name }, health)));
     out.push(el('p', {}, `${bytes(v.size_bytes)}, ${v.layout}, ${v.sets.length} sets, host ${v.host || '(none)'}, epoch ${v.epoch}`));
     out.push(qosLine(v));
+    out.push(snapshotsLine(v));
     out.push(statsLine(v.name));
     if (role === 'admin') out.push(volumeActions(v));
     const rows = [];
@@ -153,6 +154,20 @@ function qosLine(v) {
   const parts = QOS_LIMITS.filter(([k]) => q[k] && q[k].rate).map(([k, label, isBytes]) =>
     isBytes ? `${label} ${bytes(q[k].rate)} (burst ${bytes(q[k].burst)})` : `${label} ${q[k].rate} (burst ${q[k].burst})`);
   return el('p', { class: 'qos', 'data-qos': v.name }, 'I/O limits: ' + (parts.length ? parts.join(', ') : 'none'));
+}
+
+// snapshotsLine lists a volume's snapshots (chunkraid snapshot list): state,
+// size, how long the volume's commands were held, and where one is served.
+function snapshotsLine(v) {
+  const snaps = v.snapshots || [];
+  const parts = snaps.map((sn) => {
+    let d = `${sn.name} (${sn.state}, ${bytes(sn.size_bytes)}`;
+    if (sn.state === 'ready') d += `, commands held ${(sn.pause_us / 1000).toFixed(1)} ms`;
+    if (sn.host) d += `, served read-only by ${sn.host} as ${sn.iqn}`;
+    return d + ')';
+  });
+  return el('p', { class: 'snapshots', 'data-snapshots': v.name, 'data-count': String(snaps.length) },
+    'Snapshots: ' + (parts.length ? parts.join('; ') : 'none'));
 }
 
 // history keeps the last figures of each volume for its sparkline.
