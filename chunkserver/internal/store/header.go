@@ -22,10 +22,11 @@
 //	 | min epoch     | created (i64, |  id (idlen bytes, zero padded to 64)    |
 //	 | (i64)         | unix nanos)   |                                         |
 //	 +---------------+---------------+-----------------------------------------+
-//	112                             124     128                 128+loglen
-//	 +-------------------------------+-------+---------------------+
-//	 | reserved (zero)               | crc32c| LOG state           |
-//	 +-------------------------------+-------+---------------------+
+//	112     116                     124     128                 128+loglen
+//	 +-------+-----------------------+-------+---------------------+
+//	 |clonelen| reserved (zero)      | crc32c| LOG state           |
+//	 |(u32,v4)|                      |       |                     |
+//	 +-------+-----------------------+-------+---------------------+
 //
 // The CRC is CRC32C (Castagnoli) of bytes 0..124. The LOG state is the
 // persisted form of bitmap.Log (magic "CRLOGBM\0", its own version, the pin
@@ -55,6 +56,24 @@
 // layer's saved map (LSB first) says that <id>.snap-<seq> holds block b as
 // it was when the layer was taken: the chunk overwrote it since. At most
 // 255 layers; names are 1..63 bytes.
+//
+// Version 4 is version 3 (or 2) with a clone section: the chunk is a
+// writable clone of snapshot <base name> of chunk <base id> in the same
+// store. Bytes 112..116 hold clonelen, the length of the clone section,
+// which follows the snapshot section (snaplen may be 0). The section:
+//
+//	0                 8               12      13      14      16
+//	+-----------------+---------------+-------+-------+-------+
+//	| "CRCLONE\x00"   | block (u32)   | idlen | nlen  | zero  |
+//	+-----------------+---------------+-------+-------+-------+
+//	+----------------+------------------+----------------+----------+
+//	| base id (idlen)| base name (nlen) | owned map      | CRC32C   |
+//	|                |                  | ceil(N/8) B    | (u32)    |
+//	+----------------+------------------+----------------+----------+
+//
+// block is the clone's granularity (as a snapshot block) and N the chunk's
+// blocks. Bit b of the owned map says the data file holds block b; a block
+// not owned reads from the base snapshot (clone.go).
 //
 // Version 1 (written by earlier chunkservers) is the same fixed part with
 // ver=1, bytes 24..32 zero and no LOG state: 128 bytes in all. A version-1
@@ -101,6 +120,7 @@ const (
 	headerVersion1 = 1
 	headerVersion  = 2
 	headerVersion3 = 3 // with snapshot layers
+	headerVersion4 = 4 // with a clone section
 	headerLen      = 128
 	maxIDLen       = 64
 	maxLogLen      = 64 << 20
@@ -113,7 +133,62 @@ const (
 	minSnapBlock = 4 << 10
 	maxSnapBlock = 1 << 20
 	maxSnapLen   = 64 << 20
+
+	cloneMagic = "CRCLONE\x00"
+	cloneHdr   = 16
 )
+
+func marshalClone(size int64, h Header) ([]byte, error) {
+	if !validSnapBlock(h.CloneBlock, size) {
+		return nil, fmt.Errorf("store: clone block %d for a chunk of %d bytes", h.CloneBlock, size)
+	}
+	if len(h.Base) == 0 || len(h.Base) > maxIDLen || len(h.BaseSnapshot) == 0 || len(h.BaseSnapshot) > maxSnapName {
+		return nil, fmt.Errorf("store: clone of %q snapshot %q: bad lengths", h.Base, h.BaseSnapshot)
+	}
+	if mapLen := snapMapLen(size, h.CloneBlock); len(h.Owned) != mapLen {
+		return nil, fmt.Errorf("store: owned map of %d bytes, want %d", len(h.Owned), mapLen)
+	}
+	b := make([]byte, cloneHdr, cloneHdr+len(h.Base)+len(h.BaseSnapshot)+len(h.Owned)+4)
+	copy(b, cloneMagic)
+	binary.LittleEndian.PutUint32(b[8:], uint32(h.CloneBlock))
+	b[12], b[13] = byte(len(h.Base)), byte(len(h.BaseSnapshot))
+	b = append(b, h.Base...)
+	b = append(b, h.BaseSnapshot...)
+	b = append(b, h.Owned...)
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
+}
+
+func unmarshalClone(b []byte, size int64, h *Header) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: clone section: %s", ErrCorruptHeader, fmt.Sprintf(format, args...))
+	}
+	if len(b) < cloneHdr+4 || string(b[:8]) != cloneMagic {
+		return bad("length %d or magic wrong", len(b))
+	}
+	if got, want := binary.LittleEndian.Uint32(b[len(b)-4:]), crc32.Checksum(b[:len(b)-4], castagnoli); got != want {
+		return bad("checksum %08x, computed %08x", got, want)
+	}
+	block := int64(binary.LittleEndian.Uint32(b[8:]))
+	if !validSnapBlock(block, size) {
+		return bad("block %d for a chunk of %d bytes", block, size)
+	}
+	idLen, nLen := int(b[12]), int(b[13])
+	if b[14] != 0 || b[15] != 0 || idLen == 0 || idLen > maxIDLen || nLen == 0 || nLen > maxSnapName {
+		return bad("lengths %d and %d or reserved bytes not zero", idLen, nLen)
+	}
+	mapLen := snapMapLen(size, block)
+	rest := b[cloneHdr : len(b)-4]
+	if len(rest) != idLen+nLen+mapLen {
+		return bad("%d bytes, want %d", len(rest), idLen+nLen+mapLen)
+	}
+	owned := rest[idLen+nLen:]
+	if nbits := (size + block - 1) / block; nbits%8 != 0 && owned[mapLen-1]>>(nbits%8) != 0 {
+		return bad("the owned map marks blocks past the chunk's end")
+	}
+	h.Base, h.BaseSnapshot = string(rest[:idLen]), string(rest[idLen:idLen+nLen])
+	h.CloneBlock, h.Owned = block, bytes.Clone(owned)
+	return nil
+}
 
 // SnapshotLayer is one snapshot of a chunk as its sidecar records it.
 type SnapshotLayer struct {
@@ -247,8 +322,16 @@ type Header struct {
 	// snapshots.
 	SnapBlock int64
 	Snapshots []SnapshotLayer
-	// Version is the version the sidecar was decoded from (1, 2 or 3);
-	// MarshalBinary writes version 3 when there are snapshots, else 2.
+	// Base and BaseSnapshot, for a clone, are the chunk and its snapshot
+	// the clone reads the blocks it does not own from; CloneBlock is the
+	// clone's granularity and Owned its owned map. Base is "" otherwise.
+	Base         string
+	BaseSnapshot string
+	CloneBlock   int64
+	Owned        []byte
+	// Version is the version the sidecar was decoded from (1 to 4);
+	// MarshalBinary writes version 4 for a clone, 3 when there are
+	// snapshots, else 2.
 	Version int
 }
 
@@ -261,6 +344,9 @@ func (h Header) Equal(o Header) bool {
 	if len(h.Snapshots) > 0 && h.SnapBlock != o.SnapBlock {
 		return false
 	}
+	if h.Base != o.Base || h.BaseSnapshot != o.BaseSnapshot || h.Base != "" && (h.CloneBlock != o.CloneBlock || !bytes.Equal(h.Owned, o.Owned)) {
+		return false
+	}
 	for i := range h.Snapshots {
 		if !h.Snapshots[i].equal(o.Snapshots[i]) {
 			return false
@@ -269,8 +355,8 @@ func (h Header) Equal(o Header) bool {
 	return true
 }
 
-// MarshalBinary encodes h as a version-2 sidecar, or version 3 with
-// snapshot layers.
+// MarshalBinary encodes h as a version-2 sidecar, version 3 with snapshot
+// layers, or version 4 for a clone.
 func (h Header) MarshalBinary() ([]byte, error) {
 	if len(h.ID) == 0 || len(h.ID) > maxIDLen {
 		return nil, fmt.Errorf("store: chunk id length %d, want 1..%d", len(h.ID), maxIDLen)
@@ -293,7 +379,15 @@ func (h Header) MarshalBinary() ([]byte, error) {
 		}
 		version = headerVersion3
 	}
-	b := make([]byte, headerLen+len(h.Log)+len(snaps))
+	var clone []byte
+	if h.Base != "" {
+		var err error
+		if clone, err = marshalClone(h.Size, h); err != nil {
+			return nil, err
+		}
+		version = headerVersion4
+	}
+	b := make([]byte, headerLen+len(h.Log)+len(snaps)+len(clone))
 	copy(b[0:8], headerMagic)
 	binary.LittleEndian.PutUint16(b[8:], version)
 	binary.LittleEndian.PutUint16(b[10:], headerLen)
@@ -304,14 +398,16 @@ func (h Header) MarshalBinary() ([]byte, error) {
 	binary.LittleEndian.PutUint64(b[32:], uint64(h.MinEpoch))
 	binary.LittleEndian.PutUint64(b[40:], uint64(h.Created))
 	copy(b[48:112], h.ID)
+	binary.LittleEndian.PutUint32(b[112:], uint32(len(clone)))
 	binary.LittleEndian.PutUint32(b[124:], crc32.Checksum(b[:124], castagnoli))
 	copy(b[headerLen:], h.Log)
 	copy(b[headerLen+len(h.Log):], snaps)
+	copy(b[headerLen+len(h.Log)+len(snaps):], clone)
 	return b, nil
 }
 
-// UnmarshalBinary decodes and validates a sidecar of version 1, 2 or 3,
-// including the LOG state and the snapshot layers it carries.
+// UnmarshalBinary decodes and validates a sidecar of version 1 to 4,
+// including the LOG state, snapshot layers and clone section it carries.
 func (h *Header) UnmarshalBinary(b []byte) error {
 	if len(b) < headerLen {
 		return fmt.Errorf("%w: length %d, want at least %d", ErrCorruptHeader, len(b), headerLen)
@@ -320,7 +416,7 @@ func (h *Header) UnmarshalBinary(b []byte) error {
 		return fmt.Errorf("%w: bad magic %q", ErrCorruptHeader, b[0:8])
 	}
 	v := binary.LittleEndian.Uint16(b[8:])
-	if v != headerVersion1 && v != headerVersion && v != headerVersion3 {
+	if v != headerVersion1 && v != headerVersion && v != headerVersion3 && v != headerVersion4 {
 		return fmt.Errorf("%w: unknown version %d", ErrCorruptHeader, v)
 	}
 	if l := binary.LittleEndian.Uint16(b[10:]); l != headerLen {
@@ -349,17 +445,24 @@ func (h *Header) UnmarshalBinary(b []byte) error {
 		return fmt.Errorf("%w: version 1 with bytes 24..32 not zero", ErrCorruptHeader)
 	}
 	snapLen := int64(binary.LittleEndian.Uint32(b[28:]))
-	if v != headerVersion3 && snapLen != 0 {
+	if v < headerVersion3 && snapLen != 0 {
 		return fmt.Errorf("%w: version %d with bytes 28..32 not zero", ErrCorruptHeader, v)
 	}
 	if v == headerVersion3 && (snapLen == 0 || snapLen > maxSnapLen || logLen == 0) {
 		return fmt.Errorf("%w: version 3 with a snapshot section of %d bytes and a LOG state of %d", ErrCorruptHeader, snapLen, logLen)
 	}
+	cloneLen := int64(binary.LittleEndian.Uint32(b[112:]))
+	if v != headerVersion4 && cloneLen != 0 {
+		return fmt.Errorf("%w: version %d with bytes 112..116 not zero", ErrCorruptHeader, v)
+	}
+	if v == headerVersion4 && (cloneLen == 0 || cloneLen > maxSnapLen || snapLen > maxSnapLen || logLen == 0) {
+		return fmt.Errorf("%w: version 4 with a clone section of %d bytes, a snapshot section of %d and a LOG state of %d", ErrCorruptHeader, cloneLen, snapLen, logLen)
+	}
 	if logLen > maxLogLen {
 		return fmt.Errorf("%w: LOG state length %d exceeds %d", ErrCorruptHeader, logLen, maxLogLen)
 	}
-	if int64(len(b)) != headerLen+logLen+snapLen {
-		return fmt.Errorf("%w: length %d, want %d", ErrCorruptHeader, len(b), headerLen+logLen+snapLen)
+	if int64(len(b)) != headerLen+logLen+snapLen+cloneLen {
+		return fmt.Errorf("%w: length %d, want %d", ErrCorruptHeader, len(b), headerLen+logLen+snapLen+cloneLen)
 	}
 	var log []byte
 	if logLen > 0 {
@@ -378,19 +481,29 @@ func (h *Header) UnmarshalBinary(b []byte) error {
 	)
 	if snapLen > 0 {
 		var err error
-		if block, layers, err = unmarshalSnapshots(b[headerLen+logLen:], size); err != nil {
+		if block, layers, err = unmarshalSnapshots(b[headerLen+logLen:headerLen+logLen+snapLen], size); err != nil {
+			return err
+		}
+	}
+	var clone Header
+	if cloneLen > 0 {
+		if err := unmarshalClone(b[headerLen+logLen+snapLen:], size, &clone); err != nil {
 			return err
 		}
 	}
 	*h = Header{
-		ID:        string(b[48 : 48+idLen]),
-		Size:      size,
-		MinEpoch:  minEpoch,
-		Created:   int64(binary.LittleEndian.Uint64(b[40:])),
-		Log:       log,
-		SnapBlock: block,
-		Snapshots: layers,
-		Version:   int(v),
+		ID:           string(b[48 : 48+idLen]),
+		Size:         size,
+		MinEpoch:     minEpoch,
+		Created:      int64(binary.LittleEndian.Uint64(b[40:])),
+		Log:          log,
+		SnapBlock:    block,
+		Snapshots:    layers,
+		Base:         clone.Base,
+		BaseSnapshot: clone.BaseSnapshot,
+		CloneBlock:   clone.CloneBlock,
+		Owned:        clone.Owned,
+		Version:      int(v),
 	}
 	return nil
 }

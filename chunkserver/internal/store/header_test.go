@@ -167,6 +167,8 @@ func FuzzHeader(f *testing.F) {
 	snaps, _ := Header{ID: "seed", Size: 1 << 20, Log: testLogState(f, 1<<20, 65536, false), SnapBlock: 64 << 10,
 		Snapshots: testSnapshots(1<<20, 64<<10, 2)}.MarshalBinary()
 	f.Add(snaps)
+	clone, _ := testClone(f, true).MarshalBinary()
+	f.Add(clone)
 	f.Add(make([]byte, headerLen))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var h Header
@@ -275,4 +277,60 @@ func TestHeaderSnapshots(t *testing.T) {
 func resumHeader(b []byte) []byte {
 	binary.LittleEndian.PutUint32(b[124:], crc32.Checksum(b[:124], castagnoli))
 	return b
+}
+
+// testClone is the header of a clone of 1 MiB owning two blocks, with
+// snapshot layers of its own or not.
+func testClone(t testing.TB, snaps bool) Header {
+	h := Header{ID: "k", Size: 1 << 20, Log: testLogState(t, 1<<20, 65536, false), Base: "base", BaseSnapshot: "gold",
+		CloneBlock: 64 << 10, Owned: make([]byte, snapMapLen(1<<20, 64<<10))}
+	h.Owned[0], h.Owned[1] = 0x01, 0x80
+	if snaps {
+		h.SnapBlock, h.Snapshots = 64<<10, testSnapshots(1<<20, 64<<10, 2)
+	}
+	return h
+}
+
+// TestHeaderClone: a clone's sidecar is version 4, with or without
+// snapshot layers, round-trips, and refuses damage.
+func TestHeaderClone(t *testing.T) {
+	for _, snaps := range []bool{false, true} {
+		h := testClone(t, snaps)
+		b, err := h.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Header
+		if err := got.UnmarshalBinary(b); err != nil {
+			t.Fatal(err)
+		}
+		if got.Version != headerVersion4 || !got.Equal(h) {
+			t.Fatalf("round trip (snapshots %v): version %d, %+v, want %+v", snaps, got.Version, got, h)
+		}
+		flip := func(i int) []byte { c := append([]byte(nil), b...); c[i] ^= 0x01; return c }
+		for name, bad := range map[string][]byte{
+			"section crc":        flip(len(b) - 1),
+			"owned bit":          flip(len(b) - 6),
+			"truncated":          b[:len(b)-1],
+			"clonelen without 4": func() []byte { c := append([]byte(nil), b...); c[8] = headerVersion3; return resumHeader(c) }(),
+			"clonelen too long":  func() []byte { c := append([]byte(nil), b...); c[112]++; return resumHeader(c) }(),
+		} {
+			var x Header
+			if err := x.UnmarshalBinary(bad); !errors.Is(err, ErrCorruptHeader) {
+				t.Errorf("snapshots %v, %s: %v, want ErrCorruptHeader", snaps, name, err)
+			}
+		}
+	}
+	for name, mut := range map[string]func(*Header){
+		"bad block":      func(h *Header) { h.CloneBlock = 3000 },
+		"map length":     func(h *Header) { h.Owned = h.Owned[1:] },
+		"no base name":   func(h *Header) { h.BaseSnapshot = "" },
+		"long base name": func(h *Header) { h.BaseSnapshot = string(make([]byte, 64)) },
+	} {
+		c := testClone(t, false)
+		mut(&c)
+		if _, err := c.MarshalBinary(); err == nil {
+			t.Errorf("%s: encoded", name)
+		}
+	}
 }

@@ -207,18 +207,28 @@ func (c *Chunk) Snapshot(name string) error {
 // copy-on-write lock, which the change releases with the function it
 // returns once the data file is changed.
 func (c *Chunk) beforeChange(off, n int64) (func(), error) {
-	if c.nsnaps.Load() == 0 || n == 0 {
+	if c.nsnaps.Load() == 0 && c.base == nil || n == 0 {
 		return func() {}, nil
 	}
 	c.cow.RLock()
-	if c.allSaved(off, n) {
+	if c.allOwned(off, n) && (c.nsnaps.Load() == 0 || c.allSaved(off, n)) {
 		return c.cow.RUnlock, nil
 	}
 	c.cow.RUnlock()
 	c.cow.Lock()
-	if err := c.saveBlocks(off, n); err != nil {
-		c.cow.Unlock()
-		return nil, err
+	// A clone owns the blocks first (clone.go), so that a snapshot saves
+	// what the clone showed.
+	if c.base != nil {
+		if err := c.copyUp(off, n); err != nil {
+			c.cow.Unlock()
+			return nil, err
+		}
+	}
+	if c.nsnaps.Load() > 0 {
+		if err := c.saveBlocks(off, n); err != nil {
+			c.cow.Unlock()
+			return nil, err
+		}
 	}
 	return c.cow.Unlock, nil
 }
@@ -313,14 +323,19 @@ func (c *Chunk) ReadSnapshotAt(name string, p []byte, off int64) error {
 		at := off + int64(done)
 		b := at / c.snapBlock
 		piece := p[done:min(len(p), done+int(c.snapBlock-at%c.snapBlock))]
-		var src vfs.File = c.f
+		var src vfs.File
 		for j := k; j < len(c.snaps); j++ {
 			if bitSet(c.snaps[j].Saved, b) {
 				src = c.snapFiles[j]
 				break
 			}
 		}
-		if n, err := src.ReadAt(piece, at); err != nil && !(err == io.EOF && n == len(piece)) {
+		if src == nil {
+			// Unchanged since: as the chunk shows it now.
+			if err := c.readLive(piece, at); err != nil {
+				return err
+			}
+		} else if n, err := src.ReadAt(piece, at); err != nil && !(err == io.EOF && n == len(piece)) {
 			return fmt.Errorf("store: read snapshot %q of chunk %s: %w", name, c.id, err)
 		}
 		done += len(piece)
@@ -343,6 +358,9 @@ func (c *Chunk) DeleteSnapshot(name string) error {
 	i := c.layerIndex(name)
 	if i < 0 {
 		return fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
+	}
+	if n := c.deps[name]; n > 0 {
+		return fmt.Errorf("%w: snapshot %q of chunk %s is the base of %d clones", ErrInUse, name, c.id, n)
 	}
 	next := append([]SnapshotLayer(nil), c.snaps[:i]...)
 	next = append(next, c.snaps[i+1:]...)

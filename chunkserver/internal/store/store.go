@@ -203,6 +203,21 @@ func Open(cfg Config) (*Store, error) {
 			s.quarantineLocked(id, err)
 		}
 	}
+	// Link each clone to its base; one whose base or base snapshot is
+	// gone is not served.
+	for id, c := range s.mu.chunks {
+		if c.baseID == "" {
+			continue
+		}
+		b := s.mu.chunks[c.baseID]
+		if b == nil || !b.HasSnapshot(c.baseSnap) {
+			delete(s.mu.chunks, id)
+			c.close()
+			s.quarantineLocked(id, fmt.Errorf("it is a clone of snapshot %q of chunk %s, which is not here", c.baseSnap, c.baseID))
+			continue
+		}
+		c.setBase(b)
+	}
 	// A snapshot layer file its chunk's sidecar does not record is left by
 	// a Snapshot interrupted before its record, or a deletion after it.
 	for name := range files {
@@ -345,6 +360,7 @@ func (s *Store) newChunk(h Header, f vfs.File, log *bitmap.Log) *Chunk {
 	c.minEpoch.Store(h.MinEpoch)
 	c.snapBlock, c.snaps = h.SnapBlock, h.Snapshots
 	c.nsnaps.Store(int32(len(h.Snapshots)))
+	c.baseID, c.baseSnap, c.cloneBlock, c.owned = h.Base, h.BaseSnapshot, h.CloneBlock, h.Owned
 	return c
 }
 
@@ -368,11 +384,18 @@ func (s *Store) Create(id string, size int64) (*Chunk, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if c, ok := s.mu.chunks[id]; ok {
-		if c.Size() != size {
-			return nil, fmt.Errorf("%w: %s has %d bytes, asked for %d", ErrExists, id, c.Size(), size)
+		if c.Size() != size || c.baseID != "" {
+			return nil, fmt.Errorf("%w: %s has %d bytes (a clone: %t), asked for %d", ErrExists, id, c.Size(), c.baseID != "", size)
 		}
 		return c, nil
 	}
+	return s.createLocked(Header{ID: id, Size: size})
+}
+
+// createLocked creates the chunk h describes (its ID, Size and, for a
+// clone, base fields), with s.mu held.
+func (s *Store) createLocked(h Header) (*Chunk, error) {
+	id, size := h.ID, h.Size
 	if reason, ok := s.mu.quarantined[id]; ok {
 		return nil, fmt.Errorf("%w: %s: %w; not re-created", ErrQuarantined, id, reason)
 	}
@@ -421,7 +444,8 @@ func (s *Store) Create(id string, size int64) (*Chunk, error) {
 	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
-	c := s.newChunk(Header{ID: id, Size: size, Created: s.cfg.Clock().UnixNano()}, f, log)
+	h.Created = s.cfg.Clock().UnixNano()
+	c := s.newChunk(h, f, log)
 	// The sidecar write fsyncs the directory, which makes the data file's
 	// entry durable too.
 	if err := c.rewriteSidecar(); err != nil {
@@ -559,10 +583,17 @@ func (s *Store) Delete(id string) error {
 	}
 	s.mu.Lock()
 	c, ok := s.mu.chunks[id]
+	if ok {
+		if err := c.inUse(); err != nil {
+			s.mu.Unlock()
+			return err
+		}
+	}
 	delete(s.mu.chunks, id)
 	delete(s.mu.quarantined, id)
 	s.mu.Unlock()
 	if ok {
+		c.dropBase()
 		if err := c.close(); err != nil {
 			s.log.Warn("closing a deleted chunk", "chunk", id, "err", err)
 		}
@@ -700,6 +731,17 @@ type Chunk struct {
 	snapFiles []vfs.File
 	nsnaps    atomic.Int32
 	clock     func() time.Time
+
+	// A clone's base (clone.go): the chunk and snapshot it reads the
+	// blocks it does not own from, fixed at creation; base is set when the
+	// store links the clone to it. owned, the owned map of cloneBlock
+	// blocks, changes with cow held for writing and sidecarMu held. deps
+	// counts, per snapshot of this chunk, the clones that read it (cow).
+	baseID, baseSnap string
+	base             *Chunk
+	cloneBlock       int64
+	owned            []byte
+	deps             map[string]int
 
 	intentMu sync.Mutex // guards intent
 	intent   vfs.File   // the intent bitmap file, opened on first use
@@ -843,7 +885,8 @@ func (c *Chunk) writeHeaderLocked(log []byte, minEpoch int64) error {
 		return ErrChunkFailed
 	}
 	b, err := Header{ID: c.id, Size: c.size, MinEpoch: minEpoch, Created: c.created, Log: log,
-		SnapBlock: c.snapBlock, Snapshots: c.snaps}.MarshalBinary()
+		SnapBlock: c.snapBlock, Snapshots: c.snaps,
+		Base: c.baseID, BaseSnapshot: c.baseSnap, CloneBlock: c.cloneBlock, Owned: c.owned}.MarshalBinary()
 	if err != nil {
 		return err
 	}
@@ -1052,6 +1095,11 @@ func (c *Chunk) ReadAt(p []byte, off int64) error {
 	if err := c.check(off, int64(len(p))); err != nil {
 		return err
 	}
+	if c.base != nil {
+		c.cow.RLock()
+		defer c.cow.RUnlock()
+		return c.readLive(p, off)
+	}
 	n, err := c.f.ReadAt(p, off)
 	if err == io.EOF && n == len(p) {
 		err = nil
@@ -1246,13 +1294,22 @@ type Extent struct {
 
 // Extents describes [off, off+length) as data and hole runs, using
 // SEEK_DATA/SEEK_HOLE. File systems that do not report holes give one data
-// extent.
+// extent. A clone's blocks it does not own are as its base snapshot has
+// them.
 func (c *Chunk) Extents(off, length int64) ([]Extent, error) {
 	c.ioMu.RLock()
 	defer c.ioMu.RUnlock()
 	if err := c.check(off, length); err != nil {
 		return nil, err
 	}
+	if c.base != nil {
+		return c.cloneExtents(off, length)
+	}
+	return c.fileExtents(off, length)
+}
+
+// fileExtents is Extents of the data file, with ioMu held.
+func (c *Chunk) fileExtents(off, length int64) ([]Extent, error) {
 	end := off + length
 	var out []Extent
 	for pos := off; pos < end; {

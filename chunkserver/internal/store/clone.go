@@ -1,0 +1,260 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Clones. A clone is a chunk that starts as a snapshot of another chunk in
+// the same store (its base) and is written on its own from then on: the
+// sidecar (version 4, drawn above) names the base and the snapshot and
+// carries the owned map. The clone's data file holds the blocks it owns; a
+// block it does not own reads from the base snapshot, which never changes.
+// So a clone costs nothing until written, and writes to either side never
+// show on the other.
+//
+// The first change of a block the clone does not own (a write, trim or
+// write-zeroes) first copies the block from the base snapshot into the data
+// file, syncs the data file, sets the block's bit and rewrites the sidecar,
+// and only then changes it, like a snapshot's copy-on-write (snapshot.go)
+// and before it: the snapshot then saves what the clone showed. A power
+// loss at any point leaves the bit unset (the block reads from the base) or
+// set over a durable copy. The copy changes none of the clone's bytes, so
+// it is not marked in the LOG.
+//
+// A base chunk, and each of its snapshots a clone reads, cannot be deleted
+// while the clone exists (ErrInUse).
+
+// ErrInUse refuses the deletion of a chunk or snapshot a clone reads.
+var ErrInUse = errors.New("store: in use by a clone")
+
+// CreateClone makes chunk id a clone of snapshot snap of chunk base, of the
+// same size, owning nothing yet. Creating a clone that exists with the
+// same base and snapshot is a no-op; otherwise an existing id is
+// ErrExists.
+func (s *Store) CreateClone(id, base, snap string) (*Chunk, error) {
+	if !validID.MatchString(id) || !validID.MatchString(base) {
+		return nil, fmt.Errorf("store: invalid chunk id %q or %q", id, base)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.mu.chunks[base]
+	if !ok {
+		return nil, fmt.Errorf("store: clone %s: no base chunk %s here", id, base)
+	}
+	if !b.HasSnapshot(snap) {
+		return nil, fmt.Errorf("%w: clone %s: chunk %s has no snapshot %q", ErrNoSnapshot, id, base, snap)
+	}
+	if c, ok := s.mu.chunks[id]; ok {
+		if c.baseID != base || c.baseSnap != snap {
+			return nil, fmt.Errorf("%w: %s is not a clone of %s@%s", ErrExists, id, base, snap)
+		}
+		return c, nil
+	}
+	h := Header{ID: id, Size: b.size, Base: base, BaseSnapshot: snap, CloneBlock: SnapBlock,
+		Owned: make([]byte, snapMapLen(b.size, SnapBlock))}
+	c, err := s.createLocked(h)
+	if err != nil {
+		return nil, err
+	}
+	c.setBase(b)
+	return c, nil
+}
+
+// setBase links clone c to its base chunk b, which counts c among the
+// readers of c's base snapshot.
+func (c *Chunk) setBase(b *Chunk) {
+	c.base = b
+	b.cow.Lock()
+	if b.deps == nil {
+		b.deps = map[string]int{}
+	}
+	b.deps[c.baseSnap]++
+	b.cow.Unlock()
+}
+
+// dropBase undoes setBase when clone c is deleted.
+func (c *Chunk) dropBase() {
+	b := c.base
+	if b == nil {
+		return
+	}
+	b.cow.Lock()
+	if b.deps[c.baseSnap]--; b.deps[c.baseSnap] <= 0 {
+		delete(b.deps, c.baseSnap)
+	}
+	b.cow.Unlock()
+}
+
+// inUse reports why c cannot be deleted: the snapshots of it clones read.
+func (c *Chunk) inUse() error {
+	c.cow.RLock()
+	defer c.cow.RUnlock()
+	for snap, n := range c.deps {
+		if n > 0 {
+			return fmt.Errorf("%w: chunk %s's snapshot %q is the base of %d clones", ErrInUse, c.id, snap, n)
+		}
+	}
+	return nil
+}
+
+// Base reports the chunk and snapshot a clone reads the blocks it does
+// not own from; ok is false for a chunk that is not a clone.
+func (c *Chunk) Base() (base, snapshot string, ok bool) {
+	return c.baseID, c.baseSnap, c.baseID != ""
+}
+
+// owns reports whether the clone's data file holds block b (of
+// cloneBlock bytes); c.cow is held. Every block of a chunk that is not a
+// clone is its own.
+func (c *Chunk) owns(b int64) bool { return c.base == nil || bitSet(c.owned, b) }
+
+// allOwned reports whether c owns every block of [off, off+n); c.cow is
+// held.
+func (c *Chunk) allOwned(off, n int64) bool {
+	if c.base == nil {
+		return true
+	}
+	for b := off / c.cloneBlock; b <= (off+n-1)/c.cloneBlock; b++ {
+		if !bitSet(c.owned, b) {
+			return false
+		}
+	}
+	return true
+}
+
+// readLive reads p at off as the chunk shows it now: from the data file,
+// or for the blocks a clone does not own from its base snapshot; c.cow is
+// held.
+func (c *Chunk) readLive(p []byte, off int64) error {
+	for done := 0; done < len(p); {
+		at := off + int64(done)
+		n := len(p) - done
+		if c.base != nil {
+			n = min(n, int(c.cloneBlock-at%c.cloneBlock))
+		}
+		piece := p[done : done+n]
+		if c.owns(at / max(c.cloneBlock, 1)) {
+			if k, err := c.f.ReadAt(piece, at); err != nil && !(err == io.EOF && k == len(piece)) {
+				return fmt.Errorf("store: read chunk %s: %w", c.id, err)
+			}
+		} else if err := c.base.ReadSnapshotAt(c.baseSnap, piece, at); err != nil {
+			return fmt.Errorf("store: clone %s: reading its base: %w", c.id, err)
+		}
+		done += n
+	}
+	return nil
+}
+
+// copyUp makes the clone own every block of [off, off+n), durably (see
+// above); c.cow is held for writing. A failed sync fails the chunk; other
+// errors change nothing the chunk shows.
+func (c *Chunk) copyUp(off, n int64) error {
+	var blocks []int64
+	for b := off / c.cloneBlock; b <= (off+n-1)/c.cloneBlock; b++ {
+		if !bitSet(c.owned, b) {
+			blocks = append(blocks, b)
+		}
+	}
+	if len(blocks) == 0 {
+		return nil
+	}
+	buf := make([]byte, c.cloneBlock)
+	for _, b := range blocks {
+		p := buf[:min(c.cloneBlock, c.size-b*c.cloneBlock)]
+		if err := c.base.ReadSnapshotAt(c.baseSnap, p, b*c.cloneBlock); err != nil {
+			return fmt.Errorf("store: clone %s: reading block %d of its base: %w", c.id, b, err)
+		}
+		if err := c.reserve(b*c.cloneBlock, int64(len(p))); err != nil {
+			return fmt.Errorf("store: clone %s: copying block %d: %w", c.id, b, err)
+		}
+		if _, err := c.f.WriteAt(p, b*c.cloneBlock); err != nil {
+			if IsNoSpace(err) {
+				c.space.setLow()
+			}
+			return fmt.Errorf("store: clone %s: copying block %d: %w", c.id, b, err)
+		}
+		c.setDirty()
+	}
+	if err := c.syncData(); err != nil {
+		return err
+	}
+	next := bytes.Clone(c.owned)
+	for _, b := range blocks {
+		next[b/8] |= 1 << (b % 8)
+	}
+	c.sidecarMu.Lock()
+	defer c.sidecarMu.Unlock()
+	old := c.owned
+	c.owned = next
+	if err := c.rewriteSidecarLocked(); err != nil {
+		c.owned = old
+		return err
+	}
+	return nil
+}
+
+// cloneExtents describes [off, off+length) of a clone: the blocks it owns
+// as its data file has them, the others as its base snapshot has them.
+func (c *Chunk) cloneExtents(off, length int64) ([]Extent, error) {
+	own, err := c.fileExtents(off, length)
+	if err != nil {
+		return nil, err
+	}
+	base, err := c.base.SnapshotExtents(c.baseSnap, off, length)
+	if err != nil {
+		return nil, fmt.Errorf("store: clone %s: extents of its base: %w", c.id, err)
+	}
+	c.cow.RLock()
+	owned := bytes.Clone(c.owned)
+	block := c.cloneBlock
+	c.cow.RUnlock()
+	var out []Extent
+	add := func(n int64, hole bool) {
+		if m := len(out); m > 0 && out[m-1].Hole == hole {
+			out[m-1].Length += n
+			return
+		}
+		out = append(out, Extent{Length: n, Hole: hole})
+	}
+	ownAt, baseAt := extentCursor{list: own, pos: off}, extentCursor{list: base, pos: off}
+	end := off + length
+	for p := off; p < end; {
+		next := min((p/block+1)*block, end)
+		from := &baseAt
+		if bitSet(owned, p/block) {
+			from = &ownAt
+		}
+		for q := p; q < next; {
+			hole, runEnd := from.at(q)
+			runEnd = min(runEnd, next)
+			add(runEnd-q, hole)
+			q = runEnd
+		}
+		p = next
+	}
+	return out, nil
+}
+
+// extentCursor walks a list of extents that starts at pos, for offsets
+// that only grow.
+type extentCursor struct {
+	list []Extent
+	i    int
+	pos  int64 // where list[i] starts
+}
+
+// at reports whether offset q is in a hole and where its extent ends
+// (past the list: a hole to the end).
+func (e *extentCursor) at(q int64) (bool, int64) {
+	for e.i < len(e.list) && e.pos+e.list[e.i].Length <= q {
+		e.pos += e.list[e.i].Length
+		e.i++
+	}
+	if e.i == len(e.list) {
+		return true, 1<<63 - 1
+	}
+	return e.list[e.i].Hole, e.pos + e.list[e.i].Length
+}
