@@ -577,6 +577,15 @@ func (s *Server) apply(ctx context.Context, as *api.ChunkAssignments) bool {
 			if _, err := s.store.Get(a.ID); err == nil {
 				continue
 			}
+			if a.Base != "" {
+				if _, err := s.store.CreateClone(a.ID, a.Base, a.BaseSnapshot); err != nil {
+					s.log.Error("creating a clone chunk", "chunk", a.ID, "base", a.Base, "snapshot", a.BaseSnapshot, "err", err)
+					ok = false
+					continue
+				}
+				s.log.Info("clone chunk created", "chunk", a.ID, "base", a.Base, "snapshot", a.BaseSnapshot)
+				continue
+			}
 			if _, err := s.store.Create(a.ID, a.SizeBytes); err != nil {
 				s.log.Error("creating chunk", "chunk", a.ID, "err", err)
 				ok = false

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/metaserver/api"
@@ -147,5 +148,64 @@ func TestSnapshotReaderOutlivesFence(t *testing.T) {
 	}
 	if _, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: cs.nbdAddr, Export: exportName("c1", "h1", 1)}); err == nil || !strings.Contains(err.Error(), "fenced") {
 		t.Errorf("the fenced epoch's live export: %v", err)
+	}
+}
+
+// TestCloneChunkAssignment: a chunk assigned as a clone of a snapshot of a
+// chunk the server holds reads the snapshot over NBD, takes writes that
+// the base never shows, and keeps its base from being deleted.
+func TestCloneChunkAssignment(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	live := cs.dial(t, exportName("c1", "h1", 1), nil)
+	gold := bytes.Repeat([]byte("golden image "), 5000)
+	if err := live.WriteAt(ctx, gold, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	req := api.SnapshotRequest{Name: "gold", Chunks: []api.ChunkPin{{Chunk: "c1", ControlRequest: cred("c1", "h1", 1)}}}
+	if _, err := cs.ctl.Snapshot(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.WriteAt(ctx, bytes.Repeat([]byte("B"), 4096), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	base := api.ChunkAssignment{ID: "c1", SizeBytes: testChunkSize, State: api.ChunkActive}
+	meta.setChunks([]api.ChunkAssignment{base,
+		{ID: "k1", SizeBytes: testChunkSize, State: api.ChunkActive, Base: "c1", BaseSnapshot: "gold"}})
+	var clone *nbd.Client
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := nbd.Dial(ctx, nbd.ClientConfig{Addr: cs.nbdAddr, Export: exportName("k1", "h2", 1)})
+		if err == nil {
+			clone = c
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the clone chunk was not created: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	defer clone.Close()
+	got := make([]byte, len(gold))
+	if err := clone.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, gold) {
+		t.Fatalf("the clone does not read the snapshot: %v", err)
+	}
+	if err := clone.WriteAt(ctx, bytes.Repeat([]byte("K"), 100), 10, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := live.ReadAt(ctx, got[:4096], 0); err != nil || !bytes.Equal(got[:4096], bytes.Repeat([]byte("B"), 4096)) {
+		t.Fatalf("the base after a write to the clone: %v", err)
+	}
+	if err := clone.ReadAt(ctx, got[:200], 0); err != nil || !bytes.Equal(got[10:110], bytes.Repeat([]byte("K"), 100)) || !bytes.Equal(got[110:200], gold[110:200]) {
+		t.Fatalf("the clone after its write: %v", err)
+	}
+	// Its base cannot be deleted while it exists.
+	live.Close()
+	meta.setChunks([]api.ChunkAssignment{{ID: "c1", SizeBytes: testChunkSize, State: api.ChunkDeleting},
+		{ID: "k1", SizeBytes: testChunkSize, State: api.ChunkActive, Base: "c1", BaseSnapshot: "gold"}})
+	time.Sleep(500 * time.Millisecond)
+	if _, err := cs.s.store.Get("c1"); err != nil {
+		t.Fatalf("the clone's base was deleted: %v", err)
 	}
 }

@@ -186,6 +186,11 @@ type ChunkAssignment struct {
 	ID        string `json:"id"`
 	SizeBytes int64  `json:"size_bytes"`
 	State     string `json:"state"` // ChunkActive or ChunkDeleting
+	// Base and BaseSnapshot make the chunk a writable clone of snapshot
+	// BaseSnapshot of chunk Base, which the same chunkserver holds: it
+	// reads what it has not written from there (a clone volume's member).
+	Base         string `json:"base,omitempty"`
+	BaseSnapshot string `json:"base_snapshot,omitempty"`
 }
 
 // ChunkAssignments is the answer to GET /api/v1/chunkservers/{id}/chunks.
