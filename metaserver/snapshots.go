@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -156,6 +157,14 @@ func (st *store) requestSnapshotDelete(ctx context.Context, volume, name string)
 		if host != nil {
 			return api.Errorf(api.CodeConflict, "snapshot %q of volume %q is attached to host %s: chunkraid snapshot detach %s %s first",
 				name, volume, *host, volume, name)
+		}
+		clones, err := clonesOf(ctx, tx, id, name)
+		if err != nil {
+			return err
+		}
+		if len(clones) > 0 {
+			return api.Errorf(api.CodeConflict, "snapshot %q of volume %q is the base of the clone(s) %s, which read the blocks they have not written from it: delete them first",
+				name, volume, strings.Join(clones, ", "))
 		}
 		if _, err := tx.Exec(ctx, `UPDATE snapshots SET state = 'deleting' WHERE volume_id = $1 AND name = $2`, id, name); err != nil {
 			return fmt.Errorf("delete snapshot: %w", err)

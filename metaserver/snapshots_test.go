@@ -238,3 +238,92 @@ func TestSnapshotAttach(t *testing.T) {
 		t.Errorf("%d snapshot_detached events", n)
 	}
 }
+
+// TestCloneVolume: a clone of a ready snapshot is a new volume of the
+// snapshot's size whose every member chunk is on the chunkserver of the
+// parent's matching member and is assigned there as a clone of the
+// snapshot of that chunk; the snapshot and the parent cannot be deleted
+// while the clone exists, and the refusals name it; bad requests are
+// refused.
+func TestCloneVolume(t *testing.T) {
+	t.Parallel()
+	f := newAuthFixture(t)
+	ts, ctx := f.ts, t.Context()
+	v1, err := ts.Client.GetVolume(ctx, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := playHost(f, v1, "gold", api.SnapshotPending, api.SnapshotOpCreate, "")
+	if _, err := ts.Client.CreateSnapshot(ctx, "v1", "gold"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-h; err != nil {
+		t.Fatal(err)
+	}
+	cl, err := ts.Client.CloneVolume(ctx, "v1", "gold", "vm1", "h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.CloneOf != "v1@gold" || cl.SizeBytes != v1.SizeBytes || cl.Layout != v1.Layout || cl.Host != "h2" || len(cl.Sets) != len(v1.Sets) {
+		t.Fatalf("clone %+v", cl)
+	}
+	servers, err := ts.Client.ListChunkservers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int64{}
+	for _, s := range servers {
+		ids[s.Name] = s.ID
+	}
+	for i, m := range cl.Sets[0].Members {
+		pm := v1.Sets[0].Members[i]
+		if m.Chunkserver != pm.Chunkserver || m.ChunkID == pm.ChunkID {
+			t.Errorf("member %d: on %s (chunk %s), the parent's on %s (chunk %s)", i, m.Chunkserver, m.ChunkID, pm.Chunkserver, pm.ChunkID)
+		}
+		as, err := ts.Client.ChunkAssignments(ctx, ids[m.Chunkserver], 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, a := range as.Chunks {
+			if a.ID == m.ChunkID {
+				found = a.Base == pm.ChunkID && a.BaseSnapshot == "gold"
+			}
+		}
+		if !found {
+			t.Errorf("member %d is not assigned to %s as a clone of chunk %s's snapshot gold", i, m.Chunkserver, pm.ChunkID)
+		}
+	}
+	if err := ts.Client.DeleteSnapshot(ctx, "v1", "gold"); api.ErrorCode(err) != api.CodeConflict || !strings.Contains(err.Error(), "vm1") {
+		t.Errorf("deleting the clone's snapshot: %v", err)
+	}
+	if err := ts.Client.DeleteVolume(ctx, "v1"); api.ErrorCode(err) != api.CodeConflict || !strings.Contains(err.Error(), "vm1") {
+		t.Errorf("deleting the clone's parent: %v", err)
+	}
+	for what, c := range map[string]struct {
+		parent, snap, name string
+		code               string
+	}{
+		"name taken":       {"v1", "gold", "v2", api.CodeAlreadyExists},
+		"bad name":         {"v1", "gold", "Bad_Name", api.CodeInvalidArgument},
+		"unknown snapshot": {"v1", "nosuch", "vm2", api.CodeNotFound},
+		"unknown parent":   {"nosuch", "gold", "vm2", api.CodeNotFound},
+	} {
+		if _, err := ts.Client.CloneVolume(ctx, c.parent, c.snap, c.name, ""); api.ErrorCode(err) != c.code {
+			t.Errorf("%s: %v, want %s", what, err, c.code)
+		}
+	}
+	if n := len(eventsOf(ts.events(t, ""), api.EventVolumeCloned)); n != 1 {
+		t.Errorf("%d volume_cloned events", n)
+	}
+	if err := ts.Client.DeleteVolume(ctx, "vm1"); err != nil {
+		t.Fatal(err)
+	}
+	h = playHost(f, v1, "gold", api.SnapshotDeleting, api.SnapshotOpDelete, "")
+	if err := ts.Client.DeleteSnapshot(ctx, "v1", "gold"); err != nil {
+		t.Fatalf("deleting the snapshot once the clone is gone: %v", err)
+	}
+	if err := <-h; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -409,13 +409,14 @@ func (st *store) chunkAssignments(ctx context.Context, id int64) (*api.ChunkAssi
 			return notFound(err, "chunkserver %d is not registered: register again", id)
 		}
 		rows, err := tx.Query(ctx, `
-			SELECT id::text, size_bytes, state FROM chunks WHERE chunkserver_id = $1 ORDER BY id`, id)
+			SELECT id::text, size_bytes, state, coalesce(base_chunk::text, ''), coalesce(base_snapshot, '')
+			FROM chunks WHERE chunkserver_id = $1 ORDER BY id`, id)
 		if err != nil {
 			return fmt.Errorf("list chunks: %w", err)
 		}
 		out.Chunks, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.ChunkAssignment, error) {
 			var a api.ChunkAssignment
-			err := row.Scan(&a.ID, &a.SizeBytes, &a.State)
+			err := row.Scan(&a.ID, &a.SizeBytes, &a.State, &a.Base, &a.BaseSnapshot)
 			return a, err
 		})
 		return err

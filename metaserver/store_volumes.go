@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -38,8 +39,9 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 	rows, err := q.Query(ctx, `
 		SELECT v.id, v.name, v.size_bytes, v.layout, v.stripe_unit, v.bitmap, coalesce(h.name, ''), v.epoch,
 		       v.clean_detach, v.created_at, v.chap_user, v.mutual_user, v.allowed_initiators,
-		       CASE WHEN $4 THEN v.chap_secret END, CASE WHEN $4 THEN v.mutual_secret END, v.qos
-		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id
+		       CASE WHEN $4 THEN v.chap_secret END, CASE WHEN $4 THEN v.mutual_secret END, v.qos,
+		       coalesce(pv.name || '@' || v.parent_snapshot, '')
+		FROM volumes v LEFT JOIN hosts h ON h.id = v.host_id LEFT JOIN volumes pv ON pv.id = v.parent_volume_id
 		WHERE ($1::bigint = 0 OR v.id = $1)
 		  AND ($2::text = '' OR v.name = $2)
 		  AND ($3::bigint = 0 OR v.host_id = $3)
@@ -56,7 +58,7 @@ func (st *store) loadVolumes(ctx context.Context, q querier, f volumeFilter) ([]
 		)
 		err := row.Scan(&id, &v.Name, &v.SizeBytes, &v.Layout, &v.StripeUnit, &v.Bitmap, &v.Host, &v.Epoch,
 			&v.CleanDetach, &v.CreatedAt, &v.Auth.CHAPUser, &v.Auth.MutualUser, &v.Auth.AllowedInitiators,
-			&chapSealed, &mutSealed, &v.QoS)
+			&chapSealed, &mutSealed, &v.QoS, &v.CloneOf)
 		if err != nil {
 			return v, err
 		}
@@ -378,7 +380,15 @@ func (st *store) deleteVolume(ctx context.Context, name string) error {
 		if err := tx.QueryRow(ctx, `SELECT id FROM volumes WHERE name = $1 FOR UPDATE`, name).Scan(&id); err != nil {
 			return notFound(err, "volume %q does not exist", name)
 		}
-		_, err := tx.Exec(ctx, `
+		clones, err := clonesOf(ctx, tx, id, "")
+		if err != nil {
+			return err
+		}
+		if len(clones) > 0 {
+			return api.Errorf(api.CodeConflict, "volume %q is the parent of the clone(s) %s, which read the blocks they have not written from its snapshots: delete them first",
+				name, strings.Join(clones, ", "))
+		}
+		_, err = tx.Exec(ctx, `
 			UPDATE chunks SET state = 'deleting', volume_id = NULL, set_idx = NULL, member_idx = NULL
 			WHERE volume_id = $1`, id)
 		if err != nil {

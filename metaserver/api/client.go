@@ -446,6 +446,13 @@ func (c *Client) DetachSnapshot(ctx context.Context, volume, name string) error 
 	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(volume)+"/snapshots/"+url.PathEscape(name)+"/detach", nil, nil, nil, RequestTimeout)
 }
 
+// CloneVolume makes volume name a writable clone of snapshot snap of
+// volume parent; host, if set, attaches it.
+func (c *Client) CloneVolume(ctx context.Context, parent, snap, name, host string) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(parent)+"/clone", nil,
+		CloneVolumeRequest{Snapshot: snap, Name: name, Host: host}, RequestTimeout)
+}
+
 // DetachVolume detaches a volume from its host.
 func (c *Client) DetachVolume(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/detach", nil, nil, nil, RequestTimeout)

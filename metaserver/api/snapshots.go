@@ -61,6 +61,15 @@ type SnapshotTarget struct {
 	Sets       []Set      `json:"sets"`
 }
 
+// CloneVolumeRequest is POSTed to /api/v1/volumes/{name}/clone: volume
+// Name is made a writable clone of snapshot Snapshot of the volume, at
+// once, sharing every block it does not write; Host, if set, attaches it.
+type CloneVolumeRequest struct {
+	Snapshot string `json:"snapshot"`
+	Name     string `json:"name"`
+	Host     string `json:"host,omitempty"`
+}
+
 // HostSnapshotExportsRequest is POSTed by a host to
 // /api/v1/hosts/{id}/snapshot-exports: the volume it serves, with
 // read-only export names of snapshot Snapshot of its members for the host,
@@ -115,4 +124,5 @@ const (
 	EventSnapshotFailed   = "snapshot_failed"
 	EventSnapshotAttached = "snapshot_attached"
 	EventSnapshotDetached = "snapshot_detached"
+	EventVolumeCloned     = "volume_cloned"
 )

@@ -388,7 +388,10 @@ type Volume struct {
 	QoS QoS `json:"qos"`
 	// Snapshots are the volume's snapshots, oldest first.
 	Snapshots []Snapshot `json:"snapshots"`
-	Sets      []Set      `json:"sets"`
+	// CloneOf is "VOLUME@SNAPSHOT" for a writable clone of that snapshot
+	// (its chunks share the blocks it has not written); "" otherwise.
+	CloneOf string `json:"clone_of,omitempty"`
+	Sets    []Set  `json:"sets"`
 }
 
 // CreateVolumeRequest is POSTed to /api/v1/volumes.
