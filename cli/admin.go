@@ -15,7 +15,8 @@ import (
 func newVolumeCmd(o *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show and delete volumes"}
 	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o), newVolumeResizeCmd(o), newVolumeStatsCmd(o), newVolumeVerifyCmd(o),
-		newVolumeCHAPCmd(o), newVolumeAllowCmd(o), newVolumeDisallowCmd(o), newVolumeQoSCmd(o), newVolumeDetachCmd(o), newVolumeRollbackCmd(o))
+		newVolumeCHAPCmd(o), newVolumeAllowCmd(o), newVolumeDisallowCmd(o), newVolumeQoSCmd(o), newVolumeDetachCmd(o), newVolumeRollbackCmd(o),
+		newVolumeCloneCmd(o))
 	return cmd
 }
 
@@ -142,6 +143,9 @@ func printVolume(w *tabwriter.Writer, v *api.Volume, allSets bool) {
 	fmt.Fprintf(w, "Name:\t%s\n", v.Name)
 	fmt.Fprintf(w, "Size:\t%s (%d bytes)\n", formatSize(v.SizeBytes), v.SizeBytes)
 	fmt.Fprintf(w, "Layout:\t%s\n", describeLayout(v))
+	if v.CloneOf != "" {
+		fmt.Fprintf(w, "Clone of:\t%s (shares the blocks it has not written)\n", v.CloneOf)
+	}
 	fmt.Fprintf(w, "Raw:\t%s (%d bytes in %d chunks)\n", formatSize(v.RawBytes), v.RawBytes, chunkCount(v))
 	fmt.Fprintf(w, "Efficiency:\t%s\n", describeEfficiency(v))
 	fmt.Fprintf(w, "Bitmap:\t%s\n", orDash(v.Bitmap))

@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -179,4 +180,34 @@ nothing writes it meanwhile.`,
 			return nil
 		},
 	}
+}
+
+func newVolumeCloneCmd(o *rootOptions) *cobra.Command {
+	var host string
+	cmd := &cobra.Command{
+		Use:   "clone VOLUME@SNAPSHOT NEWVOLUME [--host HOST]",
+		Short: "Make a new volume, at once, a writable clone of a snapshot",
+		Long: `Make NEWVOLUME a writable clone of snapshot SNAPSHOT of VOLUME, at once: its
+member chunks are made on the chunkservers of VOLUME's and share every block
+they have not written with the snapshot. Writes to either volume never show on
+the other. The snapshot and VOLUME cannot be deleted while a clone exists.
+--host attaches the clone at once.`,
+		Args: exactArgs(2, "VOLUME@SNAPSHOT NEWVOLUME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			parent, snap, ok := strings.Cut(args[0], "@")
+			if !ok || parent == "" || snap == "" {
+				return fmt.Errorf("%q: name the snapshot as VOLUME@SNAPSHOT, e.g. golden@v1 (chunkraid snapshot list VOLUME lists them)", args[0])
+			}
+			v, err := o.client().CloneVolume(cmd.Context(), parent, snap, args[1], host)
+			if err != nil {
+				return err
+			}
+			return o.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "volume %s created as a writable clone of %s\n\n", v.Name, v.CloneOf)
+				printVolume(w, v, false)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&host, "host", "", "attach the clone at once to this host")
+	return cmd
 }
