@@ -341,6 +341,16 @@ func TestDashboard(t *testing.T) {
 			return err
 		}))
 	t.Logf("demo's snapshots: %s", get("snapshots", chromedp.Text(css(`[data-snapshots="demo"]`))))
+	// A clone of it says what it is a clone of.
+	if _, err := c.Client().CloneVolume(ctx, "demo", "nightly", "demo-clone", ""); err != nil {
+		t.Fatal(err)
+	}
+	step("a clone", 30*time.Second, page("volumes"),
+		chromedp.WaitVisible(css(`[data-clone-of="demo-clone"]`)),
+		chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			_, err := chromedp.Poll[bool](`document.querySelector('[data-clone-of="demo-clone"]').textContent.includes('Writable clone of demo@nightly')`)(ctx, tg)
+			return err
+		}))
 	step("the volume's figures", time.Minute, page("volumes"),
 		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="IOPS of demo"]`)),
 		chromedp.WaitVisible(css(`[data-stats="demo"] svg[aria-label^="p99 latency of demo"]`)),

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chunkraid/chunkraid/chunkserver/nbd"
 	"github.com/chunkraid/chunkraid/localcluster"
 	"github.com/chunkraid/chunkraid/metaserver/api"
 )
@@ -138,6 +140,10 @@ func TestLostChunkserverReplacedAndRebuilt(t *testing.T) {
 	if load.err != nil {
 		t.Fatalf("write load before the loss: %v\n%s", load.err, load.Output())
 	}
+	// A snapshot of what was written so far: the replacement must carry it.
+	if _, err := c.Client().CreateSnapshot(ctx, "rb", "pre"); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	if err := c.CS[csIndex(t, c, victim)].Kill(); err != nil {
 		t.Fatal(err)
@@ -180,13 +186,29 @@ func TestLostChunkserverReplacedAndRebuilt(t *testing.T) {
 	}
 	if b, err := os.ReadFile(c.Hostd.Log); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
-			if strings.Contains(l, "rebuilding a member onto a new chunk") {
+			if strings.Contains(l, "rebuilding a member onto a new chunk") || strings.Contains(l, "snapshot layer copied onto the rebuilt member") {
 				t.Logf("hostd: %s", l[strings.Index(l, "msg="):])
 			}
 		}
 	}
 	verifyAcked(t, url, append(before, acked...))
 	checkReplicas(t, c, "rb")
+	// The replacement got the snapshot's layer: every member's copy of it
+	// agrees, and it holds the writes made before it.
+	if out := cli(t, c, "volume", "verify", "rb"); !strings.Contains(out, "volume rb, snapshot pre: every member agrees") {
+		t.Fatalf("volume verify after the replacement:\n%s", out)
+	}
+	sv, err := c.Client().ReadSnapshotExports(ctx, "rb", "pre")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var setStart int64
+	for _, s := range sv.Sets {
+		for _, m := range s.Members {
+			checkSnapshotWrites(t, m, setStart, s.SizeBytes, before)
+		}
+		setStart += s.SizeBytes
+	}
 
 	// The lost chunkserver returns: it deletes its replaced chunk because
 	// the metaserver says so, and serves nothing of the volume.
@@ -314,4 +336,28 @@ func TestRebuildResumesAfterHostdKill(t *testing.T) {
 	}
 	verifyAcked(t, url, ws)
 	checkReplicas(t, c, "rr")
+}
+
+// checkSnapshotWrites reads, from member m's snapshot export (m.Export
+// names one) of the set that holds volume bytes [start, start+size), every
+// write of ws in that range, and fails unless it holds the write's pattern.
+func checkSnapshotWrites(t *testing.T, m api.Member, start, size int64, ws []slotWrite) {
+	t.Helper()
+	nc, err := nbd.Dial(t.Context(), nbd.ClientConfig{Addr: m.Addr, Export: m.Export})
+	if err != nil {
+		t.Fatalf("member on %s: opening the snapshot's export: %v", m.Chunkserver, err)
+	}
+	defer nc.Close()
+	for _, w := range ws {
+		if w.off < start || w.off+w.len > start+size {
+			continue
+		}
+		got := make([]byte, w.len)
+		if err := nc.ReadAt(t.Context(), got, w.off-start); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, bytes.Repeat([]byte{w.pat}, int(w.len))) {
+			t.Fatalf("member on %s: its copy of the snapshot lacks the write at %d made before it", m.Chunkserver, w.off)
+		}
+	}
 }

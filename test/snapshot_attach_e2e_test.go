@@ -218,6 +218,24 @@ func TestECSnapshot(t *testing.T) {
 		t.Fatalf("verify --snapshot after the member returned:\n%s", out)
 	}
 
+	// A writable clone of the EC snapshot reads it, and takes writes the
+	// volume does not see; its parity agrees.
+	cli(t, c, "volume", "clone", "ecs@before", "ecc", "--host", c.HostName)
+	if err := c.WaitTarget(ctx, "ecc", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	ecc := c.ISCSIURL("ecc")
+	run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 40M 4k", ecc)
+	if out := run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x11 0 100k", "-c", "read -P 0x55 100k 4k", "-c", "read -P 0x77 40M 4k",
+		"-c", "read -P 0x33 40964k 1020k", ecc); strings.Contains(out, "verification failed") {
+		t.Fatalf("the clone of the EC snapshot:\n%s", out)
+	}
+	if out := run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x33 40M 4k", url); strings.Contains(out, "verification failed") {
+		t.Fatalf("the EC volume after a write to its clone:\n%s", out)
+	}
+	verifyVolume(t, c, "ecc")
+	cli(t, c, "volume", "delete", "ecc")
+
 	// Rolled back, the EC volume holds the snapshot's bytes, parity
 	// consistent.
 	cli(t, c, "snapshot", "detach", "ecs", "before")

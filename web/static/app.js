@@ -126,6 +126,7 @@ function renderVolumes(volumes) {
     const health = volumeHealth(v);
     out.push(el('h3', {}, `${v.name} `, el('span', { class: health, 'data-health': health, 'data-volume-health': v.name }, health)));
     out.push(el('p', {}, `${bytes(v.size_bytes)}, ${v.layout}, ${v.sets.length} sets, host ${v.host || '(none)'}, epoch ${v.epoch}`));
+    if (v.clone_of) out.push(el('p', { class: 'clone', 'data-clone-of': v.name }, `Writable clone of ${v.clone_of}: shares the blocks it has not written`));
     out.push(qosLine(v));
     out.push(snapshotsLine(v));
     out.push(statsLine(v.name));
