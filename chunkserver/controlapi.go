@@ -292,8 +292,17 @@ func (h controlAPI) chunkSnapshots(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := api.ChunkSnapshots{Snapshots: []api.ChunkSnapshot{}}
+	maps := r.URL.Query().Get("changed") == "1"
 	for _, l := range c.Snapshots() {
-		out.Snapshots = append(out.Snapshots, api.ChunkSnapshot{Name: l.Name, CreatedAt: time.Unix(0, l.Created).UTC()})
+		sn := api.ChunkSnapshot{Name: l.Name, CreatedAt: time.Unix(0, l.Created).UTC()}
+		if maps {
+			block, changed, err := c.SnapshotChanged(l.Name)
+			if err != nil {
+				continue // deleted meanwhile
+			}
+			sn.Block, sn.Changed = block, changed
+		}
+		out.Snapshots = append(out.Snapshots, sn)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

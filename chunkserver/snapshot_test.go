@@ -209,3 +209,37 @@ func TestCloneChunkAssignment(t *testing.T) {
 		t.Fatalf("the clone's base was deleted: %v", err)
 	}
 }
+
+// TestSnapshotMaps: the control API lists, with changed=1, each snapshot
+// with the map of the blocks the chunk changed after it.
+func TestSnapshotMaps(t *testing.T) {
+	meta := newFakeMeta(t, "c1")
+	cs := startCS(t, meta, t.TempDir(), nil)
+	ctx := t.Context()
+	live := cs.dial(t, exportName("c1", "h1", 1), nil)
+	req := api.SnapshotRequest{Name: "s1", Chunks: []api.ChunkPin{{Chunk: "c1", ControlRequest: cred("c1", "h1", 1)}}}
+	if _, err := cs.ctl.Snapshot(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{100, 5*64<<10 + 7} {
+		if err := live.WriteAt(ctx, []byte("changed"), off, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := cs.ctl.SnapshotMaps(ctx, "c1", cred("c1", "h1", 1))
+	if err != nil || len(list.Snapshots) != 1 {
+		t.Fatalf("maps: %+v, %v", list, err)
+	}
+	sn := list.Snapshots[0]
+	if sn.Block != 64<<10 || len(sn.Changed) == 0 || sn.Changed[0] != 1|1<<5 {
+		t.Fatalf("snapshot s1's map: block %d, %x; want blocks 0 and 5", sn.Block, sn.Changed)
+	}
+	for _, b := range sn.Changed[1:] {
+		if b != 0 {
+			t.Fatalf("snapshot s1's map marks more blocks: %x", sn.Changed)
+		}
+	}
+	if plain, err := cs.ctl.Snapshots(ctx, "c1", cred("c1", "h1", 1)); err != nil || plain.Snapshots[0].Changed != nil {
+		t.Fatalf("a plain list carries maps: %+v, %v", plain, err)
+	}
+}

@@ -22,6 +22,7 @@ type chunkControl interface {
 	Snapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error)
 	DeleteSnapshot(ctx context.Context, req api.SnapshotRequest) (*api.SnapshotResponse, error)
 	Snapshots(ctx context.Context, chunk string, req api.ControlRequest) (*api.ChunkSnapshots, error)
+	SnapshotMaps(ctx context.Context, chunk string, req api.ControlRequest) (*api.ChunkSnapshots, error)
 }
 
 // memberConn is a connection to a member chunk: the device the set uses,

@@ -306,6 +306,12 @@ func (f fakeControl) Snapshots(_ context.Context, chunk string, _ api.ControlReq
 	return out, err
 }
 
+// SnapshotMaps lists a chunk's snapshots without maps: the fake keeps
+// none, so a rebuild compares every allocated block.
+func (f fakeControl) SnapshotMaps(ctx context.Context, chunk string, req api.ControlRequest) (*api.ChunkSnapshots, error) {
+	return f.Snapshots(ctx, chunk, req)
+}
+
 // PinMany pins each chunk as Pin does; the first failure fails the call.
 func (f fakeControl) PinMany(ctx context.Context, req api.PinRequest) (*api.PinResponse, error) {
 	f.c.mu.Lock()

@@ -54,30 +54,35 @@ func (st *setState) seedSnapshots(ctx context.Context, i int, c memberConn) (boo
 		has[sn.Name] = true
 	}
 	seeded := false
+	prev := "" // the newest snapshot the new chunk has, before name
 	for _, name := range snaps {
 		if has[name] {
+			prev = name
 			continue
 		}
 		start := time.Now()
-		n, err := st.seedSnapshot(ctx, i, c, name)
+		n, compared, err := st.seedSnapshot(ctx, i, c, name, prev)
 		if err != nil {
 			return seeded, fmt.Errorf("snapshot %s: %w", name, err)
 		}
 		seeded = true
 		st.log.Info("snapshot layer copied onto the rebuilt member", "member", i, "chunk", m.api.ChunkID,
-			"snapshot", name, "written_bytes", n, "took", time.Since(start).Round(time.Millisecond))
+			"snapshot", name, "after", prev, "compared_bytes", compared, "written_bytes", n, "took", time.Since(start).Round(time.Millisecond))
+		prev = name
 	}
 	return seeded, nil
 }
 
 // seedSnapshot makes member i's new chunk (c) hold what the member held at
-// snapshot name, then has the chunk take the snapshot. It returns the
-// bytes written.
-func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name string) (int64, error) {
+// snapshot name, then has the chunk take the snapshot. prev, if set, is the
+// snapshot the new chunk took last, which it holds now: then only the
+// blocks the other members changed after prev (their layers' maps) can
+// differ. It returns the bytes written and compared.
+func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name, prev string) (written, compared int64, err error) {
 	a, s := st.a, st.a.s
 	v, err := s.meta.HostSnapshotExports(ctx, s.id, a.vol.Name, name)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var set *api.Set
 	for k := range v.Sets {
@@ -86,11 +91,11 @@ func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name 
 		}
 	}
 	if set == nil || len(set.Members) != len(st.members) {
-		return 0, fmt.Errorf("the metaserver's set %d does not match the attached one", st.idx)
+		return 0, 0, fmt.Errorf("the metaserver's set %d does not match the attached one", st.idx)
 	}
 	layout, err := api.ParseLayout(a.vol.Layout)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	size := c.Size()
 	// The other members' copies of the snapshot. One that cannot be opened
@@ -103,6 +108,7 @@ func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name 
 	}()
 	devs := make([]raid.Device, len(set.Members))
 	var sources []memberConn
+	var sourceIdx []int
 	for j, am := range set.Members {
 		devs[j] = absent{size: size}
 		if j == i || am.Replaces != "" && layout.Kind == api.LayoutEC {
@@ -116,9 +122,10 @@ func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name 
 		open = append(open, sc)
 		devs[j] = sc
 		sources = append(sources, sc)
+		sourceIdx = append(sourceIdx, j)
 	}
 	if len(sources) == 0 {
-		return 0, errors.New("no other member's copy of the snapshot can be read")
+		return 0, 0, errors.New("no other member's copy of the snapshot can be read")
 	}
 	var read func(p []byte, off int64) error
 	if layout.Kind == api.LayoutEC {
@@ -132,7 +139,7 @@ func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name 
 				}
 			}
 			if src < 0 {
-				return 0, fmt.Errorf("member %d replaces chunk %s, which is not in the set", i, r)
+				return 0, 0, fmt.Errorf("member %d replaces chunk %s, which is not in the set", i, r)
 			}
 		}
 		unit := a.vol.StripeUnit
@@ -141,7 +148,7 @@ func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name 
 		}
 		r, err := raid.NewECReader(devs[:layout.Width()], layout.K, layout.M, unit)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		read = func(p []byte, off int64) error { return r.ReadMember(ctx, p, src, off) }
 	} else {
@@ -157,22 +164,26 @@ func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name 
 			return errors.Join(errs...)
 		}
 	}
-	// What may differ: whatever the snapshot's copies or the new chunk
+	// What may differ: the blocks the other members changed after prev,
+	// or without that whatever the snapshot's copies or the new chunk
 	// have allocated.
-	ranges, err := allocatedUnion(ctx, append(sources, c), size)
-	if err != nil {
-		return 0, err
+	ranges, ok := st.changedAfter(ctx, sourceIdx, prev, size)
+	if !ok {
+		if ranges, err = allocatedUnion(ctx, append(sources, c), size); err != nil {
+			return 0, 0, err
+		}
 	}
 	want, have := make([]byte, seedPiece), make([]byte, seedPiece)
-	var written int64
 	for _, rg := range ranges {
-		for off := rg[0] / seedBlock * seedBlock; off < rg[1]; off += seedPiece {
-			n := min(int64(seedPiece), size-off)
+		end := min((rg[1]+seedBlock-1)/seedBlock*seedBlock, size)
+		for off := rg[0] / seedBlock * seedBlock; off < end; off += seedPiece {
+			n := min(int64(seedPiece), end-off)
+			compared += n
 			if err := read(want[:n], off); err != nil {
-				return written, fmt.Errorf("reading the snapshot at %d: %w", off, err)
+				return written, compared, fmt.Errorf("reading the snapshot at %d: %w", off, err)
 			}
 			if err := c.ReadAt(ctx, have[:n], off); err != nil {
-				return written, fmt.Errorf("reading the new chunk at %d: %w", off, err)
+				return written, compared, fmt.Errorf("reading the new chunk at %d: %w", off, err)
 			}
 			for b := int64(0); b < n; b += seedBlock {
 				e := min(b+seedBlock, n)
@@ -180,20 +191,77 @@ func (st *setState) seedSnapshot(ctx context.Context, i int, c memberConn, name 
 					continue
 				}
 				if err := c.WriteAt(ctx, want[b:e], off+b, false); err != nil {
-					return written, fmt.Errorf("writing the new chunk at %d: %w", off+b, err)
+					return written, compared, fmt.Errorf("writing the new chunk at %d: %w", off+b, err)
 				}
 				written += e - b
 			}
 		}
 	}
 	if err := c.Flush(ctx); err != nil {
-		return written, fmt.Errorf("flushing the new chunk: %w", err)
+		return written, compared, fmt.Errorf("flushing the new chunk: %w", err)
 	}
 	m := st.members[i]
 	if _, err := m.ctl.Snapshot(ctx, api.SnapshotRequest{Name: name, Chunks: []api.ChunkPin{{Chunk: m.api.ChunkID, ControlRequest: m.req()}}}); err != nil {
-		return written, fmt.Errorf("taking the snapshot on the new chunk: %w", err)
+		return written, compared, fmt.Errorf("taking the snapshot on the new chunk: %w", err)
 	}
-	return written, nil
+	return written, compared, nil
+}
+
+// changedAfter returns the ranges of the blocks that the members of
+// sources changed after snapshot prev (the union of their layers' maps),
+// below size; ok is false when there is no prev or a member cannot say.
+func (st *setState) changedAfter(ctx context.Context, sources []int, prev string, size int64) ([][2]int64, bool) {
+	if prev == "" {
+		return nil, false
+	}
+	var union []byte
+	var block int64
+	for _, j := range sources {
+		m := st.members[j]
+		list, err := m.ctl.SnapshotMaps(ctx, m.api.ChunkID, m.req())
+		if err != nil {
+			st.log.Warn("a member's snapshot maps cannot be read: comparing every allocated block", "member", j, "err", err)
+			return nil, false
+		}
+		found := false
+		for _, sn := range list.Snapshots {
+			if sn.Name != prev || sn.Block <= 0 || sn.Changed == nil {
+				continue
+			}
+			if block != 0 && sn.Block != block || union != nil && len(sn.Changed) != len(union) {
+				return nil, false
+			}
+			block, found = sn.Block, true
+			if union == nil {
+				union = make([]byte, len(sn.Changed))
+			}
+			for k, b := range sn.Changed {
+				union[k] |= b
+			}
+		}
+		if !found {
+			return nil, false
+		}
+	}
+	if union == nil {
+		return nil, false
+	}
+	var out [][2]int64
+	for b := int64(0); b < int64(len(union))*8; b++ {
+		if union[b/8]&(1<<(b%8)) == 0 {
+			continue
+		}
+		lo, hi := b*block, min((b+1)*block, size)
+		if lo >= size {
+			break
+		}
+		if n := len(out); n > 0 && out[n-1][1] == lo {
+			out[n-1][1] = hi
+		} else {
+			out = append(out, [2]int64{lo, hi})
+		}
+	}
+	return out, true
 }
 
 // allocatedUnion returns the sorted, merged [lo, hi) ranges that any of

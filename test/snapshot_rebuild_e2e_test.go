@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,14 @@ func testDrainSnapshots(t *testing.T, layout string, chunkservers int) {
 	}
 	got := waitInSyncWithout(t, c, "ds", victim, time.Minute)
 	t.Logf("drained %s; the set is now on %s", victim, memberServers(got.Sets[0].Members))
+	// The first snapshot is compared where anything is allocated; the
+	// second only where the members changed blocks after the first (their
+	// layers' maps): the 1.5 MiB rewritten between them, in 64 KiB blocks.
+	compared := seededBytes(t, c.Hostd.Log)
+	t.Logf("bytes compared to copy each snapshot onto the successor: %v", compared)
+	if compared["s1"] == 0 || compared["s2"] == 0 || compared["s2"] > 2<<20 || compared["s2"] >= compared["s1"] {
+		t.Errorf("bytes compared per snapshot %v: want s2's only the blocks changed since s1 (under 2 MiB)", compared)
+	}
 
 	// volume verify checks the live volume and then every snapshot.
 	out = []byte(cli(t, c, "volume", "verify", "ds"))
@@ -140,4 +149,32 @@ func memberServers(ms []api.Member) string {
 		names = append(names, m.Chunkserver)
 	}
 	return strings.Join(names, ", ")
+}
+
+// seededBytes reads from a hostd log how many bytes were compared to copy
+// each snapshot onto a rebuilt member.
+func seededBytes(t *testing.T, logPath string) map[string]int64 {
+	t.Helper()
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.Contains(l, "snapshot layer copied onto the rebuilt member") {
+			continue
+		}
+		var name string
+		var n int64
+		for _, f := range strings.Fields(l) {
+			if v, ok := strings.CutPrefix(f, "snapshot="); ok {
+				name = v
+			}
+			if v, ok := strings.CutPrefix(f, "compared_bytes="); ok {
+				n, _ = strconv.ParseInt(v, 10, 64)
+			}
+		}
+		out[name] += n
+	}
+	return out
 }

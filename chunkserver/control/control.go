@@ -222,6 +222,22 @@ func (c *Client) Snapshots(ctx context.Context, chunk string, req api.ControlReq
 	return &out, nil
 }
 
+// SnapshotMaps lists chunk's snapshots with, for each, the map of the
+// blocks the chunk changed after it (api.ChunkSnapshot.Changed).
+func (c *Client) SnapshotMaps(ctx context.Context, chunk string, req api.ControlRequest) (*api.ChunkSnapshots, error) {
+	q := url.Values{
+		"host":    {req.Host},
+		"epoch":   {strconv.FormatInt(req.Epoch, 10)},
+		"token":   {req.Token},
+		"changed": {"1"},
+	}
+	var out api.ChunkSnapshots
+	if err := c.do(ctx, http.MethodGet, chunkPath(chunk, "snapshots"), q, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // Log returns chunk's LOG bitmap (current|history).
 func (c *Client) Log(ctx context.Context, chunk string, req api.ControlRequest) (*api.LogBitmap, error) {
 	q := url.Values{

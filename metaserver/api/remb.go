@@ -244,6 +244,12 @@ type ChunkSnapshots struct {
 type ChunkSnapshot struct {
 	Name      string    `json:"name"`
 	CreatedAt time.Time `json:"created_at"`
+	// Changed, when asked for (changed=1), maps the blocks of Block bytes
+	// (bit b LSB first) the chunk changed after the snapshot and before
+	// the next one (or now, for the newest): where the next snapshot may
+	// differ from it.
+	Block   int64  `json:"block,omitempty"`
+	Changed []byte `json:"changed,omitempty"`
 }
 
 // IntentRequest carries a host's write-intent bitmap (bitmap mode

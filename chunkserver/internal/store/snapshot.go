@@ -511,6 +511,20 @@ func (c *Chunk) SnapshotExtents(name string, off, length int64) ([]Extent, error
 	return out, nil
 }
 
+// SnapshotChanged is the map of the blocks (of block bytes, bit b LSB
+// first) the chunk changed after snapshot name and before the next
+// snapshot, or now for the newest: where the next snapshot (or the chunk)
+// may differ from it. A copy.
+func (c *Chunk) SnapshotChanged(name string) (block int64, changed []byte, err error) {
+	c.cow.RLock()
+	defer c.cow.RUnlock()
+	i := c.layerIndex(name)
+	if i < 0 {
+		return 0, nil, fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
+	}
+	return c.snapBlock, bytes.Clone(c.snaps[i].Saved), nil
+}
+
 // SnapshotUsage is the chunk's snapshot layers and the bytes they hold
 // (the blocks saved for them).
 func (c *Chunk) SnapshotUsage() (layers int, saved int64) {
