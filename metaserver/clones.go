@@ -144,13 +144,9 @@ func (st *store) cloneVolume(ctx context.Context, parent string, req api.CloneVo
 			return api.Errorf(api.CodeUnsatisfiable, "a clone of %s provisions %s of raw space like a new volume (written, it takes up to that) but only %s more can be provisioned",
 				parent+"@"+req.Snapshot, approxSize(need), approxSize(avail))
 		}
-		var host *int64
-		if req.Host != "" {
-			id, err := hostID(ctx, tx, req.Host)
-			if err != nil {
-				return err
-			}
-			host = &id
+		host, err := optionalHostID(ctx, tx, req.Host)
+		if err != nil {
+			return err
 		}
 		var id int64
 		err = tx.QueryRow(ctx, `

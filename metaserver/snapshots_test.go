@@ -46,6 +46,18 @@ func playHost(f *authFixture, v *api.Volume, name, state, op, failure string) ch
 	return done
 }
 
+// takeSnapshot takes snapshot name of v, playing its host.
+func takeSnapshot(t *testing.T, f *authFixture, v *api.Volume, name string) {
+	t.Helper()
+	h := playHost(f, v, name, api.SnapshotPending, api.SnapshotOpCreate, "")
+	if _, err := f.ts.Client.CreateSnapshot(t.Context(), v.Name, name); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-h; err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestVolumeSnapshots(t *testing.T) {
 	t.Parallel()
 	f := newAuthFixture(t)
@@ -134,18 +146,8 @@ func TestSnapshotAttach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	take := func(name string) {
-		t.Helper()
-		h := playHost(f, v1, name, api.SnapshotPending, api.SnapshotOpCreate, "")
-		if _, err := ts.Client.CreateSnapshot(ctx, "v1", name); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-h; err != nil {
-			t.Fatal(err)
-		}
-	}
-	take("Before_Up")
-	take("before-up")
+	takeSnapshot(t, f, v1, "Before_Up")
+	takeSnapshot(t, f, v1, "before-up")
 
 	// The volume's host gets export names of a snapshot for itself, to
 	// copy it onto a member being rebuilt; another host does not.
@@ -253,13 +255,7 @@ func TestCloneVolume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := playHost(f, v1, "gold", api.SnapshotPending, api.SnapshotOpCreate, "")
-	if _, err := ts.Client.CreateSnapshot(ctx, "v1", "gold"); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-h; err != nil {
-		t.Fatal(err)
-	}
+	takeSnapshot(t, f, v1, "gold")
 	cl, err := ts.Client.CloneVolume(ctx, "v1", "gold", "vm1", "h2")
 	if err != nil {
 		t.Fatal(err)
@@ -319,7 +315,7 @@ func TestCloneVolume(t *testing.T) {
 	if err := ts.Client.DeleteVolume(ctx, "vm1"); err != nil {
 		t.Fatal(err)
 	}
-	h = playHost(f, v1, "gold", api.SnapshotDeleting, api.SnapshotOpDelete, "")
+	h := playHost(f, v1, "gold", api.SnapshotDeleting, api.SnapshotOpDelete, "")
 	if err := ts.Client.DeleteSnapshot(ctx, "v1", "gold"); err != nil {
 		t.Fatalf("deleting the snapshot once the clone is gone: %v", err)
 	}

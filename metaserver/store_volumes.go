@@ -237,6 +237,18 @@ func (st *store) loadVolume(ctx context.Context, q querier, f volumeFilter) (*ap
 	return &vols[0], nil
 }
 
+// optionalHostID is hostID of name, or nil for "".
+func optionalHostID(ctx context.Context, q querier, name string) (*int64, error) {
+	if name == "" {
+		return nil, nil
+	}
+	id, err := hostID(ctx, q, name)
+	if err != nil {
+		return nil, err
+	}
+	return &id, nil
+}
+
 // hostID returns the ID of host name, or not_found.
 func hostID(ctx context.Context, q querier, name string) (int64, error) {
 	var id int64
@@ -278,13 +290,9 @@ func (st *store) createVolume(ctx context.Context, req api.CreateVolumeRequest, 
 				req.Name, needS, sets*int64(l.Width()), describeSize(chunkSize), describeSize(req.SizeBytes), l.String(),
 				availS, approxSize(cp.free), st.overcommit, approxSize(max(0, cp.provisioned-cp.allocated)))
 		}
-		var host *int64
-		if req.Host != "" {
-			id, err := hostID(ctx, tx, req.Host)
-			if err != nil {
-				return err
-			}
-			host = &id
+		host, err := optionalHostID(ctx, tx, req.Host)
+		if err != nil {
+			return err
 		}
 		var volumeID int64
 		err = tx.QueryRow(ctx, `

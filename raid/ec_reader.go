@@ -43,11 +43,9 @@ func NewECReader(members []Device, k, m int, stripeUnit int64) (*ECReader, error
 	if err != nil {
 		return nil, err
 	}
-	size := members[0].Size()
-	for i, d := range members {
-		if d.Size() != size {
-			return nil, fmt.Errorf("raid: member %d has %d bytes, member 0 has %d", i, d.Size(), size)
-		}
+	size, err := memberSize(members)
+	if err != nil {
+		return nil, err
 	}
 	return &ECReader{members: members, k: k, n: k + m, unit: stripeUnit, size: int64(k) * (size / stripeUnit * stripeUnit), code: code}, nil
 }

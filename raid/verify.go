@@ -140,6 +140,18 @@ func VerifyMirror(ctx context.Context, members []Device, region int64, progress 
 	return bad, nil
 }
 
+// memberSize is the size every one of members has, or an error naming
+// one that differs.
+func memberSize(members []Device) (int64, error) {
+	size := members[0].Size()
+	for i, d := range members {
+		if d.Size() != size {
+			return 0, fmt.Errorf("raid: member %d has %d bytes, member 0 has %d", i, d.Size(), size)
+		}
+	}
+	return size, nil
+}
+
 // VerifyEC reads every stripe of an ec:k+m set with stripe unit S from its
 // members and returns the stripes whose parity does not match their data.
 // The layout is EC's: member j holds shard (j+s) mod (k+m) of stripe s.
@@ -157,11 +169,9 @@ func VerifyEC(ctx context.Context, members []Device, k, m int, stripeUnit int64,
 	if err != nil {
 		return nil, err
 	}
-	size := members[0].Size()
-	for i, d := range members {
-		if d.Size() != size {
-			return nil, fmt.Errorf("raid: member %d has %d bytes, member 0 has %d", i, d.Size(), size)
-		}
+	size, err := memberSize(members)
+	if err != nil {
+		return nil, err
 	}
 	stripes := size / stripeUnit
 	want, count, err := unitsToCheck(ctx, members, stripes*stripeUnit, stripeUnit)

@@ -114,15 +114,7 @@ func (c *Chunk) owns(b int64) bool { return c.base == nil || bitSet(c.owned, b) 
 // allOwned reports whether c owns every block of [off, off+n); c.cow is
 // held.
 func (c *Chunk) allOwned(off, n int64) bool {
-	if c.base == nil {
-		return true
-	}
-	for b := off / c.cloneBlock; b <= (off+n-1)/c.cloneBlock; b++ {
-		if !bitSet(c.owned, b) {
-			return false
-		}
-	}
-	return true
+	return c.base == nil || len(unsetBits(c.owned, off/c.cloneBlock, (off+n-1)/c.cloneBlock)) == 0
 }
 
 // readLive reads p at off as the chunk shows it now: from the data file,
@@ -152,12 +144,7 @@ func (c *Chunk) readLive(p []byte, off int64) error {
 // above); c.cow is held for writing. A failed sync fails the chunk; other
 // errors change nothing the chunk shows.
 func (c *Chunk) copyUp(off, n int64) error {
-	var blocks []int64
-	for b := off / c.cloneBlock; b <= (off+n-1)/c.cloneBlock; b++ {
-		if !bitSet(c.owned, b) {
-			blocks = append(blocks, b)
-		}
-	}
+	blocks := unsetBits(c.owned, off/c.cloneBlock, (off+n-1)/c.cloneBlock)
 	if len(blocks) == 0 {
 		return nil
 	}

@@ -92,6 +92,18 @@ func (c *Chunk) hasLayer(seq uint32) bool {
 
 func bitSet(m []byte, b int64) bool { return m[b/8]&(1<<(b%8)) != 0 }
 
+// unsetBits lists the bits from first to last (inclusive) that m has not
+// set.
+func unsetBits(m []byte, first, last int64) []int64 {
+	var out []int64
+	for b := first; b <= last; b++ {
+		if !bitSet(m, b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
 // Snapshots lists the chunk's snapshot layers, oldest first: names and
 // seqs (the saved maps are the store's).
 func (c *Chunk) Snapshots() []SnapshotLayer {
@@ -258,12 +270,7 @@ func (c *Chunk) saveBlocks(off, n int64) error {
 	top := len(c.snaps) - 1
 	f, saved := c.snapFiles[top], c.snaps[top].Saved
 	first, last := c.blockRange(off, n)
-	var unsaved []int64
-	for b := first; b <= last; b++ {
-		if !bitSet(saved, b) {
-			unsaved = append(unsaved, b)
-		}
-	}
+	unsaved := unsetBits(saved, first, last)
 	if len(unsaved) == 0 {
 		return nil
 	}
