@@ -125,12 +125,8 @@ func TestVolumeSnapshots(t *testing.T) {
 	if err := ts.Client.DeleteSnapshot(ctx, "v1", "before-upgrade"); api.ErrorCode(err) != api.CodeNotFound {
 		t.Errorf("deleting it again: %v", err)
 	}
-	if n := len(eventsOf(ts.events(t, ""), api.EventSnapshotCreated)); n != 1 {
-		t.Errorf("%d snapshot_created events", n)
-	}
-	if n := len(eventsOf(ts.events(t, ""), api.EventSnapshotDeleted)); n != 1 {
-		t.Errorf("%d snapshot_deleted events", n)
-	}
+	wantEvents(t, ts, api.EventSnapshotCreated, 1)
+	wantEvents(t, ts, api.EventSnapshotDeleted, 1)
 }
 
 // TestSnapshotAttach: a ready snapshot is served read-only by the host it
@@ -233,12 +229,8 @@ func TestSnapshotAttach(t *testing.T) {
 	if sn, err := ts.Client.AttachSnapshot(ctx, "v1", "before-up", "h1"); err != nil || sn.IQN != wantIQN {
 		t.Errorf("the other snapshot once the first is detached: %+v, %v", sn, err)
 	}
-	if n := len(eventsOf(ts.events(t, ""), api.EventSnapshotAttached)); n != 2 {
-		t.Errorf("%d snapshot_attached events", n)
-	}
-	if n := len(eventsOf(ts.events(t, ""), api.EventSnapshotDetached)); n != 1 {
-		t.Errorf("%d snapshot_detached events", n)
-	}
+	wantEvents(t, ts, api.EventSnapshotAttached, 2)
+	wantEvents(t, ts, api.EventSnapshotDetached, 1)
 }
 
 // TestCloneVolume: a clone of a ready snapshot is a new volume of the
@@ -309,9 +301,7 @@ func TestCloneVolume(t *testing.T) {
 			t.Errorf("%s: %v, want %s", what, err, c.code)
 		}
 	}
-	if n := len(eventsOf(ts.events(t, ""), api.EventVolumeCloned)); n != 1 {
-		t.Errorf("%d volume_cloned events", n)
-	}
+	wantEvents(t, ts, api.EventVolumeCloned, 1)
 	if err := ts.Client.DeleteVolume(ctx, "vm1"); err != nil {
 		t.Fatal(err)
 	}
@@ -321,5 +311,13 @@ func TestCloneVolume(t *testing.T) {
 	}
 	if err := <-h; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// wantEvents fails t unless ts recorded n events of kind.
+func wantEvents(t *testing.T, ts *testServer, kind string, n int) {
+	t.Helper()
+	if got := len(eventsOf(ts.events(t, ""), kind)); got != n {
+		t.Errorf("%d %s events, want %d", got, kind, n)
 	}
 }

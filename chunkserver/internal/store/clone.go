@@ -199,13 +199,7 @@ func (c *Chunk) cloneExtents(off, length int64) ([]Extent, error) {
 	block := c.cloneBlock
 	c.cow.RUnlock()
 	var out []Extent
-	add := func(n int64, hole bool) {
-		if m := len(out); m > 0 && out[m-1].Hole == hole {
-			out[m-1].Length += n
-			return
-		}
-		out = append(out, Extent{Length: n, Hole: hole})
-	}
+	add := func(n int64, hole bool) { out = appendExtent(out, n, hole) }
 	ownAt, baseAt := extentCursor{list: own, pos: off}, extentCursor{list: base, pos: off}
 	end := off + length
 	for p := off; p < end; {

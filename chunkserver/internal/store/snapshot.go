@@ -492,13 +492,7 @@ func (c *Chunk) SnapshotExtents(name string, off, length int64) ([]Extent, error
 		return nil, fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
 	}
 	var out []Extent
-	add := func(n int64, hole bool) {
-		if m := len(out); m > 0 && out[m-1].Hole == hole {
-			out[m-1].Length += n
-			return
-		}
-		out = append(out, Extent{Length: n, Hole: hole})
-	}
+	add := func(n int64, hole bool) { out = appendExtent(out, n, hole) }
 	pos := off
 	for _, e := range live {
 		end := pos + e.Length
@@ -530,6 +524,16 @@ func (c *Chunk) SnapshotChanged(name string) (block int64, changed []byte, err e
 		return 0, nil, fmt.Errorf("%w: chunk %s has no snapshot %q", ErrNoSnapshot, c.id, name)
 	}
 	return c.snapBlock, bytes.Clone(c.snaps[i].Saved), nil
+}
+
+// appendExtent appends a run of n bytes to out, merged into the last run
+// when it is of the same kind.
+func appendExtent(out []Extent, n int64, hole bool) []Extent {
+	if m := len(out); m > 0 && out[m-1].Hole == hole {
+		out[m-1].Length += n
+		return out
+	}
+	return append(out, Extent{Length: n, Hole: hole})
 }
 
 // SnapshotUsage is the chunk's snapshot layers and the bytes they hold
