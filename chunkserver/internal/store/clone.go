@@ -77,15 +77,126 @@ func (c *Chunk) setBase(b *Chunk) {
 
 // dropBase undoes setBase when clone c is deleted.
 func (c *Chunk) dropBase() {
-	b := c.base
-	if b == nil {
-		return
+	if c.base != nil {
+		c.base.dropDep(c.baseSnap)
 	}
-	b.cow.Lock()
-	if b.deps[c.baseSnap]--; b.deps[c.baseSnap] <= 0 {
-		delete(b.deps, c.baseSnap)
+}
+
+// dropDep forgets one clone reading snapshot snap of c.
+func (c *Chunk) dropDep(snap string) {
+	c.cow.Lock()
+	if c.deps[snap]--; c.deps[snap] <= 0 {
+		delete(c.deps, snap)
 	}
-	b.cow.Unlock()
+	c.cow.Unlock()
+}
+
+// flattenBatch is how many blocks Flatten copies under one hold of the
+// copy-on-write lock (one sync and one sidecar write).
+const flattenBatch = 64
+
+// Flatten makes a clone an ordinary chunk: it copies every block it does
+// not own from its base snapshot (a block the base snapshot has as a hole
+// is only marked owned: the clone's data file has it as a hole too), then
+// rewrites the sidecar without the base, and the base snapshot is no
+// longer read. Writes go on meanwhile; progress, if set, is told the
+// blocks done of the total. A crash leaves a clone that owns more blocks,
+// and Flatten may run again. A chunk that is not a clone is left alone.
+func (c *Chunk) Flatten(progress func(done, total int64)) error {
+	c.ioMu.RLock()
+	if err := c.check(0, 0); err != nil {
+		c.ioMu.RUnlock()
+		return err
+	}
+	if c.base == nil {
+		c.ioMu.RUnlock()
+		return nil
+	}
+	ext, err := c.base.SnapshotExtents(c.baseSnap, 0, c.size)
+	if err != nil {
+		c.ioMu.RUnlock()
+		return fmt.Errorf("store: flatten %s: %w", c.id, err)
+	}
+	block := c.cloneBlock
+	total := (c.size + block - 1) / block
+	// Blocks wholly in a hole of the base snapshot: owned at no cost.
+	holes := make([]byte, len(c.owned))
+	pos := int64(0)
+	for _, e := range ext {
+		if e.Hole {
+			for b := (pos + block - 1) / block; (b+1)*block <= pos+e.Length; b++ {
+				holes[b/8] |= 1 << (b % 8)
+			}
+		}
+		pos += e.Length
+	}
+	c.cow.Lock()
+	mark := bytes.Clone(c.owned)
+	for i := range mark {
+		mark[i] |= holes[i]
+	}
+	err = c.ownHoles(mark)
+	c.cow.Unlock()
+	for first := int64(0); first < total && err == nil; first += flattenBatch {
+		n := min(flattenBatch, total-first)
+		c.cow.Lock()
+		err = c.copyUp(first*block, min(n*block, c.size-first*block))
+		c.cow.Unlock()
+		if err == nil && progress != nil {
+			progress(first+n, total)
+		}
+	}
+	if err != nil {
+		c.ioMu.RUnlock()
+		return fmt.Errorf("store: flatten %s: %w", c.id, err)
+	}
+	c.ioMu.RUnlock()
+
+	// Every block owned: the sidecar drops the base, then the base
+	// snapshot is free. No I/O runs meanwhile.
+	c.ioMu.Lock()
+	defer c.ioMu.Unlock()
+	if err := c.check(0, 0); err != nil {
+		return err
+	}
+	if c.base == nil {
+		return nil // another Flatten finished first
+	}
+	b, snap, id := c.base, c.baseSnap, c.baseID
+	c.cow.Lock()
+	c.sidecarMu.Lock()
+	c.baseID, c.baseSnap = "", ""
+	err = c.rewriteSidecarLocked()
+	if err != nil {
+		c.baseID, c.baseSnap = id, snap
+	} else {
+		c.base, c.owned = nil, nil
+	}
+	c.sidecarMu.Unlock()
+	c.cow.Unlock()
+	if err != nil {
+		return fmt.Errorf("store: flatten %s: %w", c.id, err)
+	}
+	b.dropDep(snap)
+	return nil
+}
+
+// ownHoles records the owned map next, which adds only blocks the base
+// snapshot has as holes (and the clone's data file, which never held
+// them, too); c.cow is held for writing.
+func (c *Chunk) ownHoles(next []byte) error {
+	if bytes.Equal(next, c.owned) {
+		return nil
+	}
+	c.sidecarMu.Lock()
+	defer c.sidecarMu.Unlock()
+	old := c.owned
+	c.owned = next
+	if err := c.rewriteSidecarLocked(); err != nil {
+		c.owned = old
+		return err
+	}
+	return nil
 }
 
 // inUse reports why c cannot be deleted: the snapshots of it clones read.

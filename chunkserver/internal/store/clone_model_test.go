@@ -12,7 +12,7 @@ import (
 )
 
 // TestCloneModel runs random writes, trims, snapshots, snapshot deletions,
-// rollbacks and restarts on a base chunk and a clone of one of its
+// rollbacks, a flatten and restarts on a base chunk and a clone of one of its
 // snapshots, and after every step compares every image (each chunk live
 // and each of its snapshots) with a model of plain byte slices.
 func TestCloneModel(t *testing.T) {
@@ -85,6 +85,7 @@ func runCloneModel(t *testing.T, seed uint64) {
 		}
 	}
 	snapN := 0
+	flattened := false
 	for range 40 {
 		m := base
 		if rng.IntN(3) > 0 {
@@ -114,7 +115,7 @@ func runCloneModel(t *testing.T, seed uint64) {
 		case op == 6 && len(m.order) > 0:
 			name := m.order[rng.IntN(len(m.order))]
 			err := c.DeleteSnapshot(name)
-			if m == base && name == "gold" {
+			if m == base && name == "gold" && !flattened {
 				if !errors.Is(err, ErrInUse) {
 					t.Fatalf("deleting the clone's base snapshot: %v", err)
 				}
@@ -134,6 +135,13 @@ func runCloneModel(t *testing.T, seed uint64) {
 			}
 			m.live = bytes.Clone(m.snaps[name])
 			step = "rollback " + m.id + " to " + name
+		case op == 9 && m == clone && !flattened && rng.IntN(3) == 0:
+			if err := c.Flatten(nil); err != nil {
+				t.Fatal(err)
+			}
+			flattened = true
+			step = "flatten k"
+			t.Logf("the clone is flattened at step %d", len(steps)+1)
 		case op == 8:
 			if err := s.Close(); err != nil {
 				t.Fatal(err)

@@ -217,3 +217,125 @@ func TestClonePowerLoss(t *testing.T) {
 		})
 	}
 }
+
+// TestCloneFlatten: a flattened clone reads as before, owns every block
+// (the base snapshot's holes stay holes in its data file), is an ordinary
+// chunk after a restart, and frees its base snapshot and base chunk.
+func TestCloneFlatten(t *testing.T) {
+	fsys := vfs.NewMem()
+	s := openFS(t, fsys, nil)
+	b, err := s.Create("base", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteAt(fill(1, 0, testSize/2), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Snapshot("gold"); err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.CreateClone("k", "base", "gold")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.WriteAt(fill(5, 70000, 3000), 70000); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteAt(fill(9, 0, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	want := image(t, k, "")
+	var calls int
+	var last [2]int64
+	if err := k.Flatten(func(done, total int64) { calls++; last = [2]int64{done, total} }); err != nil {
+		t.Fatal(err)
+	}
+	if calls == 0 || last[0] != last[1] || last[1] != testSize/SnapBlock {
+		t.Errorf("progress: %d calls, last %v", calls, last)
+	}
+	if _, _, ok := k.Base(); ok {
+		t.Error("the flattened chunk still names a base")
+	}
+	if got := image(t, k, ""); !bytes.Equal(got, want) {
+		t.Fatalf("the flattened clone reads other bytes (first difference at %d)", firstDifference(got, want))
+	}
+	ext, err := k.Extents(testSize/2, testSize/2)
+	if err != nil || len(ext) != 1 || !ext[0].Hole {
+		t.Errorf("the base's hole is not a hole of the flattened clone: %+v, %v", ext, err)
+	}
+	if err := k.Flatten(nil); err != nil {
+		t.Errorf("flattening again: %v", err)
+	}
+	if err := b.DeleteSnapshot("gold"); err != nil {
+		t.Fatalf("the base snapshot after the flatten: %v", err)
+	}
+	if err := s.Delete("base"); err != nil {
+		t.Fatalf("the base chunk after the flatten: %v", err)
+	}
+	s.Close()
+	s = openFS(t, fsys, nil)
+	if k, err = s.Get("k"); err != nil {
+		t.Fatal(err)
+	}
+	if got := image(t, k, ""); !bytes.Equal(got, want) {
+		t.Fatal("the flattened clone after a restart reads other bytes")
+	}
+}
+
+// TestCloneFlattenPowerLoss cuts the power after every filesystem
+// operation of a Flatten: the chunk always loads and reads what the clone
+// held, as a clone still or flattened.
+func TestCloneFlattenPowerLoss(t *testing.T) {
+	base := fill(1, 0, testSize)
+	copy(base[testSize/2:], make([]byte, testSize/4)) // zeroes in the middle
+	run := func(crashAt int) (*vfs.MemFS, int, []byte) {
+		pc := newPowerCut(crashAt)
+		s := openFS(t, pc.fs(), nil)
+		b, err := s.Create("base", testSize)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WriteAt(base[:testSize/2], 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.WriteAt(base[3*testSize/4:], 3*testSize/4); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Snapshot("gold"); err != nil {
+			t.Fatal(err)
+		}
+		k, err := s.CreateClone("k", "base", "gold")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := k.WriteAt(fill(5, 4096, 100), 4096); err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		want := image(t, k, "")
+		pc.arm()
+		if err := k.Flatten(nil); err != nil && !pc.failed() {
+			t.Fatal(err)
+		}
+		return pc.crashed(), pc.count, want
+	}
+	_, total, _ := run(-1)
+	if total < 3 {
+		t.Fatalf("only %d operations", total)
+	}
+	for n := 0; n <= total; n++ {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			crashed, _, want := run(n)
+			s := openFS(t, crashed, nil)
+			k, err := s.Get("k")
+			if err != nil {
+				t.Fatalf("the clone does not load after a power loss at operation %d: %v", n, err)
+			}
+			if got := image(t, k, ""); !bytes.Equal(got, want) {
+				t.Fatalf("the clone reads other bytes after a power loss at operation %d (first difference at %d)", n, firstDifference(got, want))
+			}
+		})
+	}
+}
