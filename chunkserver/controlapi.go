@@ -37,10 +37,11 @@ func (s *Server) controlHandler() http.Handler {
 	mux.HandleFunc("POST "+control.RouteSnapshots, h.snapshots(snapTake))
 	mux.HandleFunc("POST "+control.RouteSnapshotsDelete, h.snapshots(snapDelete))
 	mux.HandleFunc("POST "+control.RouteSnapshotsRollback, h.snapshots(snapRollback))
+	mux.HandleFunc("POST "+control.RouteSnapshotsFlatten, h.snapshots(snapFlatten))
 	mux.HandleFunc("GET "+control.RouteChunkSnapshots, h.chunkSnapshots)
 	mux.Handle("GET /metrics", scrape.Handler(s.registry, scrape.WithMetaserver(s.meta), s.log))
 	for _, route := range []string{control.RouteFence, control.RoutePin, control.RouteUnpin, control.RouteLog, control.RouteIntent, control.RoutePins,
-		control.RouteSnapshots, control.RouteSnapshotsDelete, control.RouteSnapshotsRollback, control.RouteChunkSnapshots} {
+		control.RouteSnapshots, control.RouteSnapshotsDelete, control.RouteSnapshotsRollback, control.RouteSnapshotsFlatten, control.RouteChunkSnapshots} {
 		mux.HandleFunc(route, func(w http.ResponseWriter, r *http.Request) {
 			writeError(w, api.Errorf(control.CodeMethodNotAllowed, "%s does not take %s", r.URL.Path, r.Method))
 		})
@@ -219,6 +220,7 @@ const (
 	snapTake snapOp = iota
 	snapDelete
 	snapRollback
+	snapFlatten // clones of the snapshot become ordinary chunks
 )
 
 // snapshots takes, deletes or rolls back to a snapshot of several chunks.
@@ -263,6 +265,16 @@ func (h controlAPI) snapshots(op snapOp) http.HandlerFunc {
 					}
 				case snapRollback:
 					err = c.Rollback(req.Name)
+				case snapFlatten:
+					if base, snap, ok := c.Base(); ok && snap != req.Name {
+						return fmt.Errorf("chunk %s is a clone of snapshot %q of chunk %s, not of %q", c.ID(), snap, base, req.Name)
+					}
+					start := time.Now()
+					err = c.Flatten(func(done, total int64) {
+						if done == total || done%(16*64) == 0 {
+							h.s.log.Info("flattening a clone", "chunk", c.ID(), "blocks_done", done, "blocks", total, "took", time.Since(start).Round(time.Millisecond))
+						}
+					})
 				default:
 					if err = c.Snapshot(req.Name); errors.Is(err, store.ErrSnapshotExists) {
 						err = nil
@@ -278,7 +290,8 @@ func (h controlAPI) snapshots(op snapOp) http.HandlerFunc {
 			writeError(w, api.Errorf(api.CodeInternal, "%s", err.Error()))
 			return
 		}
-		verb := [...]string{snapTake: "snapshot taken", snapDelete: "snapshot deleted", snapRollback: "chunks rolled back to a snapshot"}[op]
+		verb := [...]string{snapTake: "snapshot taken", snapDelete: "snapshot deleted", snapRollback: "chunks rolled back to a snapshot",
+			snapFlatten: "clones of a snapshot flattened"}[op]
 		took := time.Since(start)
 		h.s.log.Info(verb, "name", req.Name, "chunks", len(req.Chunks), "took", took)
 		writeJSON(w, http.StatusOK, api.SnapshotResponse{TookMicros: took.Microseconds()})

@@ -16,7 +16,7 @@ func newVolumeCmd(o *rootOptions) *cobra.Command {
 	cmd := &cobra.Command{Use: "volume", Short: "Create, list, show and delete volumes"}
 	cmd.AddCommand(newVolumeCreateCmd(o), newVolumeListCmd(o), newVolumeShowCmd(o), newVolumeDeleteCmd(o), newVolumeAttachCmd(o), newVolumeResizeCmd(o), newVolumeStatsCmd(o), newVolumeVerifyCmd(o),
 		newVolumeCHAPCmd(o), newVolumeAllowCmd(o), newVolumeDisallowCmd(o), newVolumeQoSCmd(o), newVolumeDetachCmd(o), newVolumeRollbackCmd(o),
-		newVolumeCloneCmd(o))
+		newVolumeCloneCmd(o), newVolumeFlattenCmd(o))
 	return cmd
 }
 

@@ -211,3 +211,36 @@ the other. The snapshot and VOLUME cannot be deleted while a clone exists.
 	cmd.Flags().StringVar(&host, "host", "", "attach the clone at once to this host")
 	return cmd
 }
+
+func newVolumeFlattenCmd(o *rootOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "flatten NAME",
+		Short: "Copy into a clone what it shares with its parent's snapshot, so that it depends on it no more",
+		Long: `Copy into every member chunk of clone NAME the blocks it still shares with the
+snapshot it was cloned from; the chunkservers do it side by side while the
+volume keeps serving. Afterwards NAME is an ordinary volume, and the snapshot
+and the parent can be deleted once no other clone reads them. A flatten that
+fails part way leaves NAME a clone; run it again.`,
+		Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			v, err := o.client().GetVolume(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if v.CloneOf == "" {
+				return fmt.Errorf("volume %s is not a clone: there is nothing to flatten", args[0])
+			}
+			of := v.CloneOf
+			if o.output != "json" {
+				fmt.Fprintf(o.out, "Flattening %s: copying what it shares with %s (%d chunks)...\n", args[0], of, chunkCount(v))
+			}
+			start := time.Now()
+			if v, err = o.client().FlattenVolume(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			return o.print(v, func(w *tabwriter.Writer) {
+				fmt.Fprintf(w, "Volume %s flattened in %s: it no longer shares blocks with %s.\n", v.Name, time.Since(start).Round(time.Millisecond), of)
+			})
+		},
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5"
@@ -196,4 +197,86 @@ func clonesOf(ctx context.Context, tx pgx.Tx, id int64, snap string) ([]string, 
 		return nil, fmt.Errorf("clones: %w", err)
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+func (s *Server) flattenVolume(w http.ResponseWriter, r *http.Request) {
+	name := chi.URLParam(r, "name")
+	start := time.Now()
+	v, err := s.flatten(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("volume flattened", "name", name, "took", time.Since(start))
+	s.writeJSON(w, http.StatusOK, v)
+}
+
+// flatten makes clone volume name an ordinary volume: every chunkserver
+// copies into its clone chunks what they share with the parent's snapshot
+// (side by side), then the metaserver forgets the link. A flatten that
+// fails part way leaves the volume a clone; running it again goes on.
+func (s *Server) flatten(ctx context.Context, name string) (*api.Volume, error) {
+	var (
+		id       int64
+		epoch    int64
+		parent   string
+		snap     string
+		byServer = map[string][]string{}
+	)
+	err := s.st.read(ctx, func(tx pgx.Tx) error {
+		var p, sn *string
+		err := tx.QueryRow(ctx, `
+			SELECT v.id, v.epoch, pv.name, v.parent_snapshot FROM volumes v LEFT JOIN volumes pv ON pv.id = v.parent_volume_id
+			WHERE v.name = $1`, name).Scan(&id, &epoch, &p, &sn)
+		if err != nil {
+			return notFound(err, "volume %q does not exist", name)
+		}
+		if p == nil {
+			return api.Errorf(api.CodeConflict, "volume %q is not a clone: there is nothing to flatten", name)
+		}
+		parent, snap = *p, *sn
+		rows, err := tx.Query(ctx, `
+			SELECT c.id::text, cs.control_addr FROM chunks c JOIN chunkservers cs ON cs.id = c.chunkserver_id
+			WHERE c.volume_id = $1 AND c.state = 'active' AND c.base_chunk IS NOT NULL`, id)
+		if err != nil {
+			return fmt.Errorf("clone chunks: %w", err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var chunk, addr string
+			if err := rows.Scan(&chunk, &addr); err != nil {
+				return fmt.Errorf("clone chunks: %w", err)
+			}
+			byServer[addr] = append(byServer[addr], chunk)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, rollbackTimeout)
+	defer cancel()
+	err = s.perChunkserver(fctx, epoch, byServer, func(post func(path string, in any) error, chunks []api.ChunkPin) error {
+		return postBatches(post, "/v1/snapshots/flatten", snap, chunks)
+	})
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "flattening volume %q: %v; it is still a clone of %s@%s: run the flatten again", name, err, parent, snap)
+	}
+	var out *api.Volume
+	err = s.st.mutate(ctx, func(tx pgx.Tx, _ int64) error {
+		if _, err := tx.Exec(ctx, `UPDATE chunks SET base_chunk = NULL, base_snapshot = NULL WHERE volume_id = $1`, id); err != nil {
+			return fmt.Errorf("flatten: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `UPDATE volumes SET parent_volume_id = NULL, parent_snapshot = NULL WHERE id = $1`, id); err != nil {
+			return fmt.Errorf("flatten: %w", err)
+		}
+		var err error
+		if out, err = s.st.loadVolume(ctx, tx, volumeFilter{id: id, name: name}); err != nil {
+			return err
+		}
+		return addEvents(ctx, tx, event{Kind: api.EventVolumeFlattened, Subject: "volume/" + name, Volume: name,
+			Message: fmt.Sprintf("flattened in %s: no longer shares blocks with snapshot %s of volume %s", time.Since(start).Round(time.Millisecond), snap, parent)})
+	})
+	return out, err
 }

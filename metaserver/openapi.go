@@ -90,6 +90,7 @@ var operations = []operation{
 	{method: "DELETE", path: "/api/v1/volumes/{name}/qos", summary: "remove a volume's I/O limits", caller: callerAdmin, status: 204},
 	{method: "POST", path: "/api/v1/volumes/{name}/detach", summary: "detach a volume from its host: no host serves it until it is attached again", caller: callerAdmin, status: 204},
 	{method: "POST", path: "/api/v1/volumes/{name}/clone", summary: "make a new volume, at once, a writable clone of a ready snapshot of this one, on the same chunkservers, sharing every block it has not written", caller: callerAdmin, body: api.CloneVolumeRequest{}, status: 201, resp: api.Volume{}},
+	{method: "POST", path: "/api/v1/volumes/{name}/flatten", summary: "copy into a clone what it shares with its parent's snapshot, so that it no longer depends on it; answers once done", caller: callerAdmin, status: 200, resp: api.Volume{}},
 	{method: "POST", path: "/api/v1/volumes/{name}/rollback", summary: "make a detached volume hold one of its snapshots again", caller: callerAdmin, body: api.RollbackRequest{}, status: 204},
 	{method: "POST", path: "/api/v1/volumes/{name}/snapshots", summary: "take a crash-consistent snapshot of an attached mirror volume; answers once its host took it", caller: callerAdmin, body: api.CreateSnapshotRequest{}, status: 201, resp: api.Snapshot{}},
 	{method: "GET", path: "/api/v1/volumes/{name}/snapshots", summary: "a volume's snapshots, oldest first", caller: callerAny, status: 200, resp: []api.Snapshot{}},

@@ -246,6 +246,8 @@ func TestOpenAPIResponses(t *testing.T) {
 	must(c.DetachSnapshot(ctx, "v1", "s1"))
 	_, err = c.CloneVolume(ctx, "v1", "s1", "v1-clone", "")
 	must(err)
+	_, err = c.FlattenVolume(ctx, "v1")
+	wantCode(t, err, api.CodeConflict, http.StatusConflict) // not a clone
 	must(c.DeleteVolume(ctx, "v1-clone"))
 	host = hostDoes(api.SnapshotDeleting, api.SnapshotOpDelete)
 	must(c.DeleteSnapshot(ctx, "v1", "s1"))

@@ -23,8 +23,9 @@ import (
 // connection an old host still holds) and has each member chunk roll back
 // to the snapshot, one control call per chunkserver, side by side.
 
-// rollbackHost names the rollback's connections in the chunkservers' logs.
-const rollbackHost = "rollback"
+// controlHost names the metaserver's control calls (a rollback, a flatten) in the
+// chunkservers' logs.
+const controlHost = "metaserver"
 
 // rollbackTimeout bounds the chunkservers' part of a rollback.
 const rollbackTimeout = 10 * time.Minute
@@ -142,47 +143,49 @@ func (s *Server) rollbackChunks(ctx context.Context, v *api.Volume, snap string)
 	// The chunkservers' control API (package chunkserver/control, which
 	// the metaserver does not import), over TLS to their certificates of
 	// the cluster CA.
+	byServer := map[string][]string{}
+	for _, set := range v.Sets {
+		for _, m := range set.Members {
+			byServer[m.ControlAddr] = append(byServer[m.ControlAddr], m.ChunkID)
+		}
+	}
+	return s.perChunkserver(ctx, v.Epoch, byServer, func(post func(path string, in any) error, chunks []api.ChunkPin) error {
+		for _, ch := range chunks {
+			if err := post("/v1/chunks/"+url.PathEscape(ch.Chunk)+"/fence", ch.ControlRequest); err != nil {
+				return fmt.Errorf("fencing chunk %s: %w", ch.Chunk, err)
+			}
+		}
+		return postBatches(post, "/v1/snapshots/rollback", snap, chunks)
+	})
+}
+
+// perChunkserver runs do once per chunkserver control address of
+// byServer, side by side, with a poster to that chunkserver's control API
+// and its chunks with credentials at epoch (host controlHost).
+func (s *Server) perChunkserver(ctx context.Context, epoch int64, byServer map[string][]string,
+	do func(post func(path string, in any) error, chunks []api.ChunkPin) error) error {
 	tc, err := pki.ClientConfig(s.st.caCert, pki.Chunkserver)
 	if err != nil {
 		return err
 	}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: tc}}
 	defer hc.CloseIdleConnections()
-	post := func(addr, path string, in any) error {
-		return api.DoJSON(ctx, hc, "https://"+addr+path, http.MethodPost, nil, in, nil, 1<<20)
-	}
-	cred := func(chunk string) api.ControlRequest {
-		return api.ControlRequest{Host: rollbackHost, Epoch: v.Epoch, Token: api.ExportToken(s.st.secret, chunk, rollbackHost, v.Epoch)}
-	}
-	byServer := map[string][]api.ChunkPin{}
-	for _, set := range v.Sets {
-		for _, m := range set.Members {
-			byServer[m.ControlAddr] = append(byServer[m.ControlAddr], api.ChunkPin{Chunk: m.ChunkID, ControlRequest: cred(m.ChunkID)})
-		}
-	}
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
 		errs []error
 	)
-	for addr, chunks := range byServer {
+	for addr, ids := range byServer {
+		chunks := make([]api.ChunkPin, len(ids))
+		for i, id := range ids {
+			chunks[i] = api.ChunkPin{Chunk: id, ControlRequest: api.ControlRequest{Host: controlHost, Epoch: epoch,
+				Token: api.ExportToken(s.st.secret, id, controlHost, epoch)}}
+		}
+		post := func(path string, in any) error {
+			return api.DoJSON(ctx, hc, "https://"+addr+path, http.MethodPost, nil, in, nil, 1<<20)
+		}
 		wg.Go(func() {
-			err := func() error {
-				for _, ch := range chunks {
-					if err := post(addr, "/v1/chunks/"+url.PathEscape(ch.Chunk)+"/fence", ch.ControlRequest); err != nil {
-						return fmt.Errorf("fencing chunk %s: %w", ch.Chunk, err)
-					}
-				}
-				for len(chunks) > 0 {
-					n := min(len(chunks), api.MaxPins)
-					if err := post(addr, "/v1/snapshots/rollback", api.SnapshotRequest{Name: snap, Chunks: chunks[:n]}); err != nil {
-						return err
-					}
-					chunks = chunks[n:]
-				}
-				return nil
-			}()
-			if err != nil {
+			if err := do(post, chunks); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("chunkserver %s: %w", addr, err))
 				mu.Unlock()
@@ -191,4 +194,17 @@ func (s *Server) rollbackChunks(ctx context.Context, v *api.Volume, snap string)
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// postBatches posts chunks to path as SnapshotRequests of snapshot snap,
+// at most api.MaxPins chunks each.
+func postBatches(post func(path string, in any) error, path, snap string, chunks []api.ChunkPin) error {
+	for len(chunks) > 0 {
+		n := min(len(chunks), api.MaxPins)
+		if err := post(path, api.SnapshotRequest{Name: snap, Chunks: chunks[:n]}); err != nil {
+			return err
+		}
+		chunks = chunks[n:]
+	}
+	return nil
 }

@@ -85,6 +85,7 @@ func (s *Server) routes() http.Handler {
 			r.Post("/volumes/{name}/detach", s.detachVolume)
 			r.Post("/volumes/{name}/rollback", s.rollbackVolume)
 			r.Post("/volumes/{name}/clone", s.cloneVolume)
+			r.Post("/volumes/{name}/flatten", s.flattenVolume)
 			r.Delete("/volumes/{name}/snapshots/{snapshot}", s.deleteSnapshot)
 			r.Post("/volumes/{name}/snapshots/{snapshot}/attach", s.attachSnapshot)
 			r.Post("/volumes/{name}/snapshots/{snapshot}/detach", s.detachSnapshot)

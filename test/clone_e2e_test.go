@@ -13,7 +13,8 @@ import (
 // second clone of the same snapshot is independent of the first; the
 // clone's replicas agree, also after one of its chunkservers restarted;
 // the snapshot and the golden volume cannot be deleted while a clone
-// exists, and the refusal names the clones.
+// exists, and the refusal names the clones; flattened, a clone no longer
+// needs the snapshot.
 func TestCloneDivergence(t *testing.T) {
 	t.Parallel()
 	needTools(t, "qemu-io")
@@ -100,7 +101,24 @@ func TestCloneDivergence(t *testing.T) {
 		t.Fatalf("verify vm1:\n%s", out)
 	}
 
-	cli(t, c, "volume", "delete", "vm1")
+	// Flattened, vm1 no longer needs the snapshot: with vm2 deleted, the
+	// snapshot goes, and vm1 still reads its bytes.
+	out = cli(t, c, "volume", "flatten", "vm1")
+	if !strings.Contains(out, "Volume vm1 flattened in") {
+		t.Fatalf("volume flatten:\n%s", out)
+	}
+	t.Logf("%s", strings.TrimSpace(out))
+	if out := cli(t, c, "volume", "show", "vm1"); strings.Contains(out, "Clone of") {
+		t.Errorf("volume show after the flatten:\n%s", out)
+	}
 	cli(t, c, "volume", "delete", "vm2")
 	cli(t, c, "snapshot", "delete", "golden", "v1")
+	expect(vm1, "the flattened clone once the snapshot is gone",
+		"0x11 0 1M", "0x31 1M 512k", "0x11 1536k 2560k", "0x32 6M 64k", "0x12 10M 1M", "0 11M 53M")
+	checkReplicas(t, c, "vm1")
+	if out := cliFail(t, c, "volume", "flatten", "vm1"); !strings.Contains(out, "not a clone") {
+		t.Errorf("flattening it again: %s", out)
+	}
+	cli(t, c, "volume", "delete", "vm1")
+	cli(t, c, "volume", "delete", "golden")
 }

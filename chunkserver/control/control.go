@@ -88,7 +88,10 @@ const (
 	RouteSnapshotsDelete = "/v1/snapshots/delete"
 	// RouteSnapshotsRollback rolls chunks back to a snapshot.
 	RouteSnapshotsRollback = "/v1/snapshots/rollback"
-	RouteChunkSnapshots    = "/v1/chunks/{chunk}/snapshots"
+	// RouteSnapshotsFlatten makes clones of a snapshot (Name) ordinary
+	// chunks, copying what they share with it.
+	RouteSnapshotsFlatten = "/v1/snapshots/flatten"
+	RouteChunkSnapshots   = "/v1/chunks/{chunk}/snapshots"
 )
 
 // DefaultTimeout bounds a call whose context has no deadline.

@@ -453,6 +453,12 @@ func (c *Client) CloneVolume(ctx context.Context, parent, snap, name, host strin
 		CloneVolumeRequest{Snapshot: snap, Name: name, Host: host}, RequestTimeout)
 }
 
+// FlattenVolume makes clone volume name an ordinary volume that shares no
+// block with its parent's snapshot; it answers once every chunk is copied.
+func (c *Client) FlattenVolume(ctx context.Context, name string) (*Volume, error) {
+	return call[Volume](ctx, c, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/flatten", nil, nil, 10*time.Minute)
+}
+
 // DetachVolume detaches a volume from its host.
 func (c *Client) DetachVolume(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodPost, "/api/v1/volumes/"+url.PathEscape(name)+"/detach", nil, nil, nil, RequestTimeout)

@@ -125,4 +125,5 @@ const (
 	EventSnapshotAttached = "snapshot_attached"
 	EventSnapshotDetached = "snapshot_detached"
 	EventVolumeCloned     = "volume_cloned"
+	EventVolumeFlattened  = "volume_flattened"
 )
