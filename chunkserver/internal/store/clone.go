@@ -188,6 +188,12 @@ func (c *Chunk) ownHoles(next []byte) error {
 	if bytes.Equal(next, c.owned) {
 		return nil
 	}
+	return c.setOwned(next)
+}
+
+// setOwned makes next the owned map, durably in the sidecar; c.cow is
+// held for writing. The map stays as it was when the sidecar write fails.
+func (c *Chunk) setOwned(next []byte) error {
 	c.sidecarMu.Lock()
 	defer c.sidecarMu.Unlock()
 	old := c.owned
@@ -283,15 +289,7 @@ func (c *Chunk) copyUp(off, n int64) error {
 	for _, b := range blocks {
 		next[b/8] |= 1 << (b % 8)
 	}
-	c.sidecarMu.Lock()
-	defer c.sidecarMu.Unlock()
-	old := c.owned
-	c.owned = next
-	if err := c.rewriteSidecarLocked(); err != nil {
-		c.owned = old
-		return err
-	}
-	return nil
+	return c.setOwned(next)
 }
 
 // cloneExtents describes [off, off+length) of a clone: the blocks it owns

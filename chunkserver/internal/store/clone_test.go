@@ -160,20 +160,7 @@ func TestClonePowerLoss(t *testing.T) {
 	run := func(crashAt int) (crashed *vfs.MemFS, ops int, synced bool) {
 		pc := newPowerCut(crashAt)
 		s := openFS(t, pc.fs(), nil)
-		b, err := s.Create("base", testSize)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.WriteAt(old, 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Snapshot("gold"); err != nil {
-			t.Fatal(err)
-		}
-		k, err := s.CreateClone("k", "base", "gold")
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, k := baseAndClone(t, s, map[int64][]byte{0: old})
 		pc.arm()
 		if err := k.WriteAt(neu, off); err != nil && !pc.failed() {
 			t.Fatal(err)
@@ -224,20 +211,7 @@ func TestClonePowerLoss(t *testing.T) {
 func TestCloneFlatten(t *testing.T) {
 	fsys := vfs.NewMem()
 	s := openFS(t, fsys, nil)
-	b, err := s.Create("base", testSize)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.WriteAt(fill(1, 0, testSize/2), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Snapshot("gold"); err != nil {
-		t.Fatal(err)
-	}
-	k, err := s.CreateClone("k", "base", "gold")
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, k := baseAndClone(t, s, map[int64][]byte{0: fill(1, 0, testSize/2)})
 	if err := k.WriteAt(fill(5, 70000, 3000), 70000); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +248,8 @@ func TestCloneFlatten(t *testing.T) {
 	}
 	s.Close()
 	s = openFS(t, fsys, nil)
-	if k, err = s.Get("k"); err != nil {
+	k, err = s.Get("k")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if got := image(t, k, ""); !bytes.Equal(got, want) {
@@ -291,23 +266,7 @@ func TestCloneFlattenPowerLoss(t *testing.T) {
 	run := func(crashAt int) (*vfs.MemFS, int, []byte) {
 		pc := newPowerCut(crashAt)
 		s := openFS(t, pc.fs(), nil)
-		b, err := s.Create("base", testSize)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.WriteAt(base[:testSize/2], 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.WriteAt(base[3*testSize/4:], 3*testSize/4); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Snapshot("gold"); err != nil {
-			t.Fatal(err)
-		}
-		k, err := s.CreateClone("k", "base", "gold")
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, k := baseAndClone(t, s, map[int64][]byte{0: base[:testSize/2], 3 * testSize / 4: base[3*testSize/4:]})
 		if err := k.WriteAt(fill(5, 4096, 100), 4096); err != nil {
 			t.Fatal(err)
 		}
@@ -338,4 +297,26 @@ func TestCloneFlattenPowerLoss(t *testing.T) {
 			}
 		})
 	}
+}
+
+// baseAndClone creates chunk "base" in s with data written at each offset
+// of writes, takes its snapshot "gold" and returns it with clone "k" of it.
+func baseAndClone(t *testing.T, s *Store, writes map[int64][]byte) (b, k *Chunk) {
+	t.Helper()
+	b, err := s.Create("base", testSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off, p := range writes {
+		if err := b.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Snapshot("gold"); err != nil {
+		t.Fatal(err)
+	}
+	if k, err = s.CreateClone("k", "base", "gold"); err != nil {
+		t.Fatal(err)
+	}
+	return b, k
 }
